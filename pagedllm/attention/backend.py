@@ -1,0 +1,39 @@
+"""The attention backend contract."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from pagedllm.attention.metadata import CommonAttentionMetadata
+
+
+class AttentionBackend(Protocol):
+    """Writes a step's new K/V into the paged cache and attends over it.
+
+    ``build_metadata`` turns the runner's common description of the batch into whatever the
+    backend's kernels want (built once per step, shared by all layers); ``forward`` is
+    called once per layer.
+    """
+
+    def build_metadata(self, common: CommonAttentionMetadata) -> Any: ...
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: Any,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
+
+
+def create_backend(device: str) -> AttentionBackend:
+    """The backend for a device. The portable torch backend serves every device until a
+    faster one exists for it."""
+    from pagedllm.attention.torch_backend import TorchAttentionBackend
+
+    return TorchAttentionBackend()

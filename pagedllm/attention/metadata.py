@@ -1,0 +1,31 @@
+"""What every attention backend needs to know about one flat ragged batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CommonAttentionMetadata:
+    """One step's batch: ``num_reqs`` query segments laid end to end.
+
+    Invariants: requests with a single query token (decodes) come first, ``num_decodes`` of
+    them; request ``i``'s queries are tokens ``[query_start_loc[i], query_start_loc[i+1])``
+    of the batch and sit at positions ``[seq_lens[i] - query_len_i, seq_lens[i])``.
+    """
+
+    num_reqs: int
+    num_tokens: int
+    num_decodes: int
+    block_size: int
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32, on device
+    seq_lens: torch.Tensor  # [num_reqs] int32, on device
+    block_table: torch.Tensor  # [num_reqs, max_blocks] int32, on device (padding: 0)
+    slot_mapping: torch.Tensor  # [num_tokens] int64, on device
+    # Host copies, for backends that loop over requests and for kernel launch grids.
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+    max_query_len: int
+    max_seq_len: int

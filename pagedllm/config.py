@@ -1,0 +1,435 @@
+"""Frozen, layered engine configuration, and ``EngineArgs`` that builds it.
+
+``EngineArgs`` holds every user-facing option once, with vLLM's names and defaults; the CLI
+and the ``LLM`` keywords are generated from it. ``create_engine_config()`` validates the
+options against the model and returns an ``EngineConfig`` of frozen dataclasses. Values
+computed at run time (the number of KV blocks) are returned by the worker, never written
+back here.
+
+torch is imported lazily (device detection only), so ``pagedllm.core`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.core.request_queue import POLICIES
+from pagedllm.model_files import ModelFiles, resolve_model
+
+_DTYPE_ALIASES = {
+    "auto": "auto",
+    "half": "float16",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float": "float32",
+    "float32": "float32",
+    "fp32": "float32",
+}
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str
+    files: ModelFiles
+    hf_config: Any  # transformers.PretrainedConfig
+    architecture: str
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    max_model_len: int
+    seed: int
+    load_format: str
+    skip_tokenizer_init: bool
+    tokenizer: str | None
+    tokenizer_mode: str
+    trust_remote_code: bool
+    revision: str | None
+    served_model_name: str
+    generation_config: dict = field(default_factory=dict)
+
+    @property
+    def text_config(self) -> Any:
+        return getattr(self.hf_config, "text_config", None) or self.hf_config
+
+    @property
+    def num_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        cfg = self.text_config
+        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        cfg = self.text_config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def kv_bytes_per_token(self) -> int:
+        """2 (K and V) x layers x kv heads x head dim x dtype bytes."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int
+    enable_prefix_caching: bool
+    gpu_memory_utilization: float
+    # Bytes of KV cache; None on GPU means "size it from gpu_memory_utilization".
+    kv_cache_memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool = True
+    policy: str = "fcfs"
+    long_prefill_token_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {POLICIES}, got {self.policy!r}.")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be greater than "
+                f"or equal to max_num_seqs ({self.max_num_seqs})."
+            )
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig
+    device: str  # "cpu" | "cuda"
+    enforce_eager: bool
+    disable_log_stats: bool
+
+
+# vLLM options with no implementation here yet: accepted at their vLLM default, refused by
+# name otherwise (never silently ignored).
+UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "quantization": None,
+    "kv_cache_dtype": "auto",
+    "swap_space": None,
+    "cpu_offload_gb": 0,
+    "pipeline_parallel_size": 1,
+    "data_parallel_size": 1,
+    "enable_lora": False,
+    "speculative_config": None,
+    "hf_overrides": None,
+    "rope_scaling": None,
+    "rope_theta": None,
+    "tokenizer_revision": None,
+    "code_revision": None,
+    "num_gpu_blocks_override": None,
+    "max_seq_len_to_capture": None,
+    "distributed_executor_backend": None,
+    "enable_sleep_mode": False,
+    "compilation_config": None,
+    "kv_transfer_config": None,
+    "limit_mm_per_prompt": None,
+    "mm_processor_kwargs": None,
+    "override_generation_config": None,
+    "allowed_local_media_path": "",
+    "runner": "auto",
+    "convert": "auto",
+    "task": "auto",
+    "disable_custom_all_reduce": False,
+    "hf_token": None,
+    "pooler_config": None,
+    "override_pooler_config": None,
+    "structured_outputs_config": None,
+    "logits_processors": None,
+    "max_logprobs": 20,
+}
+
+
+@dataclass
+class EngineArgs:
+    """Every engine option once, with vLLM's names. ``LLM(**kwargs)`` and the CLI map here."""
+
+    model: str | None = None
+    served_model_name: str | list[str] | None = None
+    tokenizer: str | None = None
+    tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+    load_format: str = "auto"
+    dtype: str = "auto"
+    seed: int | None = 0
+    max_model_len: int | str | None = None
+    block_size: int | None = None
+    enable_prefix_caching: bool | None = None
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool | None = None
+    long_prefill_token_threshold: int = 0
+    scheduling_policy: str = "fcfs"
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    disable_log_stats: bool = False
+    device: str = "auto"
+    generation_config: str = "auto"
+    # vLLM options not implemented yet (see UNSUPPORTED_DEFAULTS).
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    swap_space: float | None = None
+    cpu_offload_gb: float = 0
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    enable_lora: bool = False
+    speculative_config: dict | None = None
+    hf_overrides: dict | None = None
+    rope_scaling: dict | None = None
+    rope_theta: float | None = None
+    tokenizer_revision: str | None = None
+    code_revision: str | None = None
+    num_gpu_blocks_override: int | None = None
+    max_seq_len_to_capture: int | None = None
+    distributed_executor_backend: str | None = None
+    enable_sleep_mode: bool = False
+    compilation_config: Any = None
+    kv_transfer_config: Any = None
+    limit_mm_per_prompt: Any = None
+    mm_processor_kwargs: Any = None
+    override_generation_config: Any = None
+    allowed_local_media_path: str = ""
+    runner: str = "auto"
+    convert: str = "auto"
+    task: str = "auto"
+    disable_custom_all_reduce: bool = False
+    hf_token: str | bool | None = None
+    pooler_config: Any = None
+    override_pooler_config: Any = None
+    structured_outputs_config: Any = None
+    logits_processors: Any = None
+    max_logprobs: int = 20
+
+    def create_engine_config(self) -> EngineConfig:
+        self._refuse_unsupported()
+        device = resolve_device(self.device)
+        model_config = self._model_config(device)
+        max_len = model_config.max_model_len
+        return EngineConfig(
+            model_config=model_config,
+            cache_config=self._cache_config(device),
+            scheduler_config=self._scheduler_config(device, max_len),
+            parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
+            device=device,
+            enforce_eager=self.enforce_eager,
+            disable_log_stats=self.disable_log_stats,
+        )
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _refuse_unsupported(self) -> None:
+        for name, default in UNSUPPORTED_DEFAULTS.items():
+            value = getattr(self, name)
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} is not supported by pagedllm yet; leave it unset."
+                )
+        if self.tensor_parallel_size != 1:
+            raise ValueError(
+                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet: "
+                "pagedllm runs on one device. Use tensor_parallel_size=1."
+            )
+        if self.tokenizer_mode not in ("auto", "hf"):
+            raise ValueError(
+                f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto'."
+            )
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(
+                f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}."
+            )
+        if self.generation_config not in ("auto", "vllm", "pagedllm"):
+            raise ValueError(
+                f"generation_config={self.generation_config!r} is not supported; use 'auto' "
+                "(the model's generation_config.json) or 'vllm' (ignore it)."
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}."
+            )
+
+    def _model_config(self, device: str) -> ModelConfig:
+        files = resolve_model(self.model, self.revision)
+        hf_config = _load_hf_config(files, self.trust_remote_code)
+        architecture = _architecture(hf_config)
+        if self.load_format == "gguf" and not files.is_gguf:
+            raise ValueError(f"load_format='gguf' but {files.name} is not a GGUF model.")
+        served = self.served_model_name
+        if isinstance(served, list):
+            served = served[0] if served else None
+        return ModelConfig(
+            model=files.name,
+            files=files,
+            hf_config=hf_config,
+            architecture=architecture,
+            dtype=resolve_dtype(self.dtype, hf_config, device),
+            max_model_len=_max_model_len(self.max_model_len, hf_config),
+            seed=0 if self.seed is None else self.seed,
+            load_format=self.load_format,
+            skip_tokenizer_init=self.skip_tokenizer_init,
+            tokenizer=self.tokenizer,
+            tokenizer_mode=self.tokenizer_mode,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+            served_model_name=served or files.name,
+            generation_config=files.generation_config() if self.generation_config == "auto" else {},
+        )
+
+    def _cache_config(self, device: str) -> CacheConfig:
+        block_size = 16 if self.block_size is None else self.block_size
+        if block_size < 1 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size}.")
+        kv_bytes = parse_size(self.kv_cache_memory_bytes)
+        if kv_bytes is None and device == "cpu":
+            kv_bytes = DEFAULT_CPU_KV_CACHE_BYTES
+        if kv_bytes is not None and kv_bytes <= 0:
+            raise ValueError(f"kv_cache_memory_bytes must be positive, got {kv_bytes}.")
+        caching = True if self.enable_prefix_caching is None else self.enable_prefix_caching
+        return CacheConfig(block_size, caching, self.gpu_memory_utilization, kv_bytes)
+
+    def _scheduler_config(self, device: str, max_model_len: int) -> SchedulerConfig:
+        chunked = True if self.enable_chunked_prefill is None else self.enable_chunked_prefill
+        max_num_seqs = self.max_num_seqs or (256 if device == "cuda" else 128)
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            budget = (8192 if device == "cuda" else 2048) if chunked else max(max_model_len, 2048)
+            budget = max(budget, max_num_seqs)
+        elif not chunked and budget < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) is smaller than max_model_len "
+                f"({max_model_len}) with chunked prefill disabled, so longer prompts could never "
+                "be scheduled. Increase max_num_batched_tokens, decrease max_model_len, or "
+                "enable chunked prefill."
+            )
+        return SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=budget,
+            enable_chunked_prefill=chunked,
+            policy=self.scheduling_policy,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+        )
+
+    # -- interop -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but torch sees no CUDA device.")
+    return device
+
+
+def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
+    """auto: float32 on CPU; on GPU the checkpoint's half type, bfloat16 for float32 ones."""
+    name = _DTYPE_ALIASES.get(str(dtype).replace("torch.", ""))
+    if name is None:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPE_ALIASES)}, got {dtype!r}.")
+    if name != "auto":
+        return name
+    if device == "cpu":
+        return "float32"
+    text = getattr(hf_config, "text_config", None) or hf_config
+    checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "")
+    checkpoint = checkpoint.replace("torch.", "")
+    return checkpoint if checkpoint in ("float16", "bfloat16") else "bfloat16"
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Bytes from an int or a string such as '512M', '2GiB', '1.5G' (powers of 1024)."""
+    if value is None or isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
+    if not match:
+        raise ValueError(
+            f"Cannot read a size from {value!r}; write e.g. 1073741824, '512M' or '2G'."
+        )
+    scale = 1024 ** "_kmgt".index(match.group(2) or "_")
+    return int(float(match.group(1)) * scale)
+
+
+def parse_token_count(value: int | str | None) -> int | None:
+    """Token counts such as 4096, '8k' or '32K' (k = 1000, K = 1024), as vLLM reads them."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    match = re.fullmatch(r"([0-9.]+)([kKmM]?)", text)
+    if not match:
+        raise ValueError(f"Cannot read a token count from {value!r}; write e.g. 4096 or '8k'.")
+    unit = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}[match.group(2)]
+    return int(float(match.group(1)) * unit)
+
+
+def _load_hf_config(files: ModelFiles, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(files.config_dir), trust_remote_code=trust_remote_code)
+
+
+def _architecture(hf_config: Any) -> str:
+    from pagedllm.model.registry import check_architecture
+
+    return check_architecture(getattr(hf_config, "architectures", None) or [])
+
+
+def _max_model_len(requested: int | str | None, hf_config: Any) -> int:
+    text = getattr(hf_config, "text_config", None) or hf_config
+    derived = getattr(text, "max_position_embeddings", None) or 2048
+    window = getattr(text, "sliding_window", None)
+    uses_window = window is not None and getattr(text, "use_sliding_window", True)
+    if uses_window and window < derived:
+        derived = window  # no sliding-window attention yet: stay within the window
+    value = parse_token_count(requested)
+    if value is None:
+        return derived
+    if value > derived:
+        why = (
+            "its sliding window" if uses_window and window == derived else "max_position_embeddings"
+        )
+        raise ValueError(
+            f"max_model_len={value} is larger than the model's maximum length of {derived} "
+            f"({why}). Use max_model_len <= {derived}."
+        )
+    if value < 1:
+        raise ValueError(f"max_model_len must be at least 1, got {value}.")
+    return value

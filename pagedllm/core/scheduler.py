@@ -1,0 +1,285 @@
+"""Continuous batching under one token budget per step.
+
+The one accounting rule (DESIGN.md): each request has ``num_tokens`` and
+``num_computed_tokens``; each step gives some requests some tokens to compute, within
+``max_num_batched_tokens`` and ``max_num_seqs``. Prefill is catching up in chunks, a decode
+computes one token, a prefix-cache hit starts above zero. There is no prefill phase.
+
+Each step: running requests first (in order), then waiting ones, unless a running request
+had to be preempted this step (then there is no room to admit anyone). When blocks run out
+the lowest-priority (``priority`` policy) or latest (``fcfs``) running request is preempted
+by recompute: its blocks are freed and it waits again, keeping the tokens it generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedllm.config import SchedulerConfig
+from pagedllm.core.block_pool import KVCacheBlock
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.request_queue import create_request_queue
+from pagedllm.core.scheduler_output import (
+    CachedRequestData,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+from pagedllm.core.stopping import check_stop
+
+
+@dataclass
+class _StepPlan:
+    """What one ``schedule()`` call has decided so far."""
+
+    budget: int
+    num_scheduled: dict[str, int] = field(default_factory=dict)
+    # Scheduled requests in batch order.
+    order: list[Request] = field(default_factory=list)
+    new_block_ids: dict[str, list[int]] = field(default_factory=dict)
+    first_time: set[str] = field(default_factory=set)
+    resumed: set[str] = field(default_factory=set)
+    preempted: set[str] = field(default_factory=set)
+
+    def add(self, request: Request, num_tokens: int, new_blocks: list[KVCacheBlock]) -> None:
+        self.order.append(request)
+        self.num_scheduled[request.request_id] = num_tokens
+        self.new_block_ids[request.request_id] = [b.block_id for b in new_blocks]
+        self.budget -= num_tokens
+
+    def drop(self, request: Request) -> None:
+        self.order.remove(request)
+        self.budget += self.num_scheduled.pop(request.request_id)
+        self.new_block_ids.pop(request.request_id)
+
+
+@dataclass
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_preemptions: int  # since start
+
+
+class Scheduler:
+    def __init__(
+        self, config: SchedulerConfig, kv_cache_manager: KVCacheManager, max_model_len: int
+    ) -> None:
+        self.config = config
+        self.kv = kv_cache_manager
+        self.max_model_len = max_model_len
+        self.waiting = create_request_queue(config.policy)
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        # Finished since the last schedule(); passed to the runner so it frees their state.
+        self._finished_req_ids: set[str] = set()
+        self.num_preemptions = 0
+
+    # -- requests in and out -------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"Request id {request.request_id!r} is already running.")
+        self.requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
+        """End requests from outside (abort, stop string); unknown or finished ids are skipped."""
+        finished = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free(request)
+            finished.append(request)
+        return finished
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            len(self.running), len(self.waiting), self.kv.usage(), self.num_preemptions
+        )
+
+    # -- one step ------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        plan = _StepPlan(budget=self.config.max_num_batched_tokens)
+        self._schedule_running(plan)
+        if not plan.preempted:
+            self._schedule_waiting(plan)
+        return self._emit(plan)
+
+    def _schedule_running(self, plan: _StepPlan) -> None:
+        i = 0
+        while i < len(self.running) and plan.budget > 0:
+            request = self.running[i]
+            num_new = self._num_new_tokens(request, plan.budget)
+            if num_new == 0:
+                i += 1
+                continue
+            new_blocks = self.kv.allocate_slots(request, num_new)
+            while new_blocks is None:
+                victim = self._pick_victim()
+                removed_at = self._preempt(victim, plan)
+                if victim is request:
+                    break
+                if removed_at < i:
+                    i -= 1
+                new_blocks = self.kv.allocate_slots(request, num_new)
+            if new_blocks is None:
+                continue  # the request itself was preempted; self.running[i] is the next one
+            plan.add(request, num_new, new_blocks)
+            i += 1
+
+    def _schedule_waiting(self, plan: _StepPlan) -> None:
+        while (
+            len(self.waiting) > 0
+            and plan.budget > 0
+            and len(self.running) < self.config.max_num_seqs
+        ):
+            request = self.waiting.peek()
+            hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+            num_new = request.num_tokens - num_hit_tokens
+            if not self.config.enable_chunked_prefill and num_new > plan.budget:
+                break
+            num_new = self._cap_chunk(min(num_new, plan.budget))
+            new_blocks = self.kv.allocate_slots(request, num_new, hits)
+            if new_blocks is None:
+                break
+            self.waiting.pop()
+            self._admit(request, num_hit_tokens, plan)
+            plan.add(request, num_new, hits + new_blocks)
+
+    def _admit(self, request: Request, num_hit_tokens: int, plan: _StepPlan) -> None:
+        if self.kv.enable_caching and not request.skip_prefix_cache:
+            self.kv.record_lookup(request.num_tokens, num_hit_tokens)
+        if request.status == RequestStatus.PREEMPTED:
+            plan.resumed.add(request.request_id)
+        else:
+            plan.first_time.add(request.request_id)
+            request.num_cached_tokens = num_hit_tokens
+        request.num_computed_tokens = num_hit_tokens
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _num_new_tokens(self, request: Request, budget: int) -> int:
+        return self._cap_chunk(min(request.num_tokens - request.num_computed_tokens, budget))
+
+    def _cap_chunk(self, num_tokens: int) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        return min(num_tokens, threshold) if threshold > 0 else num_tokens
+
+    def _pick_victim(self) -> Request:
+        if self.config.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        return self.running[-1]
+
+    def _preempt(self, victim: Request, plan: _StepPlan) -> int:
+        """Free the victim's blocks and send it back to waiting; return its running index."""
+        index = self.running.index(victim)
+        del self.running[index]
+        if victim.request_id in plan.num_scheduled:
+            plan.drop(victim)
+        self.kv.free(victim)
+        victim.status = RequestStatus.PREEMPTED
+        victim.num_computed_tokens = 0
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        plan.preempted.add(victim.request_id)
+        self.waiting.prepend(victim)
+        return index
+
+    def _emit(self, plan: _StepPlan) -> SchedulerOutput:
+        new_reqs: list[NewRequestData] = []
+        cached_reqs: list[CachedRequestData] = []
+        for request in plan.order:
+            rid = request.request_id
+            if rid in plan.first_time:
+                new_reqs.append(
+                    NewRequestData(
+                        rid,
+                        request.prompt_token_ids,
+                        request.sampling_params,
+                        self.kv.get_block_ids(rid),
+                        request.num_computed_tokens,
+                    )
+                )
+            else:
+                resumed = rid in plan.resumed
+                block_ids = self.kv.get_block_ids(rid) if resumed else plan.new_block_ids[rid]
+                cached_reqs.append(
+                    CachedRequestData(rid, resumed, block_ids, request.num_computed_tokens)
+                )
+            request.num_computed_tokens += plan.num_scheduled[rid]
+        finished, self._finished_req_ids = self._finished_req_ids, set()
+        return SchedulerOutput(
+            scheduled_new_reqs=new_reqs,
+            scheduled_cached_reqs=cached_reqs,
+            num_scheduled_tokens=plan.num_scheduled,
+            total_num_scheduled_tokens=sum(plan.num_scheduled.values()),
+            finished_req_ids=finished,
+            preempted_req_ids=plan.preempted - set(plan.num_scheduled),
+        )
+
+    # -- results -------------------------------------------------------------------------
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
+        """Append sampled tokens, finish requests that stop, report what changed."""
+        outputs = []
+        stopped: set[str] = set()
+        for index, request_id in enumerate(runner_output.req_ids):
+            request = self.requests.get(request_id)
+            sampled = runner_output.sampled_token_ids[index]
+            prompt_lp = (
+                runner_output.prompt_logprobs[index] if runner_output.prompt_logprobs else None
+            )
+            if request is None or (not sampled and prompt_lp is None):
+                continue
+            new_ids = self._append_until_stop(request, sampled)
+            logprobs = runner_output.logprobs[index] if runner_output.logprobs else None
+            outputs.append(
+                EngineCoreOutput(
+                    request_id,
+                    new_ids,
+                    request.status.finish_reason,
+                    request.stop_reason,
+                    max(request.num_cached_tokens, 0),
+                    logprobs,
+                    prompt_lp,
+                )
+            )
+            if request.is_finished:
+                stopped.add(request_id)
+                self._free(request)
+        if stopped:
+            self.running = [r for r in self.running if r.request_id not in stopped]
+        return outputs
+
+    def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
+        for count, token_id in enumerate(sampled, start=1):
+            request.append_output_token_ids([token_id])
+            if check_stop(request, self.max_model_len):
+                return sampled[:count]
+        return sampled
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self._finished_req_ids.add(request.request_id)
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv.reset_prefix_cache()

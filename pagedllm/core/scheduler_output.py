@@ -1,0 +1,93 @@
+"""The small typed hand-offs between the scheduler, the model runner and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedllm.core.request import FinishReason
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    """A request the runner has not seen before: sent in full, once."""
+
+    req_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class CachedRequestData:
+    """A request the runner already holds: only what changed this step."""
+
+    req_id: str
+    # True when it was preempted and is scheduled again: ``new_block_ids`` then replaces its
+    # block table instead of extending it.
+    resumed_from_preemption: bool
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's plan. Request order is the order of the flat batch the runner builds."""
+
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: list[CachedRequestData]
+    # req_id -> tokens to compute this step (prefill chunk length, or 1 for a decode).
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    # Requests finished or aborted since the previous step: the runner drops their state.
+    finished_req_ids: set[str] = field(default_factory=set)
+    # Requests preempted this step: the runner keeps their state but stops batching them.
+    preempted_req_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class LogprobsLists:
+    """Top log-probabilities of sampled positions: row i belongs to sampled position i.
+
+    ``token_ids[i][0]`` is the sampled token, followed by the top-k tokens by logprob.
+    """
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    ranks: list[int]  # rank of the sampled token in the distribution (1 = most likely)
+
+
+@dataclass
+class ModelRunnerOutput:
+    """What one step produced, per scheduled request."""
+
+    req_ids: list[str]
+    # Tokens sampled for each request (empty for a prefill chunk that did not reach the end
+    # of its prompt). A list, so speculative decoding can return several.
+    sampled_token_ids: list[list[int]]
+    # Per request: logprobs of its sampled positions, or None when not asked for.
+    logprobs: list[LogprobsLists | None] | None = None
+    # Per request: prompt logprobs computed this step (a chunk), or None.
+    prompt_logprobs: list[LogprobsLists | None] | None = None
+
+
+@dataclass
+class EngineCoreOutput:
+    """What changed for one request in one step, as the output processor needs it."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    new_logprobs: LogprobsLists | None = None
+    new_prompt_logprobs: LogprobsLists | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,95 @@
+"""EngineCore: the scheduler and the model runner, stepped together."""
+
+from __future__ import annotations
+
+import time
+
+from pagedllm import envs
+from pagedllm.config import EngineConfig
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.scheduler import Scheduler
+from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
+from pagedllm.logger import init_logger
+from pagedllm.metrics.stats import EngineSnapshot, IterationStats
+from pagedllm.worker.kv_cache import GiB
+from pagedllm.worker.model_runner import ModelRunner
+
+logger = init_logger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        start = time.perf_counter()
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.runner.load_model()
+        plan = self.runner.plan_kv_cache()
+        self.runner.initialize_kv_cache(plan)
+        max_len = config.model_config.max_model_len
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
+            plan.num_blocks,
+            plan.block_size,
+            plan.num_tokens,
+            plan.num_bytes / GiB,
+        )
+        logger.info(
+            "Maximum concurrency for %d tokens per request: %.2fx",
+            max_len,
+            plan.max_concurrency(max_len),
+        )
+        self.kv_cache_plan = plan
+        cache = config.cache_config
+        self.kv_cache_manager = KVCacheManager(
+            plan.num_blocks, cache.block_size, cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager, max_len)
+        self._debug_integrity = envs.debug_integrity_checks()
+        logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
+        """Schedule, run, update. Returns what changed and what was computed."""
+        if not self.scheduler.has_unfinished_requests():
+            self._idle()
+            return [], IterationStats()
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.execute_model(scheduler_output)
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        return outputs, self._iteration_stats(scheduler_output, outputs)
+
+    def snapshot(self) -> EngineSnapshot:
+        stats = self.scheduler.stats()
+        prefix = self.kv_cache_manager.prefix_cache_stats.take()
+        return EngineSnapshot(
+            stats.num_running, stats.num_waiting, stats.kv_cache_usage, prefix.queries, prefix.hits
+        )
+
+    def reset_prefix_cache(self) -> bool:
+        return self.scheduler.reset_prefix_cache()
+
+    def _iteration_stats(
+        self, so: SchedulerOutput, outputs: list[EngineCoreOutput]
+    ) -> IterationStats:
+        generated = sum(len(o.new_token_ids) for o in outputs)
+        # Every scheduled token is either a prompt/recompute token or the input of a decode
+        # step; a decode step's input is the previously sampled token.
+        decodes = sum(1 for n in so.num_scheduled_tokens.values() if n == 1)
+        return IterationStats(
+            num_prompt_tokens=so.total_num_scheduled_tokens - decodes,
+            num_generation_tokens=generated,
+            num_preempted=len(so.preempted_req_ids),
+        )
+
+    def _idle(self) -> None:
+        if self._debug_integrity:
+            self.kv_cache_manager.block_pool.check_integrity()

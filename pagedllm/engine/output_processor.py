@@ -1,0 +1,237 @@
+"""EngineCoreOutputs -> RequestOutputs: detokenize, cut at stop strings, apply the output
+kind, and gather the ``n`` completions of a parent request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.core.scheduler_output import EngineCoreOutput
+from pagedllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from pagedllm.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+
+class ParentRequest:
+    """The user's request when ``n > 1``: its children are ``f"{i}_{request_id}"``."""
+
+    def __init__(self, request_id: str, params: SamplingParams) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.child_ids: list[str] = [f"{i}_{request_id}" for i in range(params.n)]
+        self.unfinished: set[str] = set(self.child_ids)
+        self.final: dict[int, CompletionOutput] = {}
+
+    def child_params(self, index: int) -> SamplingParams:
+        child = self.params.clone()
+        child.n = 1
+        if child.seed is not None:
+            child.seed += index  # distinct but reproducible samples
+        return child
+
+    def collect(
+        self, child_id: str, completion: CompletionOutput | None
+    ) -> tuple[list[CompletionOutput], bool]:
+        """Outputs to emit for this child update, and whether the parent is finished.
+
+        Streaming kinds emit each child's update on its own (vLLM's behaviour); FINAL_ONLY
+        emits all n completions, in index order, once the last child finishes.
+        """
+        if completion is not None and completion.finished():
+            self.unfinished.discard(child_id)
+        finished = not self.unfinished
+        if self.params.output_kind != RequestOutputKind.FINAL_ONLY:
+            return ([completion] if completion is not None else []), finished
+        if completion is not None:
+            self.final[completion.index] = completion
+        return ([self.final[i] for i in sorted(self.final)] if finished else []), finished
+
+
+@dataclass
+class RequestState:
+    """Output-side state of one sequence (a child of a parent when n > 1)."""
+
+    request_id: str
+    parent: ParentRequest | None
+    index: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer | None
+    metrics: RequestMetrics
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent_tokens: int = 0
+    sent_chars: int = 0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    queue: Any = None  # set by AsyncLLM: where this request's outputs go
+
+    @property
+    def external_id(self) -> str:
+        return self.parent.request_id if self.parent else self.request_id
+
+    @property
+    def stop_buffer(self) -> int:
+        """Characters held back while streaming: they may turn out to start a stop string."""
+        stops = self.params.stop or []
+        if not stops or self.params.include_stop_str_in_output:
+            return 0
+        return max(len(s) for s in stops) - 1
+
+    def update(self, out: EngineCoreOutput) -> bool:
+        """Take one step's tokens; return True if a stop string ended the request here."""
+        self.token_ids.extend(out.new_token_ids)
+        self.num_cached_tokens = out.num_cached_tokens
+        hit_stop = False
+        if self.detokenizer is not None and out.new_token_ids:
+            delta = self.detokenizer.decode(out.new_token_ids)
+            self.text += delta
+            found = find_stop_string(
+                self.text,
+                len(delta),
+                self.params.stop or [],
+                self.params.include_stop_str_in_output,
+            )
+            if found is not None:
+                self.text = self.text[: found[1]]
+                self.finish_reason, self.stop_reason = "stop", found[0]
+                hit_stop = out.finish_reason is None
+        if self.finish_reason is None and out.finish_reason is not None:
+            self.finish_reason, self.stop_reason = str(out.finish_reason), out.stop_reason
+        return hit_stop
+
+    def completion(self) -> CompletionOutput | None:
+        """This update's completion per the output kind; None when there is nothing to send."""
+        finished = self.finish_reason is not None
+        kind = self.params.output_kind
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        visible = len(self.text) if finished else max(len(self.text) - self.stop_buffer, 0)
+        if kind == RequestOutputKind.DELTA:
+            text, tokens = self.text[self.sent_chars : visible], self.token_ids[self.sent_tokens :]
+            if not text and not tokens and not finished:
+                return None
+        else:
+            text, tokens = self.text[:visible], list(self.token_ids)
+        self.sent_chars, self.sent_tokens = max(visible, self.sent_chars), len(self.token_ids)
+        return CompletionOutput(
+            index=self.index,
+            text=text,
+            token_ids=tokens,
+            cumulative_logprob=None,
+            logprobs=None,
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.states: dict[str, RequestState] = {}
+        # external id -> child ids (just [id] when n == 1)
+        self.children: dict[str, list[str]] = {}
+
+    def has_request(self, request_id: str) -> bool:
+        """Is the id live, as a user's request id or as one of its children's?"""
+        return request_id in self.children or request_id in self.states
+
+    def add_request(
+        self,
+        request_id: str,
+        parent: ParentRequest | None,
+        index: int,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float,
+        queue: Any = None,
+    ) -> None:
+        detokenizer = None
+        if params.detokenize and self.tokenizer is not None:
+            detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
+        self.states[request_id] = RequestState(
+            request_id,
+            parent,
+            index,
+            prompt,
+            prompt_token_ids,
+            params,
+            detokenizer,
+            RequestMetrics(arrival_time=arrival_time),
+            queue=queue,
+        )
+        external = parent.request_id if parent else request_id
+        self.children.setdefault(external, []).append(request_id)
+
+    def abort_requests(self, external_ids: list[str]) -> list[str]:
+        """Forget requests; return the ids the engine core must abort."""
+        child_ids = []
+        for external in external_ids:
+            for child in self.children.pop(external, []):
+                if self.states.pop(child, None) is not None:
+                    child_ids.append(child)
+        return child_ids
+
+    def process_outputs(
+        self, outputs: list[EngineCoreOutput]
+    ) -> tuple[list[tuple[RequestState, RequestOutput]], list[str]]:
+        """Per update: (state, RequestOutput) pairs to deliver, and child ids to abort in the
+        core because a stop string ended them."""
+        now = time.time()
+        delivered, to_abort = [], []
+        for out in outputs:
+            state = self.states.get(out.request_id)
+            if state is None:
+                continue  # aborted while in flight
+            if state.update(out):
+                to_abort.append(out.request_id)
+            _stamp(state.metrics, now, bool(out.new_token_ids))
+            request_output = self._request_output(state)
+            if request_output is not None:
+                delivered.append((state, request_output))
+            if state.finish_reason is not None:
+                self._forget(state)
+        return delivered, to_abort
+
+    def _request_output(self, state: RequestState) -> RequestOutput | None:
+        completion = state.completion()
+        if state.parent is None:
+            if completion is None:
+                return None
+            outputs, finished = [completion], completion.finished()
+        else:
+            outputs, finished = state.parent.collect(state.request_id, completion)
+            if not outputs and not finished:
+                return None
+        if finished:
+            state.metrics.finished_time = time.time()
+        return RequestOutput(
+            request_id=state.external_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=None,
+            outputs=outputs,
+            finished=finished,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )
+
+    def _forget(self, state: RequestState) -> None:
+        self.states.pop(state.request_id, None)
+        external = state.external_id
+        siblings = self.children.get(external)
+        if siblings is not None and not any(c in self.states for c in siblings):
+            del self.children[external]
+
+
+def _stamp(metrics: RequestMetrics, now: float, has_tokens: bool) -> None:
+    if metrics.first_scheduled_time is None:
+        metrics.first_scheduled_time = now
+    if has_tokens:
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now

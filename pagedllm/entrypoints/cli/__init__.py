@@ -1,0 +1,1 @@
+"""The ``pagedllm`` command: one subcommand per module."""

@@ -1,0 +1,40 @@
+"""``pagedllm``: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pagedllm.version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pagedllm.entrypoints.cli import chat
+
+    parser = argparse.ArgumentParser(
+        prog="pagedllm", description="Serve large language models fast to many users at once."
+    )
+    parser.add_argument("--version", action="version", version=f"pagedllm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (chat,):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:  # bad flags, a model that cannot load: one clear line
+        print(f"pagedllm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

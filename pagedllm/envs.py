@@ -1,0 +1,49 @@
+"""Every ``PAGEDLLM_*`` environment variable, declared once and typed.
+
+Read them through the functions here (``envs.cache_root()``) so that a test can set a
+variable after import and still see it take effect.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _get_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_root() -> Path:
+    """PAGEDLLM_CACHE_ROOT: where converted tokenizers/configs (from GGUF files) are kept."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagedllm"
+    return Path(os.environ.get("PAGEDLLM_CACHE_ROOT", str(default)))
+
+
+def logging_level() -> str:
+    """PAGEDLLM_LOGGING_LEVEL: level of the ``pagedllm`` logger (default INFO)."""
+    return os.environ.get("PAGEDLLM_LOGGING_LEVEL", "INFO").upper()
+
+
+def configure_logging() -> bool:
+    """PAGEDLLM_CONFIGURE_LOGGING: set to 0 to leave logging configuration to the host app."""
+    return _get_bool("PAGEDLLM_CONFIGURE_LOGGING", True)
+
+
+def debug_integrity_checks() -> bool:
+    """PAGEDLLM_DEBUG_INTEGRITY: check the block pool's invariants whenever the engine is idle."""
+    return _get_bool("PAGEDLLM_DEBUG_INTEGRITY", False)
+
+
+def log_stats_interval() -> float:
+    """PAGEDLLM_LOG_STATS_INTERVAL: seconds between periodic stats log lines (default 5)."""
+    return float(os.environ.get("PAGEDLLM_LOG_STATS_INTERVAL", "5"))
+
+
+def cpu_num_threads() -> int | None:
+    """PAGEDLLM_CPU_NUM_THREADS: torch intra-op threads on CPU (default: torch's choice)."""
+    value = os.environ.get("PAGEDLLM_CPU_NUM_THREADS")
+    return int(value) if value else None

@@ -1,0 +1,1 @@
+"""From user input to token ids: tokenizer loading, chat templates, prompt validation."""

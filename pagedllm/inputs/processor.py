@@ -1,0 +1,145 @@
+"""Validate and tokenize one prompt and resolve its sampling parameters.
+
+Every check a request must pass before it reaches the scheduler lives here, so that bad
+input is refused with a sentence and never enters the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pagedllm.config import ModelConfig
+from pagedllm.sampling_params import SamplingParams
+
+# A prompt: text, or a dict {"prompt": text} / {"prompt_token_ids": [...]} (with an
+# optional "cache_salt").
+PromptType = str | dict[str, Any]
+
+# SamplingParams fields whose features are not built yet: (field, "is it set?").
+_NOT_YET = {
+    "logprobs": lambda p: p.logprobs is not None,
+    "prompt_logprobs": lambda p: p.prompt_logprobs is not None,
+    "logit_bias": lambda p: bool(p.logit_bias),
+    "allowed_token_ids": lambda p: p.allowed_token_ids is not None,
+    "bad_words": lambda p: bool(p.bad_words),
+    "logits_processors": lambda p: bool(p.logits_processors),
+    "guided_decoding": lambda p: p.guided_decoding is not None,
+    "structured_outputs": lambda p: p.structured_outputs is not None,
+    "best_of": lambda p: p.best_of is not None and p.best_of != p.n,
+}
+
+
+@dataclass(frozen=True)
+class ProcessedPrompt:
+    prompt: str | None
+    prompt_token_ids: list[int]
+    cache_salt: str | None = None
+
+
+class InputProcessor:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.max_model_len = model_config.max_model_len
+        self.vocab_size = model_config.vocab_size
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer else None
+        if self.eos_token_id is None:
+            eos = model_config.generation_config.get("eos_token_id")
+            eos = (
+                eos if eos is not None else getattr(model_config.text_config, "eos_token_id", None)
+            )
+            self.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos
+
+    # -- prompts -------------------------------------------------------------------------
+
+    def process_prompt(self, prompt: PromptType, params: SamplingParams) -> ProcessedPrompt:
+        text, token_ids, salt = self._read_prompt(prompt)
+        if token_ids is None:
+            token_ids = self._tokenize(text)
+        if params.truncate_prompt_tokens is not None:
+            token_ids = token_ids[-params.truncate_prompt_tokens :]
+        self._check_prompt(token_ids)
+        return ProcessedPrompt(text, token_ids, salt)
+
+    def _read_prompt(self, prompt: PromptType) -> tuple[str | None, list[int] | None, str | None]:
+        if isinstance(prompt, str):
+            return prompt, None, None
+        if not isinstance(prompt, dict):
+            raise ValueError(
+                "A prompt must be a string, {'prompt': str} or {'prompt_token_ids': [...]}, "
+                f"got {type(prompt).__name__}."
+            )
+        unknown = set(prompt) - {"prompt", "prompt_token_ids", "cache_salt"}
+        if unknown:
+            raise ValueError(f"Unsupported prompt field(s): {', '.join(sorted(unknown))}.")
+        salt = prompt.get("cache_salt")
+        if salt is not None and not isinstance(salt, str):
+            raise ValueError("cache_salt must be a string.")
+        if "prompt_token_ids" in prompt:
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+                raise ValueError("prompt_token_ids must be a list of integers.")
+            return prompt.get("prompt"), list(ids), salt
+        if "prompt" in prompt and isinstance(prompt["prompt"], str):
+            return prompt["prompt"], None, salt
+        raise ValueError("A prompt dict needs 'prompt' (a string) or 'prompt_token_ids'.")
+
+    def _tokenize(self, text: str | None) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError(
+                "The engine was started with skip_tokenizer_init=True: give prompts as token "
+                'ids ({"prompt_token_ids": [...]}).'
+            )
+        return self.tokenizer.encode(text or "", add_special_tokens=True)
+
+    def _check_prompt(self, token_ids: list[int]) -> None:
+        if not token_ids:
+            raise ValueError("The prompt is empty: it must contain at least one token.")
+        bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"Token id {bad} is out of vocabulary (vocab size {self.vocab_size}).")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"The prompt (length {len(token_ids)}) is longer than the maximum model length "
+                f"of {self.max_model_len}: there is no room to generate a token."
+            )
+
+    # -- sampling parameters -------------------------------------------------------------
+
+    def process_params(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+        """A resolved copy: max_tokens set, the model's end-of-sequence ids added."""
+        self._refuse_unbuilt(params)
+        if params.detokenize and self.tokenizer is None:
+            raise ValueError(
+                "detokenize=True needs a tokenizer, but the engine was started with "
+                "skip_tokenizer_init=True; pass SamplingParams(detokenize=False)."
+            )
+        bad = [t for t in params.stop_token_ids or [] if t >= self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"stop_token_ids {bad} are out of vocabulary (size {self.vocab_size})."
+            )
+        resolved = params.clone()
+        room = self.max_model_len - prompt_len
+        if resolved.max_tokens is None:
+            resolved.max_tokens = room
+        elif resolved.max_tokens > room:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {prompt_len + resolved.max_tokens} tokens ({prompt_len} in the "
+                f"prompt, {resolved.max_tokens} for the completion). Please reduce the length "
+                "of the prompt or max_tokens."
+            )
+        resolved.update_from_generation_config(
+            self.model_config.generation_config, self.eos_token_id
+        )
+        if not resolved.ignore_eos and self.eos_token_id is not None:
+            resolved.all_stop_token_ids.add(self.eos_token_id)
+        return resolved
+
+    @staticmethod
+    def _refuse_unbuilt(params: SamplingParams) -> None:
+        for name, is_set in _NOT_YET.items():
+            if is_set(params):
+                raise ValueError(f"SamplingParams.{name} is not supported by pagedllm yet.")

@@ -1,0 +1,1 @@
+"""Per-step and per-request statistics, and the periodic log line."""

@@ -1,0 +1,69 @@
+"""Counters one engine step produces, and the periodic throughput log line."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pagedllm import envs
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class IterationStats:
+    """What one step computed: prompt tokens (prefill and recompute) and sampled tokens."""
+
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    num_preempted: int = 0
+
+
+@dataclass
+class EngineSnapshot:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+class LoggingStatLogger:
+    """Logs, every PAGEDLLM_LOG_STATS_INTERVAL seconds, a line like vLLM's."""
+
+    def __init__(self) -> None:
+        self.interval = envs.log_stats_interval()
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self.last_log = now
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def record(self, step: IterationStats, snapshot: EngineSnapshot) -> None:
+        self.prompt_tokens += step.num_prompt_tokens
+        self.generation_tokens += step.num_generation_tokens
+        self.prefix_queries += snapshot.prefix_cache_queries
+        self.prefix_hits += snapshot.prefix_cache_hits
+        now = time.monotonic()
+        if now - self.last_log >= self.interval:
+            self.log(snapshot, now)
+
+    def log(self, snapshot: EngineSnapshot, now: float) -> None:
+        elapsed = max(now - self.last_log, 1e-9)
+        hit_rate = 100.0 * self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+        logger.info(
+            "Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
+            "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, "
+            "Prefix cache hit rate: %.1f%%",
+            self.prompt_tokens / elapsed,
+            self.generation_tokens / elapsed,
+            snapshot.num_running,
+            snapshot.num_waiting,
+            100.0 * snapshot.kv_cache_usage,
+            hit_rate,
+        )
+        self._reset(now)

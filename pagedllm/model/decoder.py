@@ -1,0 +1,245 @@
+"""The one decoder for the Llama, Mistral, Qwen2 and Qwen3 families.
+
+The families differ only in a few switches read from the config (``DecoderSpec``): biases on
+q/k/v (Qwen2) or on all attention projections (Llama's ``attention_bias``), per-head q/k
+RMSNorm (Qwen3), MLP bias, rope scaling, tied embeddings. Parameter names follow the
+Hugging Face checkpoints, with q/k/v and gate/up merged into one projection each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedllm.attention.backend import AttentionBackend
+from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS, silu_and_mul
+from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model.layers.linear import Linear
+from pagedllm.model.layers.norm import RMSNorm
+from pagedllm.model.layers.rotary import RotaryEmbedding, rope_parameters
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    max_position: int
+    rope: dict[str, Any]
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: Any, family: str) -> DecoderSpec:
+        act = getattr(config, "hidden_act", "silu")
+        if act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act={act!r} is not supported; supported: {SUPPORTED_ACTIVATIONS}."
+            )
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        heads = config.num_attention_heads
+        return cls(
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab_size=config.vocab_size,
+            rms_norm_eps=config.rms_norm_eps,
+            max_position=config.max_position_embeddings,
+            rope=rope_parameters(config),
+            qkv_bias=attention_bias or family == "qwen2",
+            o_bias=attention_bias and family != "qwen2",
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            qk_norm=family == "qwen3",
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+
+@dataclass
+class ForwardContext:
+    """Per-step state every layer reads: attention metadata, KV caches, rotary rows."""
+
+    backend: AttentionBackend
+    attn_metadata: Any
+    kv_caches: list[torch.Tensor]
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+        )
+        q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        self.sizes = [q_size, kv_size, kv_size]
+        self.scale = spec.head_dim**-0.5
+        self.qkv_proj = Linear(spec.hidden_size, sum(self.sizes), spec.qkv_bias, dtype, self.sizes)
+        self.o_proj = Linear(q_size, spec.hidden_size, spec.o_bias, dtype)
+        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
+        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).contiguous().split(self.sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = RotaryEmbedding.apply(q, ctx.cos, ctx.sin)
+        k = RotaryEmbedding.apply(k, ctx.cos, ctx.sin)
+        out = ctx.backend.forward(
+            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale
+        )
+        return self.o_proj(out.view(num_tokens, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+        super().__init__()
+        inter = spec.intermediate_size
+        self.gate_up_proj = Linear(
+            spec.hidden_size, 2 * inter, spec.mlp_bias, dtype, [inter, inter]
+        )
+        self.down_proj = Linear(inter, spec.hidden_size, spec.mlp_bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = Attention(spec, layer_idx, dtype)
+        self.mlp = MLP(spec, dtype)
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm.forward_residual(x, residual)
+        x = self.self_attn(x, ctx)
+        x, residual = self.post_attention_layernorm.forward_residual(x, residual)
+        return self.mlp(x), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
+        self.layers = nn.ModuleList(DecoderLayer(spec, i, dtype) for i in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
+
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            x, residual = layer(x, residual, ctx)
+        x, _ = self.norm.forward_residual(x, residual)
+        return x
+
+
+# Checkpoint tensor -> (merged parameter, shard index).
+_STACKED = (
+    (".q_proj.", ".qkv_proj.", 0),
+    (".k_proj.", ".qkv_proj.", 1),
+    (".v_proj.", ".qkv_proj.", 2),
+    (".gate_proj.", ".gate_up_proj.", 0),
+    (".up_proj.", ".gate_up_proj.", 1),
+)
+
+
+class CausalLM(nn.Module):
+    """Decoder + LM head. ``forward`` returns hidden states for every token;
+    ``compute_logits`` maps only the rows that are sampled."""
+
+    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = DecoderModel(spec, dtype)
+        self.lm_head = LMHead(spec.vocab_size, spec.hidden_size, dtype)
+        if spec.tie_word_embeddings:
+            self.lm_head.tie(self.model.embed_tokens)
+        self.rotary = RotaryEmbedding(spec.head_dim, spec.max_position, spec.rope, dtype)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        ctx.cos, ctx.sin = self.rotary.cos_sin(positions)
+        return self.model(input_ids, ctx)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load Hugging Face-named tensors; raise if any parameter is left unloaded."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb." in name:
+                continue
+            if name == "lm_head.weight" and self.spec.tie_word_embeddings:
+                continue
+            target, shard = _target(name)
+            if target not in params:
+                raise ValueError(f"Checkpoint tensor {name!r} matches no parameter of the model.")
+            module = self.get_submodule(target.rsplit(".", 1)[0])
+            if isinstance(module, Linear):
+                module.load_shard(params[target], tensor, shard)
+            else:
+                _copy(params[target], tensor, name)
+            loaded.add(target if shard is None else f"{target}#{shard}")
+        self._check_loaded(params, loaded)
+
+    def _check_loaded(self, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
+        missing = []
+        for name in params:
+            if name == "lm_head.weight" and self.spec.tie_word_embeddings:
+                continue
+            module = self.get_submodule(name.rsplit(".", 1)[0])
+            shards = len(module.output_sizes) if isinstance(module, Linear) else 1
+            if shards == 1 and name not in loaded:
+                missing.append(name)
+            elif shards > 1:
+                missing += [f"{name}#{i}" for i in range(shards) if f"{name}#{i}" not in loaded]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"The checkpoint is missing {len(missing)} tensors: {shown}")
+
+
+def _target(name: str) -> tuple[str, int | None]:
+    for old, new, shard in _STACKED:
+        if old in name:
+            return name.replace(old, new), shard
+    return name, None
+
+
+def _copy(param: nn.Parameter, tensor: torch.Tensor, name: str) -> None:
+    if param.shape != tensor.shape:
+        raise ValueError(
+            f"Checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected "
+            f"{tuple(param.shape)}."
+        )
+    param.data.copy_(tensor)

@@ -1,0 +1,36 @@
+"""Weight loaders: each yields (Hugging Face tensor name, tensor) pairs for
+``CausalLM.load_weights``, or fills parameters directly (dummy)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from pagedllm.config import ModelConfig
+
+
+def load_weights_into(model: torch.nn.Module, model_config: ModelConfig) -> None:
+    """Fill ``model``'s parameters from the source ``model_config`` names."""
+    if model_config.load_format == "dummy":
+        from pagedllm.model.loader.dummy_weights import fill_dummy_weights
+
+        fill_dummy_weights(model, model_config.seed)
+        return
+    model.load_weights(_iter_weights(model_config))
+
+
+def _iter_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    files = model_config.files
+    if files.gguf_file is not None:
+        from pagedllm.model.loader.gguf_weights import iter_gguf_weights
+
+        return iter_gguf_weights(files.gguf_file, model_config.text_config, files.config_dir)
+    if not files.safetensors:
+        raise ValueError(
+            f"No *.safetensors weights found in {files.config_dir}. pagedllm loads "
+            "safetensors and GGUF checkpoints; use load_format='dummy' for random weights."
+        )
+    from pagedllm.model.loader.safetensors_weights import iter_safetensors_weights
+
+    return iter_safetensors_weights(files.safetensors)

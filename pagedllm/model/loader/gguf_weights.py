@@ -1,0 +1,122 @@
+"""GGUF checkpoints: tensors dequantized to float32 by the ``gguf`` package, renamed to
+Hugging Face names with its tensor-name map, and un-permuted where llama.cpp permuted them.
+
+Parsing a GGUF file's metadata with ``GGUFReader`` takes seconds (tens of thousands of
+vocabulary entries), so the tensor table (name, type, shape, byte range) is written once
+beside the converted config; later loads memory-map the file and read tensors directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_GGUF_ARCHS = ("llama", "qwen2", "qwen3")
+_INDEX_FILE = "gguf_tensors.json"
+
+
+def iter_gguf_weights(
+    path: Path, config: Any, index_dir: Path
+) -> Iterator[tuple[str, torch.Tensor]]:
+    import gguf
+
+    index = _load_index(path, index_dir / _INDEX_FILE)
+    arch = index["arch"]
+    to_hf = _gguf_to_hf_names(gguf, arch, config.num_hidden_layers)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    for entry in index["tensors"]:
+        hf_name = to_hf.get(entry["name"])
+        if hf_name is None:
+            raise ValueError(f"GGUF tensor {entry['name']!r} of {path} has no known counterpart.")
+        weight = torch.from_numpy(_dequantize(gguf, data, entry))
+        if arch == "llama":
+            weight = _unpermute_llama(hf_name, weight, config)
+        yield hf_name, weight
+
+
+def _dequantize(gguf: Any, data: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
+    qtype = gguf.GGMLQuantizationType(entry["type"])
+    shape = tuple(entry["shape"])  # numpy order: the reverse of GGUF's ne
+    raw = data[entry["offset"] : entry["offset"] + entry["n_bytes"]]
+    if qtype == gguf.GGMLQuantizationType.F32:
+        values = raw.view(np.float32).reshape(shape)
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        values = raw.view(np.float16).reshape(shape)
+    else:
+        blocks = raw.reshape(gguf.quant_shape_to_byte_shape(shape, qtype))
+        values = gguf.quants.dequantize(blocks, qtype)
+    return np.array(values, dtype=np.float32)  # a writable copy, detached from the map
+
+
+def _load_index(path: Path, index_path: Path) -> dict[str, Any]:
+    if index_path.exists():
+        return json.loads(index_path.read_text())
+    index = _build_index(path)
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    tmp.replace(index_path)
+    return index
+
+
+def _build_index(path: Path) -> dict[str, Any]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = field.contents() if field is not None else None
+    if arch not in _GGUF_ARCHS:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {_GGUF_ARCHS}.")
+    tensors = [
+        {
+            "name": t.name,
+            "type": int(t.tensor_type),
+            "shape": [int(d) for d in reversed(t.shape.tolist())],
+            "offset": int(t.data_offset),
+            "n_bytes": int(t.n_bytes),
+        }
+        for t in reader.tensors
+    ]
+    return {"arch": arch, "tensors": tensors}
+
+
+def _gguf_to_hf_names(gguf: Any, arch: str, n_layers: int) -> dict[str, str]:
+    model_arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    name_map = gguf.get_tensor_name_map(model_arch, n_layers)
+    per_layer = [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        *(f"self_attn.{p}_proj.{s}" for p in "qkvo" for s in ("weight", "bias")),
+        "self_attn.q_norm.weight",
+        "self_attn.k_norm.weight",
+        *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")),
+    ]
+    hf_names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    hf_names += [f"model.layers.{i}.{n}" for i in range(n_layers) for n in per_layer]
+    mapping = {}
+    for hf_name in hf_names:
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is not None:
+            mapping[gguf_name] = hf_name
+    return mapping
+
+
+def _unpermute_llama(hf_name: str, weight: torch.Tensor, config: Any) -> torch.Tensor:
+    """llama.cpp interleaves the rotary halves of q and k rows; restore the HF order."""
+    if ".q_proj." in hf_name:
+        heads = config.num_attention_heads
+    elif ".k_proj." in hf_name:
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    else:
+        return weight
+    half = weight.shape[0] // heads // 2
+    return (
+        weight.reshape(heads, half, 2, *weight.shape[1:])
+        .transpose(1, 2)
+        .reshape(weight.shape)
+        .contiguous()
+    )

