@@ -323,6 +323,8 @@ class EngineArgs:
         chunked = True if self.enable_chunked_prefill is None else self.enable_chunked_prefill
         max_num_seqs = self.max_num_seqs or (256 if device == "cuda" else 128)
         budget = self.max_num_batched_tokens
+        if self.max_num_seqs is None and budget is not None:
+            max_num_seqs = min(max_num_seqs, budget)  # a small budget implies fewer sequences
         if budget is None:
             budget = (8192 if device == "cuda" else 2048) if chunked else max(max_model_len, 2048)
             budget = max(budget, max_num_seqs)

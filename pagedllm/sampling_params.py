@@ -193,7 +193,9 @@ class SamplingParams:
             twin = copy.deepcopy(self)
         finally:
             self.logits_processors = processors
-        twin.logits_processors = processors
+        # A new list of the same processors, as vLLM's clone: appending to the twin's list
+        # must not change the original's.
+        twin.logits_processors = None if processors is None else list(processors)
         return twin
 
     def update_from_generation_config(

@@ -114,7 +114,7 @@ class BlockPool:
         taken = []
         for _ in range(num_blocks):
             block = self.free_queue.popleft()
-            self._evict_hash(block)
+            self.evict_hash(block)
             block.ref_cnt = 1
             taken.append(block)
         return taken
@@ -149,7 +149,8 @@ class BlockPool:
         block.block_hash = block_hash
         self.hash_to_block[block_hash] = block
 
-    def _evict_hash(self, block: KVCacheBlock) -> None:
+    def evict_hash(self, block: KVCacheBlock) -> None:
+        """Take the block out of the prefix cache (its KV is about to change, or never was)."""
         if block.block_hash is None:
             return
         if self.hash_to_block.get(block.block_hash) is block:

@@ -102,9 +102,16 @@ class KVCacheManager:
         return new_blocks
 
     def free(self, request: Request) -> None:
-        """Release a request's blocks, tail first (see ``BlockPool.free_blocks``)."""
+        """Release a request's blocks, tail first (see ``BlockPool.free_blocks``).
+
+        Only blocks inside ``num_computed_tokens`` may stay cached. ``allocate_slots`` hashes
+        the blocks a step will fill before the step runs; a request preempted after it was
+        scheduled in the same step never runs that step, so those blocks hold no valid KV.
+        """
         blocks = self.req_to_blocks.pop(request.request_id, [])
         self.num_cached_blocks.pop(request.request_id, None)
+        for block in blocks[request.num_computed_tokens // self.block_size :]:
+            self.block_pool.evict_hash(block)
         self.block_pool.free_blocks(reversed(blocks))
 
     def get_block_ids(self, request_id: str) -> list[int]:

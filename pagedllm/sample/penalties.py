@@ -14,7 +14,7 @@ from pagedllm.sample.metadata import PenaltyInputs
 
 
 def apply_penalties(logits: torch.Tensor, p: PenaltyInputs) -> torch.Tensor:
-    """logits: [rows, vocab] float32, modified in place and returned."""
+    """logits: [rows, vocab] float32 -> penalized logits (a new tensor)."""
     seen = p.prompt_mask | (p.output_counts > 0)
     repetition = p.repetition.unsqueeze(1).expand_as(logits)
     scale = torch.where(seen, repetition, torch.ones_like(logits))

@@ -1,0 +1,188 @@
+"""End to end through the offline LLM API: batching invariance, chunked prefill, prefix
+caching, preemption, seeds, n > 1 — on a tiny random Llama (token ids, fast)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False)
+
+
+def make_llm(path, **kwargs) -> LLM:
+    kwargs.setdefault("kv_cache_memory_bytes", "16M")
+    kwargs.setdefault("max_model_len", 512)
+    return LLM(model=str(path), skip_tokenizer_init=True, **kwargs)
+
+
+def mixed_prompts(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 380) for _ in range(rng.randint(1, 120))] for _ in range(n)]
+
+
+def mixed_params(n: int) -> list[SamplingParams]:
+    """Greedy and seeded-sampling requests with different lengths and penalties."""
+    params = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            params.append(
+                SamplingParams(
+                    temperature=0.0, max_tokens=8 + i % 13, ignore_eos=True, detokenize=False
+                )
+            )
+        elif kind == 1:
+            params.append(
+                SamplingParams(
+                    temperature=0.8,
+                    top_p=0.9,
+                    seed=100 + i,
+                    max_tokens=16,
+                    ignore_eos=True,
+                    detokenize=False,
+                )
+            )
+        elif kind == 2:
+            params.append(
+                SamplingParams(
+                    temperature=0.0,
+                    repetition_penalty=1.3,
+                    presence_penalty=0.5,
+                    frequency_penalty=0.4,
+                    max_tokens=20,
+                    ignore_eos=True,
+                    detokenize=False,
+                )
+            )
+        else:
+            params.append(
+                SamplingParams(
+                    temperature=1.0,
+                    top_k=20,
+                    min_p=0.05,
+                    seed=7 * i,
+                    max_tokens=12,
+                    ignore_eos=True,
+                    detokenize=False,
+                )
+            )
+    return params
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return make_llm(tiny_models["llama"])
+
+
+def test_batch_equals_each_prompt_alone(llama):
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(36)]
+    params = mixed_params(36)
+    batched = token_ids(llama.generate(prompts, params, use_tqdm=False))
+    alone = [token_ids(llama.generate(p, sp, use_tqdm=False))[0] for p, sp in zip(prompts, params)]
+    assert batched == alone
+    assert [len(t) for t in batched] == [sp.max_tokens for sp in params]
+
+
+def test_outputs_come_back_in_prompt_order(llama):
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(10, seed=3)]
+    outputs = llama.generate(prompts, GREEDY, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outputs] == [p["prompt_token_ids"] for p in prompts]
+    assert all(o.finished for o in outputs)
+    assert all(o.outputs[0].finish_reason == "length" for o in outputs)
+
+
+def test_chunked_prefill_and_prefix_cache_give_same_tokens(tiny_models, llama):
+    shared = mixed_prompts(1, seed=9)[0] * 3  # a long common prefix
+    prompts = [{"prompt_token_ids": shared + tail} for tail in mixed_prompts(12, seed=4)]
+    reference = token_ids(llama.generate(prompts, GREEDY, use_tqdm=False))
+    chunked = make_llm(
+        tiny_models["llama"], max_num_batched_tokens=32, max_num_seqs=8, enable_prefix_caching=False
+    )
+    assert token_ids(chunked.generate(prompts, GREEDY, use_tqdm=False)) == reference
+    cached = make_llm(tiny_models["llama"], max_num_batched_tokens=48, enable_prefix_caching=True)
+    cached.generate(prompts[:1], GREEDY, use_tqdm=False)  # warm the cache
+    assert token_ids(cached.generate(prompts, GREEDY, use_tqdm=False)) == reference
+    assert cached.generate(prompts[:1], GREEDY, use_tqdm=False)[0].num_cached_tokens > 0
+
+
+def test_preemption_under_tiny_kv_budget_keeps_results(tiny_models, llama):
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(24, seed=5)]
+    params = mixed_params(24)
+    reference = token_ids(llama.generate(prompts, params, use_tqdm=False))
+    # 2 layers x 2 kv heads x 16 dims x 4 bytes x 2 = 512 bytes per token: 32 blocks of 16.
+    tiny = make_llm(tiny_models["llama"], kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256)
+    assert token_ids(tiny.generate(prompts, params, use_tqdm=False)) == reference
+    scheduler = tiny.llm_engine.engine_core.scheduler
+    assert scheduler.num_preemptions > 0
+    pool = tiny.llm_engine.engine_core.kv_cache_manager.block_pool
+    pool.check_integrity()
+    assert pool.get_num_free_blocks() == pool.num_blocks
+
+
+def test_seeded_sampling_is_reproducible(llama):
+    prompt = {"prompt_token_ids": [5, 6, 7, 8, 9]}
+    params = SamplingParams(
+        temperature=1.0, seed=1234, max_tokens=32, ignore_eos=True, detokenize=False
+    )
+    first = token_ids(llama.generate(prompt, params, use_tqdm=False))[0]
+    crowd = [{"prompt_token_ids": p} for p in mixed_prompts(9, seed=11)]
+    noisy = llama.generate([*crowd, prompt], [*mixed_params(9), params], use_tqdm=False)
+    assert noisy[-1].outputs[0].token_ids == first
+    other = SamplingParams(
+        temperature=1.0, seed=4321, max_tokens=32, ignore_eos=True, detokenize=False
+    )
+    assert token_ids(llama.generate(prompt, other, use_tqdm=False))[0] != first
+
+
+def test_n_parallel_samples(llama):
+    prompt = {"prompt_token_ids": [9, 8, 7, 6]}
+    params = SamplingParams(
+        n=4, temperature=1.0, seed=3, max_tokens=10, ignore_eos=True, detokenize=False
+    )
+    out = llama.generate(prompt, params, use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2, 3]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+    assert all(len(c.token_ids) == 10 for c in out.outputs)
+    again = llama.generate(prompt, params, use_tqdm=False)[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]
+    greedy = SamplingParams(n=3, temperature=0.0, max_tokens=6, ignore_eos=True, detokenize=False)
+    same = llama.generate(prompt, greedy, use_tqdm=False)[0]
+    assert len({tuple(c.token_ids) for c in same.outputs}) == 1
+
+
+def test_stop_token_ids_and_min_tokens(llama):
+    prompt = {"prompt_token_ids": [3, 4, 5]}
+    free = token_ids(llama.generate(prompt, GREEDY, use_tqdm=False))[0]
+    stop_id = free[5]
+    first = free.index(stop_id)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=24, ignore_eos=True, stop_token_ids=[stop_id], detokenize=False
+    )
+    out = llama.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == free[: first + 1]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop_id)
+    held = SamplingParams(
+        temperature=0.0,
+        max_tokens=24,
+        ignore_eos=True,
+        stop_token_ids=[stop_id],
+        min_tokens=first + 2,
+        detokenize=False,
+    )
+    out = llama.generate(prompt, held, use_tqdm=False)[0].outputs[0]
+    assert stop_id not in out.token_ids[: first + 2]
+    assert len(out.token_ids) >= first + 2
+
+
+def test_priority_policy_runs(tiny_models):
+    llm = make_llm(tiny_models["llama"], scheduling_policy="priority", max_num_seqs=2)
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(6, seed=2)]
+    outputs = llm.generate(prompts, GREEDY, use_tqdm=False, priority=[5, 0, 3, 1, 4, 2])
+    assert [o.prompt_token_ids for o in outputs] == [p["prompt_token_ids"] for p in prompts]

@@ -1,0 +1,54 @@
+"""The users' own scripts (../shared/seeds/003, sections 9.1.1 and 9.2.1), run unchanged but
+for `vllm` -> `pagedllm` in the import and the model path, against SmolLM2 kept as a
+Hugging Face-format directory (safetensors + tokenizer), as those users keep their models."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parent / "seed_scripts"
+
+
+@pytest.fixture(scope="session")
+def smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from pagedllm.model.loader.gguf_weights import iter_gguf_weights
+    from pagedllm.model_files import resolve_model
+
+    files = resolve_model(None)
+    target = tmp_path_factory.mktemp("SmolLM2-135M-Instruct")
+    for path in files.config_dir.iterdir():
+        if path.name != "gguf_tensors.json":  # config, generation config, tokenizer, template
+            shutil.copy(path, target / path.name)
+    config = AutoConfig.from_pretrained(target)
+    tensors = dict(iter_gguf_weights(files.gguf_file, config, files.config_dir))
+    save_file(tensors, target / "model.safetensors")
+    return target
+
+
+def run_seed(name: str, model_dir: Path, tmp_path: Path) -> str:
+    script = tmp_path / name
+    script.write_text((SCRIPTS / name).read_text().replace("MODEL_PATH", str(model_dir)))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_seed_offline_inference_script(smollm_dir, tmp_path):
+    stdout = run_seed("vllm_swift.py", smollm_dir, tmp_path)
+    assert stdout.count("输入：") == 2 and stdout.count("生成：") == 2
+    assert "肚子疼" in stdout
+
+
+def test_seed_multi_turn_script(smollm_dir, tmp_path):
+    stdout = run_seed("vllm_infer.py", smollm_dir, tmp_path)
+    assert stdout.count("query: ") == 2 and stdout.count("response: ") == 2

@@ -1,0 +1,180 @@
+"""Text-level behaviour with the bundled SmolLM2: stop strings, special tokens, streaming
+of multi-byte text, chat, and the errors a user can run into."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from pagedllm import LLM, RequestOutputKind, SamplingParams
+
+CHAT = [{"role": "user", "content": "List three fruits, one per line."}]
+
+
+def greedy(**kwargs) -> SamplingParams:
+    kwargs.setdefault("max_tokens", 40)
+    return SamplingParams(temperature=0.0, **kwargs)
+
+
+def test_stop_strings(smollm):
+    free = smollm.chat(CHAT, greedy(), use_tqdm=False)[0].outputs[0]
+    assert len(free.text) > 12
+    stop = free.text[6:9]
+    cut = smollm.chat(CHAT, greedy(stop=[stop]), use_tqdm=False)[0].outputs[0]
+    assert cut.text == free.text[: free.text.index(stop)]
+    assert (cut.finish_reason, cut.stop_reason) == ("stop", stop)
+    kept = smollm.chat(CHAT, greedy(stop=stop, include_stop_str_in_output=True), use_tqdm=False)
+    assert kept[0].outputs[0].text == free.text[: free.text.index(stop) + len(stop)]
+
+
+def test_eos_finishes_with_stop_reason_none(smollm):
+    out = smollm.chat(CHAT, greedy(max_tokens=200), use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason is None
+    assert out.token_ids[-1] == smollm.get_tokenizer().eos_token_id
+    assert "<|im_end|>" not in out.text
+    raw = smollm.chat(CHAT, greedy(max_tokens=200, skip_special_tokens=False), use_tqdm=False)
+    assert raw[0].outputs[0].text.endswith("<|im_end|>")
+
+
+def test_detokenize_false_gives_ids_only(smollm):
+    out = smollm.generate("Hello", greedy(max_tokens=5, detokenize=False), use_tqdm=False)[0]
+    assert out.outputs[0].text == "" and len(out.outputs[0].token_ids) == 5
+
+
+def test_streamed_chinese_never_breaks_a_character(smollm):
+    engine = smollm.llm_engine
+    tokenizer = smollm.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "请用中文写一段关于春天的短文。"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    params = greedy(max_tokens=60, output_kind=RequestOutputKind.DELTA)
+    engine.add_request(
+        "zh", {"prompt": prompt, "prompt_token_ids": tokenizer.encode(prompt)}, params
+    )
+    deltas, token_ids = [], []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            deltas.append(output.outputs[0].text)
+            token_ids += output.outputs[0].token_ids
+    assert all("\ufffd" not in d for d in deltas)
+    text = "".join(deltas)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    assert text == tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
+
+def test_cumulative_and_final_only_kinds(smollm):
+    engine = smollm.llm_engine
+    seen = {}
+    for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.FINAL_ONLY):
+        engine.add_request(kind.name, "The sky is", greedy(max_tokens=8, output_kind=kind))
+        outputs = []
+        while engine.has_unfinished_requests():
+            outputs += engine.step()
+        seen[kind] = outputs
+    cumulative = seen[RequestOutputKind.CUMULATIVE]
+    assert len(cumulative) == 8
+    assert all(
+        b.outputs[0].text.startswith(a.outputs[0].text) for a, b in itertools.pairwise(cumulative)
+    )
+    final = seen[RequestOutputKind.FINAL_ONLY]
+    assert len(final) == 1 and final[0].finished
+    assert final[0].outputs[0].text == cumulative[-1].outputs[0].text
+
+
+def test_chat_batch_and_template_kwargs(smollm):
+    conversations = [CHAT, [{"role": "user", "content": "Say hi."}]]
+    outputs = smollm.chat(conversations, greedy(max_tokens=8), use_tqdm=False)
+    assert len(outputs) == 2
+    assert outputs[0].prompt.startswith("<|im_start|>system")
+    custom = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    out = smollm.chat(CHAT, greedy(max_tokens=4), chat_template=custom, use_tqdm=False)[0]
+    assert out.prompt == CHAT[0]["content"] + "\n"
+
+
+def test_truncate_prompt_tokens_keeps_the_tail(smollm):
+    ids = smollm.get_tokenizer().encode("one two three four five six seven eight")
+    out = smollm.generate(
+        {"prompt_token_ids": ids}, greedy(max_tokens=2, truncate_prompt_tokens=3), use_tqdm=False
+    )
+    assert out[0].prompt_token_ids == ids[-3:]
+
+
+# -- errors: a clear sentence, nothing left behind ------------------------------------
+
+
+def test_too_long_requests_are_rejected_with_numbers(smollm):
+    tokenizer = smollm.get_tokenizer()
+    long_ids = list(range(100, 100 + 2048))
+    with pytest.raises(ValueError, match=r"length 2048.*maximum model length of 2048"):
+        smollm.generate({"prompt_token_ids": long_ids}, greedy(), use_tqdm=False)
+    ids = tokenizer.encode("Hello there")
+    with pytest.raises(
+        ValueError, match=rf"maximum context length is 2048 tokens.*{len(ids)} in the prompt, 2047"
+    ):
+        smollm.generate({"prompt_token_ids": ids}, greedy(max_tokens=2047), use_tqdm=False)
+    with pytest.raises(ValueError, match="empty"):
+        smollm.generate({"prompt_token_ids": []}, greedy(), use_tqdm=False)
+    with pytest.raises(ValueError, match="out of vocabulary"):
+        smollm.generate({"prompt_token_ids": [10**7]}, greedy(), use_tqdm=False)
+    # A bad prompt in a batch adds nothing; the engine keeps serving.
+    with pytest.raises(ValueError):
+        smollm.generate(["fine", {"prompt_token_ids": []}], greedy(), use_tqdm=False)
+    assert not smollm.llm_engine.has_unfinished_requests()
+    assert smollm.generate("Still here?", greedy(max_tokens=3), use_tqdm=False)[0].finished
+
+
+def test_unbuilt_sampling_options_are_refused_by_name(smollm):
+    for kwargs in ({"logprobs": 2}, {"logit_bias": {5: 1.0}}, {"bad_words": ["x"]}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            smollm.generate("Hi", SamplingParams(**kwargs), use_tqdm=False)
+    assert not smollm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"quantization": "fp8"}, "quantization"),
+        ({"swap_space": 4}, "swap_space"),
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
+        ({"max_model_len": 100000}, r"100000.*8192"),
+        ({"dtype": "float64"}, "dtype"),
+        ({"scheduling_policy": "lifo"}, "scheduling_policy"),
+    ],
+)
+def test_bad_engine_options_fail_at_start(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        LLM(kv_cache_memory_bytes="16M", **kwargs)
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="not_an_option"):
+        LLM(not_an_option=1)
+
+
+def test_kv_budget_too_small_names_the_numbers():
+    per_token = 2 * 30 * 3 * 64 * 4
+    budget = 8 * 1024 * 1024
+    fits = budget // (per_token * 16) * 16
+    with pytest.raises(
+        ValueError, match=rf"needs 0\.09 GiB.*0\.01 GiB.*largest max_model_len that fits is {fits}"
+    ):
+        LLM(kv_cache_memory_bytes=budget, max_model_len=2048)
+
+
+def test_unknown_architecture_lists_supported(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    )
+    with pytest.raises(
+        ValueError, match=r"GPT2LMHeadModel not supported.*LlamaForCausalLM.*Qwen3ForCausalLM"
+    ):
+        LLM(model=str(tmp_path), load_format="dummy", skip_tokenizer_init=True)
+
+
+def test_missing_model_never_downloads():
+    with pytest.raises(ValueError, match="never downloads"):
+        LLM(model="no-such-org/no-such-model")

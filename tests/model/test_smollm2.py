@@ -1,0 +1,63 @@
+"""The bundled SmolLM2 (GGUF, dequantized) against transformers loading the same file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedllm import SamplingParams
+from pagedllm.model_files import bundled_gguf_path
+from tests.model.helpers import prefill_logits
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Give me three tips for learning to cook."},
+    ],
+    [{"role": "user", "content": "请用中文介绍一下你自己。"}],
+]
+
+
+@pytest.fixture(scope="module")
+def hf_smollm():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = bundled_gguf_path()
+    kwargs = {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+    return tokenizer, model.eval()
+
+
+def test_weights_and_logits_match_transformers(smollm, hf_smollm):
+    tokenizer, model = hf_smollm
+    text = tokenizer.apply_chat_template(
+        CONVERSATIONS[1], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    ours = prefill_logits(smollm, [ids])[0]
+    with torch.inference_mode():
+        expected = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_greedy_chat_reply_matches_transformers(smollm, hf_smollm):
+    tokenizer, model = hf_smollm
+    params = SamplingParams(temperature=0.0, max_tokens=48)
+    outputs = smollm.chat(CONVERSATIONS, params, use_tqdm=False)
+    for conversation, out in zip(CONVERSATIONS, outputs):
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert out.prompt_token_ids == ids
+        with torch.inference_mode():
+            generated = model.generate(
+                torch.tensor([ids]), max_new_tokens=48, do_sample=False, pad_token_id=2
+            )[0, len(ids) :].tolist()
+        assert out.outputs[0].token_ids == generated
+        # A reply cut by max_tokens may end inside a multi-byte character: transformers shows
+        # U+FFFD for the partial bytes, the incremental detokenizer holds them back.
+        expected_text = tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd")
+        assert out.outputs[0].text == expected_text
