@@ -416,18 +416,18 @@ def _architecture(hf_config: Any) -> str:
 
 def _max_model_len(requested: int | str | None, hf_config: Any) -> int:
     text = getattr(hf_config, "text_config", None) or hf_config
-    derived = getattr(text, "max_position_embeddings", None) or 2048
-    window = getattr(text, "sliding_window", None)
-    uses_window = window is not None and getattr(text, "use_sliding_window", True)
-    if uses_window and window < derived:
+    derived: int = getattr(text, "max_position_embeddings", None) or 2048
+    window: int | None = getattr(text, "sliding_window", None)
+    if not getattr(text, "use_sliding_window", True):
+        window = None
+    limited_by_window = window is not None and window < derived
+    if window is not None and window < derived:
         derived = window  # no sliding-window attention yet: stay within the window
     value = parse_token_count(requested)
     if value is None:
         return derived
     if value > derived:
-        why = (
-            "its sliding window" if uses_window and window == derived else "max_position_embeddings"
-        )
+        why = "its sliding window" if limited_by_window else "max_position_embeddings"
         raise ValueError(
             f"max_model_len={value} is larger than the model's maximum length of {derived} "
             f"({why}). Use max_model_len <= {derived}."

@@ -154,9 +154,9 @@ class SamplingParams:
                 self.truncate_prompt_tokens >= 1,
                 f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}.",
             )
-        _check(all(s != "" for s in self.stop), "stop cannot contain an empty string.")
+        _check(all(s != "" for s in self.stop or []), "stop cannot contain an empty string.")
         _check(
-            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids or []),
             f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}.",
         )
         _check(
@@ -176,6 +176,11 @@ class SamplingParams:
         if self.seed is not None:
             return SamplingType.RANDOM_SEED
         return SamplingType.RANDOM
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """``stop`` as a list (it is normalized to one at construction)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
     def uses_penalties(self) -> bool:

@@ -29,27 +29,39 @@ class PrefillSpan:
 class TorchAttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64
     num_decodes: int
-    decode_block_table: torch.Tensor | None  # [num_decodes, max_blocks] int64
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool
+    decode_block_ids: torch.Tensor | None  # [num_decodes * max_blocks] int64, row-major
+    decode_max_blocks: int
+    decode_valid: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool
     prefills: list[PrefillSpan]
+    # The decode mask as an additive bias in the model's dtype, made once per step.
+    _decode_bias: torch.Tensor | None = None
+
+    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._decode_bias is None or self._decode_bias.dtype != dtype:
+            assert self.decode_valid is not None
+            bias = torch.zeros(
+                self.decode_valid.shape, dtype=dtype, device=self.decode_valid.device
+            )
+            self._decode_bias = bias.masked_fill_(~self.decode_valid, float("-inf"))
+        return self._decode_bias
 
 
 class TorchAttentionBackend:
     def build_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
         num_decodes = common.num_decodes
-        decode_table = decode_mask = None
+        block_ids, max_blocks, valid = None, 0, None
         if num_decodes:
             lens = common.seq_lens_cpu[:num_decodes]
-            table = common.block_table[:num_decodes].long()
-            max_blocks = table.shape[1]
-            decode_table = table
+            max_blocks = -(-max(lens) // common.block_size)
+            table = common.block_table[:num_decodes, :max_blocks].long()
+            block_ids = table.reshape(-1)
             span = max_blocks * common.block_size
             positions = torch.arange(span, device=table.device)
             seq_lens = torch.tensor(lens, device=table.device)
-            decode_mask = (positions[None, :] < seq_lens[:, None]).view(num_decodes, 1, 1, span)
+            valid = (positions[None, :] < seq_lens[:, None]).view(num_decodes, 1, 1, span)
         prefills = [self._span(common, i) for i in range(num_decodes, common.num_reqs)]
         return TorchAttentionMetadata(
-            common.slot_mapping, num_decodes, decode_table, decode_mask, prefills
+            common.slot_mapping, num_decodes, block_ids, max_blocks, valid, prefills
         )
 
     @staticmethod
@@ -76,47 +88,53 @@ class TorchAttentionBackend:
         metadata: TorchAttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        k_cache, v_cache = kv_cache[0], kv_cache[1]
         num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
-        out = torch.empty_like(q)
-        if metadata.num_decodes:
-            n = metadata.num_decodes
-            out[:n] = _decode(q[:n], k_cache, v_cache, metadata, scale)
+        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
+        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        n = metadata.num_decodes
+        if not metadata.prefills:  # a pure decode step: no stitching needed
+            return _decode(q, kv_cache, metadata, scale)
+        if n == 0 and len(metadata.prefills) == 1:
+            return _prefill(q, k, v, kv_cache, metadata.prefills[0], scale)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if n:
+            out[:n] = _decode(q[:n], kv_cache, metadata, scale)
         for span in metadata.prefills:
-            out[span.start : span.end] = _prefill(q, k, v, k_cache, v_cache, span, scale)
+            out[span.start : span.end] = _prefill(q, k, v, kv_cache, span, scale)
         return out
 
 
-def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    """[..., blocks] ids -> [..., blocks * block_size, kv_heads, head_dim]."""
-    gathered = cache[block_ids]
-    return gathered.flatten(-4, -3)
+def _gather(kv_cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """K and V of the given blocks, in one copy: [2, len(block_ids) * block_size, kv_heads,
+    head_dim]. ``index_select`` over whole blocks is a plain row copy, several times faster
+    than advanced indexing."""
+    num_blocks, kv_heads, head_dim = kv_cache.shape[1], kv_cache.shape[3], kv_cache.shape[4]
+    rows = kv_cache.view(2, num_blocks, -1).index_select(1, block_ids)
+    return rows.view(2, -1, kv_heads, head_dim)
 
 
 def _decode(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    metadata: TorchAttentionMetadata,
-    scale: float,
+    q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float
 ) -> torch.Tensor:
-    table = metadata.decode_block_table
-    keys = _gather(k_cache, table).transpose(1, 2)  # [n, kv_heads, len, head_dim]
-    values = _gather(v_cache, table).transpose(1, 2)
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys, values, attn_mask=metadata.decode_mask, scale=scale, enable_gqa=True
-    )
-    return out.squeeze(2)
+    """Single-token queries. Grouped-query trick: the query heads that share a KV head are
+    laid out as that head's "query positions" ([n, kv_heads, group, head_dim]), so SDPA
+    never expands K/V to every query head."""
+    n, num_heads, head_dim = q.shape
+    kv_heads = kv_cache.shape[3]
+    assert metadata.decode_block_ids is not None
+    kv = _gather(kv_cache, metadata.decode_block_ids).view(2, n, -1, kv_heads, head_dim)
+    keys, values = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # [n, kv_heads, len, dim]
+    grouped = q.reshape(n, kv_heads, num_heads // kv_heads, head_dim)
+    bias = metadata.decode_bias(q.dtype)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=bias, scale=scale)
+    return out.reshape(n, num_heads, head_dim)
 
 
 def _prefill(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    kv_cache: torch.Tensor,
     span: PrefillSpan,
     scale: float,
 ) -> torch.Tensor:
@@ -128,8 +146,8 @@ def _prefill(
             query, keys, values, is_causal=True, scale=scale, enable_gqa=True
         )
     else:
-        keys = _gather(k_cache, span.block_ids)[: span.seq_len].transpose(0, 1)
-        values = _gather(v_cache, span.block_ids)[: span.seq_len].transpose(0, 1)
+        kv = _gather(kv_cache, span.block_ids)[:, : span.seq_len]
+        keys, values = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
         out = F.scaled_dot_product_attention(
             query, keys, values, attn_mask=span.mask, scale=scale, enable_gqa=True
         )

@@ -76,7 +76,7 @@ class RequestState:
     @property
     def stop_buffer(self) -> int:
         """Characters held back while streaming: they may turn out to start a stop string."""
-        stops = self.params.stop or []
+        stops = self.params.stop_strings
         if not stops or self.params.include_stop_str_in_output:
             return 0
         return max(len(s) for s in stops) - 1
@@ -92,7 +92,7 @@ class RequestState:
             found = find_stop_string(
                 self.text,
                 len(delta),
-                self.params.stop or [],
+                self.params.stop_strings,
                 self.params.include_stop_str_in_output,
             )
             if found is not None:

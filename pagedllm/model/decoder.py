@@ -99,18 +99,23 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).contiguous().split(self.sizes, dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        # [tokens, heads + 2 * kv_heads, head_dim]: q heads, then k heads, then v heads. A view
+        # whatever the projection's output layout (splitting one dimension never copies).
+        qkv = self.qkv_proj(x).view(num_tokens, heads + 2 * kv_heads, self.head_dim)
+        cos, sin = ctx.cos, ctx.sin
+        assert cos is not None and sin is not None, "CausalLM.forward gathers the rotary rows"
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = RotaryEmbedding.apply(q, ctx.cos, ctx.sin)
-        k = RotaryEmbedding.apply(k, ctx.cos, ctx.sin)
+            q = RotaryEmbedding.rotate(self.q_norm(qkv[:, :heads]), cos, sin)
+            k = RotaryEmbedding.rotate(self.k_norm(qkv[:, heads : heads + kv_heads]), cos, sin)
+        else:
+            qk = RotaryEmbedding.rotate(qkv[:, : heads + kv_heads], cos, sin)
+            q, k = qk[:, :heads], qk[:, heads:]
+        v = qkv[:, heads + kv_heads :]
         out = ctx.backend.forward(
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale
         )
-        return self.o_proj(out.view(num_tokens, -1))
+        return self.o_proj(out.reshape(num_tokens, -1))
 
 
 class MLP(nn.Module):
@@ -154,9 +159,11 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x, residual = self.embed_tokens(input_ids), None
+        x = self.embed_tokens(input_ids)
+        residual: torch.Tensor | None = None
         for layer in self.layers:
             x, residual = layer(x, residual, ctx)
+        assert residual is not None, "a decoder has at least one layer"
         x, _ = self.norm.forward_residual(x, residual)
         return x
 

@@ -34,7 +34,7 @@ class RequestState:
         device: torch.device,
     ) -> RequestState:
         generator = None
-        if params.sampling_type == SamplingType.RANDOM_SEED:
+        if params.sampling_type == SamplingType.RANDOM_SEED and params.seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(params.seed)
         return cls(

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import torch
 
 from pagedllm.config import ModelConfig
+from pagedllm.model.decoder import CausalLM
 
 
-def load_weights_into(model: torch.nn.Module, model_config: ModelConfig) -> None:
+def load_weights_into(model: CausalLM, model_config: ModelConfig) -> None:
     """Fill ``model``'s parameters from the source ``model_config`` names."""
     if model_config.load_format == "dummy":
         from pagedllm.model.loader.dummy_weights import fill_dummy_weights

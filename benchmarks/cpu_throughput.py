@@ -1,0 +1,120 @@
+"""CPU throughput: pagedllm against transformers' batched ``generate``, same run, same weights.
+
+The bundled SmolLM2-135M-Instruct (GGUF, dequantized to float32 by both), N chat prompts,
+M new tokens each (end-of-sequence ignored so both produce exactly N x M tokens), greedy.
+Prints one table and appends a record to benchmarks/RESULTS.md.
+
+    python benchmarks/cpu_throughput.py [--num-prompts 32] [--output-len 128] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+TOPICS = ["cats", "the sea", "bread", "trains", "rain", "chess", "bees", "winter"]
+
+
+def make_conversations(n: int) -> list[list[dict[str, str]]]:
+    return [
+        [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}" + "!" * (i % 5)}]
+        for i in range(n)
+    ]
+
+
+def run_pagedllm(conversations, output_len: int) -> tuple[float, int]:
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(kv_cache_memory_bytes="512M", max_model_len=2048)
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    llm.chat(conversations[:2], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def run_transformers(conversations, output_len: int) -> tuple[float, int]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pagedllm.model_files import bundled_gguf_path
+
+    path = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        model.generate(**tokenizer(texts[:2], return_tensors="pt", padding=True), max_new_tokens=4, **kwargs)
+        start = time.perf_counter()
+        out = model.generate(**batch, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs)
+        elapsed = time.perf_counter() - start
+    return elapsed, int((out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    conversations = make_conversations(args.num_prompts)
+    rows = []
+    for name, fn in (("pagedllm", run_pagedllm), ("transformers generate", run_transformers)):
+        elapsed, tokens = fn(conversations, args.output_len)
+        rows.append((name, elapsed, tokens, tokens / elapsed))
+    ratio = rows[0][3] / rows[1][3]
+    table = ["| engine | seconds | output tokens | output tokens/s |", "|---|---|---|---|"]
+    table += [f"| {n} | {e:.2f} | {t} | {r:.1f} |" for n, e, t, r in rows]
+    table.append(f"\npagedllm / transformers: **{ratio:.2f}x**")
+    print("\n".join(table))
+    if not args.no_record:
+        command = "python " + " ".join(sys.argv)
+        record = [
+            f"\n## CPU throughput, {datetime.date.today().isoformat()}",
+            f"- device: {machine()}",
+            f"- commit: {commit()}",
+            f"- command: `{command}`",
+            f"- workload: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), {args.num_prompts} chat "
+            f"prompts, {args.output_len} new tokens each, greedy, eos ignored",
+            "",
+            *table,
+            "",
+        ]
+        with RESULTS.open("a") as f:
+            f.write("\n".join(record))
+
+
+if __name__ == "__main__":
+    main()

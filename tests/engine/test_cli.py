@@ -1,0 +1,60 @@
+"""The ``pagedllm`` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CLI = [sys.executable, "-m", "pagedllm.entrypoints.cli.main"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin, timeout=600)
+
+
+def test_chat_one_message_streams_a_reply():
+    done = run(
+        "chat",
+        "--message",
+        "What is 2+2?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--kv-cache-memory-bytes",
+        "64M",
+        "--max_model_len",
+        "1024",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "4" in done.stdout
+
+
+def test_chat_reads_turns_from_stdin():
+    done = run(
+        "chat",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "--kv-cache-memory-bytes",
+        "64M",
+        "--max-model-len",
+        "1k",
+        stdin="Hi!\nSay yes.\n",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len([line for line in done.stdout.splitlines() if line.strip()]) >= 2
+
+
+def test_unsupported_flag_fails_with_its_name():
+    done = run("chat", "--message", "hi", "--quantization", "fp8")
+    assert done.returncode == 2
+    assert "quantization" in done.stderr
+
+
+def test_help_lists_vllm_flag_spellings():
+    done = run("chat", "--help")
+    assert done.returncode == 0
+    for flag in ("--max-model-len", "--max_model_len", "--enforce-eager", "--block-size"):
+        assert flag in done.stdout
