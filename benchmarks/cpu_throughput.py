@@ -25,7 +25,12 @@ TOPICS = ["cats", "the sea", "bread", "trains", "rain", "chess", "bees", "winter
 
 def make_conversations(n: int) -> list[list[dict[str, str]]]:
     return [
-        [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}" + "!" * (i % 5)}]
+        [
+            {
+                "role": "user",
+                "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}" + "!" * (i % 5),
+            }
+        ]
         for i in range(n)
     ]
 
@@ -49,15 +54,24 @@ def run_transformers(conversations, output_len: int) -> tuple[float, int]:
 
     path = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
     with torch.inference_mode():
-        model.generate(**tokenizer(texts[:2], return_tensors="pt", padding=True), max_new_tokens=4, **kwargs)
+        model.generate(
+            **tokenizer(texts[:2], return_tensors="pt", padding=True), max_new_tokens=4, **kwargs
+        )
         start = time.perf_counter()
-        out = model.generate(**batch, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs)
+        out = model.generate(
+            **batch, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs
+        )
         elapsed = time.perf_counter() - start
     return elapsed, int((out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0])
 
@@ -76,8 +90,12 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
@@ -106,8 +124,9 @@ def main() -> None:
             f"- device: {machine()}",
             f"- commit: {commit()}",
             f"- command: `{command}`",
-            f"- workload: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), {args.num_prompts} chat "
-            f"prompts, {args.output_len} new tokens each, greedy, eos ignored",
+            f"- workload: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), "
+            f"{args.num_prompts} chat prompts, {args.output_len} new tokens each, greedy, "
+            "eos ignored",
             "",
             *table,
             "",

@@ -411,7 +411,8 @@ def _load_hf_config(files: ModelFiles, trust_remote_code: bool) -> Any:
 def _architecture(hf_config: Any) -> str:
     from pagedllm.model.registry import check_architecture
 
-    return check_architecture(getattr(hf_config, "architectures", None) or [])
+    archs = getattr(hf_config, "architectures", None) or []
+    return check_architecture(archs, getattr(hf_config, "model_type", None))
 
 
 def _max_model_len(requested: int | str | None, hf_config: Any) -> int:

@@ -12,10 +12,20 @@ _FAMILIES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
+# For configs that name no architecture (hand-written ones, some conversions).
+_BY_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 
 
-def check_architecture(architectures: list[str]) -> str:
-    """The first supported architecture named by the config, or a ValueError listing ours."""
+def check_architecture(architectures: list[str], model_type: str | None = None) -> str:
+    """The first supported architecture named by the config (or implied by its model_type
+    when it names none), or a ValueError listing ours."""
+    if not architectures and model_type in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[model_type]
     for arch in architectures:
         if arch in _FAMILIES:
             return arch

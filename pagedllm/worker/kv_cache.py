@@ -48,7 +48,7 @@ def plan_kv_cache(
         fits = min(plan.num_tokens, max_len)
         raise ValueError(
             f"To serve one request of max_model_len={max_len} tokens, the KV cache needs "
-            f"{needed / GiB:.2f} GiB, but only {available_bytes / GiB:.2f} GiB is available "
+            f"{_gib(needed)}, but only {_gib(available_bytes)} is available "
             f"({where}). The largest max_model_len that fits is {fits}. Increase the KV cache "
             "budget or decrease max_model_len."
         )
@@ -62,3 +62,8 @@ def allocate_kv_caches(
     block are masked out of attention, and masked garbage must still be finite."""
     shape = (2, plan.num_blocks, plan.block_size, model_config.num_kv_heads, model_config.head_dim)
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_layers)]
+
+
+def _gib(num_bytes: int) -> str:
+    """GiB with three significant digits, so small budgets do not all read '0.01 GiB'."""
+    return f"{num_bytes / GiB:.3g} GiB"

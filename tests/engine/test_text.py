@@ -160,7 +160,8 @@ def test_kv_budget_too_small_names_the_numbers():
     budget = 8 * 1024 * 1024
     fits = budget // (per_token * 16) * 16
     with pytest.raises(
-        ValueError, match=rf"needs 0\.09 GiB.*0\.01 GiB.*largest max_model_len that fits is {fits}"
+        ValueError,
+        match=rf"needs 0\.0879 GiB.*0\.00781 GiB.*largest max_model_len that fits is {fits}",
     ):
         LLM(kv_cache_memory_bytes=budget, max_model_len=2048)
 

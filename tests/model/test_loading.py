@@ -1,0 +1,91 @@
+"""Model sources: sharded safetensors, the offline Hugging Face cache, GGUF files and
+directories, dummy weights, and the cached GGUF conversion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.model_files import bundled_gguf_path, resolve_model
+from tests.conftest import tiny_config
+
+PROMPT = {"prompt_token_ids": [4, 9, 16, 25, 36, 49]}
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, detokenize=False)
+
+
+def generate(model: str, **kwargs) -> list[int]:
+    llm = LLM(
+        model=model,
+        skip_tokenizer_init=True,
+        kv_cache_memory_bytes="32M",
+        max_model_len=256,
+        **kwargs,
+    )
+    return llm.generate(PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_sharded_safetensors_match_single_file(tiny_models, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    model.save_pretrained(tmp_path, max_shard_size="60KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    assert generate(str(tmp_path)) == generate(str(tiny_models["qwen3"]))
+
+
+def test_repo_id_from_the_local_hf_cache(tiny_models, tmp_path, monkeypatch):
+    # The hub cache layout: models--org--name/{refs/main, snapshots/<revision>/...}
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_models["llama"], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model("tiny-org/tiny-llama").config_dir == snapshot
+    assert generate("tiny-org/tiny-llama") == generate(str(tiny_models["llama"]))
+
+
+def test_dummy_weights_need_only_a_config(tmp_path):
+    (tmp_path / "config.json").write_text(tiny_config("qwen2").to_json_string())
+    tokens = generate(str(tmp_path), load_format="dummy")
+    assert len(tokens) == 12
+    assert generate(str(tmp_path), load_format="dummy") == tokens  # seeded: reproducible
+    with pytest.raises(ValueError, match="safetensors"):
+        generate(str(tmp_path))
+
+
+def test_gguf_file_directory_and_repo_id_agree(tmp_path):
+    gguf = bundled_gguf_path()
+    (tmp_path / gguf.name).symlink_to(gguf)
+    by_id = generate("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert generate(str(tmp_path / gguf.name)) == by_id
+    assert generate(str(tmp_path)) == by_id
+    assert generate(None) == by_id
+
+
+def test_gguf_conversion_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAGEDLLM_CACHE_ROOT", str(tmp_path))
+    first = resolve_model(None)
+    assert (first.config_dir / "tokenizer.json").exists()
+    config = json.loads((first.config_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert "quantization_config" not in config
+    stamp = os.stat(first.config_dir / "config.json").st_mtime_ns
+    second = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert second.config_dir == first.config_dir
+    assert os.stat(second.config_dir / "config.json").st_mtime_ns == stamp
+
+
+def test_directory_with_several_ggufs_asks_which(tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).symlink_to(bundled_gguf_path())
+    with pytest.raises(ValueError, match="several GGUF files"):
+        resolve_model(str(tmp_path))
