@@ -5,7 +5,7 @@ export VENV
 .PHONY: serve test setup lint bench
 
 serve: setup
-	$(VENV)/bin/pagedllm chat --message "Hello! In two sentences, what can you help me with?"
+	$(VENV)/bin/pagedllm serve
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests

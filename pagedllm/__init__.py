@@ -17,10 +17,14 @@ from pagedllm.version import __version__
 
 if TYPE_CHECKING:
     from pagedllm.config import EngineArgs
+    from pagedllm.engine.arg_utils import AsyncEngineArgs
+    from pagedllm.engine.async_llm import AsyncLLM
     from pagedllm.entrypoints.llm import LLM
 
 __all__ = [
     "LLM",
+    "AsyncEngineArgs",
+    "AsyncLLM",
     "CompletionOutput",
     "EngineArgs",
     "Logprob",
@@ -32,6 +36,8 @@ __all__ = [
 
 _LAZY = {
     "LLM": "pagedllm.entrypoints.llm",
+    "AsyncLLM": "pagedllm.engine.async_llm",
+    "AsyncEngineArgs": "pagedllm.engine.arg_utils",
     "EngineArgs": "pagedllm.config",
 }
 

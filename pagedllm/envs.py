@@ -47,3 +47,8 @@ def cpu_num_threads() -> int | None:
     """PAGEDLLM_CPU_NUM_THREADS: torch intra-op threads on CPU (default: torch's choice)."""
     value = os.environ.get("PAGEDLLM_CPU_NUM_THREADS")
     return int(value) if value else None
+
+
+def api_key() -> str | None:
+    """PAGEDLLM_API_KEY: the server's API key when --api-key is not given."""
+    return os.environ.get("PAGEDLLM_API_KEY") or None

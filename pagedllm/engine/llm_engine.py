@@ -8,17 +8,29 @@ pieces from a background thread.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.core.request import Request
 from pagedllm.engine.core import EngineCore
 from pagedllm.engine.output_processor import OutputProcessor, ParentRequest
-from pagedllm.inputs.processor import InputProcessor, PromptType
+from pagedllm.inputs.processor import InputProcessor, ProcessedPrompt, PromptType
 from pagedllm.inputs.tokenizer import load_tokenizer
-from pagedllm.metrics.stats import LoggingStatLogger
+from pagedllm.metrics.stats import IterationStats, LoggingStatLogger, StatLogger
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated, tokenized request, ready to enter the engine."""
+
+    request_id: str
+    prompt: ProcessedPrompt
+    params: SamplingParams  # resolved: max_tokens set, stop ids complete
+    arrival_time: float
+    priority: int
 
 
 class LLMEngine:
@@ -30,7 +42,7 @@ class LLMEngine:
         self.engine_core = EngineCore(config)
         self.output_processor = OutputProcessor(self.tokenizer)
         log_stats = not config.disable_log_stats if log_stats is None else log_stats
-        self.stat_logger = LoggingStatLogger() if log_stats else None
+        self.stat_loggers: list[StatLogger] = [LoggingStatLogger()] if log_stats else []
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
@@ -41,6 +53,63 @@ class LLMEngine:
 
     # -- requests ------------------------------------------------------------------------
 
+    def prepare_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> PreparedRequest:
+        """Tokenize and validate; touches no engine state (safe off the engine thread).
+        Raises ValueError with a sentence for the user on bad input."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(
+                f"sampling_params must be SamplingParams, got {type(params).__name__}."
+            )
+        if not isinstance(priority, int):
+            raise ValueError(f"priority must be an integer, got {priority!r}.")
+        processed = self.processor.process_prompt(prompt, params)
+        resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        return PreparedRequest(request_id, processed, resolved, arrival_time, priority)
+
+    def add_prepared(self, prepared: PreparedRequest, queue: Any = None) -> None:
+        """Enqueue a prepared request: one core request per sample (``n``)."""
+        request_id, params = prepared.request_id, prepared.params
+        parent = ParentRequest(request_id, params) if params.n > 1 else None
+        children = (
+            [(request_id, params)]
+            if parent is None
+            else [(cid, parent.child_params(i)) for i, cid in enumerate(parent.child_ids)]
+        )
+        for rid in {request_id, *(cid for cid, _ in children)}:
+            if self.output_processor.has_request(rid):
+                raise ValueError(f"Request id {rid!r} is already in use by a live request.")
+        prompt = prepared.prompt
+        for index, (child_id, child_params) in enumerate(children):
+            self.output_processor.add_request(
+                child_id,
+                parent,
+                index,
+                prompt.prompt,
+                prompt.prompt_token_ids,
+                child_params,
+                prepared.arrival_time,
+                queue,
+            )
+            self.engine_core.add_request(
+                Request(
+                    child_id,
+                    prompt.prompt_token_ids,
+                    child_params,
+                    self.processor.eos_token_id,
+                    prepared.arrival_time,
+                    prepared.priority,
+                    prompt.cache_salt,
+                )
+            )
+
     def add_request(
         self,
         request_id: str,
@@ -48,53 +117,19 @@ class LLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
-        queue: Any = None,
     ) -> None:
         """Validate and enqueue one prompt. Raises ValueError (nothing enqueued) on bad input."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(
-                f"sampling_params must be SamplingParams, got {type(params).__name__}."
-            )
-        if not isinstance(priority, int):
-            raise ValueError(f"priority must be an integer, got {priority!r}.")
-        arrival_time = time.time() if arrival_time is None else arrival_time
-        processed = self.processor.process_prompt(prompt, params)
-        resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
-        parent = ParentRequest(request_id, resolved) if resolved.n > 1 else None
-        children = (
-            [(request_id, resolved)]
-            if parent is None
-            else [(cid, parent.child_params(i)) for i, cid in enumerate(parent.child_ids)]
-        )
-        for rid in {request_id, *(cid for cid, _ in children)}:
-            if self.output_processor.has_request(rid):
-                raise ValueError(f"Request id {rid!r} is already in use by a live request.")
-        for index, (child_id, child_params) in enumerate(children):
-            self.output_processor.add_request(
-                child_id,
-                parent,
-                index,
-                processed.prompt,
-                processed.prompt_token_ids,
-                child_params,
-                arrival_time,
-                queue,
-            )
-            self.engine_core.add_request(
-                Request(
-                    child_id,
-                    processed.prompt_token_ids,
-                    child_params,
-                    self.processor.eos_token_id,
-                    arrival_time,
-                    priority,
-                    processed.cache_salt,
-                )
-            )
+        self.add_prepared(self.prepare_request(request_id, prompt, params, arrival_time, priority))
 
     def abort_request(self, request_ids: str | list[str]) -> None:
-        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
-        self.engine_core.abort_requests(self.output_processor.abort_requests(ids))
+        self.abort_with_outputs([request_ids] if isinstance(request_ids, str) else request_ids)
+
+    def abort_with_outputs(self, request_ids: list[str]) -> list[tuple[Any, RequestOutput]]:
+        """Abort requests (unknown or finished ids are ignored); return each one's final
+        output (finish_reason "abort") with its state, for streaming callers."""
+        child_ids, finals = self.output_processor.abort_requests(list(request_ids))
+        self.engine_core.abort_requests(child_ids)
+        return finals
 
     def has_unfinished_requests(self) -> bool:
         return self.engine_core.has_unfinished_requests()
@@ -110,12 +145,23 @@ class LLMEngine:
     def step_with_states(self) -> list[tuple[Any, RequestOutput]]:
         """One engine step; the RequestOutputs produced, each with its request's state."""
         core_outputs, iteration = self.engine_core.step()
-        delivered, stopped = self.output_processor.process_outputs(core_outputs)
+        delivered, stopped = self.output_processor.process_outputs(core_outputs, iteration)
         if stopped:
             self.engine_core.abort_requests(stopped)
-        if self.stat_logger is not None:
-            self.stat_logger.record(iteration, self.engine_core.snapshot())
+        if self.stat_loggers:
+            snapshot = self.engine_core.snapshot()
+            for stat_logger in self.stat_loggers:
+                stat_logger.record(iteration, snapshot)
         return delivered
+
+    def record_stats(self) -> None:
+        """Report the current state to the stat loggers without stepping (used when idle)."""
+        if self.stat_loggers:
+            iteration = IterationStats()
+            self.output_processor.process_outputs([], iteration)
+            snapshot = self.engine_core.snapshot()
+            for stat_logger in self.stat_loggers:
+                stat_logger.record(iteration, snapshot)
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()

@@ -9,6 +9,7 @@ from typing import Any
 
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from pagedllm.metrics.stats import FinishedRequestStats, IterationStats
 from pagedllm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -22,6 +23,7 @@ class ParentRequest:
         self.child_ids: list[str] = [f"{i}_{request_id}" for i in range(params.n)]
         self.unfinished: set[str] = set(self.child_ids)
         self.final: dict[int, CompletionOutput] = {}
+        self.num_generated = 0  # over all children, for stats
 
     def child_params(self, index: int) -> SamplingParams:
         child = self.params.clone()
@@ -134,6 +136,8 @@ class OutputProcessor:
         self.states: dict[str, RequestState] = {}
         # external id -> child ids (just [id] when n == 1)
         self.children: dict[str, list[str]] = {}
+        # Requests aborted between steps, reported with the next step's stats.
+        self._aborted: list[FinishedRequestStats] = []
 
     def has_request(self, request_id: str) -> bool:
         """Is the id live, as a user's request id or as one of its children's?"""
@@ -167,21 +171,47 @@ class OutputProcessor:
         external = parent.request_id if parent else request_id
         self.children.setdefault(external, []).append(request_id)
 
-    def abort_requests(self, external_ids: list[str]) -> list[str]:
-        """Forget requests; return the ids the engine core must abort."""
-        child_ids = []
+    def abort_requests(
+        self, external_ids: list[str]
+    ) -> tuple[list[str], list[tuple[RequestState, RequestOutput]]]:
+        """Forget requests. Returns the child ids the engine core must abort, and a final
+        output (finish_reason "abort") per request for whoever is still listening."""
+        child_ids: list[str] = []
+        finals: list[tuple[RequestState, RequestOutput]] = []
+        now = time.time()
         for external in external_ids:
-            for child in self.children.pop(external, []):
-                if self.states.pop(child, None) is not None:
-                    child_ids.append(child)
-        return child_ids
+            children = self.children.pop(external, [])
+            states = [st for c in children if (st := self.states.pop(c, None)) is not None]
+            if not states:
+                continue
+            child_ids += [st.request_id for st in states]
+            for state in states:
+                state.finish_reason = "abort"
+                output = self._request_output(state)
+                if output is not None and output.finished:
+                    finals.append((state, output))
+            generated = sum(len(st.token_ids) for st in states)
+            if states[0].parent is not None:
+                generated += states[0].parent.num_generated
+            self._aborted.append(
+                FinishedRequestStats(
+                    "abort",
+                    now - states[0].metrics.arrival_time,
+                    len(states[0].prompt_token_ids),
+                    generated,
+                )
+            )
+        return child_ids, finals
 
     def process_outputs(
-        self, outputs: list[EngineCoreOutput]
+        self, outputs: list[EngineCoreOutput], stats: IterationStats | None = None
     ) -> tuple[list[tuple[RequestState, RequestOutput]], list[str]]:
         """Per update: (state, RequestOutput) pairs to deliver, and child ids to abort in the
-        core because a stop string ended them."""
+        core because a stop string ended them. Latencies go into ``stats`` when given."""
         now = time.time()
+        stats = stats if stats is not None else IterationStats()
+        stats.finished += self._aborted
+        self._aborted = []
         delivered, to_abort = [], []
         for out in outputs:
             state = self.states.get(out.request_id)
@@ -189,13 +219,36 @@ class OutputProcessor:
                 continue  # aborted while in flight
             if state.update(out):
                 to_abort.append(out.request_id)
-            _stamp(state.metrics, now, bool(out.new_token_ids))
+            _record_timing(state.metrics, now, len(out.new_token_ids), stats)
             request_output = self._request_output(state)
             if request_output is not None:
                 delivered.append((state, request_output))
             if state.finish_reason is not None:
-                self._forget(state)
+                self._finish(state, request_output, now, stats)
         return delivered, to_abort
+
+    def _finish(
+        self,
+        state: RequestState,
+        request_output: RequestOutput | None,
+        now: float,
+        stats: IterationStats,
+    ) -> None:
+        self._forget(state)
+        generated = len(state.token_ids)
+        if state.parent is not None:
+            state.parent.num_generated += generated
+            if request_output is None or not request_output.finished:
+                return  # the parent counts once, when its last child finishes
+            generated = state.parent.num_generated
+        stats.finished.append(
+            FinishedRequestStats(
+                state.finish_reason or "stop",
+                now - state.metrics.arrival_time,
+                len(state.prompt_token_ids),
+                generated,
+            )
+        )
 
     def _request_output(self, state: RequestState) -> RequestOutput | None:
         completion = state.completion()
@@ -228,10 +281,18 @@ class OutputProcessor:
             del self.children[external]
 
 
-def _stamp(metrics: RequestMetrics, now: float, has_tokens: bool) -> None:
+def _record_timing(
+    metrics: RequestMetrics, now: float, num_new: int, stats: IterationStats
+) -> None:
     if metrics.first_scheduled_time is None:
         metrics.first_scheduled_time = now
-    if has_tokens:
-        if metrics.first_token_time is None:
-            metrics.first_token_time = now
-        metrics.last_token_time = now
+    if num_new == 0:
+        return
+    if metrics.first_token_time is None:
+        metrics.first_token_time = now
+        stats.time_to_first_tokens.append(now - metrics.arrival_time)
+        num_new -= 1
+    elif metrics.last_token_time is not None:
+        gap = (now - metrics.last_token_time) / num_new
+        stats.inter_token_latencies += [gap] * num_new
+    metrics.last_token_time = now

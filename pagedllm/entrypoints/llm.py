@@ -27,6 +27,15 @@ _GENERATION_DEFAULTS = {
 }
 
 
+def generation_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams keyword defaults taken from a model's generation_config.json."""
+    return {
+        ours: generation_config[theirs]
+        for theirs, ours in _GENERATION_DEFAULTS.items()
+        if generation_config.get(theirs) is not None
+    }
+
+
 class LLM:
     """Generate text for a batch of prompts with one engine.
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from pagedllm import envs
 from pagedllm.logger import init_logger
@@ -12,12 +13,24 @@ logger = init_logger(__name__)
 
 
 @dataclass
+class FinishedRequestStats:
+    finish_reason: str  # "stop", "length" or "abort"
+    e2e_latency: float  # seconds from arrival to the last output
+    num_prompt_tokens: int
+    num_generation_tokens: int
+
+
+@dataclass
 class IterationStats:
-    """What one step computed: prompt tokens (prefill and recompute) and sampled tokens."""
+    """What one step computed (prompt tokens: prefill and recompute; sampled tokens) and the
+    per-request latencies observed while processing its outputs."""
 
     num_prompt_tokens: int = 0
     num_generation_tokens: int = 0
     num_preempted: int = 0
+    time_to_first_tokens: list[float] = field(default_factory=list)
+    inter_token_latencies: list[float] = field(default_factory=list)
+    finished: list[FinishedRequestStats] = field(default_factory=list)
 
 
 @dataclass
@@ -27,6 +40,10 @@ class EngineSnapshot:
     kv_cache_usage: float
     prefix_cache_queries: int
     prefix_cache_hits: int
+
+
+class StatLogger(Protocol):
+    def record(self, step: IterationStats, snapshot: EngineSnapshot) -> None: ...
 
 
 class LoggingStatLogger:

@@ -1,0 +1,38 @@
+"""``pagedllm serve [MODEL] [flags]``: the OpenAI-compatible server (vLLM's ``vllm serve``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    from pagedllm.entrypoints.cli.engine_flags import add_engine_flags
+    from pagedllm.entrypoints.openai.api_server import add_server_flags
+
+    parser = subparsers.add_parser(
+        "serve", help="Serve a model over an OpenAI-compatible HTTP API."
+    )
+    parser.add_argument(
+        "model_tag",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="model directory, .gguf file or cached repo id (default: bundled SmolLM2)",
+    )
+    add_server_flags(parser)
+    add_engine_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagedllm.entrypoints.openai.api_server import run_server
+
+    if args.model_tag is not None:
+        if args.model is not None and args.model != args.model_tag:
+            raise ValueError(
+                f"Two models given: {args.model_tag!r} and --model {args.model!r}; pass one."
+            )
+        args.model = args.model_tag
+    run_server(args)
+    return 0

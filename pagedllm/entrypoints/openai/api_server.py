@@ -1,0 +1,244 @@
+"""The OpenAI-compatible server: ``pagedllm serve MODEL`` or
+``python -m pagedllm.entrypoints.openai.api_server --model MODEL``.
+
+build_app() adapts HTTP to one AsyncLLM; run_server() binds the port first (so a busy port
+fails before the model loads), starts the engine, then serves with uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+from fastapi import Body, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from pagedllm import envs
+from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
+from pagedllm.entrypoints.llm import generation_defaults
+from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
+from pagedllm.entrypoints.openai.middleware import ApiKeyMiddleware, unless_disconnected
+from pagedllm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from pagedllm.entrypoints.openai.reasoning import REASONING_PARSER_NAMES, get_reasoning_parser
+from pagedllm.entrypoints.openai.serving_chat import ChatHandler
+from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
+from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.serving_tokenization import TokenizationHandler
+from pagedllm.inputs.chat import load_chat_template
+from pagedllm.logger import init_logger
+from pagedllm.metrics.prometheus import PrometheusStatLogger
+from pagedllm.version import __version__
+
+logger = init_logger(__name__)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+# -- flags ---------------------------------------------------------------------------------
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """Server flags with vLLM's names; dash or underscore spellings both work."""
+
+    def flag(name: str, **kwargs: Any) -> None:
+        spellings = [f"--{name}"]
+        if "-" in name:
+            spellings.append(f"--{name.replace('-', '_')}")
+        parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+    flag("host", default=None, help="interface to bind (default: all)")
+    flag("port", type=int, default=8000)
+    flag("api-key", default=None, help="require 'Authorization: Bearer KEY' (or PAGEDLLM_API_KEY)")
+    flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
+    flag("reasoning-parser", default=None, choices=REASONING_PARSER_NAMES)
+    flag("enable-reasoning", action="store_true", help="(older vLLM flag) with --reasoning-parser")
+    flag("disable-log-requests", action="store_true")
+    flag("log-level", default="info", choices=LOG_LEVELS)
+    flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
+    flag("disable-uvicorn-access-log", action="store_true")
+    flag("root-path", default=None, help="FastAPI root_path behind a path-routing proxy")
+    flag("ssl-keyfile", default=None)
+    flag("ssl-certfile", default=None)
+    flag("ssl-ca-certs", default=None)
+    flag("ssl-cert-reqs", type=int, default=0)
+    flag("allowed-origins", type=json.loads, default=["*"], help="JSON list, e.g. '[\"*\"]'")
+    flag("allowed-methods", type=json.loads, default=["*"])
+    flag("allowed-headers", type=json.loads, default=["*"])
+    flag("allow-credentials", action="store_true")
+
+
+def check_server_flags(args: argparse.Namespace) -> None:
+    if args.enable_reasoning and not args.reasoning_parser:
+        raise ValueError("--enable-reasoning needs --reasoning-parser (e.g. deepseek_r1).")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}.")
+    if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
+        raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatLogger) -> FastAPI:
+    served = list(args.served_model_name or [engine.model_config.model])
+    models = ServedModels(served, engine.model_config.model, engine.model_config.max_model_len)
+    template = load_chat_template(args.chat_template)
+    parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
+    defaults = generation_defaults(engine.model_config.generation_config)
+    chat = ChatHandler(engine, models, template, parser, defaults)
+    completions = CompletionHandler(engine, models, defaults)
+    tokenization = TokenizationHandler(engine.tokenizer, models, template)
+    simple = GenerateHandler(engine)
+
+    app = FastAPI(
+        title="pagedllm", version=__version__, root_path=args.root_path or "",
+        description="OpenAI-compatible API served by pagedllm.",
+    )  # fmt: skip
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=args.allowed_origins,
+        allow_methods=args.allowed_methods,
+        allow_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+    )
+    api_key = args.api_key or envs.api_key()
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if engine.errored:
+            return error_response("The engine is not running.", 503)
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": __version__}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(stats.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse(models.list().model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
+        return await unless_disconnected(raw, chat.create(body)) or Response(status_code=499)
+
+    @app.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, raw: Request) -> Response:
+        return await unless_disconnected(raw, completions.create(body)) or Response(status_code=499)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        return JSONResponse(tokenization.tokenize(body).model_dump(exclude_none=True))
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        return JSONResponse(tokenization.detokenize(body).model_dump())
+
+    @app.post("/generate")
+    async def generate(raw: Request, body: dict = Body(...)) -> Response:  # noqa: B008
+        return await unless_disconnected(raw, simple.create(body)) or Response(status_code=499)
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> JSONResponse:
+        reset = await engine.reset_prefix_cache()
+        if not reset:
+            return error_response("Requests are running; the prefix cache was not reset.", 503)
+        return JSONResponse({"reset": True})
+
+    return app
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> None:
+    check_server_flags(args)
+    engine_args = engine_args_from(args)
+    config = engine_args.create_engine_config()  # validates every option; loads no weights
+    sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
+    served = args.served_model_name or [config.model_config.model]
+    stats = PrometheusStatLogger(model_name=served[0])
+    engine = AsyncLLM(
+        config,
+        log_requests=not args.disable_log_requests,
+        log_stats=not engine_args.disable_log_stats,
+        stat_loggers=[stats],
+    )
+    try:
+        app = build_app(engine, args, stats)
+        scheme = "https" if args.ssl_certfile else "http"
+        shown = args.host or "localhost"
+        logger.info(
+            "Serving %s at %s://%s:%d/v1 (API docs: /docs)",
+            ", ".join(served),
+            scheme,
+            shown,
+            args.port,
+        )
+        config = uvicorn.Config(
+            app,
+            log_level=args.uvicorn_log_level or args.log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs,
+            ssl_cert_reqs=args.ssl_cert_reqs,
+            timeout_keep_alive=5,
+        )
+        asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    finally:
+        engine.shutdown()
+        sock.close()
+
+
+def _bind(host: str | None, port: int) -> socket.socket:
+    family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or "", port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"Cannot listen on {host or '*'}:{port}: {exc.strerror}.") from exc
+    return sock
+
+
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="pagedllm's OpenAI-compatible server.")
+    add_server_flags(parser)
+    add_engine_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser("python -m pagedllm.entrypoints.openai.api_server").parse_args(argv)
+    try:
+        run_server(args)
+    except ValueError as exc:
+        print(f"pagedllm: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

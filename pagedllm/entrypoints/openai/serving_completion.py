@@ -1,0 +1,151 @@
+"""``POST /v1/completions``: one engine request per prompt (text or token ids), ``n`` choices
+each; choice ``i`` of prompt ``p`` has index ``p * n + i``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai.errors import OpenAIError, from_value_error, sse_error
+from pagedllm.entrypoints.openai.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    random_id,
+)
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.streams import last_output, merge_streams
+from pagedllm.entrypoints.openai.usage import add_usage, clamp_max_tokens, usage_of
+from pagedllm.outputs import RequestOutput
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+
+
+class CompletionHandler:
+    def __init__(
+        self, engine: AsyncLLM, models: ServedModels, generation_defaults: dict[str, Any]
+    ) -> None:
+        self.engine = engine
+        self.models = models
+        self.defaults = generation_defaults
+
+    async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
+        model = self.models.resolve(request.model)
+        if request.suffix is not None:
+            raise OpenAIError("suffix is not supported by pagedllm.", 400, "suffix")
+        request_id = random_id("cmpl") if request.request_id is None else request.request_id
+        stream = bool(request.stream)
+        try:
+            prompts = [self._prompt(p, request) for p in request.prompts()]
+            generators = []
+            for i, prompt in enumerate(prompts):
+                max_tokens = clamp_max_tokens(
+                    request.max_tokens or DEFAULT_MAX_TOKENS,
+                    len(prompt["prompt_token_ids"]),
+                    self.models.max_model_len,
+                )
+                params = request.sampling_params(
+                    max_tokens, request.logprobs, stream, self.defaults
+                )
+                generators.append(
+                    self.engine.generate(
+                        prompt, params, f"{request_id}-{i}", priority=request.priority
+                    )
+                )
+        except ValueError as exc:
+            raise from_value_error(exc) from exc
+        n = request.n or 1
+        if stream:
+            chunks = self._stream(request, request_id, model, generators, n)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        finals = await asyncio.gather(*(last_output(g) for g in generators))
+        choices = [
+            CompletionChoice(
+                index=p * n + c.index,
+                text=self._echo(request, final) + c.text,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
+            for p, final in enumerate(finals)
+            for c in final.outputs
+        ]
+        usage = add_usage([usage_of(f, f.outputs) for f in finals])
+        response = CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
+        return JSONResponse(response.model_dump())
+
+    def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict[str, Any]:
+        item: dict[str, Any]
+        if isinstance(prompt, str):
+            tokenizer = self.engine.tokenizer
+            if tokenizer is None:
+                raise ValueError("This server has no tokenizer: send the prompt as token ids.")
+            ids = tokenizer.encode(prompt, add_special_tokens=request.add_special_tokens)
+            item = {"prompt": prompt, "prompt_token_ids": ids}
+        else:
+            item = {"prompt_token_ids": list(prompt)}
+        if request.cache_salt is not None:
+            item["cache_salt"] = request.cache_salt
+        return item
+
+    def _echo(self, request: CompletionRequest, output: RequestOutput) -> str:
+        if not request.echo:
+            return ""
+        if output.prompt is not None:
+            return output.prompt
+        tokenizer = self.engine.tokenizer
+        return tokenizer.decode(output.prompt_token_ids or []) if tokenizer else ""
+
+    async def _stream(
+        self,
+        request: CompletionRequest,
+        request_id: str,
+        model: str,
+        generators: list[AsyncGenerator[RequestOutput, None]],
+        n: int,
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        echoed: set[int] = set()
+        tokens = [0] * len(generators)
+        lasts: list[RequestOutput | None] = [None] * len(generators)
+
+        def chunk(choices: list[CompletionChoice], usage: Any = None) -> str:
+            body = CompletionStreamResponse(
+                id=request_id, created=created, model=model, choices=choices
+            ).model_dump(mode="json")
+            if include_usage:
+                body["usage"] = usage.model_dump() if usage is not None else None
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        try:
+            async for p, output in merge_streams(generators):
+                lasts[p] = output
+                for c in output.outputs:
+                    index = p * n + c.index
+                    tokens[p] += len(c.token_ids)
+                    text = c.text
+                    if index not in echoed:
+                        echoed.add(index)
+                        text = self._echo(request, output) + text
+                    if not text and not c.finished():
+                        continue
+                    choice = CompletionChoice(
+                        index=index,
+                        text=text,
+                        finish_reason=c.finish_reason,
+                        stop_reason=c.stop_reason,
+                    )
+                    yield chunk([choice])
+            if include_usage:
+                parts = [usage_of(o, None, t) for o, t in zip(lasts, tokens) if o is not None]
+                yield chunk([], add_usage(parts))
+        except Exception as exc:
+            yield sse_error(exc)
+        yield "data: [DONE]\n\n"

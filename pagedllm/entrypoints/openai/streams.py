@@ -1,0 +1,56 @@
+"""Helpers over AsyncLLM output streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from pagedllm.outputs import RequestOutput
+
+
+async def merge_streams(
+    generators: list[AsyncGenerator[RequestOutput, None]],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several output streams as items arrive, tagged with their position.
+
+    Closing the merged stream (client gone) cancels every producer, which aborts its request.
+    """
+    if len(generators) == 1:
+        async for item in generators[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, gen: AsyncGenerator[RequestOutput, None]) -> None:
+        try:
+            async for item in gen:
+                await queue.put((i, item))
+        except Exception as exc:
+            await queue.put((i, exc))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generators)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def last_output(outputs: AsyncGenerator[RequestOutput, None]) -> RequestOutput:
+    final = None
+    async for output in outputs:
+        final = output
+    assert final is not None and final.finished, "a FINAL_ONLY request ends with one output"
+    return final

@@ -1,0 +1,180 @@
+"""AsyncLLM: streaming output kinds, batching of concurrent requests, aborts, cancellation,
+and the users' example script (../shared/seeds/004)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pagedllm import AsyncEngineArgs, AsyncLLM, RequestOutputKind, SamplingParams
+
+SEED_004 = Path(__file__).parent / "seed_scripts" / "async_llm_streaming.py"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models):
+    args = AsyncEngineArgs(
+        model=str(tiny_models["llama"]),
+        skip_tokenizer_init=True,
+        kv_cache_memory_bytes="16M",
+        max_model_len=512,
+        disable_log_stats=True,
+    )
+    llm = AsyncLLM.from_engine_args(args)
+    yield llm
+    llm.shutdown()
+
+
+def params(kind: RequestOutputKind, n_tokens: int = 12, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True, detokenize=False,
+                          output_kind=kind, **kw)  # fmt: skip
+
+
+async def collect(engine, prompt, sp, request_id):
+    return [out async for out in engine.generate(prompt, sp, request_id)]
+
+
+def kv_in_use(engine) -> int:
+    pool = engine.engine.engine_core.kv_cache_manager.block_pool
+    return pool.num_blocks - pool.get_num_free_blocks()
+
+
+async def settle(engine) -> None:
+    """Wait until the engine thread has processed everything (aborts included)."""
+    await engine.call(lambda e: None)
+
+
+def test_output_kinds(engine):
+    prompt = {"prompt_token_ids": [3, 4, 5, 6]}
+
+    async def go():
+        delta = await collect(engine, prompt, params(RequestOutputKind.DELTA), "d")
+        cumulative = await collect(engine, prompt, params(RequestOutputKind.CUMULATIVE), "c")
+        final = await collect(engine, prompt, params(RequestOutputKind.FINAL_ONLY), "f")
+        return delta, cumulative, final
+
+    delta, cumulative, final = asyncio.run(go())
+    tokens = final[-1].outputs[0].token_ids
+    assert len(final) == 1 and final[0].finished and len(tokens) == 12
+    assert [t for o in delta for t in o.outputs[0].token_ids] == tokens
+    assert all(len(o.outputs[0].token_ids) == 1 for o in delta)
+    assert [len(o.outputs[0].token_ids) for o in cumulative] == list(range(1, 13))
+    assert cumulative[-1].outputs[0].token_ids == tokens
+
+
+def test_concurrent_requests_share_steps(engine):
+    prompts = [{"prompt_token_ids": [i + 3] * (i + 2)} for i in range(8)]
+
+    async def go():
+        return await asyncio.gather(*(
+            collect(engine, p, params(RequestOutputKind.FINAL_ONLY, 30), f"conc-{i}")
+            for i, p in enumerate(prompts)
+        ))  # fmt: skip
+
+    steps_before = engine.engine.engine_core.scheduler.num_preemptions
+    results = asyncio.run(go())
+    assert all(r[-1].outputs[0].token_ids for r in results)
+    assert engine.engine.engine_core.scheduler.num_preemptions == steps_before
+    # Batched: far fewer engine steps than 8 requests x 30 tokens would take one by one.
+    alone = asyncio.run(
+        collect(engine, prompts[3], params(RequestOutputKind.FINAL_ONLY, 30), "alone")
+    )
+    assert alone[-1].outputs[0].token_ids == results[3][-1].outputs[0].token_ids
+
+
+def test_duplicate_live_request_id_is_an_error(engine):
+    async def go():
+        first = engine.generate(
+            {"prompt_token_ids": [5, 6]}, params(RequestOutputKind.DELTA, 200), "dup"
+        )
+        await first.__anext__()
+        with pytest.raises(ValueError, match="already running"):
+            engine.generate({"prompt_token_ids": [7]}, params(RequestOutputKind.DELTA), "dup")
+        await first.aclose()
+        await settle(engine)
+
+    asyncio.run(go())
+    assert kv_in_use(engine) == 0
+
+
+def test_abort_ends_the_stream_and_frees_blocks(engine):
+    async def go():
+        outputs = []
+        async for out in engine.generate(
+            {"prompt_token_ids": [8, 9]}, params(RequestOutputKind.DELTA, 400), "ab"
+        ):
+            outputs.append(out)
+            if len(outputs) == 3:
+                await engine.abort("ab")
+        await settle(engine)
+        return outputs
+
+    outputs = asyncio.run(go())
+    assert outputs[-1].finished and outputs[-1].outputs[0].finish_reason == "abort"
+    assert kv_in_use(engine) == 0
+
+
+def test_break_and_cancel_free_blocks(engine):
+    async def breaker():
+        async for _ in engine.generate(
+            {"prompt_token_ids": [4, 4]}, params(RequestOutputKind.DELTA, 400), "brk"
+        ):
+            break
+        await asyncio.sleep(0.05)
+        await settle(engine)
+
+    async def canceller():
+        async def consume():
+            async for _ in engine.generate(
+                {"prompt_token_ids": [6, 6]}, params(RequestOutputKind.DELTA, 400), "cnl"
+            ):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle(engine)
+
+    asyncio.run(breaker())
+    assert kv_in_use(engine) == 0
+    asyncio.run(canceller())
+    assert kv_in_use(engine) == 0
+    assert not engine.engine.has_unfinished_requests()
+
+
+def test_bad_input_raises_at_the_call(engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate({"prompt_token_ids": []}, params(RequestOutputKind.DELTA), "bad")
+    with pytest.raises(ValueError, match="lora_request"):
+        engine.generate(
+            {"prompt_token_ids": [1]}, params(RequestOutputKind.DELTA), "bad", lora_request=object()
+        )
+
+
+def test_shutdown_stops_new_requests(tiny_models):
+    args = AsyncEngineArgs(
+        model=str(tiny_models["qwen2"]),
+        skip_tokenizer_init=True,
+        kv_cache_memory_bytes="8M",
+        max_model_len=256,
+    )
+    llm = AsyncLLM.from_engine_args(args)
+    llm.shutdown()
+    assert not llm.is_running
+    with pytest.raises(RuntimeError, match="not running"):
+        llm.generate({"prompt_token_ids": [1]}, params(RequestOutputKind.DELTA), "late")
+
+
+def test_seed_004_script_runs_unchanged_but_for_imports_and_model():
+    done = subprocess.run(
+        [sys.executable, str(SEED_004)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Generation complete!") == 3
+    assert "All streaming examples completed!" in done.stdout

@@ -1,0 +1,106 @@
+"""A real server on 127.0.0.1 (a free port) with the bundled model, for the whole module."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key"
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Aliases the users' scripts call the model by (../shared/seeds/000 and 001).
+ALIASES = [
+    MODEL,
+    "qwen2.5-7b",
+    "qwen2.5-7b-131072",
+    "deepseek-r1:7b",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], log: Path, timeout: float = 300) -> Server:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PAGEDLLM_LOG_STATS_INTERVAL": "1"}
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.logs()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"server did not start:\n{server.logs()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    args = [
+        "-m", "pagedllm.entrypoints.cli.main", "serve", MODEL,
+        "--served-model-name", *ALIASES,
+        "--api_key", API_KEY,
+        "--max_model_len", "2048",
+        "--kv-cache-memory-bytes", "256M",
+        "--reasoning-parser", "deepseek_r1", "--enable-reasoning",
+    ]  # fmt: skip
+    running = start_server(args, log)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: Server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)

@@ -1,0 +1,270 @@
+"""Every endpoint, through the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.server.conftest import ALIASES, API_KEY, MODEL
+
+HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_models_lists_every_alias(openai_client):
+    models = openai_client.models.list().data
+    assert [m.id for m in models] == ALIASES
+    card = models[0].model_dump()
+    assert card["object"] == "model" and card["owned_by"] == "pagedllm"
+    assert card["root"] == MODEL and card["max_model_len"] == 2048 and card["created"] > 0
+
+
+def test_chat_completion(openai_client):
+    reply = openai_client.chat.completions.create(model="qwen2.5-7b", messages=HELLO, max_tokens=24)
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == "qwen2.5-7b"
+    assert reply.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 24
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_chat_seed_and_greedy_are_reproducible(openai_client):
+    def ask(**kw):
+        r = openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16, **kw)
+        return r.choices[0].message.content
+
+    assert ask(temperature=0.9, seed=42) == ask(temperature=0.9, seed=42)
+    assert ask(temperature=0) == ask(temperature=0)
+
+
+def test_chat_stream_shape(server):
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 12, "stream": True, "temperature": 0,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with (
+        server.client() as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    plain = {**body, "stream": False}
+    with server.client() as http:
+        full = http.post("/v1/chat/completions", json=plain).json()
+    assert text == full["choices"][0]["message"]["content"]
+
+
+def test_content_deltas_carry_no_reasoning_field(openai_client):
+    # ../shared/seeds/001 tells reasoning from content with hasattr(delta, "reasoning_content").
+    stream = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=8, stream=True
+    )
+    deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
+    content = [d for d in deltas if d.content]
+    assert content and not any(hasattr(d, "reasoning_content") for d in content)
+
+
+def test_n_choices(openai_client):
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, n=3, max_tokens=8, temperature=1.0, seed=1
+    )
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1  # distinct samples
+    assert reply.usage.completion_tokens > 0
+    stream = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, n=2, max_tokens=6, stream=True
+    )
+    finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
+    assert finished == {0, 1}
+
+
+def test_extra_body_fields(openai_client):
+    reply = openai_client.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        max_completion_tokens=12,
+        extra_body={
+            "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 4,
+            "stop_token_ids": [2], "ignore_eos": False, "skip_special_tokens": False,
+            "include_stop_str_in_output": False, "chat_template_kwargs": {"unused_flag": True},
+            "add_generation_prompt": True, "priority": 0, "request_id": "my-chat-id",
+        },
+    )  # fmt: skip
+    assert reply.id == "my-chat-id"
+    assert reply.usage.completion_tokens >= 4
+    ended = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert ended.usage.completion_tokens == 40 and ended.choices[0].finish_reason == "length"
+
+
+def test_stop_strings_and_continue_final_message(openai_client):
+    free = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=20, temperature=0
+    )
+    text = free.choices[0].message.content
+    stop = text[3:6]
+    cut = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=20, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    resumed = openai_client.chat.completions.create(
+        model=MODEL,
+        messages=[*HELLO, {"role": "assistant", "content": "Hello"}],
+        max_tokens=6,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False, "echo": True},
+    )
+    assert resumed.choices[0].message.content.startswith("Hello")
+
+
+def test_max_tokens_larger_than_the_context_is_clamped(openai_client):
+    # ../shared/seeds/000 asks for max_tokens=50000 from a smaller model: the reply is cut
+    # by the context length, as with vLLM's server.
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=50000, temperature=0
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions(openai_client, server):
+    one = openai_client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0
+    )
+    assert one.object == "text_completion" and one.choices[0].text
+    assert one.usage.completion_tokens == 5
+    many = openai_client.completions.create(
+        model=MODEL, prompt=["One, two,", "A, B,"], max_tokens=4, n=2, temperature=0
+    )
+    assert sorted(c.index for c in many.choices) == [0, 1, 2, 3]
+    assert many.choices[0].text == many.choices[1].text  # greedy: both samples agree
+    ids = openai_client.completions.create(
+        model=MODEL, prompt=[504, 3575, 282], max_tokens=3, temperature=0
+    )
+    nested = openai_client.completions.create(
+        model=MODEL, prompt=[[504, 3575, 282]], max_tokens=3, temperature=0
+    )
+    assert ids.choices[0].text == nested.choices[0].text
+    echoed = openai_client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=2, echo=True, temperature=0
+    )
+    assert echoed.choices[0].text.startswith("Hello")
+    body = {
+        "model": MODEL,
+        "prompt": "Count: 1, 2,",
+        "max_tokens": 6,
+        "stream": True,
+        "temperature": 0,
+    }
+    with server.client() as http, http.stream("POST", "/v1/completions", json=body) as response:
+        events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    streamed = "".join(c["choices"][0]["text"] for c in chunks)
+    plain = openai_client.completions.create(
+        model=MODEL, prompt="Count: 1, 2,", max_tokens=6, temperature=0
+    )
+    assert streamed == plain.choices[0].text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_tokenize_detokenize_version_health_docs(server):
+    with server.client() as http:
+        tokens = http.post("/tokenize", json={"prompt": "Hello world"}).json()
+        assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 2048
+        chat = http.post("/tokenize", json={"messages": HELLO}).json()
+        assert chat["count"] > tokens["count"]
+        text = http.post("/detokenize", json={"tokens": tokens["tokens"]}).json()
+        assert text == {"prompt": "Hello world"}
+        assert http.get("/version").json()["version"]
+        assert http.get("/health").status_code == 200
+        docs = http.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assert "/v1/chat/completions" in http.get("/openapi.json").json()["paths"]
+
+
+def test_simple_generate_endpoint(server):
+    with server.client() as http:
+        reply = http.post(
+            "/generate", json={"prompt": "Once upon", "max_tokens": 4, "temperature": 0}
+        )
+        assert reply.status_code == 200
+        text = reply.json()["text"]
+        assert (
+            len(text) == 1 and text[0].startswith("Once upon") and len(text[0]) > len("Once upon")
+        )
+        with http.stream(
+            "POST",
+            "/generate",
+            json={"prompt": "Once upon", "max_tokens": 4, "stream": True, "temperature": 0},
+        ) as streamed:
+            parts = [json.loads(p) for p in streamed.read().decode().split("\0") if p]
+        assert parts[-1]["text"] == text
+        bad = http.post("/generate", json={"prompt": "x", "not_a_param": 1})
+        assert bad.status_code == 400 and "not_a_param" in bad.json()["error"]["message"]
+
+
+def test_metrics_names(server, openai_client):
+    openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3)
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "pagedllm:num_requests_running", "pagedllm:num_requests_waiting",
+        "pagedllm:kv_cache_usage_perc", "pagedllm:prompt_tokens_total",
+        "pagedllm:generation_tokens_total", "pagedllm:time_to_first_token_seconds_bucket",
+        "pagedllm:inter_token_latency_seconds_bucket",
+        "pagedllm:e2e_request_latency_seconds_bucket",
+        "pagedllm:num_preemptions_total", "pagedllm:request_success_total",
+        "pagedllm:prefix_cache_queries_total", "pagedllm:prefix_cache_hits_total",
+    ):  # fmt: skip
+        assert name in text, name
+    assert 'finished_reason="stop"' in text or 'finished_reason="length"' in text
+
+
+def test_logs_show_requests_and_stats(server, openai_client):
+    openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3)
+    logs = server.logs()
+    assert "Application startup complete." in logs
+    assert "Maximum concurrency for 2048 tokens per request" in logs
+    assert "Received request chatcmpl-" in logs
+    assert "Avg prompt throughput" in logs and "Prefix cache hit rate" in logs
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_api_key_required(server, key):
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    reply = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": HELLO},
+        headers=headers,
+    )
+    assert reply.status_code == 401
+    error = reply.json()["error"]
+    assert error["code"] == 401 and error["type"] == "AuthenticationError" and error["message"]
+    assert httpx.get(f"{server.url}/v1/models", headers=headers).status_code == 401
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    assert (
+        httpx.get(
+            f"{server.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).status_code
+        == 200
+    )

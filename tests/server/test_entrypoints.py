@@ -1,0 +1,61 @@
+"""The two ways to start the server, and start-up failures that must be clear."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import httpx
+
+from tests.server.conftest import MODEL, start_server, stop_server
+
+
+def test_python_dash_m_api_server(tmp_path):
+    args = ["-m", "pagedllm.entrypoints.openai.api_server", "--model", MODEL, "--max-model-len",
+            "1024", "--kv_cache_memory_bytes", "64M", "--disable-log-requests"]  # fmt: skip
+    server = start_server(args, tmp_path / "log")
+    try:
+        models = httpx.get(f"{server.url}/v1/models").json()
+        assert models["data"][0]["id"] == MODEL  # no key set: open
+        reply = httpx.post(
+            f"{server.url}/v1/completions",
+            json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+    finally:
+        stop_server(server)
+    logs = server.logs()
+    assert "Application startup complete." in logs and "Received request" not in logs
+
+
+def serve(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "serve", *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_unbuilt_flags_fail_at_start_naming_them():
+    for flags, name in [
+        (["--quantization", "fp8"], "quantization"),
+        (["--swap-space", "4"], "swap_space"),
+        (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
+        (["--kv-cache-dtype", "fp8"], "kv_cache_dtype"),
+        (["--enable-reasoning"], "--reasoning-parser"),
+    ]:
+        done = serve(*flags, "--port", "0")
+        assert done.returncode == 2, (flags, done.stderr[-500:])
+        assert name in done.stderr
+
+
+def test_busy_port_fails_before_loading_the_model():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve("--host", "127.0.0.1", "--port", str(port))
+    assert done.returncode == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Loaded" not in done.stdout

@@ -1,0 +1,113 @@
+"""Bad input gets an OpenAI-shaped error naming the problem; the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.server.conftest import MODEL
+
+HELLO = [{"role": "user", "content": "Hi"}]
+
+
+def post(server, path: str, **kwargs) -> httpx.Response:
+    with server.client() as http:
+        return http.post(path, **kwargs)
+
+
+def assert_error(reply: httpx.Response, status: int, *fragments: str, param: str | None = None):
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == status
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "field, value, param",
+    [
+        ("temperature", -1, "temperature"),
+        ("top_p", 2.0, "top_p"),
+        ("n", 0, "n"),
+        ("presence_penalty", 5, "presence_penalty"),
+        ("max_tokens", 0, "max_tokens"),
+    ],
+)
+def test_out_of_range_values(server, field, value, param):
+    reply = post(
+        server, "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, field: value}
+    )
+    assert_error(reply, 400, param=param)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("logit_bias", {"5": 1.0}),
+        ("logprobs", True),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ],
+)
+def test_unbuilt_fields_are_refused_by_name(server, field, value):
+    reply = post(
+        server, "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, field: value}
+    )
+    assert_error(reply, 400, field)
+
+
+def test_unknown_field_and_malformed_json(server):
+    reply = post(
+        server, "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "temprature": 1}
+    )
+    assert_error(reply, 400, "temprature", param="temprature")
+    broken = post(
+        server,
+        "/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(broken, 400, "Malformed JSON")
+    missing = post(server, "/v1/chat/completions", json={"model": MODEL})
+    assert_error(missing, 400, "messages")
+
+
+def test_unknown_model_is_404(server):
+    reply = post(server, "/v1/chat/completions", json={"model": "gpt-5", "messages": HELLO})
+    assert_error(reply, 404, "gpt-5", param="model")
+
+
+def test_prompt_longer_than_the_context(server):
+    long_text = "word " * 3000
+    reply = post(
+        server,
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": long_text}]},
+    )
+    assert_error(reply, 400, "maximum model length of 2048")
+    reply = post(server, "/v1/completions", json={"model": MODEL, "prompt": long_text})
+    assert_error(reply, 400, "2048")
+
+
+def test_completion_suffix_and_bad_tokens(server):
+    assert_error(
+        post(server, "/v1/completions", json={"model": MODEL, "prompt": "a", "suffix": "b"}),
+        400,
+        param="suffix",
+    )
+    assert_error(
+        post(server, "/v1/completions", json={"model": MODEL, "prompt": [10**8]}),
+        400,
+        "out of vocabulary",
+    )
+    assert_error(post(server, "/detokenize", json={"tokens": [-1]}), 400, "out of vocabulary")
+    assert_error(post(server, "/tokenize", json={}), 400)
+
+
+def test_server_still_serves_after_errors(server, openai_client):
+    for _ in range(3):
+        post(server, "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "top_p": 9})
+    reply = openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    assert reply.choices[0].message.content is not None

@@ -1,0 +1,101 @@
+"""The reasoning parser inside the chat endpoint, driven by scripted token streams (SmolLM2
+does not think): deltas split into reasoning_content and content, streamed and not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
+from pagedllm.entrypoints.openai.reasoning import get_reasoning_parser
+from pagedllm.entrypoints.openai.serving_chat import ChatHandler
+from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.outputs import CompletionOutput, RequestOutput
+
+
+class ScriptedTokenizer:
+    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}<think>\n"
+
+    def apply_chat_template(self, messages, **kwargs):
+        return "".join(m["content"] for m in messages) + "<think>\n"
+
+    def encode(self, text, add_special_tokens=False):
+        return list(range(len(text)))
+
+
+class ScriptedEngine:
+    """Yields the scripted deltas as a DELTA-kind request would."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.tokenizer = ScriptedTokenizer()
+
+    def generate(self, prompt, params, request_id, priority=0):
+        async def outputs():
+            final = params.output_kind.name == "FINAL_ONLY"
+            texts = ["".join(self.pieces)] if final else self.pieces
+            for i, text in enumerate(texts):
+                last = i == len(texts) - 1
+                completion = CompletionOutput(0, text, [i], None, None, "stop" if last else None)
+                yield RequestOutput(
+                    request_id,
+                    prompt["prompt"],
+                    prompt["prompt_token_ids"],
+                    None,
+                    [completion],
+                    last,
+                )
+
+        return outputs()
+
+
+def run_chat(pieces: list[str], stream: bool):
+    engine = ScriptedEngine(pieces)
+    handler = ChatHandler(
+        engine,  # type: ignore[arg-type]
+        ServedModels(["m"], "m", 4096),
+        None,
+        get_reasoning_parser("deepseek_r1"),
+        {},
+    )
+    request = ChatCompletionRequest(
+        model="m", messages=[{"role": "user", "content": "q"}], stream=stream
+    )
+
+    async def go():
+        response = await handler.create(request)
+        if not stream:
+            return json.loads(response.body)
+        chunks = [c async for c in response.body_iterator]
+        return [json.loads(c[6:]) for c in chunks if c.startswith("data: {")]
+
+    return asyncio.run(go())
+
+
+PIECES = ["Let me ", "think: 9.8 > ", "9.11.</th", "ink>\n\nThe answer", " is 9.8."]
+
+
+def test_streamed_reasoning_then_content():
+    chunks = run_chat(PIECES, stream=True)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    content = "".join(d.get("content", "") for d in deltas[1:])
+    assert reasoning == "Let me think: 9.8 > 9.11."
+    assert content == "\n\nThe answer is 9.8."
+    # a delta carries one kind or the other (or both at the boundary), never empty fields
+    assert all(v for d in deltas[1:] for v in d.values())
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_non_streamed_reasoning_split():
+    body = run_chat(PIECES, stream=False)
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me think: 9.8 > 9.11."
+    assert message["content"] == "\n\nThe answer is 9.8."
+
+
+def test_explicit_think_block_and_no_reasoning():
+    body = run_chat(["<think>hmm</think>", "Sure."], stream=False)
+    assert body["choices"][0]["message"]["reasoning_content"] == "hmm"
+    assert body["choices"][0]["message"]["content"] == "Sure."
