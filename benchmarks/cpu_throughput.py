@@ -10,16 +10,11 @@ Prints one table and appends a record to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
+from record import append_record, device_name
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TOPICS = ["cats", "the sea", "bread", "trains", "rain", "chess", "bees", "winter"]
 
 
@@ -76,31 +71,6 @@ def run_transformers(conversations, output_len: int) -> tuple[float, int]:
     return elapsed, int((out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0])
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -118,21 +88,11 @@ def main() -> None:
     table.append(f"\npagedllm / transformers: **{ratio:.2f}x**")
     print("\n".join(table))
     if not args.no_record:
-        command = "python " + " ".join(sys.argv)
-        record = [
-            f"\n## CPU throughput, {datetime.date.today().isoformat()}",
-            f"- device: {machine()}",
-            f"- commit: {commit()}",
-            f"- command: `{command}`",
-            f"- workload: SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), "
-            f"{args.num_prompts} chat prompts, {args.output_len} new tokens each, greedy, "
-            "eos ignored",
-            "",
-            *table,
-            "",
-        ]
-        with RESULTS.open("a") as f:
-            f.write("\n".join(record))
+        workload = (
+            f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), {args.num_prompts} chat "
+            f"prompts, {args.output_len} new tokens each, greedy, eos ignored"
+        )
+        append_record("CPU throughput", device_name(), workload, table)
 
 
 if __name__ == "__main__":

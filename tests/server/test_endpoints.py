@@ -268,3 +268,27 @@ def test_api_key_required(server, key):
         ).status_code
         == 200
     )
+
+
+def test_prefix_cache_over_http(server, openai_client):
+    long_system = "You are a meticulous assistant. " * 40
+    messages = [{"role": "system", "content": long_system}, {"role": "user", "content": "Hi"}]
+
+    def ask(**extra):
+        return openai_client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=2, extra_body=extra or None
+        )
+
+    ask()
+    assert ask().usage.prompt_tokens_details.cached_tokens >= 160
+    assert ask(cache_salt="tenant-x").usage.prompt_tokens_details.cached_tokens == 0
+    assert ask(cache_salt="tenant-x").usage.prompt_tokens_details.cached_tokens >= 160
+    text = httpx.get(f"{server.url}/metrics").text
+    hits = [
+        line for line in text.splitlines() if line.startswith("pagedllm:prefix_cache_hits_total")
+    ]
+    assert hits and float(hits[0].split()[-1]) >= 320
+    assert httpx.post(f"{server.url}/reset_prefix_cache").status_code == 401
+    with server.client() as http:
+        assert http.post("/reset_prefix_cache").json() == {"reset": True}
+    assert ask().usage.prompt_tokens_details.cached_tokens == 0
