@@ -52,6 +52,7 @@ class ModelConfig:
     revision: str | None
     served_model_name: str
     generation_config: dict = field(default_factory=dict)
+    max_logprobs: int = 20
 
     @property
     def text_config(self) -> Any:
@@ -165,7 +166,6 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "override_pooler_config": None,
     "structured_outputs_config": None,
     "logits_processors": None,
-    "max_logprobs": 20,
 }
 
 
@@ -305,6 +305,7 @@ class EngineArgs:
             revision=self.revision,
             served_model_name=served or files.name,
             generation_config=files.generation_config() if self.generation_config == "auto" else {},
+            max_logprobs=self.max_logprobs,
         )
 
     def _cache_config(self, device: str) -> CacheConfig:

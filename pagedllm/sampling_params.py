@@ -18,6 +18,8 @@ from typing import Any
 SAMPLING_EPS = 1e-5
 # Temperatures in (0, MIN_TEMPERATURE) are raised to it: smaller ones overflow to inf/nan.
 MIN_TEMPERATURE = 1e-2
+# logit_bias values are clamped to OpenAI's range.
+LOGIT_BIAS_LIMIT = 100.0
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -68,8 +70,10 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     extra_args: dict[str, Any] | None = None
     bad_words: list[str] | None = None
-    # Set by the engine, not by users: every token id that ends the request (eos + stop ids).
+    # Set by the engine, not by users: every token id that ends the request (eos + stop ids),
+    # and the token ids of each bad word (with and without a leading space).
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -220,3 +224,22 @@ class SamplingParams:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+@dataclass
+class BeamSearchParams:
+    """Beam search, as ``LLM.beam_search`` takes it (vLLM's fields and defaults)."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.beam_width >= 1, f"beam_width must be at least 1, got {self.beam_width}.")
+        _check(self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}.")
+        _check(
+            self.temperature >= 0.0, f"temperature must be non-negative, got {self.temperature}."
+        )

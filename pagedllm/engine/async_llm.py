@@ -21,13 +21,20 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
+from pagedllm.beam_search import (
+    BeamSearchOutput,
+    BeamSearchSequence,
+    BeamSearchState,
+    prompt_ids_of,
+    step_params,
+)
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
 from pagedllm.inputs.processor import PromptType
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import StatLogger
 from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = init_logger(__name__)
 
@@ -165,6 +172,33 @@ class AsyncLLM:
             elif self.log_requests:
                 logger.info("Finished request %s.", request_id)
 
+    async def beam_search(
+        self, prompt: PromptType, request_id: str, params: BeamSearchParams
+    ) -> BeamSearchOutput:
+        """Beam search (see ``pagedllm.beam_search``); each step's beams run as concurrent
+        one-token requests, batched with everything else the engine is serving."""
+        state = BeamSearchState(prompt_ids_of(prompt, self.tokenizer), params, self._eos())
+        sampling = step_params(params)
+        max_len = self.model_config.max_model_len
+        step = 0
+        while state.beams and state.can_grow(step, max_len):
+            outputs = await asyncio.gather(*(
+                _final(self.generate({"prompt_token_ids": beam.tokens}, sampling,
+                                     f"{request_id}-beam{step}-{i}"))
+                for i, beam in enumerate(state.beams)
+            ))  # fmt: skip
+            state.advance(list(outputs))
+            step += 1
+        tokenizer = self.tokenizer
+
+        def decode(beam: BeamSearchSequence) -> str:
+            return tokenizer.decode(beam.generated, skip_special_tokens=True) if tokenizer else ""
+
+        return state.result(decode)
+
+    def _eos(self) -> int | None:
+        return self.engine.processor.eos_token_id
+
     async def abort(self, request_id: str | Iterable[str]) -> None:
         """End requests now; their generate() calls yield a final output (finish "abort")."""
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
@@ -262,6 +296,14 @@ class AsyncLLM:
             if state.queue is not None and id(state.queue) not in notified:
                 notified.add(id(state.queue))
                 state.queue.put_threadsafe(exc)
+
+
+async def _final(outputs: AsyncGenerator[RequestOutput, None]) -> RequestOutput:
+    final = None
+    async for output in outputs:
+        final = output
+    assert final is not None
+    return final
 
 
 def _run_call(engine: LLMEngine, fn: Callable[[LLMEngine], Any], future: Any) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.core.request import Request
 from pagedllm.engine.core import EngineCore
-from pagedllm.engine.output_processor import OutputProcessor, ParentRequest
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.parent_request import ParentRequest, num_samples
 from pagedllm.inputs.processor import InputProcessor, ProcessedPrompt, PromptType
 from pagedllm.inputs.tokenizer import load_tokenizer
 from pagedllm.metrics.stats import IterationStats, LoggingStatLogger, StatLogger
@@ -77,7 +78,7 @@ class LLMEngine:
     def add_prepared(self, prepared: PreparedRequest, queue: Any = None) -> None:
         """Enqueue a prepared request: one core request per sample (``n``)."""
         request_id, params = prepared.request_id, prepared.params
-        parent = ParentRequest(request_id, params) if params.n > 1 else None
+        parent = ParentRequest(request_id, params) if num_samples(params) > 1 else None
         children = (
             [(request_id, params)]
             if parent is None

@@ -9,45 +9,11 @@ from typing import Any
 
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from pagedllm.engine.logprobs_accumulator import LogprobsAccumulator, TokenDecoder
+from pagedllm.engine.parent_request import ParentRequest
 from pagedllm.metrics.stats import FinishedRequestStats, IterationStats
 from pagedllm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-
-
-class ParentRequest:
-    """The user's request when ``n > 1``: its children are ``f"{i}_{request_id}"``."""
-
-    def __init__(self, request_id: str, params: SamplingParams) -> None:
-        self.request_id = request_id
-        self.params = params
-        self.child_ids: list[str] = [f"{i}_{request_id}" for i in range(params.n)]
-        self.unfinished: set[str] = set(self.child_ids)
-        self.final: dict[int, CompletionOutput] = {}
-        self.num_generated = 0  # over all children, for stats
-
-    def child_params(self, index: int) -> SamplingParams:
-        child = self.params.clone()
-        child.n = 1
-        if child.seed is not None:
-            child.seed += index  # distinct but reproducible samples
-        return child
-
-    def collect(
-        self, child_id: str, completion: CompletionOutput | None
-    ) -> tuple[list[CompletionOutput], bool]:
-        """Outputs to emit for this child update, and whether the parent is finished.
-
-        Streaming kinds emit each child's update on its own (vLLM's behaviour); FINAL_ONLY
-        emits all n completions, in index order, once the last child finishes.
-        """
-        if completion is not None and completion.finished():
-            self.unfinished.discard(child_id)
-        finished = not self.unfinished
-        if self.params.output_kind != RequestOutputKind.FINAL_ONLY:
-            return ([completion] if completion is not None else []), finished
-        if completion is not None:
-            self.final[completion.index] = completion
-        return ([self.final[i] for i in sorted(self.final)] if finished else []), finished
 
 
 @dataclass
@@ -62,6 +28,7 @@ class RequestState:
     params: SamplingParams
     detokenizer: IncrementalDetokenizer | None
     metrics: RequestMetrics
+    logprobs: LogprobsAccumulator
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     sent_tokens: int = 0
@@ -69,6 +36,7 @@ class RequestState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    prompt_logprobs_sent: bool = False
     queue: Any = None  # set by AsyncLLM: where this request's outputs go
 
     @property
@@ -87,6 +55,8 @@ class RequestState:
         """Take one step's tokens; return True if a stop string ended the request here."""
         self.token_ids.extend(out.new_token_ids)
         self.num_cached_tokens = out.num_cached_tokens
+        self.logprobs.add_sample(out.new_logprobs)
+        self.logprobs.add_prompt(out.new_prompt_logprobs)
         hit_stop = False
         if self.detokenizer is not None and out.new_token_ids:
             delta = self.detokenizer.decode(out.new_token_ids)
@@ -112,19 +82,25 @@ class RequestState:
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
         visible = len(self.text) if finished else max(len(self.text) - self.stop_buffer, 0)
+        logprobs = self.logprobs.logprobs
         if kind == RequestOutputKind.DELTA:
             text, tokens = self.text[self.sent_chars : visible], self.token_ids[self.sent_tokens :]
             if not text and not tokens and not finished:
                 return None
+            if logprobs is not None:
+                logprobs = logprobs[self.sent_tokens :]
         else:
+            if len(self.token_ids) == self.sent_tokens and not finished:
+                return None  # a prompt-logprobs chunk: nothing generated yet
             text, tokens = self.text[:visible], list(self.token_ids)
+            logprobs = list(logprobs) if logprobs is not None else None
         self.sent_chars, self.sent_tokens = max(visible, self.sent_chars), len(self.token_ids)
         return CompletionOutput(
             index=self.index,
             text=text,
             token_ids=tokens,
-            cumulative_logprob=None,
-            logprobs=None,
+            cumulative_logprob=self.logprobs.cumulative,
+            logprobs=logprobs,
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )
@@ -133,6 +109,7 @@ class RequestState:
 class OutputProcessor:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._token_strings: dict[int, str] = {}
         self.states: dict[str, RequestState] = {}
         # external id -> child ids (just [id] when n == 1)
         self.children: dict[str, list[str]] = {}
@@ -155,8 +132,12 @@ class OutputProcessor:
         queue: Any = None,
     ) -> None:
         detokenizer = None
+        decode: TokenDecoder = _no_text
         if params.detokenize and self.tokenizer is not None:
             detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
+            decode = self.token_string
+        best_of = params.best_of is not None and parent is not None and parent.ranks_samples
+        logprobs = LogprobsAccumulator(params.logprobs, params.prompt_logprobs, best_of, decode)
         self.states[request_id] = RequestState(
             request_id,
             parent,
@@ -166,10 +147,20 @@ class OutputProcessor:
             params,
             detokenizer,
             RequestMetrics(arrival_time=arrival_time),
+            logprobs,
             queue=queue,
         )
         external = parent.request_id if parent else request_id
         self.children.setdefault(external, []).append(request_id)
+
+    def token_string(self, token_id: int) -> str:
+        """A token as text (vLLM's decoded_token), cached per id."""
+        text = self._token_strings.get(token_id)
+        if text is None:
+            token = self.tokenizer.convert_ids_to_tokens(token_id)
+            text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
+            self._token_strings[token_id] = text
+        return text
 
     def abort_requests(
         self, external_ids: list[str]
@@ -262,11 +253,15 @@ class OutputProcessor:
                 return None
         if finished:
             state.metrics.finished_time = time.time()
+        prompt_logprobs = state.logprobs.prompt_logprobs
+        if state.params.output_kind == RequestOutputKind.DELTA and state.prompt_logprobs_sent:
+            prompt_logprobs = None  # streamed once, with the first output
+        state.prompt_logprobs_sent = True
         return RequestOutput(
             request_id=state.external_id,
             prompt=state.prompt,
             prompt_token_ids=state.prompt_token_ids,
-            prompt_logprobs=None,
+            prompt_logprobs=prompt_logprobs,
             outputs=outputs,
             finished=finished,
             metrics=state.metrics,
@@ -296,3 +291,7 @@ def _record_timing(
         gap = (now - metrics.last_token_time) / num_new
         stats.inter_token_latencies += [gap] * num_new
     metrics.last_token_time = now
+
+
+def _no_text(token_id: int) -> None:
+    return None

@@ -9,12 +9,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pagedllm.beam_search import (
+    BeamSearchOutput,
+    BeamSearchSequence,
+    BeamSearchState,
+    prompt_ids_of,
+    step_params,
+)
 from pagedllm.config import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.inputs.chat import apply_chat_template
 from pagedllm.inputs.processor import PromptType
 from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 # Keys of generation_config.json that become default sampling parameters.
 _GENERATION_DEFAULTS = {
@@ -132,6 +139,51 @@ class LLM:
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm, lora_request)
+
+    def beam_search(
+        self,
+        prompts: list[PromptType],
+        params: BeamSearchParams,
+        lora_request: Any = None,
+        use_tqdm: bool = False,
+        concurrency_limit: int | None = None,
+    ) -> list[BeamSearchOutput]:
+        """Beam search for each prompt (see ``pagedllm.beam_search``); each output holds up to
+        ``beam_width`` sequences, best first, ``text`` decoded from prompt and completion."""
+        if lora_request is not None:
+            raise ValueError("lora_request is not supported by pagedllm yet.")
+        tokenizer = self.get_tokenizer()
+        eos = self.llm_engine.processor.eos_token_id
+        states = [BeamSearchState(prompt_ids_of(p, tokenizer), params, eos) for p in prompts]
+        step_sampling = step_params(params)
+        max_len = self.llm_engine.model_config.max_model_len
+        limit = concurrency_limit or len(states)
+        for start in range(0, len(states), limit):
+            self._run_beam_steps(states[start : start + limit], step_sampling, max_len)
+
+        def decode(beam: BeamSearchSequence) -> str:
+            return tokenizer.decode(beam.tokens, skip_special_tokens=True) if tokenizer else ""
+
+        return [state.result(decode) for state in states]
+
+    def _run_beam_steps(
+        self, states: list[BeamSearchState], sampling: SamplingParams, max_model_len: int
+    ) -> None:
+        step = 0
+        while True:
+            growing = [s for s in states if s.beams and s.can_grow(step, max_model_len)]
+            if not growing:
+                return
+            prompts: list[PromptType] = [
+                {"prompt_token_ids": beam.tokens} for s in growing for beam in s.beams
+            ]
+            outputs = self.generate(prompts, sampling, use_tqdm=False)
+            offset = 0
+            for state in growing:
+                count = len(state.beams)
+                state.advance(outputs[offset : offset + count])
+                offset += count
+            step += 1
 
     # -- helpers -------------------------------------------------------------------------
 

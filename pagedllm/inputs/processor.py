@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import ModelConfig
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
 
 # A prompt: text, or a dict {"prompt": text} / {"prompt_token_ids": [...]} (with an
 # optional "cache_salt").
@@ -18,15 +18,8 @@ PromptType = str | dict[str, Any]
 
 # SamplingParams fields whose features are not built yet: (field, "is it set?").
 _NOT_YET = {
-    "logprobs": lambda p: p.logprobs is not None,
-    "prompt_logprobs": lambda p: p.prompt_logprobs is not None,
-    "logit_bias": lambda p: bool(p.logit_bias),
-    "allowed_token_ids": lambda p: p.allowed_token_ids is not None,
-    "bad_words": lambda p: bool(p.bad_words),
-    "logits_processors": lambda p: bool(p.logits_processors),
     "guided_decoding": lambda p: p.guided_decoding is not None,
     "structured_outputs": lambda p: p.structured_outputs is not None,
-    "best_of": lambda p: p.best_of is not None and p.best_of != p.n,
 }
 
 
@@ -136,7 +129,63 @@ class InputProcessor:
         )
         if not resolved.ignore_eos and self.eos_token_id is not None:
             resolved.all_stop_token_ids.add(self.eos_token_id)
+        self._check_token_controls(resolved)
         return resolved
+
+    def _check_token_controls(self, params: SamplingParams) -> None:
+        """logprobs limits, best_of, logit_bias, allowed ids, bad words, processors."""
+        limit = self.model_config.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value != -1 and limit != -1 and value > limit:
+                raise ValueError(
+                    f"{name} asks for {value} top tokens, more than max_logprobs={limit} "
+                    "(an engine option)."
+                )
+        streaming = params.output_kind != RequestOutputKind.FINAL_ONLY
+        if params.best_of is not None and params.best_of > params.n and streaming:
+            raise ValueError("best_of > n needs the whole output at once: it cannot stream.")
+        if params.logit_bias:
+            params.logit_bias = {
+                self._token(int(t), "logit_bias"): max(
+                    -LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, float(b))
+                )
+                for t, b in params.logit_bias.items()
+            }
+        if params.allowed_token_ids is not None:
+            if not params.allowed_token_ids:
+                raise ValueError("allowed_token_ids must not be empty.")
+            params.allowed_token_ids = [
+                self._token(t, "allowed_token_ids") for t in params.allowed_token_ids
+            ]
+        if params.bad_words:
+            params.bad_words_token_ids = self._bad_words(params.bad_words)
+        for fn in params.logits_processors or []:
+            if not callable(fn):
+                raise ValueError(f"logits_processors must be callables, got {fn!r}.")
+
+    def _token(self, token_id: int, field: str) -> int:
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(
+                f"{field} names token id {token_id}, outside the vocabulary "
+                f"(size {self.vocab_size})."
+            )
+        return token_id
+
+    def _bad_words(self, words: list[str]) -> list[list[int]]:
+        """Each word as tokens, alone and after a space (vLLM's rule): both spellings banned."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "bad_words needs a tokenizer; the engine has none (skip_tokenizer_init)."
+            )
+        sequences: list[list[int]] = []
+        for word in words:
+            plain = self.tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            spaced = self.tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            for ids in (plain, spaced):
+                if ids and ids not in sequences:
+                    sequences.append(ids)
+        return sequences
 
     @staticmethod
     def _refuse_unbuilt(params: SamplingParams) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,5 +31,17 @@ class SamplingMetadata:
     # row -> the request's own generator (seeded requests); other rows use the global RNG.
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     penalties: PenaltyInputs | None = None
-    # (rows, token ids) whose logits are -inf this step: eos/stop ids before min_tokens.
+    # (rows, token ids) whose logits are -inf this step: eos/stop ids before min_tokens, and
+    # the last token of a bad word whose preceding tokens were just generated.
     banned: tuple[torch.Tensor, torch.Tensor] | None = None
+    # [rows, vocab] bool, True where a token may be sampled (allowed_token_ids).
+    allowed: torch.Tensor | None = None
+    # (rows, token ids, biases) added to the logits (logit_bias, already clamped).
+    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # Per-request Python callables (offline API): (row, processor, prompt ids, output ids).
+    processors: list[tuple[int, Callable[..., torch.Tensor], list[int], list[int]]] | None = None
+    # Top logprobs to return: the largest k any row asked for (vocab size for -1); None: no
+    # row asked. ``need_logprob`` rows want the sampled token's logprob even without top-k
+    # (cumulative logprobs for best_of).
+    max_num_logprobs: int | None = None
+    need_logprob: bool = False

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from pagedllm.sample.logits_processors import bad_word_bans
 from pagedllm.sample.metadata import PenaltyInputs, SamplingMetadata
 from pagedllm.sample.penalties import bin_counts
-from pagedllm.sampling_params import SamplingType
+from pagedllm.sampling_params import SamplingParams, SamplingType
 from pagedllm.worker.request_state import RequestState
 
 
@@ -30,8 +31,23 @@ def build_sampling_metadata(
         min_p=None if all(p == 0.0 for p in min_p) else _tensor(min_p, torch.float32, device),
         generators=generators,
         penalties=_penalties(states, vocab_size, device),
-        banned=_banned_before_min_tokens(states, device),
+        banned=_banned(states, device),
+        allowed=_allowed(params, vocab_size, device),
+        bias=_bias(params, device),
+        processors=_processors(states),
+        max_num_logprobs=max_num_logprobs(params, vocab_size),
+        need_logprob=any(needs_cumulative_logprob(p) for p in params),
     )
+
+
+def max_num_logprobs(params: list[SamplingParams], vocab_size: int) -> int | None:
+    ks = [vocab_size if p.logprobs == -1 else p.logprobs for p in params if p.logprobs is not None]
+    return max(ks) if ks else None
+
+
+def needs_cumulative_logprob(params: SamplingParams) -> bool:
+    """best_of ranks samples by cumulative logprob, asked for or not."""
+    return params.best_of is not None and params.best_of > params.n
 
 
 def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -64,16 +80,60 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
     return out.to(device)
 
 
-def _banned_before_min_tokens(
+def _banned(
     states: list[RequestState], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Stop ids before min_tokens; a bad word's last token after its earlier tokens."""
     rows, cols = [], []
     for i, state in enumerate(states):
         params = state.sampling_params
+        ids: list[int] = []
         if state.num_output_tokens < params.min_tokens:
-            for token_id in params.all_stop_token_ids:
-                rows.append(i)
-                cols.append(token_id)
+            ids += params.all_stop_token_ids
+        if params.bad_words_token_ids:
+            ids += bad_word_bans(params.bad_words_token_ids, state.output_token_ids)
+        rows += [i] * len(ids)
+        cols += ids
     if not rows:
         return None
     return _tensor(rows, torch.int64, device), _tensor(cols, torch.int64, device)
+
+
+def _allowed(
+    params: list[SamplingParams], vocab_size: int, device: torch.device
+) -> torch.Tensor | None:
+    if all(p.allowed_token_ids is None for p in params):
+        return None
+    mask = torch.ones(len(params), vocab_size, dtype=torch.bool)
+    for i, p in enumerate(params):
+        if p.allowed_token_ids is not None:
+            mask[i] = False
+            mask[i, p.allowed_token_ids] = True
+    return mask.to(device)
+
+
+def _bias(
+    params: list[SamplingParams], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    rows, cols, values = [], [], []
+    for i, p in enumerate(params):
+        for token_id, bias in (p.logit_bias or {}).items():
+            rows.append(i)
+            cols.append(token_id)
+            values.append(bias)
+    if not rows:
+        return None
+    return (
+        _tensor(rows, torch.int64, device),
+        _tensor(cols, torch.int64, device),
+        _tensor(values, torch.float32, device),
+    )
+
+
+def _processors(states: list[RequestState]) -> list | None:
+    found = [
+        (i, fn, s.prompt_token_ids, s.output_token_ids)
+        for i, s in enumerate(states)
+        for fn in s.sampling_params.logits_processors or []
+    ]
+    return found or None

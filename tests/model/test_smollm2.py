@@ -61,3 +61,35 @@ def test_greedy_chat_reply_matches_transformers(smollm, hf_smollm):
         # U+FFFD for the partial bytes, the incremental detokenizer holds them back.
         expected_text = tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd")
         assert out.outputs[0].text == expected_text
+
+
+def test_logprobs_match_transformers_log_softmax(smollm, hf_smollm):
+    tokenizer, model = hf_smollm
+    text = tokenizer.apply_chat_template(
+        CONVERSATIONS[0], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=5, prompt_logprobs=3)
+    out = smollm.generate({"prompt_token_ids": ids}, params, use_tqdm=False)[0]
+    generated = out.outputs[0].token_ids
+    with torch.inference_mode():
+        full = torch.tensor([ids + generated])
+        reference = torch.log_softmax(model(full).logits[0].float(), dim=-1)
+    # sampled positions: token t of the completion is scored at position len(ids) + t - 1
+    total = 0.0
+    for t, position in enumerate(out.outputs[0].logprobs):
+        row = reference[len(ids) + t - 1]
+        chosen = generated[t]
+        assert position[chosen].logprob == pytest.approx(row[chosen].item(), abs=2e-3)
+        assert position[chosen].rank == 1  # greedy
+        top5 = row.topk(5).indices.tolist()
+        assert [tid for tid, lp in position.items() if lp.rank is not None and lp.rank <= 5] == top5
+        total += position[chosen].logprob
+    assert out.outputs[0].cumulative_logprob == pytest.approx(total, abs=1e-4)
+    # prompt positions: token j is scored at position j - 1; the first has no logprob
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(ids)
+    for j in range(1, len(ids)):
+        position, row = out.prompt_logprobs[j], reference[j - 1]
+        assert position[ids[j]].logprob == pytest.approx(row[ids[j]].item(), abs=2e-3)
+        expected_rank = int((row > row[ids[j]]).sum().item()) + 1
+        assert abs(position[ids[j]].rank - expected_rank) <= 1  # ties at float precision

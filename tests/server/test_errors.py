@@ -46,9 +46,9 @@ def test_out_of_range_values(server, field, value, param):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("logit_bias", {"5": 1.0}),
-        ("logprobs", True),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("response_format", {"type": "json_object"}),
+        ("guided_json", {"type": "object"}),
     ],
 )
 def test_unbuilt_fields_are_refused_by_name(server, field, value):
@@ -111,3 +111,46 @@ def test_server_still_serves_after_errors(server, openai_client):
         post(server, "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "top_p": 9})
     reply = openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
     assert reply.choices[0].message.content is not None
+
+
+def test_sampling_surface_errors(server):
+    chat = {"model": MODEL, "messages": HELLO}
+    assert_error(
+        post(server, "/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 50}),
+        400,
+        "max_logprobs",
+    )
+    assert_error(
+        post(server, "/v1/chat/completions", json={**chat, "top_logprobs": 2}), 400, "logprobs"
+    )
+    assert_error(
+        post(server, "/v1/chat/completions", json={**chat, "logit_bias": {"99999999": 1}}),
+        400,
+        "logit_bias",
+    )
+    assert_error(
+        post(server, "/v1/chat/completions", json={**chat, "length_penalty": 2.0}),
+        400,
+        "beam search",
+    )
+    assert_error(
+        post(
+            server, "/v1/chat/completions", json={**chat, "use_beam_search": True, "stream": True}
+        ),
+        400,
+        "use_beam_search",
+    )
+    assert_error(
+        post(
+            server,
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "a", "best_of": 3, "stream": True},
+        ),
+        400,
+        "best_of",
+    )
+    assert_error(
+        post(server, "/v1/completions", json={"model": MODEL, "prompt": "a", "logprobs": -1}),
+        400,
+        "logprobs",
+    )

@@ -310,7 +310,7 @@ def test_mixed_truncation_batch_matches_transformers_chain(seed: int) -> None:
 
 def test_all_greedy_returns_argmax() -> None:
     logits = random_logits(0)
-    tokens = Sampler()(logits.clone(), metadata(6, greedy=[True] * 6))
+    tokens = Sampler()(logits.clone(), metadata(6, greedy=[True] * 6)).token_ids
     assert tokens.dtype == torch.int64
     assert torch.equal(tokens, logits.argmax(dim=1))
 
@@ -329,7 +329,7 @@ def test_greedy_rows_stay_exact_in_a_mixed_batch() -> None:
     )
     argmax = logits.argmax(dim=1)
     for _ in range(5):
-        tokens = Sampler()(logits.clone(), md)
+        tokens = Sampler()(logits.clone(), md).token_ids
         rows = torch.tensor(greedy)
         assert torch.equal(tokens[rows], argmax[rows])
         assert not torch.equal(tokens[~rows], argmax[~rows])
@@ -340,7 +340,7 @@ def test_greedy_argmax_sees_the_penalties() -> None:
     p = penalty_inputs(
         [[0], [1]], [[], [0, 0]], [0.0, 0.0], [0.0, 1.0], [2.0, 1.0], vocab=4
     )  # row 0: 5 / 2 < 4; row 1: 5 - 2 < 4
-    tokens = Sampler()(logits, metadata(2, greedy=[True, True], penalties=p))
+    tokens = Sampler()(logits, metadata(2, greedy=[True, True], penalties=p)).token_ids
     assert tokens.tolist() == [1, 1]
 
 
@@ -354,12 +354,12 @@ def test_banned_ids_are_never_sampled() -> None:
     banned_cols = torch.tensor([2, 4]).repeat(rows - 1)
     greedy = [r % 4 == 0 for r in range(rows)]
     md = metadata(rows, greedy=greedy, banned=(banned_rows, banned_cols))
-    tokens = Sampler()(logits.clone(), md)
+    tokens = Sampler()(logits.clone(), md).token_ids
     assert not torch.isin(tokens[:-1], torch.tensor([2, 4])).any()
     assert tokens[-1].item() in (2, 4)
     assert torch.equal(tokens[torch.tensor(greedy)], torch.zeros(sum(greedy), dtype=torch.long))
     # Without the ban the same batch does pick them.
-    unbanned = Sampler()(logits.clone(), metadata(rows, greedy=greedy))
+    unbanned = Sampler()(logits.clone(), metadata(rows, greedy=greedy)).token_ids
     assert torch.isin(unbanned, torch.tensor([2, 4])).float().mean() > 0.9
 
 
@@ -376,7 +376,9 @@ def test_sampling_frequencies_converge_to_softmax() -> None:
     draws = 20_000
     row = torch.tensor([1.0, 0.5, 0.0, -0.5, -2.0])
     temperature = 0.8
-    tokens = Sampler()(row.repeat(draws, 1), metadata(draws, temperature=[temperature] * draws))
+    tokens = Sampler()(
+        row.repeat(draws, 1), metadata(draws, temperature=[temperature] * draws)
+    ).token_ids
     probs = (row / temperature).softmax(dim=0)
     # 4 degrees of freedom: P(chi2 > 25) ~ 5e-5. A wrong temperature scores in the hundreds.
     assert chi_square(tokens, probs) < 25.0
@@ -391,7 +393,7 @@ def test_truncated_sampling_frequencies_match_transformers_chain() -> None:
     md = metadata(
         draws, temperature=[t] * draws, top_k=[k] * draws, top_p=[p] * draws, min_p=[m] * draws
     )
-    tokens = Sampler()(row.repeat(draws, 1), md)
+    tokens = Sampler()(row.repeat(draws, 1), md).token_ids
     probs = transformers_chain(row, t, k, p, m).softmax(dim=-1)[0]
     assert 2 < (probs > 0).sum().item() < k  # top-p cut into the top-k set
     assert chi_square(tokens, probs) < 25.0
@@ -403,10 +405,10 @@ def test_min_p_applies_after_temperature() -> None:
     row = torch.tensor([0.0, -1.0, -5.0])
     # t = 4: scaled probabilities relative to the top are 1, 0.78, 0.29; unscaled 1, 0.37, 0.007.
     md = metadata(draws, temperature=[4.0] * draws, min_p=[0.5] * draws)
-    assert set(Sampler()(row.repeat(draws, 1), md).tolist()) == {0, 1}
+    assert set(Sampler()(row.repeat(draws, 1), md).token_ids.tolist()) == {0, 1}
     # t = 0.5: scaled 1, 0.14, 5e-5; unscaled 1, 0.37, 0.007.
     md = metadata(draws, temperature=[0.5] * draws, min_p=[0.2] * draws)
-    assert set(Sampler()(row.repeat(draws, 1), md).tolist()) == {0}
+    assert set(Sampler()(row.repeat(draws, 1), md).token_ids.tolist()) == {0}
 
 
 def seeded_row_tokens(position: int, others: int, steps: int, global_seed: int) -> list[int]:
@@ -429,7 +431,7 @@ def seeded_row_tokens(position: int, others: int, steps: int, global_seed: int) 
         md = metadata(
             rows, temperature=temperature, greedy=greedy, generators={position: generator}, **trunc
         )
-        out.append(Sampler()(logits, md)[position].item())
+        out.append(Sampler()(logits, md).token_ids[position].item())
     return out
 
 
@@ -448,7 +450,9 @@ def test_seeded_row_depends_on_its_seed() -> None:
     for step in range(6):
         logits = random_logits(100 + step, rows=1) * 0.2
         other.append(
-            Sampler()(logits, metadata(1, temperature=[0.9], generators={0: generator}))[0].item()
+            Sampler()(logits, metadata(1, temperature=[0.9], generators={0: generator}))
+            .token_ids[0]
+            .item()
         )
     assert tokens != other
 
@@ -556,7 +560,7 @@ def test_sampler_with_built_metadata_respects_min_tokens_and_penalties() -> None
     tokens = []
     for _ in range(3):
         md = build_sampling_metadata([s], 5, CPU)
-        token = Sampler()(logits.clone(), md).item()
+        token = Sampler()(logits.clone(), md).token_ids.item()
         s.token_ids.append(token)
         tokens.append(token)
     # eos is banned for two tokens; 4 (prompt) is penalised to 0.4, then 1 to 0.33 < 0.5.

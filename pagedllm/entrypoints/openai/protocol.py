@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
 def random_id(prefix: str) -> str:
@@ -138,10 +138,21 @@ class SamplingFields(OpenAIModel):
             bad_words=self.bad_words,
         )
 
+    def beam_search_params(self, max_tokens: int | None, stream: bool) -> BeamSearchParams:
+        if stream:
+            raise UnsupportedField("use_beam_search with stream")
+        return BeamSearchParams(
+            beam_width=self.n or 1,
+            max_tokens=max_tokens or 16,
+            ignore_eos=self.ignore_eos,
+            temperature=self.temperature or 0.0,
+            length_penalty=self.length_penalty,
+        )
+
     def _refuse_unbuilt(self) -> None:
+        if self.length_penalty != 1.0 and not self.use_beam_search:
+            raise ValueError("length_penalty only applies to beam search (use_beam_search=true).")
         unbuilt = {
-            "use_beam_search": self.use_beam_search,
-            "length_penalty": self.length_penalty != 1.0,
             "guided_json": self.guided_json is not None,
             "guided_regex": self.guided_regex is not None,
             "guided_choice": self.guided_choice is not None,
@@ -196,6 +207,8 @@ class ChatCompletionRequest(SamplingFields):
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true.")
+        if self.top_logprobs is not None and self.top_logprobs < 0:
+            raise ValueError("top_logprobs must be non-negative.")
         return self
 
     def refuse_unbuilt_chat_fields(self) -> None:
@@ -242,6 +255,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    prompt_logprobs: list[Any] | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -279,6 +293,12 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
     add_special_tokens: bool = True
 
+    @model_validator(mode="after")
+    def _check(self) -> CompletionRequest:
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError("logprobs must be non-negative.")
+        return self
+
     def prompts(self) -> list[str | list[int]]:
         """The prompt field as a list of prompts (text or token ids)."""
         prompt = self.prompt
@@ -297,6 +317,7 @@ class CompletionChoice(BaseModel):
     logprobs: Any = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[Any] | None = None
 
 
 class CompletionResponse(BaseModel):

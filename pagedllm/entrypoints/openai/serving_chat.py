@@ -9,8 +9,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from pagedllm.beam_search import BeamSearchOutput
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.openai.errors import from_value_error, sse_error
+from pagedllm.entrypoints.openai.logprobs_format import chat_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionChoice,
     ChatCompletionMessage,
@@ -24,7 +26,7 @@ from pagedllm.entrypoints.openai.protocol import (
 from pagedllm.entrypoints.openai.reasoning import ReasoningParser
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output
-from pagedllm.entrypoints.openai.usage import clamp_max_tokens, usage_of
+from pagedllm.entrypoints.openai.usage import beam_usage, clamp_max_tokens, usage_of
 from pagedllm.inputs.chat import apply_chat_template
 from pagedllm.outputs import RequestOutput
 
@@ -47,25 +49,27 @@ class ChatHandler:
     async def create(self, request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
         request.refuse_unbuilt_chat_fields()
+        stream = bool(request.stream)
+        request_id = random_id("chatcmpl") if request.request_id is None else request.request_id
         try:
             prompt, prompt_ids = self._render(request)
-            stream = bool(request.stream)
+            engine_prompt: dict[str, Any] = {"prompt": prompt, "prompt_token_ids": prompt_ids}
+            if request.cache_salt is not None:
+                engine_prompt["cache_salt"] = request.cache_salt
             max_tokens = clamp_max_tokens(
                 request.max_completion_tokens or request.max_tokens,
                 len(prompt_ids),
                 self.models.max_model_len,
             )
+            if request.use_beam_search:
+                beams = request.beam_search_params(max_tokens, stream)
+                result = await self.engine.beam_search(engine_prompt, request_id, beams)
+                return JSONResponse(_beam_response(request_id, model, prompt_ids, result))
             params = request.sampling_params(
                 max_tokens, request.requested_logprobs(), stream, self.defaults
             )
-            request_id = random_id("chatcmpl") if request.request_id is None else request.request_id
             outputs = self.engine.generate(
-                {"prompt": prompt, "prompt_token_ids": prompt_ids, "cache_salt": request.cache_salt}
-                if request.cache_salt is not None
-                else {"prompt": prompt, "prompt_token_ids": prompt_ids},
-                params,
-                request_id,
-                priority=request.priority,
+                engine_prompt, params, request_id, priority=request.priority
             )
         except ValueError as exc:
             raise from_value_error(exc) from exc
@@ -75,7 +79,8 @@ class ChatHandler:
             chunks = self._stream(request, request_id, model, outputs, opened, prefix)
             return StreamingResponse(chunks, media_type="text/event-stream")
         final = await last_output(outputs)
-        return JSONResponse(self._response(request_id, model, final, opened, prefix).model_dump())
+        response = self._response(request, request_id, model, final, opened, prefix)
+        return JSONResponse(response.model_dump())
 
     def _render(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
         tokenizer = self.engine.tokenizer
@@ -106,9 +111,16 @@ class ChatHandler:
     # -- full response -------------------------------------------------------------------
 
     def _response(
-        self, request_id: str, model: str, final: RequestOutput, opened: bool, prefix: str
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        model: str,
+        final: RequestOutput,
+        opened: bool,
+        prefix: str,
     ) -> ChatCompletionResponse:
         choices = []
+        top = request.top_logprobs or 0
         for completion in final.outputs:
             reasoning, content = self._split(completion.text, opened)
             message = ChatCompletionMessage(
@@ -119,12 +131,17 @@ class ChatHandler:
                 ChatCompletionChoice(
                     index=completion.index,
                     message=message,
+                    logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top),
                     finish_reason=completion.finish_reason,
                     stop_reason=completion.stop_reason,
                 )
             )
         return ChatCompletionResponse(
-            id=request_id, model=model, choices=choices, usage=usage_of(final, final.outputs)
+            id=request_id,
+            model=model,
+            choices=choices,
+            usage=usage_of(final, final.outputs),
+            prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
         )
 
     # -- streaming -----------------------------------------------------------------------
@@ -161,17 +178,20 @@ class ChatHandler:
         try:
             for i in range(n):
                 yield chunk([_choice(i, DeltaMessage(role="assistant", content=prefix))])
+            top = request.top_logprobs or 0
             async for output in outputs:
                 last = output
                 for completion in output.outputs:
                     i = completion.index
                     tokens[i] += len(completion.token_ids)
                     delta = _delta(parsers[i], completion.text, completion.finished())
-                    if delta is None and not completion.finished():
+                    logprobs = chat_logprobs(completion.token_ids, completion.logprobs, top)
+                    if delta is None and not completion.finished() and not logprobs:
                         continue
                     choice = _choice(
                         i, delta or DeltaMessage(), completion.finish_reason, completion.stop_reason
                     )
+                    choice.logprobs = logprobs
                     usage = usage_of(output, None, sum(tokens)) if continuous else None
                     yield chunk([choice], usage)
             if include_usage and last is not None:
@@ -203,3 +223,20 @@ def _delta(parser: ReasoningParser | None, text: str, finished: bool) -> DeltaMe
     if not reasoning and not content:
         return None
     return DeltaMessage(reasoning_content=reasoning or None, content=content or None)
+
+
+def _beam_response(
+    request_id: str, model: str, prompt_ids: list[int], result: BeamSearchOutput
+) -> dict[str, Any]:
+    choices = [
+        ChatCompletionChoice(
+            index=i,
+            message=ChatCompletionMessage(content=beam.text),
+            finish_reason=beam.finish_reason,
+        )
+        for i, beam in enumerate(result.sequences)
+    ]
+    usage = beam_usage(len(prompt_ids), result)
+    return ChatCompletionResponse(
+        id=request_id, model=model, choices=choices, usage=usage
+    ).model_dump()

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.openai.errors import OpenAIError, from_value_error, sse_error
+from pagedllm.entrypoints.openai.logprobs_format import completion_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -22,7 +23,7 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output, merge_streams
-from pagedllm.entrypoints.openai.usage import add_usage, clamp_max_tokens, usage_of
+from pagedllm.entrypoints.openai.usage import add_usage, beam_usage, clamp_max_tokens, usage_of
 from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -44,21 +45,25 @@ class CompletionHandler:
         stream = bool(request.stream)
         try:
             prompts = [self._prompt(p, request) for p in request.prompts()]
-            generators = []
-            for i, prompt in enumerate(prompts):
-                max_tokens = clamp_max_tokens(
+            limits = [
+                clamp_max_tokens(
                     request.max_tokens or DEFAULT_MAX_TOKENS,
                     len(prompt["prompt_token_ids"]),
                     self.models.max_model_len,
                 )
-                params = request.sampling_params(
-                    max_tokens, request.logprobs, stream, self.defaults
+                for prompt in prompts
+            ]
+            if request.use_beam_search:
+                return JSONResponse(
+                    await self._beam_search(request, request_id, model, prompts, limits)
                 )
-                generators.append(
-                    self.engine.generate(
-                        prompt, params, f"{request_id}-{i}", priority=request.priority
-                    )
+            generators = [
+                self.engine.generate(
+                    prompt, self._params(request, limit, stream), f"{request_id}-{i}",
+                    priority=request.priority,
                 )
+                for i, (prompt, limit) in enumerate(zip(prompts, limits))
+            ]  # fmt: skip
         except ValueError as exc:
             raise from_value_error(exc) from exc
         n = request.n or 1
@@ -67,18 +72,74 @@ class CompletionHandler:
             return StreamingResponse(chunks, media_type="text/event-stream")
         finals = await asyncio.gather(*(last_output(g) for g in generators))
         choices = [
-            CompletionChoice(
-                index=p * n + c.index,
-                text=self._echo(request, final) + c.text,
-                finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason,
-            )
+            self._choice(request, final, c, p * n + c.index)
             for p, final in enumerate(finals)
             for c in final.outputs
         ]
         usage = add_usage([usage_of(f, f.outputs) for f in finals])
         response = CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
         return JSONResponse(response.model_dump())
+
+    def _params(self, request: CompletionRequest, max_tokens: int | None, stream: bool) -> Any:
+        params = request.sampling_params(max_tokens, request.logprobs, stream, self.defaults)
+        if request.echo and request.logprobs is not None and params.prompt_logprobs is None:
+            params.prompt_logprobs = request.logprobs  # echoed prompt tokens carry logprobs too
+        return params
+
+    def _choice(
+        self, request: CompletionRequest, final: RequestOutput, c: Any, index: int
+    ) -> CompletionChoice:
+        echo = self._echo(request, final)
+        logprobs = None
+        if request.logprobs is not None:
+            ids, positions = list(c.token_ids), list(c.logprobs or [])
+            if request.echo:
+                ids = (final.prompt_token_ids or []) + ids
+                positions = list(final.prompt_logprobs or []) + positions
+            logprobs = completion_logprobs(ids, positions, request.logprobs, self._decode)
+        return CompletionChoice(
+            index=index,
+            text=echo + c.text,
+            logprobs=logprobs,
+            finish_reason=c.finish_reason,
+            stop_reason=c.stop_reason,
+            prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
+        )
+
+    def _decode(self, token_id: int) -> str:
+        tokenizer = self.engine.tokenizer
+        return tokenizer.decode([token_id]) if tokenizer is not None else f"token_id:{token_id}"
+
+    async def _beam_search(
+        self,
+        request: CompletionRequest,
+        request_id: str,
+        model: str,
+        prompts: list[dict[str, Any]],
+        limits: list[int | None],
+    ) -> dict[str, Any]:
+        stream = bool(request.stream)
+        searches = [
+            self.engine.beam_search(
+                prompt, f"{request_id}-{i}", request.beam_search_params(limit, stream)
+            )
+            for i, (prompt, limit) in enumerate(zip(prompts, limits))
+        ]
+        results = await asyncio.gather(*searches)
+        n = request.n or 1
+        choices = [
+            CompletionChoice(
+                index=p * n + i, text=beam.text or "", finish_reason=beam.finish_reason
+            )
+            for p, result in enumerate(results)
+            for i, beam in enumerate(result.sequences)
+        ]
+        usage = add_usage(
+            [beam_usage(len(p["prompt_token_ids"]), r) for p, r in zip(prompts, results)]
+        )
+        return CompletionResponse(
+            id=request_id, model=model, choices=choices, usage=usage
+        ).model_dump()
 
     def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict[str, Any]:
         item: dict[str, Any]
@@ -113,6 +174,7 @@ class CompletionHandler:
         created = int(time.time())
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         echoed: set[int] = set()
+        offsets: dict[int, int] = {}  # text_offset of each choice's next token
         tokens = [0] * len(generators)
         lasts: list[RequestOutput | None] = [None] * len(generators)
 
@@ -134,11 +196,19 @@ class CompletionHandler:
                     if index not in echoed:
                         echoed.add(index)
                         text = self._echo(request, output) + text
-                    if not text and not c.finished():
+                    logprobs = None
+                    if request.logprobs is not None:
+                        logprobs = completion_logprobs(
+                            list(c.token_ids), list(c.logprobs or []), request.logprobs,
+                            self._decode, offsets.get(index, 0),
+                        )  # fmt: skip
+                        offsets[index] = offsets.get(index, 0) + len(c.text)
+                    if not text and not c.finished() and not c.token_ids:
                         continue
                     choice = CompletionChoice(
                         index=index,
                         text=text,
+                        logprobs=logprobs,
                         finish_reason=c.finish_reason,
                         stop_reason=c.stop_reason,
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pagedllm.beam_search import BeamSearchOutput
 from pagedllm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
 from pagedllm.outputs import CompletionOutput, RequestOutput
 
@@ -46,3 +47,13 @@ def clamp_max_tokens(requested: int | None, prompt_len: int, max_model_len: int)
     if room <= 0:
         return None
     return room if requested is None else min(requested, room)
+
+
+def beam_usage(prompt_tokens: int, result: BeamSearchOutput) -> UsageInfo:
+    completion = sum(len(beam.generated) for beam in result.sequences)
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
+    )

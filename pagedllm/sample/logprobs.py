@@ -1,0 +1,41 @@
+"""Log-probabilities of sampled tokens and the top-k alternatives.
+
+Computed from the model's raw distribution (``log_softmax`` of the logits before
+temperature, penalties or any processor), as vLLM does by default (``raw_logprobs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.core.scheduler_output import LogprobsLists
+
+
+@dataclass
+class LogprobsTensors:
+    top_ids: torch.Tensor  # [rows, k] int64
+    top_logprobs: torch.Tensor  # [rows, k] float32
+    chosen_logprobs: torch.Tensor  # [rows] float32, of the given token
+    chosen_ranks: torch.Tensor  # [rows] int64, 1 = most likely
+
+    def to_lists(self, chosen: list[int], ks: list[int]) -> list[LogprobsLists]:
+        """One LogprobsLists per row (a single position each), row i keeping ks[i] top-k."""
+        top_ids, top_lps = self.top_ids.tolist(), self.top_logprobs.tolist()
+        lps, ranks = self.chosen_logprobs.tolist(), self.chosen_ranks.tolist()
+        return [
+            LogprobsLists([[c, *ids[:k]]], [[lp, *tl[:k]]], [rank])
+            for c, ids, tl, lp, rank, k in zip(chosen, top_ids, top_lps, lps, ranks, ks)
+        ]
+
+
+def compute_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> LogprobsTensors:
+    """logits: [rows, vocab] raw model logits; chosen: [rows] the token of each position."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen_lp = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    ranks = (logprobs > chosen_lp.unsqueeze(1)).sum(dim=-1) + 1
+    top_lp, top_ids = (
+        logprobs.topk(k, dim=-1) if k > 0 else (logprobs[:, :0], chosen[:, None][:, :0])
+    )
+    return LogprobsTensors(top_ids, top_lp, chosen_lp, ranks)

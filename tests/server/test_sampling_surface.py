@@ -1,0 +1,110 @@
+"""Logprobs in OpenAI's exact shapes (validated by the openai client's own types), logit
+bias, best_of and beam search over HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from tests.server.conftest import MODEL
+
+HELLO = [{"role": "user", "content": "Name a colour."}]
+
+
+def test_chat_logprobs_shape(openai_client):
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = reply.choices[0]
+    content = choice.logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+        assert entry.token == entry.top_logprobs[0].token  # greedy picks the most likely
+    total = sum(e.logprob for e in content)
+    assert math.isfinite(total)
+    plain = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=6, temperature=0
+    )
+    assert plain.choices[0].logprobs is None
+    assert (
+        "".join(e.token for e in content) == choice.message.content
+        or choice.finish_reason == "stop"
+    )
+
+
+def test_chat_logprobs_streamed(openai_client):
+    stream = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
+        stream=True,
+    )  # fmt: skip
+    entries = [
+        e
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    plain = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    assert [e.token for e in entries] == [e.token for e in plain.choices[0].logprobs.content]
+    assert all(len(e.top_logprobs) == 2 for e in entries)
+
+
+def test_completion_logprobs_and_echo(openai_client):
+    reply = openai_client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert "".join(lp.tokens) == reply.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
+    assert all(2 <= len(top) <= 3 for top in lp.top_logprobs)
+    echoed = openai_client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=2, temperature=0, logprobs=1, echo=True
+    )
+    elp = echoed.choices[0].logprobs
+    assert elp.token_logprobs[0] is None and elp.top_logprobs[0] is None
+    assert all(v is not None for v in elp.token_logprobs[1:])
+    assert echoed.choices[0].text.startswith("The sky is")
+
+
+def test_logit_bias_steers_the_choice(openai_client):
+    token = 30  # "."
+    reply = openai_client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=3, temperature=0, logit_bias={str(token): 100}
+    )
+    assert reply.choices[0].text == "..."
+
+
+def test_best_of_and_beam_search(openai_client, server):
+    best = openai_client.completions.create(
+        model=MODEL,
+        prompt="My favourite food is",
+        max_tokens=6,
+        n=2,
+        best_of=4,
+        temperature=1.0,
+        seed=7,
+    )
+    assert sorted(c.index for c in best.choices) == [0, 1]
+    beams = openai_client.completions.create(
+        model=MODEL, prompt="My favourite food is", max_tokens=6, n=3,
+        extra_body={"use_beam_search": True, "length_penalty": 1.0},
+    )  # fmt: skip
+    assert len(beams.choices) == 3 and len({c.text for c in beams.choices}) == 3
+    chat_beams = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=5, n=2, extra_body={"use_beam_search": True}
+    )
+    assert len(chat_beams.choices) == 2
+
+
+def test_prompt_logprobs_extra_field(server):
+    body = {"model": MODEL, "prompt": "One two three", "max_tokens": 1, "prompt_logprobs": 1}
+    with server.client() as http:
+        reply = http.post("/v1/completions", json=body).json()
+    prompt_lp = reply["choices"][0]["prompt_logprobs"]
+    assert prompt_lp[0] is None and all(isinstance(p, dict) for p in prompt_lp[1:])
+    json.dumps(reply)
