@@ -127,10 +127,15 @@ def test_too_long_requests_are_rejected_with_numbers(smollm):
     assert smollm.generate("Still here?", greedy(max_tokens=3), use_tqdm=False)[0].finished
 
 
-def test_unbuilt_sampling_options_are_refused_by_name(smollm):
-    for kwargs in ({"logprobs": 2}, {"logit_bias": {5: 1.0}}, {"bad_words": ["x"]}):
-        with pytest.raises(ValueError, match=next(iter(kwargs))):
-            smollm.generate("Hi", SamplingParams(**kwargs), use_tqdm=False)
+def test_bad_sampling_options_are_refused_by_name(smollm):
+    for kwargs, pattern in (
+        ({"logprobs": 50}, "max_logprobs"),
+        ({"logit_bias": {10**7: 1.0}}, "logit_bias"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"best_of": 3, "output_kind": RequestOutputKind.DELTA}, "best_of"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            smollm.llm_engine.add_request("bad", "Hi", SamplingParams(**kwargs))
     assert not smollm.llm_engine.has_unfinished_requests()
 
 
