@@ -52,3 +52,13 @@ def cpu_num_threads() -> int | None:
 def api_key() -> str | None:
     """PAGEDLLM_API_KEY: the server's API key when --api-key is not given."""
     return os.environ.get("PAGEDLLM_API_KEY") or None
+
+
+def attention_backend() -> str:
+    """PAGEDLLM_ATTENTION_BACKEND: "triton" (CUDA default) or "torch" (the portable reference)."""
+    value = os.environ.get("PAGEDLLM_ATTENTION_BACKEND", "auto").lower()
+    if value not in ("auto", "triton", "torch"):
+        raise ValueError(
+            f"PAGEDLLM_ATTENTION_BACKEND must be auto, triton or torch, got {value!r}."
+        )
+    return value

@@ -32,8 +32,16 @@ class AttentionBackend(Protocol):
 
 
 def create_backend(device: str) -> AttentionBackend:
-    """The backend for a device. The portable torch backend serves every device until a
-    faster one exists for it."""
+    """Triton kernels on CUDA (PAGEDLLM_ATTENTION_BACKEND=torch forces the portable torch
+    backend, the reference); the torch backend elsewhere."""
+    from pagedllm import envs
+
+    if device == "cuda" and envs.attention_backend() != "torch":
+        import torch
+
+        from pagedllm.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend(torch.device("cuda"))
     from pagedllm.attention.torch_backend import TorchAttentionBackend
 
     return TorchAttentionBackend()

@@ -29,3 +29,5 @@ class CommonAttentionMetadata:
     seq_lens_cpu: list[int]
     max_query_len: int
     max_seq_len: int
+    # Split-KV segments for the CUDA kernel (fixed per captured graph); 1 elsewhere.
+    num_segments: int = 1

@@ -31,6 +31,69 @@ class StepBatch:
     sampled_req_indices: list[int]  # for each sampled row, its request's index in req_ids
 
 
+@dataclass
+class HostBatch:
+    """The step's inputs as numpy arrays on the host, before any device copy."""
+
+    req_ids: list[str]
+    input_ids: np.ndarray  # [tokens] int64
+    positions: np.ndarray  # [tokens] int64
+    slot_mapping: np.ndarray  # [tokens] int64
+    query_start_loc: np.ndarray  # [reqs + 1] int32
+    seq_lens: np.ndarray  # [reqs] int32
+    block_table: np.ndarray  # [reqs, max blocks in this batch] int32
+    logits_indices: np.ndarray  # [sampled] int64
+    sampled_req_indices: list[int]
+    num_decodes: int
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.query_start_loc[-1])
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.req_ids)
+
+    @property
+    def max_query_len(self) -> int:
+        return int(np.diff(self.query_start_loc).max())
+
+    @property
+    def is_pure_decode(self) -> bool:
+        return self.num_decodes == self.num_reqs and self.num_tokens == self.num_reqs
+
+    def to_step_batch(self, device: torch.device, num_segments: int = 1) -> StepBatch:
+        """Plain copies (zero-copy on the CPU); the CUDA runner uses InputBuffers instead."""
+
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device)
+
+        attn = CommonAttentionMetadata(
+            num_reqs=self.num_reqs,
+            num_tokens=self.num_tokens,
+            num_decodes=self.num_decodes,
+            block_size=self.block_size,
+            query_start_loc=dev(self.query_start_loc),
+            seq_lens=dev(self.seq_lens),
+            block_table=dev(self.block_table),
+            slot_mapping=dev(self.slot_mapping),
+            query_start_loc_cpu=self.query_start_loc.tolist(),
+            seq_lens_cpu=self.seq_lens.tolist(),
+            max_query_len=self.max_query_len,
+            max_seq_len=int(self.seq_lens.max()),
+            num_segments=num_segments,
+        )
+        return StepBatch(
+            self.req_ids,
+            dev(self.input_ids),
+            dev(self.positions),
+            attn,
+            dev(self.logits_indices),
+            self.sampled_req_indices,
+        )
+
+
 def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
     """Single-token queries first (batched decode attention), then prefill chunks."""
     counts = scheduler_output.num_scheduled_tokens
@@ -39,12 +102,9 @@ def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
     return [i for i in ids if counts[i] == 1] + [i for i in ids if counts[i] != 1]
 
 
-def build_step_batch(
-    scheduler_output: SchedulerOutput,
-    requests: dict[str, RequestState],
-    block_size: int,
-    device: torch.device,
-) -> StepBatch:
+def build_host_batch(
+    scheduler_output: SchedulerOutput, requests: dict[str, RequestState], block_size: int
+) -> HostBatch:
     req_ids = batch_order(scheduler_output)
     counts = scheduler_output.num_scheduled_tokens
     states = [requests[r] for r in req_ids]
@@ -53,34 +113,30 @@ def build_step_batch(
     seq_lens = starts + query_lens
     query_start_loc = np.zeros(len(req_ids) + 1, dtype=np.int64)
     np.cumsum(query_lens, out=query_start_loc[1:])
-
     input_ids, positions, slots = _tokens_positions_slots(states, starts, query_lens, block_size)
-    table = _block_table(states, seq_lens, block_size)
     sampled = [i for i, s in enumerate(states) if seq_lens[i] == len(s.token_ids)]
-    logits_indices = query_start_loc[1:][sampled] - 1
-
-    attn = CommonAttentionMetadata(
-        num_reqs=len(req_ids),
-        num_tokens=int(query_start_loc[-1]),
+    return HostBatch(
+        req_ids=req_ids,
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slots,
+        query_start_loc=query_start_loc.astype(np.int32),
+        seq_lens=seq_lens.astype(np.int32),
+        block_table=_block_table(states, seq_lens, block_size),
+        logits_indices=query_start_loc[1:][sampled] - 1,
+        sampled_req_indices=sampled,
         num_decodes=int(np.count_nonzero(query_lens == 1)),
         block_size=block_size,
-        query_start_loc=torch.from_numpy(query_start_loc.astype(np.int32)).to(device),
-        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-        block_table=torch.from_numpy(table).to(device),
-        slot_mapping=torch.from_numpy(slots).to(device),
-        query_start_loc_cpu=query_start_loc.tolist(),
-        seq_lens_cpu=seq_lens.tolist(),
-        max_query_len=int(query_lens.max()),
-        max_seq_len=int(seq_lens.max()),
     )
-    return StepBatch(
-        req_ids=req_ids,
-        input_ids=torch.from_numpy(input_ids).to(device),
-        positions=torch.from_numpy(positions).to(device),
-        attn=attn,
-        logits_indices=torch.from_numpy(logits_indices).to(device),
-        sampled_req_indices=sampled,
-    )
+
+
+def build_step_batch(
+    scheduler_output: SchedulerOutput,
+    requests: dict[str, RequestState],
+    block_size: int,
+    device: torch.device,
+) -> StepBatch:
+    return build_host_batch(scheduler_output, requests, block_size).to_step_batch(device)
 
 
 def _tokens_positions_slots(

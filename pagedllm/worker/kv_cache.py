@@ -56,11 +56,17 @@ def plan_kv_cache(
 
 
 def allocate_kv_caches(
-    model_config: ModelConfig, plan: KVCachePlan, dtype: torch.dtype, device: torch.device
+    model_config: ModelConfig,
+    plan: KVCachePlan,
+    dtype: torch.dtype,
+    device: torch.device,
+    extra_blocks: int = 0,
 ) -> list[torch.Tensor]:
-    """One zero-filled tensor per layer. Zeros, not empty: padded positions of a gathered
-    block are masked out of attention, and masked garbage must still be finite."""
-    shape = (2, plan.num_blocks, plan.block_size, model_config.num_kv_heads, model_config.head_dim)
+    """One zero-filled tensor per layer (``extra_blocks`` beyond the plan's, outside the
+    block pool, for scratch). Zeros, not empty: padded positions of a gathered block are
+    masked out of attention, and masked garbage must still be finite."""
+    blocks = plan.num_blocks + extra_blocks
+    shape = (2, blocks, plan.block_size, model_config.num_kv_heads, model_config.head_dim)
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_layers)]
 
 

@@ -21,8 +21,11 @@ from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.sampler import Sampler
-from pagedllm.worker.input_batch import StepBatch, build_step_batch
+from pagedllm.worker.cuda_graphs import CudaGraphs
+from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
+from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import GiB, KVCachePlan, allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.memory_profile import GRAPH_RESERVE, profile_peak_activations
 from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import build_sampling_metadata
 
@@ -41,6 +44,8 @@ class ModelRunner:
         self.requests: dict[str, RequestState] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.model: CausalLM | None = None
+        self.buffers: InputBuffers | None = None  # CUDA: persistent step inputs
+        self.graphs: CudaGraphs | None = None
         threads = envs.cpu_num_threads()
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -69,17 +74,65 @@ class ModelRunner:
     def plan_kv_cache(self) -> KVCachePlan:
         cache = self.config.cache_config
         budget = cache.kv_cache_memory_bytes
-        if budget is None:
-            raise ValueError(
-                "Sizing the KV cache from gpu_memory_utilization is not built yet; pass "
-                "kv_cache_memory_bytes (e.g. kv_cache_memory_bytes='8G')."
-            )
-        return plan_kv_cache(self.model_config, cache, budget, f"kv_cache_memory_bytes={budget}")
+        if budget is not None:
+            where = f"kv_cache_memory_bytes={budget}"
+        elif self.device.type == "cuda":
+            budget, where = self._gpu_kv_budget()
+        else:
+            raise ValueError("kv_cache_memory_bytes is required off the GPU.")
+        return plan_kv_cache(self.model_config, cache, budget, where)
+
+    def _gpu_kv_budget(self) -> tuple[int, str]:
+        """gpu_memory_utilization x total - weights - peak activations - memory outside torch
+        (CUDA context) - room for CUDA graphs."""
+        assert self.model is not None
+        util = self.config.cache_config.gpu_memory_utilization
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        weights = torch.cuda.memory_allocated()
+        activations = profile_peak_activations(self)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        outside_torch = (total - free) - torch.cuda.memory_reserved()
+        graphs = 0 if self.config.enforce_eager else GRAPH_RESERVE
+        budget = int(util * total) - weights - activations - outside_torch - graphs
+        logger.info(
+            "GPU memory: %.2f GiB total x %.2f = %.2f GiB; weights %.2f GiB, peak activations "
+            "%.2f GiB, outside torch %.2f GiB, CUDA graphs %.2f GiB -> %.2f GiB for the KV cache",
+            total / GiB, util, util * total / GiB, weights / GiB, activations / GiB,
+            outside_torch / GiB, graphs / GiB, max(budget, 0) / GiB,
+        )  # fmt: skip
+        where = (
+            f"gpu_memory_utilization={util} of {total / GiB:.1f} GiB, after "
+            f"{weights / GiB:.2f} GiB of weights and {activations / GiB:.2f} GiB of activations"
+        )
+        return max(budget, 0), where
 
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
-        self.kv_caches = allocate_kv_caches(self.model_config, plan, self.dtype, self.device)
-
-    # -- one step ------------------------------------------------------------------------
+        cuda = self.device.type == "cuda"
+        # On CUDA one extra block past the pool's is scratch space for padded tokens.
+        self.kv_caches = allocate_kv_caches(
+            self.model_config, plan, self.dtype, self.device, extra_blocks=int(cuda)
+        )
+        if not cuda:
+            return
+        sched = self.config.scheduler_config
+        max_blocks = -(-self.model_config.max_model_len // self.block_size)
+        self.buffers = InputBuffers(
+            sched.max_num_batched_tokens,
+            sched.max_num_seqs,
+            max_blocks,
+            self.block_size,
+            plan.num_blocks,
+            self.device,
+        )
+        if not self.config.enforce_eager:
+            assert self.model is not None
+            self.graphs = CudaGraphs(
+                self.model, self.backend, self.buffers, self.kv_caches,
+                sched.max_num_seqs, self.model_config.num_kv_heads,
+            )  # fmt: skip
+            self.graphs.capture()
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -87,9 +140,8 @@ class ModelRunner:
         if scheduler_output.is_empty:
             return ModelRunnerOutput([], [])
         assert self.model is not None, "load_model() first"
-        batch = build_step_batch(scheduler_output, self.requests, self.block_size, self.device)
-        ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
-        hidden = self.model(batch.input_ids, batch.positions, ctx)
+        host = build_host_batch(scheduler_output, self.requests, self.block_size)
+        hidden, batch = self._forward(host)
         num_reqs = len(batch.req_ids)
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
         logprobs: list[LogprobsLists | None] = [None] * num_reqs
@@ -106,6 +158,34 @@ class ModelRunner:
             logprobs if any(lp is not None for lp in logprobs) else None,
             prompt_logprobs,
         )
+
+    def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
+        """Run the model on the batch: a CUDA graph for decode batches that have one."""
+        assert self.model is not None
+        if self.buffers is None:
+            batch = host.to_step_batch(self.device)
+        else:
+            size = self.graphs.size_for(host) if self.graphs is not None else None
+            if size is not None:
+                assert self.graphs is not None
+                hidden = self.graphs.run(host, size)
+                return hidden, self._graph_batch(host)
+            segments = self.backend.segments_for(  # type: ignore[attr-defined]
+                host.num_reqs, host.max_query_len, self.model_config.num_kv_heads
+            )
+            batch = self.buffers.load(host, 0, segments)
+        ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
+        return self.model(batch.input_ids, batch.positions, ctx), batch
+
+    def _graph_batch(self, host: HostBatch) -> StepBatch:
+        """The StepBatch view of a graph-run decode batch (only what sampling reads)."""
+        assert self.buffers is not None
+        dev = self.buffers.dev
+        n = host.num_reqs
+        return StepBatch(
+            host.req_ids, dev["input_ids"][:n], dev["positions"][:n], None,  # type: ignore[arg-type]
+            dev["logits_indices"][:n], host.sampled_req_indices,
+        )  # fmt: skip
 
     def _sample(
         self, hidden: torch.Tensor, batch: StepBatch

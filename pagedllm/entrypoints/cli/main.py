@@ -9,14 +9,14 @@ from pagedllm.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pagedllm.entrypoints.cli import chat, serve
+    from pagedllm.entrypoints.cli import bench, chat, serve
 
     parser = argparse.ArgumentParser(
         prog="pagedllm", description="Serve large language models fast to many users at once."
     )
     parser.add_argument("--version", action="version", version=f"pagedllm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, chat):
+    for module in (serve, chat, bench):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,293 @@
+"""The GPU workloads of issue 4, each in a fresh process, with transformers' continuous
+batching (``generate_batch``) and the device's measured ceilings as comparisons.
+
+    python benchmarks/gpu_workloads.py --workloads 1,2,3,4 --hf [--record]
+
+1. small model, many requests: qwen3-0.6b dummy bf16, 256 requests, prompt and output
+   lengths uniform in [100, 1024] (random.seed(0)), temperature 0.6, ignore_eos.
+2. 8B, many requests: llama-3.1-8b dummy bf16, 1000 x (512 in, 256 out), ignore_eos.
+3. single stream: llama-3.1-8b, 128 prompt tokens, 256 output: median inter-token latency.
+4. start-up: seconds from process start to the first generated token (workload 3's model).
+A ``profile`` job prints where one decode step of workload 2 spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+CONFIGS = HERE / "model-configs"
+QWEN3 = str(CONFIGS / "qwen3-0.6b")
+LLAMA8B = str(CONFIGS / "llama-3.1-8b-instruct")
+
+
+def workload1_requests() -> tuple[list[list[int]], list[int]]:
+    random.seed(0)
+    prompts = [
+        [random.randint(0, 10000) for _ in range(random.randint(100, 1024))] for _ in range(256)
+    ]
+    max_tokens = [random.randint(100, 1024) for _ in range(256)]
+    return prompts, max_tokens
+
+
+def engine(model: str, max_model_len: int, **kw):
+    from pagedllm import LLM
+
+    return LLM(model=model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+               max_model_len=max_model_len, gpu_memory_utilization=0.9, seed=0, **kw)  # fmt: skip
+
+
+def timed_generate(llm, prompts, params) -> tuple[float, int]:
+    from pagedllm import SamplingParams
+
+    warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+    start = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+# -- jobs, one per process ------------------------------------------------------------------
+
+
+def job_w1() -> dict:
+    from pagedllm import SamplingParams
+
+    prompts, max_tokens = workload1_requests()
+    llm = engine(QWEN3, 4096)
+    params = [SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
+              for m in max_tokens]  # fmt: skip
+    elapsed, tokens = timed_generate(llm, prompts, params)
+    return {"workload": 1, "seconds": elapsed, "output_tokens": tokens, "tok_s": tokens / elapsed}
+
+
+def job_w2() -> dict:
+    from pagedllm import SamplingParams
+
+    rng = random.Random(0)
+    prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(1000)]
+    llm = engine(LLAMA8B, 4096)
+    params = SamplingParams(temperature=1.0, max_tokens=256, ignore_eos=True, detokenize=False)
+    elapsed, tokens = timed_generate(llm, prompts, params)
+    return {"workload": 2, "seconds": elapsed, "output_tokens": tokens, "tok_s": tokens / elapsed}
+
+
+def job_w3() -> dict:
+    import torch
+
+    from pagedllm import RequestOutputKind, SamplingParams
+
+    llm = engine(LLAMA8B, 4096)
+    prompt = {"prompt_token_ids": [random.Random(1).randint(0, 10000) for _ in range(128)]}
+    params = SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True, detokenize=False,
+                            output_kind=RequestOutputKind.DELTA)  # fmt: skip
+    llm.generate(prompt, SamplingParams(max_tokens=16, detokenize=False), use_tqdm=False)
+    engine_ = llm.llm_engine
+    stamps = []
+    for run in range(2):
+        engine_.add_request(f"w3-{run}", prompt, params)
+        stamps = []
+        while engine_.has_unfinished_requests():
+            if engine_.step():
+                stamps.append(time.perf_counter())
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    itl = statistics.median(gaps)
+    weight_bytes = sum(
+        p.numel() * p.element_size() for p in engine_.engine_core.runner.model.parameters()
+    )
+    bandwidth = copy_bandwidth(torch)
+    return {"workload": 3, "median_itl_ms": itl * 1e3, "weight_gb": weight_bytes / 1e9,
+            "implied_tb_s": weight_bytes / itl / 1e12, "copy_tb_s": bandwidth / 1e12,
+            "fraction": weight_bytes / itl / bandwidth}  # fmt: skip
+
+
+def job_w4() -> dict:
+    """From process start (imports included) to the first generated token."""
+    start = time.perf_counter()
+    cmd = [sys.executable, __file__, "--job", "first_token"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    first = None
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if "FIRST-TOKEN" in line:
+            first = time.perf_counter() - start
+    proc.wait()
+    return {"workload": 4, "startup_s": first}
+
+
+def job_first_token() -> dict:
+    from pagedllm import SamplingParams
+
+    llm = engine(LLAMA8B, 4096)
+    params = SamplingParams(max_tokens=1, detokenize=False)
+    llm.generate({"prompt_token_ids": [5] * 128}, params, use_tqdm=False)
+    print("FIRST-TOKEN", flush=True)
+    return {}
+
+
+def job_profile() -> dict:
+    """One decode step of workload 2's shape (256 running requests, 512-token prompts), eager
+    so the profiler sees each kernel."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedllm import SamplingParams
+
+    llm = engine(LLAMA8B, 4096, enforce_eager=True)
+    eng = llm.llm_engine
+    rng = random.Random(0)
+    params = SamplingParams(temperature=1.0, max_tokens=200, ignore_eos=True, detokenize=False)
+    for i in range(256):
+        eng.add_request(
+            str(i), {"prompt_token_ids": [rng.randint(0, 10000) for _ in range(512)]}, params
+        )
+    for _ in range(30):  # through the prefills into steady decoding
+        eng.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        eng.step()
+    step_ms = (time.perf_counter() - start) / 5 * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            eng.step()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    return {"job": "profile", "eager_step_ms": step_ms, "table": table}
+
+
+def job_ceilings() -> dict:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    tflops = 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+    return {"job": "ceilings", "copy_tb_s": copy_bandwidth(torch) / 1e12, "bf16_tflops": tflops}
+
+
+def copy_bandwidth(torch) -> float:
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 10 * 2 * x.numel() / (time.perf_counter() - start)
+
+
+# -- transformers' continuous batching --------------------------------------------------------
+
+
+def _hf_model(config_dir: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(config_dir)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model.eval()
+
+
+def _hf_generate(model, prompts, max_new_tokens: int, temperature: float) -> tuple[float, int]:
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0,
+        top_k=0, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    with torch.inference_mode():
+        model.generate_batch(inputs=prompts[:4], generation_config=config, progress_bar=False)
+        start = time.perf_counter()
+        results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+        elapsed = time.perf_counter() - start
+    tokens = sum(len(r.generated_tokens) for r in results.values())
+    return elapsed, tokens
+
+
+def job_hf1() -> dict:
+    prompts, max_tokens = workload1_requests()
+    subset = 64  # the full workload does not finish in minutes (see the issue's table)
+    new = round(sum(max_tokens[:subset]) / subset)
+    elapsed, tokens = _hf_generate(_hf_model(QWEN3), prompts[:subset], new, 0.6)
+    return {"job": "hf1", "requests": subset, "max_new_tokens": new, "seconds": elapsed,
+            "output_tokens": tokens, "tok_s": tokens / elapsed}  # fmt: skip
+
+
+def job_hf2() -> dict:
+    rng = random.Random(0)
+    prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(200)]
+    elapsed, tokens = _hf_generate(_hf_model(LLAMA8B), prompts, 256, 1.0)
+    return {"job": "hf2", "requests": 200, "seconds": elapsed, "output_tokens": tokens,
+            "tok_s": tokens / elapsed}  # fmt: skip
+
+
+JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
+        "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
+        "first_token": job_first_token}  # fmt: skip
+
+
+def run_job(name: str, out_dir: Path, timeout: float) -> dict:
+    log = out_dir / f"job-{name}.log"
+    cmd = [sys.executable, __file__, "--job", name]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        with log.open("w") as f:
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env)
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            return {"job": name, "error": f"exit {done.returncode}", "log": log.read_text()[-3000:]}
+        return json.loads(lines[-1][len("RESULT ") :])
+    except subprocess.TimeoutExpired:
+        return {"job": name, "error": f"timed out after {timeout:.0f} s"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", default="ceilings,1,2,3,4")
+    parser.add_argument("--hf", action="store_true", help="also run transformers' generate_batch")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    if args.job:
+        print("RESULT " + json.dumps(JOBS[args.job]()), flush=True)
+        return
+    names = args.workloads.split(",") + (["hf1", "hf2"] if args.hf else [])
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        started = time.perf_counter()
+        result = run_job(name, out_dir, args.timeout)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        results.append(result)
+        shown = {k: v for k, v in result.items() if k not in ("table", "log")}
+        print(json.dumps(shown), flush=True)
+        if "table" in result:
+            print(result["table"], flush=True)
+        if "log" in result:
+            print(result["log"], flush=True)
+    (out_dir / "gpu_workloads.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

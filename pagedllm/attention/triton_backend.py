@@ -1,0 +1,92 @@
+"""The CUDA attention backend: new K/V written by slot, then the Triton paged-attention
+kernel (``pagedllm.kernels.paged_attention``) over the flat ragged batch.
+
+Metadata is a handful of tensor references and ints, so a captured CUDA graph replays it
+from persistent buffers. Decode-only batches too small to fill the GPU split each
+request's KV range across ``num_segments`` programs (flash-decoding) and merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.attention.metadata import CommonAttentionMetadata
+
+MAX_SEGMENTS = 16  # = pagedllm.kernels.paged_attention.MAX_SEGMENTS (kept import-free)
+
+
+@dataclass
+class TritonAttentionMetadata:
+    slot_mapping: torch.Tensor  # [tokens] int64; padded tokens point at the scratch block
+    block_table: torch.Tensor  # [>= reqs, max_blocks] int32
+    seq_lens: torch.Tensor  # [>= reqs] int32
+    query_start_loc: torch.Tensor  # [>= reqs + 1] int32
+    num_reqs: int
+    max_query_len: int
+    num_segments: int
+
+
+class TritonAttentionBackend:
+    def __init__(self, device: torch.device) -> None:
+        props = torch.cuda.get_device_properties(device)
+        self.num_sms = props.multi_processor_count
+        self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
+        """Split the KV range when a decode batch would leave multiprocessors idle."""
+        if max_query_len != 1:
+            return 1
+        programs = num_reqs * kv_heads
+        segments = 1
+        while segments < MAX_SEGMENTS and programs * segments < 2 * self.num_sms:
+            segments *= 2
+        return segments
+
+    def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        return TritonAttentionMetadata(
+            slot_mapping=common.slot_mapping,
+            block_table=common.block_table,
+            seq_lens=common.seq_lens,
+            query_start_loc=common.query_start_loc,
+            num_reqs=common.num_reqs,
+            max_query_len=common.max_query_len,
+            num_segments=common.num_segments,
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: TritonAttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        from pagedllm.kernels.paged_attention import paged_attention
+
+        num_kv_heads, head_dim = k.shape[1], k.shape[2]
+        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
+        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        q = q.contiguous() if q.stride(2) != 1 else q
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        segments = metadata.num_segments
+        partials = self._partials(q, segments) if segments > 1 else None
+        return paged_attention(
+            q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
+            metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
+        )  # fmt: skip
+
+    def _partials(
+        self, q: torch.Tensor, segments: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float32 scratch for split-KV partial results, kept per shape (and so stable
+        across CUDA graph replays)."""
+        tokens, heads, dim = q.shape
+        key = (tokens, heads, dim, segments)
+        if key not in self._scratch:
+            acc = torch.empty(tokens, heads, segments, dim, dtype=torch.float32, device=q.device)
+            stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
+            self._scratch[key] = (acc, stats[0], stats[1])
+        return self._scratch[key]

@@ -1,0 +1,291 @@
+"""Triton paged attention over one flat ragged batch (prefill chunks and decodes mixed).
+
+Layout (see ``pagedllm.attention``): q [tokens, heads, dim]; the cache of one layer is
+``[2, num_blocks, block_size, kv_heads, dim]``; request i's queries are tokens
+``[query_start_loc[i], query_start_loc[i+1])`` at positions ``seq_len - query_len + j``;
+query j attends to keys ``0 .. seq_len - query_len + j`` (its cached prefix and the chunk,
+causally).
+
+One program computes a tile of BLOCK_Q consecutive queries of one request for one KV head,
+all G query heads sharing that KV head at once (rows = query x head, so a decode still
+fills a tensor-core tile); it walks the request's KV tiles with an online softmax. With
+``num_segments > 1`` (flash-decoding) the KV range of each tile is split across programs
+and a second kernel merges the partial results: small batches with long contexts then
+keep every multiprocessor busy.
+
+Programs find their request by binary search over ``query_start_loc``: request i owns the
+tile indices ``[qsl[i] // BLOCK_Q + i, qsl[i + 1] // BLOCK_Q + i + 1)`` (a bound that never
+undercounts), so the grid, ``tokens // BLOCK_Q + num_reqs``, is known without reading the
+device: the launch needs no host sync and fits in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
+
+
+@triton.jit
+def _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q: tl.constexpr):
+    """The request owning ``tile``: the last i with qsl[i] // BLOCK_Q + i <= tile."""
+    lo = 0
+    hi = num_reqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        start = tl.load(qsl_ptr + mid) // BLOCK_Q + mid
+        if start <= tile:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _attend_tile(
+    q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+    kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    scale,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over keys [t * TILE_N, (t + 1) * TILE_N)."""
+    dims = tl.arange(0, HEAD_DIM)
+    pos = t * TILE_N + tl.arange(0, TILE_N)
+    key_ok = pos < kv_end
+    # int64: block * stride can pass 2**31 elements in a large cache
+    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+    offset = pos % BLOCK_SIZE
+    k_rows = k_ptr + block * stride_kb + offset * stride_ks + kv_head * stride_kh
+    k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    visible = (pos[None, :] <= limit[:, None]) & key_ok[None, :] & row_ok[:, None]
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Rows with nothing visible yet keep m = -inf; shift by 0 there to avoid inf - inf.
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(s - shift[:, None])
+    alpha = tl.exp(tl.where(m_i == float("-inf"), float("-inf"), m_i - shift))
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v_rows = v_ptr + block * stride_vb + offset * stride_vs + kv_head * stride_vh
+    v = tl.load(v_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def paged_attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
+    m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
+    block_table_ptr, seq_lens_ptr, qsl_ptr,
+    scale, num_reqs, num_segments,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ot, stride_oh,
+    stride_bt,
+    G: tl.constexpr,  # query heads per kv head
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,  # tokens per KV cache block
+    BLOCK_Q: tl.constexpr,  # queries per tile
+    BLOCK_M: tl.constexpr,  # rows per tile: next power of two >= BLOCK_Q * G, at least 16
+    TILE_N: tl.constexpr,  # keys per inner step, a multiple of BLOCK_SIZE
+    SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
+    PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
+    INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    segment = tl.program_id(2)
+    req = _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q)
+    q_begin = tl.load(qsl_ptr + req)
+    q_len = tl.load(qsl_ptr + req + 1) - q_begin
+    q_tile = tile - (q_begin // BLOCK_Q + req)
+    if q_tile * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + req)
+    prefix = seq_len - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    q_idx = q_tile * BLOCK_Q + rows // G  # query index within the request
+    head = kv_head * G + rows % G
+    row_ok = (rows < BLOCK_Q * G) & (q_idx < q_len)
+    dims = tl.arange(0, HEAD_DIM)
+    q_rows = q_ptr + (q_begin + q_idx)[:, None] * stride_qt + head[:, None] * stride_qh
+    q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
+
+    # Keys this tile needs: up to the causal limit of its last query.
+    last_q = tl.minimum(q_len, (q_tile + 1) * BLOCK_Q) - 1
+    kv_end = prefix + last_q + 1
+    num_tiles = tl.cdiv(kv_end, TILE_N)
+    per_segment = tl.cdiv(num_tiles, num_segments)
+    first = segment * per_segment
+    stop = tl.minimum(first + per_segment, num_tiles)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    limit = prefix + q_idx  # the last key each row may see
+    bt_row = block_table_ptr + req * stride_bt
+    if INTERPRETED:  # Triton's CPU interpreter cannot loop over a range with tensor bounds
+        t = first
+        while t < stop:
+            m_i, l_i, acc = _attend_tile(
+                q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
+            )  # fmt: skip
+            t += 1
+    else:
+        for t in range(first, stop):
+            m_i, l_i, acc = _attend_tile(
+                q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
+            )  # fmt: skip
+
+    token = q_begin + q_idx
+    if not SPLIT:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        o_rows = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh
+        tl.store(o_rows + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32).
+        stat = (token * G * tl.num_programs(1) + head) * num_segments + segment
+        tl.store(m_ptr + stat, m_i, mask=row_ok)
+        tl.store(l_ptr + stat, l_i, mask=row_ok)
+        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+
+
+@triton.jit
+def merge_segments_kernel(
+    part_ptr, m_ptr, l_ptr, out_ptr,
+    stride_ot, stride_oh,
+    num_heads, num_segments,
+    HEAD_DIM: tl.constexpr,
+    MAX_SEGMENTS: tl.constexpr,
+):  # fmt: skip
+    """out[token, head] = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    segs = tl.arange(0, MAX_SEGMENTS)
+    seg_ok = segs < num_segments
+    dims = tl.arange(0, HEAD_DIM)
+    base = (token * num_heads + head) * num_segments
+    m = tl.load(m_ptr + base + segs, mask=seg_ok, other=float("-inf"))
+    l_seg = tl.load(l_ptr + base + segs, mask=seg_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp(m - m_max)  # segments that saw no key have m = -inf: weight 0
+    acc = tl.load(
+        part_ptr + (base + segs)[:, None] * HEAD_DIM + dims[None, :],
+        mask=seg_ok[:, None],
+        other=0.0,
+    )
+    total = tl.sum(w * l_seg, axis=0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.where(total == 0.0, 1.0, total)
+    o = out_ptr + token * stride_ot + head * stride_oh + dims
+    tl.store(o, out.to(out_ptr.dtype.element_ty))
+
+
+# -- the wrapper the rest of the code calls ------------------------------------------------
+
+
+def tile_shape(max_query_len: int, group: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_Q): decodes pack one query's G heads into a 16-row tile; prefill
+    chunks take as many queries as fit 64 rows."""
+    group_pow2 = triton.next_power_of_2(group)
+    if max_query_len == 1:
+        return max(16, group_pow2), 1
+    block_m = max(64, group_pow2)
+    return block_m, block_m // group_pow2
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    num_reqs: int,
+    max_query_len: int,
+    scale: float,
+    num_segments: int = 1,
+    partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Attention of q over the paged cache into ``out`` (same shape as q).
+
+    q: [tokens, heads, dim]; kv_cache: [2, blocks, block_size, kv_heads, dim] with the new
+    K/V already written; block_table [>= num_reqs, max_blocks] int32; seq_lens
+    [>= num_reqs] int32; query_start_loc [>= num_reqs + 1] int32. With num_segments > 1,
+    ``partials`` holds float32 scratch: acc [tokens, heads, segments, dim] and the row max
+    and sum [tokens, heads, segments].
+    """
+    _check(q, kv_cache, out, block_table, seq_lens, query_start_loc)
+    tokens, heads, dim = q.shape
+    _, _, block_size, kv_heads, _ = kv_cache.shape
+    group = heads // kv_heads
+    block_m, block_q = tile_shape(max_query_len, group)
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    grid = (tokens // block_q + num_reqs, kv_heads, num_segments)
+    if num_segments > 1:
+        assert partials is not None and partials[0].shape[:3] == (tokens, heads, num_segments)
+        target, m, l_sum = partials
+    else:
+        target, m, l_sum = out, out, out
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    paged_attention_kernel[grid](
+        q, k_cache, v_cache, target, m, l_sum,
+        block_table, seq_lens, query_start_loc,
+        scale, num_reqs, num_segments,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1),
+        block_table.stride(0),
+        G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
+        TILE_N=max(block_size, 32), SPLIT=num_segments > 1, PRECISION=precision,
+        INTERPRETED=_INTERPRETED, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    if num_segments > 1:
+        if num_segments > MAX_SEGMENTS:
+            raise ValueError(f"num_segments must be at most {MAX_SEGMENTS}, got {num_segments}")
+        merge_segments_kernel[(tokens, heads)](
+            target, m, l_sum, out, out.stride(0), out.stride(1), heads, num_segments,
+            HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS,
+        )  # fmt: skip
+    return out
+
+
+def _check(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+) -> None:
+    if q.dim() != 3 or kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
+        raise ValueError(f"bad shapes: q {tuple(q.shape)}, kv_cache {tuple(kv_cache.shape)}")
+    heads, dim = q.shape[1], q.shape[2]
+    kv_heads = kv_cache.shape[3]
+    if kv_cache.shape[4] != dim or heads % kv_heads:
+        raise ValueError(f"q {tuple(q.shape)} does not fit kv_cache {tuple(kv_cache.shape)}")
+    if dim not in (64, 128) and triton.next_power_of_2(dim) != dim:
+        raise ValueError(f"head_dim {dim} is not supported (64, 128 or a power of two)")
+    if q.dtype != kv_cache.dtype or out.dtype != q.dtype or out.shape != q.shape:
+        raise ValueError("q, kv_cache and out must share one dtype; out must be q's shape")
+    if q.stride(2) != 1 or kv_cache.stride(4) != 1 or out.stride(2) != 1:
+        raise ValueError("the head dimension must be contiguous in q, kv_cache and out")
+    for name, t in (("block_table", block_table), ("seq_lens", seq_lens),
+                    ("query_start_loc", query_start_loc)):  # fmt: skip
+        if t.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {t.dtype}")
+    if block_table.stride(1) != 1:
+        raise ValueError("block_table rows must be contiguous")

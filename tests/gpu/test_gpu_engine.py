@@ -1,0 +1,96 @@
+"""The engine on CUDA against transformers on the same random weights; CUDA graphs against
+eager; prefix-cached and chunked prefills against plain ones; KV sizing by GPU memory."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pagedllm import LLM, SamplingParams
+
+ARCHS = ["llama", "qwen2", "qwen3"]
+
+
+def prompts(seed: int, n: int = 9) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 500) for _ in range(rng.randint(1, 150))] for _ in range(n)]
+
+
+def engine(path, dtype="float32", **kw) -> LLM:
+    kw.setdefault("kv_cache_memory_bytes", "256M")
+    return LLM(model=str(path), skip_tokenizer_init=True, dtype=dtype, max_model_len=1024, **kw)
+
+
+def greedy(llm, batch, steps=64):
+    params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_matches_transformers_float32(gpu_models, arch):
+    batch = prompts(1)
+    ours = greedy(engine(gpu_models[arch]), batch)
+    hf = AutoModelForCausalLM.from_pretrained(gpu_models[arch], dtype=torch.float32).cuda().eval()
+    for ids, tokens in zip(batch, ours):
+        with torch.inference_mode():
+            ref = hf.generate(
+                torch.tensor([ids], device="cuda"), max_new_tokens=64, min_new_tokens=64,
+                do_sample=False, eos_token_id=None, pad_token_id=0,
+            )  # fmt: skip
+        assert tokens == ref[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bfloat16_logits_close(gpu_models, arch):
+    from tests.model.helpers import prefill_logits
+
+    llm = engine(gpu_models[arch], dtype="bfloat16")
+    hf = AutoModelForCausalLM.from_pretrained(gpu_models[arch], dtype=torch.bfloat16).cuda().eval()
+    batch = prompts(2, 5)
+    for ids, logits in zip(batch, prefill_logits(llm, batch)):
+        with torch.inference_mode():
+            ref = hf(torch.tensor([ids], device="cuda")).logits[0].float()
+        error = ((logits.float() - ref).norm() / ref.norm()).item()
+        assert error < 3e-2, error
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graphs_chunking_and_prefix_cache_agree(gpu_models, arch):
+    batch = prompts(3, 12)
+    shared = [prompts(4, 1)[0] * 2 + p for p in batch]  # a long common prefix
+    eager = engine(
+        gpu_models[arch], dtype="bfloat16", enforce_eager=True, enable_prefix_caching=False
+    )
+    graphs = engine(gpu_models[arch], dtype="bfloat16", enable_prefix_caching=False)
+    chunked = engine(gpu_models[arch], dtype="bfloat16", enforce_eager=True,
+                     max_num_batched_tokens=64, enable_prefix_caching=False)  # fmt: skip
+    cached = engine(gpu_models[arch], dtype="bfloat16", enforce_eager=True)
+    reference = greedy(eager, shared, 32)
+    assert greedy(graphs, shared, 32) == reference
+    assert greedy(chunked, shared, 32) == reference
+    greedy(cached, shared[:1], 4)
+    assert greedy(cached, shared, 32) == reference
+
+
+def test_kv_cache_sized_from_gpu_memory(gpu_models):
+    llm = LLM(model=str(gpu_models["qwen3"]), skip_tokenizer_init=True, gpu_memory_utilization=0.3,
+              max_model_len=1024)  # fmt: skip
+    plan = llm.llm_engine.engine_core.kv_cache_plan
+    total = torch.cuda.get_device_properties(0).total_memory
+    assert 0.1 * total < plan.num_bytes < 0.3 * total
+    assert greedy(llm, prompts(5, 3), 8)
+
+
+def test_too_long_max_model_len_names_gpu_figures(gpu_models, tmp_path):
+    import json
+
+    config = json.loads((gpu_models["qwen3"] / "config.json").read_text())
+    config["max_position_embeddings"] = 10**7
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"gpu_memory_utilization=0.05 of .*largest max_model_len"):
+        LLM(model=str(tmp_path), load_format="dummy", skip_tokenizer_init=True,
+            gpu_memory_utilization=0.05, max_model_len=10**7)  # fmt: skip

@@ -1,0 +1,103 @@
+"""The Triton paged-attention kernel against a float32 torch reference, every element."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from pagedllm.kernels.paged_attention import paged_attention
+
+
+def reference(q, kv, table, seq_lens, qsl, scale):
+    out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+    kv_heads, dim, block_size = kv.shape[3], kv.shape[4], kv.shape[2]
+    group = q.shape[1] // kv_heads
+    for i, total in enumerate(seq_lens):
+        start, end = qsl[i], qsl[i + 1]
+        blocks = table[i, : -(-total // block_size)].long()
+        k = kv[0][blocks].reshape(-1, kv_heads, dim)[:total].double().repeat_interleave(group, 1)
+        v = kv[1][blocks].reshape(-1, kv_heads, dim)[:total].double().repeat_interleave(group, 1)
+        scores = torch.einsum("qhd,khd->hqk", q[start:end].double(), k) * scale
+        n = end - start
+        causal = (
+            torch.arange(total, device=q.device)[None, :]
+            > torch.arange(total - n, total, device=q.device)[:, None]
+        )
+        scores = scores.masked_fill(causal, float("-inf"))
+        out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+    return out
+
+
+def run_case(seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1):
+    rng = random.Random(seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    seq_lens = [q + p for q, p in zip(query_lens, prefixes)]
+    need = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(need) + 5
+    kv = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen, device="cuda").to(
+        dtype
+    )
+    order = list(range(num_blocks))
+    rng.shuffle(order)
+    table = torch.zeros(len(seq_lens), max(need) + 3, dtype=torch.int32, device="cuda")
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = torch.tensor(order[k : k + n], dtype=torch.int32)
+        k += n
+    tokens = sum(query_lens)
+    q = torch.randn(tokens, heads, dim, generator=gen, device="cuda").to(dtype)
+    qsl = [0]
+    for n in query_lens:
+        qsl.append(qsl[-1] + n)
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    scale = dim**-0.5
+    partials = None
+    if segments > 1:
+        partials = (
+            torch.empty(tokens, heads, segments, dim, device="cuda"),
+            torch.empty(tokens, heads, segments, device="cuda"),
+            torch.empty(tokens, heads, segments, device="cuda"),
+        )
+    paged_attention(
+        q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
+        torch.tensor(qsl, dtype=torch.int32, device="cuda"), len(seq_lens), max(query_lens),
+        scale, segments, partials,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any(), "an output element was not written"
+    expected = reference(q, kv, table, seq_lens, qsl, scale)
+    return ((out.double() - expected).norm() / expected.norm()).item()
+
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("heads, kv_heads", [(8, 8), (16, 2), (12, 4), (14, 2)])
+def test_mixed_ragged_batch(dtype, dim, block_size, heads, kv_heads):
+    rng = random.Random(dim * block_size + heads)
+    query_lens = [1, 1, rng.randint(2, 70), 1, rng.randint(100, 300), 1, 17]
+    prefixes = [rng.randint(0, 500) for _ in query_lens]
+    prefixes[4] = 0  # a fresh prompt
+    error = run_case(7, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes)
+    assert error < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("segments", [2, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_decode(segments, dtype):
+    query_lens = [1] * 5
+    prefixes = [0, 5, 333, 1999, 4096]
+    error = run_case(3, 32, 8, 128, 16, dtype, query_lens, prefixes, segments)
+    assert error < TOLERANCE[dtype]
+
+
+def test_decode_only_many_requests():
+    rng = random.Random(1)
+    query_lens = [1] * 200
+    prefixes = [rng.randint(0, 2000) for _ in query_lens]
+    assert run_case(2, 16, 8, 128, 16, torch.bfloat16, query_lens, prefixes) < 2e-2
