@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout, installed or not
 CONFIGS = HERE / "model-configs"
 QWEN3 = str(CONFIGS / "qwen3-0.6b")
 LLAMA8B = str(CONFIGS / "llama-3.1-8b-instruct")

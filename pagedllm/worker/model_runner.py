@@ -151,7 +151,7 @@ class ModelRunner:
                 self.requests[batch.req_ids[req_index]].token_ids.append(tokens[row])
                 sampled[req_index] = [tokens[row]]
                 logprobs[req_index] = token_logprobs[row] if token_logprobs else None
-        prompt_logprobs = self._prompt_logprobs(hidden, batch)
+        prompt_logprobs = self._prompt_logprobs(hidden, batch, host)
         return ModelRunnerOutput(
             batch.req_ids,
             sampled,
@@ -202,12 +202,14 @@ class ModelRunner:
         ks = [_num_logprobs(s.sampling_params.logprobs, vocab) for s in states]
         return tokens, out.logprobs.to_lists(tokens, ks)
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, batch: StepBatch) -> list | None:
+    def _prompt_logprobs(
+        self, hidden: torch.Tensor, batch: StepBatch, host: HostBatch
+    ) -> list | None:
         """Logprobs of the prompt tokens this step's chunks predict (position p's logits
         score token p + 1), for requests that asked for prompt_logprobs."""
         assert self.model is not None
         found: list[LogprobsLists | None] = [None] * len(batch.req_ids)
-        starts = batch.attn.query_start_loc_cpu
+        starts = host.query_start_loc.tolist()
         for i, req_id in enumerate(batch.req_ids):
             state = self.requests[req_id]
             k = state.sampling_params.prompt_logprobs
