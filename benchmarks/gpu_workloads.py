@@ -165,6 +165,46 @@ def job_profile() -> dict:
     return {"job": "profile", "eager_step_ms": step_ms, "table": table}
 
 
+def job_w1prof() -> dict:
+    """Workload 1 at steady state: Python hot spots (cProfile) and GPU kernel time."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedllm import SamplingParams
+
+    prompts, max_tokens = workload1_requests()
+    llm = engine(QWEN3, 4096)
+    eng = llm.llm_engine
+    for i, (p, m) in enumerate(zip(prompts, max_tokens)):
+        sp = SamplingParams(temperature=0.6, max_tokens=m + 400, ignore_eos=True, detokenize=False)
+        eng.add_request(str(i), {"prompt_token_ids": p}, sp)
+    for _ in range(120):
+        eng.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(50):
+        eng.step()
+    step_ms = (time.perf_counter() - start) / 50 * 1e3
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(50):
+        eng.step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(35)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            eng.step()
+    kernels = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    running = eng.engine_core.scheduler.stats().num_running
+    return {"job": "w1prof", "step_ms": step_ms, "running": running,
+            "table": text.getvalue()[-6000:] + "\n" + kernels}  # fmt: skip
+
+
 def job_ceilings() -> dict:
     import torch
 
@@ -243,7 +283,7 @@ def job_hf2() -> dict:
 
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
-        "first_token": job_first_token}  # fmt: skip
+        "first_token": job_first_token, "w1prof": job_w1prof}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:
