@@ -88,6 +88,9 @@ class KVCacheManager:
         """
         computed = new_computed_blocks or []
         needed = self._num_blocks_needed(request, num_new_tokens, computed)
+        if needed <= 0 and not computed:  # the common decode step: room already held
+            self._maybe_cache(request, num_new_tokens)
+            return []
         if needed > self._available(computed):
             return None
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
@@ -96,10 +99,14 @@ class KVCacheManager:
             blocks.extend(computed)
         new_blocks = self.block_pool.get_new_blocks(max(needed, 0))
         blocks.extend(new_blocks)
-        if self.enable_caching and not request.skip_prefix_cache:
-            end = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-            self._cache_full_blocks(request, min(end, request.num_tokens) // self.block_size)
+        self._maybe_cache(request, len(computed) * self.block_size + num_new_tokens)
         return new_blocks
+
+    def _maybe_cache(self, request: Request, num_new_tokens: int) -> None:
+        """Register the blocks that the tokens computed this step fill up."""
+        if self.enable_caching and not request.skip_prefix_cache:
+            end = min(request.num_computed_tokens + num_new_tokens, request.num_tokens)
+            self._cache_full_blocks(request, end // self.block_size)
 
     def free(self, request: Request) -> None:
         """Release a request's blocks, tail first (see ``BlockPool.free_blocks``).

@@ -211,6 +211,11 @@ class OutputProcessor:
             if state.update(out):
                 to_abort.append(out.request_id)
             _record_timing(state.metrics, now, len(out.new_token_ids), stats)
+            if (
+                state.finish_reason is None
+                and state.params.output_kind == RequestOutputKind.FINAL_ONLY
+            ):
+                continue  # nothing to deliver until it finishes
             request_output = self._request_output(state)
             if request_output is not None:
                 delivered.append((state, request_output))

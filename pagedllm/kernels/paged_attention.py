@@ -22,6 +22,7 @@ device: the launch needs no host sync and fits in a CUDA graph.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -196,6 +197,20 @@ def merge_segments_kernel(
 # -- the wrapper the rest of the code calls ------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Keys per inner step and the launch shape (tuned on an H200, see
+    benchmarks/attention_tuning.py)."""
+
+    tile_n: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DECODE_CONFIG = LaunchConfig()
+PREFILL_CONFIG = LaunchConfig()
+
+
 def tile_shape(max_query_len: int, group: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_Q): decodes pack one query's G heads into a 16-row tile; prefill
     chunks take as many queries as fit 64 rows."""
@@ -218,6 +233,7 @@ def paged_attention(
     scale: float,
     num_segments: int = 1,
     partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    config: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Attention of q over the paged cache into ``out`` (same shape as q).
 
@@ -240,6 +256,8 @@ def paged_attention(
     else:
         target, m, l_sum = out, out, out
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    config = config or (DECODE_CONFIG if max_query_len == 1 else PREFILL_CONFIG)
+    tile_n = max(config.tile_n, block_size)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
         block_table, seq_lens, query_start_loc,
@@ -250,8 +268,8 @@ def paged_attention(
         out.stride(0), out.stride(1),
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
-        TILE_N=max(block_size, 32), SPLIT=num_segments > 1, PRECISION=precision,
-        INTERPRETED=_INTERPRETED, num_warps=4, num_stages=2,
+        TILE_N=tile_n, SPLIT=num_segments > 1, PRECISION=precision,
+        INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:

@@ -142,14 +142,29 @@ def build_step_batch(
 def _tokens_positions_slots(
     states: list[RequestState], starts: np.ndarray, query_lens: np.ndarray, block_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids, pos, slots = [], [], []
+    """Token ids, positions and cache slots, request by request. A decode (one token) is
+    done in plain Python: per-request numpy calls would cost more than the work."""
+    ids: list[int] = []
+    pos: list[int] = []
+    slots: list[int] = []
     for state, start, n in zip(states, starts.tolist(), query_lens.tolist()):
+        if n == 1:
+            ids.append(state.token_ids[start])
+            pos.append(start)
+            slots.append(state.block_ids[start // block_size] * block_size + start % block_size)
+            continue
         positions = np.arange(start, start + n, dtype=np.int64)
         blocks = np.asarray(state.block_ids, dtype=np.int64)
-        ids.append(np.asarray(state.token_ids[start : start + n], dtype=np.int64))
-        pos.append(positions)
-        slots.append(blocks[positions // block_size] * block_size + positions % block_size)
-    return np.concatenate(ids), np.concatenate(pos), np.concatenate(slots)
+        ids.extend(state.token_ids[start : start + n])
+        pos.extend(positions.tolist())
+        slots.extend(
+            (blocks[positions // block_size] * block_size + positions % block_size).tolist()
+        )
+    return (
+        np.asarray(ids, dtype=np.int64),
+        np.asarray(pos, dtype=np.int64),
+        np.asarray(slots, dtype=np.int64),
+    )
 
 
 def _block_table(states: list[RequestState], seq_lens: np.ndarray, block_size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
 from pagedllm.sample.logprobs import compute_logprobs
+from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.worker.cuda_graphs import CudaGraphs
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
@@ -141,12 +142,18 @@ class ModelRunner:
             return ModelRunnerOutput([], [])
         assert self.model is not None, "load_model() first"
         host = build_host_batch(scheduler_output, self.requests, self.block_size)
+        # Sampling inputs are built (and copied, asynchronously) before the forward pass is
+        # launched, so the step's only wait for the GPU is reading the sampled tokens back.
+        states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
+        metadata = None
+        if states:
+            metadata = build_sampling_metadata(states, self.model_config.vocab_size, self.device)
         hidden, batch = self._forward(host)
         num_reqs = len(batch.req_ids)
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
         logprobs: list[LogprobsLists | None] = [None] * num_reqs
-        if batch.sampled_req_indices:
-            tokens, token_logprobs = self._sample(hidden, batch)
+        if metadata is not None:
+            tokens, token_logprobs = self._sample(hidden, batch, states, metadata)
             for row, req_index in enumerate(batch.sampled_req_indices):
                 self.requests[batch.req_ids[req_index]].token_ids.append(tokens[row])
                 sampled[req_index] = [tokens[row]]
@@ -188,12 +195,14 @@ class ModelRunner:
         )  # fmt: skip
 
     def _sample(
-        self, hidden: torch.Tensor, batch: StepBatch
+        self,
+        hidden: torch.Tensor,
+        batch: StepBatch,
+        states: list[RequestState],
+        metadata: SamplingMetadata,
     ) -> tuple[list[int], list[LogprobsLists] | None]:
         assert self.model is not None
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
-        states = [self.requests[batch.req_ids[i]] for i in batch.sampled_req_indices]
-        metadata = build_sampling_metadata(states, logits.shape[-1], self.device)
         out = self.sampler(logits, metadata)
         tokens = out.token_ids.tolist()  # the step's one host-device synchronisation
         if out.logprobs is None:

@@ -22,8 +22,8 @@ def build_sampling_metadata(
     min_p = [p.min_p for p in params]
     generators = {i: s.generator for i, s in enumerate(states) if s.generator is not None}
     return SamplingMetadata(
-        temperature=torch.tensor(temperature, dtype=torch.float32, device=device),
-        greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+        temperature=_tensor(temperature, torch.float32, device),
+        greedy=_tensor(greedy, torch.bool, device),
         all_greedy=all(greedy),
         all_random=not any(greedy),
         top_k=None if all(k == vocab_size for k in top_k) else _tensor(top_k, torch.int64, device),
@@ -51,7 +51,15 @@ def needs_cumulative_logprob(params: SamplingParams) -> bool:
 
 
 def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def to_device(cpu: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device without stalling: a copy from pinned memory is asynchronous
+    (a copy from pageable memory would wait for the GPU to finish its queued work)."""
+    if device.type != "cuda":
+        return cpu
+    return cpu.pin_memory().to(device, non_blocking=True)
 
 
 def _penalties(
@@ -77,7 +85,7 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
     for i, row in enumerate(rows):
         if row:
             out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-    return out.to(device)
+    return to_device(out, device)
 
 
 def _banned(
@@ -109,7 +117,7 @@ def _allowed(
         if p.allowed_token_ids is not None:
             mask[i] = False
             mask[i, p.allowed_token_ids] = True
-    return mask.to(device)
+    return to_device(mask, device)
 
 
 def _bias(

@@ -59,18 +59,22 @@ def test_bfloat16_logits_close(gpu_models, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_graphs_chunking_and_prefix_cache_agree(gpu_models, arch):
+def test_cuda_graphs_replay_like_eager(gpu_models, arch):
     batch = prompts(3, 12)
-    shared = [prompts(4, 1)[0] * 2 + p for p in batch]  # a long common prefix
-    eager = engine(
-        gpu_models[arch], dtype="bfloat16", enforce_eager=True, enable_prefix_caching=False
-    )
-    graphs = engine(gpu_models[arch], dtype="bfloat16", enable_prefix_caching=False)
-    chunked = engine(gpu_models[arch], dtype="bfloat16", enforce_eager=True,
-                     max_num_batched_tokens=64, enable_prefix_caching=False)  # fmt: skip
-    cached = engine(gpu_models[arch], dtype="bfloat16", enforce_eager=True)
-    reference = greedy(eager, shared, 32)
-    assert greedy(graphs, shared, 32) == reference
+    eager = engine(gpu_models[arch], dtype="bfloat16", enforce_eager=True)
+    graphs = engine(gpu_models[arch], dtype="bfloat16")
+    assert greedy(graphs, batch, 32) == greedy(eager, batch, 32)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chunked_and_prefix_cached_prefills_agree(gpu_models, arch):
+    """float32: a chunked prefill multiplies different matrix shapes than a whole one, and in
+    bfloat16 those roundings alone can flip a random model's greedy choice."""
+    shared = [prompts(4, 1)[0] * 2 + p for p in prompts(3, 12)]  # a long common prefix
+    plain = engine(gpu_models[arch], enforce_eager=True, enable_prefix_caching=False)
+    chunked = engine(gpu_models[arch], max_num_batched_tokens=64, enable_prefix_caching=False)
+    cached = engine(gpu_models[arch])
+    reference = greedy(plain, shared, 32)
     assert greedy(chunked, shared, 32) == reference
     greedy(cached, shared[:1], 4)
     assert greedy(cached, shared, 32) == reference

@@ -1,0 +1,100 @@
+"""Time the paged-attention kernel's launch configurations on realistic decode and prefill
+batches (GPU); prints achieved KV bandwidth per configuration.
+
+    python benchmarks/attention_tuning.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from pagedllm.kernels.paged_attention import LaunchConfig, paged_attention
+
+
+def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, seed=0):
+    rng = random.Random(seed)
+    lens = [max(query_len, int(ctx * rng.uniform(0.2, 1.8))) for _ in range(num_reqs)]
+    need = [-(-n // block_size) for n in lens]
+    blocks = sum(need) + 1
+    kv = torch.randn(2, blocks, block_size, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
+    order = torch.randperm(blocks, device="cuda").to(torch.int32)
+    table = torch.zeros(num_reqs, max(need), dtype=torch.int32, device="cuda")
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = order[k : k + n]
+        k += n
+    q = torch.randn(num_reqs * query_len, heads, dim, device="cuda", dtype=torch.bfloat16)
+    qsl = torch.arange(0, num_reqs * query_len + 1, query_len, dtype=torch.int32, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    kv_bytes = sum(lens) * kv_heads * dim * 2 * 2
+    return q, kv, table, seq, qsl, kv_bytes
+
+
+def time_config(args, config, query_len, segments=1):
+    from triton.testing import do_bench
+
+    q, kv, table, seq, qsl, kv_bytes = args
+    out = torch.empty_like(q)
+    parts = None
+    if segments > 1:
+        t, h, d = q.shape
+        parts = (
+            torch.empty(t, h, segments, d, device="cuda"),
+            torch.empty(t, h, segments, device="cuda"),
+            torch.empty(t, h, segments, device="cuda"),
+        )
+
+    def fn():
+        return paged_attention(
+            q,
+            kv,
+            out,
+            table,
+            seq,
+            qsl,
+            seq.numel(),
+            query_len,
+            0.088,
+            segments,
+            parts,
+            config,
+        )
+
+    ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return ms, kv_bytes / ms / 1e9
+
+
+def main() -> None:
+    configs = [
+        LaunchConfig(t, w, s)
+        for t, w, s in itertools.product((16, 32, 64, 128), (2, 4, 8), (1, 2, 3))
+    ]
+    cases = {
+        "decode 256 x 1000, G=2 (qwen3-0.6b)": (batch(256, 1000, 1, 16, 8), 1, 1),
+        "decode 256 x 640, G=4 (llama-8b)": (batch(256, 640, 1, 32, 8), 1, 1),
+        "decode 1 x 384, G=4, 16 segments": (batch(1, 384, 1, 32, 8), 1, 16),
+        "prefill 4 x 2048": (batch(4, 2048, 2048, 32, 8), 2048, 1),
+    }
+    for name, (args, query_len, segments) in cases.items():
+        rows = []
+        for config in configs:
+            try:
+                ms, gbs = time_config(args, config, query_len, segments)
+            except Exception as exc:  # a config the compiler rejects (shared memory)
+                rows.append((float("inf"), 0.0, config, type(exc).__name__))
+                continue
+            rows.append((ms, gbs, config, ""))
+        rows.sort(key=lambda r: r[0])
+        print(f"\n{name}")
+        for ms, gbs, config, err in rows[:6]:
+            print(f"  {ms * 1e3:8.1f} us  {gbs:7.0f} GB/s  {config} {err}")
+
+
+if __name__ == "__main__":
+    main()
