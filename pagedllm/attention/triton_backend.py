@@ -67,8 +67,13 @@ class TritonAttentionBackend:
         from pagedllm.kernels.paged_attention import paged_attention
 
         num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        if num_kv_heads & (num_kv_heads - 1) == 0:  # the fused kernel tiles heads by 2^n
+            from pagedllm.kernels.fused_ops import write_kv
+
+            write_kv(k, v, kv_cache, metadata.slot_mapping)
+        else:
+            kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
+            kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         segments = metadata.num_segments

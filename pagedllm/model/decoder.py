@@ -76,8 +76,10 @@ class ForwardContext:
     backend: AttentionBackend
     attn_metadata: Any
     kv_caches: list[torch.Tensor]
-    cos: torch.Tensor | None = None
+    cos: torch.Tensor | None = None  # gathered rotary rows (the portable path)
     sin: torch.Tensor | None = None
+    rotary: RotaryEmbedding | None = None  # the fused CUDA path reads the table itself
+    positions: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -96,6 +98,8 @@ class Attention(nn.Module):
         self.o_proj = Linear(q_size, spec.hidden_size, spec.o_bias, dtype)
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
+        self.norm_eps = spec.rms_norm_eps
+        self._stacked_norms: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         num_tokens = x.shape[0]
@@ -103,19 +107,46 @@ class Attention(nn.Module):
         # [tokens, heads + 2 * kv_heads, head_dim]: q heads, then k heads, then v heads. A view
         # whatever the projection's output layout (splitting one dimension never copies).
         qkv = self.qkv_proj(x).view(num_tokens, heads + 2 * kv_heads, self.head_dim)
-        cos, sin = ctx.cos, ctx.sin
-        assert cos is not None and sin is not None, "CausalLM.forward gathers the rotary rows"
-        if self.q_norm is not None and self.k_norm is not None:
-            q = RotaryEmbedding.rotate(self.q_norm(qkv[:, :heads]), cos, sin)
-            k = RotaryEmbedding.rotate(self.k_norm(qkv[:, heads : heads + kv_heads]), cos, sin)
+        if qkv.is_cuda:
+            q, k = self._rope_fused(qkv, ctx)
         else:
-            qk = RotaryEmbedding.rotate(qkv[:, : heads + kv_heads], cos, sin)
-            q, k = qk[:, :heads], qk[:, heads:]
+            q, k = self._rope(qkv, ctx)
         v = qkv[:, heads + kv_heads :]
         out = ctx.backend.forward(
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale
         )
         return self.o_proj(out.reshape(num_tokens, -1))
+
+    def _rope(self, qkv: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        cos, sin = ctx.cos, ctx.sin
+        assert cos is not None and sin is not None, "CausalLM.forward gathers the rotary rows"
+        if self.q_norm is not None and self.k_norm is not None:
+            q = RotaryEmbedding.rotate(self.q_norm(qkv[:, :heads]), cos, sin)
+            k = RotaryEmbedding.rotate(self.k_norm(qkv[:, heads : heads + kv_heads]), cos, sin)
+            return q, k
+        qk = RotaryEmbedding.rotate(qkv[:, : heads + kv_heads], cos, sin)
+        return qk[:, :heads], qk[:, heads:]
+
+    def _rope_fused(
+        self, qkv: torch.Tensor, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CUDA: q/k norm and rotation in one kernel, in place in the projection output."""
+        from pagedllm.kernels.fused_ops import rope_qk
+
+        assert ctx.rotary is not None and ctx.positions is not None
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        rope_qk(qkv, heads, kv_heads, ctx.rotary.cos_sin_cache, ctx.positions,
+                self._qk_norm_weights(), self.norm_eps)  # fmt: skip
+        return qkv[:, :heads], qkv[:, heads : heads + kv_heads]
+
+    def _qk_norm_weights(self) -> torch.Tensor | None:
+        """[2, head_dim]: q's then k's RMSNorm weights, stacked once (after loading)."""
+        if self.q_norm is None or self.k_norm is None:
+            return None
+        if self._stacked_norms is None:
+            self._stacked_norms = torch.stack([self.q_norm.weight, self.k_norm.weight])
+        return self._stacked_norms
 
 
 class MLP(nn.Module):
@@ -194,7 +225,10 @@ class CausalLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
-        ctx.cos, ctx.sin = self.rotary.cos_sin(positions)
+        if input_ids.is_cuda:
+            ctx.rotary, ctx.positions = self.rotary, positions
+        else:
+            ctx.cos, ctx.sin = self.rotary.cos_sin(positions)
         return self.model(input_ids, ctx)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.worker.input_batch import HostBatch
@@ -36,7 +37,7 @@ class CudaGraphs:
     def __init__(
         self,
         model: CausalLM,
-        backend: object,
+        backend: TritonAttentionBackend,
         buffers: InputBuffers,
         kv_caches: list[torch.Tensor],
         max_num_seqs: int,
@@ -51,7 +52,7 @@ class CudaGraphs:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def segments(self, size: int) -> int:
-        return self.backend.segments_for(size, 1, self.kv_heads)  # type: ignore[attr-defined]
+        return self.backend.segments_for(size, 1, self.kv_heads)
 
     @torch.inference_mode()
     def capture(self) -> float:

@@ -13,6 +13,7 @@ import torch
 
 from pagedllm import envs
 from pagedllm.attention.backend import create_backend
+from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.logger import init_logger
@@ -129,6 +130,7 @@ class ModelRunner:
         )
         if not self.config.enforce_eager:
             assert self.model is not None
+            assert isinstance(self.backend, TritonAttentionBackend), "graphs need the CUDA kernels"
             self.graphs = CudaGraphs(
                 self.model, self.backend, self.buffers, self.kv_caches,
                 sched.max_num_seqs, self.model_config.num_kv_heads,

@@ -18,11 +18,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 2:
+            from pagedllm.kernels.fused_ops import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)[0]
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
     def forward_residual(
         self, x: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x + residual`` normalized, and the sum itself (the next residual)."""
+        """``x + residual`` normalized, and the sum itself (the next residual); one fused
+        kernel on CUDA."""
+        if x.is_cuda and x.dim() == 2:
+            from pagedllm.kernels.fused_ops import rms_norm
+
+            out, summed = rms_norm(x, self.weight, self.eps, residual)
+            assert summed is not None
+            return out, summed
         summed = x + residual
         return self.forward(summed), summed

@@ -1,0 +1,165 @@
+"""Small fused kernels for the CUDA decoder layer. A decode step of a large model is bound
+by reading weights, but each unfused elementwise op is one more kernel in a chain of
+hundreds; these fuse them:
+
+- ``rms_norm``: optional residual add + RMSNorm (two kernels -> one);
+- ``silu_and_mul``: act(gate) * up (two -> one);
+- ``rope_qk``: rotary embedding of q and k in place in the q/k/v projection output, with
+  Qwen3's per-head q/k RMSNorm first when given (up to nine -> one);
+- ``write_kv``: new K and V into the paged cache by slot (two -> one).
+
+Arithmetic is in float32, rounded once to the tensor dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, eps, n,
+    stride_x, stride_res, stride_out, stride_res_out,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < n
+    x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(res_ptr + row * stride_res + cols, mask=ok, other=0.0).to(tl.float32)
+        x = x.to(res_out_ptr.dtype.element_ty)  # the residual stream keeps the model dtype
+        tl.store(res_out_ptr + row * stride_res_out + cols, x, mask=ok)
+        x = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, axis=0) / n + eps)
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_out + cols, (x * inv * w).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x: [tokens, hidden] (last dim contiguous). Returns (norm(x + residual), x + residual)
+    or (norm(x), None)."""
+    tokens, n = x.shape
+    assert x.stride(1) == 1 and weight.shape == (n,), "rms_norm: bad shapes or strides"
+    out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
+    res_out = torch.empty_like(out) if residual is not None else out
+    res = residual if residual is not None else x
+    _rms_norm_kernel[(tokens,)](
+        x, res, out, res_out, weight, eps, n,
+        x.stride(0), res.stride(0), out.stride(0), res_out.stride(0),
+        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(n),
+    )  # fmt: skip
+    return out, (res_out if residual is not None else None)
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n
+    gate = tl.load(gu_ptr + row * stride_gu + cols, mask=ok, other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + row * stride_gu + n + cols, mask=ok, other=0.0).to(tl.float32)
+    value = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_ptr + row * stride_out + cols, value.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[tokens, 2 * d] (gate first) -> [tokens, d]."""
+    tokens, two_d = gate_up.shape
+    assert gate_up.stride(1) == 1 and two_d % 2 == 0, "silu_and_mul: bad shape or strides"
+    n = two_d // 2
+    out = torch.empty((tokens, n), dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
+        gate_up, out, n, gate_up.stride(0), out.stride(0), BLOCK=block
+    )
+    return out
+
+
+@triton.jit
+def _rope_qk_kernel(
+    qkv_ptr, cos_sin_ptr, pos_ptr, norm_ptr, eps,
+    stride_t, stride_h, num_q_heads,
+    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
+):  # fmt: skip
+    """One program per (token, head) among the q heads then the k heads: optional per-head
+    RMSNorm, then x * cos + rotate_half(x) * sin, written back in place."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    half = HALF
+    dims = tl.arange(0, HALF)
+    base = qkv_ptr + token * stride_t + head * stride_h
+    x1 = tl.load(base + dims).to(tl.float32)
+    x2 = tl.load(base + half + dims).to(tl.float32)
+    if HAS_NORM:
+        inv = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM + eps)
+        w_ptr = norm_ptr + (head >= num_q_heads).to(tl.int32) * HEAD_DIM  # [q; k] weights
+        # The norm's output is rounded to the model dtype before the rotation, as the
+        # unfused layers round it.
+        dtype = qkv_ptr.dtype.element_ty
+        x1 = (x1 * inv * tl.load(w_ptr + dims).to(tl.float32)).to(dtype).to(tl.float32)
+        x2 = (x2 * inv * tl.load(w_ptr + half + dims).to(tl.float32)).to(dtype).to(tl.float32)
+    pos = tl.load(pos_ptr + token)
+    cos = tl.load(cos_sin_ptr + pos * HEAD_DIM + dims).to(tl.float32)
+    sin = tl.load(cos_sin_ptr + pos * HEAD_DIM + half + dims).to(tl.float32)
+    dtype = qkv_ptr.dtype.element_ty
+    tl.store(base + dims, (x1 * cos - x2 * sin).to(dtype))
+    tl.store(base + half + dims, (x2 * cos + x1 * sin).to(dtype))
+
+
+def rope_qk(
+    qkv: torch.Tensor,
+    num_q_heads: int,
+    num_kv_heads: int,
+    cos_sin_cache: torch.Tensor,
+    positions: torch.Tensor,
+    qk_norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> None:
+    """qkv: [tokens, q heads + 2 * kv heads, head_dim]; rotates the q and k heads in place.
+    cos_sin_cache: [max_position, head_dim] (cos for the first half of the columns);
+    qk_norm: optional [2, head_dim] RMSNorm weights (q's, then k's)."""
+    tokens, _, dim = qkv.shape
+    assert qkv.stride(2) == 1 and cos_sin_cache.shape[1] == dim, "rope_qk: bad shapes"
+    assert cos_sin_cache.is_contiguous() and positions.dtype == torch.int64
+    assert qk_norm is None or (qk_norm.shape == (2, dim) and qk_norm.is_contiguous())
+    _rope_qk_kernel[(tokens, num_q_heads + num_kv_heads)](
+        qkv, cos_sin_cache, positions, qk_norm if qk_norm is not None else cos_sin_cache, eps,
+        qkv.stride(0), qkv.stride(1), num_q_heads,
+        HEAD_DIM=dim, HALF=dim // 2, HAS_NORM=qk_norm is not None,
+    )  # fmt: skip
+
+
+@triton.jit
+def _write_kv_kernel(
+    k_ptr, v_ptr, cache_ptr, slot_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh, v_offset,
+    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0)
+    slot = tl.load(slot_ptr + token)
+    heads = tl.arange(0, KV_HEADS)
+    dims = tl.arange(0, HEAD_DIM)
+    k = tl.load(k_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :])
+    v = tl.load(v_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :])
+    row = slot * (KV_HEADS * HEAD_DIM) + heads[:, None] * HEAD_DIM + dims[None, :]
+    tl.store(cache_ptr + row, k)
+    tl.store(cache_ptr + v_offset + row, v)
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """k, v: [tokens, kv heads, dim] -> the cache [2, blocks, block_size, kv heads, dim]."""
+    tokens, kv_heads, dim = k.shape
+    assert kv_cache.is_contiguous() and k.stride(2) == 1 and v.stride(2) == 1
+    assert triton.next_power_of_2(kv_heads) == kv_heads, "write_kv: kv heads must be 2^n"
+    _write_kv_kernel[(tokens,)](
+        k, v, kv_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_cache[0].numel(),
+        KV_HEADS=kv_heads, HEAD_DIM=dim,
+    )  # fmt: skip
