@@ -1,0 +1,89 @@
+"""What sampling costs next to a decode step: a 256-request batch with penalties, top-k,
+top-p and logprobs all on, against a plain decode step of the same engine (qwen3-0.6b dummy
+weights on a GPU). Both times are device-synchronised wall clock, medians of many steps.
+
+    python benchmarks/sampling_cost.py [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from pagedllm import LLM, SamplingParams  # noqa: E402
+from pagedllm.worker.sampling_inputs import build_sampling_metadata  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(HERE / "model-configs" / "qwen3-0.6b"))
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    llm = LLM(model=args.model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_model_len=4096, kv_cache_memory_bytes="40G")  # fmt: skip
+    engine = llm.llm_engine
+    rng = random.Random(0)
+    heavy = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, presence_penalty=0.5,
+                           frequency_penalty=0.3, repetition_penalty=1.1, logprobs=5,
+                           max_tokens=2000, ignore_eos=True, detokenize=False)  # fmt: skip
+    plain = SamplingParams(temperature=0.8, max_tokens=2000, ignore_eos=True, detokenize=False)
+    results = {}
+    for name, params in (("plain", plain), ("all on", heavy)):
+        for i in range(256):
+            prompt = [rng.randrange(100, 30000) for _ in range(rng.randint(100, 1024))]
+            engine.add_request(f"{name}-{i}", {"prompt_token_ids": prompt}, params)
+        for _ in range(60):
+            engine.step()
+        steps = []
+        for _ in range(30):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            engine.step()
+            torch.cuda.synchronize()
+            steps.append(time.perf_counter() - start)
+        runner = engine.engine_core.runner
+        states = list(runner.requests.values())[:256]
+        vocab = engine.model_config.vocab_size
+        logits = torch.randn(256, vocab, device="cuda", dtype=torch.float32)
+        samples = []
+        for _ in range(30):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            metadata = build_sampling_metadata(states, vocab, runner.device)
+            out = runner.sampler(logits, metadata)
+            out.token_ids.tolist()
+            if out.logprobs is not None:
+                out.logprobs.to_lists(out.token_ids.tolist(), [5] * 256)
+            torch.cuda.synchronize()
+            samples.append(time.perf_counter() - start)
+        results[name] = (statistics.median(steps), statistics.median(samples))
+        engine.abort_request([f"{name}-{i}" for i in range(256)])
+    rows = ["| sampling | decode step (256 requests) | sampling alone | share of the step |",
+            "|---|---|---|---|"]  # fmt: skip
+    for name, (step, sample) in results.items():
+        rows.append(
+            f"| {name} | {step * 1e3:.2f} ms | {sample * 1e3:.2f} ms | {sample / step:.1%} |"
+        )
+    print("\n".join(rows))
+    if args.record:
+        from record import append_record, device_name
+
+        workload = ("qwen3-0.6b dummy bf16, 256 running requests (prompts 100-1024 tokens); "
+                    "'all on' = presence/frequency/repetition penalties, top_k=50, top_p=0.9, "
+                    "temperature 0.8, logprobs=5; sampling alone = metadata build + sampler + "
+                    "logprobs lists, on random [256, vocab] logits")  # fmt: skip
+        append_record("Sampling cost", device_name(), workload, rows)
+
+
+if __name__ == "__main__":
+    main()
