@@ -255,7 +255,9 @@ def _hf_generate(model, prompts, max_new_tokens: int, temperature: float) -> tup
         max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0,
         top_k=0, eos_token_id=None, pad_token_id=0,
     )  # fmt: skip
-    with torch.inference_mode():
+    # no_grad, not inference_mode: generate_batch runs its loop on another thread, which
+    # must be allowed to update the tensors made here.
+    with torch.no_grad():
         model.generate_batch(inputs=prompts[:4], generation_config=config, progress_bar=False)
         start = time.perf_counter()
         results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
