@@ -28,6 +28,17 @@ class SamplingMetadata:
     top_k: torch.Tensor | None  # [rows] int64, vocab size where disabled; None: none uses it
     top_p: torch.Tensor | None  # [rows]; 1.0 where disabled
     min_p: torch.Tensor | None  # [rows]; 0.0 where disabled
+    # Rows sampled from their top_k candidates only (top_k <= TOP_K_FAST for a random row,
+    # or a greedy row when such rows exist), and the largest such k: torch.topk then
+    # replaces a sort over the whole vocabulary. Decided row by row, so a seeded row draws
+    # the same random numbers whatever else is in the batch.
+    fast_rows: torch.Tensor | None = None
+    fast_k: int = 0
+    slow_rows: torch.Tensor | None = None
+    # The generators of each group, by position within the group (built on the host: no sync).
+    group_generators: tuple[dict[int, torch.Generator], dict[int, torch.Generator]] = field(
+        default_factory=lambda: ({}, {})
+    )
     # row -> the request's own generator (seeded requests); other rows use the global RNG.
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     penalties: PenaltyInputs | None = None
@@ -45,3 +56,6 @@ class SamplingMetadata:
     # (cumulative logprobs for best_of).
     max_num_logprobs: int | None = None
     need_logprob: bool = False
+    # Each row's slot in the runner's PenaltyState (0: none), when penalties are on: the
+    # sampled tokens are counted there after sampling.
+    penalty_slots: torch.Tensor | None = None

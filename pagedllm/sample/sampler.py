@@ -59,10 +59,63 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     logits = logits / md.temperature.unsqueeze(1)
     if md.min_p is not None:
         logits = apply_min_p(logits, md.min_p)
-    if md.top_k is not None or md.top_p is not None:
-        logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
-    sampled = random_sample(logits.softmax(dim=-1), md.generators)
+    if md.fast_rows is None:
+        sampled = _sample_rows(logits, md.top_k, md.top_p, md.generators)
+    else:
+        sampled = _sample_split(logits, md)
     return sampled if greedy is None else torch.where(md.greedy, greedy, sampled)
+
+
+def _sample_rows(
+    logits: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    generators: dict[int, torch.Generator],
+) -> torch.Tensor:
+    if top_k is not None or top_p is not None:
+        logits = apply_top_k_top_p(logits, top_k, top_p)
+    return random_sample(logits.softmax(dim=-1), generators)
+
+
+def _sample_split(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """Fast rows from their top-k candidates, the others over the whole vocabulary."""
+    assert md.fast_rows is not None and md.top_k is not None
+    sampled = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    fast_gens, slow_gens = md.group_generators
+    groups = [(md.fast_rows, True, fast_gens), (md.slow_rows, False, slow_gens)]
+    for rows, fast, generators in groups:
+        if rows is None:
+            continue
+        top_p = md.top_p.index_select(0, rows) if md.top_p is not None else None
+        top_k = md.top_k.index_select(0, rows)
+        part = logits.index_select(0, rows)
+        if fast:
+            picked = _sample_top_k(part, top_k, top_p, md.fast_k, generators)
+        else:
+            picked = _sample_rows(part, top_k, top_p, generators)
+        sampled.index_copy_(0, rows, picked)
+    return sampled
+
+
+def _sample_top_k(
+    logits: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor | None,
+    k: int,
+    generators: dict[int, torch.Generator],
+) -> torch.Tensor:
+    """Sample among each row's top_k tokens (and then top_p within them)."""
+    values, indices = logits.topk(k, dim=-1)  # descending
+    columns = torch.arange(k, device=logits.device)
+    values = values.masked_fill(columns[None, :] >= top_k[:, None], float("-inf"))
+    if top_p is not None:
+        probs = values.softmax(dim=-1)
+        # Keep a token while the probability of the tokens above it is below p (the first
+        # is always kept): the nucleus, as in the full-vocabulary path.
+        before = probs.cumsum(dim=-1) - probs
+        values = values.masked_fill(before >= top_p[:, None], float("-inf"))
+    choice = random_sample(values.softmax(dim=-1), generators)
+    return indices.gather(1, choice.unsqueeze(1)).squeeze(1)
 
 
 class Sampler:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from typing import Any
 
 import torch
 
@@ -20,6 +21,9 @@ from pagedllm.worker.input_batch import HostBatch
 from pagedllm.worker.input_buffers import InputBuffers, dummy_decode_batch
 
 logger = init_logger(__name__)
+
+
+MIXED_SIZES = (128, 256, 512, 1024, 2048)  # token counts of the mixed (prefill) graphs
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -50,6 +54,11 @@ class CudaGraphs:
         self.kv_heads = kv_heads
         self.sizes = capture_sizes(max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Batches with prefill chunks: padded to a token count, always max_num_seqs + 1
+        # requests (the last real one is followed by the padding request, then empty ones).
+        self.mixed_reqs = max_num_seqs + 1
+        self.mixed_sizes = [n for n in MIXED_SIZES if n <= buffers.max_tokens]
+        self.mixed: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def segments(self, size: int) -> int:
         return self.backend.segments_for(size, 1, self.kv_heads)
@@ -59,38 +68,51 @@ class CudaGraphs:
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         buffers = self.buffers
-        for size in reversed(self.sizes):  # largest first: later ones reuse its memory
+        one = dummy_decode_batch(1, buffers.block_size, buffers.scratch_block)
+        for tokens in reversed(self.mixed_sizes):  # largest first: later ones reuse memory
+            step = buffers.load_mixed(one, tokens, self.mixed_reqs)
+            self.mixed[tokens] = self._capture_one(step, pool)
+        for size in reversed(self.sizes):
             dummy = dummy_decode_batch(size, buffers.block_size, buffers.scratch_block)
             step = buffers.load(dummy, size, self.segments(size))
-            ctx = ForwardContext(
-                self.backend, self.backend.build_metadata(step.attn), self.kv_caches
-            )  # type: ignore[attr-defined]
-            for _ in range(2):  # compile the kernels, settle the allocator
-                self.model(step.input_ids, step.positions, ctx)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                hidden = self.model(step.input_ids, step.positions, ctx)
-            self.graphs[size] = (graph, hidden)
+            self.graphs[size] = self._capture_one(step, pool)
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         logger.info(
-            "Captured %d CUDA graphs (batch sizes up to %d) in %.1f s",
-            len(self.sizes),
-            self.sizes[-1],
-            elapsed,
-        )
+            "Captured %d decode CUDA graphs (up to %d requests) and %d mixed ones (up to %d "
+            "tokens) in %.1f s",
+            len(self.sizes), self.sizes[-1], len(self.mixed_sizes),
+            self.mixed_sizes[-1] if self.mixed_sizes else 0, elapsed,
+        )  # fmt: skip
         return elapsed
 
-    def size_for(self, batch: HostBatch) -> int | None:
-        if not self.graphs or not batch.is_pure_decode:
-            return None
-        i = bisect.bisect_left(self.sizes, batch.num_reqs)
-        return self.sizes[i] if i < len(self.sizes) else None
+    def _capture_one(self, step: Any, pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        metadata = self.backend.build_metadata(step.attn)
+        ctx = ForwardContext(self.backend, metadata, self.kv_caches)
+        for _ in range(2):  # compile the kernels, settle the allocator
+            self.model(step.input_ids, step.positions, ctx)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            hidden = self.model(step.input_ids, step.positions, ctx)
+        return graph, hidden
 
-    def run(self, batch: HostBatch, size: int) -> torch.Tensor:
-        """Replay the graph of ``size`` on this batch; hidden states of its real tokens."""
-        self.buffers.load(batch, size, self.segments(size))
-        graph, hidden = self.graphs[size]
+    def run(self, batch: HostBatch) -> torch.Tensor | None:
+        """Replay the smallest graph that fits the batch; its real tokens' hidden states, or
+        None when no captured graph fits (the caller runs it eagerly)."""
+        if batch.is_pure_decode:
+            i = bisect.bisect_left(self.sizes, batch.num_reqs)
+            if i == len(self.sizes) or not self.graphs:
+                return None
+            size = self.sizes[i]
+            self.buffers.load(batch, size, self.segments(size))
+            graph, hidden = self.graphs[size]
+        else:
+            i = bisect.bisect_left(self.mixed_sizes, batch.num_tokens)
+            if i == len(self.mixed_sizes) or batch.num_reqs >= self.mixed_reqs:
+                return None
+            tokens = self.mixed_sizes[i]
+            self.buffers.load_mixed(batch, tokens, self.mixed_reqs)
+            graph, hidden = self.mixed[tokens]
         graph.replay()
         return hidden[: batch.num_tokens]

@@ -27,6 +27,7 @@ class InputBuffers:
         device: torch.device,
     ) -> None:
         self.device = device
+        self.max_tokens = max_tokens
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.scratch_slot = scratch_block * block_size
@@ -94,6 +95,67 @@ class InputBuffers:
             batch.req_ids,
             self.dev["input_ids"][:padded_tokens],
             self.dev["positions"][:padded_tokens],
+            attn,
+            self.dev["logits_indices"][: len(batch.logits_indices)],
+            batch.sampled_req_indices,
+        )
+
+    def load_mixed(self, batch: HostBatch, pad_tokens: int, num_reqs: int) -> StepBatch:
+        """Copy a batch with prefill chunks in, padded for a mixed CUDA graph: exactly
+        ``pad_tokens`` tokens and ``num_reqs`` requests. The padding tokens form one dummy
+        request (positions 0.., its K/V in the scratch block); requests past it are empty."""
+        self.copied.synchronize()
+        reqs, tokens = batch.num_reqs, batch.num_tokens
+        extra = pad_tokens - tokens
+        assert extra >= 0 and reqs < num_reqs, "the batch does not fit this graph"
+        host = {name: t.numpy() for name, t in self.host.items()}
+        pad_pos = np.arange(extra, dtype=np.int64)
+        host["input_ids"][:tokens] = batch.input_ids
+        host["input_ids"][tokens:pad_tokens] = 0
+        host["positions"][:tokens] = batch.positions
+        host["positions"][tokens:pad_tokens] = pad_pos
+        host["slot_mapping"][:tokens] = batch.slot_mapping
+        host["slot_mapping"][tokens:pad_tokens] = self.scratch_slot + pad_pos % self.block_size
+        qsl = host["query_start_loc"]
+        qsl[: reqs + 1] = batch.query_start_loc
+        qsl[reqs + 1 : num_reqs + 1] = pad_tokens
+        host["seq_lens"][:reqs] = batch.seq_lens
+        host["seq_lens"][reqs] = extra
+        host["seq_lens"][reqs + 1 : num_reqs] = 0
+        width = batch.block_table.shape[1]
+        pad_blocks = -(-extra // self.block_size)
+        host["block_table"][:reqs, :width] = batch.block_table
+        host["block_table"][reqs, :pad_blocks] = self.scratch_block
+        _fill(host["logits_indices"], batch.logits_indices, len(batch.logits_indices), 0)
+        sizes = {"input_ids": pad_tokens, "positions": pad_tokens, "slot_mapping": pad_tokens,
+                 "query_start_loc": num_reqs + 1, "seq_lens": num_reqs,
+                 "logits_indices": len(batch.logits_indices)}  # fmt: skip
+        for name, n in sizes.items():
+            self._copy(name, n)
+        cols = max(width, pad_blocks)
+        self.dev["block_table"][: reqs + 1, :cols].copy_(
+            self.host["block_table"][: reqs + 1, :cols], non_blocking=True
+        )
+        self.copied.record()
+        attn = CommonAttentionMetadata(
+            num_reqs=num_reqs,
+            num_tokens=pad_tokens,
+            num_decodes=batch.num_decodes,
+            block_size=self.block_size,
+            query_start_loc=self.dev["query_start_loc"][: num_reqs + 1],
+            seq_lens=self.dev["seq_lens"][:num_reqs],
+            block_table=self.dev["block_table"][:num_reqs],
+            slot_mapping=self.dev["slot_mapping"][:pad_tokens],
+            query_start_loc_cpu=qsl[: num_reqs + 1].tolist(),
+            seq_lens_cpu=host["seq_lens"][:num_reqs].tolist(),
+            max_query_len=max(batch.max_query_len, 2),  # the prefill kernel configuration
+            max_seq_len=max(int(batch.seq_lens.max()), extra),
+            num_segments=1,
+        )
+        return StepBatch(
+            batch.req_ids,
+            self.dev["input_ids"][:pad_tokens],
+            self.dev["positions"][:pad_tokens],
             attn,
             self.dev["logits_indices"][: len(batch.logits_indices)],
             batch.sampled_req_indices,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # Kept free for the CUDA graphs' private memory pool (activations of the largest decode
 # batch live there).
-GRAPH_RESERVE = 512 << 20
+GRAPH_RESERVE = 1 << 30
 
 
 @torch.inference_mode()

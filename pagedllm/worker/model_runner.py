@@ -28,6 +28,7 @@ from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import GiB, KVCachePlan, allocate_kv_caches, plan_kv_cache
 from pagedllm.worker.memory_profile import GRAPH_RESERVE, profile_peak_activations
+from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import build_sampling_metadata
 
@@ -47,6 +48,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.model: CausalLM | None = None
         self.buffers: InputBuffers | None = None  # CUDA: persistent step inputs
+        self.penalties: PenaltyState | None = None
         self.graphs: CudaGraphs | None = None
         threads = envs.cpu_num_threads()
         if threads and self.device.type == "cpu":
@@ -149,7 +151,9 @@ class ModelRunner:
         states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
         metadata = None
         if states:
-            metadata = build_sampling_metadata(states, self.model_config.vocab_size, self.device)
+            metadata = build_sampling_metadata(
+                states, self.model_config.vocab_size, self.device, self._penalty_state(states)
+            )
         hidden, batch = self._forward(host)
         num_reqs = len(batch.req_ids)
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
@@ -174,10 +178,8 @@ class ModelRunner:
         if self.buffers is None:
             batch = host.to_step_batch(self.device)
         else:
-            size = self.graphs.size_for(host) if self.graphs is not None else None
-            if size is not None:
-                assert self.graphs is not None
-                hidden = self.graphs.run(host, size)
+            hidden = self.graphs.run(host) if self.graphs is not None else None
+            if hidden is not None:
                 return hidden, self._graph_batch(host)
             segments = self.backend.segments_for(  # type: ignore[attr-defined]
                 host.num_reqs, host.max_query_len, self.model_config.num_kv_heads
@@ -190,10 +192,10 @@ class ModelRunner:
         """The StepBatch view of a graph-run decode batch (only what sampling reads)."""
         assert self.buffers is not None
         dev = self.buffers.dev
-        n = host.num_reqs
+        n, sampled = host.num_tokens, len(host.sampled_req_indices)
         return StepBatch(
             host.req_ids, dev["input_ids"][:n], dev["positions"][:n], None,  # type: ignore[arg-type]
-            dev["logits_indices"][:n], host.sampled_req_indices,
+            dev["logits_indices"][:sampled], host.sampled_req_indices,
         )  # fmt: skip
 
     def _sample(
@@ -206,6 +208,9 @@ class ModelRunner:
         assert self.model is not None
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
         out = self.sampler(logits, metadata)
+        if metadata.penalty_slots is not None:
+            assert self.penalties is not None
+            self.penalties.record(metadata.penalty_slots, out.token_ids)
         tokens = out.token_ids.tolist()  # the step's one host-device synchronisation
         if out.logprobs is None:
             return tokens, None
@@ -242,9 +247,17 @@ class ModelRunner:
             )
         return found if any(f is not None for f in found) else None
 
+    def _penalty_state(self, states: list[RequestState]) -> PenaltyState | None:
+        """Made the first time a request uses a penalty."""
+        if self.penalties is None and any(s.sampling_params.uses_penalties for s in states):
+            self.penalties = PenaltyState(self.model_config.vocab_size, self.device)
+        return self.penalties
+
     def _update_states(self, so: SchedulerOutput) -> None:
         for req_id in so.finished_req_ids:
             self.requests.pop(req_id, None)
+            if self.penalties is not None:
+                self.penalties.release(req_id)
         for new in so.scheduled_new_reqs:
             self.requests[new.req_id] = RequestState.create(
                 new.req_id,

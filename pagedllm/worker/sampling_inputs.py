@@ -9,11 +9,15 @@ from pagedllm.sample.logits_processors import bad_word_bans
 from pagedllm.sample.metadata import PenaltyInputs, SamplingMetadata
 from pagedllm.sample.penalties import bin_counts
 from pagedllm.sampling_params import SamplingParams, SamplingType
+from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
 
 
 def build_sampling_metadata(
-    states: list[RequestState], vocab_size: int, device: torch.device
+    states: list[RequestState],
+    vocab_size: int,
+    device: torch.device,
+    penalty_state: PenaltyState | None = None,
 ) -> SamplingMetadata:
     params = [s.sampling_params for s in states]
     greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
@@ -22,6 +26,14 @@ def build_sampling_metadata(
     top_p = [p.top_p for p in params]
     min_p = [p.min_p for p in params]
     generators = {i: s.generator for i, s in enumerate(states) if s.generator is not None}
+    penalties, penalty_slots = None, None
+    if penalty_state is not None and any(p.uses_penalties for p in params):
+        penalties, penalty_slots = penalty_state.inputs(states)
+    elif any(p.uses_penalties for p in params):
+        penalties = _penalties(states, vocab_size, device)
+    fast, slow, fast_k, group_gens = _split_fast_rows(
+        params, greedy, vocab_size, generators, device
+    )
     return SamplingMetadata(
         temperature=_tensor(temperature, torch.float32, device),
         greedy=_tensor(greedy, torch.bool, device),
@@ -31,7 +43,12 @@ def build_sampling_metadata(
         top_p=None if all(p == 1.0 for p in top_p) else _tensor(top_p, torch.float32, device),
         min_p=None if all(p == 0.0 for p in min_p) else _tensor(min_p, torch.float32, device),
         generators=generators,
-        penalties=_penalties(states, vocab_size, device),
+        fast_rows=fast,
+        fast_k=fast_k,
+        slow_rows=slow,
+        group_generators=group_gens,
+        penalties=penalties,
+        penalty_slots=penalty_slots,
         banned=_banned(states, device),
         allowed=_allowed(params, vocab_size, device),
         bias=_bias(params, device),
@@ -39,6 +56,32 @@ def build_sampling_metadata(
         max_num_logprobs=max_num_logprobs(params, vocab_size),
         need_logprob=any(needs_cumulative_logprob(p) for p in params),
     )
+
+
+TOP_K_FAST = 1024  # up to this top_k, sample from torch.topk's candidates instead of a sort
+
+
+def _split_fast_rows(
+    params: list[SamplingParams],
+    greedy: list[bool],
+    vocab_size: int,
+    generators: dict[int, torch.Generator],
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int, tuple[dict, dict]]:
+    """(fast rows, other rows, k, each group's generators by position in the group):
+    random rows with a small top_k take the top-k path."""
+    fast = [i for i, p in enumerate(params) if not greedy[i] and 0 < p.top_k <= TOP_K_FAST]
+    if not fast:
+        return None, None, 0, ({}, {})
+    chosen = set(fast)
+    slow = [i for i in range(len(params)) if i not in chosen]
+    k = min(max(params[i].top_k for i in fast), vocab_size)
+    gens = tuple(
+        {j: generators[row] for j, row in enumerate(group) if row in generators}
+        for group in (fast, slow)
+    )
+    slow_rows = _tensor(slow, torch.int64, device) if slow else None
+    return _tensor(fast, torch.int64, device), slow_rows, k, gens  # type: ignore[return-value]
 
 
 def max_num_logprobs(params: list[SamplingParams], vocab_size: int) -> int | None:
@@ -63,12 +106,9 @@ def to_device(cpu: torch.Tensor, device: torch.device) -> torch.Tensor:
     return cpu.pin_memory().to(device, non_blocking=True)
 
 
-def _penalties(
-    states: list[RequestState], vocab_size: int, device: torch.device
-) -> PenaltyInputs | None:
+def _penalties(states: list[RequestState], vocab_size: int, device: torch.device) -> PenaltyInputs:
+    """Histories rebuilt from the host lists (used without a PenaltyState)."""
     params = [s.sampling_params for s in states]
-    if not any(p.uses_penalties for p in params):
-        return None
     prompt = _padded([s.prompt_token_ids for s in states], vocab_size, device)
     output = _padded([s.output_token_ids for s in states], vocab_size, device)
     return PenaltyInputs(

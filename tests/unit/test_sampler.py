@@ -565,3 +565,55 @@ def test_sampler_with_built_metadata_respects_min_tokens_and_penalties() -> None
         tokens.append(token)
     # eos is banned for two tokens; 4 (prompt) is penalised to 0.4, then 1 to 0.33 < 0.5.
     assert tokens == [1, 3, eos]
+
+
+# -- the top-k fast path -----------------------------------------------------------------
+
+
+def _states_for(params_list):
+    from pagedllm.worker.request_state import RequestState
+
+    return [
+        RequestState.create(f"r{i}", [1, 2], p, [0], 0, torch.device("cpu"))
+        for i, p in enumerate(params_list)
+    ]
+
+
+def test_top_k_fast_path_samples_only_the_kept_tokens():
+    from pagedllm.sample.top_k_top_p import apply_top_k_top_p
+    from pagedllm.sampling_params import SamplingParams as SP
+    from pagedllm.worker.sampling_inputs import build_sampling_metadata
+
+    torch.manual_seed(0)
+    vocab = 300
+    params = [
+        SP(temperature=1.0, top_k=k, top_p=p) for k, p in [(5, 1.0), (20, 0.7), (1, 1.0), (50, 0.3)]
+    ]
+    params.append(SP(temperature=1.0, top_p=0.9))  # no top_k: the full-vocabulary path
+    md = build_sampling_metadata(_states_for(params), vocab, torch.device("cpu"))
+    assert md.fast_rows is not None and md.fast_rows.tolist() == [0, 1, 2, 3]
+    logits = torch.randn(len(params), vocab)
+    kept = apply_top_k_top_p(logits.clone(), md.top_k, md.top_p) > float("-inf")
+    counts = torch.zeros(len(params), vocab)
+    for _ in range(400):
+        tokens = Sampler()(logits.clone(), md).token_ids
+        counts[torch.arange(len(params)), tokens] += 1
+    assert bool(((counts > 0) <= kept).all()), "sampled a token outside top-k / top-p"
+    assert (counts[0] > 0).sum() == 5 and (counts[2] > 0).sum() == 1
+
+
+def test_seeded_rows_do_not_depend_on_the_path_of_other_rows():
+    from pagedllm.sampling_params import SamplingParams as SP
+    from pagedllm.worker.sampling_inputs import build_sampling_metadata
+
+    torch.manual_seed(1)
+    vocab = 300
+    logits = torch.randn(1, vocab)
+    seeded = SP(temperature=0.9, top_k=10, seed=5)
+    results = []
+    for others in ([], [SP(temperature=1.0)], [SP(temperature=1.0, top_k=3), SP(temperature=0.0)]):
+        states = _states_for([*others, seeded])
+        rows = logits.repeat(len(states), 1)
+        md = build_sampling_metadata(states, vocab, torch.device("cpu"))
+        results.append([Sampler()(rows.clone(), md).token_ids[-1].item() for _ in range(1)])
+    assert results[0] == results[1] == results[2]
