@@ -103,7 +103,8 @@ class InputBuffers:
     def load_mixed(self, batch: HostBatch, pad_tokens: int, num_reqs: int) -> StepBatch:
         """Copy a batch with prefill chunks in, padded for a mixed CUDA graph: exactly
         ``pad_tokens`` tokens and ``num_reqs`` requests. The padding tokens form one dummy
-        request (positions 0.., its K/V in the scratch block); requests past it are empty."""
+        request (its K/V all in the scratch block, at position 0 for the rotary table);
+        requests past it are empty."""
         self.copied.synchronize()
         reqs, tokens = batch.num_reqs, batch.num_tokens
         extra = pad_tokens - tokens
@@ -113,7 +114,7 @@ class InputBuffers:
         host["input_ids"][:tokens] = batch.input_ids
         host["input_ids"][tokens:pad_tokens] = 0
         host["positions"][:tokens] = batch.positions
-        host["positions"][tokens:pad_tokens] = pad_pos
+        host["positions"][tokens:pad_tokens] = 0  # any valid rotary row; keys stay causal
         host["slot_mapping"][:tokens] = batch.slot_mapping
         host["slot_mapping"][tokens:pad_tokens] = self.scratch_slot + pad_pos % self.block_size
         qsl = host["query_start_loc"]

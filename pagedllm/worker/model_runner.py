@@ -23,7 +23,7 @@ from pagedllm.model.registry import build_model
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
-from pagedllm.worker.cuda_graphs import CudaGraphs
+from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import GiB, KVCachePlan, allocate_kv_caches, plan_kv_cache
@@ -121,7 +121,10 @@ class ModelRunner:
         if not cuda:
             return
         sched = self.config.scheduler_config
-        max_blocks = -(-self.model_config.max_model_len // self.block_size)
+        # Rows wide enough for a max_model_len context, and for the padding request of the
+        # largest mixed CUDA graph (whose table points every entry at the scratch block).
+        longest = max(self.model_config.max_model_len, max(MIXED_SIZES))
+        max_blocks = -(-longest // self.block_size)
         self.buffers = InputBuffers(
             sched.max_num_batched_tokens,
             sched.max_num_seqs,
