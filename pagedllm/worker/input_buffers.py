@@ -109,6 +109,7 @@ class InputBuffers:
         reqs, tokens = batch.num_reqs, batch.num_tokens
         extra = pad_tokens - tokens
         assert extra >= 0 and reqs < num_reqs, "the batch does not fit this graph"
+        assert num_reqs <= self.host["seq_lens"].shape[0], "more requests than the buffers hold"
         host = {name: t.numpy() for name, t in self.host.items()}
         pad_pos = np.arange(extra, dtype=np.int64)
         host["input_ids"][:tokens] = batch.input_ids

@@ -127,7 +127,7 @@ class ModelRunner:
         max_blocks = -(-longest // self.block_size)
         self.buffers = InputBuffers(
             sched.max_num_batched_tokens,
-            sched.max_num_seqs,
+            sched.max_num_seqs + 1,  # + the padding request of mixed CUDA graphs
             max_blocks,
             self.block_size,
             plan.num_blocks,
