@@ -129,6 +129,50 @@ class EngineConfig:
     device: str  # "cpu" | "cuda"
     enforce_eager: bool
     disable_log_stats: bool
+    structured_outputs_config: StructuredOutputsConfig = field(
+        default_factory=lambda: StructuredOutputsConfig()
+    )
+
+
+STRUCTURED_OUTPUT_BACKENDS = ("auto", "xgrammar")
+
+
+@dataclass(frozen=True)
+class StructuredOutputsConfig:
+    """Engine-wide structured-output options (vLLM's ``--structured-outputs-config``).
+
+    xgrammar is the one backend, so ``disable_fallback`` holds by construction: a grammar
+    xgrammar refuses is an error, never handed to another library.
+    """
+
+    backend: str = "auto"
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+
+    @classmethod
+    def from_value(cls, value: Any, guided_decoding_backend: str | None) -> StructuredOutputsConfig:
+        options = dict(value or {})
+        if guided_decoding_backend is not None:
+            options.setdefault("backend", guided_decoding_backend)
+        for name, default in (("reasoning_parser", ""), ("enable_in_reasoning", False)):
+            if options.pop(name, default) not in (default, None):
+                raise ValueError(
+                    f"structured_outputs_config {name} is not supported by pagedllm yet."
+                )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown structured_outputs_config option(s) {unknown}; known: {sorted(known)}."
+            )
+        config = cls(**options)
+        if config.backend not in STRUCTURED_OUTPUT_BACKENDS:
+            raise ValueError(
+                f"Structured outputs backend {config.backend!r} is not supported: pagedllm "
+                f"uses xgrammar (choose one of {STRUCTURED_OUTPUT_BACKENDS})."
+            )
+        return config
 
 
 # vLLM options with no implementation here yet: accepted at their vLLM default, refused by
@@ -164,7 +208,6 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "hf_token": None,
     "pooler_config": None,
     "override_pooler_config": None,
-    "structured_outputs_config": None,
     "logits_processors": None,
 }
 
@@ -229,7 +272,8 @@ class EngineArgs:
     hf_token: str | bool | None = None
     pooler_config: Any = None
     override_pooler_config: Any = None
-    structured_outputs_config: Any = None
+    structured_outputs_config: dict[str, Any] | None = None
+    guided_decoding_backend: str | None = None  # vLLM's older spelling of its backend
     logits_processors: Any = None
     max_logprobs: int = 20
 
@@ -246,6 +290,9 @@ class EngineArgs:
             device=device,
             enforce_eager=self.enforce_eager,
             disable_log_stats=self.disable_log_stats,
+            structured_outputs_config=StructuredOutputsConfig.from_value(
+                self.structured_outputs_config, self.guided_decoding_backend
+            ),
         )
 
     # -- validation ----------------------------------------------------------------------

@@ -37,6 +37,79 @@ class SamplingType(enum.IntEnum):
 
 
 @dataclass
+class StructuredOutputsParams:
+    """A constraint on the output's form: exactly one of ``json`` (a JSON schema, as a dict,
+    a JSON string or a pydantic model class), ``regex``, ``choice``, ``grammar`` (EBNF),
+    ``json_object`` (any JSON object) or ``structural_tag``. vLLM's fields and names."""
+
+    json: str | dict[str, Any] | Any | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    # Options of the constraint.
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json is not None and hasattr(self.json, "model_json_schema"):
+            self.json = self.json.model_json_schema()  # a pydantic model class
+        kinds = [name for name in CONSTRAINT_KINDS if self._is_set(name)]
+        _check(
+            len(kinds) == 1,
+            "Structured outputs take exactly one of json, regex, choice, grammar, json_object "
+            f"or structural_tag; got {', '.join(kinds) if kinds else 'none'}.",
+        )
+        if self.json is not None:
+            _check(
+                isinstance(self.json, (str, dict)),
+                f"structured outputs json must be a JSON schema (dict or string), got "
+                f"{type(self.json).__name__}.",
+            )
+        if self.choice is not None:
+            _check(
+                isinstance(self.choice, list)
+                and bool(self.choice)
+                and all(isinstance(c, str) for c in self.choice),
+                "structured outputs choice must be a non-empty list of strings.",
+            )
+        for name in ("regex", "grammar", "structural_tag", "whitespace_pattern"):
+            value = getattr(self, name)
+            _check(
+                value is None or isinstance(value, str),
+                f"structured outputs {name} must be a string, got {type(value).__name__}.",
+            )
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: one of CONSTRAINT_KINDS."""
+        return next(name for name in CONSTRAINT_KINDS if self._is_set(name))
+
+    def _is_set(self, name: str) -> bool:
+        value = getattr(self, name)
+        return bool(value) if name == "json_object" else value is not None
+
+
+CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+class GuidedDecodingParams(StructuredOutputsParams):
+    """vLLM's older name for StructuredOutputsParams (``SamplingParams.guided_decoding``);
+    ``backend`` names the grammar library, and only xgrammar is built in."""
+
+    def __init__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
+        _check(
+            backend in (None, "auto", "xgrammar"),
+            f"Guided decoding backend {backend!r} is not supported: pagedllm uses xgrammar.",
+        )
+        self.backend = backend
+        super().__init__(*args, **kwargs)
+
+
+@dataclass
 class SamplingParams:
     """How to sample the completion(s) of one prompt. Same fields and defaults as vLLM."""
 
@@ -64,8 +137,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     truncate_prompt_tokens: int | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
-    guided_decoding: Any = None
-    structured_outputs: Any = None
+    guided_decoding: GuidedDecodingParams | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     extra_args: dict[str, Any] | None = None
@@ -107,6 +180,21 @@ class SamplingParams:
         if self.prompt_logprobs is True:
             self.prompt_logprobs = 1
         self.output_kind = RequestOutputKind(self.output_kind)
+        if self.guided_decoding is not None:
+            # vLLM's older spelling: the same constraint under another name.
+            _check(
+                self.structured_outputs is None,
+                "Give structured_outputs or guided_decoding, not both.",
+            )
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        _check(
+            self.structured_outputs is None
+            or isinstance(self.structured_outputs, StructuredOutputsParams),
+            "structured_outputs must be StructuredOutputsParams, got "
+            f"{type(self.structured_outputs).__name__}.",
+        )
 
     def _verify(self) -> None:
         _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")

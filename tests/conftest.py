@@ -66,6 +66,27 @@ def save_tiny_model(arch: str, directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def save_char_tokenizer(directory: Path) -> Path:
+    """A one-token-per-character tokenizer (printable ASCII; <pad>, <s>, </s> as ids 0-2, as
+    the tiny configs expect): enough for grammars to be compiled against a tiny model."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["<pad>", "<s>", "</s>", *(c for c in string.printable if c not in "\x0b\x0c\r")]
+    assert len(tokens) <= TINY_VOCAB
+    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    fast.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")

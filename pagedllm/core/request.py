@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Protocol
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -40,6 +41,22 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_LENGTH_CAPPED: FinishReason.LENGTH,
     RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
 }
+
+
+class OutputGrammar(Protocol):
+    """A structured-output constraint as the scheduler sees it (``structured_output/``)."""
+
+    error: str | None  # set when the grammar could not be built: the request is aborted
+
+    def is_ready(self) -> bool:
+        """Compiled (or failed): until then the request waits."""
+        ...
+
+    def accept_token(self, token_id: int) -> bool: ...
+
+    def is_terminated(self) -> bool:
+        """The grammar has accepted its stop token: the output is complete."""
+        ...
 
 
 class Request:
@@ -81,6 +98,8 @@ class Request:
         self.block_hashes: list[bytes] = []
         # Requests that need prompt logprobs must compute every prompt token.
         self.skip_prefix_cache = sampling_params.prompt_logprobs is not None
+        # Set by the engine for a request with structured outputs.
+        self.structured_output: OutputGrammar | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -28,6 +28,9 @@ from pagedllm.core.scheduler_output import (
     SchedulerOutput,
 )
 from pagedllm.core.stopping import check_stop
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
 
 
 @dataclass
@@ -75,6 +78,9 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         # Finished since the last schedule(); passed to the runner so it frees their state.
         self._finished_req_ids: set[str] = set()
+        # Requests refused while waiting (their grammar failed to build): reported by the
+        # next update_from_output.
+        self._rejected: list[Request] = []
         self.num_preemptions = 0
 
     # -- requests in and out -------------------------------------------------------------
@@ -144,12 +150,28 @@ class Scheduler:
             i += 1
 
     def _schedule_waiting(self, plan: _StepPlan) -> None:
+        # Requests whose grammar is still compiling keep their place in the queue.
+        not_ready: list[Request] = []
+        try:
+            self._admit_waiting(plan, not_ready)
+        finally:
+            for request in reversed(not_ready):
+                self.waiting.prepend(request)
+
+    def _admit_waiting(self, plan: _StepPlan, not_ready: list[Request]) -> None:
         while (
             len(self.waiting) > 0
             and plan.budget > 0
             and len(self.running) < self.config.max_num_seqs
         ):
             request = self.waiting.peek()
+            grammar = request.structured_output
+            if grammar is not None and not grammar.is_ready():
+                not_ready.append(self.waiting.pop())
+                continue
+            if grammar is not None and grammar.error is not None:
+                self._reject(self.waiting.pop(), grammar.error)
+                continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit_tokens
             if not self.config.enable_chunked_prefill and num_new > plan.budget:
@@ -161,6 +183,12 @@ class Scheduler:
             self.waiting.pop()
             self._admit(request, num_hit_tokens, plan)
             plan.add(request, num_new, hits + new_blocks)
+
+    def _reject(self, request: Request, reason: str) -> None:
+        logger.error("Request %s aborted: %s", request.request_id, reason)
+        request.status = RequestStatus.FINISHED_ABORTED
+        self._free(request)
+        self._rejected.append(request)
 
     def _admit(self, request: Request, num_hit_tokens: int, plan: _StepPlan) -> None:
         if self.kv.enable_caching and not request.skip_prefix_cache:
@@ -239,7 +267,11 @@ class Scheduler:
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> list[EngineCoreOutput]:
         """Append sampled tokens, finish requests that stop, report what changed."""
-        outputs = []
+        outputs = [
+            EngineCoreOutput(r.request_id, [], r.status.finish_reason, None, 0)
+            for r in self._rejected
+        ]
+        self._rejected = []
         stopped: set[str] = set()
         for index, request_id in enumerate(runner_output.req_ids):
             request = self.requests.get(request_id)
@@ -272,9 +304,30 @@ class Scheduler:
     def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
         for count, token_id in enumerate(sampled, start=1):
             request.append_output_token_ids([token_id])
-            if check_stop(request, self.max_model_len):
+            if self._check_stop(request, token_id):
                 return sampled[:count]
         return sampled
+
+    def _check_stop(self, request: Request, token_id: int) -> bool:
+        """Advance the request's grammar (if any) by the token, then the stop rules. A
+        grammar that has accepted its stop token ends the request even when eos is ignored."""
+        grammar = request.structured_output
+        if grammar is not None and not grammar.accept_token(token_id):
+            # Only reachable when other constraints (min_tokens, allowed_token_ids) left no
+            # token the grammar allows.
+            logger.error(
+                "Request %s aborted: token %d does not fit its structured output grammar.",
+                request.request_id,
+                token_id,
+            )
+            request.status = RequestStatus.FINISHED_ABORTED
+            return True
+        if check_stop(request, self.max_model_len):
+            return True
+        if grammar is not None and grammar.is_terminated():
+            request.status = RequestStatus.FINISHED_STOPPED
+            return True
+        return False
 
     def _free(self, request: Request) -> None:
         self.kv.free(request)

@@ -12,6 +12,8 @@ from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.structured_output.manager import StructuredOutputManager
 from pagedllm.worker.kv_cache import GiB
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -46,6 +48,8 @@ class EngineCore:
         )
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager, max_len)
         self._debug_integrity = envs.debug_integrity_checks()
+        # Set by the LLMEngine when the first request with structured outputs arrives.
+        self.structured_outputs: StructuredOutputManager | None = None
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
     def add_request(self, request: Request) -> None:
@@ -63,9 +67,24 @@ class EngineCore:
             self._idle()
             return [], IterationStats()
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.runner.execute_model(scheduler_output)
+        grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
+        runner_output = self.runner.execute_model(scheduler_output, grammar)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        if scheduler_output.is_empty and not outputs:
+            # Everything waiting is still compiling its grammar: yield to the compile.
+            time.sleep(0.001)
         return outputs, self._iteration_stats(scheduler_output, outputs)
+
+    def _has_grammars(self, so: SchedulerOutput) -> bool:
+        requests = self.scheduler.requests
+        return any(requests[rid].structured_output is not None for rid in so.num_scheduled_tokens)
+
+    def _grammar_bitmask(self, req_ids: list[str]) -> GrammarBitmask | None:
+        """Called by the runner, while the forward pass runs, with the sampled rows' ids."""
+        assert self.structured_outputs is not None
+        requests = self.scheduler.requests
+        grammars = [requests[rid].structured_output for rid in req_ids]
+        return self.structured_outputs.fill_bitmask(grammars)  # type: ignore[arg-type]
 
     def snapshot(self) -> EngineSnapshot:
         stats = self.scheduler.stats()

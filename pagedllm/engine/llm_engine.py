@@ -21,6 +21,8 @@ from pagedllm.inputs.tokenizer import load_tokenizer
 from pagedllm.metrics.stats import IterationStats, LoggingStatLogger, StatLogger
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured_output.manager import StructuredOutputManager
+from pagedllm.structured_output.spec import GrammarSpec
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class PreparedRequest:
     params: SamplingParams  # resolved: max_tokens set, stop ids complete
     arrival_time: float
     priority: int
+    grammar: GrammarSpec | None = None  # structured outputs: the validated constraint
 
 
 class LLMEngine:
@@ -39,7 +42,9 @@ class LLMEngine:
         self.config = config
         self.model_config = config.model_config
         self.tokenizer = load_tokenizer(config.model_config)
-        self.processor = InputProcessor(config.model_config, self.tokenizer)
+        self.processor = InputProcessor(
+            config.model_config, self.tokenizer, config.structured_outputs_config
+        )
         self.engine_core = EngineCore(config)
         self.output_processor = OutputProcessor(self.tokenizer)
         log_stats = not config.disable_log_stats if log_stats is None else log_stats
@@ -72,8 +77,9 @@ class LLMEngine:
             raise ValueError(f"priority must be an integer, got {priority!r}.")
         processed = self.processor.process_prompt(prompt, params)
         resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
+        grammar = self.processor.process_structured_outputs(resolved)
         arrival_time = time.time() if arrival_time is None else arrival_time
-        return PreparedRequest(request_id, processed, resolved, arrival_time, priority)
+        return PreparedRequest(request_id, processed, resolved, arrival_time, priority, grammar)
 
     def add_prepared(self, prepared: PreparedRequest, queue: Any = None) -> None:
         """Enqueue a prepared request: one core request per sample (``n``)."""
@@ -99,17 +105,36 @@ class LLMEngine:
                 prepared.arrival_time,
                 queue,
             )
-            self.engine_core.add_request(
-                Request(
-                    child_id,
-                    prompt.prompt_token_ids,
-                    child_params,
-                    self.processor.eos_token_id,
-                    prepared.arrival_time,
-                    prepared.priority,
-                    prompt.cache_salt,
-                )
+            request = Request(
+                child_id,
+                prompt.prompt_token_ids,
+                child_params,
+                self.processor.eos_token_id,
+                prepared.arrival_time,
+                prepared.priority,
+                prompt.cache_salt,
             )
+            if prepared.grammar is not None:
+                request.structured_output = self._structured_outputs().request_grammar(
+                    prepared.grammar
+                )
+            self.engine_core.add_request(request)
+
+    def _structured_outputs(self) -> StructuredOutputManager:
+        """Made on first use, so engines that never constrain output never import xgrammar."""
+        core = self.engine_core
+        if core.structured_outputs is None:
+            eos = self.model_config.generation_config.get("eos_token_id")
+            stops = {self.processor.eos_token_id} | set(
+                [eos] if isinstance(eos, int) else eos or []
+            )
+            core.structured_outputs = StructuredOutputManager(
+                self.tokenizer,
+                self.model_config.vocab_size,
+                sorted(t for t in stops if t is not None),
+                pin_memory=self.config.device == "cuda",
+            )
+        return core.structured_outputs
 
     def add_request(
         self,

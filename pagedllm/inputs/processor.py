@@ -6,21 +6,19 @@ input is refused with a sentence and never enters the engine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pagedllm.config import ModelConfig
+from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.structured_output.spec import GrammarSpec
 
 # A prompt: text, or a dict {"prompt": text} / {"prompt_token_ids": [...]} (with an
 # optional "cache_salt").
 PromptType = str | dict[str, Any]
-
-# SamplingParams fields whose features are not built yet: (field, "is it set?").
-_NOT_YET = {
-    "guided_decoding": lambda p: p.guided_decoding is not None,
-    "structured_outputs": lambda p: p.structured_outputs is not None,
-}
 
 
 @dataclass(frozen=True)
@@ -31,8 +29,14 @@ class ProcessedPrompt:
 
 
 class InputProcessor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        tokenizer: Any,
+        structured_outputs_config: StructuredOutputsConfig | None = None,
+    ) -> None:
         self.model_config = model_config
+        self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.tokenizer = tokenizer
         self.max_model_len = model_config.max_model_len
         self.vocab_size = model_config.vocab_size
@@ -102,7 +106,6 @@ class InputProcessor:
 
     def process_params(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
         """A resolved copy: max_tokens set, the model's end-of-sequence ids added."""
-        self._refuse_unbuilt(params)
         if params.detokenize and self.tokenizer is None:
             raise ValueError(
                 "detokenize=True needs a tokenizer, but the engine was started with "
@@ -187,8 +190,23 @@ class InputProcessor:
                     sequences.append(ids)
         return sequences
 
-    @staticmethod
-    def _refuse_unbuilt(params: SamplingParams) -> None:
-        for name, is_set in _NOT_YET.items():
-            if is_set(params):
-                raise ValueError(f"SamplingParams.{name} is not supported by pagedllm yet.")
+    def process_structured_outputs(self, params: SamplingParams) -> GrammarSpec | None:
+        """The request's grammar, validated (ValueError naming the problem), or None."""
+        if params.structured_outputs is None:
+            return None
+        if self.tokenizer is None:
+            raise ValueError(
+                "Structured outputs need a tokenizer; the engine was started with "
+                "skip_tokenizer_init=True."
+            )
+        from pagedllm.structured_output.spec import build_grammar_spec
+
+        engine = self.structured_outputs_config
+        constraint = dataclasses.replace(
+            params.structured_outputs,
+            disable_any_whitespace=params.structured_outputs.disable_any_whitespace
+            or engine.disable_any_whitespace,
+            disable_additional_properties=params.structured_outputs.disable_additional_properties
+            or engine.disable_additional_properties,
+        )
+        return build_grammar_spec(constraint)

@@ -8,6 +8,7 @@ The one host-device synchronisation of a step is reading the sampled ids back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,6 +21,7 @@ from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
+from pagedllm.sample.grammar_mask import GrammarBitmask, apply_grammar_bitmask
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
@@ -143,7 +145,14 @@ class ModelRunner:
             self.graphs.capture()
 
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(
+        self,
+        scheduler_output: SchedulerOutput,
+        grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
+    ) -> ModelRunnerOutput:
+        """One step. ``grammar_bitmask`` (structured outputs) is called with the sampled rows'
+        request ids after the forward pass is launched, so the host fills the bitmask while
+        the device computes."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
             return ModelRunnerOutput([], [])
@@ -162,7 +171,8 @@ class ModelRunner:
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
         logprobs: list[LogprobsLists | None] = [None] * num_reqs
         if metadata is not None:
-            tokens, token_logprobs = self._sample(hidden, batch, states, metadata)
+            mask = grammar_bitmask([s.req_id for s in states]) if grammar_bitmask else None
+            tokens, token_logprobs = self._sample(hidden, batch, states, metadata, mask)
             for row, req_index in enumerate(batch.sampled_req_indices):
                 self.requests[batch.req_ids[req_index]].token_ids.append(tokens[row])
                 sampled[req_index] = [tokens[row]]
@@ -207,9 +217,14 @@ class ModelRunner:
         batch: StepBatch,
         states: list[RequestState],
         metadata: SamplingMetadata,
+        mask: GrammarBitmask | None,
     ) -> tuple[list[int], list[LogprobsLists] | None]:
         assert self.model is not None
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+        if mask is not None:
+            # Before the sampler, so logprobs too see only what the grammar allows (vLLM).
+            logits = logits.float()
+            apply_grammar_bitmask(logits, mask)
         out = self.sampler(logits, metadata)
         if metadata.penalty_slots is not None:
             assert self.penalties is not None

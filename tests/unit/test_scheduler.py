@@ -681,3 +681,93 @@ def test_randomized_churn_with_shared_prefixes(policy, seed):
     assert harness.scheduler.num_preemptions > 0, "the pool should be tight enough to preempt"
     assert aborted
     harness.assert_all_blocks_free()
+
+
+# -- structured outputs: a grammar the scheduler waits for, advances, and obeys -----------
+
+
+class FakeGrammar:
+    """An ``OutputGrammar``: ready after ``ready_after`` checks; accepts tokens until it has
+    seen ``accept`` of them; terminated after ``terminate_after`` tokens."""
+
+    def __init__(self, ready_after=0, accept=10**9, terminate_after=None, error=None) -> None:
+        self.checks = 0
+        self.ready_after = ready_after
+        self.accept = accept
+        self.terminate_after = terminate_after
+        self.error = error
+        self.accepted: list[int] = []
+
+    def is_ready(self) -> bool:
+        self.checks += 1
+        return self.checks > self.ready_after
+
+    def accept_token(self, token_id: int) -> bool:
+        if len(self.accepted) >= self.accept:
+            return False
+        self.accepted.append(token_id)
+        return True
+
+    def is_terminated(self) -> bool:
+        return self.terminate_after is not None and len(self.accepted) >= self.terminate_after
+
+
+def test_a_request_waits_for_its_grammar_without_blocking_others() -> None:
+    harness = Harness(make_scheduler())
+    slow = make_request("slow", 6, max_tokens=3)
+    slow.structured_output = FakeGrammar(ready_after=3)
+    free = make_request("free", 6, max_tokens=3)
+    harness.add(slow, free)
+    so, _ = harness.step()
+    assert scheduled(so) == {"free": 6}, "the compiling request is skipped, the next one runs"
+    assert [r.request_id for r in harness.scheduler.waiting] == ["slow"]
+    harness.run()
+    assert harness.finish_reasons == {"free": FinishReason.LENGTH, "slow": FinishReason.LENGTH}
+    assert slow.structured_output.accepted == harness.outputs["slow"], "every token advanced it"
+    harness.assert_all_blocks_free()
+
+
+def test_waiting_order_is_kept_while_grammars_compile() -> None:
+    harness = Harness(make_scheduler(max_num_seqs=1))
+    first = make_request("first", 4, max_tokens=1)
+    first.structured_output = FakeGrammar(ready_after=1)
+    second = make_request("second", 4, max_tokens=1)
+    harness.add(first, second)
+    so, _ = harness.step()
+    assert scheduled(so) == {"second": 4}
+    harness.run()
+    assert set(harness.finish_reasons) == {"first", "second"}
+
+
+def test_a_grammar_that_failed_to_build_aborts_its_request() -> None:
+    harness = Harness(make_scheduler())
+    broken = make_request("broken", 5)
+    broken.structured_output = FakeGrammar(error="The grammar failed to compile: boom")
+    harness.add(broken, make_request("ok", 5, max_tokens=2))
+    _, outputs = harness.step()
+    assert (outputs[0].request_id, outputs[0].finish_reason) == ("broken", FinishReason.ABORT)
+    assert outputs[0].new_token_ids == []
+    harness.run()
+    assert harness.finish_reasons["ok"] == FinishReason.LENGTH
+    harness.assert_all_blocks_free()
+
+
+def test_a_token_the_grammar_rejects_aborts_the_request() -> None:
+    harness = Harness(make_scheduler())
+    request = make_request("r", 5, max_tokens=6)
+    request.structured_output = FakeGrammar(accept=2)
+    harness.add(request)
+    harness.run()
+    assert harness.finish_reasons["r"] == FinishReason.ABORT
+    assert len(harness.outputs["r"]) == 3  # two accepted, the third refused
+    harness.assert_all_blocks_free()
+
+
+def test_a_terminated_grammar_stops_the_request_even_with_ignore_eos() -> None:
+    harness = Harness(make_scheduler())
+    request = make_request("r", 5, max_tokens=10, ignore_eos=True)
+    request.structured_output = FakeGrammar(terminate_after=4)
+    harness.add(request)
+    harness.run()
+    assert harness.finish_reasons["r"] == FinishReason.STOP
+    assert len(harness.outputs["r"]) == 4

@@ -1,0 +1,103 @@
+"""Compiles grammars off the engine loop and fills each step's token bitmask.
+
+A request's grammar is compiled against the tokenizer on a worker thread; the request waits
+(the scheduler skips it) until its grammar is ready, so a slow compile never stalls other
+requests. Equal constraints share one compile (and xgrammar caches underneath). Each step
+the matchers of the constrained rows fill one bitmask, in parallel threads, while the
+device runs the forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from pagedllm.logger import init_logger
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.structured_output.request_grammar import RequestGrammar
+from pagedllm.structured_output.spec import GrammarSpec
+
+logger = init_logger(__name__)
+
+# Compiled grammars kept for reuse by later requests with the same constraint.
+_CACHE_ENTRIES = 256
+
+
+class StructuredOutputManager:
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], pin_memory: bool
+    ) -> None:
+        self._tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._stop_token_ids = stop_token_ids
+        self._pin_memory = pin_memory
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
+        self._lock = threading.Lock()
+        self._compiler: Any = None
+        self._compiled: OrderedDict[str, Future[Any]] = OrderedDict()
+        self._batch_matcher: Any = None
+        self._bitmask: torch.Tensor | None = None
+
+    def request_grammar(self, spec: GrammarSpec) -> RequestGrammar:
+        """A fresh matcher state for one request (each sample of ``n`` has its own)."""
+        return RequestGrammar(self._compile(spec))
+
+    def _compile(self, spec: GrammarSpec) -> Future[Any]:
+        future = self._compiled.get(spec.key)
+        if future is not None and not (future.done() and future.exception() is not None):
+            self._compiled.move_to_end(spec.key)
+            return future
+        future = self._executor.submit(self._compile_now, spec)
+        self._compiled[spec.key] = future
+        if len(self._compiled) > _CACHE_ENTRIES:
+            self._compiled.popitem(last=False)
+        return future
+
+    def _compile_now(self, spec: GrammarSpec) -> Any:
+        return self._get_compiler().compile_grammar(spec.grammar)
+
+    def _get_compiler(self) -> Any:
+        """The tokenizer's xgrammar vocabulary is built once, on first use (~1 s)."""
+        with self._lock:
+            if self._compiler is None:
+                import xgrammar as xgr
+
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer,
+                    vocab_size=self.vocab_size,
+                    stop_token_ids=self._stop_token_ids or None,
+                )
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+            return self._compiler
+
+    def fill_bitmask(self, grammars: list[RequestGrammar | None]) -> GrammarBitmask | None:
+        """The bitmask for a step whose sampled rows have these grammars (None: free)."""
+        rows = [i for i, g in enumerate(grammars) if g is not None]
+        if not rows:
+            return None
+        import xgrammar as xgr
+
+        if self._batch_matcher is None:
+            self._batch_matcher = xgr.BatchGrammarMatcher()
+        bitmask = self._buffer(len(grammars))
+        matchers = [grammars[i].matcher for i in rows]  # type: ignore[union-attr]
+        self._batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+        return GrammarBitmask(bitmask, rows)
+
+    def _buffer(self, num_rows: int) -> torch.Tensor:
+        """A reused host buffer (pinned for CUDA). Reuse is safe: each step reads its sampled
+        tokens back, so the previous step's copy to the device has finished."""
+        width = -(-self.vocab_size // 32)
+        if self._bitmask is None or self._bitmask.shape[0] < num_rows:
+            rows = max(num_rows, 2 * (0 if self._bitmask is None else self._bitmask.shape[0]))
+            self._bitmask = torch.empty(
+                (rows, width), dtype=torch.int32, pin_memory=self._pin_memory
+            )
+        return self._bitmask[:num_rows]
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

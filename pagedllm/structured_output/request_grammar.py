@@ -1,0 +1,40 @@
+"""One request's grammar: compiled in the background, then matched token by token."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+
+class RequestGrammar:
+    """What the scheduler asks of a constrained request (``core.request.OutputGrammar``).
+
+    Invariant: once ``matcher`` is set it has accepted exactly the request's output tokens,
+    so its bitmask is the set of tokens that may come next.
+    """
+
+    def __init__(self, compiled: Future[Any]) -> None:
+        self._compiled = compiled
+        self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled
+        self.error: str | None = None
+
+    def is_ready(self) -> bool:
+        """Compiled (or failed, with ``error`` set): the request may be scheduled."""
+        if self.matcher is not None or self.error is not None:
+            return True
+        if not self._compiled.done():
+            return False
+        exc = self._compiled.exception()
+        if exc is not None:
+            self.error = f"The grammar failed to compile: {exc}"
+            return True
+        import xgrammar as xgr
+
+        self.matcher = xgr.GrammarMatcher(self._compiled.result())
+        return True
+
+    def accept_token(self, token_id: int) -> bool:
+        return bool(self.matcher.accept_token(token_id))
+
+    def is_terminated(self) -> bool:
+        return bool(self.matcher.is_terminated())

@@ -1,0 +1,126 @@
+"""A request's structured-output constraint as an xgrammar ``Grammar``.
+
+Building the grammar needs no tokenizer and takes milliseconds, so it runs when the request
+is validated: a bad schema, regex or grammar is refused there with xgrammar's own account
+of the problem, before anything enters the engine. The engine later compiles the grammar
+against the tokenizer (``manager.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pagedllm.sampling_params import StructuredOutputsParams
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A validated constraint: the grammar and a key equal for equal constraints."""
+
+    key: str
+    grammar: Any  # xgrammar.Grammar
+
+
+def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
+    """Raises ValueError naming the problem when the constraint is not valid."""
+    import xgrammar as xgr
+
+    if params.whitespace_pattern is not None:
+        raise ValueError(
+            "structured outputs whitespace_pattern is not supported by the xgrammar backend; "
+            "use disable_any_whitespace to forbid whitespace outside JSON strings."
+        )
+    kind = params.kind
+    try:
+        if kind == "json":
+            schema = _json_schema(params)
+            grammar = xgr.Grammar.from_json_schema(
+                schema, any_whitespace=not params.disable_any_whitespace
+            )
+            key = schema
+        elif kind == "json_object":
+            grammar, key = xgr.Grammar.builtin_json_grammar(), ""
+        elif kind == "regex":
+            assert params.regex is not None
+            grammar, key = xgr.Grammar.from_regex(params.regex), params.regex
+        elif kind == "choice":
+            assert params.choice is not None
+            key = choice_ebnf(params.choice)
+            grammar = xgr.Grammar.from_ebnf(key)
+        elif kind == "grammar":
+            assert params.grammar is not None
+            grammar, key = _cfg(params.grammar), params.grammar
+        else:
+            assert params.structural_tag is not None
+            grammar, key = _structural_tag(params.structural_tag), params.structural_tag
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"Invalid structured outputs {kind}: {_first_line(exc)}") from None
+    options = f"ws={not params.disable_any_whitespace}"
+    return GrammarSpec(f"{kind}:{options}:{key}", grammar)
+
+
+def choice_ebnf(choices: list[str]) -> str:
+    """One of the strings exactly. JSON string literals are valid EBNF literals."""
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def _json_schema(params: StructuredOutputsParams) -> str:
+    schema = params.json
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the schema is not valid JSON ({exc})") from None
+    if not isinstance(schema, (dict, bool)):
+        raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
+    if params.disable_additional_properties:
+        schema = _no_additional_properties(schema)
+    return json.dumps(schema)
+
+
+def _no_additional_properties(schema: Any) -> Any:
+    """Every object schema closed: ``additionalProperties: false`` throughout."""
+    if isinstance(schema, list):
+        return [_no_additional_properties(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _no_additional_properties(v) for k, v in schema.items()}
+    if closed.get("type") == "object" or "properties" in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def _cfg(text: str) -> Any:
+    """EBNF (GBNF, ``rule ::= ...``) or, failing the ``::=`` mark, Lark (``start: ...``)."""
+    import xgrammar as xgr
+
+    if "::=" in text:
+        return xgr.Grammar.from_ebnf(text)
+    return xgr.Grammar.from_lark(text)
+
+
+def _structural_tag(text: str) -> Any:
+    """xgrammar's structural tag JSON, or vLLM's older ``{"structures": [...], "triggers":
+    [...]}`` form."""
+    import xgrammar as xgr
+
+    try:
+        tag = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the structural tag is not valid JSON ({exc})") from None
+    if isinstance(tag, dict) and "structures" in tag:
+        items = [
+            xgr.StructuralTagItem(
+                begin=s["begin"], schema=json.dumps(s.get("schema", {})), end=s["end"]
+            )
+            for s in tag["structures"]
+        ]
+        return xgr.Grammar.from_structural_tag(items, list(tag.get("triggers", [])))
+    return xgr.Grammar.from_structural_tag(text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if len(text) > 500 else text

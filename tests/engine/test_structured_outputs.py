@@ -1,0 +1,206 @@
+"""Structured outputs end to end with the bundled SmolLM2 (offline LLM API): JSON schema,
+regex, choice, grammar and JSON object constraints always hold, also with n > 1, mixed
+batches, preemption and prefix caching; bad constraints are refused with a sentence."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from pagedllm import SamplingParams
+from pagedllm.sampling_params import GuidedDecodingParams, StructuredOutputsParams
+
+# Non-trivial: nested object, enum, bounded integer, pattern, bounded array, optional field.
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "status": {"enum": ["active", "inactive", "banned"]},
+        "email": {"type": "string", "pattern": "^[a-z]{1,8}@[a-z]{1,8}\\.(com|org)$"},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 16},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["admin", "staff", "guest"]},
+            "maxItems": 3,
+        },
+    },
+    "required": ["name", "age", "status", "address"],
+}
+
+
+def chat_prompt(llm, text: str) -> str:
+    tokenizer = llm.get_tokenizer()
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def constrained(kind: str, value, **params) -> SamplingParams:
+    params.setdefault("max_tokens", 160)
+    return SamplingParams(structured_outputs=StructuredOutputsParams(**{kind: value}), **params)
+
+
+def test_fifty_seeded_requests_all_validate_against_a_schema(smollm) -> None:
+    core = smollm.llm_engine.engine_core
+    preemptions = core.scheduler.num_preemptions
+    prompts = [chat_prompt(smollm, f"Describe user number {i} as JSON.") for i in range(50)]
+    params = [constrained("json", PERSON_SCHEMA, temperature=0.8, seed=i) for i in range(50)]
+    outputs = smollm.generate(prompts, params, use_tqdm=False)
+    for output in outputs:
+        completion = output.outputs[0]
+        assert completion.finish_reason == "stop", completion.text
+        jsonschema.validate(json.loads(completion.text), PERSON_SCHEMA)
+    # 50 requests overflow the fixture's small KV cache: the grammars survive preemption.
+    assert core.scheduler.num_preemptions > preemptions
+
+
+def test_regex_and_choice_always_match(smollm) -> None:
+    pattern = r"[A-Z]{2}-[0-9]{3}(-[a-z]{2,4})?"
+    choices = ["yes", "no", "maybe not"]
+    prompts = [chat_prompt(smollm, f"Give me code {i}.") for i in range(12)]
+    regex_params = [constrained("regex", pattern, temperature=1.0, seed=i) for i in range(12)]
+    choice_params = [constrained("choice", choices, temperature=1.0, seed=i) for i in range(12)]
+    outputs = smollm.generate(prompts * 2, regex_params + choice_params, use_tqdm=False)
+    for output in outputs[:12]:
+        assert re.fullmatch(pattern, output.outputs[0].text), output.outputs[0].text
+    for output in outputs[12:]:
+        assert output.outputs[0].text in choices
+        assert output.outputs[0].finish_reason == "stop"
+
+
+ARITHMETIC = """
+root ::= expr
+expr ::= term (("+" | "-") term){0,3}
+term ::= [1-9] [0-9]{0,2} | "(" expr ")"
+"""
+
+
+def test_grammar_output_parses(smollm) -> None:
+    prompts = [chat_prompt(smollm, "Write an arithmetic expression.")] * 8
+    params = [constrained("grammar", ARITHMETIC, temperature=1.0, seed=i) for i in range(8)]
+    for output in smollm.generate(prompts, params, use_tqdm=False):
+        text = output.outputs[0].text
+        assert output.outputs[0].finish_reason == "stop", text
+        assert re.fullmatch(r"[0-9+\-()]+", text), text
+        compile(text, "<grammar output>", "eval")  # balanced and well-formed
+
+
+def test_lark_grammar_is_accepted(smollm) -> None:
+    lark = 'start: "color: " COLOR\nCOLOR: "red" | "green" | "blue"'
+    params = constrained("grammar", lark, temperature=1.0, seed=3)
+    text = smollm.generate(chat_prompt(smollm, "A color?"), params, use_tqdm=False)[0].outputs[0]
+    assert text.text in {"color: red", "color: green", "color: blue"}
+
+
+def test_json_object_and_older_guided_decoding_spelling(smollm) -> None:
+    prompt = chat_prompt(smollm, "Give me a JSON object about cats.")
+    obj = SamplingParams(
+        structured_outputs=StructuredOutputsParams(json_object=True), max_tokens=120, seed=1,
+        temperature=0.7,
+    )  # fmt: skip
+    out = smollm.generate(prompt, obj, use_tqdm=False)[0].outputs[0]
+    if out.finish_reason == "stop":
+        json.loads(out.text)
+    guided = SamplingParams(
+        guided_decoding=GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar"),
+        max_tokens=8,
+    )
+    assert guided.structured_outputs is not None and guided.guided_decoding is None
+    out = smollm.generate(prompt, guided, use_tqdm=False)[0].outputs[0]
+    assert out.text in {"cat", "dog"}
+
+
+def test_n_samples_each_follow_the_schema(smollm) -> None:
+    params = constrained("json", PERSON_SCHEMA, n=3, temperature=1.0, seed=7)
+    output = smollm.generate(chat_prompt(smollm, "A user, as JSON."), params, use_tqdm=False)[0]
+    assert len(output.outputs) == 3
+    for completion in output.outputs:
+        jsonschema.validate(json.loads(completion.text), PERSON_SCHEMA)
+
+
+def test_unconstrained_rows_of_a_mixed_batch_are_untouched(smollm) -> None:
+    prompts = [chat_prompt(smollm, f"Tell me about the number {i}.") for i in range(4)]
+    plain = SamplingParams(temperature=0.0, max_tokens=24)
+    alone = [o.outputs[0].text for o in smollm.generate(prompts, plain, use_tqdm=False)]
+    mixed_params = [plain, constrained("choice", ["a", "b"]), plain, constrained("regex", "x+")]
+    mixed = smollm.generate(prompts, mixed_params, use_tqdm=False)
+    assert mixed[0].outputs[0].text == alone[0]
+    assert mixed[2].outputs[0].text == alone[2]
+    assert mixed[1].outputs[0].text in {"a", "b"}
+    assert re.fullmatch("x+", mixed[3].outputs[0].text)
+
+
+def test_prefix_cache_hits_keep_the_constraint(smollm) -> None:
+    prompt = chat_prompt(smollm, "Describe a user in detail as JSON. " * 8)
+    params = constrained("json", PERSON_SCHEMA, temperature=0.0)
+    first = smollm.generate(prompt, params, use_tqdm=False)[0]
+    second = smollm.generate(prompt, params, use_tqdm=False)[0]
+    assert second.num_cached_tokens > 0
+    assert second.outputs[0].text == first.outputs[0].text
+    jsonschema.validate(json.loads(second.outputs[0].text), PERSON_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        ({"json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "json"),
+        ({"json": "{not json"}, "not valid JSON"),
+        ({"regex": "(unclosed"}, "regex"),
+        ({"grammar": "root ::= undefined_rule"}, "grammar"),
+        ({"structural_tag": "[]"}, "structural_tag"),
+    ],
+)
+def test_bad_constraints_are_refused_and_the_engine_keeps_serving(
+    smollm, constraint: dict, message: str
+) -> None:
+    params = SamplingParams(structured_outputs=StructuredOutputsParams(**constraint))
+    with pytest.raises(ValueError, match=message):
+        smollm.generate("Hi", params, use_tqdm=False)
+    assert not smollm.llm_engine.has_unfinished_requests()
+    ok = smollm.generate("Hi", SamplingParams(max_tokens=2), use_tqdm=False)[0]
+    assert len(ok.outputs[0].token_ids) == 2
+
+
+def test_constraint_params_are_validated_at_construction() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        StructuredOutputsParams(json={}, regex="a")
+    with pytest.raises(ValueError, match="exactly one"):
+        StructuredOutputsParams()
+    with pytest.raises(ValueError, match="choice"):
+        StructuredOutputsParams(choice=[])
+    with pytest.raises(ValueError, match="not both"):
+        SamplingParams(
+            structured_outputs=StructuredOutputsParams(regex="a"),
+            guided_decoding=GuidedDecodingParams(regex="b"),
+        )
+    with pytest.raises(ValueError, match="backend"):
+        GuidedDecodingParams(regex="a", backend="outlines")
+
+
+def test_whitespace_pattern_is_refused_by_name(smollm) -> None:
+    params = SamplingParams(
+        structured_outputs=StructuredOutputsParams(json={"type": "object"}, whitespace_pattern=" ")
+    )
+    with pytest.raises(ValueError, match="whitespace_pattern"):
+        smollm.generate("Hi", params, use_tqdm=False)
+
+
+def test_pydantic_models_give_their_schema() -> None:
+    from pydantic import BaseModel
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    params = StructuredOutputsParams(json=Point)
+    assert params.json["required"] == ["x", "y"]
