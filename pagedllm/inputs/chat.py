@@ -3,9 +3,12 @@ template, or one the caller passes as a string or a file path)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -36,12 +39,36 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
             )
         item = dict(message)
         item["content"] = _content_text(item.get("content"), i)
+        if item.get("tool_calls"):
+            item["tool_calls"] = [_decoded_call(call, i) for call in item["tool_calls"]]
         normalized.append(item)
     return normalized
 
 
-def _content_text(content: Any, index: int) -> str | None:
-    if content is None or isinstance(content, str):
+def _decoded_call(call: Any, index: int) -> Any:
+    """An assistant's earlier tool call with its arguments as a dict: OpenAI sends them as
+    JSON text, and chat templates (Qwen2.5, Hermes) render them with ``tojson``."""
+    if not isinstance(call, dict):
+        raise ValueError(f"messages[{index}].tool_calls entries must be objects.")
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"messages[{index}].tool_calls: the arguments of {function.get('name')!r} are not "
+            "valid JSON."
+        ) from None
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+def _content_text(content: Any, index: int) -> str:
+    # An assistant turn that only calls tools has no content; templates that concatenate
+    # message['content'] (SmolLM2's among them) need a string there.
+    if content is None:
+        return ""
+    if isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
@@ -83,12 +110,17 @@ def apply_chat_template(
     kwargs = dict(chat_template_kwargs or {})
     for reserved in ("tokenize", "conversation", "messages"):
         kwargs.pop(reserved, None)
-    return tokenizer.apply_chat_template(
-        normalize_messages(messages),
-        chat_template=template,
-        tools=tools,
-        add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final_message,
-        tokenize=False,
-        **kwargs,
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            normalize_messages(messages),
+            chat_template=template,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+            **kwargs,
+        )
+    except jinja2.TemplateError as e:
+        # The messages do not fit the template (a role or field it cannot render): the
+        # caller's input is at fault, so it is a ValueError (HTTP 400), not a crash.
+        raise ValueError(f"The chat template could not render these messages: {e}") from None

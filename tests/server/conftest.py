@@ -93,6 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--max_model_len", "2048",
         "--kv-cache-memory-bytes", "256M",
         "--reasoning-parser", "deepseek_r1", "--enable-reasoning",
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
     running = start_server(args, log)
     yield running

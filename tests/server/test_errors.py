@@ -46,9 +46,9 @@ def test_out_of_range_values(server, field, value, param):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("response_format", {"type": "json_object"}),
-        ("guided_json", {"type": "object"}),
+        ("store", True),
+        ("modalities", ["text", "audio"]),
+        ("service_tier", "flex"),
     ],
 )
 def test_unbuilt_fields_are_refused_by_name(server, field, value):

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Collection
 from typing import Any
 
 from pagedllm.config import EngineArgs
@@ -28,7 +29,7 @@ _JSON_FIELDS = {
 }
 
 
-def add_engine_flags(parser: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
+def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = frozenset()) -> None:
     group = parser.add_argument_group("engine")
     for f in dataclasses.fields(EngineArgs):
         if f.name in skip:

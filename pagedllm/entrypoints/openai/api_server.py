@@ -38,6 +38,7 @@ from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
 from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.serving_tokenization import TokenizationHandler
+from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool_parser
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import PrometheusStatLogger
@@ -66,6 +67,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
     flag("reasoning-parser", default=None, choices=REASONING_PARSER_NAMES)
     flag("enable-reasoning", action="store_true", help="(older vLLM flag) with --reasoning-parser")
+    flag("enable-auto-tool-choice", action="store_true", help='tool_choice "auto" (with a parser)')
+    flag("tool-call-parser", default=None, choices=TOOL_PARSER_NAMES)
+    flag("tool-parser-plugin", default="", help="not supported: the built-in parsers only")
+    flag("exclude-tools-when-tool-choice-none", action="store_true")
     flag("disable-log-requests", action="store_true")
     flag("log-level", default="info", choices=LOG_LEVELS)
     flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
@@ -84,6 +89,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 def check_server_flags(args: argparse.Namespace) -> None:
     if args.enable_reasoning and not args.reasoning_parser:
         raise ValueError("--enable-reasoning needs --reasoning-parser (e.g. deepseek_r1).")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (e.g. hermes).")
+    if args.tool_parser_plugin:
+        raise ValueError("--tool-parser-plugin is not supported by pagedllm yet.")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be in 0..65535, got {args.port}.")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
@@ -99,7 +108,15 @@ def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatL
     template = load_chat_template(args.chat_template)
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)
-    chat = ChatHandler(engine, models, template, parser, defaults)
+    tool_parser = (
+        get_tool_parser(args.tool_call_parser)
+        if args.enable_auto_tool_choice and args.tool_call_parser
+        else None
+    )
+    chat = ChatHandler(
+        engine, models, template, parser, defaults, tool_parser,
+        args.exclude_tools_when_tool_choice_none,
+    )  # fmt: skip
     completions = CompletionHandler(engine, models, defaults)
     tokenization = TokenizationHandler(engine.tokenizer, models, template)
     simple = GenerateHandler(engine)
@@ -195,7 +212,7 @@ def run_server(args: argparse.Namespace) -> None:
             shown,
             args.port,
         )
-        config = uvicorn.Config(
+        server_config = uvicorn.Config(
             app,
             log_level=args.uvicorn_log_level or args.log_level,
             access_log=not args.disable_uvicorn_access_log,
@@ -205,7 +222,7 @@ def run_server(args: argparse.Namespace) -> None:
             ssl_cert_reqs=args.ssl_cert_reqs,
             timeout_keep_alive=5,
         )
-        asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+        asyncio.run(uvicorn.Server(server_config).serve(sockets=[sock]))
     finally:
         engine.shutdown()
         sock.close()

@@ -7,13 +7,19 @@ option is a 400 naming it, never silently ignored. Responses are serialised with
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import (
+    BeamSearchParams,
+    RequestOutputKind,
+    SamplingParams,
+    StructuredOutputsParams,
+)
 
 
 def random_id(prefix: str) -> str:
@@ -90,11 +96,14 @@ class SamplingFields(OpenAIModel):
     priority: int = 0
     request_id: str | None = None
     cache_salt: str | None = None
-    guided_json: Any = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
-    structured_outputs: Any = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
 
     def sampling_params(
         self,
@@ -102,9 +111,13 @@ class SamplingFields(OpenAIModel):
         logprobs: int | None,
         stream: bool,
         defaults: dict[str, Any],
+        structured_outputs: StructuredOutputsParams | None = None,
     ) -> SamplingParams:
-        """The engine's SamplingParams; ``defaults`` come from the model's generation config."""
+        """The engine's SamplingParams; ``defaults`` come from the model's generation config,
+        ``structured_outputs`` from the request's own constraint fields unless given."""
         self._refuse_unbuilt()
+        if structured_outputs is None:
+            structured_outputs = self.structured_outputs_params()
 
         def pick(name: str, fallback: Any) -> Any:
             value = getattr(self, name)
@@ -136,11 +149,50 @@ class SamplingFields(OpenAIModel):
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
             allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words,
+            structured_outputs=structured_outputs,
         )
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The output constraint from ``response_format``, ``structured_outputs`` or the
+        older ``guided_*`` fields (only one of them may say it)."""
+        if self.guided_decoding_backend not in (None, "auto", "xgrammar"):
+            raise ValueError(
+                f"guided_decoding_backend {self.guided_decoding_backend!r} is not supported: "
+                "pagedllm uses xgrammar."
+            )
+        guided = {
+            "json": self.guided_json,
+            "regex": self.guided_regex,
+            "choice": self.guided_choice,
+            "grammar": self.guided_grammar,
+        }
+        guided = {k: v for k, v in guided.items() if v is not None}
+        if guided and self.guided_whitespace_pattern is not None:
+            guided["whitespace_pattern"] = self.guided_whitespace_pattern
+        sources = {
+            "response_format": response_format_constraint(self.response_format),
+            "structured_outputs": dict(self.structured_outputs)
+            if self.structured_outputs is not None
+            else None,
+            "guided_*": guided or None,
+        }
+        given = {k: v for k, v in sources.items() if v is not None}
+        if not given:
+            return None
+        if len(given) > 1:
+            raise ValueError(
+                f"Give the output constraint once: {' and '.join(given)} were both set."
+            )
+        try:
+            return StructuredOutputsParams(**next(iter(given.values())))
+        except TypeError as exc:
+            raise ValueError(f"Invalid structured_outputs: {exc}") from None
 
     def beam_search_params(self, max_tokens: int | None, stream: bool) -> BeamSearchParams:
         if stream:
             raise UnsupportedField("use_beam_search with stream")
+        if self.structured_outputs_params() is not None:
+            raise ValueError("use_beam_search cannot be combined with structured outputs.")
         return BeamSearchParams(
             beam_width=self.n or 1,
             max_tokens=max_tokens or 16,
@@ -152,16 +204,31 @@ class SamplingFields(OpenAIModel):
     def _refuse_unbuilt(self) -> None:
         if self.length_penalty != 1.0 and not self.use_beam_search:
             raise ValueError("length_penalty only applies to beam search (use_beam_search=true).")
-        unbuilt = {
-            "guided_json": self.guided_json is not None,
-            "guided_regex": self.guided_regex is not None,
-            "guided_choice": self.guided_choice is not None,
-            "guided_grammar": self.guided_grammar is not None,
-            "structured_outputs": self.structured_outputs is not None,
-        }
-        for name, is_set in unbuilt.items():
-            if is_set:
-                raise UnsupportedField(name)
+
+
+def response_format_constraint(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as StructuredOutputsParams fields (None for text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise ValueError('response_format "json_schema" needs a json_schema object.')
+        schema = spec.get("schema", spec.get("schema_"))
+        if schema is None:
+            return {"json_object": True}
+        return {"json": schema}
+    if kind == "structural_tag":
+        return {"structural_tag": json.dumps(response_format)}
+    raise ValueError(
+        f"response_format type {kind!r} is not supported; use text, json_object, json_schema "
+        "or structural_tag."
+    )
 
 
 class UnsupportedField(ValueError):
@@ -187,7 +254,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -212,11 +278,7 @@ class ChatCompletionRequest(SamplingFields):
         return self
 
     def refuse_unbuilt_chat_fields(self) -> None:
-        format_type = (self.response_format or {}).get("type", "text")
         checks = {
-            "response_format": format_type != "text",
-            "tools": bool(self.tools),
-            "tool_choice": self.tool_choice not in (None, "none", "auto"),
             "store": bool(self.store),
             "metadata": self.metadata is not None,
             "modalities": self.modalities not in (None, ["text"]),
@@ -264,6 +326,7 @@ class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
@@ -377,6 +440,7 @@ class TokenizeRequest(OpenAIModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False

@@ -26,9 +26,12 @@ from pagedllm.entrypoints.openai.protocol import (
 from pagedllm.entrypoints.openai.reasoning import ReasoningParser
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output
+from pagedllm.entrypoints.openai.tool_choice import ToolChoice, plan_tool_choice
+from pagedllm.entrypoints.openai.tool_parsers import ToolParser, ToolStream
 from pagedllm.entrypoints.openai.usage import beam_usage, clamp_max_tokens, usage_of
 from pagedllm.inputs.chat import apply_chat_template
 from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import StructuredOutputsParams
 
 
 class ChatHandler:
@@ -39,12 +42,16 @@ class ChatHandler:
         chat_template: str | None,
         reasoning_parser: type[ReasoningParser] | None,
         generation_defaults: dict[str, Any],
+        tool_parser: type[ToolParser] | None = None,
+        exclude_tools_when_tool_choice_none: bool = False,
     ) -> None:
         self.engine = engine
         self.models = models
         self.chat_template = chat_template
         self.reasoning_parser = reasoning_parser
         self.defaults = generation_defaults
+        self.tool_parser = tool_parser  # set when auto tool choice is enabled
+        self.exclude_tools_when_none = exclude_tools_when_tool_choice_none
 
     async def create(self, request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -52,7 +59,10 @@ class ChatHandler:
         stream = bool(request.stream)
         request_id = random_id("chatcmpl") if request.request_id is None else request.request_id
         try:
-            prompt, prompt_ids = self._render(request)
+            tools = plan_tool_choice(
+                request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_parser
+            )
+            prompt, prompt_ids = self._render(request, tools)
             engine_prompt: dict[str, Any] = {"prompt": prompt, "prompt_token_ids": prompt_ids}
             if request.cache_salt is not None:
                 engine_prompt["cache_salt"] = request.cache_salt
@@ -61,12 +71,15 @@ class ChatHandler:
                 len(prompt_ids),
                 self.models.max_model_len,
             )
+            constraint = _constraint(request, tools)
             if request.use_beam_search:
+                if tools.calls_tools:
+                    raise ValueError("use_beam_search cannot be combined with tool calls.")
                 beams = request.beam_search_params(max_tokens, stream)
                 result = await self.engine.beam_search(engine_prompt, request_id, beams)
                 return JSONResponse(_beam_response(request_id, model, prompt_ids, result))
             params = request.sampling_params(
-                max_tokens, request.requested_logprobs(), stream, self.defaults
+                max_tokens, request.requested_logprobs(), stream, self.defaults, constraint
             )
             outputs = self.engine.generate(
                 engine_prompt, params, request_id, priority=request.priority
@@ -76,23 +89,26 @@ class ChatHandler:
         opened = bool(self.reasoning_parser and self.reasoning_parser.prompt_opens_think(prompt))
         prefix = self._echo_prefix(request)
         if stream:
-            chunks = self._stream(request, request_id, model, outputs, opened, prefix)
+            chunks = self._stream(request, request_id, model, outputs, opened, prefix, tools)
             return StreamingResponse(chunks, media_type="text/event-stream")
         final = await last_output(outputs)
-        response = self._response(request, request_id, model, final, opened, prefix)
+        response = self._response(request, request_id, model, final, opened, prefix, tools)
         return JSONResponse(response.model_dump())
 
-    def _render(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+    def _render(self, request: ChatCompletionRequest, tools: ToolChoice) -> tuple[str, list[int]]:
         tokenizer = self.engine.tokenizer
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        hide_tools = tools.mode == "none" and self.exclude_tools_when_none
         prompt = apply_chat_template(
             tokenizer,
             messages,
             chat_template=request.chat_template or self.chat_template,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
+            tools=None if hide_tools or not tools.tools else tools.tools,
             chat_template_kwargs=request.chat_template_kwargs,
         )
+        assert tokenizer is not None  # apply_chat_template refuses to run without one
         return prompt, tokenizer.encode(prompt, add_special_tokens=request.add_special_tokens)
 
     @staticmethod
@@ -118,21 +134,27 @@ class ChatHandler:
         final: RequestOutput,
         opened: bool,
         prefix: str,
+        tools: ToolChoice,
     ) -> ChatCompletionResponse:
         choices = []
         top = request.top_logprobs or 0
         for completion in final.outputs:
             reasoning, content = self._split(completion.text, opened)
+            calls: list[dict[str, Any]] = []
+            if tools.calls_tools:
+                found = tools.extract(content or "")
+                content, calls = found.content or None, [c.as_json() for c in found.calls]
             message = ChatCompletionMessage(
                 content=prefix + (content or "") if prefix else content,
                 reasoning_content=reasoning,
+                tool_calls=calls,
             )
             choices.append(
                 ChatCompletionChoice(
                     index=completion.index,
                     message=message,
                     logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top),
-                    finish_reason=completion.finish_reason,
+                    finish_reason=_finish_reason(completion.finish_reason, bool(calls)),
                     stop_reason=completion.stop_reason,
                 )
             )
@@ -154,12 +176,15 @@ class ChatHandler:
         outputs: AsyncGenerator[RequestOutput, None],
         opened: bool,
         prefix: str,
+        tools: ToolChoice,
     ) -> AsyncIterator[str]:
         created = int(time.time())
         n = request.n or 1
         parsers = [
-            self.reasoning_parser(opened) if self.reasoning_parser else None for _ in range(n)
-        ]
+            _ChoiceStream(self.reasoning_parser(opened) if self.reasoning_parser else None,
+                          tools.stream())
+            for _ in range(n)
+        ]  # fmt: skip
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         tokens = [0] * n
@@ -184,13 +209,12 @@ class ChatHandler:
                 for completion in output.outputs:
                     i = completion.index
                     tokens[i] += len(completion.token_ids)
-                    delta = _delta(parsers[i], completion.text, completion.finished())
+                    delta = parsers[i].delta(completion.text, completion.finished())
                     logprobs = chat_logprobs(completion.token_ids, completion.logprobs, top)
                     if delta is None and not completion.finished() and not logprobs:
                         continue
-                    choice = _choice(
-                        i, delta or DeltaMessage(), completion.finish_reason, completion.stop_reason
-                    )
+                    finish = _finish_reason(completion.finish_reason, parsers[i].called_tools)
+                    choice = _choice(i, delta or DeltaMessage(), finish, completion.stop_reason)
                     choice.logprobs = logprobs
                     usage = usage_of(output, None, sum(tokens)) if continuous else None
                     yield chunk([choice], usage)
@@ -212,17 +236,54 @@ def _choice(
     )
 
 
-def _delta(parser: ReasoningParser | None, text: str, finished: bool) -> DeltaMessage | None:
-    """The delta message for new text; None when there is nothing to send yet."""
-    if parser is None:
-        return DeltaMessage(content=text) if text else None
-    reasoning, content = parser.feed(text)
-    if finished:
-        tail_reasoning, tail_content = parser.finish()
-        reasoning, content = reasoning + tail_reasoning, content + tail_content
-    if not reasoning and not content:
-        return None
-    return DeltaMessage(reasoning_content=reasoning or None, content=content or None)
+def _constraint(
+    request: ChatCompletionRequest, tools: ToolChoice
+) -> StructuredOutputsParams | None:
+    """The request's output constraint: its own, or the one its tool choice needs."""
+    own = request.structured_outputs_params()
+    needed = tools.structured_outputs()
+    if own is not None and needed is not None:
+        raise ValueError(
+            f"tool_choice {tools.mode!r} constrains the output itself; it cannot be combined "
+            "with response_format or structured outputs."
+        )
+    return needed or own
+
+
+def _finish_reason(reason: str | None, called_tools: bool) -> str | None:
+    """OpenAI's "tool_calls" when the model stopped after calling tools."""
+    return "tool_calls" if called_tools and reason == "stop" else reason
+
+
+class _ChoiceStream:
+    """One choice's stream: text -> reasoning / content (reasoning parser) -> content / tool
+    calls (tool stream)."""
+
+    def __init__(self, reasoning: ReasoningParser | None, tools: ToolStream | None) -> None:
+        self._reasoning = reasoning
+        self._tools = tools
+        self.called_tools = False
+
+    def delta(self, text: str, finished: bool) -> DeltaMessage | None:
+        """The delta message for new text; None when there is nothing to send yet."""
+        reasoning, content = "", text
+        if self._reasoning is not None:
+            reasoning, content = self._reasoning.feed(text)
+            if finished:
+                tail_reasoning, tail_content = self._reasoning.finish()
+                reasoning, content = reasoning + tail_reasoning, content + tail_content
+        calls: list[dict[str, Any]] = []
+        if self._tools is not None:
+            found = self._tools.feed(content)
+            if finished:
+                found += self._tools.finish()
+            content, calls = found.content, [c.as_json() for c in found.calls]
+            self.called_tools = self.called_tools or bool(calls)
+        if not reasoning and not content and not calls:
+            return None
+        return DeltaMessage(
+            reasoning_content=reasoning or None, content=content or None, tool_calls=calls or None
+        )
 
 
 def _beam_response(

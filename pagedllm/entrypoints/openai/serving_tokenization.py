@@ -36,6 +36,7 @@ class TokenizationHandler:
                 chat_template=request.chat_template or self.chat_template,
                 add_generation_prompt=request.add_generation_prompt,
                 continue_final_message=request.continue_final_message,
+                tools=request.tools,
                 chat_template_kwargs=request.chat_template_kwargs,
             )
             special = False if request.add_special_tokens is None else request.add_special_tokens
