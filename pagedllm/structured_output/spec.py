@@ -36,8 +36,10 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
     try:
         if kind == "json":
             schema = _json_schema(params)
-            grammar = xgr.Grammar.from_json_schema(
-                schema, any_whitespace=not params.disable_any_whitespace
+            grammar = _json_string_chars_fixed(
+                xgr.Grammar.from_json_schema(
+                    schema, any_whitespace=not params.disable_any_whitespace
+                )
             )
             key = schema
         elif kind == "json_object":
@@ -64,6 +66,25 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
 def choice_ebnf(choices: list[str]) -> str:
     """One of the strings exactly. JSON string literals are valid EBNF literals."""
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+# xgrammar 0.2.8 lowers a string with minLength/maxLength to a bounded repetition of this
+# class: raw control characters (a tab) get in, which strict JSON parsers reject, and no
+# escape can (xgrammar issues 800 and 880). Each repetition should be one JSON character.
+_BOUNDED_STRING_CHAR = r"[^\"\\\r\n]"
+_JSON_STRING_CHAR = (
+    r'([^\0-\x1f\"\\] | "\\" ([\"\\/bfnrt] | "u" [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9]))'
+)
+
+
+def _json_string_chars_fixed(grammar: Any) -> Any:
+    import xgrammar as xgr
+
+    text = str(grammar)
+    if _BOUNDED_STRING_CHAR not in text:
+        return grammar
+    fixed = text.replace(_BOUNDED_STRING_CHAR, _JSON_STRING_CHAR)
+    return xgr.Grammar.from_ebnf(fixed, root_rule_name="root")
 
 
 def _json_schema(params: StructuredOutputsParams) -> str:

@@ -204,3 +204,30 @@ def test_pydantic_models_give_their_schema() -> None:
 
     params = StructuredOutputsParams(json=Point)
     assert params.json["required"] == ["x", "y"]
+
+
+def test_bounded_strings_hold_strict_json_characters(tiny_models, tmp_path) -> None:
+    """A random model over a one-character-per-token vocabulary reaches tabs and other
+    control characters that strict JSON forbids raw in strings (xgrammar 0.2.8 lets them
+    into length-bounded strings unless pagedllm fixes the grammar), and escapes."""
+    import shutil
+
+    from pagedllm import LLM
+    from tests.conftest import save_char_tokenizer
+
+    path = tmp_path / "chars"
+    shutil.copytree(tiny_models["llama"], path)
+    llm = LLM(model=str(save_char_tokenizer(path)), kv_cache_memory_bytes="32M")
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 12}, "b": {"enum": [1, 2]}},
+        "required": ["a", "b"],
+    }
+    so = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
+    params = SamplingParams(structured_outputs=so, temperature=1.5, seed=0, n=32, max_tokens=200)
+    samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
+    texts = [s.text for s in samples]
+    assert all(s.finish_reason == "stop" for s in samples)
+    for text in texts:
+        jsonschema.validate(json.loads(text), schema)  # strict: no raw control characters
+    assert any("\\" in text for text in texts)  # escapes are reachable
