@@ -209,7 +209,7 @@ def test_pydantic_models_give_their_schema() -> None:
 def test_bounded_strings_hold_strict_json_characters(tiny_models, tmp_path) -> None:
     """A random model over a one-character-per-token vocabulary reaches tabs and other
     control characters that strict JSON forbids raw in strings (xgrammar 0.2.8 lets them
-    into length-bounded strings unless pagedllm fixes the grammar), and escapes."""
+    into length-bounded strings unless pagedllm fixes the grammar)."""
     import shutil
 
     from pagedllm import LLM
@@ -230,4 +230,3 @@ def test_bounded_strings_hold_strict_json_characters(tiny_models, tmp_path) -> N
     assert all(s.finish_reason == "stop" for s in samples)
     for text in texts:
         jsonschema.validate(json.loads(text), schema)  # strict: no raw control characters
-    assert any("\\" in text for text in texts)  # escapes are reachable
