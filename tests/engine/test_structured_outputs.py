@@ -230,3 +230,66 @@ def test_bounded_strings_hold_strict_json_characters(tiny_models, tmp_path) -> N
     assert all(s.finish_reason == "stop" for s in samples)
     for text in texts:
         jsonschema.validate(json.loads(text), schema)  # strict: no raw control characters
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backend": "outlines"}, "'outlines' is not supported"),
+        ({"reasoning_parser": "deepseek_r1"}, "reasoning_parser is not supported"),
+        ({"colour": "blue"}, r"Unknown structured_outputs_config option\(s\) \['colour'\]"),
+    ],
+)
+def test_engine_options_are_checked_by_name(tiny_models, options: dict, message: str) -> None:
+    from pagedllm.config import EngineArgs
+
+    args = EngineArgs(model=str(tiny_models["llama"]), structured_outputs_config=options)
+    with pytest.raises(ValueError, match=message):
+        args.create_engine_config()
+    with pytest.raises(ValueError, match="'outlines' is not supported"):
+        EngineArgs(
+            model=str(tiny_models["llama"]), guided_decoding_backend="outlines"
+        ).create_engine_config()
+
+
+def test_the_command_line_takes_the_config_as_json() -> None:
+    import argparse
+
+    from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
+
+    parser = argparse.ArgumentParser()
+    add_engine_flags(parser)
+    flags = ["--structured-outputs-config", '{"disable_any_whitespace": true}',
+             "--guided_decoding_backend", "xgrammar"]  # fmt: skip
+    args = engine_args_from(parser.parse_args(flags))
+    assert args.structured_outputs_config == {"disable_any_whitespace": True}
+    assert args.guided_decoding_backend == "xgrammar"
+
+
+def test_engine_wide_disable_any_whitespace(tiny_models, tmp_path) -> None:
+    """A random model at a high temperature strays into optional whitespace unless the
+    engine option forbids it for every request."""
+    import shutil
+
+    from pagedllm import LLM
+    from tests.conftest import save_char_tokenizer
+
+    path = tmp_path / "chars"
+    shutil.copytree(tiny_models["llama"], path)
+    save_char_tokenizer(path)
+    schema = {
+        "type": "object",
+        "properties": {"b": {"enum": [1, 2]}, "c": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["b", "c"],
+    }
+    params = constrained("json", schema, temperature=1.5, seed=0, n=16, max_tokens=120)
+
+    def squeezed(config: dict | None) -> list[str]:
+        llm = LLM(model=str(path), kv_cache_memory_bytes="32M", structured_outputs_config=config)
+        samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
+        # Free whitespace can run to max_tokens; without it every object closes.
+        assert config is None or all(s.finish_reason == "stop" for s in samples)
+        return [s.text.replace(", ", ",").replace(": ", ":") for s in samples]
+
+    assert any(re.search(r"\s", text) for text in squeezed(None))
+    assert not any(re.search(r"\s", text) for text in squeezed({"disable_any_whitespace": True}))
