@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(HERE / "model-configs" / "qwen3-0.6b"))
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print a torch profiler table")
     args = parser.parse_args()
     llm = LLM(model=args.model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
               max_model_len=4096, kv_cache_memory_bytes="40G")  # fmt: skip
@@ -59,7 +60,10 @@ def main() -> None:
         for _ in range(30):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            metadata = build_sampling_metadata(states, vocab, runner.device)
+            # The engine's path: penalty statistics from the runner's device tables.
+            metadata = build_sampling_metadata(
+                states, vocab, runner.device, runner._penalty_state(states)
+            )
             out = runner.sampler(logits, metadata)
             out.token_ids.tolist()
             if out.logprobs is not None:
@@ -67,6 +71,8 @@ def main() -> None:
             torch.cuda.synchronize()
             samples.append(time.perf_counter() - start)
         results[name] = (statistics.median(steps), statistics.median(samples))
+        if args.profile:
+            profile_sampling(runner, states, logits, vocab)
         engine.abort_request([f"{name}-{i}" for i in range(256)])
     rows = ["| sampling | decode step (256 requests) | sampling alone | share of the step |",
             "|---|---|---|---|"]  # fmt: skip
@@ -83,6 +89,22 @@ def main() -> None:
                     "temperature 0.8, logprobs=5; sampling alone = metadata build + sampler + "
                     "logprobs lists, on random [256, vocab] logits")  # fmt: skip
         append_record("Sampling cost", device_name(), workload, rows)
+
+
+def profile_sampling(runner, states, logits: torch.Tensor, vocab: int) -> None:
+    """Where one sampling call's time goes: CUDA kernels and host work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            metadata = build_sampling_metadata(
+                states, vocab, runner.device, runner._penalty_state(states)
+            )
+            out = runner.sampler(logits, metadata)
+            out.token_ids.tolist()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
