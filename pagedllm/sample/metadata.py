@@ -12,11 +12,13 @@ import torch
 class PenaltyInputs:
     """Token history for the penalties, only built when some row uses one."""
 
-    prompt_mask: torch.Tensor  # [rows, vocab] bool: token occurs in the prompt
-    output_counts: torch.Tensor  # [rows, vocab] count of the token among generated ones
+    # [rows, vocab], or with ``slots`` [table rows, vocab] read through the slots.
+    prompt_mask: torch.Tensor  # bool: token occurs in the prompt
+    output_counts: torch.Tensor  # float32: count of the token among generated ones
     presence: torch.Tensor  # [rows]
     frequency: torch.Tensor  # [rows]
     repetition: torch.Tensor  # [rows]
+    slots: torch.Tensor | None = None  # [rows] int64: each row's row of the tables
 
 
 @dataclass

@@ -14,7 +14,26 @@ from pagedllm.sample.metadata import PenaltyInputs
 
 
 def apply_penalties(logits: torch.Tensor, p: PenaltyInputs) -> torch.Tensor:
-    """logits: [rows, vocab] float32 -> penalized logits (a new tensor)."""
+    """logits: [rows, vocab] float32 -> penalized logits (in place on CUDA when the
+    statistics come as tables with slots: one fused kernel; otherwise a new tensor)."""
+    if p.slots is not None and logits.is_cuda:
+        from pagedllm.kernels.penalties import apply_penalties_inplace
+
+        apply_penalties_inplace(
+            logits, p.prompt_mask, p.output_counts, p.slots,
+            p.presence, p.frequency, p.repetition,
+        )  # fmt: skip
+        return logits
+    if p.slots is not None:
+        p = PenaltyInputs(
+            p.prompt_mask.index_select(0, p.slots), p.output_counts.index_select(0, p.slots),
+            p.presence, p.frequency, p.repetition,
+        )  # fmt: skip
+    return _apply_penalties(logits, p)
+
+
+def _apply_penalties(logits: torch.Tensor, p: PenaltyInputs) -> torch.Tensor:
+    """The reference: one torch op at a time, over rows already in batch order."""
     seen = p.prompt_mask | (p.output_counts > 0)
     repetition = p.repetition.unsqueeze(1).expand_as(logits)
     scale = torch.where(seen, repetition, torch.ones_like(logits))

@@ -58,11 +58,12 @@ class PenaltyState:
         )
         values = _to(values, self.device)
         penalties = PenaltyInputs(
-            prompt_mask=self.prompt_mask.index_select(0, slots),
-            output_counts=self.output_counts.index_select(0, slots),
+            prompt_mask=self.prompt_mask,
+            output_counts=self.output_counts,
             presence=values[:, 0],
             frequency=values[:, 1],
             repetition=values[:, 2],
+            slots=slots,
         )
         return penalties, slots
 
