@@ -21,7 +21,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
-from pagedllm.worker.sampling_inputs import build_sampling_metadata  # noqa: E402
 
 
 def main() -> None:
@@ -60,10 +59,9 @@ def main() -> None:
         for _ in range(30):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            # The engine's path: penalty statistics from the runner's device tables.
-            metadata = build_sampling_metadata(
-                states, vocab, runner.device, runner._penalty_state(states)
-            )
+            # The engine's path: penalty statistics from the runner's device tables, the
+            # metadata of a steady batch carried over from the step before.
+            metadata = runner._sampling_metadata(states)
             out = runner.sampler(logits, metadata)
             out.token_ids.tolist()
             if out.logprobs is not None:
@@ -86,7 +84,8 @@ def main() -> None:
 
         workload = ("qwen3-0.6b dummy bf16, 256 running requests (prompts 100-1024 tokens); "
                     "'all on' = presence/frequency/repetition penalties, top_k=50, top_p=0.9, "
-                    "temperature 0.8, logprobs=5; sampling alone = metadata build + sampler + "
+                    "temperature 0.8, logprobs=5; sampling alone = metadata (carried over "
+                    "from the step before, as in a steady decode batch) + sampler + "
                     "logprobs lists, on random [256, vocab] logits")  # fmt: skip
         append_record("Sampling cost", device_name(), workload, rows)
 
@@ -97,9 +96,7 @@ def profile_sampling(runner, states, logits: torch.Tensor, vocab: int) -> None:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            metadata = build_sampling_metadata(
-                states, vocab, runner.device, runner._penalty_state(states)
-            )
+            metadata = runner._sampling_metadata(states)
             out = runner.sampler(logits, metadata)
             out.token_ids.tolist()
         torch.cuda.synchronize()

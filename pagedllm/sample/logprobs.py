@@ -30,9 +30,12 @@ class LogprobsTensors:
         ]
 
 
-def compute_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> LogprobsTensors:
-    """logits: [rows, vocab] raw model logits; chosen: [rows] the token of each position."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
+def compute_logprobs(
+    logits: torch.Tensor, chosen: torch.Tensor, k: int, normalized: bool = False
+) -> LogprobsTensors:
+    """logits: [rows, vocab] raw model logits (``normalized``: already their float32
+    log_softmax); chosen: [rows] the token of each position."""
+    logprobs = logits if normalized else torch.log_softmax(logits.float(), dim=-1)
     chosen_lp = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
     ranks = (logprobs > chosen_lp.unsqueeze(1)).sum(dim=-1) + 1
     top_lp, top_ids = (

@@ -56,6 +56,12 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     if md.all_greedy:
         assert greedy is not None
         return greedy
+    if md.fast_rows is not None and md.slow_rows is None and md.min_p is None:
+        # Every row samples from its top-k: dividing by a positive temperature keeps each
+        # row's order, so it is applied to the k candidates instead of the whole vocabulary.
+        assert md.top_k is not None
+        picked = _sample_top_k(logits, md.top_k, md.top_p, md.fast_k, md.generators, md.temperature)
+        return picked if greedy is None else torch.where(md.greedy, greedy, picked)
     logits = logits / md.temperature.unsqueeze(1)
     if md.min_p is not None:
         logits = apply_min_p(logits, md.min_p)
@@ -103,9 +109,13 @@ def _sample_top_k(
     top_p: torch.Tensor | None,
     k: int,
     generators: dict[int, torch.Generator],
+    temperature: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample among each row's top_k tokens (and then top_p within them)."""
+    """Sample among each row's top_k tokens (and then top_p within them). ``temperature``:
+    [rows], to divide the candidates by when the logits have not been divided yet."""
     values, indices = logits.topk(k, dim=-1)  # descending
+    if temperature is not None:
+        values = values / temperature.unsqueeze(1)
     columns = torch.arange(k, device=logits.device)
     values = values.masked_fill(columns[None, :] >= top_k[:, None], float("-inf"))
     if top_p is not None:
@@ -123,9 +133,10 @@ class Sampler:
         """logits: [rows, vocab] (any float dtype), on the device the result stays on."""
         logits = logits.float()
         wants_logprobs = md.max_num_logprobs is not None or md.need_logprob
-        raw = logits.clone() if wants_logprobs else None
+        # The raw distribution, taken before the processors (some work in place).
+        raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
         token_ids = sample(process_logits(logits, md), md)
         logprobs = None
         if raw is not None:
-            logprobs = compute_logprobs(raw, token_ids, md.max_num_logprobs or 0)
+            logprobs = compute_logprobs(raw, token_ids, md.max_num_logprobs or 0, normalized=True)
         return SamplerOutput(token_ids, logprobs)

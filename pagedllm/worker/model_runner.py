@@ -52,6 +52,10 @@ class ModelRunner:
         self.buffers: InputBuffers | None = None  # CUDA: persistent step inputs
         self.penalties: PenaltyState | None = None
         self.graphs: CudaGraphs | None = None
+        # The last step's sampling metadata and what it was built for (the sampled rows'
+        # ids, and the batch version then): reused while both hold.
+        self._batch_version = 0
+        self._last_sampling: tuple[tuple[str, ...], int, SamplingMetadata] | None = None
         threads = envs.cpu_num_threads()
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -163,9 +167,7 @@ class ModelRunner:
         states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
         metadata = None
         if states:
-            metadata = build_sampling_metadata(
-                states, self.model_config.vocab_size, self.device, self._penalty_state(states)
-            )
+            metadata = self._sampling_metadata(states)
         hidden, batch = self._forward(host)
         num_reqs = len(batch.req_ids)
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
@@ -265,6 +267,19 @@ class ModelRunner:
             )
         return found if any(f is not None for f in found) else None
 
+    def _sampling_metadata(self, states: list[RequestState]) -> SamplingMetadata:
+        """Rebuilt in full when the sampled rows change or any request came or went since
+        the last step (a new request may reuse an id, and its penalty slot is new)."""
+        rows = tuple(s.req_id for s in states)
+        last = self._last_sampling
+        previous = last[2] if last and last[:2] == (rows, self._batch_version) else None
+        metadata = build_sampling_metadata(
+            states, self.model_config.vocab_size, self.device, self._penalty_state(states),
+            previous,
+        )  # fmt: skip
+        self._last_sampling = (rows, self._batch_version, metadata)
+        return metadata
+
     def _penalty_state(self, states: list[RequestState]) -> PenaltyState | None:
         """Made the first time a request uses a penalty."""
         if self.penalties is None and any(s.sampling_params.uses_penalties for s in states):
@@ -272,6 +287,8 @@ class ModelRunner:
         return self.penalties
 
     def _update_states(self, so: SchedulerOutput) -> None:
+        if so.finished_req_ids or so.scheduled_new_reqs:
+            self._batch_version += 1
         for req_id in so.finished_req_ids:
             self.requests.pop(req_id, None)
             if self.penalties is not None:

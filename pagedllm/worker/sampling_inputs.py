@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -18,7 +20,17 @@ def build_sampling_metadata(
     vocab_size: int,
     device: torch.device,
     penalty_state: PenaltyState | None = None,
+    previous: SamplingMetadata | None = None,
 ) -> SamplingMetadata:
+    """The metadata of the sampled rows. ``previous``: the metadata of the last step when
+    its rows were these same requests, in the same order: everything fixed per request
+    (parameters, penalty slots, bias, allowed ids, row split) is taken from it, and only
+    what moves with the generated tokens (min_tokens and bad-word bans, processors'
+    inputs) is rebuilt, so a steady decode batch costs a few host operations."""
+    if previous is not None:
+        return dataclasses.replace(
+            previous, banned=_banned(states, device), processors=_processors(states)
+        )
     params = [s.sampling_params for s in states]
     greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
     temperature = [1.0 if g else p.temperature for g, p in zip(greedy, params)]

@@ -551,6 +551,38 @@ def test_metadata_bans_stop_ids_only_below_min_tokens() -> None:
     assert build_sampling_metadata(states, VOCAB, CPU).banned is None
 
 
+def test_metadata_carried_over_keeps_the_fixed_fields_and_rebuilds_the_bans() -> None:
+    p = SamplingParams(temperature=0.8, top_k=7, min_tokens=2, logit_bias={3: 1.0}, seed=4)
+    p.all_stop_token_ids.add(2)
+    states = [state("a", [1], p), state("b", [1], SamplingParams(temperature=0.5))]
+    first = build_sampling_metadata(states, VOCAB, CPU)
+    assert first.banned is not None
+    states[0].token_ids.extend([5, 6])  # min_tokens reached: the stop id is allowed again
+    again = build_sampling_metadata(states, VOCAB, CPU, previous=first)
+    assert again.banned is None
+    for name in ("temperature", "top_k", "bias", "generators", "fast_rows", "slow_rows"):
+        assert getattr(again, name) is getattr(first, name)
+
+
+def test_all_fast_rows_sample_like_the_split_path() -> None:
+    """With every row on the top-k path, temperature divides the k candidates only; the
+    seeded rows still draw exactly what they draw beside a full-vocabulary row."""
+    from pagedllm.sampling_params import SamplingParams as SP
+
+    torch.manual_seed(3)
+    logits = torch.randn(3, 300) * 3
+    cases = [(0.5, 10, 1.0, 1), (4.0, 40, 0.9, 2), (2.5, 60, 1.0, 3)]
+    seeded = [SP(temperature=t, top_k=k, top_p=p, seed=s) for t, k, p, s in cases]
+    alone = build_sampling_metadata(_states_for(seeded), 300, CPU)
+    assert alone.slow_rows is None
+    beside = build_sampling_metadata(_states_for([*seeded, SP(temperature=1.0)]), 300, CPU)
+    assert beside.slow_rows is not None
+    for _ in range(40):
+        a = Sampler()(logits.clone(), alone).token_ids.tolist()
+        b = Sampler()(torch.cat([logits, logits[:1]]), beside).token_ids.tolist()[:3]
+        assert a == b
+
+
 def test_sampler_with_built_metadata_respects_min_tokens_and_penalties() -> None:
     eos = 2
     p = SamplingParams(temperature=0.0, min_tokens=2, repetition_penalty=3.0)
