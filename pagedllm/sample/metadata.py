@@ -47,6 +47,8 @@ class SamplingMetadata:
     # (rows, token ids) whose logits are -inf this step: eos/stop ids before min_tokens, and
     # the last token of a bad word whose preceding tokens were just generated.
     banned: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Whether any row has min_tokens or bad words, i.e. whether bans can come and go.
+    bans_possible: bool = True
     # [rows, vocab] bool, True where a token may be sampled (allowed_token_ids).
     allowed: torch.Tensor | None = None
     # (rows, token ids, biases) added to the logits (logit_bias, already clamped).

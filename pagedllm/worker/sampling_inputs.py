@@ -29,7 +29,9 @@ def build_sampling_metadata(
     inputs) is rebuilt, so a steady decode batch costs a few host operations."""
     if previous is not None:
         return dataclasses.replace(
-            previous, banned=_banned(states, device), processors=_processors(states)
+            previous,
+            banned=_banned(states, device) if previous.bans_possible else None,
+            processors=_processors(states) if previous.processors is not None else None,
         )
     params = [s.sampling_params for s in states]
     greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
@@ -62,6 +64,7 @@ def build_sampling_metadata(
         penalties=penalties,
         penalty_slots=penalty_slots,
         banned=_banned(states, device),
+        bans_possible=any(p.min_tokens > 0 or p.bad_words_token_ids for p in params),
         allowed=_allowed(params, vocab_size, device),
         bias=_bias(params, device),
         processors=_processors(states),
