@@ -30,12 +30,25 @@ class LogprobsTensors:
         ]
 
 
-def compute_logprobs(
-    logits: torch.Tensor, chosen: torch.Tensor, k: int, normalized: bool = False
+def logprobs_from_lse(
+    logits: torch.Tensor, lse: torch.Tensor, chosen: torch.Tensor, k: int
 ) -> LogprobsTensors:
-    """logits: [rows, vocab] raw model logits (``normalized``: already their float32
-    log_softmax); chosen: [rows] the token of each position."""
-    logprobs = logits if normalized else torch.log_softmax(logits.float(), dim=-1)
+    """The same as ``compute_logprobs`` without a [rows, vocab] log-softmax: logprob =
+    logit - logsumexp is monotone in the logit, so the ranks and the top-k are taken on
+    the logits as the model gave them (bfloat16 on a GPU: half the bytes to read; its
+    values are exactly those the float32 logsumexp ``lse`` [rows] was taken over)."""
+    chosen_logit = logits.gather(1, chosen.unsqueeze(1))
+    ranks = (logits > chosen_logit).sum(dim=-1) + 1
+    chosen_lp = chosen_logit.squeeze(1).float() - lse
+    if k == 0:
+        return LogprobsTensors(chosen[:, None][:, :0], chosen_lp[:, None][:, :0], chosen_lp, ranks)
+    top, top_ids = logits.topk(k, dim=-1)
+    return LogprobsTensors(top_ids, top.float() - lse.unsqueeze(1), chosen_lp, ranks)
+
+
+def compute_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> LogprobsTensors:
+    """logits: [rows, vocab] raw model logits; chosen: [rows] the token of each position."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
     chosen_lp = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
     ranks = (logprobs > chosen_lp.unsqueeze(1)).sum(dim=-1) + 1
     top_lp, top_ids = (

@@ -20,7 +20,7 @@ from pagedllm.sample.logits_processors import (
     apply_bias,
     apply_user_processors,
 )
-from pagedllm.sample.logprobs import LogprobsTensors, compute_logprobs
+from pagedllm.sample.logprobs import LogprobsTensors, logprobs_from_lse
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties
 from pagedllm.sample.top_k_top_p import apply_min_p, apply_top_k_top_p
@@ -131,12 +131,16 @@ def _sample_top_k(
 class Sampler:
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """logits: [rows, vocab] (any float dtype), on the device the result stays on."""
+        raw = logits  # the model's own distribution, for logprobs; never changed below
         logits = logits.float()
         wants_logprobs = md.max_num_logprobs is not None or md.need_logprob
-        # The raw distribution, taken before the processors (some work in place).
-        raw = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
+        lse = None
+        if wants_logprobs:
+            if logits.data_ptr() == raw.data_ptr():
+                logits = logits.clone()  # some processors work in place
+            lse = torch.logsumexp(logits, dim=-1)
         token_ids = sample(process_logits(logits, md), md)
         logprobs = None
-        if raw is not None:
-            logprobs = compute_logprobs(raw, token_ids, md.max_num_logprobs or 0, normalized=True)
+        if lse is not None:
+            logprobs = logprobs_from_lse(raw, lse, token_ids, md.max_num_logprobs or 0)
         return SamplerOutput(token_ids, logprobs)
