@@ -54,7 +54,9 @@ def main() -> None:
         runner = engine.engine_core.runner
         states = list(runner.requests.values())[:256]
         vocab = engine.model_config.vocab_size
-        logits = torch.randn(256, vocab, device="cuda", dtype=torch.float32)
+        # In the model's dtype, as the LM head hands them to the sampler.
+        dtype = next(runner.model.parameters()).dtype
+        logits = torch.randn(256, vocab, device="cuda", dtype=dtype)
         samples = []
         for _ in range(30):
             torch.cuda.synchronize()
@@ -86,7 +88,8 @@ def main() -> None:
                     "'all on' = presence/frequency/repetition penalties, top_k=50, top_p=0.9, "
                     "temperature 0.8, logprobs=5; sampling alone = metadata (carried over "
                     "from the step before, as in a steady decode batch) + sampler + "
-                    "logprobs lists, on random [256, vocab] logits")  # fmt: skip
+                    "logprobs lists, on random [256, vocab] logits in the model's "
+                    "dtype")  # fmt: skip
         append_record("Sampling cost", device_name(), workload, rows)
 
 
