@@ -206,18 +206,25 @@ def test_pydantic_models_give_their_schema() -> None:
     assert params.json["required"] == ["x", "y"]
 
 
-def test_bounded_strings_hold_strict_json_characters(tiny_models, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def char_model(tiny_models, tmp_path_factory):
+    """The tiny random Llama with a one-token-per-character tokenizer."""
+    import shutil
+
+    from tests.conftest import save_char_tokenizer
+
+    path = tmp_path_factory.mktemp("chars") / "llama"
+    shutil.copytree(tiny_models["llama"], path)
+    return save_char_tokenizer(path)
+
+
+def test_bounded_strings_hold_strict_json_characters(char_model) -> None:
     """A random model over a one-character-per-token vocabulary reaches tabs and other
     control characters that strict JSON forbids raw in strings (xgrammar 0.2.8 lets them
     into length-bounded strings unless pagedllm fixes the grammar)."""
-    import shutil
-
     from pagedllm import LLM
-    from tests.conftest import save_char_tokenizer
 
-    path = tmp_path / "chars"
-    shutil.copytree(tiny_models["llama"], path)
-    llm = LLM(model=str(save_char_tokenizer(path)), kv_cache_memory_bytes="32M")
+    llm = LLM(model=str(char_model), kv_cache_memory_bytes="32M")
     schema = {
         "type": "object",
         "properties": {"a": {"type": "string", "maxLength": 12}, "b": {"enum": [1, 2]}},
@@ -266,17 +273,11 @@ def test_the_command_line_takes_the_config_as_json() -> None:
     assert args.guided_decoding_backend == "xgrammar"
 
 
-def test_engine_wide_disable_any_whitespace(tiny_models, tmp_path) -> None:
+def test_engine_wide_disable_any_whitespace(char_model) -> None:
     """A random model at a high temperature strays into optional whitespace unless the
     engine option forbids it for every request."""
-    import shutil
-
     from pagedllm import LLM
-    from tests.conftest import save_char_tokenizer
 
-    path = tmp_path / "chars"
-    shutil.copytree(tiny_models["llama"], path)
-    save_char_tokenizer(path)
     schema = {
         "type": "object",
         "properties": {"b": {"enum": [1, 2]}, "c": {"type": "integer", "minimum": 0, "maximum": 9}},
@@ -285,7 +286,9 @@ def test_engine_wide_disable_any_whitespace(tiny_models, tmp_path) -> None:
     params = constrained("json", schema, temperature=1.5, seed=0, n=16, max_tokens=120)
 
     def squeezed(config: dict | None) -> list[str]:
-        llm = LLM(model=str(path), kv_cache_memory_bytes="32M", structured_outputs_config=config)
+        llm = LLM(
+            model=str(char_model), kv_cache_memory_bytes="32M", structured_outputs_config=config
+        )
         samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
         # Free whitespace can run to max_tokens; without it every object closes.
         assert config is None or all(s.finish_reason == "stop" for s in samples)
