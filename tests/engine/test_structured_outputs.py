@@ -296,3 +296,19 @@ def test_engine_wide_disable_any_whitespace(char_model) -> None:
 
     assert any(re.search(r"\s", text) for text in squeezed(None))
     assert not any(re.search(r"\s", text) for text in squeezed({"disable_any_whitespace": True}))
+
+
+def test_forced_tool_calls_are_compact_json(smollm) -> None:
+    """Free JSON whitespace let SmolLM2 fill a forced call with blanks (seen looping to
+    max_tokens); the tool-choice constraint allows none outside strings."""
+    from pagedllm.entrypoints.openai.tool_choice import plan_tool_choice
+
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+    constraint = plan_tool_choice([tool], "required", False, None).structured_outputs()
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for seed in range(8):
+        params = SamplingParams(seed=seed, max_tokens=80, structured_outputs=constraint)
+        out = smollm.chat(messages, params, tools=[tool], use_tqdm=False)[0].outputs[0]
+        assert out.finish_reason == "stop" and "\n" not in out.text
+        assert json.loads(out.text)[0]["name"] == "get_weather"

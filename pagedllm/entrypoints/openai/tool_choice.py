@@ -42,9 +42,13 @@ class ToolChoice:
         return self.mode != "none"
 
     def structured_outputs(self) -> StructuredOutputsParams | None:
-        """The constraint that makes ``required`` and named choices always parse."""
+        """The constraint that makes ``required`` and named choices always parse. Compact
+        JSON: the arguments are read by a program, and free whitespace lets a small model
+        loop on blanks until max_tokens cuts the call."""
         if self.mode == "named":
-            return StructuredOutputsParams(json=_parameters(self._tool(self.function)))
+            return StructuredOutputsParams(
+                json=_parameters(self._tool(self.function)), disable_any_whitespace=True
+            )
         if self.mode != "required":
             return None
         schema: dict[str, Any] = {
@@ -54,7 +58,7 @@ class ToolChoice:
         }
         if not self.parallel:
             schema["maxItems"] = 1
-        return StructuredOutputsParams(json=schema)
+        return StructuredOutputsParams(json=schema, disable_any_whitespace=True)
 
     def extract(self, text: str) -> ExtractedToolCalls:
         """The message content and calls of a whole output."""
