@@ -60,6 +60,3 @@ class SamplingMetadata:
     # (cumulative logprobs for best_of).
     max_num_logprobs: int | None = None
     need_logprob: bool = False
-    # Each row's slot in the runner's PenaltyState (0: none), when penalties are on: the
-    # sampled tokens are counted there after sampling.
-    penalty_slots: torch.Tensor | None = None

@@ -60,16 +60,22 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         # Every row samples from its top-k: dividing by a positive temperature keeps each
         # row's order, so it is applied to the k candidates instead of the whole vocabulary.
         assert md.top_k is not None
-        picked = _sample_top_k(logits, md.top_k, md.top_p, md.fast_k, md.generators, md.temperature)
-        return picked if greedy is None else torch.where(md.greedy, greedy, picked)
+        sampled = _sample_top_k(
+            logits, md.top_k, md.top_p, md.fast_k, md.generators, md.temperature
+        )
+    else:
+        sampled = _sample_tempered(logits, md)
+    return sampled if greedy is None else torch.where(md.greedy, greedy, sampled)
+
+
+def _sample_tempered(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """Temperature and min-p over the whole vocabulary, then each row's truncation."""
     logits = logits / md.temperature.unsqueeze(1)
     if md.min_p is not None:
         logits = apply_min_p(logits, md.min_p)
     if md.fast_rows is None:
-        sampled = _sample_rows(logits, md.top_k, md.top_p, md.generators)
-    else:
-        sampled = _sample_split(logits, md)
-    return sampled if greedy is None else torch.where(md.greedy, greedy, sampled)
+        return _sample_rows(logits, md.top_k, md.top_p, md.generators)
+    return _sample_split(logits, md)
 
 
 def _sample_rows(

@@ -228,9 +228,11 @@ class ModelRunner:
             logits = logits.float()
             apply_grammar_bitmask(logits, mask)
         out = self.sampler(logits, metadata)
-        if metadata.penalty_slots is not None:
+        penalties = metadata.penalties
+        if penalties is not None and penalties.slots is not None:
+            # Count the sampled tokens in the runner's tables (slot 0 rows are dropped).
             assert self.penalties is not None
-            self.penalties.record(metadata.penalty_slots, out.token_ids)
+            self.penalties.record(penalties.slots, out.token_ids)
         tokens = out.token_ids.tolist()  # the step's one host-device synchronisation
         if out.logprobs is None:
             return tokens, None

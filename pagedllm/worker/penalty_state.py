@@ -13,6 +13,7 @@ import torch
 
 from pagedllm.sample.metadata import PenaltyInputs
 from pagedllm.worker.request_state import RequestState
+from pagedllm.worker.sampling_inputs import to_device
 
 
 class PenaltyState:
@@ -47,17 +48,18 @@ class PenaltyState:
         if row is not None:
             self.free.append(row)
 
-    def inputs(self, states: list[RequestState]) -> tuple[PenaltyInputs, torch.Tensor]:
-        """Penalty inputs for the batch rows, and each row's slot (0 without penalties)."""
+    def inputs(self, states: list[RequestState]) -> PenaltyInputs:
+        """Penalty inputs for the batch rows: the tables, and each row's slot (0 without
+        penalties)."""
         rows = [self.slot(s) if s.sampling_params.uses_penalties else 0 for s in states]
         params = [s.sampling_params for s in states]
-        slots = _to(torch.tensor(rows, dtype=torch.int64), self.device)
+        slots = to_device(torch.tensor(rows, dtype=torch.int64), self.device)
         values = torch.tensor(
             [[p.presence_penalty, p.frequency_penalty, p.repetition_penalty] for p in params],
             dtype=torch.float32,
         )
-        values = _to(values, self.device)
-        penalties = PenaltyInputs(
+        values = to_device(values, self.device)
+        return PenaltyInputs(
             prompt_mask=self.prompt_mask,
             output_counts=self.output_counts,
             presence=values[:, 0],
@@ -65,7 +67,6 @@ class PenaltyState:
             repetition=values[:, 2],
             slots=slots,
         )
-        return penalties, slots
 
     def record(self, slots: torch.Tensor, sampled: torch.Tensor) -> None:
         """Count the step's sampled tokens (device tensors; rows with slot 0 are dropped)."""
@@ -78,9 +79,3 @@ class PenaltyState:
         self.prompt_mask = torch.cat([self.prompt_mask, torch.zeros_like(self.prompt_mask)])
         self.output_counts = torch.cat([self.output_counts, torch.zeros_like(self.output_counts)])
         self.free = list(range(2 * old - 1, old - 1, -1))
-
-
-def _to(cpu: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type != "cuda":
-        return cpu
-    return cpu.pin_memory().to(device, non_blocking=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,8 +12,10 @@ from pagedllm.sample.logits_processors import bad_word_bans
 from pagedllm.sample.metadata import PenaltyInputs, SamplingMetadata
 from pagedllm.sample.penalties import bin_counts
 from pagedllm.sampling_params import SamplingParams, SamplingType
-from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
+
+if TYPE_CHECKING:
+    from pagedllm.worker.penalty_state import PenaltyState
 
 
 def build_sampling_metadata(
@@ -40,9 +43,9 @@ def build_sampling_metadata(
     top_p = [p.top_p for p in params]
     min_p = [p.min_p for p in params]
     generators = {i: s.generator for i, s in enumerate(states) if s.generator is not None}
-    penalties, penalty_slots = None, None
+    penalties = None
     if penalty_state is not None and any(p.uses_penalties for p in params):
-        penalties, penalty_slots = penalty_state.inputs(states)
+        penalties = penalty_state.inputs(states)
     elif any(p.uses_penalties for p in params):
         penalties = _penalties(states, vocab_size, device)
     fast, slow, fast_k, group_gens = _split_fast_rows(
@@ -62,7 +65,6 @@ def build_sampling_metadata(
         slow_rows=slow,
         group_generators=group_gens,
         penalties=penalties,
-        penalty_slots=penalty_slots,
         banned=_banned(states, device),
         bans_possible=any(p.min_tokens > 0 or p.bad_words_token_ids for p in params),
         allowed=_allowed(params, vocab_size, device),
