@@ -30,6 +30,17 @@ class LogprobsTensors:
         ]
 
 
+def raw_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> LogprobsTensors:
+    """logits: [rows, vocab] the model's logits, unchanged; chosen: [rows] sampled ids.
+    On CUDA, one fused pass (``kernels/logprobs.py``) for k up to its limit."""
+    if logits.is_cuda:
+        from pagedllm.kernels.logprobs import MAX_FUSED_K, fused_logprobs
+
+        if k <= MAX_FUSED_K:
+            return LogprobsTensors(*fused_logprobs(logits, chosen, k))
+    return logprobs_from_lse(logits, torch.logsumexp(logits.float(), dim=-1), chosen, k)
+
+
 def logprobs_from_lse(
     logits: torch.Tensor, lse: torch.Tensor, chosen: torch.Tensor, k: int
 ) -> LogprobsTensors:

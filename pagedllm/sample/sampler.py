@@ -20,7 +20,7 @@ from pagedllm.sample.logits_processors import (
     apply_bias,
     apply_user_processors,
 )
-from pagedllm.sample.logprobs import LogprobsTensors, logprobs_from_lse
+from pagedllm.sample.logprobs import LogprobsTensors, raw_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties
 from pagedllm.sample.top_k_top_p import apply_min_p, apply_top_k_top_p
@@ -140,13 +140,10 @@ class Sampler:
         raw = logits  # the model's own distribution, for logprobs; never changed below
         logits = logits.float()
         wants_logprobs = md.max_num_logprobs is not None or md.need_logprob
-        lse = None
-        if wants_logprobs:
-            if logits.data_ptr() == raw.data_ptr():
-                logits = logits.clone()  # some processors work in place
-            lse = torch.logsumexp(logits, dim=-1)
+        if wants_logprobs and logits.data_ptr() == raw.data_ptr():
+            logits = logits.clone()  # some processors work in place
         token_ids = sample(process_logits(logits, md), md)
         logprobs = None
-        if lse is not None:
-            logprobs = logprobs_from_lse(raw, lse, token_ids, md.max_num_logprobs or 0)
+        if wants_logprobs:
+            logprobs = raw_logprobs(raw, token_ids, md.max_num_logprobs or 0)
         return SamplerOutput(token_ids, logprobs)
