@@ -101,6 +101,8 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"
     long_prefill_token_threshold: int = 0
+    # Schedule step N+1 while step N runs on the device (its sampled tokens stay there).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -236,6 +238,7 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = None
     long_prefill_token_threshold: int = 0
     scheduling_policy: str = "fcfs"
+    async_scheduling: bool | None = None  # None: on with CUDA, off on the CPU
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
     disable_log_stats: bool = False
@@ -389,6 +392,10 @@ class EngineArgs:
             enable_chunked_prefill=chunked,
             policy=self.scheduling_policy,
             long_prefill_token_threshold=self.long_prefill_token_threshold,
+            # On the CPU the forward pass runs on the host thread: nothing to overlap.
+            async_scheduling=(
+                device == "cuda" if self.async_scheduling is None else self.async_scheduling
+            ),
         )
 
     # -- interop -------------------------------------------------------------------------

@@ -62,8 +62,11 @@ class OutputGrammar(Protocol):
 class Request:
     """One sequence to generate. ``n > 1`` prompts become n requests upstream.
 
-    Invariant: ``num_computed_tokens <= num_tokens``; tokens ``[0, num_computed_tokens)``
-    have their KV in the blocks the KV cache manager holds for this request.
+    Invariant: ``num_computed_tokens <= num_tokens + num_output_placeholders``; tokens
+    ``[0, num_computed_tokens)`` have their KV in the blocks the KV cache manager holds for
+    this request (or will have, once the steps in flight run). A placeholder is a token
+    sampled by a scheduled step whose result has not come back yet: with async scheduling
+    the next step is scheduled first, computing the unknown token from the device.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Request:
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
+        self.num_output_placeholders = 0
         # Prompt tokens found in the prefix cache the first time it was scheduled (-1: never).
         self.num_cached_tokens = -1
         self.num_preemptions = 0

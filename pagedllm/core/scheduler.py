@@ -82,6 +82,9 @@ class Scheduler:
         # next update_from_output.
         self._rejected: list[Request] = []
         self.num_preemptions = 0
+        # Unfinished requests that need their last token on the host before the next step
+        # is scheduled (``needs_known_tokens``): while any exists, steps run synchronously.
+        self.num_sync_requests = 0
 
     # -- requests in and out -------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"Request id {request.request_id!r} is already running.")
         self.requests[request.request_id] = request
+        self.num_sync_requests += needs_known_tokens(request)
         self.waiting.add(request)
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
@@ -203,7 +207,17 @@ class Scheduler:
         self.running.append(request)
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
-        return self._cap_chunk(min(request.num_tokens - request.num_computed_tokens, budget))
+        pending = request.num_output_placeholders
+        if pending and self._ends_with_pending(request, pending):
+            return 0  # the token in flight ends it by length: nothing more to compute
+        known = request.num_tokens + pending
+        return self._cap_chunk(min(known - request.num_computed_tokens, budget))
+
+    def _ends_with_pending(self, request: Request, pending: int) -> bool:
+        return (
+            request.num_output_tokens + pending >= request.max_tokens
+            or request.num_tokens + pending >= self.max_model_len
+        )
 
     def _cap_chunk(self, num_tokens: int) -> int:
         threshold = self.config.long_prefill_token_threshold
@@ -232,6 +246,7 @@ class Scheduler:
     def _emit(self, plan: _StepPlan) -> SchedulerOutput:
         new_reqs: list[NewRequestData] = []
         cached_reqs: list[CachedRequestData] = []
+        scheduled: dict[str, tuple[Request, bool]] = {}
         for request in plan.order:
             rid = request.request_id
             if rid in plan.first_time:
@@ -251,6 +266,12 @@ class Scheduler:
                     CachedRequestData(rid, resumed, block_ids, request.num_computed_tokens)
                 )
             request.num_computed_tokens += plan.num_scheduled[rid]
+            # Sampled when the step computes every token known or in flight.
+            samples = (
+                request.num_computed_tokens >= request.num_tokens + request.num_output_placeholders
+            )
+            request.num_output_placeholders += samples
+            scheduled[rid] = (request, samples)
         finished, self._finished_req_ids = self._finished_req_ids, set()
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
@@ -259,6 +280,7 @@ class Scheduler:
             total_num_scheduled_tokens=sum(plan.num_scheduled.values()),
             finished_req_ids=finished,
             preempted_req_ids=plan.preempted - set(plan.num_scheduled),
+            scheduled_requests=scheduled,
         )
 
     # -- results -------------------------------------------------------------------------
@@ -266,21 +288,32 @@ class Scheduler:
     def update_from_output(
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> list[EngineCoreOutput]:
-        """Append sampled tokens, finish requests that stop, report what changed."""
+        """Append sampled tokens, finish requests that stop, report what changed.
+
+        With async scheduling this runs one step late: a request may have finished (its
+        tokens are dropped), been aborted and its id reused (the scheduled object is not the
+        live one: dropped), or been preempted since (still counted: it waits with them)."""
         outputs = [
             EngineCoreOutput(r.request_id, [], r.status.finish_reason, None, 0)
             for r in self._rejected
         ]
         self._rejected = []
+        scheduled = scheduler_output.scheduled_requests
+        for scheduled_request, samples in scheduled.values():
+            scheduled_request.num_output_placeholders -= samples
         stopped: set[str] = set()
         for index, request_id in enumerate(runner_output.req_ids):
             request = self.requests.get(request_id)
+            entry = scheduled.get(request_id)
+            if entry is not None and entry[0] is not request:
+                continue
             sampled = runner_output.sampled_token_ids[index]
             prompt_lp = (
                 runner_output.prompt_logprobs[index] if runner_output.prompt_logprobs else None
             )
             if request is None or (not sampled and prompt_lp is None):
                 continue
+            was_running = request.status == RequestStatus.RUNNING
             new_ids = self._append_until_stop(request, sampled)
             logprobs = runner_output.logprobs[index] if runner_output.logprobs else None
             outputs.append(
@@ -295,7 +328,10 @@ class Scheduler:
                 )
             )
             if request.is_finished:
-                stopped.add(request_id)
+                if was_running:
+                    stopped.add(request_id)
+                else:
+                    self.waiting.remove(request)  # preempted while its token was in flight
                 self._free(request)
         if stopped:
             self.running = [r for r in self.running if r.request_id not in stopped]
@@ -332,7 +368,20 @@ class Scheduler:
     def _free(self, request: Request) -> None:
         self.kv.free(request)
         del self.requests[request.request_id]
+        self.num_sync_requests -= needs_known_tokens(request)
         self._finished_req_ids.add(request.request_id)
 
     def reset_prefix_cache(self) -> bool:
         return self.kv.reset_prefix_cache()
+
+
+def needs_known_tokens(request: Request) -> bool:
+    """Whether the next step of this request depends on the host knowing its last sampled
+    token: its grammar must accept it before the next bitmask, bad words are matched and
+    user processors called on the output ids. Such requests are not scheduled ahead."""
+    params = request.sampling_params
+    return bool(
+        request.structured_output is not None
+        or params.bad_words_token_ids
+        or params.logits_processors
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pagedllm.core.request import FinishReason
+from pagedllm.core.request import FinishReason, Request
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -44,6 +44,12 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     # Requests preempted this step: the runner keeps their state but stops batching them.
     preempted_req_ids: set[str] = field(default_factory=set)
+    # The scheduler's own record, not read by the runner: each scheduled request object, and
+    # whether this step samples a token for it (counted in its ``num_output_placeholders``
+    # until ``update_from_output`` brings the token).
+    scheduled_requests: dict[str, tuple[Request, bool]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def is_empty(self) -> bool:

@@ -16,6 +16,7 @@ from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.structured_output.manager import StructuredOutputManager
 from pagedllm.worker.kv_cache import GiB
 from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.step_output import LaunchedStep
 
 logger = init_logger(__name__)
 
@@ -50,6 +51,8 @@ class EngineCore:
         self._debug_integrity = envs.debug_integrity_checks()
         # Set by the LLMEngine when the first request with structured outputs arrives.
         self.structured_outputs: StructuredOutputManager | None = None
+        # Async scheduling: the step queued on the device whose tokens are not read yet.
+        self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
     def add_request(self, request: Request) -> None:
@@ -62,18 +65,46 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
-        """Schedule, run, update. Returns what changed and what was computed."""
+        """Schedule, run, update. Returns what changed and what was computed.
+
+        With async scheduling, step N+1 is scheduled and queued before step N's tokens are
+        read back, so the host's work (scheduling, input preparation, output processing)
+        overlaps the device's; the outputs returned are then those of step N. Requests
+        that need each token on the host first (``needs_known_tokens``) make the steps
+        synchronous while they run."""
+        outputs: list[EngineCoreOutput] = []
+        if self._in_flight is not None and not self._may_run_ahead():
+            outputs = self._finish_in_flight()
         if not self.scheduler.has_unfinished_requests():
-            self._idle()
-            return [], IterationStats()
+            if not outputs:
+                self._idle()
+            return outputs, self._iteration_stats(None, outputs)
         scheduler_output = self.scheduler.schedule()
         grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
-        runner_output = self.runner.execute_model(scheduler_output, grammar)
-        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        launched = self.runner.execute_model(scheduler_output, grammar)
+        if self._in_flight is not None:
+            outputs += self._finish_in_flight()
+        if self._may_run_ahead() and not scheduler_output.is_empty:
+            self._in_flight = (scheduler_output, launched)
+        else:
+            outputs += self.scheduler.update_from_output(scheduler_output, launched.resolve())
         if scheduler_output.is_empty and not outputs:
             # Everything waiting is still compiling its grammar: yield to the compile.
             time.sleep(0.001)
         return outputs, self._iteration_stats(scheduler_output, outputs)
+
+    def _may_run_ahead(self) -> bool:
+        return (
+            self.config.scheduler_config.async_scheduling
+            and self.scheduler.num_sync_requests == 0
+            and self.scheduler.has_unfinished_requests()
+        )
+
+    def _finish_in_flight(self) -> list[EngineCoreOutput]:
+        assert self._in_flight is not None
+        scheduler_output, launched = self._in_flight
+        self._in_flight = None
+        return self.scheduler.update_from_output(scheduler_output, launched.resolve())
 
     def _has_grammars(self, so: SchedulerOutput) -> bool:
         requests = self.scheduler.requests
@@ -97,9 +128,11 @@ class EngineCore:
         return self.scheduler.reset_prefix_cache()
 
     def _iteration_stats(
-        self, so: SchedulerOutput, outputs: list[EngineCoreOutput]
+        self, so: SchedulerOutput | None, outputs: list[EngineCoreOutput]
     ) -> IterationStats:
         generated = sum(len(o.new_token_ids) for o in outputs)
+        if so is None:
+            return IterationStats(num_generation_tokens=generated)
         # Every scheduled token is either a prompt/recompute token or the input of a decode
         # step; a decode step's input is the previously sampled token.
         decodes = sum(1 for n in so.num_scheduled_tokens.values() if n == 1)

@@ -11,7 +11,7 @@ computed only at those rows (``logits_indices``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from pagedllm.attention.metadata import CommonAttentionMetadata
 from pagedllm.core.scheduler_output import SchedulerOutput
 from pagedllm.worker.request_state import RequestState
+from pagedllm.worker.sampling_inputs import to_device
 
 
 @dataclass
@@ -46,6 +47,12 @@ class HostBatch:
     sampled_req_indices: list[int]
     num_decodes: int
     block_size: int
+    # Decode tokens still on the device (async scheduling): batch token positions, and the
+    # rows of the last step's sampled ids to take them from (``fill_from``, set by the
+    # runner). Their ``input_ids`` entries are 0 until filled on the device.
+    fill_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fill_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fill_from: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -84,14 +91,26 @@ class HostBatch:
             max_seq_len=int(self.seq_lens.max()),
             num_segments=num_segments,
         )
+        input_ids = dev(self.input_ids)
+        self.fill_pending(input_ids)
         return StepBatch(
             self.req_ids,
-            dev(self.input_ids),
+            input_ids,
             dev(self.positions),
             attn,
             dev(self.logits_indices),
             self.sampled_req_indices,
         )
+
+    def fill_pending(self, input_ids: torch.Tensor) -> None:
+        """Write the tokens still on the device into ``input_ids`` (on that device)."""
+        if not len(self.fill_positions):
+            return
+        assert self.fill_from is not None, "pending decode tokens without their source"
+        device = input_ids.device
+        positions = to_device(torch.from_numpy(self.fill_positions), device)
+        rows = to_device(torch.from_numpy(self.fill_rows), device)
+        input_ids[positions] = self.fill_from.index_select(0, rows)
 
 
 def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
@@ -113,8 +132,11 @@ def build_host_batch(
     seq_lens = starts + query_lens
     query_start_loc = np.zeros(len(req_ids) + 1, dtype=np.int64)
     np.cumsum(query_lens, out=query_start_loc[1:])
-    input_ids, positions, slots = _tokens_positions_slots(states, starts, query_lens, block_size)
-    sampled = [i for i, s in enumerate(states) if seq_lens[i] == len(s.token_ids)]
+    input_ids, positions, slots, fills = _tokens_positions_slots(
+        states, starts, query_lens, block_size
+    )
+    sampled = [i for i, s in enumerate(states) if seq_lens[i] == s.num_tokens]
+    fill_positions = query_start_loc[fills]
     return HostBatch(
         req_ids=req_ids,
         input_ids=input_ids,
@@ -127,6 +149,8 @@ def build_host_batch(
         sampled_req_indices=sampled,
         num_decodes=int(np.count_nonzero(query_lens == 1)),
         block_size=block_size,
+        fill_positions=fill_positions,
+        fill_rows=np.array([states[i].pending_row for i in fills], dtype=np.int64),
     )
 
 
@@ -141,15 +165,24 @@ def build_step_batch(
 
 def _tokens_positions_slots(
     states: list[RequestState], starts: np.ndarray, query_lens: np.ndarray, block_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token ids, positions and cache slots, request by request. A decode (one token) is
-    done in plain Python: per-request numpy calls would cost more than the work."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Token ids, positions and cache slots, request by request, and the requests whose
+    (decode) token is still on the device. A decode (one token) is done in plain Python:
+    per-request numpy calls would cost more than the work."""
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
-    for state, start, n in zip(states, starts.tolist(), query_lens.tolist()):
+    fills: list[int] = []
+    for i, (state, start, n) in enumerate(zip(states, starts.tolist(), query_lens.tolist())):
+        known = len(state.token_ids)
+        # Only the last token can be in flight, and only a decode computes it.
+        assert start + n <= known or (n == 1 and start == known and state.num_pending)
         if n == 1:
-            ids.append(state.token_ids[start])
+            if start == known:
+                fills.append(i)
+                ids.append(0)
+            else:
+                ids.append(state.token_ids[start])
             pos.append(start)
             slots.append(state.block_ids[start // block_size] * block_size + start % block_size)
             continue
@@ -164,6 +197,7 @@ def _tokens_positions_slots(
         np.asarray(ids, dtype=np.int64),
         np.asarray(pos, dtype=np.int64),
         np.asarray(slots, dtype=np.int64),
+        fills,
     )
 
 

@@ -67,6 +67,7 @@ class InputBuffers:
         host["block_table"][reqs:padded_reqs, 0] = self.scratch_block
         _fill(host["logits_indices"], batch.logits_indices, len(batch.logits_indices), 0)
         self._copy("input_ids", padded_tokens)
+        batch.fill_pending(self.dev["input_ids"])
         self._copy("positions", padded_tokens)
         self._copy("slot_mapping", padded_tokens)
         self._copy("query_start_loc", padded_reqs + 1)
@@ -134,6 +135,7 @@ class InputBuffers:
                  "logits_indices": len(batch.logits_indices)}  # fmt: skip
         for name, n in sizes.items():
             self._copy(name, n)
+        batch.fill_pending(self.dev["input_ids"])
         cols = max(width, pad_blocks)
         self.dev["block_table"][: reqs + 1, :cols].copy_(
             self.host["block_table"][: reqs + 1, :cols], non_blocking=True

@@ -2,7 +2,8 @@
 
 Each step: update per-request state from the scheduler's plan, build the flat batch, run
 the model, compute logits only where a token is sampled, sample, and report the tokens.
-The one host-device synchronisation of a step is reading the sampled ids back.
+The one host-device synchronisation of a step is reading the sampled ids back, which the
+engine may defer until the next step is queued (async scheduling).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pagedllm import envs
 from pagedllm.attention.backend import create_backend
 from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.config import EngineConfig
-from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedllm.core.scheduler_output import LogprobsLists, SchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.loader import load_weights_into
@@ -33,6 +34,7 @@ from pagedllm.worker.memory_profile import GRAPH_RESERVE, profile_peak_activatio
 from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import build_sampling_metadata
+from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
 
 logger = init_logger(__name__)
 
@@ -56,6 +58,8 @@ class ModelRunner:
         # ids, and the batch version then): reused while both hold.
         self._batch_version = 0
         self._last_sampling: tuple[tuple[str, ...], int, SamplingMetadata] | None = None
+        # The last step's sampled ids on the device: the inputs of its decodes' next step.
+        self._last_sampled: torch.Tensor | None = None
         threads = envs.cpu_num_threads()
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -153,15 +157,17 @@ class ModelRunner:
         self,
         scheduler_output: SchedulerOutput,
         grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
-    ) -> ModelRunnerOutput:
-        """One step. ``grammar_bitmask`` (structured outputs) is called with the sampled rows'
-        request ids after the forward pass is launched, so the host fills the bitmask while
-        the device computes."""
+    ) -> LaunchedStep:
+        """Queue one step on the device; ``resolve()`` the result to read its tokens.
+        ``grammar_bitmask`` (structured outputs) is called with the sampled rows' request
+        ids after the forward pass is launched, so the host fills the bitmask while the
+        device computes."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
-            return ModelRunnerOutput([], [])
+            return LaunchedStep.empty()
         assert self.model is not None, "load_model() first"
         host = build_host_batch(scheduler_output, self.requests, self.block_size)
+        host.fill_from = self._last_sampled
         # Sampling inputs are built (and copied, asynchronously) before the forward pass is
         # launched, so the step's only wait for the GPU is reading the sampled tokens back.
         states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
@@ -169,22 +175,17 @@ class ModelRunner:
         if states:
             metadata = self._sampling_metadata(states)
         hidden, batch = self._forward(host)
-        num_reqs = len(batch.req_ids)
-        sampled: list[list[int]] = [[] for _ in range(num_reqs)]
-        logprobs: list[LogprobsLists | None] = [None] * num_reqs
+        sampled = None
         if metadata is not None:
             mask = grammar_bitmask([s.req_id for s in states]) if grammar_bitmask else None
-            tokens, token_logprobs = self._sample(hidden, batch, states, metadata, mask)
-            for row, req_index in enumerate(batch.sampled_req_indices):
-                self.requests[batch.req_ids[req_index]].token_ids.append(tokens[row])
-                sampled[req_index] = [tokens[row]]
-                logprobs[req_index] = token_logprobs[row] if token_logprobs else None
+            sampled = self._sample(hidden, states, batch, metadata, mask)
+            self._last_sampled = sampled.device_token_ids
+            for row, state in enumerate(states):
+                state.num_pending += 1
+                state.pending_row = row
         prompt_logprobs = self._prompt_logprobs(hidden, batch, host)
-        return ModelRunnerOutput(
-            batch.req_ids,
-            sampled,
-            logprobs if any(lp is not None for lp in logprobs) else None,
-            prompt_logprobs,
+        return LaunchedStep(
+            batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
 
     def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
@@ -216,11 +217,11 @@ class ModelRunner:
     def _sample(
         self,
         hidden: torch.Tensor,
-        batch: StepBatch,
         states: list[RequestState],
+        batch: StepBatch,
         metadata: SamplingMetadata,
         mask: GrammarBitmask | None,
-    ) -> tuple[list[int], list[LogprobsLists] | None]:
+    ) -> SampledOnDevice:
         assert self.model is not None
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
         if mask is not None:
@@ -233,12 +234,9 @@ class ModelRunner:
             # Count the sampled tokens in the runner's tables (slot 0 rows are dropped).
             assert self.penalties is not None
             self.penalties.record(penalties.slots, out.token_ids)
-        tokens = out.token_ids.tolist()  # the step's one host-device synchronisation
-        if out.logprobs is None:
-            return tokens, None
         vocab = logits.shape[-1]
         ks = [_num_logprobs(s.sampling_params.logprobs, vocab) for s in states]
-        return tokens, out.logprobs.to_lists(tokens, ks)
+        return SampledOnDevice.start(out, ks)
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, batch: StepBatch, host: HostBatch

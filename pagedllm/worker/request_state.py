@@ -20,8 +20,12 @@ class RequestState:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
-    token_ids: list[int]  # prompt + generated
+    token_ids: list[int]  # prompt + generated, as far as the host knows them
     generator: torch.Generator | None
+    # Sampled by a step whose result is still on the device (async scheduling): 0 or 1,
+    # and then its row in that step's sampled token ids, where the next step reads it.
+    num_pending: int = 0
+    pending_row: int = -1
 
     @classmethod
     def create(
@@ -57,4 +61,10 @@ class RequestState:
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - len(self.prompt_token_ids)
+        """Generated so far, the token in flight included."""
+        return len(self.token_ids) - len(self.prompt_token_ids) + self.num_pending
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt + generated, the token in flight included."""
+        return len(self.token_ids) + self.num_pending

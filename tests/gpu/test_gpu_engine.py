@@ -98,3 +98,29 @@ def test_too_long_max_model_len_names_gpu_figures(gpu_models, tmp_path):
     with pytest.raises(ValueError, match=r"gpu_memory_utilization=0.05 of .*largest max_model_len"):
         LLM(model=str(tmp_path), load_format="dummy", skip_tokenizer_init=True,
             gpu_memory_utilization=0.05, max_model_len=10**7)  # fmt: skip
+
+
+def test_async_scheduling_matches_synchronous_steps(gpu_models):
+    """Graph replays whose decode inputs come from the previous step's sampled ids on the
+    device: the same tokens, logprobs and finishes as synchronous steps (float32, seeded
+    sampling, eos and stop ids found one step late, one-token requests, a tight KV budget
+    that preempts)."""
+    batch = prompts(7, 40)
+    params = [
+        SamplingParams(temperature=[0.0, 1.0][i % 2], seed=i, max_tokens=[1, 40, 17][i % 3],
+                       logprobs=2 if i % 5 == 0 else None, stop_token_ids=[7, 11, 13],
+                       detokenize=False)
+        for i in range(len(batch))
+    ]  # fmt: skip
+
+    def run(llm):
+        outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        return [(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs]
+
+    sync = engine(gpu_models["qwen3"], async_scheduling=False)
+    reference = run(sync)
+    ahead = engine(gpu_models["qwen3"], async_scheduling=True)
+    assert run(ahead) == reference
+    tight = engine(gpu_models["qwen3"], async_scheduling=True, kv_cache_memory_bytes="5M")
+    assert run(tight) == reference
+    assert tight.llm_engine.engine_core.scheduler.num_preemptions > 0
