@@ -38,6 +38,14 @@ def debug_integrity_checks() -> bool:
     return _get_bool("PAGEDLLM_DEBUG_INTEGRITY", False)
 
 
+def freeze_gc() -> bool:
+    """PAGEDLLM_FREEZE_GC: move the objects that exist when an engine has started out of the
+    garbage collector's reach (``gc.freeze``), so the collections that the per-step output
+    objects trigger do not traverse the model and the libraries each time (default on; the
+    test suite, which builds many engines in one process, turns it off)."""
+    return _get_bool("PAGEDLLM_FREEZE_GC", True)
+
+
 def log_stats_interval() -> float:
     """PAGEDLLM_LOG_STATS_INTERVAL: seconds between periodic stats log lines (default 5)."""
     return float(os.environ.get("PAGEDLLM_LOG_STATS_INTERVAL", "5"))

@@ -10,9 +10,10 @@ SampleLogprobs = list[dict[int, "Logprob"]]
 PromptLogprobs = list[dict[int, "Logprob"] | None]
 
 
-@dataclass
+@dataclass(slots=True)
 class Logprob:
-    """Log-probability of one token at one position, with its rank and decoded text."""
+    """Log-probability of one token at one position, with its rank and decoded text.
+    Slotted: a request with logprobs makes k + 1 of these per generated token."""
 
     logprob: float
     rank: int | None = None

@@ -56,7 +56,7 @@ class SchedulerOutput:
         return self.total_num_scheduled_tokens == 0
 
 
-@dataclass
+@dataclass(slots=True)
 class LogprobsLists:
     """Top log-probabilities of sampled positions: row i belongs to sampled position i.
 

@@ -8,16 +8,27 @@ from collections.abc import Callable
 from pagedllm.core.scheduler_output import LogprobsLists
 from pagedllm.outputs import Logprob, PromptLogprobs, SampleLogprobs
 
-TokenDecoder = Callable[[int], "str | None"]
+# Token id -> its text (vLLM's ``decoded_token``); None when there is no text to give.
+TokenDecoder = Callable[[int], "str | None"] | None
 
 
 def position_dicts(lists: LogprobsLists, decode: TokenDecoder) -> list[dict[int, Logprob]]:
-    """Row r of ``lists``: the chosen token (with its rank), then the top-k (ranks 1..k)."""
+    """Row r of ``lists``: the chosen token (with its rank), then the top-k (ranks 1..k).
+    A token already in the dict keeps its first entry. Runs for every generated token of
+    every request that asked for logprobs: kept to plain loops over the lists."""
     positions = []
     for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks):
-        entry = {ids[0]: Logprob(lps[0], rank, decode(ids[0]))}
-        for k, (token_id, lp) in enumerate(zip(ids[1:], lps[1:]), start=1):
-            entry.setdefault(token_id, Logprob(lp, k, decode(token_id)))
+        chosen = ids[0]
+        if decode is None:
+            entry = {chosen: Logprob(lps[0], rank)}
+            for k in range(1, len(ids)):
+                if ids[k] not in entry:
+                    entry[ids[k]] = Logprob(lps[k], k)
+        else:
+            entry = {chosen: Logprob(lps[0], rank, decode(chosen))}
+            for k in range(1, len(ids)):
+                if ids[k] not in entry:
+                    entry[ids[k]] = Logprob(lps[k], k, decode(ids[k]))
         positions.append(entry)
     return positions
 

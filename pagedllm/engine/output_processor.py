@@ -132,7 +132,7 @@ class OutputProcessor:
         queue: Any = None,
     ) -> None:
         detokenizer = None
-        decode: TokenDecoder = _no_text
+        decode: TokenDecoder = None
         if params.detokenize and self.tokenizer is not None:
             detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
             decode = self.token_string
@@ -296,7 +296,3 @@ def _record_timing(
         gap = (now - metrics.last_token_time) / num_new
         stats.inter_token_latencies += [gap] * num_new
     metrics.last_token_time = now
-
-
-def _no_text(token_id: int) -> None:
-    return None

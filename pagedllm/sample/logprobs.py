@@ -21,13 +21,19 @@ class LogprobsTensors:
     chosen_ranks: torch.Tensor  # [rows] int64, 1 = most likely
 
     def to_lists(self, chosen: list[int], ks: list[int]) -> list[LogprobsLists]:
-        """One LogprobsLists per row (a single position each), row i keeping ks[i] top-k."""
+        """One LogprobsLists per row (a single position each), row i keeping ks[i] top-k.
+        The row lists that ``tolist`` made are reused: this runs every step."""
         top_ids, top_lps = self.top_ids.tolist(), self.top_logprobs.tolist()
         lps, ranks = self.chosen_logprobs.tolist(), self.chosen_ranks.tolist()
-        return [
-            LogprobsLists([[c, *ids[:k]]], [[lp, *tl[:k]]], [rank])
-            for c, ids, tl, lp, rank, k in zip(chosen, top_ids, top_lps, lps, ranks, ks)
-        ]
+        width = self.top_ids.shape[1]
+        out = []
+        for c, ids, tl, lp, rank, k in zip(chosen, top_ids, top_lps, lps, ranks, ks):
+            if k < width:
+                ids, tl = ids[:k], tl[:k]
+            ids.insert(0, c)
+            tl.insert(0, lp)
+            out.append(LogprobsLists([ids], [tl], [rank]))
+        return out
 
 
 def raw_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> LogprobsTensors:
