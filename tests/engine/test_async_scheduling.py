@@ -130,3 +130,16 @@ def test_aborted_id_reused_while_its_step_is_in_flight(engines):
         finals += [o for o in engine.step() if o.finished]
     alone = token_ids(ahead.generate({"prompt_token_ids": [9, 10]}, short, use_tqdm=False))
     assert [o.outputs[0].token_ids for o in finals] == alone
+
+
+def test_flag_and_default():
+    import argparse
+
+    from pagedllm.config import EngineArgs
+    from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
+
+    parser = argparse.ArgumentParser()
+    add_engine_flags(parser)
+    assert engine_args_from(parser.parse_args(["--async-scheduling"])).async_scheduling is True
+    assert engine_args_from(parser.parse_args(["--no-async-scheduling"])).async_scheduling is False
+    assert EngineArgs().async_scheduling is None  # resolved by device: on with CUDA only
