@@ -39,10 +39,10 @@ def debug_integrity_checks() -> bool:
 
 
 def freeze_gc() -> bool:
-    """PAGEDLLM_FREEZE_GC: move the objects that exist when an engine has started out of the
-    garbage collector's reach (``gc.freeze``), so the collections that the per-step output
-    objects trigger do not traverse the model and the libraries each time (default on; the
-    test suite, which builds many engines in one process, turns it off)."""
+    """PAGEDLLM_FREEZE_GC: before the first engine of the process is built, move the objects
+    that exist (the libraries' modules) out of the garbage collector's reach (``gc.freeze``),
+    so the collections that the per-step output objects trigger do not traverse them each
+    time (default on)."""
     return _get_bool("PAGEDLLM_FREEZE_GC", True)
 
 

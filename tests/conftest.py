@@ -12,8 +12,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The suite builds many engines in one process: frozen, the garbage of each would stay.
-os.environ.setdefault("PAGEDLLM_FREEZE_GC", "0")
 
 TINY_VOCAB = 384
 

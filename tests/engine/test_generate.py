@@ -186,3 +186,28 @@ def test_priority_policy_runs(tiny_models):
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(6, seed=2)]
     outputs = llm.generate(prompts, GREEDY, use_tqdm=False, priority=[5, 0, 3, 1, 4, 2])
     assert [o.prompt_token_ids for o in outputs] == [p["prompt_token_ids"] for p in prompts]
+
+
+def test_a_deleted_engine_is_collected_with_the_library_heap_frozen(tiny_models):
+    """The first engine freezes what exists before it (gc.freeze); engines themselves must
+    stay collectable. In a fresh process, so this engine is the first."""
+    import subprocess
+    import sys
+
+    script = f"""
+import gc, weakref
+from pagedllm import LLM
+llm = LLM(model={str(tiny_models["llama"])!r}, skip_tokenizer_init=True,
+          kv_cache_memory_bytes="16M", max_model_len=512)
+assert gc.get_freeze_count() > 0
+llm.llm_engine.cycle = llm.llm_engine  # only the collector can free it now
+core = weakref.ref(llm.llm_engine.engine_core)
+del llm
+gc.collect()
+assert core() is None, "the engine core was not freed"
+print("freed")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "freed" in done.stdout
