@@ -19,16 +19,10 @@ def position_dicts(lists: LogprobsLists, decode: TokenDecoder) -> list[dict[int,
     positions = []
     for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks):
         chosen = ids[0]
-        if decode is None:
-            entry = {chosen: Logprob(lps[0], rank)}
-            for k in range(1, len(ids)):
-                if ids[k] not in entry:
-                    entry[ids[k]] = Logprob(lps[k], k)
-        else:
-            entry = {chosen: Logprob(lps[0], rank, decode(chosen))}
-            for k in range(1, len(ids)):
-                if ids[k] not in entry:
-                    entry[ids[k]] = Logprob(lps[k], k, decode(ids[k]))
+        entry = {chosen: Logprob(lps[0], rank, decode(chosen) if decode else None)}
+        for k in range(1, len(ids)):
+            if ids[k] not in entry:
+                entry[ids[k]] = Logprob(lps[k], k, decode(ids[k]) if decode else None)
         positions.append(entry)
     return positions
 

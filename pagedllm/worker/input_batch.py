@@ -107,9 +107,9 @@ class HostBatch:
         if not len(self.fill_positions):
             return
         assert self.fill_from is not None, "pending decode tokens without their source"
-        device = input_ids.device
-        positions = to_device(torch.from_numpy(self.fill_positions), device)
-        rows = to_device(torch.from_numpy(self.fill_rows), device)
+        # One host-to-device copy for both index lists.
+        both = np.stack([self.fill_positions, self.fill_rows])
+        positions, rows = to_device(torch.from_numpy(both), input_ids.device)
         input_ids[positions] = self.fill_from.index_select(0, rows)
 
 

@@ -22,8 +22,9 @@ class RequestState:
     num_computed_tokens: int
     token_ids: list[int]  # prompt + generated, as far as the host knows them
     generator: torch.Generator | None
-    # Sampled by a step whose result is still on the device (async scheduling): 0 or 1,
-    # and then its row in that step's sampled token ids, where the next step reads it.
+    # Sampled by steps whose results are still on the device (async scheduling): up to 2,
+    # between the next step's launch and this one's read; ``pending_row`` is the row of
+    # the latest of them in that step's sampled ids, where the next step reads it.
     num_pending: int = 0
     pending_row: int = -1
 
