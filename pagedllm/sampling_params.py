@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,13 @@ SAMPLING_EPS = 1e-5
 MIN_TEMPERATURE = 1e-2
 # logit_bias values are clamped to OpenAI's range.
 LOGIT_BIAS_LIMIT = 100.0
+# Seeds are 64-bit (torch generators take [0, 2**64)); -1 means "no seed".
+SEED_LIMIT = 2**64
+# Stop strings are matched against the text after every token, and each bad word is
+# tokenized and matched every step: bounded so one request cannot slow every step.
+MAX_STOP_STRINGS = 128
+MAX_STOP_STRING_CHARS = 2048
+MAX_BAD_WORDS = 128
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -160,20 +168,14 @@ class SamplingParams:
     # -- construction helpers -------------------------------------------------------------
 
     def _normalize(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        elif self.stop is None:
-            self.stop = []
-        else:
-            self.stop = list(self.stop)
-        self.stop_token_ids = [] if self.stop_token_ids is None else list(self.stop_token_ids)
-        if self.bad_words is None:
-            self.bad_words = []
+        self.stop = _as_list(self.stop, "stop")
+        self.stop_token_ids = _as_list(self.stop_token_ids, "stop_token_ids")
+        self.bad_words = _as_list(self.bad_words, "bad_words")
         if self.seed == -1:
             self.seed = None
         if self.top_k is None or self.top_k == -1:
             self.top_k = 0
-        if 0 < self.temperature < MIN_TEMPERATURE:
+        if _is_real(self.temperature) and 0 < self.temperature < MIN_TEMPERATURE:
             self.temperature = MIN_TEMPERATURE
         if self.logprobs is True:
             self.logprobs = 1
@@ -188,7 +190,10 @@ class SamplingParams:
             )
             self.structured_outputs, self.guided_decoding = self.guided_decoding, None
         if isinstance(self.structured_outputs, dict):
-            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            try:
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError as exc:  # an unknown key
+                raise ValueError(f"Invalid structured_outputs: {exc}") from None
         _check(
             self.structured_outputs is None
             or isinstance(self.structured_outputs, StructuredOutputsParams),
@@ -197,10 +202,11 @@ class SamplingParams:
         )
 
     def _verify(self) -> None:
-        _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        self._verify_types()
+        _check(self.n >= 1, f"n must be at least 1, got {self.n}.")
         if self.best_of is not None:
             _check(
-                isinstance(self.best_of, int) and self.best_of >= self.n,
+                self.best_of >= self.n,
                 f"best_of must be greater than or equal to n, got n={self.n} and "
                 f"best_of={self.best_of}.",
             )
@@ -248,7 +254,7 @@ class SamplingParams:
             )
         _check(all(s != "" for s in self.stop or []), "stop cannot contain an empty string.")
         _check(
-            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids or []),
+            all(t >= 0 for t in self.stop_token_ids or []),
             f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}.",
         )
         _check(
@@ -257,7 +263,70 @@ class SamplingParams:
             "Set detokenize=True to use stop.",
         )
         if self.seed is not None:
-            _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}.")
+            _check(
+                0 <= self.seed < SEED_LIMIT,
+                f"seed must be in [0, 2**64) (or -1 for none), got {self.seed}.",
+            )
+        self._verify_sizes()
+
+    def _verify_types(self) -> None:
+        """Every field holds the type it names (a bool is not a number here), and every
+        float is finite: values that reach tensors must never fail inside a step."""
+        for name in ("n", "top_k", "min_tokens"):
+            _check(_is_int(getattr(self, name)), f"{name} must be an integer, got "
+                   f"{getattr(self, name)!r}.")  # fmt: skip
+        for name in ("best_of", "seed", "max_tokens", "logprobs", "prompt_logprobs",
+                     "truncate_prompt_tokens"):  # fmt: skip
+            value = getattr(self, name)
+            _check(value is None or _is_int(value), f"{name} must be an integer, got {value!r}.")
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty",
+                     "temperature", "top_p", "min_p"):  # fmt: skip
+            value = getattr(self, name)
+            _check(_is_real(value), f"{name} must be a finite number, got {value!r}.")
+        for name in ("ignore_eos", "detokenize", "skip_special_tokens",
+                     "spaces_between_special_tokens", "include_stop_str_in_output"):  # fmt: skip
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"{name} must be true or false, got {value!r}.")
+        _check(
+            all(isinstance(s, str) for s in self.stop or []),
+            f"stop must be a string or a list of strings, got {self.stop!r}.",
+        )
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            ids = getattr(self, name)
+            _check(
+                ids is None or (isinstance(ids, list) and all(_is_int(t) for t in ids)),
+                f"{name} must be a list of integers, got {ids!r}.",
+            )
+        _check(
+            isinstance(self.bad_words, list) and all(isinstance(w, str) for w in self.bad_words),
+            f"bad_words must be a list of strings, got {self.bad_words!r}.",
+        )
+        if self.logit_bias is not None:
+            _check(
+                isinstance(self.logit_bias, dict)
+                and all(_is_token_key(k) and _is_real(v) for k, v in self.logit_bias.items()),
+                "logit_bias must map token ids to finite numbers.",
+            )
+
+    def _verify_sizes(self) -> None:
+        stops = self.stop or []
+        _check(
+            len(stops) <= MAX_STOP_STRINGS,
+            f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS} are allowed.",
+        )
+        _check(
+            all(len(s) <= MAX_STOP_STRING_CHARS for s in stops),
+            f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters long.",
+        )
+        words = self.bad_words or []
+        _check(
+            len(words) <= MAX_BAD_WORDS,
+            f"bad_words has {len(words)} words; at most {MAX_BAD_WORDS} are allowed.",
+        )
+        _check(
+            all(len(w) <= MAX_STOP_STRING_CHARS for w in words),
+            f"bad_words must be at most {MAX_STOP_STRING_CHARS} characters long each.",
+        )
 
     # -- derived --------------------------------------------------------------------------
 
@@ -312,6 +381,32 @@ class SamplingParams:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _as_list(value: Any, name: str) -> list:
+    """A str or a sequence as a list (None: empty)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    _check(isinstance(value, (list, tuple)), f"{name} must be a list, got {value!r}.")
+    return list(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _is_token_key(key: Any) -> bool:
+    """A logit_bias key: a token id, or its decimal string (JSON object keys are strings)."""
+    if isinstance(key, str):
+        digits = key.strip().removeprefix("-")
+        return digits.isascii() and digits.isdigit()
+    return _is_int(key)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pagedllm.outputs import CompletionOutput
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import SEED_LIMIT, RequestOutputKind, SamplingParams
 
 
 def num_samples(params: SamplingParams) -> int:
@@ -32,7 +32,7 @@ class ParentRequest:
         child = self.params.clone()
         child.n = 1
         if child.seed is not None:
-            child.seed += index  # distinct but reproducible samples
+            child.seed = (child.seed + index) % SEED_LIMIT  # distinct but reproducible samples
         return child
 
     def collect(

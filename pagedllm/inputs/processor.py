@@ -34,8 +34,11 @@ class InputProcessor:
         model_config: ModelConfig,
         tokenizer: Any,
         structured_outputs_config: StructuredOutputsConfig | None = None,
+        max_samples: int | None = None,
     ) -> None:
         self.model_config = model_config
+        # The most samples (n, best_of) one request may ask for; None: no bound (offline).
+        self.max_samples = max_samples
         self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.tokenizer = tokenizer
         self.max_model_len = model_config.max_model_len
@@ -140,11 +143,20 @@ class InputProcessor:
         limit = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
-            if value is not None and value != -1 and limit != -1 and value > limit:
+            asked = self.vocab_size if value == -1 else value
+            if asked is not None and limit != -1 and asked > limit:
+                shown = f"-1 (the whole vocabulary, {self.vocab_size})" if value == -1 else value
                 raise ValueError(
-                    f"{name} asks for {value} top tokens, more than max_logprobs={limit} "
+                    f"{name} asks for {shown} top tokens, more than max_logprobs={limit} "
                     "(an engine option)."
                 )
+        samples = max(params.n, params.best_of or 0)
+        if self.max_samples is not None and samples > self.max_samples:
+            name = "n" if params.n >= samples else "best_of"
+            raise ValueError(
+                f"{name} is {samples}; this server allows at most {self.max_samples} samples "
+                "per request (--max-n)."
+            )
         streaming = params.output_kind != RequestOutputKind.FINAL_ONLY
         if params.best_of is not None and params.best_of > params.n and streaming:
             raise ValueError("best_of > n needs the whole output at once: it cannot stream.")
