@@ -13,9 +13,10 @@ class FinishReason(enum.IntEnum):
     STOP = 0
     LENGTH = 1
     ABORT = 2
+    ERROR = 3  # the engine failed on this request (its own inputs caused a step to fail)
 
     def __str__(self) -> str:
-        return ("stop", "length", "abort")[self.value]
+        return ("stop", "length", "abort", "error")[self.value]
 
 
 class RequestStatus(enum.IntEnum):
@@ -26,6 +27,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 3
     FINISHED_LENGTH_CAPPED = 4
     FINISHED_ABORTED = 5
+    FINISHED_ERROR = 6
 
     @property
     def is_finished(self) -> bool:
@@ -40,6 +42,7 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: FinishReason.STOP,
     RequestStatus.FINISHED_LENGTH_CAPPED: FinishReason.LENGTH,
     RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
+    RequestStatus.FINISHED_ERROR: FinishReason.ERROR,
 }
 
 
@@ -104,6 +107,11 @@ class Request:
         self.skip_prefix_cache = sampling_params.prompt_logprobs is not None
         # Set by the engine for a request with structured outputs.
         self.structured_output: OutputGrammar | None = None
+        # Whether the model runner holds this request's state (False until it is first
+        # scheduled, and again after a failed step made the runner drop it).
+        self.known_to_runner = False
+        # Why the engine failed this request (status FINISHED_ERROR): its own message.
+        self.error: str | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.block_pool import KVCacheBlock
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.quarantine import Quarantine
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.request_queue import create_request_queue
 from pagedllm.core.scheduler_output import (
@@ -85,6 +86,8 @@ class Scheduler:
         # Unfinished requests that need their last token on the host before the next step
         # is scheduled (``needs_known_tokens``): while any exists, steps run synchronously.
         self.num_sync_requests = 0
+        # Suspects of a failed step, tried apart from everyone else (``quarantine.py``).
+        self.quarantine = Quarantine()
 
     # -- requests in and out -------------------------------------------------------------
 
@@ -126,15 +129,22 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         plan = _StepPlan(budget=self.config.max_num_batched_tokens)
-        self._schedule_running(plan)
-        if not plan.preempted:
+        on_trial = self.quarantine.on_trial()
+        self._schedule_running(plan, on_trial)
+        if on_trial is not None:
+            self._admit_suspects(plan, on_trial)
+        elif not plan.preempted:
             self._schedule_waiting(plan)
         return self._emit(plan)
 
-    def _schedule_running(self, plan: _StepPlan) -> None:
+    def _schedule_running(self, plan: _StepPlan, on_trial: set[str] | None) -> None:
+        """Running requests in order; during a trial only the suspects on trial."""
         i = 0
         while i < len(self.running) and plan.budget > 0:
             request = self.running[i]
+            if on_trial is not None and request.request_id not in on_trial:
+                i += 1
+                continue
             num_new = self._num_new_tokens(request, plan.budget)
             if num_new == 0:
                 i += 1
@@ -176,17 +186,48 @@ class Scheduler:
             if grammar is not None and grammar.error is not None:
                 self._reject(self.waiting.pop(), grammar.error)
                 continue
-            hits, num_hit_tokens = self.kv.get_computed_blocks(request)
-            num_new = request.num_tokens - num_hit_tokens
-            if not self.config.enable_chunked_prefill and num_new > plan.budget:
-                break
-            num_new = self._cap_chunk(min(num_new, plan.budget))
-            new_blocks = self.kv.allocate_slots(request, num_new, hits)
-            if new_blocks is None:
+            admission = self._allocate_admission(request, plan)
+            if admission is None:
                 break
             self.waiting.pop()
-            self._admit(request, num_hit_tokens, plan)
-            plan.add(request, num_new, hits + new_blocks)
+            self._admit(request, admission, plan)
+
+    def _admit_suspects(self, plan: _StepPlan, on_trial: set[str]) -> None:
+        """During a trial: admit the waiting suspects on trial, preempting requests outside
+        the trial when they hold the room (they would not run anyway)."""
+        for request in [r for r in self.waiting if r.request_id in on_trial]:
+            grammar = request.structured_output
+            if grammar is not None and not grammar.is_ready():
+                continue
+            while (admission := self._allocate_admission(request, plan)) is None:
+                if plan.budget <= 0 or not self._preempt_outsider(on_trial, plan):
+                    return
+            self.waiting.remove(request)
+            self._admit(request, admission, plan)
+
+    def _preempt_outsider(self, on_trial: set[str], plan: _StepPlan) -> bool:
+        outsiders = [r for r in self.running if r.request_id not in on_trial]
+        if not outsiders:
+            return False
+        self._preempt(outsiders[-1], plan)
+        return True
+
+    def _allocate_admission(
+        self, request: Request, plan: _StepPlan
+    ) -> tuple[int, int, list[KVCacheBlock]] | None:
+        """Room for a waiting request this step: (prefix-cache hit tokens, tokens to compute,
+        its blocks), or None when the step has no room for it."""
+        if plan.budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+            return None
+        hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+        num_new = request.num_tokens - num_hit_tokens
+        if not self.config.enable_chunked_prefill and num_new > plan.budget:
+            return None
+        num_new = self._cap_chunk(min(num_new, plan.budget))
+        new_blocks = self.kv.allocate_slots(request, num_new, hits)
+        if new_blocks is None:
+            return None
+        return num_hit_tokens, num_new, hits + new_blocks
 
     def _reject(self, request: Request, reason: str) -> None:
         logger.error("Request %s aborted: %s", request.request_id, reason)
@@ -194,17 +235,22 @@ class Scheduler:
         self._free(request)
         self._rejected.append(request)
 
-    def _admit(self, request: Request, num_hit_tokens: int, plan: _StepPlan) -> None:
+    def _admit(
+        self, request: Request, admission: tuple[int, int, list[KVCacheBlock]], plan: _StepPlan
+    ) -> None:
+        num_hit_tokens, num_new, blocks = admission
         if self.kv.enable_caching and not request.skip_prefix_cache:
             self.kv.record_lookup(request.num_tokens, num_hit_tokens)
-        if request.status == RequestStatus.PREEMPTED:
+        if request.known_to_runner:
             plan.resumed.add(request.request_id)
         else:
             plan.first_time.add(request.request_id)
+        if request.num_cached_tokens < 0:
             request.num_cached_tokens = num_hit_tokens
         request.num_computed_tokens = num_hit_tokens
         request.status = RequestStatus.RUNNING
         self.running.append(request)
+        plan.add(request, num_new, blocks)
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
         pending = request.num_output_placeholders
@@ -257,8 +303,10 @@ class Scheduler:
                         request.sampling_params,
                         self.kv.get_block_ids(rid),
                         request.num_computed_tokens,
+                        list(request.output_token_ids),
                     )
                 )
+                request.known_to_runner = True
             else:
                 resumed = rid in plan.resumed
                 block_ids = self.kv.get_block_ids(rid) if resumed else plan.new_block_ids[rid]
@@ -314,8 +362,12 @@ class Scheduler:
             if request is None or (not sampled and prompt_lp is None):
                 continue
             was_running = request.status == RequestStatus.RUNNING
-            new_ids = self._append_until_stop(request, sampled)
             logprobs = runner_output.logprobs[index] if runner_output.logprobs else None
+            try:
+                new_ids = self._append_until_stop(request, sampled)
+            except Exception as exc:  # e.g. a grammar that fails on the token: this request's
+                outputs.append(self.fail_request(request, f"{type(exc).__name__}: {exc}"))
+                continue
             outputs.append(
                 EngineCoreOutput(
                     request_id,
@@ -335,7 +387,60 @@ class Scheduler:
                 self._free(request)
         if stopped:
             self.running = [r for r in self.running if r.request_id not in stopped]
+        if self.quarantine.active:
+            self.quarantine.cleared(rid for rid, (_, samples) in scheduled.items() if samples)
         return outputs
+
+    # -- failures ------------------------------------------------------------------------
+
+    def fail_step(self, scheduler_output: SchedulerOutput, error: str) -> list[EngineCoreOutput]:
+        """The step of ``scheduler_output`` failed and its results are lost. Its requests
+        are reset (KV freed and recomputed later, generated tokens kept, the runner told to
+        drop their state) and tried apart (``quarantine.py``); once a step that held one of
+        them alone fails, that request is failed with ``error``, the others never see it."""
+        live = [
+            request
+            for rid, (request, _) in scheduler_output.scheduled_requests.items()
+            if self.requests.get(rid) is request
+        ]
+        for request in live:
+            self._reset(request, scheduler_output.num_scheduled_tokens[request.request_id])
+        culprit = self.quarantine.step_failed([r.request_id for r in live])
+        if culprit is None:
+            return []
+        return [self.fail_request(self.requests[culprit], error)]
+
+    def fail_request(self, request: Request, error: str) -> EngineCoreOutput:
+        """End one request with an error of its own (finish reason "error")."""
+        logger.error("Request %s failed: %s", request.request_id, error)
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        request.status = RequestStatus.FINISHED_ERROR
+        request.error = error
+        self._free(request)
+        return EngineCoreOutput(
+            request.request_id, [], request.status.finish_reason, None,
+            max(request.num_cached_tokens, 0), error=error,
+        )  # fmt: skip
+
+    def _reset(self, request: Request, num_failed_tokens: int) -> None:
+        """Undo a failed step for one request: it waits again with no KV and no tokens in
+        flight, and the runner forgets it (it is sent in full when scheduled again)."""
+        # The failed step's tokens were never computed: their blocks' hashes must go.
+        request.num_computed_tokens -= num_failed_tokens
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_output_placeholders = 0
+        request.known_to_runner = False
+        self._finished_req_ids.add(request.request_id)
+        self.waiting.prepend(request)
 
     def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
         for count, token_id in enumerate(sampled, start=1):
@@ -370,6 +475,8 @@ class Scheduler:
         del self.requests[request.request_id]
         self.num_sync_requests -= needs_known_tokens(request)
         self._finished_req_ids.add(request.request_id)
+        if self.quarantine.active:
+            self.quarantine.discard([request.request_id])
 
     def reset_prefix_cache(self) -> bool:
         return self.kv.reset_prefix_cache()

@@ -17,6 +17,9 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    # Tokens generated before the runner (re)learnt of the request: empty the first time,
+    # the whole output after a failed step made the runner drop the request's state.
+    output_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class EngineCoreOutput:
     num_cached_tokens: int = 0
     new_logprobs: LogprobsLists | None = None
     new_prompt_logprobs: LogprobsLists | None = None
+    error: str | None = None  # with finish_reason ERROR: why, for this request's caller only
 
     @property
     def finished(self) -> bool:

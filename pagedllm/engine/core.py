@@ -21,6 +21,17 @@ from pagedllm.worker.step_output import LaunchedStep
 logger = init_logger(__name__)
 
 
+def is_device_failure(exc: BaseException) -> bool:
+    """A CUDA error (an illegal address, a device-side assert) leaves the context unusable
+    for every request; anything else a step raises is tried as one request's fault."""
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)
+
+
 class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         start = time.perf_counter()
@@ -81,13 +92,19 @@ class EngineCore:
             return outputs, self._iteration_stats(None, outputs)
         scheduler_output = self.scheduler.schedule()
         grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
-        launched = self.runner.execute_model(scheduler_output, grammar)
+        try:
+            launched = self.runner.execute_model(scheduler_output, grammar)
+        except Exception as exc:
+            if self._in_flight is not None:
+                outputs += self._finish_in_flight()
+            outputs += self._fail_step(scheduler_output, exc)
+            return outputs, self._iteration_stats(None, outputs)
         if self._in_flight is not None:
             outputs += self._finish_in_flight()
         if self._may_run_ahead() and not scheduler_output.is_empty:
             self._in_flight = (scheduler_output, launched)
         else:
-            outputs += self.scheduler.update_from_output(scheduler_output, launched.resolve())
+            outputs += self._resolve(scheduler_output, launched)
         if scheduler_output.is_empty and not outputs:
             # Everything waiting is still compiling its grammar: yield to the compile.
             time.sleep(0.001)
@@ -97,6 +114,7 @@ class EngineCore:
         return (
             self.config.scheduler_config.async_scheduling
             and self.scheduler.num_sync_requests == 0
+            and not self.scheduler.quarantine.active  # trials run step by step
             and self.scheduler.has_unfinished_requests()
         )
 
@@ -104,7 +122,25 @@ class EngineCore:
         assert self._in_flight is not None
         scheduler_output, launched = self._in_flight
         self._in_flight = None
-        return self.scheduler.update_from_output(scheduler_output, launched.resolve())
+        return self._resolve(scheduler_output, launched)
+
+    def _resolve(self, so: SchedulerOutput, launched: LaunchedStep) -> list[EngineCoreOutput]:
+        try:
+            runner_output = launched.resolve()
+        except Exception as exc:
+            return self._fail_step(so, exc)
+        return self.scheduler.update_from_output(so, runner_output)
+
+    def _fail_step(self, so: SchedulerOutput, exc: Exception) -> list[EngineCoreOutput]:
+        """A step raised: find the request(s) that caused it and fail only those, unless
+        the device itself is broken (then the engine stops: nothing can run)."""
+        if is_device_failure(exc):
+            raise exc
+        logger.exception(
+            "A step of %d request(s) failed; finding the request that caused it",
+            len(so.num_scheduled_tokens),
+        )
+        return self.scheduler.fail_step(so, f"{type(exc).__name__}: {exc}")
 
     def _has_grammars(self, so: SchedulerOutput) -> bool:
         requests = self.scheduler.requests

@@ -66,12 +66,19 @@ class LLMEngine:
         _freeze_library_heap()
         return super().__new__(cls)
 
-    def __init__(self, config: EngineConfig, log_stats: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        log_stats: bool | None = None,
+        max_samples: int | None = None,
+    ) -> None:
+        """``max_samples``: the largest n / best_of one request may ask for (a server's
+        bound; None: any)."""
         self.config = config
         self.model_config = config.model_config
         self.tokenizer = load_tokenizer(config.model_config)
         self.processor = InputProcessor(
-            config.model_config, self.tokenizer, config.structured_outputs_config
+            config.model_config, self.tokenizer, config.structured_outputs_config, max_samples
         )
         self.engine_core = EngineCore(config)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -190,6 +197,9 @@ class LLMEngine:
 
     def get_num_unfinished_requests(self) -> int:
         return self.engine_core.scheduler.get_num_unfinished_requests()
+
+    def get_num_waiting_requests(self) -> int:
+        return len(self.engine_core.scheduler.waiting)
 
     # -- stepping ------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class RequestState:
     num_cached_tokens: int = 0
     prompt_logprobs_sent: bool = False
     queue: Any = None  # set by AsyncLLM: where this request's outputs go
+    error: str | None = None  # finish_reason "error": why, for this request's caller only
 
     @property
     def external_id(self) -> str:
@@ -203,25 +204,75 @@ class OutputProcessor:
         stats = stats if stats is not None else IterationStats()
         stats.finished += self._aborted
         self._aborted = []
-        delivered, to_abort = [], []
+        delivered: list[tuple[RequestState, RequestOutput]] = []
+        to_abort: list[str] = []
         for out in outputs:
             state = self.states.get(out.request_id)
             if state is None:
                 continue  # aborted while in flight
-            if state.update(out):
-                to_abort.append(out.request_id)
-            _record_timing(state.metrics, now, len(out.new_token_ids), stats)
-            if (
-                state.finish_reason is None
-                and state.params.output_kind == RequestOutputKind.FINAL_ONLY
-            ):
-                continue  # nothing to deliver until it finishes
-            request_output = self._request_output(state)
-            if request_output is not None:
-                delivered.append((state, request_output))
-            if state.finish_reason is not None:
-                self._finish(state, request_output, now, stats)
+            try:
+                if out.error is not None:
+                    raise _EngineFailure(out.error)
+                item = self._process(state, out, now, stats, to_abort)
+            except Exception as exc:
+                # This request's failure, delivered to it alone.
+                error = str(exc) if isinstance(exc, _EngineFailure) else (
+                    f"Output processing failed: {type(exc).__name__}: {exc}"
+                )  # fmt: skip
+                item, children = self._fail(state, error, now, stats)
+                to_abort += children
+            if item is not None:
+                delivered.append(item)
         return delivered, to_abort
+
+    def _process(
+        self,
+        state: RequestState,
+        out: EngineCoreOutput,
+        now: float,
+        stats: IterationStats,
+        to_abort: list[str],
+    ) -> tuple[RequestState, RequestOutput] | None:
+        if state.update(out):
+            to_abort.append(out.request_id)
+        _record_timing(state.metrics, now, len(out.new_token_ids), stats)
+        if state.finish_reason is None and state.params.output_kind == RequestOutputKind.FINAL_ONLY:
+            return None  # nothing to deliver until it finishes
+        request_output = self._request_output(state)
+        if state.finish_reason is not None:
+            self._finish(state, request_output, now, stats)
+        return (state, request_output) if request_output is not None else None
+
+    def _fail(
+        self, state: RequestState, error: str, now: float, stats: IterationStats
+    ) -> tuple[tuple[RequestState, RequestOutput], list[str]]:
+        """Fail the user's request that ``state`` belongs to, all its samples: a final
+        output with finish reason "error", and the child ids the core must abort."""
+        children = self.children.pop(state.external_id, [])
+        siblings = [s for c in children if (s := self.states.pop(c, None)) is not None]
+        state.error, state.finish_reason, state.stop_reason = error, "error", None
+        completion = CompletionOutput(
+            state.index, state.text, list(state.token_ids), state.logprobs.cumulative,
+            state.logprobs.logprobs, "error",
+        )  # fmt: skip
+        state.metrics.finished_time = now
+        output = RequestOutput(
+            request_id=state.external_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=None,
+            outputs=[completion],
+            finished=True,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )
+        generated = sum(len(s.token_ids) for s in siblings)
+        stats.finished.append(
+            FinishedRequestStats(
+                "error", now - state.metrics.arrival_time, len(state.prompt_token_ids), generated
+            )
+        )
+        return (state, output), [s.request_id for s in siblings]
 
     def _finish(
         self,
@@ -279,6 +330,10 @@ class OutputProcessor:
         siblings = self.children.get(external)
         if siblings is not None and not any(c in self.states for c in siblings):
             del self.children[external]
+
+
+class _EngineFailure(Exception):
+    """The engine core failed a request: its message is the request's own error."""
 
 
 def _record_timing(

@@ -301,6 +301,7 @@ class ModelRunner:
                 new.block_ids,
                 new.num_computed_tokens,
                 self.device,
+                new.output_token_ids,
             )
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]

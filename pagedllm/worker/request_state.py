@@ -37,7 +37,10 @@ class RequestState:
         block_ids: list[int],
         num_computed_tokens: int,
         device: torch.device,
+        output_token_ids: list[int] | None = None,
     ) -> RequestState:
+        """``output_token_ids``: tokens generated before this state was made (a request
+        whose state a failed step dropped; its generator then starts afresh)."""
         generator = None
         if params.sampling_type == SamplingType.RANDOM_SEED and params.seed is not None:
             generator = torch.Generator(device=device)
@@ -48,7 +51,7 @@ class RequestState:
             params,
             list(block_ids),
             num_computed_tokens,
-            list(prompt_token_ids),
+            list(prompt_token_ids) + list(output_token_ids or []),
             generator,
         )
 

@@ -88,6 +88,8 @@ class FakeRunner:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        # Request ids whose sampling raises (a step that samples one of them fails).
+        self.poisoned: set[str] = set()
         self.block_size = scheduler.kv.block_size
         self.tables: dict[str, list[int]] = {}
         self.tokens: dict[str, list[int]] = {}
@@ -134,9 +136,10 @@ class FakeRunner:
         for new in so.scheduled_new_reqs:
             assert new.req_id not in self.tables, f"{new.req_id} sent as new twice"
             assert new.num_computed_tokens % self.block_size == 0, "hits are whole blocks"
-            assert new.num_computed_tokens < len(new.prompt_token_ids), "last token computed"
+            known = len(new.prompt_token_ids) + len(new.output_token_ids)
+            assert new.num_computed_tokens < known, "last token computed"
             self.tables[new.req_id] = list(new.block_ids)
-            self.tokens[new.req_id] = list(new.prompt_token_ids)
+            self.tokens[new.req_id] = list(new.prompt_token_ids) + list(new.output_token_ids)
             self.fingerprints[new.req_id] = []
             self.computed[new.req_id] = new.num_computed_tokens
             if not self.scheduler.config.enable_chunked_prefill:
@@ -198,6 +201,8 @@ class FakeRunner:
             assert request.num_computed_tokens == end
             assert request.num_tokens == len(self.tokens[rid])
             if end == len(self.tokens[rid]):
+                if rid in self.poisoned:
+                    raise RuntimeError(f"poisoned request {rid}")
                 token = fake_token(rid, end)
                 self.tokens[rid].append(token)
                 sampled.append([token])
@@ -225,9 +230,14 @@ class Harness:
             self.outputs[request.request_id] = []
 
     def step(self) -> tuple[SchedulerOutput, list[EngineCoreOutput]]:
+        """One step; a runner failure goes to the scheduler as the engine core sends it."""
         so = self.scheduler.schedule()
-        out = self.runner.execute(so)
-        core_outputs = self.scheduler.update_from_output(so, out)
+        try:
+            out = self.runner.execute(so)
+        except RuntimeError as exc:
+            core_outputs = self.scheduler.fail_step(so, str(exc))
+        else:
+            core_outputs = self.scheduler.update_from_output(so, out)
         for o in core_outputs:
             self.outputs[o.request_id].extend(o.new_token_ids)
             if o.finished:
