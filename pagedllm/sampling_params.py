@@ -316,7 +316,7 @@ class SamplingParams:
         )
         _check(
             all(len(s) <= MAX_STOP_STRING_CHARS for s in stops),
-            f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters long.",
+            f"stop must hold strings of at most {MAX_STOP_STRING_CHARS} characters.",
         )
         words = self.bad_words or []
         _check(
@@ -325,7 +325,7 @@ class SamplingParams:
         )
         _check(
             all(len(w) <= MAX_STOP_STRING_CHARS for w in words),
-            f"bad_words must be at most {MAX_STOP_STRING_CHARS} characters long each.",
+            f"bad_words must hold words of at most {MAX_STOP_STRING_CHARS} characters.",
         )
 
     # -- derived --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import contextlib
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,7 @@ from pagedllm.beam_search import (
 )
 from pagedllm.config import EngineArgs, EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
+from pagedllm.engine.parent_request import num_samples
 from pagedllm.inputs.processor import PromptType
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import StatLogger
@@ -41,6 +43,14 @@ logger = init_logger(__name__)
 
 class EngineDeadError(RuntimeError):
     """The engine loop has stopped (shut down, or it failed)."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """More requests are waiting than the engine accepts (``max_waiting_requests``)."""
+
+
+class RequestFailedError(RuntimeError):
+    """The engine failed this request (and only it): the message is its own."""
 
 
 class RequestStream:
@@ -63,18 +73,29 @@ class AsyncLLM:
         log_requests: bool = True,
         log_stats: bool = True,
         stat_loggers: list[StatLogger] | None = None,
+        max_samples: int | None = None,
+        max_waiting_requests: int | None = None,
     ) -> None:
+        """``max_samples``: the largest n / best_of a request may ask for;
+        ``max_waiting_requests``: sequences that may wait for the scheduler before new
+        requests are refused with EngineOverloadedError (None: no bound)."""
         self.config = config
         self.model_config = config.model_config
-        self.engine = LLMEngine(config, log_stats=log_stats)
+        self.engine = LLMEngine(config, log_stats=log_stats, max_samples=max_samples)
         self.engine.stat_loggers += stat_loggers or []
         self.tokenizer = self.engine.tokenizer
         self.log_requests = log_requests
+        self.max_waiting_requests = max_waiting_requests
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._live: set[str] = set()  # request ids with a generate() in progress
         self._error: BaseException | None = None
+        # Sequences sent to the engine thread and not yet taken from its inbox, and those
+        # the scheduler holds waiting (written by the engine thread after each step).
+        self._num_sent = 0
+        self._num_sent_lock = threading.Lock()
+        self._num_engine_waiting = 0
         self._thread = threading.Thread(target=self._run, name="pagedllm-engine", daemon=True)
         self._thread.start()
 
@@ -135,6 +156,53 @@ class AsyncLLM:
         closing the generator early (break, task cancellation, client gone) aborts it and
         frees its KV blocks.
         """
+        self._check_request(request_id, lora_request, data_parallel_rank)
+        prepared = self.engine.prepare_request(request_id, prompt, sampling_params, None, priority)
+        return self.generate_prepared(prepared)
+
+    async def prepare(
+        self,
+        prompt: PromptType,
+        sampling_params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+    ) -> PreparedRequest:
+        """Validate and tokenize on a worker thread (the event loop stays free for large
+        prompts); ValueError names what is wrong. ``generate_prepared`` then runs it."""
+        self._check_request(request_id, None, None)
+        return await asyncio.to_thread(
+            self.engine.prepare_request, request_id, prompt, sampling_params, None, priority
+        )
+
+    def generate_prepared(self, prepared: PreparedRequest) -> AsyncGenerator[RequestOutput, None]:
+        """Stream a prepared request's outputs. Raises EngineOverloadedError at once when
+        too many sequences are waiting already."""
+        self._check_request(prepared.request_id, None, None)
+        limit, waiting = self.max_waiting_requests, self.num_waiting()
+        samples = num_samples(prepared.params)
+        # A request larger than the bound alone still runs when nothing waits.
+        if limit is not None and waiting > 0 and waiting + samples > limit:
+            raise EngineOverloadedError(
+                f"{waiting} requests are waiting, and this server queues at most "
+                f"{limit} (--max-waiting-requests); retry later."
+            )
+        # Counted as waiting from admission (the next check may come before this stream
+        # starts); a stream dropped unstarted gives its count back when collected.
+        self._count_sent(samples)
+        unstarted: list[weakref.finalize] = []
+        stream = self._stream(prepared, unstarted)
+        unstarted.append(weakref.finalize(stream, self._count_sent, -samples))
+        return stream
+
+    def num_waiting(self) -> int:
+        """Sequences waiting to be scheduled (as of the engine's last step)."""
+        return self._num_sent + self._num_engine_waiting
+
+    def _count_sent(self, delta: int) -> None:
+        with self._num_sent_lock:  # changed by the caller's thread and the engine thread
+            self._num_sent += delta
+
+    def _check_request(self, request_id: str, lora_request: Any, data_parallel_rank: Any) -> None:
         if lora_request is not None:
             raise ValueError("lora_request is not supported by pagedllm yet.")
         if data_parallel_rank not in (None, 0):
@@ -143,12 +211,14 @@ class AsyncLLM:
             raise EngineDeadError("The engine loop is not running.")
         if request_id in self._live:
             raise ValueError(f"Request id {request_id!r} is already running.")
-        prepared = self.engine.prepare_request(request_id, prompt, sampling_params, None, priority)
-        return self._stream(prepared)
 
-    async def _stream(self, prepared: PreparedRequest) -> AsyncGenerator[RequestOutput, None]:
+    async def _stream(
+        self, prepared: PreparedRequest, unstarted: list[weakref.finalize]
+    ) -> AsyncGenerator[RequestOutput, None]:
+        unstarted[0].detach()  # started: the engine thread takes the count back
         request_id = prepared.request_id
         if request_id in self._live:
+            self._count_sent(-num_samples(prepared.params))
             raise ValueError(f"Request id {request_id!r} is already running.")
         stream = RequestStream(asyncio.get_running_loop())
         self._live.add(request_id)
@@ -160,6 +230,7 @@ class AsyncLLM:
             while not finished:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    finished = isinstance(item, RequestFailedError)  # the engine let it go
                     raise item
                 finished = item.finished
                 yield item
@@ -206,6 +277,12 @@ class AsyncLLM:
         if self.log_requests:
             logger.info("Aborted request(s) %s.", ", ".join(ids))
 
+    async def abort_all(self) -> None:
+        """End every request in progress; each stream gets its final output (finish_reason
+        "abort"), so a client sees a clean end."""
+        if self._live:
+            await self.abort(list(self._live))
+
     async def reset_prefix_cache(self) -> bool:
         return await self.call(lambda engine: engine.reset_prefix_cache())
 
@@ -236,26 +313,29 @@ class AsyncLLM:
                 if self.engine.has_unfinished_requests():
                     self._step()
                 else:
+                    self._num_engine_waiting = 0
                     if changed:
                         self.engine.record_stats()  # e.g. KV usage back to zero after aborts
                     self._wake.wait(timeout=1.0)
                     self._wake.clear()
-        except BaseException as exc:  # pragma: no cover - a bug in the loop itself
+        except BaseException as exc:
+            # The engine core fails the one request a failing step is traced to and keeps
+            # serving; what reaches here leaves nothing runnable (a broken device, a bug).
             logger.exception("The engine loop died")
             self._error = exc
         finally:
-            self._fail_all(EngineDeadError("The engine has shut down."))
+            # Users see that the engine stopped, never another request's error text.
+            self._fail_all(EngineDeadError("The engine has stopped (see the server log)."))
 
     def _step(self) -> None:
-        try:
-            delivered = self.engine.step_with_states()
-        except Exception as exc:
-            # One failing step must not take the server down: fail what was in flight.
-            logger.exception("Engine step failed; aborting the requests in flight")
-            self._fail_all(exc)
-            return
+        delivered = self.engine.step_with_states()
+        self._num_engine_waiting = self.engine.get_num_waiting_requests()
         for state, output in delivered:
-            if state.queue is not None:
+            if state.queue is None:
+                continue
+            if state.error is not None:
+                state.queue.put_threadsafe(RequestFailedError(state.error))
+            else:
                 state.queue.put_threadsafe(output)
 
     def _drain_inbox(self) -> bool:
@@ -269,6 +349,10 @@ class AsyncLLM:
             kind = command[0]
             if kind == "add":
                 self._add(command[1], command[2])
+                # Counted as waiting in the engine before it stops counting as sent: the
+                # bound may overcount for a moment, never undercount.
+                self._num_engine_waiting = self.engine.get_num_waiting_requests()
+                self._count_sent(-num_samples(command[1].params))
             elif kind == "abort":
                 self._abort(command[1], notify=command[2])
             elif kind == "call":

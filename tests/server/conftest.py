@@ -105,3 +105,43 @@ def openai_client(server: Server):
     from openai import OpenAI
 
     return OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama with a one-token-per-character tokenizer and chat template:
+    a server on it starts in seconds and generates in milliseconds."""
+    import shutil
+
+    from tests.conftest import save_char_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-chat") / "llama"
+    shutil.copytree(tiny_models["llama"], directory)
+    return save_char_tokenizer(directory)
+
+
+def tiny_server_args(model: Path, *flags: str) -> list[str]:
+    return [
+        "-m", "pagedllm.entrypoints.cli.main", "serve", str(model),
+        "--api-key", API_KEY, "--kv-cache-memory-bytes", "16M", *flags,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on the tiny model with small limits, that runs request chat templates."""
+    log = tmp_path_factory.mktemp("limited") / "server.log"
+    args = tiny_server_args(
+        tiny_chat_model,
+        "--max-request-body-bytes", "100000",
+        "--request-header-timeout", "1.5",
+        "--request-body-timeout", "1.5",
+        "--max-waiting-requests", "6",
+        "--max-num-seqs", "2",
+        "--max-n", "4",
+        "--trust-request-chat-template",
+        "--chat-template-render-timeout", "2",
+    )  # fmt: skip
+    running = start_server(args, log)
+    yield running
+    stop_server(running)

@@ -13,13 +13,13 @@ from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.outputs import CompletionOutput, RequestOutput
 
 
-class ScriptedTokenizer:
-    chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}<think>\n"
+class ScriptedRenderer:
+    """The chat renderer's part: the messages' text, then an opened think block."""
 
-    def apply_chat_template(self, messages, **kwargs):
+    async def render(self, messages, *args):
         return "".join(m["content"] for m in messages) + "<think>\n"
 
-    def encode(self, text, add_special_tokens=False):
+    async def encode(self, text, add_special_tokens):
         return list(range(len(text)))
 
 
@@ -28,9 +28,13 @@ class ScriptedEngine:
 
     def __init__(self, pieces: list[str]) -> None:
         self.pieces = pieces
-        self.tokenizer = ScriptedTokenizer()
 
-    def generate(self, prompt, params, request_id, priority=0):
+    async def prepare(self, prompt, params, request_id, priority=0):
+        return prompt, params, request_id
+
+    def generate_prepared(self, prepared):
+        prompt, params, request_id = prepared
+
         async def outputs():
             final = params.output_kind.name == "FINAL_ONLY"
             texts = ["".join(self.pieces)] if final else self.pieces
@@ -54,7 +58,7 @@ def run_chat(pieces: list[str], stream: bool):
     handler = ChatHandler(
         engine,  # type: ignore[arg-type]
         ServedModels(["m"], "m", 4096),
-        None,
+        ScriptedRenderer(),  # type: ignore[arg-type]
         get_reasoning_parser("deepseek_r1"),
         {},
     )

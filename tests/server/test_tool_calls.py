@@ -189,7 +189,9 @@ def test_tool_results_go_back_to_the_model(openai_client) -> None:
     assert reply.choices[0].message.content
 
 
-def test_the_chat_template_receives_tools_and_decoded_arguments(server) -> None:
+def test_the_chat_template_receives_tools_and_decoded_arguments(limited) -> None:
+    """A request template (the ``limited`` server trusts them; its tokenizer is
+    one token per character)."""
     template = (
         "{% for t in tools %}[{{ t.function.name }}]{% endfor %}"
         "{% for m in messages %}{% if m.tool_calls %}"
@@ -202,11 +204,11 @@ def test_the_chat_template_receives_tools_and_decoded_arguments(server) -> None:
             "name": "get_weather", "arguments": '{"city": "Lyon"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]  # fmt: skip
-    with server.client() as client:
-        body = {"model": MODEL, "messages": messages, "tools": TOOLS, "chat_template": template,
+    with limited.client() as client:
+        body = {"messages": messages, "tools": TOOLS, "chat_template": template,
                 "add_generation_prompt": False, "return_token_strs": True}  # fmt: skip
         tokens = client.post("/tokenize", json=body).json()["tokens"]
-        text = client.post("/detokenize", json={"model": MODEL, "tokens": tokens}).json()
+        text = client.post("/detokenize", json={"tokens": tokens}).json()
     assert text["prompt"] == "[get_weather][search]weather?Lyonsunny"
 
 
@@ -226,10 +228,10 @@ def test_bad_tool_requests_are_400s(openai_client, kwargs: dict, message: str) -
         openai_client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, **kwargs)
 
 
-def test_a_template_that_cannot_render_the_messages_is_a_400(server) -> None:
-    body = {"model": MODEL, "messages": ASK, "max_tokens": 4,
+def test_a_template_that_cannot_render_the_messages_is_a_400(limited) -> None:
+    body = {"messages": ASK, "max_tokens": 4,
             "chat_template": "{{ raise_exception('tools are not supported') }}"}  # fmt: skip
-    with server.client() as client:
+    with limited.client() as client:
         reply = client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 400
         assert "tools are not supported" in reply.json()["error"]["message"]

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 import uvicorn
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,12 +24,24 @@ from pagedllm import envs
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 from pagedllm.entrypoints.llm import generation_defaults
+from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
-from pagedllm.entrypoints.openai.middleware import ApiKeyMiddleware, unless_disconnected
+from pagedllm.entrypoints.openai.http_protocol import with_header_timeout
+from pagedllm.entrypoints.openai.json_body import StrictJSONRoute
+from pagedllm.entrypoints.openai.limits import ServerLimits, add_limit_flags
+from pagedllm.entrypoints.openai.middleware import (
+    ApiKeyMiddleware,
+    ErrorMiddleware,
+    RequestBodyMiddleware,
+    ServingStateMiddleware,
+    unless_disconnected,
+)
+from pagedllm.entrypoints.openai.openapi import install_openapi
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    GenerateRequest,
     TokenizeRequest,
 )
 from pagedllm.entrypoints.openai.reasoning import REASONING_PARSER_NAMES, get_reasoning_parser
@@ -38,8 +50,10 @@ from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
 from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.serving_tokenization import TokenizationHandler
+from pagedllm.entrypoints.openai.shutdown import GracefulServer, ServingState
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool_parser
 from pagedllm.inputs.chat import load_chat_template
+from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import PrometheusStatLogger
 from pagedllm.version import __version__
@@ -65,6 +79,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("port", type=int, default=8000)
     flag("api-key", default=None, help="require 'Authorization: Bearer KEY' (or PAGEDLLM_API_KEY)")
     flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
+    flag("trust-request-chat-template", action="store_true",
+         help="let requests bring their own chat_template (refused by default)")  # fmt: skip
     flag("reasoning-parser", default=None, choices=REASONING_PARSER_NAMES)
     flag("enable-reasoning", action="store_true", help="(older vLLM flag) with --reasoning-parser")
     flag("enable-auto-tool-choice", action="store_true", help='tool_choice "auto" (with a parser)')
@@ -84,6 +100,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("allowed-methods", type=json.loads, default=["*"])
     flag("allowed-headers", type=json.loads, default=["*"])
     flag("allow-credentials", action="store_true")
+    add_limit_flags(flag)
 
 
 def check_server_flags(args: argparse.Namespace) -> None:
@@ -102,10 +119,29 @@ def check_server_flags(args: argparse.Namespace) -> None:
 # -- the app -------------------------------------------------------------------------------
 
 
-def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatLogger) -> FastAPI:
+def build_app(
+    engine: AsyncLLM,
+    args: argparse.Namespace,
+    stats: PrometheusStatLogger,
+    state: ServingState | None = None,
+    sandbox: TemplateSandbox | None = None,
+) -> FastAPI:
+    """The FastAPI app over one engine. ``state`` (drain flag, requests in progress) and
+    ``sandbox`` (chat-template workers) default to fresh ones; the caller closes the
+    sandbox."""
+    limits = ServerLimits.from_args(args)
+    state = state or ServingState()
     served = list(args.served_model_name or [engine.model_config.model])
     models = ServedModels(served, engine.model_config.model, engine.model_config.max_model_len)
-    template = load_chat_template(args.chat_template)
+    sandbox = sandbox or TemplateSandbox(
+        limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s)
+    )
+    renderer = ChatRenderer(
+        engine.tokenizer,
+        load_chat_template(args.chat_template),
+        sandbox,
+        args.trust_request_chat_template,
+    )
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)
     tool_parser = (
@@ -114,18 +150,31 @@ def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatL
         else None
     )
     chat = ChatHandler(
-        engine, models, template, parser, defaults, tool_parser,
+        engine, models, renderer, parser, defaults, tool_parser,
         args.exclude_tools_when_tool_choice_none,
     )  # fmt: skip
     completions = CompletionHandler(engine, models, defaults)
-    tokenization = TokenizationHandler(engine.tokenizer, models, template)
+    tokenization = TokenizationHandler(renderer, models)
     simple = GenerateHandler(engine)
 
     app = FastAPI(
         title="pagedllm", version=__version__, root_path=args.root_path or "",
         description="OpenAI-compatible API served by pagedllm.",
     )  # fmt: skip
+    app.router.route_class = StrictJSONRoute
     install_error_handlers(app)
+    install_openapi(app)
+    # Added innermost first: the outermost (CORS) sees every request first.
+    app.add_middleware(ErrorMiddleware)
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_bytes=limits.max_request_body_bytes,
+        timeout_s=limits.request_body_timeout_s,
+    )
+    app.add_middleware(ServingStateMiddleware, state=state)
+    api_key = args.api_key or envs.api_key()
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=args.allowed_origins,
@@ -133,12 +182,11 @@ def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatL
         allow_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
     )
-    api_key = args.api_key or envs.api_key()
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
     async def health() -> Response:
+        if state.draining:
+            return error_response("The server is shutting down.", 503)
         if engine.errored:
             return error_response("The engine is not running.", 503)
         return Response(status_code=200)
@@ -165,14 +213,14 @@ def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatL
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenization.tokenize(body).model_dump(exclude_none=True))
+        return JSONResponse((await tokenization.tokenize(body)).model_dump(exclude_none=True))
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenization.detokenize(body).model_dump())
+        return JSONResponse((await tokenization.detokenize(body)).model_dump())
 
     @app.post("/generate")
-    async def generate(raw: Request, body: dict = Body(...)) -> Response:  # noqa: B008
+    async def generate(body: GenerateRequest, raw: Request) -> Response:
         return await unless_disconnected(raw, simple.create(body)) or Response(status_code=499)
 
     @app.post("/reset_prefix_cache")
@@ -190,6 +238,7 @@ def build_app(engine: AsyncLLM, args: argparse.Namespace, stats: PrometheusStatL
 
 def run_server(args: argparse.Namespace) -> None:
     check_server_flags(args)
+    limits = ServerLimits.from_args(args)  # checks the limits before anything loads
     engine_args = engine_args_from(args)
     config = engine_args.create_engine_config()  # validates every option; loads no weights
     sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
@@ -200,9 +249,13 @@ def run_server(args: argparse.Namespace) -> None:
         log_requests=not args.disable_log_requests,
         log_stats=not engine_args.disable_log_stats,
         stat_loggers=[stats],
+        max_samples=limits.max_n or config.scheduler_config.max_num_seqs,
+        max_waiting_requests=limits.max_waiting_requests,
     )
+    sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
     try:
-        app = build_app(engine, args, stats)
+        state = ServingState()
+        app = build_app(engine, args, stats, state, sandbox)
         scheme = "https" if args.ssl_certfile else "http"
         shown = args.host or "localhost"
         logger.info(
@@ -214,6 +267,7 @@ def run_server(args: argparse.Namespace) -> None:
         )
         server_config = uvicorn.Config(
             app,
+            http=with_header_timeout(limits.request_header_timeout_s),
             log_level=args.uvicorn_log_level or args.log_level,
             access_log=not args.disable_uvicorn_access_log,
             ssl_keyfile=args.ssl_keyfile,
@@ -221,9 +275,12 @@ def run_server(args: argparse.Namespace) -> None:
             ssl_ca_certs=args.ssl_ca_certs,
             ssl_cert_reqs=args.ssl_cert_reqs,
             timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
         )
-        asyncio.run(uvicorn.Server(server_config).serve(sockets=[sock]))
+        server = GracefulServer(server_config, state, limits.shutdown_timeout_s, engine.abort_all)
+        asyncio.run(server.serve(sockets=[sock]))
     finally:
+        sandbox.close()
         engine.shutdown()
         sock.close()
 

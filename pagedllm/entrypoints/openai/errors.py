@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pagedllm.engine.async_llm import EngineDeadError, EngineOverloadedError, RequestFailedError
 from pagedllm.entrypoints.openai.protocol import ErrorInfo, ErrorResponse, UnsupportedField
 from pagedllm.logger import init_logger
 
@@ -24,9 +25,13 @@ _TYPES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    408: "RequestTimeoutError",
+    413: "RequestTooLargeError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
+# Seconds a client told the server is overloaded should wait before retrying.
+RETRY_AFTER_S = 1
 # A ValueError that starts with a field name ("top_p must be in (0, 1], got 2.") names it.
 _LEADING_FIELD = re.compile(r"^(?:SamplingParams\.)?([a-z_]+) (?:must|is|cannot|are|requires)\b")
 
@@ -54,15 +59,32 @@ def from_value_error(exc: ValueError) -> OpenAIError:
     return OpenAIError(str(exc), 400, match.group(1) if match else None)
 
 
-def sse_error(exc: BaseException) -> str:
-    """An error inside an already started stream, as one server-sent event."""
+def from_engine_error(exc: BaseException) -> OpenAIError | None:
+    """The engine's own refusals and failures as HTTP errors (None for anything else)."""
     if isinstance(exc, ValueError):
-        err = from_value_error(exc)
-        return f"data: {json.dumps(error_body(err.message, err.status, err.param))}\n\n"
-    return f"data: {json.dumps(error_body(str(exc) or type(exc).__name__, 500))}\n\n"
+        return from_value_error(exc)
+    if isinstance(exc, RequestFailedError):
+        return OpenAIError(f"The engine could not complete this request: {exc}", 500)
+    if isinstance(exc, EngineOverloadedError):
+        return OpenAIError(str(exc), 503)
+    if isinstance(exc, EngineDeadError):
+        return OpenAIError("The engine is not running.", 503)
+    return None
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error inside an already started stream, as one server-sent event. Only this
+    request's own error is told; anything unexpected is logged, not echoed."""
+    err = from_engine_error(exc)
+    if err is None:
+        logger.error("Stream ended by an unexpected error", exc_info=exc)
+        err = OpenAIError("Internal server error (see the server log).", 500)
+    return f"data: {json.dumps(error_body(err.message, err.status, err.param))}\n\n"
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Unhandled exceptions are left to ``ErrorMiddleware`` (one log line, one 500)."""
+
     @app.exception_handler(OpenAIError)
     async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
         return error_response(exc.message, exc.status, exc.param)
@@ -72,19 +94,22 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param = _describe_validation(exc)
         return error_response(message, 400, param)
 
-    @app.exception_handler(ValueError)
-    async def _value(_: Request, exc: ValueError) -> JSONResponse:
-        err = from_value_error(exc)
-        return error_response(err.message, err.status, err.param)
+    for kind in (ValueError, RequestFailedError, EngineOverloadedError, EngineDeadError):
+
+        @app.exception_handler(kind)
+        async def _engine(_: Request, exc: Exception) -> JSONResponse:
+            err = from_engine_error(exc)
+            assert err is not None
+            headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+            response = error_response(err.message, err.status, err.param)
+            response.headers.update(headers or {})
+            return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(str(exc.detail), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("Unhandled error while serving a request")
-        return error_response(f"Internal error: {type(exc).__name__}: {exc}", 500)
+        response = error_response(str(exc.detail), exc.status_code)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -96,9 +121,12 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     location = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(location) or None
     if kind == "json_invalid":
-        return f"Malformed JSON in the request body: {first.get('msg', '')}.", None
+        detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
+        return f"Malformed JSON in the request body: {detail}.", None
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
+    if kind == "missing" and param is None:
+        return "The request body is empty: send a JSON object.", None
     if kind == "missing":
         return f"Missing required field '{param}'.", param
     message = str(first.get("msg", "Invalid value"))

@@ -1,17 +1,27 @@
-"""ASGI middleware: API-key check, and waiting on a client that may hang up."""
+"""ASGI middleware: the API key, request body bounds, draining at shutdown, unhandled
+errors, and waiting on a client that may hang up.
+
+All pure ASGI (not BaseHTTPMiddleware), so streamed responses and client disconnects pass
+through untouched.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import secrets
+import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagedllm.entrypoints.openai.errors import error_body
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
 
 T = TypeVar("T")
 
@@ -30,36 +40,165 @@ OPEN_PATHS = frozenset(
 )
 
 
-class ApiKeyMiddleware:
-    """Every route but OPEN_PATHS needs ``Authorization: Bearer <key>`` (401 otherwise).
+def _path(scope: dict) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
 
-    Pure ASGI (not BaseHTTPMiddleware), so streamed responses and client disconnects pass
-    through untouched.
-    """
+
+async def _send_error(
+    scope: dict, receive: Any, send: Any, message: str, status: int, headers: dict | None = None
+) -> None:
+    response = JSONResponse(error_body(message, status), status_code=status, headers=headers)
+    await response(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    """Every route but OPEN_PATHS needs ``Authorization: Bearer <key>`` (401 otherwise); the
+    scheme name is case-insensitive, as HTTP defines it."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
-        if path in OPEN_PATHS:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if not secrets.compare_digest(given, self.expected):
-            body = error_body(
-                "Missing or invalid API key (send 'Authorization: Bearer <key>').", 401
-            )
-            await JSONResponse(body, status_code=401)(scope, receive, send)
+        scheme, _, credentials = given.partition(b" ")
+        valid = scheme.lower() == b"bearer" and secrets.compare_digest(
+            credentials.strip(), self.expected
+        )
+        if not valid:
+            message = "Missing or invalid API key (send 'Authorization: Bearer <key>')."
+            await _send_error(scope, receive, send, message, 401)
             return
         await self.app(scope, receive, send)
+
+
+class _BodyRefused(StarletteHTTPException):
+    """Raised from ``receive``: an HTTPException, so FastAPI's body reader passes it on to
+    the app's HTTP error handler (any other error there becomes a generic 400)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        # The rest of the body is not read: the connection cannot be reused.
+        super().__init__(status, message, headers={"Connection": "close"})
+
+
+class RequestBodyMiddleware:
+    """Bounds on reading a request body: at most ``max_bytes`` (413, before reading when
+    Content-Length says so), and each next piece within ``timeout_s`` (408). Once the body
+    is complete, reads wait freely (for a disconnect). Errors are OpenAI-shaped."""
+
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, self._too_large())
+            return
+        received, body_done, started = 0, False, False
+
+        async def guarded_receive() -> dict:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise _BodyRefused(
+                    f"The request body did not arrive within {self.timeout_s:g} s.", 408
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracked_send)
+        except _BodyRefused as refused:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, refused)
+
+    def _too_large(self) -> _BodyRefused:
+        message = (
+            f"The request body is larger than {self.max_bytes} bytes (--max-request-body-bytes)."
+        )
+        return _BodyRefused(message, 413)
+
+    @staticmethod
+    async def _refuse(scope: dict, receive: Any, send: Any, refused: _BodyRefused) -> None:
+        await _send_error(
+            scope, receive, send, str(refused.detail), refused.status_code, refused.headers
+        )
+
+
+class ServingStateMiddleware:
+    """Counts the API requests in progress, and while the server drains (after SIGTERM)
+    answers new ones with 503 so load balancers move traffic elsewhere."""
+
+    def __init__(self, app: Any, state: Any) -> None:
+        self.app = app
+        self.state = state  # ServingState
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _path(scope) in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining:
+            message = "The server is shutting down; send the request to another replica."
+            await _send_error(scope, receive, send, message, 503, {"Connection": "close"})
+            return
+        self.state.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.active -= 1
+
+
+class ErrorMiddleware:
+    """An error nothing else handled: logged once, answered with a 500 that names a
+    reference in the log (never the error's text, which may hold server internals)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            logger.exception("Unhandled error serving %s (reference %s)", _path(scope), reference)
+            if started:
+                return  # the response is under way: the client sees it cut short
+            message = f"Internal server error (reference {reference}; see the server log)."
+            await _send_error(scope, receive, send, message, 500)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

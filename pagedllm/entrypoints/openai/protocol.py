@@ -1,7 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API, with vLLM's extra fields.
 
 Requests refuse fields they do not know (``extra="forbid"``): a misspelt or unsupported
-option is a 400 naming it, never silently ignored. Responses are serialised with
+option is a 400 naming it, never silently ignored. Request fields are typed strictly (a
+bool is not a number, "5" is not an int, floats are finite), so a value of the wrong type
+is a 400 here and never reaches the engine; ranges are checked by ``SamplingParams``, the
+same for every endpoint and for offline use. Responses are serialised with
 ``exclude_unset`` where OpenAI omits absent fields (streamed deltas).
 """
 
@@ -27,7 +30,7 @@ def random_id(prefix: str) -> str:
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # -- shared pieces -------------------------------------------------------------------------
@@ -60,10 +63,10 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-class SamplingFields(OpenAIModel):
-    """Fields chat and completion requests share: OpenAI's, then vLLM's extras."""
+class EngineSamplingFields(OpenAIModel):
+    """The sampling fields every generating endpoint takes, typed once: chat and
+    completions (with OpenAI's fields around them) and vLLM's ``/generate``."""
 
-    model: str | None = None
     frequency_penalty: float | None = 0.0
     presence_penalty: float | None = 0.0
     logit_bias: dict[str, float] | None = None
@@ -71,18 +74,12 @@ class SamplingFields(OpenAIModel):
     n: int | None = 1
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
-    user: str | None = None
-    # vLLM extras (sent by the openai client through extra_body)
     best_of: int | None = None
-    use_beam_search: bool = False
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    length_penalty: float = 1.0
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
@@ -93,6 +90,18 @@ class SamplingFields(OpenAIModel):
     prompt_logprobs: int | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+
+
+class SamplingFields(EngineSamplingFields):
+    """Fields chat and completion requests share: OpenAI's, then vLLM's extras."""
+
+    model: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # vLLM extras (sent by the openai client through extra_body)
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
     priority: int = 0
     request_id: str | None = None
     cache_salt: str | None = None
@@ -146,7 +155,7 @@ class SamplingFields(OpenAIModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-            logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            logit_bias=dict(self.logit_bias) if self.logit_bias else None,  # keys checked there
             allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words,
             structured_outputs=structured_outputs,
@@ -243,7 +252,8 @@ class UnsupportedField(ValueError):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... pass to the template
+    # name, tool_call_id, ... pass to the template
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     role: str
     content: str | list[dict[str, Any]] | None = None
@@ -469,3 +479,18 @@ class DetokenizeRequest(OpenAIModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class GenerateRequest(EngineSamplingFields):
+    """vLLM's ``POST /generate``: a prompt and ``SamplingParams`` fields by their names."""
+
+    prompt: str
+    stream: bool = False
+    logprobs: int | None = None
+    detokenize: bool = True
+    structured_outputs: dict[str, Any] | None = None
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The SamplingParams fields the request set (the others keep their defaults)."""
+        values = self.model_dump(exclude_unset=True, exclude={"prompt", "stream"})
+        return {k: v for k, v in values.items() if v is not None}

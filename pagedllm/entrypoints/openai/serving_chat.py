@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.beam_search import BeamSearchOutput
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.errors import from_value_error, sse_error
 from pagedllm.entrypoints.openai.logprobs_format import chat_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
@@ -29,7 +30,6 @@ from pagedllm.entrypoints.openai.streams import last_output
 from pagedllm.entrypoints.openai.tool_choice import ToolChoice, plan_tool_choice
 from pagedllm.entrypoints.openai.tool_parsers import ToolParser, ToolStream
 from pagedllm.entrypoints.openai.usage import beam_usage, clamp_max_tokens, usage_of
-from pagedllm.inputs.chat import apply_chat_template
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -39,7 +39,7 @@ class ChatHandler:
         self,
         engine: AsyncLLM,
         models: ServedModels,
-        chat_template: str | None,
+        renderer: ChatRenderer,
         reasoning_parser: type[ReasoningParser] | None,
         generation_defaults: dict[str, Any],
         tool_parser: type[ToolParser] | None = None,
@@ -47,7 +47,7 @@ class ChatHandler:
     ) -> None:
         self.engine = engine
         self.models = models
-        self.chat_template = chat_template
+        self.renderer = renderer
         self.reasoning_parser = reasoning_parser
         self.defaults = generation_defaults
         self.tool_parser = tool_parser  # set when auto tool choice is enabled
@@ -62,7 +62,7 @@ class ChatHandler:
             tools = plan_tool_choice(
                 request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_parser
             )
-            prompt, prompt_ids = self._render(request, tools)
+            prompt, prompt_ids = await self._render(request, tools)
             engine_prompt: dict[str, Any] = {"prompt": prompt, "prompt_token_ids": prompt_ids}
             if request.cache_salt is not None:
                 engine_prompt["cache_salt"] = request.cache_salt
@@ -81,9 +81,10 @@ class ChatHandler:
             params = request.sampling_params(
                 max_tokens, request.requested_logprobs(), stream, self.defaults, constraint
             )
-            outputs = self.engine.generate(
+            prepared = await self.engine.prepare(
                 engine_prompt, params, request_id, priority=request.priority
             )
+            outputs = self.engine.generate_prepared(prepared)
         except ValueError as exc:
             raise from_value_error(exc) from exc
         opened = bool(self.reasoning_parser and self.reasoning_parser.prompt_opens_think(prompt))
@@ -95,21 +96,20 @@ class ChatHandler:
         response = self._response(request, request_id, model, final, opened, prefix, tools)
         return JSONResponse(response.model_dump())
 
-    def _render(self, request: ChatCompletionRequest, tools: ToolChoice) -> tuple[str, list[int]]:
-        tokenizer = self.engine.tokenizer
+    async def _render(
+        self, request: ChatCompletionRequest, tools: ToolChoice
+    ) -> tuple[str, list[int]]:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         hide_tools = tools.mode == "none" and self.exclude_tools_when_none
-        prompt = apply_chat_template(
-            tokenizer,
+        prompt = await self.renderer.render(
             messages,
-            chat_template=request.chat_template or self.chat_template,
-            add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message,
-            tools=None if hide_tools or not tools.tools else tools.tools,
-            chat_template_kwargs=request.chat_template_kwargs,
+            request.chat_template,
+            request.add_generation_prompt,
+            request.continue_final_message,
+            None if hide_tools or not tools.tools else tools.tools,
+            request.chat_template_kwargs,
         )
-        assert tokenizer is not None  # apply_chat_template refuses to run without one
-        return prompt, tokenizer.encode(prompt, add_special_tokens=request.add_special_tokens)
+        return prompt, await self.renderer.encode(prompt, request.add_special_tokens)
 
     @staticmethod
     def _echo_prefix(request: ChatCompletionRequest) -> str:

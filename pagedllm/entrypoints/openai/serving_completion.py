@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai.chat_renderer import encode_off_loop
 from pagedllm.entrypoints.openai.errors import OpenAIError, from_value_error, sse_error
 from pagedllm.entrypoints.openai.logprobs_format import completion_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
@@ -43,13 +44,12 @@ class CompletionHandler:
             raise OpenAIError("suffix is not supported by pagedllm.", 400, "suffix")
         request_id = random_id("cmpl") if request.request_id is None else request.request_id
         stream = bool(request.stream)
+        max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
         try:
-            prompts = [self._prompt(p, request) for p in request.prompts()]
+            prompts = [await self._prompt(p, request) for p in request.prompts()]
             limits = [
                 clamp_max_tokens(
-                    request.max_tokens or DEFAULT_MAX_TOKENS,
-                    len(prompt["prompt_token_ids"]),
-                    self.models.max_model_len,
+                    max_tokens, len(prompt["prompt_token_ids"]), self.models.max_model_len
                 )
                 for prompt in prompts
             ]
@@ -57,13 +57,14 @@ class CompletionHandler:
                 return JSONResponse(
                     await self._beam_search(request, request_id, model, prompts, limits)
                 )
-            generators = [
-                self.engine.generate(
+            prepared = [
+                await self.engine.prepare(
                     prompt, self._params(request, limit, stream), f"{request_id}-{i}",
                     priority=request.priority,
                 )
                 for i, (prompt, limit) in enumerate(zip(prompts, limits))
             ]  # fmt: skip
+            generators = [self.engine.generate_prepared(p) for p in prepared]
         except ValueError as exc:
             raise from_value_error(exc) from exc
         n = request.n or 1
@@ -141,13 +142,13 @@ class CompletionHandler:
             id=request_id, model=model, choices=choices, usage=usage
         ).model_dump()
 
-    def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict[str, Any]:
+    async def _prompt(self, prompt: str | list[int], request: CompletionRequest) -> dict[str, Any]:
         item: dict[str, Any]
         if isinstance(prompt, str):
             tokenizer = self.engine.tokenizer
             if tokenizer is None:
                 raise ValueError("This server has no tokenizer: send the prompt as token ids.")
-            ids = tokenizer.encode(prompt, add_special_tokens=request.add_special_tokens)
+            ids = await encode_off_loop(tokenizer, prompt, request.add_special_tokens)
             item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
+from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.protocol import (
     DetokenizeRequest,
@@ -12,39 +13,38 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeResponse,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
-from pagedllm.inputs.chat import apply_chat_template
 
 
 class TokenizationHandler:
-    def __init__(self, tokenizer: Any, models: ServedModels, chat_template: str | None) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, renderer: ChatRenderer, models: ServedModels) -> None:
+        self.renderer = renderer
         self.models = models
-        self.chat_template = chat_template
 
-    def _require_tokenizer(self) -> Any:
-        if self.tokenizer is None:
+    def _require_renderer(self) -> ChatRenderer:
+        if self.renderer.tokenizer is None:
             raise OpenAIError("This server was started without a tokenizer.", 400)
-        return self.tokenizer
+        return self.renderer
 
-    def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         self.models.resolve(request.model)
-        tokenizer = self._require_tokenizer()
+        renderer = self._require_renderer()
         if request.messages is not None:
-            text = apply_chat_template(
-                tokenizer,
+            text = await renderer.render(
                 [m.model_dump(exclude_none=True) for m in request.messages],
-                chat_template=request.chat_template or self.chat_template,
-                add_generation_prompt=request.add_generation_prompt,
-                continue_final_message=request.continue_final_message,
-                tools=request.tools,
-                chat_template_kwargs=request.chat_template_kwargs,
+                request.chat_template,
+                request.add_generation_prompt,
+                request.continue_final_message,
+                request.tools,
+                request.chat_template_kwargs,
             )
             special = False if request.add_special_tokens is None else request.add_special_tokens
         else:
             text = request.prompt or ""
             special = True if request.add_special_tokens is None else request.add_special_tokens
-        tokens = tokenizer.encode(text, add_special_tokens=special)
-        strs = tokenizer.convert_ids_to_tokens(tokens) if request.return_token_strs else None
+        tokens = await renderer.encode(text, special)
+        strs = None
+        if request.return_token_strs:
+            strs = renderer.tokenizer.convert_ids_to_tokens(tokens)
         return TokenizeResponse(
             count=len(tokens),
             max_model_len=self.models.max_model_len,
@@ -52,13 +52,14 @@ class TokenizationHandler:
             token_strs=strs,
         )
 
-    def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         self.models.resolve(request.model)
-        tokenizer = self._require_tokenizer()
+        tokenizer = self._require_renderer().tokenizer
         vocab = len(tokenizer)
         bad = [t for t in request.tokens if not 0 <= t < vocab]
         if bad:
             raise OpenAIError(
                 f"Token ids {bad[:5]} are out of vocabulary (size {vocab}).", 400, "tokens"
             )
-        return DetokenizeResponse(prompt=tokenizer.decode(request.tokens))
+        text = await asyncio.to_thread(tokenizer.decode, request.tokens)
+        return DetokenizeResponse(prompt=text)

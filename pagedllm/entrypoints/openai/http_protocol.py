@@ -1,0 +1,60 @@
+"""uvicorn's HTTP/1.1 protocol with a deadline for request headers.
+
+uvicorn times out idle keep-alive connections but not a client that opens a connection and
+sends its headers a byte at a time (or never): each such connection holds a socket and a
+protocol object for as long as the client likes. Here a connection must complete a
+request's headers within ``header_timeout_s`` of opening, or of the first byte after its
+previous response; otherwise it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    header_timeout_s = 20.0  # set per server by ``with_header_timeout``
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self._between_requests():
+            self._arm()  # the first bytes of a next request on a kept-alive connection
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # a new request cycle began: its headers are complete
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _expire(self) -> None:
+        self._header_deadline = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
+
+
+def with_header_timeout(timeout_s: float) -> type[HeaderTimeoutProtocol]:
+    """The protocol class for one server (uvicorn builds one per connection)."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": timeout_s})

@@ -1,0 +1,95 @@
+"""Request bodies parsed as strict JSON, off the event loop when large.
+
+FastAPI reads a route's JSON body through ``Request.json()``; the route class here gives
+it a request whose ``json()`` refuses what Python's parser lets through but JSON does not
+allow (``NaN``, ``Infinity``) or Unicode cannot encode (a lone surrogate such as
+``"\\ud800"``, which fails later when the text is encoded), and parses bodies past a size
+on a worker thread so a large prompt never stalls the loop. A refusal is a
+``json.JSONDecodeError``: FastAPI answers it with the server's 400 for malformed JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+# Bodies up to this size are parsed on the loop: a thread hop costs more than the parse.
+OFF_LOOP_BYTES = 256 * 1024
+# A \uD800-\uDFFF escape: only bodies holding one can carry a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(exc), body.decode(errors="replace"), 0) from None
+    if _SURROGATE_ESCAPE.search(body):
+        path = _lone_surrogate(data, "body")
+        if path is not None:
+            raise json.JSONDecodeError(
+                f"{path} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                "which is not valid Unicode",
+                "",
+                0,
+            )
+    return data
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) that cannot be encoded as UTF-8, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, f"{path} (a key)") or _lone_surrogate(
+                item, f"{path}.{key}"
+            )
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            if len(body) > OFF_LOOP_BYTES:
+                self._json = await asyncio.to_thread(parse_json, body)
+            else:
+                self._json = parse_json(body)
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """The route class of the server's app (``app.router.route_class``)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler

@@ -1,0 +1,81 @@
+"""Every bound the server puts on what a client may send or hold, in one place.
+
+Each is a flag of ``pagedllm serve``; ``ServerLimits.from_args`` reads them once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    # A request body past this is refused with 413 before it is read in full.
+    max_request_body_bytes: int = 64 * MiB
+    # A connection must deliver a request's headers within this many seconds of its
+    # first byte (or of opening), else it is closed: slow clients cannot hold sockets.
+    request_header_timeout_s: float = 20.0
+    # Seconds the server waits for each next piece of a request body (408 past it).
+    request_body_timeout_s: float = 30.0
+    # Sequences waiting for the scheduler beyond which new requests get 503 with
+    # Retry-After (None: unbounded, as vLLM).
+    max_waiting_requests: int | None = None
+    # The largest n (and best_of) one request may ask for; None: the engine's max_num_seqs.
+    max_n: int | None = None
+    # On SIGTERM: seconds running requests get to finish before their streams are ended.
+    shutdown_timeout_s: float = 30.0
+    # A chat template render past this many seconds is a 400.
+    chat_template_render_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "--max-request-body-bytes": self.max_request_body_bytes,
+            "--request-header-timeout": self.request_header_timeout_s,
+            "--request-body-timeout": self.request_body_timeout_s,
+            "--chat-template-render-timeout": self.chat_template_render_timeout_s,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{flag} must be positive, got {value}.")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}.")
+        for flag, value in (("--max-waiting-requests", self.max_waiting_requests),
+                            ("--max-n", self.max_n)):  # fmt: skip
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}.")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerLimits:
+        return cls(
+            max_request_body_bytes=args.max_request_body_bytes,
+            request_header_timeout_s=args.request_header_timeout,
+            request_body_timeout_s=args.request_body_timeout,
+            max_waiting_requests=args.max_waiting_requests,
+            max_n=args.max_n,
+            shutdown_timeout_s=args.shutdown_timeout,
+            chat_template_render_timeout_s=args.chat_template_render_timeout,
+        )
+
+
+def add_limit_flags(flag: Any) -> None:
+    """Declare the limits with ``flag(name, **argparse_kwargs)`` (the server's helper)."""
+    defaults = ServerLimits()
+    flag("max-request-body-bytes", type=int, default=defaults.max_request_body_bytes,
+         help="largest request body accepted, in bytes (413 past it)")  # fmt: skip
+    flag("request-header-timeout", type=float, default=defaults.request_header_timeout_s,
+         help="seconds a connection has to send a request's headers")  # fmt: skip
+    flag("request-body-timeout", type=float, default=defaults.request_body_timeout_s,
+         help="seconds to wait for each next piece of a request body (408)")  # fmt: skip
+    flag("max-waiting-requests", type=int, default=None,
+         help="sequences that may wait to be scheduled (503 past it; default: none)")  # fmt: skip
+    flag("max-n", type=int, default=None,
+         help="largest n / best_of per request (default: --max-num-seqs)")  # fmt: skip
+    flag("shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
+         help="on SIGTERM, seconds running requests get to finish")  # fmt: skip
+    flag("chat-template-render-timeout", type=float,
+         default=defaults.chat_template_render_timeout_s,
+         help="seconds a chat template may take to render (400 past it)")  # fmt: skip

@@ -1,0 +1,195 @@
+"""The reproducers of an outside probe: each gets a clear 4xx (or works safely), reads no
+file, and leaves the server serving; a bystander's stream runs through all of them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.server.conftest import API_KEY, MODEL
+from tests.server.test_concurrency import wait_idle
+from tests.server.test_errors import assert_error, post
+
+HELLO = [{"role": "user", "content": "Hi"}]
+JSON = {"Content-Type": "application/json"}
+
+
+def chat(**fields) -> dict:
+    return {"model": MODEL, "messages": HELLO, "max_tokens": 4, **fields}
+
+
+def assert_serving(server) -> None:
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    reply = post(
+        server, "/v1/completions", json={"model": MODEL, "prompt": "1 2 3", "max_tokens": 2}
+    )
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"messages": HELLO, "chat_template": "/proc/self/cmdline"}),
+        (
+            "/tokenize",
+            {"messages": HELLO, "chat_template_kwargs": {"chat_template": "/etc/passwd"}},
+        ),
+        ("/v1/chat/completions", chat(chat_template="/etc/passwd")),
+        ("/v1/chat/completions", chat(chat_template="{{ messages }}")),
+    ],
+)
+def test_request_templates_are_refused_without_the_flag(server, path, body):
+    reply = post(server, path, json=body)
+    assert_error(reply, 400, "--trust-request-chat-template")
+    assert "root:" not in reply.text and API_KEY not in reply.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        ({"best_of": 2147483648}, "best_of", "--max-n"),
+        ({"best_of": 2**63}, "best_of", "--max-n"),
+        ({"n": 10000}, "n", "--max-n"),
+        ({"seed": 2**70}, "seed", "2**64"),
+        ({"seed": -5}, "seed", "2**64"),
+        ({"top_logprobs": 5, "logprobs": True, "prompt_logprobs": -1}, None, "max_logprobs"),
+        ({"temperature": True}, "temperature", "number"),
+        ({"max_tokens": "5"}, "max_tokens", "integer"),
+        ({"stop": [1]}, None, "string"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
+        ({"stop": ["x" * 3000]}, "stop", "2048"),
+    ],
+)
+def test_chat_parameters_are_checked_at_admission(server, fields, param, fragment):
+    assert_error(
+        post(server, "/v1/chat/completions", json=chat(**fields)), 400, fragment, param=param
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"logprobs": 1.5}, "integer"),
+        ({"bad_words_token_ids": [[1000000000]]}, "bad_words_token_ids"),
+        ({"logit_bias": [1, 2]}, "dictionary"),
+        ({"bad_words": [5]}, "string"),
+        ({"top_k": True}, "integer"),
+        ({"stop": [1]}, "string"),
+        ({"skip_special_tokens": 0}, "boolean"),
+        ({"logprobs": -1}, "max_logprobs"),
+        ({"structured_outputs": {"jsn": {}}}, "structured_outputs"),
+        ({"all_stop_token_ids": [1]}, "all_stop_token_ids"),
+    ],
+)
+def test_generate_fields_are_typed_like_every_endpoint(server, fields, fragment):
+    assert_error(post(server, "/generate", json={"prompt": "Hi", **fields}), 400, fragment)
+
+
+def test_generate_still_generates(server):
+    reply = post(server, "/generate", json={"prompt": "1 2 3", "max_tokens": 3, "seed": 2**64 - 1})
+    assert reply.status_code == 200 and reply.json()["text"][0].startswith("1 2 3")
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+        ("/v1/completions", b'{"prompt": "a\\udfffb"}'),
+        ("/tokenize", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+        ("/v1/completions", b'{"prompt": "hi", "temperature": NaN}'),
+        ("/v1/completions", b'{"prompt": "hi", "top_p": Infinity}'),
+    ],
+)
+def test_invalid_unicode_and_json_constants_are_400(server, path, raw):
+    assert_error(post(server, path, content=raw, headers=JSON), 400, "Malformed JSON")
+
+
+def test_paired_surrogates_are_fine(server):
+    raw = b'{"model": "%s", "prompt": "smile \\ud83d\\ude00", "max_tokens": 1}' % MODEL.encode()
+    assert post(server, "/v1/completions", content=raw, headers=JSON).status_code == 200
+
+
+def test_chat_template_kwargs_with_argument_names(server):
+    for kwargs in ({"add_generation_prompt": False}, {"tools": []}, {"enable_thinking": False}):
+        reply = post(server, "/v1/chat/completions", json=chat(chat_template_kwargs=kwargs))
+        assert reply.status_code == 200, reply.text
+    assert_error(
+        post(server, "/v1/chat/completions", json=chat(chat_template_kwargs={"messages": []})),
+        400,
+        "messages",
+    )
+
+
+def test_small_http_items(server):
+    completions = {"model": MODEL, "prompt": "Hi"}
+    assert_error(post(server, "/v1/completions", json={**completions, "max_tokens": 0}), 400,
+                 "max_tokens", param="max_tokens")  # fmt: skip
+    empty = post(server, "/v1/chat/completions", content=b"", headers=JSON)
+    assert_error(empty, 400, "body is empty")
+    with server.client() as http:
+        wrong_method = http.get("/v1/chat/completions")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    lower = httpx.post(f"{server.url}/v1/completions", json={**completions, "max_tokens": 1},
+                       headers={"Authorization": f"bearer {API_KEY}"}, timeout=60)  # fmt: skip
+    assert lower.status_code == 200, lower.text
+    assert_error(post(server, "/detokenize", json={"tokens": [True]}), 400, "integer")
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    operation = schema["paths"]["/v1/chat/completions"]["post"]
+    assert "422" not in operation["responses"] and "400" in operation["responses"]
+
+
+def test_a_bystander_stream_survives_every_reproducer(server, openai_client):
+    """The reproducers that used to abort every stream in flight, sent while one runs."""
+    received: list[str] = []
+    finish: list[str | None] = []
+
+    def bystander() -> None:
+        stream = openai_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count from one to fifty."}],
+            max_tokens=60, stream=True, temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+                finish.append(chunk.choices[0].finish_reason)
+
+    thread = threading.Thread(target=bystander)
+    thread.start()
+    while not received and thread.is_alive():
+        time.sleep(0.05)
+    for bad in ({"seed": 2**70}, {"best_of": 2**31}, {"n": 10000}):
+        assert post(server, "/v1/chat/completions", json=chat(**bad)).status_code == 400
+    for bad in ({"logprobs": 1.5}, {"bad_words_token_ids": [[10**9]]}):
+        assert post(server, "/generate", json={"prompt": "Hi", **bad}).status_code == 400
+    thread.join(timeout=120)
+    assert finish[-1] == "length" and len("".join(received)) > 0
+    assert_serving(server)
+    wait_idle(server)
+
+
+@pytest.mark.slow
+def test_health_answers_while_a_5mb_prompt_is_processed(server):
+    text = "hello world " * 440_000  # ~5 MB, about a million tokens: tokenized, then refused
+    result: dict = {}
+
+    def send() -> None:
+        with server.client() as http:
+            result["reply"] = http.post(
+                "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": text}])
+            )
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    worst = 0.0
+    while thread.is_alive():
+        start = time.monotonic()
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+        worst = max(worst, time.monotonic() - start)
+        time.sleep(0.05)
+    assert_error(result["reply"], 400, "maximum model length")
+    assert worst < 1.0, f"/health took {worst:.2f} s while the prompt was processed"
+    assert_serving(server)

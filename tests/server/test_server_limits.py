@@ -1,0 +1,121 @@
+"""The server's bounds on clients, on a tiny model with small limits (the ``limited``
+fixture): body size (413), slow headers and bodies, trusted request templates that
+misbehave, the waiting queue (503 with Retry-After), and n / best_of past --max-n."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.server.conftest import API_KEY
+from tests.server.test_errors import assert_error
+
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def post(server, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", headers=headers or HEADERS, timeout=60, **kwargs)
+
+
+def test_bodies_past_the_limit_are_413_before_or_while_read(limited):
+    big = {"prompt": "a" * 200_000}
+    assert_error(post(limited, "/v1/completions", json=big), 413, "--max-request-body-bytes")
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"prompt": "'
+        for _ in range(30):
+            yield b"a" * 10_000
+        yield b'"}'
+
+    reply = post(limited, "/v1/completions", content=chunks(),
+                 headers={**HEADERS, "Content-Type": "application/json"})  # fmt: skip
+    assert_error(reply, 413, "100000")
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except TimeoutError:
+        return False
+
+
+def test_slow_or_absent_headers_lose_the_connection(limited):
+    host, port = limited.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as idle:
+        start = time.monotonic()
+        assert _closed_within(idle, 10)
+        assert time.monotonic() - start < 5
+    with socket.create_connection((host, int(port))) as partial:
+        partial.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_within(partial, 10)
+
+
+def test_a_body_that_stops_arriving_is_408(limited):
+    host, port = limited.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        sock.settimeout(10)
+        reply = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after the 408
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"did not arrive within" in reply
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+         "longer than 2 s"),
+        ("{{ 'a' * 10000000000 }}", "memory"),
+        ("{{ raise_exception('refused by the template') }}", "refused by the template"),
+    ],
+)  # fmt: skip
+def test_trusted_request_templates_are_bounded(limited, template, fragment):
+    start = time.monotonic()
+    body = {"messages": HELLO, "chat_template": template, "max_tokens": 2}
+    assert_error(post(limited, "/v1/chat/completions", json=body), 400, fragment)
+    assert time.monotonic() - start < 15
+    assert httpx.get(f"{limited.url}/health").status_code == 200
+
+
+def test_a_trusted_template_is_text_not_a_path(limited):
+    reply = post(limited, "/tokenize", json={"messages": HELLO, "chat_template": "/etc/passwd"})
+    assert reply.status_code == 200
+    assert reply.json()["count"] == len("/etc/passwd")  # one token per character
+
+
+def test_n_past_the_cap(limited):
+    body = {"messages": HELLO, "n": 5, "max_tokens": 2}
+    assert_error(post(limited, "/v1/chat/completions", json=body), 400, "--max-n", param="n")
+    ok = post(limited, "/v1/chat/completions", json={**body, "n": 4})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 4
+
+
+def test_the_waiting_queue_is_bounded(limited):
+    """Two run (--max-num-seqs 2), six may wait: of sixteen at once, some get 503."""
+
+    async def flood() -> list[httpx.Response]:
+        body = {"prompt": "go", "max_tokens": 500, "ignore_eos": True}
+        async with httpx.AsyncClient(base_url=limited.url, headers=HEADERS, timeout=120) as http:
+            return list(
+                await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(16)))
+            )
+
+    replies = asyncio.run(flood())
+    refused = [r for r in replies if r.status_code == 503]
+    assert refused and all(r.headers["retry-after"] == "1" for r in refused)
+    assert "--max-waiting-requests" in refused[0].json()["error"]["message"]
+    assert sum(r.status_code == 200 for r in replies) >= 6  # the bound, at least
+    assert (
+        post(limited, "/v1/completions", json={"prompt": "a", "max_tokens": 2}).status_code == 200
+    )

@@ -1,0 +1,50 @@
+"""SIGTERM drains: /health turns 503, new requests get 503, a running stream ends cleanly
+(finish_reason "abort", then [DONE]) once --shutdown-timeout passes, and the process exits 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.server.conftest import API_KEY, start_server, tiny_server_args
+
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_sigterm_drains_then_exits_zero(tiny_chat_model, tmp_path):
+    args = tiny_server_args(tiny_chat_model, "--shutdown-timeout", "1", "--max-num-seqs", "4")
+    server = start_server(args, tmp_path / "server.log")
+    lines: list[str] = []
+
+    def stream() -> None:
+        # Twenty logprobs per token keep the stream busy past the drain's second.
+        body = {"prompt": "go", "max_tokens": 1000, "ignore_eos": True, "stream": True,
+                "logprobs": 20, "stream_options": {"include_usage": True}}  # fmt: skip
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=HEADERS,
+                          timeout=60) as response:  # fmt: skip
+            lines.extend(line for line in response.iter_lines() if line)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    while not lines and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(f"{server.url}/health").status_code == 503
+        refused = httpx.post(f"{server.url}/v1/completions", json={"prompt": "a"}, headers=HEADERS)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+        thread.join(timeout=30)
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+        assert finishes[-1] == "abort"
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert "Draining" in server.logs()
