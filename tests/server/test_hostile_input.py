@@ -21,6 +21,13 @@ def chat(**fields) -> dict:
     return {"model": MODEL, "messages": HELLO, "max_tokens": 4, **fields}
 
 
+@pytest.fixture(autouse=True)
+def serving_afterwards(server):
+    """After every reproducer: the server is healthy and serves a bystander."""
+    yield
+    assert_serving(server)
+
+
 def assert_serving(server) -> None:
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     reply = post(
@@ -193,3 +200,26 @@ def test_health_answers_while_a_5mb_prompt_is_processed(server):
     assert_error(result["reply"], 400, "maximum model length")
     assert worst < 1.0, f"/health took {worst:.2f} s while the prompt was processed"
     assert_serving(server)
+
+
+def test_client_request_ids_cannot_collide(server):
+    """Two clients naming the same request_id both run; each reply echoes it."""
+    results: list[httpx.Response] = []
+
+    def send() -> None:
+        results.append(post(server, "/v1/chat/completions", json=chat(request_id="mine")))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in results] == [200, 200]
+    assert {r.json()["id"] for r in results} == {"mine"}
+
+
+def test_metadata_is_bounded_and_echoed(server):
+    reply = post(server, "/v1/chat/completions", json=chat(metadata={"team": "search"}))
+    assert reply.status_code == 200 and reply.json()["metadata"] == {"team": "search"}
+    many = {f"k{i}": "v" for i in range(17)}
+    assert_error(post(server, "/v1/chat/completions", json=chat(metadata=many)), 400, "16")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.server.conftest import API_KEY, start_server, stop_server, tiny_server_args
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 40
 
 
 @pytest.fixture(scope="module")

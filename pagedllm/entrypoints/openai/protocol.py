@@ -29,6 +29,16 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def request_ids(given: str | None, prefix: str) -> tuple[str, str]:
+    """(the id a response carries, the id the engine runs it under). A client's own
+    ``request_id`` is echoed, but the engine's id gets a random suffix: one client cannot
+    collide with, or probe for, another's requests by naming its id."""
+    if given is None:
+        generated = random_id(prefix)
+        return generated, generated
+    return given, f"{given}-{uuid.uuid4().hex[:12]}"
+
+
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -281,6 +291,7 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
+        _check_metadata(self.metadata)
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true.")
         if self.top_logprobs is not None and self.top_logprobs < 0:
@@ -290,7 +301,6 @@ class ChatCompletionRequest(SamplingFields):
     def refuse_unbuilt_chat_fields(self) -> None:
         checks = {
             "store": bool(self.store),
-            "metadata": self.metadata is not None,
             "modalities": self.modalities not in (None, ["text"]),
             "service_tier": self.service_tier not in (None, "auto", "default"),
         }
@@ -302,6 +312,17 @@ class ChatCompletionRequest(SamplingFields):
         if not self.logprobs:
             return None
         return self.top_logprobs or 0
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's bounds: up to 16 pairs, keys up to 64 characters, values up to 512."""
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise ValueError(f"metadata has {len(metadata)} keys; at most 16 are allowed.")
+    for key, value in metadata.items():
+        if len(key) > 64 or len(value) > 512:
+            raise ValueError("metadata keys must be at most 64 characters and values at most 512.")
 
 
 class ChatCompletionMessage(BaseModel):
@@ -328,6 +349,7 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
     system_fingerprint: str | None = None
     prompt_logprobs: list[Any] | None = None
+    metadata: dict[str, str] | None = None  # the request's, echoed
 
 
 class DeltaMessage(BaseModel):

@@ -22,7 +22,7 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
     DeltaMessage,
-    random_id,
+    request_ids,
 )
 from pagedllm.entrypoints.openai.reasoning import ReasoningParser
 from pagedllm.entrypoints.openai.serving_models import ServedModels
@@ -57,7 +57,7 @@ class ChatHandler:
         model = self.models.resolve(request.model)
         request.refuse_unbuilt_chat_fields()
         stream = bool(request.stream)
-        request_id = random_id("chatcmpl") if request.request_id is None else request.request_id
+        request_id, engine_id = request_ids(request.request_id, "chatcmpl")
         try:
             tools = plan_tool_choice(
                 request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_parser
@@ -76,13 +76,13 @@ class ChatHandler:
                 if tools.calls_tools:
                     raise ValueError("use_beam_search cannot be combined with tool calls.")
                 beams = request.beam_search_params(max_tokens, stream)
-                result = await self.engine.beam_search(engine_prompt, request_id, beams)
+                result = await self.engine.beam_search(engine_prompt, engine_id, beams)
                 return JSONResponse(_beam_response(request_id, model, prompt_ids, result))
             params = request.sampling_params(
                 max_tokens, request.requested_logprobs(), stream, self.defaults, constraint
             )
             prepared = await self.engine.prepare(
-                engine_prompt, params, request_id, priority=request.priority
+                engine_prompt, params, engine_id, priority=request.priority
             )
             outputs = self.engine.generate_prepared(prepared)
         except ValueError as exc:
@@ -164,6 +164,7 @@ class ChatHandler:
             choices=choices,
             usage=usage_of(final, final.outputs),
             prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
+            metadata=request.metadata,
         )
 
     # -- streaming -----------------------------------------------------------------------

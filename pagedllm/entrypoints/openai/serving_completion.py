@@ -20,7 +20,7 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
     CompletionStreamResponse,
-    random_id,
+    request_ids,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output, merge_streams
@@ -42,7 +42,7 @@ class CompletionHandler:
         model = self.models.resolve(request.model)
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported by pagedllm.", 400, "suffix")
-        request_id = random_id("cmpl") if request.request_id is None else request.request_id
+        request_id, engine_id = request_ids(request.request_id, "cmpl")
         stream = bool(request.stream)
         max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
         try:
@@ -55,11 +55,11 @@ class CompletionHandler:
             ]
             if request.use_beam_search:
                 return JSONResponse(
-                    await self._beam_search(request, request_id, model, prompts, limits)
+                    await self._beam_search(request, request_id, engine_id, model, prompts, limits)
                 )
             prepared = [
                 await self.engine.prepare(
-                    prompt, self._params(request, limit, stream), f"{request_id}-{i}",
+                    prompt, self._params(request, limit, stream), f"{engine_id}-{i}",
                     priority=request.priority,
                 )
                 for i, (prompt, limit) in enumerate(zip(prompts, limits))
@@ -115,6 +115,7 @@ class CompletionHandler:
         self,
         request: CompletionRequest,
         request_id: str,
+        engine_id: str,
         model: str,
         prompts: list[dict[str, Any]],
         limits: list[int | None],
@@ -122,7 +123,7 @@ class CompletionHandler:
         stream = bool(request.stream)
         searches = [
             self.engine.beam_search(
-                prompt, f"{request_id}-{i}", request.beam_search_params(limit, stream)
+                prompt, f"{engine_id}-{i}", request.beam_search_params(limit, stream)
             )
             for i, (prompt, limit) in enumerate(zip(prompts, limits))
         ]
