@@ -93,7 +93,7 @@ VALID_FIELDS = {
     "min_tokens": [0, 2],
 }
 INVALID_FIELDS = {
-    "temperature": [-1, True, "hot", 1e400],
+    "temperature": [-1, True, "hot", -1e300],
     "top_p": [0, 2.5],
     "n": [0, 10_000, 2**31],
     "best_of": [2**63],

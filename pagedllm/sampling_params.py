@@ -309,24 +309,8 @@ class SamplingParams:
             )
 
     def _verify_sizes(self) -> None:
-        stops = self.stop or []
-        _check(
-            len(stops) <= MAX_STOP_STRINGS,
-            f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS} are allowed.",
-        )
-        _check(
-            all(len(s) <= MAX_STOP_STRING_CHARS for s in stops),
-            f"stop must hold strings of at most {MAX_STOP_STRING_CHARS} characters.",
-        )
-        words = self.bad_words or []
-        _check(
-            len(words) <= MAX_BAD_WORDS,
-            f"bad_words has {len(words)} words; at most {MAX_BAD_WORDS} are allowed.",
-        )
-        _check(
-            all(len(w) <= MAX_STOP_STRING_CHARS for w in words),
-            f"bad_words must hold words of at most {MAX_STOP_STRING_CHARS} characters.",
-        )
+        _check_strings("stop", self.stop or [], MAX_STOP_STRINGS, "strings")
+        _check_strings("bad_words", self.bad_words or [], MAX_BAD_WORDS, "words")
 
     # -- derived --------------------------------------------------------------------------
 
@@ -381,6 +365,17 @@ class SamplingParams:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _check_strings(name: str, values: list[str], max_count: int, what: str) -> None:
+    _check(
+        len(values) <= max_count,
+        f"{name} has {len(values)} {what}; at most {max_count} are allowed.",
+    )
+    _check(
+        all(len(v) <= MAX_STOP_STRING_CHARS for v in values),
+        f"{name} must hold {what} of at most {MAX_STOP_STRING_CHARS} characters.",
+    )
 
 
 def _as_list(value: Any, name: str) -> list:

@@ -18,7 +18,7 @@ from pagedllm.beam_search import (
 )
 from pagedllm.config import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine
-from pagedllm.inputs.chat import apply_chat_template
+from pagedllm.inputs.chat import prepare_chat, render_chat
 from pagedllm.inputs.processor import PromptType
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
@@ -126,7 +126,7 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts: list[PromptType] = []
         for conversation in conversations:
-            text = apply_chat_template(
+            job = prepare_chat(
                 tokenizer,
                 conversation,  # type: ignore[arg-type]
                 chat_template=chat_template,
@@ -135,6 +135,7 @@ class LLM:
                 tools=tools,
                 chat_template_kwargs=chat_template_kwargs,
             )
+            text = render_chat(job)
             # The template already holds any BOS token: do not add special tokens again.
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})

@@ -4,8 +4,9 @@ A render is two steps. ``prepare_chat`` checks the messages and arguments and ga
 everything the template will see into a ``ChatRender`` of plain JSON data; ``render_chat``
 renders it with transformers' sandboxed Jinja environment (``render_jinja_template``, the
 code behind ``tokenizer.apply_chat_template``). The server renders in a separate process
-bounded in time and memory (``template_sandbox.py``); the offline ``LLM`` renders in
-process, since its caller wrote the template or chose the model.
+bounded in time and memory (``template_sandbox.py``); the offline ``LLM`` and
+``pagedllm chat`` render in process (``render_chat(prepare_chat(...))``), since their caller
+wrote the template or chose the model.
 
 A template is always text here. Only an operator names a template file (``--chat-template``,
 read once by ``load_chat_template``); a request's template is never a path.
@@ -131,29 +132,6 @@ def render_chat(job: ChatRender) -> str:
             f"The chat template could not render these messages: {type(exc).__name__}: {exc}"
         ) from None
     return rendered[0]
-
-
-def apply_chat_template(
-    tokenizer: Any,
-    messages: Sequence[dict[str, Any]],
-    chat_template: str | None = None,
-    add_generation_prompt: bool = True,
-    continue_final_message: bool = False,
-    tools: list[dict[str, Any]] | None = None,
-    chat_template_kwargs: dict[str, Any] | None = None,
-) -> str:
-    """Prepare and render in this process (the offline ``LLM`` and ``pagedllm chat``)."""
-    return render_chat(
-        prepare_chat(
-            tokenizer,
-            messages,
-            chat_template,
-            add_generation_prompt,
-            continue_final_message,
-            tools,
-            chat_template_kwargs,
-        )
-    )
 
 
 def _resolve_template(tokenizer: Any, chat_template: str | None, tools: Any) -> str:

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pagedllm.engine.llm_engine import LLMEngine
-    from pagedllm.inputs.chat import apply_chat_template, load_chat_template
+    from pagedllm.inputs.chat import load_chat_template, prepare_chat, render_chat
     from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
     engine_args = engine_args_from(args)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     messages = [args.message] if args.message is not None else _read_messages()
     for turn, message in enumerate(messages):
         history.append({"role": "user", "content": message})
-        prompt = apply_chat_template(tokenizer, history, chat_template=template)
+        prompt = render_chat(prepare_chat(tokenizer, history, chat_template=template))
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         reply = _stream_reply(engine, f"chat-{turn}", {"prompt_token_ids": ids}, params)
         history.append({"role": "assistant", "content": reply})

@@ -54,6 +54,19 @@ async def _send_error(
     await response(scope, receive, send)
 
 
+class _TrackedSend:
+    """An ASGI ``send`` that remembers whether the response has started: once it has, an
+    error can no longer be answered with a response of its own."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: dict) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class ApiKeyMiddleware:
     """Every route but OPEN_PATHS needs ``Authorization: Bearer <key>`` (401 otherwise); the
     scheme name is case-insensitive, as HTTP defines it."""
@@ -105,7 +118,7 @@ class RequestBodyMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send, self._too_large())
             return
-        received, body_done, started = 0, False, False
+        received, body_done = 0, False
 
         async def guarded_receive() -> dict:
             nonlocal received, body_done
@@ -124,15 +137,11 @@ class RequestBodyMiddleware:
             body_done = message["type"] != "http.request" or not message.get("more_body")
             return message
 
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, guarded_receive, tracked_send)
+            await self.app(scope, guarded_receive, tracked)
         except _BodyRefused as refused:
-            if started:
+            if tracked.started:
                 raise
             await self._refuse(scope, receive, send, refused)
 
@@ -183,19 +192,13 @@ class ErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             reference = uuid.uuid4().hex[:12]
             logger.exception("Unhandled error serving %s (reference %s)", _path(scope), reference)
-            if started:
+            if tracked.started:
                 return  # the response is under way: the client sees it cut short
             message = f"Internal server error (reference {reference}; see the server log)."
             await _send_error(scope, receive, send, message, 500)
