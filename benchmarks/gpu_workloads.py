@@ -103,9 +103,7 @@ def job_w3() -> dict:
                 stamps.append(time.perf_counter())
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     itl = statistics.median(gaps)
-    weight_bytes = sum(
-        p.numel() * p.element_size() for p in engine_.engine_core.runner.model.parameters()
-    )
+    weight_bytes = engine_.call_core("weight_bytes")
     bandwidth = copy_bandwidth(torch)
     return {"workload": 3, "median_itl_ms": itl * 1e3, "weight_gb": weight_bytes / 1e9,
             "implied_tb_s": weight_bytes / itl / 1e12, "copy_tb_s": bandwidth / 1e12,
@@ -135,9 +133,15 @@ def job_first_token() -> dict:
     return {}
 
 
+def _profile_in_process() -> None:
+    """Profilers look at this process: the engine core must run in it."""
+    os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = "0"
+
+
 def job_profile() -> dict:
     """One decode step of workload 2's shape (256 running requests, 512-token prompts), eager
     so the profiler sees each kernel."""
+    _profile_in_process()
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -167,6 +171,7 @@ def job_profile() -> dict:
 
 def job_w1prof() -> dict:
     """Workload 1 at steady state: Python hot spots (cProfile) and GPU kernel time."""
+    _profile_in_process()
     import cProfile
     import io
     import pstats

@@ -12,6 +12,7 @@ new part is computed. The C requests of a turn are submitted together. Prompts a
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -20,6 +21,9 @@ from pathlib import Path
 from record import append_record, device_name
 
 from pagedllm import LLM, RequestOutputKind, SamplingParams
+
+# This benchmark reads the engine core's internals: the core runs in this process.
+os.environ.setdefault("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
 
 
 def run(args: argparse.Namespace, caching: bool) -> tuple[list[float], float]:

@@ -12,12 +12,16 @@ torch is imported lazily (device detection only), so ``pagedllm.core`` stays tor
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.core.request_queue import POLICIES
+from pagedllm.logger import init_logger
 from pagedllm.model_files import ModelFiles, resolve_model
+
+logger = init_logger(__name__)
 
 _DTYPE_ALIASES = {
     "auto": "auto",
@@ -214,6 +218,51 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 }
 
 
+class UsageContext(str, enum.Enum):
+    """Who builds the engine (vLLM's names): the batch-size defaults depend on it."""
+
+    UNKNOWN_CONTEXT = "UNKNOWN_CONTEXT"
+    LLM_CLASS = "LLM_CLASS"
+    API_SERVER = "API_SERVER"
+    OPENAI_API_SERVER = "OPENAI_API_SERVER"
+    OPENAI_BATCH_RUNNER = "OPENAI_BATCH_RUNNER"
+    ENGINE_CONTEXT = "ENGINE_CONTEXT"
+
+
+GiB = 1 << 30
+# When neither the device nor the usage has its own: vLLM's SchedulerConfig defaults.
+_FALLBACK_BATCH = (2048, 128)
+
+
+def batch_defaults(device: str, usage: UsageContext) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) when the user sets neither, as vLLM 0.26
+    chooses them: an offline ``LLM`` batches more than a server (throughput over latency),
+    and GPUs of 70 GiB or more (H100, H200; not the A100, where it measured slower) get
+    larger batches."""
+    if device == "cpu":
+        table = {UsageContext.LLM_CLASS: (4096, 256), UsageContext.OPENAI_API_SERVER: (2048, 128)}
+    else:
+        memory, name = _gpu_memory_and_name()
+        if memory >= 70 * GiB and "a100" not in name.lower():
+            table = {
+                UsageContext.LLM_CLASS: (16384, 1024),
+                UsageContext.OPENAI_API_SERVER: (8192, 1024),
+            }
+        else:
+            table = {
+                UsageContext.LLM_CLASS: (8192, 256),
+                UsageContext.OPENAI_API_SERVER: (2048, 256),
+            }
+    return table.get(usage, _FALLBACK_BATCH)
+
+
+def _gpu_memory_and_name() -> tuple[int, str]:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return props.total_memory, props.name
+
+
 @dataclass
 class EngineArgs:
     """Every engine option once, with vLLM's names. ``LLM(**kwargs)`` and the CLI map here."""
@@ -280,15 +329,19 @@ class EngineArgs:
     logits_processors: Any = None
     max_logprobs: int = 20
 
-    def create_engine_config(self) -> EngineConfig:
+    def create_engine_config(
+        self, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
+    ) -> EngineConfig:
+        """``usage_context``: who builds the engine (``LLM``, the server, a library), which
+        sets the batch-size defaults (``batch_defaults``)."""
         self._refuse_unsupported()
         device = resolve_device(self.device)
         model_config = self._model_config(device)
         max_len = model_config.max_model_len
-        return EngineConfig(
+        config = EngineConfig(
             model_config=model_config,
             cache_config=self._cache_config(device),
-            scheduler_config=self._scheduler_config(device, max_len),
+            scheduler_config=self._scheduler_config(device, max_len, usage_context),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
             device=device,
             enforce_eager=self.enforce_eager,
@@ -297,6 +350,22 @@ class EngineArgs:
                 self.structured_outputs_config, self.guided_decoding_backend
             ),
         )
+        sched = config.scheduler_config
+        logger.info("Non-default args: %s", self.non_default_args())
+        logger.info(
+            "Batches of up to %d sequences and %d tokens per step (%s on %s)",
+            sched.max_num_seqs, sched.max_num_batched_tokens, usage_context.value, device,
+        )  # fmt: skip
+        return config
+
+    def non_default_args(self) -> dict[str, Any]:
+        """The options given a value other than their default (logged at start-up)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != (f.default if f.default is not dataclasses.MISSING
+                                         else f.default_factory())  # type: ignore[misc]
+        }  # fmt: skip
 
     # -- validation ----------------------------------------------------------------------
 
@@ -370,15 +439,18 @@ class EngineArgs:
         caching = True if self.enable_prefix_caching is None else self.enable_prefix_caching
         return CacheConfig(block_size, caching, self.gpu_memory_utilization, kv_bytes)
 
-    def _scheduler_config(self, device: str, max_model_len: int) -> SchedulerConfig:
+    def _scheduler_config(
+        self, device: str, max_model_len: int, usage: UsageContext
+    ) -> SchedulerConfig:
         chunked = True if self.enable_chunked_prefill is None else self.enable_chunked_prefill
-        max_num_seqs = self.max_num_seqs or (256 if device == "cuda" else 128)
+        default_budget, default_seqs = batch_defaults(device, usage)
+        max_num_seqs = self.max_num_seqs or default_seqs
         budget = self.max_num_batched_tokens
-        if self.max_num_seqs is None and budget is not None:
-            max_num_seqs = min(max_num_seqs, budget)  # a small budget implies fewer sequences
         if budget is None:
-            budget = (8192 if device == "cuda" else 2048) if chunked else max(max_model_len, 2048)
-            budget = max(budget, max_num_seqs)
+            budget = default_budget if chunked else max(max_model_len, default_budget)
+            # A default never exceeds what the sequences could use, nor stops one step from
+            # holding a token of each.
+            budget = max(min(max_num_seqs * max_model_len, budget), max_num_seqs)
         elif not chunked and budget < max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens ({budget}) is smaller than max_model_len "
@@ -386,6 +458,8 @@ class EngineArgs:
                 "be scheduled. Increase max_num_batched_tokens, decrease max_model_len, or "
                 "enable chunked prefill."
             )
+        if self.max_num_seqs is None:
+            max_num_seqs = min(max_num_seqs, budget)  # a small budget implies fewer sequences
         return SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=budget,

@@ -46,6 +46,13 @@ def freeze_gc() -> bool:
     return _get_bool("PAGEDLLM_FREEZE_GC", True)
 
 
+def enable_multiprocessing() -> bool:
+    """PAGEDLLM_ENABLE_MULTIPROCESSING: run the engine core in its own process (default on,
+    as vLLM's VLLM_ENABLE_V1_MULTIPROCESSING); 0 keeps it in the front end's process, for
+    debugging and for tests that reach into the engine."""
+    return _get_bool("PAGEDLLM_ENABLE_MULTIPROCESSING", True)
+
+
 def log_stats_interval() -> float:
     """PAGEDLLM_LOG_STATS_INTERVAL: seconds between periodic stats log lines (default 5)."""
     return float(os.environ.get("PAGEDLLM_LOG_STATS_INTERVAL", "5"))
@@ -60,6 +67,11 @@ def cpu_num_threads() -> int | None:
 def api_key() -> str | None:
     """PAGEDLLM_API_KEY: the server's API key when --api-key is not given."""
     return os.environ.get("PAGEDLLM_API_KEY") or None
+
+
+def openai_api_key() -> str | None:
+    """OPENAI_API_KEY (the openai client's variable): ``pagedllm bench serve``'s default key."""
+    return os.environ.get("OPENAI_API_KEY") or None
 
 
 def attention_backend() -> str:

@@ -3,7 +3,9 @@ SmolLM2 engine (built once per session, with a small KV budget to start fast).""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_VOCAB = 384
+
+
+@contextlib.contextmanager
+def engine_in_process() -> Iterator[None]:
+    """Engines made inside run their core in the test's own process
+    (PAGEDLLM_ENABLE_MULTIPROCESSING=0): for tests that reach into the runner or the
+    scheduler. Everything else runs the default, the core in its own process."""
+    old = os.environ.get("PAGEDLLM_ENABLE_MULTIPROCESSING")
+    os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"]
+        else:
+            os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = old
 
 
 def tiny_config(arch: str):
@@ -95,7 +113,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def smollm():
-    """The bundled SmolLM2 behind the offline LLM API."""
+    """The bundled SmolLM2 behind the offline LLM API (its core in its own process)."""
     from pagedllm import LLM
 
     return LLM(kv_cache_memory_bytes="96M", max_model_len=2048)
+
+
+@pytest.fixture(scope="session")
+def smollm_in_process():
+    """The bundled SmolLM2 with its engine core in the test's process, for tests that drive
+    the model runner directly."""
+    from pagedllm import LLM
+
+    with engine_in_process():
+        return LLM(kv_cache_memory_bytes="96M", max_model_len=2048)

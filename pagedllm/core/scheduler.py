@@ -1,6 +1,6 @@
 """Continuous batching under one token budget per step.
 
-The one accounting rule (DESIGN.md): each request has ``num_tokens`` and
+The one accounting rule (docs/architecture.md): each request has ``num_tokens`` and
 ``num_computed_tokens``; each step gives some requests some tokens to compute, within
 ``max_num_batched_tokens`` and ``max_num_seqs``. Prefill is catching up in chunks, a decode
 computes one token, a prefix-cache hit starts above zero. There is no prefill phase.

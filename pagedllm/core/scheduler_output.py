@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pagedllm.core.request import FinishReason, Request
 from pagedllm.sampling_params import SamplingParams
 
@@ -59,11 +61,11 @@ class SchedulerOutput:
         return self.total_num_scheduled_tokens == 0
 
 
-@dataclass(slots=True)
-class LogprobsLists:
+class LogprobsLists(msgspec.Struct, array_like=True, gc=False):
     """Top log-probabilities of sampled positions: row i belongs to sampled position i.
 
     ``token_ids[i][0]`` is the sampled token, followed by the top-k tokens by logprob.
+    A msgspec struct: it crosses from the engine process to the front end every step.
     """
 
     token_ids: list[list[int]]
@@ -85,9 +87,9 @@ class ModelRunnerOutput:
     prompt_logprobs: list[LogprobsLists | None] | None = None
 
 
-@dataclass
-class EngineCoreOutput:
-    """What changed for one request in one step, as the output processor needs it."""
+class EngineCoreOutput(msgspec.Struct, array_like=True, gc=False, omit_defaults=True):
+    """What changed for one request in one step, as the output processor needs it (sent
+    from the engine process to the front end: a compact msgspec struct)."""
 
     request_id: str
     new_token_ids: list[int]

@@ -1,13 +1,15 @@
 """AsyncLLM: the engine behind an asyncio API, for servers and streaming clients.
 
-The engine loop runs on a background thread (DESIGN.md, "Processes"): it takes commands
-(add, abort, call) from a thread-safe inbox, steps the engine while there is work, and hands
-each RequestOutput to its request's asyncio queue on the caller's event loop. Every
+The front end runs on a background thread (docs/architecture.md, "Processes"): it takes
+commands (add, abort, call) from a thread-safe inbox, waits on whichever comes first of the
+engine core's next outputs and a wake-up pipe, and hands each RequestOutput to its
+request's asyncio queue on the caller's event loop. The engine core itself runs in its own
+process (or, with PAGEDLLM_ENABLE_MULTIPROCESSING=0, is stepped by this thread). Every
 concurrent ``generate`` call is batched into the same engine steps.
 
-Invariant: only the engine thread touches the LLMEngine after start-up; other threads talk
-to it through the inbox (``prepare_request`` is the exception: it is pure validation and
-tokenization, done on the caller's side so bad input fails before anything is queued).
+Invariant: only the front-end thread touches the LLMEngine after start-up; other threads
+talk to it through the inbox (``prepare_request`` is the exception: it is pure validation
+and tokenization, done on the caller's side so bad input fails before anything is queued).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -29,7 +32,13 @@ from pagedllm.beam_search import (
     prompt_ids_of,
     step_params,
 )
-from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.config import EngineArgs, EngineConfig, UsageContext
+from pagedllm.engine.core_client import EngineCoreClient
+from pagedllm.engine.exceptions import (
+    EngineDeadError,
+    EngineOverloadedError,
+    RequestFailedError,
+)
 from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
 from pagedllm.engine.parent_request import num_samples
 from pagedllm.inputs.processor import PromptType
@@ -40,17 +49,7 @@ from pagedllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = init_logger(__name__)
 
-
-class EngineDeadError(RuntimeError):
-    """The engine loop has stopped (shut down, or it failed)."""
-
-
-class EngineOverloadedError(RuntimeError):
-    """More requests are waiting than the engine accepts (``max_waiting_requests``)."""
-
-
-class RequestFailedError(RuntimeError):
-    """The engine failed this request (and only it): the message is its own."""
+__all__ = ["AsyncLLM", "EngineDeadError", "EngineOverloadedError", "RequestFailedError"]
 
 
 class RequestStream:
@@ -75,19 +74,23 @@ class AsyncLLM:
         stat_loggers: list[StatLogger] | None = None,
         max_samples: int | None = None,
         max_waiting_requests: int | None = None,
+        client: EngineCoreClient | None = None,
     ) -> None:
         """``max_samples``: the largest n / best_of a request may ask for;
         ``max_waiting_requests``: sequences that may wait for the scheduler before new
         requests are refused with EngineOverloadedError (None: no bound)."""
         self.config = config
         self.model_config = config.model_config
-        self.engine = LLMEngine(config, log_stats=log_stats, max_samples=max_samples)
+        self.engine = LLMEngine(config, log_stats=log_stats, max_samples=max_samples, client=client)
         self.engine.stat_loggers += stat_loggers or []
         self.tokenizer = self.engine.tokenizer
         self.log_requests = log_requests
         self.max_waiting_requests = max_waiting_requests
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._wake = threading.Event()
+        # Written to wake the engine thread: it waits on this pipe and the core's outputs.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._stopped = threading.Event()
         self._live: set[str] = set()  # request ids with a generate() in progress
         self._error: BaseException | None = None
@@ -104,13 +107,14 @@ class AsyncLLM:
         cls,
         engine_args: EngineArgs,
         start_engine_loop: bool = True,
-        usage_context: Any = None,
+        usage_context: UsageContext = UsageContext.ENGINE_CONTEXT,
         stat_loggers: list[StatLogger] | None = None,
-        **_: Any,
     ) -> AsyncLLM:
+        if not start_engine_loop:
+            raise ValueError("start_engine_loop=False is not supported: the loop always runs.")
         log_requests = not getattr(engine_args, "disable_log_requests", False)
         return cls(
-            engine_args.create_engine_config(),
+            engine_args.create_engine_config(usage_context),
             log_requests=log_requests,
             log_stats=not engine_args.disable_log_stats,
             stat_loggers=stat_loggers,
@@ -293,34 +297,40 @@ class AsyncLLM:
         return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
-        """Stop the engine loop; live requests end with EngineDeadError."""
+        """Stop the engine loop and the engine core; live requests end with EngineDeadError."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._wake.set()
+        self._wake()
         self._thread.join(timeout=30)
+        self.engine.shutdown()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
     # -- the engine thread ---------------------------------------------------------------
 
     def _send(self, *command: Any) -> None:
         self._inbox.put(command)
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending
+            os.write(self._wake_w, b"!")
 
     def _run(self) -> None:
+        """Commands in, the core's outputs out to each request's stream. The thread waits
+        on the core's next outputs (a step here, or a message from the engine process) or
+        on a wake-up for new commands, whichever comes first."""
         try:
             while not self._stopped.is_set():
-                changed = self._drain_inbox()
-                if self.engine.has_unfinished_requests():
-                    self._step()
-                else:
-                    self._num_engine_waiting = 0
-                    if changed:
-                        self.engine.record_stats()  # e.g. KV usage back to zero after aborts
-                    self._wake.wait(timeout=1.0)
-                    self._wake.clear()
+                self._drain_inbox()
+                self._step()
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
         except BaseException as exc:
             # The engine core fails the one request a failing step is traced to and keeps
-            # serving; what reaches here leaves nothing runnable (a broken device, a bug).
+            # serving; what reaches here leaves nothing runnable (a broken device, a dead
+            # engine process, a bug).
             logger.exception("The engine loop died")
             self._error = exc
         finally:
@@ -328,7 +338,7 @@ class AsyncLLM:
             self._fail_all(EngineDeadError("The engine has stopped (see the server log)."))
 
     def _step(self) -> None:
-        delivered = self.engine.step_with_states()
+        delivered = self.engine.step_with_states(wake_fd=self._wake_r, timeout=1.0)
         self._num_engine_waiting = self.engine.get_num_waiting_requests()
         for state, output in delivered:
             if state.queue is None:
@@ -338,14 +348,12 @@ class AsyncLLM:
             else:
                 state.queue.put_threadsafe(output)
 
-    def _drain_inbox(self) -> bool:
-        changed = False
+    def _drain_inbox(self) -> None:
         while True:
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:
-                return changed
-            changed = True
+                return
             kind = command[0]
             if kind == "add":
                 self._add(command[1], command[2])
@@ -374,7 +382,9 @@ class AsyncLLM:
     def _fail_all(self, exc: BaseException) -> None:
         states = list(self.engine.output_processor.states.values())
         external = {s.external_id for s in states}
-        self.engine.abort_request(list(external))
+        with contextlib.suppress(Exception):  # the core may be gone: nothing left to abort
+            self.engine.abort_request(list(external))
+        self.engine.output_processor.abort_requests(list(external))
         notified: set[int] = set()
         for state in states:
             if state.queue is not None and id(state.queue) not in notified:

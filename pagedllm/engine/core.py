@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
@@ -10,15 +11,21 @@ from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
+from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.inputs.tokenizer import load_tokenizer
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.structured_output.manager import StructuredOutputManager
+from pagedllm.structured_output.spec import build_grammar_spec
 from pagedllm.worker.kv_cache import GiB
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.step_output import LaunchedStep
 
 logger = init_logger(__name__)
+
+# EngineCore methods the front end may call by name (``EngineCoreClient.call_utility``).
+UTILITIES = frozenset({"reset_prefix_cache", "kv_cache_state", "weight_bytes"})
 
 
 def is_device_failure(exc: BaseException) -> bool:
@@ -60,25 +67,77 @@ class EngineCore:
         )
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager, max_len)
         self._debug_integrity = envs.debug_integrity_checks()
-        # Set by the LLMEngine when the first request with structured outputs arrives.
+        # Made when the first request with structured outputs arrives.
         self.structured_outputs: StructuredOutputManager | None = None
         # Async scheduling: the step queued on the device whose tokens are not read yet.
         self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
-    def add_request(self, request: Request) -> None:
-        self.scheduler.add_request(request)
+    def add_request(self, request: EngineCoreRequest) -> None:
+        """Schedule one sequence. Its input was validated by the front end; a failure here
+        (a grammar that no longer builds) is a ValueError for that request alone."""
+        params = request.sampling_params
+        core_request = Request(
+            request.request_id, request.prompt_token_ids, params, request.eos_token_id,
+            request.arrival_time, request.priority, request.cache_salt,
+        )  # fmt: skip
+        if params.structured_outputs is not None:
+            spec = build_grammar_spec(params.structured_outputs)
+            core_request.structured_output = self._structured_outputs(
+                request.eos_token_id
+            ).request_grammar(spec)
+        self.scheduler.add_request(core_request)
+
+    def _structured_outputs(self, eos_token_id: int | None) -> StructuredOutputManager:
+        """Made on first use (with the engine's own tokenizer), so engines that never
+        constrain output never import xgrammar."""
+        if self.structured_outputs is None:
+            model_config = self.config.model_config
+            eos = model_config.generation_config.get("eos_token_id")
+            stops = {eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
+            self.structured_outputs = StructuredOutputManager(
+                load_tokenizer(model_config),
+                model_config.vocab_size,
+                sorted(t for t in stops if t is not None),
+                pin_memory=self.config.device == "cuda",
+            )
+        return self.structured_outputs
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    # -- utilities (called by name from the front end: ``UTILITIES``) ---------------------
+
+    def weight_bytes(self) -> int:
+        """Bytes of the model's weights on the device (benchmarks relate speed to them)."""
+        assert self.runner.model is not None
+        return sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+
+    def kv_cache_state(self) -> dict[str, Any]:
+        """The block pool checked: free and total blocks, whether a trial is running."""
+        pool = self.kv_cache_manager.block_pool
+        pool.check_integrity()
+        return {
+            "num_free_blocks": pool.get_num_free_blocks(),
+            "num_blocks": pool.num_blocks,
+            "quarantine_active": self.scheduler.quarantine.active,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_unfinished": self.scheduler.get_num_unfinished_requests(),
+        }
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
-        """Schedule, run, update. Returns what changed and what was computed.
+        """Schedule, run, update. Returns what changed and what was computed (with the
+        step's wall time: in steady state, the device's time per step)."""
+        start = time.perf_counter()
+        outputs, iteration = self._step()
+        iteration.step_seconds = time.perf_counter() - start
+        return outputs, iteration
 
-        With async scheduling, step N+1 is scheduled and queued before step N's tokens are
+    def _step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
+        """With async scheduling, step N+1 is scheduled and queued before step N's tokens are
         read back, so the host's work (scheduling, input preparation, output processing)
         overlaps the device's; the outputs returned are then those of step N. Requests
         that need each token on the host first (``needs_known_tokens``) make the steps

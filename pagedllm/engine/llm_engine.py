@@ -1,8 +1,12 @@
-"""LLMEngine: the synchronous engine the offline ``LLM`` drives.
+"""LLMEngine: the front end of one engine, driven synchronously by the offline ``LLM``.
 
-add_request() turns a prompt into one core request per sample (``n``), step() runs one
-engine step and returns the RequestOutputs it produced. ``AsyncLLM`` drives the same
-pieces from a background thread.
+It holds what runs beside the user's code: the tokenizer, input validation
+(``InputProcessor``), output processing (detokenization, stop strings, output kinds, logprob
+objects, ``n`` samples gathered) and the stat loggers. The engine core (scheduler + model
+runner) sits behind an ``EngineCoreClient``: in its own process by default, in this one with
+``PAGEDLLM_ENABLE_MULTIPROCESSING=0``. add_request() turns a prompt into one core request
+per sample; step() takes the core's next outputs and returns the RequestOutputs they make.
+``AsyncLLM`` drives the same pieces from a background thread.
 """
 
 from __future__ import annotations
@@ -14,17 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm import envs
-from pagedllm.config import EngineArgs, EngineConfig
-from pagedllm.core.request import Request
+from pagedllm.config import EngineArgs, EngineConfig, UsageContext
 from pagedllm.engine.core import EngineCore
+from pagedllm.engine.core_client import EngineCoreClient, InprocClient, make_client
+from pagedllm.engine.messages import EngineCoreRequest, check_picklable
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.parent_request import ParentRequest, num_samples
 from pagedllm.inputs.processor import InputProcessor, ProcessedPrompt, PromptType
 from pagedllm.inputs.tokenizer import load_tokenizer
-from pagedllm.metrics.stats import IterationStats, LoggingStatLogger, StatLogger
+from pagedllm.metrics.stats import EngineSnapshot, LoggingStatLogger, StatLogger
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.structured_output.manager import StructuredOutputManager
 from pagedllm.structured_output.spec import GrammarSpec
 
 
@@ -43,7 +47,7 @@ class PreparedRequest:
 _heap_frozen = False
 
 
-def _freeze_library_heap() -> None:
+def freeze_library_heap() -> None:
     """Once per process, before the first engine builds anything: move what exists (the
     modules of torch, transformers and the rest, ~97% of the objects an engine process
     holds) out of the garbage collector's generations, so the full collections that each
@@ -63,7 +67,7 @@ def _freeze_library_heap() -> None:
 class LLMEngine:
     def __new__(cls, *args: Any, **kwargs: Any) -> LLMEngine:
         # Before the instance exists: a frozen engine could never be collected.
-        _freeze_library_heap()
+        freeze_library_heap()
         return super().__new__(cls)
 
     def __init__(
@@ -71,23 +75,44 @@ class LLMEngine:
         config: EngineConfig,
         log_stats: bool | None = None,
         max_samples: int | None = None,
+        client: EngineCoreClient | None = None,
     ) -> None:
         """``max_samples``: the largest n / best_of one request may ask for (a server's
-        bound; None: any)."""
+        bound; None: any). ``client``: an engine core started elsewhere (API servers that
+        share one); by default this engine starts its own."""
         self.config = config
         self.model_config = config.model_config
-        self.tokenizer = load_tokenizer(config.model_config)
+        # First: the engine process loads the model while this one loads the tokenizer.
+        self.core = client if client is not None else make_client(config)
+        try:
+            self.tokenizer = load_tokenizer(config.model_config)
+        except BaseException:
+            self.core.shutdown()
+            raise
         self.processor = InputProcessor(
             config.model_config, self.tokenizer, config.structured_outputs_config, max_samples
         )
-        self.engine_core = EngineCore(config)
         self.output_processor = OutputProcessor(self.tokenizer)
         log_stats = not config.disable_log_stats if log_stats is None else log_stats
         self.stat_loggers: list[StatLogger] = [LoggingStatLogger()] if log_stats else []
+        self._snapshot = EngineSnapshot(0, 0, 0.0, 0, 0)  # the core's state, as last reported
+
+    @property
+    def engine_core(self) -> EngineCore:
+        """The engine core itself, when it runs in this process."""
+        core = getattr(self.core, "engine_core", None)
+        if core is None:
+            raise AttributeError(
+                "The engine core runs in its own process; set PAGEDLLM_ENABLE_MULTIPROCESSING=0 "
+                "to reach it directly, or use call_core()."
+            )
+        return core
 
     @classmethod
-    def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
-        return cls(engine_args.create_engine_config())
+    def from_engine_args(
+        cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
+    ) -> LLMEngine:
+        return cls(engine_args.create_engine_config(usage_context))
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -112,6 +137,8 @@ class LLMEngine:
             raise ValueError(f"priority must be an integer, got {priority!r}.")
         processed = self.processor.process_prompt(prompt, params)
         resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
+        if resolved.logits_processors and not isinstance(self.core, InprocClient):
+            check_picklable(resolved)
         grammar = self.processor.process_structured_outputs(resolved)
         arrival_time = time.time() if arrival_time is None else arrival_time
         return PreparedRequest(request_id, processed, resolved, arrival_time, priority, grammar)
@@ -140,36 +167,18 @@ class LLMEngine:
                 prepared.arrival_time,
                 queue,
             )
-            request = Request(
-                child_id,
-                prompt.prompt_token_ids,
-                child_params,
-                self.processor.eos_token_id,
-                prepared.arrival_time,
-                prepared.priority,
-                prompt.cache_salt,
-            )
-            if prepared.grammar is not None:
-                request.structured_output = self._structured_outputs().request_grammar(
-                    prepared.grammar
+        for child_id, child_params in children:
+            self.core.add_request(
+                EngineCoreRequest(
+                    child_id,
+                    prompt.prompt_token_ids,
+                    child_params,
+                    self.processor.eos_token_id,
+                    prepared.arrival_time,
+                    prepared.priority,
+                    prompt.cache_salt,
                 )
-            self.engine_core.add_request(request)
-
-    def _structured_outputs(self) -> StructuredOutputManager:
-        """Made on first use, so engines that never constrain output never import xgrammar."""
-        core = self.engine_core
-        if core.structured_outputs is None:
-            eos = self.model_config.generation_config.get("eos_token_id")
-            stops = {self.processor.eos_token_id} | set(
-                [eos] if isinstance(eos, int) else eos or []
             )
-            core.structured_outputs = StructuredOutputManager(
-                self.tokenizer,
-                self.model_config.vocab_size,
-                sorted(t for t in stops if t is not None),
-                pin_memory=self.config.device == "cuda",
-            )
-        return core.structured_outputs
 
     def add_request(
         self,
@@ -189,43 +198,54 @@ class LLMEngine:
         """Abort requests (unknown or finished ids are ignored); return each one's final
         output (finish_reason "abort") with its state, for streaming callers."""
         child_ids, finals = self.output_processor.abort_requests(list(request_ids))
-        self.engine_core.abort_requests(child_ids)
+        self.core.abort_requests(child_ids)
         return finals
 
     def has_unfinished_requests(self) -> bool:
-        return self.engine_core.has_unfinished_requests()
+        """Requests this front end still waits on (the core may have let one go already)."""
+        return self.output_processor.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return self.engine_core.scheduler.get_num_unfinished_requests()
+        return self.output_processor.get_num_unfinished_requests()
 
     def get_num_waiting_requests(self) -> int:
-        return len(self.engine_core.scheduler.waiting)
+        """Sequences the scheduler held waiting, as of its last report."""
+        return self._snapshot.num_waiting
 
     # -- stepping ------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         return [output for _, output in self.step_with_states()]
 
-    def step_with_states(self) -> list[tuple[Any, RequestOutput]]:
-        """One engine step; the RequestOutputs produced, each with its request's state."""
-        core_outputs, iteration = self.engine_core.step()
-        delivered, stopped = self.output_processor.process_outputs(core_outputs, iteration)
+    def step_with_states(
+        self, wake_fd: int | None = None, timeout: float | None = None
+    ) -> list[tuple[Any, RequestOutput]]:
+        """The core's next step: the RequestOutputs it makes, each with its request's state.
+        With ``wake_fd`` or ``timeout``, returns nothing early when the fd turns readable
+        or the time passes."""
+        batch = self.core.get_outputs(wake_fd, timeout)
+        if batch is None:
+            return []
+        self._snapshot = batch.snapshot
+        delivered, stopped = self.output_processor.process_outputs(batch.outputs, batch.iteration)
         if stopped:
-            self.engine_core.abort_requests(stopped)
-        if self.stat_loggers:
-            snapshot = self.engine_core.snapshot()
-            for stat_logger in self.stat_loggers:
-                stat_logger.record(iteration, snapshot)
+            self.core.abort_requests(stopped)
+        for stat_logger in self.stat_loggers:
+            stat_logger.record(batch.iteration, batch.snapshot)
         return delivered
 
-    def record_stats(self) -> None:
-        """Report the current state to the stat loggers without stepping (used when idle)."""
-        if self.stat_loggers:
-            iteration = IterationStats()
-            self.output_processor.process_outputs([], iteration)
-            snapshot = self.engine_core.snapshot()
-            for stat_logger in self.stat_loggers:
-                stat_logger.record(iteration, snapshot)
+    def call_core(self, name: str, *args: Any) -> Any:
+        """Run one of the engine core's utilities (``engine.core.UTILITIES``) and return its
+        result, wherever the core runs."""
+        return self.core.call_utility(name, *args)
+
+    def kv_cache_state(self) -> dict[str, Any]:
+        """The core's block pool, checked: free and total blocks, and more (tests use it)."""
+        return self.call_core("kv_cache_state")
 
     def reset_prefix_cache(self) -> bool:
-        return self.engine_core.reset_prefix_cache()
+        return self.call_core("reset_prefix_cache")
+
+    def shutdown(self) -> None:
+        """Stop the engine core (its process, when it has one)."""
+        self.core.shutdown()

@@ -117,6 +117,13 @@ class OutputProcessor:
         # Requests aborted between steps, reported with the next step's stats.
         self._aborted: list[FinishedRequestStats] = []
 
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.states)
+
+    def get_num_unfinished_requests(self) -> int:
+        """User requests (a request with n samples counts once)."""
+        return len(self.children)
+
     def has_request(self, request_id: str) -> bool:
         """Is the id live, as a user's request id or as one of its children's?"""
         return request_id in self.children or request_id in self.states

@@ -16,7 +16,7 @@ from pagedllm.beam_search import (
     prompt_ids_of,
     step_params,
 )
-from pagedllm.config import EngineArgs
+from pagedllm.config import EngineArgs, UsageContext
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.inputs.chat import prepare_chat, render_chat
 from pagedllm.inputs.processor import PromptType
@@ -56,7 +56,7 @@ class LLM:
         if unknown:
             raise TypeError(f"LLM got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         self.engine_args = EngineArgs(model=model, **kwargs)
-        self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
+        self.llm_engine = LLMEngine.from_engine_args(self.engine_args, UsageContext.LLM_CLASS)
         self._counter = itertools.count()
 
     # -- accessors -----------------------------------------------------------------------

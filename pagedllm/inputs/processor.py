@@ -203,7 +203,9 @@ class InputProcessor:
         return sequences
 
     def process_structured_outputs(self, params: SamplingParams) -> GrammarSpec | None:
-        """The request's grammar, validated (ValueError naming the problem), or None."""
+        """The request's grammar, validated (ValueError naming the problem), or None.
+        ``params`` (a resolved copy) keeps the constraint with the engine-wide options
+        merged in: the engine core builds the same grammar from it."""
         if params.structured_outputs is None:
             return None
         if self.tokenizer is None:
@@ -221,4 +223,6 @@ class InputProcessor:
             disable_additional_properties=params.structured_outputs.disable_additional_properties
             or engine.disable_additional_properties,
         )
-        return build_grammar_spec(constraint)
+        spec = build_grammar_spec(constraint)
+        params.structured_outputs = constraint
+        return spec

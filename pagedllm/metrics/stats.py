@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from pagedllm import envs
 from pagedllm.logger import init_logger
@@ -12,29 +14,28 @@ from pagedllm.logger import init_logger
 logger = init_logger(__name__)
 
 
-@dataclass
-class FinishedRequestStats:
-    finish_reason: str  # "stop", "length" or "abort"
+class FinishedRequestStats(msgspec.Struct, array_like=True):
+    finish_reason: str  # "stop", "length", "abort" or "error"
     e2e_latency: float  # seconds from arrival to the last output
     num_prompt_tokens: int
     num_generation_tokens: int
 
 
-@dataclass
-class IterationStats:
+class IterationStats(msgspec.Struct, array_like=True):
     """What one step computed (prompt tokens: prefill and recompute; sampled tokens) and the
-    per-request latencies observed while processing its outputs."""
+    per-request latencies observed while processing its outputs. The engine fills the
+    counts; the front end adds the latencies (msgspec: it crosses between processes)."""
 
     num_prompt_tokens: int = 0
     num_generation_tokens: int = 0
     num_preempted: int = 0
-    time_to_first_tokens: list[float] = field(default_factory=list)
-    inter_token_latencies: list[float] = field(default_factory=list)
-    finished: list[FinishedRequestStats] = field(default_factory=list)
+    step_seconds: float = 0.0  # the engine step's wall time (0 when none ran)
+    time_to_first_tokens: list[float] = msgspec.field(default_factory=list)
+    inter_token_latencies: list[float] = msgspec.field(default_factory=list)
+    finished: list[FinishedRequestStats] = msgspec.field(default_factory=list)
 
 
-@dataclass
-class EngineSnapshot:
+class EngineSnapshot(msgspec.Struct, array_like=True):
     num_running: int
     num_waiting: int
     kv_cache_usage: float
@@ -59,8 +60,11 @@ class LoggingStatLogger:
         self.generation_tokens = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.step_seconds: list[float] = []
 
     def record(self, step: IterationStats, snapshot: EngineSnapshot) -> None:
+        if step.step_seconds > 0:
+            self.step_seconds.append(step.step_seconds)
         self.prompt_tokens += step.num_prompt_tokens
         self.generation_tokens += step.num_generation_tokens
         self.prefix_queries += snapshot.prefix_cache_queries
@@ -72,15 +76,17 @@ class LoggingStatLogger:
     def log(self, snapshot: EngineSnapshot, now: float) -> None:
         elapsed = max(now - self.last_log, 1e-9)
         hit_rate = 100.0 * self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+        step_ms = 1e3 * statistics.median(self.step_seconds) if self.step_seconds else 0.0
         logger.info(
             "Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
             "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, "
-            "Prefix cache hit rate: %.1f%%",
+            "Prefix cache hit rate: %.1f%%, Median step: %.2f ms",
             self.prompt_tokens / elapsed,
             self.generation_tokens / elapsed,
             snapshot.num_running,
             snapshot.num_waiting,
             100.0 * snapshot.kv_cache_usage,
             hit_rate,
+            step_ms,
         )
         self._reset(now)

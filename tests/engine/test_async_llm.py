@@ -38,9 +38,14 @@ async def collect(engine, prompt, sp, request_id):
     return [out async for out in engine.generate(prompt, sp, request_id)]
 
 
+def core_state(engine) -> dict:
+    """The engine core's block pool (checked), after everything sent so far."""
+    return asyncio.run(engine.call(lambda e: e.kv_cache_state()))
+
+
 def kv_in_use(engine) -> int:
-    pool = engine.engine.engine_core.kv_cache_manager.block_pool
-    return pool.num_blocks - pool.get_num_free_blocks()
+    state = core_state(engine)
+    return state["num_blocks"] - state["num_free_blocks"]
 
 
 async def settle(engine) -> None:
@@ -75,10 +80,10 @@ def test_concurrent_requests_share_steps(engine):
             for i, p in enumerate(prompts)
         ))  # fmt: skip
 
-    steps_before = engine.engine.engine_core.scheduler.num_preemptions
+    steps_before = core_state(engine)["num_preemptions"]
     results = asyncio.run(go())
     assert all(r[-1].outputs[0].token_ids for r in results)
-    assert engine.engine.engine_core.scheduler.num_preemptions == steps_before
+    assert core_state(engine)["num_preemptions"] == steps_before
     # Batched: far fewer engine steps than 8 requests x 30 tokens would take one by one.
     alone = asyncio.run(
         collect(engine, prompts[3], params(RequestOutputKind.FINAL_ONLY, 30), "alone")

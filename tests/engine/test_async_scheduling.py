@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pagedllm import LLM, SamplingParams
+from tests.conftest import engine_in_process
 from tests.engine.test_generate import make_llm, mixed_params, mixed_prompts, token_ids
 
 EOS = 2  # the tiny configs' eos id
@@ -42,8 +43,9 @@ def assert_same(actual: list[tuple], expected: list[tuple]) -> None:
 @pytest.fixture(scope="module")
 def engines(tiny_models):
     path = tiny_models["llama"]
-    sync = make_llm(path, async_scheduling=False)
-    ahead = make_llm(path, async_scheduling=True)
+    with engine_in_process():  # the tests read the scheduler's and the core's state
+        sync = make_llm(path, async_scheduling=False)
+        ahead = make_llm(path, async_scheduling=True)
     assert ahead.llm_engine.config.scheduler_config.async_scheduling
     return sync, ahead
 
@@ -85,8 +87,9 @@ def test_async_preemption_with_tokens_in_flight(tiny_models, engines):
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(24, seed=5)]
     params = varied_params(24)
     expected = outputs_of(sync, prompts, params)
-    tiny = make_llm(tiny_models["llama"], async_scheduling=True,
-                    kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256)  # fmt: skip
+    with engine_in_process():
+        tiny = make_llm(tiny_models["llama"], async_scheduling=True,
+                        kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256)  # fmt: skip
     assert_same(outputs_of(tiny, prompts, params), expected)
     assert tiny.llm_engine.engine_core.scheduler.num_preemptions > 0
     pool = tiny.llm_engine.engine_core.kv_cache_manager.block_pool

@@ -8,27 +8,28 @@ import pytest
 
 from pagedllm import SamplingParams
 from pagedllm.worker.model_runner import ModelRunner
+from tests.conftest import engine_in_process
 from tests.engine.test_async_scheduling import assert_same, outputs_of
 from tests.engine.test_generate import make_llm, mixed_params, mixed_prompts
 
 
-def exploding_processor(after: int):
-    """A logits processor that raises once ``after`` tokens were generated."""
+class ExplodingProcessor:
+    """A logits processor that raises once ``after`` tokens were generated (a module-level
+    class: it is pickled to the engine process)."""
 
-    def processor(output_ids: list[int], logits):
-        if len(output_ids) >= after:
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def __call__(self, output_ids: list[int], logits):
+        if len(output_ids) >= self.after:
             raise RuntimeError("the processor exploded")
         return logits
 
-    return processor
-
 
 def assert_blocks_free(llm) -> None:
-    core = llm.llm_engine.engine_core
-    pool = core.kv_cache_manager.block_pool
-    pool.check_integrity()
-    assert pool.get_num_free_blocks() == pool.num_blocks
-    assert not core.scheduler.quarantine.active
+    state = llm.llm_engine.kv_cache_state()  # checks the pool's integrity too
+    assert state["num_free_blocks"] == state["num_blocks"]
+    assert not state["quarantine_active"]
 
 
 @pytest.mark.slow
@@ -37,7 +38,7 @@ def test_a_raising_logits_processor_fails_its_request_only(smollm):
     greedy = SamplingParams(temperature=0.0, max_tokens=12)
     alone = smollm.generate(prompts, greedy, use_tqdm=False)
     bad = SamplingParams(
-        temperature=0.0, max_tokens=12, ignore_eos=True, logits_processors=[exploding_processor(3)]
+        temperature=0.0, max_tokens=12, ignore_eos=True, logits_processors=[ExplodingProcessor(3)]
     )
     mixed = smollm.generate([*prompts, "Tell me a story."], [greedy] * 8 + [bad], use_tqdm=False)
     failed = mixed[8].outputs[0]
@@ -54,8 +55,10 @@ def test_a_step_failing_after_launch_is_traced_to_its_request(
     tiny_models, monkeypatch, async_scheduling
 ):
     """The failure comes from inside the runner, after the forward pass was queued (with
-    async scheduling, while the previous step is still in flight)."""
-    llm = make_llm(tiny_models["llama"], async_scheduling=async_scheduling)
+    async scheduling, while the previous step is still in flight). The runner is patched
+    here, so the engine core runs in this process."""
+    with engine_in_process():
+        llm = make_llm(tiny_models["llama"], async_scheduling=async_scheduling)
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(10, seed=3)]
     # Greedy rows (with penalties): a seeded row that shares a failed step restarts its
     # random stream there (its state is rebuilt), so only greedy rows replay exactly.

@@ -119,11 +119,9 @@ def test_preemption_under_tiny_kv_budget_keeps_results(tiny_models, llama):
     # 2 layers x 2 kv heads x 16 dims x 4 bytes x 2 = 512 bytes per token: 32 blocks of 16.
     tiny = make_llm(tiny_models["llama"], kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256)
     assert token_ids(tiny.generate(prompts, params, use_tqdm=False)) == reference
-    scheduler = tiny.llm_engine.engine_core.scheduler
-    assert scheduler.num_preemptions > 0
-    pool = tiny.llm_engine.engine_core.kv_cache_manager.block_pool
-    pool.check_integrity()
-    assert pool.get_num_free_blocks() == pool.num_blocks
+    state = tiny.llm_engine.kv_cache_state()  # checks the pool's integrity too
+    assert state["num_preemptions"] > 0
+    assert state["num_free_blocks"] == state["num_blocks"]
 
 
 def test_seeded_sampling_is_reproducible(llama):
@@ -197,6 +195,8 @@ def test_a_deleted_engine_is_collected_with_the_library_heap_frozen(tiny_models)
     script = f"""
 import gc, weakref
 from pagedllm import LLM
+import os
+os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = "0"  # the core is this process's object
 llm = LLM(model={str(tiny_models["llama"])!r}, skip_tokenizer_init=True,
           kv_cache_memory_bytes="16M", max_model_len=512)
 assert gc.get_freeze_count() > 0

@@ -51,8 +51,7 @@ def constrained(kind: str, value, **params) -> SamplingParams:
 
 
 def test_fifty_seeded_requests_all_validate_against_a_schema(smollm) -> None:
-    core = smollm.llm_engine.engine_core
-    preemptions = core.scheduler.num_preemptions
+    preemptions = smollm.llm_engine.kv_cache_state()["num_preemptions"]
     prompts = [chat_prompt(smollm, f"Describe user number {i} as JSON.") for i in range(50)]
     params = [constrained("json", PERSON_SCHEMA, temperature=0.8, seed=i) for i in range(50)]
     outputs = smollm.generate(prompts, params, use_tqdm=False)
@@ -61,7 +60,7 @@ def test_fifty_seeded_requests_all_validate_against_a_schema(smollm) -> None:
         assert completion.finish_reason == "stop", completion.text
         jsonschema.validate(json.loads(completion.text), PERSON_SCHEMA)
     # 50 requests overflow the fixture's small KV cache: the grammars survive preemption.
-    assert core.scheduler.num_preemptions > preemptions
+    assert smollm.llm_engine.kv_cache_state()["num_preemptions"] > preemptions
 
 
 def test_regex_and_choice_always_match(smollm) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 collect_ignore_glob: list[str] = []
 if not torch.cuda.is_available():
     collect_ignore_glob = ["test_*.py"]
+else:
+    # GPU tests reach into the engine (logits, KV plans, preemption counts): its core runs in
+    # the test process, except in tests that build one in its own process on purpose.
+    os.environ.setdefault("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
 
 
 def gpu_config(arch: str):

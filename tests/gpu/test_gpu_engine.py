@@ -124,3 +124,16 @@ def test_async_scheduling_matches_synchronous_steps(gpu_models):
     tight = engine(gpu_models["qwen3"], async_scheduling=True, kv_cache_memory_bytes="5M")
     assert run(tight) == reference
     assert tight.llm_engine.engine_core.scheduler.num_preemptions > 0
+
+
+def test_engine_core_process_matches_in_process(gpu_models, monkeypatch):
+    """The default deployment (the core in its own process, CUDA graphs, async scheduling)
+    gives the tokens of an in-process core."""
+    batch = prompts(7, 24)
+    expected = greedy(engine(gpu_models["llama"], dtype="bfloat16"), batch)
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+    separate = engine(gpu_models["llama"], dtype="bfloat16")
+    assert greedy(separate, batch) == expected
+    state = separate.llm_engine.kv_cache_state()
+    assert state["num_free_blocks"] == state["num_blocks"]
+    separate.llm_engine.shutdown()

@@ -45,5 +45,5 @@ def test_same_beams_and_scores_as_transformers(tiny_models, beam_width):
         ours_scores = [beam.cum_logprob for beam in output.sequences]
         assert ours_scores == pytest.approx(hf_scores, abs=1e-3)
         assert all(beam.finish_reason == "length" for beam in output.sequences)
-    blocks = llm.llm_engine.engine_core.kv_cache_manager
-    assert blocks.block_pool.get_num_free_blocks() == blocks.num_blocks
+    state = llm.llm_engine.kv_cache_state()
+    assert state["num_free_blocks"] == state["num_blocks"]

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pagedllm import LLM, SamplingParams
+from tests.conftest import engine_in_process
 from tests.model.helpers import prefill_logits
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
@@ -23,13 +24,14 @@ PROMPTS = [
 def engines(tiny_models):
     built = {}
     for arch, path in tiny_models.items():
-        llm = LLM(
-            model=str(path),
-            skip_tokenizer_init=True,
-            kv_cache_memory_bytes="16M",
-            max_model_len=512,
-            block_size=16,
-        )
+        with engine_in_process():  # prefill_logits drives the runner directly
+            llm = LLM(
+                model=str(path),
+                skip_tokenizer_init=True,
+                kv_cache_memory_bytes="16M",
+                max_model_len=512,
+                block_size=16,
+            )
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         built[arch] = (llm, hf)
     return built

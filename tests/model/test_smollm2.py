@@ -30,13 +30,13 @@ def hf_smollm():
     return tokenizer, model.eval()
 
 
-def test_weights_and_logits_match_transformers(smollm, hf_smollm):
+def test_weights_and_logits_match_transformers(smollm_in_process, hf_smollm):
     tokenizer, model = hf_smollm
     text = tokenizer.apply_chat_template(
         CONVERSATIONS[1], tokenize=False, add_generation_prompt=True
     )
     ids = tokenizer.encode(text, add_special_tokens=False)
-    ours = prefill_logits(smollm, [ids])[0]
+    ours = prefill_logits(smollm_in_process, [ids])[0]
     with torch.inference_mode():
         expected = model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-3)

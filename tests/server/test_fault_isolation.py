@@ -16,6 +16,7 @@ from pagedllm.entrypoints.openai.api_server import build_app, make_parser
 from pagedllm.metrics.prometheus import PrometheusStatLogger
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.worker.model_runner import ModelRunner
+from tests.conftest import engine_in_process
 
 POISON = "zzzz"  # the prompt of the request whose sampling fails
 
@@ -25,7 +26,8 @@ def served(tiny_chat_model):
     config = EngineArgs(
         model=str(tiny_chat_model), kv_cache_memory_bytes="16M"
     ).create_engine_config()
-    engine = AsyncLLM(config, log_stats=False, stat_loggers=[])
+    with engine_in_process():  # the runner is patched and a closure is a logits processor
+        engine = AsyncLLM(config, log_stats=False, stat_loggers=[])
     args = make_parser().parse_args([])
     app = build_app(engine, args, PrometheusStatLogger(model_name="tiny"))
     yield engine, app
@@ -51,15 +53,8 @@ def texts(replies: list[httpx.Response]) -> list[str]:
 
 
 def assert_blocks_free(engine: AsyncLLM) -> None:
-    async def check():
-        def inspect(llm_engine):
-            pool = llm_engine.engine_core.kv_cache_manager.block_pool
-            pool.check_integrity()
-            return pool.get_num_free_blocks() == pool.num_blocks
-
-        return await engine.call(inspect)
-
-    assert asyncio.run(check())
+    state = asyncio.run(engine.call(lambda e: e.kv_cache_state()))  # checks integrity too
+    assert state["num_free_blocks"] == state["num_blocks"]
 
 
 def test_a_failing_http_request_gets_its_own_500(served, monkeypatch):

@@ -1,5 +1,6 @@
 """``pagedllm bench throughput`` and ``pagedllm bench latency``, with vLLM's flag names and
-report lines, so one command line can be pointed at either engine.
+report lines, so one command line can be pointed at either engine. ``pagedllm bench serve``,
+which measures a running server, lives in ``pagedllm.bench.serve``.
 
     pagedllm bench throughput --model DIR --load-format dummy --input-len 512 \\
         --output-len 256 --num-prompts 1000
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pagedllm.bench.serve import add_serve_parser
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 
 
@@ -48,6 +50,7 @@ def register(subparsers: Any) -> None:
     )
     latency.add_argument("--num-iters", "--num_iters", dest="num_iters", type=int, default=10)
     latency.set_defaults(handler=run_latency)
+    add_serve_parser(kinds)  # against a running server: its flags live beside its code
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

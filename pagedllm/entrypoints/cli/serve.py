@@ -34,5 +34,4 @@ def run(args: argparse.Namespace) -> int:
                 f"Two models given: {args.model_tag!r} and --model {args.model!r}; pass one."
             )
         args.model = args.model_tag
-    run_server(args)
-    return 0
+    return run_server(args)

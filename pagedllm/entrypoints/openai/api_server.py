@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pagedllm import envs
+from pagedllm.config import UsageContext
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 from pagedllm.entrypoints.llm import generation_defaults
@@ -45,6 +46,7 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeRequest,
 )
 from pagedllm.entrypoints.openai.reasoning import REASONING_PARSER_NAMES, get_reasoning_parser
+from pagedllm.entrypoints.openai.server_processes import EngineConnection, run_api_servers
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
 from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
 from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
@@ -100,6 +102,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("allowed-methods", type=json.loads, default=["*"])
     flag("allowed-headers", type=json.loads, default=["*"])
     flag("allow-credentials", action="store_true")
+    flag("api-server-count", type=int, default=1,
+         help="API server processes sharing the engine core (for high request rates)")  # fmt: skip
     add_limit_flags(flag)
 
 
@@ -114,6 +118,8 @@ def check_server_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}.")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    if args.api_server_count < 1:
+        raise ValueError(f"--api-server-count must be at least 1, got {args.api_server_count}.")
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -236,53 +242,72 @@ def build_app(
 # -- running -------------------------------------------------------------------------------
 
 
-def run_server(args: argparse.Namespace) -> None:
+def run_server(args: argparse.Namespace, connection: EngineConnection | None = None) -> int:
+    """Serve until SIGTERM (exit code 0 after a clean drain). ``connection``: this is one of
+    ``--api-server-count`` servers, sharing an engine core its supervisor started."""
     check_server_flags(args)
     limits = ServerLimits.from_args(args)  # checks the limits before anything loads
     engine_args = engine_args_from(args)
-    config = engine_args.create_engine_config()  # validates every option; loads no weights
-    sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
+    # Validates every option (loads no weights); the server's batch defaults.
+    config = engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+    if connection is None:
+        sock = _bind(args.host, args.port)  # fail fast on a busy port, before the model loads
+        if args.api_server_count > 1:
+            with sock:
+                return run_api_servers(args, config, sock.fileno())
+    else:
+        sock = socket.socket(fileno=connection.listen_fd)  # the supervisor's, shared
     served = args.served_model_name or [config.model_config.model]
     stats = PrometheusStatLogger(model_name=served[0])
+    first = connection is None or connection.client_index == 0
     engine = AsyncLLM(
         config,
         log_requests=not args.disable_log_requests,
-        log_stats=not engine_args.disable_log_stats,
+        log_stats=first and not engine_args.disable_log_stats,  # one throughput line
         stat_loggers=[stats],
         max_samples=limits.max_n or config.scheduler_config.max_num_seqs,
         max_waiting_requests=limits.max_waiting_requests,
+        client=connection.client() if connection is not None else None,
     )
     sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
     try:
         state = ServingState()
         app = build_app(engine, args, stats, state, sandbox)
-        scheme = "https" if args.ssl_certfile else "http"
-        shown = args.host or "localhost"
-        logger.info(
-            "Serving %s at %s://%s:%d/v1 (API docs: /docs)",
-            ", ".join(served),
-            scheme,
-            shown,
-            args.port,
+        if first:
+            _log_serving(args, served)
+        server = GracefulServer(
+            _uvicorn_config(app, args, limits), state, limits.shutdown_timeout_s, engine.abort_all
         )
-        server_config = uvicorn.Config(
-            app,
-            http=with_header_timeout(limits.request_header_timeout_s),
-            log_level=args.uvicorn_log_level or args.log_level,
-            access_log=not args.disable_uvicorn_access_log,
-            ssl_keyfile=args.ssl_keyfile,
-            ssl_certfile=args.ssl_certfile,
-            ssl_ca_certs=args.ssl_ca_certs,
-            ssl_cert_reqs=args.ssl_cert_reqs,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
-        )
-        server = GracefulServer(server_config, state, limits.shutdown_timeout_s, engine.abort_all)
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         sandbox.close()
         engine.shutdown()
         sock.close()
+    return 0
+
+
+def _log_serving(args: argparse.Namespace, served: list[str]) -> None:
+    scheme = "https" if args.ssl_certfile else "http"
+    shown = args.host or "localhost"
+    logger.info(
+        "Serving %s at %s://%s:%d/v1 (API docs: /docs)", ", ".join(served), scheme, shown,
+        args.port,
+    )  # fmt: skip
+
+
+def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http=with_header_timeout(limits.request_header_timeout_s),
+        log_level=args.uvicorn_log_level or args.log_level,
+        access_log=not args.disable_uvicorn_access_log,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
+    )
 
 
 def _bind(host: str | None, port: int) -> socket.socket:
@@ -307,11 +332,10 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser("python -m pagedllm.entrypoints.openai.api_server").parse_args(argv)
     try:
-        run_server(args)
+        return run_server(args)
     except ValueError as exc:
         print(f"pagedllm: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

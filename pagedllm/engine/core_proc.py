@@ -1,0 +1,187 @@
+"""The engine core in its own process: a busy loop that never waits on a client.
+
+    receive (requests, aborts, utility calls) -> step -> send the step's outputs
+
+Requests arrive on one PULL socket from every front end (several API servers may share one
+core); each front end has its own output socket, and a request's outputs go to the front
+end that sent it. The loop blocks only when it has nothing to run, and then wakes at least
+once a second to notice a parent that died (it exits with it).
+
+Started by ``MPClient`` (``core_client.py``) as ``python -m pagedllm.engine.core_proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+import zmq
+
+from pagedllm.config import EngineConfig
+from pagedllm.core.request import FinishReason
+from pagedllm.core.scheduler_output import EngineCoreOutput
+from pagedllm.engine.core import UTILITIES, EngineCore
+from pagedllm.engine.messages import (
+    Abort,
+    Codec,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    Shutdown,
+    Started,
+    UtilityCall,
+    UtilityResult,
+)
+from pagedllm.logger import init_logger
+from pagedllm.metrics.stats import IterationStats
+
+logger = init_logger(__name__)
+
+_IDLE_POLL_MS = 1000  # how often an idle engine looks for its parent
+
+
+class EngineCoreLoop:
+    def __init__(self, core: EngineCore, inbound: zmq.Socket, outbound: list[zmq.Socket]) -> None:
+        self.core = core
+        self.inbound = inbound
+        self.outbound = outbound
+        self.codec = Codec()
+        self.client_of: dict[str, int] = {}  # request id -> the front end that sent it
+        self._stopping = False
+        self._changed = False  # since the last message sent: state worth reporting
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inbound, zmq.POLLIN)
+        while not self._stopping:
+            busy = self.core.has_unfinished_requests()
+            if not busy and self._changed:
+                self._send_idle_state()
+            timeout = 0 if busy else _IDLE_POLL_MS
+            while poller.poll(timeout):
+                self._handle(self.codec.decode(self.inbound.recv_multipart(copy=False)))
+                timeout = 0
+            if self.core.has_unfinished_requests():
+                self._step()
+
+    def _handle(self, message: Any) -> None:
+        self._changed = True
+        if isinstance(message, EngineCoreRequest):
+            self._add(message)
+        elif isinstance(message, Abort):
+            self.core.abort_requests(message.request_ids)
+            for request_id in message.request_ids:
+                self.client_of.pop(request_id, None)
+        elif isinstance(message, UtilityCall):
+            self._send(message.client_index, self._utility(message))
+        elif isinstance(message, Shutdown):
+            self._stopping = True
+
+    def _add(self, request: EngineCoreRequest) -> None:
+        self.client_of[request.request_id] = request.client_index
+        try:
+            self.core.add_request(request)
+        except Exception as exc:  # this request's own failure
+            logger.exception("Request %s could not be added", request.request_id)
+            failed = EngineCoreOutput(
+                request.request_id, [], FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}"
+            )
+            self._emit([failed], IterationStats())
+
+    def _utility(self, call: UtilityCall) -> UtilityResult:
+        if call.name not in UTILITIES:
+            return UtilityResult(call.call_id, error=f"unknown utility {call.name!r}")
+        try:
+            return UtilityResult(call.call_id, getattr(self.core, call.name)(*call.args))
+        except Exception as exc:
+            return UtilityResult(call.call_id, error=f"{type(exc).__name__}: {exc}")
+
+    def _step(self) -> None:
+        outputs, iteration = self.core.step()
+        if outputs or iteration.num_prompt_tokens or iteration.num_generation_tokens:
+            self._emit(outputs, iteration)
+
+    def _emit(self, outputs: list[EngineCoreOutput], iteration: IterationStats) -> None:
+        """Each front end gets its requests' outputs, and the step's counts."""
+        snapshot = self.core.snapshot()
+        by_client: dict[int, list[EngineCoreOutput]] = {}
+        for output in outputs:
+            client = self.client_of.get(output.request_id, 0)
+            by_client.setdefault(client, []).append(output)
+            if output.finished:
+                self.client_of.pop(output.request_id, None)
+        for client in range(len(self.outbound)):
+            # Every front end gets the engine-wide counts: any API server's /metrics
+            # reports the whole engine.
+            self._send(client, EngineCoreOutputs(by_client.get(client, []), iteration, snapshot))
+        self._changed = False
+
+    def _send_idle_state(self) -> None:
+        self._emit([], IterationStats())
+
+    def _send(self, client: int, message: Any) -> None:
+        self.outbound[client].send_multipart(self.codec.encode(message), copy=False)
+
+
+def run_engine_core(config: EngineConfig, input_address: str, output_addresses: list[str]) -> None:
+    """Build the core, say so on every output socket, then serve until told to stop."""
+    context = zmq.Context()
+    inbound = context.socket(zmq.PULL)
+    inbound.bind(input_address)
+    outbound = [context.socket(zmq.PUSH) for _ in output_addresses]
+    for socket, address in zip(outbound, output_addresses):
+        socket.connect(address)
+    codec = Codec()
+    try:
+        from pagedllm.engine.llm_engine import freeze_library_heap
+
+        freeze_library_heap()
+        core = EngineCore(config)
+    except Exception as exc:
+        logger.exception("The engine core failed to start")
+        started = Started(error=str(exc), error_type=type(exc).__name__)
+        for socket in outbound:
+            socket.send_multipart(codec.encode(started))
+        _close(context, [inbound, *outbound])
+        return
+    for socket in outbound:
+        socket.send_multipart(codec.encode(Started(num_gpu_blocks=core.kv_cache_plan.num_blocks)))
+    try:
+        EngineCoreLoop(core, inbound, outbound).run()
+    finally:
+        _close(context, [inbound, *outbound])
+
+
+def _close(context: zmq.Context, sockets: list[zmq.Socket]) -> None:
+    for socket in sockets:
+        socket.close(linger=1000)  # let the last messages out, but never wait for long
+    context.term()
+
+
+def exit_with_parent(fd: int) -> None:
+    """The parent holds our stdin open for its whole life: its end means the parent is
+    gone (even killed), and this process must not outlive it. Reads the raw fd (a buffered
+    reader's lock would trouble the interpreter's shutdown)."""
+
+    def watch() -> None:
+        while os.read(fd, 1 << 16):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="pagedllm-parent-watch", daemon=True).start()
+
+
+def main() -> None:
+    """``python -m pagedllm.engine.core_proc INPUT OUTPUT...``, the pickled EngineConfig on
+    stdin (a plain subprocess, not multiprocessing: the parent's ``__main__`` is never
+    re-imported, and CUDA starts fresh)."""
+    import pickle
+
+    config = pickle.load(sys.stdin.buffer)
+    exit_with_parent(sys.stdin.fileno())
+    run_engine_core(config, sys.argv[1], sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""What crosses between the front end and the engine core: small typed messages.
+
+The front end (tokenizer, input checks, output processing, HTTP) and the engine core
+(scheduler, model runner) run in different processes by default (``core_proc.py``); these
+structs are their whole vocabulary, encoded with msgspec's msgpack. Requests go one way,
+step outputs the other; utility calls (a name and arguments, from ``UTILITIES``) and their
+results go both ways under an id.
+
+``SamplingParams`` travels pickled: it can hold ``logits_processors`` (callables, which must
+then be importable functions) and is sent once per request, never per step.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from typing import Any
+
+import msgspec
+
+from pagedllm.core.scheduler_output import EngineCoreOutput
+from pagedllm.metrics.stats import EngineSnapshot, IterationStats
+from pagedllm.sampling_params import SamplingParams
+
+
+class EngineCoreRequest(msgspec.Struct, array_like=True, gc=False):
+    """One sequence for the scheduler (a request with n > 1 sends one per sample).
+    ``sampling_params`` is a ``SamplingParams``; on the wire it is pickled (``Codec``)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: Any
+    eos_token_id: int | None
+    arrival_time: float
+    priority: int
+    cache_salt: str | None
+    client_index: int = 0  # which front end sent it (several API servers share one core)
+
+
+class _WireRequest(msgspec.Struct, array_like=True, gc=False):
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: bytes
+    eos_token_id: int | None
+    arrival_time: float
+    priority: int
+    cache_salt: str | None
+    client_index: int
+
+
+def check_picklable(params: SamplingParams) -> None:
+    """What the engine process cannot receive is refused at admission, by name."""
+    try:
+        pickle.dumps(params.logits_processors, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ValueError(
+            "logits_processors must be importable (module-level functions or instances of "
+            "module-level classes) when the engine runs in its own process; set "
+            f"PAGEDLLM_ENABLE_MULTIPROCESSING=0 to pass other callables ({exc})."
+        ) from None
+
+
+class EngineCoreOutputs(msgspec.Struct, array_like=True, gc=False):
+    """One step's results (or, with no outputs, the engine's state after it went idle)."""
+
+    outputs: list[EngineCoreOutput]
+    iteration: IterationStats
+    snapshot: EngineSnapshot
+
+
+class UtilityCall(msgspec.Struct, array_like=True):
+    call_id: int
+    name: str
+    args: list[Any]
+    client_index: int = 0  # where the result goes
+
+
+class UtilityResult(msgspec.Struct, array_like=True):
+    call_id: int
+    result: Any = None
+    error: str | None = None
+
+
+class Abort(msgspec.Struct, array_like=True):
+    request_ids: list[str]
+
+
+class Shutdown(msgspec.Struct, array_like=True):
+    pass
+
+
+class Started(msgspec.Struct, array_like=True):
+    """The engine process is ready (with what the front end logs), or failed to start."""
+
+    error: str | None = None
+    error_type: str | None = None  # "ValueError": a configuration the user can fix
+    num_gpu_blocks: int = 0
+
+
+# Front end -> engine, tagged by type; engine -> front end likewise.
+Inbound = EngineCoreRequest | Abort | UtilityCall | Shutdown
+Outbound = EngineCoreOutputs | UtilityResult | Started
+
+
+class Tag(enum.IntEnum):
+    REQUEST = 0
+    ABORT = 1
+    UTILITY = 2
+    SHUTDOWN = 3
+    OUTPUTS = 4
+    RESULT = 5
+    STARTED = 6
+
+
+_TAGS: dict[type, Tag] = {
+    _WireRequest: Tag.REQUEST,
+    Abort: Tag.ABORT,
+    UtilityCall: Tag.UTILITY,
+    Shutdown: Tag.SHUTDOWN,
+    EngineCoreOutputs: Tag.OUTPUTS,
+    UtilityResult: Tag.RESULT,
+    Started: Tag.STARTED,
+}
+_TYPES = {tag: kind for kind, tag in _TAGS.items()}
+
+
+class Codec:
+    """Messages as (one tag byte, msgpack body) frames."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoders = {tag: msgspec.msgpack.Decoder(kind) for tag, kind in _TYPES.items()}
+
+    def encode(self, message: Inbound | Outbound) -> list[bytes]:
+        if isinstance(message, EngineCoreRequest):
+            params = pickle.dumps(message.sampling_params, protocol=pickle.HIGHEST_PROTOCOL)
+            message = _WireRequest(*msgspec.structs.astuple(message)[:2], params,
+                                   *msgspec.structs.astuple(message)[3:])  # fmt: skip
+        return [bytes((_TAGS[type(message)],)), self._encoder.encode(message)]
+
+    def decode(self, frames: list[Any]) -> Inbound | Outbound:
+        """From ``recv_multipart`` (bytes, or zmq frames: any buffer)."""
+        message = self._decoders[Tag(memoryview(frames[0])[0])].decode(frames[1])
+        if isinstance(message, _WireRequest):
+            fields = msgspec.structs.astuple(message)
+            return EngineCoreRequest(*fields[:2], pickle.loads(fields[2]), *fields[3:])
+        return message
