@@ -43,7 +43,8 @@ def dummy_model(config_dir: Path, out: Path) -> Path:
     tokenizer_dir = out / "tokenizer"
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(config_dir / "config.json", out / "config.json")
-    shutil.copy(config_dir / "config.json", tokenizer_dir / "config.json")
+    # No config.json beside the tokenizer: transformers would pick the model's own
+    # tokenizer class from it and replace this word-level pipeline.
     backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     eos = config.get("eos_token_id")

@@ -39,4 +39,7 @@ def _tokenizer_dir(model_config: ModelConfig) -> Path:
                 "or skip_tokenizer_init=True and give prompts as token ids."
             )
         return files.config_dir
+    local = Path(model_config.tokenizer).expanduser()
+    if local.is_dir():  # tokenizer files alone, no model config needed beside them
+        return local
     return resolve_model(model_config.tokenizer).config_dir
