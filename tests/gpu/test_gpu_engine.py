@@ -130,9 +130,9 @@ def test_engine_core_process_matches_in_process(gpu_models, monkeypatch):
     """The default deployment (the core in its own process, CUDA graphs, async scheduling)
     gives the tokens of an in-process core."""
     batch = prompts(7, 24)
-    expected = greedy(engine(gpu_models["llama"], dtype="bfloat16"), batch)
+    expected = greedy(engine(gpu_models["llama"]), batch)  # float32: no bf16 near-ties
     monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
-    separate = engine(gpu_models["llama"], dtype="bfloat16")
+    separate = engine(gpu_models["llama"])
     assert greedy(separate, batch) == expected
     state = separate.llm_engine.kv_cache_state()
     assert state["num_free_blocks"] == state["num_blocks"]
