@@ -127,12 +127,16 @@ def bench(client: str, model: Path, port: int, rate: str, seed: int, prompts: in
 
 
 def median_step_ms(log: Path, since: int) -> float | None:
-    """Median of the 'Median step' figures pagedllm logged after byte ``since`` (busy
-    intervals only)."""
+    """pagedllm's median engine step while the run was at its fullest: the 'Median step'
+    of the logged intervals (after byte ``since``) with at least 90% of the most running
+    requests seen."""
     text = log.read_text()[since:]
-    found = re.findall(r"Avg generation throughput: ([\d.]+) tokens/s.*Median step: ([\d.]+) ms",
-                       text)  # fmt: skip
-    values = [float(step) for gen, step in found if float(gen) > 0]
+    found = [
+        (int(running), float(step))
+        for running, step in re.findall(r"Running: (\d+) reqs.*Median step: ([\d.]+) ms", text)
+    ]
+    busiest = max((running for running, _ in found), default=0)
+    values = [step for running, step in found if running and running >= 0.9 * busiest]
     return statistics.median(values) if values else None
 
 

@@ -65,6 +65,22 @@ class RequestStream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def deliver(items: list[tuple[RequestStream, RequestOutput | BaseException]]) -> None:
+    """Hand one step's outputs to their streams: one wake-up per event loop, not one per
+    request (a wake-up is a system call, and a step can hold a thousand outputs)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
+    for stream, item in items:
+        by_loop.setdefault(stream.loop, []).append((stream, item))
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody listens
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[RequestStream, Any]]) -> None:
+    for stream, item in batch:
+        stream.queue.put_nowait(item)
+
+
 class AsyncLLM:
     def __init__(
         self,
@@ -340,13 +356,13 @@ class AsyncLLM:
     def _step(self) -> None:
         delivered = self.engine.step_with_states(wake_fd=self._wake_r, timeout=1.0)
         self._num_engine_waiting = self.engine.get_num_waiting_requests()
-        for state, output in delivered:
-            if state.queue is None:
-                continue
-            if state.error is not None:
-                state.queue.put_threadsafe(RequestFailedError(state.error))
-            else:
-                state.queue.put_threadsafe(output)
+        deliver(
+            [
+                (state.queue, RequestFailedError(state.error) if state.error else output)
+                for state, output in delivered
+                if state.queue is not None
+            ]
+        )
 
     def _drain_inbox(self) -> None:
         while True:

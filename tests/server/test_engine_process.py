@@ -124,7 +124,7 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
         ]
         assert sum("server_processes" in c for c in commands) == 2
         assert sum("engine.core_proc" in c for c in commands) == 1
-        bodies = [{"prompt": f"p{i}", "max_tokens": 4} for i in range(16)]
+        bodies = [{"prompt": f"p{i}", "max_tokens": 4, "ignore_eos": True} for i in range(16)]
 
         async def send_all() -> list[httpx.Response]:
             # A new connection per request: the kernel spreads them over both servers.

@@ -70,7 +70,7 @@ def run_chat(pieces: list[str], stream: bool):
         response = await handler.create(request)
         if not stream:
             return json.loads(response.body)
-        chunks = [c async for c in response.body_iterator]
+        chunks = [c if isinstance(c, str) else c.decode() async for c in response.body_iterator]
         return [json.loads(c[6:]) for c in chunks if c.startswith("data: {")]
 
     return asyncio.run(go())

@@ -278,12 +278,22 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
         server = GracefulServer(
             _uvicorn_config(app, args, limits), state, limits.shutdown_timeout_s, engine.abort_all
         )
-        asyncio.run(server.serve(sockets=[sock]))
+        run_loop(server.serve(sockets=[sock]))
     finally:
         sandbox.close()
         engine.shutdown()
         sock.close()
     return 0
+
+
+def run_loop(main: Any) -> None:
+    """uvloop's event loop when installed (faster I/O under load), asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _log_serving(args: argparse.Namespace, served: list[str]) -> None:

@@ -5,6 +5,10 @@ sends its headers a byte at a time (or never): each such connection holds a sock
 protocol object for as long as the client likes. Here a connection must complete a
 request's headers within ``header_timeout_s`` of opening, or of the first byte after its
 previous response; otherwise it is closed.
+
+The deadline is a mixin over uvicorn's protocol classes: httptools' (C parser, used when
+installed: a saturated server parses and writes tens of thousands of events a second) or
+h11's (pure Python).
 """
 
 from __future__ import annotations
@@ -15,28 +19,34 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-class HeaderTimeoutProtocol(H11Protocol):
-    header_timeout_s = 20.0  # set per server by ``with_header_timeout``
+class HeaderDeadline:
+    """Mixed in before a uvicorn protocol class (which provides ``loop``, ``transport``,
+    ``cycle``); ``header_timeout_s`` is set per server by ``with_header_timeout``."""
+
+    header_timeout_s = 20.0
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         if self._header_deadline is None and self._between_requests():
             self._arm()  # the first bytes of a next request on a kept-alive connection
         cycle = self.cycle
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         if self.cycle is not cycle:  # a new request cycle began: its headers are complete
             self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -55,6 +65,12 @@ class HeaderTimeoutProtocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_timeout(timeout_s: float) -> type[HeaderTimeoutProtocol]:
+def with_header_timeout(timeout_s: float) -> type:
     """The protocol class for one server (uvicorn builds one per connection)."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": timeout_s})
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base: type = HttpToolsProtocol
+    except ImportError:  # httptools not installed
+        base = H11Protocol
+    return type("HeaderDeadlineProtocol", (HeaderDeadline, base), {"header_timeout_s": timeout_s})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.beam_search import BeamSearchOutput
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.errors import from_value_error, sse_error
 from pagedllm.entrypoints.openai.logprobs_format import chat_logprobs, prompt_logprobs_json
@@ -19,9 +19,6 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatCompletionStreamChoice,
-    ChatCompletionStreamResponse,
-    DeltaMessage,
     request_ids,
 )
 from pagedllm.entrypoints.openai.reasoning import ReasoningParser
@@ -191,19 +188,17 @@ class ChatHandler:
         tokens = [0] * n
         last: RequestOutput | None = None
 
-        def chunk(choices: list[ChatCompletionStreamChoice], usage: Any = None) -> str:
-            body = ChatCompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=choices
-            ).model_dump(mode="json")
-            for choice, raw in zip(choices, body["choices"]):
-                raw["delta"] = choice.delta.model_dump(exclude_none=True)
-            if include_usage:
-                body["usage"] = usage.model_dump() if usage is not None else None
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+            # The shape of ChatCompletionStreamResponse, built as a dict (one per token).
+            return sse.event({
+                "id": request_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": choices,
+                "usage": usage.model_dump() if include_usage and usage is not None else None,
+            })  # fmt: skip
 
         try:
             for i in range(n):
-                yield chunk([_choice(i, DeltaMessage(role="assistant", content=prefix))])
+                yield chunk([_choice(i, {"role": "assistant", "content": prefix})])
             top = request.top_logprobs or 0
             async for output in outputs:
                 last = output
@@ -215,26 +210,29 @@ class ChatHandler:
                     if delta is None and not completion.finished() and not logprobs:
                         continue
                     finish = _finish_reason(completion.finish_reason, parsers[i].called_tools)
-                    choice = _choice(i, delta or DeltaMessage(), finish, completion.stop_reason)
-                    choice.logprobs = logprobs
+                    choice = _choice(i, delta or {}, finish, completion.stop_reason, logprobs)
                     usage = usage_of(output, None, sum(tokens)) if continuous else None
                     yield chunk([choice], usage)
             if include_usage and last is not None:
                 yield chunk([], usage_of(last, None, sum(tokens)))
         except Exception as exc:
             yield sse_error(exc)
-        yield "data: [DONE]\n\n"
+        yield sse.DONE
 
 
 def _choice(
     index: int,
-    delta: DeltaMessage,
+    delta: dict[str, Any],
     finish_reason: str | None = None,
     stop_reason: int | str | None = None,
-) -> ChatCompletionStreamChoice:
-    return ChatCompletionStreamChoice(
-        index=index, delta=delta, finish_reason=finish_reason, stop_reason=stop_reason
-    )
+    logprobs: Any = None,
+) -> dict[str, Any]:
+    """A ChatCompletionStreamChoice as a dict; ``delta`` holds only the fields set (clients
+    test ``hasattr(delta, "reasoning_content")``)."""
+    return {
+        "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
+        "stop_reason": stop_reason,
+    }  # fmt: skip
 
 
 def _constraint(
@@ -265,8 +263,9 @@ class _ChoiceStream:
         self._tools = tools
         self.called_tools = False
 
-    def delta(self, text: str, finished: bool) -> DeltaMessage | None:
-        """The delta message for new text; None when there is nothing to send yet."""
+    def delta(self, text: str, finished: bool) -> dict[str, Any] | None:
+        """The delta message (only its set fields) for new text; None when there is
+        nothing to send yet."""
         reasoning, content = "", text
         if self._reasoning is not None:
             reasoning, content = self._reasoning.feed(text)
@@ -282,9 +281,14 @@ class _ChoiceStream:
             self.called_tools = self.called_tools or bool(calls)
         if not reasoning and not content and not calls:
             return None
-        return DeltaMessage(
-            reasoning_content=reasoning or None, content=content or None, tool_calls=calls or None
-        )
+        delta: dict[str, Any] = {}
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        if content:
+            delta["content"] = content
+        if calls:
+            delta["tool_calls"] = calls
+        return delta
 
 
 def _beam_response(

@@ -4,7 +4,6 @@ each; choice ``i`` of prompt ``p`` has index ``p * n + i``."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.chat_renderer import encode_off_loop
 from pagedllm.entrypoints.openai.errors import OpenAIError, from_value_error, sse_error
 from pagedllm.entrypoints.openai.logprobs_format import completion_logprobs, prompt_logprobs_json
@@ -19,7 +19,6 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    CompletionStreamResponse,
     request_ids,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
@@ -180,13 +179,13 @@ class CompletionHandler:
         tokens = [0] * len(generators)
         lasts: list[RequestOutput | None] = [None] * len(generators)
 
-        def chunk(choices: list[CompletionChoice], usage: Any = None) -> str:
-            body = CompletionStreamResponse(
-                id=request_id, created=created, model=model, choices=choices
-            ).model_dump(mode="json")
-            if include_usage:
-                body["usage"] = usage.model_dump() if usage is not None else None
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+            # The shape of CompletionStreamResponse, built as a dict (one per token).
+            return sse.event({
+                "id": request_id, "object": "text_completion", "created": created,
+                "model": model, "choices": choices,
+                "usage": usage.model_dump() if include_usage and usage is not None else None,
+            })  # fmt: skip
 
         try:
             async for p, output in merge_streams(generators):
@@ -207,17 +206,15 @@ class CompletionHandler:
                         offsets[index] = offsets.get(index, 0) + len(c.text)
                     if not text and not c.finished() and not c.token_ids:
                         continue
-                    choice = CompletionChoice(
-                        index=index,
-                        text=text,
-                        logprobs=logprobs,
-                        finish_reason=c.finish_reason,
-                        stop_reason=c.stop_reason,
-                    )
+                    choice = {
+                        "index": index, "text": text, "logprobs": logprobs,
+                        "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+                        "prompt_logprobs": None,
+                    }  # fmt: skip
                     yield chunk([choice])
             if include_usage:
                 parts = [usage_of(o, None, t) for o, t in zip(lasts, tokens) if o is not None]
                 yield chunk([], add_usage(parts))
         except Exception as exc:
             yield sse_error(exc)
-        yield "data: [DONE]\n\n"
+        yield sse.DONE
