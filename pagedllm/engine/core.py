@@ -185,7 +185,7 @@ class EngineCore:
 
     def _resolve(self, so: SchedulerOutput, launched: LaunchedStep) -> list[EngineCoreOutput]:
         try:
-            runner_output = launched.resolve()
+            runner_output = self.runner.resolve(launched)
         except Exception as exc:
             return self._fail_step(so, exc)
         return self.scheduler.update_from_output(so, runner_output)

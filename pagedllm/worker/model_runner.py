@@ -17,7 +17,7 @@ from pagedllm import envs
 from pagedllm.attention.backend import create_backend
 from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.config import EngineConfig
-from pagedllm.core.scheduler_output import LogprobsLists, SchedulerOutput
+from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.loader import load_weights_into
@@ -158,7 +158,7 @@ class ModelRunner:
         scheduler_output: SchedulerOutput,
         grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
     ) -> LaunchedStep:
-        """Queue one step on the device; ``resolve()`` the result to read its tokens.
+        """Queue one step on the device; ``resolve(launched)`` reads its tokens.
         ``grammar_bitmask`` (structured outputs) is called with the sampled rows' request
         ids after the forward pass is launched, so the host fills the bitmask while the
         device computes."""
@@ -187,6 +187,16 @@ class ModelRunner:
         return LaunchedStep(
             batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
+
+    def resolve(self, launched: LaunchedStep) -> ModelRunnerOutput:
+        """Wait for a launched step's tokens, record them in the request states (a state
+        may be gone from ``self.requests`` by now, finished meanwhile: harmless), and
+        report them."""
+        output, tokens = launched.resolve()
+        for state, token in zip(launched.states, tokens):
+            state.token_ids.append(token)
+            state.num_pending -= 1
+        return output
 
     def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
         """Run the model on the batch: a CUDA graph for decode batches that have one."""

@@ -4,7 +4,8 @@
 sampled ids (and logprobs) are being copied into pinned host memory behind the step's
 kernels. ``resolve()`` waits for those copies only, not for later work queued on the same
 stream, so with async scheduling the next step is already running while this one's tokens
-are read. Until resolved, each sampled request counts its token as pending
+are read; it returns data, and ``ModelRunner.resolve`` records the tokens in the runner's
+request states. Until then, each sampled request counts its token as pending
 (``RequestState.num_pending``) and the next step takes it from ``device_token_ids``.
 """
 
@@ -71,23 +72,23 @@ class LaunchedStep:
     def empty(cls) -> LaunchedStep:
         return cls([], [], [], None, None)
 
-    def resolve(self) -> ModelRunnerOutput:
-        """Wait for the sampled ids, hand them to the request states, report them."""
+    def resolve(self) -> tuple[ModelRunnerOutput, list[int]]:
+        """Wait for the sampled ids; the step's output, and each sampled row's token (for
+        the runner to record in its request states: ``ModelRunner.resolve``)."""
         num_reqs = len(self.req_ids)
         sampled: list[list[int]] = [[] for _ in range(num_reqs)]
         logprobs: list[LogprobsLists | None] = [None] * num_reqs
+        tokens: list[int] = []
         if self.sampled is not None:
             tokens, token_logprobs = self.sampled.read()
-            for row, (req_index, state) in enumerate(zip(self.sampled_req_indices, self.states)):
-                # The state may be gone from the runner (finished meanwhile): harmless.
-                state.token_ids.append(tokens[row])
-                state.num_pending -= 1
+            for row, req_index in enumerate(self.sampled_req_indices):
                 sampled[req_index] = [tokens[row]]
                 if token_logprobs is not None:
                     logprobs[req_index] = token_logprobs[row]
-        return ModelRunnerOutput(
+        output = ModelRunnerOutput(
             self.req_ids,
             sampled,
             logprobs if any(lp is not None for lp in logprobs) else None,
             self.prompt_logprobs,
         )
+        return output, tokens
