@@ -8,7 +8,7 @@ from typing import Any
 from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
-from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.request import FinishReason, Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedllm.engine.messages import EngineCoreRequest
@@ -87,6 +87,23 @@ class EngineCore:
                 request.eos_token_id
             ).request_grammar(spec)
         self.scheduler.add_request(core_request)
+
+    def try_add_request(self, request: EngineCoreRequest) -> EngineCoreOutput | None:
+        """``add_request``, with a failure (the request's own) returned as its final
+        output (finish reason "error") instead of raised."""
+        try:
+            self.add_request(request)
+        except Exception as exc:
+            logger.exception("Request %s could not be added", request.request_id)
+            error = f"{type(exc).__name__}: {exc}"
+            return EngineCoreOutput(request.request_id, [], FinishReason.ERROR, error=error)
+        return None
+
+    def call_utility(self, name: str, *args: Any) -> Any:
+        """One of ``UTILITIES``, by name (the front end's remote calls)."""
+        if name not in UTILITIES:
+            raise ValueError(f"Unknown engine utility {name!r}.")
+        return getattr(self, name)(*args)
 
     def _structured_outputs(self, eos_token_id: int | None) -> StructuredOutputManager:
         """Made on first use (with the engine's own tokenizer), so engines that never

@@ -33,9 +33,8 @@ import zmq
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
-from pagedllm.core.request import FinishReason
 from pagedllm.core.scheduler_output import EngineCoreOutput
-from pagedllm.engine.core import UTILITIES, EngineCore
+from pagedllm.engine.core import EngineCore
 from pagedllm.engine.exceptions import EngineDeadError
 from pagedllm.engine.messages import (
     Abort,
@@ -82,14 +81,9 @@ class InprocClient:
 
     def add_request(self, request: EngineCoreRequest) -> None:
         self._changed = True
-        try:
-            self.engine_core.add_request(request)
-        except Exception as exc:  # this request's own failure, reported as its output
-            logger.exception("Request %s could not be added", request.request_id)
-            error = f"{type(exc).__name__}: {exc}"
-            self._failed.append(
-                EngineCoreOutput(request.request_id, [], FinishReason.ERROR, error=error)
-            )
+        failed = self.engine_core.try_add_request(request)
+        if failed is not None:
+            self._failed.append(failed)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self._changed = True
@@ -114,9 +108,7 @@ class InprocClient:
         return None
 
     def call_utility(self, name: str, *args: Any) -> Any:
-        if name not in UTILITIES:
-            raise ValueError(f"Unknown engine utility {name!r}.")
-        return getattr(self.engine_core, name)(*args)
+        return self.engine_core.call_utility(name, *args)
 
     def is_alive(self) -> bool:
         return True

@@ -20,9 +20,8 @@ from typing import Any
 import zmq
 
 from pagedllm.config import EngineConfig
-from pagedllm.core.request import FinishReason
 from pagedllm.core.scheduler_output import EngineCoreOutput
-from pagedllm.engine.core import UTILITIES, EngineCore
+from pagedllm.engine.core import EngineCore
 from pagedllm.engine.messages import (
     Abort,
     Codec,
@@ -80,20 +79,13 @@ class EngineCoreLoop:
 
     def _add(self, request: EngineCoreRequest) -> None:
         self.client_of[request.request_id] = request.client_index
-        try:
-            self.core.add_request(request)
-        except Exception as exc:  # this request's own failure
-            logger.exception("Request %s could not be added", request.request_id)
-            failed = EngineCoreOutput(
-                request.request_id, [], FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}"
-            )
+        failed = self.core.try_add_request(request)
+        if failed is not None:
             self._emit([failed], IterationStats())
 
     def _utility(self, call: UtilityCall) -> UtilityResult:
-        if call.name not in UTILITIES:
-            return UtilityResult(call.call_id, error=f"unknown utility {call.name!r}")
         try:
-            return UtilityResult(call.call_id, getattr(self.core, call.name)(*call.args))
+            return UtilityResult(call.call_id, self.core.call_utility(call.name, *call.args))
         except Exception as exc:
             return UtilityResult(call.call_id, error=f"{type(exc).__name__}: {exc}")
 
