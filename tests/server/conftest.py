@@ -50,9 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], log: Path, timeout: float = 300) -> Server:
+def start_server(
+    args: list[str], log: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> Server:
+    """``env``: variables set for this server on top of the test's own."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PAGEDLLM_LOG_STATS_INTERVAL": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PAGEDLLM_LOG_STATS_INTERVAL": "1", **(env or {})}
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port)],

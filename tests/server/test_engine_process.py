@@ -17,6 +17,8 @@ import httpx
 from tests.server.conftest import API_KEY, MODEL, start_server, stop_server, tiny_server_args
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+# These tests are about the engine's own process, whatever the suite runs with.
+SEPARATE = {"PAGEDLLM_ENABLE_MULTIPROCESSING": "1"}
 
 
 def engine_pid(server_pid: int) -> int:
@@ -46,7 +48,7 @@ def test_each_token_is_its_own_event_for_64_streams(tiny_chat_model, tmp_path):
     """Sixty-four streams at once: each gets one SSE event per generated token (the last
     also carries the finish reason), never tokens clumped into one event."""
     args = tiny_server_args(tiny_chat_model, "--max-num-seqs", "64")
-    server = start_server(args, tmp_path / "server.log")
+    server = start_server(args, tmp_path / "server.log", env=SEPARATE)
     tokens = 24
 
     async def stream(http: httpx.AsyncClient, i: int) -> tuple[int, int]:
@@ -81,7 +83,7 @@ def test_a_dead_engine_is_reported_not_waited_for(tmp_path):
     # The bundled model: a thousand tokens outlast the kill on any CPU.
     args = ["-m", "pagedllm.entrypoints.cli.main", "serve", MODEL, "--api-key", API_KEY,
             "--kv-cache-memory-bytes", "128M", "--max-model-len", "2048"]  # fmt: skip
-    server = start_server(args, tmp_path / "server.log")
+    server = start_server(args, tmp_path / "server.log", env=SEPARATE)
     try:
         outcome: dict = {}
 
@@ -107,7 +109,7 @@ def test_a_dead_engine_is_reported_not_waited_for(tmp_path):
 
 
 def test_the_engine_does_not_outlive_its_server(tiny_chat_model, tmp_path):
-    server = start_server(tiny_server_args(tiny_chat_model), tmp_path / "server.log")
+    server = start_server(tiny_server_args(tiny_chat_model), tmp_path / "server.log", env=SEPARATE)
     engine = engine_pid(server.process.pid)
     server.process.send_signal(signal.SIGKILL)  # no chance to clean up
     server.process.wait(timeout=10)
@@ -116,7 +118,7 @@ def test_the_engine_does_not_outlive_its_server(tiny_chat_model, tmp_path):
 
 def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
     args = tiny_server_args(tiny_chat_model, "--api-server-count", "2")
-    server = start_server(args, tmp_path / "server.log")
+    server = start_server(args, tmp_path / "server.log", env=SEPARATE)
     try:
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
         commands = [
