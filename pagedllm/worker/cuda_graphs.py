@@ -24,6 +24,10 @@ logger = init_logger(__name__)
 
 
 MIXED_SIZES = (128, 256, 512, 1024, 2048)  # token counts of the mixed (prefill) graphs
+# Requests a mixed graph holds: every replay walks all its request slots, so they are
+# capped (a mixed batch of more requests runs eagerly, where its steps are long anyway)
+# rather than following max_num_seqs up to 1024.
+MIXED_MAX_REQS = 256
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -54,9 +58,9 @@ class CudaGraphs:
         self.kv_heads = kv_heads
         self.sizes = capture_sizes(max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # Batches with prefill chunks: padded to a token count, always max_num_seqs + 1
-        # requests (the last real one is followed by the padding request, then empty ones).
-        self.mixed_reqs = max_num_seqs + 1
+        # Batches with prefill chunks: padded to a token count, always mixed_reqs requests
+        # (the last real one is followed by the padding request, then empty ones).
+        self.mixed_reqs = min(max_num_seqs, MIXED_MAX_REQS) + 1
         self.mixed_sizes = [n for n in MIXED_SIZES if n <= buffers.max_tokens]
         self.mixed: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
