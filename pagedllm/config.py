@@ -20,6 +20,7 @@ from typing import Any
 from pagedllm.core.request_queue import POLICIES
 from pagedllm.logger import init_logger
 from pagedllm.model_files import ModelFiles, resolve_model
+from pagedllm.quantization import QuantConfig, resolve_kv_cache_dtype, resolve_quantization
 
 logger = init_logger(__name__)
 
@@ -57,6 +58,7 @@ class ModelConfig:
     served_model_name: str
     generation_config: dict = field(default_factory=dict)
     max_logprobs: int = 20
+    quantization: QuantConfig | None = None  # None: every layer in ``dtype``
 
     @property
     def text_config(self) -> Any:
@@ -84,9 +86,11 @@ class ModelConfig:
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
-    def kv_bytes_per_token(self) -> int:
-        """2 (K and V) x layers x kv heads x head dim x dtype bytes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+    def kv_bytes_per_token(self, cache_dtype: str = "auto") -> int:
+        """2 (K and V) x layers x kv heads x head dim x bytes of one cached value (the
+        model's dtype, or 1 for an FP8 cache)."""
+        element = self.dtype_bytes if cache_dtype == "auto" else 1
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class CacheConfig:
     gpu_memory_utilization: float
     # Bytes of KV cache; None on GPU means "size it from gpu_memory_utilization".
     kv_cache_memory_bytes: int | None
+    # "auto" (the model's dtype), "fp8_e4m3" or "fp8_e5m2" (quantization.KV_CACHE_DTYPES).
+    cache_dtype: str = "auto"
+    # FP8 cache: K and V scales from the first step's values rather than the checkpoint.
+    calculate_kv_scales: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,8 +192,6 @@ class StructuredOutputsConfig:
 # vLLM options with no implementation here yet: accepted at their vLLM default, refused by
 # name otherwise (never silently ignored).
 UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "quantization": None,
-    "kv_cache_dtype": "auto",
     "swap_space": None,
     "cpu_offload_gb": 0,
     "pipeline_parallel_size": 1,
@@ -293,9 +299,10 @@ class EngineArgs:
     disable_log_stats: bool = False
     device: str = "auto"
     generation_config: str = "auto"
-    # vLLM options not implemented yet (see UNSUPPORTED_DEFAULTS).
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
+    calculate_kv_scales: bool = False
+    # vLLM options not implemented yet (see UNSUPPORTED_DEFAULTS).
     swap_space: float | None = None
     cpu_offload_gb: float = 0
     pipeline_parallel_size: int = 1
@@ -340,7 +347,7 @@ class EngineArgs:
         max_len = model_config.max_model_len
         config = EngineConfig(
             model_config=model_config,
-            cache_config=self._cache_config(device),
+            cache_config=self._cache_config(device, model_config),
             scheduler_config=self._scheduler_config(device, max_len, usage_context),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
             device=device,
@@ -425,9 +432,10 @@ class EngineArgs:
             served_model_name=served or files.name,
             generation_config=files.generation_config() if self.generation_config == "auto" else {},
             max_logprobs=self.max_logprobs,
+            quantization=resolve_quantization(self.quantization, hf_config),
         )
 
-    def _cache_config(self, device: str) -> CacheConfig:
+    def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size
         if block_size < 1 or block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}.")
@@ -437,7 +445,18 @@ class EngineArgs:
         if kv_bytes is not None and kv_bytes <= 0:
             raise ValueError(f"kv_cache_memory_bytes must be positive, got {kv_bytes}.")
         caching = True if self.enable_prefix_caching is None else self.enable_prefix_caching
-        return CacheConfig(block_size, caching, self.gpu_memory_utilization, kv_bytes)
+        cache_dtype = resolve_kv_cache_dtype(
+            self.kv_cache_dtype, model_config.quantization, model_config.dtype
+        )
+        if self.calculate_kv_scales and cache_dtype == "auto":
+            raise ValueError(
+                "calculate_kv_scales computes the scales of an FP8 KV cache; set "
+                "kv_cache_dtype='fp8' with it, or leave it unset."
+            )
+        return CacheConfig(
+            block_size, caching, self.gpu_memory_utilization, kv_bytes, cache_dtype,
+            self.calculate_kv_scales,
+        )  # fmt: skip
 
     def _scheduler_config(
         self, device: str, max_model_len: int, usage: UsageContext

@@ -15,6 +15,12 @@ class AttentionBackend(Protocol):
     ``build_metadata`` turns the runner's common description of the batch into whatever the
     backend's kernels want (built once per step, shared by all layers); ``forward`` is
     called once per layer.
+
+    The cache holds the model's dtype, or FP8 (``kv_cache.dtype`` says which): then a
+    value v is stored as ``v / scale`` saturated to the format's range and read back as
+    ``stored * scale``, with one scale per layer for K and one for V (``kv_scale``). Every
+    query attends to K/V read back from the cache, so a prompt sees the same values
+    whether it was computed in one chunk or several.
     """
 
     def build_metadata(self, common: CommonAttentionMetadata) -> Any: ...
@@ -27,6 +33,7 @@ class AttentionBackend(Protocol):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         metadata: Any,
         scale: float,
+        kv_scale: torch.Tensor,  # [2] float32: K's and V's scales, read when the cache is FP8
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
 

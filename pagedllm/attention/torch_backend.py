@@ -3,7 +3,9 @@
 Single-token queries (decodes) are batched: their blocks are gathered into a padded
 [decodes, kv_heads, max_len, head_dim] tensor and one ``scaled_dot_product_attention`` call
 attends with a length mask. Multi-token queries (prefill chunks) go one request at a time;
-a chunk with no cached prefix attends to its own fresh K/V without touching the cache.
+a chunk with no cached prefix attends to its own fresh K/V without reading the cache
+(unless the cache is FP8: then, as every other query, to the values read back from it).
+An FP8 cache is written as ``value / scale`` and read back in float32 times the scale.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ class PrefillSpan:
     start: int  # first token of the chunk in the flat batch
     end: int
     seq_len: int  # context length once the chunk is in (cached prefix + chunk)
-    block_ids: torch.Tensor | None  # blocks holding the context; None: no cached prefix
-    mask: torch.Tensor | None  # [query_len, seq_len] bool (True = attend); None: plain causal
+    block_ids: torch.Tensor  # blocks holding the context
+    mask: torch.Tensor | None  # [query_len, seq_len] bool (True = attend); None: no cached
+    # prefix, plain causal
 
 
 @dataclass
@@ -69,10 +72,10 @@ class TorchAttentionBackend:
         start, end = common.query_start_loc_cpu[i], common.query_start_loc_cpu[i + 1]
         seq_len = common.seq_lens_cpu[i]
         query_len = end - start
-        if seq_len == query_len:
-            return PrefillSpan(start, end, seq_len, None, None)
         num_blocks = -(-seq_len // common.block_size)
         block_ids = common.block_table[i, :num_blocks].long()
+        if seq_len == query_len:
+            return PrefillSpan(start, end, seq_len, block_ids, None)
         device = common.block_table.device
         prefix = seq_len - query_len
         rows = torch.arange(query_len, device=device)[:, None]
@@ -87,42 +90,80 @@ class TorchAttentionBackend:
         kv_cache: torch.Tensor,
         metadata: TorchAttentionMetadata,
         scale: float,
+        kv_scale: torch.Tensor,
     ) -> torch.Tensor:
-        num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
+        read = _Reader(kv_cache, kv_scale, q.dtype)
         n = metadata.num_decodes
         if not metadata.prefills:  # a pure decode step: no stitching needed
-            return _decode(q, kv_cache, metadata, scale)
+            return _decode(q, read, metadata, scale)
         if n == 0 and len(metadata.prefills) == 1:
-            return _prefill(q, k, v, kv_cache, metadata.prefills[0], scale)
+            return _prefill(q, k, v, read, metadata.prefills[0], scale)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if n:
-            out[:n] = _decode(q[:n], kv_cache, metadata, scale)
+            out[:n] = _decode(q[:n], read, metadata, scale)
         for span in metadata.prefills:
-            out[span.start : span.end] = _prefill(q, k, v, kv_cache, span, scale)
+            out[span.start : span.end] = _prefill(q, k, v, read, span, scale)
         return out
 
 
-def _gather(kv_cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    """K and V of the given blocks, in one copy: [2, len(block_ids) * block_size, kv_heads,
-    head_dim]. ``index_select`` over whole blocks is a plain row copy, several times faster
-    than advanced indexing."""
-    num_blocks, kv_heads, head_dim = kv_cache.shape[1], kv_cache.shape[3], kv_cache.shape[4]
-    rows = kv_cache.view(2, num_blocks, -1).index_select(1, block_ids)
-    return rows.view(2, -1, kv_heads, head_dim)
+def write_kv_torch(
+    kv_cache: torch.Tensor,
+    slots: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_scale: torch.Tensor,
+) -> None:
+    """New K and V [tokens, kv_heads, head_dim] into the cache by slot; an FP8 cache stores
+    ``value / kv_scale[0 or 1]`` saturated to the format's range."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
+    if kv_cache.dtype == k.dtype:
+        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k)
+        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v)
+        return
+    limit = torch.finfo(kv_cache.dtype).max
+    for i, values in enumerate((k, v)):
+        stored = (values.float() / kv_scale[i]).clamp(-limit, limit).to(kv_cache.dtype)
+        # Copied as bytes: index_copy_ has no FP8 kernel on the CPU.
+        rows = kv_cache[i].view(torch.uint8).view(-1, num_kv_heads, head_dim)
+        rows.index_copy_(0, slots, stored.view(torch.uint8))
+
+
+@dataclass
+class _Reader:
+    """Reads K and V of whole blocks back from one layer's cache, in the compute dtype."""
+
+    kv_cache: torch.Tensor
+    kv_scale: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def quantized(self) -> bool:
+        return self.kv_cache.dtype != self.dtype
+
+    def __call__(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """[2, len(block_ids) * block_size, kv_heads, head_dim], in one copy:
+        ``index_select`` over whole blocks is a plain row copy, several times faster than
+        advanced indexing."""
+        cache = self.kv_cache
+        num_blocks, kv_heads, head_dim = cache.shape[1], cache.shape[3], cache.shape[4]
+        rows = cache.view(2, num_blocks, -1).index_select(1, block_ids)
+        rows = rows.view(2, -1, kv_heads, head_dim)
+        if not self.quantized:
+            return rows
+        return (rows.float() * self.kv_scale.view(2, 1, 1, 1)).to(self.dtype)
 
 
 def _decode(
-    q: torch.Tensor, kv_cache: torch.Tensor, metadata: TorchAttentionMetadata, scale: float
+    q: torch.Tensor, read: _Reader, metadata: TorchAttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Single-token queries. Grouped-query trick: the query heads that share a KV head are
     laid out as that head's "query positions" ([n, kv_heads, group, head_dim]), so SDPA
     never expands K/V to every query head."""
     n, num_heads, head_dim = q.shape
-    kv_heads = kv_cache.shape[3]
+    kv_heads = read.kv_cache.shape[3]
     assert metadata.decode_block_ids is not None
-    kv = _gather(kv_cache, metadata.decode_block_ids).view(2, n, -1, kv_heads, head_dim)
+    kv = read(metadata.decode_block_ids).view(2, n, -1, kv_heads, head_dim)
     keys, values = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # [n, kv_heads, len, dim]
     grouped = q.reshape(n, kv_heads, num_heads // kv_heads, head_dim)
     bias = metadata.decode_bias(q.dtype)
@@ -134,21 +175,20 @@ def _prefill(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kv_cache: torch.Tensor,
+    read: _Reader,
     span: PrefillSpan,
     scale: float,
 ) -> torch.Tensor:
     query = q[span.start : span.end].transpose(0, 1)  # [heads, len, head_dim]
-    if span.block_ids is None:
+    if span.mask is None and not read.quantized:
         keys = k[span.start : span.end].transpose(0, 1)
         values = v[span.start : span.end].transpose(0, 1)
-        out = F.scaled_dot_product_attention(
-            query, keys, values, is_causal=True, scale=scale, enable_gqa=True
-        )
     else:
-        kv = _gather(kv_cache, span.block_ids)[:, : span.seq_len]
+        kv = read(span.block_ids)[:, : span.seq_len]
         keys, values = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
-        out = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=span.mask, scale=scale, enable_gqa=True
-        )
+    # No cached prefix: keys and queries cover the same positions, plain causal.
+    out = F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=span.mask, is_causal=span.mask is None, scale=scale,
+        enable_gqa=True,
+    )  # fmt: skip
     return out.transpose(0, 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.attention.metadata import CommonAttentionMetadata
+from pagedllm.attention.torch_backend import write_kv_torch
 
 MAX_SEGMENTS = 16  # = pagedllm.kernels.paged_attention.MAX_SEGMENTS (kept import-free)
 
@@ -63,17 +64,17 @@ class TritonAttentionBackend:
         kv_cache: torch.Tensor,
         metadata: TritonAttentionMetadata,
         scale: float,
+        kv_scale: torch.Tensor,
     ) -> torch.Tensor:
         from pagedllm.kernels.paged_attention import paged_attention
 
-        num_kv_heads, head_dim = k.shape[1], k.shape[2]
+        num_kv_heads = k.shape[1]
         if num_kv_heads & (num_kv_heads - 1) == 0:  # the fused kernel tiles heads by 2^n
             from pagedllm.kernels.fused_ops import write_kv
 
-            write_kv(k, v, kv_cache, metadata.slot_mapping)
+            write_kv(k, v, kv_cache, metadata.slot_mapping, kv_scale)
         else:
-            kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-            kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+            write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         segments = metadata.num_segments
@@ -81,6 +82,7 @@ class TritonAttentionBackend:
         return paged_attention(
             q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
             metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
+            kv_scale=kv_scale,
         )  # fmt: skip
 
     def _partials(

@@ -6,7 +6,8 @@ hundreds; these fuse them:
 - ``silu_and_mul``: act(gate) * up (two -> one);
 - ``rope_qk``: rotary embedding of q and k in place in the q/k/v projection output, with
   Qwen3's per-head q/k RMSNorm first when given (up to nine -> one);
-- ``write_kv``: new K and V into the paged cache by slot (two -> one).
+- ``write_kv``: new K and V into the paged cache by slot, quantized for an FP8 cache
+  (two or more -> one).
 
 Arithmetic is in float32, rounded once to the tensor dtype.
 """
@@ -136,9 +137,10 @@ def rope_qk(
 
 @triton.jit
 def _write_kv_kernel(
-    k_ptr, v_ptr, cache_ptr, slot_ptr,
+    k_ptr, v_ptr, cache_ptr, slot_ptr, scale_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh, v_offset,
-    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, QUANT: tl.constexpr,
+    QUANT_MAX: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
@@ -146,20 +148,32 @@ def _write_kv_kernel(
     dims = tl.arange(0, HEAD_DIM)
     k = tl.load(k_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :])
     v = tl.load(v_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :])
+    if QUANT:  # FP8 cache: value / scale, saturated to the format's range
+        k = tl.clamp(k.to(tl.float32) / tl.load(scale_ptr), -QUANT_MAX, QUANT_MAX)
+        v = tl.clamp(v.to(tl.float32) / tl.load(scale_ptr + 1), -QUANT_MAX, QUANT_MAX)
     row = slot * (KV_HEADS * HEAD_DIM) + heads[:, None] * HEAD_DIM + dims[None, :]
-    tl.store(cache_ptr + row, k)
-    tl.store(cache_ptr + v_offset + row, v)
+    dtype = cache_ptr.dtype.element_ty
+    tl.store(cache_ptr + row, k.to(dtype))
+    tl.store(cache_ptr + v_offset + row, v.to(dtype))
 
 
 def write_kv(
-    k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_scale: torch.Tensor,
 ) -> None:
-    """k, v: [tokens, kv heads, dim] -> the cache [2, blocks, block_size, kv heads, dim]."""
+    """k, v: [tokens, kv heads, dim] -> the cache [2, blocks, block_size, kv heads, dim].
+    An FP8 cache stores ``value / kv_scale[0 or 1]`` (kv_scale: [2] float32, K's and V's)."""
     tokens, kv_heads, dim = k.shape
     assert kv_cache.is_contiguous() and k.stride(2) == 1 and v.stride(2) == 1
     assert triton.next_power_of_2(kv_heads) == kv_heads, "write_kv: kv heads must be 2^n"
+    quant = kv_cache.dtype != k.dtype
+    assert not quant or (kv_scale.dtype == torch.float32 and kv_scale.numel() == 2)
     _write_kv_kernel[(tokens,)](
-        k, v, kv_cache, slot_mapping,
+        k, v, kv_cache, slot_mapping, kv_scale,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_cache[0].numel(),
-        KV_HEADS=kv_heads, HEAD_DIM=dim,
+        KV_HEADS=kv_heads, HEAD_DIM=dim, QUANT=quant,
+        QUANT_MAX=torch.finfo(kv_cache.dtype).max if quant else 0.0,
     )  # fmt: skip

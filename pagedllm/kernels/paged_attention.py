@@ -1,7 +1,8 @@
 """Triton paged attention over one flat ragged batch (prefill chunks and decodes mixed).
 
 Layout (see ``pagedllm.attention``): q [tokens, heads, dim]; the cache of one layer is
-``[2, num_blocks, block_size, kv_heads, dim]``; request i's queries are tokens
+``[2, num_blocks, block_size, kv_heads, dim]``, in q's dtype or FP8 (widened on load, its
+per-layer K and V scales applied to the scores and to the output); request i's queries are tokens
 ``[query_start_loc[i], query_start_loc[i+1])`` at positions ``seq_len - query_len + j``;
 query j attends to keys ``0 .. seq_len - query_len + j`` (its cached prefix and the chunk,
 causally).
@@ -30,6 +31,7 @@ import triton.language as tl
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
+FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @triton.jit
@@ -63,7 +65,8 @@ def _attend_tile(
     block = tl.load(bt_row + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
     offset = pos % BLOCK_SIZE
     k_rows = k_ptr + block * stride_kb + offset * stride_ks + kv_head * stride_kh
-    k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
+    # An FP8 cache is widened to q's dtype here; its K scale is folded into ``scale``.
+    k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0).to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
     visible = (pos[None, :] <= limit[:, None]) & key_ok[None, :] & row_ok[:, None]
     s = tl.where(visible, s, float("-inf"))
@@ -74,8 +77,8 @@ def _attend_tile(
     alpha = tl.exp(tl.where(m_i == float("-inf"), float("-inf"), m_i - shift))
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v_rows = v_ptr + block * stride_vb + offset * stride_vs + kv_head * stride_vh
-    v = tl.load(v_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    v = tl.load(v_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0).to(q.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -84,6 +87,7 @@ def paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
     m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
     block_table_ptr, seq_lens_ptr, qsl_ptr,
+    kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
     scale, num_reqs, num_segments,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -98,6 +102,7 @@ def paged_attention_kernel(
     TILE_N: tl.constexpr,  # keys per inner step, a multiple of BLOCK_SIZE
     SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
+    KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
     INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
@@ -133,6 +138,8 @@ def paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     limit = prefix + q_idx  # the last key each row may see
     bt_row = block_table_ptr + req * stride_bt
+    if KV_QUANT:  # q.(k * ks) = (q.k) * ks: K's scale joins the softmax scale
+        scale = scale * tl.load(kv_scale_ptr)
     if INTERPRETED:  # Triton's CPU interpreter cannot loop over a range with tensor bounds
         t = first
         while t < stop:
@@ -150,6 +157,8 @@ def paged_attention_kernel(
                 scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
             )  # fmt: skip
 
+    if KV_QUANT:  # sum p (v * vs) = vs * sum p v; before the split merge, which is linear
+        acc = acc * tl.load(kv_scale_ptr + 1)
     token = q_begin + q_idx
     if not SPLIT:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -235,6 +244,7 @@ def paged_attention(
     num_segments: int = 1,
     partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     config: LaunchConfig | None = None,
+    kv_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of q over the paged cache into ``out`` (same shape as q).
 
@@ -242,9 +252,13 @@ def paged_attention(
     K/V already written; block_table [>= num_reqs, max_blocks] int32; seq_lens
     [>= num_reqs] int32; query_start_loc [>= num_reqs + 1] int32. With num_segments > 1,
     ``partials`` holds float32 scratch: acc [tokens, heads, segments, dim] and the row max
-    and sum [tokens, heads, segments].
+    and sum [tokens, heads, segments]. An FP8 ``kv_cache`` needs ``kv_scale`` ([2] float32,
+    K's and V's): the value of a stored entry is ``stored * scale``.
     """
     _check(q, kv_cache, out, block_table, seq_lens, query_start_loc)
+    quant = kv_cache.dtype != q.dtype
+    if quant and (kv_scale is None or kv_scale.numel() != 2 or kv_scale.dtype != torch.float32):
+        raise ValueError("an FP8 kv_cache needs kv_scale: [2] float32 (K's and V's scales)")
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
@@ -261,7 +275,7 @@ def paged_attention(
     tile_n = max(config.tile_n, block_size)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
-        block_table, seq_lens, query_start_loc,
+        block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
         scale, num_reqs, num_segments,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -269,7 +283,7 @@ def paged_attention(
         out.stride(0), out.stride(1),
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
-        TILE_N=tile_n, SPLIT=num_segments > 1, PRECISION=precision,
+        TILE_N=tile_n, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
         INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     if num_segments > 1:
@@ -298,8 +312,10 @@ def _check(
         raise ValueError(f"q {tuple(q.shape)} does not fit kv_cache {tuple(kv_cache.shape)}")
     if dim not in (64, 128) and triton.next_power_of_2(dim) != dim:
         raise ValueError(f"head_dim {dim} is not supported (64, 128 or a power of two)")
-    if q.dtype != kv_cache.dtype or out.dtype != q.dtype or out.shape != q.shape:
-        raise ValueError("q, kv_cache and out must share one dtype; out must be q's shape")
+    if kv_cache.dtype not in (q.dtype, *FP8_CACHE_DTYPES) or out.dtype != q.dtype:
+        raise ValueError("kv_cache must hold q's dtype or FP8, and out q's dtype")
+    if out.shape != q.shape:
+        raise ValueError("out must be q's shape")
     if q.stride(2) != 1 or kv_cache.stride(4) != 1 or out.stride(2) != 1:
         raise ValueError("the head dimension must be contiguous in q, kv_cache and out")
     for name, t in (("block_table", block_table), ("seq_lens", seq_lens),

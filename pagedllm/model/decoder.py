@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merged_target
 from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS, silu_and_mul
 from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
-from pagedllm.model.layers.linear import Linear
+from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_parameters
 
@@ -80,10 +81,19 @@ class ForwardContext:
     sin: torch.Tensor | None = None
     rotary: RotaryEmbedding | None = None  # the fused CUDA path reads the table itself
     positions: torch.Tensor | None = None
+    # Set for the one step whose K/V values set an FP8 cache's scales (calculate_kv_scales).
+    calculate_kv_scales: bool = False
+
+
+# calculate_kv_scales, as vLLM defines it: the first step's largest |K| maps to 200 and
+# largest |V| to 100, leaving headroom below e4m3's 448 for the tokens that come later.
+KV_SCALE_RANGES = (200.0, 100.0)
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype, linears: LinearMaker
+    ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = (
@@ -94,8 +104,15 @@ class Attention(nn.Module):
         q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         self.sizes = [q_size, kv_size, kv_size]
         self.scale = spec.head_dim**-0.5
-        self.qkv_proj = Linear(spec.hidden_size, sum(self.sizes), spec.qkv_bias, dtype, self.sizes)
-        self.o_proj = Linear(q_size, spec.hidden_size, spec.o_bias, dtype)
+        prefix = f"model.layers.{layer_idx}.self_attn"
+        self.qkv_proj = linears(
+            spec.hidden_size, sum(self.sizes), spec.qkv_bias, self.sizes,
+            [f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj"],
+        )  # fmt: skip
+        self.o_proj = linears(q_size, spec.hidden_size, spec.o_bias, None, [f"{prefix}.o_proj"])
+        # K's and V's dequantization scales when the cache is FP8 (stored = value / scale):
+        # from the checkpoint, from calculate_kv_scales, or 1.
+        self.register_buffer("kv_scale", torch.ones(2, dtype=torch.float32))
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
         self.norm_eps = spec.rms_norm_eps
@@ -112,10 +129,30 @@ class Attention(nn.Module):
         else:
             q, k = self._rope(qkv, ctx)
         v = qkv[:, heads + kv_heads :]
+        if ctx.calculate_kv_scales:
+            self._calculate_kv_scales(k, v)
         out = ctx.backend.forward(
-            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale
+            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale
         )
         return self.o_proj(out.reshape(num_tokens, -1))
+
+    def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        amax = torch.stack([k.abs().amax(), v.abs().amax()]).float()
+        ranges = torch.tensor(KV_SCALE_RANGES, device=amax.device)
+        self.kv_scale.copy_(torch.where(amax > 0, amax / ranges, 1.0))
+
+    def load_kv_scale(self, index: int | None, loaded: torch.Tensor) -> None:
+        """A checkpoint's K (index 0) or V (1) cache scale, or one for both (None)."""
+        if loaded.numel() != 1:
+            raise ValueError(
+                f"KV cache scales must be one value per layer, got shape {tuple(loaded.shape)} "
+                "(per-head scales are not supported)."
+            )
+        value = loaded.float().reshape(())
+        if index is None:
+            self.kv_scale.data[:] = value
+        else:
+            self.kv_scale.data[index] = value
 
     def _rope(self, qkv: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
         heads, kv_heads = self.num_heads, self.num_kv_heads
@@ -150,23 +187,29 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+    def __init__(self, spec: DecoderSpec, layer_idx: int, linears: LinearMaker) -> None:
         super().__init__()
         inter = spec.intermediate_size
-        self.gate_up_proj = Linear(
-            spec.hidden_size, 2 * inter, spec.mlp_bias, dtype, [inter, inter]
+        prefix = f"model.layers.{layer_idx}.mlp"
+        self.gate_up_proj = linears(
+            spec.hidden_size, 2 * inter, spec.mlp_bias, [inter, inter],
+            [f"{prefix}.gate_proj", f"{prefix}.up_proj"],
+        )  # fmt: skip
+        self.down_proj = linears(
+            inter, spec.hidden_size, spec.mlp_bias, None, [f"{prefix}.down_proj"]
         )
-        self.down_proj = Linear(inter, spec.hidden_size, spec.mlp_bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype, linears: LinearMaker
+    ) -> None:
         super().__init__()
-        self.self_attn = Attention(spec, layer_idx, dtype)
-        self.mlp = MLP(spec, dtype)
+        self.self_attn = Attention(spec, layer_idx, dtype, linears)
+        self.mlp = MLP(spec, layer_idx, linears)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
 
@@ -183,10 +226,12 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+    def __init__(self, spec: DecoderSpec, dtype: torch.dtype, linears: LinearMaker) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
-        self.layers = nn.ModuleList(DecoderLayer(spec, i, dtype) for i in range(spec.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(spec, i, dtype, linears) for i in range(spec.num_layers)
+        )
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -199,24 +244,18 @@ class DecoderModel(nn.Module):
         return x
 
 
-# Checkpoint tensor -> (merged parameter, shard index).
-_STACKED = (
-    (".q_proj.", ".qkv_proj.", 0),
-    (".k_proj.", ".qkv_proj.", 1),
-    (".v_proj.", ".qkv_proj.", 2),
-    (".gate_proj.", ".gate_up_proj.", 0),
-    (".up_proj.", ".gate_up_proj.", 1),
-)
-
-
 class CausalLM(nn.Module):
     """Decoder + LM head. ``forward`` returns hidden states for every token;
-    ``compute_logits`` maps only the rows that are sampled."""
+    ``compute_logits`` maps only the rows that are sampled. ``linears`` builds the linear
+    layers (plain ones in ``dtype`` unless a quantization scheme says otherwise); the
+    embeddings and the LM head always stay in ``dtype``."""
 
-    def __init__(self, spec: DecoderSpec, dtype: torch.dtype) -> None:
+    def __init__(
+        self, spec: DecoderSpec, dtype: torch.dtype, linears: LinearMaker | None = None
+    ) -> None:
         super().__init__()
         self.spec = spec
-        self.model = DecoderModel(spec, dtype)
+        self.model = DecoderModel(spec, dtype, linears or plain_linears(dtype))
         self.lm_head = LMHead(spec.vocab_size, spec.hidden_size, dtype)
         if spec.tie_word_embeddings:
             self.lm_head.tie(self.model.embed_tokens)
@@ -236,45 +275,64 @@ class CausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load Hugging Face-named tensors; raise if any parameter is left unloaded."""
-        params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb." in name:
                 continue
             if name == "lm_head.weight" and self.spec.tie_word_embeddings:
                 continue
-            target, shard = _target(name)
-            if target not in params:
-                raise ValueError(f"Checkpoint tensor {name!r} matches no parameter of the model.")
-            module = self.get_submodule(target.rsplit(".", 1)[0])
+            kv_scale = kv_scale_target(name)
+            if isinstance(kv_scale, KVScaleTarget):
+                self._module(kv_scale.attention, name).load_kv_scale(kv_scale.index, tensor)
+                continue
+            if kv_scale == "skip":
+                continue
+            target, shard = merged_target(name)
+            module_name, attr = target.rsplit(".", 1)
+            module = self._module(module_name, name)
             if isinstance(module, Linear):
-                module.load_shard(params[target], tensor, shard)
+                module.load(attr, tensor, shard)
             else:
-                _copy(params[target], tensor, name)
-            loaded.add(target if shard is None else f"{target}#{shard}")
-        self._check_loaded(params, loaded)
+                param = getattr(module, attr, None)
+                if not isinstance(param, nn.Parameter):
+                    raise ValueError(
+                        f"Checkpoint tensor {name!r} matches no parameter of the model."
+                    )
+                _copy(param, tensor, name)
+                loaded.add(target)
+        self._check_loaded(loaded)
+        self.finish_loading()
 
-    def _check_loaded(self, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
+    def finish_loading(self) -> None:
+        """Let layers derive what they compute with from what they loaded."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.finish_loading()
+
+    def _module(self, module_name: str, tensor_name: str) -> Any:
+        try:
+            return self.get_submodule(module_name)
+        except AttributeError:
+            raise ValueError(
+                f"Checkpoint tensor {tensor_name!r} matches no parameter of the model."
+            ) from None
+
+    def _check_loaded(self, loaded: set[str]) -> None:
         missing = []
-        for name in params:
+        linears = {name for name, m in self.named_modules() if isinstance(m, Linear)}
+        for name in linears:
+            missing += [f"{name}.{part}" for part in self.get_submodule(name).missing()]
+        for name, _ in self.named_parameters(remove_duplicate=False):
+            if name.rsplit(".", 1)[0] in linears:
+                continue
             if name == "lm_head.weight" and self.spec.tie_word_embeddings:
                 continue
-            module = self.get_submodule(name.rsplit(".", 1)[0])
-            shards = len(module.output_sizes) if isinstance(module, Linear) else 1
-            if shards == 1 and name not in loaded:
+            if name not in loaded:
                 missing.append(name)
-            elif shards > 1:
-                missing += [f"{name}#{i}" for i in range(shards) if f"{name}#{i}" not in loaded]
         if missing:
+            missing.sort()
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ValueError(f"The checkpoint is missing {len(missing)} tensors: {shown}")
-
-
-def _target(name: str) -> tuple[str, int | None]:
-    for old, new, shard in _STACKED:
-        if old in name:
-            return name.replace(old, new), shard
-    return name, None
 
 
 def _copy(param: nn.Parameter, tensor: torch.Tensor, name: str) -> None:

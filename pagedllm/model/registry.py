@@ -40,9 +40,15 @@ def family(architecture: str) -> str:
     return _FAMILIES[architecture]
 
 
-def build_model(architecture: str, hf_config: Any, dtype: Any) -> Any:
-    """Instantiate the (unloaded) model on the current default device."""
+def build_model(architecture: str, hf_config: Any, dtype: Any, quant: Any = None) -> Any:
+    """Instantiate the (unloaded) model on the current default device; ``quant`` (a
+    ``pagedllm.quantization.QuantConfig``) makes the layers it names FP8."""
     from pagedllm.model.decoder import CausalLM, DecoderSpec
 
     text_config = getattr(hf_config, "text_config", None) or hf_config
-    return CausalLM(DecoderSpec.from_config(text_config, family(architecture)), dtype)
+    spec = DecoderSpec.from_config(text_config, family(architecture))
+    if quant is None:
+        return CausalLM(spec, dtype)
+    from pagedllm.model.layers.fp8_linear import fp8_linears
+
+    return CausalLM(spec, dtype, fp8_linears(dtype, quant))

@@ -9,6 +9,27 @@ import torch
 from pagedllm.config import CacheConfig, ModelConfig
 
 GiB = float(1 << 30)
+_FP8_CACHE = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def kv_cache_dtype(
+    cache_config: CacheConfig, model_dtype: torch.dtype, device: torch.device
+) -> torch.dtype:
+    """The torch dtype the cache stores: the model's, or an FP8 format. The CUDA kernels
+    widen e4m3 with the conversion instructions of compute capability 8.9+."""
+    dtype = _FP8_CACHE.get(cache_config.cache_dtype)
+    if dtype is None:
+        return model_dtype
+    if (
+        dtype == torch.float8_e4m3fn
+        and device.type == "cuda"
+        and torch.cuda.get_device_capability(device) < (8, 9)
+    ):
+        raise ValueError(
+            "kv_cache_dtype='fp8_e4m3' needs a GPU of compute capability 8.9 or newer (Ada, "
+            "Hopper); use kv_cache_dtype='fp8_e5m2' or 'auto' on this one."
+        )
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,7 @@ def plan_kv_cache(
 
     ``where`` names the budget in the error ("kv_cache_memory_bytes=...", GPU figures...).
     """
-    per_token = model_config.kv_bytes_per_token()
+    per_token = model_config.kv_bytes_per_token(cache_config.cache_dtype)
     block_size = cache_config.block_size
     num_blocks = available_bytes // (per_token * block_size)
     plan = KVCachePlan(int(num_blocks), block_size, per_token)

@@ -27,8 +27,9 @@ def profile_peak_activations(runner: ModelRunner) -> int:
     sched = runner.config.scheduler_config
     lens = _split(sched.max_num_batched_tokens, runner.model_config.max_model_len)
     bs = runner.block_size
-    plan = KVCachePlan(sum(-(-n // bs) for n in lens), bs, runner.model_config.kv_bytes_per_token())
-    caches = allocate_kv_caches(runner.model_config, plan, runner.dtype, runner.device)
+    per_token = runner.model_config.kv_bytes_per_token(runner.config.cache_config.cache_dtype)
+    plan = KVCachePlan(sum(-(-n // bs) for n in lens), bs, per_token)
+    caches = allocate_kv_caches(runner.model_config, plan, runner.kv_cache_dtype, runner.device)
     batch = _prefill_batch(lens, bs).to_step_batch(runner.device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -20,6 +20,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
+from pagedllm.model.layers.fp8_linear import log_fp8_layers
 from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
 from pagedllm.sample.grammar_mask import GrammarBitmask, apply_grammar_bitmask
@@ -29,7 +30,13 @@ from pagedllm.sample.sampler import Sampler
 from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
-from pagedllm.worker.kv_cache import GiB, KVCachePlan, allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.kv_cache import (
+    GiB,
+    KVCachePlan,
+    allocate_kv_caches,
+    kv_cache_dtype,
+    plan_kv_cache,
+)
 from pagedllm.worker.memory_profile import GRAPH_RESERVE, profile_peak_activations
 from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
@@ -46,6 +53,9 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.dtype: torch.dtype = getattr(torch, self.model_config.dtype)
         self.block_size = config.cache_config.block_size
+        self.kv_cache_dtype = kv_cache_dtype(config.cache_config, self.dtype, self.device)
+        # calculate_kv_scales: the next step with tokens sets the FP8 cache's scales.
+        self._kv_scales_pending = config.cache_config.calculate_kv_scales
         self.backend = create_backend(config.device)
         self.sampler = Sampler()
         self.requests: dict[str, RequestState] = {}
@@ -71,8 +81,10 @@ class ModelRunner:
         start = time.perf_counter()
         mc = self.model_config
         with torch.device(self.device):
-            model = build_model(mc.architecture, mc.hf_config, self.dtype)
+            model = build_model(mc.architecture, mc.hf_config, self.dtype, mc.quantization)
         load_weights_into(model, mc)
+        log_fp8_layers(model)
+        self._log_kv_scales(model)
         self.model = model.eval()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         logger.info(
@@ -84,6 +96,25 @@ class ModelRunner:
             weight_bytes / GiB,
             self.device,
         )
+
+    def _log_kv_scales(self, model: CausalLM) -> None:
+        if self.kv_cache_dtype == self.dtype:
+            return
+        scales = torch.stack([layer.self_attn.kv_scale for layer in model.model.layers])
+        name = self.config.cache_config.cache_dtype
+        if self._kv_scales_pending:
+            logger.info("KV cache in %s; its K and V scales come from the first step", name)
+        elif bool((scales == 1.0).all()):
+            logger.warning(
+                "KV cache in %s with K and V scales of 1.0 (the checkpoint has none): values "
+                "beyond the format's range saturate. calculate_kv_scales=True derives them "
+                "from the first step.", name,
+            )  # fmt: skip
+        else:
+            logger.info(
+                "KV cache in %s with the checkpoint's scales (K %.3g-%.3g, V %.3g-%.3g)", name,
+                scales[:, 0].min(), scales[:, 0].max(), scales[:, 1].min(), scales[:, 1].max(),
+            )  # fmt: skip
 
     def plan_kv_cache(self) -> KVCachePlan:
         cache = self.config.cache_config
@@ -126,7 +157,7 @@ class ModelRunner:
         cuda = self.device.type == "cuda"
         # On CUDA one extra block past the pool's is scratch space for padded tokens.
         self.kv_caches = allocate_kv_caches(
-            self.model_config, plan, self.dtype, self.device, extra_blocks=int(cuda)
+            self.model_config, plan, self.kv_cache_dtype, self.device, extra_blocks=int(cuda)
         )
         if not cuda:
             return
@@ -201,10 +232,13 @@ class ModelRunner:
     def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
         """Run the model on the batch: a CUDA graph for decode batches that have one."""
         assert self.model is not None
+        # The step that sets the KV scales runs eagerly (a graph would replay fixed scales).
+        calculate_kv_scales, self._kv_scales_pending = self._kv_scales_pending, False
         if self.buffers is None:
             batch = host.to_step_batch(self.device)
         else:
-            hidden = self.graphs.run(host) if self.graphs is not None else None
+            graphs = self.graphs if not calculate_kv_scales else None
+            hidden = graphs.run(host) if graphs is not None else None
             if hidden is not None:
                 return hidden, self._graph_batch(host)
             segments = self.backend.segments_for(  # type: ignore[attr-defined]
@@ -212,6 +246,7 @@ class ModelRunner:
             )
             batch = self.buffers.load(host, 0, segments)
         ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
+        ctx.calculate_kv_scales = calculate_kv_scales
         return self.model(batch.input_ids, batch.positions, ctx), batch
 
     def _graph_batch(self, host: HostBatch) -> StepBatch:

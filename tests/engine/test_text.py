@@ -142,7 +142,9 @@ def test_bad_sampling_options_are_refused_by_name(smollm):
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        ({"quantization": "fp8"}, "quantization"),
+        ({"quantization": "bitsandbytes"}, "supports fp8, compressed-tensors"),
+        ({"kv_cache_dtype": "fp8_inc"}, "kv_cache_dtype"),
+        ({"calculate_kv_scales": True}, "calculate_kv_scales"),
         ({"swap_space": 4}, "swap_space"),
         ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
         ({"max_model_len": 100000}, r"100000.*8192"),

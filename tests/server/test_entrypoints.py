@@ -39,10 +39,10 @@ def serve(*flags: str) -> subprocess.CompletedProcess:
 
 def test_unbuilt_flags_fail_at_start_naming_them():
     for flags, name in [
-        (["--quantization", "fp8"], "quantization"),
+        (["--quantization", "awq"], "quantization='awq' is not supported; pagedllm supports fp8"),
         (["--swap-space", "4"], "swap_space"),
         (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
-        (["--kv-cache-dtype", "fp8"], "kv_cache_dtype"),
+        (["--kv-cache-dtype", "int8_per_token_head"], "kv_cache_dtype"),
         (["--enable-reasoning"], "--reasoning-parser"),
     ]:
         done = serve(*flags, "--port", "0")

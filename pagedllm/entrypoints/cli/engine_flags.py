@@ -28,6 +28,9 @@ _JSON_FIELDS = {
     "structured_outputs_config",
 }
 
+# vLLM's one-letter spellings.
+_SHORT_FLAGS = {"quantization": "-q"}
+
 
 def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = frozenset()) -> None:
     group = parser.add_argument_group("engine")
@@ -37,6 +40,8 @@ def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = fr
         flags = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             flags.append(f"--{f.name}")
+        if f.name in _SHORT_FLAGS:
+            flags.append(_SHORT_FLAGS[f.name])
         kind = _base_type(f.type)
         if kind is bool:
             group.add_argument(

@@ -17,6 +17,7 @@ def load_weights_into(model: CausalLM, model_config: ModelConfig) -> None:
         from pagedllm.model.loader.dummy_weights import fill_dummy_weights
 
         fill_dummy_weights(model, model_config.seed)
+        model.finish_loading()
         return
     model.load_weights(_iter_weights(model_config))
 

@@ -1,0 +1,210 @@
+"""A linear layer with FP8 (e4m3) weights and one float32 scale per output row.
+
+It loads what the checkpoint holds: FP8 weights with per-tensor or per-row
+``weight_scale`` (a per-tensor scale becomes its shard's rows' scales, exactly), and a
+static ``input_scale`` where the scheme has one; or full-precision weights, quantized row
+by row as they arrive (``--quantization fp8``), so a full-precision copy of the model never
+exists on the device.
+
+Computation: on a GPU with FP8 tensor cores (compute capability 8.9+) and bfloat16
+activations, the activations are quantized (per token, or with the static scale) and the
+product runs in ``torch._scaled_mm``; elsewhere (the CPU, older GPUs, float16/float32
+models, weight-only schemes) the weights are widened inside the product
+(``fp8.weight_only_linear``): the same stored weights, working everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pagedllm.logger import init_logger
+from pagedllm.model.layers.fp8 import (
+    FP8_DTYPE,
+    Quantizer,
+    quantize_rows_reference,
+    quantize_weight,
+    scaled_mm_linear,
+    weight_only_linear,
+)
+from pagedllm.model.layers.linear import Linear, LinearMaker, copy_checked
+from pagedllm.quantization import Fp8Scheme, QuantConfig
+
+logger = init_logger(__name__)
+
+
+class Fp8Linear(Linear):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        dtype: torch.dtype,
+        output_sizes: list[int] | None,
+        scheme: Fp8Scheme,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, dtype, output_sizes)
+        self.scheme = scheme
+        self.weight_scale = nn.Parameter(torch.ones(out_features, dtype=torch.float32), False)
+        # Static scheme: one input scale per shard as loaded; their max once loaded.
+        self.input_scale = (
+            nn.Parameter(torch.ones(len(self.output_sizes), dtype=torch.float32), False)
+            if scheme.activations == "static"
+            else None
+        )
+        self.act_scale: torch.Tensor | None = None
+        self.scale_row: torch.Tensor | None = None  # weight_scale as [1, out] for the GEMM
+        self.use_fp8_gemm = False
+        self.quantize_activations: Quantizer = quantize_rows_reference
+
+    def make_weight(self, out_features: int, in_features: int, dtype: torch.dtype) -> nn.Parameter:
+        return nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fp8_gemm:
+            assert self.scale_row is not None, "finish_loading() sets the GEMM's scales"
+            return scaled_mm_linear(
+                x, self.weight, self.scale_row, self.act_scale, self.bias,
+                self.quantize_activations,
+            )  # fmt: skip
+        return weight_only_linear(x, self.weight, self.weight_scale, self.bias)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def checkpoint_names(self) -> tuple[str, ...]:
+        names = ["weight"]
+        if self.scheme.serialized:
+            names.append("weight_scale")
+        if self.input_scale is not None:
+            names.append("input_scale")
+        if self.bias is not None:
+            names.append("bias")
+        return tuple(names)
+
+    def _load(self, name: str, loaded: torch.Tensor, shard: int | None) -> None:
+        if name == "weight":
+            self._load_weight(loaded, shard)
+        elif name == "weight_scale":
+            self._load_weight_scale(loaded, shard)
+        elif name == "input_scale":
+            assert self.input_scale is not None
+            if loaded.numel() != 1:
+                raise ValueError(
+                    f"input_scale must be one value per tensor, got shape {tuple(loaded.shape)}."
+                )
+            self.input_scale.data[shard or 0] = loaded.float().reshape(())
+        else:
+            super()._load(name, loaded, shard)
+
+    def _load_weight(self, loaded: torch.Tensor, shard: int | None) -> None:
+        if loaded.dtype == FP8_DTYPE and self.scheme.serialized:
+            copy_checked(self.rows(self.weight.data, shard), loaded, "weight", shard)
+        elif loaded.dtype.is_floating_point and loaded.element_size() >= 2:
+            if self.scheme.serialized:
+                raise ValueError(
+                    f"Checkpoint weight is {loaded.dtype}, but the checkpoint's "
+                    "quantization_config says its weights are FP8 (float8_e4m3fn)."
+                )
+            self.quantize_into(loaded, shard)
+        else:
+            raise ValueError(
+                f"Checkpoint weight is {loaded.dtype}; pagedllm's FP8 layers load "
+                "float8_e4m3fn weights or full-precision ones."
+            )
+
+    def _load_weight_scale(self, loaded: torch.Tensor, shard: int | None) -> None:
+        rows = self.rows(self.weight_scale.data, shard)
+        values = loaded.float().reshape(-1)
+        if values.numel() == 1:  # per tensor: every row of the shard
+            rows.fill_(values[0].item())
+        elif values.numel() == rows.numel():  # per output channel: [rows] or [rows, 1]
+            rows.copy_(values)
+        else:
+            raise ValueError(
+                f"weight_scale of shape {tuple(loaded.shape)} is neither per tensor nor per "
+                f"output row ({rows.numel()} rows); block-wise scales are not supported."
+            )
+
+    def quantize_into(self, weight: torch.Tensor, shard: int | None) -> None:
+        """Quantize full-precision rows of one shard (on this layer's device)."""
+        target = self.rows(self.weight.data, shard)
+        if target.shape != weight.shape:
+            raise ValueError(
+                f"Checkpoint weight of shape {tuple(weight.shape)} does not fit a parameter "
+                f"(shard {shard}) of shape {tuple(target.shape)}."
+            )
+        q, scale = quantize_weight(weight.to(target.device))
+        target.copy_(q)
+        self.rows(self.weight_scale.data, shard).copy_(scale)
+        self._loaded.add(("weight_scale", shard))
+
+    def fill_random(self, generator: torch.Generator, bound: float) -> None:
+        """Dummy weights: uniform in [-bound, bound] in the model's dtype, then quantized
+        (as ``--quantization fp8`` would load them); input scales stay 1."""
+        for shard in self.shards():
+            shape = self.rows(self.weight.data, shard).shape
+            weight = torch.empty(shape, dtype=self.dtype, device=self.weight.device)
+            self.quantize_into(weight.uniform_(-bound, bound, generator=generator), shard)
+
+    def quantized_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``fill_random`` sets (a dummy loader must leave them alone)."""
+        return [p for p in (self.weight, self.weight_scale, self.input_scale) if p is not None]
+
+    def finish_loading(self) -> None:
+        if self.input_scale is not None:
+            # One scale for the merged layer's one input: the largest, so that no shard's
+            # calibrated range is clipped.
+            self.act_scale = self.input_scale.max().reshape(1)
+        self.scale_row = self.weight_scale.view(1, -1)
+        if self.weight.is_cuda:
+            from pagedllm.kernels.fp8_quant import quantize_rows
+
+            self.quantize_activations = quantize_rows
+        self.use_fp8_gemm = fp8_gemm_supported(self.weight.device, self.dtype, self.scheme) and (
+            self.in_features % 16 == 0 and self.out_features % 16 == 0  # _scaled_mm's tiles
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fp8={self.scheme}, fp8_gemm={self.use_fp8_gemm}"
+
+
+def fp8_gemm_supported(device: torch.device, dtype: torch.dtype, scheme: Fp8Scheme) -> bool:
+    """FP8 tensor-core GEMMs: a CUDA device of compute capability 8.9+ (Ada, Hopper and
+    later), bfloat16 activations (row-wise scaled ``_scaled_mm`` writes bfloat16), and a
+    scheme that quantizes activations."""
+    if device.type != "cuda" or dtype != torch.bfloat16 or scheme.activations == "none":
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_linears(dtype: torch.dtype, quant: QuantConfig) -> LinearMaker:
+    """Layers whose checkpoint modules ``quant`` quantizes become ``Fp8Linear``; the rest
+    stay in ``dtype``."""
+
+    def make(
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        output_sizes: list[int] | None,
+        names: Sequence[str],
+    ) -> Linear:
+        scheme = quant.scheme_for(names)
+        if scheme is None:
+            return Linear(in_features, out_features, bias, dtype, output_sizes)
+        return Fp8Linear(in_features, out_features, bias, dtype, output_sizes, scheme)
+
+    return make
+
+
+def log_fp8_layers(model: nn.Module) -> None:
+    """One line: how many layers hold FP8 weights, and how they multiply."""
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    if not layers:
+        return
+    gemm = sum(layer.use_fp8_gemm for layer in layers)
+    logger.info(
+        "FP8 weights in %d linear layers: %d on FP8 tensor cores, %d widened inside the "
+        "product (weight-only)", len(layers), gemm, len(layers) - gemm,
+    )  # fmt: skip
