@@ -9,6 +9,9 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 3. single stream: llama-3.1-8b, 128 prompt tokens, 256 output: median inter-token latency.
 4. start-up: seconds from process start to the first generated token (workload 3's model).
 A ``profile`` job prints where one decode step of workload 2 spends its time.
+
+Workloads 2 and 3 take a variant after a colon (``2:fp8``, ``3:fp8+kvfp8``): ``fp8``
+(``quantization="fp8"``), ``kvfp8`` (``kv_cache_dtype="fp8"``), both, ``bf16`` (none).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout, installed or not
 CONFIGS = HERE / "model-configs"
 QWEN3 = str(CONFIGS / "qwen3-0.6b")
 LLAMA8B = str(CONFIGS / "llama-3.1-8b-instruct")
+VARIANTS = {
+    "bf16": {},
+    "fp8": {"quantization": "fp8"},
+    "kvfp8": {"kv_cache_dtype": "fp8"},
+    "fp8+kvfp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"},
+}
 
 
 def workload1_requests() -> tuple[list[list[int]], list[int]]:
@@ -72,23 +81,25 @@ def job_w1() -> dict:
     return {"workload": 1, "seconds": elapsed, "output_tokens": tokens, "tok_s": tokens / elapsed}
 
 
-def job_w2() -> dict:
+def job_w2(variant: str = "bf16") -> dict:
     from pagedllm import SamplingParams
 
     rng = random.Random(0)
     prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(1000)]
-    llm = engine(LLAMA8B, 4096)
+    llm = engine(LLAMA8B, 4096, **VARIANTS[variant])
     params = SamplingParams(temperature=1.0, max_tokens=256, ignore_eos=True, detokenize=False)
     elapsed, tokens = timed_generate(llm, prompts, params)
-    return {"workload": 2, "seconds": elapsed, "output_tokens": tokens, "tok_s": tokens / elapsed}
+    blocks = llm.llm_engine.call_core("kv_cache_state")["num_blocks"]
+    return {"workload": 2, "variant": variant, "seconds": elapsed, "output_tokens": tokens,
+            "tok_s": tokens / elapsed, "kv_blocks": blocks}  # fmt: skip
 
 
-def job_w3() -> dict:
+def job_w3(variant: str = "bf16") -> dict:
     import torch
 
     from pagedllm import RequestOutputKind, SamplingParams
 
-    llm = engine(LLAMA8B, 4096)
+    llm = engine(LLAMA8B, 4096, **VARIANTS[variant])
     prompt = {"prompt_token_ids": [random.Random(1).randint(0, 10000) for _ in range(128)]}
     params = SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True, detokenize=False,
                             output_kind=RequestOutputKind.DELTA)  # fmt: skip
@@ -103,11 +114,22 @@ def job_w3() -> dict:
                 stamps.append(time.perf_counter())
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     itl = statistics.median(gaps)
+    end_to_end = []  # vllm_offline.py's measure, for a like-for-like ratio
+    greedy = dict(temperature=0.0, ignore_eos=True, detokenize=False)
+    for _ in range(3):
+        first = time.perf_counter()
+        llm.generate(prompt, SamplingParams(max_tokens=1, **greedy), use_tqdm=False)
+        whole = time.perf_counter()
+        llm.generate(prompt, SamplingParams(max_tokens=256, **greedy), use_tqdm=False)
+        end_to_end.append(((time.perf_counter() - whole) - (whole - first)) / 255)
     weight_bytes = engine_.call_core("weight_bytes")
+    read = engine_.call_core("decode_read_bytes")  # the embedding table is not read whole
     bandwidth = copy_bandwidth(torch)
-    return {"workload": 3, "median_itl_ms": itl * 1e3, "weight_gb": weight_bytes / 1e9,
-            "implied_tb_s": weight_bytes / itl / 1e12, "copy_tb_s": bandwidth / 1e12,
-            "fraction": weight_bytes / itl / bandwidth}  # fmt: skip
+    return {"workload": 3, "variant": variant, "median_itl_ms": itl * 1e3,
+            "end_to_end_itl_ms": statistics.median(end_to_end) * 1e3,
+            "weight_gb": weight_bytes / 1e9, "read_gb": read / 1e9,
+            "implied_tb_s": read / itl / 1e12, "copy_tb_s": bandwidth / 1e12,
+            "fraction": read / itl / bandwidth}  # fmt: skip
 
 
 def job_w4() -> dict:
@@ -223,7 +245,28 @@ def job_ceilings() -> dict:
         a @ b
     torch.cuda.synchronize()
     tflops = 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
-    return {"job": "ceilings", "copy_tb_s": copy_bandwidth(torch) / 1e12, "bf16_tflops": tflops}
+    return {"job": "ceilings", "copy_tb_s": copy_bandwidth(torch) / 1e12, "bf16_tflops": tflops,
+            "fp8_tflops": fp8_tflops(torch)}  # fmt: skip
+
+
+def fp8_tflops(torch) -> float:
+    """Row-wise scaled e4m3 GEMM (what --quantization fp8 runs) at 8192^3."""
+    a = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(8192, 8192, device="cuda").to(torch.float8_e4m3fn)
+    sa = torch.ones(8192, 1, device="cuda")
+    sb = torch.ones(1, 8192, device="cuda")
+
+    def gemm():
+        return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+
+    for _ in range(3):
+        gemm()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        gemm()
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
 
 
 def copy_bandwidth(torch) -> float:
@@ -317,7 +360,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     if args.job:
-        print("RESULT " + json.dumps(JOBS[args.job]()), flush=True)
+        name, _, variant = args.job.partition(":")
+        result = JOBS[name](variant) if variant else JOBS[name]()
+        print("RESULT " + json.dumps(result), flush=True)
         return
     names = args.workloads.split(",") + (["hf1", "hf2"] if args.hf else [])
     out_dir = Path(args.out)

@@ -25,7 +25,7 @@ from pagedllm.worker.step_output import LaunchedStep
 logger = init_logger(__name__)
 
 # EngineCore methods the front end may call by name (``EngineCoreClient.call_utility``).
-UTILITIES = frozenset({"reset_prefix_cache", "kv_cache_state", "weight_bytes"})
+UTILITIES = frozenset({"reset_prefix_cache", "kv_cache_state", "weight_bytes", "decode_read_bytes"})
 
 
 def is_device_failure(exc: BaseException) -> bool:
@@ -129,6 +129,15 @@ class EngineCore:
         """Bytes of the model's weights on the device (benchmarks relate speed to them)."""
         assert self.runner.model is not None
         return sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+
+    def decode_read_bytes(self) -> int:
+        """Weight bytes one decode step reads: all but the embedding table, of which it reads
+        a row per token (unless the LM head shares it). The roofline of a single stream."""
+        model = self.runner.model
+        assert model is not None
+        embedding = model.model.embed_tokens.weight
+        tied = embedding is model.lm_head.weight
+        return self.weight_bytes() - (0 if tied else embedding.numel() * embedding.element_size())
 
     def kv_cache_state(self) -> dict[str, Any]:
         """The block pool checked: free and total blocks, whether a trial is running."""
