@@ -49,11 +49,12 @@ class EngineCore:
         self.runner.initialize_kv_cache(plan)
         max_len = config.model_config.max_model_len
         logger.info(
-            "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
+            "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB in %s",
             plan.num_blocks,
             plan.block_size,
             plan.num_tokens,
             plan.num_bytes / GiB,
+            str(self.runner.kv_cache_dtype).removeprefix("torch."),
         )
         logger.info(
             "Maximum concurrency for %d tokens per request: %.2fx",
