@@ -30,6 +30,19 @@ def test_chat_one_message_streams_a_reply():
     assert "4" in done.stdout
 
 
+def test_fp8_flags_as_vllm_users_type_them():
+    done = run(
+        "chat", "--message", "What is 2+2?", "--temperature", "0", "--max-tokens", "12",
+        "--kv-cache-memory-bytes", "64M", "--max-model-len", "1024",
+        "--quantization", "fp8", "--kv-cache-dtype", "fp8", "--calculate-kv-scales",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "4" in done.stdout
+    logs = done.stdout + done.stderr
+    assert "FP8 weights in 120 linear layers" in logs  # SmolLM2: 30 layers x 4
+    assert "in float8_e4m3fn" in logs and "scales come from the first step" in logs
+
+
 def test_chat_reads_turns_from_stdin():
     done = run(
         "chat",
