@@ -1,0 +1,108 @@
+"""FP8 linear layers against bfloat16 ones at llama-3.1-8b's shapes (CUDA).
+
+    python benchmarks/fp8_gemm.py [--record]
+
+For each projection (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336) and
+token count M (decode batches to prefill chunks): microseconds per call of the bfloat16
+``F.linear``, of ``Fp8Linear`` on FP8 tensor cores (activation quantization kernel +
+``torch._scaled_mm``, what ``--quantization fp8`` runs), and of the weight-only product;
+and the share of HBM bandwidth the FP8 call reaches reading its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+import torch
+import torch.nn.functional as F
+from record import append_record, device_name
+
+from pagedllm.model.layers.fp8_linear import Fp8Linear
+from pagedllm.quantization import Fp8Scheme
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336)}  # fmt: skip
+TOKENS = (1, 8, 32, 128, 256, 1024, 8192)
+
+
+def cuda_us(fn, iters: int = 50) -> float:
+    """Mean microseconds per call, replayed from a CUDA graph (as decode steps run)."""
+    for _ in range(3):
+        fn()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(10):
+                fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (iters * 10)
+
+
+def fp8_layer(out_features: int, in_features: int) -> Fp8Linear:
+    layer = Fp8Linear(in_features, out_features, False, torch.bfloat16, None,
+                      Fp8Scheme(serialized=False, activations="dynamic")).cuda()  # fmt: skip
+    layer.load("weight", torch.randn(out_features, in_features, device="cuda") * 0.02, None)
+    layer.finish_loading()
+    assert layer.use_fp8_gemm
+    return layer
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
+    source = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    return 2 * source.numel() / (cuda_us(lambda: target.copy_(source), 5) * 1e-6)
+
+
+def shape_rows(name: str, n: int, k: int, bandwidth: float) -> list[str]:
+    """One table row per token count for an n x k projection."""
+    layer = fp8_layer(n, k)
+    dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    rows = []
+    for m in TOKENS:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        bf16 = cuda_us(lambda: F.linear(x, dense))  # noqa: B023 - timed at once
+        layer.use_fp8_gemm = True
+        fp8 = cuda_us(lambda: layer(x))  # noqa: B023
+        layer.use_fp8_gemm = False
+        weight_only = cuda_us(lambda: layer(x))  # noqa: B023
+        read = n * k / (fp8 * 1e-6) / bandwidth
+        rows.append(f"| {name} | {m} | {bf16:.1f} | {fp8:.1f} | {weight_only:.1f} | "
+                    f"{fp8 / bf16:.2f} | {read:.0%} |")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth()
+    lines = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
+             "| layer | M | bf16 µs | fp8 µs | weight-only µs | fp8 / bf16 | fp8 weight read |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, (n, k) in SHAPES.items():
+        lines += shape_rows(name, n, k, bandwidth)
+        torch.cuda.empty_cache()
+    print("\n".join(lines), flush=True)
+    if args.record:
+        append_record(
+            "FP8 linear layers at llama-3.1-8b shapes",
+            device_name(),
+            "one layer, bfloat16 activations, CUDA-graph replay of 10 calls",
+            lines,
+        )
+
+
+if __name__ == "__main__":
+    main()
