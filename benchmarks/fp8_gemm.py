@@ -5,13 +5,17 @@
 For each projection (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336) and
 token count M (decode batches to prefill chunks): microseconds per call of the bfloat16
 ``F.linear``, of ``Fp8Linear`` on FP8 tensor cores (activation quantization kernel +
-``torch._scaled_mm``, what ``--quantization fp8`` runs), and of the weight-only product;
-and the share of HBM bandwidth the FP8 call reaches reading its weights.
+``torch._scaled_mm``), of the Triton FP8-weight kernel for small batches
+(``kernels/fp8_weight_matmul``), and of the torch weight-only product; and the share of
+HBM bandwidth the faster FP8 call reaches reading its weights.
+
+``--sweep`` times the Triton kernel's tile configurations at decode batch sizes instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -21,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from record import append_record, device_name
 
+from pagedllm.kernels.fp8_weight_matmul import MAX_ROWS, fp8_weight_matmul
+from pagedllm.model.layers.fp8 import weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
 from pagedllm.quantization import Fp8Scheme
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
           "down": (4096, 14336)}  # fmt: skip
-TOKENS = (1, 8, 32, 128, 256, 1024, 8192)
+TOKENS = (1, 4, 8, 32, 64, 128, 256, 1024, 8192)
 
 
 def cuda_us(fn, iters: int = 50) -> float:
@@ -55,6 +61,7 @@ def fp8_layer(out_features: int, in_features: int) -> Fp8Linear:
     layer.load("weight", torch.randn(out_features, in_features, device="cuda") * 0.02, None)
     layer.finish_loading()
     assert layer.use_fp8_gemm
+    layer.small_batch_kernel = False  # timed separately
     return layer
 
 
@@ -73,27 +80,63 @@ def shape_rows(name: str, n: int, k: int, bandwidth: float) -> list[str]:
     for m in TOKENS:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         bf16 = cuda_us(lambda: F.linear(x, dense))  # noqa: B023 - timed at once
-        layer.use_fp8_gemm = True
         fp8 = cuda_us(lambda: layer(x))  # noqa: B023
-        layer.use_fp8_gemm = False
-        weight_only = cuda_us(lambda: layer(x))  # noqa: B023
-        read = n * k / (fp8 * 1e-6) / bandwidth
-        rows.append(f"| {name} | {m} | {bf16:.1f} | {fp8:.1f} | {weight_only:.1f} | "
-                    f"{fp8 / bf16:.2f} | {read:.0%} |")  # fmt: skip
+        triton_us = float("nan")
+        if m <= MAX_ROWS:
+            triton_us = cuda_us(lambda: fp8_weight_matmul(x, layer.weight, layer.weight_scale))  # noqa: B023
+        torch_wo = cuda_us(lambda: weight_only_linear(x, layer.weight, layer.weight_scale, None))  # noqa: B023
+        best = min(fp8, triton_us) if m <= MAX_ROWS else fp8
+        read = n * k / (best * 1e-6) / bandwidth
+        rows.append(f"| {name} | {m} | {bf16:.1f} | {fp8:.1f} | {triton_us:.1f} | "
+                    f"{torch_wo:.1f} | {best / bf16:.2f} | {read:.0%} |")  # fmt: skip
     return rows
+
+
+def sweep(bandwidth: float) -> list[str]:
+    """The Triton kernels' tiles at decode batch sizes: the best per shape and rows."""
+    gemv = list(itertools.product((4, 8, 16), (1024, 2048), (4, 8), (2, 3, 4), (1,)))
+    dot = list(itertools.product((16, 32), (256, 512), (4,), (3, 4), (1,)))
+    lines = ["| layer | M | best kernel, (BLOCK_N, BLOCK_K, warps, stages, split) | µs "
+             "| weight read | default µs |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, (n, k) in SHAPES.items():
+        layer = fp8_layer(n, k)
+        for m in (1, 2, 4, 8, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            candidates = [("dot", c) for c in dot]
+            if m <= 2:
+                candidates += [("gemv", c) for c in gemv]
+            times = {
+                (kind, c): cuda_us(lambda: fp8_weight_matmul(
+                    x, layer.weight, layer.weight_scale, config=c, kernel=kind), 20)  # noqa: B023
+                for kind, c in candidates
+            }  # fmt: skip
+            best = min(times, key=times.get)
+            default = cuda_us(lambda: fp8_weight_matmul(x, layer.weight, layer.weight_scale))  # noqa: B023
+            read = n * k / (times[best] * 1e-6) / bandwidth
+            lines.append(f"| {name} | {m} | {best} | {times[best]:.1f} | {read:.0%} | "
+                         f"{default:.1f} |")  # fmt: skip
+            print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
-    lines = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
-             "| layer | M | bf16 µs | fp8 µs | weight-only µs | fp8 / bf16 | fp8 weight read |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, (n, k) in SHAPES.items():
-        lines += shape_rows(name, n, k, bandwidth)
-        torch.cuda.empty_cache()
+    lines = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", ""]
+    if args.sweep:
+        lines += sweep(bandwidth)
+    else:
+        lines += [
+            "| layer | M | bf16 µs | fp8 _scaled_mm µs | fp8 Triton µs | torch weight-only µs "
+            "| best fp8 / bf16 | best fp8 weight read |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, (n, k) in SHAPES.items():
+            lines += shape_rows(name, n, k, bandwidth)
+            torch.cuda.empty_cache()
     print("\n".join(lines), flush=True)
     if args.record:
         append_record(

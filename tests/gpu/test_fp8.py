@@ -10,8 +10,9 @@ import torch
 from pagedllm import SamplingParams
 from pagedllm.attention.torch_backend import write_kv_torch
 from pagedllm.kernels.fp8_quant import quantize_rows
+from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
 from pagedllm.kernels.fused_ops import write_kv
-from pagedllm.model.layers.fp8 import quantize_rows_reference, quantize_weight
+from pagedllm.model.layers.fp8 import quantize_rows_reference, quantize_weight, weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
 from pagedllm.quantization import Fp8Scheme
 from tests.gpu.test_gpu_engine import engine, greedy, prompts
@@ -111,19 +112,70 @@ def test_fp8_tensor_core_linear_stays_close_to_weight_only(rows):
     assert (fast - exact).norm() / exact.norm() < 0.05
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 33, MAX_ROWS])
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 200), (4096, 4096), (48, 14336)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split", [None, 3])
+def test_small_batch_kernel_is_the_weight_only_product(rows, n, k, dtype, split):
+    """Both kernels (GEMV for the fewest rows, tl.dot above), uneven shapes, and the GEMV
+    on up to 4 rows split along K (its partial sums added by a second kernel)."""
+    if split and rows > 4:
+        pytest.skip("the GEMV kernel (with split-K) serves a few rows")
+    gen = torch.Generator(device="cuda").manual_seed(rows * n + k)
+    q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    config, kernel = (None, None) if split is None else ((8, 64, 4, 3, split), "gemv")
+    for b in (None, bias):
+        got = fp8_weight_matmul(x, q, scale, b, config, kernel).float()
+        want = weight_only_linear(x.float(), q, scale, None if b is None else b.float())
+        # float32 accumulation both ways; the only rounding left is the output's to 16 bits
+        assert ((got - want).norm() / want.norm()).item() < 8e-3  # bf16: 3.5e-3 measured
+
+
+def test_small_batch_kernel_reads_strided_rows():
+    q, scale = quantize_weight(torch.randn(64, 128, device="cuda"))
+    wide = torch.randn(8, 384, device="cuda", dtype=torch.bfloat16)
+    x = wide[:, 128:256]  # rows 384 apart, as a slice of a merged projection's output
+    got = fp8_weight_matmul(x, q, scale)
+    assert torch.equal(got, fp8_weight_matmul(x.contiguous(), q, scale))
+
+
+def test_fp8_layers_take_the_small_batch_kernel_up_to_its_rows():
+    layer = Fp8Linear(256, 512, False, torch.bfloat16, None, Fp8Scheme(False, "dynamic")).cuda()
+    layer.load("weight", torch.randn(512, 256) * 0.05, None)
+    layer.finish_loading()
+    assert layer.small_batch_kernel
+    limit = FP8_GEMM_ROWS if FP8_CAPABLE else MAX_ROWS
+    assert layer.small_batch_rows == limit
+    for rows in (1, limit, limit + 1):
+        x = torch.randn(rows, 256, device="cuda", dtype=torch.bfloat16)
+        want = fp8_weight_matmul(x[:limit], layer.weight, layer.weight_scale)
+        assert torch.equal(layer(x)[:limit], want) == (rows <= limit)
+
+
 @needs_fp8
 def test_engine_fp8_weights_and_cache_close_to_bfloat16(gpu_models):
+    """Prefill logits (eager, 5 prompts in one batch of > 64 rows: FP8 tensor cores) against
+    bfloat16: the GEMM path within 1.5x the error the FP8 weights alone cause (a random
+    model with large weights amplifies both: weight-only FP8 is 13-15% off in float32 on
+    the CPU), the FP8 cache within 15% (8% measured on the CPU)."""
     batch = prompts(5, 5)
     dense = prefill_logits(engine(gpu_models["llama"], dtype="bfloat16"), batch)
-    for kwargs in ({"quantization": "fp8"}, {"kv_cache_dtype": "fp8"},
-                   {"quantization": "fp8", "kv_cache_dtype": "fp8"}):  # fmt: skip
-        llm = engine(gpu_models["llama"], dtype="bfloat16", **kwargs)
-        layers = [m for m in llm.llm_engine.engine_core.runner.model.modules()
-                  if isinstance(m, Fp8Linear)]  # fmt: skip
-        assert all(layer.use_fp8_gemm for layer in layers)
-        for got, want in zip(prefill_logits(llm, batch), dense):
-            error = ((got.float() - want.float()).norm() / want.float().norm()).item()
-            assert error < 0.1, (kwargs, error)
+    llm = engine(gpu_models["llama"], dtype="bfloat16", quantization="fp8")
+    layers = [m for m in llm.llm_engine.engine_core.runner.model.modules()
+              if isinstance(m, Fp8Linear)]  # fmt: skip
+    assert layers and all(layer.use_fp8_gemm for layer in layers)
+    fast = prefill_logits(llm, batch)
+    for layer in layers:
+        layer.use_fp8_gemm = layer.small_batch_kernel = False
+    weight_only = prefill_logits(llm, batch)
+    for got, exact, want in zip(fast, weight_only, dense):
+        assert (got.float() - exact.float()).norm() < 1.5 * (exact.float() - want.float()).norm()
+    cache = prefill_logits(engine(gpu_models["llama"], dtype="bfloat16", kv_cache_dtype="fp8"),
+                           batch)  # fmt: skip
+    for got, want in zip(cache, dense):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 0.15
 
 
 @needs_fp8
@@ -139,6 +191,9 @@ def test_fp8_cuda_graphs_match_eager(gpu_models, arch):
 
 @needs_fp8
 def test_fp8_checkpoint_on_the_gpu(gpu_models, tmp_path):
+    """A static per-tensor checkpoint: weight-only, it is its dequantized weights; on FP8
+    tensor cores (> 16 rows) its static activation scale adds error (16% measured on this
+    random model with large activations, 13-15% for its dynamic FP8 weights)."""
     from tests.model.fp8_checkpoints import save_dequantized_checkpoint, save_fp8_checkpoint
 
     dequantized = save_fp8_checkpoint(
@@ -146,10 +201,17 @@ def test_fp8_checkpoint_on_the_gpu(gpu_models, tmp_path):
     )
     save_dequantized_checkpoint(gpu_models["llama"], tmp_path / "dense", dequantized)
     batch = prompts(7, 4)
-    quantized = prefill_logits(engine(tmp_path / "fp8", dtype="bfloat16"), batch)
+    llm = engine(tmp_path / "fp8", dtype="bfloat16")
+    fast = prefill_logits(llm, batch)
+    for layer in llm.llm_engine.engine_core.runner.model.modules():
+        if isinstance(layer, Fp8Linear):
+            layer.use_fp8_gemm = layer.small_batch_kernel = False
+    weight_only = prefill_logits(llm, batch)
     dense = prefill_logits(engine(tmp_path / "dense", dtype="bfloat16"), batch)
-    for got, want in zip(quantized, dense):
-        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 0.1
+    for got, exact, want in zip(fast, weight_only, dense):
+        # bfloat16 rounds the product before the row scale: 2.3% measured after two layers
+        assert ((exact.float() - want.float()).norm() / want.float().norm()).item() < 0.05
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 0.25
 
 
 def test_fp8_weights_quantize_on_the_device(gpu_models):

@@ -6,16 +6,22 @@ static ``input_scale`` where the scheme has one; or full-precision weights, quan
 by row as they arrive (``--quantization fp8``), so a full-precision copy of the model never
 exists on the device.
 
-Computation: on a GPU with FP8 tensor cores (compute capability 8.9+) and bfloat16
-activations, the activations are quantized (per token, or with the static scale) and the
-product runs in ``torch._scaled_mm``; elsewhere (the CPU, older GPUs, float16/float32
-models, weight-only schemes) the weights are widened inside the product
-(``fp8.weight_only_linear``): the same stored weights, working everywhere.
+Computation, by what the step and device allow:
+- small batches (up to 16 rows with FP8 tensor cores, 64 without: decode steps) on CUDA with
+  16-bit activations: one Triton kernel reads the FP8 weights and widens them in registers
+  (``kernels/fp8_weight_matmul``), bound by the bandwidth it halves. Activations stay
+  unquantized there, so these steps are as exact as weight-only FP8 whatever the scheme;
+- larger batches on a GPU with FP8 tensor cores (compute capability 8.9+) and bfloat16
+  activations: the activations are quantized (per token, or with the static scale) and the
+  product runs in ``torch._scaled_mm``;
+- elsewhere (the CPU, older GPUs, float32 models, weight-only schemes): the weights are
+  widened inside a torch product (``fp8.weight_only_linear``): the same stored weights,
+  working everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -58,11 +64,22 @@ class Fp8Linear(Linear):
         self.scale_row: torch.Tensor | None = None  # weight_scale as [1, out] for the GEMM
         self.use_fp8_gemm = False
         self.quantize_activations: Quantizer = quantize_rows_reference
+        self.small_batch_kernel = False
+        self.small_batch_rows = 0
+        self.small_batch_matmul: Callable[..., torch.Tensor] | None = None
 
     def make_weight(self, out_features: int, in_features: int, dtype: torch.dtype) -> nn.Parameter:
         return nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.small_batch_kernel
+            and x.dim() == 2
+            and x.shape[0] <= self.small_batch_rows
+            and x.stride(1) == 1
+        ):
+            assert self.small_batch_matmul is not None
+            return self.small_batch_matmul(x, self.weight, self.weight_scale, self.bias)
         if self.use_fp8_gemm:
             assert self.scale_row is not None, "finish_loading() sets the GEMM's scales"
             return scaled_mm_linear(
@@ -160,14 +177,26 @@ class Fp8Linear(Linear):
         self.scale_row = self.weight_scale.view(1, -1)
         if self.weight.is_cuda:
             from pagedllm.kernels.fp8_quant import quantize_rows
+            from pagedllm.kernels.fp8_weight_matmul import (
+                FP8_GEMM_ROWS,
+                MAX_ROWS,
+                fp8_weight_matmul,
+            )
 
             self.quantize_activations = quantize_rows
+            self.small_batch_matmul = fp8_weight_matmul
+            self.small_batch_kernel = self.dtype in (torch.bfloat16, torch.float16)
         self.use_fp8_gemm = fp8_gemm_supported(self.weight.device, self.dtype, self.scheme) and (
             self.in_features % 16 == 0 and self.out_features % 16 == 0  # _scaled_mm's tiles
         )
+        if self.small_batch_kernel:
+            self.small_batch_rows = FP8_GEMM_ROWS if self.use_fp8_gemm else MAX_ROWS
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fp8={self.scheme}, fp8_gemm={self.use_fp8_gemm}"
+        return (
+            f"{super().extra_repr()}, fp8={self.scheme}, fp8_gemm={self.use_fp8_gemm}, "
+            f"small_batch_kernel={self.small_batch_kernel}"
+        )
 
 
 def fp8_gemm_supported(device: torch.device, dtype: torch.dtype, scheme: Fp8Scheme) -> bool:
@@ -204,7 +233,9 @@ def log_fp8_layers(model: nn.Module) -> None:
     if not layers:
         return
     gemm = sum(layer.use_fp8_gemm for layer in layers)
+    small = sum(layer.small_batch_kernel for layer in layers)
     logger.info(
         "FP8 weights in %d linear layers: %d on FP8 tensor cores, %d widened inside the "
-        "product (weight-only)", len(layers), gemm, len(layers) - gemm,
+        "product (weight-only); %d with the small-batch FP8-weight kernel",
+        len(layers), gemm, len(layers) - gemm, small,
     )  # fmt: skip
