@@ -9,7 +9,8 @@ token count M (decode batches to prefill chunks): microseconds per call of the b
 (``kernels/fp8_weight_matmul``), and of the torch weight-only product; and the share of
 HBM bandwidth the faster FP8 call reaches reading its weights.
 
-``--sweep`` times the Triton kernel's tile configurations at decode batch sizes instead.
+``--sweep 1,2,4,8,16`` times the Triton kernels' tile configurations at those row counts
+instead.
 """
 
 from __future__ import annotations
@@ -92,17 +93,17 @@ def shape_rows(name: str, n: int, k: int, bandwidth: float) -> list[str]:
     return rows
 
 
-def sweep(bandwidth: float) -> list[str]:
+def sweep(bandwidth: float, row_counts: list[int]) -> list[str]:
     """The Triton kernels' tiles at decode batch sizes: the best per shape and rows."""
-    gemv = list(itertools.product((4, 8, 16), (1024, 2048), (4, 8), (2, 3, 4), (1,)))
+    gemv = list(itertools.product((8, 16), (512, 1024, 2048), (4, 8), (3,), (1,), (1, 2), (0, 1)))
     dot = list(itertools.product((16, 32), (256, 512), (4,), (3, 4), (1,)))
     lines = ["| layer | M | best kernel, (BLOCK_N, BLOCK_K, warps, stages, split) | µs "
              "| weight read | default µs |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, (n, k) in SHAPES.items():
         layer = fp8_layer(n, k)
-        for m in (1, 2, 4, 8, 16):
+        for m in row_counts:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            candidates = [("dot", c) for c in dot]
+            candidates = [("dot", c) for c in dot if m > 1]
             if m <= 2:
                 candidates += [("gemv", c) for c in gemv]
             times = {
@@ -122,12 +123,13 @@ def sweep(bandwidth: float) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", action="store_true")
-    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep", type=lambda v: [int(r) for r in v.split(",")],
+                        help="row counts to sweep tiles at, e.g. 1,2,4,8,16")  # fmt: skip
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
     lines = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", ""]
     if args.sweep:
-        lines += sweep(bandwidth)
+        lines += sweep(bandwidth, args.sweep)
     else:
         lines += [
             "| layer | M | bf16 µs | fp8 _scaled_mm µs | fp8 Triton µs | torch weight-only µs "

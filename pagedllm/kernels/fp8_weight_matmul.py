@@ -29,7 +29,7 @@ import triton.language as tl
 # (88-98% of copy bandwidth; splitting K never helped); 2-16 rows, tl.dot on 32-column
 # strips, as fast at 16 rows as at 2.
 GEMV_ROWS = 1
-GEMV_CONFIG = (8, 1024, 4, 3, 1)
+GEMV_CONFIG = (8, 1024, 4, 3, 1, 1, 0)  # ..., unroll, reduce each tile
 DOT_CONFIG = (32, 512, 4, 3, 1)
 # The dot kernel beats cuBLAS' FP8 GEMM up to 16 rows and loses from 32 (its one row tile
 # re-reads nothing, but its narrow strips cannot use the tensor cores well);
@@ -41,11 +41,28 @@ SHARED_MEMORY = 200 * 1024  # below Hopper's 227 KiB per block, with room for th
 
 
 @triton.jit
+def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K: tl.constexpr,
+               BLOCK_K: tl.constexpr):  # fmt: skip
+    """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32."""
+    if EVEN_K:
+        x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+    else:
+        k_ok = k + tl.arange(0, BLOCK_K) < k_end
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    return x.to(tl.float32), w.to(tl.float32)
+
+
+@triton.jit
 def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, k_split, stride_xm,
     ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, REDUCE: tl.constexpr,
 ):  # fmt: skip
+    """UNROLL: tiles loaded before any is summed (more bytes in flight a program). REDUCE:
+    sum each tile at once into [ROWS, BLOCK_N] (fewer registers, so more programs per SM)
+    rather than once at the end."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, ROWS)
@@ -56,19 +73,30 @@ def _fp8_gemv_kernel(
     x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :]
     k_end = tl.minimum(pid_k * k_split + k_split, K)
-    acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(pid_k * k_split, k_end, BLOCK_K):
-        if EVEN_K:
-            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+    if REDUCE:
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(pid_k * k_split, k_end, BLOCK_K * UNROLL):
+        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K, BLOCK_K)
+        if UNROLL == 2:  # the second tile may run past this split's end: masked
+            x2, w2 = _gemv_tile(x_ptrs + BLOCK_K, w_ptrs + BLOCK_K, k + BLOCK_K, k_end, m_ok,
+                                n_ok, False, BLOCK_K)  # fmt: skip
+        if REDUCE:
+            acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
+            if UNROLL == 2:
+                acc += tl.sum(w2[None, :, :] * x2[:, None, :], axis=2)
         else:
-            k_ok = k + tl.arange(0, BLOCK_K) < k_end
-            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += w.to(tl.float32)[None, :, :] * x.to(tl.float32)[:, None, :]
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=2) * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
+            acc += w[None, :, :] * x[:, None, :]
+            if UNROLL == 2:
+                acc += w2[None, :, :] * x2[:, None, :]
+        x_ptrs += BLOCK_K * UNROLL
+        w_ptrs += BLOCK_K * UNROLL
+    if REDUCE:  # noqa: SIM108 - a constexpr branch: each side compiles alone
+        y = acc
+    else:
+        y = tl.sum(acc, axis=2)
+    y = y * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
     out_mask = m_ok[:, None] & n_ok[None, :]
     if PARTIAL:  # float32 partial sums [split, M, N], added up by _sum_splits_kernel
         out_ptrs = out_ptr + (pid_k * M + rm[:, None]).to(tl.int64) * N + rn[None, :]
@@ -133,14 +161,14 @@ def fp8_weight_matmul(
     weight: torch.Tensor,
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
-    config: tuple[int, int, int, int, int] | None = None,
+    config: tuple[int, ...] | None = None,
     kernel: str | None = None,
 ) -> torch.Tensor:
     """``x (weight * scale[:, None])^T + bias`` for x [M, K] with M <= MAX_ROWS.
 
-    Benchmarks only: ``config`` (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k)
-    overrides the tuned tiles (split_k applies to the GEMV kernel); ``kernel`` ("gemv" or
-    "dot") overrides the choice by rows."""
+    Benchmarks only: ``config`` (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k, unroll,
+    reduce) overrides the tuned tiles (the last three apply to the GEMV kernel); ``kernel``
+    ("gemv" or "dot") overrides the choice by rows."""
     if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
                          f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
@@ -163,14 +191,14 @@ def _gemv(
     scale: torch.Tensor,
     bias: torch.Tensor | None,
     y: torch.Tensor,
-    config: tuple[int, int, int, int, int],
+    config: tuple[int, ...],
 ) -> None:
-    block_n, block_k, warps, stages, split = config
+    block_n, block_k, warps, stages, split, unroll, reduce = (*config, 1, 0)[:7]
     (rows, k), n = x.shape, weight.shape[0]
     block_k = min(block_k, triton.next_power_of_2(k))
     padded_rows = triton.next_power_of_2(rows)
     # The accumulator [rows, BLOCK_N, BLOCK_K] stays within 128 float32 registers a thread.
-    while padded_rows * block_n * block_k > 128 * 32 * warps and block_k > 16:
+    while not reduce and padded_rows * block_n * block_k > 128 * 32 * warps and block_k > 16:
         block_k //= 2
     # Each split's length is a whole number of BLOCK_K steps (all but the last are full).
     k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
@@ -181,7 +209,7 @@ def _gemv(
         x, weight, scale, bias if bias is not None else scale, out, rows, n, k, k_split,
         x.stride(0), ROWS=padded_rows, HAS_BIAS=bias is not None,
         PARTIAL=partial, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps, num_stages=stages,
+        UNROLL=unroll, REDUCE=bool(reduce), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if partial:
         total = rows * n
@@ -197,9 +225,9 @@ def _dot(
     scale: torch.Tensor,
     bias: torch.Tensor | None,
     y: torch.Tensor,
-    config: tuple[int, int, int, int, int],
+    config: tuple[int, ...],
 ) -> None:
-    block_n, block_k, warps, stages, _ = config
+    block_n, block_k, warps, stages = config[:4]
     (rows, k), n = x.shape, weight.shape[0]
     block_m = max(16, triton.next_power_of_2(rows))  # tl.dot's smallest tile
     block_k = min(block_k, max(16, triton.next_power_of_2(k)))

@@ -115,19 +115,22 @@ def test_fp8_tensor_core_linear_stays_close_to_weight_only(rows):
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 33, MAX_ROWS])
 @pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 200), (4096, 4096), (48, 14336)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("split", [None, 3])
-def test_small_batch_kernel_is_the_weight_only_product(rows, n, k, dtype, split):
+@pytest.mark.parametrize(
+    "gemv", [None, (8, 64, 4, 3, 3, 1, 0), (8, 64, 4, 3, 1, 2, 1), (16, 64, 4, 3, 2, 2, 0)]
+)
+def test_small_batch_kernel_is_the_weight_only_product(rows, n, k, dtype, gemv):
     """Both kernels (GEMV for the fewest rows, tl.dot above), uneven shapes, and the GEMV
-    on up to 4 rows split along K (its partial sums added by a second kernel)."""
-    if split and rows > 4:
+    on up to 4 rows, split along K (its partial sums added by a second kernel), two tiles
+    a step, summed at each tile."""
+    if gemv and rows > 4:
         pytest.skip("the GEMV kernel (with split-K) serves a few rows")
     gen = torch.Generator(device="cuda").manual_seed(rows * n + k)
     q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
     x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
-    config, kernel = (None, None) if split is None else ((8, 64, 4, 3, split), "gemv")
+    kernel = None if gemv is None else "gemv"
     for b in (None, bias):
-        got = fp8_weight_matmul(x, q, scale, b, config, kernel).float()
+        got = fp8_weight_matmul(x, q, scale, b, gemv, kernel).float()
         want = weight_only_linear(x.float(), q, scale, None if b is None else b.float())
         # float32 accumulation both ways; the only rounding left is the output's to 16 bits
         assert ((got - want).norm() / want.norm()).item() < 8e-3  # bf16: 3.5e-3 measured
