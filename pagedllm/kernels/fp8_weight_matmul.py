@@ -24,12 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k), from benchmarks/fp8_gemm.py --sweep
-# at llama-8b's shapes on an H200 (RESULTS.md): one row, 8-row strips read 1 KiB at a time
-# (88-98% of copy bandwidth; splitting K never helped); 2-16 rows, tl.dot on 32-column
-# strips, as fast at 16 rows as at 2.
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k[, unroll, reduce each tile]), from
+# benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200 (RESULTS.md): one row,
+# 8-row strips read 1 KiB at a time (splitting K or loading two tiles a step never helped);
+# wide layers (gate_up, 28,672 rows) 16-row strips of 2 KiB summed at each tile, 12% faster
+# there; 2-16 rows, tl.dot on 32-column strips, as fast at 16 rows as at 2.
 GEMV_ROWS = 1
-GEMV_CONFIG = (8, 1024, 4, 3, 1, 1, 0)  # ..., unroll, reduce each tile
+GEMV_CONFIG = (8, 1024, 4, 3, 1, 1, 0)
+GEMV_WIDE_CONFIG = (16, 2048, 4, 3, 1, 1, 1)
+GEMV_WIDE_ROWS = 16384
 DOT_CONFIG = (32, 512, 4, 3, 1)
 # The dot kernel beats cuBLAS' FP8 GEMM up to 16 rows and loses from 32 (its one row tile
 # re-reads nothing, but its narrow strips cannot use the tensor cores well);
@@ -179,7 +182,8 @@ def fp8_weight_matmul(
     if kernel not in (None, "gemv", "dot"):
         raise ValueError(f"kernel must be 'gemv' or 'dot', got {kernel!r}")
     if kernel == "gemv" or (kernel is None and rows <= GEMV_ROWS):
-        _gemv(x, weight, scale, bias, y, config or GEMV_CONFIG)
+        wide = weight.shape[0] >= GEMV_WIDE_ROWS
+        _gemv(x, weight, scale, bias, y, config or (GEMV_WIDE_CONFIG if wide else GEMV_CONFIG))
     else:
         _dot(x, weight, scale, bias, y, config or DOT_CONFIG)
     return y

@@ -113,7 +113,9 @@ def test_fp8_tensor_core_linear_stays_close_to_weight_only(rows):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 33, MAX_ROWS])
-@pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 200), (4096, 4096), (48, 14336)])
+@pytest.mark.parametrize(
+    ("n", "k"), [(64, 256), (100, 200), (4096, 4096), (48, 14336), (16400, 512)]
+)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "gemv", [None, (8, 64, 4, 3, 3, 1, 0), (8, 64, 4, 3, 1, 2, 1), (16, 64, 4, 3, 2, 2, 0)]
