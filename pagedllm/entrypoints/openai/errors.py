@@ -123,8 +123,6 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     if kind == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
         return f"Malformed JSON in the request body: {detail}.", None
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing" and param is None:
         return "The request body is empty: send a JSON object.", None
     if kind == "missing":

@@ -1,7 +1,9 @@
 """Request and response bodies of the OpenAI-compatible API, with vLLM's extra fields.
 
-Requests refuse fields they do not know (``extra="forbid"``): a misspelt or unsupported
-option is a 400 naming it, never silently ignored. Request fields are typed strictly (a
+Request fields the server does not know are ignored and logged once per name, as vLLM
+does (``unknown_fields.py``: clients send fields from newer API versions). Fields it knows
+but cannot honour are declared and refuse those values with a 400 naming them, never
+silently ignored. Request fields are typed strictly (a
 bool is not a number, "5" is not an int, floats are finite), so a value of the wrong type
 is a 400 here and never reaches the engine; ranges are checked by ``SamplingParams``, the
 same for every endpoint and for offline use. Responses are serialised with
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pagedllm.entrypoints.openai.unknown_fields import note_unknown_fields, unknown_names
 from pagedllm.sampling_params import (
     BeamSearchParams,
     RequestOutputKind,
@@ -40,7 +43,30 @@ def request_ids(given: str | None, prefix: str) -> tuple[str, str]:
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _log_unknown_fields(cls, data: Any) -> Any:
+        names = unknown_names(data, cls._known_names())
+        if names:
+            note_unknown_fields(cls.__name__, names)
+        return data
+
+    @classmethod
+    def _known_names(cls) -> frozenset[str]:
+        known = _KNOWN_NAMES.get(cls)
+        if known is None:
+            known = _KNOWN_NAMES[cls] = frozenset(
+                name
+                for field_name, field in cls.model_fields.items()
+                for name in (field_name, field.alias)
+                if name is not None
+            )
+        return known
+
+
+_KNOWN_NAMES: dict[type[OpenAIModel], frozenset[str]] = {}  # per request class, built once
 
 
 # -- shared pieces -------------------------------------------------------------------------
