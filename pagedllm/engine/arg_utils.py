@@ -10,14 +10,15 @@ from pagedllm.config import EngineArgs
 
 @dataclass
 class AsyncEngineArgs(EngineArgs):
-    """EngineArgs plus the options of the asynchronous engine."""
+    """EngineArgs plus the options of the asynchronous engine. Request logging is off
+    unless ``enable_log_requests``; ``disable_log_requests`` (older vLLM) keeps it off."""
 
+    enable_log_requests: bool = False
     disable_log_requests: bool = False
-    enable_log_requests: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.enable_log_requests is not None:
-            self.disable_log_requests = not self.enable_log_requests
+        if self.enable_log_requests and self.disable_log_requests:
+            raise ValueError("enable_log_requests and disable_log_requests contradict each other.")
 
 
 __all__ = ["AsyncEngineArgs", "EngineArgs"]

@@ -20,7 +20,6 @@ import contextlib
 import os
 import queue
 import threading
-import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
@@ -41,6 +40,7 @@ from pagedllm.engine.exceptions import (
 )
 from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
 from pagedllm.engine.parent_request import num_samples
+from pagedllm.engine.request_logger import RequestLogger
 from pagedllm.inputs.processor import PromptType
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import StatLogger
@@ -85,14 +85,19 @@ class AsyncLLM:
     def __init__(
         self,
         config: EngineConfig,
-        log_requests: bool = True,
+        log_requests: bool = False,
         log_stats: bool = True,
         stat_loggers: list[StatLogger] | None = None,
         max_samples: int | None = None,
         max_waiting_requests: int | None = None,
         client: EngineCoreClient | None = None,
+        log_outputs: bool = False,
+        max_log_len: int | None = None,
     ) -> None:
-        """``max_samples``: the largest n / best_of a request may ask for;
+        """``log_requests``: log each request's prompt and parameters (off by default:
+        prompts are user data), ``log_outputs`` its generated text too, each cut to
+        ``max_log_len`` characters or ids (``engine/request_logger.py``);
+        ``max_samples``: the largest n / best_of a request may ask for;
         ``max_waiting_requests``: sequences that may wait for the scheduler before new
         requests are refused with EngineOverloadedError (None: no bound)."""
         self.config = config
@@ -100,7 +105,11 @@ class AsyncLLM:
         self.engine = LLMEngine(config, log_stats=log_stats, max_samples=max_samples, client=client)
         self.engine.stat_loggers += stat_loggers or []
         self.tokenizer = self.engine.tokenizer
+        if log_outputs and not log_requests:
+            raise ValueError("Logging outputs (--enable-log-outputs) needs request logging "
+                             "(--enable-log-requests).")  # fmt: skip
         self.log_requests = log_requests
+        self.request_logger = RequestLogger(log_outputs, max_log_len) if log_requests else None
         self.max_waiting_requests = max_waiting_requests
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # Written to wake the engine thread: it waits on this pipe and the core's outputs.
@@ -128,10 +137,9 @@ class AsyncLLM:
     ) -> AsyncLLM:
         if not start_engine_loop:
             raise ValueError("start_engine_loop=False is not supported: the loop always runs.")
-        log_requests = not getattr(engine_args, "disable_log_requests", False)
         return cls(
             engine_args.create_engine_config(usage_context),
-            log_requests=log_requests,
+            log_requests=bool(getattr(engine_args, "enable_log_requests", False)),
             log_stats=not engine_args.disable_log_stats,
             stat_loggers=stat_loggers,
         )
@@ -243,25 +251,27 @@ class AsyncLLM:
         stream = RequestStream(asyncio.get_running_loop())
         self._live.add(request_id)
         finished = False
+        request_logger = self.request_logger
+        output_log = request_logger.outputs(prepared) if request_logger else None
         try:
             self._send("add", prepared, stream)
-            if self.log_requests:
-                _log_request(prepared)
+            if request_logger:
+                request_logger.received(prepared)
             while not finished:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     finished = isinstance(item, RequestFailedError)  # the engine let it go
                     raise item
                 finished = item.finished
+                if output_log:
+                    output_log.add(item)
                 yield item
         finally:
             self._live.discard(request_id)
             if not finished:
                 self._send("abort", [request_id], False)
-                if self.log_requests:
-                    logger.info("Aborted request %s.", request_id)
-            elif self.log_requests:
-                logger.info("Finished request %s.", request_id)
+            if request_logger:
+                request_logger.ended(request_id, finished, output_log)
 
     async def beam_search(
         self, prompt: PromptType, request_id: str, params: BeamSearchParams
@@ -421,16 +431,3 @@ def _run_call(engine: LLMEngine, fn: Callable[[LLMEngine], Any], future: Any) ->
         future.set_result(fn(engine))
     except Exception as exc:
         future.set_exception(exc)
-
-
-def _log_request(prepared: PreparedRequest) -> None:
-    prompt = prepared.prompt
-    text = prompt.prompt if prompt.prompt is None else prompt.prompt[-200:]
-    logger.info(
-        "Received request %s: prompt: %r, params: %s, prompt_token_ids: %d tokens, at %.3f",
-        prepared.request_id,
-        text,
-        prepared.params,
-        len(prompt.prompt_token_ids),
-        time.time(),
-    )

@@ -97,6 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--kv-cache-memory-bytes", "256M",
         "--reasoning-parser", "deepseek_r1", "--enable-reasoning",
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--enable-log-requests", "--enable-log-outputs", "--max-log-len", "60",
     ]  # fmt: skip
     running = start_server(args, log)
     yield running

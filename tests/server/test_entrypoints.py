@@ -20,7 +20,7 @@ def test_python_dash_m_api_server(tmp_path):
         assert models["data"][0]["id"] == MODEL  # no key set: open
         reply = httpx.post(
             f"{server.url}/v1/completions",
-            json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+            json={"model": MODEL, "prompt": "Hi, a private prompt", "max_tokens": 2},
             timeout=60,
         )
         assert reply.status_code == 200
@@ -28,6 +28,7 @@ def test_python_dash_m_api_server(tmp_path):
         stop_server(server)
     logs = server.logs()
     assert "Application startup complete." in logs and "Received request" not in logs
+    assert "private prompt" not in logs
 
 
 def serve(*flags: str) -> subprocess.CompletedProcess:
@@ -44,6 +45,9 @@ def test_unbuilt_flags_fail_at_start_naming_them():
         (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
         (["--kv-cache-dtype", "int8_per_token_head"], "kv_cache_dtype"),
         (["--enable-reasoning"], "--reasoning-parser"),
+        (["--enable-log-outputs"], "--enable-log-outputs needs --enable-log-requests"),
+        (["--enable-log-requests", "--disable-log-requests"], "contradict each other"),
+        (["--max-log-len", "-1"], "--max-log-len must be at least 0"),
     ]:
         done = serve(*flags, "--port", "0")
         assert done.returncode == 2, (flags, done.stderr[-500:])

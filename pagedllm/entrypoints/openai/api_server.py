@@ -89,7 +89,24 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("tool-call-parser", default=None, choices=TOOL_PARSER_NAMES)
     flag("tool-parser-plugin", default="", help="not supported: the built-in parsers only")
     flag("exclude-tools-when-tool-choice-none", action="store_true")
-    flag("disable-log-requests", action="store_true")
+    flag(
+        "enable-log-requests",
+        action="store_true",
+        help="log each request's prompt and sampling parameters (off: prompts are user data)",
+    )
+    flag(
+        "enable-log-outputs",
+        action="store_true",
+        help="with --enable-log-requests, also log each response's text and token ids",
+    )
+    flag(
+        "max-log-len",
+        type=int,
+        default=None,
+        help="the most prompt/output characters and token ids a log line shows (no limit)",
+    )
+    flag("disable-log-requests", action="store_true",
+         help="(older vLLM flag) request logging is already off unless enabled")  # fmt: skip
     flag("log-level", default="info", choices=LOG_LEVELS)
     flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
     flag("disable-uvicorn-access-log", action="store_true")
@@ -118,6 +135,12 @@ def check_server_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}.")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    if args.enable_log_requests and args.disable_log_requests:
+        raise ValueError("--enable-log-requests and --disable-log-requests contradict each other.")
+    if args.enable_log_outputs and not args.enable_log_requests:
+        raise ValueError("--enable-log-outputs needs --enable-log-requests.")
+    if args.max_log_len is not None and args.max_log_len < 0:
+        raise ValueError(f"--max-log-len must be at least 0, got {args.max_log_len}.")
     if args.api_server_count < 1:
         raise ValueError(f"--api-server-count must be at least 1, got {args.api_server_count}.")
 
@@ -190,6 +213,7 @@ def build_app(
     )
 
     @app.get("/health")
+    @app.api_route("/ping", methods=["GET", "POST"])  # SageMaker's health check, as vLLM
     async def health() -> Response:
         if state.draining:
             return error_response("The server is shutting down.", 503)
@@ -262,7 +286,9 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
     first = connection is None or connection.client_index == 0
     engine = AsyncLLM(
         config,
-        log_requests=not args.disable_log_requests,
+        log_requests=args.enable_log_requests,
+        log_outputs=args.enable_log_outputs,
+        max_log_len=args.max_log_len,
         log_stats=first and not engine_args.disable_log_stats,  # one throughput line
         stat_loggers=[stats],
         max_samples=limits.max_n or config.scheduler_config.max_num_seqs,
