@@ -11,14 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
+from pagedllm.inputs.prompts import PromptType
 from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.structured_output.spec import GrammarSpec
-
-# A prompt: text, or a dict {"prompt": text} / {"prompt_token_ids": [...]} (with an
-# optional "cache_salt").
-PromptType = str | dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -211,3 +211,14 @@ print("freed")
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "freed" in done.stdout
+
+
+def test_prompt_types_import_as_from_vllm(llama):
+    from pagedllm import TextPrompt as TopLevel
+    from pagedllm.inputs import TextPrompt, TokensPrompt
+
+    assert TopLevel is TextPrompt
+    greedy = SamplingParams(temperature=0, max_tokens=3, detokenize=False)
+    typed = llama.generate(TokensPrompt(prompt_token_ids=[5, 6, 7]), greedy, use_tqdm=False)
+    plain = llama.generate({"prompt_token_ids": [5, 6, 7]}, greedy, use_tqdm=False)
+    assert token_ids(typed) == token_ids(plain)

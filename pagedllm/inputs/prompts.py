@@ -1,0 +1,32 @@
+"""The prompt shapes ``LLM.generate`` and ``AsyncLLM.generate`` take, under vLLM's names:
+``from pagedllm.inputs import TokensPrompt`` works as ``from vllm.inputs import
+TokensPrompt`` does. They are plain dicts at run time; ``InputProcessor`` checks them and
+refuses the keys vLLM defines that pagedllm does not serve (multi-modal data, embeddings).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class _PromptOptions(TypedDict, total=False):
+    cache_salt: str  # prefix-cache isolation: only prompts with equal salts share blocks
+
+
+class TextPrompt(_PromptOptions):
+    """Text, tokenized by the engine."""
+
+    prompt: str
+
+
+class _TokensOptions(_PromptOptions, total=False):
+    prompt: str  # the text the ids came from, if known (echoed in outputs)
+
+
+class TokensPrompt(_TokensOptions):
+    """Token ids, passed to the model as they are."""
+
+    prompt_token_ids: list[int]
+
+
+PromptType = str | TextPrompt | TokensPrompt | dict[str, Any]
