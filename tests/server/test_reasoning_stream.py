@@ -1,10 +1,12 @@
 """The reasoning parser inside the chat endpoint, driven by scripted token streams (SmolLM2
-does not think): deltas split into reasoning_content and content, streamed and not."""
+does not think): deltas split into reasoning (under vLLM 0.26's name ``reasoning`` and the
+older ``reasoning_content``) and content, streamed and not; include_reasoning=False drops it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import ClassVar
 
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
 from pagedllm.entrypoints.openai.reasoning import get_reasoning_parser
@@ -16,7 +18,10 @@ from pagedllm.outputs import CompletionOutput, RequestOutput
 class ScriptedRenderer:
     """The chat renderer's part: the messages' text, then an opened think block."""
 
+    rendered_kwargs: ClassVar[list] = []  # the chat_template_kwargs of each render
+
     async def render(self, messages, *args):
+        self.rendered_kwargs.append(args[-1])
         return "".join(m["content"] for m in messages) + "<think>\n"
 
     async def encode(self, text, add_special_tokens):
@@ -53,7 +58,7 @@ class ScriptedEngine:
         return outputs()
 
 
-def run_chat(pieces: list[str], stream: bool):
+def run_chat(pieces: list[str], stream: bool, **fields):
     engine = ScriptedEngine(pieces)
     handler = ChatHandler(
         engine,  # type: ignore[arg-type]
@@ -63,7 +68,7 @@ def run_chat(pieces: list[str], stream: bool):
         {},
     )
     request = ChatCompletionRequest(
-        model="m", messages=[{"role": "user", "content": "q"}], stream=stream
+        model="m", messages=[{"role": "user", "content": "q"}], stream=stream, **fields
     )
 
     async def go():
@@ -86,6 +91,7 @@ def test_streamed_reasoning_then_content():
     reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
     content = "".join(d.get("content", "") for d in deltas[1:])
     assert reasoning == "Let me think: 9.8 > 9.11."
+    assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
     assert content == "\n\nThe answer is 9.8."
     # a delta carries one kind or the other (or both at the boundary), never empty fields
     assert all(v for d in deltas[1:] for v in d.values())
@@ -95,11 +101,37 @@ def test_streamed_reasoning_then_content():
 def test_non_streamed_reasoning_split():
     body = run_chat(PIECES, stream=False)
     message = body["choices"][0]["message"]
-    assert message["reasoning_content"] == "Let me think: 9.8 > 9.11."
+    assert message["reasoning_content"] == message["reasoning"] == "Let me think: 9.8 > 9.11."
     assert message["content"] == "\n\nThe answer is 9.8."
+
+
+def test_include_reasoning_false_drops_it():
+    body = run_chat(PIECES, stream=False, include_reasoning=False)
+    message = body["choices"][0]["message"]
+    assert message["reasoning"] is None and message["reasoning_content"] is None
+    assert message["content"] == "\n\nThe answer is 9.8."
+    deltas = [c["choices"][0]["delta"] for c in run_chat(PIECES, True, include_reasoning=False)]
+    assert not any("reasoning" in d or "reasoning_content" in d for d in deltas)
+    assert "".join(d.get("content", "") for d in deltas) == "\n\nThe answer is 9.8."
 
 
 def test_explicit_think_block_and_no_reasoning():
     body = run_chat(["<think>hmm</think>", "Sure."], stream=False)
     assert body["choices"][0]["message"]["reasoning_content"] == "hmm"
     assert body["choices"][0]["message"]["content"] == "Sure."
+
+
+def test_reasoning_effort_reaches_the_template_as_vllm_passes_it():
+    ScriptedRenderer.rendered_kwargs.clear()
+    run_chat(PIECES, False, reasoning_effort="low")
+    run_chat(PIECES, False, reasoning_effort="none")
+    run_chat(
+        PIECES, False, reasoning_effort="high", chat_template_kwargs={"enable_thinking": False}
+    )
+    run_chat(PIECES, False)
+    assert ScriptedRenderer.rendered_kwargs == [
+        {"reasoning_effort": "low", "enable_thinking": True},
+        {"reasoning_effort": "none", "enable_thinking": False},
+        {"reasoning_effort": "high", "enable_thinking": False},  # the request's own kwarg wins
+        None,
+    ]

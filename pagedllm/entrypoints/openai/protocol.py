@@ -314,6 +314,10 @@ class ChatCompletionRequest(SamplingFields):
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = (
+        None
+    )
+    include_reasoning: bool = True  # False: the reasoning is parsed off and not returned
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -339,6 +343,18 @@ class ChatCompletionRequest(SamplingFields):
             return None
         return self.top_logprobs or 0
 
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """``chat_template_kwargs``, with ``reasoning_effort`` passed to the template as vLLM
+        does (and ``enable_thinking`` on unless the effort is "none", for templates that
+        ask for thinking to be switched on); the request's own kwargs win."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        defaults = {
+            "reasoning_effort": self.reasoning_effort,
+            "enable_thinking": self.reasoning_effort != "none",
+        }
+        return {**defaults, **(self.chat_template_kwargs or {})}
+
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
     """OpenAI's bounds: up to 16 pairs, keys up to 64 characters, values up to 512."""
@@ -354,7 +370,8 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 class ChatCompletionMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
-    reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM 0.26's name
+    reasoning_content: str | None = None  # the older name, the same text
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -379,10 +396,11 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(BaseModel):
-    """Only the fields set are sent: clients test ``hasattr(delta, "reasoning_content")``."""
+    """Only the fields set are sent: clients test ``hasattr(delta, "reasoning")``."""
 
     role: str | None = None
     content: str | None = None
+    reasoning: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 

@@ -104,7 +104,7 @@ class ChatHandler:
             request.add_generation_prompt,
             request.continue_final_message,
             None if hide_tools or not tools.tools else tools.tools,
-            request.chat_template_kwargs,
+            request.template_kwargs(),
         )
         return prompt, await self.renderer.encode(prompt, request.add_special_tokens)
 
@@ -137,13 +137,15 @@ class ChatHandler:
         top = request.top_logprobs or 0
         for completion in final.outputs:
             reasoning, content = self._split(completion.text, opened)
+            reasoning = reasoning if request.include_reasoning else None
             calls: list[dict[str, Any]] = []
             if tools.calls_tools:
                 found = tools.extract(content or "")
                 content, calls = found.content or None, [c.as_json() for c in found.calls]
             message = ChatCompletionMessage(
                 content=prefix + (content or "") if prefix else content,
-                reasoning_content=reasoning,
+                reasoning=reasoning,
+                reasoning_content=reasoning,  # the older name; clients read either
                 tool_calls=calls,
             )
             choices.append(
@@ -180,7 +182,7 @@ class ChatHandler:
         n = request.n or 1
         parsers = [
             _ChoiceStream(self.reasoning_parser(opened) if self.reasoning_parser else None,
-                          tools.stream())
+                          tools.stream(), request.include_reasoning)
             for _ in range(n)
         ]  # fmt: skip
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -228,7 +230,7 @@ def _choice(
     logprobs: Any = None,
 ) -> dict[str, Any]:
     """A ChatCompletionStreamChoice as a dict; ``delta`` holds only the fields set (clients
-    test ``hasattr(delta, "reasoning_content")``)."""
+    test ``hasattr(delta, "reasoning")``)."""
     return {
         "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
         "stop_reason": stop_reason,
@@ -258,9 +260,12 @@ class _ChoiceStream:
     """One choice's stream: text -> reasoning / content (reasoning parser) -> content / tool
     calls (tool stream)."""
 
-    def __init__(self, reasoning: ReasoningParser | None, tools: ToolStream | None) -> None:
+    def __init__(
+        self, reasoning: ReasoningParser | None, tools: ToolStream | None, include_reasoning: bool
+    ) -> None:
         self._reasoning = reasoning
         self._tools = tools
+        self._include_reasoning = include_reasoning  # False: parsed, then dropped
         self.called_tools = False
 
     def delta(self, text: str, finished: bool) -> dict[str, Any] | None:
@@ -279,11 +284,12 @@ class _ChoiceStream:
                 found += self._tools.finish()
             content, calls = found.content, [c.as_json() for c in found.calls]
             self.called_tools = self.called_tools or bool(calls)
+        reasoning = reasoning if self._include_reasoning else ""
         if not reasoning and not content and not calls:
             return None
         delta: dict[str, Any] = {}
-        if reasoning:
-            delta["reasoning_content"] = reasoning
+        if reasoning:  # vLLM 0.26's name and the older one: clients read either
+            delta["reasoning"] = delta["reasoning_content"] = reasoning
         if content:
             delta["content"] = content
         if calls:
