@@ -153,7 +153,7 @@ class ChatHandler:
                     index=completion.index,
                     message=message,
                     logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top),
-                    finish_reason=_finish_reason(completion.finish_reason, bool(calls)),
+                    finish_reason=_finish_reason(completion.finish_reason, bool(calls), tools),
                     stop_reason=completion.stop_reason,
                 )
             )
@@ -211,7 +211,8 @@ class ChatHandler:
                     logprobs = chat_logprobs(completion.token_ids, completion.logprobs, top)
                     if delta is None and not completion.finished() and not logprobs:
                         continue
-                    finish = _finish_reason(completion.finish_reason, parsers[i].called_tools)
+                    called = parsers[i].called_tools
+                    finish = _finish_reason(completion.finish_reason, called, tools)
                     choice = _choice(i, delta or {}, finish, completion.stop_reason, logprobs)
                     usage = usage_of(output, None, sum(tokens)) if continuous else None
                     yield chunk([choice], usage)
@@ -251,9 +252,12 @@ def _constraint(
     return needed or own
 
 
-def _finish_reason(reason: str | None, called_tools: bool) -> str | None:
-    """OpenAI's "tool_calls" when the model stopped after calling tools."""
-    return "tool_calls" if called_tools and reason == "stop" else reason
+def _finish_reason(reason: str | None, called_tools: bool, tools: ToolChoice) -> str | None:
+    """OpenAI's (and vLLM's) "tool_calls" when the model stopped after calling tools by its
+    choice ("auto") or by "required"; a named tool choice forces the call and ends in
+    "stop"."""
+    forced = tools.mode == "named"
+    return "tool_calls" if called_tools and reason == "stop" and not forced else reason
 
 
 class _ChoiceStream:
