@@ -20,6 +20,8 @@ from pagedllm.config import EngineArgs, UsageContext
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.inputs.chat import prepare_chat, render_chat
 from pagedllm.inputs.processor import PromptType
+from pagedllm.metrics.prometheus import PrometheusStatLogger
+from pagedllm.metrics.reader import Metric, metrics_snapshot
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
@@ -58,6 +60,10 @@ class LLM:
         self.engine_args = EngineArgs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(self.engine_args, UsageContext.LLM_CLASS)
         self._counter = itertools.count()
+        self._prometheus: PrometheusStatLogger | None = None
+        if not self.engine_args.disable_log_stats:  # as vLLM: get_metrics() needs stats on
+            self._prometheus = PrometheusStatLogger(self.llm_engine.model_config.model)
+            self.llm_engine.stat_loggers.append(self._prometheus)
 
     # -- accessors -----------------------------------------------------------------------
 
@@ -76,6 +82,17 @@ class LLM:
 
     def reset_prefix_cache(self) -> bool:
         return self.llm_engine.reset_prefix_cache()
+
+    def get_metrics(self) -> list[Metric]:
+        """The engine's metrics now (the server's ``/metrics`` series: counters, gauges,
+        histograms, as ``pagedllm.metrics.reader`` objects). Needs
+        ``LLM(..., disable_log_stats=False)``, as in vLLM."""
+        if self._prometheus is None:
+            raise ValueError(
+                "get_metrics() needs engine statistics: create the LLM with "
+                "disable_log_stats=False."
+            )
+        return metrics_snapshot(self._prometheus.registry)
 
     # -- generation ----------------------------------------------------------------------
 

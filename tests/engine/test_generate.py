@@ -222,3 +222,18 @@ def test_prompt_types_import_as_from_vllm(llama):
     typed = llama.generate(TokensPrompt(prompt_token_ids=[5, 6, 7]), greedy, use_tqdm=False)
     plain = llama.generate({"prompt_token_ids": [5, 6, 7]}, greedy, use_tqdm=False)
     assert token_ids(typed) == token_ids(plain)
+
+
+def test_get_metrics_as_vllm(tiny_models):
+    from pagedllm.v1.metrics.reader import Counter, Gauge, Histogram
+
+    llm = make_llm(tiny_models["llama"], disable_log_stats=False)
+    llm.generate([{"prompt_token_ids": [5, 6, 7]}] * 2, GREEDY, use_tqdm=False)
+    metrics = {m.name: m for m in llm.get_metrics() if not m.labels.get("finished_reason")}
+    generated = metrics["pagedllm:generation_tokens"]
+    assert isinstance(generated, Counter) and generated.value == 2 * GREEDY.max_tokens
+    assert isinstance(metrics["pagedllm:num_requests_running"], Gauge)
+    ttft = metrics["pagedllm:time_to_first_token_seconds"]
+    assert isinstance(ttft, Histogram) and ttft.count == 2 == ttft.buckets["+Inf"]
+    with pytest.raises(ValueError, match="disable_log_stats=False"):
+        make_llm(tiny_models["llama"]).get_metrics()
