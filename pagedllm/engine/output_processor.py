@@ -60,7 +60,10 @@ class RequestState:
         self.logprobs.add_prompt(out.new_prompt_logprobs)
         hit_stop = False
         if self.detokenizer is not None and out.new_token_ids:
-            delta = self.detokenizer.decode(out.new_token_ids)
+            shown = out.new_token_ids
+            if _stopped_by_token(out) and not self.params.include_stop_str_in_output:
+                shown = shown[:-1]  # as vLLM: the stop token's text is left out (not its id)
+            delta = self.detokenizer.decode(shown)
             self.text += delta
             found = find_stop_string(
                 self.text,
@@ -105,6 +108,12 @@ class RequestState:
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )
+
+
+def _stopped_by_token(out: EngineCoreOutput) -> bool:
+    """The engine core finishes a request with "stop" only on a stop token (eos or a
+    ``stop_token_ids`` id; a structured-output grammar ends on eos too): its last token."""
+    return out.finish_reason is not None and str(out.finish_reason) == "stop"
 
 
 class OutputProcessor:

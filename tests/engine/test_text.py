@@ -34,8 +34,24 @@ def test_eos_finishes_with_stop_reason_none(smollm):
     assert out.finish_reason == "stop" and out.stop_reason is None
     assert out.token_ids[-1] == smollm.get_tokenizer().eos_token_id
     assert "<|im_end|>" not in out.text
+    # As vLLM: a stop token's text is left out unless asked for, special or not.
     raw = smollm.chat(CHAT, greedy(max_tokens=200, skip_special_tokens=False), use_tqdm=False)
-    assert raw[0].outputs[0].text.endswith("<|im_end|>")
+    assert raw[0].outputs[0].text == out.text and raw[0].outputs[0].token_ids == out.token_ids
+    kept = smollm.chat(CHAT, greedy(max_tokens=200, skip_special_tokens=False,
+                                    include_stop_str_in_output=True), use_tqdm=False)  # fmt: skip
+    assert kept[0].outputs[0].text == out.text + "<|im_end|>"
+
+
+def test_a_stop_token_id_keeps_its_id_and_drops_its_text(smollm):
+    free = smollm.generate("The capital of France is", greedy(max_tokens=6), use_tqdm=False)
+    ids = free[0].outputs[0].token_ids
+    tokenizer = smollm.get_tokenizer()
+    for include in (False, True):
+        params = greedy(stop_token_ids=[ids[2]], include_stop_str_in_output=include)
+        out = smollm.generate("The capital of France is", params, use_tqdm=False)[0].outputs[0]
+        assert out.token_ids == ids[:3] and (out.finish_reason, out.stop_reason) == ("stop", ids[2])
+        shown = ids[:3] if include else ids[:2]
+        assert out.text == tokenizer.decode(shown)
 
 
 def test_detokenize_false_gives_ids_only(smollm):
