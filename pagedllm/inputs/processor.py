@@ -117,16 +117,11 @@ class InputProcessor:
                 f"stop_token_ids {bad} are out of vocabulary (size {self.vocab_size})."
             )
         resolved = params.clone()
+        # As vLLM V1 offline: a request that asks past the context runs until it fills it and
+        # ends with finish_reason "length" (the server clamps the same way before this).
         room = self.max_model_len - prompt_len
-        if resolved.max_tokens is None:
+        if resolved.max_tokens is None or resolved.max_tokens > room:
             resolved.max_tokens = room
-        elif resolved.max_tokens > room:
-            raise ValueError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {prompt_len + resolved.max_tokens} tokens ({prompt_len} in the "
-                f"prompt, {resolved.max_tokens} for the completion). Please reduce the length "
-                "of the prompt or max_tokens."
-            )
         resolved.update_from_generation_config(
             self.model_config.generation_config, self.eos_token_id
         )
