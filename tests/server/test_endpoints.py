@@ -72,6 +72,33 @@ def test_chat_stream_shape(server):
     assert text == full["choices"][0]["message"]["content"]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_continuous_usage_stats_on_every_chunk(server, path):
+    """stream_options.continuous_usage_stats: each chunk carries the usage so far, on both
+    endpoints (with two prompts on /v1/completions: each chunk its own prompt's); chat's
+    opening role chunk, sent before the engine has counted anything, does not."""
+    body = {"model": MODEL, "max_tokens": 5, "stream": True, "temperature": 0,
+            "ignore_eos": True, "stream_options": {"include_usage": True,
+                                                   "continuous_usage_stats": True}}  # fmt: skip
+    if path == "/v1/completions":
+        body["prompt"] = ["Once upon a time", "Hi"]
+    else:
+        body["messages"] = HELLO
+    with server.client() as http, http.stream("POST", path, json=body) as response:
+        chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+    if path == "/v1/chat/completions":
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        chunks = chunks[1:]
+    assert all(c["usage"] is not None for c in chunks)
+    token_chunks = [c for c in chunks if c["choices"] and c["usage"]["completion_tokens"] > 0]
+    final = chunks[-1]["usage"]
+    assert final["completion_tokens"] == 5 * (2 if path == "/v1/completions" else 1)
+    per_choice: dict[int, list[int]] = {}
+    for c in token_chunks:
+        per_choice.setdefault(c["choices"][0]["index"], []).append(c["usage"]["completion_tokens"])
+    assert all(counts == sorted(counts) and counts[-1] == 5 for counts in per_choice.values())
+
+
 def test_content_deltas_carry_no_reasoning_field(openai_client):
     # ../shared/seeds/001 tells reasoning from content with hasattr(delta, "reasoning_content").
     stream = openai_client.chat.completions.create(

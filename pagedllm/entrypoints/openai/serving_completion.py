@@ -174,6 +174,8 @@ class CompletionHandler:
     ) -> AsyncIterator[str]:
         created = int(time.time())
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        # As vLLM: with include_usage, every chunk also carries its prompt's usage so far.
+        continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         echoed: set[int] = set()
         offsets: dict[int, int] = {}  # text_offset of each choice's next token
         tokens = [0] * len(generators)
@@ -211,7 +213,7 @@ class CompletionHandler:
                         "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
                         "prompt_logprobs": None,
                     }  # fmt: skip
-                    yield chunk([choice])
+                    yield chunk([choice], usage_of(output, None, tokens[p]) if continuous else None)
             if include_usage:
                 parts = [usage_of(o, None, t) for o, t in zip(lasts, tokens) if o is not None]
                 yield chunk([], add_usage(parts))
