@@ -14,6 +14,12 @@ from typing import Any
 
 from pagedllm.sampling_params import StructuredOutputsParams
 
+# The most whitespace characters a JSON-schema grammar allows between two tokens of JSON.
+# Unbounded (vLLM's default), a small model at temperature 1 sometimes emits newlines until
+# max_tokens and the reply is not JSON; 24 still allows indented output (a newline and 12
+# levels of two spaces, or 5 of four).
+MAX_JSON_WHITESPACE = 24
+
 
 @dataclass(frozen=True)
 class GrammarSpec:
@@ -38,7 +44,9 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
             schema = _json_schema(params)
             grammar = _json_string_chars_fixed(
                 xgr.Grammar.from_json_schema(
-                    schema, any_whitespace=not params.disable_any_whitespace
+                    schema,
+                    any_whitespace=not params.disable_any_whitespace,
+                    max_whitespace_cnt=MAX_JSON_WHITESPACE,
                 )
             )
             key = schema
@@ -59,7 +67,7 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
             grammar, key = _structural_tag(params.structural_tag), params.structural_tag
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"Invalid structured outputs {kind}: {_first_line(exc)}") from None
-    options = f"ws={not params.disable_any_whitespace}"
+    options = f"ws={not params.disable_any_whitespace}<={MAX_JSON_WHITESPACE}"
     return GrammarSpec(f"{kind}:{options}:{key}", grammar)
 
 

@@ -297,6 +297,28 @@ def test_engine_wide_disable_any_whitespace(char_model) -> None:
     assert not any(re.search(r"\s", text) for text in squeezed({"disable_any_whitespace": True}))
 
 
+def test_whitespace_runs_are_bounded_so_replies_close(char_model) -> None:
+    """By default whitespace between JSON tokens stays allowed (indentation) but bounded
+    (MAX_JSON_WHITESPACE): a random model at a high temperature, free to emit whitespace
+    one character a token, still closes every object within max_tokens."""
+    from pagedllm import LLM
+    from pagedllm.structured_output.spec import MAX_JSON_WHITESPACE
+
+    schema = {
+        "type": "object",
+        "properties": {"b": {"enum": [1, 2]}, "c": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["b", "c"],
+    }
+    params = constrained("json", schema, temperature=1.5, seed=0, n=16, max_tokens=400)
+    llm = LLM(model=str(char_model), kv_cache_memory_bytes="32M")
+    samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
+    runs = [len(run) for s in samples for run in re.findall(r"\s+", s.text)]
+    assert all(s.finish_reason == "stop" for s in samples)
+    assert max(runs) <= MAX_JSON_WHITESPACE and max(runs) > 1
+    for s in samples:
+        jsonschema.validate(json.loads(s.text), schema)
+
+
 def test_forced_tool_calls_are_compact_json(smollm) -> None:
     """Free JSON whitespace let SmolLM2 fill a forced call with blanks (seen looping to
     max_tokens); the tool-choice constraint allows none outside strings."""
