@@ -99,6 +99,31 @@ def test_continuous_usage_stats_on_every_chunk(server, path):
     assert all(counts == sorted(counts) and counts[-1] == 5 for counts in per_choice.values())
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_return_token_ids(server, path):
+    """vLLM's return_token_ids: the prompt's ids and each choice's, whole or streamed (the
+    prompt's once, then each chunk its new ids), agreeing with /tokenize."""
+    body = {"model": MODEL, "max_tokens": 4, "temperature": 0, "return_token_ids": True}
+    if path == "/v1/completions":
+        body["prompt"] = "Once upon a time"
+    else:
+        body["messages"] = HELLO
+    with server.client() as http:
+        whole = http.post(path, json=body).json()
+        with http.stream("POST", path, json={**body, "stream": True}) as response:
+            chunks = [json.loads(e) for e in sse_events(response)[:-1]]
+        fields = {k: v for k, v in body.items() if k in ("prompt", "messages", "model")}
+        tokenized = http.post("/tokenize", json=fields)
+    choice = whole["choices"][0]
+    prompt_ids = choice["prompt_token_ids"] if "prompt" in body else whole["prompt_token_ids"]
+    assert prompt_ids == tokenized.json()["tokens"]
+    assert len(choice["token_ids"]) == whole["usage"]["completion_tokens"] == 4
+    streamed = [c for c in chunks if c["choices"] and "token_ids" in c["choices"][0]]
+    assert [t for c in streamed for t in c["choices"][0]["token_ids"]] == choice["token_ids"]
+    sent = [c.get("prompt_token_ids") or c["choices"][0].get("prompt_token_ids") for c in chunks]
+    assert [ids for ids in sent if ids] == [prompt_ids]
+
+
 def test_content_deltas_carry_no_reasoning_field(openai_client):
     # ../shared/seeds/001 tells reasoning from content with hasattr(delta, "reasoning_content").
     stream = openai_client.chat.completions.create(

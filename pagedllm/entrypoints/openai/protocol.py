@@ -149,6 +149,8 @@ class SamplingFields(EngineSamplingFields):
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None
     guided_whitespace_pattern: str | None = None
+    # vLLM's: the prompt's and each choice's token ids in the response (agent tracing)
+    return_token_ids: bool | None = None
 
     def sampling_params(
         self,
@@ -381,6 +383,7 @@ class ChatCompletionChoice(BaseModel):
     logprobs: Any = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # with return_token_ids
 
 
 class ChatCompletionResponse(BaseModel):
@@ -392,6 +395,7 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
     system_fingerprint: str | None = None
     prompt_logprobs: list[Any] | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids
     metadata: dict[str, str] | None = None  # the request's, echoed
 
 
@@ -457,6 +461,8 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     prompt_logprobs: list[Any] | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids
+    token_ids: list[int] | None = None
 
 
 class CompletionResponse(BaseModel):

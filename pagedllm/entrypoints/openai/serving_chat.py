@@ -155,6 +155,7 @@ class ChatHandler:
                     logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top),
                     finish_reason=_finish_reason(completion.finish_reason, bool(calls), tools),
                     stop_reason=completion.stop_reason,
+                    token_ids=list(completion.token_ids) if request.return_token_ids else None,
                 )
             )
         return ChatCompletionResponse(
@@ -163,6 +164,7 @@ class ChatHandler:
             choices=choices,
             usage=usage_of(final, final.outputs),
             prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
+            prompt_token_ids=final.prompt_token_ids if request.return_token_ids else None,
             metadata=request.metadata,
         )
 
@@ -190,12 +192,16 @@ class ChatHandler:
         tokens = [0] * n
         last: RequestOutput | None = None
 
-        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        with_ids = bool(request.return_token_ids)
+        prompt_ids_sent = False
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None, **extra: Any) -> bytes:
             # The shape of ChatCompletionStreamResponse, built as a dict (one per token).
             return sse.event({
                 "id": request_id, "object": "chat.completion.chunk", "created": created,
                 "model": model, "choices": choices,
                 "usage": usage.model_dump() if include_usage and usage is not None else None,
+                **extra,
             })  # fmt: skip
 
         try:
@@ -215,7 +221,13 @@ class ChatHandler:
                     finish = _finish_reason(completion.finish_reason, called, tools)
                     choice = _choice(i, delta or {}, finish, completion.stop_reason, logprobs)
                     usage = usage_of(output, None, sum(tokens)) if continuous else None
-                    yield chunk([choice], usage)
+                    extra: dict[str, Any] = {}
+                    if with_ids:  # as vLLM: the prompt's ids once, each chunk its new ids
+                        choice["token_ids"] = list(completion.token_ids)
+                        if not prompt_ids_sent:
+                            extra["prompt_token_ids"] = list(output.prompt_token_ids or [])
+                            prompt_ids_sent = True
+                    yield chunk([choice], usage, **extra)
             if include_usage and last is not None:
                 yield chunk([], usage_of(last, None, sum(tokens)))
         except Exception as exc:

@@ -104,6 +104,8 @@ class CompletionHandler:
             finish_reason=c.finish_reason,
             stop_reason=c.stop_reason,
             prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
+            prompt_token_ids=final.prompt_token_ids if request.return_token_ids else None,
+            token_ids=list(c.token_ids) if request.return_token_ids else None,
         )
 
     def _decode(self, token_id: int) -> str:
@@ -177,6 +179,7 @@ class CompletionHandler:
         # As vLLM: with include_usage, every chunk also carries its prompt's usage so far.
         continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         echoed: set[int] = set()
+        ids_sent: set[int] = set()  # choices whose prompt_token_ids went out
         offsets: dict[int, int] = {}  # text_offset of each choice's next token
         tokens = [0] * len(generators)
         lasts: list[RequestOutput | None] = [None] * len(generators)
@@ -213,6 +216,11 @@ class CompletionHandler:
                         "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
                         "prompt_logprobs": None,
                     }  # fmt: skip
+                    if request.return_token_ids:  # as vLLM: prompt ids on a choice's first
+                        choice["token_ids"] = list(c.token_ids)
+                        if index not in ids_sent:
+                            ids_sent.add(index)
+                            choice["prompt_token_ids"] = list(output.prompt_token_ids or [])
                     yield chunk([choice], usage_of(output, None, tokens[p]) if continuous else None)
             if include_usage:
                 parts = [usage_of(o, None, t) for o, t in zip(lasts, tokens) if o is not None]
