@@ -133,7 +133,8 @@ def tiny_server_args(model: Path, *flags: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server on the tiny model with small limits, that runs request chat templates."""
+    """A server on the tiny model with small limits, that runs request chat templates, and
+    serves no API docs."""
     log = tmp_path_factory.mktemp("limited") / "server.log"
     args = tiny_server_args(
         tiny_chat_model,
@@ -145,6 +146,7 @@ def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--max-n", "4",
         "--trust-request-chat-template",
         "--chat-template-render-timeout", "2",
+        "--disable-fastapi-docs",
     )  # fmt: skip
     running = start_server(args, log)
     yield running

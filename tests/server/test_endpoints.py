@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -251,9 +252,16 @@ def test_tokenize_detokenize_version_health_docs(server):
         assert http.get("/health").status_code == 200
         bare = httpx.Client(base_url=server.url)  # /ping is open, as /health: no key
         assert bare.get("/ping").status_code == 200 and bare.post("/ping").status_code == 200
-        docs = http.get("/docs")
-        assert docs.status_code == 200 and "swagger" in docs.text.lower()
         assert "/v1/chat/completions" in http.get("/openapi.json").json()["paths"]
+    # The docs pages and every script they load come from this server (no CDN: they work
+    # offline), and need no key, as the pages did.
+    for page in ("/docs", "/redoc"):
+        html = bare.get(page)
+        assert html.status_code == 200 and "://" not in html.text  # no absolute URL
+        linked = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert linked and all(url.startswith("/docs/") for url in linked)
+        assert all(bare.get(url).status_code == 200 for url in linked)
+    assert "swagger" in bare.get("/docs").text.lower()
 
 
 def test_simple_generate_endpoint(server):

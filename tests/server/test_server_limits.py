@@ -119,3 +119,8 @@ def test_the_waiting_queue_is_bounded(limited):
     assert (
         post(limited, "/v1/completions", json={"prompt": "a", "max_tokens": 2}).status_code == 200
     )
+
+
+def test_disable_fastapi_docs_removes_the_schema_and_pages(limited):
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/swagger-ui-bundle.js"):
+        assert httpx.get(f"{limited.url}{path}").status_code == 404, path

@@ -26,6 +26,7 @@ from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 from pagedllm.entrypoints.llm import generation_defaults
 from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
+from pagedllm.entrypoints.openai.docs import install_docs
 from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
 from pagedllm.entrypoints.openai.http_protocol import with_header_timeout
 from pagedllm.entrypoints.openai.json_body import StrictJSONRoute
@@ -111,6 +112,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
     flag("disable-uvicorn-access-log", action="store_true")
     flag("root-path", default=None, help="FastAPI root_path behind a path-routing proxy")
+    flag("disable-fastapi-docs", action="store_true",
+         help="serve no /openapi.json, /docs or /redoc")
+    flag("enable-offline-docs", action="store_true",
+         help="(vLLM flag) /docs and /redoc always load their scripts from here")  # fmt: skip
     flag("ssl-keyfile", default=None)
     flag("ssl-certfile", default=None)
     flag("ssl-ca-certs", default=None)
@@ -189,10 +194,14 @@ def build_app(
     app = FastAPI(
         title="pagedllm", version=__version__, root_path=args.root_path or "",
         description="OpenAI-compatible API served by pagedllm.",
+        docs_url=None, redoc_url=None,  # served offline by install_docs
+        openapi_url=None if args.disable_fastapi_docs else "/openapi.json",
     )  # fmt: skip
     app.router.route_class = StrictJSONRoute
     install_error_handlers(app)
     install_openapi(app)
+    if not args.disable_fastapi_docs:
+        install_docs(app)
     # Added innermost first: the outermost (CORS) sees every request first.
     app.add_middleware(ErrorMiddleware)
     app.add_middleware(

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pagedllm.entrypoints.openai.docs import ASSETS
 from pagedllm.entrypoints.openai.errors import error_body
 from pagedllm.logger import init_logger
 
@@ -36,6 +37,7 @@ OPEN_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/openapi.json",
         "/redoc",
+        *ASSETS,  # the docs pages' scripts, served offline
     }
 )
 
