@@ -33,8 +33,10 @@ class ScriptedEngine:
 
     def __init__(self, pieces: list[str]) -> None:
         self.pieces = pieces
+        self.params = []  # the sampling parameters of each request
 
     async def prepare(self, prompt, params, request_id, priority=0):
+        self.params.append(params)
         return prompt, params, request_id
 
     def generate_prepared(self, prepared):
@@ -58,14 +60,15 @@ class ScriptedEngine:
         return outputs()
 
 
-def run_chat(pieces: list[str], stream: bool, **fields):
-    engine = ScriptedEngine(pieces)
+def run_chat(pieces: list[str], stream: bool, tool_parser=None, engine=None, **fields):
+    engine = engine or ScriptedEngine(pieces)
     handler = ChatHandler(
         engine,  # type: ignore[arg-type]
         ServedModels(["m"], "m", 4096),
         ScriptedRenderer(),  # type: ignore[arg-type]
         get_reasoning_parser("deepseek_r1"),
         {},
+        tool_parser,
     )
     request = ChatCompletionRequest(
         model="m", messages=[{"role": "user", "content": "q"}], stream=stream, **fields
@@ -135,3 +138,22 @@ def test_reasoning_effort_reaches_the_template_as_vllm_passes_it():
         {"reasoning_effort": "high", "enable_thinking": False},  # the request's own kwarg wins
         None,
     ]
+
+
+def test_the_mistral_parser_gets_its_special_token():
+    """[TOOL_CALLS] is a special token: with the mistral parser and tools that may be called,
+    the server detokenizes with skip_special_tokens=False (as vLLM), so the parser sees it."""
+    from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    pieces = ['<think>x</think>[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}}]']
+    engine = ScriptedEngine(pieces)
+    body = run_chat(pieces, False, get_tool_parser("mistral"), engine, tools=[tool],
+                    tool_choice="auto")  # fmt: skip
+    call = body["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call == {"name": "f", "arguments": '{"a": 1}'}
+    plain = ScriptedEngine(pieces)
+    run_chat(pieces, False, get_tool_parser("hermes"), plain, tools=[tool], tool_choice="auto")
+    run_chat(pieces, False, get_tool_parser("mistral"), plain, tools=[tool], tool_choice="none")
+    assert engine.params[0].skip_special_tokens is False
+    assert all(p.skip_special_tokens for p in plain.params)

@@ -128,7 +128,7 @@ def test_hermes_stream_holds_back_a_partial_tag_only() -> None:
 def test_unknown_tool_parser_names_the_known_ones() -> None:
     assert get_tool_parser("hermes") is HermesToolParser
     with pytest.raises(ValueError, match="hermes"):
-        get_tool_parser("pythonic")
+        get_tool_parser("no_such_parser")
 
 
 # -- tool_choice -------------------------------------------------------------------------

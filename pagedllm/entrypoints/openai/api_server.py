@@ -112,8 +112,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
     flag("disable-uvicorn-access-log", action="store_true")
     flag("root-path", default=None, help="FastAPI root_path behind a path-routing proxy")
-    flag("disable-fastapi-docs", action="store_true",
-         help="serve no /openapi.json, /docs or /redoc")
+    flag(
+        "disable-fastapi-docs", action="store_true", help="serve no /openapi.json, /docs or /redoc"
+    )
     flag("enable-offline-docs", action="store_true",
          help="(vLLM flag) /docs and /redoc always load their scripts from here")  # fmt: skip
     flag("ssl-keyfile", default=None)

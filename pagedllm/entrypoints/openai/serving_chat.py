@@ -78,6 +78,8 @@ class ChatHandler:
             params = request.sampling_params(
                 max_tokens, request.requested_logprobs(), stream, self.defaults, constraint
             )
+            if tools.needs_special_tokens:
+                params.skip_special_tokens = False
             prepared = await self.engine.prepare(
                 engine_prompt, params, engine_id, priority=request.priority
             )

@@ -41,6 +41,11 @@ class ToolChoice:
     def calls_tools(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def needs_special_tokens(self) -> bool:
+        """The auto parser reads a special token (see ``ToolParser.needs_special_tokens``)."""
+        return self.mode == "auto" and self.parser is not None and self.parser.needs_special_tokens
+
     def structured_outputs(self) -> StructuredOutputsParams | None:
         """The constraint that makes ``required`` and named choices always parse. Compact
         JSON: the arguments are read by a program, and free whitespace lets a small model

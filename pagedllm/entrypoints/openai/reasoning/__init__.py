@@ -9,10 +9,12 @@ with `prompt_opened_think = parser_cls.prompt_opens_think(rendered_prompt)`.
 from __future__ import annotations
 
 from pagedllm.entrypoints.openai.reasoning.deepseek_r1 import DeepSeekR1ReasoningParser
+from pagedllm.entrypoints.openai.reasoning.qwen3 import Qwen3ReasoningParser
 from pagedllm.entrypoints.openai.reasoning.reasoning_parser import ReasoningParser
 
 _PARSERS: dict[str, type[ReasoningParser]] = {
     "deepseek_r1": DeepSeekR1ReasoningParser,
+    "qwen3": Qwen3ReasoningParser,
 }
 
 REASONING_PARSER_NAMES: tuple[str, ...] = tuple(sorted(_PARSERS))
@@ -32,6 +34,7 @@ def get_reasoning_parser(name: str) -> type[ReasoningParser]:
 __all__ = [
     "REASONING_PARSER_NAMES",
     "DeepSeekR1ReasoningParser",
+    "Qwen3ReasoningParser",
     "ReasoningParser",
     "get_reasoning_parser",
 ]

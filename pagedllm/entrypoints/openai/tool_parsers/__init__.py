@@ -8,6 +8,9 @@ streaming, per choice, ``stream = parser_cls.stream()``, ``stream.feed(delta)`` 
 from __future__ import annotations
 
 from pagedllm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
+from pagedllm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
+from pagedllm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
+from pagedllm.entrypoints.openai.tool_parsers.pythonic import PythonicToolParser
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
     ExtractedToolCalls,
     ToolCall,
@@ -19,6 +22,9 @@ from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
 
 _PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
+    "llama3_json": Llama3JsonToolParser,
+    "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
 }
 
 TOOL_PARSER_NAMES: tuple[str, ...] = tuple(sorted(_PARSERS))
@@ -39,6 +45,9 @@ __all__ = [
     "TOOL_PARSER_NAMES",
     "ExtractedToolCalls",
     "HermesToolParser",
+    "Llama3JsonToolParser",
+    "MistralToolParser",
+    "PythonicToolParser",
     "ToolCall",
     "ToolCallDelta",
     "ToolDelta",

@@ -92,6 +92,11 @@ class ToolStream(ABC):
 class ToolParser(ABC):
     """A model family's tool-call format (``--tool-call-parser NAME``)."""
 
+    # True when the format's marker is a special token (Mistral's ``[TOOL_CALLS]``): the
+    # server then detokenizes with skip_special_tokens=False while tools may be called, as
+    # vLLM does, or the marker would never reach the parser.
+    needs_special_tokens: bool = False
+
     @classmethod
     @abstractmethod
     def extract(cls, text: str) -> ExtractedToolCalls:
