@@ -13,6 +13,7 @@ from pagedllm.entrypoints.openai.tool_parsers import (
     ToolDelta,
     get_tool_parser,
 )
+from tests.unit.tool_stream_helpers import random_pieces, streamed_calls
 
 Parser = MistralToolParser
 NESTED = {"city": "São Paulo", "filters": {"days": [1, 2], "units": None}, "note": "a}b]c"}
@@ -32,29 +33,6 @@ def name_form(name: str, arguments: dict, call_id: str | None = None) -> str:
 
 def is_mistral_id(call_id: str | None) -> bool:
     return call_id is not None and len(call_id) == 9 and call_id.isascii() and call_id.isalnum()
-
-
-def run_stream(pieces: list[str]) -> tuple[str, list[dict]]:
-    """Concatenated content and the calls (merged per index) of a streamed text."""
-    stream = Parser.stream()
-    total = ToolDelta()
-    for piece in pieces:
-        total += stream.feed(piece)
-    total += stream.finish()
-    calls: dict[int, dict] = {}
-    for delta in total.calls:
-        call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
-        if delta.id is not None:
-            assert call["id"] is None, "a call's id is sent once"
-            call["id"], call["name"] = delta.id, delta.name
-        call["arguments"] += delta.arguments
-    assert sorted(calls) == list(range(len(calls))), "indices count up from 0"
-    return total.content, [calls[i] for i in sorted(calls)]
-
-
-def random_pieces(text: str, rng: random.Random) -> list[str]:
-    cuts = sorted(rng.sample(range(len(text) + 1), min(len(text), rng.randint(0, 15))))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
 
 
 # -- extraction ----------------------------------------------------------------------------
@@ -169,10 +147,10 @@ def expected_calls(text: str) -> tuple[str | None, list[tuple[str, str]]]:
 def check_stream(text: str, pieces: list[str]) -> None:
     assert "".join(pieces) == text
     content, calls = expected_calls(text)
-    streamed_content, streamed_calls = run_stream(pieces)
+    streamed_content, streamed = streamed_calls(Parser.stream(), pieces)
     assert (streamed_content if streamed_content.strip() else None) == content, pieces
-    assert [(c["name"], c["arguments"]) for c in streamed_calls] == calls, pieces
-    assert all(is_mistral_id(c["id"]) for c in streamed_calls)
+    assert [(c["name"], c["arguments"]) for c in streamed] == calls, pieces
+    assert all(is_mistral_id(c["id"]) for c in streamed)
 
 
 @pytest.mark.parametrize("text", WELL_FORMED)
@@ -192,20 +170,20 @@ def test_stream_equals_extract_for_random_chunkings(text: str) -> None:
 def test_stream_passes_a_malformed_call_on_as_content(text: str) -> None:
     rng = random.Random(text)
     for pieces in [list(text), *(random_pieces(text, rng) for _ in range(30))]:
-        assert run_stream(pieces) == (text, []), pieces
+        assert streamed_calls(Parser.stream(), pieces) == (text, []), pieces
 
 
 def test_stream_cannot_take_back_a_call_sent_before_a_malformed_one() -> None:
     # As with hermes: the first call went out before the second proved bad.
     text = 'Hi [TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{oops}'
-    content, calls = run_stream(list(text))
+    content, calls = streamed_calls(Parser.stream(), list(text))
     assert content == "Hi [TOOL_CALLS]g[ARGS]{oops}"
     assert [(c["name"], c["arguments"]) for c in calls] == [("f", '{"a": 1}')]
 
 
 def test_stream_keeps_model_call_ids() -> None:
     text = name_form("f", {}, "a1B2c3D4e")
-    _, calls = run_stream(list(text))
+    _, calls = streamed_calls(Parser.stream(), list(text))
     assert calls[0]["id"] == "a1B2c3D4e"
 
 

@@ -12,6 +12,7 @@ from pagedllm.entrypoints.openai.reasoning import (
     Qwen3ReasoningParser,
     get_reasoning_parser,
 )
+from tests.unit.reasoning_helpers import stream_through
 
 Parser = Qwen3ReasoningParser
 ANSWER = "The answer is 4."
@@ -22,13 +23,7 @@ NO_THINKING_PROMPT = THINKING_PROMPT + "<think>\n\n</think>\n\n"  # enable_think
 
 
 def stream(pieces: list[str], prompt_opened_think: bool) -> tuple[str, str]:
-    """Concatenated (reasoning, content) of feeding `pieces` in order, then finish()."""
-    parser = Parser(prompt_opened_think)
-    reasoning, content = [], []
-    for delta_reasoning, delta_content in [*map(parser.feed, pieces), parser.finish()]:
-        reasoning.append(delta_reasoning)
-        content.append(delta_content)
-    return "".join(reasoning), "".join(content)
+    return stream_through(Parser, pieces, prompt_opened_think)
 
 
 def reference(text: str, thinking: bool) -> tuple[str | None, str | None]:

@@ -15,18 +15,13 @@ from pagedllm.entrypoints.openai.reasoning import (
     get_reasoning_parser,
 )
 from pagedllm.entrypoints.openai.reasoning.deepseek_r1 import _partial_tag_len
+from tests.unit.reasoning_helpers import stream_through
 
 Parser = DeepSeekR1ReasoningParser
 
 
 def stream(pieces: list[str], prompt_opened_think: bool) -> tuple[str, str]:
-    """Concatenated (reasoning, content) of feeding `pieces` in order, then finish()."""
-    parser = Parser(prompt_opened_think)
-    reasoning, content = [], []
-    for delta_reasoning, delta_content in [*map(parser.feed, pieces), parser.finish()]:
-        reasoning.append(delta_reasoning)
-        content.append(delta_content)
-    return "".join(reasoning), "".join(content)
+    return stream_through(Parser, pieces, prompt_opened_think)
 
 
 def reference_split(text: str, in_reasoning: bool) -> tuple[str, str]:
@@ -272,9 +267,9 @@ def test_get_reasoning_parser():
     parser_cls = get_reasoning_parser("deepseek_r1")
     assert parser_cls is DeepSeekR1ReasoningParser
     assert issubclass(parser_cls, ReasoningParser)
-    assert REASONING_PARSER_NAMES == ("deepseek_r1",)
+    assert REASONING_PARSER_NAMES == ("deepseek_r1", "qwen3")
 
 
 def test_get_reasoning_parser_rejects_unknown_name():
-    with pytest.raises(ValueError, match=r"'qwen3'.*supported: deepseek_r1"):
-        get_reasoning_parser("qwen3")
+    with pytest.raises(ValueError, match=r"'granite'.*supported: deepseek_r1, qwen3"):
+        get_reasoning_parser("granite")

@@ -10,10 +10,9 @@ import pytest
 from pagedllm.entrypoints.openai.tool_choice import plan_tool_choice
 from pagedllm.entrypoints.openai.tool_parsers import (
     HermesToolParser,
-    ToolDelta,
-    ToolStream,
     get_tool_parser,
 )
+from tests.unit.tool_stream_helpers import random_pieces, streamed_calls
 
 WEATHER = {
     "type": "function",
@@ -32,28 +31,6 @@ TIME = {"type": "function", "function": {"name": "get_time"}}
 
 def call_block(name: str, arguments: dict) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-def run_stream(stream: ToolStream, pieces: list[str]) -> tuple[str, list[dict]]:
-    """Concatenated content and the calls (pieces merged per index) of a streamed text."""
-    total = ToolDelta()
-    for piece in pieces:
-        total += stream.feed(piece)
-    total += stream.finish()
-    calls: dict[int, dict] = {}
-    for delta in total.calls:
-        call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
-        if delta.id is not None:
-            assert call["id"] is None, "a call's id is sent once"
-            call["id"], call["name"] = delta.id, delta.name
-        call["arguments"] += delta.arguments
-    assert sorted(calls) == list(range(len(calls))), "indices count up from 0"
-    return total.content, [calls[i] for i in sorted(calls)]
-
-
-def random_pieces(text: str, rng: random.Random) -> list[str]:
-    cuts = sorted(rng.sample(range(len(text) + 1), min(len(text), rng.randint(0, 12))))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
 
 
 # -- hermes ------------------------------------------------------------------------------
@@ -110,7 +87,7 @@ def test_hermes_stream_equals_extract_for_any_split(seed: int) -> None:
     )
     text = "".join(parts)
     expected = HermesToolParser.extract(text)
-    content, calls = run_stream(HermesToolParser.stream(), random_pieces(text, rng))
+    content, calls = streamed_calls(HermesToolParser.stream(), random_pieces(text, rng, 12))
     if expected.calls or "<tool_call>" not in text:
         assert (content.strip() or None) == (expected.content.strip() if expected.content else None)
         assert [(c["name"], c["arguments"]) for c in calls] == [
@@ -169,7 +146,7 @@ def test_named_choice_constrains_to_the_parameters_and_streams_arguments() -> No
     assert [(c.name, c.arguments) for c in found.calls] == [("get_weather", '{"city": "Oslo"}')]
     stream = plan.stream()
     assert stream is not None
-    content, calls = run_stream(stream, ['{"ci', 'ty": ', '"Oslo"}'])
+    content, calls = streamed_calls(stream, ['{"ci', 'ty": ', '"Oslo"}'])
     assert content == "" and [(c["name"], c["arguments"]) for c in calls] == [
         ("get_weather", '{"city": "Oslo"}')
     ]
@@ -194,7 +171,7 @@ def test_required_choice_is_an_array_of_calls() -> None:
     ]
     rng = random.Random(0)
     for _ in range(20):
-        content, calls = run_stream(plan.stream(), random_pieces(text, rng))
+        content, calls = streamed_calls(plan.stream(), random_pieces(text, rng, 12))
         assert content == ""
         assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
             ("get_weather", {"city": "Oslo"}),
@@ -208,7 +185,7 @@ def test_required_output_cut_short_is_content() -> None:
     plan = plan_tool_choice([WEATHER], "required", None, None)
     text = '[{"name": "get_weather", "parameters": {"ci'
     assert plan.extract(text).content == text and plan.extract(text).calls == []
-    content, calls = run_stream(plan.stream(), [text])
+    content, calls = streamed_calls(plan.stream(), [text])
     assert (content, calls) == (text, [])
 
 
@@ -216,5 +193,5 @@ def test_auto_without_parallel_calls_keeps_the_first() -> None:
     plan = plan_tool_choice([WEATHER, TIME], "auto", False, HermesToolParser)
     text = call_block("get_weather", {"city": "Rome"}) + call_block("get_time", {})
     assert [c.name for c in plan.extract(text).calls] == ["get_weather"]
-    _, calls = run_stream(plan.stream(), [text[:30], text[30:]])
+    _, calls = streamed_calls(plan.stream(), [text[:30], text[30:]])
     assert [c["name"] for c in calls] == ["get_weather"]

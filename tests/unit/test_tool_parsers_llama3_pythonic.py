@@ -16,6 +16,7 @@ from pagedllm.entrypoints.openai.tool_parsers import (
     ToolStream,
     get_tool_parser,
 )
+from tests.unit.tool_stream_helpers import random_pieces, streamed_calls
 
 Llama = Llama3JsonToolParser
 Pythonic = PythonicToolParser
@@ -35,20 +36,9 @@ def assert_content(parser: type[ToolParser], text: str) -> None:
 
 def run_stream(stream: ToolStream, pieces: list[str]) -> tuple[str, list[tuple[str, str]]]:
     """Concatenated content and (name, arguments) per call index of a streamed text."""
-    total = ToolDelta()
-    for piece in pieces:
-        total += stream.feed(piece)
-    total += stream.finish()
-    calls: dict[int, list] = {}
-    for delta in total.calls:
-        call = calls.setdefault(delta.index, [None, None, ""])
-        if delta.id is not None:
-            assert call[0] is None, "a call's id is sent once"
-            call[0], call[1] = delta.id, delta.name
-        call[2] += delta.arguments
-    assert sorted(calls) == list(range(len(calls))), "indices count up from 0"
-    assert all(c[0] and c[0].startswith("chatcmpl-tool-") for c in calls.values())
-    return total.content, [(calls[i][1], calls[i][2]) for i in sorted(calls)]
+    content, calls = streamed_calls(stream, pieces)
+    assert all(c["id"] and c["id"].startswith("chatcmpl-tool-") for c in calls)
+    return content, [(c["name"], c["arguments"]) for c in calls]
 
 
 def extracted(parser: type[ToolParser], text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -56,18 +46,12 @@ def extracted(parser: type[ToolParser], text: str) -> tuple[str, list[tuple[str,
     return found.content or "", [(c.name, c.arguments) for c in found.calls]
 
 
-def random_pieces(text: str, rng: random.Random) -> list[str]:
-    """``text`` cut at random places, with empty pieces mixed in (a delta may be empty)."""
-    cuts = sorted(rng.choices(range(len(text) + 1), k=rng.randint(0, 14)))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-
-
 def every_split(text: str, seed: int) -> list[list[str]]:
     """Whole, char by char, each cut in two, and random chunks."""
     rng = random.Random(seed)
     splits = [[text], list(text), ["", *(c for ch in text for c in (ch, ""))]]
     splits += [[text[:i], text[i:]] for i in range(len(text) + 1)]
-    return splits + [random_pieces(text, rng) for _ in range(40)]
+    return splits + [random_pieces(text, rng, 14, empty=True) for _ in range(40)]
 
 
 # -- llama3_json: whole outputs -------------------------------------------------------------

@@ -18,9 +18,10 @@ Rules (vLLM's ``llama3_json``, with the differences marked *):
   valid JSON), nesting too deep for the decoder.
 - When there are calls, the content is None.
 
-Streaming (``StartGatedStream``, shared with the pythonic parser): content passes through as
-it comes until the output starts like a call; from then on all of it is held and extracted
-whole at ``finish``, so calls arrive in the last delta and match ``extract`` exactly.
+Streaming (``start_gated.StartGatedStream``, shared with the pythonic parser): content
+passes through as it comes until the output starts like a call; from then on all of it is
+held and extracted whole at ``finish``, so calls arrive in the last delta and match
+``extract`` exactly.
 """
 
 from __future__ import annotations
@@ -28,22 +29,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pagedllm.entrypoints.openai.tool_parsers.start_gated import StartGatedParser
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
-    ExtractedToolCalls,
     ToolCall,
-    ToolDelta,
-    ToolParser,
-    ToolStream,
 )
 
 PYTHON_TAG = "<|python_tag|>"
 _STARTS = ("{", PYTHON_TAG)
 _DECODER = json.JSONDecoder()
-
-
-def starts_like_call(text: str, starts: tuple[str, ...]) -> bool:
-    """Whether ``text``, past leading whitespace, begins with one of ``starts``."""
-    return text.lstrip().startswith(starts)
 
 
 def _skip_separators(text: str, pos: int) -> int:
@@ -93,55 +86,9 @@ def parse_calls(text: str) -> list[ToolCall]:
     return calls
 
 
-class Llama3JsonToolParser(ToolParser):
-    @classmethod
-    def extract(cls, text: str) -> ExtractedToolCalls:
-        calls = parse_calls(text) if starts_like_call(text, _STARTS) else []
-        return ExtractedToolCalls(None, calls) if calls else ExtractedToolCalls(text, [])
+class Llama3JsonToolParser(StartGatedParser):
+    starts = _STARTS
 
-    @classmethod
-    def stream(cls) -> ToolStream:
-        return StartGatedStream(cls, _STARTS)
-
-
-class StartGatedStream(ToolStream):
-    """For formats where a call output starts with a marker (past leading whitespace) and is
-    nothing but calls: decide from the first non-blank characters. Content passes through as
-    it comes (leading whitespace, or a partial marker, is held until the decision); a call
-    output is held whole and given to ``parser.extract`` at ``finish``, so the stream equals
-    the extraction for any split, malformed outputs included (they come as content then).
-    The cost: calls arrive only in the last delta."""
-
-    def __init__(self, parser: type[ToolParser], starts: tuple[str, ...]) -> None:
-        self._parser = parser
-        self._starts = starts
-        self._held = ""
-        self._calls: bool | None = None  # None until the start of the output decides
-
-    def feed(self, text: str) -> ToolDelta:
-        if self._calls is False:
-            return ToolDelta(content=text)
-        self._held += text
-        if self._calls is None:
-            self._calls = self._decide(self._held.lstrip())
-            if self._calls is False:
-                held, self._held = self._held, ""
-                return ToolDelta(content=held)
-        return ToolDelta()
-
-    def finish(self) -> ToolDelta:
-        held, self._held = self._held, ""
-        if not self._calls:
-            return ToolDelta(content=held)
-        found = self._parser.extract(held)
-        calls = [call.as_delta(index) for index, call in enumerate(found.calls)]
-        return ToolDelta(content=found.content or "", calls=calls)
-
-    def _decide(self, start: str) -> bool | None:
-        """True / False once ``start`` (the output so far, past leading whitespace) shows
-        whether it is a call output; None while it is blank or a part of a marker."""
-        if start.startswith(self._starts):
-            return True
-        if any(marker.startswith(start) for marker in self._starts):  # "" included
-            return None
-        return False
+    @staticmethod
+    def parse_calls(text: str) -> list[ToolCall]:
+        return parse_calls(text)

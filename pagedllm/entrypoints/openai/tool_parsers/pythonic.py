@@ -20,7 +20,7 @@ Rules (vLLM's ``pythonic``, with the differences marked *):
   parser included (it raises SyntaxError, MemoryError or RecursionError for that).
 - When there are calls, the content is None.
 
-Streaming: ``StartGatedStream`` (see the llama3_json parser): content passes through unless
+Streaming: ``start_gated.StartGatedStream``: content passes through unless
 the output starts with ``[``; a call output is held and extracted whole at ``finish``.
 """
 
@@ -30,15 +30,9 @@ import ast
 import json
 from typing import Any
 
-from pagedllm.entrypoints.openai.tool_parsers.llama3_json import (
-    StartGatedStream,
-    starts_like_call,
-)
+from pagedllm.entrypoints.openai.tool_parsers.start_gated import StartGatedParser
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
-    ExtractedToolCalls,
     ToolCall,
-    ToolParser,
-    ToolStream,
 )
 
 _STARTS = ("[",)
@@ -131,12 +125,9 @@ def parse_calls(text: str) -> list[ToolCall]:
         return []
 
 
-class PythonicToolParser(ToolParser):
-    @classmethod
-    def extract(cls, text: str) -> ExtractedToolCalls:
-        calls = parse_calls(text) if starts_like_call(text, _STARTS) else []
-        return ExtractedToolCalls(None, calls) if calls else ExtractedToolCalls(text, [])
+class PythonicToolParser(StartGatedParser):
+    starts = _STARTS
 
-    @classmethod
-    def stream(cls) -> ToolStream:
-        return StartGatedStream(cls, _STARTS)
+    @staticmethod
+    def parse_calls(text: str) -> list[ToolCall]:
+        return parse_calls(text)
