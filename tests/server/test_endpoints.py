@@ -354,6 +354,11 @@ def test_prefix_cache_over_http(server, openai_client):
     assert ask().usage.prompt_tokens_details.cached_tokens >= 160
     assert ask(cache_salt="tenant-x").usage.prompt_tokens_details.cached_tokens == 0
     assert ask(cache_salt="tenant-x").usage.prompt_tokens_details.cached_tokens >= 160
+    # OpenAI's prompt_cache_key is the salt when none is given
+    assert ask(prompt_cache_key="user-7").usage.prompt_tokens_details.cached_tokens == 0
+    assert ask(prompt_cache_key="user-7").usage.prompt_tokens_details.cached_tokens >= 160
+    both = ask(prompt_cache_key="user-8", cache_salt="tenant-x")
+    assert both.usage.prompt_tokens_details.cached_tokens >= 160  # cache_salt wins
     text = httpx.get(f"{server.url}/metrics").text
     hits = [
         line for line in text.splitlines() if line.startswith("pagedllm:prefix_cache_hits_total")

@@ -19,7 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pagedllm.entrypoints.openai.unknown_fields import note_unknown_fields, unknown_names
+from pagedllm.entrypoints.openai.unknown_fields import (
+    note_inert_field,
+    note_unknown_fields,
+    unknown_names,
+)
 from pagedllm.sampling_params import (
     BeamSearchParams,
     RequestOutputKind,
@@ -141,6 +145,9 @@ class SamplingFields(EngineSamplingFields):
     priority: int = 0
     request_id: str | None = None
     cache_salt: str | None = None
+    # OpenAI's key for requests that share a prefix: the cache salt when none is given, so
+    # requests under one key share cached blocks (and no others do)
+    prompt_cache_key: str | None = None
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -151,6 +158,9 @@ class SamplingFields(EngineSamplingFields):
     guided_whitespace_pattern: str | None = None
     # vLLM's: the prompt's and each choice's token ids in the response (agent tracing)
     return_token_ids: bool | None = None
+
+    def salt(self) -> str | None:
+        return self.cache_salt if self.cache_salt is not None else self.prompt_cache_key
 
     def sampling_params(
         self,
@@ -250,7 +260,8 @@ class SamplingFields(EngineSamplingFields):
 
     def _refuse_unbuilt(self) -> None:
         if self.length_penalty != 1.0 and not self.use_beam_search:
-            raise ValueError("length_penalty only applies to beam search (use_beam_search=true).")
+            # As vLLM: accepted, and without effect outside beam search (logged once).
+            note_inert_field(type(self).__name__, "length_penalty", "it applies to beam search")
 
 
 def response_format_constraint(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -61,8 +61,8 @@ class ChatHandler:
             )
             prompt, prompt_ids = await self._render(request, tools)
             engine_prompt: dict[str, Any] = {"prompt": prompt, "prompt_token_ids": prompt_ids}
-            if request.cache_salt is not None:
-                engine_prompt["cache_salt"] = request.cache_salt
+            if request.salt() is not None:
+                engine_prompt["cache_salt"] = request.salt()
             max_tokens = clamp_max_tokens(
                 request.max_completion_tokens or request.max_tokens,
                 len(prompt_ids),

@@ -154,8 +154,8 @@ class CompletionHandler:
             item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}
-        if request.cache_salt is not None:
-            item["cache_salt"] = request.cache_salt
+        if request.salt() is not None:
+            item["cache_salt"] = request.salt()
         return item
 
     def _echo(self, request: CompletionRequest, output: RequestOutput) -> str:

@@ -59,6 +59,18 @@ def note_unknown_fields(model: str, names: list[str]) -> None:
             )  # fmt: skip
 
 
+def note_inert_field(model: str, name: str, why: str) -> None:
+    """Log once that a known field has no effect in this request (vLLM accepts it the same
+    way), e.g. ``length_penalty`` without beam search."""
+    with _lock:
+        key = (model, f"inert:{name}")
+        if key in _seen:
+            return
+        _seen.add(key)
+    logger.warning("The request field %r of %s has no effect here: %s (logged once).",
+                   name, model, why)  # fmt: skip
+
+
 def forget_unknown_fields() -> None:
     """Reset the once-only memory (tests)."""
     global _full_noted
