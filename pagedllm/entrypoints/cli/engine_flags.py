@@ -28,8 +28,13 @@ _JSON_FIELDS = {
     "structured_outputs_config",
 }
 
-# vLLM's one-letter spellings.
-_SHORT_FLAGS = {"quantization": "-q"}
+# vLLM's short spellings.
+_SHORT_FLAGS = {
+    "quantization": "-q",
+    "tensor_parallel_size": "-tp",
+    "pipeline_parallel_size": "-pp",
+    "data_parallel_size": "-dp",
+}
 
 
 def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = frozenset()) -> None:

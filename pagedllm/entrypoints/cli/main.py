@@ -22,7 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pagedllm.entrypoints.cli.config_file import expand_config_file
+
     parser = build_parser()
+    try:
+        argv = expand_config_file(sys.argv[1:] if argv is None else list(argv))
+    except ValueError as exc:
+        print(f"pagedllm: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

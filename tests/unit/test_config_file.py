@@ -1,0 +1,68 @@
+"""``--config FILE.yaml`` and vLLM's short flags, as ``vllm serve`` reads them."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedllm.entrypoints.cli.config_file import expand_config_file
+from pagedllm.entrypoints.cli.main import build_parser, main
+
+CONFIG = """
+max-model-len: 1024
+max_num_seqs: 8
+enforce-eager: true
+enable-prefix-caching: false
+served-model-name: [a, b]
+structured-outputs-config:
+  disable_any_whitespace: true
+port: 9001
+"""
+
+
+def parsed(tmp_path, *argv: str):
+    config = tmp_path / "serve.yaml"
+    config.write_text(CONFIG)
+    args = [a.replace("CONFIG", str(config)) for a in argv]
+    return build_parser().parse_args(expand_config_file(args))
+
+
+def test_the_file_gives_flags_and_the_command_line_wins(tmp_path):
+    args = parsed(tmp_path, "serve", "my-model", "--config", "CONFIG", "--port", "9002")
+    assert args.model_tag == "my-model"
+    assert (args.max_model_len, args.max_num_seqs, args.enforce_eager) == ("1024", 8, True)
+    assert args.enable_prefix_caching is None  # false: no flag, the default stays
+    assert args.served_model_name == ["a", "b"]
+    assert args.structured_outputs_config == {"disable_any_whitespace": True}
+    assert args.port == 9002  # typed after --config: the command line wins
+    assert parsed(tmp_path, "serve", "--config=CONFIG").port == 9001
+
+
+def test_short_flags():
+    args = build_parser().parse_args(["serve", "m", "-tp", "1", "-pp", "1", "-dp", "1", "-q",
+                                      "fp8"])  # fmt: skip
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size) == (1, 1)
+    assert (args.data_parallel_size, args.quantization) == (1, "fp8")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("c.json", "{}", "takes a .yaml or .yml file"),
+        ("c.yaml", "port: [1\n", "not valid YAML"),
+        ("c.yaml", "- a\n- b\n", "must map flag names to values"),
+        ("missing.yaml", None, "Cannot read the --config file"),
+    ],
+)
+def test_bad_config_files_are_named(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unsupported_values_from_the_file_are_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "tp.yaml"
+    path.write_text("tensor-parallel-size: 2\n")
+    assert main(["serve", "--config", str(path), "--port", "0"]) == 2
+    assert "tensor_parallel_size" in capsys.readouterr().err
