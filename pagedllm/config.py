@@ -274,67 +274,134 @@ class EngineArgs:
     """Every engine option once, with vLLM's names. ``LLM(**kwargs)`` and the CLI map here."""
 
     model: str | None = None
+    """Model directory, .gguf file or cached Hugging Face repo id (default: the bundled
+    SmolLM2-135M-Instruct)."""
     served_model_name: str | list[str] | None = None
+    """The name(s) the API answers to (default: the model argument)."""
     tokenizer: str | None = None
+    """Tokenizer directory or repo id (default: the model's own)."""
     tokenizer_mode: str = "auto"
+    """auto (or hf): the tokenizer transformers loads for the model."""
     skip_tokenizer_init: bool = False
+    """Load no tokenizer: prompts must be token ids and outputs are ids only."""
     trust_remote_code: bool = False
+    """Let transformers run a model repository's own configuration code (the architecture
+    must still be one pagedllm builds)."""
     revision: str | None = None
+    """The model repository revision (branch, tag or commit) in the local cache."""
     load_format: str = "auto"
+    """auto, safetensors, gguf, or dummy (random weights of the right shapes)."""
     dtype: str = "auto"
+    """auto (float32 on the CPU; on a GPU the checkpoint's half type, bfloat16 for float32
+    checkpoints), bfloat16, float16 or float32."""
     seed: int | None = 0
+    """Seed of the engine's random state (sampling without a per-request seed)."""
     max_model_len: int | str | None = None
+    """Longest prompt plus output in tokens (e.g. 4096 or 32k; default: the model's)."""
     block_size: int | None = None
+    """Tokens per KV-cache block (default 16)."""
     enable_prefix_caching: bool | None = None
+    """Reuse KV blocks of identical prompt prefixes (default on; --no-enable-prefix-caching turns
+    it off)."""
     gpu_memory_utilization: float = 0.9
+    """Share of the GPU's memory the engine may use, weights and KV cache included (GPU only)."""
     kv_cache_memory_bytes: int | str | None = None
+    """The KV cache's size (e.g. 8G), instead of what gpu-memory-utilization leaves; required
+    sizing on the CPU."""
     max_num_seqs: int | None = None
+    """Most sequences in one step's batch (default by device, as vLLM)."""
     max_num_batched_tokens: int | None = None
+    """Most tokens in one step (default by device, as vLLM)."""
     enable_chunked_prefill: bool | None = None
+    """Split long prompts across steps (default on)."""
     long_prefill_token_threshold: int = 0
+    """Prompts longer than this take at most this many tokens a step (0: no limit)."""
     scheduling_policy: str = "fcfs"
+    """fcfs (arrival order) or priority (lower priority value first)."""
     async_scheduling: bool | None = None  # None: on with CUDA, off on the CPU
+    """Schedule the next step while the GPU runs this one (default on with CUDA, off on the CPU)."""
     tensor_parallel_size: int = 1
+    """GPUs to shard the model over (-tp); only 1 is supported yet."""
     enforce_eager: bool = False
+    """Run without CUDA graphs."""
     disable_log_stats: bool = False
+    """Do not log throughput and cache statistics every few seconds."""
     device: str = "auto"
+    """auto, cuda or cpu."""
     generation_config: str = "auto"
+    """auto (sampling defaults from the model's generation_config.json), or vllm / pagedllm
+    (none)."""
     quantization: str | None = None
+    """Weight quantization (-q): fp8, or the checkpoint's own (fp8, compressed-tensors)."""
     kv_cache_dtype: str = "auto"
+    """KV cache storage: auto (the model's dtype), fp8 / fp8_e4m3, fp8_e5m2."""
     calculate_kv_scales: bool = False
+    """With an FP8 KV cache, compute each layer's scales from the first step."""
     # vLLM options not implemented yet (see UNSUPPORTED_DEFAULTS).
     swap_space: float | None = None
+    """Not supported: pagedllm recomputes preempted requests instead of swapping to CPU memory."""
     cpu_offload_gb: float = 0
+    """Not supported: weights stay on the device."""
     pipeline_parallel_size: int = 1
+    """GPUs to pipeline the layers over (-pp); only 1 is supported."""
     data_parallel_size: int = 1
+    """Engine replicas (-dp); only 1 is supported."""
     enable_lora: bool = False
+    """Not supported: no LoRA adapters yet."""
     speculative_config: dict | None = None
+    """Not supported: no speculative decoding yet."""
     hf_overrides: dict | None = None
+    """Not supported: the model's config is used as it is."""
     rope_scaling: dict | None = None
+    """Not supported: the model's config is used as it is."""
     rope_theta: float | None = None
+    """Not supported: the model's config is used as it is."""
     tokenizer_revision: str | None = None
+    """Not supported: the tokenizer comes from the model's revision."""
     code_revision: str | None = None
+    """Not supported: no remote code is run."""
     num_gpu_blocks_override: int | None = None
+    """Not supported: size the cache with kv-cache-memory-bytes."""
     max_seq_len_to_capture: int | None = None
+    """Not supported: CUDA graphs cover decode batches, whatever the length."""
     distributed_executor_backend: str | None = None
+    """Not supported: one device, one process."""
     enable_sleep_mode: bool = False
+    """Not supported."""
     compilation_config: Any = None
+    """Not supported: pagedllm does not use torch.compile (JSON accepted only as the default)."""
     kv_transfer_config: Any = None
+    """Not supported: no disaggregated prefill."""
     limit_mm_per_prompt: Any = None
+    """Not supported: text models only."""
     mm_processor_kwargs: Any = None
+    """Not supported: text models only."""
     override_generation_config: Any = None
+    """Not supported yet: use generation-config."""
     allowed_local_media_path: str = ""
+    """Not supported: text models only."""
     runner: str = "auto"
+    """Only auto (generation) is supported."""
     convert: str = "auto"
+    """Only auto is supported."""
     task: str = "auto"
+    """Only auto (generation) is supported."""
     disable_custom_all_reduce: bool = False
+    """Not supported: one device."""
     hf_token: str | bool | None = None
+    """Not supported: nothing is downloaded at run time."""
     pooler_config: Any = None
+    """Not supported: generation models only."""
     override_pooler_config: Any = None
+    """Not supported: generation models only."""
     structured_outputs_config: dict[str, Any] | None = None
+    """JSON: backend (xgrammar), disable_any_whitespace, disable_additional_properties."""
     guided_decoding_backend: str | None = None  # vLLM's older spelling of its backend
+    """vLLM's older name for structured_outputs_config's backend (xgrammar)."""
     logits_processors: Any = None
+    """Not supported on the command line: pass logits processors per request in Python."""
     max_logprobs: int = 20
+    """Most logprobs (and prompt logprobs) a request may ask for."""
 
     def create_engine_config(
         self, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT

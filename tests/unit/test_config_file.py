@@ -66,3 +66,17 @@ def test_unsupported_values_from_the_file_are_refused_by_name(tmp_path, capsys):
     path.write_text("tensor-parallel-size: 2\n")
     assert main(["serve", "--config", str(path), "--port", "0"]) == 2
     assert "tensor_parallel_size" in capsys.readouterr().err
+
+
+def test_every_engine_flag_has_help_from_its_field():
+    from pagedllm.config import EngineArgs
+    from pagedllm.entrypoints.cli.engine_flags import field_docs
+
+    docs = field_docs(EngineArgs)
+    assert set(docs) == set(EngineArgs.field_names())
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    engine = next(g for g in serve._action_groups if g.title == "engine")
+    assert all(action.help for action in engine._group_actions)
+    assert "--max-model-len" in serve.format_help() and docs["max_model_len"][:20] in " ".join(
+        serve.format_help().split()
+    )

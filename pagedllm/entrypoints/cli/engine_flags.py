@@ -4,8 +4,12 @@ spelled with dashes or underscores (``--max-model-len`` and ``--max_model_len``)
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import itertools
 import json
+import textwrap
 import types
 import typing
 from collections.abc import Collection
@@ -37,8 +41,27 @@ _SHORT_FLAGS = {
 }
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal right after it), the one source
+    of the engine flags' help text."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for field, after in itertools.pairwise(body):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[field.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = frozenset()) -> None:
     group = parser.add_argument_group("engine")
+    docs = field_docs(EngineArgs)
     for f in dataclasses.fields(EngineArgs):
         if f.name in skip:
             continue
@@ -48,16 +71,18 @@ def add_engine_flags(parser: argparse.ArgumentParser, skip: Collection[str] = fr
         if f.name in _SHORT_FLAGS:
             flags.append(_SHORT_FLAGS[f.name])
         kind = _base_type(f.type)
+        text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             group.add_argument(
-                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None
-            )
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                help=text,
+            )  # fmt: skip
         elif f.name in _JSON_FIELDS:
-            group.add_argument(*flags, dest=f.name, type=json.loads, default=None)
+            group.add_argument(*flags, dest=f.name, type=json.loads, default=None, help=text)
         elif f.name == "served_model_name":
-            group.add_argument(*flags, dest=f.name, nargs="+", default=None)
+            group.add_argument(*flags, dest=f.name, nargs="+", default=None, help=text)
         else:
-            group.add_argument(*flags, dest=f.name, type=kind, default=None)
+            group.add_argument(*flags, dest=f.name, type=kind, default=None, help=text)
 
 
 def engine_args_from(namespace: argparse.Namespace) -> EngineArgs:
