@@ -38,6 +38,7 @@ _DTYPE_ALIASES = {
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+_DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ class EngineArgs:
     enable_prefix_caching: bool | None = None
     """Reuse KV blocks of identical prompt prefixes (default on; --no-enable-prefix-caching turns
     it off)."""
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = _DEFAULT_GPU_MEMORY_UTILIZATION
     """Share of the GPU's memory the engine may use, weights and KV cache included (GPU only)."""
     kv_cache_memory_bytes: int | str | None = None
     """The KV cache's size (e.g. 8G), instead of what gpu-memory-utilization leaves; required
@@ -479,6 +480,11 @@ class EngineArgs:
         architecture = _architecture(hf_config)
         if self.load_format == "gguf" and not files.is_gguf:
             raise ValueError(f"load_format='gguf' but {files.name} is not a GGUF model.")
+        if self.load_format == "safetensors" and files.is_gguf:
+            raise ValueError(
+                f"load_format='safetensors' but {files.name} is a GGUF model (its weights are "
+                "the .gguf file); use load_format='auto' or 'gguf'."
+            )
         served = self.served_model_name
         if isinstance(served, list):
             served = served[0] if served else None
@@ -507,6 +513,13 @@ class EngineArgs:
         if block_size < 1 or block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}.")
         kv_bytes = parse_size(self.kv_cache_memory_bytes)
+        if device == "cpu" and self.gpu_memory_utilization != _DEFAULT_GPU_MEMORY_UTILIZATION:
+            # Said, not silently dropped: a command copied from a GPU machine still runs.
+            logger.warning(
+                "gpu_memory_utilization=%s does not apply on the CPU: the KV cache takes "
+                "kv_cache_memory_bytes (%s).", self.gpu_memory_utilization,
+                self.kv_cache_memory_bytes or f"default {DEFAULT_CPU_KV_CACHE_BYTES >> 30} GiB",
+            )  # fmt: skip
         if kv_bytes is None and device == "cpu":
             kv_bytes = DEFAULT_CPU_KV_CACHE_BYTES
         if kv_bytes is not None and kv_bytes <= 0:

@@ -80,3 +80,22 @@ def test_every_engine_flag_has_help_from_its_field():
     assert "--max-model-len" in serve.format_help() and docs["max_model_len"][:20] in " ".join(
         serve.format_help().split()
     )
+
+
+def test_flags_that_do_not_fit_say_so(caplog):
+    """A GGUF model with load_format safetensors is refused; gpu_memory_utilization on the
+    CPU runs, with a warning naming it (a GPU machine's command keeps working)."""
+    import logging
+
+    from pagedllm.config import EngineArgs
+
+    with pytest.raises(ValueError, match="is a GGUF model"):
+        EngineArgs(load_format="safetensors", device="cpu").create_engine_config()
+    with caplog.at_level(logging.WARNING):
+        EngineArgs(gpu_memory_utilization=0.5, device="cpu").create_engine_config()
+        EngineArgs(device="cpu").create_engine_config()
+    warned = [r.getMessage() for r in caplog.records if "gpu_memory_utilization" in r.getMessage()]
+    assert warned == [
+        "gpu_memory_utilization=0.5 does not apply on the CPU: the KV cache takes "
+        "kv_cache_memory_bytes (default 1 GiB)."
+    ]
