@@ -644,22 +644,17 @@ def _architecture(hf_config: Any) -> str:
 
 
 def _max_model_len(requested: int | str | None, hf_config: Any) -> int:
+    """The model's full context (max_position_embeddings): a sliding-window model attends
+    within its window at every length (``DecoderSpec.sliding_windows``), as vLLM serves it."""
     text = getattr(hf_config, "text_config", None) or hf_config
     derived: int = getattr(text, "max_position_embeddings", None) or 2048
-    window: int | None = getattr(text, "sliding_window", None)
-    if not getattr(text, "use_sliding_window", True):
-        window = None
-    limited_by_window = window is not None and window < derived
-    if window is not None and window < derived:
-        derived = window  # no sliding-window attention yet: stay within the window
     value = parse_token_count(requested)
     if value is None:
         return derived
     if value > derived:
-        why = "its sliding window" if limited_by_window else "max_position_embeddings"
         raise ValueError(
             f"max_model_len={value} is larger than the model's maximum length of {derived} "
-            f"({why}). Use max_model_len <= {derived}."
+            f"(max_position_embeddings). Use max_model_len <= {derived}."
         )
     if value < 1:
         raise ValueError(f"max_model_len must be at least 1, got {value}.")

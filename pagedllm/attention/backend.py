@@ -21,6 +21,9 @@ class AttentionBackend(Protocol):
     ``stored * scale``, with one scale per layer for K and one for V (``kv_scale``). Every
     query attends to K/V read back from the cache, so a prompt sees the same values
     whether it was computed in one chunk or several.
+
+    ``window`` (per layer): a query at position p sees keys p - window + 1 .. p (sliding
+    window attention, as transformers defines it); None: keys 0 .. p.
     """
 
     def build_metadata(self, common: CommonAttentionMetadata) -> Any: ...
@@ -34,6 +37,7 @@ class AttentionBackend(Protocol):
         metadata: Any,
         scale: float,
         kv_scale: torch.Tensor,  # [2] float32: K's and V's scales, read when the cache is FP8
+        window: int | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
 

@@ -6,11 +6,13 @@ attends with a length mask. Multi-token queries (prefill chunks) go one request 
 a chunk with no cached prefix attends to its own fresh K/V without reading the cache
 (unless the cache is FP8: then, as every other query, to the values read back from it).
 An FP8 cache is written as ``value / scale`` and read back in float32 times the scale.
+A layer with a sliding window masks the keys before its window too (masks made once per
+step and window, shared by the layers that have it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,20 @@ class PrefillSpan:
     block_ids: torch.Tensor  # blocks holding the context
     mask: torch.Tensor | None  # [query_len, seq_len] bool (True = attend); None: no cached
     # prefix, plain causal
+    _windowed: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask_for(self, window: int | None) -> torch.Tensor | None:
+        """The mask for a layer with this window: query j (position seq_len - query_len + j)
+        sees keys in (position - window, position]."""
+        if window is None:
+            return self.mask
+        if window not in self._windowed:
+            query_len = self.end - self.start
+            device = self.block_ids.device
+            positions = torch.arange(query_len, device=device)[:, None] + (self.seq_len - query_len)
+            keys = torch.arange(self.seq_len, device=device)[None, :]
+            self._windowed[window] = (keys <= positions) & (keys > positions - window)
+        return self._windowed[window]
 
 
 @dataclass
@@ -36,23 +52,29 @@ class TorchAttentionMetadata:
     decode_max_blocks: int
     decode_valid: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool
     prefills: list[PrefillSpan]
-    # The decode mask as an additive bias in the model's dtype, made once per step.
-    _decode_bias: torch.Tensor | None = None
+    decode_seq_lens: torch.Tensor | None = None  # [num_decodes] int64
+    # The decode masks as additive biases in the model's dtype, made once per step (per
+    # dtype and window).
+    _decode_bias: dict[tuple[torch.dtype, int | None], torch.Tensor] = field(default_factory=dict)
 
-    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        if self._decode_bias is None or self._decode_bias.dtype != dtype:
-            assert self.decode_valid is not None
-            bias = torch.zeros(
-                self.decode_valid.shape, dtype=dtype, device=self.decode_valid.device
-            )
-            self._decode_bias = bias.masked_fill_(~self.decode_valid, float("-inf"))
-        return self._decode_bias
+    def decode_bias(self, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
+        key = (dtype, window)
+        if key not in self._decode_bias:
+            assert self.decode_valid is not None and self.decode_seq_lens is not None
+            valid = self.decode_valid
+            if window is not None:  # the query sits at seq_len - 1
+                positions = torch.arange(valid.shape[-1], device=valid.device)
+                lower = (self.decode_seq_lens - window).view(-1, 1, 1, 1)
+                valid = valid & (positions.view(1, 1, 1, -1) >= lower)
+            bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+            self._decode_bias[key] = bias.masked_fill_(~valid, float("-inf"))
+        return self._decode_bias[key]
 
 
 class TorchAttentionBackend:
     def build_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
         num_decodes = common.num_decodes
-        block_ids, max_blocks, valid = None, 0, None
+        block_ids, max_blocks, valid, seq_lens = None, 0, None, None
         if num_decodes:
             lens = common.seq_lens_cpu[:num_decodes]
             max_blocks = -(-max(lens) // common.block_size)
@@ -64,7 +86,7 @@ class TorchAttentionBackend:
             valid = (positions[None, :] < seq_lens[:, None]).view(num_decodes, 1, 1, span)
         prefills = [self._span(common, i) for i in range(num_decodes, common.num_reqs)]
         return TorchAttentionMetadata(
-            common.slot_mapping, num_decodes, block_ids, max_blocks, valid, prefills
+            common.slot_mapping, num_decodes, block_ids, max_blocks, valid, prefills, seq_lens
         )
 
     @staticmethod
@@ -91,19 +113,20 @@ class TorchAttentionBackend:
         metadata: TorchAttentionMetadata,
         scale: float,
         kv_scale: torch.Tensor,
+        window: int | None = None,
     ) -> torch.Tensor:
         write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
         read = _Reader(kv_cache, kv_scale, q.dtype)
         n = metadata.num_decodes
         if not metadata.prefills:  # a pure decode step: no stitching needed
-            return _decode(q, read, metadata, scale)
+            return _decode(q, read, metadata, scale, window)
         if n == 0 and len(metadata.prefills) == 1:
-            return _prefill(q, k, v, read, metadata.prefills[0], scale)
+            return _prefill(q, k, v, read, metadata.prefills[0], scale, window)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if n:
-            out[:n] = _decode(q[:n], read, metadata, scale)
+            out[:n] = _decode(q[:n], read, metadata, scale, window)
         for span in metadata.prefills:
-            out[span.start : span.end] = _prefill(q, k, v, read, span, scale)
+            out[span.start : span.end] = _prefill(q, k, v, read, span, scale, window)
         return out
 
 
@@ -155,7 +178,11 @@ class _Reader:
 
 
 def _decode(
-    q: torch.Tensor, read: _Reader, metadata: TorchAttentionMetadata, scale: float
+    q: torch.Tensor,
+    read: _Reader,
+    metadata: TorchAttentionMetadata,
+    scale: float,
+    window: int | None,
 ) -> torch.Tensor:
     """Single-token queries. Grouped-query trick: the query heads that share a KV head are
     laid out as that head's "query positions" ([n, kv_heads, group, head_dim]), so SDPA
@@ -166,7 +193,7 @@ def _decode(
     kv = read(metadata.decode_block_ids).view(2, n, -1, kv_heads, head_dim)
     keys, values = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # [n, kv_heads, len, dim]
     grouped = q.reshape(n, kv_heads, num_heads // kv_heads, head_dim)
-    bias = metadata.decode_bias(q.dtype)
+    bias = metadata.decode_bias(q.dtype, window)
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=bias, scale=scale)
     return out.reshape(n, num_heads, head_dim)
 
@@ -178,17 +205,19 @@ def _prefill(
     read: _Reader,
     span: PrefillSpan,
     scale: float,
+    window: int | None,
 ) -> torch.Tensor:
     query = q[span.start : span.end].transpose(0, 1)  # [heads, len, head_dim]
+    mask = span.mask_for(window)
     if span.mask is None and not read.quantized:
         keys = k[span.start : span.end].transpose(0, 1)
         values = v[span.start : span.end].transpose(0, 1)
     else:
         kv = read(span.block_ids)[:, : span.seq_len]
         keys, values = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
-    # No cached prefix: keys and queries cover the same positions, plain causal.
+    # No cached prefix and no window: keys and queries cover the same positions, plain causal.
     out = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=span.mask, is_causal=span.mask is None, scale=scale,
+        query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale,
         enable_gqa=True,
     )  # fmt: skip
     return out.transpose(0, 1)

@@ -65,6 +65,7 @@ class TritonAttentionBackend:
         metadata: TritonAttentionMetadata,
         scale: float,
         kv_scale: torch.Tensor,
+        window: int | None = None,
     ) -> torch.Tensor:
         from pagedllm.kernels.paged_attention import paged_attention
 
@@ -82,7 +83,7 @@ class TritonAttentionBackend:
         return paged_attention(
             q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
             metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
-            kv_scale=kv_scale,
+            kv_scale=kv_scale, window=window,
         )  # fmt: skip
 
     def _partials(

@@ -5,7 +5,8 @@ Layout (see ``pagedllm.attention``): q [tokens, heads, dim]; the cache of one la
 per-layer K and V scales applied to the scores and to the output); request i's queries are tokens
 ``[query_start_loc[i], query_start_loc[i+1])`` at positions ``seq_len - query_len + j``;
 query j attends to keys ``0 .. seq_len - query_len + j`` (its cached prefix and the chunk,
-causally).
+causally), or with a sliding window W only to the last W of them (the KV tiles before a
+tile's window are not read at all).
 
 One program computes a tile of BLOCK_Q consecutive queries of one request for one KV head,
 all G query heads sharing that KV head at once (rows = query x head, so a decode still
@@ -31,6 +32,7 @@ import triton.language as tl
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
+NO_WINDOW = 1 << 30  # a window longer than any context: plain causal attention
 FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
@@ -51,7 +53,7 @@ def _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _attend_tile(
-    q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+    q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
     kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     scale,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
@@ -68,7 +70,8 @@ def _attend_tile(
     # An FP8 cache is widened to q's dtype here; its K scale is folded into ``scale``.
     k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0).to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-    visible = (pos[None, :] <= limit[:, None]) & key_ok[None, :] & row_ok[:, None]
+    visible = (pos[None, :] <= limit[:, None]) & (pos[None, :] >= lower[:, None])
+    visible = visible & key_ok[None, :] & row_ok[:, None]
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # Rows with nothing visible yet keep m = -inf; shift by 0 there to avoid inf - inf.
@@ -89,6 +92,7 @@ def paged_attention_kernel(
     block_table_ptr, seq_lens_ptr, qsl_ptr,
     kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
     scale, num_reqs, num_segments,
+    window,  # keys a query sees, itself included (NO_WINDOW: all before it)
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -125,18 +129,22 @@ def paged_attention_kernel(
     q_rows = q_ptr + (q_begin + q_idx)[:, None] * stride_qt + head[:, None] * stride_qh
     q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
 
-    # Keys this tile needs: up to the causal limit of its last query.
+    # Keys this tile needs: from the window's start for its first query (0 without a
+    # window) up to the causal limit of its last query.
     last_q = tl.minimum(q_len, (q_tile + 1) * BLOCK_Q) - 1
     kv_end = prefix + last_q + 1
+    kv_begin = tl.maximum(prefix + q_tile * BLOCK_Q - window + 1, 0)
     num_tiles = tl.cdiv(kv_end, TILE_N)
-    per_segment = tl.cdiv(num_tiles, num_segments)
-    first = segment * per_segment
+    first_tile = kv_begin // TILE_N
+    per_segment = tl.cdiv(num_tiles - first_tile, num_segments)
+    first = first_tile + segment * per_segment
     stop = tl.minimum(first + per_segment, num_tiles)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     limit = prefix + q_idx  # the last key each row may see
+    lower = limit - window + 1  # the first (negative without a window)
     bt_row = block_table_ptr + req * stride_bt
     if KV_QUANT:  # q.(k * ks) = (q.k) * ks: K's scale joins the softmax scale
         scale = scale * tl.load(kv_scale_ptr)
@@ -144,7 +152,7 @@ def paged_attention_kernel(
         t = first
         while t < stop:
             m_i, l_i, acc = _attend_tile(
-                q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
                 kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                 scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
             )  # fmt: skip
@@ -152,7 +160,7 @@ def paged_attention_kernel(
     else:
         for t in range(first, stop):
             m_i, l_i, acc = _attend_tile(
-                q, m_i, l_i, acc, t, kv_end, limit, row_ok, bt_row, k_ptr, v_ptr,
+                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
                 kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                 scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
             )  # fmt: skip
@@ -245,8 +253,10 @@ def paged_attention(
     partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     config: LaunchConfig | None = None,
     kv_scale: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """Attention of q over the paged cache into ``out`` (same shape as q).
+    """Attention of q over the paged cache into ``out`` (same shape as q); with ``window``,
+    each query sees only the last ``window`` keys up to itself.
 
     q: [tokens, heads, dim]; kv_cache: [2, blocks, block_size, kv_heads, dim] with the new
     K/V already written; block_table [>= num_reqs, max_blocks] int32; seq_lens
@@ -256,6 +266,8 @@ def paged_attention(
     K's and V's): the value of a stored entry is ``stored * scale``.
     """
     _check(q, kv_cache, out, block_table, seq_lens, query_start_loc)
+    if window is not None and not 0 < window < NO_WINDOW:
+        raise ValueError(f"window must be in 1..{NO_WINDOW - 1}, got {window}")
     quant = kv_cache.dtype != q.dtype
     if quant and (kv_scale is None or kv_scale.numel() != 2 or kv_scale.dtype != torch.float32):
         raise ValueError("an FP8 kv_cache needs kv_scale: [2] float32 (K's and V's scales)")
@@ -276,7 +288,7 @@ def paged_attention(
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
         block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
-        scale, num_reqs, num_segments,
+        scale, num_reqs, num_segments, NO_WINDOW if window is None else window,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),

@@ -41,6 +41,11 @@ class DecoderSpec:
     mlp_bias: bool
     qk_norm: bool
     tie_word_embeddings: bool
+    # Per layer: the keys a query sees, counting itself (None: all before it).
+    sliding_windows: tuple[int | None, ...] = ()
+
+    def window(self, layer_idx: int) -> int | None:
+        return self.sliding_windows[layer_idx] if self.sliding_windows else None
 
     @classmethod
     def from_config(cls, config: Any, family: str) -> DecoderSpec:
@@ -67,7 +72,22 @@ class DecoderSpec:
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
             qk_norm=family == "qwen3",
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            sliding_windows=sliding_windows(config),
         )
+
+
+def sliding_windows(config: Any) -> tuple[int | None, ...]:
+    """Each layer's attention window, as transformers reads the config: ``layer_types``
+    ("sliding_attention" layers use ``sliding_window``), else every layer when
+    ``sliding_window`` is set and ``use_sliding_window`` is not false (Mistral-7B-v0.1:
+    4096 in every layer). Empty: full attention everywhere."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return ()
+    types = getattr(config, "layer_types", None)
+    if types:
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    return (int(window),) * config.num_hidden_layers
 
 
 @dataclass
@@ -104,6 +124,7 @@ class Attention(nn.Module):
         q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         self.sizes = [q_size, kv_size, kv_size]
         self.scale = spec.head_dim**-0.5
+        self.window = spec.window(layer_idx)
         prefix = f"model.layers.{layer_idx}.self_attn"
         self.qkv_proj = linears(
             spec.hidden_size, sum(self.sizes), spec.qkv_bias, self.sizes,
@@ -132,8 +153,9 @@ class Attention(nn.Module):
         if ctx.calculate_kv_scales:
             self._calculate_kv_scales(k, v)
         out = ctx.backend.forward(
-            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale
-        )
+            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale,
+            self.window,
+        )  # fmt: skip
         return self.o_proj(out.reshape(num_tokens, -1))
 
     def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ import torch
 from pagedllm.kernels.paged_attention import paged_attention
 
 
-def reference(q, kv, table, seq_lens, qsl, scale):
+def reference(q, kv, table, seq_lens, qsl, scale, window=None):
     out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
     kv_heads, dim, block_size = kv.shape[3], kv.shape[4], kv.shape[2]
     group = q.shape[1] // kv_heads
@@ -21,33 +21,37 @@ def reference(q, kv, table, seq_lens, qsl, scale):
         v = kv[1][blocks].reshape(-1, kv_heads, dim)[:total].double().repeat_interleave(group, 1)
         scores = torch.einsum("qhd,khd->hqk", q[start:end].double(), k) * scale
         n = end - start
-        causal = (
-            torch.arange(total, device=q.device)[None, :]
-            > torch.arange(total - n, total, device=q.device)[:, None]
-        )
-        scores = scores.masked_fill(causal, float("-inf"))
+        keys = torch.arange(total, device=q.device)[None, :]
+        positions = torch.arange(total - n, total, device=q.device)[:, None]
+        hidden = keys > positions
+        if window is not None:  # as transformers: keys in (position - window, position]
+            hidden |= keys <= positions - window
+        scores = scores.masked_fill(hidden, float("-inf"))
         out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
     return out
 
 
-def run_case(seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1):
+def run_case(
+    seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1,
+    window=None, device="cuda",
+):  # fmt: skip
     rng = random.Random(seed)
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     seq_lens = [q + p for q, p in zip(query_lens, prefixes)]
     need = [-(-s // block_size) for s in seq_lens]
     num_blocks = sum(need) + 5
-    kv = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen, device="cuda").to(
+    kv = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen, device=device).to(
         dtype
     )
     order = list(range(num_blocks))
     rng.shuffle(order)
-    table = torch.zeros(len(seq_lens), max(need) + 3, dtype=torch.int32, device="cuda")
+    table = torch.zeros(len(seq_lens), max(need) + 3, dtype=torch.int32, device=device)
     k = 0
     for i, n in enumerate(need):
         table[i, :n] = torch.tensor(order[k : k + n], dtype=torch.int32)
         k += n
     tokens = sum(query_lens)
-    q = torch.randn(tokens, heads, dim, generator=gen, device="cuda").to(dtype)
+    q = torch.randn(tokens, heads, dim, generator=gen, device=device).to(dtype)
     qsl = [0]
     for n in query_lens:
         qsl.append(qsl[-1] + n)
@@ -56,18 +60,19 @@ def run_case(seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes
     partials = None
     if segments > 1:
         partials = (
-            torch.empty(tokens, heads, segments, dim, device="cuda"),
-            torch.empty(tokens, heads, segments, device="cuda"),
-            torch.empty(tokens, heads, segments, device="cuda"),
+            torch.empty(tokens, heads, segments, dim, device=device),
+            torch.empty(tokens, heads, segments, device=device),
+            torch.empty(tokens, heads, segments, device=device),
         )
     paged_attention(
-        q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
-        torch.tensor(qsl, dtype=torch.int32, device="cuda"), len(seq_lens), max(query_lens),
-        scale, segments, partials,
+        q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        torch.tensor(qsl, dtype=torch.int32, device=device), len(seq_lens), max(query_lens),
+        scale, segments, partials, window=window,
     )  # fmt: skip
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     assert not torch.isnan(out).any(), "an output element was not written"
-    expected = reference(q, kv, table, seq_lens, qsl, scale)
+    expected = reference(q, kv, table, seq_lens, qsl, scale, window)
     return ((out.double() - expected).norm() / expected.norm()).item()
 
 
@@ -94,6 +99,17 @@ def test_split_kv_decode(segments, dtype):
     prefixes = [0, 5, 333, 1999, 4096]
     error = run_case(3, 32, 8, 128, 16, dtype, query_lens, prefixes, segments)
     assert error < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("window", [1, 7, 64, 300])
+@pytest.mark.parametrize("segments", [1, 4])
+def test_sliding_window(window, segments):
+    """Prefill chunks and decodes of contexts shorter and much longer than the window; with
+    split-KV decodes, segments that fall wholly before the window read nothing."""
+    query_lens = [1, 1, 40, 1, 150] if segments == 1 else [1] * 5
+    prefixes = [0, 20, 500, 1999, 0]
+    error = run_case(5, 16, 4, 64, 16, torch.float32, query_lens, prefixes, segments, window)
+    assert error < TOLERANCE[torch.float32]
 
 
 def test_decode_only_many_requests():
