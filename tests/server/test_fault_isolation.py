@@ -26,10 +26,11 @@ def served(tiny_chat_model):
     config = EngineArgs(
         model=str(tiny_chat_model), kv_cache_memory_bytes="16M"
     ).create_engine_config()
+    stats = PrometheusStatLogger(model_name="tiny")  # fed by the engine, as in the server
     with engine_in_process():  # the runner is patched and a closure is a logits processor
-        engine = AsyncLLM(config, log_stats=False, stat_loggers=[])
+        engine = AsyncLLM(config, log_stats=False, stat_loggers=[stats])
     args = make_parser().parse_args([])
-    app = build_app(engine, args, PrometheusStatLogger(model_name="tiny"))
+    app = build_app(engine, args, stats)
     yield engine, app
     engine.shutdown()
 
@@ -81,6 +82,18 @@ def test_a_failing_http_request_gets_its_own_500(served, monkeypatch):
     assert texts(replies[:-1]) == expected
     assert all("secret detail" not in r.text for r in replies[:-1])
     assert_blocks_free(engine)
+    # The failure is counted (it once raised KeyError in the metrics, stopping the engine).
+    metrics = asyncio.run(_get(app, "/metrics")).text
+    assert (
+        'pagedllm:request_success_total{finished_reason="error",model_name="tiny"} 1.0' in metrics
+    )
+    assert texts(asyncio.run(post_all(app, bystander_bodies()[:1]))) == expected[:1]
+
+
+async def _get(app, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await http.get(path)
 
 
 def test_a_raising_logits_processor_fails_only_its_request(served):
