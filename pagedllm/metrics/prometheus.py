@@ -1,11 +1,19 @@
 """Prometheus metrics at ``/metrics``: vLLM's metric names, with the prefix ``pagedllm:``.
 
-Each server owns its registry (tests start several servers in one process).
+Each server owns its registry (tests start several servers in one process). With several
+API servers (``--api-server-count``) the supervisor gives them one directory in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode): each process writes
+its values there and any server's ``/metrics`` adds them all up. Every server sees the
+engine-wide counts, so only the first records them (``engine_wide``); each records the
+latencies and outcomes of the requests it served.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 
@@ -18,14 +26,24 @@ _E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 
 FINISH_REASONS = ("stop", "length", "abort", "error")  # every FinishReason, as vLLM
 
 
+def multiprocess_dir() -> str | None:
+    """Where the processes of one server write their values (multiprocess mode), if set."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class PrometheusStatLogger:
-    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, model_name: str, registry: CollectorRegistry | None = None, engine_wide: bool = True
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.engine_wide = engine_wide
         labels = ["model_name"]
         reg = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"pagedllm:{name}", doc, labels, registry=reg)
+            # Only the first server sets them; across processes, its latest value counts.
+            return Gauge(f"pagedllm:{name}", doc, labels, registry=reg,
+                         multiprocess_mode="livemostrecent")  # fmt: skip
 
         def counter(name: str, doc: str, extra: list[str] | None = None) -> Counter:
             return Counter(f"pagedllm:{name}", doc, labels + (extra or []), registry=reg)
@@ -57,14 +75,8 @@ class PrometheusStatLogger:
         ).labels(m)
 
     def record(self, step: IterationStats, snapshot: EngineSnapshot) -> None:
-        self.running.set(snapshot.num_running)
-        self.waiting.set(snapshot.num_waiting)
-        self.kv_usage.set(snapshot.kv_cache_usage)
-        self.prompt_tokens.inc(step.num_prompt_tokens)
-        self.generation_tokens.inc(step.num_generation_tokens)
-        self.preemptions.inc(step.num_preempted)
-        self.prefix_queries.inc(snapshot.prefix_cache_queries)
-        self.prefix_hits.inc(snapshot.prefix_cache_hits)
+        if self.engine_wide:
+            self._record_engine(step, snapshot)
         for value in step.time_to_first_tokens:
             self.ttft.observe(value)
         for value in step.inter_token_latencies:
@@ -73,5 +85,20 @@ class PrometheusStatLogger:
             self.e2e.observe(finished.e2e_latency)
             self.success[finished.finish_reason].inc()
 
+    def _record_engine(self, step: IterationStats, snapshot: EngineSnapshot) -> None:
+        self.running.set(snapshot.num_running)
+        self.waiting.set(snapshot.num_waiting)
+        self.kv_usage.set(snapshot.kv_cache_usage)
+        self.prompt_tokens.inc(step.num_prompt_tokens)
+        self.generation_tokens.inc(step.num_generation_tokens)
+        self.preemptions.inc(step.num_preempted)
+        self.prefix_queries.inc(snapshot.prefix_cache_queries)
+        self.prefix_hits.inc(snapshot.prefix_cache_hits)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=directory)
+        return generate_latest(merged)

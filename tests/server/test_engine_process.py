@@ -116,6 +116,14 @@ def test_the_engine_does_not_outlive_its_server(tiny_chat_model, tmp_path):
     assert gone_within(engine, 15), "the engine core outlived its killed server"
 
 
+def metric(exposition: str, name: str, label: str = "") -> float:
+    """The value of the sample ``name`` (with ``label`` among its labels) in a /metrics text."""
+    for line in exposition.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {label} not in /metrics")
+
+
 def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
     args = tiny_server_args(tiny_chat_model, "--api-server-count", "2")
     server = start_server(args, tmp_path / "server.log", env=SEPARATE)
@@ -140,6 +148,13 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
         replies = asyncio.run(send_all())
         assert [r.status_code for r in replies] == [200] * 16
         assert all(r.json()["usage"]["completion_tokens"] == 4 for r in replies)
+        # Whichever server answers /metrics reports both: each served some of the 16
+        # requests, and the engine-wide counts are recorded once.
+        for _ in range(6):  # new connections: both servers answer some of these
+            text = httpx.get(f"{server.url}/metrics", timeout=30).text
+            assert metric(text, "pagedllm:request_success_total", 'finished_reason="length"') == 16
+            assert metric(text, "pagedllm:generation_tokens_total") == 64
+            assert metric(text, "pagedllm:e2e_request_latency_seconds_count") == 16
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
     finally:

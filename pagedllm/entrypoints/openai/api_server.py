@@ -292,8 +292,8 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
     else:
         sock = socket.socket(fileno=connection.listen_fd)  # the supervisor's, shared
     served = args.served_model_name or [config.model_config.model]
-    stats = PrometheusStatLogger(model_name=served[0])
     first = connection is None or connection.client_index == 0
+    stats = PrometheusStatLogger(model_name=served[0], engine_wide=first)  # counted once
     engine = AsyncLLM(
         config,
         log_requests=args.enable_log_requests,

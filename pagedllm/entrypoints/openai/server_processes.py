@@ -12,10 +12,13 @@ the engine or a server dies, the others are stopped and the supervisor exits non
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -23,6 +26,7 @@ from types import FrameType
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_client import MPClient, engine_addresses, start_engine_process
 from pagedllm.logger import init_logger
+from pagedllm.metrics.prometheus import multiprocess_dir
 
 logger = init_logger(__name__)
 
@@ -51,8 +55,14 @@ def run_api_servers(args: argparse.Namespace, config: EngineConfig, listen_fd: i
     count = args.api_server_count
     input_address, outputs = engine_addresses(count)
     engine = start_engine_process(config, input_address, outputs)
+    # One metrics directory for the servers' processes (prometheus_client's multiprocess
+    # mode), so each /metrics reports all of them; the operator's own if set.
+    metrics_dir = multiprocess_dir() or tempfile.mkdtemp(prefix="pagedllm-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     servers = [
-        _start_server(args, EngineConnection(input_address, outputs[i], engine.pid, i, listen_fd))
+        _start_server(
+            args, EngineConnection(input_address, outputs[i], engine.pid, i, listen_fd), env
+        )
         for i in range(count)
     ]
     logger.info("Started %d API server processes sharing engine core %d", count, engine.pid)
@@ -63,13 +73,18 @@ def run_api_servers(args: argparse.Namespace, config: EngineConfig, listen_fd: i
         for server in servers:
             _stop(server)
         _stop(engine)
+        if multiprocess_dir() is None:  # ours: the values die with the servers
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _start_server(args: argparse.Namespace, connection: EngineConnection) -> subprocess.Popen:
+def _start_server(
+    args: argparse.Namespace, connection: EngineConnection, env: dict[str, str]
+) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "pagedllm.entrypoints.openai.server_processes"],
         stdin=subprocess.PIPE,
         pass_fds=(connection.listen_fd,),
+        env=env,
     )
     assert process.stdin is not None
     # Kept open: its end tells the server that its supervisor is gone.
