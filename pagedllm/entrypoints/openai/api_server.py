@@ -51,7 +51,9 @@ from pagedllm.entrypoints.openai.server_processes import EngineConnection, run_a
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
 from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
 from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
+from pagedllm.entrypoints.openai.serving_messages import install_messages_routes
 from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.serving_responses import install_responses_routes
 from pagedllm.entrypoints.openai.serving_tokenization import TokenizationHandler
 from pagedllm.entrypoints.openai.shutdown import GracefulServer, ServingState
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool_parser
@@ -246,6 +248,11 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         return await unless_disconnected(raw, chat.create(body)) or Response(status_code=499)
+
+    install_messages_routes(app, chat)
+    install_responses_routes(
+        app, chat, limits.max_stored_responses, limits.max_stored_response_bytes
+    )
 
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request) -> Response:

@@ -1,7 +1,9 @@
 """OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
 
 Every failure a client can cause is turned into one of these with a 4xx status and a
-sentence that names what was wrong; the engine keeps serving everyone else.
+sentence that names what was wrong; the engine keeps serving everyone else. Anthropic's
+Messages API (``/v1/messages*``) answers the same failures in Anthropic's shape,
+``{"type": "error", "error": {"type", "message"}}``, since its clients parse only that.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagedllm.engine.async_llm import EngineDeadError, EngineOverloadedError, RequestFailedError
+from pagedllm.entrypoints.openai.messages_protocol import (
+    AnthropicErrorInfo,
+    AnthropicErrorResponse,
+)
 from pagedllm.entrypoints.openai.protocol import ErrorInfo, ErrorResponse, UnsupportedField
 from pagedllm.logger import init_logger
 
@@ -30,6 +36,20 @@ _TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
+# Anthropic's error types by status (its clients pick exception classes by status; the type
+# is for people reading the body).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+MESSAGES_PATH = "/v1/messages"
 # Seconds a client told the server is overloaded should wait before retrying.
 RETRY_AFTER_S = 1
 # A ValueError that starts with a field name ("top_p must be in (0, 1], got 2.") names it.
@@ -49,6 +69,33 @@ def error_body(message: str, status: int, param: str | None = None) -> dict:
 
 def error_response(message: str, status: int, param: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, status, param), status_code=status)
+
+
+def anthropic_error_body(message: str, status: int) -> dict:
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return AnthropicErrorResponse(error=AnthropicErrorInfo(type=kind, message=message)).model_dump()
+
+
+def route_path(scope: dict) -> str:
+    """The request's path below ``root_path`` (behind a path-routing proxy)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+def error_body_for(scope: dict, message: str, status: int, param: str | None = None) -> dict:
+    """The error in the shape the request's API speaks: Anthropic's under /v1/messages."""
+    path = route_path(scope)
+    if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"):
+        return anthropic_error_body(message, status)
+    return error_body(message, status, param)
+
+
+def _error_response_for(
+    request: Request, message: str, status: int, param: str | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body_for(request.scope, message, status, param), status_code=status)
 
 
 def from_value_error(exc: ValueError) -> OpenAIError:
@@ -86,28 +133,28 @@ def install_error_handlers(app: FastAPI) -> None:
     """Unhandled exceptions are left to ``ErrorMiddleware`` (one log line, one 500)."""
 
     @app.exception_handler(OpenAIError)
-    async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
-        return error_response(exc.message, exc.status, exc.param)
+    async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
+        return _error_response_for(request, exc.message, exc.status, exc.param)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _describe_validation(exc)
-        return error_response(message, 400, param)
+        return _error_response_for(request, message, 400, param)
 
     for kind in (ValueError, RequestFailedError, EngineOverloadedError, EngineDeadError):
 
         @app.exception_handler(kind)
-        async def _engine(_: Request, exc: Exception) -> JSONResponse:
+        async def _engine(request: Request, exc: Exception) -> JSONResponse:
             err = from_engine_error(exc)
             assert err is not None
             headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
-            response = error_response(err.message, err.status, err.param)
+            response = _error_response_for(request, err.message, err.status, err.param)
             response.headers.update(headers or {})
             return response
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = error_response(str(exc.detail), exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error_response_for(request, str(exc.detail), exc.status_code)
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 

@@ -30,6 +30,12 @@ class ServerLimits:
     shutdown_timeout_s: float = 30.0
     # A chat template render past this many seconds is a 400.
     chat_template_render_timeout_s: float = 10.0
+    # /v1/responses keeps this many finished responses in memory (for retrieval and
+    # previous_response_id), evicting the oldest; 0 keeps none.
+    max_stored_responses: int = 1000
+    # ... and at most this many bytes of them (their JSON): a client could otherwise make
+    # the server hold 1000 responses of 64 MiB requests each.
+    max_stored_response_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         positive = {
@@ -43,6 +49,14 @@ class ServerLimits:
                 raise ValueError(f"{flag} must be positive, got {value}.")
         if self.shutdown_timeout_s < 0:
             raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout_s}.")
+        if self.max_stored_response_bytes < 0:
+            raise ValueError(
+                f"--max-stored-response-bytes must be >= 0, got {self.max_stored_response_bytes}."
+            )
+        if self.max_stored_responses < 0:
+            raise ValueError(
+                f"--max-stored-responses must be >= 0, got {self.max_stored_responses}."
+            )
         for flag, value in (("--max-waiting-requests", self.max_waiting_requests),
                             ("--max-n", self.max_n)):  # fmt: skip
             if value is not None and value < 1:
@@ -58,6 +72,8 @@ class ServerLimits:
             max_n=args.max_n,
             shutdown_timeout_s=args.shutdown_timeout,
             chat_template_render_timeout_s=args.chat_template_render_timeout,
+            max_stored_responses=args.max_stored_responses,
+            max_stored_response_bytes=args.max_stored_response_bytes,
         )
 
 
@@ -79,3 +95,8 @@ def add_limit_flags(flag: Any) -> None:
     flag("chat-template-render-timeout", type=float,
          default=defaults.chat_template_render_timeout_s,
          help="seconds a chat template may take to render (400 past it)")  # fmt: skip
+    flag("max-stored-responses", type=int, default=defaults.max_stored_responses,
+         help="finished /v1/responses kept for retrieval and previous_response_id, oldest "
+              "evicted first (0: none)")  # fmt: skip
+    flag("max-stored-response-bytes", type=int, default=defaults.max_stored_response_bytes,
+         help="bytes (as JSON) the stored /v1/responses may take, oldest out first")  # fmt: skip

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagedllm.entrypoints.openai.docs import ASSETS
-from pagedllm.entrypoints.openai.errors import error_body
+from pagedllm.entrypoints.openai.errors import error_body_for
+from pagedllm.entrypoints.openai.errors import route_path as _path
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -42,17 +43,11 @@ OPEN_PATHS = frozenset(
 )
 
 
-def _path(scope: dict) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    return path
-
-
 async def _send_error(
     scope: dict, receive: Any, send: Any, message: str, status: int, headers: dict | None = None
 ) -> None:
-    response = JSONResponse(error_body(message, status), status_code=status, headers=headers)
+    body = error_body_for(scope, message, status)  # Anthropic-shaped under /v1/messages
+    response = JSONResponse(body, status_code=status, headers=headers)
     await response(scope, receive, send)
 
 
@@ -70,8 +65,9 @@ class _TrackedSend:
 
 
 class ApiKeyMiddleware:
-    """Every route but OPEN_PATHS needs ``Authorization: Bearer <key>`` (401 otherwise); the
-    scheme name is case-insensitive, as HTTP defines it."""
+    """Every route but OPEN_PATHS needs the key, as ``Authorization: Bearer <key>`` (the
+    scheme name case-insensitive, as HTTP defines it) or as ``x-api-key: <key>``, the header
+    Anthropic's clients send (vLLM takes only the first); 401 otherwise."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
@@ -81,16 +77,23 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or _path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, credentials = given.partition(b" ")
-        valid = scheme.lower() == b"bearer" and secrets.compare_digest(
-            credentials.strip(), self.expected
-        )
-        if not valid:
-            message = "Missing or invalid API key (send 'Authorization: Bearer <key>')."
+        if not self._valid(dict(scope["headers"])):
+            message = (
+                "Missing or invalid API key (send 'Authorization: Bearer <key>' or "
+                "'x-api-key: <key>')."
+            )
             await _send_error(scope, receive, send, message, 401)
             return
         await self.app(scope, receive, send)
+
+    def _valid(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        bearer = scheme.lower() == b"bearer" and secrets.compare_digest(
+            credentials.strip(), self.expected
+        )
+        x_api_key = headers.get(b"x-api-key")
+        keyed = x_api_key is not None and secrets.compare_digest(x_api_key.strip(), self.expected)
+        return bearer or keyed
 
 
 class _BodyRefused(StarletteHTTPException):

@@ -95,6 +95,15 @@ class ChatHandler:
         response = self._response(request, request_id, model, final, opened, prefix, tools)
         return JSONResponse(response.model_dump())
 
+    async def prompt_token_ids(self, request: ChatCompletionRequest) -> list[int]:
+        """The prompt ``create`` would run for this request, unrun (Anthropic's
+        count_tokens): the same checks and render, so the two counts cannot drift."""
+        self.models.resolve(request.model)
+        tools = plan_tool_choice(
+            request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_parser
+        )
+        return (await self._render(request, tools))[1]
+
     async def _render(
         self, request: ChatCompletionRequest, tools: ToolChoice
     ) -> tuple[str, list[int]]:

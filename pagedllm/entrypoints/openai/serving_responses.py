@@ -1,0 +1,686 @@
+"""``/v1/responses``: OpenAI's Responses API over the chat endpoint's path.
+
+A Responses request is translated into a ``ChatCompletionRequest`` and run by
+``ChatHandler.create``, so it shares everything a chat request gets (chat template, limits,
+sampling checks, structured outputs, the reasoning and tool-call parsers); the chat answer
+(a completion, or its stream of chunks) is translated back into a ``response`` object or the
+Responses event stream. Finished responses are kept in a bounded in-memory store for
+``GET /v1/responses/{id}`` and ``previous_response_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from pagedllm.entrypoints.openai import sse
+from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.entrypoints.openai.middleware import unless_disconnected
+from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
+from pagedllm.entrypoints.openai.responses_protocol import (
+    ContentPart,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    IncompleteDetails,
+    InputItem,
+    InputTokensDetails,
+    MessageItem,
+    OutputTokensDetails,
+    ReasoningItem,
+    RefusedField,
+    ResponseError,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    TextConfig,
+    ToolChoiceObject,
+    function_call_item,
+    item_id,
+    message_item,
+    reasoning_item,
+    response_id,
+)
+from pagedllm.entrypoints.openai.serving_chat import ChatHandler
+from pagedllm.entrypoints.openai.unknown_fields import note_inert_field
+
+# Request fields that mean the same in a chat request, copied when set.
+_SAME_IN_CHAT = (
+    "temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty",
+    "frequency_penalty", "repetition_penalty", "logit_bias", "ignore_eos", "skip_special_tokens",
+    "include_stop_str_in_output", "include_reasoning", "priority", "cache_salt",
+    "prompt_cache_key", "chat_template_kwargs", "user", "parallel_tool_calls",
+)  # fmt: skip
+_TEXT_PARTS = ("input_text", "output_text")
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    response: dict[str, Any]  # the response object, as returned
+    # The conversation up to and including this response, as chat messages, without the
+    # request's instructions: as OpenAI specifies, instructions do not carry over to a
+    # response that continues this one.
+    conversation: list[dict[str, Any]]
+
+
+class ResponseStore:
+    """Finished responses by id, at most ``max_entries`` of them and ``max_bytes`` of their
+    JSON (the oldest evicted first; one larger than ``max_bytes`` is not kept);
+    ``max_entries`` 0 keeps nothing. Used only from the event loop, so it needs no lock."""
+
+    def __init__(self, max_entries: int, max_bytes: int = 256 << 20) -> None:
+        if max_entries < 0:
+            raise ValueError(f"--max-stored-responses must be at least 0, got {max_entries}.")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[StoredResponse, int]] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, response_id: str, entry: StoredResponse) -> None:
+        size = len(json.dumps([entry.response, entry.conversation], default=str))
+        if self.max_entries == 0 or size > self.max_bytes:
+            return
+        self._drop(response_id)
+        self._entries[response_id] = (entry, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, response_id: str) -> None:
+        dropped = self._entries.pop(response_id, None)
+        if dropped is not None:
+            self._bytes -= dropped[1]
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        found = self._entries.get(response_id)
+        return None if found is None else found[0]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def not_found(response_id: str, param: str = "response_id") -> OpenAIError:
+    return OpenAIError(f"Response with id '{response_id}' not found.", 404, param)
+
+
+# -- request translation ------------------------------------------------------------------
+
+
+def input_messages(items: str | list[InputItem]) -> list[dict[str, Any]]:
+    """The request's ``input`` as chat messages (a string is one user message)."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    messages: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        _add_item(messages, item, index)
+    return messages
+
+
+def _add_item(messages: list[dict[str, Any]], item: InputItem, index: int) -> None:
+    """Append one input item. Items that belong to one assistant turn (reasoning, text,
+    calls) are merged into one assistant message, as vLLM does, since chat templates
+    render a turn's calls with its text."""
+    last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
+    if isinstance(item, MessageItem):
+        text = _text(item.content, index)
+        if item.role == "assistant" and last is not None and last.get("content") is None:
+            last["content"] = text
+        else:
+            messages.append({"role": item.role, "content": text})
+    elif isinstance(item, FunctionCallItem):
+        _add_call(messages, item.call_id, item.name, item.arguments)
+    elif isinstance(item, FunctionCallOutputItem):
+        messages.append(
+            {"role": "tool", "tool_call_id": item.call_id, "content": _text(item.output, index)}
+        )
+    elif isinstance(item, ReasoningItem):
+        text = _reasoning_text(item, index)
+        if last is not None and "reasoning" not in last:
+            last["reasoning"] = text
+        else:
+            messages.append({"role": "assistant", "content": None, "reasoning": text})
+    else:
+        raise RefusedField(
+            "input", f"input[{index}]: items of type {item.type!r} are not supported by "
+            "pagedllm; send message, function_call, function_call_output or reasoning items.",
+        )  # fmt: skip
+
+
+def _add_call(messages: list[dict[str, Any]], call_id: str, name: str, arguments: str) -> None:
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _text(content: str | list[ContentPart], index: int) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type not in _TEXT_PARTS:
+            raise RefusedField(
+                "input", f"input[{index}]: content parts of type {part.type!r} are not "
+                "supported by pagedllm; only text (input_text, output_text) is served.",
+            )  # fmt: skip
+        if part.text is None:
+            raise ValueError(f"input[{index}]: a {part.type} part needs its text.")
+        texts.append(part.text)
+    return "\n".join(texts)  # as the chat endpoint joins text parts
+
+
+def _reasoning_text(item: ReasoningItem, index: int) -> str:
+    if item.encrypted_content is not None:
+        raise RefusedField(
+            "input", f"input[{index}]: encrypted reasoning content is not supported by "
+            "pagedllm; send the reasoning item's content as text.",
+        )  # fmt: skip
+    parts = item.content or item.summary
+    return parts[0].text if parts else ""
+
+
+def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output items as the chat messages a continuing request sees. Reasoning
+    is left out, as vLLM does: models are not shown their earlier thinking."""
+    messages: list[dict[str, Any]] = []
+    for item in output:
+        if item["type"] == "message":
+            text = "".join(part["text"] for part in item["content"])
+            messages.append({"role": "assistant", "content": text})
+        elif item["type"] == "function_call":
+            _add_call(messages, item["call_id"], item["name"], item["arguments"])
+    return messages
+
+
+def continues_final_message(items: str | list[InputItem]) -> bool:
+    """An input that ends with an unfinished assistant message asks the model to continue
+    it (vLLM's rule: status in_progress or incomplete)."""
+    if isinstance(items, str) or not items:
+        return False
+    last = items[-1]
+    return (
+        isinstance(last, MessageItem)
+        and last.role == "assistant"
+        and last.status in ("in_progress", "incomplete")
+    )
+
+
+def chat_request(
+    request: ResponsesRequest,
+    messages: list[dict[str, Any]],
+    continue_final: bool,
+    response_id: str | None = None,
+) -> ChatCompletionRequest:
+    """The chat request that runs a Responses request (under the response's id, so the
+    engine's logs name it)."""
+    logprobs = request.wants_logprobs()
+    fields: dict[str, Any] = {
+        "model": request.model,
+        "request_id": response_id,
+        "messages": messages,
+        "stream": bool(request.stream),
+        "stream_options": {"include_usage": True} if request.stream else None,
+        "max_completion_tokens": request.max_output_tokens,
+        "tools": [_chat_tool(t) for t in request.tools or [] if isinstance(t, FunctionTool)]
+        or None,
+        "tool_choice": _chat_tool_choice(request.tool_choice),
+        "response_format": _response_format(request.text),
+        "reasoning_effort": request.reasoning.effort if request.reasoning else None,
+        "logprobs": logprobs,
+        "top_logprobs": (request.top_logprobs or 0) if logprobs else None,
+        "add_generation_prompt": not continue_final,
+        "continue_final_message": continue_final,
+        **{name: getattr(request, name) for name in _SAME_IN_CHAT},
+    }
+    try:
+        return ChatCompletionRequest.model_validate(
+            {k: v for k, v in fields.items() if v is not None}
+        )
+    except ValidationError as exc:
+        # Field types match, so this is a value the chat request refuses: one line of it.
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ValueError(f"{where}: {first.get('msg', 'invalid value')}") from None
+
+
+def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
+    function = tool.model_dump(exclude={"type"}, exclude_none=True)
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(choice: str | ToolChoiceObject | None) -> str | dict[str, Any] | None:
+    if isinstance(choice, ToolChoiceObject):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _response_format(text: TextConfig | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if text.verbosity not in (None, "medium"):
+        note_inert_field("ResponsesRequest", "text.verbosity", "the model's length is its own")
+    spec = text.format
+    if spec is None or spec.type == "text":
+        return None
+    if spec.type == "json_object":
+        return {"type": "json_object"}
+    schema = {"name": spec.name, "schema": spec.schema_, "strict": spec.strict}
+    return {
+        "type": "json_schema",
+        "json_schema": {k: v for k, v in schema.items() if v is not None},
+    }
+
+
+# -- the handler ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Turn:
+    """What one create call carries from its request to its response."""
+
+    request: ResponsesRequest
+    id: str
+    model: str
+    created_at: int
+    # previous conversation + this input (without instructions): stored with the output
+    conversation: list[dict[str, Any]]
+
+
+class ResponsesHandler:
+    def __init__(self, chat: ChatHandler, store: ResponseStore) -> None:
+        self.chat = chat
+        self.store = store
+
+    async def create(self, request: ResponsesRequest) -> Response:
+        request.refuse_unserved()
+        if request.reasoning and (request.reasoning.summary or request.reasoning.generate_summary):
+            note_inert_field("ResponsesRequest", "reasoning.summary", "no summaries are written")
+        model = self.chat.models.resolve(request.model)
+        previous = self._previous(request.previous_response_id)
+        conversation = (previous.conversation if previous else []) + input_messages(request.input)
+        if not conversation:
+            raise ValueError("input must not be empty.")
+        system = [{"role": "system", "content": request.instructions}]
+        messages = (system if request.instructions else []) + conversation
+        turn = _Turn(request, response_id(), model, int(time.time()), conversation)
+        chat = chat_request(request, messages, continues_final_message(request.input), turn.id)
+        result = await self.chat.create(chat)
+        if isinstance(result, StreamingResponse):
+            events = self._stream(turn, result.body_iterator)
+            return StreamingResponse(events, media_type="text/event-stream")
+        response = await self._from_completion(turn, json.loads(result.body))
+        return JSONResponse(response)
+
+    def retrieve(self, response_id: str, stream: bool) -> JSONResponse:
+        if stream:
+            raise RefusedField(
+                "stream", "Streaming a stored response is for background responses, which "
+                "pagedllm does not run; retrieve it without stream.",
+            )  # fmt: skip
+        stored = self.store.get(response_id)
+        if stored is None:
+            raise not_found(response_id)
+        return JSONResponse(stored.response)
+
+    def cancel(self, response_id: str) -> JSONResponse:
+        """As vLLM: only background responses can be cancelled, and every response here
+        has finished by the time its id is known."""
+        if self.store.get(response_id) is None:
+            raise not_found(response_id)
+        raise OpenAIError("Cannot cancel a synchronous response.", 400, "response_id")
+
+    def _previous(self, previous_id: str | None) -> StoredResponse | None:
+        if previous_id is None:
+            return None
+        stored = self.store.get(previous_id)
+        if stored is None:
+            raise not_found(previous_id, "previous_response_id")
+        return stored
+
+    # -- building the response -----------------------------------------------------------
+
+    async def _from_completion(self, turn: _Turn, completion: dict[str, Any]) -> dict[str, Any]:
+        choice = completion["choices"][0]
+        message = choice["message"]
+        reasoning, content = message.get("reasoning"), message.get("content")
+        output = []
+        if reasoning:
+            output.append(reasoning_item(item_id("rs"), reasoning, "completed"))
+        if content:
+            logprobs = (choice.get("logprobs") or {}).get("content")
+            output.append(message_item(item_id("msg"), content, logprobs, "completed"))
+        for call in message.get("tool_calls") or []:
+            function = call["function"]
+            output.append(
+                function_call_item(
+                    item_id("fc"), call["id"], function["name"], function["arguments"], "completed"
+                )
+            )
+        usage = await self._usage(completion["usage"], reasoning or "")
+        return self._finish(turn, choice["finish_reason"], output, usage)
+
+    async def _usage(self, chat_usage: dict[str, Any] | None, reasoning: str) -> ResponseUsage:
+        """Responses' usage from the chat's. Reasoning tokens are the reasoning text
+        tokenized again: the parser splits text, not token ids."""
+        chat_usage = chat_usage or {}
+        prompt, completion = (
+            chat_usage.get("prompt_tokens", 0),
+            chat_usage.get("completion_tokens", 0),
+        )
+        cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        thought = len(await self.chat.renderer.encode(reasoning, False)) if reasoning else 0
+        return ResponseUsage(
+            input_tokens=prompt,
+            input_tokens_details=InputTokensDetails(cached_tokens=cached),
+            output_tokens=completion,
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=min(thought, completion)),
+            total_tokens=prompt + completion,
+        )
+
+    def _finish(
+        self,
+        turn: _Turn,
+        finish_reason: str | None,
+        output: list[dict[str, Any]],
+        usage: ResponseUsage,
+    ) -> dict[str, Any]:
+        """The final response object; kept in the store when the request asked for it."""
+        response = self._response(turn, "completed", output, usage)
+        if finish_reason == "length":
+            response.status = "incomplete"
+            response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
+        elif finish_reason == "error":
+            response.status = "failed"
+            response.error = ResponseError(
+                code="server_error", message="The engine could not complete this request."
+            )
+        body = response.model_dump()
+        if turn.request.store:
+            conversation = turn.conversation + output_messages(output)
+            self.store.put(turn.id, StoredResponse(body, conversation))
+        return body
+
+    def _response(
+        self,
+        turn: _Turn,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: ResponseUsage | None,
+    ) -> ResponseObject:
+        """The response object with the request's settings echoed, as OpenAI and vLLM do."""
+        request, defaults = turn.request, self.chat.defaults
+        tools = [t.model_dump(by_alias=True) for t in request.tools or []]
+        choice = request.tool_choice
+        text = request.text.model_dump(by_alias=True, exclude_none=True) if request.text else {}
+        return ResponseObject(
+            id=turn.id,
+            created_at=turn.created_at,
+            status=status,  # type: ignore[arg-type]
+            instructions=request.instructions,
+            max_output_tokens=request.max_output_tokens,
+            max_tool_calls=request.max_tool_calls,
+            model=turn.model,
+            output=output,
+            parallel_tool_calls=request.parallel_tool_calls is not False,
+            previous_response_id=request.previous_response_id,
+            reasoning=request.reasoning.model_dump() if request.reasoning else None,
+            service_tier=request.service_tier or "auto",
+            temperature=_pick(request.temperature, defaults.get("temperature"), 1.0),
+            text={"format": {"type": "text"}, **text},
+            tool_choice=(choice.model_dump() if isinstance(choice, ToolChoiceObject) else choice)
+            or ("auto" if tools else "none"),
+            tools=tools,
+            top_logprobs=request.top_logprobs,
+            top_p=_pick(request.top_p, defaults.get("top_p"), 1.0),
+            truncation=request.truncation or "disabled",
+            usage=usage,
+            user=request.user,
+            metadata=request.metadata,
+        )
+
+    # -- streaming -----------------------------------------------------------------------
+
+    async def _stream(self, turn: _Turn, chunks: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+        """The Responses events for a chat stream's chunks. Closing this stream (client
+        gone) closes the chat stream, which aborts the request."""
+        events = _EventWriter()
+        start = self._response(turn, "in_progress", [], None).model_dump()
+        yield events.event("response.created", response=start)
+        yield events.event("response.in_progress", response=start)
+        finish_reason, usage = None, None
+        try:
+            async for raw in chunks:
+                chunk = _chunk(raw)
+                if chunk is None:
+                    break
+                if "error" in chunk:
+                    for event in self._failed(turn, events, chunk["error"]):
+                        yield event
+                    return
+                usage = chunk.get("usage") or usage
+                for choice in chunk["choices"]:
+                    for event in events.delta(choice["delta"], choice.get("logprobs")):
+                        yield event
+                    finish_reason = choice.get("finish_reason") or finish_reason
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+        for event in events.close():
+            yield event
+        final_usage = await self._usage(usage, events.reasoning)
+        final = self._finish(turn, finish_reason, events.output, final_usage)
+        yield events.event("response.completed", response=final)
+
+    def _failed(self, turn: _Turn, events: _EventWriter, error: dict[str, Any]) -> list[bytes]:
+        """OpenAI's ``error`` event, then ``response.failed`` (nothing is stored)."""
+        message = str(error.get("message", "The request failed."))
+        status = error.get("code")
+        client_side = isinstance(status, int) and 400 <= status < 500
+        code = "invalid_request_error" if client_side else "server_error"
+        failed = self._response(turn, "failed", events.output, None)
+        failed.error = ResponseError(code=code, message=message)
+        return [
+            events.event("error", code=code, message=message, param=error.get("param")),
+            events.event("response.failed", response=failed.model_dump()),
+        ]
+
+
+def _pick(value: float | None, default: Any, fallback: float) -> float:
+    if value is not None:
+        return value
+    return default if isinstance(default, int | float) else fallback
+
+
+def _chunk(raw: bytes | str) -> dict[str, Any] | None:
+    """One chat SSE event's JSON (the chat stream yields one event per item); None at the
+    end of the stream."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    data = text.strip().removeprefix("data: ")
+    return None if data == "[DONE]" else json.loads(data)
+
+
+@dataclass
+class _OpenItem:
+    kind: str  # "reasoning" | "message" | "function_call"
+    id: str
+    output_index: int
+    text: str = ""  # the reasoning, the message text, or the call's arguments
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    call_index: int | None = None
+
+
+class _EventWriter:
+    """Responses stream events from chat deltas. One output item is open at a time (the
+    reasoning, the message, or one function call, in the order the deltas bring them); a
+    delta of another kind closes it and opens the next, as vLLM's simple event processor
+    does."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []  # closed items, in output order
+        self.reasoning = ""  # all reasoning text, for usage
+        self._logprobs: list[dict[str, Any]] = []  # not yet sent with a text delta
+        self._open: _OpenItem | None = None
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        body = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\n" + sse.event(body)
+
+    def delta(self, delta: dict[str, Any], logprobs: dict[str, Any] | None) -> list[bytes]:
+        """The events for one chat delta: its reasoning, then its text, then its calls."""
+        events: list[bytes] = []
+        # Tokens whose text the parsers hold back (or route to reasoning) bring logprobs
+        # without text: they go with the next text delta, so the message's logprobs cover
+        # every token, as the non-streamed response's do.
+        self._logprobs += (logprobs or {}).get("content") or []
+        if delta.get("reasoning"):
+            self.reasoning += delta["reasoning"]
+            events += self._text("reasoning", delta["reasoning"], [])
+        if delta.get("content"):
+            events += self._text("message", delta["content"], self._logprobs)
+            self._logprobs = []
+        for piece in delta.get("tool_calls") or []:
+            events += self._call(piece)
+        return events
+
+    def close(self) -> list[bytes]:
+        """The done events of the open item (none when nothing is open)."""
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        if item.kind == "function_call":
+            done = function_call_item(item.id, item.call_id, item.name, item.text, "completed")
+            events = [
+                self._at(
+                    item,
+                    "response.function_call_arguments.done",
+                    name=item.name,
+                    arguments=item.text,
+                )
+            ]
+        else:
+            done, part, kind = self._done_parts(item)
+            extra = {"logprobs": item.logprobs} if item.kind == "message" else {}
+            events = [
+                self._at(item, f"response.{kind}.done", content_index=0, text=item.text, **extra),
+                self._at(item, "response.content_part.done", content_index=0, part=part),
+            ]
+        self.output.append(done)
+        done_event = self.event(
+            "response.output_item.done", output_index=item.output_index, item=done
+        )
+        events.append(done_event)
+        return events
+
+    @staticmethod
+    def _done_parts(item: _OpenItem) -> tuple[dict[str, Any], dict[str, Any], str]:
+        if item.kind == "reasoning":
+            done = reasoning_item(item.id, item.text, "completed")
+            return done, {"type": "reasoning_text", "text": item.text}, "reasoning_text"
+        done = message_item(item.id, item.text, item.logprobs, "completed")
+        return done, done["content"][0], "output_text"
+
+    def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]] | None) -> list[bytes]:
+        events = [] if self._open and self._open.kind == kind else self._switch(kind)
+        item = self._open
+        assert item is not None
+        item.text += text
+        if kind == "reasoning":
+            delta = self._at(item, "response.reasoning_text.delta", content_index=0, delta=text)
+            return [*events, delta]
+        item.logprobs += logprobs or []
+        delta = self._at(
+            item,
+            "response.output_text.delta",
+            content_index=0,
+            delta=text,
+            logprobs=logprobs or [],
+        )
+        return [*events, delta]
+
+    def _call(self, piece: dict[str, Any]) -> list[bytes]:
+        """A piece of a tool call: its first piece (with the call's id and name) opens a
+        function_call item; every piece adds arguments text."""
+        index, function = piece.get("index"), piece.get("function") or {}
+        item = self._open
+        events: list[bytes] = []
+        if item is None or item.kind != "function_call" or item.call_index != index:
+            events = self._switch("function_call")
+            item = self._open
+            assert item is not None
+            item.call_index, item.name = index, function.get("name") or ""
+            item.call_id = piece.get("id") or item_id("call")
+            added = function_call_item(item.id, item.call_id, item.name, "", "in_progress")
+            added_event = self.event(
+                "response.output_item.added", output_index=item.output_index, item=added
+            )
+            events.append(added_event)
+        arguments = function.get("arguments") or ""
+        if arguments:
+            item.text += arguments
+            events.append(self._at(item, "response.function_call_arguments.delta", delta=arguments))
+        return events
+
+    def _switch(self, kind: str) -> list[bytes]:
+        """Close the open item and open one of ``kind`` (function calls announce themselves
+        once their name is known, in ``_call``)."""
+        events = self.close()
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
+        item = self._open = _OpenItem(kind, item_id(prefix), len(self.output))
+        if kind == "function_call":
+            return events
+        if kind == "reasoning":
+            added = reasoning_item(item.id, "", "in_progress")
+            part: dict[str, Any] = {"type": "reasoning_text", "text": ""}
+        else:
+            added = message_item(item.id, "", None, "in_progress")
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            *events,
+            self.event("response.output_item.added", output_index=item.output_index, item=added),
+            self._at(item, "response.content_part.added", content_index=0, part=part),
+        ]
+
+    def _at(self, item: _OpenItem, kind: str, **fields: Any) -> bytes:
+        return self.event(kind, item_id=item.id, output_index=item.output_index, **fields)
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def install_responses_routes(
+    app: FastAPI, chat: ChatHandler, max_stored_responses: int, max_stored_bytes: int
+) -> ResponsesHandler:
+    """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``POST
+    /v1/responses/{id}/cancel`` on ``app``, answered through ``chat``."""
+    handler = ResponsesHandler(chat, ResponseStore(max_stored_responses, max_stored_bytes))
+
+    @app.post("/v1/responses")
+    async def create_response(body: ResponsesRequest, raw: Request) -> Response:
+        return await unless_disconnected(raw, handler.create(body)) or Response(status_code=499)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(response_id: str, stream: bool = False) -> JSONResponse:
+        return handler.retrieve(response_id, stream)
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str) -> JSONResponse:
+        return handler.cancel(response_id)
+
+    return handler
