@@ -133,8 +133,9 @@ def tiny_server_args(model: Path, *flags: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server on the tiny model with small limits, that runs request chat templates, and
-    serves no API docs."""
+    """A server on the tiny model with small limits, that runs request chat templates, serves
+    no API docs, answers as "bot", gives every template two variables and every stream its
+    usage."""
     log = tmp_path_factory.mktemp("limited") / "server.log"
     args = tiny_server_args(
         tiny_chat_model,
@@ -147,6 +148,9 @@ def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--trust-request-chat-template",
         "--chat-template-render-timeout", "2",
         "--disable-fastapi-docs",
+        "--response-role", "bot",
+        "--default-chat-template-kwargs", '{"greeting": "hi", "mood": "calm"}',
+        "--enable-force-include-usage",
     )  # fmt: skip
     running = start_server(args, log)
     yield running

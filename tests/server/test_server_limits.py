@@ -5,6 +5,7 @@ misbehave, the waiting queue (503 with Retry-After), and n / best_of past --max-
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -124,3 +125,37 @@ def test_the_waiting_queue_is_bounded(limited):
 def test_disable_fastapi_docs_removes_the_schema_and_pages(limited):
     for path in ("/openapi.json", "/docs", "/redoc", "/docs/swagger-ui-bundle.js"):
         assert httpx.get(f"{limited.url}{path}").status_code == 404, path
+
+
+def test_chat_serve_flags(limited):
+    """--response-role, --default-chat-template-kwargs (under the request's own) and
+    --enable-force-include-usage; the tokenizer is one token per character, so a prompt's
+    token count is its rendered length."""
+    template = "{{ greeting }}-{{ mood }}:{{ messages[0]['content'] }}"
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+            "chat_template": template, "add_generation_prompt": False}  # fmt: skip
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=limited.url, headers=headers, timeout=60) as http:
+        plain = http.post("/v1/chat/completions", json=body).json()
+        own = http.post("/v1/chat/completions", json={
+            **body, "chat_template_kwargs": {"greeting": "hello"}}).json()  # fmt: skip
+        with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                      if line.startswith("data: {")]  # fmt: skip
+    assert plain["choices"][0]["message"]["role"] == "bot"
+    assert plain["usage"]["prompt_tokens"] == len("hi-calm:x")
+    assert own["usage"]["prompt_tokens"] == len("hello-calm:x")
+    assert chunks[0]["choices"][0]["delta"]["role"] == "bot"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_lora_flags_are_refused_by_name():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "serve", "--max_loras", "2",
+         "--lora-modules", "a=/x"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--max-loras, --lora-modules: LoRA adapters are not supported" in done.stderr

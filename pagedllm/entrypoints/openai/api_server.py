@@ -48,7 +48,7 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.reasoning import REASONING_PARSER_NAMES, get_reasoning_parser
 from pagedllm.entrypoints.openai.server_processes import EngineConnection, run_api_servers
-from pagedllm.entrypoints.openai.serving_chat import ChatHandler
+from pagedllm.entrypoints.openai.serving_chat import ChatHandler, ChatOptions
 from pagedllm.entrypoints.openai.serving_completion import CompletionHandler
 from pagedllm.entrypoints.openai.serving_generate import GenerateHandler
 from pagedllm.entrypoints.openai.serving_messages import install_messages_routes
@@ -92,6 +92,27 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("tool-call-parser", default=None, choices=TOOL_PARSER_NAMES)
     flag("tool-parser-plugin", default="", help="not supported: the built-in parsers only")
     flag("exclude-tools-when-tool-choice-none", action="store_true")
+    flag("response-role", default="assistant", help="the role name of chat responses")
+    flag(
+        "default-chat-template-kwargs",
+        type=_json_object,
+        default=None,
+        help="JSON object: chat template variables for every request (a request's own "
+        "chat_template_kwargs win)",
+    )
+    flag(
+        "enable-force-include-usage",
+        action="store_true",
+        help="end every stream with a usage chunk, asked for or not",
+    )
+    flag(
+        "enable-prompt-tokens-details",
+        action="store_true",
+        help="(vLLM flag) usage always carries prompt_tokens_details.cached_tokens here",
+    )
+    for lora in ("max-loras", "max-lora-rank", "max-cpu-loras"):
+        flag(lora, type=int, default=None, help="not supported: no LoRA adapters yet")
+    flag("lora-modules", nargs="+", default=None, help="not supported: no LoRA adapters yet")
     flag(
         "enable-log-requests",
         action="store_true",
@@ -132,7 +153,19 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add_limit_flags(flag)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def check_server_flags(args: argparse.Namespace) -> None:
+    lora = [name for name in ("max_loras", "max_lora_rank", "max_cpu_loras", "lora_modules")
+            if getattr(args, name) is not None]  # fmt: skip
+    if lora:
+        flags = ", ".join("--" + name.replace("_", "-") for name in lora)
+        raise ValueError(f"{flags}: LoRA adapters are not supported by pagedllm yet.")
     if args.enable_reasoning and not args.reasoning_parser:
         raise ValueError("--enable-reasoning needs --reasoning-parser (e.g. deepseek_r1).")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
@@ -186,11 +219,16 @@ def build_app(
         if args.enable_auto_tool_choice and args.tool_call_parser
         else None
     )
+    options = ChatOptions(
+        response_role=args.response_role,
+        default_template_kwargs=args.default_chat_template_kwargs or {},
+        force_include_usage=args.enable_force_include_usage,
+    )
     chat = ChatHandler(
         engine, models, renderer, parser, defaults, tool_parser,
-        args.exclude_tools_when_tool_choice_none,
+        args.exclude_tools_when_tool_choice_none, options,
     )  # fmt: skip
-    completions = CompletionHandler(engine, models, defaults)
+    completions = CompletionHandler(engine, models, defaults, args.enable_force_include_usage)
     tokenization = TokenizationHandler(renderer, models)
     simple = GenerateHandler(engine)
 

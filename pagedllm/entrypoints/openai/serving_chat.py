@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -31,6 +32,15 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import StructuredOutputsParams
 
 
+@dataclass(frozen=True)
+class ChatOptions:
+    """Server-wide choices for every chat request (vLLM's serve flags of these names)."""
+
+    response_role: str = "assistant"  # --response-role
+    default_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    force_include_usage: bool = False  # --enable-force-include-usage: usage ends every stream
+
+
 class ChatHandler:
     def __init__(
         self,
@@ -41,6 +51,7 @@ class ChatHandler:
         generation_defaults: dict[str, Any],
         tool_parser: type[ToolParser] | None = None,
         exclude_tools_when_tool_choice_none: bool = False,
+        options: ChatOptions | None = None,
     ) -> None:
         self.engine = engine
         self.models = models
@@ -49,6 +60,7 @@ class ChatHandler:
         self.defaults = generation_defaults
         self.tool_parser = tool_parser  # set when auto tool choice is enabled
         self.exclude_tools_when_none = exclude_tools_when_tool_choice_none
+        self.options = options or ChatOptions()
 
     async def create(self, request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -115,9 +127,14 @@ class ChatHandler:
             request.add_generation_prompt,
             request.continue_final_message,
             None if hide_tools or not tools.tools else tools.tools,
-            request.template_kwargs(),
+            self._template_kwargs(request),
         )
         return prompt, await self.renderer.encode(prompt, request.add_special_tokens)
+
+    def _template_kwargs(self, request: ChatCompletionRequest) -> dict[str, Any] | None:
+        """The server's --default-chat-template-kwargs under the request's own."""
+        defaults, own = self.options.default_template_kwargs, request.template_kwargs()
+        return {**defaults, **(own or {})} if defaults else own
 
     @staticmethod
     def _echo_prefix(request: ChatCompletionRequest) -> str:
@@ -154,6 +171,7 @@ class ChatHandler:
                 found = tools.extract(content or "")
                 content, calls = found.content or None, [c.as_json() for c in found.calls]
             message = ChatCompletionMessage(
+                role=self.options.response_role,
                 content=prefix + (content or "") if prefix else content,
                 reasoning=reasoning,
                 reasoning_content=reasoning,  # the older name; clients read either
@@ -198,7 +216,9 @@ class ChatHandler:
                           tools.stream(), request.include_reasoning)
             for _ in range(n)
         ]  # fmt: skip
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage = self.options.force_include_usage or bool(
+            request.stream_options and request.stream_options.include_usage
+        )
         continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         tokens = [0] * n
         last: RequestOutput | None = None
@@ -217,7 +237,7 @@ class ChatHandler:
 
         try:
             for i in range(n):
-                yield chunk([_choice(i, {"role": "assistant", "content": prefix})])
+                yield chunk([_choice(i, {"role": self.options.response_role, "content": prefix})])
             top = request.top_logprobs or 0
             async for output in outputs:
                 last = output

@@ -31,11 +31,16 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 class CompletionHandler:
     def __init__(
-        self, engine: AsyncLLM, models: ServedModels, generation_defaults: dict[str, Any]
+        self,
+        engine: AsyncLLM,
+        models: ServedModels,
+        generation_defaults: dict[str, Any],
+        force_include_usage: bool = False,  # --enable-force-include-usage
     ) -> None:
         self.engine = engine
         self.models = models
         self.defaults = generation_defaults
+        self.force_include_usage = force_include_usage
 
     async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -175,7 +180,9 @@ class CompletionHandler:
         n: int,
     ) -> AsyncIterator[str]:
         created = int(time.time())
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage = self.force_include_usage or bool(
+            request.stream_options and request.stream_options.include_usage
+        )
         # As vLLM: with include_usage, every chunk also carries its prompt's usage so far.
         continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         echoed: set[int] = set()
