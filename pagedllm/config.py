@@ -290,6 +290,9 @@ class EngineArgs:
     must still be one pagedllm builds)."""
     revision: str | None = None
     """The model repository revision (branch, tag or commit) in the local cache."""
+    download_dir: str | None = None
+    """Where a model given as a repo id is looked up (a Hugging Face cache directory, as
+    vLLM's downloads fill it); nothing is downloaded."""
     load_format: str = "auto"
     """auto, safetensors, gguf, or dummy (random weights of the right shapes)."""
     dtype: str = "auto"
@@ -475,7 +478,7 @@ class EngineArgs:
             )
 
     def _model_config(self, device: str) -> ModelConfig:
-        files = resolve_model(self.model, self.revision)
+        files = resolve_model(self.model, self.revision, self.download_dir)
         hf_config = _load_hf_config(files, self.trust_remote_code)
         architecture = _architecture(hf_config)
         if self.load_format == "gguf" and not files.is_gguf:

@@ -62,8 +62,12 @@ class ModelFiles:
         return json.loads(path.read_text()) if path.exists() else {}
 
 
-def resolve_model(model: str | None, revision: str | None = None) -> ModelFiles:
-    """Find the files of ``model`` (see module docstring). Never downloads anything."""
+def resolve_model(
+    model: str | None, revision: str | None = None, download_dir: str | None = None
+) -> ModelFiles:
+    """Find the files of ``model`` (see module docstring). Never downloads anything; a repo
+    id is looked up in ``download_dir`` when given (vLLM's ``--download-dir``: where its
+    downloads went), else in the Hugging Face cache."""
     name = model or DEFAULT_MODEL
     if name == DEFAULT_MODEL:
         return _from_gguf(name, bundled_gguf_path())
@@ -74,7 +78,7 @@ def resolve_model(model: str | None, revision: str | None = None) -> ModelFiles:
         return _from_gguf(name, path)
     if path.is_dir():
         return _from_dir(name, path)
-    return _from_dir(name, _hf_cache_snapshot(name, revision))
+    return _from_dir(name, _hf_cache_snapshot(name, revision, download_dir))
 
 
 def bundled_gguf_path() -> Path:
@@ -112,16 +116,21 @@ def _safetensors_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
-def _hf_cache_snapshot(repo_id: str, revision: str | None) -> Path:
+def _hf_cache_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir
+            )
+        )
     except (LocalEntryNotFoundError, ValueError, OSError) as exc:
         raise ValueError(
             f"Model {repo_id!r} is neither a local path nor a repository in the local Hugging "
-            "Face cache; pagedllm never downloads weights at run time. Download it first "
+            f"Face cache{f' {cache_dir!r}' if cache_dir else ''}; pagedllm never downloads "
+            "weights at run time. Download it first "
             f"(huggingface-cli download {repo_id}) or pass a local directory or .gguf file."
         ) from exc
 

@@ -98,6 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--reasoning-parser", "deepseek_r1", "--enable-reasoning",
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--enable-log-requests", "--enable-log-outputs", "--max-log-len", "60",
+        "--enable-request-id-headers", "--disable-access-log-for-endpoints", "/health,/ping",
     ]  # fmt: skip
     running = start_server(args, log)
     yield running

@@ -125,6 +125,21 @@ def test_return_token_ids(server, path):
     assert [ids for ids in sent if ids] == [prompt_ids]
 
 
+def test_request_id_headers_and_quiet_probes(server):
+    """--enable-request-id-headers: X-Request-Id on every response (the client's own when
+    sent); --disable-access-log-for-endpoints /health,/ping: probes leave no access line."""
+    with server.client() as http:
+        mine = http.get("/v1/models", headers={"X-Request-Id": "trace-42"})
+        fresh = http.get("/v1/models")
+        for _ in range(3):
+            assert http.get("/health").status_code == 200
+    assert mine.headers["x-request-id"] == "trace-42"
+    assert len(fresh.headers["x-request-id"]) == 32
+    logs = server.logs()
+    assert '"GET /v1/models HTTP/1.1" 200' in logs
+    assert '"GET /health HTTP/1.1"' not in logs
+
+
 def test_content_deltas_carry_no_reasoning_field(openai_client):
     # ../shared/seeds/001 tells reasoning from content with hasattr(delta, "reasoning_content").
     stream = openai_client.chat.completions.create(

@@ -99,3 +99,19 @@ def test_flags_that_do_not_fit_say_so(caplog):
         "gpu_memory_utilization=0.5 does not apply on the CPU: the KV cache takes "
         "kv_cache_memory_bytes (default 1 GiB)."
     ]
+
+
+def test_download_dir_is_where_a_repo_id_is_looked_up(tmp_path):
+    """vLLM's --download-dir: a Hugging Face cache laid out as its downloads leave it."""
+    from pagedllm.config import EngineArgs
+    from tests.conftest import save_tiny_model
+
+    repo = tmp_path / "models--acme--tiny"
+    save_tiny_model("llama", repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    args = dict(model="acme/tiny", skip_tokenizer_init=True, device="cpu")
+    config = EngineArgs(**args, download_dir=str(tmp_path)).create_engine_config()
+    assert config.model_config.files.config_dir == repo / "snapshots" / "abc123"
+    with pytest.raises(ValueError, match="never downloads"):
+        EngineArgs(**args, download_dir=str(tmp_path / "empty")).create_engine_config()

@@ -32,9 +32,11 @@ from pagedllm.entrypoints.openai.http_protocol import with_header_timeout
 from pagedllm.entrypoints.openai.json_body import StrictJSONRoute
 from pagedllm.entrypoints.openai.limits import ServerLimits, add_limit_flags
 from pagedllm.entrypoints.openai.middleware import (
+    AccessLogFilter,
     ApiKeyMiddleware,
     ErrorMiddleware,
     RequestBodyMiddleware,
+    RequestIdHeaderMiddleware,
     ServingStateMiddleware,
     unless_disconnected,
 )
@@ -134,6 +136,17 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("log-level", default="info", choices=LOG_LEVELS)
     flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
     flag("disable-uvicorn-access-log", action="store_true")
+    flag(
+        "disable-access-log-for-endpoints",
+        default=None,
+        help="comma-separated paths whose requests the access log leaves out (e.g. "
+        "/health,/metrics)",
+    )
+    flag(
+        "enable-request-id-headers",
+        action="store_true",
+        help="every response carries X-Request-Id (the request's own if it sent one)",
+    )
     flag("root-path", default=None, help="FastAPI root_path behind a path-routing proxy")
     flag(
         "disable-fastapi-docs", action="store_true", help="serve no /openapi.json, /docs or /redoc"
@@ -251,6 +264,8 @@ def build_app(
         timeout_s=limits.request_body_timeout_s,
     )
     app.add_middleware(ServingStateMiddleware, state=state)
+    if args.enable_request_id_headers:
+        app.add_middleware(RequestIdHeaderMiddleware)
     api_key = args.api_key or envs.api_key()
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
@@ -387,7 +402,7 @@ def _log_serving(args: argparse.Namespace, served: list[str]) -> None:
 
 
 def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         http=with_header_timeout(limits.request_header_timeout_s),
         log_level=args.uvicorn_log_level or args.log_level,
@@ -399,6 +414,12 @@ def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
     )
+    if args.disable_access_log_for_endpoints:  # after Config, which sets up uvicorn's logging
+        import logging
+
+        paths = {p.strip() for p in args.disable_access_log_for_endpoints.split(",") if p.strip()}
+        logging.getLogger("uvicorn.access").addFilter(AccessLogFilter(paths))
+    return config
 
 
 def _bind(host: str | None, port: int) -> socket.socket:

@@ -233,3 +233,40 @@ async def _disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class RequestIdHeaderMiddleware:
+    """``--enable-request-id-headers``: every response carries ``X-Request-Id``, the
+    request's own when it sent one (for tracing across proxies), else a new one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id")
+        request_id = given if given else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class AccessLogFilter:
+    """``--disable-access-log-for-endpoints``: uvicorn's access log without the lines of
+    these paths (health probes and scrapers would flood it)."""
+
+    def __init__(self, paths: set[str]) -> None:
+        self.paths = paths
+
+    def filter(self, record: Any) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in self.paths
+        return True
