@@ -314,7 +314,7 @@ class EngineArgs:
     sizing on the CPU."""
     max_num_seqs: int | None = None
     """Most sequences in one step's batch (default by device, as vLLM)."""
-    max_num_batched_tokens: int | None = None
+    max_num_batched_tokens: int | str | None = None
     """Most tokens in one step (default by device, as vLLM)."""
     enable_chunked_prefill: bool | None = None
     """Split long prompts across steps (default on)."""
@@ -547,7 +547,7 @@ class EngineArgs:
         chunked = True if self.enable_chunked_prefill is None else self.enable_chunked_prefill
         default_budget, default_seqs = batch_defaults(device, usage)
         max_num_seqs = self.max_num_seqs or default_seqs
-        budget = self.max_num_batched_tokens
+        budget = parse_token_count(self.max_num_batched_tokens)
         if budget is None:
             budget = default_budget if chunked else max(max_model_len, default_budget)
             # A default never exceeds what the sequences could use, nor stops one step from
@@ -609,15 +609,19 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
 
 
 def parse_size(value: int | str | None) -> int | None:
-    """Bytes from an int or a string such as '512M', '2GiB', '1.5G' (powers of 1024)."""
+    """Bytes from an int or a string, read as vLLM reads them: an upper-case unit (or one
+    followed by "iB") counts in powers of 1024, a lower-case one in powers of 1000 ('8G' is
+    8 GiB, '8g' 8 * 10**9; '512M', '2GiB', '1.5G')."""
     if value is None or isinstance(value, int):
         return value
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
-    if not match:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)([iI]?[bB])?\s*", str(value))
+    if not match or match.group(1).count(".") > 1:
         raise ValueError(
             f"Cannot read a size from {value!r}; write e.g. 1073741824, '512M' or '2G'."
         )
-    scale = 1024 ** "_kmgt".index(match.group(2) or "_")
+    unit, suffix = match.group(2), (match.group(3) or "").lower()
+    binary = unit.isupper() or suffix == "ib"
+    scale = (1024 if binary else 1000) ** "_kmgt".index(unit.lower() or "_")
     return int(float(match.group(1)) * scale)
 
 

@@ -115,3 +115,17 @@ def test_download_dir_is_where_a_repo_id_is_looked_up(tmp_path):
     assert config.model_config.files.config_dir == repo / "snapshots" / "abc123"
     with pytest.raises(ValueError, match="never downloads"):
         EngineArgs(**args, download_dir=str(tmp_path / "empty")).create_engine_config()
+
+
+def test_sizes_and_token_counts_read_as_vllm_reads_them():
+    from pagedllm.config import EngineArgs, parse_size
+
+    assert parse_size("8g") == 8 * 10**9 and parse_size("8G") == 8 << 30
+    assert parse_size("512M") == 512 << 20 and parse_size("2GiB") == 2 << 30
+    assert parse_size("64m") == 64 * 10**6 and parse_size(4096) == 4096
+    with pytest.raises(ValueError, match="Cannot read a size"):
+        parse_size("8 gigs")
+    config = EngineArgs(max_num_batched_tokens="8k", device="cpu").create_engine_config()
+    assert config.scheduler_config.max_num_batched_tokens == 8000
+    args = build_parser().parse_args(["serve", "--max-num-batched-tokens", "2K"])
+    assert args.max_num_batched_tokens == "2K"
