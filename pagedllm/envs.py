@@ -65,8 +65,9 @@ def cpu_num_threads() -> int | None:
 
 
 def api_key() -> str | None:
-    """PAGEDLLM_API_KEY: the server's API key when --api-key is not given."""
-    return os.environ.get("PAGEDLLM_API_KEY") or None
+    """PAGEDLLM_API_KEY, else vLLM's VLLM_API_KEY (Helm charts set it): the server's API
+    key when --api-key is not given."""
+    return os.environ.get("PAGEDLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
 
 
 def openai_api_key() -> str | None:

@@ -84,7 +84,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
     flag("host", default=None, help="interface to bind (default: all)")
     flag("port", type=int, default=8000)
-    flag("api-key", default=None, help="require 'Authorization: Bearer KEY' (or PAGEDLLM_API_KEY)")
+    flag("api-key", nargs="+", default=None,
+         help="require one of these keys, as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
+              "(default: PAGEDLLM_API_KEY or VLLM_API_KEY)")  # fmt: skip
     flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
     flag("trust-request-chat-template", action="store_true",
          help="let requests bring their own chat_template (refused by default)")  # fmt: skip
@@ -266,9 +268,9 @@ def build_app(
     app.add_middleware(ServingStateMiddleware, state=state)
     if args.enable_request_id_headers:
         app.add_middleware(RequestIdHeaderMiddleware)
-    api_key = args.api_key or envs.api_key()
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    api_keys = [key for key in (args.api_key or [envs.api_key()]) if key]
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=api_keys)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=args.allowed_origins,

@@ -65,13 +65,13 @@ class _TrackedSend:
 
 
 class ApiKeyMiddleware:
-    """Every route but OPEN_PATHS needs the key, as ``Authorization: Bearer <key>`` (the
-    scheme name case-insensitive, as HTTP defines it) or as ``x-api-key: <key>``, the header
-    Anthropic's clients send (vLLM takes only the first); 401 otherwise."""
+    """Every route but OPEN_PATHS needs one of the keys, as ``Authorization: Bearer <key>``
+    (the scheme name case-insensitive, as HTTP defines it) or as ``x-api-key: <key>``, the
+    header Anthropic's clients send (vLLM takes only the first); 401 otherwise."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(self, app: Any, api_keys: list[str]) -> None:
         self.app = app
-        self.expected = api_key.encode()
+        self.expected = [key.encode() for key in api_keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or _path(scope) in OPEN_PATHS:
@@ -88,12 +88,12 @@ class ApiKeyMiddleware:
 
     def _valid(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        bearer = scheme.lower() == b"bearer" and secrets.compare_digest(
-            credentials.strip(), self.expected
-        )
-        x_api_key = headers.get(b"x-api-key")
-        keyed = x_api_key is not None and secrets.compare_digest(x_api_key.strip(), self.expected)
-        return bearer or keyed
+        given = [credentials.strip()] if scheme.lower() == b"bearer" else []
+        if (x_api_key := headers.get(b"x-api-key")) is not None:
+            given.append(x_api_key.strip())
+        # Every comparison runs (constant time), whichever key matches.
+        matches = [secrets.compare_digest(g, key) for g in given for key in self.expected]
+        return any(matches)
 
 
 class _BodyRefused(StarletteHTTPException):
