@@ -139,12 +139,15 @@ def test_chat_serve_flags(limited):
         plain = http.post("/v1/chat/completions", json=body).json()
         own = http.post("/v1/chat/completions", json={
             **body, "chat_template_kwargs": {"greeting": "hello"}}).json()  # fmt: skip
+        tokenized = http.post("/tokenize", json={k: body[k] for k in (
+            "messages", "chat_template", "add_generation_prompt")}).json()  # fmt: skip
         with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
             chunks = [json.loads(line[6:]) for line in r.iter_lines()
                       if line.startswith("data: {")]  # fmt: skip
     assert plain["choices"][0]["message"]["role"] == "bot"
     assert plain["usage"]["prompt_tokens"] == len("hi-calm:x")
     assert own["usage"]["prompt_tokens"] == len("hello-calm:x")
+    assert tokenized["count"] == plain["usage"]["prompt_tokens"]  # the same defaults apply
     assert chunks[0]["choices"][0]["delta"]["role"] == "bot"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
 

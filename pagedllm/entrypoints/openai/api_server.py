@@ -226,6 +226,7 @@ def build_app(
         load_chat_template(args.chat_template),
         sandbox,
         args.trust_request_chat_template,
+        args.default_chat_template_kwargs,
     )
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)
@@ -236,7 +237,6 @@ def build_app(
     )
     options = ChatOptions(
         response_role=args.response_role,
-        default_template_kwargs=args.default_chat_template_kwargs or {},
         force_include_usage=args.enable_force_include_usage,
     )
     chat = ChatHandler(

@@ -23,11 +23,15 @@ class ChatRenderer:
         default_template: str | None,
         sandbox: TemplateSandbox,
         trust_request_template: bool,
+        default_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.default_template = default_template
         self.sandbox = sandbox
         self.trust_request_template = trust_request_template
+        # --default-chat-template-kwargs: under every request's own, for chat and /tokenize
+        # alike, so a prompt's count there is the count chat runs.
+        self.default_template_kwargs = default_template_kwargs or {}
 
     async def render(
         self,
@@ -45,6 +49,8 @@ class ChatRenderer:
                 "chat_template in a request is refused: this server does not run request "
                 "templates (start it with --trust-request-chat-template to allow them)."
             )
+        if self.default_template_kwargs:
+            chat_template_kwargs = {**self.default_template_kwargs, **(chat_template_kwargs or {})}
         job = prepare_chat(
             self.tokenizer,
             messages,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -37,7 +37,6 @@ class ChatOptions:
     """Server-wide choices for every chat request (vLLM's serve flags of these names)."""
 
     response_role: str = "assistant"  # --response-role
-    default_template_kwargs: dict[str, Any] = field(default_factory=dict)
     force_include_usage: bool = False  # --enable-force-include-usage: usage ends every stream
 
 
@@ -127,14 +126,9 @@ class ChatHandler:
             request.add_generation_prompt,
             request.continue_final_message,
             None if hide_tools or not tools.tools else tools.tools,
-            self._template_kwargs(request),
+            request.template_kwargs(),
         )
         return prompt, await self.renderer.encode(prompt, request.add_special_tokens)
-
-    def _template_kwargs(self, request: ChatCompletionRequest) -> dict[str, Any] | None:
-        """The server's --default-chat-template-kwargs under the request's own."""
-        defaults, own = self.options.default_template_kwargs, request.template_kwargs()
-        return {**defaults, **(own or {})} if defaults else own
 
     @staticmethod
     def _echo_prefix(request: ChatCompletionRequest) -> str:
