@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
-from pagedllm.inputs.prompts import PromptType
+from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType
 from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ class InputProcessor:
         salt = prompt.get("cache_salt")
         if salt is not None and not isinstance(salt, str):
             raise ValueError("cache_salt must be a string.")
+        if salt is not None and len(salt) > MAX_CACHE_SALT:
+            raise ValueError(
+                f"cache_salt is {len(salt)} characters; at most {MAX_CACHE_SALT} are allowed."
+            )
         if "prompt_token_ids" in prompt:
             ids = prompt["prompt_token_ids"]
             if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+# Characters of a prompt's cache_salt (or a request's prompt_cache_key): the salt is hashed
+# into every block's hash, on the engine core that serves everyone.
+MAX_CACHE_SALT = 1024
+
 
 class _PromptOptions(TypedDict, total=False):
     cache_salt: str  # prefix-cache isolation: only prompts with equal salts share blocks

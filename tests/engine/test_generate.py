@@ -237,3 +237,12 @@ def test_get_metrics_as_vllm(tiny_models):
     assert isinstance(ttft, Histogram) and ttft.count == 2 == ttft.buckets["+Inf"]
     with pytest.raises(ValueError, match="disable_log_stats=False"):
         make_llm(tiny_models["llama"]).get_metrics()
+
+
+def test_a_long_cache_salt_is_refused(llama):
+    from pagedllm.inputs.prompts import MAX_CACHE_SALT
+
+    prompt = {"prompt_token_ids": [5, 6, 7], "cache_salt": "s" * (MAX_CACHE_SALT + 1)}
+    with pytest.raises(ValueError, match="cache_salt is 1025 characters; at most 1024"):
+        llama.generate(prompt, GREEDY, use_tqdm=False)
+    assert token_ids(llama.generate({**prompt, "cache_salt": "s"}, GREEDY, use_tqdm=False))

@@ -232,3 +232,13 @@ def test_metadata_is_bounded_and_echoed(server):
     assert reply.status_code == 200 and reply.json()["metadata"] == {"team": "search"}
     many = {f"k{i}": "v" for i in range(17)}
     assert_error(post(server, "/v1/chat/completions", json=chat(metadata=many)), 400, "16")
+
+
+@pytest.mark.parametrize("field", ["cache_salt", "prompt_cache_key"])
+def test_a_long_cache_salt_is_refused_at_admission(server, field):
+    """The salt is hashed into every block's hash on the engine core: a megabyte of it would
+    cost everyone; at most 1024 characters get in."""
+    reply = post(server, "/v1/chat/completions", json=chat(**{field: "s" * 1_000_000}))
+    assert_error(reply, 400, field)
+    assert post(server, "/v1/chat/completions", json=chat(**{field: "s" * 1024})).status_code == 200
+    assert_serving(server)

@@ -24,6 +24,7 @@ from pagedllm.entrypoints.openai.unknown_fields import (
     note_unknown_fields,
     unknown_names,
 )
+from pagedllm.inputs.prompts import MAX_CACHE_SALT
 from pagedllm.sampling_params import (
     BeamSearchParams,
     RequestOutputKind,
@@ -144,10 +145,10 @@ class SamplingFields(EngineSamplingFields):
     length_penalty: float = 1.0
     priority: int = 0
     request_id: str | None = None
-    cache_salt: str | None = None
+    cache_salt: str | None = Field(None, max_length=MAX_CACHE_SALT)
     # OpenAI's key for requests that share a prefix: the cache salt when none is given, so
     # requests under one key share cached blocks (and no others do)
-    prompt_cache_key: str | None = None
+    prompt_cache_key: str | None = Field(None, max_length=MAX_CACHE_SALT)
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
