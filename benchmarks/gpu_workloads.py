@@ -8,7 +8,8 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 2. 8B, many requests: llama-3.1-8b dummy bf16, 1000 x (512 in, 256 out), ignore_eos.
 3. single stream: llama-3.1-8b, 128 prompt tokens, 256 output: median inter-token latency.
 4. start-up: seconds from process start to the first generated token (workload 3's model).
-A ``profile`` job prints where one decode step of workload 2 spends its time.
+A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
+steps that carry prefill beside decodes (a saturated server's steps) and profiles one.
 
 Workloads 2 and 3 take a variant after a colon (``2:fp8``, ``3:fp8+kvfp8``): ``fp8``
 (``quantization="fp8"``), ``kvfp8`` (``kv_cache_dtype="fp8"``), both, ``bf16`` (none).
@@ -191,6 +192,76 @@ def job_profile() -> dict:
     return {"job": "profile", "eager_step_ms": step_ms, "table": table}
 
 
+def job_mixed(variant: str = "") -> dict:
+    """Steps that carry prefill beside decodes, as a saturated server runs them (serve's
+    8,192-token budget, 256 requests decoding, 512-token prompts): the step time for 0, 2,048,
+    4,096 and 8,192 new prefill tokens and the FLOP rate it implies; ``mixed:prof`` profiles
+    the 8,192-token step, eager. Steps are synchronous here (no async scheduling) so each is
+    timed alone."""
+    _profile_in_process()
+    import torch
+
+    from pagedllm import SamplingParams
+
+    eager = variant == "prof"
+    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024,
+                 async_scheduling=False, enforce_eager=eager)  # fmt: skip
+    eng = llm.llm_engine
+    rng = random.Random(0)
+    params = SamplingParams(temperature=1.0, max_tokens=4000, ignore_eos=True, detokenize=False)
+    counter = itertools.count()
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            prompt = [rng.randint(0, 10000) for _ in range(512)]
+            eng.add_request(str(next(counter)), {"prompt_token_ids": prompt}, params)
+
+    add(256)
+    for _ in range(40):  # through the prefills into steady decoding
+        eng.step()
+    if eager:
+        from torch.profiler import ProfilerActivity, profile
+
+        add(16)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            eng.step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
+        return {"job": "mixed:prof", "table": table}
+    config = json.loads(Path(LLAMA8B, "config.json").read_text())
+    flop_per_token = 2 * engine_params(config)
+    rows = []
+    for prefill in (0, 2048, 4096, 8192, 0):
+        times = []
+        for _ in range(3):
+            add(prefill // 512)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            eng.step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        ms = statistics.median(times) * 1e3
+        tokens = prefill + eng.engine_core.scheduler.stats().num_running
+        rows.append({"prefill": prefill, "step_ms": round(ms, 2),
+                     "tflop_s": round(tokens * flop_per_token / ms / 1e9, 1)})  # fmt: skip
+    return {"job": "mixed", "steps": rows}
+
+
+def engine_params(config: dict) -> int:
+    """Parameters a token multiplies through (attention and MLP projections, LM head)."""
+    h, inter, layers = (
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_hidden_layers"],
+    )
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads")
+    head_dim = config.get("head_dim") or h // heads
+    qkv = h * head_dim * (heads + 2 * (kv or heads))
+    per_layer = qkv + heads * head_dim * h + 3 * h * inter
+    return layers * per_layer + h * config["vocab_size"]
+
+
 def job_w1prof() -> dict:
     """Workload 1 at steady state: Python hot spots (cProfile) and GPU kernel time."""
     _profile_in_process()
@@ -333,7 +404,7 @@ def job_hf2() -> dict:
 
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
-        "first_token": job_first_token, "w1prof": job_w1prof}  # fmt: skip
+        "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:

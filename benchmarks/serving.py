@@ -64,13 +64,20 @@ def free_port() -> int:
 
 
 def server_command(engine: str, model: Path, port: int, max_model_len: int) -> list[str]:
+    """``engine`` is ``pagedllm`` or ``vllm``, optionally with extra flags after ``+`` signs
+    (``pagedllm+--max-num-batched-tokens=4096``) to compare settings in one call."""
+    name, *extra = engine.split("+")
     common = [str(model), "--tokenizer", str(model / "tokenizer"), "--load-format", "dummy",
               "--max-model-len", str(max_model_len), "--port", str(port),
-              "--host", "127.0.0.1"]  # fmt: skip
-    if engine == "vllm":
+              "--host", "127.0.0.1", *extra]  # fmt: skip
+    if name == "vllm":
         return ["vllm", "serve", *common]
     return [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "serve", *common,
             "--dtype", "bfloat16", "--disable-uvicorn-access-log"]  # fmt: skip
+
+
+def file_stem(engine: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", engine)
 
 
 def start(
@@ -142,17 +149,19 @@ def median_step_ms(log: Path, since: int) -> float | None:
 
 def run_engine(engine: str, args: argparse.Namespace, model: Path, out: Path) -> list[dict]:
     port = free_port()
-    log = out / f"{engine}-server.log"
+    log = out / f"{file_stem(engine)}-server.log"
     process, startup = start(engine, model, port, log, args.max_model_len)
     lengths = (args.input_len, args.output_len)
     rows = []
     try:
-        bench(args.client, model, port, "inf", 999, 50, lengths, out, f"{engine}-warmup")
-        for i, rate in enumerate(args.rates.split(",")):
+        stem = file_stem(engine)
+        bench(args.client, model, port, "inf", 999, 50, lengths, out, f"{stem}-warmup")
+        rates = dict(spec.rpartition("=")[::2] for spec in args.rates_for).get(engine, args.rates)
+        for i, rate in enumerate(rates.split(",")):
             mark = len(log.read_text())
             result = bench(args.client, model, port, rate, args.seed + i, args.num_prompts,
-                           lengths, out, f"{engine}-rate{rate}")  # fmt: skip
-            step = median_step_ms(log, mark) if engine == "pagedllm" else None
+                           lengths, out, f"{stem}-rate{rate}")  # fmt: skip
+            step = median_step_ms(log, mark) if engine.startswith("pagedllm") else None
             rows.append({"engine": engine, "rate": rate, "startup_s": startup,
                          "step_ms": step, **result})  # fmt: skip
     finally:
@@ -181,6 +190,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="pagedllm,vllm")
     parser.add_argument("--rates", default="inf,16")
+    parser.add_argument(
+        "--rates-for",
+        action="append",
+        default=[],
+        metavar="ENGINE=RATES",
+        help="other rates for one engine spec, e.g. 'vllm=inf'",
+    )
     parser.add_argument("--num-prompts", type=int, default=500)
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=256)
