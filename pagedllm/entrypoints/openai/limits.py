@@ -26,8 +26,9 @@ class ServerLimits:
     max_waiting_requests: int | None = None
     # The largest n (and best_of) one request may ask for; None: the engine's max_num_seqs.
     max_n: int | None = None
-    # On SIGTERM: seconds running requests get to finish before their streams are ended.
-    shutdown_timeout_s: float = 30.0
+    # On SIGTERM: seconds running requests get to finish before their streams are ended;
+    # 0 (vLLM's default) ends them at once.
+    shutdown_timeout_s: float = 0.0
     # A chat template render past this many seconds is a 400.
     chat_template_render_timeout_s: float = 10.0
     # /v1/responses keeps this many finished responses in memory (for retrieval and
@@ -91,7 +92,8 @@ def add_limit_flags(flag: Any) -> None:
     flag("max-n", type=int, default=None,
          help="largest n / best_of per request (default: --max-num-seqs)")  # fmt: skip
     flag("shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
-         help="on SIGTERM, seconds running requests get to finish")  # fmt: skip
+         help="on SIGTERM, seconds running requests get to finish before they are ended "
+              "(0, vLLM's default: ended at once)")  # fmt: skip
     flag("chat-template-render-timeout", type=float,
          default=defaults.chat_template_render_timeout_s,
          help="seconds a chat template may take to render (400 past it)")  # fmt: skip

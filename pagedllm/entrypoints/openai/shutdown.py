@@ -1,10 +1,10 @@
 """Graceful shutdown: SIGTERM (or a first Ctrl-C) drains instead of dropping streams.
 
 While draining, ``/health`` answers 503 and new API requests get 503 (so a load balancer
-moves traffic elsewhere); requests already running get ``shutdown_timeout_s`` to finish.
-Those still running then are aborted: their streams end cleanly, with finish_reason
-"abort" and ``[DONE]``. Then the server stops and the process exits 0. A second signal
-stops at once.
+moves traffic elsewhere); requests already running get ``shutdown_timeout_s`` to finish
+(``--shutdown-timeout``; 0, vLLM's default, gives them none). Those still running then are
+aborted: their streams end cleanly, with finish_reason "abort" and ``[DONE]``. Then the
+server stops and the process exits 0. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -59,11 +59,14 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = self.state.draining
             return
         self.state.draining = True
-        logger.info(
-            "Draining: %d request(s) in progress get up to %gs to finish.",
-            self.state.active,
-            self.timeout_s,
-        )
+        if self.timeout_s > 0:
+            logger.info(
+                "Draining: %d request(s) in progress get up to %gs to finish.",
+                self.state.active,
+                self.timeout_s,
+            )
+        else:  # vLLM's default: abort what runs (each stream still ends cleanly)
+            logger.info("Shutting down: ending %d request(s) in progress.", self.state.active)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._start_drain)
 
