@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.core.request_queue import POLICIES
+from pagedllm.engine.vllm_options import VllmEngineOptions, cuda_graph_options, refusals
 from pagedllm.logger import init_logger
 from pagedllm.model_files import ModelFiles, resolve_model
 from pagedllm.quantization import QuantConfig, resolve_kv_cache_dtype, resolve_quantization
@@ -144,6 +145,10 @@ class EngineConfig:
     device: str  # "cpu" | "cuda"
     enforce_eager: bool
     disable_log_stats: bool
+    # Decode CUDA graph batch sizes: None, the worker's own pattern up to max_num_seqs
+    # (capped at max_cudagraph_capture_size when given).
+    cudagraph_capture_sizes: tuple[int, ...] | None = None
+    max_cudagraph_capture_size: int | None = None
     structured_outputs_config: StructuredOutputsConfig = field(
         default_factory=lambda: StructuredOutputsConfig()
     )
@@ -208,7 +213,6 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "max_seq_len_to_capture": None,
     "distributed_executor_backend": None,
     "enable_sleep_mode": False,
-    "compilation_config": None,
     "kv_transfer_config": None,
     "limit_mm_per_prompt": None,
     "mm_processor_kwargs": None,
@@ -271,8 +275,9 @@ def _gpu_memory_and_name() -> tuple[int, str]:
 
 
 @dataclass
-class EngineArgs:
-    """Every engine option once, with vLLM's names. ``LLM(**kwargs)`` and the CLI map here."""
+class EngineArgs(VllmEngineOptions):
+    """Every engine option once, with vLLM's names. ``LLM(**kwargs)`` and the CLI map here;
+    vLLM's options beyond pagedllm's own come from ``VllmEngineOptions`` (keyword-only)."""
 
     model: str | None = None
     """Model directory, .gguf file or cached Hugging Face repo id (default: the bundled
@@ -301,7 +306,9 @@ class EngineArgs:
     seed: int | None = 0
     """Seed of the engine's random state (sampling without a per-request seed)."""
     max_model_len: int | str | None = None
-    """Longest prompt plus output in tokens (e.g. 4096 or 32k; default: the model's)."""
+    """Longest prompt plus output in tokens (e.g. 4096 or 32k; default: the model's). -1 or
+    auto: the model's maximum, shortened to what the KV cache holds when its size is known
+    before loading (the CPU, or --kv-cache-memory-bytes)."""
     block_size: int | None = None
     """Tokens per KV-cache block (default 16)."""
     enable_prefix_caching: bool | None = None
@@ -373,7 +380,10 @@ class EngineArgs:
     enable_sleep_mode: bool = False
     """Not supported."""
     compilation_config: Any = None
-    """Not supported: pagedllm does not use torch.compile (JSON accepted only as the default)."""
+    """JSON (-cc, or -cc.KEY VALUE): cudagraph_mode NONE runs without CUDA graphs (as
+    --enforce-eager), FULL_AND_PIECEWISE with them; cudagraph_capture_sizes and
+    max_cudagraph_capture_size as the flags of those names; mode NONE (0). Other keys are
+    refused by name: pagedllm does not use torch.compile."""
     kv_transfer_config: Any = None
     """Not supported: no disaggregated prefill."""
     limit_mm_per_prompt: Any = None
@@ -413,17 +423,23 @@ class EngineArgs:
         """``usage_context``: who builds the engine (``LLM``, the server, a library), which
         sets the batch-size defaults (``batch_defaults``)."""
         self._refuse_unsupported()
+        graphs = cuda_graph_options(self)
         device = resolve_device(self.device)
         model_config = self._model_config(device)
+        cache_config = self._cache_config(device, model_config)
+        if _is_auto_length(self.max_model_len):
+            model_config = _fit_to_cache(model_config, cache_config)
         max_len = model_config.max_model_len
         config = EngineConfig(
             model_config=model_config,
-            cache_config=self._cache_config(device, model_config),
+            cache_config=cache_config,
             scheduler_config=self._scheduler_config(device, max_len, usage_context),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
             device=device,
-            enforce_eager=self.enforce_eager,
+            enforce_eager=graphs.eager,
             disable_log_stats=self.disable_log_stats,
+            cudagraph_capture_sizes=graphs.capture_sizes,
+            max_cudagraph_capture_size=graphs.max_capture_size,
             structured_outputs_config=StructuredOutputsConfig.from_value(
                 self.structured_outputs_config, self.guided_decoding_backend
             ),
@@ -448,6 +464,9 @@ class EngineArgs:
     # -- validation ----------------------------------------------------------------------
 
     def _refuse_unsupported(self) -> None:
+        refused = refusals(self)  # vLLM's options at a value pagedllm cannot honour
+        if refused:
+            raise ValueError(" ".join(refused))
         for name, default in UNSUPPORTED_DEFAULTS.items():
             value = getattr(self, name)
             if value != default:
@@ -655,6 +674,8 @@ def _max_model_len(requested: int | str | None, hf_config: Any) -> int:
     within its window at every length (``DecoderSpec.sliding_windows``), as vLLM serves it."""
     text = getattr(hf_config, "text_config", None) or hf_config
     derived: int = getattr(text, "max_position_embeddings", None) or 2048
+    if _is_auto_length(requested):
+        return derived  # fitted to the cache afterwards (_fit_to_cache)
     value = parse_token_count(requested)
     if value is None:
         return derived
@@ -666,3 +687,33 @@ def _max_model_len(requested: int | str | None, hf_config: Any) -> int:
     if value < 1:
         raise ValueError(f"max_model_len must be at least 1, got {value}.")
     return value
+
+
+def _is_auto_length(value: int | str | None) -> bool:
+    """vLLM's max_model_len -1 or 'auto': the model's maximum, fitted to the memory."""
+    return value == -1 or (isinstance(value, str) and value.strip().lower() in ("-1", "auto"))
+
+
+def _fit_to_cache(model_config: ModelConfig, cache: CacheConfig) -> ModelConfig:
+    """max_model_len auto: the longest length one request can hold in the KV cache, up to
+    the model's maximum, as vLLM fits it. A GPU cache sized by gpu_memory_utilization is
+    measured only after the weights load; then the model's maximum stays, and start-up
+    fails naming the largest length that fits if the cache cannot hold it."""
+    full = model_config.max_model_len
+    if cache.kv_cache_memory_bytes is None:
+        logger.info(
+            "max_model_len auto: the model's %d tokens; the KV cache is measured after "
+            "loading (start-up names the largest length that fits if it holds less).", full,
+        )  # fmt: skip
+        return model_config
+    block_bytes = model_config.kv_bytes_per_token(cache.cache_dtype) * cache.block_size
+    fits = cache.kv_cache_memory_bytes // block_bytes * cache.block_size
+    if fits < 1:
+        raise ValueError(
+            f"max_model_len auto: kv_cache_memory_bytes={cache.kv_cache_memory_bytes} holds "
+            f"no block of {cache.block_size} tokens; give the KV cache more memory."
+        )
+    if fits >= full:
+        return model_config
+    logger.info("max_model_len auto: %d tokens (the model's %d) fit in the KV cache.", fits, full)
+    return dataclasses.replace(model_config, max_model_len=fits)

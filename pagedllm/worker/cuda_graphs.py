@@ -30,15 +30,29 @@ MIXED_SIZES = (128, 256, 512, 1024, 2048)  # token counts of the mixed (prefill)
 MIXED_MAX_REQS = 256
 
 
-def capture_sizes(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, 16, then steps of 16 up to 64, of 32 up to 256, of 64 beyond."""
+def capture_sizes(
+    max_num_seqs: int, requested: tuple[int, ...] | None = None, largest: int | None = None
+) -> list[int]:
+    """1, 2, 4, 8, 16, then steps of 16 up to 64, of 32 up to 256, of 64 beyond, up to
+    max_num_seqs; or the ``requested`` sizes (--cudagraph-capture-sizes) that a batch can
+    reach. ``largest`` (--max-cudagraph-capture-size) caps either: larger batches run
+    eagerly."""
+    limit = min(max_num_seqs, largest or max_num_seqs)
+    if requested is not None:
+        sizes = [s for s in sorted(requested) if s <= limit]
+        if not sizes:
+            raise ValueError(
+                f"cudagraph_capture_sizes {list(requested)}: none is at most {limit} "
+                "(max_num_seqs, or max_cudagraph_capture_size), so no graph would be used."
+            )
+        return sizes
     sizes = [1, 2, 4, 8, 16]
     size, step = 16, 16
-    while size < max_num_seqs:
+    while size < limit:
         step = 16 if size < 64 else 32 if size < 256 else 64
         size += step
         sizes.append(size)
-    return [s for s in sizes if s < max_num_seqs] + [max_num_seqs]
+    return [s for s in sizes if s < limit] + [limit]
 
 
 class CudaGraphs:
@@ -50,13 +64,14 @@ class CudaGraphs:
         kv_caches: list[torch.Tensor],
         max_num_seqs: int,
         kv_heads: int,
+        sizes: list[int] | None = None,
     ) -> None:
         self.model = model
         self.backend = backend
         self.buffers = buffers
         self.kv_caches = kv_caches
         self.kv_heads = kv_heads
-        self.sizes = capture_sizes(max_num_seqs)
+        self.sizes = sizes or capture_sizes(max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # Batches with prefill chunks: padded to a token count, always mixed_reqs requests
         # (the last real one is followed by the padding request, then empty ones).

@@ -27,7 +27,7 @@ from pagedllm.sample.grammar_mask import GrammarBitmask, apply_grammar_bitmask
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
-from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs
+from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs, capture_sizes
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import (
@@ -177,9 +177,14 @@ class ModelRunner:
         if not self.config.enforce_eager:
             assert self.model is not None
             assert isinstance(self.backend, TritonAttentionBackend), "graphs need the CUDA kernels"
+            sizes = capture_sizes(
+                sched.max_num_seqs,
+                self.config.cudagraph_capture_sizes,
+                self.config.max_cudagraph_capture_size,
+            )
             self.graphs = CudaGraphs(
                 self.model, self.backend, self.buffers, self.kv_caches,
-                sched.max_num_seqs, self.model_config.num_kv_heads,
+                sched.max_num_seqs, self.model_config.num_kv_heads, sizes,
             )  # fmt: skip
             self.graphs.capture()
 

@@ -23,10 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pagedllm.entrypoints.cli.config_file import expand_config_file
+    from pagedllm.entrypoints.cli.vllm_argv import normalize_vllm_argv
 
     parser = build_parser()
     try:
         argv = expand_config_file(sys.argv[1:] if argv is None else list(argv))
+        argv = normalize_vllm_argv(argv)  # -O3, --json-flag.key value, as vLLM reads them
     except ValueError as exc:
         print(f"pagedllm: error: {exc}", file=sys.stderr)
         return 2

@@ -76,26 +76,33 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     """Server flags with vLLM's names; dash or underscore spellings both work."""
 
-    def flag(name: str, **kwargs: Any) -> None:
+    def flag(name: str, short: str | None = None, **kwargs: Any) -> None:
         spellings = [f"--{name}"]
         if "-" in name:
             spellings.append(f"--{name.replace('-', '_')}")
+        if short:
+            spellings.append(short)
+        if kwargs.get("action") == "store_true":  # vLLM's switches also take --no-NAME
+            kwargs.update(action=argparse.BooleanOptionalAction, default=False)
         parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
 
     flag("host", default=None, help="interface to bind (default: all)")
-    flag("port", type=int, default=8000)
+    flag("port", type=int, default=8000, help="port to listen on")
     flag("api-key", nargs="+", default=None,
          help="require one of these keys, as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
               "(default: PAGEDLLM_API_KEY or VLLM_API_KEY)")  # fmt: skip
     flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
     flag("trust-request-chat-template", action="store_true",
          help="let requests bring their own chat_template (refused by default)")  # fmt: skip
-    flag("reasoning-parser", default=None, choices=REASONING_PARSER_NAMES)
+    flag("reasoning-parser", default=None, choices=REASONING_PARSER_NAMES,
+         help="split the model's reasoning from its answer, as this family writes it")  # fmt: skip
     flag("enable-reasoning", action="store_true", help="(older vLLM flag) with --reasoning-parser")
     flag("enable-auto-tool-choice", action="store_true", help='tool_choice "auto" (with a parser)')
-    flag("tool-call-parser", default=None, choices=TOOL_PARSER_NAMES)
+    flag("tool-call-parser", default=None, choices=TOOL_PARSER_NAMES,
+         help="read tool calls from the text, as this model family writes them")  # fmt: skip
     flag("tool-parser-plugin", default="", help="not supported: the built-in parsers only")
-    flag("exclude-tools-when-tool-choice-none", action="store_true")
+    flag("exclude-tools-when-tool-choice-none", action="store_true",
+         help='leave the tools out of the prompt when tool_choice is "none"')  # fmt: skip
     flag("response-role", default="assistant", help="the role name of chat responses")
     flag(
         "default-chat-template-kwargs",
@@ -135,9 +142,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag("disable-log-requests", action="store_true",
          help="(older vLLM flag) request logging is already off unless enabled")  # fmt: skip
-    flag("log-level", default="info", choices=LOG_LEVELS)
-    flag("uvicorn-log-level", default=None, choices=LOG_LEVELS)
-    flag("disable-uvicorn-access-log", action="store_true")
+    flag("log-level", default="info", choices=LOG_LEVELS, help="the server's log level")
+    flag("uvicorn-log-level", default=None, choices=LOG_LEVELS,
+         help="uvicorn's log level (default: --log-level)")  # fmt: skip
+    flag("disable-uvicorn-access-log", action="store_true", help="no line per HTTP request")
     flag(
         "disable-access-log-for-endpoints",
         default=None,
@@ -155,15 +163,17 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag("enable-offline-docs", action="store_true",
          help="(vLLM flag) /docs and /redoc always load their scripts from here")  # fmt: skip
-    flag("ssl-keyfile", default=None)
-    flag("ssl-certfile", default=None)
-    flag("ssl-ca-certs", default=None)
-    flag("ssl-cert-reqs", type=int, default=0)
-    flag("allowed-origins", type=json.loads, default=["*"], help="JSON list, e.g. '[\"*\"]'")
-    flag("allowed-methods", type=json.loads, default=["*"])
-    flag("allowed-headers", type=json.loads, default=["*"])
-    flag("allow-credentials", action="store_true")
-    flag("api-server-count", type=int, default=1,
+    flag("ssl-keyfile", default=None, help="TLS private key file (with --ssl-certfile)")
+    flag("ssl-certfile", default=None, help="TLS certificate file: serve HTTPS")
+    flag("ssl-ca-certs", default=None, help="CA certificates file to check client certificates")
+    flag("ssl-cert-reqs", type=int, default=0,
+         help="client certificates: 0 not asked, 1 optional, 2 required (ssl.CERT_*)")  # fmt: skip
+    flag("allowed-origins", type=json.loads, default=["*"],
+         help="CORS: JSON list of allowed origins, e.g. '[\"*\"]'")  # fmt: skip
+    flag("allowed-methods", type=json.loads, default=["*"], help="CORS: JSON list of methods")
+    flag("allowed-headers", type=json.loads, default=["*"], help="CORS: JSON list of headers")
+    flag("allow-credentials", action="store_true", help="CORS: allow credentials")
+    flag("api-server-count", short="-asc", type=int, default=1,
          help="API server processes sharing the engine core (for high request rates)")  # fmt: skip
     add_limit_flags(flag)
 
@@ -176,8 +186,11 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def check_server_flags(args: argparse.Namespace) -> None:
-    lora = [name for name in ("max_loras", "max_lora_rank", "max_cpu_loras", "lora_modules")
-            if getattr(args, name) is not None]  # fmt: skip
+    # vLLM's defaults (max_loras 1, max_lora_rank 16) start: they ask for no adapter.
+    lora_defaults = {"max_loras": 1, "max_lora_rank": 16, "max_cpu_loras": None,
+                     "lora_modules": None}  # fmt: skip
+    lora = [name for name, default in lora_defaults.items()
+            if getattr(args, name) not in (None, default)]  # fmt: skip
     if lora:
         flags = ", ".join("--" + name.replace("_", "-") for name in lora)
         raise ValueError(f"{flags}: LoRA adapters are not supported by pagedllm yet.")
@@ -413,6 +426,7 @@ def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits
         ssl_certfile=args.ssl_certfile,
         ssl_ca_certs=args.ssl_ca_certs,
         ssl_cert_reqs=args.ssl_cert_reqs,
+        ssl_ciphers=getattr(args, "ssl_ciphers", None),  # None: OpenSSL's default list
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
     )
