@@ -61,6 +61,8 @@ class ModelConfig:
     generation_config: dict = field(default_factory=dict)
     max_logprobs: int = 20
     quantization: QuantConfig | None = None  # None: every layer in ``dtype``
+    tokenizer_revision: str | None = None  # None: ``revision``, as vLLM
+    download_dir: str | None = None
 
     @property
     def text_config(self) -> Any:
@@ -207,7 +209,6 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "hf_overrides": None,
     "rope_scaling": None,
     "rope_theta": None,
-    "tokenizer_revision": None,
     "code_revision": None,
     "num_gpu_blocks_override": None,
     "max_seq_len_to_capture": None,
@@ -294,10 +295,12 @@ class EngineArgs(VllmEngineOptions):
     """Let transformers run a model repository's own configuration code (the architecture
     must still be one pagedllm builds)."""
     revision: str | None = None
-    """The model repository revision (branch, tag or commit) in the local cache."""
+    """The model repository revision (branch, tag or commit) to use or download."""
+    tokenizer_revision: str | None = None
+    """The tokenizer repository's revision (default: --revision), as vLLM."""
     download_dir: str | None = None
-    """Where a model given as a repo id is looked up (a Hugging Face cache directory, as
-    vLLM's downloads fill it); nothing is downloaded."""
+    """The Hugging Face cache directory a model named by a repo id is looked up in and
+    downloaded to (default: HF_HUB_CACHE)."""
     load_format: str = "auto"
     """auto, safetensors, gguf, or dummy (random weights of the right shapes)."""
     dtype: str = "auto"
@@ -367,8 +370,6 @@ class EngineArgs(VllmEngineOptions):
     """Not supported: the model's config is used as it is."""
     rope_theta: float | None = None
     """Not supported: the model's config is used as it is."""
-    tokenizer_revision: str | None = None
-    """Not supported: the tokenizer comes from the model's revision."""
     code_revision: str | None = None
     """Not supported: no remote code is run."""
     num_gpu_blocks_override: int | None = None
@@ -528,6 +529,8 @@ class EngineArgs(VllmEngineOptions):
             generation_config=files.generation_config() if self.generation_config == "auto" else {},
             max_logprobs=self.max_logprobs,
             quantization=resolve_quantization(self.quantization, hf_config),
+            tokenizer_revision=self.tokenizer_revision,
+            download_dir=self.download_dir,
         )
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:

@@ -83,3 +83,9 @@ def attention_backend() -> str:
             f"PAGEDLLM_ATTENTION_BACKEND must be auto, triton or torch, got {value!r}."
         )
     return value
+
+
+def use_modelscope() -> bool:
+    """PAGEDLLM_USE_MODELSCOPE, or vLLM's VLLM_USE_MODELSCOPE: download models named by a
+    repo id from ModelScope instead of the Hugging Face Hub (``pip install modelscope``)."""
+    return _get_bool("PAGEDLLM_USE_MODELSCOPE", False) or _get_bool("VLLM_USE_MODELSCOPE", False)

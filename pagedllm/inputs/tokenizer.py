@@ -1,4 +1,5 @@
-"""Tokenizer loading, from the model's own files (never from the network)."""
+"""Tokenizer loading, from the model's own files or a tokenizer named apart (a directory,
+or a repo id whose tokenizer files are fetched as the model's are)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pagedllm.config import ModelConfig
-from pagedllm.model_files import resolve_model
+from pagedllm.model_files import resolve_tokenizer
 
 AnyTokenizer = Any  # transformers.PreTrainedTokenizerBase
 
@@ -31,7 +32,8 @@ def load_tokenizer(model_config: ModelConfig) -> AnyTokenizer | None:
 
 
 def _tokenizer_dir(model_config: ModelConfig) -> Path:
-    if model_config.tokenizer is None:
+    revision = model_config.tokenizer_revision or model_config.revision
+    if model_config.tokenizer is None and revision == model_config.revision:
         files = model_config.files
         if not files.has_tokenizer():
             raise ValueError(
@@ -39,7 +41,11 @@ def _tokenizer_dir(model_config: ModelConfig) -> Path:
                 "or skip_tokenizer_init=True and give prompts as token ids."
             )
         return files.config_dir
-    local = Path(model_config.tokenizer).expanduser()
-    if local.is_dir():  # tokenizer files alone, no model config needed beside them
-        return local
-    return resolve_model(model_config.tokenizer).config_dir
+    # As vLLM: the tokenizer defaults to the model's repo, its revision to the model's.
+    name = model_config.tokenizer or model_config.model
+    if model_config.tokenizer_revision is not None and Path(name).expanduser().exists():
+        raise ValueError(
+            f"tokenizer_revision={model_config.tokenizer_revision!r} picks a revision of a "
+            f"repository, but the tokenizer {name!r} is a local path; drop one of them."
+        )
+    return resolve_tokenizer(name, revision, model_config.download_dir)

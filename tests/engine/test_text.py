@@ -201,6 +201,6 @@ def test_unknown_architecture_lists_supported(tmp_path):
         LLM(model=str(tmp_path), load_format="dummy", skip_tokenizer_init=True)
 
 
-def test_missing_model_never_downloads():
-    with pytest.raises(ValueError, match="never downloads"):
+def test_missing_model_offline_names_the_fix():
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set"):
         LLM(model="no-such-org/no-such-model")
