@@ -87,7 +87,6 @@ def test_a_vllm_command_line_at_vllm_defaults_starts():
     [
         (["-ep"], "--enable-expert-parallel: expert parallelism for mixture-of-experts models"),
         (["--logprobs-mode", "processed_logprobs"], "--logprobs-mode 'processed_logprobs': "),
-        (["--uds", "/tmp/s.sock"], "--uds '/tmp/s.sock': listening on a Unix domain socket"),
         (["--no-enable-log-deltas"], "--no-enable-log-deltas: whether logged outputs"),
         (["--grpc"], "--grpc: a gRPC server instead of HTTP; pagedllm serves HTTP only."),
         (["--kv-offloading-size", "8"], "--kv-offloading-size 8.0: offloading KV blocks"),
@@ -244,3 +243,52 @@ def test_server_switches_take_no_forms():
                  "--no-disable-fastapi-docs", "--no-allow-credentials")  # fmt: skip
     assert args.enable_request_id_headers is False and args.disable_fastapi_docs is False
     assert parse("--ssl-ciphers", "ECDHE+AESGCM").ssl_ciphers == "ECDHE+AESGCM"
+
+
+# -- --uds, --log-config-file, python -m ...api_server ------------------------------------------
+
+
+def test_uds_binds_a_unix_socket_and_replaces_only_a_stale_socket(tmp_path):
+    import socket
+
+    from pagedllm.entrypoints.cli.server_options import bind_unix
+
+    path = tmp_path / "s.sock"
+    first = bind_unix(str(path))
+    assert first.family == socket.AF_UNIX and path.is_socket()
+    first.close()  # a server that ended leaves its socket file: the next one replaces it
+    bind_unix(str(path)).close()
+    regular = tmp_path / "notes.txt"
+    regular.write_text("keep me")
+    with pytest.raises(ValueError, match="not a socket is already there"):
+        bind_unix(str(regular))
+    assert regular.read_text() == "keep me"
+
+
+def test_log_config_file_is_applied_and_handed_to_uvicorn(tmp_path):
+    import logging
+
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "loggers": {"pagedllm.test_flag": {"level": "ERROR"}},
+    }))  # fmt: skip
+    args = parse("--log-config-file", str(path))
+    server_options_from(args)
+    assert args.log_config["loggers"] == {"pagedllm.test_flag": {"level": "ERROR"}}
+    assert logging.getLogger("pagedllm.test_flag").level == logging.ERROR
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a logging"):
+        server_options_from(parse("--log-config-file", str(path)))
+    with pytest.raises(ValueError, match="Cannot read --log-config-file"):
+        server_options_from(parse("--log-config-file", str(tmp_path / "missing.json")))
+
+
+def test_the_api_server_module_knows_the_same_flags(capsys):
+    from pagedllm.entrypoints.openai import api_server
+
+    known = {o for action in api_server.make_parser()._actions for o in action.option_strings}
+    wanted = {line for line in VLLM_FLAGS.read_text().splitlines() if line.startswith("-")}
+    assert wanted - known == {"--config"}  # the YAML file is the pagedllm command's
+    assert api_server.main(["--device", "cpu", "--port", "0", "-O3", "--grpc"]) == 2
+    assert "--grpc: a gRPC server instead of HTTP" in capsys.readouterr().err

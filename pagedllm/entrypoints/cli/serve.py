@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.cli.server_options import server_options_from
     from pagedllm.entrypoints.openai.api_server import run_server
 
-    server_options_from(args)  # vLLM's flags at values pagedllm cannot honour: refused
+    server_options_from(args)  # refuses vLLM's flags at values pagedllm cannot honour
     if args.model_tag is not None:
         if args.model is not None and args.model != args.model_tag:
             raise ValueError(

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging.config
+import socket
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pagedllm.engine.vllm_options import any_value, only, refusals
 
@@ -23,7 +28,13 @@ class VllmServerOptions:
     """vLLM 0.26's frontend flags beyond pagedllm's own (see the module docstring)."""
 
     ssl_ciphers: str | None = None
-    """TLS ciphers the server offers (an OpenSSL cipher string; default: uvicorn's)."""
+    """TLS ciphers the server offers (an OpenSSL cipher string; default: OpenSSL's)."""
+    uds: str | None = None
+    """Listen on this Unix domain socket path instead of --host and --port."""
+    log_config_file: str | None = None
+    """A JSON logging configuration (logging.config.dictConfig's schema) for the server
+    process's loggers, pagedllm's and uvicorn's, applied at start (the engine core process
+    keeps the default format)."""
     chat_template_content_format: str = only("auto", "string")
     """How message content reaches the chat template; pagedllm flattens text parts into one
     string (auto or string), never OpenAI's list of parts."""
@@ -42,9 +53,6 @@ class VllmServerOptions:
     tool_server: str | None = only(None)
     """Built-in tool servers for the Responses API; pagedllm runs function tools only (the
     client runs them)."""
-    log_config_file: str | None = only(None)
-    """A logging configuration file; pagedllm's logging is set with --log-level and
-    --uvicorn-log-level."""
     enable_per_request_metrics: bool = only(False)
     """Timing metrics in each response; not supported by pagedllm (see /metrics)."""
     enable_server_load_tracking: bool = only(False)
@@ -66,8 +74,6 @@ class VllmServerOptions:
     """The data-parallel supervisor's probe timeout; pagedllm runs one engine."""
     dp_supervisor_probe_failure_threshold: int = only(3)
     """Failed probes before the data-parallel supervisor acts; pagedllm runs one engine."""
-    uds: str | None = only(None)
-    """Listening on a Unix domain socket; pagedllm listens on --host and --port."""
     enable_ssl_refresh: bool = only(False)
     """Reloading TLS certificates when their files change; not supported by pagedllm."""
     middleware: list[str] = only([])
@@ -93,7 +99,8 @@ def add_server_option_flags(parser: argparse.ArgumentParser) -> None:
 
 def server_options_from(args: argparse.Namespace) -> VllmServerOptions:
     """The options given on the command line (the others at their defaults); ValueError
-    with one sentence per flag set to a value pagedllm cannot honour."""
+    with one sentence per flag set to a value pagedllm cannot honour. Applies
+    --log-config-file, and leaves the configuration in ``args.log_config`` for uvicorn."""
     values = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(VllmServerOptions)
@@ -103,4 +110,40 @@ def server_options_from(args: argparse.Namespace) -> VllmServerOptions:
     refused = refusals(options)
     if refused:
         raise ValueError(" ".join(refused))
+    if options.log_config_file:
+        args.log_config = load_log_config(options.log_config_file)
+        logging.config.dictConfig(args.log_config)
     return options
+
+
+def load_log_config(path: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (ValueError naming the file and what is wrong)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"Cannot read --log-config-file {path!r}: {exc.strerror}.") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--log-config-file {path!r} is not valid JSON: {exc}.") from None
+    if not isinstance(config, dict) or "version" not in config:
+        raise ValueError(
+            f"--log-config-file {path!r} must hold a logging.config.dictConfig object "
+            '(with "version": 1).'
+        )
+    return config
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A stream socket bound at ``path`` (--uds). A socket file left by an earlier server is
+    replaced; any other file there is an error, never removed."""
+    target = Path(path)
+    if target.is_socket():
+        target.unlink()
+    elif target.exists():
+        raise ValueError(f"--uds {path!r}: a file that is not a socket is already there.")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"Cannot listen on the Unix socket {path!r}: {exc.strerror}.") from exc
+    return sock

@@ -24,6 +24,11 @@ from pagedllm import envs
 from pagedllm.config import UsageContext
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
+from pagedllm.entrypoints.cli.server_options import (
+    add_server_option_flags,
+    bind_unix,
+    server_options_from,
+)
 from pagedllm.entrypoints.llm import generation_defaults
 from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.docs import install_docs
@@ -360,7 +365,9 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
     # Validates every option (loads no weights); the server's batch defaults.
     config = engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
     if connection is None:
-        sock = _bind(args.host, args.port)  # fail fast on a busy port, before the model loads
+        # Fail fast on a busy port, before the model loads.
+        uds = getattr(args, "uds", None)
+        sock = bind_unix(uds) if uds else _bind(args.host, args.port)
         if args.api_server_count > 1:
             with sock:
                 return run_api_servers(args, config, sock.fileno())
@@ -408,6 +415,11 @@ def run_loop(main: Any) -> None:
 
 
 def _log_serving(args: argparse.Namespace, served: list[str]) -> None:
+    if getattr(args, "uds", None):
+        logger.info(
+            "Serving %s on the Unix socket %s (API docs: /docs)", ", ".join(served), args.uds
+        )
+        return
     scheme = "https" if args.ssl_certfile else "http"
     shown = args.host or "localhost"
     logger.info(
@@ -428,6 +440,7 @@ def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits
         ssl_cert_reqs=args.ssl_cert_reqs,
         ssl_ciphers=getattr(args, "ssl_ciphers", None),  # None: OpenSSL's default list
         timeout_keep_alive=5,
+        log_config=getattr(args, "log_config", None) or uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=5,  # after our own drain, only idle connections remain
     )
     if args.disable_access_log_for_endpoints:  # after Config, which sets up uvicorn's logging
@@ -453,13 +466,18 @@ def _bind(host: str | None, port: int) -> socket.socket:
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="pagedllm's OpenAI-compatible server.")
     add_server_flags(parser)
+    add_server_option_flags(parser)
     add_engine_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser("python -m pagedllm.entrypoints.openai.api_server").parse_args(argv)
+    from pagedllm.entrypoints.cli.vllm_argv import normalize_vllm_argv
+
+    parser = make_parser("python -m pagedllm.entrypoints.openai.api_server")
     try:
+        args = parser.parse_args(normalize_vllm_argv(sys.argv[1:] if argv is None else argv))
+        server_options_from(args)
         return run_server(args)
     except ValueError as exc:
         print(f"pagedllm: error: {exc}", file=sys.stderr)
