@@ -66,7 +66,7 @@ from pagedllm.entrypoints.openai.shutdown import GracefulServer, ServingState
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool_parser
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
-from pagedllm.logger import init_logger
+from pagedllm.logger import init_logger, set_log_level
 from pagedllm.metrics.prometheus import PrometheusStatLogger
 from pagedllm.version import __version__
 
@@ -147,8 +147,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag("disable-log-requests", action="store_true",
          help="(older vLLM flag) request logging is already off unless enabled")  # fmt: skip
-    flag("log-level", default="info", choices=LOG_LEVELS, help="the server's log level")
-    flag("uvicorn-log-level", default=None, choices=LOG_LEVELS,
+    # Any case (DEBUG or debug), as vLLM users write it.
+    flag("log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+         help="the server's log level: pagedllm's own loggers and uvicorn's")  # fmt: skip
+    flag("uvicorn-log-level", default=None, type=str.lower, choices=LOG_LEVELS,
          help="uvicorn's log level (default: --log-level)")  # fmt: skip
     flag("disable-uvicorn-access-log", action="store_true", help="no line per HTTP request")
     flag(
@@ -359,6 +361,7 @@ def build_app(
 def run_server(args: argparse.Namespace, connection: EngineConnection | None = None) -> int:
     """Serve until SIGTERM (exit code 0 after a clean drain). ``connection``: this is one of
     ``--api-server-count`` servers, sharing an engine core its supervisor started."""
+    set_log_level(args.log_level)  # before anything logs, the engine core process included
     check_server_flags(args)
     limits = ServerLimits.from_args(args)  # checks the limits before anything loads
     engine_args = engine_args_from(args)

@@ -1,0 +1,64 @@
+"""The fused rotary kernel (``rope_qk``) against its torch definition, every element: on the
+GPU when there is one, else under Triton's CPU interpreter in a subprocess (the interpreter
+is chosen when triton is imported)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+CHECK = textwrap.dedent(
+    """
+    import torch
+    from pagedllm.kernels.fused_ops import rope_qk
+
+    def reference(qkv, nq, nkv, cache, pos, norm, eps):
+        x = qkv.float().clone()
+        heads = x[:, : nq + nkv]
+        if norm is not None:
+            w = torch.cat([norm[0].expand(nq, -1), norm[1].expand(nkv, -1)]).float()
+            inv = torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + eps)
+            heads = (heads * inv * w).to(qkv.dtype).float()
+        half = x.shape[-1] // 2
+        cos, sin = cache[pos, :half].float()[:, None], cache[pos, half:].float()[:, None]
+        x1, x2 = heads[..., :half], heads[..., half:]
+        x[:, : nq + nkv] = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+        return x.to(qkv.dtype)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    # (q heads, kv heads, head dim): llama-8b's group, a count that leaves a partial group
+    # of 8 heads (12 + 2 = 14), Qwen3's norm
+    for nq, nkv, dim, norm in [(32, 8, 128, False), (12, 2, 64, False), (4, 2, 128, True)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            tokens = 5
+            qkv = torch.randn(tokens, nq + 2 * nkv, dim, device=device).to(dtype)
+            cache = torch.randn(64, dim, device=device)
+            pos = torch.tensor([0, 3, 63, 7, 7], device=device)
+            w = torch.randn(2, dim, device=device).to(dtype) if norm else None
+            want = reference(qkv, nq, nkv, cache, pos, w, 1e-6)
+            rope_qk(qkv, nq, nkv, cache, pos, w, 1e-6)
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(qkv, want, rtol=tol, atol=tol)
+            # the v heads are left as they were
+            assert torch.equal(qkv[:, nq + nkv :], want[:, nq + nkv :])
+    print("ROPE_OK")
+    """
+)
+
+
+def test_rope_qk_matches_its_definition() -> None:
+    if torch.cuda.is_available():
+        exec(compile(CHECK, "rope_check", "exec"), {})
+        return
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and "ROPE_OK" in done.stdout, done.stderr[-3000:]
