@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -258,6 +259,16 @@ class EngineCore:
         # Every scheduled token is either a prompt/recompute token or the input of a decode
         # step; a decode step's input is the previously sampled token.
         decodes = sum(1 for n in so.num_scheduled_tokens.values() if n == 1)
+        if logger.isEnabledFor(logging.DEBUG):  # the scheduler's decisions, once a step
+            state = self.scheduler.stats()
+            logger.debug(
+                "Step: %d requests (%d new), %d tokens (%d prompt, %d decode), %d preempted, "
+                "%d finished; %d running, %d waiting, KV cache %.1f%% used",
+                len(so.num_scheduled_tokens), len(so.scheduled_new_reqs),
+                so.total_num_scheduled_tokens, so.total_num_scheduled_tokens - decodes, decodes,
+                len(so.preempted_req_ids), len(so.finished_req_ids), state.num_running,
+                state.num_waiting, 100 * state.kv_cache_usage,
+            )  # fmt: skip
         return IterationStats(
             num_prompt_tokens=so.total_num_scheduled_tokens - decodes,
             num_generation_tokens=generated,

@@ -1,0 +1,38 @@
+"""--log-level in any case reaches pagedllm's own loggers (the engine core's included, which
+logs the scheduler's decisions once a step at DEBUG), and ``python -m
+pagedllm.entrypoints.openai.api_server`` says where it serves, as ``pagedllm serve`` does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.server.conftest import API_KEY, MODEL, Server, start_server, stop_server
+
+
+def test_debug_in_capitals_logs_steps_and_the_module_entry_point_says_where(
+    tiny_chat_model: Path, tmp_path: Path
+):
+    args = [
+        "-m", "pagedllm.entrypoints.openai.api_server", "--model", str(tiny_chat_model),
+        "--api-key", API_KEY, "--kv-cache-memory-bytes", "16M", "--log-level", "DEBUG",
+    ]  # fmt: skip
+    server = start_server(args, tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            body = {"model": str(tiny_chat_model), "prompt": "ab", "max_tokens": 3}
+            assert client.post("/v1/completions", json=body).status_code == 200
+    finally:
+        stop_server(server)
+    logs = server.logs()
+    assert re.search(r"Serving .* at http://127\.0\.0\.1:\d+/v1", logs), logs[-3000:]
+    assert re.search(r"DEBUG .*\[core\.py:\d+\] Step: 1 requests \(1 new\)", logs), logs[-3000:]
+
+
+def test_default_level_keeps_steps_quiet(server: Server):
+    """The suite's shared server runs at the default level: no per-step lines."""
+    with server.client() as client:
+        body = {"model": MODEL, "prompt": "ab", "max_tokens": 3}
+        assert client.post("/v1/completions", json=body).status_code == 200
+    logs = server.logs()
+    assert "Serving " in logs and "Step: " not in logs and "DEBUG " not in logs
