@@ -1,7 +1,8 @@
 """``pagedllm chat [MODEL]``: a streamed chat in the terminal.
 
 With ``--message`` it answers that one message and exits; otherwise it reads messages from
-standard input until end of file (or ``exit``), keeping the conversation.
+standard input until end of file (Ctrl-D), ``exit`` or ``quit`` (or Ctrl-C), keeping the
+conversation; in a terminal it says so first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import sys
 from typing import Any
 
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
+
+# Ctrl-C ends the command quietly (pagedllm's main turns KeyboardInterrupt into exit 130).
+LEAVE_HINT = "Type a message and press Enter. To leave: Ctrl-D, Ctrl-C, or type exit (or quit)."
 
 
 def register(subparsers: Any) -> None:
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_messages() -> Any:
     interactive = sys.stdin.isatty()
+    if interactive:
+        print(LEAVE_HINT, flush=True)
     while True:
         if interactive:
             print("\n>>> ", end="", flush=True)
