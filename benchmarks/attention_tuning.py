@@ -36,6 +36,33 @@ def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, see
     return q, kv, table, seq, qsl, kv_bytes
 
 
+def mixed_batch(prefills=16, prompt=512, decodes=256, ctx=640, heads=32, kv_heads=8, dim=128,
+                block_size=16, seed=0):  # fmt: skip
+    """A saturated server's step: ``decodes`` one-token requests with ~ctx cached tokens,
+    then ``prefills`` fresh prompts of ``prompt`` tokens (issue 13's workload at 8,192 tokens).
+    The last value is the step's attention FLOPs (causal prefill plus decodes)."""
+    rng = random.Random(seed)
+    lens = [int(ctx * rng.uniform(0.8, 1.2)) for _ in range(decodes)] + [prompt] * prefills
+    qlens = [1] * decodes + [prompt] * prefills
+    need = [-(-n // block_size) for n in lens]
+    blocks = sum(need) + 1
+    kv = torch.randn(2, blocks, block_size, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
+    order = torch.randperm(blocks, device="cuda").to(torch.int32)
+    table = torch.zeros(len(lens), max(need), dtype=torch.int32, device="cuda")
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = order[k : k + n]
+        k += n
+    q = torch.randn(sum(qlens), heads, dim, device="cuda", dtype=torch.bfloat16)
+    starts = [0]
+    for n in qlens:
+        starts.append(starts[-1] + n)
+    qsl = torch.tensor(starts, dtype=torch.int32, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    pairs = sum(lens[:decodes]) + prefills * prompt * (prompt + 1) // 2
+    return q, kv, table, seq, qsl, 4 * pairs * heads * dim
+
+
 def time_config(args, config, query_len, segments=1):
     from triton.testing import do_bench
 
@@ -81,6 +108,13 @@ def main() -> None:
         "decode 1 x 384, G=4, 16 segments": (batch(1, 384, 1, 32, 8), 1, 16),
         "prefill 4 x 2048": (batch(4, 2048, 2048, 32, 8), 2048, 1),
     }
+    if "--mixed" in sys.argv:  # issue 13: prefill tiles of 64 or 128 rows; FLOP rate
+        configs = [
+            LaunchConfig(t, w, s, rows)
+            for t, w, s, rows in itertools.product((32, 64, 128), (4, 8), (1, 2, 3), (64, 128))
+        ]
+        cases = {"mixed 16 x 512 fresh + 256 decodes x 640, G=4 (TFLOP/s)": (mixed_batch(), 512, 1)}
+        rope()
     for name, (args, query_len, segments) in cases.items():
         rows = []
         for config in configs:
@@ -94,6 +128,20 @@ def main() -> None:
         print(f"\n{name}")
         for ms, gbs, config, err in rows[:6]:
             print(f"  {ms * 1e3:8.1f} us  {gbs:7.0f} GB/s  {config} {err}")
+
+
+def rope() -> None:
+    """rope_qk on an 8,448-token step of llama-8b (32 q + 8 k + 8 v heads of 128)."""
+    from triton.testing import do_bench
+
+    from pagedllm.kernels.fused_ops import rope_qk
+
+    qkv = torch.randn(8448, 48, 128, device="cuda", dtype=torch.bfloat16)
+    cache = torch.randn(4096, 128, device="cuda")
+    pos = torch.randint(0, 4096, (8448,), device="cuda")
+    ms = do_bench(lambda: rope_qk(qkv, 32, 8, cache, pos), warmup=25, rep=100)
+    moved = 2 * 8448 * 40 * 128 * 2
+    print(f"rope_qk 8448 tokens: {ms * 1e3:.1f} us, {moved / ms / 1e9:.0f} GB/s")
 
 
 if __name__ == "__main__":

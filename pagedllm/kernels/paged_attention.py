@@ -222,6 +222,8 @@ class LaunchConfig:
     tile_n: int = 32
     num_warps: int = 4
     num_stages: int = 2
+    # Rows (queries x heads of a group) a prefill tile holds; decodes use one query's group.
+    rows: int = 64
 
 
 # Best on an H200 for 256 decodes of ~1000 tokens, G = 2 and 4 (benchmarks/RESULTS.md).
@@ -229,13 +231,13 @@ DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
 PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2)
 
 
-def tile_shape(max_query_len: int, group: int) -> tuple[int, int]:
+def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_Q): decodes pack one query's G heads into a 16-row tile; prefill
-    chunks take as many queries as fit 64 rows."""
+    chunks take as many queries as fit ``rows`` rows."""
     group_pow2 = triton.next_power_of_2(group)
     if max_query_len == 1:
         return max(16, group_pow2), 1
-    block_m = max(64, group_pow2)
+    block_m = max(rows, group_pow2)
     return block_m, block_m // group_pow2
 
 
@@ -274,7 +276,8 @@ def paged_attention(
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
-    block_m, block_q = tile_shape(max_query_len, group)
+    config = config or (DECODE_CONFIG if max_query_len == 1 else PREFILL_CONFIG)
+    block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     grid = (tokens // block_q + num_reqs, kv_heads, num_segments)
     if num_segments > 1:
@@ -283,7 +286,6 @@ def paged_attention(
     else:
         target, m, l_sum = out, out, out
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    config = config or (DECODE_CONFIG if max_query_len == 1 else PREFILL_CONFIG)
     tile_n = max(config.tile_n, block_size)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from pagedllm.kernels.paged_attention import paged_attention
+from pagedllm.kernels.paged_attention import LaunchConfig, paged_attention
 
 
 def reference(q, kv, table, seq_lens, qsl, scale, window=None):
@@ -33,7 +33,7 @@ def reference(q, kv, table, seq_lens, qsl, scale, window=None):
 
 def run_case(
     seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1,
-    window=None, device="cuda",
+    window=None, device="cuda", config=None,
 ):  # fmt: skip
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -67,7 +67,7 @@ def run_case(
     paged_attention(
         q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
         torch.tensor(qsl, dtype=torch.int32, device=device), len(seq_lens), max(query_lens),
-        scale, segments, partials, window=window,
+        scale, segments, partials, config, window=window,
     )  # fmt: skip
     if device == "cuda":
         torch.cuda.synchronize()
@@ -90,6 +90,17 @@ def test_mixed_ragged_batch(dtype, dim, block_size, heads, kv_heads):
     prefixes[4] = 0  # a fresh prompt
     error = run_case(7, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes)
     assert error < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+@pytest.mark.parametrize("tile_n, warps", [(32, 4), (64, 8), (128, 8)])
+def test_prefill_tiles(rows, tile_n, warps):
+    """Every launch shape the tuning sweeps computes the same attention."""
+    query_lens = [1, 300, 1, 129, 64, 1]
+    prefixes = [40, 0, 700, 33, 0, 5]
+    config = LaunchConfig(tile_n=tile_n, num_warps=warps, num_stages=2, rows=rows)
+    error = run_case(3, 32, 8, 128, 16, torch.bfloat16, query_lens, prefixes, config=config)
+    assert error < TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize("segments", [2, 4, 16])
