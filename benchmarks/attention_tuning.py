@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from pagedllm.kernels.paged_attention import LaunchConfig, paged_attention
+from pagedllm.kernels.paged_attention import PREFILL_CONFIG, LaunchConfig, paged_attention
 
 
 def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, seed=0):
@@ -128,6 +128,13 @@ def main() -> None:
         print(f"\n{name}")
         for ms, gbs, config, err in rows[:6]:
             print(f"  {ms * 1e3:8.1f} us  {gbs:7.0f} GB/s  {config} {err}")
+        if "--mixed" in sys.argv:  # the current default, and the winner as the variable
+            for ms, gbs, config, _ in rows:
+                if config == PREFILL_CONFIG:
+                    print(f"  default: {ms * 1e3:8.1f} us  {gbs:7.0f} GFLOP/s  {config}")
+            best = rows[0][2]
+            spec = f"{best.tile_n},{best.num_warps},{best.num_stages},{best.rows}"
+            print(f"BEST PAGEDLLM_ATTENTION_PREFILL_CONFIG={spec}")
 
 
 def rope() -> None:

@@ -89,3 +89,10 @@ def use_modelscope() -> bool:
     """PAGEDLLM_USE_MODELSCOPE, or vLLM's VLLM_USE_MODELSCOPE: download models named by a
     repo id from ModelScope instead of the Hugging Face Hub (``pip install modelscope``)."""
     return _get_bool("PAGEDLLM_USE_MODELSCOPE", False) or _get_bool("VLLM_USE_MODELSCOPE", False)
+
+
+def attention_prefill_config() -> str | None:
+    """PAGEDLLM_ATTENTION_PREFILL_CONFIG: ``tile_n,num_warps,num_stages,rows`` for the Triton
+    paged-attention kernel on steps that carry prefill, in place of the launch tuned on an
+    H200 (for other GPUs: ``benchmarks/attention_tuning.py --mixed`` prints the fastest)."""
+    return os.environ.get("PAGEDLLM_ATTENTION_PREFILL_CONFIG") or None

@@ -23,12 +23,15 @@ device: the launch needs no host sync and fits in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from pagedllm import envs
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
@@ -231,6 +234,29 @@ DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
 PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2)
 
 
+@functools.cache
+def _parse_launch(spec: str) -> LaunchConfig:
+    """``tile_n,num_warps,num_stages,rows`` -> a LaunchConfig, each value checked."""
+    name = "PAGEDLLM_ATTENTION_PREFILL_CONFIG"
+    try:
+        tile_n, warps, stages, rows = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be four integers 'tile_n,num_warps,num_stages,rows', "
+                         f"got {spec!r}") from None  # fmt: skip
+    allowed = {"tile_n": (tile_n, (16, 32, 64, 128)), "num_warps": (warps, (2, 4, 8)),
+               "num_stages": (stages, (1, 2, 3, 4)), "rows": (rows, (16, 32, 64, 128))}  # fmt: skip
+    for field, (value, options) in allowed.items():
+        if value not in options:
+            raise ValueError(f"{name}: {field} must be one of {options}, got {value}")
+    return LaunchConfig(tile_n, warps, stages, rows)
+
+
+def prefill_config() -> LaunchConfig:
+    """The launch for steps with prefill: PAGEDLLM_ATTENTION_PREFILL_CONFIG, else the tuned."""
+    spec = envs.attention_prefill_config()
+    return _parse_launch(spec) if spec else PREFILL_CONFIG
+
+
 def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_Q): decodes pack one query's G heads into a 16-row tile; prefill
     chunks take as many queries as fit ``rows`` rows."""
@@ -276,7 +302,7 @@ def paged_attention(
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
-    config = config or (DECODE_CONFIG if max_query_len == 1 else PREFILL_CONFIG)
+    config = config or (DECODE_CONFIG if max_query_len == 1 else prefill_config())
     block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     grid = (tokens // block_q + num_reqs, kv_heads, num_segments)
