@@ -77,8 +77,11 @@ def _cached_or_fetched(repo_id: str, fetch: Any) -> Path:
     from huggingface_hub import constants
 
     try:
-        return fetch(True)
+        folder = fetch(True)
+        logger.debug("%s: found complete in the cache, %s", repo_id, folder)
+        return folder
     except (FileNotFoundError, _IncompleteLocal) as exc:
+        logger.debug("%s: not (completely) in the cache (%s)", repo_id, exc)
         if constants.HF_HUB_OFFLINE:
             raise ValueError(_not_cached(repo_id, exc)) from exc
     logger.info("Downloading %s from %s", repo_id, _source_name())

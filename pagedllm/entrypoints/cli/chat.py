@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
         nargs="?",
         default=None,
         metavar="MODEL",
-        help="model directory, .gguf file or cached repo id (default: bundled SmolLM2)",
+        help="model directory, .gguf file or repo id, downloaded on first use (default: "
+        "the bundled SmolLM2)",
     )
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--message", "-m", default=None, help="answer this message and exit")
