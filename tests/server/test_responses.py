@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import jsonschema
 import openai
@@ -154,6 +155,76 @@ def test_cancel_answers_as_vllm_for_a_finished_response(openai_client):
         openai_client.responses.cancel("resp_nothing_here")
 
 
+# -- background responses ------------------------------------------------------------------
+
+
+def wait_for(client, response_id, statuses, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = client.responses.retrieve(response_id)
+        if reply.status in statuses:
+            return reply
+        time.sleep(0.05)
+    raise AssertionError(f"{response_id} never reached {statuses}: {reply.status}")
+
+
+def test_background_response_runs_after_the_request_returns(openai_client):
+    queued = create(openai_client, input=HELLO, max_output_tokens=8, background=True)
+    assert queued.status == "queued" and queued.background and queued.output == []
+    done = wait_for(openai_client, queued.id, ("completed", "incomplete"))
+    foreground = create(openai_client, input=HELLO, max_output_tokens=8)
+    assert done.output_text == foreground.output_text and done.background
+    assert done.usage.output_tokens == foreground.usage.output_tokens
+    with pytest.raises(openai.BadRequestError) as caught:  # finished: nothing to cancel
+        openai_client.responses.cancel(queued.id)
+    assert "status is 'completed'" in caught.value.message or "incomplete" in caught.value.message
+
+
+def test_cancel_stops_a_background_response(openai_client, server):
+    long = {"ignore_eos": True}
+    queued = create(openai_client, input=HELLO, max_output_tokens=1500, background=True,
+                    extra_body=long)  # fmt: skip
+    wait_for(openai_client, queued.id, ("in_progress",))
+    with pytest.raises(openai.BadRequestError) as caught:  # not finished: cannot continue it
+        create(openai_client, input="And?", previous_response_id=queued.id, max_output_tokens=2)
+    assert caught.value.param == "previous_response_id" and "in_progress" in caught.value.message
+    cancelled = openai_client.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled" and cancelled.id == queued.id
+    assert openai_client.responses.retrieve(queued.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        openai_client.responses.cancel(queued.id)
+    # its engine request was aborted: the server runs nothing
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with server.client() as http:
+            metrics = http.get("/metrics").text
+        running = [
+            ln for ln in metrics.splitlines() if ln.startswith("pagedllm:num_requests_running")
+        ]
+        if running and float(running[0].split()[-1]) == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"still running after the cancel: {running}")
+
+
+def test_streamed_background_response_replays_from_a_sequence_number(openai_client):
+    events = list(create(openai_client, input=HELLO, max_output_tokens=6, background=True,
+                         stream=True))  # fmt: skip
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    response_id = events[0].response.id
+    again = list(openai_client.responses.retrieve(response_id, stream=True, starting_after=2))
+    assert [e.sequence_number for e in again] == list(range(3, len(events)))
+    assert again[-1].response.output_text == events[-1].response.output_text
+    stored = openai_client.responses.retrieve(response_id)
+    assert stored.status in ("completed", "incomplete") and stored.background
+    with pytest.raises(openai.BadRequestError) as caught:  # not a streamed background run
+        reply = create(openai_client, input=HELLO, max_output_tokens=2)
+        list(openai_client.responses.retrieve(reply.id, stream=True))
+    assert caught.value.param == "stream"
+
+
 # -- streaming ---------------------------------------------------------------------------
 
 
@@ -275,7 +346,7 @@ def test_streamed_function_call(openai_client):
     ("extra", "named", "param"),
     [
         ({"tools": [{"type": "web_search"}]}, "web_search", "tools"),
-        ({"background": True}, "background", "background"),
+        ({"background": True, "store": False}, "background", "background"),
         ({"include": ["file_search_call.results"]}, "file_search_call.results", "include"),
         ({"tool_choice": {"type": "web_search_preview"}}, "web_search_preview", "tool_choice"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
@@ -389,7 +460,7 @@ def test_streamed_reasoning_events():
 def test_an_evicted_response_cannot_be_continued():
     handler = scripted(ResponseStore(1))
     first, second = run(handler)["id"], run(handler)["id"]
-    assert handler.retrieve(second, stream=False).status_code == 200
+    assert handler.retrieve(second, stream=False, starting_after=None).status_code == 200
     with pytest.raises(OpenAIError) as caught:
         run(handler, previous_response_id=first)
     assert caught.value.status == 404 and first in caught.value.message

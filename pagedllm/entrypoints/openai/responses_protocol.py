@@ -243,12 +243,6 @@ class ResponsesRequest(OpenAIModel):
 
     def refuse_unserved(self) -> None:
         """A 400 naming the first field whose value this server cannot honour."""
-        if self.background:
-            raise RefusedField(
-                "background",
-                "background is not supported by pagedllm: responses run while the request "
-                "is open (use stream: true to receive them as they are generated).",
-            )
         for name in ("prompt", "conversation"):
             if getattr(self, name) is not None:
                 raise RefusedField(

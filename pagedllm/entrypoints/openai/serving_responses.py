@@ -5,7 +5,8 @@ A Responses request is translated into a ``ChatCompletionRequest`` and run by
 sampling checks, structured outputs, the reasoning and tool-call parsers); the chat answer
 (a completion, or its stream of chunks) is translated back into a ``response`` object or the
 Responses event stream. Finished responses are kept in a bounded in-memory store for
-``GET /v1/responses/{id}`` and ``previous_response_id``.
+``GET /v1/responses/{id}`` and ``previous_response_id``; background responses (run after
+their request returns, cancellable) are in ``background_responses``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from pagedllm.entrypoints.openai import sse
+from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.middleware import unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
@@ -302,9 +304,11 @@ class ResponsesHandler:
     def __init__(self, chat: ChatHandler, store: ResponseStore) -> None:
         self.chat = chat
         self.store = store
+        self.runs = BackgroundRuns()
 
     async def create(self, request: ResponsesRequest) -> Response:
         request.refuse_unserved()
+        self._check_background(request)
         if request.reasoning and (request.reasoning.summary or request.reasoning.generate_summary):
             note_inert_field("ResponsesRequest", "reasoning.summary", "no summaries are written")
         model = self.chat.models.resolve(request.model)
@@ -316,6 +320,8 @@ class ResponsesHandler:
         messages = (system if request.instructions else []) + conversation
         turn = _Turn(request, response_id(), model, int(time.time()), conversation)
         chat = chat_request(request, messages, continues_final_message(request.input), turn.id)
+        if request.background:
+            return self._start_background(turn, chat)
         result = await self.chat.create(chat)
         if isinstance(result, StreamingResponse):
             events = self._stream(turn, result.body_iterator)
@@ -323,23 +329,37 @@ class ResponsesHandler:
         response = await self._from_completion(turn, json.loads(result.body))
         return JSONResponse(response)
 
-    def retrieve(self, response_id: str, stream: bool) -> JSONResponse:
+    def retrieve(self, response_id: str, stream: bool, starting_after: int | None) -> Response:
+        """The stored response; with ``stream``, a streamed background response's events
+        after ``starting_after`` (all of them without), live while it runs."""
+        stored = self.store.get(response_id)
+        if stored is None and self.runs.get(response_id) is None:
+            raise not_found(response_id)
         if stream:
-            raise RefusedField(
-                "stream", "Streaming a stored response is for background responses, which "
-                "pagedllm does not run; retrieve it without stream.",
-            )  # fmt: skip
+            events = self.runs.replay(response_id, starting_after)
+            return StreamingResponse(events, media_type="text/event-stream")
+        if starting_after is not None:
+            raise RefusedField("starting_after", "starting_after applies with stream=true.")
+        assert stored is not None
+        return JSONResponse(stored.response)
+
+    async def cancel(self, response_id: str) -> JSONResponse:
+        """Stop a background response that is queued or in progress (as vLLM and OpenAI:
+        anything else cannot be cancelled). It is kept with status ``cancelled``."""
         stored = self.store.get(response_id)
         if stored is None:
             raise not_found(response_id)
-        return JSONResponse(stored.response)
-
-    def cancel(self, response_id: str) -> JSONResponse:
-        """As vLLM: only background responses can be cancelled, and every response here
-        has finished by the time its id is known."""
-        if self.store.get(response_id) is None:
-            raise not_found(response_id)
-        raise OpenAIError("Cannot cancel a synchronous response.", 400, "response_id")
+        status = stored.response["status"]
+        if not stored.response.get("background"):
+            raise OpenAIError("Cannot cancel a synchronous response.", 400, "response_id")
+        if status not in ("queued", "in_progress") or not self.runs.is_running(response_id):
+            raise OpenAIError(
+                f"Cannot cancel a response whose status is {status!r}.", 400, "response_id"
+            )
+        cancelled = {**stored.response, "status": "cancelled"}
+        self.store.put(response_id, StoredResponse(cancelled, stored.conversation))
+        await self.runs.cancel(response_id)
+        return JSONResponse(cancelled)
 
     def _previous(self, previous_id: str | None) -> StoredResponse | None:
         if previous_id is None:
@@ -347,7 +367,77 @@ class ResponsesHandler:
         stored = self.store.get(previous_id)
         if stored is None:
             raise not_found(previous_id, "previous_response_id")
+        status = stored.response["status"]
+        if status in ("queued", "in_progress"):
+            raise OpenAIError(
+                f"Response '{previous_id}' is still {status}: continue from it once it has "
+                "finished.", 400, "previous_response_id",
+            )  # fmt: skip
         return stored
+
+    # -- background responses ------------------------------------------------------------
+
+    def _check_background(self, request: ResponsesRequest) -> None:
+        if not request.background:
+            return
+        if request.store is False:
+            raise RefusedField(
+                "background", "A background response must be stored: set store to true "
+                "(or leave it out).",
+            )  # fmt: skip
+        if self.store.max_entries == 0:
+            raise RefusedField(
+                "background", "Background responses need the response store, which this "
+                "server runs without (--max-stored-responses 0).",
+            )  # fmt: skip
+
+    def _start_background(self, turn: _Turn, chat: ChatCompletionRequest) -> Response:
+        """Store the response as queued, start its run, and answer at once (with the run's
+        events as they come, when streamed)."""
+        queued = self._response(turn, "queued", [], None).model_dump()
+        self.store.put(turn.id, StoredResponse(queued, []))
+        streamed = bool(turn.request.stream)
+        self.runs.start(turn.id, self._run_background(turn, chat), streamed)
+        if streamed:
+            events = self.runs.replay(turn.id, None)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return JSONResponse(queued)
+
+    async def _run_background(self, turn: _Turn, chat: ChatCompletionRequest) -> None:
+        self._set_status(turn.id, "in_progress")
+        try:
+            result = await self.chat.create(chat)
+            if isinstance(result, StreamingResponse):
+                run = self.runs.get(turn.id)
+                assert run is not None
+                async for event in self._stream(turn, result.body_iterator):
+                    run.add(event)
+            else:
+                await self._from_completion(turn, json.loads(result.body))
+        except (OpenAIError, ValueError) as exc:
+            self._set_failed(turn, exc)
+            return
+        stored = self.store.get(turn.id)
+        if stored is not None and stored.response["status"] == "in_progress":
+            # the stream ended in an error event: nothing final was stored
+            self._set_failed(turn, None)
+
+    def _set_status(self, response_id: str, status: str) -> None:
+        stored = self.store.get(response_id)
+        if stored is not None:
+            updated = {**stored.response, "status": status}
+            self.store.put(response_id, StoredResponse(updated, stored.conversation))
+
+    def _set_failed(self, turn: _Turn, exc: Exception | None) -> None:
+        client_side = isinstance(exc, ValueError) or (
+            isinstance(exc, OpenAIError) and 400 <= exc.status < 500
+        )
+        failed = self._response(turn, "failed", [], None)
+        failed.error = ResponseError(
+            code="invalid_request_error" if client_side else "server_error",
+            message=str(exc) if exc is not None else "The request failed.",
+        )
+        self.store.put(turn.id, StoredResponse(failed.model_dump(), []))
 
     # -- building the response -----------------------------------------------------------
 
@@ -407,6 +497,9 @@ class ResponsesHandler:
                 code="server_error", message="The engine could not complete this request."
             )
         body = response.model_dump()
+        stored = self.store.get(turn.id)
+        if stored is not None and stored.response["status"] == "cancelled":
+            return stored.response  # cancelled while its last tokens came: it stays so
         if turn.request.store:
             conversation = turn.conversation + output_messages(output)
             self.store.put(turn.id, StoredResponse(body, conversation))
@@ -448,6 +541,7 @@ class ResponsesHandler:
             usage=usage,
             user=request.user,
             metadata=request.metadata,
+            background=bool(request.background),
         )
 
     # -- streaming -----------------------------------------------------------------------
@@ -676,11 +770,13 @@ def install_responses_routes(
         return await unless_disconnected(raw, handler.create(body)) or Response(status_code=499)
 
     @app.get("/v1/responses/{response_id}")
-    async def retrieve_response(response_id: str, stream: bool = False) -> JSONResponse:
-        return handler.retrieve(response_id, stream)
+    async def retrieve_response(
+        response_id: str, stream: bool = False, starting_after: int | None = None
+    ) -> Response:
+        return handler.retrieve(response_id, stream, starting_after)
 
     @app.post("/v1/responses/{response_id}/cancel")
     async def cancel_response(response_id: str) -> JSONResponse:
-        return handler.cancel(response_id)
+        return await handler.cancel(response_id)
 
     return handler

@@ -1,0 +1,121 @@
+"""Background responses (``background: true``): the run outlives its HTTP request.
+
+A background create returns at once with the response ``queued``; the generation runs in a
+task of the server's event loop. The store holds the response's current state (queued,
+in_progress, then completed / incomplete / failed / cancelled), so ``GET`` shows progress
+and ``POST .../cancel`` can stop the run (cancelling the task closes the chat stream, which
+aborts the engine request). A streamed background run keeps its events, so a client can
+read them as they come and later replay them from any sequence number
+(``GET /v1/responses/{id}?stream=true&starting_after=N``).
+
+Bounds: a run's events are kept while it runs and, after it ends, for the last
+``max_finished`` streamed runs only (each run's events are bounded by its token count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class BackgroundRun:
+    task: asyncio.Task[None] | None = None
+    streamed: bool = False
+    events: list[bytes] = field(default_factory=list)  # event i has sequence_number i
+    ended: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, event: bytes) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.changed.set()
+
+
+class BackgroundRuns:
+    """The background runs by response id. Used only from the event loop: no lock."""
+
+    def __init__(self, max_finished: int = 64) -> None:
+        self.max_finished = max_finished
+        self._running: dict[str, BackgroundRun] = {}
+        self._finished: OrderedDict[str, BackgroundRun] = OrderedDict()
+
+    def start(self, response_id: str, work: Coroutine[Any, Any, None], streamed: bool) -> None:
+        run = BackgroundRun(streamed=streamed)
+        self._running[response_id] = run
+        run.task = asyncio.create_task(self._guard(response_id, work), name=f"bg-{response_id}")
+
+    def get(self, response_id: str) -> BackgroundRun | None:
+        return self._running.get(response_id) or self._finished.get(response_id)
+
+    def is_running(self, response_id: str) -> bool:
+        return response_id in self._running
+
+    async def cancel(self, response_id: str) -> None:
+        run = self._running.get(response_id)
+        if run is None or run.task is None:
+            return
+        run.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run.task
+
+    def replay(self, response_id: str, starting_after: int | None) -> AsyncIterator[bytes]:
+        """A streamed run's events after ``starting_after``, then each new one until it ends
+        (checked now, so a wrong id is a 400 before any byte is sent). Leaving early (the
+        reader hung up) does not touch the run."""
+        run = self.get(response_id)
+        if run is None or not run.streamed:
+            raise OpenAIError(
+                f"Response '{response_id}' has no events kept: only streamed background "
+                "responses can be streamed again (the last ones to finish are kept); "
+                "retrieve it without stream.",
+                400,
+                "stream",
+            )
+        if starting_after is not None and starting_after < -1:
+            raise OpenAIError("starting_after must be at least -1.", 400, "starting_after")
+        return self._events(run, 0 if starting_after is None else starting_after + 1)
+
+    @staticmethod
+    async def _events(run: BackgroundRun, index: int) -> AsyncIterator[bytes]:
+        while True:
+            run.changed.clear()
+            while index < len(run.events):
+                yield run.events[index]
+                index += 1
+            if run.ended:
+                return
+            await run.changed.wait()
+
+    def shutdown(self) -> None:
+        """Cancel every run (the server is stopping; their engine requests are aborted)."""
+        for run in self._running.values():
+            if run.task is not None:
+                run.task.cancel()
+
+    async def _guard(self, response_id: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the run's own handler records failures; this is a bug
+            logger.exception("Background response %s failed", response_id)
+        finally:
+            run = self._running.pop(response_id)
+            run.end()
+            if run.streamed:
+                self._finished[response_id] = run
+                while len(self._finished) > self.max_finished:
+                    self._finished.popitem(last=False)
