@@ -249,8 +249,9 @@ class SamplingParams:
             )
         if self.truncate_prompt_tokens is not None:
             _check(
-                self.truncate_prompt_tokens >= 1,
-                f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}.",
+                self.truncate_prompt_tokens >= 1 or self.truncate_prompt_tokens == -1,
+                "truncate_prompt_tokens must be at least 1, or -1 for the model's context "
+                f"length, got {self.truncate_prompt_tokens}.",
             )
         _check(all(s != "" for s in self.stop or []), "stop cannot contain an empty string.")
         _check(

@@ -54,8 +54,9 @@ class InputProcessor:
         text, token_ids, salt = self._read_prompt(prompt)
         if token_ids is None:
             token_ids = self._tokenize(text)
-        if params.truncate_prompt_tokens is not None:
-            token_ids = token_ids[-params.truncate_prompt_tokens :]
+        keep = params.truncate_prompt_tokens
+        if keep is not None:  # -1: the model's context length, as vLLM
+            token_ids = token_ids[-(self.max_model_len if keep == -1 else keep) :]
         self._check_prompt(token_ids)
         return ProcessedPrompt(text, token_ids, salt)
 

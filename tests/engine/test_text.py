@@ -111,6 +111,16 @@ def test_chat_batch_and_template_kwargs(smollm):
     assert out.prompt == CHAT[0]["content"] + "\n"
 
 
+def test_truncate_prompt_tokens_minus_one_is_the_context_length(smollm):
+    """-1, as vLLM: the last max_model_len tokens (2048 here), which leaves no room."""
+    ids = list(range(100, 2200))
+    params = greedy(max_tokens=2, truncate_prompt_tokens=-1)
+    with pytest.raises(ValueError, match="no room"):
+        smollm.generate({"prompt_token_ids": ids}, params, use_tqdm=False)
+    out = smollm.generate({"prompt_token_ids": ids[:50]}, params, use_tqdm=False)
+    assert out[0].prompt_token_ids == ids[:50]
+
+
 def test_truncate_prompt_tokens_keeps_the_tail(smollm):
     ids = smollm.get_tokenizer().encode("one two three four five six seven eight")
     out = smollm.generate(

@@ -155,6 +155,37 @@ def test_cancel_answers_as_vllm_for_a_finished_response(openai_client):
         openai_client.responses.cancel("resp_nothing_here")
 
 
+# -- truncation ----------------------------------------------------------------------------
+
+LONG = "alpha beta gamma delta " * 700  # more tokens than the server's 2048 context
+
+
+def test_truncation_auto_keeps_the_latest_tokens(openai_client):
+    with pytest.raises(openai.BadRequestError):  # "disabled", the default: refused
+        create(openai_client, input=LONG, max_output_tokens=4)
+    reply = create(openai_client, input=LONG, max_output_tokens=4, truncation="auto")
+    assert reply.truncation == "auto" and reply.usage.input_tokens == 2048 - 4
+    assert reply.usage.output_tokens == 4
+
+
+def test_truncate_prompt_tokens_on_chat_and_completions(openai_client):
+    chat = openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=3,
+        extra_body={"truncate_prompt_tokens": 100, "ignore_eos": True},
+    )  # fmt: skip
+    assert chat.usage.prompt_tokens == 100 and chat.usage.completion_tokens == 3
+    done = openai_client.completions.create(
+        model=MODEL, prompt=LONG, max_tokens=3, echo=True,
+        extra_body={"truncate_prompt_tokens": 7},
+    )  # fmt: skip
+    assert done.usage.prompt_tokens == 7 and len(done.choices[0].text) < 100
+    with pytest.raises(openai.BadRequestError) as caught:  # -1: 2048 tokens, no room left
+        openai_client.completions.create(
+            model=MODEL, prompt=LONG, max_tokens=3, extra_body={"truncate_prompt_tokens": -1}
+        )
+    assert "2048" in caught.value.message
+
+
 # -- background responses ------------------------------------------------------------------
 
 

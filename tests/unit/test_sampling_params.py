@@ -42,6 +42,7 @@ from pagedllm.sampling_params import (
         ({"logprobs": -2}, "logprobs"),
         ({"prompt_logprobs": -2}, "prompt_logprobs"),
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
     ],
 )
 def test_out_of_range_field_raises_value_error_naming_it(kwargs: dict, field: str) -> None:

@@ -255,11 +255,6 @@ class ResponsesRequest(OpenAIModel):
                 "include", f"include {unknown[0]!r} is not supported by pagedllm; only "
                 f"{INCLUDE_LOGPROBS!r} is produced.",
             )  # fmt: skip
-        if self.truncation == "auto":
-            raise RefusedField(
-                "truncation", 'truncation "auto" is not supported by pagedllm: a prompt '
-                "longer than the context is refused (truncation \"disabled\").",
-            )  # fmt: skip
         if self.service_tier not in (None, "auto", "default"):
             raise RefusedField(
                 "service_tier", f"service_tier {self.service_tier!r} is not supported by "

@@ -27,7 +27,12 @@ from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output
 from pagedllm.entrypoints.openai.tool_choice import ToolChoice, plan_tool_choice
 from pagedllm.entrypoints.openai.tool_parsers import ToolParser, ToolStream
-from pagedllm.entrypoints.openai.usage import beam_usage, clamp_max_tokens, usage_of
+from pagedllm.entrypoints.openai.usage import (
+    beam_usage,
+    clamp_max_tokens,
+    truncate_prompt,
+    usage_of,
+)
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -71,6 +76,9 @@ class ChatHandler:
                 request.tools, request.tool_choice, request.parallel_tool_calls, self.tool_parser
             )
             prompt, prompt_ids = await self._render(request, tools)
+            prompt_ids = truncate_prompt(
+                prompt_ids, request.truncate_prompt_tokens, self.models.max_model_len
+            )
             engine_prompt: dict[str, Any] = {"prompt": prompt, "prompt_token_ids": prompt_ids}
             if request.salt() is not None:
                 engine_prompt["cache_salt"] = request.salt()

@@ -23,7 +23,13 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import last_output, merge_streams
-from pagedllm.entrypoints.openai.usage import add_usage, beam_usage, clamp_max_tokens, usage_of
+from pagedllm.entrypoints.openai.usage import (
+    add_usage,
+    beam_usage,
+    clamp_max_tokens,
+    truncate_prompt,
+    usage_of,
+)
 from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -159,6 +165,11 @@ class CompletionHandler:
             item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}
+        kept = truncate_prompt(
+            item["prompt_token_ids"], request.truncate_prompt_tokens, self.models.max_model_len
+        )
+        if len(kept) < len(item["prompt_token_ids"]):  # the text no longer matches the ids
+            item = {"prompt_token_ids": kept}
         if request.salt() is not None:
             item["cache_salt"] = request.salt()
         return item

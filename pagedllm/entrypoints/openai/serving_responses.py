@@ -224,10 +224,14 @@ def chat_request(
     messages: list[dict[str, Any]],
     continue_final: bool,
     response_id: str | None = None,
+    max_model_len: int | None = None,
 ) -> ChatCompletionRequest:
     """The chat request that runs a Responses request (under the response's id, so the
     engine's logs name it)."""
     logprobs = request.wants_logprobs()
+    keep = None
+    if request.truncation == "auto" and max_model_len is not None:
+        keep = auto_truncation(max_model_len, request.max_output_tokens)
     fields: dict[str, Any] = {
         "model": request.model,
         "request_id": response_id,
@@ -244,6 +248,7 @@ def chat_request(
         "top_logprobs": (request.top_logprobs or 0) if logprobs else None,
         "add_generation_prompt": not continue_final,
         "continue_final_message": continue_final,
+        "truncate_prompt_tokens": keep,
         **{name: getattr(request, name) for name in _SAME_IN_CHAT},
     }
     try:
@@ -255,6 +260,19 @@ def chat_request(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ValueError(f"{where}: {first.get('msg', 'invalid value')}") from None
+
+
+def auto_truncation(max_model_len: int, max_output_tokens: int | None) -> int:
+    """Prompt tokens kept with ``truncation: "auto"``: the last ones, leaving room for
+    max_output_tokens (one token without it). OpenAI drops the oldest items; vLLM keeps the
+    last max_model_len tokens and then has no room left to answer."""
+    keep = max_model_len - (max_output_tokens or 1)
+    if keep < 1:
+        raise ValueError(
+            f"max_output_tokens ({max_output_tokens}) leaves no room for the prompt in this "
+            f"model's context of {max_model_len} tokens."
+        )
+    return keep
 
 
 def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
@@ -319,7 +337,9 @@ class ResponsesHandler:
         system = [{"role": "system", "content": request.instructions}]
         messages = (system if request.instructions else []) + conversation
         turn = _Turn(request, response_id(), model, int(time.time()), conversation)
-        chat = chat_request(request, messages, continues_final_message(request.input), turn.id)
+        continued = continues_final_message(request.input)
+        max_len = self.chat.models.max_model_len
+        chat = chat_request(request, messages, continued, turn.id, max_len)
         if request.background:
             return self._start_background(turn, chat)
         result = await self.chat.create(chat)
