@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The bundled model registers its tokenizer in the Hugging Face cache on first start: a
+# cache of the run's own (servers started by tests inherit it).
+os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="pagedllm-test-hf-"))
 
 TINY_VOCAB = 384
 

@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
         nargs="?",
         default=None,
         metavar="MODEL",
-        help="model directory, .gguf file or cached repo id (default: bundled SmolLM2)",
+        help="model directory, .gguf file or Hugging Face repo id, downloaded on first use "
+        "(default: bundled SmolLM2)",
     )
     parser.add_argument(
         "--config",
