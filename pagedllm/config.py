@@ -22,6 +22,7 @@ from pagedllm.engine.vllm_options import VllmEngineOptions, cuda_graph_options, 
 from pagedllm.logger import init_logger
 from pagedllm.model_files import ModelFiles, resolve_model
 from pagedllm.quantization import QuantConfig, resolve_kv_cache_dtype, resolve_quantization
+from pagedllm.startup_problems import StartupProblems
 
 logger = init_logger(__name__)
 
@@ -423,11 +424,19 @@ class EngineArgs(VllmEngineOptions):
     ) -> EngineConfig:
         """``usage_context``: who builds the engine (``LLM``, the server, a library), which
         sets the batch-size defaults (``batch_defaults``)."""
-        self._refuse_unsupported()
-        graphs = cuda_graph_options(self)
-        device = resolve_device(self.device)
-        model_config = self._model_config(device)
-        cache_config = self._cache_config(device, model_config)
+        problems = StartupProblems()
+        self._refuse_unsupported(problems)
+        graphs = problems.attempt(lambda: cuda_graph_options(self))
+        device = problems.attempt(lambda: resolve_device(self.device))
+        # What needs only config.json is checked even when the device is wrong (on the
+        # CPU's terms), so one start reports every problem, before any weight loads.
+        model_config = problems.attempt(lambda: self._model_config(device or "cpu"))
+        cache_config = None
+        if model_config is not None and device is not None:
+            cache_config = problems.attempt(lambda: self._cache_config(device, model_config))
+        problems.raise_if_any()
+        assert graphs is not None and device is not None  # else raised above
+        assert model_config is not None and cache_config is not None
         if _is_auto_length(self.max_model_len):
             model_config = _fit_to_cache(model_config, cache_config)
         max_len = model_config.max_model_len
@@ -464,36 +473,29 @@ class EngineArgs(VllmEngineOptions):
 
     # -- validation ----------------------------------------------------------------------
 
-    def _refuse_unsupported(self) -> None:
-        refused = refusals(self)  # vLLM's options at a value pagedllm cannot honour
-        if refused:
-            raise ValueError(" ".join(refused))
+    def _refuse_unsupported(self, problems: StartupProblems) -> None:
+        """Every option set to a value pagedllm cannot honour, into ``problems``."""
+        problems.extend(refusals(self))  # vLLM's options at a value pagedllm cannot honour
         for name, default in UNSUPPORTED_DEFAULTS.items():
             value = getattr(self, name)
             if value != default:
-                raise ValueError(
-                    f"{name}={value!r} is not supported by pagedllm yet; leave it unset."
-                )
+                problems.add(f"{name}={value!r} is not supported by pagedllm yet; leave it unset.")
         if self.tensor_parallel_size != 1:
-            raise ValueError(
+            problems.add(
                 f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet: "
                 "pagedllm runs on one device. Use tensor_parallel_size=1."
             )
         if self.tokenizer_mode not in ("auto", "hf"):
-            raise ValueError(
-                f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto'."
-            )
+            problems.add(f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto'.")
         if self.load_format not in LOAD_FORMATS:
-            raise ValueError(
-                f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}."
-            )
+            problems.add(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
         if self.generation_config not in ("auto", "vllm", "pagedllm"):
-            raise ValueError(
+            problems.add(
                 f"generation_config={self.generation_config!r} is not supported; use 'auto' "
                 "(the model's generation_config.json) or 'vllm' (ignore it)."
             )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(
+            problems.add(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}."
             )
 
@@ -611,7 +613,11 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for, but torch sees no CUDA device.")
+        raise ValueError(
+            f"device='cuda' was asked for, but torch {torch.__version__} sees no CUDA device "
+            "(a CPU build of torch, or no GPU on this machine). Use --device cpu, or leave "
+            "--device out to pick what is there."
+        )
     return device
 
 
