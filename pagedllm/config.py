@@ -137,6 +137,9 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # "mp": one worker process per rank when there is more than one; one rank always runs
+    # in the engine core's own process ("uni").
+    distributed_executor_backend: str = "mp"
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,6 @@ class StructuredOutputsConfig:
 UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "swap_space": None,
     "cpu_offload_gb": 0,
-    "pipeline_parallel_size": 1,
     "data_parallel_size": 1,
     "enable_lora": False,
     "speculative_config": None,
@@ -213,7 +215,6 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "code_revision": None,
     "num_gpu_blocks_override": None,
     "max_seq_len_to_capture": None,
-    "distributed_executor_backend": None,
     "enable_sleep_mode": False,
     "kv_transfer_config": None,
     "limit_mm_per_prompt": None,
@@ -336,7 +337,8 @@ class EngineArgs(VllmEngineOptions):
     async_scheduling: bool | None = None  # None: on with CUDA, off on the CPU
     """Schedule the next step while the GPU runs this one (default on with CUDA, off on the CPU)."""
     tensor_parallel_size: int = 1
-    """GPUs to shard the model over (-tp); only 1 is supported yet."""
+    """Ranks to shard the model over (-tp): heads, MLP and vocabulary split Megatron-style,
+    one worker process per rank (on the CPU over gloo)."""
     enforce_eager: bool = False
     """Run without CUDA graphs."""
     disable_log_stats: bool = False
@@ -358,7 +360,7 @@ class EngineArgs(VllmEngineOptions):
     cpu_offload_gb: float = 0
     """Not supported: weights stay on the device."""
     pipeline_parallel_size: int = 1
-    """GPUs to pipeline the layers over (-pp); only 1 is supported."""
+    """Pipeline stages to split the layers over (-pp), one worker process per rank."""
     data_parallel_size: int = 1
     """Engine replicas (-dp); only 1 is supported."""
     enable_lora: bool = False
@@ -378,7 +380,8 @@ class EngineArgs(VllmEngineOptions):
     max_seq_len_to_capture: int | None = None
     """Not supported: CUDA graphs cover decode batches, whatever the length."""
     distributed_executor_backend: str | None = None
-    """Not supported: one device, one process."""
+    """mp (default): worker processes on this machine. ray is not supported yet; uni only
+    with one rank."""
     enable_sleep_mode: bool = False
     """Not supported."""
     compilation_config: Any = None
@@ -444,7 +447,7 @@ class EngineArgs(VllmEngineOptions):
             model_config=model_config,
             cache_config=cache_config,
             scheduler_config=self._scheduler_config(device, max_len, usage_context),
-            parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
+            parallel_config=self._parallel_config(device, model_config),
             device=device,
             enforce_eager=graphs.eager,
             disable_log_stats=self.disable_log_stats,
@@ -480,11 +483,6 @@ class EngineArgs(VllmEngineOptions):
             value = getattr(self, name)
             if value != default:
                 problems.add(f"{name}={value!r} is not supported by pagedllm yet; leave it unset.")
-        if self.tensor_parallel_size != 1:
-            problems.add(
-                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet: "
-                "pagedllm runs on one device. Use tensor_parallel_size=1."
-            )
         if self.tokenizer_mode not in ("auto", "hf"):
             problems.add(f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto'.")
         if self.load_format not in LOAD_FORMATS:
@@ -534,6 +532,30 @@ class EngineArgs(VllmEngineOptions):
             tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir,
         )
+
+    def _parallel_config(self, device: str, model_config: ModelConfig) -> ParallelConfig:
+        from pagedllm.distributed.sizes import check_parallel_sizes
+
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        check_parallel_sizes(model_config.text_config, tp, pp)
+        backend = self.distributed_executor_backend or "mp"
+        if backend == "ray":
+            raise ValueError(
+                "distributed_executor_backend='ray' is not supported by pagedllm yet: its "
+                "workers start on this machine only, with 'mp' (the default)."
+            )
+        if backend not in ("mp", "uni") or (backend == "uni" and tp * pp > 1):
+            raise ValueError(
+                f"distributed_executor_backend={backend!r} is not supported; use 'mp' (or "
+                "'uni' with tensor_parallel_size=pipeline_parallel_size=1)."
+            )
+        if tp * pp > 1 and device != "cpu":
+            raise ValueError(
+                f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} runs on the CPU "
+                "(gloo) only in this version: the CUDA graphs and Triton attention are not "
+                "yet built per rank. Use device='cpu', or tensor and pipeline parallel size 1."
+            )
+        return ParallelConfig(tp, pp, "mp")
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size

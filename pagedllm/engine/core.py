@@ -1,4 +1,5 @@
-"""EngineCore: the scheduler and the model runner, stepped together."""
+"""EngineCore: the scheduler and the executor (the model runner, or one worker process per
+rank with tensor or pipeline parallelism), stepped together."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pagedllm.core.request import FinishReason, Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.executor import create_executor
+from pagedllm.executor.base import Executor
 from pagedllm.inputs.tokenizer import load_tokenizer
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
@@ -20,20 +23,23 @@ from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.structured_output.manager import StructuredOutputManager
 from pagedllm.structured_output.spec import build_grammar_spec
 from pagedllm.worker.kv_cache import GiB
-from pagedllm.worker.model_runner import ModelRunner
-from pagedllm.worker.step_output import LaunchedStep
 
 logger = init_logger(__name__)
 
 # EngineCore methods the front end may call by name (``EngineCoreClient.call_utility``).
-UTILITIES = frozenset({"reset_prefix_cache", "kv_cache_state", "weight_bytes", "decode_read_bytes"})
+UTILITIES = frozenset(
+    {"reset_prefix_cache", "kv_cache_state", "weight_bytes", "decode_read_bytes", "worker_pids"}
+)
 
 
 def is_device_failure(exc: BaseException) -> bool:
     """A CUDA error (an illegal address, a device-side assert) leaves the context unusable
-    for every request; anything else a step raises is tried as one request's fault."""
+    for every request, and so does a lost worker rank (``engine_fatal``); anything else a
+    step raises is tried as one request's fault."""
     import torch
 
+    if getattr(exc, "engine_fatal", False):
+        return True
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True
@@ -44,13 +50,18 @@ class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         start = time.perf_counter()
         self.config = config
-        self.runner = ModelRunner(config)
+        self.runner: Executor = create_executor(config)
         self.runner.load_model()
         plan = self.runner.plan_kv_cache()
         self.runner.initialize_kv_cache(plan)
         max_len = config.model_config.max_model_len
+        parallel = config.parallel_config
+        ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+        # With several ranks the figures are per rank: each holds its share of the KV heads
+        # (and its stage's layers) for the same blocks, so the block count is the engine's.
         logger.info(
-            "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB in %s",
+            "KV cache%s: %d blocks of %d tokens (%d tokens), %.2f GiB in %s",
+            f" per rank (each of {ranks} ranks)" if ranks > 1 else "",
             plan.num_blocks,
             plan.block_size,
             plan.num_tokens,
@@ -72,7 +83,7 @@ class EngineCore:
         # Made when the first request with structured outputs arrives.
         self.structured_outputs: StructuredOutputManager | None = None
         # Async scheduling: the step queued on the device whose tokens are not read yet.
-        self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
+        self._in_flight: tuple[SchedulerOutput, Any] | None = None
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -128,18 +139,29 @@ class EngineCore:
     # -- utilities (called by name from the front end: ``UTILITIES``) ---------------------
 
     def weight_bytes(self) -> int:
-        """Bytes of the model's weights on the device (benchmarks relate speed to them)."""
-        assert self.runner.model is not None
-        return sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+        """Bytes of the model's weights on the devices, every rank's (benchmarks relate speed
+        to them)."""
+        return self.runner.weight_bytes()
 
     def decode_read_bytes(self) -> int:
         """Weight bytes one decode step reads: all but the embedding table, of which it reads
         a row per token (unless the LM head shares it). The roofline of a single stream."""
-        model = self.runner.model
-        assert model is not None
-        embedding = model.model.embed_tokens.weight
-        tied = embedding is model.lm_head.weight
-        return self.weight_bytes() - (0 if tied else embedding.numel() * embedding.element_size())
+        return self.runner.decode_read_bytes()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (none when the model runs in this process)."""
+        pids = getattr(self.runner, "worker_pids", None)
+        return pids() if pids is not None else []
+
+    def check_health(self) -> None:
+        """Raise if a worker process is gone (called while idle, so a lost rank ends the
+        engine even when no step would notice it)."""
+        check = getattr(self.runner, "check_health", None)
+        if check is not None:
+            check()
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
 
     def kv_cache_state(self) -> dict[str, Any]:
         """The block pool checked: free and total blocks, whether a trial is running."""
@@ -211,7 +233,7 @@ class EngineCore:
         self._in_flight = None
         return self._resolve(scheduler_output, launched)
 
-    def _resolve(self, so: SchedulerOutput, launched: LaunchedStep) -> list[EngineCoreOutput]:
+    def _resolve(self, so: SchedulerOutput, launched: Any) -> list[EngineCoreOutput]:
         try:
             runner_output = self.runner.resolve(launched)
         except Exception as exc:
@@ -244,8 +266,9 @@ class EngineCore:
         stats = self.scheduler.stats()
         prefix = self.kv_cache_manager.prefix_cache_stats.take()
         return EngineSnapshot(
-            stats.num_running, stats.num_waiting, stats.kv_cache_usage, prefix.queries, prefix.hits
-        )
+            stats.num_running, stats.num_waiting, stats.kv_cache_usage, prefix.queries,
+            prefix.hits, stats.num_waiting_deferred,
+        )  # fmt: skip
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.reset_prefix_cache()

@@ -12,9 +12,7 @@ Started by ``MPClient`` (``core_client.py``) as ``python -m pagedllm.engine.core
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 from typing import Any
 
 import zmq
@@ -32,6 +30,7 @@ from pagedllm.engine.messages import (
     UtilityCall,
     UtilityResult,
 )
+from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
 
@@ -57,6 +56,8 @@ class EngineCoreLoop:
             busy = self.core.has_unfinished_requests()
             if not busy and self._changed:
                 self._send_idle_state()
+            if not busy:
+                self.core.check_health()  # a lost worker rank ends the engine, even idle
             timeout = 0 if busy else _IDLE_POLL_MS
             while poller.poll(timeout):
                 self._handle(self.codec.decode(self.inbound.recv_multipart(copy=False)))
@@ -142,6 +143,7 @@ def run_engine_core(config: EngineConfig, input_address: str, output_addresses: 
     try:
         EngineCoreLoop(core, inbound, outbound).run()
     finally:
+        core.shutdown()  # worker processes, if any
         _close(context, [inbound, *outbound])
 
 
@@ -149,19 +151,6 @@ def _close(context: zmq.Context, sockets: list[zmq.Socket]) -> None:
     for socket in sockets:
         socket.close(linger=1000)  # let the last messages out, but never wait for long
     context.term()
-
-
-def exit_with_parent(fd: int) -> None:
-    """The parent holds our stdin open for its whole life: its end means the parent is
-    gone (even killed), and this process must not outlive it. Reads the raw fd (a buffered
-    reader's lock would trouble the interpreter's shutdown)."""
-
-    def watch() -> None:
-        while os.read(fd, 1 << 16):
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch, name="pagedllm-parent-watch", daemon=True).start()
 
 
 def main() -> None:

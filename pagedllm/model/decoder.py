@@ -16,12 +16,16 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.distributed.communication import all_reduce
+from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merged_target
 from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS, silu_and_mul
 from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
 from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_parameters
+from pagedllm.model.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.sharding import ShardPlan
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class ForwardContext:
     positions: torch.Tensor | None = None
     # Set for the one step whose K/V values set an FP8 cache's scales (calculate_kv_scales).
     calculate_kv_scales: bool = False
+    # Pipeline stages after the first: the previous stage's (hidden states, residual).
+    intermediate: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # calculate_kv_scales, as vLLM defines it: the first step's largest |K| maps to 200 and
@@ -110,9 +116,22 @@ class ForwardContext:
 KV_SCALE_RANGES = (200.0, 100.0)
 
 
+def _row_bias(bias: bool, tp: ModelParallel | None) -> bool:
+    """A row-parallel layer's bias is added once: on TP rank 0, before the all-reduce."""
+    return bias and (tp is None or tp.tp_rank == 0)
+
+
 class Attention(nn.Module):
+    """``spec`` holds this rank's head counts; ``tp`` (None on one rank) makes o_proj
+    row-parallel: its partial products are summed over the TP group."""
+
     def __init__(
-        self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype, linears: LinearMaker
+        self,
+        spec: DecoderSpec,
+        layer_idx: int,
+        dtype: torch.dtype,
+        linears: LinearMaker,
+        tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -130,7 +149,10 @@ class Attention(nn.Module):
             spec.hidden_size, sum(self.sizes), spec.qkv_bias, self.sizes,
             [f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj"],
         )  # fmt: skip
-        self.o_proj = linears(q_size, spec.hidden_size, spec.o_bias, None, [f"{prefix}.o_proj"])
+        self.o_proj = linears(
+            q_size, spec.hidden_size, _row_bias(spec.o_bias, tp), None, [f"{prefix}.o_proj"]
+        )
+        self.tp_group = tp.tp_group if tp is not None else None
         # K's and V's dequantization scales when the cache is FP8 (stored = value / scale):
         # from the checkpoint, from calculate_kv_scales, or 1.
         self.register_buffer("kv_scale", torch.ones(2, dtype=torch.float32))
@@ -156,7 +178,10 @@ class Attention(nn.Module):
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale,
             self.window,
         )  # fmt: skip
-        return self.o_proj(out.reshape(num_tokens, -1))
+        out = self.o_proj(out.reshape(num_tokens, -1))
+        if self.tp_group is not None:
+            out = all_reduce(out, self.tp_group)
+        return out
 
     def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
         amax = torch.stack([k.abs().amax(), v.abs().amax()]).float()
@@ -209,7 +234,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec, layer_idx: int, linears: LinearMaker) -> None:
+    """gate/up column-parallel and down row-parallel when ``tp`` is given (one all-reduce)."""
+
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        layer_idx: int,
+        linears: LinearMaker,
+        tp: ModelParallel | None = None,
+    ) -> None:
         super().__init__()
         inter = spec.intermediate_size
         prefix = f"model.layers.{layer_idx}.mlp"
@@ -218,20 +251,29 @@ class MLP(nn.Module):
             [f"{prefix}.gate_proj", f"{prefix}.up_proj"],
         )  # fmt: skip
         self.down_proj = linears(
-            inter, spec.hidden_size, spec.mlp_bias, None, [f"{prefix}.down_proj"]
+            inter, spec.hidden_size, _row_bias(spec.mlp_bias, tp), None, [f"{prefix}.down_proj"]
         )
+        self.tp_group = tp.tp_group if tp is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        if self.tp_group is not None:
+            out = all_reduce(out, self.tp_group)
+        return out
 
 
 class DecoderLayer(nn.Module):
     def __init__(
-        self, spec: DecoderSpec, layer_idx: int, dtype: torch.dtype, linears: LinearMaker
+        self,
+        spec: DecoderSpec,
+        layer_idx: int,
+        dtype: torch.dtype,
+        linears: LinearMaker,
+        tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = Attention(spec, layer_idx, dtype, linears)
-        self.mlp = MLP(spec, layer_idx, linears)
+        self.self_attn = Attention(spec, layer_idx, dtype, linears, tp)
+        self.mlp = MLP(spec, layer_idx, linears, tp)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
 
@@ -247,21 +289,54 @@ class DecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+class MissingLayer(nn.Module):
+    """A layer held by another pipeline stage: keeps the layer indices (and names) global."""
+
+
 class DecoderModel(nn.Module):
-    def __init__(self, spec: DecoderSpec, dtype: torch.dtype, linears: LinearMaker) -> None:
+    """The whole decoder, or one rank's share of it (``plan``: this rank's heads and MLP
+    slice, its pipeline stage's layers; the embedding on the first stage, the final norm on
+    the last)."""
+
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        dtype: torch.dtype,
+        linears: LinearMaker,
+        plan: ShardPlan | None = None,
+    ) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
+        tp = plan.parallel if plan is not None and plan.tp > 1 else None
+        held = plan.layers if plan is not None else range(spec.num_layers)
+        self.embed_tokens: nn.Module | None = None
+        if plan is None or plan.holds_embedding:
+            self.embed_tokens = (
+                VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, dtype, tp)
+                if tp is not None
+                else VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
+            )
         self.layers = nn.ModuleList(
-            DecoderLayer(spec, i, dtype, linears) for i in range(spec.num_layers)
+            DecoderLayer(spec, i, dtype, linears, tp) if i in held else MissingLayer()
+            for i in range(spec.num_layers)
         )
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
+        self.stage_layers = [self.layers[i] for i in held]  # the layers this rank runs
+        last = plan is None or plan.parallel.is_last_stage
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype) if last else None
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        """The final hidden states; before the last pipeline stage, [2, tokens, hidden]:
+        the hidden states and the residual, for the next stage (``ctx.intermediate``)."""
         residual: torch.Tensor | None = None
-        for layer in self.layers:
+        if ctx.intermediate is None:
+            assert self.embed_tokens is not None, "the first stage embeds"
+            x = self.embed_tokens(input_ids)
+        else:
+            x, residual = ctx.intermediate
+        for layer in self.stage_layers:
             x, residual = layer(x, residual, ctx)
         assert residual is not None, "a decoder has at least one layer"
+        if self.norm is None:
+            return torch.stack((x, residual))
         x, _ = self.norm.forward_residual(x, residual)
         return x
 
@@ -273,14 +348,21 @@ class CausalLM(nn.Module):
     embeddings and the LM head always stay in ``dtype``."""
 
     def __init__(
-        self, spec: DecoderSpec, dtype: torch.dtype, linears: LinearMaker | None = None
+        self,
+        spec: DecoderSpec,
+        dtype: torch.dtype,
+        linears: LinearMaker | None = None,
+        parallel: ModelParallel | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.model = DecoderModel(spec, dtype, linears or plain_linears(dtype))
-        self.lm_head = LMHead(spec.vocab_size, spec.hidden_size, dtype)
-        if spec.tie_word_embeddings:
-            self.lm_head.tie(self.model.embed_tokens)
+        # None on one rank: the whole model, built exactly as without parallelism.
+        self.plan = ShardPlan(spec, parallel) if parallel and parallel.world_size > 1 else None
+        local = self.plan.local_spec() if self.plan is not None else spec
+        self.model = DecoderModel(local, dtype, linears or plain_linears(dtype), self.plan)
+        self.lm_head = self._lm_head(spec, dtype)
+        if spec.tie_word_embeddings and self.lm_head is not None:
+            self.lm_head.tie(self.model.embed_tokens)  # type: ignore[arg-type]
         self.rotary = RotaryEmbedding(spec.head_dim, spec.max_position, spec.rope, dtype)
 
     def forward(
@@ -292,7 +374,19 @@ class CausalLM(nn.Module):
             ctx.cos, ctx.sin = self.rotary.cos_sin(positions)
         return self.model(input_ids, ctx)
 
+    def _lm_head(self, spec: DecoderSpec, dtype: torch.dtype) -> nn.Module | None:
+        """On the last pipeline stage only; vocab-parallel with TP."""
+        plan = self.plan
+        if plan is None:
+            return LMHead(spec.vocab_size, spec.hidden_size, dtype)
+        if not plan.parallel.is_last_stage:
+            return None
+        if plan.tp > 1:
+            return ParallelLMHead(spec.vocab_size, spec.hidden_size, dtype, plan.parallel)
+        return LMHead(spec.vocab_size, spec.hidden_size, dtype)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self.lm_head is not None, "logits are computed on the last pipeline stage"
         return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -314,6 +408,9 @@ class CausalLM(nn.Module):
             module = self._module(module_name, name)
             if isinstance(module, Linear):
                 module.load(attr, tensor, shard)
+            elif isinstance(module, VocabParallelEmbedding):
+                module.load_shard(tensor, name)  # this rank's rows (tensor parallel)
+                loaded.add(target)
             else:
                 param = getattr(module, attr, None)
                 if not isinstance(param, nn.Parameter):

@@ -40,15 +40,18 @@ def family(architecture: str) -> str:
     return _FAMILIES[architecture]
 
 
-def build_model(architecture: str, hf_config: Any, dtype: Any, quant: Any = None) -> Any:
+def build_model(
+    architecture: str, hf_config: Any, dtype: Any, quant: Any = None, parallel: Any = None
+) -> Any:
     """Instantiate the (unloaded) model on the current default device; ``quant`` (a
-    ``pagedllm.quantization.QuantConfig``) makes the layers it names FP8."""
+    ``pagedllm.quantization.QuantConfig``) makes the layers it names FP8; ``parallel`` (a
+    ``pagedllm.distributed.parallel_state.ModelParallel``) builds one rank's share."""
     from pagedllm.model.decoder import CausalLM, DecoderSpec
 
     text_config = getattr(hf_config, "text_config", None) or hf_config
     spec = DecoderSpec.from_config(text_config, family(architecture))
     if quant is None:
-        return CausalLM(spec, dtype)
+        return CausalLM(spec, dtype, parallel=parallel)
     from pagedllm.model.layers.fp8_linear import fp8_linears
 
-    return CausalLM(spec, dtype, fp8_linears(dtype, quant))
+    return CausalLM(spec, dtype, fp8_linears(dtype, quant), parallel)

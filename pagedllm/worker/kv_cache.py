@@ -52,13 +52,20 @@ class KVCachePlan:
 
 
 def plan_kv_cache(
-    model_config: ModelConfig, cache_config: CacheConfig, available_bytes: int, where: str
+    model_config: ModelConfig,
+    cache_config: CacheConfig,
+    available_bytes: int,
+    where: str,
+    per_token: int | None = None,
 ) -> KVCachePlan:
     """Blocks that fit in ``available_bytes``; fail if one max_model_len request cannot fit.
 
     ``where`` names the budget in the error ("kv_cache_memory_bytes=...", GPU figures...).
+    ``per_token``: one rank's bytes per token with tensor or pipeline parallelism (its KV
+    heads of its layers); the whole model's by default.
     """
-    per_token = model_config.kv_bytes_per_token(cache_config.cache_dtype)
+    if per_token is None:
+        per_token = model_config.kv_bytes_per_token(cache_config.cache_dtype)
     block_size = cache_config.block_size
     num_blocks = available_bytes // (per_token * block_size)
     plan = KVCachePlan(int(num_blocks), block_size, per_token)
@@ -82,13 +89,25 @@ def allocate_kv_caches(
     dtype: torch.dtype,
     device: torch.device,
     extra_blocks: int = 0,
+    num_kv_heads: int | None = None,
+    layers: range | None = None,
 ) -> list[torch.Tensor]:
     """One zero-filled tensor per layer (``extra_blocks`` beyond the plan's, outside the
     block pool, for scratch). Zeros, not empty: padded positions of a gathered block are
-    masked out of attention, and masked garbage must still be finite."""
+    masked out of attention, and masked garbage must still be finite. With parallelism,
+    ``num_kv_heads`` is this rank's and only its stage's ``layers`` get a cache (the list
+    stays indexed by layer; other stages' entries are empty)."""
     blocks = plan.num_blocks + extra_blocks
-    shape = (2, blocks, plan.block_size, model_config.num_kv_heads, model_config.head_dim)
-    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_layers)]
+    heads = model_config.num_kv_heads if num_kv_heads is None else num_kv_heads
+    shape = (2, blocks, plan.block_size, heads, model_config.head_dim)
+    if layers is None:
+        return [
+            torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_layers)
+        ]
+    return [
+        torch.zeros(shape if i in layers else (0,), dtype=dtype, device=device)
+        for i in range(model_config.num_layers)
+    ]
 
 
 def _gib(num_bytes: int) -> str:

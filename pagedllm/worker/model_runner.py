@@ -18,11 +18,13 @@ from pagedllm.attention.backend import create_backend
 from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.layers.fp8_linear import log_fp8_layers
 from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
+from pagedllm.model.sharding import ShardPlan
 from pagedllm.sample.grammar_mask import GrammarBitmask, apply_grammar_bitmask
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
@@ -41,14 +43,30 @@ from pagedllm.worker.memory_profile import GRAPH_RESERVE, profile_peak_activatio
 from pagedllm.worker.penalty_state import PenaltyState
 from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import build_sampling_metadata
+from pagedllm.worker.stage_io import StageIO
 from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
 
 logger = init_logger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    """One rank's runner. ``parallel`` (None: the whole model, this process) places it in
+    the tensor x pipeline grid; every rank gets the same scheduler outputs, keeps the same
+    request states and block tables, and holds its share of the weights and KV cache.
+
+    Only ranks of the last pipeline stage sample (all of its TP ranks, from the same
+    gathered logits, to the same tokens); the tokens are broadcast to the other stages."""
+
+    def __init__(self, config: EngineConfig, parallel: ModelParallel | None = None) -> None:
         self.config = config
+        self.parallel = parallel
+        # Pipeline hand-offs (None without pipeline parallelism: nothing to send or wait for).
+        self.stage_io: StageIO | None = None
+        if parallel is not None and parallel.pp_size > 1:
+            mc = config.model_config
+            dtype = getattr(torch, mc.dtype)
+            self.stage_io = StageIO(parallel, mc.text_config.hidden_size, dtype)
+        self.samples = parallel is None or parallel.is_last_stage
         self.model_config = config.model_config
         self.device = torch.device(config.device)
         self.dtype: torch.dtype = getattr(torch, self.model_config.dtype)
@@ -81,7 +99,9 @@ class ModelRunner:
         start = time.perf_counter()
         mc = self.model_config
         with torch.device(self.device):
-            model = build_model(mc.architecture, mc.hf_config, self.dtype, mc.quantization)
+            model = build_model(
+                mc.architecture, mc.hf_config, self.dtype, mc.quantization, self.parallel
+            )
         load_weights_into(model, mc)
         log_fp8_layers(model)
         self._log_kv_scales(model)
@@ -100,7 +120,7 @@ class ModelRunner:
     def _log_kv_scales(self, model: CausalLM) -> None:
         if self.kv_cache_dtype == self.dtype:
             return
-        scales = torch.stack([layer.self_attn.kv_scale for layer in model.model.layers])
+        scales = torch.stack([layer.self_attn.kv_scale for layer in model.model.stage_layers])
         name = self.config.cache_config.cache_dtype
         if self._kv_scales_pending:
             logger.info("KV cache in %s; its K and V scales come from the first step", name)
@@ -125,7 +145,40 @@ class ModelRunner:
             budget, where = self._gpu_kv_budget()
         else:
             raise ValueError("kv_cache_memory_bytes is required off the GPU.")
-        return plan_kv_cache(self.model_config, cache, budget, where)
+        return plan_kv_cache(self.model_config, cache, budget, where, self.kv_bytes_per_token())
+
+    def kv_bytes_per_token(self) -> int:
+        """This rank's: its KV heads of its stage's layers (the whole model's on one rank)."""
+        mc, plan = self.model_config, self._shard_plan()
+        per_token = mc.kv_bytes_per_token(self.config.cache_config.cache_dtype)
+        if plan is None:
+            return per_token
+        return (
+            per_token // (mc.num_layers * mc.num_kv_heads) * (len(plan.layers) * plan.num_kv_heads)
+        )
+
+    def _shard_plan(self) -> ShardPlan | None:
+        assert self.model is not None, "load_model() first"
+        return self.model.plan
+
+    def weight_bytes(self) -> int:
+        """Bytes of this rank's weights on the device."""
+        assert self.model is not None
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def decode_read_bytes(self) -> int:
+        """Weight bytes one decode step reads on this rank: all but the embedding table, of
+        which it reads a row per token (unless the LM head shares it)."""
+        model = self.model
+        assert model is not None
+        embedding = model.model.embed_tokens
+        head = model.lm_head
+        if embedding is None or (head is not None and embedding.weight is head.weight):
+            return self.weight_bytes()
+        return self.weight_bytes() - embedding.weight.numel() * embedding.weight.element_size()
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the runner is this process (the uniprocess executor)."""
 
     def _gpu_kv_budget(self) -> tuple[int, str]:
         """gpu_memory_utilization x total - weights - peak activations - memory outside torch
@@ -156,9 +209,12 @@ class ModelRunner:
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
         cuda = self.device.type == "cuda"
         # On CUDA one extra block past the pool's is scratch space for padded tokens.
+        shard = self._shard_plan()
         self.kv_caches = allocate_kv_caches(
-            self.model_config, plan, self.kv_cache_dtype, self.device, extra_blocks=int(cuda)
-        )
+            self.model_config, plan, self.kv_cache_dtype, self.device, extra_blocks=int(cuda),
+            num_kv_heads=shard.num_kv_heads if shard is not None else None,
+            layers=shard.layers if shard is not None else None,
+        )  # fmt: skip
         if not cuda:
             return
         sched = self.config.scheduler_config
@@ -208,13 +264,17 @@ class ModelRunner:
         # launched, so the step's only wait for the GPU is reading the sampled tokens back.
         states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
         metadata = None
-        if states:
+        if states and self.samples:
             metadata = self._sampling_metadata(states)
         hidden, batch = self._forward(host)
+        if not self.samples:
+            return self._pass_on(hidden, batch, states)
         sampled = None
         if metadata is not None:
             mask = grammar_bitmask([s.req_id for s in states]) if grammar_bitmask else None
             sampled = self._sample(hidden, states, batch, metadata, mask)
+            if self.stage_io is not None:
+                self.stage_io.share_tokens(sampled.device_token_ids)
             self._last_sampled = sampled.device_token_ids
             for row, state in enumerate(states):
                 state.num_pending += 1
@@ -223,6 +283,23 @@ class ModelRunner:
         return LaunchedStep(
             batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
+
+    def _pass_on(
+        self, hidden: torch.Tensor, batch: StepBatch, states: list[RequestState]
+    ) -> LaunchedStep:
+        """A stage before the last: hand the activations on, then take the step's sampled
+        tokens from the last stage (the next step's inputs), without logprobs."""
+        assert self.stage_io is not None
+        self.stage_io.send_activations(hidden)
+        sampled = None
+        if states:
+            tokens = self.stage_io.receive_tokens(len(states))
+            sampled = SampledOnDevice(tokens, tokens, None, [0] * len(states), None)
+            self._last_sampled = tokens
+            for row, state in enumerate(states):
+                state.num_pending += 1
+                state.pending_row = row
+        return LaunchedStep(batch.req_ids, batch.sampled_req_indices, states, sampled, None)
 
     def resolve(self, launched: LaunchedStep) -> ModelRunnerOutput:
         """Wait for a launched step's tokens, record them in the request states (a state
@@ -252,6 +329,8 @@ class ModelRunner:
             batch = self.buffers.load(host, 0, segments)
         ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
         ctx.calculate_kv_scales = calculate_kv_scales
+        if self.stage_io is not None:
+            ctx.intermediate = self.stage_io.receive_activations(batch.input_ids.shape[0])
         return self.model(batch.input_ids, batch.positions, ctx), batch
 
     def _graph_batch(self, host: HostBatch) -> StepBatch:

@@ -9,25 +9,30 @@ import torch
 
 from pagedllm.config import ModelConfig
 from pagedllm.model.decoder import CausalLM
+from pagedllm.model.sharding import ShardPlan
 
 
 def load_weights_into(model: CausalLM, model_config: ModelConfig) -> None:
-    """Fill ``model``'s parameters from the source ``model_config`` names."""
+    """Fill ``model``'s parameters from the source ``model_config`` names (one rank's share
+    of them when ``model.plan`` says so; dummy weights fill whatever shapes the rank has)."""
     if model_config.load_format == "dummy":
         from pagedllm.model.loader.dummy_weights import fill_dummy_weights
 
         fill_dummy_weights(model, model_config.seed)
         model.finish_loading()
         return
-    model.load_weights(_iter_weights(model_config))
+    model.load_weights(_iter_weights(model_config, model.plan))
 
 
-def _iter_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_weights(
+    model_config: ModelConfig, plan: ShardPlan | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each rank's tensors (``plan``: only its slices, only its stage's layers)."""
     files = model_config.files
     if files.gguf_file is not None:
         from pagedllm.model.loader.gguf_weights import iter_gguf_weights
 
-        return iter_gguf_weights(files.gguf_file, model_config.text_config, files.config_dir)
+        return iter_gguf_weights(files.gguf_file, model_config.text_config, files.config_dir, plan)
     if not files.safetensors:
         raise ValueError(
             f"No *.safetensors weights found in {files.config_dir}. pagedllm loads "
@@ -35,4 +40,4 @@ def _iter_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tensor
         )
     from pagedllm.model.loader.safetensors_weights import iter_safetensors_weights
 
-    return iter_safetensors_weights(files.safetensors)
+    return iter_safetensors_weights(files.safetensors, plan)

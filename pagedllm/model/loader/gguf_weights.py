@@ -4,6 +4,10 @@ Hugging Face names with its tensor-name map, and un-permuted where llama.cpp per
 Parsing a GGUF file's metadata with ``GGUFReader`` takes seconds (tens of thousands of
 vocabulary entries), so the tensor table (name, type, shape, byte range) is written once
 beside the converted config; later loads memory-map the file and read tensors directly.
+
+With tensor or pipeline parallelism (``plan``), a rank skips other stages' tensors and
+dequantizes only its rows of a row-sliced tensor (a GGUF row is whole quantization blocks);
+a column slice (o_proj, down_proj) is cut after dequantizing the whole tensor.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pagedllm.model.sharding import SKIP, Region, ShardPlan
+
 _GGUF_ARCHS = ("llama", "qwen2", "qwen3")
 _INDEX_FILE = "gguf_tensors.json"
 
 
 def iter_gguf_weights(
-    path: Path, config: Any, index_dir: Path
+    path: Path, config: Any, index_dir: Path, plan: ShardPlan | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     import gguf
 
@@ -33,10 +39,38 @@ def iter_gguf_weights(
         hf_name = to_hf.get(entry["name"])
         if hf_name is None:
             raise ValueError(f"GGUF tensor {entry['name']!r} of {path} has no known counterpart.")
-        weight = torch.from_numpy(_dequantize(gguf, data, entry))
+        region = plan.region(hf_name, tuple(entry["shape"])) if plan is not None else None
+        if region == SKIP:
+            continue
+        weight = _read(gguf, data, entry, region)
         if arch == "llama":
             weight = _unpermute_llama(hf_name, weight, config)
         yield hf_name, weight
+
+
+def _read(
+    gguf: Any, data: np.ndarray, entry: dict[str, Any], region: Region | str | None
+) -> torch.Tensor:
+    """The tensor, or this rank's region of it (reading only its rows where it can)."""
+    if region is None:
+        return torch.from_numpy(_dequantize(gguf, data, entry))
+    assert isinstance(region, Region)
+    shape = entry["shape"]
+    whole_rows = len(shape) > 1 or gguf.GGMLQuantizationType(entry["type"]) in (
+        gguf.GGMLQuantizationType.F32,
+        gguf.GGMLQuantizationType.F16,
+    )
+    if region.dim == 0 and whole_rows:
+        row_bytes = entry["n_bytes"] // shape[0]
+        rows = dict(
+            entry,
+            offset=entry["offset"] + region.start * row_bytes,
+            n_bytes=region.length * row_bytes,
+            shape=[region.length, *shape[1:]],
+        )
+        return torch.from_numpy(_dequantize(gguf, data, rows))
+    whole = torch.from_numpy(_dequantize(gguf, data, entry))
+    return whole.narrow(region.dim, region.start, region.length).contiguous()
 
 
 def _dequantize(gguf: Any, data: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
@@ -106,14 +140,15 @@ def _gguf_to_hf_names(gguf: Any, arch: str, n_layers: int) -> dict[str, str]:
 
 
 def _unpermute_llama(hf_name: str, weight: torch.Tensor, config: Any) -> torch.Tensor:
-    """llama.cpp interleaves the rotary halves of q and k rows; restore the HF order."""
-    if ".q_proj." in hf_name:
-        heads = config.num_attention_heads
-    elif ".k_proj." in hf_name:
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    else:
+    """llama.cpp interleaves the rotary halves of q and k rows, head by head; restore the HF
+    order (of whole heads: a rank's slice holds whole heads)."""
+    if ".q_proj." not in hf_name and ".k_proj." not in hf_name:
         return weight
-    half = weight.shape[0] // heads // 2
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads
+    )
+    heads = weight.shape[0] // head_dim
+    half = head_dim // 2
     return (
         weight.reshape(heads, half, 2, *weight.shape[1:])
         .transpose(1, 2)

@@ -1,0 +1,43 @@
+"""The executor contract: what the engine core calls to run the model, wherever it runs.
+
+The uniprocess executor is the ``ModelRunner`` itself (tensor and pipeline parallel size 1:
+no extra process, no messages, no collectives, no copies). ``MultiprocExecutor`` runs one
+worker process per rank and has the same methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.worker.kv_cache import KVCachePlan
+
+
+class Executor(Protocol):
+    kv_cache_dtype: Any  # the torch dtype the cache stores
+
+    def load_model(self) -> None: ...
+
+    def plan_kv_cache(self) -> KVCachePlan:
+        """Per rank: the blocks every rank can hold (the fewest any rank can)."""
+        ...
+
+    def initialize_kv_cache(self, plan: KVCachePlan) -> None: ...
+
+    def execute_model(
+        self,
+        scheduler_output: SchedulerOutput,
+        grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
+    ) -> Any:
+        """Start one step; ``resolve`` on the returned handle gives its output."""
+        ...
+
+    def resolve(self, launched: Any) -> ModelRunnerOutput: ...
+
+    def weight_bytes(self) -> int: ...
+
+    def decode_read_bytes(self) -> int: ...
+
+    def shutdown(self) -> None: ...

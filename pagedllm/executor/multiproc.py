@@ -1,0 +1,228 @@
+"""The engine core's side of tensor / pipeline parallelism on one machine: one worker
+process per rank (``worker_proc``), each step's scheduler output sent to every rank, the
+step's output taken from the output rank (the first rank of the last pipeline stage).
+
+Invariants:
+- Every rank gets every call, in the same order (so they run the same collectives).
+- Every call is answered by every rank; the executor waits with a bound, and while it
+  waits it checks that every worker process lives: a dead rank, a silent one, or ranks
+  that disagree (some failed, some did not) raise ``WorkerDiedError``, which stops the
+  engine. A failure of every rank alike is the step's (one request's) and is raised as is,
+  for the engine's quarantine.
+- The scheduler's own records (``SchedulerOutput.scheduled_requests``) never leave the core;
+  structured outputs' bitmask is filled here, before the step is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import zmq
+
+from pagedllm.config import EngineConfig
+from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.distributed.parallel_state import output_rank
+from pagedllm.executor.errors import WorkerDiedError
+from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs
+from pagedllm.logger import init_logger
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.worker.input_batch import batch_order
+from pagedllm.worker.kv_cache import KVCachePlan, kv_cache_dtype
+
+logger = init_logger(__name__)
+
+# Bounds on every collective (inside the workers) and on the executor's waits. A step's
+# wait is the collective bound plus a margin, so a rank stuck in a collective reports its
+# timeout before the executor gives up on it.
+COLLECTIVE_TIMEOUT_S = 300.0
+STEP_TIMEOUT_S = COLLECTIVE_TIMEOUT_S + 30.0
+START_TIMEOUT_S = 1800.0  # start-up, weight loading (a large checkpoint from a slow disk)
+_POLL_MS = 100  # how often a waiting executor checks that its workers live
+
+
+@dataclass(frozen=True)
+class RemoteStep:
+    """A step sent to the workers; ``MultiprocExecutor.resolve`` collects its answers."""
+
+    seq: int
+
+
+class MultiprocExecutor:
+    def __init__(self, config: EngineConfig) -> None:
+        parallel = config.parallel_config
+        self.world_size = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+        self.output_rank = output_rank(
+            parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+        )
+        dtype = getattr(torch, config.model_config.dtype)
+        device = torch.device(config.device)
+        self.kv_cache_dtype = kv_cache_dtype(config.cache_config, dtype, device)
+        self._dir = tempfile.mkdtemp(prefix="pagedllm-ranks-")
+        self._context = zmq.Context()
+        self._results = self._context.socket(zmq.PULL)
+        self._results.bind(f"ipc://{self._dir}/results")
+        self._inboxes = [self._context.socket(zmq.PUSH) for _ in range(self.world_size)]
+        for rank, socket in enumerate(self._inboxes):
+            socket.bind(f"ipc://{self._dir}/rank{rank}")
+        self._procs: list[subprocess.Popen] = []
+        self._finalizer = weakref.finalize(self, _stop, self._procs, self._dir)
+        self._seq = READY_SEQ
+        self._replies: dict[int, dict[int, Reply]] = {}
+        for rank in range(self.world_size):
+            self._procs.append(self._start(config, rank))
+        self._collect(READY_SEQ, START_TIMEOUT_S)
+        logger.info(
+            "%d worker processes (tensor parallel %d x pipeline parallel %d) over gloo",
+            self.world_size, parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+        )  # fmt: skip
+
+    def _start(self, config: EngineConfig, rank: int) -> subprocess.Popen:
+        """A plain subprocess (as the engine core itself): a fresh interpreter, the
+        caller's ``__main__`` never re-imported; its stdin stays open (parent watch)."""
+        args = WorkerArgs(
+            config, rank, f"ipc://{self._dir}/rank{rank}", f"ipc://{self._dir}/results",
+            f"file://{self._dir}/rendezvous", COLLECTIVE_TIMEOUT_S,
+        )  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pagedllm.executor.worker_proc"], stdin=subprocess.PIPE
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(pickle.dumps(args))
+        proc.stdin.flush()
+        return proc
+
+    # -- the Executor contract -----------------------------------------------------------
+
+    def load_model(self) -> None:
+        self._call("load_model", timeout=START_TIMEOUT_S)
+
+    def plan_kv_cache(self) -> KVCachePlan:
+        """Each rank sizes its share; all hold the fewest blocks any rank can (one block
+        table serves every rank)."""
+        plans: list[KVCachePlan] = self._call("plan_kv_cache", timeout=START_TIMEOUT_S)
+        return min(plans, key=lambda plan: plan.num_blocks)
+
+    def initialize_kv_cache(self, plan: KVCachePlan) -> None:
+        self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
+
+    def execute_model(
+        self,
+        scheduler_output: SchedulerOutput,
+        grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
+    ) -> RemoteStep:
+        sampled_ids, mask = None, None
+        if grammar_bitmask is not None:
+            scheduled = scheduler_output.scheduled_requests
+            sampled_ids = [r for r in batch_order(scheduler_output) if scheduled[r][1]]
+            mask = grammar_bitmask(sampled_ids) if sampled_ids else None
+        plan = dataclasses.replace(scheduler_output, scheduled_requests={})
+        return RemoteStep(self._send("execute_model", plan, sampled_ids, mask))
+
+    def resolve(self, launched: RemoteStep) -> ModelRunnerOutput:
+        return self._collect(launched.seq, STEP_TIMEOUT_S)[self.output_rank]
+
+    def weight_bytes(self) -> int:
+        """Over every rank."""
+        return sum(self._call("weight_bytes"))
+
+    def decode_read_bytes(self) -> int:
+        """Over every rank: one decode step reads each rank's share."""
+        return sum(self._call("decode_read_bytes"))
+
+    def check_health(self) -> None:
+        """Raise ``WorkerDiedError`` if a worker process is gone (called while idle)."""
+        for rank, proc in enumerate(self._procs):
+            code = proc.poll()
+            if code is not None:
+                raise WorkerDiedError(
+                    f"Worker rank {rank} (pid {proc.pid}) exited with code {code}; the engine "
+                    f"needs all {self.world_size} ranks for every step and stops."
+                )
+
+    def worker_pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    def shutdown(self) -> None:
+        """Ask the workers to stop, then make sure they have (kill after a grace period)."""
+        if not self._finalizer.alive:
+            return
+        try:
+            if all(proc.poll() is None for proc in self._procs):
+                self._send("shutdown")
+        except zmq.ZMQError:
+            pass
+        for socket in [self._results, *self._inboxes]:
+            socket.close(linger=0)
+        self._context.term()
+        self._finalizer()
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, timeout: float = STEP_TIMEOUT_S) -> list[Any]:
+        return self._collect(self._send(method, *args), timeout)
+
+    def _send(self, method: str, *args: Any) -> int:
+        self._seq += 1
+        message = pickle.dumps(Call(self._seq, method, args))
+        for socket in self._inboxes:
+            socket.send(message)
+        return self._seq
+
+    def _collect(self, seq: int, timeout: float) -> list[Any]:
+        """Every rank's answer to call ``seq`` (answers to later calls are kept: with
+        async scheduling a step is sent before the previous one is collected)."""
+        deadline = time.monotonic() + timeout
+        replies = self._replies.setdefault(seq, {})
+        while len(replies) < self.world_size:
+            if self._results.poll(_POLL_MS):
+                reply: Reply = pickle.loads(self._results.recv())
+                self._replies.setdefault(reply.seq, {})[reply.rank] = reply
+                continue
+            self.check_health()
+            if time.monotonic() > deadline:
+                silent = sorted(set(range(self.world_size)) - set(replies))
+                raise WorkerDiedError(
+                    f"Worker rank(s) {silent} did not answer within {timeout:.0f} s; the "
+                    "engine stops."
+                )
+        del self._replies[seq]
+        return self._values(replies)
+
+    def _values(self, replies: dict[int, Reply]) -> list[Any]:
+        failed = {rank: r.value for rank, r in replies.items() if not r.ok}
+        if not failed:
+            return [replies[rank].value for rank in range(self.world_size)]
+        first = failed[min(failed)]
+        if len(failed) == self.world_size:
+            raise first  # every rank alike: the step's own failure (or a start-up error)
+        fine = sorted(set(replies) - set(failed))
+        raise WorkerDiedError(
+            f"Worker rank(s) {sorted(failed)} failed ({type(first).__name__}: {first}) while "
+            f"rank(s) {fine} did not: the ranks are out of step and the engine stops."
+        )
+
+
+def _stop(procs: list[subprocess.Popen], directory: str) -> None:
+    """Workers gone, for sure, and their sockets' directory removed (also at garbage
+    collection and interpreter exit: a worker must never outlive its executor)."""
+    deadline = time.monotonic() + 2.0
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,19 @@
+"""A child process that must not outlive its parent."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+def exit_with_parent(fd: int) -> None:
+    """The parent holds our stdin open for its whole life: its end means the parent is
+    gone (even killed), and this process must not outlive it. Reads the raw fd (a buffered
+    reader's lock would trouble the interpreter's shutdown)."""
+
+    def watch() -> None:
+        while os.read(fd, 1 << 16):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="pagedllm-parent-watch", daemon=True).start()
