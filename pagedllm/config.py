@@ -434,12 +434,17 @@ class EngineArgs(VllmEngineOptions):
         # What needs only config.json is checked even when the device is wrong (on the
         # CPU's terms), so one start reports every problem, before any weight loads.
         model_config = problems.attempt(lambda: self._model_config(device or "cpu"))
-        cache_config = None
-        if model_config is not None and device is not None:
-            cache_config = problems.attempt(lambda: self._cache_config(device, model_config))
+        cache_config = parallel_config = None
+        if model_config is not None:
+            parallel_config = problems.attempt(
+                lambda: self._parallel_config(device or "cpu", model_config)
+            )
+            if device is not None:
+                cache_config = problems.attempt(lambda: self._cache_config(device, model_config))
         problems.raise_if_any()
         assert graphs is not None and device is not None  # else raised above
         assert model_config is not None and cache_config is not None
+        assert parallel_config is not None
         if _is_auto_length(self.max_model_len):
             model_config = _fit_to_cache(model_config, cache_config)
         max_len = model_config.max_model_len
@@ -447,7 +452,7 @@ class EngineArgs(VllmEngineOptions):
             model_config=model_config,
             cache_config=cache_config,
             scheduler_config=self._scheduler_config(device, max_len, usage_context),
-            parallel_config=self._parallel_config(device, model_config),
+            parallel_config=parallel_config,
             device=device,
             enforce_eager=graphs.eager,
             disable_log_stats=self.disable_log_stats,
