@@ -100,6 +100,11 @@ class Request:
         # Prompt tokens found in the prefix cache the first time it was scheduled (-1: never).
         self.num_cached_tokens = -1
         self.num_preemptions = 0
+        # The engine core's clock (time.time()): when it received the request and first
+        # scheduled it; sent once, with the request's first output, for the phase metrics.
+        self.queued_time = time.time()
+        self.scheduled_time: float | None = None
+        self.timestamps_sent = False
         self.stop_reason: int | str | None = None
         # Chained hashes of the full blocks of all_token_ids, filled in lazily.
         self.block_hashes: list[bytes] = []

@@ -13,6 +13,7 @@ by recompute: its blocks are freed and it waits again, keeping the tokens it gen
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from pagedllm.config import SchedulerConfig
@@ -65,6 +66,7 @@ class SchedulerStats:
     num_waiting: int
     kv_cache_usage: float
     num_preemptions: int  # since start
+    num_waiting_deferred: int = 0  # waiting on a grammar still compiling, not on capacity
 
 
 class Scheduler:
@@ -121,8 +123,11 @@ class Scheduler:
         return len(self.running) + len(self.waiting)
 
     def stats(self) -> SchedulerStats:
+        deferred = sum(
+            1 for r in self.waiting if r.structured_output and not r.structured_output.is_ready()
+        )
         return SchedulerStats(
-            len(self.running), len(self.waiting), self.kv.usage(), self.num_preemptions
+            len(self.running), len(self.waiting), self.kv.usage(), self.num_preemptions, deferred
         )
 
     # -- one step ------------------------------------------------------------------------
@@ -247,6 +252,8 @@ class Scheduler:
             plan.first_time.add(request.request_id)
         if request.num_cached_tokens < 0:
             request.num_cached_tokens = num_hit_tokens
+        if request.scheduled_time is None:
+            request.scheduled_time = time.time()
         request.num_computed_tokens = num_hit_tokens
         request.status = RequestStatus.RUNNING
         self.running.append(request)
@@ -377,6 +384,7 @@ class Scheduler:
                     max(request.num_cached_tokens, 0),
                     logprobs,
                     prompt_lp,
+                    **_first_output_times(request),
                 )
             )
             if request.is_finished:
@@ -422,7 +430,7 @@ class Scheduler:
         self._free(request)
         return EngineCoreOutput(
             request.request_id, [], request.status.finish_reason, None,
-            max(request.num_cached_tokens, 0), error=error,
+            max(request.num_cached_tokens, 0), error=error, **_first_output_times(request),
         )  # fmt: skip
 
     def _reset(self, request: Request, num_failed_tokens: int) -> None:
@@ -492,3 +500,11 @@ def needs_known_tokens(request: Request) -> bool:
         or params.bad_words_token_ids
         or params.logits_processors
     )
+
+
+def _first_output_times(request: Request) -> dict[str, float | None]:
+    """The core's queue and scheduling times, for the request's first output only."""
+    if request.timestamps_sent:
+        return {}
+    request.timestamps_sent = True
+    return {"queued_time": request.queued_time, "scheduled_time": request.scheduled_time}

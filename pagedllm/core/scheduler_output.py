@@ -99,6 +99,9 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, gc=False, omit_defaults=
     new_logprobs: LogprobsLists | None = None
     new_prompt_logprobs: LogprobsLists | None = None
     error: str | None = None  # with finish_reason ERROR: why, for this request's caller only
+    # The engine core's times (Request.queued_time, scheduled_time): in the first output only.
+    queued_time: float | None = None
+    scheduled_time: float | None = None
 
     @property
     def finished(self) -> bool:

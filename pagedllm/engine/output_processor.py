@@ -39,6 +39,7 @@ class RequestState:
     prompt_logprobs_sent: bool = False
     queue: Any = None  # set by AsyncLLM: where this request's outputs go
     error: str | None = None  # finish_reason "error": why, for this request's caller only
+    queued_time: float | None = None  # the engine core's clock, from its first output
 
     @property
     def external_id(self) -> str:
@@ -56,6 +57,9 @@ class RequestState:
         """Take one step's tokens; return True if a stop string ended the request here."""
         self.token_ids.extend(out.new_token_ids)
         self.num_cached_tokens = out.num_cached_tokens
+        if out.scheduled_time is not None:
+            self.queued_time = out.queued_time
+            self.metrics.first_scheduled_time = out.scheduled_time
         self.logprobs.add_sample(out.new_logprobs)
         self.logprobs.add_prompt(out.new_prompt_logprobs)
         hit_stop = False
@@ -125,6 +129,7 @@ class OutputProcessor:
         self.children: dict[str, list[str]] = {}
         # Requests aborted between steps, reported with the next step's stats.
         self._aborted: list[FinishedRequestStats] = []
+        self._aborted_samples: list[tuple[int, int]] = []  # (n, longest sample) of each
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.states)
@@ -199,16 +204,12 @@ class OutputProcessor:
                 if output is not None and output.finished:
                     finals.append((state, output))
             generated = sum(len(st.token_ids) for st in states)
+            longest = max(len(st.token_ids) for st in states)
             if states[0].parent is not None:
                 generated += states[0].parent.num_generated
-            self._aborted.append(
-                FinishedRequestStats(
-                    "abort",
-                    now - states[0].metrics.arrival_time,
-                    len(states[0].prompt_token_ids),
-                    generated,
-                )
-            )
+                longest = max(longest, states[0].parent.max_generated)
+            self._aborted.append(_finished_stats(states[0], "abort", now, generated))
+            self._aborted_samples.append((_n_param(states[0]), longest))
         return child_ids, finals
 
     def process_outputs(
@@ -219,7 +220,10 @@ class OutputProcessor:
         now = time.time()
         stats = stats if stats is not None else IterationStats()
         stats.finished += self._aborted
-        self._aborted = []
+        for n, longest in self._aborted_samples:
+            stats.n_params.append(n)
+            stats.max_num_generation_tokens.append(longest)
+        self._aborted, self._aborted_samples = [], []
         delivered: list[tuple[RequestState, RequestOutput]] = []
         to_abort: list[str] = []
         for out in outputs:
@@ -251,7 +255,7 @@ class OutputProcessor:
     ) -> tuple[RequestState, RequestOutput] | None:
         if state.update(out):
             to_abort.append(out.request_id)
-        _record_timing(state.metrics, now, len(out.new_token_ids), stats)
+        _record_timing(state, now, len(out.new_token_ids), stats)
         if state.finish_reason is None and state.params.output_kind == RequestOutputKind.FINAL_ONLY:
             return None  # nothing to deliver until it finishes
         request_output = self._request_output(state)
@@ -283,11 +287,9 @@ class OutputProcessor:
             num_cached_tokens=state.num_cached_tokens,
         )
         generated = sum(len(s.token_ids) for s in siblings)
-        stats.finished.append(
-            FinishedRequestStats(
-                "error", now - state.metrics.arrival_time, len(state.prompt_token_ids), generated
-            )
-        )
+        stats.finished.append(_finished_stats(state, "error", now, generated))
+        stats.n_params.append(_n_param(state))
+        stats.max_num_generation_tokens.append(max(len(s.token_ids) for s in [state, *siblings]))
         return (state, output), [s.request_id for s in siblings]
 
     def _finish(
@@ -298,20 +300,16 @@ class OutputProcessor:
         stats: IterationStats,
     ) -> None:
         self._forget(state)
-        generated = len(state.token_ids)
+        generated = longest = len(state.token_ids)
         if state.parent is not None:
             state.parent.num_generated += generated
+            state.parent.max_generated = max(state.parent.max_generated, generated)
             if request_output is None or not request_output.finished:
                 return  # the parent counts once, when its last child finishes
-            generated = state.parent.num_generated
-        stats.finished.append(
-            FinishedRequestStats(
-                state.finish_reason or "stop",
-                now - state.metrics.arrival_time,
-                len(state.prompt_token_ids),
-                generated,
-            )
-        )
+            generated, longest = state.parent.num_generated, state.parent.max_generated
+        stats.finished.append(_finished_stats(state, state.finish_reason or "stop", now, generated))
+        stats.n_params.append(_n_param(state))
+        stats.max_num_generation_tokens.append(longest)
 
     def _request_output(self, state: RequestState) -> RequestOutput | None:
         completion = state.completion()
@@ -352,9 +350,8 @@ class _EngineFailure(Exception):
     """The engine core failed a request: its message is the request's own error."""
 
 
-def _record_timing(
-    metrics: RequestMetrics, now: float, num_new: int, stats: IterationStats
-) -> None:
+def _record_timing(state: RequestState, now: float, num_new: int, stats: IterationStats) -> None:
+    metrics = state.metrics
     if metrics.first_scheduled_time is None:
         metrics.first_scheduled_time = now
     if num_new == 0:
@@ -362,8 +359,36 @@ def _record_timing(
     if metrics.first_token_time is None:
         metrics.first_token_time = now
         stats.time_to_first_tokens.append(now - metrics.arrival_time)
+        # Its prefill is over: the prompt counts now, as in vLLM (cached part included).
+        stats.num_prefilled_prompt_tokens += len(state.prompt_token_ids)
+        stats.num_cached_prompt_tokens += state.num_cached_tokens
         num_new -= 1
     elif metrics.last_token_time is not None:
         gap = (now - metrics.last_token_time) / num_new
         stats.inter_token_latencies += [gap] * num_new
     metrics.last_token_time = now
+
+
+def _n_param(state: RequestState) -> int:
+    return state.parent.params.n if state.parent is not None else 1
+
+
+def _finished_stats(
+    state: RequestState, reason: str, now: float, generated: int
+) -> FinishedRequestStats:
+    """vLLM's phases of one request (``state``: its last sample to finish, when n > 1)."""
+    m = state.metrics
+    scheduled = m.first_scheduled_time if state.queued_time is not None else None
+    queued = (scheduled if scheduled is not None else now) - (state.queued_time or now)
+    prefill = decode = inference = tpot = 0.0
+    if scheduled is not None and m.first_token_time is not None:
+        last = m.last_token_time or m.first_token_time
+        prefill = m.first_token_time - scheduled
+        decode = last - m.first_token_time
+        inference = last - scheduled
+        tpot = decode / (len(state.token_ids) - 1) if len(state.token_ids) > 1 else 0.0
+    return FinishedRequestStats(
+        reason, now - m.arrival_time, len(state.prompt_token_ids), generated,
+        state.params.max_tokens, state.num_cached_tokens, max(queued, 0.0), max(prefill, 0.0),
+        max(decode, 0.0), max(inference, 0.0), max(tpot, 0.0),
+    )  # fmt: skip

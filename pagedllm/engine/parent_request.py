@@ -22,6 +22,7 @@ class ParentRequest:
         self.unfinished: set[str] = set(self.child_ids)
         self.final: dict[int, CompletionOutput] = {}
         self.num_generated = 0  # over all children, for stats
+        self.max_generated = 0  # the longest child's, for stats
 
     @property
     def ranks_samples(self) -> bool:

@@ -62,7 +62,10 @@ class LLM:
         self._counter = itertools.count()
         self._prometheus: PrometheusStatLogger | None = None
         if not self.engine_args.disable_log_stats:  # as vLLM: get_metrics() needs stats on
-            self._prometheus = PrometheusStatLogger(self.llm_engine.model_config.model)
+            config = self.llm_engine.config
+            self._prometheus = PrometheusStatLogger(
+                config.model_config.model, config.model_config.max_model_len, config.cache_config
+            )
             self.llm_engine.stat_loggers.append(self._prometheus)
 
     # -- accessors -----------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Histogram(Metric):
 def metrics_snapshot(registry: CollectorRegistry) -> list[Metric]:
     collected: list[Metric] = []
     for family in registry.collect():
+        if not family.name.startswith("pagedllm:"):
+            continue  # HTTP and process metrics: the server's, not the engine's (as vLLM)
         if family.type == "gauge":
             collected += [Gauge(family.name, s.labels, s.value) for s in family.samples]
         elif family.type == "counter":

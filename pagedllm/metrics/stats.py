@@ -15,16 +15,29 @@ logger = init_logger(__name__)
 
 
 class FinishedRequestStats(msgspec.Struct, array_like=True):
+    """One finished request (a request with n > 1 counts once). The phases follow vLLM:
+    queued (engine core received it -> first scheduled), prefill (-> first token), decode
+    (first -> last token), inference (scheduled -> last token); 0 for a phase never
+    reached (a request aborted while waiting has only a queue time)."""
+
     finish_reason: str  # "stop", "length", "abort" or "error"
     e2e_latency: float  # seconds from arrival to the last output
     num_prompt_tokens: int
     num_generation_tokens: int
+    max_tokens_param: int | None = None
+    num_cached_tokens: int = 0
+    queued_time: float = 0.0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+    inference_time: float = 0.0
+    mean_time_per_output_token: float = 0.0
 
 
 class IterationStats(msgspec.Struct, array_like=True):
     """What one step computed (prompt tokens: prefill and recompute; sampled tokens) and the
     per-request latencies observed while processing its outputs. The engine fills the
-    counts; the front end adds the latencies (msgspec: it crosses between processes)."""
+    counts; the front end adds the latencies and what it learns when a request's prefill
+    ends or it finishes (msgspec: it crosses between processes)."""
 
     num_prompt_tokens: int = 0
     num_generation_tokens: int = 0
@@ -33,6 +46,13 @@ class IterationStats(msgspec.Struct, array_like=True):
     time_to_first_tokens: list[float] = msgspec.field(default_factory=list)
     inter_token_latencies: list[float] = msgspec.field(default_factory=list)
     finished: list[FinishedRequestStats] = msgspec.field(default_factory=list)
+    # Front end, per request whose first token arrived: its prompt, and the part of it
+    # the prefix cache served (vLLM's prompt_tokens and prompt_tokens_cached).
+    num_prefilled_prompt_tokens: int = 0
+    num_cached_prompt_tokens: int = 0
+    # Front end, per finished user request: its n, and its longest sample's token count.
+    n_params: list[int] = msgspec.field(default_factory=list)
+    max_num_generation_tokens: list[int] = msgspec.field(default_factory=list)
 
 
 class EngineSnapshot(msgspec.Struct, array_like=True):
@@ -41,6 +61,9 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     kv_cache_usage: float
     prefix_cache_queries: int
     prefix_cache_hits: int
+    # Of num_waiting, those held back by something other than capacity (a grammar still
+    # compiling): vLLM's "deferred" reason.
+    num_waiting_deferred: int = 0
 
 
 class StatLogger(Protocol):

@@ -26,7 +26,9 @@ def served(tiny_chat_model):
     config = EngineArgs(
         model=str(tiny_chat_model), kv_cache_memory_bytes="16M"
     ).create_engine_config()
-    stats = PrometheusStatLogger(model_name="tiny")  # fed by the engine, as in the server
+    stats = PrometheusStatLogger(  # fed by the engine, as in the server
+        "tiny", config.model_config.max_model_len, config.cache_config
+    )
     with engine_in_process():  # the runner is patched and a closure is a logits processor
         engine = AsyncLLM(config, log_stats=False, stat_loggers=[stats])
     args = make_parser().parse_args([])
@@ -85,7 +87,8 @@ def test_a_failing_http_request_gets_its_own_500(served, monkeypatch):
     # The failure is counted (it once raised KeyError in the metrics, stopping the engine).
     metrics = asyncio.run(_get(app, "/metrics")).text
     assert (
-        'pagedllm:request_success_total{finished_reason="error",model_name="tiny"} 1.0' in metrics
+        'pagedllm:request_success_total{engine="0",finished_reason="error",model_name="tiny"} 1.0'
+        in metrics
     )
     assert texts(asyncio.run(post_all(app, bystander_bodies()[:1]))) == expected[:1]
 

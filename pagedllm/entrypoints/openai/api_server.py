@@ -18,7 +18,6 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from pagedllm import envs
 from pagedllm.config import UsageContext
@@ -67,6 +66,7 @@ from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
 from pagedllm.logger import init_logger, set_log_level
+from pagedllm.metrics.http import MetricsServer, add_metrics_route, instrument, serve_with_metrics
 from pagedllm.metrics.prometheus import PrometheusStatLogger
 from pagedllm.version import __version__
 
@@ -93,6 +93,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
     flag("host", default=None, help="interface to bind (default: all)")
     flag("port", type=int, default=8000, help="port to listen on")
+    flag("metrics-port", type=int, default=None,
+         help="also serve /metrics on this port (same host)")  # fmt: skip
     flag("api-key", nargs="+", default=None,
          help="require one of these keys, as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
               "(default: PAGEDLLM_API_KEY or VLLM_API_KEY)")  # fmt: skip
@@ -209,6 +211,10 @@ def check_server_flags(args: argparse.Namespace) -> None:
         raise ValueError("--tool-parser-plugin is not supported by pagedllm yet.")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be in 0..65535, got {args.port}.")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        raise ValueError(f"--metrics-port must be in 1..65535, got {args.metrics_port}.")
+    if args.metrics_port is not None and args.metrics_port == args.port:
+        raise ValueError("--metrics-port must differ from --port.")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
     if args.enable_log_requests and args.disable_log_requests:
@@ -275,6 +281,7 @@ def build_app(
     )  # fmt: skip
     app.router.route_class = StrictJSONRoute
     install_error_handlers(app)
+    instrument(app, stats)  # innermost: times what the handlers do, as vLLM
     install_openapi(app)
     if not args.disable_fastapi_docs:
         install_docs(app)
@@ -312,9 +319,7 @@ def build_app(
     async def version() -> dict:
         return {"version": __version__}
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(stats.exposition(), media_type=CONTENT_TYPE_LATEST)
+    add_metrics_route(app, stats)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
@@ -378,7 +383,12 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
         sock = socket.socket(fileno=connection.listen_fd)  # the supervisor's, shared
     served = args.served_model_name or [config.model_config.model]
     first = connection is None or connection.client_index == 0
-    stats = PrometheusStatLogger(model_name=served[0], engine_wide=first)  # counted once
+    stats = PrometheusStatLogger(
+        served[0], config.model_config.max_model_len, config.cache_config, engine_wide=first
+    )  # engine-wide values counted once
+    stats.add_process_metrics()
+    # The first server of several binds the metrics port (its /metrics shows them all).
+    metrics_sock = _bind(args.host, args.metrics_port) if args.metrics_port and first else None
     engine = AsyncLLM(
         config,
         log_requests=args.enable_log_requests,
@@ -399,11 +409,17 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
         server = GracefulServer(
             _uvicorn_config(app, args, limits), state, limits.shutdown_timeout_s, engine.abort_all
         )
-        run_loop(server.serve(sockets=[sock]))
+        serving = server.serve(sockets=[sock])
+        if metrics_sock is not None:
+            metrics = MetricsServer(stats, args.uvicorn_log_level or args.log_level)
+            serving = serve_with_metrics(serving, metrics, metrics_sock)
+        run_loop(serving)
     finally:
         sandbox.close()
         engine.shutdown()
         sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
     return 0
 
 
