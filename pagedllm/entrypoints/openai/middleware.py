@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pagedllm.entrypoints.openai.docs import ASSETS
 from pagedllm.entrypoints.openai.errors import error_body_for
 from pagedllm.entrypoints.openai.errors import route_path as _path
+from pagedllm.entrypoints.openai.web_ui import FILES as WEB_UI_FILES
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -39,6 +40,7 @@ OPEN_PATHS = frozenset(
         "/openapi.json",
         "/redoc",
         *ASSETS,  # the docs pages' scripts, served offline
+        *WEB_UI_FILES,  # the chat page (it asks for the key itself)
     }
 )
 
