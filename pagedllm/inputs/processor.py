@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
-from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType
+from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType, truncate_prompt
 from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -54,9 +54,7 @@ class InputProcessor:
         text, token_ids, salt = self._read_prompt(prompt)
         if token_ids is None:
             token_ids = self._tokenize(text)
-        keep = params.truncate_prompt_tokens
-        if keep is not None:  # -1: the model's context length, as vLLM
-            token_ids = token_ids[-(self.max_model_len if keep == -1 else keep) :]
+        token_ids = truncate_prompt(token_ids, params.truncate_prompt_tokens, self.max_model_len)
         self._check_prompt(token_ids)
         return ProcessedPrompt(text, token_ids, salt)
 

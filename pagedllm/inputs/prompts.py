@@ -13,6 +13,16 @@ from typing import Any, TypedDict
 MAX_CACHE_SALT = 1024
 
 
+def truncate_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """vLLM's ``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (-1: the last
+    ``max_model_len``), the servers apply it before fitting ``max_tokens``
+    to the room left, the input processor to every prompt."""
+    if keep is None:
+        return ids
+    keep = max_model_len if keep == -1 else keep
+    return ids[-keep:] if len(ids) > keep else ids
+
+
 class _PromptOptions(TypedDict, total=False):
     cache_salt: str  # prefix-cache isolation: only prompts with equal salts share blocks
 

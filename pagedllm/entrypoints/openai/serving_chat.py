@@ -30,9 +30,9 @@ from pagedllm.entrypoints.openai.tool_parsers import ToolParser, ToolStream
 from pagedllm.entrypoints.openai.usage import (
     beam_usage,
     clamp_max_tokens,
-    truncate_prompt,
     usage_of,
 )
+from pagedllm.inputs.prompts import truncate_prompt
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import StructuredOutputsParams
 

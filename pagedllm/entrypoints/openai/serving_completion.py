@@ -27,9 +27,9 @@ from pagedllm.entrypoints.openai.usage import (
     add_usage,
     beam_usage,
     clamp_max_tokens,
-    truncate_prompt,
     usage_of,
 )
+from pagedllm.inputs.prompts import truncate_prompt
 from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions

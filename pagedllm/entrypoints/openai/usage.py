@@ -49,15 +49,6 @@ def clamp_max_tokens(requested: int | None, prompt_len: int, max_model_len: int)
     return room if requested is None else min(requested, room)
 
 
-def truncate_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
-    """vLLM's ``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (-1: the last
-    ``max_model_len``), applied before ``max_tokens`` is fitted to the room left."""
-    if keep is None:
-        return ids
-    keep = max_model_len if keep == -1 else keep
-    return ids[-keep:] if len(ids) > keep else ids
-
-
 def beam_usage(prompt_tokens: int, result: BeamSearchOutput) -> UsageInfo:
     completion = sum(len(beam.generated) for beam in result.sequences)
     return UsageInfo(
