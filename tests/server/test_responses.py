@@ -513,3 +513,20 @@ def test_output_logprobs_when_included(openai_client):
     )
     final = events[-1].response.output[-1].content[0].logprobs
     assert [(lp.token, lp.logprob) for lp in final] == [(lp.token, lp.logprob) for lp in streamed]
+
+
+def test_replay_arguments_are_checked():
+    from pagedllm.entrypoints.openai.background_responses import BackgroundRun, BackgroundRuns
+
+    runs = BackgroundRuns()
+    with pytest.raises(OpenAIError) as caught:  # no events kept for this id
+        runs.replay("resp_x", None)
+    assert caught.value.status == 400 and caught.value.param == "stream"
+    runs._finished["resp_x"] = BackgroundRun(streamed=True)
+    with pytest.raises(OpenAIError) as caught:
+        runs.replay("resp_x", -2)
+    assert caught.value.param == "starting_after"
+    handler = scripted()
+    stored = run(handler)["id"]
+    with pytest.raises(ValueError, match="starting_after applies with stream=true"):
+        handler.retrieve(stored, stream=False, starting_after=3)
