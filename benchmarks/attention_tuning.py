@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from pagedllm.kernels.paged_attention import PREFILL_CONFIG, LaunchConfig, paged_attention
+from pagedllm.kernels.paged_attention import (
+    DECODE_CONFIG,
+    PREFILL_CONFIG,
+    LaunchConfig,
+    paged_attention,
+)
 
 
 def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, seed=0):
@@ -111,9 +116,18 @@ def main() -> None:
     if "--mixed" in sys.argv:  # issue 13: prefill tiles of 64 or 128 rows; FLOP rate
         configs = [
             LaunchConfig(t, w, s, rows)
-            for t, w, s, rows in itertools.product((32, 64, 128), (4, 8), (1, 2, 3), (64, 128))
+            for t, w, s, rows in itertools.product((32, 64), (4, 8), (2, 3), (64, 128))
         ]
-        cases = {"mixed 16 x 512 fresh + 256 decodes x 640, G=4 (TFLOP/s)": (mixed_batch(), 512, 1)}
+        if "--default-only" in sys.argv:  # a before/after comparison: the launch in use
+            configs = [PREFILL_CONFIG]
+        cases = {
+            "mixed 16 x 512 fresh + 256 decodes x 640, G=4 (TFLOP/s)": (mixed_batch(), 512, 1),
+            "its 16 x 512 fresh prompts alone (TFLOP/s)": (mixed_batch(decodes=0), 512, 1),
+            "prefill 4 x 2048 fresh, G=4 (TFLOP/s)": (mixed_batch(4, 2048, 0), 2048, 1),
+        }
+        decode_part = mixed_batch(prefills=0)
+        ms, _ = time_config(decode_part, DECODE_CONFIG, 1)
+        print(f"its 256 decodes alone, decode launch: {ms * 1e3:.1f} us")
         rope()
     for name, (args, query_len, segments) in cases.items():
         rows = []
@@ -127,7 +141,8 @@ def main() -> None:
         rows.sort(key=lambda r: r[0])
         print(f"\n{name}")
         for ms, gbs, config, err in rows[:6]:
-            print(f"  {ms * 1e3:8.1f} us  {gbs:7.0f} GB/s  {config} {err}")
+            unit = "TFLOP/s" if "TFLOP" in name else "GB/s"
+            print(f"  {ms * 1e3:8.1f} us  {gbs:7.0f} {unit}  {config} {err}")
         if "--mixed" in sys.argv:  # the current default, and the winner as the variable
             for ms, gbs, config, _ in rows:
                 if config == PREFILL_CONFIG:

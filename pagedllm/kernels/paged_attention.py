@@ -10,8 +10,12 @@ tile's window are not read at all).
 
 One program computes a tile of BLOCK_Q consecutive queries of one request for one KV head,
 all G query heads sharing that KV head at once (rows = query x head, so a decode still
-fills a tensor-core tile); it walks the request's KV tiles with an online softmax. With
-``num_segments > 1`` (flash-decoding) the KV range of each tile is split across programs
+fills a tensor-core tile); it walks the request's KV tiles with an online softmax (base 2).
+The tiles every row of the program sees whole run a loop without masks; only the tiles at
+the causal diagonal, the window's start and the context's end are masked. In a batch with
+prefill chunks, requests with one query (decodes) take a tile of their own shape (one
+query's heads, the decode launch's keys per step), not a prefill tile with one row in use.
+With ``num_segments > 1`` (flash-decoding) the KV range of each tile is split across programs
 and a second kernel merges the partial results: small batches with long contexts then
 keep every multiprocessor busy.
 
@@ -37,6 +41,7 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
 NO_WINDOW = 1 << 30  # a window longer than any context: plain causal attention
 FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+LOG2E = 1.4426950408889634  # scores are kept in log2 units: exp(x) = exp2(x * log2(e))
 
 
 @triton.jit
@@ -58,72 +63,93 @@ def _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q: tl.constexpr):
 def _attend_tile(
     q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
     kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    scale,
+    qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One online-softmax step over keys [t * TILE_N, (t + 1) * TILE_N)."""
+    """One online-softmax step over keys [t * TILE_N, (t + 1) * TILE_N), scores in log2
+    units (``qk_scale`` holds log2(e)). MASKED=False is for tiles every row sees whole
+    (below the first row's causal limit, inside the last row's window, before kv_end): they
+    skip the masks and the -inf guards."""
     dims = tl.arange(0, HEAD_DIM)
     pos = t * TILE_N + tl.arange(0, TILE_N)
     key_ok = pos < kv_end
     # int64: block * stride can pass 2**31 elements in a large cache
-    block = tl.load(bt_row + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+    if MASKED:
+        block = tl.load(bt_row + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+    else:
+        block = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
     offset = pos % BLOCK_SIZE
     k_rows = k_ptr + block * stride_kb + offset * stride_ks + kv_head * stride_kh
-    # An FP8 cache is widened to q's dtype here; its K scale is folded into ``scale``.
-    k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0).to(q.dtype)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-    visible = (pos[None, :] <= limit[:, None]) & (pos[None, :] >= lower[:, None])
-    visible = visible & key_ok[None, :] & row_ok[:, None]
-    s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # Rows with nothing visible yet keep m = -inf; shift by 0 there to avoid inf - inf.
-    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - shift[:, None])
-    alpha = tl.exp(tl.where(m_i == float("-inf"), float("-inf"), m_i - shift))
-    l_i = l_i * alpha + tl.sum(p, axis=1)
     v_rows = v_ptr + block * stride_vb + offset * stride_vs + kv_head * stride_vh
-    v = tl.load(v_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0).to(q.dtype)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
+    # An FP8 cache is widened to q's dtype here; its K scale is folded into ``qk_scale``.
+    if MASKED:
+        k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_rows[:, None] + dims[None, :])
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * qk_scale
+    if MASKED:
+        visible = (pos[None, :] <= limit[:, None]) & (pos[None, :] >= lower[:, None])
+        visible = visible & key_ok[None, :] & row_ok[:, None]
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Masked rows with nothing visible yet keep m = -inf: shift by 0 there (no inf - inf).
+    # Unmasked, every score is finite and so is m_new.
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new) if MASKED else m_new
+    p = tl.exp2(s - shift[:, None])
+    alpha = tl.exp2(m_i - shift)  # 0 while m_i is -inf
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if MASKED:
+        v = tl.load(v_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_rows[:, None] + dims[None, :])
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
     return m_new, l_i, acc
 
 
 @triton.jit
-def paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
-    m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
-    block_table_ptr, seq_lens_ptr, qsl_ptr,
-    kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
-    scale, num_reqs, num_segments,
-    window,  # keys a query sees, itself included (NO_WINDOW: all before it)
-    stride_qt, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+def _attend_range(
+    q, m_i, l_i, acc, lo, hi, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+    kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
+    PRECISION: tl.constexpr, MASKED: tl.constexpr, INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """KV tiles lo .. hi - 1, in order."""
+    if INTERPRETED:  # Triton's CPU interpreter cannot loop over a range with tensor bounds
+        t = lo
+        while t < hi:
+            m_i, l_i, acc = _attend_tile(
+                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                qk_scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION, MASKED,
+            )  # fmt: skip
+            t += 1
+    else:
+        for t in range(lo, hi):
+            m_i, l_i, acc = _attend_tile(
+                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                qk_scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION, MASKED,
+            )  # fmt: skip
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attend_queries(
+    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
+    q_begin, q_len, q_tile, seq_len, kv_head, segment, num_segments, num_kv_heads,
+    qk_scale, window,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_ot, stride_oh,
-    stride_bt,
-    G: tl.constexpr,  # query heads per kv head
-    HEAD_DIM: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,  # tokens per KV cache block
-    BLOCK_Q: tl.constexpr,  # queries per tile
-    BLOCK_M: tl.constexpr,  # rows per tile: next power of two >= BLOCK_Q * G, at least 16
-    TILE_N: tl.constexpr,  # keys per inner step, a multiple of BLOCK_SIZE
-    SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
-    PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
-    KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE_N: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):  # fmt: skip
-    tile = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    segment = tl.program_id(2)
-    req = _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q)
-    q_begin = tl.load(qsl_ptr + req)
-    q_len = tl.load(qsl_ptr + req + 1) - q_begin
-    q_tile = tile - (q_begin // BLOCK_Q + req)
-    if q_tile * BLOCK_Q >= q_len:
-        return
-    seq_len = tl.load(seq_lens_ptr + req)
+    """Queries [q_tile * BLOCK_Q, (q_tile + 1) * BLOCK_Q) of one request (those < q_len)
+    for the G query heads of one KV head: load, walk the KV tiles, store."""
     prefix = seq_len - q_len
-
     rows = tl.arange(0, BLOCK_M)
     q_idx = q_tile * BLOCK_Q + rows // G  # query index within the request
     head = kv_head * G + rows % G
@@ -142,31 +168,35 @@ def paged_attention_kernel(
     per_segment = tl.cdiv(num_tiles - first_tile, num_segments)
     first = first_tile + segment * per_segment
     stop = tl.minimum(first + per_segment, num_tiles)
+    # Tiles [whole_lo, whole_hi) are seen whole by every row: each key is at or before the
+    # first query's position and inside the last query's window.
+    whole_hi = (prefix + q_tile * BLOCK_Q + 1) // TILE_N
+    whole_lo = tl.cdiv(tl.maximum(prefix + last_q - window + 1, 0), TILE_N)
+    a = tl.maximum(first, tl.minimum(whole_lo, stop))
+    b = tl.maximum(a, tl.minimum(whole_hi, stop))
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     limit = prefix + q_idx  # the last key each row may see
     lower = limit - window + 1  # the first (negative without a window)
-    bt_row = block_table_ptr + req * stride_bt
     if KV_QUANT:  # q.(k * ks) = (q.k) * ks: K's scale joins the softmax scale
-        scale = scale * tl.load(kv_scale_ptr)
-    if INTERPRETED:  # Triton's CPU interpreter cannot loop over a range with tensor bounds
-        t = first
-        while t < stop:
-            m_i, l_i, acc = _attend_tile(
-                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
-                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
-            )  # fmt: skip
-            t += 1
-    else:
-        for t in range(first, stop):
-            m_i, l_i, acc = _attend_tile(
-                q, m_i, l_i, acc, t, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
-                kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION,
-            )  # fmt: skip
+        qk_scale = qk_scale * tl.load(kv_scale_ptr)
+    m_i, l_i, acc = _attend_range(
+        q, m_i, l_i, acc, first, a, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+        kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        qk_scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION, True, INTERPRETED,
+    )  # fmt: skip
+    m_i, l_i, acc = _attend_range(
+        q, m_i, l_i, acc, a, b, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+        kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        qk_scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION, False, INTERPRETED,
+    )  # fmt: skip
+    m_i, l_i, acc = _attend_range(
+        q, m_i, l_i, acc, b, stop, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
+        kv_head, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        qk_scale, HEAD_DIM, BLOCK_SIZE, TILE_N, PRECISION, True, INTERPRETED,
+    )  # fmt: skip
 
     if KV_QUANT:  # sum p (v * vs) = vs * sum p v; before the split merge, which is linear
         acc = acc * tl.load(kv_scale_ptr + 1)
@@ -176,11 +206,72 @@ def paged_attention_kernel(
         o_rows = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh
         tl.store(o_rows + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
-        # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32).
-        stat = (token * G * tl.num_programs(1) + head) * num_segments + segment
+        # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32); the
+        # row max in log2 units.
+        stat = (token * G * num_kv_heads + head) * num_segments + segment
         tl.store(m_ptr + stat, m_i, mask=row_ok)
         tl.store(l_ptr + stat, l_i, mask=row_ok)
         tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+
+
+@triton.jit
+def paged_attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
+    m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
+    block_table_ptr, seq_lens_ptr, qsl_ptr,
+    kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
+    qk_scale, num_reqs, num_segments,  # qk_scale: the softmax scale times log2(e)
+    window,  # keys a query sees, itself included (NO_WINDOW: all before it)
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ot, stride_oh,
+    stride_bt,
+    G: tl.constexpr,  # query heads per kv head
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,  # tokens per KV cache block
+    BLOCK_Q: tl.constexpr,  # queries per tile
+    BLOCK_M: tl.constexpr,  # rows per tile: next power of two >= BLOCK_Q * G, at least 16
+    TILE_N: tl.constexpr,  # keys per inner step, a multiple of BLOCK_SIZE
+    DECODE_M: tl.constexpr,  # with MIXED: the rows and keys per step of a one-query request
+    DECODE_TILE_N: tl.constexpr,
+    MIXED: tl.constexpr,  # the batch holds prefill chunks: one-query requests take small tiles
+    SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
+    PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
+    KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
+    INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    segment = tl.program_id(2)
+    req = _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q)
+    q_begin = tl.load(qsl_ptr + req)
+    q_len = tl.load(qsl_ptr + req + 1) - q_begin
+    q_tile = tile - (q_begin // BLOCK_Q + req)
+    if q_tile * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + req)
+    bt_row = block_table_ptr + req * stride_bt
+    if MIXED and q_len == 1:  # a decode beside prefill chunks: a tile of one query's heads
+        _attend_queries(
+            q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
+            q_begin, q_len, 0, seq_len, kv_head, segment, num_segments, tl.num_programs(1),
+            qk_scale, window,
+            stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+            stride_vh, stride_ot, stride_oh,
+            G, HEAD_DIM, BLOCK_SIZE, 1, DECODE_M, DECODE_TILE_N, SPLIT, PRECISION, KV_QUANT,
+            INTERPRETED,
+        )  # fmt: skip
+    else:
+        _attend_queries(
+            q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
+            q_begin, q_len, q_tile, seq_len, kv_head, segment, num_segments, tl.num_programs(1),
+            qk_scale, window,
+            stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+            stride_vh, stride_ot, stride_oh,
+            G, HEAD_DIM, BLOCK_SIZE, BLOCK_Q, BLOCK_M, TILE_N, SPLIT, PRECISION, KV_QUANT,
+            INTERPRETED,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -191,7 +282,7 @@ def merge_segments_kernel(
     HEAD_DIM: tl.constexpr,
     MAX_SEGMENTS: tl.constexpr,
 ):  # fmt: skip
-    """out[token, head] = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s."""
+    """out[token, head] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s (m in log2 units)."""
     token = tl.program_id(0)
     head = tl.program_id(1)
     segs = tl.arange(0, MAX_SEGMENTS)
@@ -202,7 +293,7 @@ def merge_segments_kernel(
     l_seg = tl.load(l_ptr + base + segs, mask=seg_ok, other=0.0)
     m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp(m - m_max)  # segments that saw no key have m = -inf: weight 0
+    w = tl.exp2(m - m_max)  # segments that saw no key have m = -inf: weight 0
     acc = tl.load(
         part_ptr + (base + segs)[:, None] * HEAD_DIM + dims[None, :],
         mask=seg_ok[:, None],
@@ -229,9 +320,11 @@ class LaunchConfig:
     rows: int = 64
 
 
-# Best on an H200 for 256 decodes of ~1000 tokens, G = 2 and 4 (benchmarks/RESULTS.md).
+# Best on an H200 (benchmarks/RESULTS.md): decodes, 256 of ~1000 tokens at G = 2 and 4;
+# prefill, 16 fresh 512-token prompts beside 256 decodes and 4 prompts of 2,048 tokens
+# (128-row tiles: 32 queries of a group of 4).
 DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
-PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2)
+PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2, rows=128)
 
 
 @functools.cache
@@ -313,17 +406,19 @@ def paged_attention(
         target, m, l_sum = out, out, out
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     tile_n = max(config.tile_n, block_size)
+    decode_m, _ = tile_shape(1, group)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
         block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
-        scale, num_reqs, num_segments, NO_WINDOW if window is None else window,
+        scale * LOG2E, num_reqs, num_segments, NO_WINDOW if window is None else window,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1),
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
-        TILE_N=tile_n, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
+        TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
+        MIXED=max_query_len > 1, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
         INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     if num_segments > 1:

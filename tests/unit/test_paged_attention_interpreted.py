@@ -1,0 +1,57 @@
+"""The paged-attention kernel's code paths on the CPU, under Triton's interpreter in a
+subprocess (the interpreter is chosen when triton is imported): mixed batches whose decodes
+take their own tile shape, the unmasked loop over tiles every row sees whole, windows, and
+split-KV decodes merged in base 2. tests/gpu/test_paged_attention_kernel.py covers the
+compiled kernel, every dtype and launch shape, on a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+CHECK = textwrap.dedent(
+    """
+    import torch
+    from tests.gpu.test_paged_attention_kernel import run_case
+    from pagedllm.kernels.paged_attention import LaunchConfig
+
+    f32 = torch.float32
+    cases = [
+        # decodes beside prefill chunks with long cached prefixes (unmasked tiles) and fresh
+        dict(heads=8, kv_heads=2, query_lens=[1, 1, 40, 1, 70, 1, 17],
+             prefixes=[30, 0, 5, 200, 0, 64, 100]),
+        # a sliding window over a chunk and decodes
+        dict(heads=4, kv_heads=4, query_lens=[1, 33, 1], prefixes=[100, 64, 3], window=20),
+        # split-KV decodes, with and without a window
+        dict(heads=8, kv_heads=2, query_lens=[1] * 4, prefixes=[0, 5, 200, 333], segments=4),
+        dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 150], segments=4,
+             window=33),
+        # 32-token blocks, a group of 3 and a 64-key prefill step
+        dict(heads=12, kv_heads=4, query_lens=[50, 1, 1, 90], prefixes=[0, 77, 10, 31],
+             block_size=32, config=LaunchConfig(64, 4, 2, 64)),
+    ]
+    for case in cases:
+        case = {"seed": 3, "dim": 64, "block_size": 16, "dtype": f32, **case}
+        error = run_case(device="cpu", **case)
+        assert error < 1e-5, (case, error)
+    print("ATTENTION_OK")
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
+def test_paged_attention_under_the_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300,
+        cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0 and "ATTENTION_OK" in done.stdout, done.stderr[-3000:]
