@@ -29,6 +29,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from itl_gaps import gap_shape, step_shape  # noqa: E402
+
 LLAMA8B = HERE / "model-configs" / "llama-3.1-8b-instruct"
 
 
@@ -81,13 +84,17 @@ def file_stem(engine: str) -> str:
 
 
 def start(
-    engine: str, model: Path, port: int, log: Path, max_model_len: int
+    engine: str, model: Path, port: int, log: Path, max_model_len: int, trace: bool = False
 ) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
+    env = dict(os.environ)
+    if trace and engine.startswith("pagedllm"):  # one "Step ended at" line per engine step
+        env["PAGEDLLM_LOGGING_LEVEL"] = "DEBUG"
     process = subprocess.Popen(
         server_command(engine, model, port, max_model_len),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        env=env,
     )
     import httpx
 
@@ -126,6 +133,8 @@ def bench(client: str, model: Path, port: int, rate: str, seed: int, prompts: in
            "--result-filename", f"{name}.json"]  # fmt: skip
     if client == "pagedllm":
         cmd.append("--disable-tqdm")
+    else:  # per-request gaps in the JSON (pagedllm's client always writes them)
+        cmd.append("--save-detailed")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     (out / f"{name}.txt").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -150,7 +159,7 @@ def median_step_ms(log: Path, since: int) -> float | None:
 def run_engine(engine: str, args: argparse.Namespace, model: Path, out: Path) -> list[dict]:
     port = free_port()
     log = out / f"{file_stem(engine)}-server.log"
-    process, startup = start(engine, model, port, log, args.max_model_len)
+    process, startup = start(engine, model, port, log, args.max_model_len, args.step_trace)
     lengths = (args.input_len, args.output_len)
     rows = []
     try:
@@ -158,12 +167,17 @@ def run_engine(engine: str, args: argparse.Namespace, model: Path, out: Path) ->
         bench(args.client, model, port, "inf", 999, 50, lengths, out, f"{stem}-warmup")
         rates = dict(spec.rpartition("=")[::2] for spec in args.rates_for).get(engine, args.rates)
         for i, rate in enumerate(rates.split(",")):
-            mark = len(log.read_text())
+            mark, began = len(log.read_text()), time.time()
             result = bench(args.client, model, port, rate, args.seed + i, args.num_prompts,
                            lengths, out, f"{stem}-rate{rate}")  # fmt: skip
             step = median_step_ms(log, mark) if engine.startswith("pagedllm") else None
+            gaps = {**gap_shape(result.pop("itls", [])),
+                    **step_shape(log.read_text()[mark:], began, time.time())}  # fmt: skip
+            for key in ("ttfts", "generated_texts", "input_lens", "output_lens", "errors"):
+                result.pop(key, None)  # per-request lists: kept in the client's JSON file
+            print(f"{engine} rate {rate} gaps: {json.dumps(gaps)}", flush=True)
             rows.append({"engine": engine, "rate": rate, "startup_s": startup,
-                         "step_ms": step, **result})  # fmt: skip
+                         "step_ms": step, "gaps": gaps, **result})  # fmt: skip
     finally:
         stop(process)
     return rows
@@ -206,6 +220,8 @@ def main() -> None:
     parser.add_argument("--client", choices=["vllm", "pagedllm"], default=None)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--step-trace", action="store_true",
+                        help="pagedllm servers log each step, to match the gaps")  # fmt: skip
     args = parser.parse_args()
     args.client = args.client or ("vllm" if shutil.which("vllm") else "pagedllm")
     out = Path(args.out)

@@ -184,6 +184,12 @@ class EngineCore:
         start = time.perf_counter()
         outputs, iteration = self._step()
         iteration.step_seconds = time.perf_counter() - start
+        if logger.isEnabledFor(logging.DEBUG):
+            # Wall clock (ms resolution) and duration: to line steps up with a client's
+            # inter-token gaps (benchmarks/serving.py --step-trace).
+            logger.debug("Step ended at %.3f after %.2f ms, %d tokens sampled",
+                         time.time(), 1e3 * iteration.step_seconds,
+                         iteration.num_generation_tokens)  # fmt: skip
         return outputs, iteration
 
     def _step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
