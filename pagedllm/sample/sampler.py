@@ -5,11 +5,14 @@ allowed ids -> banned ids (min_tokens, bad words) -> logit bias -> user callable
 penalties -> greedy argmax -> temperature -> min-p -> top-k / top-p -> sample. Sampling
 draws ``argmax(probs / q)`` with ``q ~ Exponential(1)``, which picks token i with
 probability probs[i]; a seeded request draws its q from its own generator, so its tokens do
-not depend on the rest of the batch.
+not depend on the rest of the batch. On CUDA, rows that only apply a temperature (no
+min-p, top-k, top-p or generator in the batch) are drawn by the Gumbel-max trick in one pass
+over the logits instead (``pagedllm.kernels.sampling``): the same distribution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +53,11 @@ def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -
     return probs.div_(q).argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-    """Processed float32 logits -> token ids, greedy rows by argmax."""
+def sample(
+    logits: torch.Tensor, md: SamplingMetadata, next_seed: Callable[[], int] | None = None
+) -> torch.Tensor:
+    """Processed float32 logits -> token ids, greedy rows by argmax. ``next_seed`` gives a
+    fresh seed for the one-pass CUDA path (without it, the torch path always runs)."""
     greedy = None if md.all_random else logits.argmax(dim=-1)
     if md.all_greedy:
         assert greedy is not None
@@ -63,9 +69,25 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         sampled = _sample_top_k(
             logits, md.top_k, md.top_p, md.fast_k, md.generators, md.temperature
         )
+    elif next_seed is not None and _temperature_only(logits, md):
+        from pagedllm.kernels.sampling import gumbel_sample
+
+        sampled = gumbel_sample(logits, md.temperature, next_seed())
     else:
         sampled = _sample_tempered(logits, md)
     return sampled if greedy is None else torch.where(md.greedy, greedy, sampled)
+
+
+def _temperature_only(logits: torch.Tensor, md: SamplingMetadata) -> bool:
+    """No truncation and no per-request generator: a draw from softmax(logits / T) alone."""
+    return (
+        logits.is_cuda
+        and md.min_p is None
+        and md.top_k is None
+        and md.top_p is None
+        and md.fast_rows is None
+        and not md.generators
+    )
 
 
 def _sample_tempered(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
@@ -135,6 +157,18 @@ def _sample_top_k(
 
 
 class Sampler:
+    def __init__(self) -> None:
+        self._base_seed: int | None = None
+        self._calls = 0
+
+    def _next_seed(self) -> int:
+        """A new Philox seed per step for the one-pass path, from torch's global RNG (so the
+        engine's ``seed`` makes runs repeatable), drawn once at the first use."""
+        if self._base_seed is None:
+            self._base_seed = int(torch.randint(0, 2**30, (1,)).item())
+        self._calls += 1
+        return (self._base_seed + self._calls * 1_000_003) % 2**30
+
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """logits: [rows, vocab] (any float dtype), on the device the result stays on."""
         raw = logits  # the model's own distribution, for logprobs; never changed below
@@ -142,7 +176,7 @@ class Sampler:
         wants_logprobs = md.max_num_logprobs is not None or md.need_logprob
         if wants_logprobs and logits.data_ptr() == raw.data_ptr():
             logits = logits.clone()  # some processors work in place
-        token_ids = sample(process_logits(logits, md), md)
+        token_ids = sample(process_logits(logits, md), md, self._next_seed)
         logprobs = None
         if wants_logprobs:
             logprobs = raw_logprobs(raw, token_ids, md.max_num_logprobs or 0)
