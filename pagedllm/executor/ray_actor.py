@@ -10,6 +10,7 @@ there, known only once every actor is placed: ``whereabouts`` (every rank, and
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,10 @@ class RankActor:
             return portable(Reply(READY_SEQ, rank, False, exc))
         return Reply(READY_SEQ, rank, True)
 
-    def answer(self, call: Call) -> Reply:
+    def answer(self, blob: bytes) -> Reply:
+        """``blob``: a pickled ``Call`` from the executor (the engine core, trusted as
+        ``mp``'s pipes are)."""
+        call: Call = pickle.loads(blob)
         if self._worker is None:
             raise RuntimeError(f"{call.method} was sent to a rank that has not started.")
         return portable(self._worker.answer(call))

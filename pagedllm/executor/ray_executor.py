@@ -6,8 +6,8 @@ at rank 0's node.
 
 Invariants (those of ``MultiprocExecutor``, carried by Ray instead of ZeroMQ):
 - Every rank gets every call, in the same order: Ray runs one caller's calls to an actor
-  in the order they were made. A step's call is put in the object store once
-  (``ray.put``) and every actor reads it from there.
+  in the order they were made. A call is pickled once; a large one is put in Ray's object
+  store once and every actor reads it from there.
 - Every call is answered by every rank, waited for with a bound; an actor that dies (its
   call's result is a Ray error), a silent one, or ranks that disagree raise
   ``WorkerDiedError``, which stops the engine. While idle, ``check_health`` pings the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import time
 import weakref
 from collections.abc import Callable
@@ -57,6 +58,9 @@ logger = init_logger(__name__)
 
 _POLL_S = 0.1  # how often a waiting executor looks at its ranks' answers
 _PING_INTERVAL_S = 1.0  # idle health checks
+# Calls up to this size go inline with each actor call: Ray's own limit for arguments
+# passed directly (max_direct_call_object_size); above it Ray would store a copy per actor.
+_INLINE_BYTES = 100 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,10 +224,16 @@ class RayExecutor:
         return self._values(self._send(method, *args), timeout)
 
     def _send(self, method: str, *args: Any) -> list[Any]:
-        """The call stored once; every actor reads it from the object store."""
+        """The call pickled once (as ``mp`` does) and sent to every rank."""
         self._seq += 1
-        call = self._ray.put(Call(self._seq, method, args))
-        return [actor.answer.remote(call) for actor in self._actors]
+        carrier = self._carrier(pickle.dumps(Call(self._seq, method, args)))
+        return [actor.answer.remote(carrier) for actor in self._actors]
+
+    def _carrier(self, blob: bytes) -> Any:
+        """A small call travels inside each actor call (Ray copies the bytes: cheaper than
+        an object-store round trip for a step of a few KiB); a large one (a step with many
+        new prompts) is put in the object store once and every actor reads it there."""
+        return blob if len(blob) <= _INLINE_BYTES else self._ray.put(blob)
 
     def _values(self, refs: list[Any], timeout: float) -> list[Any]:
         replies: list[Reply] = self._results(refs, timeout)

@@ -124,10 +124,22 @@ def local_ray():
 
 
 @needs_ray
-def test_tp2_on_ray_matches_one_rank(local_ray, tiny_models: dict[str, Path]):
-    """Qwen2 (biases): the same scheduling, greedy tokens and logprobs as on one rank."""
+def test_tp2_on_ray_matches_one_rank(local_ray, monkeypatch, tiny_models: dict[str, Path]):
+    """Qwen2 (biases): the same scheduling, greedy tokens and logprobs as on one rank. The
+    inline limit is lowered so that steps with new prompts (~0.6-1.8 KiB pickled) go
+    through the object store and decode steps (~0.5 KiB) inline: both carriers in play."""
+    from pagedllm.executor import ray_executor
+
+    monkeypatch.setattr(ray_executor, "_INLINE_BYTES", 1000)
+    carried: list[type] = []
+    carrier = ray_executor.RayExecutor._carrier
+    monkeypatch.setattr(
+        ray_executor.RayExecutor, "_carrier",
+        lambda self, blob: carried.append(type(c := carrier(self, blob))) or c,
+    )  # fmt: skip
     reference = generate_greedy(tiny_models["qwen2"], "qwen2")
     assert_same_run(reference, generate_greedy(tiny_models["qwen2"], "qwen2", 2, backend="ray"))
+    assert bytes in carried and local_ray.ObjectRef in carried
     _wait_for_cpus(local_ray, 2)  # the actors and their placement group released
 
 
