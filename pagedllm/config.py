@@ -137,8 +137,9 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    # "mp": one worker process per rank when there is more than one; one rank always runs
-    # in the engine core's own process ("uni").
+    # "mp": one worker process per rank when there is more than one; one rank runs in the
+    # engine core's own process ("uni"). "ray": one Ray actor per rank (even one), placed
+    # through a Ray cluster.
     distributed_executor_backend: str = "mp"
 
 
@@ -380,8 +381,8 @@ class EngineArgs(VllmEngineOptions):
     max_seq_len_to_capture: int | None = None
     """Not supported: CUDA graphs cover decode batches, whatever the length."""
     distributed_executor_backend: str | None = None
-    """mp (default): worker processes on this machine. ray is not supported yet; uni only
-    with one rank."""
+    """mp (default): worker processes on this machine. ray: Ray actors placed through a Ray
+    cluster, one machine or several (the `ray` extra). uni only with one rank."""
     enable_sleep_mode: bool = False
     """Not supported."""
     compilation_config: Any = None
@@ -539,28 +540,30 @@ class EngineArgs(VllmEngineOptions):
         )
 
     def _parallel_config(self, device: str, model_config: ModelConfig) -> ParallelConfig:
-        from pagedllm.distributed.sizes import check_parallel_sizes
+        from pagedllm.distributed.sizes import DISTRIBUTED_EXECUTOR_BACKENDS, check_parallel_sizes
 
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
         check_parallel_sizes(model_config.text_config, tp, pp)
         backend = self.distributed_executor_backend or "mp"
+        known = backend in (*DISTRIBUTED_EXECUTOR_BACKENDS, "uni")
+        if not known or (backend == "uni" and tp * pp > 1):
+            raise ValueError(
+                f"distributed_executor_backend={backend!r} is not supported; use 'mp', 'ray' "
+                "(or 'uni' with tensor_parallel_size=pipeline_parallel_size=1)."
+            )
+        if (tp * pp > 1 or backend == "ray") and device != "cpu":
+            raise ValueError(
+                f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} with "
+                f"distributed_executor_backend={backend!r} runs on the CPU (gloo) only in this "
+                "version: the CUDA graphs and Triton attention are not yet built per rank. Use "
+                "device='cpu', or tensor and pipeline parallel size 1 with 'mp'."
+            )
         if backend == "ray":
-            raise ValueError(
-                "distributed_executor_backend='ray' is not supported by pagedllm yet: its "
-                "workers start on this machine only, with 'mp' (the default)."
-            )
-        if backend not in ("mp", "uni") or (backend == "uni" and tp * pp > 1):
-            raise ValueError(
-                f"distributed_executor_backend={backend!r} is not supported; use 'mp' (or "
-                "'uni' with tensor_parallel_size=pipeline_parallel_size=1)."
-            )
-        if tp * pp > 1 and device != "cpu":
-            raise ValueError(
-                f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} runs on the CPU "
-                "(gloo) only in this version: the CUDA graphs and Triton attention are not "
-                "yet built per rank. Use device='cpu', or tensor and pipeline parallel size 1."
-            )
-        return ParallelConfig(tp, pp, "mp")
+            from pagedllm.executor.ray_cluster import MISSING_RAY, ray_installed
+
+            if not ray_installed():
+                raise ValueError(MISSING_RAY)
+        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size

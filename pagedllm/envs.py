@@ -96,3 +96,19 @@ def attention_prefill_config() -> str | None:
     paged-attention kernel on steps that carry prefill, in place of the launch tuned on an
     H200 (for other GPUs: ``benchmarks/attention_tuning.py --mixed`` prints the fastest)."""
     return os.environ.get("PAGEDLLM_ATTENTION_PREFILL_CONFIG") or None
+
+
+def ray_placement_timeout_s() -> float:
+    """PAGEDLLM_RAY_PLACEMENT_TIMEOUT: seconds the ray backend waits for the cluster to place
+    its ranks (each pipeline stage's ranks on one node) before it gives up with an error
+    naming what was missing (default 120)."""
+    value = os.environ.get("PAGEDLLM_RAY_PLACEMENT_TIMEOUT", "120")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):  # NaN fails too
+        raise ValueError(
+            f"PAGEDLLM_RAY_PLACEMENT_TIMEOUT must be a positive number of seconds, got {value!r}."
+        )
+    return seconds

@@ -7,9 +7,14 @@ from pagedllm.executor.base import Executor
 
 
 def create_executor(config: EngineConfig) -> Executor:
-    """The ``ModelRunner`` itself on one rank (today's path, nothing added); worker
+    """``ray``: one Ray actor per rank, even one (it may run on another node of the
+    cluster). Otherwise the ``ModelRunner`` itself on one rank (nothing added), worker
     processes, one per rank, for tensor or pipeline parallelism."""
     parallel = config.parallel_config
+    if parallel.distributed_executor_backend == "ray":
+        from pagedllm.executor.ray_executor import RayExecutor
+
+        return RayExecutor(config)
     if parallel.tensor_parallel_size * parallel.pipeline_parallel_size == 1:
         from pagedllm.worker.model_runner import ModelRunner
 
@@ -17,7 +22,7 @@ def create_executor(config: EngineConfig) -> Executor:
     if parallel.distributed_executor_backend != "mp":
         raise ValueError(
             f"distributed_executor_backend={parallel.distributed_executor_backend!r} has no "
-            "executor; use 'mp'."
+            "executor; use 'mp' or 'ray'."
         )
     from pagedllm.executor.multiproc import MultiprocExecutor
 

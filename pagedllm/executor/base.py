@@ -2,7 +2,8 @@
 
 The uniprocess executor is the ``ModelRunner`` itself (tensor and pipeline parallel size 1:
 no extra process, no messages, no collectives, no copies). ``MultiprocExecutor`` runs one
-worker process per rank and has the same methods.
+worker process per rank on this machine, ``RayExecutor`` one Ray actor per rank anywhere in
+a Ray cluster; both have the same methods (and ``check_health``, ``worker_pids``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from typing import Any, Protocol
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.worker.kv_cache import KVCachePlan
+
+# Bounds on every collective (inside the workers) and on the executors' waits. A step's
+# wait is the collective bound plus a margin, so a rank stuck in a collective reports its
+# timeout before the executor gives up on it.
+COLLECTIVE_TIMEOUT_S = 300.0
+STEP_TIMEOUT_S = COLLECTIVE_TIMEOUT_S + 30.0
+START_TIMEOUT_S = 1800.0  # start-up, weight loading (a large checkpoint from a slow disk)
 
 
 class Executor(Protocol):

@@ -5,10 +5,15 @@ carries the step's output (the others answer None)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.worker.input_batch import batch_order
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class WorkerArgs:
 @dataclass(frozen=True)
 class Call:
     seq: int
-    method: str  # one of worker_proc.METHODS
+    method: str  # one of worker.METHODS
     args: tuple[Any, ...] = ()
 
 
@@ -39,3 +44,18 @@ class Reply:
 
 
 READY_SEQ = 0  # the reply every rank sends once its process group is up
+
+
+def step_args(
+    scheduler_output: SchedulerOutput,
+    grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None,
+) -> tuple[SchedulerOutput, list[str] | None, GrammarBitmask | None]:
+    """An ``execute_model`` call's arguments, the same for every rank: the plan without the
+    scheduler's own records (``scheduled_requests`` never leaves the core), and, with
+    structured outputs, the bitmask filled here for the rows that sample."""
+    sampled_ids, mask = None, None
+    if grammar_bitmask is not None:
+        scheduled = scheduler_output.scheduled_requests
+        sampled_ids = [r for r in batch_order(scheduler_output) if scheduled[r][1]]
+        mask = grammar_bitmask(sampled_ids) if sampled_ids else None
+    return dataclasses.replace(scheduler_output, scheduled_requests={}), sampled_ids, mask

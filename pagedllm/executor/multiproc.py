@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import shutil
 import subprocess
@@ -33,21 +32,16 @@ import zmq
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import output_rank
+from pagedllm.executor.base import COLLECTIVE_TIMEOUT_S, START_TIMEOUT_S, STEP_TIMEOUT_S
 from pagedllm.executor.errors import WorkerDiedError
-from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs
+from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs, step_args
+from pagedllm.executor.replies import values_in_rank_order
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
-from pagedllm.worker.input_batch import batch_order
 from pagedllm.worker.kv_cache import KVCachePlan, kv_cache_dtype
 
 logger = init_logger(__name__)
 
-# Bounds on every collective (inside the workers) and on the executor's waits. A step's
-# wait is the collective bound plus a margin, so a rank stuck in a collective reports its
-# timeout before the executor gives up on it.
-COLLECTIVE_TIMEOUT_S = 300.0
-STEP_TIMEOUT_S = COLLECTIVE_TIMEOUT_S + 30.0
-START_TIMEOUT_S = 1800.0  # start-up, weight loading (a large checkpoint from a slow disk)
 _POLL_MS = 100  # how often a waiting executor checks that its workers live
 
 
@@ -121,13 +115,8 @@ class MultiprocExecutor:
         scheduler_output: SchedulerOutput,
         grammar_bitmask: Callable[[list[str]], GrammarBitmask | None] | None = None,
     ) -> RemoteStep:
-        sampled_ids, mask = None, None
-        if grammar_bitmask is not None:
-            scheduled = scheduler_output.scheduled_requests
-            sampled_ids = [r for r in batch_order(scheduler_output) if scheduled[r][1]]
-            mask = grammar_bitmask(sampled_ids) if sampled_ids else None
-        plan = dataclasses.replace(scheduler_output, scheduled_requests={})
-        return RemoteStep(self._send("execute_model", plan, sampled_ids, mask))
+        args = step_args(scheduler_output, grammar_bitmask)
+        return RemoteStep(self._send("execute_model", *args))
 
     def resolve(self, launched: RemoteStep) -> ModelRunnerOutput:
         return self._collect(launched.seq, STEP_TIMEOUT_S)[self.output_rank]
@@ -197,20 +186,7 @@ class MultiprocExecutor:
                     "engine stops."
                 )
         del self._replies[seq]
-        return self._values(replies)
-
-    def _values(self, replies: dict[int, Reply]) -> list[Any]:
-        failed = {rank: r.value for rank, r in replies.items() if not r.ok}
-        if not failed:
-            return [replies[rank].value for rank in range(self.world_size)]
-        first = failed[min(failed)]
-        if len(failed) == self.world_size:
-            raise first  # every rank alike: the step's own failure (or a start-up error)
-        fine = sorted(set(replies) - set(failed))
-        raise WorkerDiedError(
-            f"Worker rank(s) {sorted(failed)} failed ({type(first).__name__}: {first}) while "
-            f"rank(s) {fine} did not: the ranks are out of step and the engine stops."
-        )
+        return values_in_rank_order(replies, self.world_size)
 
 
 def _stop(procs: list[subprocess.Popen], directory: str) -> None:

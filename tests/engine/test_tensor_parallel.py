@@ -35,7 +35,9 @@ def _kv_bytes_per_token(arch: str) -> int:
     return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 4  # float32
 
 
-def _run(model: Path, arch: str, tp: int = 1, pp: int = 1) -> tuple[list, dict]:
+def generate_greedy(
+    model: Path, arch: str, tp: int = 1, pp: int = 1, backend: str = "mp"
+) -> tuple[list, dict]:
     """Generate greedily; every token's logprobs over the whole vocabulary."""
     budget = NUM_BLOCKS * BLOCK * _kv_bytes_per_token(arch) // (tp * pp)
     with engine_in_process():
@@ -43,6 +45,7 @@ def _run(model: Path, arch: str, tp: int = 1, pp: int = 1) -> tuple[list, dict]:
             str(model), tensor_parallel_size=tp, pipeline_parallel_size=pp,
             kv_cache_memory_bytes=budget, max_model_len=128, max_num_seqs=5,
             max_num_batched_tokens=32, max_logprobs=-1, skip_tokenizer_init=True,
+            distributed_executor_backend=backend,
         )  # fmt: skip
     try:
         params = SamplingParams(
@@ -58,7 +61,7 @@ def _run(model: Path, arch: str, tp: int = 1, pp: int = 1) -> tuple[list, dict]:
 
 @pytest.fixture(scope="module")
 def references(tiny_models: dict[str, Path]) -> dict[str, tuple[list, dict]]:
-    return {arch: _run(tiny_models[arch], arch) for arch in ("llama", "qwen2", "qwen3")}
+    return {arch: generate_greedy(tiny_models[arch], arch) for arch in ("llama", "qwen2", "qwen3")}
 
 
 @pytest.mark.parametrize(
@@ -67,8 +70,13 @@ def references(tiny_models: dict[str, Path]) -> dict[str, tuple[list, dict]]:
      ("llama", 1, 2), ("qwen2", 1, 2), ("qwen3", 1, 2)],
 )  # fmt: skip
 def test_matches_one_rank(tiny_models: dict[str, Path], references, arch: str, tp: int, pp: int):
-    expected, expected_state = references[arch]
-    got, state = _run(tiny_models[arch], arch, tp, pp)
+    assert_same_run(references[arch], generate_greedy(tiny_models[arch], arch, tp, pp))
+
+
+def assert_same_run(reference: tuple[list, dict], run: tuple[list, dict]) -> None:
+    """The same scheduling (preemptions, blocks), greedy tokens and logprobs."""
+    expected, expected_state = reference
+    got, state = run
     assert expected_state["num_preemptions"] > 0, "the KV budget must force preemption"
     assert state["num_preemptions"] == expected_state["num_preemptions"]
     assert state["num_blocks"] == expected_state["num_blocks"]
@@ -89,8 +97,10 @@ def test_smollm_heads_not_divisible_is_refused_with_the_numbers():
 
 def test_unsupported_backend_and_sizes_are_refused(tiny_models: dict[str, Path]):
     model = str(tiny_models["llama"])
-    with pytest.raises(ValueError, match="distributed_executor_backend='ray' is not supported"):
-        LLM(model, tensor_parallel_size=2, distributed_executor_backend="ray")
+    with pytest.raises(ValueError, match="distributed_executor_backend='spark' is not supported"):
+        LLM(model, tensor_parallel_size=2, distributed_executor_backend="spark")
+    with pytest.raises(ValueError, match="distributed_executor_backend='uni' is not supported"):
+        LLM(model, tensor_parallel_size=2, distributed_executor_backend="uni")
     with pytest.raises(ValueError, match=r"pipeline_parallel_size \(3\) is larger than"):
         LLM(model, pipeline_parallel_size=3)
     with pytest.raises(ValueError, match=r"attention heads \(4\).*tensor_parallel_size \(3\)"):
