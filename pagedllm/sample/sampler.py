@@ -78,6 +78,17 @@ def sample(
     return sampled if greedy is None else torch.where(md.greedy, greedy, sampled)
 
 
+def _unprocessed(md: SamplingMetadata) -> bool:
+    """No processor changes the logits (``process_logits`` returns them as they are)."""
+    return (
+        md.allowed is None
+        and md.banned is None
+        and md.bias is None
+        and not md.processors
+        and md.penalties is None
+    )
+
+
 def _temperature_only(logits: torch.Tensor, md: SamplingMetadata) -> bool:
     """No truncation and no per-request generator: a draw from softmax(logits / T) alone."""
     return (
@@ -172,7 +183,10 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """logits: [rows, vocab] (any float dtype), on the device the result stays on."""
         raw = logits  # the model's own distribution, for logprobs; never changed below
-        logits = logits.float()
+        if not (_unprocessed(md) and _temperature_only(logits, md)):
+            # The one-pass CUDA path widens each logit as it reads it; the others want a
+            # float32 copy (processors work in place, softmax wants the precision).
+            logits = logits.float()
         wants_logprobs = md.max_num_logprobs is not None or md.need_logprob
         if wants_logprobs and logits.data_ptr() == raw.data_ptr():
             logits = logits.clone()  # some processors work in place
