@@ -41,6 +41,33 @@ def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, see
     return q, kv, table, seq, qsl, kv_bytes
 
 
+def w1_batch(cache_blocks: int = 0, scatter: bool = False, hnd: bool = False, seed: int = 0):
+    """A W1 decode step (qwen3-0.6b: 16 query heads, 8 KV heads of 128; 256 requests with
+    U[100, 1024] prompts and ~120 generated tokens) over a cache of ``cache_blocks`` blocks
+    (W1's real cache: ~56k a layer), its blocks taken in ascending order (as the block pool
+    hands them out) or scattered over the whole cache; ``hnd``: each block stored head-major
+    ([block, head, token, dim]), seen through strides in the kernel's [block, token, head,
+    dim] order."""
+    rng = random.Random(seed)
+    lens = [rng.randint(100, 1024) + 120 for _ in range(256)]
+    need = [-(-n // 16) for n in lens]
+    blocks = max(cache_blocks, sum(need) + 1)
+    shape = (2, blocks, 8, 16, 128) if hnd else (2, blocks, 16, 8, 128)
+    kv = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    if hnd:
+        kv = kv.permute(0, 1, 3, 2, 4)
+    pool = torch.randperm(blocks, device="cuda") if scatter else torch.arange(blocks, device="cuda")
+    table = torch.zeros(256, max(need), dtype=torch.int32, device="cuda")
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = pool[k : k + n].to(torch.int32)
+        k += n
+    q = torch.randn(256, 16, 128, device="cuda", dtype=torch.bfloat16)
+    qsl = torch.arange(0, 257, dtype=torch.int32, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    return q, kv, table, seq, qsl, sum(lens) * 8 * 128 * 2 * 2
+
+
 def mixed_batch(prefills=16, prompt=512, decodes=256, ctx=640, heads=32, kv_heads=8, dim=128,
                 block_size=16, seed=0):  # fmt: skip
     """A saturated server's step: ``decodes`` one-token requests with ~ctx cached tokens,
@@ -129,6 +156,15 @@ def main() -> None:
         ms, _ = time_config(decode_part, DECODE_CONFIG, 1)
         print(f"its 256 decodes alone, decode launch: {ms * 1e3:.1f} us")
         rope()
+    if "--layout" in sys.argv:  # W1's decode step: cache size, block order, block layout
+        configs = [DECODE_CONFIG]
+        cases = {
+            "W1 decode, compact cache": (w1_batch(), 1, 1),
+            "W1 decode, 56k-block cache, ascending blocks": (w1_batch(56_000), 1, 1),
+            "W1 decode, 56k-block cache, scattered blocks": (w1_batch(56_000, True), 1, 1),
+            "W1 decode, 56k-block cache, ascending, head-major blocks": (
+                w1_batch(56_000, hnd=True), 1, 1),
+        }  # fmt: skip
     for name, (args, query_len, segments) in cases.items():
         rows = []
         for config in configs:
