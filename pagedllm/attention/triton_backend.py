@@ -45,6 +45,12 @@ class TritonAttentionBackend:
             segments *= 2
         return segments
 
+    def capture_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        """The step's metadata is already graph-safe: tensor references (views of the
+        runner's persistent buffers) and the padded shape's ints. The split-KV scratch
+        (``_partials``) is allocated by the first warm-up pass and kept per shape."""
+        return self.build_metadata(common)
+
     def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
         return TritonAttentionMetadata(
             slot_mapping=common.slot_mapping,
