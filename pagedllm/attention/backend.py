@@ -74,7 +74,8 @@ def create_backend(device: str) -> AttentionBackend:
 
         from pagedllm.attention.triton_backend import TritonAttentionBackend
 
-        return TritonAttentionBackend(torch.device("cuda"))
+        props = torch.cuda.get_device_properties(torch.device("cuda"))
+        return TritonAttentionBackend(props.multi_processor_count)
     from pagedllm.attention.torch_backend import TorchAttentionBackend
 
     return TorchAttentionBackend()

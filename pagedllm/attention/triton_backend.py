@@ -30,9 +30,8 @@ class TritonAttentionMetadata:
 
 
 class TritonAttentionBackend:
-    def __init__(self, device: torch.device) -> None:
-        props = torch.cuda.get_device_properties(device)
-        self.num_sms = props.multi_processor_count
+    def __init__(self, num_sms: int) -> None:
+        self.num_sms = num_sms  # the GPU's multiprocessors: split-KV fills them
         self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:

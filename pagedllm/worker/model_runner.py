@@ -98,10 +98,9 @@ class ModelRunner:
     def load_model(self) -> None:
         start = time.perf_counter()
         mc = self.model_config
-        with torch.device(self.device):
-            model = build_model(
-                mc.architecture, mc.hf_config, self.dtype, mc.quantization, self.parallel
-            )
+        model = build_model(
+            mc.architecture, mc.hf_config, self.dtype, self.device, mc.quantization, self.parallel
+        )
         load_weights_into(model, mc)
         log_fp8_layers(model)
         self._log_kv_scales(model)
