@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from record import append_record, device_name
 
 from pagedllm.kernels.fp8_weight_matmul import MAX_ROWS, fp8_weight_matmul
+from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
 from pagedllm.quantization import Fp8Scheme
@@ -58,7 +59,8 @@ def cuda_us(fn, iters: int = 50) -> float:
 
 def fp8_layer(out_features: int, in_features: int) -> Fp8Linear:
     layer = Fp8Linear(in_features, out_features, False, torch.bfloat16, None,
-                      Fp8Scheme(serialized=False, activations="dynamic")).cuda()  # fmt: skip
+                      Fp8Scheme(serialized=False, activations="dynamic"),
+                      ops=device_ops(torch.device("cuda"))).cuda()  # fmt: skip
     layer.load("weight", torch.randn(out_features, in_features, device="cuda") * 0.02, None)
     layer.finish_loading()
     assert layer.use_fp8_gemm

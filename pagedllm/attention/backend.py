@@ -24,9 +24,31 @@ class AttentionBackend(Protocol):
 
     ``window`` (per layer): a query at position p sees keys p - window + 1 .. p (sliding
     window attention, as transformers defines it); None: keys 0 .. p.
+
+    CUDA graphs: the runner captures a graph per padded batch shape on metadata from
+    ``capture_metadata`` and replays it after writing each later batch of that shape into
+    the same persistent input buffers; no backend code runs at replay. So that metadata
+    reaches the step's values only through the tensors of ``common`` (views of those
+    buffers), its host values (request count, launch shape, ``num_segments``) are those of
+    the padded shape, and any scratch its kernels write is allocated outside the capture
+    (when it is built, or at the latest in the eager warm-up passes the runner makes on it
+    first) and kept for as long as the backend lives.
     """
 
+    def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
+        """Split-KV segments for a batch of this shape: how many programs share each
+        request's KV range (flash-decoding); 1 for no split. The runner writes the answer
+        into ``CommonAttentionMetadata.num_segments``; a captured graph keeps the one of
+        its padded shape."""
+        ...
+
     def build_metadata(self, common: CommonAttentionMetadata) -> Any: ...
+
+    def capture_metadata(self, common: CommonAttentionMetadata) -> Any:
+        """Metadata for a CUDA graph captured on ``common`` and replayed for every batch
+        of its padded shape (see the class). Raises ValueError when this backend's
+        kernels cannot be captured."""
+        ...
 
     def forward(
         self,
@@ -52,7 +74,8 @@ def create_backend(device: str) -> AttentionBackend:
 
         from pagedllm.attention.triton_backend import TritonAttentionBackend
 
-        return TritonAttentionBackend(torch.device("cuda"))
+        props = torch.cuda.get_device_properties(torch.device("cuda"))
+        return TritonAttentionBackend(props.multi_processor_count)
     from pagedllm.attention.torch_backend import TorchAttentionBackend
 
     return TorchAttentionBackend()

@@ -72,6 +72,19 @@ class TorchAttentionMetadata:
 
 
 class TorchAttentionBackend:
+    def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
+        """No split-KV: each request's keys are attended by one SDPA call."""
+        return 1
+
+    def capture_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
+        """Not capturable: the metadata holds host lists and masks of this step's lengths,
+        and the prefill path loops over requests in Python."""
+        raise ValueError(
+            "CUDA graphs need the Triton attention backend, but PAGEDLLM_ATTENTION_BACKEND="
+            "torch selects the torch one: set enforce_eager=True (--enforce-eager) to run it "
+            "eagerly, or unset PAGEDLLM_ATTENTION_BACKEND."
+        )
+
     def build_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
         num_decodes = common.num_decodes
         block_ids, max_blocks, valid, seq_lens = None, 0, None, None

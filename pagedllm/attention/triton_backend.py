@@ -30,9 +30,8 @@ class TritonAttentionMetadata:
 
 
 class TritonAttentionBackend:
-    def __init__(self, device: torch.device) -> None:
-        props = torch.cuda.get_device_properties(device)
-        self.num_sms = props.multi_processor_count
+    def __init__(self, num_sms: int) -> None:
+        self.num_sms = num_sms  # the GPU's multiprocessors: split-KV fills them
         self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
@@ -44,6 +43,12 @@ class TritonAttentionBackend:
         while segments < MAX_SEGMENTS and programs * segments < 2 * self.num_sms:
             segments *= 2
         return segments
+
+    def capture_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        """The step's metadata is already graph-safe: tensor references (views of the
+        runner's persistent buffers) and the padded shape's ints. The split-KV scratch
+        (``_partials``) is allocated by the first warm-up pass and kept per shape."""
+        return self.build_metadata(common)
 
     def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
         return TritonAttentionMetadata(

@@ -19,7 +19,8 @@ from pagedllm.attention.backend import AttentionBackend
 from pagedllm.distributed.communication import all_reduce
 from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merged_target
-from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS, silu_and_mul
+from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS
+from pagedllm.model.layers.device_ops import DeviceOps
 from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
 from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 from pagedllm.model.layers.norm import RMSNorm
@@ -101,10 +102,9 @@ class ForwardContext:
     backend: AttentionBackend
     attn_metadata: Any
     kv_caches: list[torch.Tensor]
-    cos: torch.Tensor | None = None  # gathered rotary rows (the portable path)
-    sin: torch.Tensor | None = None
-    rotary: RotaryEmbedding | None = None  # the fused CUDA path reads the table itself
-    positions: torch.Tensor | None = None
+    # This step's rotary rows, as the model's DeviceOps.rope_qk reads them (set by
+    # CausalLM.forward from DeviceOps.rotary_rows).
+    rotary_rows: Any = None
     # Set for the one step whose K/V values set an FP8 cache's scales (calculate_kv_scales).
     calculate_kv_scales: bool = False
     # Pipeline stages after the first: the previous stage's (hidden states, residual).
@@ -131,10 +131,12 @@ class Attention(nn.Module):
         layer_idx: int,
         dtype: torch.dtype,
         linears: LinearMaker,
+        ops: DeviceOps,
         tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.ops = ops
         self.num_heads, self.num_kv_heads, self.head_dim = (
             spec.num_heads,
             spec.num_kv_heads,
@@ -156,8 +158,13 @@ class Attention(nn.Module):
         # K's and V's dequantization scales when the cache is FP8 (stored = value / scale):
         # from the checkpoint, from calculate_kv_scales, or 1.
         self.register_buffer("kv_scale", torch.ones(2, dtype=torch.float32))
-        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
-        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype) if spec.qk_norm else None
+        # Per-head q/k norms (Qwen3): their weights, stacked, go to ops.rope_qk.
+        self.q_norm = (
+            RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype, ops) if spec.qk_norm else None
+        )
+        self.k_norm = (
+            RMSNorm(spec.head_dim, spec.rms_norm_eps, dtype, ops) if spec.qk_norm else None
+        )
         self.norm_eps = spec.rms_norm_eps
         self._stacked_norms: torch.Tensor | None = None
 
@@ -167,10 +174,9 @@ class Attention(nn.Module):
         # [tokens, heads + 2 * kv_heads, head_dim]: q heads, then k heads, then v heads. A view
         # whatever the projection's output layout (splitting one dimension never copies).
         qkv = self.qkv_proj(x).view(num_tokens, heads + 2 * kv_heads, self.head_dim)
-        if qkv.is_cuda:
-            q, k = self._rope_fused(qkv, ctx)
-        else:
-            q, k = self._rope(qkv, ctx)
+        q, k = self.ops.rope_qk(
+            qkv, heads, kv_heads, ctx.rotary_rows, self._qk_norm_weights(), self.norm_eps
+        )
         v = qkv[:, heads + kv_heads :]
         if ctx.calculate_kv_scales:
             self._calculate_kv_scales(k, v)
@@ -201,29 +207,6 @@ class Attention(nn.Module):
         else:
             self.kv_scale.data[index] = value
 
-    def _rope(self, qkv: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
-        heads, kv_heads = self.num_heads, self.num_kv_heads
-        cos, sin = ctx.cos, ctx.sin
-        assert cos is not None and sin is not None, "CausalLM.forward gathers the rotary rows"
-        if self.q_norm is not None and self.k_norm is not None:
-            q = RotaryEmbedding.rotate(self.q_norm(qkv[:, :heads]), cos, sin)
-            k = RotaryEmbedding.rotate(self.k_norm(qkv[:, heads : heads + kv_heads]), cos, sin)
-            return q, k
-        qk = RotaryEmbedding.rotate(qkv[:, : heads + kv_heads], cos, sin)
-        return qk[:, :heads], qk[:, heads:]
-
-    def _rope_fused(
-        self, qkv: torch.Tensor, ctx: ForwardContext
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CUDA: q/k norm and rotation in one kernel, in place in the projection output."""
-        from pagedllm.kernels.fused_ops import rope_qk
-
-        assert ctx.rotary is not None and ctx.positions is not None
-        heads, kv_heads = self.num_heads, self.num_kv_heads
-        rope_qk(qkv, heads, kv_heads, ctx.rotary.cos_sin_cache, ctx.positions,
-                self._qk_norm_weights(), self.norm_eps)  # fmt: skip
-        return qkv[:, :heads], qkv[:, heads : heads + kv_heads]
-
     def _qk_norm_weights(self) -> torch.Tensor | None:
         """[2, head_dim]: q's then k's RMSNorm weights, stacked once (after loading)."""
         if self.q_norm is None or self.k_norm is None:
@@ -241,9 +224,11 @@ class MLP(nn.Module):
         spec: DecoderSpec,
         layer_idx: int,
         linears: LinearMaker,
+        ops: DeviceOps,
         tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
+        self.silu_and_mul = ops.silu_and_mul
         inter = spec.intermediate_size
         prefix = f"model.layers.{layer_idx}.mlp"
         self.gate_up_proj = linears(
@@ -256,7 +241,7 @@ class MLP(nn.Module):
         self.tp_group = tp.tp_group if tp is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj(self.silu_and_mul(self.gate_up_proj(x)))
         if self.tp_group is not None:
             out = all_reduce(out, self.tp_group)
         return out
@@ -269,13 +254,14 @@ class DecoderLayer(nn.Module):
         layer_idx: int,
         dtype: torch.dtype,
         linears: LinearMaker,
+        ops: DeviceOps,
         tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = Attention(spec, layer_idx, dtype, linears, tp)
-        self.mlp = MLP(spec, layer_idx, linears, tp)
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype)
+        self.self_attn = Attention(spec, layer_idx, dtype, linears, ops, tp)
+        self.mlp = MLP(spec, layer_idx, linears, ops, tp)
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype, ops)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype, ops)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
@@ -303,6 +289,7 @@ class DecoderModel(nn.Module):
         spec: DecoderSpec,
         dtype: torch.dtype,
         linears: LinearMaker,
+        ops: DeviceOps,
         plan: ShardPlan | None = None,
     ) -> None:
         super().__init__()
@@ -316,12 +303,12 @@ class DecoderModel(nn.Module):
                 else VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
             )
         self.layers = nn.ModuleList(
-            DecoderLayer(spec, i, dtype, linears, tp) if i in held else MissingLayer()
+            DecoderLayer(spec, i, dtype, linears, ops, tp) if i in held else MissingLayer()
             for i in range(spec.num_layers)
         )
         self.stage_layers = [self.layers[i] for i in held]  # the layers this rank runs
         last = plan is None or plan.parallel.is_last_stage
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype) if last else None
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype, ops) if last else None
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """The final hidden states; before the last pipeline stage, [2, tokens, hidden]:
@@ -343,7 +330,8 @@ class DecoderModel(nn.Module):
 
 class CausalLM(nn.Module):
     """Decoder + LM head. ``forward`` returns hidden states for every token;
-    ``compute_logits`` maps only the rows that are sampled. ``linears`` builds the linear
+    ``compute_logits`` maps only the rows that are sampled. ``ops``: the device's
+    implementation of each operation, held by every layer. ``linears`` builds the linear
     layers (plain ones in ``dtype`` unless a quantization scheme says otherwise); the
     embeddings and the LM head always stay in ``dtype``."""
 
@@ -351,15 +339,18 @@ class CausalLM(nn.Module):
         self,
         spec: DecoderSpec,
         dtype: torch.dtype,
+        ops: DeviceOps,
         linears: LinearMaker | None = None,
         parallel: ModelParallel | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.ops = ops
         # None on one rank: the whole model, built exactly as without parallelism.
         self.plan = ShardPlan(spec, parallel) if parallel and parallel.world_size > 1 else None
         local = self.plan.local_spec() if self.plan is not None else spec
-        self.model = DecoderModel(local, dtype, linears or plain_linears(dtype), self.plan)
+        linears = linears or plain_linears(dtype, ops)
+        self.model = DecoderModel(local, dtype, linears, ops, self.plan)
         self.lm_head = self._lm_head(spec, dtype)
         if spec.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.tie(self.model.embed_tokens)  # type: ignore[arg-type]
@@ -368,22 +359,19 @@ class CausalLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
-        if input_ids.is_cuda:
-            ctx.rotary, ctx.positions = self.rotary, positions
-        else:
-            ctx.cos, ctx.sin = self.rotary.cos_sin(positions)
+        ctx.rotary_rows = self.ops.rotary_rows(self.rotary, positions)
         return self.model(input_ids, ctx)
 
     def _lm_head(self, spec: DecoderSpec, dtype: torch.dtype) -> nn.Module | None:
         """On the last pipeline stage only; vocab-parallel with TP."""
         plan = self.plan
         if plan is None:
-            return LMHead(spec.vocab_size, spec.hidden_size, dtype)
+            return LMHead(spec.vocab_size, spec.hidden_size, dtype, self.ops)
         if not plan.parallel.is_last_stage:
             return None
         if plan.tp > 1:
-            return ParallelLMHead(spec.vocab_size, spec.hidden_size, dtype, plan.parallel)
-        return LMHead(spec.vocab_size, spec.hidden_size, dtype)
+            return ParallelLMHead(spec.vocab_size, spec.hidden_size, dtype, plan.parallel, self.ops)
+        return LMHead(spec.vocab_size, spec.hidden_size, dtype, self.ops)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.lm_head is not None, "logits are computed on the last pipeline stage"

@@ -41,17 +41,28 @@ def family(architecture: str) -> str:
 
 
 def build_model(
-    architecture: str, hf_config: Any, dtype: Any, quant: Any = None, parallel: Any = None
+    architecture: str,
+    hf_config: Any,
+    dtype: Any,
+    device: Any,
+    quant: Any = None,
+    parallel: Any = None,
 ) -> Any:
-    """Instantiate the (unloaded) model on the current default device; ``quant`` (a
-    ``pagedllm.quantization.QuantConfig``) makes the layers it names FP8; ``parallel`` (a
+    """Instantiate the (unloaded) model on ``device`` (a ``torch.device``), with that
+    device's operations (``DeviceOps``); ``quant`` (a ``pagedllm.quantization.QuantConfig``)
+    makes the layers it names FP8; ``parallel`` (a
     ``pagedllm.distributed.parallel_state.ModelParallel``) builds one rank's share."""
+    import torch
+
     from pagedllm.model.decoder import CausalLM, DecoderSpec
+    from pagedllm.model.layers.device_ops import device_ops
 
     text_config = getattr(hf_config, "text_config", None) or hf_config
     spec = DecoderSpec.from_config(text_config, family(architecture))
-    if quant is None:
-        return CausalLM(spec, dtype, parallel=parallel)
-    from pagedllm.model.layers.fp8_linear import fp8_linears
+    ops = device_ops(device)
+    with torch.device(device):
+        if quant is None:
+            return CausalLM(spec, dtype, ops, parallel=parallel)
+        from pagedllm.model.layers.fp8_linear import fp8_linears
 
-    return CausalLM(spec, dtype, fp8_linears(dtype, quant), parallel)
+        return CausalLM(spec, dtype, ops, fp8_linears(dtype, quant, ops), parallel)

@@ -1,9 +1,12 @@
-"""CUDA graphs for decode steps: one graph per padded batch size, captured at start,
-replayed on the persistent input buffers.
+"""CUDA graphs: one graph per padded batch shape, captured at start, replayed on the
+persistent input buffers.
 
 A decode step of a small model is hundreds of tiny kernels; replaying them as one graph
-removes the launch gaps. Only pure decode batches use graphs (prefill chunks vary in shape);
-a batch of n requests runs the smallest captured size >= n, padded with dummy requests.
+removes the launch gaps. A pure decode batch of n requests runs the decode graph of the
+smallest captured size >= n, padded with one-token requests; a batch with prefill chunks
+runs the mixed graph of the smallest token count that holds it (``MIXED_SIZES``), padded
+with one request of the missing tokens, when it has fewer than ``mixed_reqs`` requests.
+Larger batches run eagerly.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import Any
 
 import torch
 
-from pagedllm.attention.triton_backend import TritonAttentionBackend
+from pagedllm.attention.backend import AttentionBackend
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
-from pagedllm.worker.input_batch import HostBatch
+from pagedllm.worker.input_batch import HostBatch, StepBatch
 from pagedllm.worker.input_buffers import InputBuffers, dummy_decode_batch
+from pagedllm.worker.step_plan import GraphShape, plan_step
 
 logger = init_logger(__name__)
 
@@ -56,10 +60,15 @@ def capture_sizes(
 
 
 class CudaGraphs:
+    """The captured graphs, by shape: decode graphs by request count, mixed ones by token
+    count. Each was captured on metadata from ``backend.capture_metadata`` over views of
+    ``buffers``; a replay loads the batch into those buffers, padded to the graph's shape
+    (``plan_step``), and runs no backend code."""
+
     def __init__(
         self,
         model: CausalLM,
-        backend: TritonAttentionBackend,
+        backend: AttentionBackend,
         buffers: InputBuffers,
         kv_caches: list[torch.Tensor],
         max_num_seqs: int,
@@ -70,8 +79,12 @@ class CudaGraphs:
         self.backend = backend
         self.buffers = buffers
         self.kv_caches = kv_caches
-        self.kv_heads = kv_heads
         self.sizes = sizes or capture_sizes(max_num_seqs)
+        # Decode graphs: n one-token requests, split-KV as the backend splits that many.
+        self.decode_shapes = {
+            n: GraphShape(n, n, mixed=False, num_segments=backend.segments_for(n, 1, kv_heads))
+            for n in self.sizes
+        }
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # Batches with prefill chunks: padded to a token count, always mixed_reqs requests
         # (the last real one is followed by the padding request, then empty ones).
@@ -79,8 +92,8 @@ class CudaGraphs:
         self.mixed_sizes = [n for n in MIXED_SIZES if n <= buffers.max_tokens]
         self.mixed: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
-    def segments(self, size: int) -> int:
-        return self.backend.segments_for(size, 1, self.kv_heads)
+    def _mixed_shape(self, tokens: int) -> GraphShape:
+        return GraphShape(tokens, self.mixed_reqs, mixed=True)
 
     @torch.inference_mode()
     def capture(self) -> float:
@@ -89,11 +102,13 @@ class CudaGraphs:
         buffers = self.buffers
         one = dummy_decode_batch(1, buffers.block_size, buffers.scratch_block)
         for tokens in reversed(self.mixed_sizes):  # largest first: later ones reuse memory
-            step = buffers.load_mixed(one, tokens, self.mixed_reqs)
+            shape = self._mixed_shape(tokens)
+            step = buffers.load(one, plan_step(one, shape.num_segments, shape))
             self.mixed[tokens] = self._capture_one(step, pool)
         for size in reversed(self.sizes):
             dummy = dummy_decode_batch(size, buffers.block_size, buffers.scratch_block)
-            step = buffers.load(dummy, size, self.segments(size))
+            shape = self.decode_shapes[size]
+            step = buffers.load(dummy, plan_step(dummy, shape.num_segments, shape))
             self.graphs[size] = self._capture_one(step, pool)
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -105,10 +120,10 @@ class CudaGraphs:
         )  # fmt: skip
         return elapsed
 
-    def _capture_one(self, step: Any, pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        metadata = self.backend.build_metadata(step.attn)
+    def _capture_one(self, step: StepBatch, pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        metadata = self.backend.capture_metadata(step.attn)
         ctx = ForwardContext(self.backend, metadata, self.kv_caches)
-        for _ in range(2):  # compile the kernels, settle the allocator
+        for _ in range(2):  # compile the kernels, settle the allocator, allocate scratch
             self.model(step.input_ids, step.positions, ctx)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
@@ -116,22 +131,22 @@ class CudaGraphs:
             hidden = self.model(step.input_ids, step.positions, ctx)
         return graph, hidden
 
-    def run(self, batch: HostBatch) -> torch.Tensor | None:
-        """Replay the smallest graph that fits the batch; its real tokens' hidden states, or
+    def run(self, batch: HostBatch) -> tuple[torch.Tensor, StepBatch] | None:
+        """Replay the smallest graph that fits the batch: its real tokens' hidden states
+        and the step's batch (padded: its input rows past the real ones are padding), or
         None when no captured graph fits (the caller runs it eagerly)."""
         if batch.is_pure_decode:
             i = bisect.bisect_left(self.sizes, batch.num_reqs)
             if i == len(self.sizes) or not self.graphs:
                 return None
-            size = self.sizes[i]
-            self.buffers.load(batch, size, self.segments(size))
-            graph, hidden = self.graphs[size]
+            shape = self.decode_shapes[self.sizes[i]]
+            graph, hidden = self.graphs[shape.num_reqs]
         else:
             i = bisect.bisect_left(self.mixed_sizes, batch.num_tokens)
             if i == len(self.mixed_sizes) or batch.num_reqs >= self.mixed_reqs:
                 return None
-            tokens = self.mixed_sizes[i]
-            self.buffers.load_mixed(batch, tokens, self.mixed_reqs)
-            graph, hidden = self.mixed[tokens]
+            shape = self._mixed_shape(self.mixed_sizes[i])
+            graph, hidden = self.mixed[shape.num_tokens]
+        step = self.buffers.load(batch, plan_step(batch, shape.num_segments, shape))
         graph.replay()
-        return hidden[: batch.num_tokens]
+        return hidden[: batch.num_tokens], step

@@ -12,6 +12,7 @@ computed only at those rows (``logits_indices``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -62,45 +63,17 @@ class HostBatch:
     def num_reqs(self) -> int:
         return len(self.req_ids)
 
-    @property
+    @cached_property
     def max_query_len(self) -> int:
         return int(np.diff(self.query_start_loc).max())
+
+    @cached_property
+    def max_seq_len(self) -> int:
+        return int(self.seq_lens.max())
 
     @property
     def is_pure_decode(self) -> bool:
         return self.num_decodes == self.num_reqs and self.num_tokens == self.num_reqs
-
-    def to_step_batch(self, device: torch.device, num_segments: int = 1) -> StepBatch:
-        """Plain copies (zero-copy on the CPU); the CUDA runner uses InputBuffers instead."""
-
-        def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(device)
-
-        attn = CommonAttentionMetadata(
-            num_reqs=self.num_reqs,
-            num_tokens=self.num_tokens,
-            num_decodes=self.num_decodes,
-            block_size=self.block_size,
-            query_start_loc=dev(self.query_start_loc),
-            seq_lens=dev(self.seq_lens),
-            block_table=dev(self.block_table),
-            slot_mapping=dev(self.slot_mapping),
-            query_start_loc_cpu=self.query_start_loc.tolist(),
-            seq_lens_cpu=self.seq_lens.tolist(),
-            max_query_len=self.max_query_len,
-            max_seq_len=int(self.seq_lens.max()),
-            num_segments=num_segments,
-        )
-        input_ids = dev(self.input_ids)
-        self.fill_pending(input_ids)
-        return StepBatch(
-            self.req_ids,
-            input_ids,
-            dev(self.positions),
-            attn,
-            dev(self.logits_indices),
-            self.sampled_req_indices,
-        )
 
     def fill_pending(self, input_ids: torch.Tensor) -> None:
         """Write the tokens still on the device into ``input_ids`` (on that device)."""
@@ -152,15 +125,6 @@ def build_host_batch(
         fill_positions=fill_positions,
         fill_rows=np.array([states[i].pending_row for i in fills], dtype=np.int64),
     )
-
-
-def build_step_batch(
-    scheduler_output: SchedulerOutput,
-    requests: dict[str, RequestState],
-    block_size: int,
-    device: torch.device,
-) -> StepBatch:
-    return build_host_batch(scheduler_output, requests, block_size).to_step_batch(device)
 
 
 def _tokens_positions_slots(

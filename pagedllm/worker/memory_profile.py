@@ -10,6 +10,7 @@ import torch
 from pagedllm.model.decoder import ForwardContext
 from pagedllm.worker.input_batch import HostBatch
 from pagedllm.worker.kv_cache import KVCachePlan, allocate_kv_caches
+from pagedllm.worker.step_plan import eager_step_batch, plan_step
 
 if TYPE_CHECKING:
     from pagedllm.worker.model_runner import ModelRunner
@@ -30,7 +31,8 @@ def profile_peak_activations(runner: ModelRunner) -> int:
     per_token = runner.model_config.kv_bytes_per_token(runner.config.cache_config.cache_dtype)
     plan = KVCachePlan(sum(-(-n // bs) for n in lens), bs, per_token)
     caches = allocate_kv_caches(runner.model_config, plan, runner.kv_cache_dtype, runner.device)
-    batch = _prefill_batch(lens, bs).to_step_batch(runner.device)
+    host = _prefill_batch(lens, bs)
+    batch = eager_step_batch(host, plan_step(host, 1), runner.device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()

@@ -15,7 +15,6 @@ import torch
 
 from pagedllm import envs
 from pagedllm.attention.backend import create_backend
-from pagedllm.attention.triton_backend import TritonAttentionBackend
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import ModelParallel
@@ -45,6 +44,7 @@ from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import build_sampling_metadata
 from pagedllm.worker.stage_io import StageIO
 from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
+from pagedllm.worker.step_plan import eager_step_batch, plan_step
 
 logger = init_logger(__name__)
 
@@ -98,10 +98,9 @@ class ModelRunner:
     def load_model(self) -> None:
         start = time.perf_counter()
         mc = self.model_config
-        with torch.device(self.device):
-            model = build_model(
-                mc.architecture, mc.hf_config, self.dtype, mc.quantization, self.parallel
-            )
+        model = build_model(
+            mc.architecture, mc.hf_config, self.dtype, self.device, mc.quantization, self.parallel
+        )
         load_weights_into(model, mc)
         log_fp8_layers(model)
         self._log_kv_scales(model)
@@ -232,7 +231,6 @@ class ModelRunner:
         )
         if not self.config.enforce_eager:
             assert self.model is not None
-            assert isinstance(self.backend, TritonAttentionBackend), "graphs need the CUDA kernels"
             sizes = capture_sizes(
                 sched.max_num_seqs,
                 self.config.cudagraph_capture_sizes,
@@ -312,36 +310,27 @@ class ModelRunner:
         return output
 
     def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
-        """Run the model on the batch: a CUDA graph for decode batches that have one."""
+        """Run the model on the batch: a CUDA graph when one fits it, else eagerly."""
         assert self.model is not None
         # The step that sets the KV scales runs eagerly (a graph would replay fixed scales).
         calculate_kv_scales, self._kv_scales_pending = self._kv_scales_pending, False
+        if self.graphs is not None and not calculate_kv_scales:
+            replayed = self.graphs.run(host)
+            if replayed is not None:
+                return replayed
+        segments = self.backend.segments_for(
+            host.num_reqs, host.max_query_len, self.model_config.num_kv_heads
+        )
+        plan = plan_step(host, segments)
         if self.buffers is None:
-            batch = host.to_step_batch(self.device)
+            batch = eager_step_batch(host, plan, self.device)
         else:
-            graphs = self.graphs if not calculate_kv_scales else None
-            hidden = graphs.run(host) if graphs is not None else None
-            if hidden is not None:
-                return hidden, self._graph_batch(host)
-            segments = self.backend.segments_for(  # type: ignore[attr-defined]
-                host.num_reqs, host.max_query_len, self.model_config.num_kv_heads
-            )
-            batch = self.buffers.load(host, 0, segments)
+            batch = self.buffers.load(host, plan)
         ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
         ctx.calculate_kv_scales = calculate_kv_scales
         if self.stage_io is not None:
             ctx.intermediate = self.stage_io.receive_activations(batch.input_ids.shape[0])
         return self.model(batch.input_ids, batch.positions, ctx), batch
-
-    def _graph_batch(self, host: HostBatch) -> StepBatch:
-        """The StepBatch view of a graph-run decode batch (only what sampling reads)."""
-        assert self.buffers is not None
-        dev = self.buffers.dev
-        n, sampled = host.num_tokens, len(host.sampled_req_indices)
-        return StepBatch(
-            host.req_ids, dev["input_ids"][:n], dev["positions"][:n], None,  # type: ignore[arg-type]
-            dev["logits_indices"][:sampled], host.sampled_req_indices,
-        )  # fmt: skip
 
     def _sample(
         self,

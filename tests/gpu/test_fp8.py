@@ -12,6 +12,7 @@ from pagedllm.attention.torch_backend import write_kv_torch
 from pagedllm.kernels.fp8_quant import quantize_rows
 from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
 from pagedllm.kernels.fused_ops import write_kv
+from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import quantize_rows_reference, quantize_weight, weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
 from pagedllm.quantization import Fp8Scheme
@@ -99,8 +100,8 @@ def test_paged_attention_reads_an_fp8_cache(segments, cache_dtype):
 @pytest.mark.parametrize("rows", [1, 7, 64, 300])
 def test_fp8_tensor_core_linear_stays_close_to_weight_only(rows):
     torch.manual_seed(rows)
-    layer = Fp8Linear(256, 512, False, torch.bfloat16, [256, 256], Fp8Scheme(False, "dynamic"))
-    layer = layer.cuda()
+    scheme, ops = Fp8Scheme(False, "dynamic"), device_ops(torch.device("cuda"))
+    layer = Fp8Linear(256, 512, False, torch.bfloat16, [256, 256], scheme, ops=ops).cuda()
     for shard in (0, 1):
         layer.load("weight", torch.randn(256, 256) * 0.05, shard)
     layer.finish_loading()
@@ -147,7 +148,8 @@ def test_small_batch_kernel_reads_strided_rows():
 
 
 def test_fp8_layers_take_the_small_batch_kernel_up_to_its_rows():
-    layer = Fp8Linear(256, 512, False, torch.bfloat16, None, Fp8Scheme(False, "dynamic")).cuda()
+    scheme, ops = Fp8Scheme(False, "dynamic"), device_ops(torch.device("cuda"))
+    layer = Fp8Linear(256, 512, False, torch.bfloat16, None, scheme, ops=ops).cuda()
     layer.load("weight", torch.randn(512, 256) * 0.05, None)
     layer.finish_loading()
     assert layer.small_batch_kernel

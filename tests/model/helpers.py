@@ -7,7 +7,7 @@ import torch
 from pagedllm.core.scheduler_output import NewRequestData, SchedulerOutput
 from pagedllm.model.decoder import ForwardContext
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.input_batch import build_step_batch
+from pagedllm.worker.step_plan import build_step_batch
 
 
 def prefill_logits(llm, prompts: list[list[int]]) -> list[torch.Tensor]:

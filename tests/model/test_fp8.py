@@ -273,11 +273,13 @@ def test_fp8_cache_is_read_the_same_whatever_the_chunking(tiny_models):
 
 def test_calculated_kv_scales_follow_vllms_definition():
     from pagedllm.model.decoder import DecoderSpec
+    from pagedllm.model.layers.device_ops import TORCH_OPS
     from pagedllm.model.layers.linear import plain_linears
     from tests.conftest import tiny_config
 
     spec = DecoderSpec.from_config(tiny_config("llama"), "llama")
-    attention = Attention(spec, 0, torch.float32, plain_linears(torch.float32))
+    linears = plain_linears(torch.float32, TORCH_OPS)
+    attention = Attention(spec, 0, torch.float32, linears, TORCH_OPS)
     k, v = torch.randn(9, 2, 16), torch.randn(9, 2, 16)
     attention._calculate_kv_scales(k, v)
     assert attention.kv_scale.tolist() == pytest.approx(

@@ -9,10 +9,7 @@ SUPPORTED_ACTIVATIONS = ("silu",)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up: [..., 2 * d] with the gate first -> [..., d] (one fused kernel on CUDA)."""
-    if gate_up.is_cuda and gate_up.dim() == 2:
-        from pagedllm.kernels import fused_ops
-
-        return fused_ops.silu_and_mul(gate_up)
+    """gate_up: [..., 2 * d] with the gate first -> [..., d]. The torch definition; a CUDA
+    model's layers run ``cuda_ops``' fused kernel instead."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model.layers.linear import cpu_linear
+if TYPE_CHECKING:
+    from pagedllm.model.layers.device_ops import DeviceOps
 
 
 class VocabEmbedding(nn.Module):
@@ -19,16 +22,18 @@ class VocabEmbedding(nn.Module):
 
 
 class LMHead(nn.Module):
-    """Hidden states -> float32 logits over the vocabulary."""
+    """Hidden states -> float32 logits over the vocabulary, by the device's product."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, vocab_size: int, hidden_size: int, dtype: torch.dtype, ops: DeviceOps
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, dtype=dtype), False)
+        self.ops = ops
 
     def tie(self, embedding: VocabEmbedding) -> None:
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.device.type == "cpu":
-            return cpu_linear(hidden, self.weight, None).float().contiguous()
-        return F.linear(hidden, self.weight).float()
+        # contiguous(): the CPU's product is a transposed view (a no-op elsewhere).
+        return self.ops.linear(hidden, self.weight, None).float().contiguous()

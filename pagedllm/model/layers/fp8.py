@@ -46,15 +46,17 @@ def quantize_rows_reference(
 
 
 def weight_only_linear(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """``x (q * scale)^T + b`` with x unquantized: q is widened to x's dtype inside the
-    product and the per-row scale applied to the output columns (``x q^T`` column j times
-    ``scale[j]`` is ``x (q * scale)^T`` column j), so no scaled weight is ever stored."""
-    from pagedllm.model.layers.linear import cpu_linear
-
-    w = weight.to(x.dtype)
-    y = cpu_linear(x, w, None) if x.device.type == "cpu" and x.dim() == 2 else F.linear(x, w)
+    product (``linear``: the device's, ``DeviceOps.linear``) and the per-row scale applied
+    to the output columns (``x q^T`` column j times ``scale[j]`` is ``x (q * scale)^T``
+    column j), so no scaled weight is ever stored."""
+    y = linear(x, weight.to(x.dtype), None)
     y = y * scale.to(x.dtype)
     return y if bias is None else y + bias
 

@@ -6,7 +6,8 @@ static ``input_scale`` where the scheme has one; or full-precision weights, quan
 by row as they arrive (``--quantization fp8``), so a full-precision copy of the model never
 exists on the device.
 
-Computation, by what the step and device allow:
+Computation, by what the step and device allow (the device's kernels: ``DeviceOps.fp8``,
+chosen when the model is built; the choice among them: ``finish_loading``):
 - small batches (up to 16 rows with FP8 tensor cores, 64 without: decode steps) on CUDA with
   16-bit activations: one Triton kernel reads the FP8 weights and widens them in registers
   (``kernels/fp8_weight_matmul``), bound by the bandwidth it halves. Activations stay
@@ -22,6 +23,7 @@ Computation, by what the step and device allow:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -38,6 +40,9 @@ from pagedllm.model.layers.fp8 import (
 from pagedllm.model.layers.linear import Linear, LinearMaker, copy_checked
 from pagedllm.quantization import Fp8Scheme, QuantConfig
 
+if TYPE_CHECKING:
+    from pagedllm.model.layers.device_ops import DeviceOps
+
 logger = init_logger(__name__)
 
 
@@ -50,8 +55,10 @@ class Fp8Linear(Linear):
         dtype: torch.dtype,
         output_sizes: list[int] | None,
         scheme: Fp8Scheme,
+        *,
+        ops: DeviceOps,
     ) -> None:
-        super().__init__(in_features, out_features, bias, dtype, output_sizes)
+        super().__init__(in_features, out_features, bias, dtype, output_sizes, ops=ops)
         self.scheme = scheme
         self.weight_scale = nn.Parameter(torch.ones(out_features, dtype=torch.float32), False)
         # Static scheme: one input scale per shard as loaded; their max once loaded.
@@ -86,7 +93,7 @@ class Fp8Linear(Linear):
                 x, self.weight, self.scale_row, self.act_scale, self.bias,
                 self.quantize_activations,
             )  # fmt: skip
-        return weight_only_linear(x, self.weight, self.weight_scale, self.bias)
+        return weight_only_linear(x, self.weight, self.weight_scale, self.bias, self.ops.linear)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -175,22 +182,16 @@ class Fp8Linear(Linear):
             # calibrated range is clipped.
             self.act_scale = self.input_scale.max().reshape(1)
         self.scale_row = self.weight_scale.view(1, -1)
-        if self.weight.is_cuda:
-            from pagedllm.kernels.fp8_quant import quantize_rows
-            from pagedllm.kernels.fp8_weight_matmul import (
-                FP8_GEMM_ROWS,
-                MAX_ROWS,
-                fp8_weight_matmul,
-            )
-
-            self.quantize_activations = quantize_rows
-            self.small_batch_matmul = fp8_weight_matmul
+        kernels = self.ops.fp8
+        if kernels is not None:
+            self.quantize_activations = kernels.quantize_rows
+            self.small_batch_matmul = kernels.small_batch_matmul
             self.small_batch_kernel = self.dtype in (torch.bfloat16, torch.float16)
-        self.use_fp8_gemm = fp8_gemm_supported(self.weight.device, self.dtype, self.scheme) and (
+        self.use_fp8_gemm = fp8_gemm_supported(self.ops, self.dtype, self.scheme) and (
             self.in_features % 16 == 0 and self.out_features % 16 == 0  # _scaled_mm's tiles
         )
-        if self.small_batch_kernel:
-            self.small_batch_rows = FP8_GEMM_ROWS if self.use_fp8_gemm else MAX_ROWS
+        if kernels is not None and self.small_batch_kernel:
+            self.small_batch_rows = kernels.gemm_rows if self.use_fp8_gemm else kernels.max_rows
 
     def extra_repr(self) -> str:
         return (
@@ -199,16 +200,16 @@ class Fp8Linear(Linear):
         )
 
 
-def fp8_gemm_supported(device: torch.device, dtype: torch.dtype, scheme: Fp8Scheme) -> bool:
+def fp8_gemm_supported(ops: DeviceOps, dtype: torch.dtype, scheme: Fp8Scheme) -> bool:
     """FP8 tensor-core GEMMs: a CUDA device of compute capability 8.9+ (Ada, Hopper and
     later), bfloat16 activations (row-wise scaled ``_scaled_mm`` writes bfloat16), and a
     scheme that quantizes activations."""
-    if device.type != "cuda" or dtype != torch.bfloat16 or scheme.activations == "none":
+    if ops.fp8 is None or dtype != torch.bfloat16 or scheme.activations == "none":
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
+    return ops.fp8.tensor_cores
 
 
-def fp8_linears(dtype: torch.dtype, quant: QuantConfig) -> LinearMaker:
+def fp8_linears(dtype: torch.dtype, quant: QuantConfig, ops: DeviceOps) -> LinearMaker:
     """Layers whose checkpoint modules ``quant`` quantizes become ``Fp8Linear``; the rest
     stay in ``dtype``."""
 
@@ -221,8 +222,8 @@ def fp8_linears(dtype: torch.dtype, quant: QuantConfig) -> LinearMaker:
     ) -> Linear:
         scheme = quant.scheme_for(names)
         if scheme is None:
-            return Linear(in_features, out_features, bias, dtype, output_sizes)
-        return Fp8Linear(in_features, out_features, bias, dtype, output_sizes, scheme)
+            return Linear(in_features, out_features, bias, dtype, output_sizes, ops=ops)
+        return Fp8Linear(in_features, out_features, bias, dtype, output_sizes, scheme, ops=ops)
 
     return make
 

@@ -9,17 +9,21 @@ A layer loads its own checkpoint tensors (``load``) and knows which it still lac
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from pagedllm.model.layers.device_ops import DeviceOps
 
 # (in_features, out_features, bias, output_sizes, checkpoint module names) -> a layer
 LinearMaker = Callable[[int, int, bool, "list[int] | None", Sequence[str]], "Linear"]
 
 
 class Linear(nn.Module):
-    """``y = x W^T + b``. ``output_sizes`` splits the rows into shards loaded separately."""
+    """``y = x W^T + b``, by the device's product (``ops.linear``). ``output_sizes`` splits
+    the rows into shards loaded separately."""
 
     def __init__(
         self,
@@ -28,8 +32,11 @@ class Linear(nn.Module):
         bias: bool,
         dtype: torch.dtype,
         output_sizes: list[int] | None = None,
+        *,
+        ops: DeviceOps,
     ) -> None:
         super().__init__()
+        self.ops = ops
         self.in_features = in_features
         self.out_features = out_features
         self.output_sizes = output_sizes or [out_features]
@@ -43,9 +50,7 @@ class Linear(nn.Module):
         return nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 2:
-            return cpu_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ class Linear(nn.Module):
         return f"in={self.in_features}, out={self.output_sizes}, bias={self.bias is not None}"
 
 
-def plain_linears(dtype: torch.dtype) -> LinearMaker:
+def plain_linears(dtype: torch.dtype, ops: DeviceOps) -> LinearMaker:
     """Layers in the model's dtype, whatever the checkpoint module."""
 
     def make(
@@ -105,7 +110,7 @@ def plain_linears(dtype: torch.dtype) -> LinearMaker:
         output_sizes: list[int] | None,
         names: Sequence[str],
     ) -> Linear:
-        return Linear(in_features, out_features, bias, dtype, output_sizes)
+        return Linear(in_features, out_features, bias, dtype, output_sizes, ops=ops)
 
     return make
 

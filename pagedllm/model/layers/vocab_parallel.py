@@ -9,13 +9,17 @@ are all-gathered so every rank of the group samples the same tokens from the sam
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed.communication import all_gather_last_dim, all_reduce
 from pagedllm.distributed.parallel_state import ModelParallel
-from pagedllm.model.layers.linear import cpu_linear
+
+if TYPE_CHECKING:
+    from pagedllm.model.layers.device_ops import DeviceOps
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -50,9 +54,15 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Hidden states -> float32 logits over the whole vocabulary, on every TP rank."""
 
     def __init__(
-        self, vocab_size: int, hidden_size: int, dtype: torch.dtype, parallel: ModelParallel
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        dtype: torch.dtype,
+        parallel: ModelParallel,
+        ops: DeviceOps,
     ) -> None:
         super().__init__(vocab_size, hidden_size, dtype, parallel)
+        self.ops = ops
         self.vocab_size = vocab_size
         self.tp_size = parallel.tp_size
 
@@ -60,9 +70,6 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if hidden.device.type == "cpu":
-            local = cpu_linear(hidden, self.weight, None).float()
-        else:
-            local = F.linear(hidden, self.weight).float()
+        local = self.ops.linear(hidden, self.weight, None).float()
         logits = all_gather_last_dim(local, self.group, self.tp_size)
         return logits[:, : self.vocab_size].contiguous()
