@@ -7,6 +7,13 @@ new part is computed. The C requests of a turn are submitted together. Prompts a
 
     python benchmarks/multi_turn.py                                  # CPU, bundled SmolLM2
     python benchmarks/multi_turn.py --model ../shared/model-configs/qwen3-0.6b --load-format dummy
+
+--swap (issue 20) measures the host tier instead: many conversations of 8 turns, a device KV
+cache sized to a fraction (--device-fraction, 20%) of the conversations' distinct history, and
+the same run with and without --swap-space (sized to hold the whole history). Reported: the
+median TTFT of the later turns (3 on) with the tier against without.
+
+    python benchmarks/multi_turn.py --swap                           # CPU, bundled SmolLM2
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from pathlib import Path
 from record import append_record, device_name
 
 from pagedllm import LLM, RequestOutputKind, SamplingParams
+from pagedllm.config import EngineArgs
+from pagedllm.core.kv_cache_manager import PrefixCacheStats
 
 # This benchmark reads the engine core's internals: the core runs in this process.
 os.environ.setdefault("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
@@ -37,6 +46,12 @@ def run(args: argparse.Namespace, caching: bool) -> tuple[list[float], float]:
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         seed=0,
     )
+    per_turn, totals = converse(llm, args)
+    return [statistics.mean(t) for t in per_turn], totals.hits / max(totals.queries, 1)
+
+
+def converse(llm: LLM, args: argparse.Namespace) -> tuple[list[list[float]], PrefixCacheStats]:
+    """Every request's TTFT (seconds), per turn, and the prefix-cache counters of the run."""
     engine = llm.llm_engine
     vocab = min(engine.model_config.vocab_size, 30000)
     rng = random.Random(0)
@@ -69,9 +84,88 @@ def run(args: argparse.Namespace, caching: bool) -> tuple[list[float], float]:
                 replies[out.request_id] += out.outputs[0].token_ids
         for c, history in enumerate(histories):
             history += replies[f"t{turn}-c{c}"]
-        ttfts.append(statistics.mean(first[r] - start[r] for r in start))
-    totals = stats.take()
-    return ttfts, totals.hits / max(totals.queries, 1)
+        ttfts.append([first[r] - start[r] for r in start])
+    return ttfts, stats.take()
+
+
+def history_tokens(args: argparse.Namespace) -> int:
+    """Distinct tokens of all conversations after the last turn (the system prompt once)."""
+    return args.system_len + args.conversations * args.turns * (args.user_len + args.reply_len)
+
+
+def run_swap(args: argparse.Namespace, swap_space: float, device_bytes: int) -> dict:
+    llm = LLM(
+        model=args.model,
+        load_format=args.load_format,
+        skip_tokenizer_init=True,
+        max_model_len=args.max_model_len,
+        kv_cache_memory_bytes=device_bytes,
+        swap_space=swap_space,
+        seed=0,
+    )
+    per_turn, totals = converse(llm, args)
+    later = [t for turn in per_turn[2:] for t in turn]
+    tier = llm.llm_engine.engine_core.kv_cache_manager.host_tier
+    result = {
+        "per_turn": [statistics.median(t) for t in per_turn],
+        "later_median": statistics.median(later),
+        "hit_rate": totals.hits / max(totals.queries, 1),
+        "host_hit_rate": totals.host_hits / max(totals.host_queries, 1),
+        "saved": tier.num_saved if tier else 0,
+        "loaded": tier.num_loaded if tier else 0,
+        "computed": totals.queries - totals.hits,
+    }
+    llm.llm_engine.shutdown()
+    return result
+
+
+def swap_main(args: argparse.Namespace) -> None:
+    config = EngineArgs(
+        model=args.model, load_format=args.load_format, skip_tokenizer_init=True,
+        max_model_len=args.max_model_len, kv_cache_memory_bytes=1 << 30,
+    ).create_engine_config()  # fmt: skip
+    block = config.cache_config.block_size
+    per_token = config.model_config.kv_bytes_per_token(config.cache_config.cache_dtype)
+    history = history_tokens(args)
+    # The fraction of the history, but never less than one request of max_model_len.
+    device_tokens = max(int(args.device_fraction * history), args.max_model_len)
+    device_tokens = -(-device_tokens // block) * block
+    swap_space = 1.25 * (history + args.conversations * block) * per_token / (1 << 30)
+    plain = run_swap(args, 0, device_tokens * per_token)
+    tiered = run_swap(args, swap_space, device_tokens * per_token)
+    rows = [
+        f"device KV cache: {device_tokens} tokens = {device_tokens / history:.0%} of the "
+        f"{history}-token history; swap space {swap_space:.3f} GiB (the whole history)",
+        "",
+        "| turn | median TTFT, no tier (ms) | median TTFT, tier (ms) | tier / no tier |",
+        "|---|---|---|---|",
+    ]
+    rows += [
+        f"| {t + 1} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |"
+        for t, (a, b) in enumerate(zip(plain["per_turn"], tiered["per_turn"]))
+    ]
+    ratio = tiered["later_median"] / plain["later_median"]
+    rows += [
+        "",
+        f"later turns (3-{args.turns}), median TTFT: {plain['later_median'] * 1e3:.1f} ms "
+        f"without the tier, {tiered['later_median'] * 1e3:.1f} ms with it: {ratio:.2f}x "
+        "(target <= 0.3x)",
+        f"prompt tokens computed: {plain['computed']} without, {tiered['computed']} with; "
+        f"prefix-cache hit rate {plain['hit_rate']:.1%} without, {tiered['hit_rate']:.1%} "
+        f"with (host tier: {tiered['host_hit_rate']:.1%} of its lookups, "
+        f"{tiered['saved']} blocks saved, {tiered['loaded']} copied back)",
+    ]
+    print("\n".join(rows))
+    if not args.no_record:
+        model = args.model or "HuggingFaceTB/SmolLM2-135M-Instruct (bundled GGUF)"
+        workload = (
+            f"{Path(model).name if args.model else model}, load_format={args.load_format}: "
+            f"{args.conversations} conversations x {args.turns} turns, {args.system_len}-token "
+            f"shared system prompt, {args.user_len}-token user turns, {args.reply_len}-token "
+            "replies, greedy; each turn's requests submitted together; TTFT per request"
+        )
+        append_record("Multi-turn with the host KV tier (swap_space)", device_name(), workload,
+                      rows)  # fmt: skip
 
 
 def main() -> None:
@@ -86,7 +180,16 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--kv-cache-memory-bytes", default=None)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--swap", action="store_true", help="measure the host KV tier")
+    parser.add_argument("--device-fraction", type=float, default=0.2)
+    if parser.parse_known_args()[0].swap:  # issue 20's workload: many users, 8 turns
+        parser.set_defaults(
+            conversations=16, turns=8, system_len=512, reply_len=16, max_model_len=1024
+        )
     args = parser.parse_args()
+    if args.swap:
+        swap_main(args)
+        return
     on, hit_rate = run(args, caching=True)
     off, _ = run(args, caching=False)
     rows = ["| turn | TTFT cache on (ms) | TTFT cache off (ms) | on / off |", "|---|---|---|---|"]
