@@ -10,8 +10,11 @@ new part is computed. The C requests of a turn are submitted together. Prompts a
 
 --swap (issue 20) measures the host tier instead: many conversations of 8 turns, a device KV
 cache sized to a fraction (--device-fraction, 20%) of the conversations' distinct history, and
-the same run with and without --swap-space (sized to hold the whole history). Reported: the
-median TTFT of the later turns (3 on) with the tier against without.
+the same run with and without --swap-space (sized to hold the whole history). Users take
+their turns round robin, one request at a time (--together: a turn's requests at once, where
+TTFT is mostly queueing behind the others' decodes, since the small cache admits few at a
+time): between two turns of a user the others' turns have evicted its blocks from the device.
+Reported: the median TTFT of the later turns (3 on) with the tier against without.
 
     python benchmarks/multi_turn.py --swap                           # CPU, bundled SmolLM2
     python benchmarks/multi_turn.py --swap --model tiny              # CPU, 4-layer dummy Llama
@@ -74,23 +77,34 @@ def converse(llm: LLM, args: argparse.Namespace) -> tuple[list[list[float]], int
     prompt_tokens = cached = 0
     for turn in range(args.turns):
         start, first = {}, {}
+        replies: dict[str, list[int]] = {}
         for c, history in enumerate(histories):
             history += [rng.randrange(100, vocab) for _ in range(args.user_len)]
             rid = f"t{turn}-c{c}"
             start[rid] = time.perf_counter()
             engine.add_request(rid, {"prompt_token_ids": list(history)}, params)
             prompt_tokens += len(history)
-        replies: dict[str, list[int]] = {rid: [] for rid in start}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.request_id not in first:
-                    first[out.request_id] = time.perf_counter()
-                    cached += out.num_cached_tokens
-                replies[out.request_id] += out.outputs[0].token_ids
+            replies[rid] = []
+            if getattr(args, "one_at_a_time", False):
+                cached += drain(engine, first, replies)
+        cached += drain(engine, first, replies)
         for c, history in enumerate(histories):
             history += replies[f"t{turn}-c{c}"]
         ttfts.append([first[r] - start[r] for r in start])
     return ttfts, prompt_tokens, cached
+
+
+def drain(engine, first: dict[str, float], replies: dict[str, list[int]]) -> int:
+    """Step until every request is done, noting first-token times; returns the prompt
+    tokens the prefix cache served to the requests that started."""
+    cached = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.request_id not in first:
+                first[out.request_id] = time.perf_counter()
+                cached += out.num_cached_tokens
+            replies[out.request_id] += out.outputs[0].token_ids
+    return cached
 
 
 def history_tokens(args: argparse.Namespace) -> int:
@@ -183,7 +197,12 @@ def swap_main(args: argparse.Namespace) -> None:
             f"{label}, load_format={args.load_format}: "
             f"{args.conversations} conversations x {args.turns} turns, {args.system_len}-token "
             f"shared system prompt, {args.user_len}-token user turns, {args.reply_len}-token "
-            "replies, greedy; each turn's requests submitted together; TTFT per request"
+            "replies, greedy; TTFT per request; "
+            + (
+                "users take turns one at a time (round robin)"
+                if args.one_at_a_time
+                else "each turn's requests submitted together"
+            )
         )
         append_record("Multi-turn with the host KV tier (swap_space)", device_name(), workload,
                       rows)  # fmt: skip
@@ -205,6 +224,13 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--swap", action="store_true", help="measure the host KV tier")
     parser.add_argument("--device-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--together",
+        dest="one_at_a_time",
+        action="store_false",
+        help="--swap: submit a turn's requests together (default: one user at a time, each "
+        "after the previous one's reply, so TTFT is the request's own prefill)",
+    )
     if parser.parse_known_args()[0].swap:  # issue 20's workload: many users, 8 turns
         parser.set_defaults(
             conversations=16, turns=8, system_len=512, reply_len=16, max_model_len=1024
