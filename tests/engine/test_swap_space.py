@@ -38,6 +38,7 @@ def gib(num_blocks: int, arch: str = "llama", element: int = 4) -> float:
 def build(path: Path, device_blocks: int, host_blocks: int, element: int = 4, **kwargs) -> LLM:
     kwargs.setdefault("max_num_seqs", 2)
     kwargs.setdefault("max_model_len", 256)
+    kwargs.setdefault("device", "cpu")  # sized for float32 (test_on_cuda: the GPU's bfloat16)
     with engine_in_process():
         return LLM(
             model=str(path), skip_tokenizer_init=True,
@@ -94,6 +95,19 @@ def test_tier_hits_give_the_same_outputs_with_less_compute(tiny_models, params):
     assert computed_tier == 8 * 6
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_pinned_and_non_blocking(tiny_models):
+    """The GPU path: pinned host memory, non-blocking copies on the compute stream, async
+    scheduling (step N+1's copies queued while step N runs)."""
+    batch = prompts(5)
+    with_tier = build(tiny_models["llama"], 24, 96, element=2, device="cuda", dtype="bfloat16")
+    without = build(tiny_models["llama"], 24, 0, element=2, device="cuda", dtype="bfloat16")
+    out_tier, computed_tier = rounds(with_tier, batch, GREEDY)
+    out_plain, _ = rounds(without, batch, GREEDY)
+    assert out_tier == out_plain
+    assert host_loads(with_tier) > 0 and computed_tier == 8 * 6
+
+
 def test_fp8_kv_cache_is_copied_as_raw_bytes(tiny_models):
     batch = prompts(1)
     with_tier = build(tiny_models["llama"], 24, 96, element=1, kv_cache_dtype="fp8_e5m2")
@@ -126,7 +140,7 @@ def test_tensor_parallel_ranks_copy_their_own_share(tiny_models):
     with engine_in_process():
         llm = LLM(
             model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=128,
-            tensor_parallel_size=2, kv_cache_memory_bytes=14 * half, max_num_seqs=2,
+            tensor_parallel_size=2, kv_cache_memory_bytes=14 * half, max_num_seqs=2, device="cpu",
             swap_space=64 * half / (1 << 30),
         )  # fmt: skip
     try:
@@ -136,7 +150,7 @@ def test_tensor_parallel_ranks_copy_their_own_share(tiny_models):
     finally:
         llm.llm_engine.shutdown()
         llm.llm_engine.core.engine_core.shutdown()
-    reference, _ = rounds(build(tiny_models["llama"], 200, 0), batch, GREEDY)
+    reference, _ = rounds(build(tiny_models["llama"], 200, 0, device="cpu"), batch, GREEDY)
     assert out_tp == reference
     assert state["num_host_blocks"] == 64 and loads > 0
     assert computed == 4 * (100 % BLOCK)
@@ -148,7 +162,7 @@ def test_tier_in_the_engine_process_and_its_metrics(tiny_models):
     llm = LLM(
         model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=128,
         kv_cache_memory_bytes=14 * block_bytes("llama"), swap_space=gib(64), max_num_seqs=2,
-        disable_log_stats=False,
+        disable_log_stats=False, device="cpu",
     )  # fmt: skip
     for _ in range(2):
         llm.generate([{"prompt_token_ids": p} for p in batch], GREEDY, use_tqdm=False)
@@ -183,19 +197,27 @@ def test_a_swap_space_smaller_than_one_block_is_refused(tiny_models):
         build(tiny_models["llama"], 24, 0.5)  # half a block
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2])
-def test_host_kv_cache_round_trip_is_exact(dtype):
+def test_host_kv_cache_round_trip_is_exact(dtype, device):
     """Blocks saved to scattered and consecutive slots (in chunks smaller than a step's
-    copies) come back bit for bit, and blocks not copied into are untouched."""
+    copies) come back bit for bit, and blocks not copied into are untouched. With CUDA:
+    pinned memory and non-blocking copies, in stream order."""
     generator = torch.Generator().manual_seed(0)
-    layers = [torch.randn((2, 12, 4, 2, 8), generator=generator).to(dtype) for _ in range(3)]
-    layers.append(torch.empty((0,), dtype=dtype))  # another pipeline stage's layer
+    layers = [
+        torch.randn((2, 12, 4, 2, 8), generator=generator).to(dtype).to(device) for _ in range(3)
+    ]
+    layers.append(torch.empty((0,), dtype=dtype, device=device))  # another stage's layer
     original = [layer.clone() for layer in layers]
     host = HostKVCache(layers, num_slots=8)
     host._chunk = 3
     saved = [(5, 0), (6, 1), (7, 2), (1, 6), (9, 4), (2, 7)]
     host.swap_out(saved)
     host.swap_in([(0, 10), (1, 11), (2, 3), (6, 8), (4, 0), (7, 9)])
+    assert host.host.is_pinned() == (device == "cuda")
     for layer, before in zip(layers[:3], original):
         raw, raw_before = layer.view(torch.uint8), before.view(torch.uint8)
         for target, source in [(10, 5), (11, 6), (3, 7), (8, 1), (0, 9), (9, 2)]:
