@@ -4,13 +4,18 @@ another prefix's KV, or a copy in the wrong order, fails the runner's read check
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 
+from pagedllm.config import CacheConfig
 from pagedllm.core.host_tier import HostTier
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import RequestStatus
+from pagedllm.metrics import stats
+from pagedllm.metrics.prometheus import PrometheusStatLogger
+from pagedllm.metrics.stats import EngineSnapshot, IterationStats, LoggingStatLogger
 from tests.unit.core_helpers import Harness, expected_output, make_request, make_scheduler
 
 # -- HostTier ----------------------------------------------------------------------------
@@ -200,3 +205,24 @@ def test_churn_with_a_small_tier(mode):
     harness.assert_all_blocks_free()
     assert harness.scheduler.kv.host_tier.num_loaded > 0
     assert not harness.scheduler.kv.host_pins
+
+
+def test_stats_line_and_metrics_show_the_tier():
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    stats.logger.addHandler(handler)
+    try:
+        line_logger = LoggingStatLogger()
+        line_logger.interval = 0
+        snapshot = EngineSnapshot(1, 0, 0.5, 64, 48, 0, True, 0.25, 32, 16)
+        line_logger.record(IterationStats(step_seconds=0.01), snapshot)
+    finally:
+        stats.logger.removeHandler(handler)
+    assert "CPU KV cache usage: 25.0%, CPU prefix cache hit rate: 50.0%" in lines[-1]
+    prometheus = PrometheusStatLogger("m", 512, CacheConfig(16, True, 0.9, 1 << 20))
+    prometheus.record(IterationStats(step_seconds=0.01), snapshot)
+    text = prometheus.exposition().decode()
+    assert 'pagedllm:cpu_prefix_cache_hits_total{engine="0",model_name="m"} 16.0' in text
+    assert 'pagedllm:cpu_prefix_cache_queries_total{engine="0",model_name="m"} 32.0' in text
+    assert 'pagedllm:cpu_cache_usage_perc{engine="0",model_name="m"} 0.25' in text
