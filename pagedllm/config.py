@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ _DTYPE_ALIASES = {
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+PREEMPTION_MODES = ("recompute", "swap")
 _DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 
@@ -109,6 +112,8 @@ class CacheConfig:
     cache_dtype: str = "auto"
     # FP8 cache: K and V scales from the first step's values rather than the checkpoint.
     calculate_kv_scales: bool = False
+    # Host memory (bytes, per rank) of the prefix cache's second tier (``swap_space``); 0: none.
+    swap_space_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,16 @@ class SchedulerConfig:
     long_prefill_token_threshold: int = 0
     # Schedule step N+1 while step N runs on the device (its sampled tokens stay there).
     async_scheduling: bool = False
+    # "recompute", or "swap": a preempted request's full blocks go to the host tier first.
+    preemption_mode: str = "recompute"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"scheduling_policy must be one of {POLICIES}, got {self.policy!r}.")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(
+                f"preemption_mode must be one of {PREEMPTION_MODES}, got {self.preemption_mode!r}."
+            )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -205,7 +216,6 @@ class StructuredOutputsConfig:
 # vLLM options with no implementation here yet: accepted at their vLLM default, refused by
 # name otherwise (never silently ignored).
 UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "swap_space": None,
     "cpu_offload_gb": 0,
     "data_parallel_size": 1,
     "enable_lora": False,
@@ -355,9 +365,15 @@ class EngineArgs(VllmEngineOptions):
     """KV cache storage: auto (the model's dtype), fp8 / fp8_e4m3, fp8_e5m2."""
     calculate_kv_scales: bool = False
     """With an FP8 KV cache, compute each layer's scales from the first step."""
+    swap_space: float = 0
+    """GiB of host memory per rank (pinned with CUDA) for a second tier of the prefix cache:
+    full blocks the KV cache evicts are kept there and copied back on a later prefix hit
+    instead of being recomputed (0: none; needs prefix caching)."""
+    preemption_mode: str | None = None
+    """recompute (default): a preempted request reuses what stays cached and recomputes the
+    rest; swap: its full blocks are first saved in the swap space and kept until it runs
+    again (needs --swap-space)."""
     # vLLM options not implemented yet (see UNSUPPORTED_DEFAULTS).
-    swap_space: float | None = None
-    """Not supported: pagedllm recomputes preempted requests instead of swapping to CPU memory."""
     cpu_offload_gb: float = 0
     """Not supported: weights stay on the device."""
     pipeline_parallel_size: int = 1
@@ -590,10 +606,31 @@ class EngineArgs(VllmEngineOptions):
                 "calculate_kv_scales computes the scales of an FP8 KV cache; set "
                 "kv_cache_dtype='fp8' with it, or leave it unset."
             )
+        swap_bytes = self._swap_space_bytes(caching)
         return CacheConfig(
             block_size, caching, self.gpu_memory_utilization, kv_bytes, cache_dtype,
-            self.calculate_kv_scales,
+            self.calculate_kv_scales, swap_bytes,
         )  # fmt: skip
+
+    def _swap_space_bytes(self, caching: bool) -> int:
+        """swap_space in bytes per rank, refused when it is not a size this host can give
+        (every rank's share counts against its available memory)."""
+        swap = self.swap_space
+        if isinstance(swap, bool) or not isinstance(swap, int | float) or not math.isfinite(swap):
+            raise ValueError(f"swap_space must be a number of GiB, got {swap!r}.")
+        if swap < 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {swap}.")
+        if swap == 0:
+            return 0
+        if not caching:
+            raise ValueError(
+                f"swap_space={swap} keeps prefix-cache blocks in host memory; it needs prefix "
+                "caching (drop --no-enable-prefix-caching, or leave swap_space unset)."
+            )
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        per_rank = int(swap * GiB)
+        check_host_memory(per_rank * ranks, f"swap_space={swap} GiB x {ranks} rank(s)")
+        return per_rank
 
     def _scheduler_config(
         self, device: str, max_model_len: int, usage: UsageContext
@@ -616,6 +653,12 @@ class EngineArgs(VllmEngineOptions):
             )
         if self.max_num_seqs is None:
             max_num_seqs = min(max_num_seqs, budget)  # a small budget implies fewer sequences
+        mode = self.preemption_mode or "recompute"
+        if mode == "swap" and not self.swap_space:
+            raise ValueError(
+                "preemption_mode='swap' swaps preempted requests to host memory; it needs "
+                "swap_space > 0 (e.g. --swap-space 4)."
+            )
         return SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=budget,
@@ -626,6 +669,7 @@ class EngineArgs(VllmEngineOptions):
             async_scheduling=(
                 device == "cuda" if self.async_scheduling is None else self.async_scheduling
             ),
+            preemption_mode=mode,
         )
 
     # -- interop -------------------------------------------------------------------------
@@ -633,6 +677,34 @@ class EngineArgs(VllmEngineOptions):
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
+
+
+def check_host_memory(num_bytes: int, what: str) -> None:
+    """Refuse a host allocation larger than the memory available now (MemAvailable); warn
+    above 40% of the total, as vLLM does for its swap space."""
+    total, available = _host_memory()
+    if num_bytes > available:
+        raise ValueError(
+            f"{what} needs {num_bytes / GiB:.3g} GiB of host memory, but only "
+            f"{available / GiB:.3g} GiB of {total / GiB:.3g} GiB is available. Decrease it."
+        )
+    if num_bytes > 0.4 * total:
+        logger.warning(
+            "%s takes %.3g GiB, over 40%% of this host's %.3g GiB of memory.",
+            what, num_bytes / GiB, total / GiB,
+        )  # fmt: skip
+
+
+def _host_memory() -> tuple[int, int]:
+    """(total, available) bytes of host memory: /proc/meminfo, else sysconf."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {line.split(":")[0]: line.split()[1] for line in f if ":" in line}
+        return int(fields["MemTotal"]) * 1024, int(fields["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return pages, available
 
 
 def resolve_device(device: str) -> str:

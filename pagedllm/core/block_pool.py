@@ -6,12 +6,15 @@ A block is in exactly one of three states:
   hash map, so a later request with the same prefix can take it back.
 - free: ``ref_cnt == 0``, no hash; in the free queue only.
 New blocks are taken from the head of the free queue (least recently freed first); taking a
-cached block evicts its hash.
+cached block evicts its hash, and with a host tier (``host_tier.py``) first saves the block
+there under that hash.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+
+from pagedllm.core.host_tier import HostTier
 
 
 class KVCacheBlock:
@@ -82,11 +85,14 @@ class FreeBlockQueue:
 class BlockPool:
     """All KV blocks of the engine, their reference counts and the prefix-cache map."""
 
-    def __init__(self, num_blocks: int, enable_caching: bool) -> None:
+    def __init__(
+        self, num_blocks: int, enable_caching: bool, host_tier: HostTier | None = None
+    ) -> None:
         if num_blocks <= 0:
             raise ValueError(f"The KV cache needs at least one block, got {num_blocks}.")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
+        self.host_tier = host_tier
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
         self.hash_to_block: dict[bytes, KVCacheBlock] = {}
@@ -114,6 +120,11 @@ class BlockPool:
         taken = []
         for _ in range(num_blocks):
             block = self.free_queue.popleft()
+            if self.host_tier is not None and block.block_hash is not None:
+                # A free cached block holds valid KV (``KVCacheManager.free`` drops the
+                # hashes of blocks a step never filled): the swap-out runs before the
+                # forward pass of the step that reuses the block.
+                self.host_tier.save(block.block_hash, block.block_id)
             self.evict_hash(block)
             block.ref_cnt = 1
             taken.append(block)

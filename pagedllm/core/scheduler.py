@@ -7,8 +7,11 @@ computes one token, a prefix-cache hit starts above zero. There is no prefill ph
 
 Each step: running requests first (in order), then waiting ones, unless a running request
 had to be preempted this step (then there is no room to admit anyone). When blocks run out
-the lowest-priority (``priority`` policy) or latest (``fcfs``) running request is preempted
-by recompute: its blocks are freed and it waits again, keeping the tokens it generated.
+the lowest-priority (``priority`` policy) or latest (``fcfs``) running request is preempted:
+its blocks are freed and it waits again, keeping the tokens it generated. By recompute (the
+default), what of its KV stays in the prefix cache is reused and the rest recomputed; with
+``preemption_mode="swap"`` its full blocks are first saved in the host tier and pinned there
+until it runs again.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.block_pool import KVCacheBlock
-from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.kv_cache_manager import CachedPrefix, KVCacheManager
 from pagedllm.core.quarantine import Quarantine
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.request_queue import create_request_queue
@@ -219,20 +222,20 @@ class Scheduler:
 
     def _allocate_admission(
         self, request: Request, plan: _StepPlan
-    ) -> tuple[int, int, list[KVCacheBlock]] | None:
+    ) -> tuple[int, int, list[KVCacheBlock], CachedPrefix] | None:
         """Room for a waiting request this step: (prefix-cache hit tokens, tokens to compute,
-        its blocks), or None when the step has no room for it."""
+        its blocks, the hits), or None when the step has no room for it."""
         if plan.budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return None
-        hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+        prefix, num_hit_tokens = self.kv.get_computed_blocks(request)
         num_new = request.num_tokens - num_hit_tokens
         if not self.config.enable_chunked_prefill and num_new > plan.budget:
             return None
         num_new = self._cap_chunk(min(num_new, plan.budget))
-        new_blocks = self.kv.allocate_slots(request, num_new, hits)
+        new_blocks = self.kv.allocate_slots(request, num_new, prefix)
         if new_blocks is None:
             return None
-        return num_hit_tokens, num_new, hits + new_blocks
+        return num_hit_tokens, num_new, prefix.device_blocks + new_blocks, prefix
 
     def _reject(self, request: Request, reason: str) -> None:
         logger.error("Request %s aborted: %s", request.request_id, reason)
@@ -241,11 +244,14 @@ class Scheduler:
         self._rejected.append(request)
 
     def _admit(
-        self, request: Request, admission: tuple[int, int, list[KVCacheBlock]], plan: _StepPlan
+        self,
+        request: Request,
+        admission: tuple[int, int, list[KVCacheBlock], CachedPrefix],
+        plan: _StepPlan,
     ) -> None:
-        num_hit_tokens, num_new, blocks = admission
+        num_hit_tokens, num_new, blocks, prefix = admission
         if self.kv.enable_caching and not request.skip_prefix_cache:
-            self.kv.record_lookup(request.num_tokens, num_hit_tokens)
+            self.kv.record_lookup(request.num_tokens, num_hit_tokens, prefix)
         if request.known_to_runner:
             plan.resumed.add(request.request_id)
         else:
@@ -287,6 +293,8 @@ class Scheduler:
         del self.running[index]
         if victim.request_id in plan.num_scheduled:
             plan.drop(victim)
+        if self.config.preemption_mode == "swap":
+            self.kv.swap_out(victim)
         self.kv.free(victim)
         victim.status = RequestStatus.PREEMPTED
         victim.num_computed_tokens = 0
@@ -328,6 +336,7 @@ class Scheduler:
             request.num_output_placeholders += samples
             scheduled[rid] = (request, samples)
         finished, self._finished_req_ids = self._finished_req_ids, set()
+        swap_out, swap_in = self.kv.take_copies()
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached_reqs,
@@ -335,6 +344,8 @@ class Scheduler:
             total_num_scheduled_tokens=sum(plan.num_scheduled.values()),
             finished_req_ids=finished,
             preempted_req_ids=plan.preempted - set(plan.num_scheduled),
+            kv_swap_out=swap_out,
+            kv_swap_in=swap_in,
             scheduled_requests=scheduled,
         )
 
@@ -480,6 +491,7 @@ class Scheduler:
 
     def _free(self, request: Request) -> None:
         self.kv.free(request)
+        self.kv.release_swapped(request)
         del self.requests[request.request_id]
         self.num_sync_requests -= needs_known_tokens(request)
         self._finished_req_ids.add(request.request_id)

@@ -49,6 +49,11 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)
     # Requests preempted this step: the runner keeps their state but stops batching them.
     preempted_req_ids: set[str] = field(default_factory=set)
+    # Host-tier copies (``core/host_tier.py``), run by every rank on its share of the KV
+    # before the forward pass, swap-outs first: (device block, host slot) saves a block
+    # about to be reused; (host slot, device block) brings back a prefix-cache hit.
+    kv_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    kv_swap_in: list[tuple[int, int]] = field(default_factory=list)
     # The scheduler's own record, not read by the runner: each scheduled request object, and
     # whether this step samples a token for it (counted in its ``num_output_placeholders``
     # until ``update_from_output`` brings the token).

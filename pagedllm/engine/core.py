@@ -73,10 +73,21 @@ class EngineCore:
             max_len,
             plan.max_concurrency(max_len),
         )
+        if plan.num_host_blocks:
+            logger.info(
+                "Host KV tier (swap_space)%s: %d blocks (%d tokens), %.2f GiB of %s host "
+                "memory; preemption by %s",
+                " per rank" if ranks > 1 else "",
+                plan.num_host_blocks,
+                plan.num_host_blocks * plan.block_size,
+                plan.num_host_bytes / GiB,
+                "pinned" if config.device == "cuda" else "plain",
+                config.scheduler_config.preemption_mode,
+            )
         self.kv_cache_plan = plan
         cache = config.cache_config
         self.kv_cache_manager = KVCacheManager(
-            plan.num_blocks, cache.block_size, cache.enable_prefix_caching
+            plan.num_blocks, cache.block_size, cache.enable_prefix_caching, plan.num_host_blocks
         )
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager, max_len)
         self._debug_integrity = envs.debug_integrity_checks()
@@ -165,11 +176,14 @@ class EngineCore:
 
     def kv_cache_state(self) -> dict[str, Any]:
         """The block pool checked: free and total blocks, whether a trial is running."""
-        pool = self.kv_cache_manager.block_pool
-        pool.check_integrity()
+        kv = self.kv_cache_manager
+        pool = kv.block_pool
+        kv.check_integrity()
         return {
             "num_free_blocks": pool.get_num_free_blocks(),
             "num_blocks": pool.num_blocks,
+            "num_host_blocks": kv.host_tier.num_slots if kv.host_tier is not None else 0,
+            "num_host_blocks_used": kv.host_tier.num_used if kv.host_tier is not None else 0,
             "quarantine_active": self.scheduler.quarantine.active,
             "num_preemptions": self.scheduler.num_preemptions,
             "num_unfinished": self.scheduler.get_num_unfinished_requests(),
@@ -271,9 +285,11 @@ class EngineCore:
     def snapshot(self) -> EngineSnapshot:
         stats = self.scheduler.stats()
         prefix = self.kv_cache_manager.prefix_cache_stats.take()
+        kv = self.kv_cache_manager
         return EngineSnapshot(
             stats.num_running, stats.num_waiting, stats.kv_cache_usage, prefix.queries,
-            prefix.hits, stats.num_waiting_deferred,
+            prefix.hits, stats.num_waiting_deferred, kv.host_tier is not None, kv.host_usage(),
+            prefix.host_queries, prefix.host_hits,
         )  # fmt: skip
 
     def reset_prefix_cache(self) -> bool:
@@ -306,4 +322,4 @@ class EngineCore:
 
     def _idle(self) -> None:
         if self._debug_integrity:
-            self.kv_cache_manager.block_pool.check_integrity()
+            self.kv_cache_manager.check_integrity()

@@ -105,7 +105,10 @@ class MultiprocExecutor:
         """Each rank sizes its share; all hold the fewest blocks any rank can (one block
         table serves every rank)."""
         plans: list[KVCachePlan] = self._call("plan_kv_cache", timeout=START_TIMEOUT_S)
-        return min(plans, key=lambda plan: plan.num_blocks)
+        fewest = min(plans, key=lambda plan: plan.num_blocks)
+        # Pipeline stages of different layer counts fit different numbers of host blocks.
+        host = min(plan.num_host_blocks for plan in plans)
+        return dataclasses.replace(fewest, num_host_blocks=host)
 
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
         self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)

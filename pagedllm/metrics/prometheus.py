@@ -117,6 +117,18 @@ class PrometheusStatLogger:
         self.prefix_hits = counter("prefix_cache_hits", "Prefix cache hits (tokens).").labels(
             *values
         )
+        # The host tier (swap_space): vLLM 0.x's cpu_cache_usage_perc, and its prefix
+        # lookups as counters (the hit rate is hits / queries over a window, as above).
+        self.cpu_usage = gauge(
+            "cpu_cache_usage_perc", "Host (swap space) KV tier usage (1 = full; 0 without one)."
+        ).labels(*values)
+        self.cpu_prefix_queries = counter(
+            "cpu_prefix_cache_queries",
+            "Prefix tokens looked up in the host KV tier (those the device cache missed).",
+        ).labels(*values)
+        self.cpu_prefix_hits = counter(
+            "cpu_prefix_cache_hits", "Prefix tokens found in the host KV tier (copied back)."
+        ).labels(*values)
         self.preemptions = counter("num_preemptions", "Requests preempted.").labels(*values)
         self.iteration_tokens = histogram(
             "iteration_tokens_total", "Tokens per engine step (computed prompt + generated).",
@@ -238,6 +250,9 @@ class PrometheusStatLogger:
         self.preemptions.inc(step.num_preempted)
         self.prefix_queries.inc(snapshot.prefix_cache_queries)
         self.prefix_hits.inc(snapshot.prefix_cache_hits)
+        self.cpu_usage.set(snapshot.cpu_cache_usage)
+        self.cpu_prefix_queries.inc(snapshot.cpu_prefix_cache_queries)
+        self.cpu_prefix_hits.inc(snapshot.cpu_prefix_cache_hits)
         if step.step_seconds > 0:  # a step ran (not an idle report)
             self.iteration_tokens.observe(step.num_prompt_tokens + step.num_generation_tokens)
 

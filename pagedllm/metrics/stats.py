@@ -64,6 +64,12 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     # Of num_waiting, those held back by something other than capacity (a grammar still
     # compiling): vLLM's "deferred" reason.
     num_waiting_deferred: int = 0
+    # The host tier of the prefix cache (swap_space): whether there is one, its usage, and
+    # tokens looked up there (those past the device hits) and found.
+    host_tier: bool = False
+    cpu_cache_usage: float = 0.0
+    cpu_prefix_cache_queries: int = 0
+    cpu_prefix_cache_hits: int = 0
 
 
 class StatLogger(Protocol):
@@ -83,6 +89,8 @@ class LoggingStatLogger:
         self.generation_tokens = 0
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.host_queries = 0
+        self.host_hits = 0
         self.step_seconds: list[float] = []
 
     def record(self, step: IterationStats, snapshot: EngineSnapshot) -> None:
@@ -92,6 +100,8 @@ class LoggingStatLogger:
         self.generation_tokens += step.num_generation_tokens
         self.prefix_queries += snapshot.prefix_cache_queries
         self.prefix_hits += snapshot.prefix_cache_hits
+        self.host_queries += snapshot.cpu_prefix_cache_queries
+        self.host_hits += snapshot.cpu_prefix_cache_hits
         now = time.monotonic()
         if now - self.last_log >= self.interval:
             self.log(snapshot, now)
@@ -100,16 +110,24 @@ class LoggingStatLogger:
         elapsed = max(now - self.last_log, 1e-9)
         hit_rate = 100.0 * self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
         step_ms = 1e3 * statistics.median(self.step_seconds) if self.step_seconds else 0.0
+        host = ""
+        if snapshot.host_tier:
+            host_rate = 100.0 * self.host_hits / self.host_queries if self.host_queries else 0.0
+            host = (
+                f"CPU KV cache usage: {100.0 * snapshot.cpu_cache_usage:.1f}%, "
+                f"CPU prefix cache hit rate: {host_rate:.1f}%, "
+            )
         logger.info(
             "Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
             "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, "
-            "Prefix cache hit rate: %.1f%%, Median step: %.2f ms",
+            "Prefix cache hit rate: %.1f%%, %sMedian step: %.2f ms",
             self.prompt_tokens / elapsed,
             self.generation_tokens / elapsed,
             snapshot.num_running,
             snapshot.num_waiting,
             100.0 * snapshot.kv_cache_usage,
             hit_rate,
+            host,
             step_ms,
         )
         self._reset(now)

@@ -37,6 +37,12 @@ class KVCachePlan:
     num_blocks: int
     block_size: int
     bytes_per_token: int
+    # Blocks of the host tier (``swap_space``), the same size as the device's; 0: none.
+    num_host_blocks: int = 0
+
+    @property
+    def num_host_bytes(self) -> int:
+        return self.num_host_blocks * self.block_size * self.bytes_per_token
 
     @property
     def num_tokens(self) -> int:
@@ -68,7 +74,13 @@ def plan_kv_cache(
         per_token = model_config.kv_bytes_per_token(cache_config.cache_dtype)
     block_size = cache_config.block_size
     num_blocks = available_bytes // (per_token * block_size)
-    plan = KVCachePlan(int(num_blocks), block_size, per_token)
+    num_host_blocks = cache_config.swap_space_bytes // (per_token * block_size)
+    if cache_config.swap_space_bytes and num_host_blocks == 0:
+        raise ValueError(
+            f"swap_space of {_gib(cache_config.swap_space_bytes)} holds no KV block (one "
+            f"block is {_gib(per_token * block_size)}); increase it or leave it unset."
+        )
+    plan = KVCachePlan(int(num_blocks), block_size, per_token, int(num_host_blocks))
     max_len = model_config.max_model_len
     needed_blocks = -(-max_len // block_size)
     if num_blocks < needed_blocks:

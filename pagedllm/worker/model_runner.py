@@ -29,6 +29,7 @@ from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs, capture_sizes
+from pagedllm.worker.host_kv_cache import HostKVCache
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import (
@@ -78,6 +79,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.requests: dict[str, RequestState] = {}
         self.kv_caches: list[torch.Tensor] = []
+        self.host_kv: HostKVCache | None = None  # the swap_space tier's memory
         self.model: CausalLM | None = None
         self.buffers: InputBuffers | None = None  # CUDA: persistent step inputs
         self.penalties: PenaltyState | None = None
@@ -214,6 +216,8 @@ class ModelRunner:
             num_kv_heads=shard.num_kv_heads if shard is not None else None,
             layers=shard.layers if shard is not None else None,
         )  # fmt: skip
+        if plan.num_host_blocks:
+            self.host_kv = HostKVCache(self.kv_caches, plan.num_host_blocks)
         if not cuda:
             return
         sched = self.config.scheduler_config
@@ -252,6 +256,7 @@ class ModelRunner:
         ``grammar_bitmask`` (structured outputs) is called with the sampled rows' request
         ids after the forward pass is launched, so the host fills the bitmask while the
         device computes."""
+        self._copy_host_tier(scheduler_output)
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
             return LaunchedStep.empty()
@@ -281,6 +286,22 @@ class ModelRunner:
         return LaunchedStep(
             batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
+
+    def _copy_host_tier(self, so: SchedulerOutput) -> None:
+        """The step's host-tier copies, first of all: swap-outs save blocks this step's
+        forward pass overwrites, then swap-ins fill blocks it reads. A failure here leaves
+        the tier's contents unknown to the scheduler, so it stops the engine rather than
+        being blamed on a request."""
+        if not (so.kv_swap_out or so.kv_swap_in):
+            return
+        try:
+            if self.host_kv is None:
+                raise RuntimeError("host-tier copies scheduled, but this rank has no swap space")
+            self.host_kv.swap_out(so.kv_swap_out)
+            self.host_kv.swap_in(so.kv_swap_in)
+        except Exception as exc:
+            exc.engine_fatal = True  # type: ignore[attr-defined]
+            raise
 
     def _pass_on(
         self, hidden: torch.Tensor, batch: StepBatch, states: list[RequestState]

@@ -41,7 +41,7 @@ def serve(*flags: str) -> subprocess.CompletedProcess:
 def test_unbuilt_flags_fail_at_start_naming_them():
     for flags, name in [
         (["--quantization", "awq"], "quantization='awq' is not supported; pagedllm supports fp8"),
-        (["--swap-space", "4"], "swap_space"),
+        (["--swap-space", "-1"], "swap_space must be >= 0 GiB"),
         (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
         (["--kv-cache-dtype", "int8_per_token_head"], "kv_cache_dtype"),
         (["--enable-reasoning"], "--reasoning-parser"),

@@ -71,6 +71,8 @@ def make_scheduler(
     long_prefill_token_threshold: int = 0,
     enable_caching: bool = True,
     max_model_len: int = 4096,
+    num_host_blocks: int = 0,
+    preemption_mode: str = "recompute",
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
@@ -78,8 +80,9 @@ def make_scheduler(
         enable_chunked_prefill=enable_chunked_prefill,
         policy=policy,
         long_prefill_token_threshold=long_prefill_token_threshold,
+        preemption_mode=preemption_mode,
     )
-    kv = KVCacheManager(num_blocks, block_size, enable_caching)
+    kv = KVCacheManager(num_blocks, block_size, enable_caching, num_host_blocks)
     return Scheduler(config, kv, max_model_len)
 
 
@@ -98,9 +101,13 @@ class FakeRunner:
         self.computed: dict[str, int] = {}
         # slot (block_id * block_size + offset) -> fingerprint of the prefix written there
         self.slots: dict[int, int] = {}
+        # The host tier: (host slot, offset) -> fingerprint copied there.
+        self.host: dict[tuple[int, int], int | None] = {}
+        self.num_swapped_in = 0
 
     def execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self._check_limits(so)
+        self._copy_host_tier(so)
         for rid in so.finished_req_ids:
             for state in (self.tables, self.tokens, self.fingerprints, self.computed):
                 state.pop(rid, None)
@@ -158,6 +165,26 @@ class FakeRunner:
                 assert cached.num_computed_tokens == self.computed[rid], "progress drifted"
                 self.tables[rid].extend(cached.new_block_ids)
             self.computed[rid] = cached.num_computed_tokens
+
+    def _copy_host_tier(self, so: SchedulerOutput) -> None:
+        """As the worker: every swap-out, then every swap-in, before the forward pass. A
+        swap-in of a slot holding another prefix's KV fails the reads' check later (a slot
+        saved and read in the same step is fine: the save runs first)."""
+        targets = [slot for _, slot in so.kv_swap_out]
+        assert len(set(targets)) == len(targets), "two swap-outs into one host slot"
+        bs = self.block_size
+        for block, slot in so.kv_swap_out:
+            for offset in range(bs):
+                self.host[slot, offset] = self.slots.get(block * bs + offset)
+        for slot, block in so.kv_swap_in:
+            for offset in range(bs):
+                assert (slot, offset) in self.host, f"host slot {slot} read before written"
+                print_ = self.host[slot, offset]
+                if print_ is None:
+                    self.slots.pop(block * bs + offset, None)
+                else:
+                    self.slots[block * bs + offset] = print_
+            self.num_swapped_in += 1
 
     # -- simulated KV --------------------------------------------------------------------
 
@@ -242,7 +269,7 @@ class Harness:
             self.outputs[o.request_id].extend(o.new_token_ids)
             if o.finished:
                 self.finish_reasons[o.request_id] = o.finish_reason
-        self.scheduler.kv.block_pool.check_integrity()
+        self.scheduler.kv.check_integrity()
         self.history.append(so)
         return so, core_outputs
 

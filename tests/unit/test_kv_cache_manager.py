@@ -6,7 +6,7 @@ The tests play the scheduler's part by hand: allocate, then mark the tokens comp
 from __future__ import annotations
 
 from pagedllm.core.block_hash import hash_block, update_block_hashes
-from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.kv_cache_manager import CachedPrefix, KVCacheManager
 from pagedllm.core.request import Request
 from tests.unit.core_helpers import make_request
 
@@ -19,11 +19,11 @@ def ids(blocks) -> list[int]:
 
 def compute(kv: KVCacheManager, request: Request, num_tokens: int, hits=None) -> list[int]:
     """Allocate for ``num_tokens`` more tokens and mark them computed; return new block ids."""
-    hit_blocks = hits or []
-    new = kv.allocate_slots(request, num_tokens, hit_blocks)
+    prefix = hits if isinstance(hits, CachedPrefix) else CachedPrefix(list(hits or []))
+    new = kv.allocate_slots(request, num_tokens, prefix)
     assert new is not None
-    request.num_computed_tokens += len(hit_blocks) * BS + num_tokens
-    kv.block_pool.check_integrity()
+    request.num_computed_tokens += prefix.num_blocks * BS + num_tokens
+    kv.check_integrity()
     return ids(new)
 
 
@@ -123,7 +123,7 @@ def test_second_request_hits_whole_blocks_of_the_same_prefix():
     second = make_request("b", prompt)
     hits, num_hit_tokens = kv.get_computed_blocks(second)
     assert num_hit_tokens == 8  # two whole blocks; the half block is not shared
-    assert hits == kv.req_to_blocks["a"][:2]
+    assert hits.device_blocks == kv.req_to_blocks["a"][:2]
     compute(kv, second, 2, hits)
     assert kv.get_block_ids("b")[:2] == kv.get_block_ids("a")[:2]
     assert kv.get_block_ids("b")[2] != kv.get_block_ids("a")[2]
@@ -186,7 +186,7 @@ def test_no_hits_without_caching_or_with_prompt_logprobs():
     kv = KVCacheManager(16, BS, enable_caching=True)
     admit(kv, make_request("a", list(range(9))))
     wants_logprobs = make_request("b", list(range(9)), prompt_logprobs=1)
-    assert kv.get_computed_blocks(wants_logprobs) == ([], 0)
+    assert kv.get_computed_blocks(wants_logprobs) == (CachedPrefix(), 0)
 
 
 def test_freed_blocks_stay_cached_until_reused():
@@ -214,9 +214,9 @@ def test_hits_on_free_cached_blocks_reduce_available_count():
     hits, num_hit_tokens = kv.get_computed_blocks(too_long)
     assert num_hit_tokens == 8
     assert kv.allocate_slots(too_long, 9, hits) is None
-    assert all(b.ref_cnt == 0 for b in hits)  # refused: nothing was touched
+    assert all(b.ref_cnt == 0 for b in hits.device_blocks)  # refused: nothing was touched
     assert kv.block_pool.get_num_free_blocks() == 4
-    assert all(kv.block_pool.get_cached_block(b.block_hash) is b for b in hits)
+    assert all(kv.block_pool.get_cached_block(b.block_hash) is b for b in hits.device_blocks)
     kv.block_pool.check_integrity()
 
     # 16 tokens: 2 cached + 2 fresh = 4 fits exactly.
@@ -224,7 +224,7 @@ def test_hits_on_free_cached_blocks_reduce_available_count():
     hits, num_hit_tokens = kv.get_computed_blocks(fits)
     new = kv.allocate_slots(fits, 8, hits)
     assert new is not None and len(new) == 2
-    assert kv.req_to_blocks["c"][:2] == hits
+    assert kv.req_to_blocks["c"][:2] == hits.device_blocks
     assert kv.block_pool.get_num_free_blocks() == 0
     kv.block_pool.check_integrity()
 
@@ -256,8 +256,8 @@ def test_reset_prefix_cache_only_when_idle():
 
 def test_prefix_cache_stats_take_resets():
     kv = KVCacheManager(8, BS, enable_caching=True)
-    kv.record_lookup(10, 8)
-    kv.record_lookup(6, 0)
+    kv.record_lookup(10, 8, CachedPrefix())
+    kv.record_lookup(6, 0, CachedPrefix())
     stats = kv.prefix_cache_stats.take()
     assert (stats.requests, stats.queries, stats.hits) == (2, 16, 8)
     again = kv.prefix_cache_stats.take()

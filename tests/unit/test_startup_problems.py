@@ -14,14 +14,14 @@ from pagedllm.startup_problems import StartupProblems
 
 def test_every_problem_at_once(tiny_models: dict[str, Path]) -> None:
     args = EngineArgs(
-        model=str(tiny_models["llama"]), swap_space=4, tokenizer_mode="slow",
+        model=str(tiny_models["llama"]), cpu_offload_gb=4, tokenizer_mode="slow",
         max_model_len=100_000,  # the tiny config allows 512 positions
         device="cpu" if torch.cuda.is_available() else "cuda",
     )  # fmt: skip
     with pytest.raises(ValueError) as caught:
         args.create_engine_config()
     message = str(caught.value)
-    expected = ["swap_space=4", "tokenizer_mode='slow'", "100000"]
+    expected = ["cpu_offload_gb=4", "tokenizer_mode='slow'", "100000"]
     if not torch.cuda.is_available():
         expected.append("Use --device cpu")
     assert message.startswith(f"{len(expected)} problems with the arguments:")
@@ -31,8 +31,8 @@ def test_every_problem_at_once(tiny_models: dict[str, Path]) -> None:
 
 def test_one_problem_is_its_own_message(tiny_models: dict[str, Path]) -> None:
     with pytest.raises(ValueError) as caught:
-        EngineArgs(model=str(tiny_models["llama"]), swap_space=4).create_engine_config()
-    assert str(caught.value) == "swap_space=4 is not supported by pagedllm yet; leave it unset."
+        EngineArgs(model=str(tiny_models["llama"]), cpu_offload_gb=4).create_engine_config()
+    assert str(caught.value) == "cpu_offload_gb=4 is not supported by pagedllm yet; leave it unset."
 
 
 def test_collector() -> None:

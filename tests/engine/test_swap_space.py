@@ -1,0 +1,226 @@
+"""swap_space (issue 20): the host tier of the prefix cache on real (tiny, random) models.
+
+A device KV cache too small to keep earlier prompts, the prompts asked again: with the tier
+their blocks come back from host memory instead of being recomputed, and every output is
+the same as without the tier (greedy and seeded sampling), on one rank, with an FP8 cache,
+with swap preemption, and with tensor parallelism. Block integrity is checked after each
+scenario (ref counts, free queue, hash maps, host slots, pins).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.config import EngineArgs
+from pagedllm.worker.host_kv_cache import HostKVCache
+from tests.conftest import engine_in_process, tiny_config
+
+BLOCK = 16
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+
+
+def block_bytes(arch: str, element: int = 4) -> int:
+    c = tiny_config(arch)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * element * BLOCK
+
+
+def gib(num_blocks: int, arch: str = "llama", element: int = 4) -> float:
+    return num_blocks * block_bytes(arch, element) / (1 << 30)
+
+
+def build(path: Path, device_blocks: int, host_blocks: int, element: int = 4, **kwargs) -> LLM:
+    kwargs.setdefault("max_num_seqs", 2)
+    kwargs.setdefault("max_model_len", 256)
+    kwargs.setdefault("device", "cpu")  # sized for float32 (test_on_cuda: the GPU's bfloat16)
+    with engine_in_process():
+        return LLM(
+            model=str(path), skip_tokenizer_init=True,
+            kv_cache_memory_bytes=device_blocks * block_bytes("llama", element),
+            swap_space=gib(host_blocks, element=element), **kwargs,
+        )  # fmt: skip
+
+
+def prompts(seed: int, count: int = 8, length: int = 150) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 380) for _ in range(length)] for _ in range(count)]
+
+
+def rounds(llm: LLM, batch: list[list[int]], params, num_rounds: int = 2) -> tuple[list, int]:
+    """Each prompt asked ``num_rounds`` times (a round = all prompts); the outputs and the
+    prompt tokens computed (not served by the cache) in the later rounds."""
+    outputs, computed = [], 0
+    for round_ in range(num_rounds):
+        got = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        outputs.append([o.outputs[0].token_ids for o in got])
+        if round_:
+            computed += sum(len(o.prompt_token_ids) - o.num_cached_tokens for o in got)
+    kv = llm.llm_engine.engine_core.kv_cache_manager
+    kv.check_integrity()
+    pool = kv.block_pool
+    assert pool.get_num_free_blocks() == pool.num_blocks and not kv.req_to_blocks
+    assert not kv.host_pins
+    return outputs, computed
+
+
+def host_loads(llm: LLM) -> int:
+    tier = llm.llm_engine.engine_core.kv_cache_manager.host_tier
+    return tier.num_loaded if tier is not None else 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [GREEDY, SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=8, ignore_eos=True,
+                            detokenize=False)],
+    ids=["greedy", "seeded"],
+)  # fmt: skip
+def test_tier_hits_give_the_same_outputs_with_less_compute(tiny_models, params):
+    # 24 device blocks hold ~2 of the 8 prompts (10 blocks each); 96 host blocks hold all.
+    batch = prompts(0)
+    with_tier = build(tiny_models["llama"], 24, 96)
+    without = build(tiny_models["llama"], 24, 0)
+    out_tier, computed_tier = rounds(with_tier, batch, params)
+    out_plain, computed_plain = rounds(without, batch, params)
+    assert out_tier == out_plain
+    assert host_loads(with_tier) > 0
+    # Without the tier the second round recomputes nearly everything; with it, only the
+    # part of each prompt past its last whole block (150 = 9 blocks + 6 tokens).
+    assert computed_plain > 0.8 * 8 * 150
+    assert computed_tier == 8 * 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_pinned_and_non_blocking(tiny_models):
+    """The GPU path: pinned host memory, non-blocking copies on the compute stream, async
+    scheduling (step N+1's copies queued while step N runs)."""
+    batch = prompts(5)
+    with_tier = build(tiny_models["llama"], 24, 96, element=2, device="cuda", dtype="bfloat16")
+    without = build(tiny_models["llama"], 24, 0, element=2, device="cuda", dtype="bfloat16")
+    out_tier, computed_tier = rounds(with_tier, batch, GREEDY)
+    out_plain, _ = rounds(without, batch, GREEDY)
+    assert out_tier == out_plain
+    assert host_loads(with_tier) > 0 and computed_tier == 8 * 6
+
+
+def test_fp8_kv_cache_is_copied_as_raw_bytes(tiny_models):
+    batch = prompts(1)
+    with_tier = build(tiny_models["llama"], 24, 96, element=1, kv_cache_dtype="fp8_e5m2")
+    without = build(tiny_models["llama"], 24, 0, element=1, kv_cache_dtype="fp8_e5m2")
+    out_tier, computed_tier = rounds(with_tier, batch, GREEDY)
+    out_plain, _ = rounds(without, batch, GREEDY)
+    assert out_tier == out_plain
+    assert host_loads(with_tier) > 0 and computed_tier == 8 * 6
+
+
+def test_swap_preemption_gives_the_same_outputs(tiny_models):
+    # Four requests that each grow to 5 blocks, 12 device blocks: decodes preempt.
+    batch = prompts(2, count=4, length=40)
+    params = SamplingParams(temperature=0.0, max_tokens=36, ignore_eos=True, detokenize=False)
+    reference = build(tiny_models["llama"], 200, 0, max_num_seqs=4, max_model_len=128)
+    swap = build(
+        tiny_models["llama"], 12, 64, max_num_seqs=4, preemption_mode="swap", max_model_len=128
+    )
+    out_ref, _ = rounds(reference, batch, params, num_rounds=1)
+    out_swap, _ = rounds(swap, batch, params, num_rounds=1)
+    assert out_swap == out_ref
+    core = swap.llm_engine.engine_core
+    assert core.scheduler.num_preemptions > 0 and host_loads(swap) > 0
+
+
+def test_tensor_parallel_ranks_copy_their_own_share(tiny_models):
+    """Two ranks (worker processes), each with half the KV heads in its own host tier."""
+    batch = prompts(3, count=4, length=100)
+    half = block_bytes("llama") // 2
+    with engine_in_process():
+        llm = LLM(
+            model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=128,
+            tensor_parallel_size=2, kv_cache_memory_bytes=14 * half, max_num_seqs=2, device="cpu",
+            swap_space=64 * half / (1 << 30),
+        )  # fmt: skip
+    try:
+        out_tp, computed = rounds(llm, batch, GREEDY)
+        state = llm.llm_engine.kv_cache_state()
+        loads = host_loads(llm)
+    finally:
+        llm.llm_engine.shutdown()
+        llm.llm_engine.core.engine_core.shutdown()
+    reference, _ = rounds(build(tiny_models["llama"], 200, 0, device="cpu"), batch, GREEDY)
+    assert out_tp == reference
+    assert state["num_host_blocks"] == 64 and loads > 0
+    assert computed == 4 * (100 % BLOCK)
+
+
+def test_tier_in_the_engine_process_and_its_metrics(tiny_models):
+    """The default engine (its core in another process): the stats reach /metrics."""
+    batch = prompts(4, count=4, length=100)
+    llm = LLM(
+        model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=128,
+        kv_cache_memory_bytes=14 * block_bytes("llama"), swap_space=gib(64), max_num_seqs=2,
+        disable_log_stats=False, device="cpu",
+    )  # fmt: skip
+    for _ in range(2):
+        llm.generate([{"prompt_token_ids": p} for p in batch], GREEDY, use_tqdm=False)
+    metrics = {m.name: m for m in llm.get_metrics()}
+    hits = metrics["pagedllm:cpu_prefix_cache_hits"].value
+    queries = metrics["pagedllm:cpu_prefix_cache_queries"].value
+    assert 0 < hits <= queries
+    assert hits % BLOCK == 0
+    assert 0 < metrics["pagedllm:cpu_cache_usage_perc"].value <= 1
+    assert llm.llm_engine.kv_cache_state()["num_host_blocks_used"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"swap_space": -1}, "swap_space must be >= 0 GiB"),
+        ({"swap_space": math.nan}, "swap_space must be a number of GiB"),
+        ({"swap_space": "4"}, "swap_space must be a number of GiB"),
+        ({"swap_space": 1e9}, r"swap_space=1000000000.0 GiB x 1 rank\(s\) needs .* available"),
+        ({"swap_space": 1, "enable_prefix_caching": False}, "needs prefix caching"),
+        ({"preemption_mode": "swap"}, "needs swap_space > 0"),
+        ({"preemption_mode": "drop", "swap_space": 0.01}, "preemption_mode must be one of"),
+    ],
+)
+def test_bad_values_are_refused_at_start(tiny_models, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        EngineArgs(model=str(tiny_models["llama"]), **kwargs).create_engine_config()
+
+
+def test_a_swap_space_smaller_than_one_block_is_refused(tiny_models):
+    with pytest.raises(ValueError, match="holds no KV block"):
+        build(tiny_models["llama"], 24, 0.5)  # half a block
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2])
+def test_host_kv_cache_round_trip_is_exact(dtype, device):
+    """Blocks saved to scattered and consecutive slots (in chunks smaller than a step's
+    copies) come back bit for bit, and blocks not copied into are untouched. With CUDA:
+    pinned memory and non-blocking copies, in stream order."""
+    generator = torch.Generator().manual_seed(0)
+    layers = [
+        torch.randn((2, 12, 4, 2, 8), generator=generator).to(dtype).to(device) for _ in range(3)
+    ]
+    layers.append(torch.empty((0,), dtype=dtype, device=device))  # another stage's layer
+    original = [layer.clone() for layer in layers]
+    host = HostKVCache(layers, num_slots=8)
+    host._chunk = 3
+    saved = [(5, 0), (6, 1), (7, 2), (1, 6), (9, 4), (2, 7)]
+    host.swap_out(saved)
+    host.swap_in([(0, 10), (1, 11), (2, 3), (6, 8), (4, 0), (7, 9)])
+    assert host.host.is_pinned() == (device == "cuda")
+    for layer, before in zip(layers[:3], original):
+        raw, raw_before = layer.view(torch.uint8), before.view(torch.uint8)
+        for target, source in [(10, 5), (11, 6), (3, 7), (8, 1), (0, 9), (9, 2)]:
+            assert torch.equal(raw[:, target], raw_before[:, source])
+        for untouched in (1, 2, 4, 5, 6, 7):
+            assert torch.equal(raw[:, untouched], raw_before[:, untouched])
