@@ -8,6 +8,7 @@ a Ray cluster; both have the same methods (and ``check_health``, ``worker_pids``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,3 +50,12 @@ class Executor(Protocol):
     def decode_read_bytes(self) -> int: ...
 
     def shutdown(self) -> None: ...
+
+
+def common_plan(plans: list[KVCachePlan]) -> KVCachePlan:
+    """The plan every rank can hold: the fewest device blocks any rank fits (one block table
+    serves every rank) and the fewest host-tier blocks (pipeline stages of different layer
+    counts fit different numbers)."""
+    fewest = min(plans, key=lambda plan: plan.num_blocks)
+    host = min(plan.num_host_blocks for plan in plans)
+    return dataclasses.replace(fewest, num_host_blocks=host)

@@ -32,7 +32,12 @@ import zmq
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import output_rank
-from pagedllm.executor.base import COLLECTIVE_TIMEOUT_S, START_TIMEOUT_S, STEP_TIMEOUT_S
+from pagedllm.executor.base import (
+    COLLECTIVE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    STEP_TIMEOUT_S,
+    common_plan,
+)
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs, step_args
 from pagedllm.executor.replies import values_in_rank_order
@@ -104,11 +109,7 @@ class MultiprocExecutor:
     def plan_kv_cache(self) -> KVCachePlan:
         """Each rank sizes its share; all hold the fewest blocks any rank can (one block
         table serves every rank)."""
-        plans: list[KVCachePlan] = self._call("plan_kv_cache", timeout=START_TIMEOUT_S)
-        fewest = min(plans, key=lambda plan: plan.num_blocks)
-        # Pipeline stages of different layer counts fit different numbers of host blocks.
-        host = min(plan.num_host_blocks for plan in plans)
-        return dataclasses.replace(fewest, num_host_blocks=host)
+        return common_plan(self._call("plan_kv_cache", timeout=START_TIMEOUT_S))
 
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
         self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)

@@ -35,7 +35,12 @@ from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import output_rank
-from pagedllm.executor.base import COLLECTIVE_TIMEOUT_S, START_TIMEOUT_S, STEP_TIMEOUT_S
+from pagedllm.executor.base import (
+    COLLECTIVE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    STEP_TIMEOUT_S,
+    common_plan,
+)
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import Call, Reply, step_args
 from pagedllm.executor.ray_actor import RankActor, Whereabouts
@@ -174,8 +179,7 @@ class RayExecutor:
     def plan_kv_cache(self) -> KVCachePlan:
         """Each rank sizes its share; all hold the fewest blocks any rank can (one block
         table serves every rank)."""
-        plans: list[KVCachePlan] = self._call("plan_kv_cache", timeout=START_TIMEOUT_S)
-        return min(plans, key=lambda plan: plan.num_blocks)
+        return common_plan(self._call("plan_kv_cache", timeout=START_TIMEOUT_S))
 
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
         self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
