@@ -168,15 +168,15 @@ def _sample_top_k(
 
 
 class Sampler:
-    def __init__(self) -> None:
-        self._base_seed: int | None = None
+    def __init__(self, seed: int = 0) -> None:
+        # The one-pass path's Philox seeds follow from the engine's seed alone (not from
+        # torch's RNG state, which loading may consume unevenly): every rank that samples
+        # the same logits draws the same tokens, and a run repeats.
+        self._base_seed = (seed * 2_654_435_761) % 2**30
         self._calls = 0
 
     def _next_seed(self) -> int:
-        """A new Philox seed per step for the one-pass path, from torch's global RNG (so the
-        engine's ``seed`` makes runs repeatable), drawn once at the first use."""
-        if self._base_seed is None:
-            self._base_seed = int(torch.randint(0, 2**30, (1,)).item())
+        """A new Philox seed per step for the one-pass path."""
         self._calls += 1
         return (self._base_seed + self._calls * 1_000_003) % 2**30
 

@@ -76,7 +76,7 @@ class ModelRunner:
         # calculate_kv_scales: the next step with tokens sets the FP8 cache's scales.
         self._kv_scales_pending = config.cache_config.calculate_kv_scales
         self.backend = create_backend(config.device)
-        self.sampler = Sampler()
+        self.sampler = Sampler(self.model_config.seed)
         self.requests: dict[str, RequestState] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.host_kv: HostKVCache | None = None  # the swap_space tier's memory
