@@ -30,7 +30,7 @@ from pagedllm.engine.messages import (
     UtilityCall,
     UtilityResult,
 )
-from pagedllm.executor.parent_watch import exit_with_parent
+from pagedllm.executor.parent_watch import exit_with_parent, ignore_terminal_interrupt
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
 
@@ -161,6 +161,7 @@ def main() -> None:
 
     config = pickle.load(sys.stdin.buffer)
     exit_with_parent(sys.stdin.fileno())
+    ignore_terminal_interrupt()
     run_engine_core(config, sys.argv[1], sys.argv[2:])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 
@@ -17,3 +18,10 @@ def exit_with_parent(fd: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="pagedllm-parent-watch", daemon=True).start()
+
+
+def ignore_terminal_interrupt() -> None:
+    """A terminal's Ctrl-C reaches every process of its group, this one too. The parent
+    decides when this process ends (a shutdown message, or the end of its stdin, above):
+    SIGINT must not kill it mid-step with a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

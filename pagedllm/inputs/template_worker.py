@@ -80,6 +80,8 @@ def answer(job: bytes, timeout: float, max_chars: int) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before the slow imports: the parent ends us (a terminal's Ctrl-C reaches both).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser()
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--memory-bytes", type=int, required=True)
@@ -91,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     from pagedllm.inputs.chat import render_chat  # noqa: F401
 
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us (Ctrl-C reaches both)
     _limit_memory(args.memory_bytes)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while (job := read_frame(stdin)) is not None:

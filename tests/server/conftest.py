@@ -51,9 +51,14 @@ def free_port() -> int:
 
 
 def start_server(
-    args: list[str], log: Path, timeout: float = 300, env: dict[str, str] | None = None
+    args: list[str],
+    log: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> Server:
-    """``env``: variables set for this server on top of the test's own."""
+    """``env``: variables set for this server on top of the test's own; ``new_session``: the
+    server leads a process group of its own (as a command started from a terminal)."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PAGEDLLM_LOG_STATS_INTERVAL": "1", **(env or {})}
     handle = log.open("w")
@@ -62,6 +67,7 @@ def start_server(
         stdout=handle,
         stderr=subprocess.STDOUT,
         env=env,
+        start_new_session=new_session,
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     deadline = time.time() + timeout

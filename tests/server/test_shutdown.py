@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -51,3 +52,16 @@ def test_sigterm_drains_then_exits_zero(tmp_path):
         if server.process.poll() is None:
             server.process.kill()
     assert "Draining" in server.logs()
+
+
+def test_ctrl_c_in_a_terminal_stops_everything_without_a_traceback(tmp_path):
+    """Ctrl-C signals the whole process group: the server and its engine core process.
+    The server shuts down and exits 0; the engine core ends with it instead of dying of
+    the interrupt mid-loop with a KeyboardInterrupt traceback of its own."""
+    args = ["-m", "pagedllm.entrypoints.cli.main", "serve", MODEL, "--api-key", API_KEY,
+            "--kv-cache-memory-bytes", "64M", "--max-model-len", "512"]  # fmt: skip
+    server = start_server(args, tmp_path / "server.log", new_session=True)
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert server.process.wait(timeout=60) == 0
+    logs = server.logs()
+    assert "Traceback" not in logs and "KeyboardInterrupt" not in logs, logs[-3000:]
