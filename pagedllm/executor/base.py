@@ -8,6 +8,7 @@ a Ray cluster; both have the same methods (and ``check_health``, ``worker_pids``
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -52,10 +53,33 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def common_plan(plans: list[KVCachePlan]) -> KVCachePlan:
-    """The plan every rank can hold: the fewest device blocks any rank fits (one block table
-    serves every rank) and the fewest host-tier blocks (pipeline stages of different layer
-    counts fit different numbers)."""
-    fewest = min(plans, key=lambda plan: plan.num_blocks)
-    host = min(plan.num_host_blocks for plan in plans)
-    return dataclasses.replace(fewest, num_host_blocks=host)
+class RankExecutor(abc.ABC):
+    """What the mp and Ray executors do alike: each of these calls goes to every rank, and
+    the ranks' answers are combined here. Subclasses carry the calls (``_call``: send to
+    every rank, wait, return the answers in rank order)."""
+
+    @abc.abstractmethod
+    def _call(self, method: str, *args: Any, timeout: float = STEP_TIMEOUT_S) -> list[Any]: ...
+
+    def load_model(self) -> None:
+        self._call("load_model", timeout=START_TIMEOUT_S)
+
+    def plan_kv_cache(self) -> KVCachePlan:
+        """The plan every rank can hold: the fewest device blocks any rank fits (one block
+        table serves every rank) and the fewest host-tier blocks (pipeline stages of
+        different layer counts fit different numbers)."""
+        plans: list[KVCachePlan] = self._call("plan_kv_cache", timeout=START_TIMEOUT_S)
+        fewest = min(plans, key=lambda plan: plan.num_blocks)
+        host = min(plan.num_host_blocks for plan in plans)
+        return dataclasses.replace(fewest, num_host_blocks=host)
+
+    def initialize_kv_cache(self, plan: KVCachePlan) -> None:
+        self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
+
+    def weight_bytes(self) -> int:
+        """Over every rank."""
+        return sum(self._call("weight_bytes"))
+
+    def decode_read_bytes(self) -> int:
+        """Over every rank: one decode step reads each rank's share."""
+        return sum(self._call("decode_read_bytes"))

@@ -36,14 +36,14 @@ from pagedllm.executor.base import (
     COLLECTIVE_TIMEOUT_S,
     START_TIMEOUT_S,
     STEP_TIMEOUT_S,
-    common_plan,
+    RankExecutor,
 )
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs, step_args
 from pagedllm.executor.replies import values_in_rank_order
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
-from pagedllm.worker.kv_cache import KVCachePlan, kv_cache_dtype
+from pagedllm.worker.kv_cache import kv_cache_dtype
 
 logger = init_logger(__name__)
 
@@ -57,7 +57,7 @@ class RemoteStep:
     seq: int
 
 
-class MultiprocExecutor:
+class MultiprocExecutor(RankExecutor):
     def __init__(self, config: EngineConfig) -> None:
         parallel = config.parallel_config
         self.world_size = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
@@ -103,17 +103,6 @@ class MultiprocExecutor:
 
     # -- the Executor contract -----------------------------------------------------------
 
-    def load_model(self) -> None:
-        self._call("load_model", timeout=START_TIMEOUT_S)
-
-    def plan_kv_cache(self) -> KVCachePlan:
-        """Each rank sizes its share; all hold the fewest blocks any rank can (one block
-        table serves every rank)."""
-        return common_plan(self._call("plan_kv_cache", timeout=START_TIMEOUT_S))
-
-    def initialize_kv_cache(self, plan: KVCachePlan) -> None:
-        self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
-
     def execute_model(
         self,
         scheduler_output: SchedulerOutput,
@@ -124,14 +113,6 @@ class MultiprocExecutor:
 
     def resolve(self, launched: RemoteStep) -> ModelRunnerOutput:
         return self._collect(launched.seq, STEP_TIMEOUT_S)[self.output_rank]
-
-    def weight_bytes(self) -> int:
-        """Over every rank."""
-        return sum(self._call("weight_bytes"))
-
-    def decode_read_bytes(self) -> int:
-        """Over every rank: one decode step reads each rank's share."""
-        return sum(self._call("decode_read_bytes"))
 
     def check_health(self) -> None:
         """Raise ``WorkerDiedError`` if a worker process is gone (called while idle)."""

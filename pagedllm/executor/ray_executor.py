@@ -39,7 +39,7 @@ from pagedllm.executor.base import (
     COLLECTIVE_TIMEOUT_S,
     START_TIMEOUT_S,
     STEP_TIMEOUT_S,
-    common_plan,
+    RankExecutor,
 )
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import Call, Reply, step_args
@@ -57,7 +57,7 @@ from pagedllm.executor.ray_placement import (
 from pagedllm.executor.replies import values_in_rank_order
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
-from pagedllm.worker.kv_cache import KVCachePlan, kv_cache_dtype
+from pagedllm.worker.kv_cache import kv_cache_dtype
 
 logger = init_logger(__name__)
 
@@ -75,7 +75,7 @@ class RayStep:
     answers: list[Any]  # ObjectRef of each rank's Reply, rank order
 
 
-class RayExecutor:
+class RayExecutor(RankExecutor):
     def __init__(self, config: EngineConfig) -> None:
         ray = import_ray()
         self._ray = ray
@@ -173,17 +173,6 @@ class RayExecutor:
 
     # -- the Executor contract -----------------------------------------------------------
 
-    def load_model(self) -> None:
-        self._call("load_model", timeout=START_TIMEOUT_S)
-
-    def plan_kv_cache(self) -> KVCachePlan:
-        """Each rank sizes its share; all hold the fewest blocks any rank can (one block
-        table serves every rank)."""
-        return common_plan(self._call("plan_kv_cache", timeout=START_TIMEOUT_S))
-
-    def initialize_kv_cache(self, plan: KVCachePlan) -> None:
-        self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
-
     def execute_model(
         self,
         scheduler_output: SchedulerOutput,
@@ -193,14 +182,6 @@ class RayExecutor:
 
     def resolve(self, launched: RayStep) -> ModelRunnerOutput:
         return self._values(launched.answers, STEP_TIMEOUT_S)[self.output_rank]
-
-    def weight_bytes(self) -> int:
-        """Over every rank."""
-        return sum(self._call("weight_bytes"))
-
-    def decode_read_bytes(self) -> int:
-        """Over every rank: one decode step reads each rank's share."""
-        return sum(self._call("decode_read_bytes"))
 
     def check_health(self) -> None:
         """Raise ``WorkerDiedError`` if an actor is gone (called while idle): one ping per
