@@ -22,18 +22,23 @@ from pagedllm.kernels.paged_attention import (
 )
 
 
+def block_table(need: list[int], pool: torch.Tensor) -> torch.Tensor:
+    """Request i's ``need[i]`` blocks, taken in turn from ``pool`` (block ids)."""
+    table = torch.zeros(len(need), max(need), dtype=torch.int32, device="cuda")
+    k = 0
+    for i, n in enumerate(need):
+        table[i, :n] = pool[k : k + n].to(torch.int32)
+        k += n
+    return table
+
+
 def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, seed=0):
     rng = random.Random(seed)
     lens = [max(query_len, int(ctx * rng.uniform(0.2, 1.8))) for _ in range(num_reqs)]
     need = [-(-n // block_size) for n in lens]
     blocks = sum(need) + 1
     kv = torch.randn(2, blocks, block_size, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
-    order = torch.randperm(blocks, device="cuda").to(torch.int32)
-    table = torch.zeros(num_reqs, max(need), dtype=torch.int32, device="cuda")
-    k = 0
-    for i, n in enumerate(need):
-        table[i, :n] = order[k : k + n]
-        k += n
+    table = block_table(need, torch.randperm(blocks, device="cuda"))
     q = torch.randn(num_reqs * query_len, heads, dim, device="cuda", dtype=torch.bfloat16)
     qsl = torch.arange(0, num_reqs * query_len + 1, query_len, dtype=torch.int32, device="cuda")
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
@@ -57,11 +62,7 @@ def w1_batch(cache_blocks: int = 0, scatter: bool = False, hnd: bool = False, se
     if hnd:
         kv = kv.permute(0, 1, 3, 2, 4)
     pool = torch.randperm(blocks, device="cuda") if scatter else torch.arange(blocks, device="cuda")
-    table = torch.zeros(256, max(need), dtype=torch.int32, device="cuda")
-    k = 0
-    for i, n in enumerate(need):
-        table[i, :n] = pool[k : k + n].to(torch.int32)
-        k += n
+    table = block_table(need, pool)
     q = torch.randn(256, 16, 128, device="cuda", dtype=torch.bfloat16)
     qsl = torch.arange(0, 257, dtype=torch.int32, device="cuda")
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
@@ -79,12 +80,7 @@ def mixed_batch(prefills=16, prompt=512, decodes=256, ctx=640, heads=32, kv_head
     need = [-(-n // block_size) for n in lens]
     blocks = sum(need) + 1
     kv = torch.randn(2, blocks, block_size, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
-    order = torch.randperm(blocks, device="cuda").to(torch.int32)
-    table = torch.zeros(len(lens), max(need), dtype=torch.int32, device="cuda")
-    k = 0
-    for i, n in enumerate(need):
-        table[i, :n] = order[k : k + n]
-        k += n
+    table = block_table(need, torch.randperm(blocks, device="cuda"))
     q = torch.randn(sum(qlens), heads, dim, device="cuda", dtype=torch.bfloat16)
     starts = [0]
     for n in qlens:

@@ -64,11 +64,11 @@ def gumbel_sample(logits: torch.Tensor, temperature: torch.Tensor, seed: int) ->
                          f"temperature {tuple(temperature.shape)}")  # fmt: skip
     if not 0 <= seed < 2**31 - rows:
         raise ValueError(f"gumbel_sample: seed {seed} out of range")
+    if rows == 0:
+        return torch.empty(0, dtype=torch.int64, device=logits.device)
     chunks = triton.cdiv(vocab, CHUNK)
     values = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     indices = torch.empty((rows, chunks), dtype=torch.int32, device=logits.device)
-    if rows == 0:
-        return torch.empty(0, dtype=torch.int64, device=logits.device)
     _gumbel_argmax_kernel[(rows, chunks)](
         logits, temperature, values, indices, vocab, logits.stride(0), seed,
         NUM_CHUNKS=chunks, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=8,
