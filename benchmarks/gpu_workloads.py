@@ -9,7 +9,8 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 3. single stream: llama-3.1-8b, 128 prompt tokens, 256 output: median inter-token latency.
 4. start-up: seconds from process start to the first generated token (workload 3's model).
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
-steps that carry prefill beside decodes (a saturated server's steps) and profiles one.
+steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
+``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too).
 
 Workloads 2 and 3 take a variant after a colon (``2:fp8``, ``3:fp8+kvfp8``): ``fp8``
 (``quantization="fp8"``), ``kvfp8`` (``kv_cache_dtype="fp8"``), both, ``bf16`` (none).
@@ -303,6 +304,40 @@ def job_w1prof() -> dict:
             "table": text.getvalue()[-6000:] + "\n" + kernels}  # fmt: skip
 
 
+def job_w3prof(variant: str = "bf16") -> dict:
+    """Workload 3's decode steps as they run (CUDA graphs): the kernels of one step, their
+    summed time against the step's wall time (the rest is gaps between kernels and the
+    host), so the single stream's cost beyond reading the weights has names."""
+    _profile_in_process()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedllm import SamplingParams
+
+    llm = engine(LLAMA8B, 4096, **VARIANTS[variant])
+    eng = llm.llm_engine
+    prompt = {"prompt_token_ids": [random.Random(1).randint(0, 10000) for _ in range(128)]}
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True, detokenize=False)
+    eng.add_request("w3", prompt, params)
+    for _ in range(40):
+        eng.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(50):
+        eng.step()
+    step_ms = (time.perf_counter() - start) / 50 * 1e3
+    steps = 20
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            eng.step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_us = sum(e.device_time_total for e in events if e.device_time_total) / steps
+    table = events.table(sort_by="cuda_time_total", row_limit=30)
+    return {"job": "w3prof", "variant": variant, "step_ms": step_ms,
+            "kernel_ms_per_step": kernel_us / 1e3, "table": table}  # fmt: skip
+
+
 def job_ceilings() -> dict:
     import torch
 
@@ -404,7 +439,8 @@ def job_hf2() -> dict:
 
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
-        "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed}  # fmt: skip
+        "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
+        "w3prof": job_w3prof}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:
