@@ -214,7 +214,10 @@ def _attend_queries(
         tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
-@triton.jit
+# Integers that change from step to step are not specialized on (Triton compiles a variant
+# for values of 1 and multiples of 16): a new variant compiled mid-serving stalls every
+# request for seconds (benchmarks/RESULTS.md, "Serving at saturation", 2026-12-02).
+@triton.jit(do_not_specialize=["num_reqs", "num_segments", "window", "stride_bt"])
 def paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
     m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
@@ -274,7 +277,7 @@ def paged_attention_kernel(
         )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_segments"])  # see paged_attention_kernel
 def merge_segments_kernel(
     part_ptr, m_ptr, l_ptr, out_ptr,
     stride_ot, stride_oh,

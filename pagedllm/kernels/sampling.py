@@ -23,7 +23,9 @@ BLOCK = 2048  # columns a program reads per step
 CHUNK = 16384  # columns per program: 152k-token vocabularies split 10 ways per row
 
 
-@triton.jit
+# A new seed every step: specializing on it would compile a variant whenever it is a
+# multiple of 16 (one stall of the step that meets it first).
+@triton.jit(do_not_specialize=["seed"])
 def _gumbel_argmax_kernel(
     logits_ptr, temperature_ptr, value_ptr, index_ptr, vocab, stride_row, seed,
     NUM_CHUNKS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,

@@ -128,3 +128,24 @@ def test_decode_only_many_requests():
     query_lens = [1] * 200
     prefixes = [rng.randint(0, 2000) for _ in query_lens]
     assert run_case(2, 16, 8, 128, 16, torch.bfloat16, query_lens, prefixes) < 2e-2
+
+
+def compiled_variants(kernel) -> int:
+    """How many binaries Triton holds for a jit function (its cache per device)."""
+    return sum(len(cache[0]) for cache in kernel.device_caches.values())
+
+
+def test_batch_sizes_compile_no_new_variant():
+    """A step's request count, segment count and block-table width change from step to step:
+    none of them may make Triton compile another binary of the kernel (a compile in the
+    middle of serving stalls every stream for seconds)."""
+    from pagedllm.kernels.paged_attention import paged_attention_kernel
+
+    def variants_after(num_reqs: int) -> int:
+        query_lens = [1] * (num_reqs - 1) + [40]
+        prefixes = [16 * num_reqs + 7] * num_reqs  # and a block-table width of its own
+        run_case(num_reqs, 32, 8, 128, 16, torch.bfloat16, query_lens, prefixes)
+        return compiled_variants(paged_attention_kernel)
+
+    first = variants_after(17)
+    assert [variants_after(n) for n in (1, 16, 32, 33)] == [first] * 4
