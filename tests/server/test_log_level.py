@@ -36,3 +36,15 @@ def test_default_level_keeps_steps_quiet(server: Server):
         assert client.post("/v1/completions", json=body).status_code == 200
     logs = server.logs()
     assert "Serving " in logs and "Step: " not in logs and "DEBUG " not in logs
+
+
+def test_the_environment_sets_the_level_unless_the_flag_does(monkeypatch):
+    """Without --log-level, PAGEDLLM_LOGGING_LEVEL decides (the flag's default must not
+    override it): vLLM users set VLLM_LOGGING_LEVEL the same way."""
+    from pagedllm.entrypoints.openai.api_server import server_log_level
+
+    monkeypatch.setenv("PAGEDLLM_LOGGING_LEVEL", "DEBUG")
+    assert server_log_level(None) == "debug"
+    assert server_log_level("warning") == "warning"
+    monkeypatch.delenv("PAGEDLLM_LOGGING_LEVEL")
+    assert server_log_level(None) == "info"

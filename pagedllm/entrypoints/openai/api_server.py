@@ -151,8 +151,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag("disable-log-requests", action="store_true",
          help="(older vLLM flag) request logging is already off unless enabled")  # fmt: skip
     # Any case (DEBUG or debug), as vLLM users write it.
-    flag("log-level", default="info", type=str.lower, choices=LOG_LEVELS,
-         help="the server's log level: pagedllm's own loggers and uvicorn's")  # fmt: skip
+    flag("log-level", default=None, type=str.lower, choices=LOG_LEVELS,
+         help="the server's log level: pagedllm's own loggers and uvicorn's (default: "
+              "PAGEDLLM_LOGGING_LEVEL, else info)")  # fmt: skip
     flag("uvicorn-log-level", default=None, type=str.lower, choices=LOG_LEVELS,
          help="uvicorn's log level (default: --log-level)")  # fmt: skip
     flag("disable-uvicorn-access-log", action="store_true", help="no line per HTTP request")
@@ -367,9 +368,16 @@ def build_app(
 # -- running -------------------------------------------------------------------------------
 
 
+def server_log_level(flag_value: str | None) -> str:
+    """``--log-level`` when given, else PAGEDLLM_LOGGING_LEVEL (as the engine's own
+    processes read it), else info; lower case, as uvicorn takes it."""
+    return (flag_value or envs.logging_level()).lower()
+
+
 def run_server(args: argparse.Namespace, connection: EngineConnection | None = None) -> int:
     """Serve until SIGTERM (exit code 0 after a clean drain). ``connection``: this is one of
     ``--api-server-count`` servers, sharing an engine core its supervisor started."""
+    args.log_level = server_log_level(args.log_level)
     set_log_level(args.log_level)  # before anything logs, the engine core process included
     check_server_flags(args)
     limits = ServerLimits.from_args(args)  # checks the limits before anything loads
