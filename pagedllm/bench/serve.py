@@ -77,6 +77,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("plot", dict(action="store_true", help="write PNGs of the latency CDFs (and of a sweep)")),
     ("sweep_rates", dict(default=None, help="comma-separated request rates, one run each")),
     ("api_key", dict(default=None, help="sent as a bearer token (default $OPENAI_API_KEY)")),
+    ("client_processes", dict(type=int, default=None,
+                              help="processes that send the timed requests (default: one per "
+                                   "64 streams in flight, at most 8 and the CPUs): one Python "
+                                   "process cannot read a saturated server's events in time")),
 ]  # fmt: skip
 
 
@@ -134,6 +138,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
+    if args.client_processes is not None and args.client_processes < 1:
+        raise ValueError(f"--client-processes must be at least 1, got {args.client_processes}")
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be at least 1, got {args.num_prompts}")
     if args.num_warmups < 0:
@@ -307,6 +313,7 @@ class _Run:
         seed: int,
     ) -> BenchmarkMetrics:
         from pagedllm.bench.metrics import calculate_metrics
+        from pagedllm.bench.sender_pool import client_processes, send_from_processes
 
         args = self.args
         warmups = samples[1 : 1 + args.num_warmups]
@@ -315,9 +322,17 @@ class _Run:
         await _warm_up(client, endpoint, warmups, args.max_concurrency, args.disable_tqdm)
         _print_traffic(rate, args.burstiness, args.max_concurrency)
         times = arrival_times(len(timed), rate, args.burstiness, seed)
-        results, duration = await send_all(
-            client, endpoint, timed, times, args.max_concurrency, args.disable_tqdm
-        )
+        in_flight = min(len(timed), args.max_concurrency or len(timed))
+        processes = client_processes(args.client_processes, in_flight)
+        if processes > 1:
+            results, duration = await asyncio.to_thread(
+                send_from_processes, endpoint, timed, times, args.max_concurrency, processes,
+                args.disable_tqdm,
+            )  # fmt: skip
+        else:
+            results, duration = await send_all(
+                client, endpoint, timed, times, args.max_concurrency, args.disable_tqdm
+            )
         metrics = calculate_metrics(results, duration, self.plan.percentiles)
         self.report(rate, metrics, results)
         return metrics

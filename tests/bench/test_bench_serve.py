@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -363,6 +364,7 @@ def test_flags_take_dashes_and_underscores() -> None:
         (["--dataset-name", "sharegpt"], "--dataset-path"),
         (["--backend", "openai-chat", "--endpoint", "/v1/completions"], "--endpoint"),
         (["--base-url", "http://x:1", "--port", "2"], "--base-url"),
+        (["--client-processes", "0"], "--client-processes"),
     ],
 )
 def test_wrong_flags_are_one_line_errors(
@@ -486,3 +488,30 @@ def test_a_rate_sweep_of_chat_requests(
         assert result["max_concurrency"] == 2 and result["max_concurrent_requests"] <= 2
     (sweep,) = tmp_path.glob("openai-chat-sweep-concurrency2-*.png")
     assert sweep.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_client_processes_split_the_cap_and_follow_the_streams() -> None:
+    from pagedllm.bench.sender_pool import MAX_PROCESSES, client_processes, split_cap
+
+    assert split_cap(7, 3) == [3, 2, 2] and split_cap(None, 2) == [None, None]
+    assert client_processes(None, 10) == 1 and client_processes(3, 10) == 3
+    assert client_processes(None, 10_000) == min(MAX_PROCESSES, os.cpu_count() or 1)
+
+
+def test_a_run_sent_from_two_client_processes(
+    tiny_server: Server, tiny_chat_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The timed requests dealt to two processes: every request answered and timed on one
+    clock (the duration covers every request), the concurrency cap kept across both."""
+    argv = ["bench", "serve", "--base-url", tiny_server.url, "--api-key", API_KEY,
+            "--client-processes", "2", "--max-concurrency", "3",
+            *_bench_flags(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"{'Successful requests:':<40} {8:<10}" in captured.out.splitlines()
+    assert "8/8" in captured.err  # the progress bar, fed by both processes
+    (saved,) = tmp_path.glob("openai-infqps-concurrency3-*.json")
+    result = _check_result(saved, "inf")
+    assert 1 <= result["max_concurrent_requests"] <= 3
+    assert all(len(gaps) <= 7 for gaps in result["itls"]) and any(result["itls"])
+    assert result["duration"] >= max(result["ttfts"])
