@@ -79,6 +79,20 @@ def server_command(engine: str, model: Path, port: int, max_model_len: int) -> l
             "--dtype", "bfloat16", "--disable-uvicorn-access-log"]  # fmt: skip
 
 
+PYTHONPATHS: dict[str, str] = {}  # "vllm" / "pagedllm" -> PYTHONPATH of its processes
+
+
+def child_env(engine: str) -> dict[str, str]:
+    """The environment of a server or client process: with --pythonpath-vllm or
+    --pythonpath-pagedllm, that package's own PYTHONPATH (on the GPU machine vLLM's wheels
+    and pagedllm's pin different versions of the same libraries)."""
+    env = dict(os.environ)
+    path = PYTHONPATHS.get(engine.split("+")[0])
+    if path is not None:
+        env["PYTHONPATH"] = path
+    return env
+
+
 def file_stem(engine: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", engine)
 
@@ -87,7 +101,7 @@ def start(
     engine: str, model: Path, port: int, log: Path, max_model_len: int, trace: bool = False
 ) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
-    env = dict(os.environ)
+    env = child_env(engine)
     if trace and engine.startswith("pagedllm"):  # one "Step ended at" line per engine step
         env["PAGEDLLM_LOGGING_LEVEL"] = "DEBUG"
     process = subprocess.Popen(
@@ -135,7 +149,7 @@ def bench(client: str, model: Path, port: int, rate: str, seed: int, prompts: in
         cmd.append("--disable-tqdm")
     else:  # per-request gaps in the JSON (pagedllm's client always writes them)
         cmd.append("--save-detailed")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=child_env(client))
     (out / f"{name}.txt").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: the client failed:\n{done.stderr[-3000:]}")
@@ -222,7 +236,14 @@ def main() -> None:
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--step-trace", action="store_true",
                         help="pagedllm servers log each step, to match the gaps")  # fmt: skip
+    parser.add_argument("--pythonpath-vllm", default=None,
+                        help="PYTHONPATH of the vllm server and client processes")  # fmt: skip
+    parser.add_argument("--pythonpath-pagedllm", default=None,
+                        help="PYTHONPATH of the pagedllm server and client processes")  # fmt: skip
     args = parser.parse_args()
+    for name in ("vllm", "pagedllm"):
+        if getattr(args, f"pythonpath_{name}") is not None:
+            PYTHONPATHS[name] = getattr(args, f"pythonpath_{name}")
     args.client = args.client or ("vllm" if shutil.which("vllm") else "pagedllm")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
