@@ -16,6 +16,7 @@ instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -122,15 +123,48 @@ def sweep(bandwidth: float, row_counts: list[int]) -> list[str]:
     return lines
 
 
+def rotating_us(call, weights: list[torch.Tensor]) -> str:
+    """µs per call (and weight TB/s) when each call of the captured graph reads the next
+    of ``weights``: the graph is captured once, so the rotation is fixed in it."""
+    turn = itertools.count()
+    us = cuda_us(lambda: call(weights[next(turn) % len(weights)]))
+    return f"{us:.1f} ({weights[0].numel() * weights[0].element_size() / us / 1e6:.2f})"
+
+
+def probe() -> list[str]:
+    """Where the one-row GEMV loses bandwidth: the same kernel on FP8 weights and on
+    bfloat16 ones (no widening of FP8 values: if it reads bytes faster, the conversion is
+    the limit), against cuBLAS' bfloat16 product. Each call reads another of eight weight
+    copies, so the weights come from HBM, not from the 50 MB L2 (as in a model's step)."""
+    lines = ["| layer | FP8 GEMV µs (TB/s) | same kernel on bf16 weights µs (TB/s) "
+             "| cuBLAS bf16 µs (TB/s) |", "|---|---|---|---|"]  # fmt: skip
+    for name, (n, k) in SHAPES.items():
+        layer = fp8_layer(n, k)
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        fp8 = [layer.weight.clone() for _ in range(8)]
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(8)]
+        gemv = functools.partial(fp8_weight_matmul, x, scale=layer.weight_scale)
+        lines.append(f"| {name} | {rotating_us(gemv, fp8)} | {rotating_us(gemv, dense)} "
+                     f"| {rotating_us(functools.partial(F.linear, x), dense)} |")  # fmt: skip
+        print(lines[-1], flush=True)
+        del fp8, dense
+        torch.cuda.empty_cache()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--sweep", type=lambda v: [int(r) for r in v.split(",")],
                         help="row counts to sweep tiles at, e.g. 1,2,4,8,16")  # fmt: skip
+    parser.add_argument("--probe", action="store_true",
+                        help="one row: FP8 and bfloat16 weights in one kernel")  # fmt: skip
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
     lines = [f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", ""]
-    if args.sweep:
+    if args.probe:
+        lines += probe()
+    elif args.sweep:
         lines += sweep(bandwidth, args.sweep)
     else:
         lines += [
