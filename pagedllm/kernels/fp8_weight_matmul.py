@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k[, unroll, reduce each tile, weights
-# evicted first]), from
-# benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200 (RESULTS.md): one row,
+# evicted first]), from benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200
+# (RESULTS.md): one row,
 # 8-row strips read 1 KiB at a time (splitting K or loading two tiles a step never helped);
 # wide layers (gate_up, 28,672 rows) 16-row strips of 2 KiB summed at each tile, 12% faster
 # there; 2-16 rows, tl.dot on 32-column strips, as fast at 16 rows as at 2.
