@@ -12,7 +12,9 @@ Started by ``MPClient`` (``core_client.py``) as ``python -m pagedllm.engine.core
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -37,6 +39,7 @@ from pagedllm.metrics.stats import IterationStats
 logger = init_logger(__name__)
 
 _IDLE_POLL_MS = 1000  # how often an idle engine looks for its parent
+INTAKE_BUDGET_S = 0.005  # messages handled between two steps while requests run
 
 
 class EngineCoreLoop:
@@ -58,12 +61,28 @@ class EngineCoreLoop:
                 self._send_idle_state()
             if not busy:
                 self.core.check_health()  # a lost worker rank ends the engine, even idle
-            timeout = 0 if busy else _IDLE_POLL_MS
-            while poller.poll(timeout):
-                self._handle(self.codec.decode(self.inbound.recv_multipart(copy=False)))
-                timeout = 0
+            self._take_in(poller, busy)
             if self.core.has_unfinished_requests():
                 self._step()
+
+    def _take_in(self, poller: zmq.Poller, busy: bool) -> None:
+        """Handle the messages waiting (blocking up to a second when idle). While steps
+        run, at most INTAKE_BUDGET_S of them between two steps: a burst of arrivals (500
+        requests sent at once) would otherwise hold the next step back while the device
+        idles; the rest wait for the next pass, a step later."""
+        start = time.perf_counter()
+        timeout = 0 if busy else _IDLE_POLL_MS
+        handled = 0
+        while poller.poll(timeout):
+            self._handle(self.codec.decode(self.inbound.recv_multipart(copy=False)))
+            handled += 1
+            timeout = 0
+            over = time.perf_counter() - start > INTAKE_BUDGET_S
+            if over and self.core.has_unfinished_requests():  # an idle engine given work too
+                break
+        if handled > 1 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Took in %d messages in %.2f ms", handled,
+                         1e3 * (time.perf_counter() - start))  # fmt: skip
 
     def _handle(self, message: Any) -> None:
         self._changed = True
