@@ -55,7 +55,7 @@ def _load_weights(w_ptrs, mask, STREAM: tl.constexpr):
 
 @triton.jit
 def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K: tl.constexpr,
-               BLOCK_K: tl.constexpr, STREAM: tl.constexpr, BITS: tl.constexpr):  # fmt: skip
+               BLOCK_K: tl.constexpr, STREAM: tl.constexpr):  # fmt: skip
     """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32. STREAM: the
     weights, read once a step, are evicted from the caches first (the activations, read
     by every program, stay)."""
@@ -66,10 +66,7 @@ def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K: tl.constexpr,
         k_ok = k + tl.arange(0, BLOCK_K) < k_end
         x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = _load_weights(w_ptrs, n_ok[:, None] & k_ok[None, :], STREAM)
-    if BITS:  # e4m3 x 2^-120, widened without conversion instructions (_widen_e4m3)
-        return x.to(tl.float32), _widen_e4m3(w, True).to(tl.float32)
-    else:
-        return x.to(tl.float32), w.to(tl.float32)
+    return x.to(tl.float32), w.to(tl.float32)
 
 
 @triton.jit
@@ -77,7 +74,7 @@ def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, k_split, stride_xm,
     ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, REDUCE: tl.constexpr,
-    STREAM: tl.constexpr, BITS: tl.constexpr, UNSCALE_HALF: tl.constexpr,
+    STREAM: tl.constexpr,
 ):  # fmt: skip
     """UNROLL: tiles loaded before any is summed (more bytes in flight a program). REDUCE:
     sum each tile at once into [ROWS, BLOCK_N] (fewer registers, so more programs per SM)
@@ -97,10 +94,10 @@ def _fp8_gemv_kernel(
     else:
         acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(pid_k * k_split, k_end, BLOCK_K * UNROLL):
-        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K, BLOCK_K, STREAM, BITS)
+        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K, BLOCK_K, STREAM)
         if UNROLL == 2:  # the second tile may run past this split's end: masked
             x2, w2 = _gemv_tile(x_ptrs + BLOCK_K, w_ptrs + BLOCK_K, k + BLOCK_K, k_end, m_ok,
-                                n_ok, False, BLOCK_K, STREAM, BITS)  # fmt: skip
+                                n_ok, False, BLOCK_K, STREAM)  # fmt: skip
         if REDUCE:
             acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
             if UNROLL == 2:
@@ -115,7 +112,7 @@ def _fp8_gemv_kernel(
         y = acc
     else:
         y = tl.sum(acc, axis=2)
-    y = y * UNSCALE_HALF * (tl.load(s_ptr + rn, mask=n_ok, other=0.0) * UNSCALE_HALF)[None, :]
+    y = y * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
     out_mask = m_ok[:, None] & n_ok[None, :]
     if PARTIAL:  # float32 partial sums [split, M, N], added up by _sum_splits_kernel
         out_ptrs = out_ptr + (pid_k * M + rm[:, None]).to(tl.int64) * N + rn[None, :]
@@ -232,7 +229,6 @@ def _gemv(
     config: tuple[int, ...],
 ) -> None:
     block_n, block_k, warps, stages, split, unroll, reduce, stream = (*config, 1, 0, 0)[:8]
-    bits = weight.dtype == torch.float8_e4m3fn  # else (benchmarks) 16-bit weights as they are
     (rows, k), n = x.shape, weight.shape[0]
     block_k = min(block_k, triton.next_power_of_2(k))
     padded_rows = triton.next_power_of_2(rows)
@@ -248,8 +244,7 @@ def _gemv(
         x, weight, scale, bias if bias is not None else scale, out, rows, n, k, k_split,
         x.stride(0), ROWS=padded_rows, HAS_BIAS=bias is not None,
         PARTIAL=partial, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-        UNROLL=unroll, REDUCE=bool(reduce), STREAM=bool(stream), BITS=bits,
-        UNSCALE_HALF=2.0**60 if bits else 1.0, num_warps=warps,
+        UNROLL=unroll, REDUCE=bool(reduce), STREAM=bool(stream), num_warps=warps,
         num_stages=stages,
     )  # fmt: skip
     if partial:
