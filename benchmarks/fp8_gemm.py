@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from record import append_record, device_name
 
-from pagedllm.kernels.fp8_weight_matmul import MAX_ROWS, fp8_weight_matmul
+from pagedllm.kernels.fp8_weight_matmul import (
+    GEMV_CONFIG,
+    GEMV_WIDE_CONFIG,
+    GEMV_WIDE_ROWS,
+    MAX_ROWS,
+    fp8_weight_matmul,
+)
 from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
@@ -131,29 +137,23 @@ def rotating_us(call, weights: list[torch.Tensor]) -> str:
     return f"{us:.1f} ({weights[0].numel() * weights[0].element_size() / us / 1e6:.2f})"
 
 
-PROBE_DOT_CONFIGS = [(16, 512, 4, 3), (32, 512, 4, 3), (32, 256, 4, 4), (64, 256, 4, 3),
-                     (32, 1024, 8, 2), (64, 512, 8, 3)]  # fmt: skip
-
-
 def probe() -> list[str]:
-    """The one-row product: the GEMV kernel, the tl.dot kernel (weights widened by moving
-    bits, then tensor cores on a 16-row tile) at several tiles, the GEMV on bfloat16
-    weights (no widening: the bytes it reads per second show what widening costs), and
-    cuBLAS' bfloat16 product. Each call reads another of eight weight copies, so the
-    weights come from HBM, not from the 50 MB L2 (as in a model's step)."""
-    lines = ["| layer | FP8 GEMV µs (TB/s) | FP8 dot, best tiles | GEMV on bf16 weights "
-             "| cuBLAS bf16 |", "|---|---|---|---|---|"]  # fmt: skip
+    """Where the one-row GEMV loses bandwidth: the same kernel on FP8 weights and on
+    bfloat16 ones (no widening of FP8 values: if it reads bytes faster, the conversion is
+    the limit), against cuBLAS' bfloat16 product. Each call reads another of eight weight
+    copies, so the weights come from HBM, not from the 50 MB L2 (as in a model's step)."""
+    lines = ["| layer | FP8 GEMV µs (TB/s) | weights evict-first | same kernel on bf16 "
+             "weights | cuBLAS bf16 |", "|---|---|---|---|---|"]  # fmt: skip
     for name, (n, k) in SHAPES.items():
         layer = fp8_layer(n, k)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         fp8 = [layer.weight.clone() for _ in range(8)]
         dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(8)]
         gemv = functools.partial(fp8_weight_matmul, x, scale=layer.weight_scale)
-        dots = {c: rotating_us(functools.partial(gemv, config=c, kernel="dot"), fp8)
-                for c in PROBE_DOT_CONFIGS}  # fmt: skip
-        best = min(dots, key=lambda c: float(dots[c].split()[0]))
-        lines.append(f"| {name} | {rotating_us(gemv, fp8)} | {dots[best]} {best} "
-                     f"| {rotating_us(functools.partial(gemv, kernel='gemv'), dense)} "
+        tiles = GEMV_WIDE_CONFIG if n >= GEMV_WIDE_ROWS else GEMV_CONFIG
+        streamed = functools.partial(gemv, config=(*tiles, 1), kernel="gemv")
+        lines.append(f"| {name} | {rotating_us(gemv, fp8)} | {rotating_us(streamed, fp8)} "
+                     f"| {rotating_us(gemv, dense)} "
                      f"| {rotating_us(functools.partial(F.linear, x), dense)} |")  # fmt: skip
         print(lines[-1], flush=True)
         del fp8, dense

@@ -140,26 +140,10 @@ def _sum_splits_kernel(
 
 
 @triton.jit
-def _widen_e4m3(w, BF16: tl.constexpr):
-    """e4m3 values as 16-bit floats by moving bits, not by conversion instructions (an
-    e4m3 -> float32 conversion costs 1.5 of them per value, which bounded the kernels at
-    ~2-3 TB/s: benchmarks/RESULTS.md, "FP8 GEMV: what bounds it"). The sign goes to bit
-    15, exponent and mantissa below it: as bfloat16 (bias 127 against e4m3's 7) the value
-    is the e4m3 value x 2^-120, as float16 (bias 15) x 2^-8, subnormals included. The
-    caller multiplies its sums back by UNSCALE."""
-    b = w.to(tl.uint8, bitcast=True).to(tl.uint16)
-    if BF16:
-        return (((b & 0x80) << 8) | ((b & 0x7F) << 4)).to(tl.bfloat16, bitcast=True)
-    else:
-        return (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.float16, bitcast=True)
-
-
-@triton.jit
 def _fp8_dot_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BF16: tl.constexpr, UNSCALE_HALF: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     rm = tl.arange(0, BLOCK_M)
@@ -178,12 +162,10 @@ def _fp8_dot_kernel(
             k_ok = k + rk < K
             x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(_widen_e4m3(w, BF16)), acc)
+        acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    # UNSCALE (2^120 or 2^8) in two factors: scale * 2^120 could overflow float32.
-    scale = tl.load(s_ptr + rn, mask=n_ok, other=0.0) * UNSCALE_HALF
-    acc = acc * UNSCALE_HALF * scale[None, :]
+    acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
@@ -265,7 +247,6 @@ def _dot(
 ) -> None:
     block_n, block_k, warps, stages = config[:4]
     (rows, k), n = x.shape, weight.shape[0]
-    bf16 = x.dtype == torch.bfloat16
     block_m = max(16, triton.next_power_of_2(rows))  # tl.dot's smallest tile
     block_k = min(block_k, max(16, triton.next_power_of_2(k)))
     # Each stage buffers an x tile (2 bytes) and a weight tile (1 byte) in shared memory.
@@ -276,6 +257,5 @@ def _dot(
     _fp8_dot_kernel[(triton.cdiv(n, block_n),)](
         x, weight, scale, bias if bias is not None else scale, y, rows, n, k, x.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, BLOCK_M=block_m,
-        BLOCK_N=block_n, BLOCK_K=block_k, BF16=bf16, UNSCALE_HALF=2.0 ** (60 if bf16 else 4),
-        num_warps=warps, num_stages=stages,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
