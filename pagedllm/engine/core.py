@@ -95,6 +95,7 @@ class EngineCore:
         self.structured_outputs: StructuredOutputManager | None = None
         # Async scheduling: the step queued on the device whose tokens are not read yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
+        self._phase_ms = (0.0, 0.0, 0.0)  # the last step's schedule, launch, wait
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -201,9 +202,10 @@ class EngineCore:
         if logger.isEnabledFor(logging.DEBUG):
             # Wall clock (ms resolution) and duration: to line steps up with a client's
             # inter-token gaps (benchmarks/serving.py --step-trace).
-            logger.debug("Step ended at %.3f after %.2f ms, %d tokens sampled",
+            logger.debug("Step ended at %.3f after %.2f ms, %d tokens sampled; "
+                         "schedule %.2f ms, launch %.2f ms, wait for the last %.2f ms",
                          time.time(), 1e3 * iteration.step_seconds,
-                         iteration.num_generation_tokens)  # fmt: skip
+                         iteration.num_generation_tokens, *self._phase_ms)  # fmt: skip
         return outputs, iteration
 
     def _step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
@@ -219,8 +221,10 @@ class EngineCore:
             if not outputs:
                 self._idle()
             return outputs, self._iteration_stats(None, outputs)
+        began = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
         grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
+        scheduled = time.perf_counter()
         try:
             launched = self.runner.execute_model(scheduler_output, grammar)
         except Exception as exc:
@@ -228,8 +232,12 @@ class EngineCore:
                 outputs += self._finish_in_flight()
             outputs += self._fail_step(scheduler_output, exc)
             return outputs, self._iteration_stats(None, outputs)
+        queued = time.perf_counter()
         if self._in_flight is not None:
             outputs += self._finish_in_flight()
+        # Where the step's wall time went, for the DEBUG step trace.
+        self._phase_ms = (1e3 * (scheduled - began), 1e3 * (queued - scheduled),
+                          1e3 * (time.perf_counter() - queued))  # fmt: skip
         if self._may_run_ahead() and not scheduler_output.is_empty:
             self._in_flight = (scheduler_output, launched)
         else:
