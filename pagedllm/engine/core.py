@@ -224,6 +224,11 @@ class EngineCore:
         began = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
         grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
+        if self._in_flight is not None and self.runner.launch_blocks(scheduler_output):
+            # Its outputs leave now, not after a launch that waits for the device. Safe:
+            # a request the resolved step finishes still runs in the scheduled step (as it
+            # would have, launched first); its blocks are reused only from the next one.
+            outputs += self._finish_in_flight()
         scheduled = time.perf_counter()
         try:
             launched = self.runner.execute_model(scheduler_output, grammar)

@@ -46,6 +46,12 @@ class Executor(Protocol):
 
     def resolve(self, launched: Any) -> ModelRunnerOutput: ...
 
+    def launch_blocks(self, scheduler_output: SchedulerOutput) -> bool:
+        """Whether launching this step may wait for the device (an eager step's kernels
+        fill the launch queue behind the step running): the engine core then resolves the
+        step in flight first, so its outputs are not held behind that wait."""
+        ...
+
     def weight_bytes(self) -> int: ...
 
     def decode_read_bytes(self) -> int: ...
@@ -75,6 +81,9 @@ class RankExecutor(abc.ABC):
 
     def initialize_kv_cache(self, plan: KVCachePlan) -> None:
         self._call("initialize_kv_cache", plan, timeout=START_TIMEOUT_S)
+
+    def launch_blocks(self, scheduler_output: SchedulerOutput) -> bool:
+        return False  # ranks run on the CPU (CUDA ranks are refused): no launch queue
 
     def weight_bytes(self) -> int:
         """Over every rank."""

@@ -320,6 +320,15 @@ class ModelRunner:
                 state.pending_row = row
         return LaunchedStep(batch.req_ids, batch.sampled_req_indices, states, sampled, None)
 
+    def launch_blocks(self, scheduler_output: SchedulerOutput) -> bool:
+        """On CUDA, a step of more tokens than the largest CUDA graph runs eagerly: its
+        hundreds of kernels, queued behind the step running, fill the launch queue and the
+        launch waits for the device (benchmarks/RESULTS.md, "where the long prefill steps
+        come from"). Such a step runs long enough that resolving the step in flight first
+        costs the device only this step's input preparation."""
+        eager = scheduler_output.total_num_scheduled_tokens > max(MIXED_SIZES)
+        return eager and self.device.type == "cuda"
+
     def resolve(self, launched: LaunchedStep) -> ModelRunnerOutput:
         """Wait for a launched step's tokens, record them in the request states (a state
         may be gone from ``self.requests`` by now, finished meanwhile: harmless), and

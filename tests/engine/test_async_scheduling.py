@@ -97,6 +97,30 @@ def test_async_preemption_with_tokens_in_flight(tiny_models, engines):
     assert pool.get_num_free_blocks() == pool.num_blocks
 
 
+@pytest.mark.parametrize("blocking", ["every", "alternate"])
+def test_steps_whose_launch_blocks_resolve_the_step_in_flight_first(engines, monkeypatch, blocking):
+    """The core resolves the step in flight before launching a step the runner says may
+    block (on CUDA: eager steps over the largest graph), every step or every other one:
+    the outputs stay those of synchronous steps, eos found, blocks all returned."""
+    sync, ahead = engines
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(24, seed=13)]
+    params = varied_params(24)
+    expected = outputs_of(sync, prompts, params)
+    core = ahead.llm_engine.engine_core
+    calls = []
+
+    def launch_blocks(scheduler_output) -> bool:
+        calls.append(core._in_flight is not None)
+        return blocking == "every" or len(calls) % 2 == 0
+
+    monkeypatch.setattr(core.runner, "launch_blocks", launch_blocks)
+    assert_same(outputs_of(ahead, prompts, params), expected)
+    assert sum(calls) > 10  # asked with a step in flight, again and again
+    pool = core.kv_cache_manager.block_pool
+    pool.check_integrity()
+    assert pool.get_num_free_blocks() == pool.num_blocks
+
+
 def test_requests_needing_known_tokens_make_steps_synchronous(engines):
     sync, ahead = engines
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(12, seed=8)]
