@@ -1,6 +1,8 @@
 """The users' own scripts (../shared/seeds/003, sections 9.1.1 and 9.2.1), run unchanged but
-for `vllm` -> `pagedllm` in the import and the model path, against SmolLM2 kept as a
-Hugging Face-format directory (safetensors + tokenizer), as those users keep their models."""
+for `vllm` -> `pagedllm` in the import and the model path, against Hugging Face-format
+directories (safetensors + tokenizer), as those users keep their models: SmolLM2 itself, and
+for the multi-turn script (2 x 512 sampled tokens, minutes of CPU with the real weights) a
+2-layer random-weight model with SmolLM2's config keys, tokenizer and chat template."""
 
 from __future__ import annotations
 
@@ -33,6 +35,29 @@ def smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def tiny_smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's directory shrunk to 2 layers of width 64 with random weights (its 49152-token
+    tokenizer and template kept): the same loading, templating and sampling path, each
+    decode step in milliseconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pagedllm.model_files import resolve_model
+
+    files = resolve_model(None)
+    target = tmp_path_factory.mktemp("SmolLM2-tiny")
+    for path in files.config_dir.iterdir():
+        if path.name != "gguf_tensors.json":
+            shutil.copy(path, target / path.name)
+    config = AutoConfig.from_pretrained(target)
+    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16))  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(target)
+    return target
+
+
 def run_seed(name: str, model_dir: Path, tmp_path: Path) -> str:
     script = tmp_path / name
     script.write_text((SCRIPTS / name).read_text().replace("MODEL_PATH", str(model_dir)))
@@ -49,6 +74,6 @@ def test_seed_offline_inference_script(smollm_dir, tmp_path):
     assert "肚子疼" in stdout
 
 
-def test_seed_multi_turn_script(smollm_dir, tmp_path):
-    stdout = run_seed("vllm_infer.py", smollm_dir, tmp_path)
+def test_seed_multi_turn_script(tiny_smollm_dir, tmp_path):
+    stdout = run_seed("vllm_infer.py", tiny_smollm_dir, tmp_path)
     assert stdout.count("query: ") == 2 and stdout.count("response: ") == 2

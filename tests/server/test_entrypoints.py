@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.server.conftest import MODEL, start_server, stop_server
 
@@ -38,20 +39,41 @@ def serve(*flags: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+UNBUILT_FLAGS = [
+    (["--quantization", "awq"], "quantization='awq' is not supported; pagedllm supports fp8"),
+    (["--swap-space", "-1"], "swap_space must be >= 0 GiB"),
+    (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
+    (["--kv-cache-dtype", "int8_per_token_head"], "kv_cache_dtype"),
+    (["--enable-reasoning"], "--reasoning-parser"),
+    (["--enable-log-outputs"], "--enable-log-outputs needs --enable-log-requests"),
+    (["--enable-log-requests", "--disable-log-requests"], "contradict each other"),
+    (["--max-log-len", "-1"], "--max-log-len must be at least 0"),
+]
+
+
 def test_unbuilt_flags_fail_at_start_naming_them():
-    for flags, name in [
-        (["--quantization", "awq"], "quantization='awq' is not supported; pagedllm supports fp8"),
-        (["--swap-space", "-1"], "swap_space must be >= 0 GiB"),
-        (["--tensor_parallel_size", "2"], "tensor_parallel_size"),
-        (["--kv-cache-dtype", "int8_per_token_head"], "kv_cache_dtype"),
-        (["--enable-reasoning"], "--reasoning-parser"),
-        (["--enable-log-outputs"], "--enable-log-outputs needs --enable-log-requests"),
-        (["--enable-log-requests", "--disable-log-requests"], "contradict each other"),
-        (["--max-log-len", "-1"], "--max-log-len must be at least 0"),
-    ]:
-        done = serve(*flags, "--port", "0")
-        assert done.returncode == 2, (flags, done.stderr[-500:])
-        assert name in done.stderr
+    """The command as a user types it: exit status 2 and the flag named on stderr."""
+    flags, name = UNBUILT_FLAGS[0]
+    done = serve(*flags, "--port", "0")
+    assert done.returncode == 2, (flags, done.stderr[-500:])
+    assert name in done.stderr
+
+
+@pytest.mark.parametrize(("flags", "name"), UNBUILT_FLAGS)
+def test_each_unbuilt_flag_fails_at_start_naming_it(flags, name, monkeypatch, capsys):
+    """Every refused flag through the command's own main() in this process (a process per
+    flag paid ~4 s of imports each). A flag let through would reach the socket: refused
+    here, so such a regression fails instead of serving."""
+    from pagedllm.entrypoints.cli.main import main
+    from pagedllm.entrypoints.openai import api_server
+
+    def no_bind(host: str | None, port: int) -> None:
+        raise AssertionError(f"{flags} passed the start-up checks")
+
+    monkeypatch.setattr(api_server, "_bind", no_bind)
+    monkeypatch.delenv("PAGEDLLM_LOGGING_LEVEL", raising=False)  # main() sets it for its server
+    assert main(["serve", *flags, "--port", "0"]) == 2
+    assert name in capsys.readouterr().err
 
 
 def test_busy_port_fails_before_loading_the_model():
