@@ -152,6 +152,10 @@ class ParallelConfig:
     # engine core's own process ("uni"). "ray": one Ray actor per rank (even one), placed
     # through a Ray cluster.
     distributed_executor_backend: str = "mp"
+    # Torch intra-op threads of each process that runs the model on the CPU. None: on CUDA
+    # torch's own (the host only launches kernels); with several CPU ranks and none asked
+    # for, each rank splits its own machine's physical cores (``prepare_rank_process``).
+    cpu_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -317,8 +321,9 @@ class EngineArgs(VllmEngineOptions):
     load_format: str = "auto"
     """auto, safetensors, gguf, or dummy (random weights of the right shapes)."""
     dtype: str = "auto"
-    """auto (float32 on the CPU; on a GPU the checkpoint's half type, bfloat16 for float32
-    checkpoints), bfloat16, float16 or float32."""
+    """auto (on the CPU by its features: float16 where it computes in float16 natively,
+    else float32; on a GPU the checkpoint's half type, bfloat16 for float32 checkpoints),
+    bfloat16, float16 or float32."""
     seed: int | None = 0
     """Seed of the engine's random state (sampling without a per-request seed)."""
     max_model_len: int | str | None = None
@@ -356,6 +361,10 @@ class EngineArgs(VllmEngineOptions):
     """Do not log throughput and cache statistics every few seconds."""
     device: str = "auto"
     """auto, cuda or cpu."""
+    cpu_threads: int | None = None
+    """On the CPU, torch's intra-op threads in each process that runs the model (default:
+    PAGEDLLM_CPU_NUM_THREADS, else the physical cores this process may use, split among the
+    ranks of this machine). At most the CPUs available: more only contend."""
     generation_config: str = "auto"
     """auto (sampling defaults from the model's generation_config.json), or vllm / pagedllm
     (none)."""
@@ -579,7 +588,8 @@ class EngineArgs(VllmEngineOptions):
 
             if not ray_installed():
                 raise ValueError(MISSING_RAY)
-        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
+        threads = resolve_cpu_threads(self.cpu_threads, tp * pp) if device == "cpu" else None
+        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp", threads)
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size
@@ -723,19 +733,64 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_cpu_threads(requested: int | None, ranks: int) -> int | None:
+    """Each rank's intra-op threads on the CPU: ``requested`` (else PAGEDLLM_CPU_NUM_THREADS),
+    checked against the CPUs this process may use; by default the physical cores among them
+    (more threads than cores wait on each other at every barrier). None: several ranks and
+    none asked for, each rank splits its own machine's cores (they may be on other nodes)."""
+    from pagedllm import envs
+    from pagedllm.cpu_platform import available_cpus, physical_cores
+
+    cpus = available_cpus()
+    if requested is None:
+        requested = envs.cpu_num_threads()
+    if requested is None:
+        return physical_cores(cpus) if ranks == 1 else None
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"cpu_threads must be a whole number >= 1, got {requested!r}.")
+    if requested > len(cpus):
+        raise ValueError(
+            f"cpu_threads={requested} is more than the {len(cpus)} CPUs this process may run "
+            f"on ({_cpu_list(cpus)}): threads beyond them only contend. Use at most "
+            f"{len(cpus)}, or leave it unset for the physical cores."
+        )
+    return requested
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    listed = ",".join(str(c) for c in sorted(cpus)[:16])
+    return listed + ("..." if len(cpus) > 16 else "")
+
+
 def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
-    """auto: float32 on CPU; on GPU the checkpoint's half type, bfloat16 for float32 ones."""
+    """auto: on the CPU by its features (``cpu_platform.default_cpu_dtype``, logged with the
+    reason); on GPU the checkpoint's half type, bfloat16 for float32 ones."""
     name = _DTYPE_ALIASES.get(str(dtype).replace("torch.", ""))
     if name is None:
         raise ValueError(f"dtype must be one of {sorted(_DTYPE_ALIASES)}, got {dtype!r}.")
     if name != "auto":
         return name
     if device == "cpu":
-        return "float32"
+        return _auto_cpu_dtype()
     text = getattr(hf_config, "text_config", None) or hf_config
     checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "")
     checkpoint = checkpoint.replace("torch.", "")
     return checkpoint if checkpoint in ("float16", "bfloat16") else "bfloat16"
+
+
+def _auto_cpu_dtype() -> str:
+    """PAGEDLLM_CPU_DTYPE where set, else the CPU dtype table's row for this CPU (logged with
+    its reason: the choice changes speed and, slightly, outputs)."""
+    from pagedllm import envs
+    from pagedllm.cpu_platform import cpu_flags, default_cpu_dtype
+
+    pinned = envs.cpu_dtype()
+    if pinned != "auto":
+        logger.info("dtype auto on the CPU: %s, as PAGEDLLM_CPU_DTYPE says", pinned)
+        return pinned
+    choice = default_cpu_dtype(cpu_flags())
+    logger.info("dtype auto on the CPU: %s, since %s", choice.dtype, choice.reason)
+    return choice.dtype
 
 
 def parse_size(value: int | str | None) -> int | None:

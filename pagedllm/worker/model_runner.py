@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import torch
 
-from pagedllm import envs
 from pagedllm.attention.backend import create_backend
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
@@ -90,8 +89,8 @@ class ModelRunner:
         self._last_sampling: tuple[tuple[str, ...], int, SamplingMetadata] | None = None
         # The last step's sampled ids on the device: the inputs of its decodes' next step.
         self._last_sampled: torch.Tensor | None = None
-        threads = envs.cpu_num_threads()
-        if threads and self.device.type == "cpu":
+        threads = config.parallel_config.cpu_threads
+        if threads is not None and self.device.type == "cpu":
             torch.set_num_threads(threads)
         torch.manual_seed(self.model_config.seed)
 

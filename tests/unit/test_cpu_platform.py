@@ -1,0 +1,126 @@
+"""The CPU's default dtype (a table keyed on its features) and --cpu-threads: resolution,
+refusals, and the engine core applying it. Quality of the default: tests/model/test_cpu_dtype.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pagedllm.config import EngineArgs, resolve_cpu_threads, resolve_dtype
+from pagedllm.cpu_platform import available_cpus, cpu_flags, default_cpu_dtype, physical_cores
+
+SAPPHIRE_RAPIDS = frozenset(["avx2", "f16c", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"])
+ICE_LAKE = frozenset(["avx2", "f16c", "avx512f", "avx512bw", "avx512vl"])
+HASWELL = frozenset(["avx2", "f16c", "fma"])
+
+
+@pytest.mark.parametrize(
+    "flags, dtype",
+    [
+        (SAPPHIRE_RAPIDS, "float16"),
+        (frozenset({"amx_fp16", "avx2"}), "float16"),
+        (ICE_LAKE, "float32"),
+        (HASWELL, "float32"),  # float16 products without native arithmetic: slow batched
+        (frozenset({"avx512_bf16", "amx_bf16"}), "float32"),  # bfloat16 fails the quality bar
+        (frozenset(), "float32"),
+    ],
+)
+def test_the_cpu_dtype_table(flags, dtype):
+    choice = default_cpu_dtype(flags)
+    assert choice.dtype == dtype
+    assert choice.reason
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_fp16\n\nprocessor\t: 1\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_fp16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_auto_on_the_cpu_follows_this_machines_flags_and_an_explicit_dtype_wins(monkeypatch):
+    monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)
+    expected = default_cpu_dtype(cpu_flags()).dtype
+    assert resolve_dtype("auto", object(), "cpu") == expected
+    for asked in ("float32", "bfloat16", "float16"):
+        assert resolve_dtype(asked, object(), "cpu") == asked
+
+
+def test_the_cpu_dtype_variable_pins_auto_only(monkeypatch):
+    monkeypatch.setenv("PAGEDLLM_CPU_DTYPE", "bfloat16")
+    assert resolve_dtype("auto", object(), "cpu") == "bfloat16"
+    assert resolve_dtype("float16", object(), "cpu") == "float16"
+    monkeypatch.setenv("PAGEDLLM_CPU_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="PAGEDLLM_CPU_DTYPE must be auto"):
+        resolve_dtype("auto", object(), "cpu")
+
+
+def _fake_topology(root: Path, cores: dict[int, tuple[int, int]]) -> Path:
+    for cpu, (package, core) in cores.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_physical_cores_count_hyperthreads_once(tmp_path: Path):
+    # Two sockets, two cores each, two hyper-threads per core.
+    layout = {cpu: (cpu // 4, (cpu % 4) // 2) for cpu in range(8)}
+    root = _fake_topology(tmp_path, layout)
+    assert physical_cores(set(range(8)), root) == 4
+    assert physical_cores({0, 1}, root) == 1  # one core's two threads
+    assert physical_cores({0, 2, 4}, root) == 3
+    assert physical_cores({0, 9}, root) == 2  # no topology for cpu9: count the CPUs
+
+
+def test_cpu_threads_default_and_explicit(monkeypatch):
+    monkeypatch.delenv("PAGEDLLM_CPU_NUM_THREADS", raising=False)
+    cpus = available_cpus()
+    assert resolve_cpu_threads(None, 1) == physical_cores(cpus)
+    assert resolve_cpu_threads(None, 2) is None  # each rank splits its own machine
+    assert resolve_cpu_threads(1, 1) == 1
+    assert resolve_cpu_threads(len(cpus), 1) == len(cpus)
+    monkeypatch.setenv("PAGEDLLM_CPU_NUM_THREADS", "1")
+    assert resolve_cpu_threads(None, 1) == 1
+    assert resolve_cpu_threads(None, 2) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_cpu_threads_below_one_or_not_whole_is_refused(bad):
+    with pytest.raises(ValueError, match="cpu_threads must be a whole number >= 1"):
+        resolve_cpu_threads(bad, 1)
+
+
+def test_cpu_threads_beyond_the_available_cpus_is_refused():
+    too_many = len(available_cpus()) + 1
+    with pytest.raises(ValueError, match=f"cpu_threads={too_many} is more than the"):
+        EngineArgs(device="cpu", cpu_threads=too_many).create_engine_config()
+
+
+def test_a_malformed_thread_variable_is_refused(monkeypatch):
+    monkeypatch.setenv("PAGEDLLM_CPU_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="PAGEDLLM_CPU_NUM_THREADS must be a whole number"):
+        resolve_cpu_threads(None, 1)
+
+
+def test_the_cli_takes_cpu_threads():
+    from tests.unit.test_serve_flags_vllm import configure
+
+    config = configure("--cpu-threads", "1")
+    assert config.parallel_config.cpu_threads == 1  # type: ignore[attr-defined]
+
+
+def test_the_engine_core_process_runs_with_the_threads_asked(monkeypatch):
+    """The model's process (here the engine core in its own process) sets torch's pool."""
+    from pagedllm import LLM
+
+    monkeypatch.delenv("PAGEDLLM_ENABLE_MULTIPROCESSING", raising=False)
+    llm = LLM(kv_cache_memory_bytes="64M", max_model_len=256, cpu_threads=1)
+    try:
+        assert llm.llm_engine.call_core("cpu_threads") == 1
+    finally:
+        llm.llm_engine.shutdown()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
