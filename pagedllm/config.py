@@ -156,6 +156,9 @@ class ParallelConfig:
     # torch's own (the host only launches kernels); with several CPU ranks and none asked
     # for, each rank splits its own machine's physical cores (``prepare_rank_process``).
     cpu_threads: int | None = None
+    # VLLM_CPU_OMP_THREADS_BIND: the CPUs of each rank (by rank), its threads default to
+    # their number; None: the OS places them.
+    cpu_binding: tuple[frozenset[int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -588,8 +591,11 @@ class EngineArgs(VllmEngineOptions):
 
             if not ray_installed():
                 raise ValueError(MISSING_RAY)
-        threads = resolve_cpu_threads(self.cpu_threads, tp * pp) if device == "cpu" else None
-        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp", threads)
+        if device != "cpu":
+            return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
+        binding = _cpu_binding(tp * pp, backend)
+        threads = resolve_cpu_threads(self.cpu_threads, tp * pp, binding)
+        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp", threads, binding)
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size
@@ -733,11 +739,27 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_cpu_threads(requested: int | None, ranks: int) -> int | None:
+def _cpu_binding(ranks: int, backend: str) -> tuple[frozenset[int], ...] | None:
+    from pagedllm import envs
+    from pagedllm.cpu_platform import available_cpus, parse_cpu_binding
+
+    binding = parse_cpu_binding(envs.cpu_threads_bind(), ranks, available_cpus())
+    if binding is not None and backend == "ray":
+        raise ValueError(
+            "VLLM_CPU_OMP_THREADS_BIND lists this machine's CPUs, but the ray backend places "
+            "ranks on any node: leave it unset (or auto) with ray."
+        )
+    return binding
+
+
+def resolve_cpu_threads(
+    requested: int | None, ranks: int, binding: tuple[frozenset[int], ...] | None = None
+) -> int | None:
     """Each rank's intra-op threads on the CPU: ``requested`` (else PAGEDLLM_CPU_NUM_THREADS),
-    checked against the CPUs this process may use; by default the physical cores among them
-    (more threads than cores wait on each other at every barrier). None: several ranks and
-    none asked for, each rank splits its own machine's cores (they may be on other nodes)."""
+    checked against the CPUs this process may use (and each rank's bound CPUs); by default
+    the physical cores among them (more threads than cores wait on each other at every
+    barrier). None: bound ranks take one thread per CPU of theirs, and several unbound ranks
+    split their own machine's cores (they may be on other nodes)."""
     from pagedllm import envs
     from pagedllm.cpu_platform import available_cpus, physical_cores
 
@@ -745,7 +767,12 @@ def resolve_cpu_threads(requested: int | None, ranks: int) -> int | None:
     if requested is None:
         requested = envs.cpu_num_threads()
     if requested is None:
-        return physical_cores(cpus) if ranks == 1 else None
+        return physical_cores(cpus) if ranks == 1 and binding is None else None
+    if binding is not None and requested > min(len(b) for b in binding):
+        raise ValueError(
+            f"cpu_threads={requested} is more than the {min(len(b) for b in binding)} CPUs "
+            "VLLM_CPU_OMP_THREADS_BIND gives a rank: threads beyond them only contend."
+        )
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise ValueError(f"cpu_threads must be a whole number >= 1, got {requested!r}.")
     if requested > len(cpus):

@@ -15,6 +15,7 @@ The dtype table is measured, not guessed (benchmarks/cpu_throughput.py --serving
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,42 @@ def physical_cores(cpus: set[int], sys_cpu: Path = _SYS_CPU) -> int:
             return len(cpus)  # no topology (some containers): every CPU counts
         cores.add((package, core))
     return max(1, len(cores))
+
+
+def parse_cpu_binding(
+    value: str, ranks: int, allowed: set[int]
+) -> tuple[frozenset[int], ...] | None:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND: ``auto`` or ``nobind`` (or empty): None, the OS
+    places the threads on the CPUs allowed (vLLM's ``auto`` binds per NUMA node; with one
+    rank on one node that is the same set); else one CPU list per rank, ``|`` between ranks
+    (``0-3|4-7``), each list ids and ranges (``0-3,8``). Every CPU must be allowed."""
+    value = value.strip()
+    if value in ("", "auto", "nobind"):
+        return None
+    lists = [_cpu_ids(part, value) for part in value.split("|")]
+    if len(lists) != ranks:
+        raise ValueError(
+            f"VLLM_CPU_OMP_THREADS_BIND={value!r} gives {len(lists)} CPU list(s) for "
+            f"{ranks} rank(s): give one per rank, separated by '|'."
+        )
+    outside = sorted(set().union(*lists) - allowed)
+    if outside:
+        raise ValueError(
+            f"VLLM_CPU_OMP_THREADS_BIND={value!r} names CPUs {outside} this process may not "
+            f"run on (allowed: {sorted(allowed)})."
+        )
+    return tuple(lists)
+
+
+def _cpu_ids(part: str, whole: str) -> frozenset[int]:
+    ids: set[int] = set()
+    for item in part.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if match is None or int(match.group(2) or match.group(1)) < int(match.group(1)):
+            raise ValueError(
+                f"Cannot read CPU ids from VLLM_CPU_OMP_THREADS_BIND={whole!r}; write e.g. "
+                "'0-3', '0-3,8' or '0-3|4-7' (one list per rank), or 'auto'."
+            )
+        first = int(match.group(1))
+        ids.update(range(first, int(match.group(2) or first) + 1))
+    return frozenset(ids)

@@ -72,6 +72,16 @@ def cpu_num_threads() -> int | None:
         ) from None
 
 
+def cpu_threads_bind() -> str:
+    """PAGEDLLM_CPU_OMP_THREADS_BIND, else vLLM's VLLM_CPU_OMP_THREADS_BIND: the CPUs each
+    rank's threads run on (``cpu_platform.parse_cpu_binding``; default auto)."""
+    return (
+        os.environ.get("PAGEDLLM_CPU_OMP_THREADS_BIND")
+        or os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        or "auto"
+    )
+
+
 def cpu_dtype() -> str:
     """PAGEDLLM_CPU_DTYPE: what --dtype auto means on the CPU, for every engine started with
     this environment (a fleet pinning one dtype; the test suite's float32 references):

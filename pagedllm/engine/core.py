@@ -34,7 +34,7 @@ UTILITIES = frozenset(
         "weight_bytes",
         "decode_read_bytes",
         "worker_pids",
-        "cpu_threads",
+        "cpu_placement",
     }
 )
 
@@ -156,11 +156,14 @@ class EngineCore:
 
     # -- utilities (called by name from the front end: ``UTILITIES``) ---------------------
 
-    def cpu_threads(self) -> int:
-        """torch's intra-op threads in this process (--cpu-threads, as the runner set them)."""
+    def cpu_placement(self) -> tuple[int, list[int]]:
+        """torch's intra-op threads in this process and the CPUs it may run on (as the
+        runner set them from --cpu-threads and VLLM_CPU_OMP_THREADS_BIND)."""
+        import os
+
         import torch
 
-        return torch.get_num_threads()
+        return torch.get_num_threads(), sorted(os.sched_getaffinity(0))
 
     def weight_bytes(self) -> int:
         """Bytes of the model's weights on the devices, every rank's (benchmarks relate speed

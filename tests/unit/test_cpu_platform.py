@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from pagedllm.config import EngineArgs, resolve_cpu_threads, resolve_dtype
-from pagedllm.cpu_platform import available_cpus, cpu_flags, default_cpu_dtype, physical_cores
+from pagedllm.cpu_platform import (
+    available_cpus,
+    cpu_flags,
+    default_cpu_dtype,
+    parse_cpu_binding,
+    physical_cores,
+)
 
 SAPPHIRE_RAPIDS = frozenset(["avx2", "f16c", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"])
 ICE_LAKE = frozenset(["avx2", "f16c", "avx512f", "avx512bw", "avx512vl"])
@@ -113,6 +119,45 @@ def test_the_cli_takes_cpu_threads():
     assert config.parallel_config.cpu_threads == 1  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    "value, ranks, expected",
+    [
+        ("auto", 1, None),
+        ("nobind", 2, None),
+        ("", 1, None),
+        ("0-3", 1, (frozenset({0, 1, 2, 3}),)),
+        ("0-1,6|2-3", 2, (frozenset({0, 1, 6}), frozenset({2, 3}))),
+    ],
+)
+def test_vllm_thread_binding_is_read_as_vllm_writes_it(value, ranks, expected):
+    assert parse_cpu_binding(value, ranks, set(range(8))) == expected
+
+
+@pytest.mark.parametrize(
+    "value, ranks, message",
+    [
+        ("0-3", 2, "gives 1 CPU list"),
+        ("0-3|4-5", 1, "gives 2 CPU list"),
+        ("0-9", 1, "names CPUs \\[8, 9\\]"),
+        ("zero", 1, "Cannot read CPU ids"),
+        ("0-", 1, "Cannot read CPU ids"),
+        ("3-1", 1, "Cannot read CPU ids"),
+        ("0-1|", 2, "Cannot read CPU ids"),
+    ],
+)
+def test_a_bad_thread_binding_is_refused(value, ranks, message):
+    with pytest.raises(ValueError, match=message):
+        parse_cpu_binding(value, ranks, set(range(8)))
+
+
+def test_bound_ranks_take_one_thread_per_cpu_unless_asked(monkeypatch):
+    monkeypatch.delenv("PAGEDLLM_CPU_NUM_THREADS", raising=False)
+    one = (frozenset({0}),)
+    assert resolve_cpu_threads(None, 1, one) is None  # the runner: len of its list
+    with pytest.raises(ValueError, match="VLLM_CPU_OMP_THREADS_BIND gives a rank"):
+        resolve_cpu_threads(2, 1, one)
+
+
 def test_the_engine_core_process_runs_with_the_threads_asked(monkeypatch):
     """The model's process (here the engine core in its own process) sets torch's pool."""
     from pagedllm import LLM
@@ -120,7 +165,26 @@ def test_the_engine_core_process_runs_with_the_threads_asked(monkeypatch):
     monkeypatch.delenv("PAGEDLLM_ENABLE_MULTIPROCESSING", raising=False)
     llm = LLM(kv_cache_memory_bytes="64M", max_model_len=256, cpu_threads=1)
     try:
-        assert llm.llm_engine.call_core("cpu_threads") == 1
+        threads, cpus = llm.llm_engine.call_core("cpu_placement")
+        assert threads == 1
+        assert set(cpus) == available_cpus()  # no binding asked: the OS places the threads
     finally:
         llm.llm_engine.shutdown()
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_the_engine_core_process_is_bound_as_vllms_variable_says(monkeypatch):
+    from pagedllm import LLM
+
+    last = max(available_cpus())
+    monkeypatch.delenv("PAGEDLLM_ENABLE_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("PAGEDLLM_CPU_NUM_THREADS", raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", str(last))
+    llm = LLM(kv_cache_memory_bytes="64M", max_model_len=256)
+    try:
+        threads, cpus = llm.llm_engine.call_core("cpu_placement")
+        assert (threads, list(cpus)) == (1, [last])
+        out = llm.generate("Hello", use_tqdm=False)[0]
+        assert out.outputs[0].token_ids
+    finally:
+        llm.llm_engine.shutdown()
