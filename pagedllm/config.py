@@ -550,7 +550,7 @@ class EngineArgs(VllmEngineOptions):
             files=files,
             hf_config=hf_config,
             architecture=architecture,
-            dtype=resolve_dtype(self.dtype, hf_config, device),
+            dtype=resolve_dtype(self.dtype, hf_config, device, self._asked_cpu_threads()),
             max_model_len=_max_model_len(self.max_model_len, hf_config),
             seed=0 if self.seed is None else self.seed,
             load_format=self.load_format,
@@ -566,6 +566,14 @@ class EngineArgs(VllmEngineOptions):
             tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir,
         )
+
+    def _asked_cpu_threads(self) -> int | None:
+        """--cpu-threads or PAGEDLLM_CPU_NUM_THREADS where a valid count (checked, with the
+        refusal, in ``_parallel_config``)."""
+        from pagedllm import envs
+
+        asked = self.cpu_threads if self.cpu_threads is not None else envs.cpu_num_threads()
+        return asked if isinstance(asked, int) and asked >= 1 else None
 
     def _parallel_config(self, device: str, model_config: ModelConfig) -> ParallelConfig:
         from pagedllm.distributed.sizes import DISTRIBUTED_EXECUTOR_BACKENDS, check_parallel_sizes
@@ -789,7 +797,7 @@ def _cpu_list(cpus: set[int]) -> str:
     return listed + ("..." if len(cpus) > 16 else "")
 
 
-def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
+def resolve_dtype(dtype: str, hf_config: Any, device: str, cpu_threads: int | None = None) -> str:
     """auto: on the CPU by its features (``cpu_platform.default_cpu_dtype``, logged with the
     reason); on GPU the checkpoint's half type, bfloat16 for float32 ones."""
     name = _DTYPE_ALIASES.get(str(dtype).replace("torch.", ""))
@@ -798,24 +806,51 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
     if name != "auto":
         return name
     if device == "cpu":
-        return _auto_cpu_dtype()
+        return _auto_cpu_dtype(cpu_threads)
     text = getattr(hf_config, "text_config", None) or hf_config
     checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "")
     checkpoint = checkpoint.replace("torch.", "")
     return checkpoint if checkpoint in ("float16", "bfloat16") else "bfloat16"
 
 
-def _auto_cpu_dtype() -> str:
+# float16 is kept only if its batched product is at most this much slower than float32's
+# (measured ratio where native: 0.9-1.1; through torch's widening fallback: 5x and more).
+_FLOAT16_SLOWDOWN_LIMIT = 1.5
+
+
+def _auto_cpu_dtype(threads: int | None = None) -> str:
     """PAGEDLLM_CPU_DTYPE where set, else the CPU dtype table's row for this CPU (logged with
-    its reason: the choice changes speed and, slightly, outputs)."""
+    its reason: the choice changes speed and, slightly, outputs); a float16 row only once
+    its batched product, timed on the engine's ``threads``, is not much slower than float32."""
     from pagedllm import envs
-    from pagedllm.cpu_platform import cpu_flags, default_cpu_dtype
+    from pagedllm.cpu_platform import (
+        available_cpus,
+        cpu_flags,
+        default_cpu_dtype,
+        float16_batched_slowdown,
+        physical_cores,
+    )
 
     pinned = envs.cpu_dtype()
     if pinned != "auto":
         logger.info("dtype auto on the CPU: %s, as PAGEDLLM_CPU_DTYPE says", pinned)
         return pinned
     choice = default_cpu_dtype(cpu_flags())
+    if choice.dtype == "float16":
+        threads = min(threads or physical_cores(available_cpus()), len(available_cpus()))
+        slowdown = float16_batched_slowdown(threads)
+        if slowdown > _FLOAT16_SLOWDOWN_LIMIT:
+            logger.info(
+                "dtype auto on the CPU: float32, since a 32-row float16 product took %.1fx the "
+                "float32 one on %d threads here (the table expected native float16)",
+                slowdown, threads,
+            )  # fmt: skip
+            return "float32"
+        logger.info(
+            "dtype auto on the CPU: float16, since %s; a 32-row float16 product took %.2fx "
+            "the float32 one on %d threads here", choice.reason, slowdown, threads,
+        )  # fmt: skip
+        return "float16"
     logger.info("dtype auto on the CPU: %s, since %s", choice.dtype, choice.reason)
     return choice.dtype
 

@@ -1,5 +1,6 @@
 """What the CPU offers the engine: its instruction-set features (the default dtype is chosen
-from them) and its cores (the default thread count). Read from /proc and /sys, no torch.
+from them, float16 only once a quick product confirms it is fast here) and its cores (the
+default thread count). Features and cores are read from /proc and /sys.
 
 The dtype table is measured, not guessed (benchmarks/cpu_throughput.py --serving on the
 2-core CI machine, SmolLM2-135M; quality by tests/model/test_cpu_dtype.py):
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _CPUINFO = Path("/proc/cpuinfo")
 _SYS_CPU = Path("/sys/devices/system/cpu")
@@ -79,6 +82,39 @@ def default_cpu_dtype(flags: frozenset[str]) -> DtypeChoice:
         if needed <= flags:
             return choice
     raise AssertionError("the table's last row needs no feature")
+
+
+def float16_batched_slowdown(threads: int, rows: int = 32, tries: int = 5) -> float:
+    """How much slower a ``rows``-row float16 product is than the float32 one, here, on
+    ``threads`` threads (best of ``tries``, ~20 ms in all). The table's float16 rows assume
+    torch routes float16 products to a native kernel; a build or CPU that falls back to
+    widening each element instead runs batched decode several times slower than float32,
+    which this catches before the model is built."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        half = _best_product_seconds(torch.float16, rows, tries)
+        single = _best_product_seconds(torch.float32, rows, tries)
+    finally:
+        torch.set_num_threads(before)
+    return half / single
+
+
+def _best_product_seconds(dtype: Any, rows: int, tries: int) -> float:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1536, 576, generator=generator).to(dtype)  # a small model's MLP
+    x = torch.randn(rows, 576, generator=generator).to(dtype)
+    torch.mm(weight, x.t())  # first call: kernel selection and packing, not timed
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        torch.mm(weight, x.t())
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def available_cpus() -> set[int]:

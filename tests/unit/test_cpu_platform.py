@@ -13,6 +13,7 @@ from pagedllm.cpu_platform import (
     available_cpus,
     cpu_flags,
     default_cpu_dtype,
+    float16_batched_slowdown,
     parse_cpu_binding,
     physical_cores,
 )
@@ -52,6 +53,28 @@ def test_auto_on_the_cpu_follows_this_machines_flags_and_an_explicit_dtype_wins(
     assert resolve_dtype("auto", object(), "cpu") == expected
     for asked in ("float32", "bfloat16", "float16"):
         assert resolve_dtype(asked, object(), "cpu") == asked
+
+
+@pytest.mark.parametrize("slowdown, dtype", [(1.0, "float16"), (5.0, "float32")])
+def test_float16_is_kept_only_if_its_batched_product_is_fast_here(monkeypatch, slowdown, dtype):
+    import pagedllm.cpu_platform as platform
+
+    monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)
+    monkeypatch.setattr(platform, "cpu_flags", lambda: SAPPHIRE_RAPIDS)
+    timed = []
+    monkeypatch.setattr(
+        platform, "float16_batched_slowdown", lambda threads: timed.append(threads) or slowdown
+    )
+    assert resolve_dtype("auto", object(), "cpu", cpu_threads=1) == dtype
+    assert timed == [1]  # on the engine's threads
+    monkeypatch.setattr(platform, "cpu_flags", lambda: HASWELL)
+    assert resolve_dtype("auto", object(), "cpu") == "float32"
+    assert timed == [1]  # no float16 row: nothing timed
+
+
+def test_the_float16_probe_measures_a_ratio():
+    ratio = float16_batched_slowdown(1, rows=4, tries=2)
+    assert 0 < ratio < 1000
 
 
 def test_the_cpu_dtype_variable_pins_auto_only(monkeypatch):
