@@ -600,6 +600,11 @@ class EngineArgs(VllmEngineOptions):
             if not ray_installed():
                 raise ValueError(MISSING_RAY)
         if device != "cpu":
+            if self.cpu_threads is not None:
+                raise ValueError(
+                    f"cpu_threads={self.cpu_threads} sizes the threads that run the model on the "
+                    f"CPU, but it runs on {device}; leave it unset there."
+                )
             return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
         binding = _cpu_binding(tp * pp, backend)
         threads = resolve_cpu_threads(self.cpu_threads, tp * pp, binding)

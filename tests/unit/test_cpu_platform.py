@@ -211,3 +211,10 @@ def test_the_engine_core_process_is_bound_as_vllms_variable_says(monkeypatch):
         assert out.outputs[0].token_ids
     finally:
         llm.llm_engine.shutdown()
+
+
+def test_cpu_threads_on_a_gpu_is_refused_not_ignored():
+    args = EngineArgs(cpu_threads=2)
+    model_config = args._model_config("cpu")
+    with pytest.raises(ValueError, match=r"cpu_threads=2 sizes the threads .* runs on cuda"):
+        args._parallel_config("cuda", model_config)
