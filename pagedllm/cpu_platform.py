@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,37 +85,40 @@ def default_cpu_dtype(flags: frozenset[str]) -> DtypeChoice:
     raise AssertionError("the table's last row needs no feature")
 
 
-def float16_batched_slowdown(threads: int, rows: int = 32, tries: int = 5) -> float:
+def float16_batched_slowdown(threads: int, rows: int = 32, tries: int = 10) -> float:
     """How much slower a ``rows``-row float16 product is than the float32 one, here, on
-    ``threads`` threads (best of ``tries``, ~20 ms in all). The table's float16 rows assume
+    ``threads`` threads (the best of ``tries`` each, interleaved so that other processes'
+    load falls on both alike; ~20 ms on a quiet machine). The table's float16 rows assume
     torch routes float16 products to a native kernel; a build or CPU that falls back to
-    widening each element instead runs batched decode several times slower than float32,
-    which this catches before the model is built."""
+    widening each element runs batched decode several times slower than float32, which
+    this catches before the model is built."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        half = _best_product_seconds(torch.float16, rows, tries)
-        single = _best_product_seconds(torch.float32, rows, tries)
+        products = [_product(torch.float16, rows), _product(torch.float32, rows)]
+        best = [float("inf"), float("inf")]
+        for _ in range(tries):
+            for i, product in enumerate(products):
+                start = time.perf_counter()
+                product()
+                best[i] = min(best[i], time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-    return half / single
+    return best[0] / best[1]
 
 
-def _best_product_seconds(dtype: Any, rows: int, tries: int) -> float:
+def _product(dtype: Any, rows: int) -> Callable[[], Any]:
+    """A small model's MLP product at ``dtype``, run once (kernel selection and packing are
+    not what is timed)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(1536, 576, generator=generator).to(dtype)  # a small model's MLP
+    weight = torch.randn(1536, 576, generator=generator).to(dtype)
     x = torch.randn(rows, 576, generator=generator).to(dtype)
-    torch.mm(weight, x.t())  # first call: kernel selection and packing, not timed
-    best = float("inf")
-    for _ in range(tries):
-        start = time.perf_counter()
-        torch.mm(weight, x.t())
-        best = min(best, time.perf_counter() - start)
-    return best
+    torch.mm(weight, x.t())
+    return lambda: torch.mm(weight, x.t())
 
 
 def available_cpus() -> set[int]:
