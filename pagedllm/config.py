@@ -550,7 +550,7 @@ class EngineArgs(VllmEngineOptions):
             files=files,
             hf_config=hf_config,
             architecture=architecture,
-            dtype=resolve_dtype(self.dtype, hf_config, device, self._asked_cpu_threads()),
+            dtype=resolve_dtype(self.dtype, hf_config, device),
             max_model_len=_max_model_len(self.max_model_len, hf_config),
             seed=0 if self.seed is None else self.seed,
             load_format=self.load_format,
@@ -566,14 +566,6 @@ class EngineArgs(VllmEngineOptions):
             tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir,
         )
-
-    def _asked_cpu_threads(self) -> int | None:
-        """--cpu-threads or PAGEDLLM_CPU_NUM_THREADS where a valid count (checked, with the
-        refusal, in ``_parallel_config``)."""
-        from pagedllm import envs
-
-        asked = self.cpu_threads if self.cpu_threads is not None else envs.cpu_num_threads()
-        return asked if isinstance(asked, int) and asked >= 1 else None
 
     def _parallel_config(self, device: str, model_config: ModelConfig) -> ParallelConfig:
         from pagedllm.distributed.sizes import DISTRIBUTED_EXECUTOR_BACKENDS, check_parallel_sizes
@@ -802,7 +794,7 @@ def _cpu_list(cpus: set[int]) -> str:
     return listed + ("..." if len(cpus) > 16 else "")
 
 
-def resolve_dtype(dtype: str, hf_config: Any, device: str, cpu_threads: int | None = None) -> str:
+def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
     """auto: on the CPU by its features (``cpu_platform.default_cpu_dtype``, logged with the
     reason); on GPU the checkpoint's half type, bfloat16 for float32 ones."""
     name = _DTYPE_ALIASES.get(str(dtype).replace("torch.", ""))
@@ -811,7 +803,7 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str, cpu_threads: int | No
     if name != "auto":
         return name
     if device == "cpu":
-        return _auto_cpu_dtype(cpu_threads)
+        return _auto_cpu_dtype()
     text = getattr(hf_config, "text_config", None) or hf_config
     checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "")
     checkpoint = checkpoint.replace("torch.", "")
@@ -819,23 +811,18 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str, cpu_threads: int | No
 
 
 # float16 is kept only if its batched product is at most this much slower than float32's.
-# Measured where native: 0.9-1.1 on a quiet machine, up to 2.3 on a 2-core one at load 4-6
-# (best of 10 still meets descheduled threads); torch's widening fallback: 5x and more.
+# Measured where native (AVX512-FP16, one thread, best of 20): 1.3-1.6x on a 2-core host at
+# load 4-5 (best of 10 once read 2.1x); torch's widening fallback makes batched decode 5x
+# slower and more.
 _FLOAT16_SLOWDOWN_LIMIT = 3.0
 
 
-def _auto_cpu_dtype(threads: int | None = None) -> str:
+def _auto_cpu_dtype() -> str:
     """PAGEDLLM_CPU_DTYPE where set, else the CPU dtype table's row for this CPU (logged with
     its reason: the choice changes speed and, slightly, outputs); a float16 row only once
-    its batched product, timed on the engine's ``threads``, is not much slower than float32."""
+    its batched product is timed not much slower than float32's here."""
     from pagedllm import envs
-    from pagedllm.cpu_platform import (
-        available_cpus,
-        cpu_flags,
-        default_cpu_dtype,
-        float16_batched_slowdown,
-        physical_cores,
-    )
+    from pagedllm.cpu_platform import cpu_flags, default_cpu_dtype, float16_batched_slowdown
 
     pinned = envs.cpu_dtype()
     if pinned != "auto":
@@ -843,18 +830,16 @@ def _auto_cpu_dtype(threads: int | None = None) -> str:
         return pinned
     choice = default_cpu_dtype(cpu_flags())
     if choice.dtype == "float16":
-        threads = min(threads or physical_cores(available_cpus()), len(available_cpus()))
-        slowdown = float16_batched_slowdown(threads)
+        slowdown = float16_batched_slowdown()
         if slowdown > _FLOAT16_SLOWDOWN_LIMIT:
             logger.info(
                 "dtype auto on the CPU: float32, since a 32-row float16 product took %.1fx the "
-                "float32 one on %d threads here (the table expected native float16)",
-                slowdown, threads,
+                "float32 one here (the table expected native float16)", slowdown,
             )  # fmt: skip
             return "float32"
         logger.info(
             "dtype auto on the CPU: float16, since %s; a 32-row float16 product took %.2fx "
-            "the float32 one on %d threads here", choice.reason, slowdown, threads,
+            "the float32 one here", choice.reason, slowdown,
         )  # fmt: skip
         return "float16"
     logger.info("dtype auto on the CPU: %s, since %s", choice.dtype, choice.reason)

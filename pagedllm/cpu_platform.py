@@ -85,17 +85,19 @@ def default_cpu_dtype(flags: frozenset[str]) -> DtypeChoice:
     raise AssertionError("the table's last row needs no feature")
 
 
-def float16_batched_slowdown(threads: int, rows: int = 32, tries: int = 10) -> float:
-    """How much slower a ``rows``-row float16 product is than the float32 one, here, on
-    ``threads`` threads (the best of ``tries`` each, interleaved so that other processes'
-    load falls on both alike; ~20 ms on a quiet machine). The table's float16 rows assume
-    torch routes float16 products to a native kernel; a build or CPU that falls back to
-    widening each element runs batched decode several times slower than float32, which
-    this catches before the model is built."""
+def float16_batched_slowdown(rows: int = 32, tries: int = 20) -> float:
+    """How much slower a ``rows``-row float16 product is than the float32 one here (the best
+    of ``tries`` each, interleaved so that other processes' load falls on both alike; ~30 ms
+    on a quiet machine). The table's float16 rows assume torch routes float16 products to a
+    native kernel; a build or CPU that falls back to widening each element runs batched
+    decode several times slower than float32, which this catches before the model is built.
+    Timed on one thread: the fallback is slow per element, so one thread shows it, and one
+    thread is never left waiting for a sibling another process took the core from (on a
+    loaded 2-core host two threads timed 16 ms for a 0.3 ms product, whatever the dtype)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         products = [_product(torch.float16, rows), _product(torch.float32, rows)]
         best = [float("inf"), float("inf")]

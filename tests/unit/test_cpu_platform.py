@@ -52,7 +52,7 @@ def test_auto_on_the_cpu_follows_this_machines_flags_and_an_explicit_dtype_wins(
 
     monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)
     # The float16 probe's own test is below; here it must not decide under a loaded CI host.
-    monkeypatch.setattr(platform, "float16_batched_slowdown", lambda threads: 1.0)
+    monkeypatch.setattr(platform, "float16_batched_slowdown", lambda: 1.0)
     expected = default_cpu_dtype(cpu_flags()).dtype
     assert resolve_dtype("auto", object(), "cpu") == expected
     for asked in ("float32", "bfloat16", "float16"):
@@ -66,19 +66,21 @@ def test_float16_is_kept_only_if_its_batched_product_is_fast_here(monkeypatch, s
     monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)
     monkeypatch.setattr(platform, "cpu_flags", lambda: SAPPHIRE_RAPIDS)
     timed = []
-    monkeypatch.setattr(
-        platform, "float16_batched_slowdown", lambda threads: timed.append(threads) or slowdown
-    )
-    assert resolve_dtype("auto", object(), "cpu", cpu_threads=1) == dtype
-    assert timed == [1]  # on the engine's threads
+    monkeypatch.setattr(platform, "float16_batched_slowdown", lambda: timed.append(1) or slowdown)
+    assert resolve_dtype("auto", object(), "cpu") == dtype
+    assert timed == [1]
     monkeypatch.setattr(platform, "cpu_flags", lambda: HASWELL)
     assert resolve_dtype("auto", object(), "cpu") == "float32"
     assert timed == [1]  # no float16 row: nothing timed
 
 
-def test_the_float16_probe_measures_a_ratio():
-    ratio = float16_batched_slowdown(1, rows=4, tries=2)
+def test_the_float16_probe_measures_a_ratio_and_leaves_the_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    ratio = float16_batched_slowdown(rows=4, tries=2)
     assert 0 < ratio < 1000
+    assert torch.get_num_threads() == before
 
 
 def test_the_cpu_dtype_variable_pins_auto_only(monkeypatch):
