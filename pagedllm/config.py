@@ -773,13 +773,13 @@ def resolve_cpu_threads(
         requested = envs.cpu_num_threads()
     if requested is None:
         return physical_cores(cpus) if ranks == 1 and binding is None else None
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"cpu_threads must be a whole number >= 1, got {requested!r}.")
     if binding is not None and requested > min(len(b) for b in binding):
         raise ValueError(
             f"cpu_threads={requested} is more than the {min(len(b) for b in binding)} CPUs "
             "VLLM_CPU_OMP_THREADS_BIND gives a rank: threads beyond them only contend."
         )
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-        raise ValueError(f"cpu_threads must be a whole number >= 1, got {requested!r}.")
     if requested > len(cpus):
         raise ValueError(
             f"cpu_threads={requested} is more than the {len(cpus)} CPUs this process may run "
