@@ -8,9 +8,10 @@ The dtype table is measured, not guessed (benchmarks/cpu_throughput.py --serving
 - bfloat16 is the fastest batched (AMX / AVX512-BF16 products) but rounds SmolLM2's weights
   too coarsely: teacher-forced top-1 agreement with float32 is 97.8%, under the 99% bar.
 - float16 keeps 99.8% agreement. Where the CPU computes in it natively (AVX512-FP16 or
-  AMX-FP16) it beat float32 (one thread, a loaded host, two runs): single stream 1.3-1.6x,
-  32 prompts 1.2-1.3x, the 500-token TTFT level; its 32-row product alone is 1.3x slower
-  than float32's, the rest of the step (half the bytes to move) more than pays for it.
+  AMX-FP16) it beat float32 on every serving figure (2 threads, host at load ~1.5, two
+  runs): single stream 1.4x, 32 prompts 1.04-1.2x, 500-token TTFT 0.77-0.95x the time;
+  its 32-row product alone is 1.3x slower than float32's, the rest of the step (half the
+  bytes to move) more than pays for it.
   Without (AVX2 + F16C only, issue 21's figures) batched decode fell to a fifth of
   float32's, so those CPUs stay in float32.
 """
