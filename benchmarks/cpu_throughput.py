@@ -5,6 +5,12 @@ M new tokens each (end-of-sequence ignored so both produce exactly N x M tokens)
 Prints one table and appends a record to benchmarks/RESULTS.md.
 
     python benchmarks/cpu_throughput.py [--num-prompts 32] [--output-len 128] [--no-record]
+
+``--serving`` measures pagedllm alone the way a server is felt, at a given ``--dtype`` and
+``--cpu-threads``: one stream of 128 tokens, 32 prompts x 64 tokens, and the time to first
+token of a 500-token prompt (the best of 3, each a new prompt so no prefix cache hit).
+
+    python benchmarks/cpu_throughput.py --serving --dtype auto --cpu-threads 2 --no-record
 """
 
 from __future__ import annotations
@@ -30,10 +36,16 @@ def make_conversations(n: int) -> list[list[dict[str, str]]]:
     ]
 
 
-def run_pagedllm(conversations, output_len: int) -> tuple[float, int]:
-    from pagedllm import LLM, SamplingParams
+def run_pagedllm(conversations, output_len: int, **engine_kwargs) -> tuple[float, int]:
+    from pagedllm import LLM
 
-    llm = LLM(kv_cache_memory_bytes="512M", max_model_len=2048)
+    llm = LLM(kv_cache_memory_bytes="512M", max_model_len=2048, **engine_kwargs)
+    return timed_chat(llm, conversations, output_len)
+
+
+def timed_chat(llm, conversations, output_len: int) -> tuple[float, int]:
+    from pagedllm import SamplingParams
+
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     llm.chat(conversations[:2], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
     start = time.perf_counter()
@@ -71,12 +83,60 @@ def run_transformers(conversations, output_len: int) -> tuple[float, int]:
     return elapsed, int((out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0])
 
 
+def time_to_first_token(llm, prompt_len: int, tries: int = 3) -> float:
+    """Best of ``tries`` seconds to the first token of a ``prompt_len``-token prompt; each try
+    starts with a different token so the prefix cache never answers it."""
+    from pagedllm import SamplingParams
+
+    ids = llm.get_tokenizer()(" ".join(TOPICS * 200))["input_ids"]
+    best = float("inf")
+    for i in range(tries):
+        prompt = {"prompt_token_ids": [ids[i], *ids[tries : tries + prompt_len - 1]]}
+        start = time.perf_counter()
+        llm.generate(prompt, SamplingParams(max_tokens=1), use_tqdm=False)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def serving(dtype: str, cpu_threads: int | None) -> list[str]:
+    """pagedllm alone: single stream, 32 prompts, time to first token (a markdown table)."""
+    from pagedllm import LLM
+
+    llm = LLM(
+        kv_cache_memory_bytes="512M", max_model_len=2048, dtype=dtype, cpu_threads=cpu_threads
+    )
+    single, single_tokens = timed_chat(llm, make_conversations(1), 128)
+    batch, batch_tokens = timed_chat(llm, make_conversations(32), 64)
+    ttft = time_to_first_token(llm, 500)
+    chosen = llm.llm_engine.config.model_config.dtype
+    return [
+        "| dtype asked | dtype run | threads | single stream tok/s | 32 prompts tok/s "
+        "| TTFT 500 tokens |",
+        "|---|---|---|---|---|---|",
+        f"| {dtype} | {chosen} | {cpu_threads or 'default'} | {single_tokens / single:.1f} "
+        f"| {batch_tokens / batch:.1f} | {ttft * 1000:.0f} ms |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--serving", action="store_true", help="pagedllm alone, serving figures")
+    parser.add_argument("--dtype", default="auto", help="pagedllm's --dtype (with --serving)")
+    parser.add_argument("--cpu-threads", type=int, default=None, help="pagedllm's --cpu-threads")
     args = parser.parse_args()
+    if args.serving:
+        table = serving(args.dtype, args.cpu_threads)
+        print("\n".join(table))
+        if not args.no_record:
+            workload = (
+                "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), 1 stream x 128 tokens, "
+                "32 chat prompts x 64 tokens, greedy, eos ignored; TTFT of a 500-token prompt"
+            )
+            append_record("CPU serving", device_name(), workload, table)
+        return
     conversations = make_conversations(args.num_prompts)
     rows = []
     for name, fn in (("pagedllm", run_pagedllm), ("transformers generate", run_transformers)):

@@ -152,6 +152,13 @@ class ParallelConfig:
     # engine core's own process ("uni"). "ray": one Ray actor per rank (even one), placed
     # through a Ray cluster.
     distributed_executor_backend: str = "mp"
+    # Torch intra-op threads of each process that runs the model on the CPU. None: on CUDA
+    # torch's own (the host only launches kernels); with several CPU ranks and none asked
+    # for, each rank splits its own machine's physical cores (``prepare_rank_process``).
+    cpu_threads: int | None = None
+    # VLLM_CPU_OMP_THREADS_BIND: the CPUs of each rank (by rank), its threads default to
+    # their number; None: the OS places them.
+    cpu_binding: tuple[frozenset[int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -317,8 +324,9 @@ class EngineArgs(VllmEngineOptions):
     load_format: str = "auto"
     """auto, safetensors, gguf, or dummy (random weights of the right shapes)."""
     dtype: str = "auto"
-    """auto (float32 on the CPU; on a GPU the checkpoint's half type, bfloat16 for float32
-    checkpoints), bfloat16, float16 or float32."""
+    """auto (on the CPU by its features: float16 where it computes in float16 natively,
+    else float32; on a GPU the checkpoint's half type, bfloat16 for float32 checkpoints),
+    bfloat16, float16 or float32."""
     seed: int | None = 0
     """Seed of the engine's random state (sampling without a per-request seed)."""
     max_model_len: int | str | None = None
@@ -356,6 +364,10 @@ class EngineArgs(VllmEngineOptions):
     """Do not log throughput and cache statistics every few seconds."""
     device: str = "auto"
     """auto, cuda or cpu."""
+    cpu_threads: int | None = None
+    """On the CPU, torch's intra-op threads in each process that runs the model (default:
+    PAGEDLLM_CPU_NUM_THREADS, else the physical cores this process may use, split among the
+    ranks of this machine). At most the CPUs available: more only contend."""
     generation_config: str = "auto"
     """auto (sampling defaults from the model's generation_config.json), or vllm / pagedllm
     (none)."""
@@ -579,7 +591,16 @@ class EngineArgs(VllmEngineOptions):
 
             if not ray_installed():
                 raise ValueError(MISSING_RAY)
-        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
+        if device != "cpu":
+            if self.cpu_threads is not None:
+                raise ValueError(
+                    f"cpu_threads={self.cpu_threads} sizes the threads that run the model on the "
+                    f"CPU, but it runs on {device}; leave it unset there."
+                )
+            return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp")
+        binding = _cpu_binding(tp * pp, backend)
+        threads = resolve_cpu_threads(self.cpu_threads, tp * pp, binding)
+        return ParallelConfig(tp, pp, "ray" if backend == "ray" else "mp", threads, binding)
 
     def _cache_config(self, device: str, model_config: ModelConfig) -> CacheConfig:
         block_size = 16 if self.block_size is None else self.block_size
@@ -723,19 +744,106 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _cpu_binding(ranks: int, backend: str) -> tuple[frozenset[int], ...] | None:
+    from pagedllm import envs
+    from pagedllm.cpu_platform import available_cpus, parse_cpu_binding
+
+    binding = parse_cpu_binding(envs.cpu_threads_bind(), ranks, available_cpus())
+    if binding is not None and backend == "ray":
+        raise ValueError(
+            "VLLM_CPU_OMP_THREADS_BIND lists this machine's CPUs, but the ray backend places "
+            "ranks on any node: leave it unset (or auto) with ray."
+        )
+    return binding
+
+
+def resolve_cpu_threads(
+    requested: int | None, ranks: int, binding: tuple[frozenset[int], ...] | None = None
+) -> int | None:
+    """Each rank's intra-op threads on the CPU: ``requested`` (else PAGEDLLM_CPU_NUM_THREADS),
+    checked against the CPUs this process may use (and each rank's bound CPUs); by default
+    the physical cores among them (more threads than cores wait on each other at every
+    barrier). None: bound ranks take one thread per CPU of theirs, and several unbound ranks
+    split their own machine's cores (they may be on other nodes)."""
+    from pagedllm import envs
+    from pagedllm.cpu_platform import available_cpus, physical_cores
+
+    cpus = available_cpus()
+    if requested is None:
+        requested = envs.cpu_num_threads()
+    if requested is None:
+        return physical_cores(cpus) if ranks == 1 and binding is None else None
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"cpu_threads must be a whole number >= 1, got {requested!r}.")
+    if binding is not None and requested > min(len(b) for b in binding):
+        raise ValueError(
+            f"cpu_threads={requested} is more than the {min(len(b) for b in binding)} CPUs "
+            "VLLM_CPU_OMP_THREADS_BIND gives a rank: threads beyond them only contend."
+        )
+    if requested > len(cpus):
+        raise ValueError(
+            f"cpu_threads={requested} is more than the {len(cpus)} CPUs this process may run "
+            f"on ({_cpu_list(cpus)}): threads beyond them only contend. Use at most "
+            f"{len(cpus)}, or leave it unset for the physical cores."
+        )
+    return requested
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    listed = ",".join(str(c) for c in sorted(cpus)[:16])
+    return listed + ("..." if len(cpus) > 16 else "")
+
+
 def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
-    """auto: float32 on CPU; on GPU the checkpoint's half type, bfloat16 for float32 ones."""
+    """auto: on the CPU by its features (``cpu_platform.default_cpu_dtype``, logged with the
+    reason); on GPU the checkpoint's half type, bfloat16 for float32 ones."""
     name = _DTYPE_ALIASES.get(str(dtype).replace("torch.", ""))
     if name is None:
         raise ValueError(f"dtype must be one of {sorted(_DTYPE_ALIASES)}, got {dtype!r}.")
     if name != "auto":
         return name
     if device == "cpu":
-        return "float32"
+        return _auto_cpu_dtype()
     text = getattr(hf_config, "text_config", None) or hf_config
     checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "")
     checkpoint = checkpoint.replace("torch.", "")
     return checkpoint if checkpoint in ("float16", "bfloat16") else "bfloat16"
+
+
+# float16 is kept only if its batched product is at most this much slower than float32's.
+# Measured where native (AVX512-FP16, one thread, best of 20): 1.3-1.6x on a 2-core host at
+# load 4-5 (best of 10 once read 2.1x); torch's widening fallback makes batched decode 5x
+# slower and more.
+_FLOAT16_SLOWDOWN_LIMIT = 3.0
+
+
+def _auto_cpu_dtype() -> str:
+    """PAGEDLLM_CPU_DTYPE where set, else the CPU dtype table's row for this CPU (logged with
+    its reason: the choice changes speed and, slightly, outputs); a float16 row only once
+    its batched product is timed not much slower than float32's here."""
+    from pagedllm import envs
+    from pagedllm.cpu_platform import cpu_flags, default_cpu_dtype, float16_batched_slowdown
+
+    pinned = envs.cpu_dtype()
+    if pinned != "auto":
+        logger.info("dtype auto on the CPU: %s, as PAGEDLLM_CPU_DTYPE says", pinned)
+        return pinned
+    choice = default_cpu_dtype(cpu_flags())
+    if choice.dtype == "float16":
+        slowdown = float16_batched_slowdown()
+        if slowdown > _FLOAT16_SLOWDOWN_LIMIT:
+            logger.info(
+                "dtype auto on the CPU: float32, since a 32-row float16 product took %.1fx the "
+                "float32 one here (the table expected native float16)", slowdown,
+            )  # fmt: skip
+            return "float32"
+        logger.info(
+            "dtype auto on the CPU: float16, since %s; a 32-row float16 product took %.2fx "
+            "the float32 one here", choice.reason, slowdown,
+        )  # fmt: skip
+        return "float16"
+    logger.info("dtype auto on the CPU: %s, since %s", choice.dtype, choice.reason)
+    return choice.dtype
 
 
 def parse_size(value: int | str | None) -> int | None:

@@ -59,9 +59,39 @@ def log_stats_interval() -> float:
 
 
 def cpu_num_threads() -> int | None:
-    """PAGEDLLM_CPU_NUM_THREADS: torch intra-op threads on CPU (default: torch's choice)."""
+    """PAGEDLLM_CPU_NUM_THREADS: torch intra-op threads on CPU when --cpu-threads is not
+    given (default: the physical cores)."""
     value = os.environ.get("PAGEDLLM_CPU_NUM_THREADS")
-    return int(value) if value else None
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"PAGEDLLM_CPU_NUM_THREADS must be a whole number, got {value!r}."
+        ) from None
+
+
+def cpu_threads_bind() -> str:
+    """PAGEDLLM_CPU_OMP_THREADS_BIND, else vLLM's VLLM_CPU_OMP_THREADS_BIND: the CPUs each
+    rank's threads run on (``cpu_platform.parse_cpu_binding``; default auto)."""
+    return (
+        os.environ.get("PAGEDLLM_CPU_OMP_THREADS_BIND")
+        or os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        or "auto"
+    )
+
+
+def cpu_dtype() -> str:
+    """PAGEDLLM_CPU_DTYPE: what --dtype auto means on the CPU, for every engine started with
+    this environment (a fleet pinning one dtype; the test suite's float32 references):
+    auto (default: by the CPU's features, ``cpu_platform``), float32, bfloat16 or float16."""
+    value = os.environ.get("PAGEDLLM_CPU_DTYPE", "auto").lower()
+    if value not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(
+            f"PAGEDLLM_CPU_DTYPE must be auto, float32, bfloat16 or float16, got {value!r}."
+        )
+    return value
 
 
 def api_key() -> str | None:

@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite compares against float32 references (transformers, exact greedy outputs, KV
+# sizes in float32 bytes): its CPU engines keep float32 whatever the CPU's default dtype.
+# tests/model/test_cpu_dtype.py checks that default itself.
+os.environ.setdefault("PAGEDLLM_CPU_DTYPE", "float32")
 # The bundled model registers its tokenizer in the Hugging Face cache on first start: a
 # cache of the run's own (servers started by tests inherit it).
 os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="pagedllm-test-hf-"))

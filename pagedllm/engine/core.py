@@ -28,7 +28,14 @@ logger = init_logger(__name__)
 
 # EngineCore methods the front end may call by name (``EngineCoreClient.call_utility``).
 UTILITIES = frozenset(
-    {"reset_prefix_cache", "kv_cache_state", "weight_bytes", "decode_read_bytes", "worker_pids"}
+    {
+        "reset_prefix_cache",
+        "kv_cache_state",
+        "weight_bytes",
+        "decode_read_bytes",
+        "worker_pids",
+        "cpu_placement",
+    }
 )
 
 
@@ -149,6 +156,15 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     # -- utilities (called by name from the front end: ``UTILITIES``) ---------------------
+
+    def cpu_placement(self) -> tuple[int, list[int]]:
+        """torch's intra-op threads in this process and the CPUs it may run on (as the
+        runner set them from --cpu-threads and VLLM_CPU_OMP_THREADS_BIND)."""
+        import os
+
+        import torch
+
+        return torch.get_num_threads(), sorted(os.sched_getaffinity(0))
 
     def weight_bytes(self) -> int:
         """Bytes of the model's weights on the devices, every rank's (benchmarks relate speed

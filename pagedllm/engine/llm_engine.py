@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,10 @@ class LLMEngine:
         share one); by default this engine starts its own."""
         self.config = config
         self.model_config = config.model_config
+        if config.device == "cpu":
+            # The model's threads take the cores; a tokenizer pool of as many threads (Rust's
+            # rayon, one per CPU) would contend with them on every batch it encodes.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # First: the engine process loads the model while this one loads the tokenizer.
         self.core = client if client is not None else make_client(config)
         try:

@@ -11,7 +11,6 @@ alike) or the end of the engine.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from pagedllm.config import EngineConfig
@@ -82,11 +81,13 @@ class Worker:
 
 
 def prepare_rank_process(rank: int, ranks_on_this_machine: int) -> None:
-    """Rank 0 speaks for all (the others only warn); ranks on one machine split its cores
-    (unless PAGEDLLM_CPU_NUM_THREADS is set, which the runner applies): oversubscribed
-    ranks wait on each other in every collective."""
+    """Rank 0 speaks for all (the others only warn); ranks on one machine split its physical
+    cores (unless --cpu-threads or PAGEDLLM_CPU_NUM_THREADS says, which the runner applies):
+    oversubscribed ranks wait on each other in every collective."""
     import torch
 
     if rank != 0:
         logging.getLogger("pagedllm").setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_on_this_machine))
+    from pagedllm.cpu_platform import available_cpus, physical_cores
+
+    torch.set_num_threads(max(1, physical_cores(available_cpus()) // ranks_on_this_machine))

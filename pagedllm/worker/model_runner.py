@@ -8,14 +8,14 @@ engine may defer until the next step is queued (async scheduling).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import torch
 
-from pagedllm import envs
 from pagedllm.attention.backend import create_backend
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, ParallelConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.logger import init_logger
@@ -90,10 +90,21 @@ class ModelRunner:
         self._last_sampling: tuple[tuple[str, ...], int, SamplingMetadata] | None = None
         # The last step's sampled ids on the device: the inputs of its decodes' next step.
         self._last_sampled: torch.Tensor | None = None
-        threads = envs.cpu_num_threads()
-        if threads and self.device.type == "cpu":
-            torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            self._set_cpu_threads(config.parallel_config)
         torch.manual_seed(self.model_config.seed)
+
+    def _set_cpu_threads(self, parallel_config: ParallelConfig) -> None:
+        """Bind this process to its rank's CPUs (VLLM_CPU_OMP_THREADS_BIND) before torch's
+        pool starts threads, which inherit the binding; then size the pool."""
+        threads = parallel_config.cpu_threads
+        if parallel_config.cpu_binding is not None:
+            rank = self.parallel.rank if self.parallel is not None else 0
+            cpus = parallel_config.cpu_binding[rank]
+            os.sched_setaffinity(0, cpus)
+            threads = threads or len(cpus)
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     # -- start-up ------------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ class Scores:
 
 
 def score(**engine_kwargs) -> Scores:
-    """Scores of the bundled SmolLM2 (float32 on the CPU) built with ``engine_kwargs``."""
+    """Scores of the bundled SmolLM2 built with ``engine_kwargs`` (float32 unless they say)."""
+    engine_kwargs.setdefault("dtype", "float32")
     llm = LLM(kv_cache_memory_bytes="64M", max_model_len=1024, **engine_kwargs)
     ids = llm.get_tokenizer()(TEXT.read_text())["input_ids"][:NUM_TOKENS]
     assert len(ids) == NUM_TOKENS, "the text is at least 512 tokens long"
