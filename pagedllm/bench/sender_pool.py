@@ -38,11 +38,10 @@ START_DELAY_S = 0.05  # from "go" to the first send: every worker is waiting by 
 
 
 def client_processes(requested: int | None, in_flight: int) -> int:
-    """``--client-processes``, else one per STREAMS_PER_PROCESS streams that can be in
-    flight, at most MAX_PROCESSES and the CPUs there are."""
+    """``--client-processes`` (checked with the other flags, ``serve._check_counts``), else
+    one per STREAMS_PER_PROCESS streams that can be in flight, at most MAX_PROCESSES and the
+    CPUs there are (never more than the streams: each process gets one at least)."""
     if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--client-processes must be at least 1, got {requested}")
         return requested
     wanted = math.ceil(in_flight / STREAMS_PER_PROCESS)
     return max(1, min(MAX_PROCESSES, os.cpu_count() or 1, wanted))
@@ -68,11 +67,7 @@ def send_from_processes(
     from tqdm import tqdm
 
     processes = min(processes, len(samples))
-    caps = split_cap(max_concurrency, processes)
-    if min((c for c in caps if c is not None), default=1) < 1:
-        raise ValueError(
-            f"--client-processes {processes} is more than --max-concurrency {max_concurrency}"
-        )
+    caps = split_cap(max_concurrency, processes)  # each >= 1: processes <= max_concurrency
     context = multiprocessing.get_context("spawn")  # no inherited event loop or threads
     events = context.Queue()
     go = context.Event()

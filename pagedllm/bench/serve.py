@@ -138,8 +138,12 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    if args.client_processes is not None and args.client_processes < 1:
-        raise ValueError(f"--client-processes must be at least 1, got {args.client_processes}")
+    processes, cap = args.client_processes, args.max_concurrency
+    if processes is not None and processes < 1:
+        raise ValueError(f"--client-processes must be at least 1, got {processes}")
+    if processes is not None and cap is not None and processes > cap:
+        raise ValueError(f"--client-processes {processes} is more than --max-concurrency {cap}: "
+                         "each process keeps at least one request in flight")  # fmt: skip
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be at least 1, got {args.num_prompts}")
     if args.num_warmups < 0:

@@ -24,9 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k[, unroll, reduce each tile, weights
-# evicted first]), from benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200
-# (RESULTS.md): one row,
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k[, unroll, reduce each tile]), from
+# benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200 (RESULTS.md): one row,
 # 8-row strips read 1 KiB at a time (splitting K or loading two tiles a step never helped);
 # wide layers (gate_up, 28,672 rows) 16-row strips of 2 KiB summed at each tile, 12% faster
 # there; 2-16 rows, tl.dot on 32-column strips, as fast at 16 rows as at 2.
@@ -45,27 +44,16 @@ SHARED_MEMORY = 200 * 1024  # below Hopper's 227 KiB per block, with room for th
 
 
 @triton.jit
-def _load_weights(w_ptrs, mask, STREAM: tl.constexpr):
-    if STREAM:
-        w = tl.load(w_ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
-    else:
-        w = tl.load(w_ptrs, mask=mask, other=0.0)
-    return w
-
-
-@triton.jit
 def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K: tl.constexpr,
-               BLOCK_K: tl.constexpr, STREAM: tl.constexpr):  # fmt: skip
-    """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32. STREAM: the
-    weights, read once a step, are evicted from the caches first (the activations, read
-    by every program, stay)."""
+               BLOCK_K: tl.constexpr):  # fmt: skip
+    """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32."""
     if EVEN_K:
         x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
-        w = _load_weights(w_ptrs, n_ok[:, None], STREAM)
+        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
     else:
         k_ok = k + tl.arange(0, BLOCK_K) < k_end
         x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _load_weights(w_ptrs, n_ok[:, None] & k_ok[None, :], STREAM)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
     return x.to(tl.float32), w.to(tl.float32)
 
 
@@ -74,7 +62,6 @@ def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, k_split, stride_xm,
     ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, REDUCE: tl.constexpr,
-    STREAM: tl.constexpr,
 ):  # fmt: skip
     """UNROLL: tiles loaded before any is summed (more bytes in flight a program). REDUCE:
     sum each tile at once into [ROWS, BLOCK_N] (fewer registers, so more programs per SM)
@@ -94,10 +81,10 @@ def _fp8_gemv_kernel(
     else:
         acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(pid_k * k_split, k_end, BLOCK_K * UNROLL):
-        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K, BLOCK_K, STREAM)
+        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, EVEN_K, BLOCK_K)
         if UNROLL == 2:  # the second tile may run past this split's end: masked
             x2, w2 = _gemv_tile(x_ptrs + BLOCK_K, w_ptrs + BLOCK_K, k + BLOCK_K, k_end, m_ok,
-                                n_ok, False, BLOCK_K, STREAM)  # fmt: skip
+                                n_ok, False, BLOCK_K)  # fmt: skip
         if REDUCE:
             acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
             if UNROLL == 2:
@@ -183,8 +170,8 @@ def fp8_weight_matmul(
     """``x (weight * scale[:, None])^T + bias`` for x [M, K] with M <= MAX_ROWS.
 
     Benchmarks only: ``config`` (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k, unroll,
-    reduce, stream) overrides the tuned tiles (the last four apply to the GEMV kernel);
-    ``kernel`` ("gemv" or "dot") overrides the choice by rows."""
+    reduce) overrides the tuned tiles (the last three apply to the GEMV kernel); ``kernel``
+    ("gemv" or "dot") overrides the choice by rows."""
     if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
                          f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
@@ -210,7 +197,7 @@ def _gemv(
     y: torch.Tensor,
     config: tuple[int, ...],
 ) -> None:
-    block_n, block_k, warps, stages, split, unroll, reduce, stream = (*config, 1, 0, 0)[:8]
+    block_n, block_k, warps, stages, split, unroll, reduce = (*config, 1, 0)[:7]
     (rows, k), n = x.shape, weight.shape[0]
     block_k = min(block_k, triton.next_power_of_2(k))
     padded_rows = triton.next_power_of_2(rows)
@@ -226,8 +213,7 @@ def _gemv(
         x, weight, scale, bias if bias is not None else scale, out, rows, n, k, k_split,
         x.stride(0), ROWS=padded_rows, HAS_BIAS=bias is not None,
         PARTIAL=partial, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-        UNROLL=unroll, REDUCE=bool(reduce), STREAM=bool(stream), num_warps=warps,
-        num_stages=stages,
+        UNROLL=unroll, REDUCE=bool(reduce), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if partial:
         total = rows * n

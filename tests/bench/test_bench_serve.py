@@ -365,6 +365,7 @@ def test_flags_take_dashes_and_underscores() -> None:
         (["--backend", "openai-chat", "--endpoint", "/v1/completions"], "--endpoint"),
         (["--base-url", "http://x:1", "--port", "2"], "--base-url"),
         (["--client-processes", "0"], "--client-processes"),
+        (["--client-processes", "3", "--max-concurrency", "2"], "--client-processes"),
     ],
 )
 def test_wrong_flags_are_one_line_errors(
