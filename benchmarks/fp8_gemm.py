@@ -27,13 +27,7 @@ import torch
 import torch.nn.functional as F
 from record import append_record, device_name
 
-from pagedllm.kernels.fp8_weight_matmul import (
-    GEMV_CONFIG,
-    GEMV_WIDE_CONFIG,
-    GEMV_WIDE_ROWS,
-    MAX_ROWS,
-    fp8_weight_matmul,
-)
+from pagedllm.kernels.fp8_weight_matmul import MAX_ROWS, fp8_weight_matmul
 from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import weight_only_linear
 from pagedllm.model.layers.fp8_linear import Fp8Linear
@@ -142,17 +136,15 @@ def probe() -> list[str]:
     bfloat16 ones (no widening of FP8 values: if it reads bytes faster, the conversion is
     the limit), against cuBLAS' bfloat16 product. Each call reads another of eight weight
     copies, so the weights come from HBM, not from the 50 MB L2 (as in a model's step)."""
-    lines = ["| layer | FP8 GEMV µs (TB/s) | weights evict-first | same kernel on bf16 "
-             "weights | cuBLAS bf16 |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| layer | FP8 GEMV µs (TB/s) | same kernel on bf16 weights | cuBLAS bf16 |",
+             "|---|---|---|---|"]  # fmt: skip
     for name, (n, k) in SHAPES.items():
         layer = fp8_layer(n, k)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         fp8 = [layer.weight.clone() for _ in range(8)]
         dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(8)]
         gemv = functools.partial(fp8_weight_matmul, x, scale=layer.weight_scale)
-        tiles = GEMV_WIDE_CONFIG if n >= GEMV_WIDE_ROWS else GEMV_CONFIG
-        streamed = functools.partial(gemv, config=(*tiles, 1), kernel="gemv")
-        lines.append(f"| {name} | {rotating_us(gemv, fp8)} | {rotating_us(streamed, fp8)} "
+        lines.append(f"| {name} | {rotating_us(gemv, fp8)} "
                      f"| {rotating_us(gemv, dense)} "
                      f"| {rotating_us(functools.partial(F.linear, x), dense)} |")  # fmt: skip
         print(lines[-1], flush=True)
