@@ -157,6 +157,17 @@ def job_first_token() -> dict:
     return {}
 
 
+def mean_step_ms(torch, eng, warm: int, timed: int) -> float:
+    """``warm`` engine steps, then the mean wall time of the next ``timed`` (ms)."""
+    for _ in range(warm):
+        eng.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(timed):
+        eng.step()
+    return (time.perf_counter() - start) / timed * 1e3
+
+
 def _profile_in_process() -> None:
     """Profilers look at this process: the engine core must run in it."""
     os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = "0"
@@ -179,13 +190,7 @@ def job_profile() -> dict:
         eng.add_request(
             str(i), {"prompt_token_ids": [rng.randint(0, 10000) for _ in range(512)]}, params
         )
-    for _ in range(30):  # through the prefills into steady decoding
-        eng.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(5):
-        eng.step()
-    step_ms = (time.perf_counter() - start) / 5 * 1e3
+    step_ms = mean_step_ms(torch, eng, 30, 5)  # through the prefills into steady decoding
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             eng.step()
@@ -281,13 +286,7 @@ def job_w1prof() -> dict:
     for i, (p, m) in enumerate(zip(prompts, max_tokens)):
         sp = SamplingParams(temperature=0.6, max_tokens=m + 400, ignore_eos=True, detokenize=False)
         eng.add_request(str(i), {"prompt_token_ids": p}, sp)
-    for _ in range(120):
-        eng.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(50):
-        eng.step()
-    step_ms = (time.perf_counter() - start) / 50 * 1e3
+    step_ms = mean_step_ms(torch, eng, 120, 50)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(50):
@@ -319,13 +318,7 @@ def job_w3prof(variant: str = "bf16") -> dict:
     prompt = {"prompt_token_ids": [random.Random(1).randint(0, 10000) for _ in range(128)]}
     params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True, detokenize=False)
     eng.add_request("w3", prompt, params)
-    for _ in range(40):
-        eng.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(50):
-        eng.step()
-    step_ms = (time.perf_counter() - start) / 50 * 1e3
+    step_ms = mean_step_ms(torch, eng, 40, 50)
     steps = 20
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
