@@ -161,3 +161,21 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
         if server.process.poll() is None:
             server.process.kill()
     assert "Started 2 API server processes" in server.logs()
+
+
+def test_api_servers_get_the_dtype_the_engine_runs(tiny_chat_model, monkeypatch):
+    """With --api-server-count, each server rebuilds its config from the arguments; they
+    carry the dtype the supervisor resolved (on the CPU auto is decided by timing, which a
+    server must not redo and decide otherwise)."""
+    from pagedllm.entrypoints.cli.engine_flags import engine_args_from
+    from pagedllm.entrypoints.cli.main import build_parser
+    from pagedllm.entrypoints.openai.server_processes import server_args
+
+    monkeypatch.setenv("PAGEDLLM_CPU_DTYPE", "bfloat16")  # what auto resolves to here
+    args = build_parser().parse_args(["serve", str(tiny_chat_model), "--api-server-count", "2"])
+    config = engine_args_from(args).create_engine_config()
+    assert args.dtype is None and config.model_config.dtype == "bfloat16"  # auto
+    monkeypatch.setenv("PAGEDLLM_CPU_DTYPE", "float32")  # a server deciding alone would differ
+    child = server_args(args, config)
+    assert child.dtype == "bfloat16" and child.api_server_count == 2 and args.dtype is None
+    assert engine_args_from(child).create_engine_config().model_config.dtype == "bfloat16"

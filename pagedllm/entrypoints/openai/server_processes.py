@@ -59,6 +59,7 @@ def run_api_servers(args: argparse.Namespace, config: EngineConfig, listen_fd: i
     # mode), so each /metrics reports all of them; the operator's own if set.
     metrics_dir = multiprocess_dir() or tempfile.mkdtemp(prefix="pagedllm-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    args = server_args(args, config)
     servers = [
         _start_server(
             args, EngineConnection(input_address, outputs[i], engine.pid, i, listen_fd), env
@@ -75,6 +76,14 @@ def run_api_servers(args: argparse.Namespace, config: EngineConfig, listen_fd: i
         _stop(engine)
         if multiprocess_dir() is None:  # ours: the values die with the servers
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def server_args(args: argparse.Namespace, config: EngineConfig) -> argparse.Namespace:
+    """The API servers' arguments, with the dtype the engine core runs: each server builds
+    its config again from them, and ``--dtype auto`` on the CPU is decided by timing a
+    product (``config.resolve_dtype``), which a server need not repeat nor could be
+    trusted to decide alike."""
+    return argparse.Namespace(**{**vars(args), "dtype": config.model_config.dtype})
 
 
 def _start_server(
