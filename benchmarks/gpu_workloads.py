@@ -10,7 +10,8 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 4. start-up: seconds from process start to the first generated token (workload 3's model).
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
 steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
-``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too).
+``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too);
+``launch`` shows where the host waits while launching a saturated server's eager steps.
 
 Workloads 2 and 3 take a variant after a colon (``2:fp8``, ``3:fp8+kvfp8``): ``fp8``
 (``quantization="fp8"``), ``kvfp8`` (``kv_cache_dtype="fp8"``), both, ``bf16`` (none).
@@ -254,6 +255,60 @@ def job_mixed(variant: str = "") -> dict:
     return {"job": "mixed", "steps": rows}
 
 
+def job_launch() -> dict:
+    """Where the host waits while it launches eager prefill steps (serve's 8,192-token budget,
+    256 requests decoding, 16 new 512-token prompts before each step, async scheduling as
+    served): each step's wall time, the CUDA runtime calls by host time, and every operation
+    that synchronizes with the device (``torch.cuda.set_sync_debug_mode``) with its stack."""
+    _profile_in_process()
+    import traceback
+    import warnings
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedllm import SamplingParams
+
+    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024)
+    eng = llm.llm_engine
+    rng = random.Random(0)
+    params = SamplingParams(temperature=1.0, max_tokens=4000, ignore_eos=True, detokenize=False)
+    counter = itertools.count()
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            prompt = [rng.randint(0, 10000) for _ in range(512)]
+            eng.add_request(str(next(counter)), {"prompt_token_ids": prompt}, params)
+
+    add(256)
+    for _ in range(40):  # through the prefills into steady decoding
+        eng.step()
+    for _ in range(4):  # the eager path's first runs (Triton variants) outside the timing
+        add(16)
+        eng.step()
+    syncs: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        where = "".join(traceback.format_stack(limit=9)[:-2])
+        syncs[where] = syncs.get(where, 0) + 1
+
+    warnings.showwarning = record
+    warnings.simplefilter("always")
+    walls = []
+    torch.cuda.set_sync_debug_mode("warn")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(8):
+            add(16)
+            start = time.perf_counter()
+            eng.step()
+            walls.append(round((time.perf_counter() - start) * 1e3, 1))
+    torch.cuda.set_sync_debug_mode(0)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    shown = sorted(syncs.items(), key=lambda kv: -kv[1])[:8]
+    return {"job": "launch", "step_wall_ms": walls, "table": table,
+            "log": "\n".join(f"{n} x\n{where}" for where, n in shown)}  # fmt: skip
+
+
 def engine_params(config: dict) -> int:
     """Parameters a token multiplies through (attention and MLP projections, LM head)."""
     h, inter, layers = (
@@ -433,7 +488,7 @@ def job_hf2() -> dict:
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
         "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
-        "w3prof": job_w3prof}  # fmt: skip
+        "w3prof": job_w3prof, "launch": job_launch}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:

@@ -1,7 +1,7 @@
 """Where a serving run's large inter-token gaps come from: a client's per-request gaps
 (``--save-result`` of ``pagedllm bench serve``, or ``vllm bench serve --save-detailed``)
-against the engine's steps (``Step ended at ...`` lines of a pagedllm server run with
-PAGEDLLM_LOGGING_LEVEL=DEBUG).
+against the engine's steps (``Step ended at ...`` and ``Outputs sent early at ...`` lines of
+a pagedllm server run with PAGEDLLM_LOGGING_LEVEL=DEBUG).
 
 A gap at or above the P99 that is followed by a near-zero gap means two steps' tokens
 arrived together (held back between the engine and the client); one that is not means the
@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 STEP = re.compile(r"Step ended at ([\d.]+) after ([\d.]+) ms, (\d+) tokens sampled")
+# A step's outputs sent before the next step's launch, which blocks (engine/core.py).
+EARLY = re.compile(r"Outputs sent early at ([\d.]+), (\d+) tokens sampled")
 
 
 def gap_shape(itls: list[list[float]]) -> dict[str, float]:
@@ -50,7 +52,10 @@ def step_shape(log_text: str, since: float, until: float) -> dict[str, float]:
         return {}
     durations = sorted(ms for _, ms, _ in steps)
     # The longest stretch between two consecutive steps that sampled tokens.
-    ends = [at for at, _, n in steps if n > 0]
+    early = [
+        float(at) for at, n in EARLY.findall(log_text) if int(n) and since <= float(at) <= until
+    ]
+    ends = sorted([at for at, _, n in steps if n > 0] + early)
     longest = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
     return {"steps": len(steps), "median_step_ms": statistics.median(durations),
             "p99_step_ms": durations[int(0.99 * (len(durations) - 1))],

@@ -102,6 +102,9 @@ class EngineCore:
         self.structured_outputs: StructuredOutputManager | None = None
         # Async scheduling: the step queued on the device whose tokens are not read yet.
         self._in_flight: tuple[SchedulerOutput, Any] | None = None
+        # A step scheduled but not launched yet: its launch would block on the device, so
+        # the step before it was resolved and its outputs returned first (``_step``).
+        self._pending_launch: _PendingLaunch | None = None
         self._phase_ms = (0.0, 0.0, 0.0)  # the last step's schedule, launch, wait
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
@@ -207,15 +210,22 @@ class EngineCore:
         }
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self._pending_launch is not None or self.scheduler.has_unfinished_requests()
 
     def step(self) -> tuple[list[EngineCoreOutput], IterationStats]:
         """Schedule, run, update. Returns what changed and what was computed (with the
         step's wall time: in steady state, the device's time per step)."""
         start = time.perf_counter()
+        pending = self._pending_launch
         outputs, iteration = self._step()
-        iteration.step_seconds = time.perf_counter() - start
-        if logger.isEnabledFor(logging.DEBUG):
+        if self._pending_launch is None:  # a whole step: from its schedule to its launch
+            began = pending.began if pending is not None else start
+            iteration.step_seconds = time.perf_counter() - began
+        if logger.isEnabledFor(logging.DEBUG) and self._pending_launch is not None:
+            logger.debug("Outputs sent early at %.3f, %d tokens sampled; schedule and "
+                         "resolve %.2f ms (the next launch blocks)", time.time(),
+                         iteration.num_generation_tokens, self._phase_ms[0])  # fmt: skip
+        elif logger.isEnabledFor(logging.DEBUG):
             # Wall clock (ms resolution) and duration: to line steps up with a client's
             # inter-token gaps (benchmarks/serving.py --step-trace).
             logger.debug("Step ended at %.3f after %.2f ms, %d tokens sampled; "
@@ -231,21 +241,28 @@ class EngineCore:
         that need each token on the host first (``needs_known_tokens``) make the steps
         synchronous while they run."""
         outputs: list[EngineCoreOutput] = []
-        if self._in_flight is not None and not self._may_run_ahead():
-            outputs = self._finish_in_flight()
-        if not self.scheduler.has_unfinished_requests():
-            if not outputs:
-                self._idle()
-            return outputs, self._iteration_stats(None, outputs)
-        began = time.perf_counter()
-        scheduler_output = self.scheduler.schedule()
-        grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
-        if self._in_flight is not None and self.runner.launch_blocks(scheduler_output):
-            # Its outputs leave now, not after a launch that waits for the device. Safe:
-            # a request the resolved step finishes still runs in the scheduled step (as it
-            # would have, launched first); its blocks are reused only from the next one.
-            outputs += self._finish_in_flight()
-        scheduled = time.perf_counter()
+        if self._pending_launch is not None:
+            held, self._pending_launch = self._pending_launch, None
+            scheduler_output, grammar, began = held.so, held.grammar, held.began
+            scheduled = time.perf_counter()
+        else:
+            if self._in_flight is not None and not self._may_run_ahead():
+                outputs = self._finish_in_flight()
+            if not self.scheduler.has_unfinished_requests():
+                if not outputs:
+                    self._idle()
+                return outputs, self._iteration_stats(None, outputs)
+            began = time.perf_counter()
+            scheduler_output = self.scheduler.schedule()
+            grammar = self._grammar_bitmask if self._has_grammars(scheduler_output) else None
+            if self._in_flight is not None and self.runner.launch_blocks(scheduler_output):
+                # The step in flight is resolved and its outputs returned now, not after a
+                # launch that waits for the device; the next call launches this one.
+                outputs += self._finish_in_flight()
+                self._pending_launch = _PendingLaunch(scheduler_output, grammar, began)
+                self._phase_ms = (1e3 * (time.perf_counter() - began), 0.0, 0.0)
+                return outputs, self._iteration_stats(None, outputs)
+            scheduled = time.perf_counter()
         try:
             launched = self.runner.execute_model(scheduler_output, grammar)
         except Exception as exc:
@@ -352,3 +369,14 @@ class EngineCore:
     def _idle(self) -> None:
         if self._debug_integrity:
             self.kv_cache_manager.check_integrity()
+
+
+class _PendingLaunch:
+    """A scheduled step held back one ``EngineCore.step`` call so that the outputs of the
+    step before it leave first (``Executor.launch_blocks``). Safe while held: requests
+    aborted or finished meanwhile still run in it (as they would in a step already
+    launched), and their blocks are reused only by a later schedule, which comes after
+    this launch; the scheduler ignores their tokens."""
+
+    def __init__(self, so: SchedulerOutput, grammar: Any, began: float) -> None:
+        self.so, self.grammar, self.began = so, grammar, began

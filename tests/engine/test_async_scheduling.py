@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pagedllm import LLM, SamplingParams
+from pagedllm.engine.messages import EngineCoreRequest
 from tests.conftest import engine_in_process
 from tests.engine.test_generate import make_llm, mixed_params, mixed_prompts, token_ids
 
@@ -116,6 +117,44 @@ def test_steps_whose_launch_blocks_resolve_the_step_in_flight_first(engines, mon
     monkeypatch.setattr(core.runner, "launch_blocks", launch_blocks)
     assert_same(outputs_of(ahead, prompts, params), expected)
     assert sum(calls) > 10  # asked with a step in flight, again and again
+    pool = core.kv_cache_manager.block_pool
+    pool.check_integrity()
+    assert pool.get_num_free_blocks() == pool.num_blocks
+
+
+def test_outputs_leave_before_a_launch_that_blocks(engines, monkeypatch):
+    """A step() that finds the next launch blocking returns the step in flight's tokens
+    without launching anything; the following call launches the held step. Requests aborted
+    while it is held still run in it, and every block comes back."""
+    _, ahead = engines
+    core = ahead.llm_engine.engine_core
+    launches = []
+    real_execute = core.runner.execute_model
+
+    def execute_model(*args, **kwargs):
+        launches.append(1)
+        return real_execute(*args, **kwargs)
+
+    while core.has_unfinished_requests() or core._in_flight is not None:
+        core.step()  # what earlier tests left (a step held or in flight) runs out first
+    monkeypatch.setattr(core.runner, "launch_blocks", lambda so: True)
+    monkeypatch.setattr(core.runner, "execute_model", execute_model)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+    for i, prompt in enumerate(mixed_prompts(4, seed=3)):
+        core.add_request(EngineCoreRequest(f"held-{i}", prompt, params, EOS, 0.0, 0, None))
+    core.step()  # nothing in flight: launched at once
+    assert launches == [1] and core._in_flight is not None
+    outputs, iteration = core.step()
+    assert launches == [1], "the blocking launch waited for the next call"
+    assert core._in_flight is None and core._pending_launch is not None
+    assert sum(len(o.new_token_ids) for o in outputs) == 4 == iteration.num_generation_tokens
+    assert iteration.step_seconds == 0.0  # half a step: counted when it is launched
+    core.abort_requests([f"held-{i}" for i in range(4)])
+    assert core.has_unfinished_requests()  # the held step still has to run
+    outputs, iteration = core.step()
+    assert launches == [1, 1] and core._pending_launch is None and iteration.step_seconds > 0
+    while core.has_unfinished_requests():
+        core.step()
     pool = core.kv_cache_manager.block_pool
     pool.check_integrity()
     assert pool.get_num_free_blocks() == pool.num_blocks
