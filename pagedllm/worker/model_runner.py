@@ -332,11 +332,11 @@ class ModelRunner:
         return LaunchedStep(batch.req_ids, batch.sampled_req_indices, states, sampled, None)
 
     def launch_blocks(self, scheduler_output: SchedulerOutput) -> bool:
-        """On CUDA, a step of more tokens than the largest CUDA graph runs eagerly: its
-        hundreds of kernels, queued behind the step running, fill the launch queue and the
-        launch waits for the device (benchmarks/RESULTS.md, "where the long prefill steps
-        come from"). Such a step runs long enough that resolving the step in flight first
-        costs the device only this step's input preparation."""
+        """On CUDA, a step of more tokens than the largest CUDA graph runs eagerly, and its
+        launch holds the host for about the step's device time (measured inside cuBLAS'
+        calls: benchmarks/RESULTS.md, "where the long prefill steps come from" and "after
+        the held launch"). Such a step runs long enough that resolving the step in flight
+        first costs the device only this step's input preparation."""
         eager = scheduler_output.total_num_scheduled_tokens > max(MIXED_SIZES)
         return eager and self.device.type == "cuda"
 
