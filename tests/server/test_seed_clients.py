@@ -3,11 +3,13 @@ README's curl example as written (but for the port)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from pathlib import Path
 
 from tests.server.conftest import API_KEY
+from tests.server.test_concurrency import wait_idle
 
 
 def test_seed_001_clients(server):
@@ -49,10 +51,17 @@ def test_seed_001_clients(server):
 
 
 def test_seed_000_generator(server, monkeypatch):
+    """The users' generator as written (max_tokens=50000, unseeded temperature 0.7: up to the
+    whole context, minutes on a CPU); the test reads its first pieces, as a user who stops a
+    reply does, then closes the connection so the server drops the request."""
+    import httpx
     import openai
 
+    http_client = httpx.Client()
     monkeypatch.setattr(openai, "base_url", server.base_url + "/")
     monkeypatch.setattr(openai, "api_key", API_KEY)
+    monkeypatch.setattr(openai, "http_client", http_client)
+    monkeypatch.setattr(openai, "_client", None)  # the module client is made with http_client
 
     def generate_response_stream(prompt: str):
         try:
@@ -79,8 +88,12 @@ def test_seed_000_generator(server, monkeypatch):
         except Exception as e:
             yield f"错误: {e!s}"
 
-    pieces = list(generate_response_stream("Say hi."))
+    stream = generate_response_stream("Say hi.")
+    pieces = list(itertools.islice(stream, 16))
+    stream.close()
+    http_client.close()  # the server sees the client hang up and frees the request
     assert pieces and not pieces[0].startswith("错误")
+    wait_idle(server, timeout=30)
 
 
 def test_readme_curl_example(server):
