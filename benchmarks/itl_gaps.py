@@ -63,12 +63,52 @@ def step_shape(log_text: str, since: float, until: float) -> dict[str, float]:
             "empty_steps": sum(1 for _, _, n in steps if n == 0)}  # fmt: skip
 
 
+SCHEDULED = re.compile(r"Step: \d+ requests \(\d+ new\), (\d+) tokens \((\d+) prompt")
+ENDED = re.compile(r"Step ended at ([\d.]+) after ([\d.]+) ms")
+
+
+def steps_by_graph(log_text: str, since: float, until: float) -> dict[str, dict[str, float]]:
+    """Steps that carry prompt tokens, grouped by the mixed CUDA graph their token count
+    runs in (``MIXED_SIZES``; "eager" past the largest), with decode-only steps apart: how
+    many, and the median and largest wall time of the step after each, which under async
+    scheduling is the one that waits for it (ms)."""
+    from pagedllm.worker.cuda_graphs import MIXED_SIZES
+
+    found: dict[str, list[float]] = {}
+    launched: tuple[int, int] | None = None  # (tokens, prompt tokens) of this call's step
+    waited_for: tuple[int, int] | None = None  # ... and of the call before's
+    for line in log_text.splitlines():
+        if (scheduled := SCHEDULED.search(line)) is not None:
+            launched = (int(scheduled.group(1)), int(scheduled.group(2)))
+            continue
+        if (ended := ENDED.search(line)) is None:
+            continue
+        if waited_for is not None and since <= float(ended.group(1)) <= until:
+            tokens, prompt = waited_for
+            graph = next((f"graph {n}" for n in MIXED_SIZES if tokens <= n), "eager")
+            name = "decodes only" if prompt == 0 else graph
+            found.setdefault(name, []).append(float(ended.group(2)))
+        waited_for, launched = launched, None
+    return {
+        name: {"steps": len(ms), "median_ms": statistics.median(ms), "max_ms": max(ms)}
+        for name, ms in sorted(found.items(), key=lambda kv: _graph_order(kv[0]))
+    }
+
+
+def _graph_order(name: str) -> int:
+    """decodes only, then the graphs by size, then eager."""
+    if name.startswith("graph "):
+        return int(name.split()[1])
+    return -1 if name == "decodes only" else 1 << 30
+
+
 def main() -> None:
     result = json.loads(Path(sys.argv[1]).read_text())
     print(json.dumps(gap_shape(result.get("itls", [])), indent=1))
     if len(sys.argv) > 2:
         text = Path(sys.argv[2]).read_text()
         print(json.dumps(step_shape(text, 0.0, float("inf")), indent=1))
+        print(json.dumps(steps_by_graph(text, 0.0, float("inf")), indent=1))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from itl_gaps import gap_shape, step_shape  # noqa: E402
+from itl_gaps import gap_shape, step_shape, steps_by_graph  # noqa: E402
 
 LLAMA8B = HERE / "model-configs" / "llama-3.1-8b-instruct"
 
@@ -185,8 +185,10 @@ def run_engine(engine: str, args: argparse.Namespace, model: Path, out: Path) ->
             result = bench(args.client, model, port, rate, args.seed + i, args.num_prompts,
                            lengths, out, f"{stem}-rate{rate}")  # fmt: skip
             step = median_step_ms(log, mark) if engine.startswith("pagedllm") else None
+            trace = log.read_text()[mark:]
             gaps = {**gap_shape(result.pop("itls", [])),
-                    **step_shape(log.read_text()[mark:], began, time.time())}  # fmt: skip
+                    **step_shape(trace, began, time.time()),
+                    "by_graph": steps_by_graph(trace, began, time.time())}  # fmt: skip
             for key in ("ttfts", "generated_texts", "input_lens", "output_lens", "errors"):
                 result.pop(key, None)  # per-request lists: kept in the client's JSON file
             print(f"{engine} rate {rate} gaps: {json.dumps(gaps)}", flush=True)
