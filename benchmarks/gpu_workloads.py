@@ -28,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout, installed or not
@@ -199,20 +201,12 @@ def job_profile() -> dict:
     return {"job": "profile", "eager_step_ms": step_ms, "table": table}
 
 
-def job_mixed(variant: str = "") -> dict:
-    """Steps that carry prefill beside decodes, as a saturated server runs them (serve's
-    8,192-token budget, 256 requests decoding, 512-token prompts): the step time for 0, 2,048,
-    4,096 and 8,192 new prefill tokens and the FLOP rate it implies; ``mixed:prof`` profiles
-    the 8,192-token step, eager. Steps are synchronous here (no async scheduling) so each is
-    timed alone."""
-    _profile_in_process()
-    import torch
-
+def saturated_engine(**kw: Any) -> tuple[Any, Callable[[int], None]]:
+    """llama-3.1-8b at serve's budget (8,192 tokens, 1,024 sequences) with 256 requests of
+    512-token prompts steadily decoding, and ``add(n)``, which queues n more such prompts."""
     from pagedllm import SamplingParams
 
-    eager = variant == "prof"
-    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024,
-                 async_scheduling=False, enforce_eager=eager)  # fmt: skip
+    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024, **kw)
     eng = llm.llm_engine
     rng = random.Random(0)
     params = SamplingParams(temperature=1.0, max_tokens=4000, ignore_eos=True, detokenize=False)
@@ -226,6 +220,20 @@ def job_mixed(variant: str = "") -> dict:
     add(256)
     for _ in range(40):  # through the prefills into steady decoding
         eng.step()
+    return eng, add
+
+
+def job_mixed(variant: str = "") -> dict:
+    """Steps that carry prefill beside decodes, as a saturated server runs them (serve's
+    8,192-token budget, 256 requests decoding, 512-token prompts): the step time for 0, 2,048,
+    4,096 and 8,192 new prefill tokens and the FLOP rate it implies; ``mixed:prof`` profiles
+    the 8,192-token step, eager. Steps are synchronous here (no async scheduling) so each is
+    timed alone."""
+    _profile_in_process()
+    import torch
+
+    eager = variant == "prof"
+    eng, add = saturated_engine(async_scheduling=False, enforce_eager=eager)
     if eager:
         from torch.profiler import ProfilerActivity, profile
 
@@ -267,22 +275,7 @@ def job_launch() -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pagedllm import SamplingParams
-
-    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024)
-    eng = llm.llm_engine
-    rng = random.Random(0)
-    params = SamplingParams(temperature=1.0, max_tokens=4000, ignore_eos=True, detokenize=False)
-    counter = itertools.count()
-
-    def add(n: int) -> None:
-        for _ in range(n):
-            prompt = [rng.randint(0, 10000) for _ in range(512)]
-            eng.add_request(str(next(counter)), {"prompt_token_ids": prompt}, params)
-
-    add(256)
-    for _ in range(40):  # through the prefills into steady decoding
-        eng.step()
+    eng, add = saturated_engine()
     for _ in range(4):  # the eager path's first runs (Triton variants) outside the timing
         add(16)
         eng.step()

@@ -64,7 +64,6 @@ def step_shape(log_text: str, since: float, until: float) -> dict[str, float]:
 
 
 SCHEDULED = re.compile(r"Step: \d+ requests \(\d+ new\), (\d+) tokens \((\d+) prompt")
-ENDED = re.compile(r"Step ended at ([\d.]+) after ([\d.]+) ms")
 
 
 def steps_by_graph(log_text: str, since: float, until: float) -> dict[str, dict[str, float]]:
@@ -81,7 +80,7 @@ def steps_by_graph(log_text: str, since: float, until: float) -> dict[str, dict[
         if (scheduled := SCHEDULED.search(line)) is not None:
             launched = (int(scheduled.group(1)), int(scheduled.group(2)))
             continue
-        if (ended := ENDED.search(line)) is None:
+        if (ended := STEP.search(line)) is None:
             continue
         if waited_for is not None and since <= float(ended.group(1)) <= until:
             tokens, prompt = waited_for

@@ -185,10 +185,10 @@ def run_engine(engine: str, args: argparse.Namespace, model: Path, out: Path) ->
             result = bench(args.client, model, port, rate, args.seed + i, args.num_prompts,
                            lengths, out, f"{stem}-rate{rate}")  # fmt: skip
             step = median_step_ms(log, mark) if engine.startswith("pagedllm") else None
-            trace = log.read_text()[mark:]
+            trace, ended = log.read_text()[mark:], time.time()
             gaps = {**gap_shape(result.pop("itls", [])),
-                    **step_shape(trace, began, time.time()),
-                    "by_graph": steps_by_graph(trace, began, time.time())}  # fmt: skip
+                    **step_shape(trace, began, ended),
+                    "by_graph": steps_by_graph(trace, began, ended)}  # fmt: skip
             for key in ("ttfts", "generated_texts", "input_lens", "output_lens", "errors"):
                 result.pop(key, None)  # per-request lists: kept in the client's JSON file
             print(f"{engine} rate {rate} gaps: {json.dumps(gaps)}", flush=True)
