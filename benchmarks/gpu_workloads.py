@@ -11,7 +11,9 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
 steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
 ``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too);
-``launch`` shows where the host waits while launching a saturated server's eager steps.
+``launch`` shows where the host waits while launching a saturated server's eager steps;
+``padding`` (``padding:eager``) times steps of one new prompt beside 24 decodes by the mixed
+CUDA graph they run in (or eagerly).
 
 Workloads 2 and 3 take a variant after a colon (``2:fp8``, ``3:fp8+kvfp8``): ``fp8``
 (``quantization="fp8"``), ``kvfp8`` (``kv_cache_dtype="fp8"``), both, ``bf16`` (none).
@@ -263,6 +265,52 @@ def job_mixed(variant: str = "") -> dict:
     return {"job": "mixed", "steps": rows}
 
 
+def job_padding(variant: str = "") -> dict:
+    """Steps that carry one new prompt beside 24 decodes, as a server at 16 req/s runs them:
+    the step time by token count, replayed in the smallest mixed CUDA graph that holds it
+    (``padding``) or eager (``padding:eager``), so the cost of a graph's padding is read
+    against the launches it saves. Synchronous steps, each timed alone; the new prompt asks
+    for one token, so the decode batch stays at 24."""
+    _profile_in_process()
+    import torch
+
+    from pagedllm import SamplingParams
+    from pagedllm.worker.cuda_graphs import MIXED_SIZES
+
+    eager = variant == "eager"
+    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024,
+                 async_scheduling=False, enforce_eager=eager)  # fmt: skip
+    eng = llm.llm_engine
+    rng = random.Random(0)
+    counter = itertools.count()
+
+    def add(length: int, max_tokens: int) -> None:
+        prompt = [rng.randint(0, 10000) for _ in range(length)]
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False)
+        eng.add_request(str(next(counter)), {"prompt_token_ids": prompt}, params)
+
+    for _ in range(24):
+        add(512, 4000)
+    for _ in range(8):
+        eng.step()
+    rows = []
+    for length in (0, 256, 384, 488, 512, 600, 744, 1000, 1100, 1256, 1500, 2000):
+        times = []
+        for _ in range(4):
+            if length:
+                add(length, 1)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            eng.step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        tokens = length + 24
+        graph = "eager" if eager else next((n for n in MIXED_SIZES if tokens <= n), "eager")
+        rows.append({"tokens": tokens, "graph": graph,
+                     "step_ms": round(statistics.median(times[1:]) * 1e3, 2)})  # fmt: skip
+    return {"job": f"padding{':eager' if eager else ''}", "steps": rows}
+
+
 def job_launch() -> dict:
     """Where the host waits while it launches eager prefill steps (serve's 8,192-token budget,
     256 requests decoding, 16 new 512-token prompts before each step, async scheduling as
@@ -481,7 +529,7 @@ def job_hf2() -> dict:
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
         "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
-        "w3prof": job_w3prof, "launch": job_launch}  # fmt: skip
+        "w3prof": job_w3prof, "launch": job_launch, "padding": job_padding}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:

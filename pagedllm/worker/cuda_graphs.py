@@ -27,7 +27,12 @@ from pagedllm.worker.step_plan import GraphShape, plan_step
 logger = init_logger(__name__)
 
 
-MIXED_SIZES = (128, 256, 512, 1024, 2048)  # token counts of the mixed (prefill) graphs
+# Token counts of the mixed (prefill) graphs: steps of 128 up to 1,024, of 256 up to 2,048.
+# A mixed step costs the tokens of its graph, not its own (a graph computes its padding at
+# the GEMM ceiling), so the steps bound the waste: a served 512-token prompt beside ~25
+# decodes (~540 tokens) runs as 640 tokens, where powers of two ran it as 1,024 (21.5 ms
+# against ~13 on the H200: benchmarks/RESULTS.md, "at 16 req/s the P99 gaps").
+MIXED_SIZES = (*range(128, 1024, 128), *range(1024, 2049, 256))
 # Requests a mixed graph holds: every replay walks all its request slots, so they are
 # capped (a mixed batch of more requests runs eagerly, where its steps are long anyway)
 # rather than following max_num_seqs up to 1024.
