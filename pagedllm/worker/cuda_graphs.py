@@ -27,12 +27,14 @@ from pagedllm.worker.step_plan import GraphShape, plan_step
 logger = init_logger(__name__)
 
 
-# Token counts of the mixed (prefill) graphs: steps of 128 up to 1,024, of 256 up to 2,048.
-# A mixed step costs the tokens of its graph, not its own (a graph computes its padding at
-# the GEMM ceiling), so the steps bound the waste: a served 512-token prompt beside ~25
-# decodes (~540 tokens) runs as 640 tokens, where powers of two ran it as 1,024 (21.5 ms
-# against ~13 on the H200: benchmarks/RESULTS.md, "at 16 req/s the P99 gaps").
-MIXED_SIZES = (*range(128, 1024, 128), *range(1024, 2049, 256))
+# Token counts of the mixed (prefill) graphs: every 64 tokens up to 512. A mixed step costs
+# the tokens of its graph, not its own (the padding is computed at the GEMM ceiling), so the
+# sizes are dense; and they stop at 512 because from there an eager step is as fast as its
+# graph (its kernels outlast their launches) while each graph costs capture time and memory:
+# on the H200, beside 24 decodes, 536 tokens take 18.5 ms in the 640-token graph and 17.9
+# eager; 1,124 tokens 32.4 in the 1,280 graph and 30.3 eager; 280 tokens 12.7 in the 384
+# graph and 15.6 eager (benchmarks/RESULTS.md, "Mixed CUDA graphs against eager steps").
+MIXED_SIZES = tuple(range(128, 513, 64))
 # Requests a mixed graph holds: every replay walks all its request slots, so they are
 # capped (a mixed batch of more requests runs eagerly, where its steps are long anyway)
 # rather than following max_num_seqs up to 1024.
