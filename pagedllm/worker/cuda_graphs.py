@@ -27,14 +27,15 @@ from pagedllm.worker.step_plan import GraphShape, plan_step
 logger = init_logger(__name__)
 
 
-# Token counts of the mixed (prefill) graphs: every 64 tokens up to 512. A mixed step costs
-# the tokens of its graph, not its own (the padding is computed at the GEMM ceiling), so the
-# sizes are dense; and they stop at 512 because from there an eager step is as fast as its
-# graph (its kernels outlast their launches) while each graph costs capture time and memory:
-# on the H200, beside 24 decodes, 536 tokens take 18.5 ms in the 640-token graph and 17.9
-# eager; 1,124 tokens 32.4 in the 1,280 graph and 30.3 eager; 280 tokens 12.7 in the 384
-# graph and 15.6 eager (benchmarks/RESULTS.md, "Mixed CUDA graphs against eager steps").
-MIXED_SIZES = tuple(range(128, 513, 64))
+# Token counts of the mixed (prefill) graphs: every 64 tokens up to 1,024, every 256 up to
+# 2,048. A mixed step costs the tokens of its graph, not its own (the padding is computed at
+# the GEMM ceiling), so the sizes are dense. Steps past 512 tokens measured as fast eager as
+# in a graph when timed alone, but served, an eager step's launch holds the host for its
+# device time and is held behind the step in flight (``Executor.launch_blocks``): a served
+# prompt beside ~25 decodes (~540 tokens) took 22 ms between outputs eager against 18.5 ms
+# alone in a 640-token graph (benchmarks/RESULTS.md, "Mixed CUDA graphs against eager
+# steps" and the 16 req/s record after it).
+MIXED_SIZES = (*range(128, 1024, 64), *range(1024, 2049, 256))
 # Requests a mixed graph holds: every replay walks all its request slots, so they are
 # capped (a mixed batch of more requests runs eagerly, where its steps are long anyway)
 # rather than following max_num_seqs up to 1024.
