@@ -163,13 +163,14 @@ def test_churn_keeps_the_pool_consistent(tiny_models):
 
 
 def test_multi_turn_chat_with_smollm(smollm, tmp_path):
-    """A 10-turn chat (the users' "incremental computation"): same replies, cache on or off."""
+    """A 6-turn chat (the users' "incremental computation"): same replies, cache on or off,
+    and each turn from the third reuses more of the history than the one before."""
     plain = LLM(kv_cache_memory_bytes="96M", max_model_len=2048, enable_prefix_caching=False)
     messages_c = [{"role": "system", "content": "You are a concise assistant."}]
     messages_p = list(messages_c)
     params = SamplingParams(temperature=0.0, max_tokens=20)
     cached_tokens = []
-    for turn in range(10):
+    for turn in range(6):
         question = {
             "role": "user",
             "content": f"Give me one short fact about the number {turn + 2}.",
@@ -182,4 +183,4 @@ def test_multi_turn_chat_with_smollm(smollm, tmp_path):
         cached_tokens.append(out_c.num_cached_tokens)
         messages_c.append({"role": "assistant", "content": out_c.outputs[0].text})
         messages_p.append({"role": "assistant", "content": out_p.outputs[0].text})
-    assert all(cached_tokens[t] > cached_tokens[t - 1] for t in range(2, 10))
+    assert all(cached_tokens[t] > cached_tokens[t - 1] for t in range(2, 6))

@@ -63,12 +63,16 @@ def test_dummy_weights_need_only_a_config(tmp_path):
 
 
 def test_gguf_file_directory_and_repo_id_agree(tmp_path):
+    """The four ways to name the bundled model resolve to the same weights and converted
+    config, and a directory holding its GGUF generates what the repo id does (one engine
+    per form would add ~12 s each and test the same files)."""
     gguf = bundled_gguf_path()
     (tmp_path / gguf.name).symlink_to(gguf)
-    by_id = generate("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert generate(str(tmp_path / gguf.name)) == by_id
-    assert generate(str(tmp_path)) == by_id
-    assert generate(None) == by_id
+    by_id = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    for form in (str(tmp_path / gguf.name), str(tmp_path), None):
+        files = resolve_model(form)
+        assert (files.gguf_file, files.config_dir) == (by_id.gguf_file, by_id.config_dir), form
+    assert generate(str(tmp_path)) == generate("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
 def test_gguf_conversion_is_cached(tmp_path, monkeypatch):
