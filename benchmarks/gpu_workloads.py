@@ -11,7 +11,9 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
 steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
 ``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too);
-``launch`` shows where the host waits while launching a saturated server's eager steps;
+``launch`` shows where the host waits while launching a saturated server's eager steps
+(and whether the allocator went to the device meanwhile); ``queue`` whether big GEMMs let
+the host run ahead at all, and the launch queue's depth;
 ``padding`` (``padding:eager``) times steps of one new prompt beside 24 decodes by the mixed
 CUDA graph they run in (or eagerly).
 
@@ -336,6 +338,7 @@ def job_launch() -> dict:
     warnings.showwarning = record
     warnings.simplefilter("always")
     walls = []
+    before = torch.cuda.memory_stats()
     torch.cuda.set_sync_debug_mode("warn")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(8):
@@ -344,10 +347,57 @@ def job_launch() -> dict:
             eng.step()
             walls.append(round((time.perf_counter() - start) * 1e3, 1))
     torch.cuda.set_sync_debug_mode(0)
+    after = torch.cuda.memory_stats()
+    # An allocator that must return cached memory to the device (cudaFree) synchronizes it:
+    # these counters say whether the eager steps' allocations went to the device at all.
+    keys = ("num_alloc_retries", "num_sync_all_streams", "num_device_alloc", "num_device_free")
+    allocator = {key: after.get(key, 0) - before.get(key, 0) for key in keys}
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     shown = sorted(syncs.items(), key=lambda kv: -kv[1])[:8]
-    return {"job": "launch", "step_wall_ms": walls, "table": table,
+    return {"job": "launch", "step_wall_ms": walls, "allocator": allocator, "table": table,
             "log": "\n".join(f"{n} x\n{where}" for where, n in shown)}  # fmt: skip
+
+
+def job_queue() -> dict:
+    """Whether the host can run ahead of the device on big GEMMs, without the engine: the
+    host time to enqueue n bfloat16 GEMMs of a prefill step's gate_up shape (8,192 x 4,096 x
+    28,672) against their device time, and how many tiny kernels queue behind one long GEMM
+    before an enqueue waits (the launch queue's depth). If the GEMMs' enqueue alone takes
+    their device time, eager prefill steps hold the host in cuBLAS whatever the engine does."""
+    import torch
+
+    a = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(28672, 4096, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(8192, 28672, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.mm(a, b.t(), out=out)
+    torch.cuda.synchronize()
+    gemms = []
+    for n in (4, 16, 64):
+        for fresh in (False, True):  # into one buffer, or a new output each (as eager runs)
+            start = time.perf_counter()
+            for _ in range(n):
+                if fresh:
+                    torch.mm(a, b.t())
+                else:
+                    torch.mm(a, b.t(), out=out)
+            host = time.perf_counter() - start
+            torch.cuda.synchronize()
+            device = time.perf_counter() - start
+            gemms.append({"gemms": n, "fresh_output": fresh, "enqueue_ms": round(host * 1e3, 2),
+                          "done_ms": round(device * 1e3, 2)})  # fmt: skip
+    tiny = torch.zeros(256, device="cuda")
+    torch.mm(a, b.t(), out=out)
+    stamps = []
+    start = time.perf_counter()
+    for _ in range(8192):
+        tiny.add_(1.0)
+        stamps.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    steps = [later - earlier for earlier, later in zip([0.0, *stamps], stamps)]
+    first_wait = next((i for i, t in enumerate(steps) if t > 200e-6), None)
+    return {"job": "queue", "gemms": gemms, "tiny_kernels_before_a_wait": first_wait,
+            "longest_enqueue_us": round(max(steps) * 1e6, 1)}  # fmt: skip
 
 
 def engine_params(config: dict) -> int:
@@ -529,7 +579,8 @@ def job_hf2() -> dict:
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
         "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
-        "w3prof": job_w3prof, "launch": job_launch, "padding": job_padding}  # fmt: skip
+        "w3prof": job_w3prof, "launch": job_launch, "padding": job_padding,
+        "queue": job_queue}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:
