@@ -32,9 +32,9 @@ logger = init_logger(__name__)
 # the GEMM ceiling), so the sizes are dense. Steps past 512 tokens measured as fast eager as
 # in a graph when timed alone, but served, an eager step's launch holds the host for its
 # device time and is held behind the step in flight (``Executor.launch_blocks``): a served
-# prompt beside ~25 decodes (~540 tokens) took 22 ms between outputs eager against 18.5 ms
-# alone in a 640-token graph (benchmarks/RESULTS.md, "Mixed CUDA graphs against eager
-# steps" and the 16 req/s record after it).
+# prompt beside ~25 decodes (~540 tokens) left 22.0 ms between outputs eager and 14.9 ms in
+# the 576-token graph (benchmarks/RESULTS.md, "Mixed CUDA graphs against eager steps" and
+# the two 16 req/s records after it).
 MIXED_SIZES = (*range(128, 1024, 64), *range(1024, 2049, 256))
 # Requests a mixed graph holds: every replay walks all its request slots, so they are
 # capped (a mixed batch of more requests runs eagerly, where its steps are long anyway)
