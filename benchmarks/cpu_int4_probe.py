@@ -60,28 +60,52 @@ def serve_in_int4(layer: torch.nn.Module, max_rows: int, logits: bool) -> None:
     layer.forward = types.MethodType(forward, layer)
 
 
+def pack_model(max_rows: int, lm_head: bool) -> int:
+    """Serve the in-process engine's linear layers (and the LM head) in int4; how many."""
+    from pagedllm.model.decoder import CausalLM
+    from pagedllm.model.layers.embedding import LMHead
+    from pagedllm.model.layers.linear import Linear
+
+    model = next(o for o in gc.get_objects() if isinstance(o, CausalLM))
+    packed = 0
+    for module in model.modules():
+        head = isinstance(module, LMHead)
+        if (isinstance(module, Linear) and module.in_features % GROUP == 0) or (head and lm_head):
+            serve_in_int4(module, max_rows, logits=head)
+            packed += 1
+    return packed
+
+
+def quality(dtype: str, int4: bool, lm_head: bool) -> None:
+    """Top-1 agreement and perplexity rise against float32, as the FP8 quality test reads them."""
+    from tests.model.teacher_forcing import engine, score, score_engine
+
+    reference = score()
+    llm = engine(dtype=dtype)
+    packed = pack_model(1 << 20, lm_head) if int4 else 0
+    scores = score_engine(llm)
+    print(f"dtype {dtype}, {packed} layers in int4: top-1 agreement with float32 "
+          f"{scores.agreement(reference):.1%}, perplexity {scores.perplexity:.3f} against "
+          f"{reference.perplexity:.3f} ({scores.perplexity_rise(reference):+.2%})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--int4", action="store_true")
     parser.add_argument("--lm-head", action="store_true", help="the LM head in 4 bits too")
     parser.add_argument("--max-rows", type=int, default=4)
+    parser.add_argument("--quality", action="store_true",
+                        help="teacher-forced top-1 agreement and perplexity against float32 "
+                             "(tests/model/teacher_forcing.py), every product in int4")  # fmt: skip
     args = parser.parse_args()
+    if args.quality:
+        quality(args.dtype, args.int4, args.lm_head)
+        return
     from pagedllm import LLM, SamplingParams
-    from pagedllm.model.decoder import CausalLM
-    from pagedllm.model.layers.embedding import LMHead
-    from pagedllm.model.layers.linear import Linear
 
     llm = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", dtype=args.dtype)
-    model = next(o for o in gc.get_objects() if isinstance(o, CausalLM))
-    packed = 0
-    for module in model.modules() if args.int4 else ():
-        head = isinstance(module, LMHead)
-        if (isinstance(module, Linear) and module.in_features % GROUP == 0) or (
-            head and args.lm_head
-        ):
-            serve_in_int4(module, args.max_rows, logits=head)
-            packed += 1
+    packed = pack_model(args.max_rows, args.lm_head) if args.int4 else 0
     chat = [{"role": "user", "content": "Tell me about the history of Paris."}]
     params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
     llm.chat(chat, SamplingParams(max_tokens=8), use_tqdm=False)

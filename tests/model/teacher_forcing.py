@@ -36,7 +36,16 @@ class Scores:
 def score(**engine_kwargs) -> Scores:
     """Scores of the bundled SmolLM2 built with ``engine_kwargs`` (float32 unless they say)."""
     engine_kwargs.setdefault("dtype", "float32")
-    llm = LLM(kv_cache_memory_bytes="64M", max_model_len=1024, **engine_kwargs)
+    return score_engine(engine(**engine_kwargs))
+
+
+def engine(**engine_kwargs) -> LLM:
+    """The bundled SmolLM2 as the scores read it (a cache for one 512-token text)."""
+    return LLM(kv_cache_memory_bytes="64M", max_model_len=1024, **engine_kwargs)
+
+
+def score_engine(llm: LLM) -> Scores:
+    """Scores of an engine built by ``engine`` (and perhaps changed since, as probes do)."""
     ids = llm.get_tokenizer()(TEXT.read_text())["input_ids"][:NUM_TOKENS]
     assert len(ids) == NUM_TOKENS, "the text is at least 512 tokens long"
     params = SamplingParams(max_tokens=1, prompt_logprobs=1)
