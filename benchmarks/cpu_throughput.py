@@ -249,6 +249,8 @@ def main() -> None:
     parser.add_argument("--llama-cpp", action="store_true",
                         help="with --serving: llama-cpp-python on the same GGUF too")  # fmt: skip
     args = parser.parse_args()
+    if args.llama_cpp and not args.serving:
+        parser.error("--llama-cpp compares serving figures: it needs --serving")
     if args.serving:
         table = serving(args.dtype, args.cpu_threads)
         if args.llama_cpp:  # the same process and minutes: one machine state for both
