@@ -94,18 +94,25 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--int4", action="store_true")
     parser.add_argument("--lm-head", action="store_true", help="the LM head in 4 bits too")
-    parser.add_argument("--max-rows", type=int, default=4)
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="products of up to this many rows in int4 (default 4)")  # fmt: skip
     parser.add_argument("--quality", action="store_true",
                         help="teacher-forced top-1 agreement and perplexity against float32 "
                              "(tests/model/teacher_forcing.py), every product in int4")  # fmt: skip
     args = parser.parse_args()
+    if args.lm_head and not args.int4:
+        parser.error("--lm-head puts the LM head in int4 beside the linear layers: it needs --int4")
+    if args.max_rows is not None and not args.int4:
+        parser.error("--max-rows routes products to int4: it needs --int4")
+    if args.max_rows is not None and args.quality:
+        parser.error("--quality scores every product in int4: --max-rows does not apply")
     if args.quality:
         quality(args.dtype, args.int4, args.lm_head)
         return
     from pagedllm import LLM, SamplingParams
 
     llm = LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct", dtype=args.dtype)
-    packed = pack_model(args.max_rows, args.lm_head) if args.int4 else 0
+    packed = pack_model(args.max_rows or 4, args.lm_head) if args.int4 else 0
     chat = [{"role": "user", "content": "Tell me about the history of Paris."}]
     params = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
     llm.chat(chat, SamplingParams(max_tokens=8), use_tqdm=False)

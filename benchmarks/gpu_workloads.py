@@ -236,6 +236,8 @@ def job_mixed(variant: str = "") -> dict:
     _profile_in_process()
     import torch
 
+    if variant not in ("", "prof"):
+        raise ValueError(f"mixed takes no variant or 'prof', got {variant!r}")
     eager = variant == "prof"
     eng, add = saturated_engine(async_scheduling=False, enforce_eager=eager)
     if eager:
@@ -279,6 +281,8 @@ def job_padding(variant: str = "") -> dict:
     from pagedllm import SamplingParams
     from pagedllm.worker.cuda_graphs import MIXED_SIZES
 
+    if variant not in ("", "eager"):
+        raise ValueError(f"padding takes no variant or 'eager', got {variant!r}")
     eager = variant == "eager"
     llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024,
                  async_scheduling=False, enforce_eager=eager)  # fmt: skip
