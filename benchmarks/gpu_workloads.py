@@ -38,6 +38,9 @@ from typing import Any
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout, installed or not
+sys.path.insert(0, str(HERE))
+from itl_gaps import mixed_graph  # noqa: E402
+
 CONFIGS = HERE / "model-configs"
 QWEN3 = str(CONFIGS / "qwen3-0.6b")
 LLAMA8B = str(CONFIGS / "llama-3.1-8b-instruct")
@@ -205,13 +208,17 @@ def job_profile() -> dict:
     return {"job": "profile", "eager_step_ms": step_ms, "table": table}
 
 
+def serve_budget_engine(**kw: Any) -> Any:
+    """llama-3.1-8b's engine (``LLMEngine``) at serve's budget: 8,192 tokens, 1,024 sequences."""
+    return engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024, **kw).llm_engine
+
+
 def saturated_engine(**kw: Any) -> tuple[Any, Callable[[int], None]]:
-    """llama-3.1-8b at serve's budget (8,192 tokens, 1,024 sequences) with 256 requests of
-    512-token prompts steadily decoding, and ``add(n)``, which queues n more such prompts."""
+    """``serve_budget_engine`` with 256 requests of 512-token prompts steadily decoding, and
+    ``add(n)``, which queues n more such prompts."""
     from pagedllm import SamplingParams
 
-    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024, **kw)
-    eng = llm.llm_engine
+    eng = serve_budget_engine(**kw)
     rng = random.Random(0)
     params = SamplingParams(temperature=1.0, max_tokens=4000, ignore_eos=True, detokenize=False)
     counter = itertools.count()
@@ -279,14 +286,11 @@ def job_padding(variant: str = "") -> dict:
     import torch
 
     from pagedllm import SamplingParams
-    from pagedllm.worker.cuda_graphs import MIXED_SIZES
 
     if variant not in ("", "eager"):
         raise ValueError(f"padding takes no variant or 'eager', got {variant!r}")
     eager = variant == "eager"
-    llm = engine(LLAMA8B, 4096, max_num_batched_tokens=8192, max_num_seqs=1024,
-                 async_scheduling=False, enforce_eager=eager)  # fmt: skip
-    eng = llm.llm_engine
+    eng = serve_budget_engine(async_scheduling=False, enforce_eager=eager)
     rng = random.Random(0)
     counter = itertools.count()
 
@@ -311,7 +315,7 @@ def job_padding(variant: str = "") -> dict:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         tokens = length + 24
-        graph = "eager" if eager else next((n for n in MIXED_SIZES if tokens <= n), "eager")
+        graph = "eager" if eager else mixed_graph(tokens)
         rows.append({"tokens": tokens, "graph": graph,
                      "step_ms": round(statistics.median(times[1:]) * 1e3, 2)})  # fmt: skip
     return {"job": f"padding{':eager' if eager else ''}", "steps": rows}

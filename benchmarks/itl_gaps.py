@@ -66,13 +66,19 @@ def step_shape(log_text: str, since: float, until: float) -> dict[str, float]:
 SCHEDULED = re.compile(r"Step: \d+ requests \(\d+ new\), (\d+) tokens \((\d+) prompt")
 
 
+def mixed_graph(tokens: int) -> str:
+    """The mixed CUDA graph a step of ``tokens`` runs in ("graph N"), or "eager" past the
+    largest (``MIXED_SIZES``)."""
+    from pagedllm.worker.cuda_graphs import MIXED_SIZES
+
+    return next((f"graph {n}" for n in MIXED_SIZES if tokens <= n), "eager")
+
+
 def steps_by_graph(log_text: str, since: float, until: float) -> dict[str, dict[str, float]]:
     """Steps that carry prompt tokens, grouped by the mixed CUDA graph their token count
     runs in (``MIXED_SIZES``; "eager" past the largest), with decode-only steps apart: how
     many, and the median and largest wall time of the step after each, which under async
     scheduling is the one that waits for it (ms)."""
-    from pagedllm.worker.cuda_graphs import MIXED_SIZES
-
     found: dict[str, list[float]] = {}
     launched: tuple[int, int] | None = None  # (tokens, prompt tokens) of this call's step
     waited_for: tuple[int, int] | None = None  # ... and of the call before's
@@ -84,8 +90,7 @@ def steps_by_graph(log_text: str, since: float, until: float) -> dict[str, dict[
             continue
         if waited_for is not None and since <= float(ended.group(1)) <= until:
             tokens, prompt = waited_for
-            graph = next((f"graph {n}" for n in MIXED_SIZES if tokens <= n), "eager")
-            name = "decodes only" if prompt == 0 else graph
+            name = "decodes only" if prompt == 0 else mixed_graph(tokens)
             found.setdefault(name, []).append(float(ended.group(2)))
         waited_for, launched = launched, None
     return {
