@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from pagedllm import SamplingParams
 from pagedllm.attention.torch_backend import write_kv_torch
 from pagedllm.kernels.fp8_quant import quantize_rows
+from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
 from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
 from pagedllm.kernels.fused_ops import write_kv
 from pagedllm.model.layers.device_ops import device_ops
-from pagedllm.model.layers.fp8 import quantize_rows_reference, quantize_weight, weight_only_linear
+from pagedllm.model.layers.fp8 import (
+    quantize_rows_reference,
+    quantize_weight,
+    tile_quantized_linear_reference,
+    weight_only_linear,
+)
 from pagedllm.model.layers.fp8_linear import Fp8Linear
 from pagedllm.quantization import Fp8Scheme
 from tests.gpu.test_gpu_engine import engine, greedy, prompts
@@ -137,6 +144,36 @@ def test_small_batch_kernel_is_the_weight_only_product(rows, n, k, dtype, gemv):
         want = weight_only_linear(x.float(), q, scale, None if b is None else b.float())
         # float32 accumulation both ways; the only rounding left is the output's to 16 bits
         assert ((got - want).norm() / want.norm()).item() < 8e-3  # bf16: 3.5e-3 measured
+
+
+@needs_fp8
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 200), (4096, 4096), (48, 14336)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("config", [None, (32, 128, 4, 3, 1), (64, 256, 4, 3, 4)])
+def test_w8a8_kernel_is_its_definition(rows, n, k, dtype, config):
+    """Activations quantized per row and slice inside the kernel, as the torch reference
+    does (rounding included: random inputs), split-K finished in the kernel, run twice
+    (the strip counters are left at zero), and replayed from a CUDA graph."""
+    gen = torch.Generator(device="cuda").manual_seed(rows * n + k)
+    q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
+    x = (torch.randn(rows, k, generator=gen, device="cuda") * 4).to(dtype)
+    block_k = min((config or config_for(n, k))[1], max(32, triton.next_power_of_2(k)))
+    if k > block_k:
+        x[0, :block_k] = 0  # an all-zero slice
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    for b in (None, bias):
+        want = tile_quantized_linear_reference(x, q, scale, b, block_k).float()
+        for _ in range(2):
+            got = w8a8_matmul(x, q, scale, b, config).float()
+            # the same quantized operands both ways: float32 sums in another order, 16-bit out
+            assert ((got - want).norm() / want.norm()).item() < 4e-3
+    graph, out = torch.cuda.CUDAGraph(), None
+    with torch.cuda.graph(graph):
+        out = w8a8_matmul(x, q, scale, bias, config)
+    for _ in range(3):
+        graph.replay()
+        assert ((out.float() - want).norm() / want.norm()).item() < 4e-3
 
 
 def test_small_batch_kernel_reads_strided_rows():

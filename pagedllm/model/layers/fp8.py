@@ -45,6 +45,30 @@ def quantize_rows_reference(
     return q, scale
 
 
+def tile_quantized_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    block_k: int,
+) -> torch.Tensor:
+    """What ``kernels.fp8_w8a8_matmul`` computes: x quantized to e4m3 per row and per slice
+    of ``block_k`` columns (times 1 / scale, the slice's amax / 448), each slice's product with the e4m3
+    weights scaled back by its activation scales and summed in float32, then the weight
+    scales and bias applied, in x's dtype."""
+    xf = x.float()
+    out = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[1], block_k):
+        piece = xf[:, start : start + block_k]
+        piece_scale = (piece.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+        q = (piece * (1.0 / piece_scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float()
+        out += (q @ weight[:, start : start + block_k].float().t()) * piece_scale
+    out = out * scale.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
 def weight_only_linear(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -1,0 +1,155 @@
+"""FP8 weights times FP8 activations on tensor cores for small batches (1-16 rows), in one
+kernel: ``y = x (q * scale[:, None])^T + b``.
+
+Why: a decode step reads every weight once, so it is bound by the weight bytes. Widening
+e4m3 weights in registers (``fp8_weight_matmul``) is bound by the conversion instructions
+(2.4-3.0 TB/s on an H200, RESULTS.md "FP8 GEMV: what bounds it"); ``tl.dot`` on e4m3
+operands reads the bytes as stored. That needs e4m3 activations, and a separate quantize
+kernel, zeroed split-K buffer and cast cost as much as the product saves at one row
+(RESULTS.md "Whether big GEMMs hold the host, and the W8A8 pipeline"). So this kernel
+quantizes its own activation tiles and finishes its own split-K sums:
+
+- Activations are quantized per row and per ``BLOCK_K`` slice (the slice's amax / 448) as
+  each tile is loaded, and each tile's product is scaled back into a float32 accumulator.
+  Finer than one scale per row, and every program needs only the slices it reads.
+- Split-K: the ``SPLIT`` programs of a column strip store float32 partial sums; the last to
+  finish (a counter per strip, bumped after a barrier) adds them up, applies the weight
+  scales and bias and writes ``y``, then resets its counter to 0 for the next call (so the
+  counters, zeroed once per device, stay valid across CUDA-graph replays).
+
+Invariants: weight [N, K] row-major e4m3 (``torch.float8_e4m3fn``), scale [N] float32, x
+[M, K] bfloat16/float16 with unit column stride and M <= MAX_ROWS, bias [N] in x's dtype or
+None; y is a new [M, N] tensor in x's dtype. Calls that share a device run one after another
+(one stream): the strip counters are shared.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
+FP8_MAX = tl.constexpr(448.0)
+# A slice of zeros still divides by a positive scale (the weight quantizer's floor).
+MIN_SCALE = tl.constexpr(1.0 / (448.0 * 512.0))
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, split): the default until the H200 sweep of
+# benchmarks/fp8_w8a8_probe.py picks per shape.
+DEFAULT_CONFIG = (64, 256, 4, 3, 4)
+# Strip counters per device, allocated once and never replaced: a captured CUDA graph holds
+# their address. 65,536 strips of >= 32 columns cover any layer up to 2M outputs.
+COUNTERS = 1 << 16
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+@triton.jit
+def _w8a8_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_split, stride_xm,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    k_start = pid_k * k_split
+    k_end = tl.minimum(k_start + k_split, K)
+    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + (k_start + rk)[None, :]
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * K + (k_start + rk)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+        else:
+            k_ok = k + rk < k_end
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        xf = x.to(tl.float32)
+        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
+        # One division a row, a multiplication a value (a division costs several).
+        xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
+        acc += tl.dot(xq, tl.trans(w)) * x_scale[:, None]
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if SPLIT > 1:
+        # Partial sums [SPLIT, BLOCK_M, N]; every thread's stores precede the counter's bump
+        # (the barrier), and the bump releases them to the program that sees SPLIT - 1.
+        part_ptrs = part_ptr + (pid_k * BLOCK_M + rm[:, None]).to(tl.int64) * N + rn[None, :]
+        tl.store(part_ptrs, acc, mask=n_ok[None, :], cache_modifier=".wt")
+        tl.debug_barrier()
+        done = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if done == SPLIT - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT):
+                ptrs = part_ptr + (s * BLOCK_M + rm[:, None]).to(tl.int64) * N + rn[None, :]
+                acc += tl.load(ptrs, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+            _finish(acc, ws_ptr, b_ptr, y_ptr, rm, rn, m_ok, n_ok, N, HAS_BIAS)
+            tl.atomic_xchg(count_ptr + pid_n, 0)
+    else:
+        _finish(acc, ws_ptr, b_ptr, y_ptr, rm, rn, m_ok, n_ok, N, HAS_BIAS)
+
+
+@triton.jit
+def _finish(acc, ws_ptr, b_ptr, y_ptr, rm, rn, m_ok, n_ok, N, HAS_BIAS: tl.constexpr):
+    """y = acc * weight scales (+ bias), in y's dtype."""
+    acc = acc * tl.load(ws_ptr + rn, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def w8a8_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: tuple[int, int, int, int, int] | None = None,
+) -> torch.Tensor:
+    """``x (weight * scale[:, None])^T + bias`` for x [M, K], M <= MAX_ROWS, with x quantized
+    to e4m3 per row and ``BLOCK_K`` slice. ``config`` (BLOCK_N, BLOCK_K, num_warps,
+    num_stages, split): benchmarks only; the tuned tiles otherwise."""
+    if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
+                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
+    (rows, k), n = x.shape, weight.shape[0]
+    if rows > MAX_ROWS or weight.shape[1] != k or not weight.is_contiguous():
+        raise ValueError(f"w8a8_matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    block_n, block_k, warps, stages, split = config or config_for(n, k)
+    block_k = min(block_k, max(32, triton.next_power_of_2(k)))
+    # Each split's length is a whole number of BLOCK_K steps (all but the last are full).
+    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    split = triton.cdiv(k, k_split)
+    strips = triton.cdiv(n, block_n)
+    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    part = y
+    if split > 1:
+        part = torch.empty((split, MAX_ROWS, n), dtype=torch.float32, device=x.device)
+    _w8a8_kernel[(strips, split)](
+        x, weight, scale, bias if bias is not None else scale, y, part,
+        strip_counters(x.device, strips), rows, n, k, k_split, x.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, BLOCK_M=MAX_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return y
+
+
+def config_for(n: int, k: int) -> tuple[int, int, int, int, int]:
+    """The tiles for an [n, k] weight."""
+    return DEFAULT_CONFIG
+
+
+def strip_counters(device: torch.device, strips: int) -> torch.Tensor:
+    """The device's split-K counters, zero between calls. Allocated on first use, even
+    inside a CUDA graph's capture: the tensor then lives in the graph's pool as long as
+    this cache holds it, and the captured zeroing replays onto zeros."""
+    if strips > COUNTERS:
+        raise ValueError(f"w8a8_matmul: {strips} column strips, more than {COUNTERS}")
+    counters = _counters.get(device)
+    if counters is None:
+        counters = _counters[device] = torch.zeros(COUNTERS, dtype=torch.int32, device=device)
+    return counters

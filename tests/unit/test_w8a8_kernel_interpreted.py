@@ -1,0 +1,66 @@
+"""The W8A8 decode kernel's code paths on the CPU, under Triton's interpreter in a
+subprocess: split-K sums finished by a strip's last program (and its counters left at zero
+for the next call), ragged K, masked rows and columns, bias. The activations are built so
+that quantizing them is exact (each slice of BLOCK_K holds a +-448 x 2^e and otherwise
+e4m3 values times the same 2^e): the interpreter's float32 -> e4m3 conversion mis-rounds
+values that round up across a power of two, which the compiled kernel does not
+(tests/gpu/test_fp8.py checks rounding against the reference on random inputs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+CHECK = textwrap.dedent(
+    """
+    import torch
+    from pagedllm.kernels.fp8_w8a8_matmul import strip_counters, w8a8_matmul
+    from pagedllm.model.layers.fp8 import quantize_weight, tile_quantized_linear_reference
+
+    def exact_activations(rows, k, block_k, gen):
+        codes = torch.randint(0, 256, (rows, k), generator=gen, dtype=torch.uint8)
+        codes[(codes & 0x7F) == 0x7F] = 0  # e4m3's NaN codes
+        x = codes.view(torch.float8_e4m3fn).float()
+        for start in range(0, k, block_k):
+            x[:, start] = 448.0  # every slice's amax: its scale is exactly 2^e
+        power = 2.0 ** torch.randint(-8, -3, (rows, 1), generator=gen).float()
+        return (x * power).to(torch.float16)  # 11 bits: a sum-order difference is small
+
+    gen = torch.Generator().manual_seed(7)
+    cases = [  # rows, out, in, (BLOCK_N, BLOCK_K, warps, stages, split), bias
+        (1, 96, 512, (32, 128, 4, 2, 1), False),
+        (3, 70, 512, (32, 128, 4, 2, 4), True),
+        (16, 80, 384, (64, 128, 4, 2, 2), False),
+        (5, 64, 200, (32, 64, 4, 2, 2), True),
+    ]
+    for rows, n, k, config, has_bias in cases:
+        q, scale = quantize_weight(torch.randn(n, k, generator=gen))
+        x = exact_activations(rows, k, config[1], gen)
+        bias = torch.randn(n, generator=gen).to(torch.float16) if has_bias else None
+        want = tile_quantized_linear_reference(x, q, scale, bias, config[1]).float()
+        for _ in range(2):  # the second call finds the counters the first left
+            got = w8a8_matmul(x, q, scale, bias, config).float()
+            error = ((got - want).abs().max() / want.abs().max()).item()
+            assert error < 2e-3, (rows, n, k, config, error)
+        assert int(strip_counters(x.device, 1).abs().sum()) == 0
+    print("W8A8_OK")
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
+def test_w8a8_kernel_under_the_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300,
+        cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0 and "W8A8_OK" in done.stdout, done.stderr[-3000:]
