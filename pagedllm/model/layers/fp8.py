@@ -53,9 +53,9 @@ def tile_quantized_linear_reference(
     block_k: int,
 ) -> torch.Tensor:
     """What ``kernels.fp8_w8a8_matmul`` computes: x quantized to e4m3 per row and per slice
-    of ``block_k`` columns (times 1 / scale, the slice's amax / 448), each slice's product with the e4m3
-    weights scaled back by its activation scales and summed in float32, then the weight
-    scales and bias applied, in x's dtype."""
+    of ``block_k`` columns (times 1 / scale, the slice's amax / 448), each slice's product
+    with the e4m3 weights scaled back by its activation scales and summed in float32, then
+    the weight scales and bias applied, in x's dtype."""
     xf = x.float()
     out = torch.zeros(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[1], block_k):
