@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels.fp8_weight_matmul import fp8_weight_matmul
+
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
 FP8_MAX = tl.constexpr(448.0)
 # A slice of zeros still divides by a positive scale (the weight quantizer's floor).
@@ -141,6 +143,22 @@ def w8a8_matmul(
 def config_for(n: int, k: int) -> tuple[int, int, int, int, int]:
     """The tiles for an [n, k] weight."""
     return DEFAULT_CONFIG
+
+
+def preferred(rows: int, n: int, k: int) -> bool:
+    """Whether this kernel beats widening the weights (``fp8_weight_matmul``) for ``rows``
+    rows of an [n, k] weight on an H200 (benchmarks/fp8_w8a8_probe.py, RESULTS.md)."""
+    return rows <= MAX_ROWS
+
+
+def small_batch_matmul(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The small-batch FP8 product of layers whose scheme quantizes activations, on FP8
+    tensor cores: this kernel where it is faster, the widening one otherwise."""
+    if preferred(x.shape[0], *weight.shape):
+        return w8a8_matmul(x, weight, scale, bias)
+    return fp8_weight_matmul(x, weight, scale, bias)
 
 
 def strip_counters(device: torch.device, strips: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pagedllm import SamplingParams
 from pagedllm.attention.torch_backend import write_kv_torch
 from pagedllm.kernels.fp8_quant import quantize_rows
 from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
+from pagedllm.kernels.fp8_w8a8_matmul import small_batch_matmul as w8a8_small_batch_matmul
 from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
 from pagedllm.kernels.fused_ops import write_kv
 from pagedllm.model.layers.device_ops import device_ops
@@ -114,9 +115,8 @@ def test_fp8_tensor_core_linear_stays_close_to_weight_only(rows):
     layer.finish_loading()
     assert layer.use_fp8_gemm
     x = torch.randn(rows, 256, device="cuda", dtype=torch.bfloat16)
-    fast = layer(x).float()
-    layer.use_fp8_gemm = False
-    exact = layer(x).float()
+    fast = layer(x).float()  # the W8A8 kernel up to 16 rows, _scaled_mm above
+    exact = weight_only_linear(x.float(), layer.weight, layer.weight_scale, None)
     assert (fast - exact).norm() / exact.norm() < 0.05
 
 
@@ -192,9 +192,12 @@ def test_fp8_layers_take_the_small_batch_kernel_up_to_its_rows():
     assert layer.small_batch_kernel
     limit = FP8_GEMM_ROWS if FP8_CAPABLE else MAX_ROWS
     assert layer.small_batch_rows == limit
+    # With FP8 tensor cores the scheme's activations are quantized in small batches too.
+    kernel = w8a8_small_batch_matmul if FP8_CAPABLE else fp8_weight_matmul
+    assert layer.small_batch_matmul is kernel
     for rows in (1, limit, limit + 1):
         x = torch.randn(rows, 256, device="cuda", dtype=torch.bfloat16)
-        want = fp8_weight_matmul(x[:limit], layer.weight, layer.weight_scale)
+        want = kernel(x[:limit], layer.weight, layer.weight_scale)
         assert torch.equal(layer(x)[:limit], want) == (rows <= limit)
 
 

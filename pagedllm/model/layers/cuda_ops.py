@@ -7,19 +7,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pagedllm.kernels import fp8_quant, fp8_weight_matmul, fused_ops
+from pagedllm.kernels import fp8_quant, fp8_w8a8_matmul, fp8_weight_matmul, fused_ops
 from pagedllm.model.layers import activation, norm
 from pagedllm.model.layers.device_ops import DeviceOps, Fp8Kernels
 from pagedllm.model.layers.rotary import RotaryEmbedding
 
 
 def cuda_ops(device: torch.device) -> DeviceOps:
+    tensor_cores = torch.cuda.get_device_capability(device) >= (8, 9)
     fp8 = Fp8Kernels(
         quantize_rows=fp8_quant.quantize_rows,
         small_batch_matmul=fp8_weight_matmul.fp8_weight_matmul,
+        activation_small_batch_matmul=(
+            fp8_w8a8_matmul.small_batch_matmul if tensor_cores else None
+        ),
         max_rows=fp8_weight_matmul.MAX_ROWS,
         gemm_rows=fp8_weight_matmul.FP8_GEMM_ROWS,
-        tensor_cores=torch.cuda.get_device_capability(device) >= (8, 9),
+        tensor_cores=tensor_cores,
     )
     return DeviceOps(
         name="cuda",

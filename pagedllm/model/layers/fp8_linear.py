@@ -192,6 +192,13 @@ class Fp8Linear(Linear):
         )
         if kernels is not None and self.small_batch_kernel:
             self.small_batch_rows = kernels.gemm_rows if self.use_fp8_gemm else kernels.max_rows
+            dynamic = self.scheme.activations == "dynamic"
+            if self.use_fp8_gemm and dynamic and kernels.activation_small_batch_matmul:
+                # The scheme quantizes activations as they come (as _scaled_mm above
+                # gemm_rows does): small batches may too, and read the FP8 weights on tensor
+                # cores as stored. A static scheme's one input scale is not what that kernel
+                # computes: it keeps the widening kernel.
+                self.small_batch_matmul = kernels.activation_small_batch_matmul
 
     def extra_repr(self) -> str:
         return (
