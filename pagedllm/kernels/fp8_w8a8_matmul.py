@@ -35,9 +35,19 @@ MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
 FP8_MAX = tl.constexpr(448.0)
 # A slice of zeros still divides by a positive scale (the weight quantizer's floor).
 MIN_SCALE = tl.constexpr(1.0 / (448.0 * 512.0))
-# (BLOCK_N, BLOCK_K, num_warps, num_stages, split): the default until the H200 sweep of
-# benchmarks/fp8_w8a8_probe.py picks per shape.
-DEFAULT_CONFIG = (64, 256, 4, 3, 4)
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, split) by layer shape, from the H200 sweep of
+# benchmarks/fp8_w8a8_probe.py at llama-3.1-8b's shapes (RESULTS.md, "The fused W8A8
+# kernel's tiles"): wide layers (gate_up, 28,672 rows) fill the SMs with 128-row strips
+# unsplit; the others split K four ways, the long-K (down, 14,336) with 256-column tiles.
+WIDE_CONFIG = (128, 128, 4, 4, 1)
+LONG_K_CONFIG = (64, 256, 4, 4, 4)
+SQUARE_CONFIG = (128, 128, 4, 3, 4)
+DEFAULT_CONFIG = (64, 128, 4, 3, 4)
+WIDE_ROWS = 16384
+LONG_K = 8192
+# At one row, weights of up to 4096 x 4096 (o_proj) run faster widened (8.7 against 10.0
+# µs): the per-slice quantization's fixed cost is not paid back by so few weight bytes.
+SMALL_WEIGHT = 4096 * 4096
 # Strip counters per device, allocated once and never replaced: a captured CUDA graph holds
 # their address. 65,536 strips of >= 32 columns cover any layer up to 2M outputs.
 COUNTERS = 1 << 16
@@ -142,13 +152,17 @@ def w8a8_matmul(
 
 def config_for(n: int, k: int) -> tuple[int, int, int, int, int]:
     """The tiles for an [n, k] weight."""
-    return DEFAULT_CONFIG
+    if n >= WIDE_ROWS:
+        return WIDE_CONFIG
+    if k >= LONG_K:
+        return LONG_K_CONFIG
+    return SQUARE_CONFIG if n * k <= SMALL_WEIGHT else DEFAULT_CONFIG
 
 
 def preferred(rows: int, n: int, k: int) -> bool:
     """Whether this kernel beats widening the weights (``fp8_weight_matmul``) for ``rows``
     rows of an [n, k] weight on an H200 (benchmarks/fp8_w8a8_probe.py, RESULTS.md)."""
-    return rows <= MAX_ROWS
+    return rows <= MAX_ROWS and (rows > 1 or n * k > SMALL_WEIGHT)
 
 
 def small_batch_matmul(
