@@ -40,8 +40,8 @@ MIN_SCALE = tl.constexpr(1.0 / (448.0 * 512.0))
 # kernel's tiles"): wide layers (gate_up, 28,672 rows) fill the SMs with 128-row strips
 # unsplit; the others split K four ways, the long-K (down, 14,336) with 256-column tiles.
 WIDE_CONFIG = (128, 128, 4, 4, 1)
-LONG_K_CONFIG = (64, 256, 4, 4, 4)
-SQUARE_CONFIG = (128, 128, 4, 3, 4)
+LONG_K_CONFIG = (64, 128, 4, 4, 8)
+SQUARE_CONFIG = (64, 128, 4, 3, 8)
 DEFAULT_CONFIG = (64, 128, 4, 3, 4)
 WIDE_ROWS = 16384
 LONG_K = 8192
