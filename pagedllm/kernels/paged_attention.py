@@ -82,8 +82,7 @@ def _attend_tile(
     offset = pos % BLOCK_SIZE
     k_rows = k_ptr + block * stride_kb + offset * stride_ks + kv_head * stride_kh
     v_rows = v_ptr + block * stride_vb + offset * stride_vs + kv_head * stride_vh
-    # An FP8 cache is widened to q's dtype here (float16 for a bfloat16 model, see
-    # _attend_queries); its K scale is folded into ``qk_scale``.
+    # An FP8 cache is widened to q's dtype here; its K scale is folded into ``qk_scale``.
     if MASKED:
         k = tl.load(k_rows[:, None] + dims[None, :], mask=key_ok[:, None], other=0.0)
     else:
@@ -158,12 +157,6 @@ def _attend_queries(
     dims = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + (q_begin + q_idx)[:, None] * stride_qt + head[:, None] * stride_qh
     q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None], other=0.0)
-    if KV_QUANT and q.dtype == tl.bfloat16:
-        # The tiles' products run in float16: e4m3 widens to it in one packed instruction
-        # per two values, against three steps to bfloat16 (with bfloat16 products an FP8
-        # cache made W2 slower, not faster: RESULTS.md, "FP8 on W2 and W3"). Queries past
-        # float16's range saturate rather than turn to inf.
-        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
     # Keys this tile needs: from the window's start for its first query (0 without a
     # window) up to the causal limit of its last query.
