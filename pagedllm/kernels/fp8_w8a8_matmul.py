@@ -57,7 +57,7 @@ _counters: dict[torch.device, torch.Tensor] = {}
 @triton.jit
 def _w8a8_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_split, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, ONE_ROW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -69,23 +69,37 @@ def _w8a8_kernel(
     n_ok = rn < N
     k_start = pid_k * k_split
     k_end = tl.minimum(k_start + k_split, K)
-    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + (k_start + rk)[None, :]
+    if ONE_ROW:
+        x_ptrs = x_ptr + k_start + rk
+    else:
+        x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + (k_start + rk)[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * K + (k_start + rk)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
+        k_ok = k + rk < k_end
         if EVEN_K:
-            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
             w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
         else:
-            k_ok = k + rk < k_end
-            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        xf = x.to(tl.float32)
-        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
-        # One division a row, a multiplication a value (a division costs several).
-        xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
-        acc += tl.dot(xq, tl.trans(w)) * x_scale[:, None]
-        x_ptrs += BLOCK_K
+        if ONE_ROW:
+            # A decode's one row: quantize it alone and place it in the tile's first row
+            # (zeros below, as bytes), not the 15 rows of padding the tile needs too.
+            xf = tl.load(x_ptrs + k - k_start, mask=k_ok, other=0.0).to(tl.float32)
+            x_scale = tl.maximum(tl.max(tl.abs(xf), axis=0) / FP8_MAX, MIN_SCALE)
+            row = (xf * (1.0 / x_scale)).to(tl.float8e4nv).to(tl.int8, bitcast=True)
+            tile = tl.where(rm[:, None] == 0, row[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.int8))
+            acc += tl.dot(tile.to(tl.float8e4nv, bitcast=True), tl.trans(w)) * x_scale
+        else:
+            if EVEN_K:
+                x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+            else:
+                x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            xf = x.to(tl.float32)
+            x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
+            # One division a row, a multiplication a value (a division costs several).
+            xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
+            acc += tl.dot(xq, tl.trans(w)) * x_scale[:, None]
+            x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if SPLIT > 1:
         # Partial sums [SPLIT, BLOCK_M, N]; every thread's stores precede the counter's bump
@@ -144,7 +158,8 @@ def w8a8_matmul(
     _w8a8_kernel[(strips, split)](
         x, weight, scale, bias if bias is not None else scale, y, part,
         strip_counters(x.device, strips), rows, n, k, k_split, x.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, BLOCK_M=MAX_ROWS,
+        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, ONE_ROW=rows == 1,
+        BLOCK_M=MAX_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return y

@@ -1,10 +1,11 @@
 """The W8A8 decode kernel's code paths on the CPU, under Triton's interpreter in a
 subprocess: split-K sums finished by a strip's last program (and its counters left at zero
-for the next call), ragged K, masked rows and columns, bias. The activations are built so
-that quantizing them is exact (each slice of BLOCK_K holds a +-448 x 2^e and otherwise
-e4m3 values times the same 2^e): the interpreter's float32 -> e4m3 conversion mis-rounds
-values that round up across a power of two, which the compiled kernel does not
-(tests/gpu/test_fp8.py checks rounding against the reference on random inputs)."""
+for the next call), one row quantized alone, ragged K, masked rows and columns, bias. The
+activations are built so that quantizing them is exact (each slice of BLOCK_K holds a
++-448 x 2^e and otherwise e4m3 values times the same 2^e): the interpreter's float32 ->
+e4m3 conversion mis-rounds values that round up across a power of two, which the compiled
+kernel does not (tests/gpu/test_fp8.py checks rounding against the reference on random
+inputs)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ CHECK = textwrap.dedent(
         (3, 70, 512, (32, 128, 4, 2, 4), True),
         (16, 80, 384, (64, 128, 4, 2, 2), False),
         (5, 64, 200, (32, 64, 4, 2, 2), True),
+        (1, 70, 200, (32, 64, 4, 2, 2), True),  # one row, split, ragged K
     ]
     for rows, n, k, config, has_bias in cases:
         q, scale = quantize_weight(torch.randn(n, k, generator=gen))
