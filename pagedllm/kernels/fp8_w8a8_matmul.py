@@ -43,9 +43,14 @@ WIDE_CONFIG = (128, 128, 4, 4, 1)
 LONG_K_CONFIG = (64, 128, 4, 4, 8)
 SQUARE_CONFIG = (64, 128, 4, 3, 8)
 DEFAULT_CONFIG = (64, 128, 4, 3, 4)
+# One row (a single stream's decode, ONE_ROW): 256-column tiles throughout (third sweep;
+# 128-column ones lost 10-25% there), 128-row strips but for the narrow qkv-like layers.
+ONE_ROW_WIDE_CONFIG = (128, 256, 4, 3, 1)
+ONE_ROW_LONG_K_CONFIG = (128, 256, 4, 4, 4)
+ONE_ROW_CONFIG = (64, 256, 4, 3, 4)
 WIDE_ROWS = 16384
 LONG_K = 8192
-# At one row, weights of up to 4096 x 4096 (o_proj) run faster widened (8.7 against 10.0
+# At one row, weights of up to 4096 x 4096 (o_proj) run faster widened (8.7 against 9.5
 # µs): the per-slice quantization's fixed cost is not paid back by so few weight bytes.
 SMALL_WEIGHT = 4096 * 4096
 # Strip counters per device, allocated once and never replaced: a captured CUDA graph holds
@@ -145,7 +150,7 @@ def w8a8_matmul(
     (rows, k), n = x.shape, weight.shape[0]
     if rows > MAX_ROWS or weight.shape[1] != k or not weight.is_contiguous():
         raise ValueError(f"w8a8_matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
-    block_n, block_k, warps, stages, split = config or config_for(n, k)
+    block_n, block_k, warps, stages, split = config or config_for(n, k, rows)
     block_k = min(block_k, max(32, triton.next_power_of_2(k)))
     # Each split's length is a whole number of BLOCK_K steps (all but the last are full).
     k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
@@ -165,8 +170,12 @@ def w8a8_matmul(
     return y
 
 
-def config_for(n: int, k: int) -> tuple[int, int, int, int, int]:
-    """The tiles for an [n, k] weight."""
+def config_for(n: int, k: int, rows: int) -> tuple[int, int, int, int, int]:
+    """The tiles for ``rows`` rows of an [n, k] weight."""
+    if rows == 1:
+        if n >= WIDE_ROWS:
+            return ONE_ROW_WIDE_CONFIG
+        return ONE_ROW_LONG_K_CONFIG if k >= LONG_K else ONE_ROW_CONFIG
     if n >= WIDE_ROWS:
         return WIDE_CONFIG
     if k >= LONG_K:

@@ -158,7 +158,7 @@ def test_w8a8_kernel_is_its_definition(rows, n, k, dtype, config):
     gen = torch.Generator(device="cuda").manual_seed(rows * n + k)
     q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
     x = (torch.randn(rows, k, generator=gen, device="cuda") * 4).to(dtype)
-    block_k = min((config or config_for(n, k))[1], max(32, triton.next_power_of_2(k)))
+    block_k = min((config or config_for(n, k, rows))[1], max(32, triton.next_power_of_2(k)))
     if k > block_k:
         x[0, :block_k] = 0  # an all-zero slice
     bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
