@@ -200,12 +200,16 @@ def small_batch_matmul(
 
 
 def strip_counters(device: torch.device, strips: int) -> torch.Tensor:
-    """The device's split-K counters, zero between calls. Allocated on first use, even
-    inside a CUDA graph's capture: the tensor then lives in the graph's pool as long as
-    this cache holds it, and the captured zeroing replays onto zeros."""
+    """The device's split-K counters, zero between calls, allocated and zeroed on the first
+    eager call. Not inside a CUDA graph's capture: there the zeroing would only be recorded,
+    not run, and the first calls would find whatever the memory held (the engine's
+    captures run each graph's step eagerly first)."""
     if strips > COUNTERS:
         raise ValueError(f"w8a8_matmul: {strips} column strips, more than {COUNTERS}")
     counters = _counters.get(device)
     if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("w8a8_matmul: run it once eagerly before capturing it in a "
+                               "CUDA graph (its split-K counters are zeroed then)")  # fmt: skip
         counters = _counters[device] = torch.zeros(COUNTERS, dtype=torch.int32, device=device)
     return counters

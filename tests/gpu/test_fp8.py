@@ -176,6 +176,18 @@ def test_w8a8_kernel_is_its_definition(rows, n, k, dtype, config):
         assert ((out.float() - want).norm() / want.norm()).item() < 4e-3
 
 
+@needs_fp8
+def test_w8a8_counters_are_not_first_made_inside_a_capture(monkeypatch):
+    from pagedllm.kernels import fp8_w8a8_matmul
+
+    monkeypatch.setattr(fp8_w8a8_matmul, "_counters", {})
+    q, scale = quantize_weight(torch.randn(64, 256, device="cuda"))
+    x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="once eagerly"), torch.cuda.graph(graph):
+        w8a8_matmul(x, q, scale, None, (32, 128, 4, 3, 2))
+
+
 def test_small_batch_kernel_reads_strided_rows():
     q, scale = quantize_weight(torch.randn(64, 128, device="cuda"))
     wide = torch.randn(8, 384, device="cuda", dtype=torch.bfloat16)
