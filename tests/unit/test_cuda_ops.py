@@ -6,13 +6,11 @@ chosen when triton is imported)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
+
+from tests.unit.interpreted import run_interpreted
 
 CHECK = textwrap.dedent(
     """
@@ -94,9 +92,4 @@ def test_cuda_ops_and_triton_backend_match_the_torch_path() -> None:
     if torch.cuda.is_available():
         exec(compile(CHECK, "cuda_ops_check", "exec"), {})
         return
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert done.returncode == 0 and "CUDA_OPS_OK" in done.stdout, done.stderr[-3000:]
+    run_interpreted(CHECK, "CUDA_OPS_OK", timeout=600)

@@ -6,14 +6,12 @@ compiled kernel, every dtype and launch shape, on a GPU."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.unit.interpreted import run_interpreted
 
 CHECK = textwrap.dedent(
     """
@@ -47,11 +45,4 @@ CHECK = textwrap.dedent(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
 def test_paged_attention_under_the_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300,
-        cwd=root,
-    )  # fmt: skip
-    assert done.returncode == 0 and "ATTENTION_OK" in done.stdout, done.stderr[-3000:]
+    run_interpreted(CHECK, "ATTENTION_OK", timeout=300)

@@ -4,13 +4,11 @@ is chosen when triton is imported)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
+
+from tests.unit.interpreted import run_interpreted
 
 CHECK = textwrap.dedent(
     """
@@ -56,9 +54,4 @@ def test_rope_qk_matches_its_definition() -> None:
     if torch.cuda.is_available():
         exec(compile(CHECK, "rope_check", "exec"), {})
         return
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0 and "ROPE_OK" in done.stdout, done.stderr[-3000:]
+    run_interpreted(CHECK, "ROPE_OK", timeout=300)

@@ -5,13 +5,11 @@ against softmax(logits / T) over many draws is checked on the GPU, where draws a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
+
+from tests.unit.interpreted import run_interpreted
 
 CHECK = textwrap.dedent(
     """
@@ -60,9 +58,4 @@ def test_gumbel_sample() -> None:
     if torch.cuda.is_available():
         exec(compile(CHECK, "sampling_check", "exec"), {})
         return
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert done.returncode == 0 and "SAMPLING_OK" in done.stdout, done.stderr[-3000:]
+    run_interpreted(CHECK, "SAMPLING_OK", timeout=600)

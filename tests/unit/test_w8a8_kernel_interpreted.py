@@ -9,14 +9,12 @@ inputs)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.unit.interpreted import run_interpreted
 
 CHECK = textwrap.dedent(
     """
@@ -58,11 +56,4 @@ CHECK = textwrap.dedent(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
 def test_w8a8_kernel_under_the_interpreter() -> None:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300,
-        cwd=root,
-    )  # fmt: skip
-    assert done.returncode == 0 and "W8A8_OK" in done.stdout, done.stderr[-3000:]
+    run_interpreted(CHECK, "W8A8_OK", timeout=300)
