@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels.fp8_weight_matmul import fp8_weight_matmul
+from pagedllm.kernels.fp8_weight_matmul import check_small_batch, fp8_weight_matmul, split_k
 
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
 FP8_MAX = tl.constexpr(448.0)
@@ -144,17 +144,11 @@ def w8a8_matmul(
     """``x (weight * scale[:, None])^T + bias`` for x [M, K], M <= MAX_ROWS, with x quantized
     to e4m3 per row and ``BLOCK_K`` slice. ``config`` (BLOCK_N, BLOCK_K, num_warps,
     num_stages, split): benchmarks only; the tuned tiles otherwise."""
-    if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
-                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
+    check_small_batch(x, weight, MAX_ROWS, "w8a8_matmul")
     (rows, k), n = x.shape, weight.shape[0]
-    if rows > MAX_ROWS or weight.shape[1] != k or not weight.is_contiguous():
-        raise ValueError(f"w8a8_matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     block_n, block_k, warps, stages, split = config or config_for(n, k, rows)
     block_k = min(block_k, max(32, triton.next_power_of_2(k)))
-    # Each split's length is a whole number of BLOCK_K steps (all but the last are full).
-    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
-    split = triton.cdiv(k, k_split)
+    k_split, split = split_k(k, split, block_k)
     strips = triton.cdiv(n, block_n)
     y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     part = y

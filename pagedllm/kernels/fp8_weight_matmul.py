@@ -172,12 +172,8 @@ def fp8_weight_matmul(
     Benchmarks only: ``config`` (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k, unroll,
     reduce) overrides the tuned tiles (the last three apply to the GEMV kernel); ``kernel``
     ("gemv" or "dot") overrides the choice by rows."""
-    if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
-                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
-    rows, k = x.shape
-    if rows > MAX_ROWS or weight.shape[1] != k or not weight.is_contiguous():
-        raise ValueError(f"fp8_weight_matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    check_small_batch(x, weight, MAX_ROWS, "fp8_weight_matmul")
+    rows = x.shape[0]
     y = torch.empty((rows, weight.shape[0]), dtype=x.dtype, device=x.device)
     if kernel not in (None, "gemv", "dot"):
         raise ValueError(f"kernel must be 'gemv' or 'dot', got {kernel!r}")
@@ -187,6 +183,23 @@ def fp8_weight_matmul(
     else:
         _dot(x, weight, scale, bias, y, config or DOT_CONFIG)
     return y
+
+
+def check_small_batch(x: torch.Tensor, weight: torch.Tensor, max_rows: int, name: str) -> None:
+    """The small-batch kernels' inputs: x [M <= max_rows, K] in bfloat16/float16 with unit
+    column stride, weight [N, K] contiguous."""
+    if x.dim() != 2 or x.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be [M, K] bfloat16/float16 with unit column stride, got "
+                         f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
+    if x.shape[0] > max_rows or weight.shape[1] != x.shape[1] or not weight.is_contiguous():
+        raise ValueError(f"{name}: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+
+
+def split_k(k: int, split: int, block_k: int) -> tuple[int, int]:
+    """(each split's length, the number of splits) for ``split`` splits of K: each length a
+    whole number of BLOCK_K steps (all splits but the last are full)."""
+    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    return k_split, triton.cdiv(k, k_split)
 
 
 def _gemv(
@@ -204,9 +217,7 @@ def _gemv(
     # The accumulator [rows, BLOCK_N, BLOCK_K] stays within 128 float32 registers a thread.
     while not reduce and padded_rows * block_n * block_k > 128 * 32 * warps and block_k > 16:
         block_k //= 2
-    # Each split's length is a whole number of BLOCK_K steps (all but the last are full).
-    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
-    split = triton.cdiv(k, k_split)
+    k_split, split = split_k(k, split, block_k)
     partial = split > 1
     out = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if partial else y
     _fp8_gemv_kernel[(triton.cdiv(n, block_n), split)](
