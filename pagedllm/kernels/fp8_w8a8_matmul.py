@@ -17,6 +17,10 @@ quantizes its own activation tiles and finishes its own split-K sums:
   scales and bias and writes ``y``, then resets its counter to 0 for the next call (so the
   counters, zeroed once per device, stay valid across CUDA-graph replays).
 
+- The MLP's down projection may take its input before the activation (``gated``): each
+  program computes silu(gate) * up on the slices it loads, so the activation kernel and its
+  output tensor drop out of a decode step's layer.
+
 Invariants: weight [N, K] row-major e4m3 (``torch.float8_e4m3fn``), scale [N] float32, x
 [M, K] bfloat16/float16 with unit column stride and M <= MAX_ROWS, bias [N] in x's dtype or
 None; y is a new [M, N] tensor in x's dtype. Calls that share a device run one after another
@@ -29,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels import fused_ops
 from pagedllm.kernels.fp8_weight_matmul import check_small_batch, fp8_weight_matmul, split_k
 
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
@@ -63,7 +68,7 @@ _counters: dict[torch.device, torch.Tensor] = {}
 def _w8a8_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_split, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, ONE_ROW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -89,17 +94,16 @@ def _w8a8_kernel(
         if ONE_ROW:
             # A decode's one row: quantize it alone and place it in the tile's first row
             # (zeros below, as bytes), not the 15 rows of padding the tile needs too.
-            xf = tl.load(x_ptrs + k - k_start, mask=k_ok, other=0.0).to(tl.float32)
+            xf = _activation(x_ptrs + k - k_start, k_ok, K, GATED)
             x_scale = tl.maximum(tl.max(tl.abs(xf), axis=0) / FP8_MAX, MIN_SCALE)
             row = (xf * (1.0 / x_scale)).to(tl.float8e4nv).to(tl.int8, bitcast=True)
             tile = tl.where(rm[:, None] == 0, row[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.int8))
             acc += tl.dot(tile.to(tl.float8e4nv, bitcast=True), tl.trans(w)) * x_scale
         else:
             if EVEN_K:
-                x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+                xf = _activation(x_ptrs, m_ok[:, None], K, GATED)
             else:
-                x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            xf = x.to(tl.float32)
+                xf = _activation(x_ptrs, m_ok[:, None] & k_ok[None, :], K, GATED)
             x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
             # One division a row, a multiplication a value (a division costs several).
             xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
@@ -125,6 +129,19 @@ def _w8a8_kernel(
 
 
 @triton.jit
+def _activation(ptrs, mask, up_offset, GATED: tl.constexpr):
+    """x's values in float32; GATED: silu(gate) * up from rows [gate | up] (up at
+    ``up_offset`` columns), rounded to x's dtype as the unfused activation kernel rounds
+    them, so fusing changes no value."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if GATED:
+        gate = x.to(tl.float32)
+        up = tl.load(ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
+        x = (gate / (1.0 + tl.exp(-gate)) * up).to(ptrs.dtype.element_ty)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _finish(acc, ws_ptr, b_ptr, y_ptr, rm, rn, m_ok, n_ok, N, HAS_BIAS: tl.constexpr):
     """y = acc * weight scales (+ bias), in y's dtype."""
     acc = acc * tl.load(ws_ptr + rn, mask=n_ok, other=0.0)[None, :]
@@ -140,12 +157,17 @@ def w8a8_matmul(
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: tuple[int, int, int, int, int] | None = None,
+    gated: bool = False,
 ) -> torch.Tensor:
     """``x (weight * scale[:, None])^T + bias`` for x [M, K], M <= MAX_ROWS, with x quantized
-    to e4m3 per row and ``BLOCK_K`` slice. ``config`` (BLOCK_N, BLOCK_K, num_warps,
-    num_stages, split): benchmarks only; the tuned tiles otherwise."""
-    check_small_batch(x, weight, MAX_ROWS, "w8a8_matmul")
-    (rows, k), n = x.shape, weight.shape[0]
+    to e4m3 per row and ``BLOCK_K`` slice. ``gated``: x is [M, 2K], gate then up, and the
+    product's input is silu(gate) * up (the MLP's activation, fused). ``config`` (BLOCK_N,
+    BLOCK_K, num_warps, num_stages, split): benchmarks only; the tuned tiles otherwise."""
+    n, k = weight.shape
+    if gated and (x.dim() != 2 or x.shape[1] != 2 * k):
+        raise ValueError(f"w8a8_matmul: gated x must be [M, {2 * k}], got {tuple(x.shape)}")
+    check_small_batch(x[:, :k] if gated else x, weight, MAX_ROWS, "w8a8_matmul")
+    rows = x.shape[0]
     block_n, block_k, warps, stages, split = config or config_for(n, k, rows)
     block_k = min(block_k, max(32, triton.next_power_of_2(k)))
     k_split, split = split_k(k, split, block_k)
@@ -158,7 +180,7 @@ def w8a8_matmul(
         x, weight, scale, bias if bias is not None else scale, y, part,
         strip_counters(x.device, strips), rows, n, k, k_split, x.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, ONE_ROW=rows == 1,
-        BLOCK_M=MAX_ROWS,
+        GATED=gated, BLOCK_M=MAX_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return y
@@ -191,6 +213,22 @@ def small_batch_matmul(
     if preferred(x.shape[0], *weight.shape):
         return w8a8_matmul(x, weight, scale, bias)
     return fp8_weight_matmul(x, weight, scale, bias)
+
+
+def small_batch_gated_matmul(
+    gate_up: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``small_batch_matmul(silu(gate) * up, ...)`` for gate_up [M, 2K]: the activation
+    inside this kernel's loads where it is preferred (one kernel and no [M, K] tensor
+    between them: one kernel fewer a layer in a decode step), the fused activation kernel
+    then the widening kernel otherwise."""
+    rows, (n, k) = gate_up.shape[0], weight.shape
+    if preferred(rows, n, k):
+        return w8a8_matmul(gate_up, weight, scale, bias, gated=True)
+    return fp8_weight_matmul(fused_ops.silu_and_mul(gate_up), weight, scale, bias)
 
 
 def strip_counters(device: torch.device, strips: int) -> torch.Tensor:

@@ -49,12 +49,20 @@ def rms_norm(
     out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out) if residual is not None else out
     res = residual if residual is not None else x
+    block = triton.next_power_of_2(n)
     _rms_norm_kernel[(tokens,)](
         x, res, out, res_out, weight, eps, n,
         x.stride(0), res.stride(0), out.stride(0), res_out.stride(0),
-        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(n),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=norm_warps(block),
     )  # fmt: skip
     return out, (res_out if residual is not None else None)
+
+
+def norm_warps(block: int) -> int:
+    """One program holds a whole row: 8 values a thread, up to 16 warps. With the default 4
+    warps a 4,096-wide row is 32 values a thread in sequence, and a single stream's decode
+    (one row, one program) waits on that chain 65 times a token."""
+    return max(4, min(16, block // 256))
 
 
 @triton.jit

@@ -228,7 +228,6 @@ class MLP(nn.Module):
         tp: ModelParallel | None = None,
     ) -> None:
         super().__init__()
-        self.silu_and_mul = ops.silu_and_mul
         inter = spec.intermediate_size
         prefix = f"model.layers.{layer_idx}.mlp"
         self.gate_up_proj = linears(
@@ -241,7 +240,7 @@ class MLP(nn.Module):
         self.tp_group = tp.tp_group if tp is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(self.silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj.gated(self.gate_up_proj(x))
         if self.tp_group is not None:
             out = all_reduce(out, self.tp_group)
         return out

@@ -14,7 +14,7 @@ from pagedllm.kernels.fp8_quant import quantize_rows
 from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
 from pagedllm.kernels.fp8_w8a8_matmul import small_batch_matmul as w8a8_small_batch_matmul
 from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
-from pagedllm.kernels.fused_ops import write_kv
+from pagedllm.kernels.fused_ops import silu_and_mul, write_kv
 from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import (
     quantize_rows_reference,
@@ -174,6 +174,31 @@ def test_w8a8_kernel_is_its_definition(rows, n, k, dtype, config):
     for _ in range(3):
         graph.replay()
         assert ((out.float() - want).norm() / want.norm()).item() < 4e-3
+
+
+@needs_fp8
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 200), (4096, 14336)])
+def test_w8a8_gated_is_the_unfused_activation_then_the_product(rows, n, k):
+    """The down projection's fused activation: the same values as the activation kernel
+    then the product (both round silu(gate) * up to 16 bits before quantizing); the layer
+    takes the fused path for small batches and the unfused one beyond them."""
+    gen = torch.Generator(device="cuda").manual_seed(rows + n + k)
+    q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
+    gate_up = (torch.randn(rows, 2 * k, generator=gen, device="cuda") * 3).to(torch.bfloat16)
+    unfused = w8a8_matmul(silu_and_mul(gate_up), q, scale).float()
+    fused = w8a8_matmul(gate_up, q, scale, gated=True).float()
+    # exp's last bit may differ between the two kernels; nothing else does
+    assert ((fused - unfused).norm() / unfused.norm()).item() < 2e-3
+    ops = device_ops(torch.device("cuda"))
+    layer = Fp8Linear(k, n, False, torch.bfloat16, None, Fp8Scheme(False, "dynamic"), ops=ops)
+    layer.cuda().load("weight", q.float().cpu() * scale.cpu()[:, None], None)
+    layer.finish_loading()
+    for count in (rows, FP8_GEMM_ROWS + 1):
+        x = (torch.randn(count, 2 * k, generator=gen, device="cuda") * 3).to(torch.bfloat16)
+        want = layer(silu_and_mul(x)).float()
+        got = layer.gated(x).float()
+        assert ((got - want).norm() / want.norm()).item() < 2e-3
 
 
 @needs_fp8

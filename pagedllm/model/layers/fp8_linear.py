@@ -9,9 +9,11 @@ exists on the device.
 Computation, by what the step and device allow (the device's kernels: ``DeviceOps.fp8``,
 chosen when the model is built; the choice among them: ``finish_loading``):
 - small batches (up to 16 rows with FP8 tensor cores, 64 without: decode steps) on CUDA with
-  16-bit activations: one Triton kernel reads the FP8 weights and widens them in registers
-  (``kernels/fp8_weight_matmul``), bound by the bandwidth it halves. Activations stay
-  unquantized there, so these steps are as exact as weight-only FP8 whatever the scheme;
+  16-bit activations: with FP8 tensor cores and a dynamic scheme, one Triton kernel
+  quantizes the activations as it loads them and multiplies on tensor cores
+  (``kernels/fp8_w8a8_matmul``; the MLP's down projection applies the activation there too,
+  ``gated``); otherwise one reads the FP8 weights and widens them in registers
+  (``kernels/fp8_weight_matmul``), activations unquantized, as exact as weight-only FP8;
 - larger batches on a GPU with FP8 tensor cores (compute capability 8.9+) and bfloat16
   activations: the activations are quantized (per token, or with the static scale) and the
   product runs in ``torch._scaled_mm``;
@@ -74,17 +76,14 @@ class Fp8Linear(Linear):
         self.small_batch_kernel = False
         self.small_batch_rows = 0
         self.small_batch_matmul: Callable[..., torch.Tensor] | None = None
+        # The same product taking [gate | up] rows, the activation applied inside (``gated``)
+        self.small_batch_gated_matmul: Callable[..., torch.Tensor] | None = None
 
     def make_weight(self, out_features: int, in_features: int, dtype: torch.dtype) -> nn.Parameter:
         return nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.small_batch_kernel
-            and x.dim() == 2
-            and x.shape[0] <= self.small_batch_rows
-            and x.stride(1) == 1
-        ):
+        if self._small_batch(x):
             assert self.small_batch_matmul is not None
             return self.small_batch_matmul(x, self.weight, self.weight_scale, self.bias)
         if self.use_fp8_gemm:
@@ -94,6 +93,20 @@ class Fp8Linear(Linear):
                 self.quantize_activations,
             )  # fmt: skip
         return weight_only_linear(x, self.weight, self.weight_scale, self.bias, self.ops.linear)
+
+    def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.small_batch_gated_matmul is not None and self._small_batch(gate_up):
+            return self.small_batch_gated_matmul(gate_up, self.weight, self.weight_scale, self.bias)
+        return super().gated(gate_up)
+
+    def _small_batch(self, x: torch.Tensor) -> bool:
+        """Whether the small-batch kernel takes x: [M, K] rows, few enough, unit stride."""
+        return (
+            self.small_batch_kernel
+            and x.dim() == 2
+            and x.shape[0] <= self.small_batch_rows
+            and x.stride(1) == 1
+        )
 
     # -- loading -------------------------------------------------------------------------
 
@@ -199,6 +212,7 @@ class Fp8Linear(Linear):
                 # cores as stored. A static scheme's one input scale is not what that kernel
                 # computes: it keeps the widening kernel.
                 self.small_batch_matmul = kernels.activation_small_batch_matmul
+                self.small_batch_gated_matmul = kernels.activation_small_batch_gated_matmul
 
     def extra_repr(self) -> str:
         return (

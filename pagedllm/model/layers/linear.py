@@ -52,6 +52,12 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.linear(x, self.weight, self.bias)
 
+    def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``self(silu(gate) * up)`` for gate_up [..., 2 * in_features], gate first (the
+        MLP's down projection); a layer whose kernel can apply the activation itself fuses
+        it."""
+        return self(self.ops.silu_and_mul(gate_up))
+
     # -- loading -------------------------------------------------------------------------
 
     def load(self, name: str, loaded: torch.Tensor, shard: int | None) -> None:
