@@ -142,3 +142,10 @@ def ray_placement_timeout_s() -> float:
             f"PAGEDLLM_RAY_PLACEMENT_TIMEOUT must be a positive number of seconds, got {value!r}."
         )
     return seconds
+
+
+def dependent_launch() -> bool:
+    """PAGEDLLM_PDL: launch the decode step's Triton kernels with programmatic dependent
+    launch on compute capability 9.0+ (default on; 0 launches each after the one before
+    ends, for comparison and debugging)."""
+    return _get_bool("PAGEDLLM_PDL", True)

@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels import fused_ops
+from pagedllm.kernels import dependent_launch, fused_ops
+from pagedllm.kernels.dependent_launch import await_inputs
 from pagedllm.kernels.fp8_weight_matmul import check_small_batch, fp8_weight_matmul, split_k
 
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
@@ -68,8 +69,10 @@ _counters: dict[torch.device, torch.Tensor] = {}
 def _w8a8_kernel(
     x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_split, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, ONE_ROW: tl.constexpr,
-    GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    await_inputs(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -176,12 +179,14 @@ def w8a8_matmul(
     part = y
     if split > 1:
         part = torch.empty((split, MAX_ROWS, n), dtype=torch.float32, device=x.device)
+    pdl = dependent_launch.enabled(x.device)
     _w8a8_kernel[(strips, split)](
         x, weight, scale, bias if bias is not None else scale, y, part,
         strip_counters(x.device, strips), rows, n, k, k_split, x.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, ONE_ROW=rows == 1,
-        GATED=gated, BLOCK_M=MAX_ROWS,
+        GATED=gated, PDL=pdl, BLOCK_M=MAX_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        **dependent_launch.options(pdl),
     )  # fmt: skip
     return y
 

@@ -24,6 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels import dependent_launch
+from pagedllm.kernels.dependent_launch import await_inputs
+
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, split_k[, unroll, reduce each tile]), from
 # benchmarks/fp8_gemm.py --sweep at llama-8b's shapes on an H200 (RESULTS.md): one row,
 # 8-row strips read 1 KiB at a time (splitting K or loading two tiles a step never helped);
@@ -62,10 +65,12 @@ def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, k_split, stride_xm,
     ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, REDUCE: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """UNROLL: tiles loaded before any is summed (more bytes in flight a program). REDUCE:
     sum each tile at once into [ROWS, BLOCK_N] (fewer registers, so more programs per SM)
     rather than once at the end."""
+    await_inputs(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, ROWS)
@@ -114,8 +119,9 @@ def _fp8_gemv_kernel(
 @triton.jit
 def _sum_splits_kernel(
     part_ptr, b_ptr, y_ptr, total, SPLIT: tl.constexpr, N, HAS_BIAS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    await_inputs(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < total
     y = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -220,17 +226,20 @@ def _gemv(
     k_split, split = split_k(k, split, block_k)
     partial = split > 1
     out = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if partial else y
+    pdl = dependent_launch.enabled(x.device)
     _fp8_gemv_kernel[(triton.cdiv(n, block_n), split)](
         x, weight, scale, bias if bias is not None else scale, out, rows, n, k, k_split,
         x.stride(0), ROWS=padded_rows, HAS_BIAS=bias is not None,
         PARTIAL=partial, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
         UNROLL=unroll, REDUCE=bool(reduce), num_warps=warps, num_stages=stages,
+        PDL=pdl, **dependent_launch.options(pdl),
     )  # fmt: skip
     if partial:
         total = rows * n
         _sum_splits_kernel[(triton.cdiv(total, 1024),)](
             out, bias if bias is not None else out, y, total, SPLIT=split, N=n,
             HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4,
+            PDL=pdl, **dependent_launch.options(pdl),
         )  # fmt: skip
 
 

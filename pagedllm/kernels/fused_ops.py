@@ -9,7 +9,8 @@ hundreds; these fuse them:
 - ``write_kv``: new K and V into the paged cache by slot, quantized for an FP8 cache
   (two or more -> one).
 
-Arithmetic is in float32, rounded once to the tensor dtype.
+Arithmetic is in float32, rounded once to the tensor dtype. Each is launched with
+programmatic dependent launch where the device has it (``dependent_launch``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels import dependent_launch
+from pagedllm.kernels.dependent_launch import await_inputs
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, eps, n,
     stride_x, stride_res, stride_out, stride_res_out,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    await_inputs(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < n
@@ -49,11 +54,12 @@ def rms_norm(
     out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out) if residual is not None else out
     res = residual if residual is not None else x
-    block = triton.next_power_of_2(n)
+    block, pdl = triton.next_power_of_2(n), dependent_launch.enabled(x.device)
     _rms_norm_kernel[(tokens,)](
         x, res, out, res_out, weight, eps, n,
         x.stride(0), res.stride(0), out.stride(0), res_out.stride(0),
         HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=norm_warps(block),
+        PDL=pdl, **dependent_launch.options(pdl),
     )  # fmt: skip
     return out, (res_out if residual is not None else None)
 
@@ -66,7 +72,10 @@ def norm_warps(block: int) -> int:
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr):
+def _silu_mul_kernel(
+    gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    await_inputs(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n
@@ -82,10 +91,11 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     assert gate_up.stride(1) == 1 and two_d % 2 == 0, "silu_and_mul: bad shape or strides"
     n = two_d // 2
     out = torch.empty((tokens, n), dtype=gate_up.dtype, device=gate_up.device)
-    block = 1024
+    block, pdl = 1024, dependent_launch.enabled(gate_up.device)
     _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
-        gate_up, out, n, gate_up.stride(0), out.stride(0), BLOCK=block
-    )
+        gate_up, out, n, gate_up.stride(0), out.stride(0), BLOCK=block,
+        PDL=pdl, **dependent_launch.options(pdl),
+    )  # fmt: skip
     return out
 
 
@@ -94,12 +104,13 @@ def _rope_qk_kernel(
     qkv_ptr, cos_sin_ptr, pos_ptr, norm_ptr, eps,
     stride_t, stride_h, num_q_heads, num_heads,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
-    HEADS: tl.constexpr,
+    HEADS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per (token, group of HEADS heads) among the q heads then the k heads:
     optional per-head RMSNorm, then x * cos + rotate_half(x) * sin, written back in place.
     A program per single head moved 256 bytes and left most of its threads idle (an
     8,192-token step of llama-8b launched 328k of them, at a fifth of the bandwidth)."""
+    await_inputs(PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_ok = heads < num_heads
@@ -141,10 +152,12 @@ def rope_qk(
     assert qk_norm is None or (qk_norm.shape == (2, dim) and qk_norm.is_contiguous())
     num_heads = num_q_heads + num_kv_heads
     heads = min(8, triton.next_power_of_2(num_heads))  # 8 x 128 dims: 2 KiB of bf16 a program
+    pdl = dependent_launch.enabled(qkv.device)
     _rope_qk_kernel[(tokens, triton.cdiv(num_heads, heads))](
         qkv, cos_sin_cache, positions, qk_norm if qk_norm is not None else cos_sin_cache, eps,
         qkv.stride(0), qkv.stride(1), num_q_heads, num_heads,
         HEAD_DIM=dim, HALF=dim // 2, HAS_NORM=qk_norm is not None, HEADS=heads,
+        PDL=pdl, **dependent_launch.options(pdl),
     )  # fmt: skip
 
 
@@ -153,8 +166,9 @@ def _write_kv_kernel(
     k_ptr, v_ptr, cache_ptr, slot_ptr, scale_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh, v_offset,
     KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, QUANT: tl.constexpr,
-    QUANT_MAX: tl.constexpr,
+    QUANT_MAX: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    await_inputs(PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     heads = tl.arange(0, KV_HEADS)
@@ -184,9 +198,11 @@ def write_kv(
     assert triton.next_power_of_2(kv_heads) == kv_heads, "write_kv: kv heads must be 2^n"
     quant = kv_cache.dtype != k.dtype
     assert not quant or (kv_scale.dtype == torch.float32 and kv_scale.numel() == 2)
+    pdl = dependent_launch.enabled(k.device)
     _write_kv_kernel[(tokens,)](
         k, v, kv_cache, slot_mapping, kv_scale,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_cache[0].numel(),
         KV_HEADS=kv_heads, HEAD_DIM=dim, QUANT=quant,
         QUANT_MAX=torch.finfo(kv_cache.dtype).max if quant else 0.0,
+        PDL=pdl, **dependent_launch.options(pdl),
     )  # fmt: skip

@@ -36,6 +36,8 @@ import triton
 import triton.language as tl
 
 from pagedllm import envs
+from pagedllm.kernels import dependent_launch
+from pagedllm.kernels.dependent_launch import await_inputs
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
@@ -243,7 +245,9 @@ def paged_attention_kernel(
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
     KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
     INTERPRETED: tl.constexpr,
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (dependent_launch)
 ):  # fmt: skip
+    await_inputs(PDL)
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
@@ -284,8 +288,10 @@ def merge_segments_kernel(
     num_heads, num_segments,
     HEAD_DIM: tl.constexpr,
     MAX_SEGMENTS: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """out[token, head] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s (m in log2 units)."""
+    await_inputs(PDL)
     token = tl.program_id(0)
     head = tl.program_id(1)
     segs = tl.arange(0, MAX_SEGMENTS)
@@ -410,6 +416,7 @@ def paged_attention(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     tile_n = max(config.tile_n, block_size)
     decode_m, _ = tile_shape(1, group)
+    pdl = dependent_launch.enabled(q.device)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
         block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
@@ -423,13 +430,14 @@ def paged_attention(
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
         MIXED=max_query_len > 1, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
         INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
+        PDL=pdl, **dependent_launch.options(pdl),
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:
             raise ValueError(f"num_segments must be at most {MAX_SEGMENTS}, got {num_segments}")
         merge_segments_kernel[(tokens, heads)](
             target, m, l_sum, out, out.stride(0), out.stride(1), heads, num_segments,
-            HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS,
+            HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS, PDL=pdl, **dependent_launch.options(pdl),
         )  # fmt: skip
     return out
 
