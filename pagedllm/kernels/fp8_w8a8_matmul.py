@@ -35,7 +35,8 @@ import triton.language as tl
 
 from pagedllm.kernels import dependent_launch, fused_ops
 from pagedllm.kernels.dependent_launch import await_inputs
-from pagedllm.kernels.fp8_weight_matmul import check_small_batch, fp8_weight_matmul, split_k
+from pagedllm.kernels.fp8_weight_matmul import fp8_weight_matmul
+from pagedllm.kernels.gemv import check_small_batch, split_k
 
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
 FP8_MAX = tl.constexpr(448.0)

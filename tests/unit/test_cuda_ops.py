@@ -27,7 +27,8 @@ CHECK = textwrap.dedent(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fused_ops = DeviceOps(
-        "cuda", F.linear, cuda_ops.rms_norm, cuda_ops.add_rms_norm, cuda_ops.silu_and_mul,
+        "cuda", cuda_ops.linear, cuda_ops.gated_linear, cuda_ops.rms_norm,
+        cuda_ops.add_rms_norm, cuda_ops.silu_and_mul,
         cuda_ops.rotary_rows, cuda_ops.rope_qk,
     )
     BS = 16

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pagedllm.kernels import fp8_quant, fp8_w8a8_matmul, fp8_weight_matmul, fused_ops
+from pagedllm.kernels import fp8_quant, fp8_w8a8_matmul, fp8_weight_matmul, fused_ops, gemv
 from pagedllm.model.layers import activation, norm
 from pagedllm.model.layers.device_ops import DeviceOps, Fp8Kernels
 from pagedllm.model.layers.rotary import RotaryEmbedding
@@ -30,13 +30,44 @@ def cuda_ops(device: torch.device) -> DeviceOps:
     )
     return DeviceOps(
         name="cuda",
-        linear=F.linear,
+        linear=linear,
+        gated_linear=gated_linear,
         rms_norm=rms_norm,
         add_rms_norm=add_rms_norm,
         silu_and_mul=silu_and_mul,
         rotary_rows=rotary_rows,
         rope_qk=rope_qk,
         fp8=fp8,
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """cuBLAS, but for one row of the layers where the GEMV kernel reads faster."""
+    if _one_row_gemv(x, weight, x.shape[-1]):
+        return gemv.dense_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def gated_linear(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """One kernel for one row where the GEMV kernel is preferred (it applies the
+    activation as it loads), the activation kernel then ``linear`` otherwise."""
+    if _one_row_gemv(gate_up, weight, gate_up.shape[-1] // 2):
+        return gemv.dense_linear(gate_up, weight, bias, gated=True)
+    return linear(silu_and_mul(gate_up), weight, bias)
+
+
+def _one_row_gemv(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
+    return (
+        x.dim() == 2
+        and x.shape[0] == 1
+        and x.stride(1) == 1
+        and x.dtype == weight.dtype
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and weight.shape[1] == k
+        and weight.is_contiguous()
+        and gemv.dense_preferred(*weight.shape)
     )
 
 

@@ -42,6 +42,9 @@ class DeviceOps:
     name: str
     # x [..., in] @ weight [out, in]^T + bias
     linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    # (gate_up [..., 2 * in], weight, bias) -> linear(silu(gate) * up, weight, bias): the
+    # MLP's down projection, which a kernel may fuse with the activation
+    gated_linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
     # (x, weight, eps) -> RMSNorm(x)
     rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     # (x, residual, weight, eps) -> (RMSNorm(x + residual), x + residual)
@@ -81,6 +84,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return F.linear(x, weight, bias)
 
 
+def _gated_linear(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return _linear(silu_and_mul(gate_up), weight, bias)
+
+
 def _rotary_rows(
     rotary: RotaryEmbedding, positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +117,7 @@ def _rope_qk(
 TORCH_OPS = DeviceOps(
     name="torch",
     linear=_linear,
+    gated_linear=_gated_linear,
     rms_norm=rms_norm,
     add_rms_norm=add_rms_norm,
     silu_and_mul=silu_and_mul,

@@ -54,9 +54,8 @@ class Linear(nn.Module):
 
     def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
         """``self(silu(gate) * up)`` for gate_up [..., 2 * in_features], gate first (the
-        MLP's down projection); a layer whose kernel can apply the activation itself fuses
-        it."""
-        return self(self.ops.silu_and_mul(gate_up))
+        MLP's down projection), by the device's ``gated_linear``, which may fuse the two."""
+        return self.ops.gated_linear(gate_up, self.weight, self.bias)
 
     # -- loading -------------------------------------------------------------------------
 
