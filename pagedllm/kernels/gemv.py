@@ -173,16 +173,22 @@ def gemv(
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, split[, unroll, reduce each tile]) for 16-bit
-# weights at one row.
+# weights at one row (benchmarks/gemv_probe.py on an H200: the best or within 1 µs of it at
+# every llama-3.1-8b and qwen3-0.6b shape).
 DENSE_CONFIG = (8, 1024, 4, 3, 1, 1, 0)
+# Layers wider than this (LM heads: 128k-152k rows) stay on cuBLAS, at the copy rate there.
+DENSE_MAX_ROWS = 32768
+# The gated form computes silu(gate) * up in each of its n / 8 programs: at 1,024 outputs
+# that costs less than the activation kernel it replaces, at 4,096 more (RESULTS.md).
+GATED_MAX_ROWS = 2048
 
 
-def dense_preferred(n: int, k: int) -> bool:
-    """Whether ``dense_linear`` beats cuBLAS for one row of an [n, k] 16-bit weight on an
-    H200 (benchmarks/gemv_probe.py, RESULTS.md "One-row products of 16-bit weights"):
-    layers of up to 8,192 outputs and at least 4,096 inputs (llama-3.1-8b's o_proj and
-    down_proj); cuBLAS keeps the wide ones (qkv, gate_up) and small models' layers."""
-    return n <= 8192 and k >= 4096
+def dense_preferred(n: int, k: int, gated: bool = False) -> bool:
+    """Whether ``dense_linear`` beats cuBLAS (and, gated, the activation kernel then the
+    GEMV) for one row of an [n, k] 16-bit weight on an H200 (RESULTS.md "One-row products
+    of 16-bit weights"): every layer of llama-3.1-8b and qwen3-0.6b read faster (0.6b's
+    o_proj 2.4 µs against cuBLAS' 12.5), up to DENSE_MAX_ROWS outputs."""
+    return n <= (GATED_MAX_ROWS if gated else DENSE_MAX_ROWS) and k >= 16
 
 
 def dense_linear(

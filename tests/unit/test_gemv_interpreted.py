@@ -40,7 +40,8 @@ CHECK = textwrap.dedent(
     # one row of a preferred shape takes the kernel, with its gated form; more rows cuBLAS
     w = (torch.randn(64, 4096, generator=gen) * 0.02).half()
     gate_up = torch.randn(1, 8192, generator=gen).half()
-    assert gemv.dense_preferred(64, 4096) and not gemv.dense_preferred(28672, 4096)
+    assert gemv.dense_preferred(64, 4096, gated=True) and gemv.dense_preferred(28672, 4096)
+    assert not gemv.dense_preferred(128256, 4096) and not gemv.dense_preferred(4096, 14336, True)
     got = cuda_ops.gated_linear(gate_up, w, None).float()
     want = F.linear(cuda_ops.silu_and_mul(gate_up).float(), w.float())
     assert ((got - want).norm() / want.norm()).item() < 2e-3

@@ -42,8 +42,8 @@ def cuda_ops(device: torch.device) -> DeviceOps:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """cuBLAS, but for one row of the layers where the GEMV kernel reads faster."""
-    if _one_row_gemv(x, weight, x.shape[-1]):
+    """cuBLAS, but the GEMV kernel for one row (faster there, but for LM heads)."""
+    if _one_row_gemv(x, weight, x.shape[-1], gated=False):
         return gemv.dense_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -53,12 +53,12 @@ def gated_linear(
 ) -> torch.Tensor:
     """One kernel for one row where the GEMV kernel is preferred (it applies the
     activation as it loads), the activation kernel then ``linear`` otherwise."""
-    if _one_row_gemv(gate_up, weight, gate_up.shape[-1] // 2):
+    if _one_row_gemv(gate_up, weight, gate_up.shape[-1] // 2, gated=True):
         return gemv.dense_linear(gate_up, weight, bias, gated=True)
     return linear(silu_and_mul(gate_up), weight, bias)
 
 
-def _one_row_gemv(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
+def _one_row_gemv(x: torch.Tensor, weight: torch.Tensor, k: int, gated: bool) -> bool:
     return (
         x.dim() == 2
         and x.shape[0] == 1
@@ -67,7 +67,7 @@ def _one_row_gemv(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.shape[1] == k
         and weight.is_contiguous()
-        and gemv.dense_preferred(*weight.shape)
+        and gemv.dense_preferred(*weight.shape, gated=gated)
     )
 
 

@@ -97,7 +97,7 @@ class Fp8Linear(Linear):
     def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
         if self.small_batch_gated_matmul is not None and self._small_batch(gate_up):
             return self.small_batch_gated_matmul(gate_up, self.weight, self.weight_scale, self.bias)
-        return super().gated(gate_up)
+        return self(self.ops.silu_and_mul(gate_up))  # not ops.gated_linear: FP8 weights
 
     def _small_batch(self, x: torch.Tensor) -> bool:
         """Whether the small-batch kernel takes x: [M, K] rows, few enough, unit stride."""
