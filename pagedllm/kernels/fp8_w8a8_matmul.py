@@ -227,14 +227,17 @@ def small_batch_gated_matmul(
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``small_batch_matmul(silu(gate) * up, ...)`` for gate_up [M, 2K]: the activation
-    inside this kernel's loads where it is preferred (one kernel and no [M, K] tensor
-    between them: one kernel fewer a layer in a decode step), the fused activation kernel
-    then the widening kernel otherwise."""
-    rows, (n, k) = gate_up.shape[0], weight.shape
-    if preferred(rows, n, k):
+    """``small_batch_matmul(silu(gate) * up, ...)`` for gate_up [M, 2K]. One row where this
+    kernel is preferred: the activation inside its loads (one kernel and no [1, K] tensor
+    between them: one kernel fewer a layer in a single stream's step; W3 measured with it,
+    RESULTS.md). Several rows: the activation kernel first, because the fused form would
+    compute silu(gate) * up for every row of the 16-row tile in each of its column strips
+    (64 strips x 16 x 14,336 values for llama-3.1-8b's down_proj, the redundancy that made
+    the 16-bit GEMV's gated form slower at 4,096 outputs) and that is not measured yet."""
+    n, k = weight.shape
+    if gate_up.shape[0] == 1 and preferred(1, n, k):
         return w8a8_matmul(gate_up, weight, scale, bias, gated=True)
-    return fp8_weight_matmul(fused_ops.silu_and_mul(gate_up), weight, scale, bias)
+    return small_batch_matmul(fused_ops.silu_and_mul(gate_up), weight, scale, bias)
 
 
 def strip_counters(device: torch.device, strips: int) -> torch.Tensor:
