@@ -29,8 +29,8 @@ class Fp8Kernels:
     # FP8 activations too (quantized inside), for schemes that quantize them; None without
     # FP8 tensor cores
     activation_small_batch_matmul: Callable[..., torch.Tensor] | None
-    # ... taking [gate | up] rows and applying silu(gate) * up as it loads them (the MLP's
-    # down projection); None where activation_small_batch_matmul is None
+    # ... taking [gate | up] rows, silu(gate) * up applied first (the MLP's down projection:
+    # inside the kernel's loads for one row); None where activation_small_batch_matmul is
     activation_small_batch_gated_matmul: Callable[..., torch.Tensor] | None
     max_rows: int  # rows the small-batch kernel serves without FP8 tensor cores
     gemm_rows: int  # ... and with them (more rows go to torch._scaled_mm)

@@ -11,8 +11,8 @@ chosen when the model is built; the choice among them: ``finish_loading``):
 - small batches (up to 16 rows with FP8 tensor cores, 64 without: decode steps) on CUDA with
   16-bit activations: with FP8 tensor cores and a dynamic scheme, one Triton kernel
   quantizes the activations as it loads them and multiplies on tensor cores
-  (``kernels/fp8_w8a8_matmul``; the MLP's down projection applies the activation there too,
-  ``gated``); otherwise one reads the FP8 weights and widens them in registers
+  (``kernels/fp8_w8a8_matmul``; for one row the MLP's down projection applies the
+  activation there too, ``gated``); otherwise one reads the FP8 weights and widens them in registers
   (``kernels/fp8_weight_matmul``), activations unquantized, as exact as weight-only FP8;
 - larger batches on a GPU with FP8 tensor cores (compute capability 8.9+) and bfloat16
   activations: the activations are quantized (per token, or with the static scale) and the
