@@ -36,6 +36,7 @@ import triton.language as tl
 from pagedllm.kernels import dependent_launch, fused_ops
 from pagedllm.kernels.dependent_launch import await_inputs
 from pagedllm.kernels.fp8_weight_matmul import fp8_weight_matmul
+from pagedllm.kernels.fused_ops import load_gated
 from pagedllm.kernels.gemv import check_small_batch, split_k
 
 MAX_ROWS = 16  # one tl.dot row tile; larger batches go to torch._scaled_mm
@@ -104,10 +105,11 @@ def _w8a8_kernel(
             tile = tl.where(rm[:, None] == 0, row[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.int8))
             acc += tl.dot(tile.to(tl.float8e4nv, bitcast=True), tl.trans(w)) * x_scale
         else:
-            if EVEN_K:
-                xf = _activation(x_ptrs, m_ok[:, None], K, GATED)
+            if EVEN_K:  # noqa: SIM108 - a constexpr branch: each side compiles alone
+                x_ok = m_ok[:, None]
             else:
-                xf = _activation(x_ptrs, m_ok[:, None] & k_ok[None, :], K, GATED)
+                x_ok = m_ok[:, None] & k_ok[None, :]
+            xf = _activation(x_ptrs, x_ok, K, GATED)
             x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
             # One division a row, a multiplication a value (a division costs several).
             xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
@@ -135,13 +137,11 @@ def _w8a8_kernel(
 @triton.jit
 def _activation(ptrs, mask, up_offset, GATED: tl.constexpr):
     """x's values in float32; GATED: silu(gate) * up from rows [gate | up] (up at
-    ``up_offset`` columns), rounded to x's dtype as the unfused activation kernel rounds
-    them, so fusing changes no value."""
-    x = tl.load(ptrs, mask=mask, other=0.0)
-    if GATED:
-        gate = x.to(tl.float32)
-        up = tl.load(ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
-        x = (gate / (1.0 + tl.exp(-gate)) * up).to(ptrs.dtype.element_ty)
+    ``up_offset`` columns), as the activation kernel computes it (``load_gated``)."""
+    if GATED:  # noqa: SIM108 - a constexpr branch: each side compiles alone
+        x = load_gated(ptrs, mask, up_offset)
+    else:
+        x = tl.load(ptrs, mask=mask, other=0.0)
     return x.to(tl.float32)
 
 

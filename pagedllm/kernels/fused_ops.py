@@ -72,6 +72,18 @@ def norm_warps(block: int) -> int:
 
 
 @triton.jit
+def load_gated(gate_ptrs, mask, up_offset):
+    """silu(gate) * up for the gate values at ``gate_ptrs`` and the up values
+    ``up_offset`` elements on, computed in float32 and rounded to their dtype. The one
+    definition of the MLP's activation on CUDA: the activation kernel stores it, and the
+    products that fuse the activation (``kernels/gemv``, ``kernels/fp8_w8a8_matmul``) load
+    their input through it, so fusing changes no value."""
+    gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
+    return (gate / (1.0 + tl.exp(-gate)) * up).to(gate_ptrs.dtype.element_ty)
+
+
+@triton.jit
 def _silu_mul_kernel(
     gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr, PDL: tl.constexpr
 ):
@@ -79,10 +91,8 @@ def _silu_mul_kernel(
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n
-    gate = tl.load(gu_ptr + row * stride_gu + cols, mask=ok, other=0.0).to(tl.float32)
-    up = tl.load(gu_ptr + row * stride_gu + n + cols, mask=ok, other=0.0).to(tl.float32)
-    value = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * stride_out + cols, value.to(out_ptr.dtype.element_ty), mask=ok)
+    value = load_gated(gu_ptr + row * stride_gu + cols, ok, n)  # out has gate_up's dtype
+    tl.store(out_ptr + row * stride_out + cols, value, mask=ok)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:

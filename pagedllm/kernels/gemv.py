@@ -19,14 +19,15 @@ import triton.language as tl
 
 from pagedllm.kernels import dependent_launch
 from pagedllm.kernels.dependent_launch import await_inputs
+from pagedllm.kernels.fused_ops import load_gated
 
 
 @triton.jit
 def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, up_offset, EVEN_K: tl.constexpr,
                BLOCK_K: tl.constexpr, GATED: tl.constexpr):  # fmt: skip
     """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32; GATED: x is
-    silu(gate) * up from rows [gate | up] (up ``up_offset`` columns on), rounded to x's
-    dtype as the unfused activation kernel rounds it."""
+    silu(gate) * up from rows [gate | up] (up ``up_offset`` columns on), as the activation
+    kernel computes it (``load_gated``)."""
     if EVEN_K:
         x_ok = m_ok[:, None]
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
@@ -34,11 +35,10 @@ def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, up_offset, EVEN_K: tl.const
         k_ok = k + tl.arange(0, BLOCK_K) < k_end
         x_ok = m_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-    x = tl.load(x_ptrs, mask=x_ok, other=0.0)
-    if GATED:
-        gate = x.to(tl.float32)
-        up = tl.load(x_ptrs + up_offset, mask=x_ok, other=0.0).to(tl.float32)
-        x = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptrs.dtype.element_ty)
+    if GATED:  # noqa: SIM108 - a constexpr branch: each side compiles alone
+        x = load_gated(x_ptrs, x_ok, up_offset)
+    else:
+        x = tl.load(x_ptrs, mask=x_ok, other=0.0)
     return x.to(tl.float32), w.to(tl.float32)
 
 
