@@ -38,9 +38,10 @@ def enabled(device: torch.device) -> bool:
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def options(pdl: bool) -> dict[str, Any]:
-    """The launch keyword for a kernel whose ``PDL`` argument is ``pdl``."""
-    return {"launch_pdl": True} if pdl else {}
+def launch_args(device: torch.device) -> dict[str, Any]:
+    """The keywords a kernel with a ``PDL`` argument is launched with on ``device``: that
+    argument, and Triton's launch option where it is on (``enabled``)."""
+    return {"PDL": True, "launch_pdl": True} if enabled(device) else {"PDL": False}
 
 
 @triton.jit

@@ -180,14 +180,13 @@ def w8a8_matmul(
     part = y
     if split > 1:
         part = torch.empty((split, MAX_ROWS, n), dtype=torch.float32, device=x.device)
-    pdl = dependent_launch.enabled(x.device)
     _w8a8_kernel[(strips, split)](
         x, weight, scale, bias if bias is not None else scale, y, part,
         strip_counters(x.device, strips), rows, n, k, k_split, x.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, SPLIT=split, ONE_ROW=rows == 1,
-        GATED=gated, PDL=pdl, BLOCK_M=MAX_ROWS,
+        GATED=gated, BLOCK_M=MAX_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        **dependent_launch.options(pdl),
+        **dependent_launch.launch_args(x.device),
     )  # fmt: skip
     return y
 

@@ -54,12 +54,12 @@ def rms_norm(
     out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out) if residual is not None else out
     res = residual if residual is not None else x
-    block, pdl = triton.next_power_of_2(n), dependent_launch.enabled(x.device)
+    block = triton.next_power_of_2(n)
     _rms_norm_kernel[(tokens,)](
         x, res, out, res_out, weight, eps, n,
         x.stride(0), res.stride(0), out.stride(0), res_out.stride(0),
         HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=norm_warps(block),
-        PDL=pdl, **dependent_launch.options(pdl),
+        **dependent_launch.launch_args(x.device),
     )  # fmt: skip
     return out, (res_out if residual is not None else None)
 
@@ -101,10 +101,10 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     assert gate_up.stride(1) == 1 and two_d % 2 == 0, "silu_and_mul: bad shape or strides"
     n = two_d // 2
     out = torch.empty((tokens, n), dtype=gate_up.dtype, device=gate_up.device)
-    block, pdl = 1024, dependent_launch.enabled(gate_up.device)
+    block = 1024
     _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
         gate_up, out, n, gate_up.stride(0), out.stride(0), BLOCK=block,
-        PDL=pdl, **dependent_launch.options(pdl),
+        **dependent_launch.launch_args(gate_up.device),
     )  # fmt: skip
     return out
 
@@ -162,12 +162,11 @@ def rope_qk(
     assert qk_norm is None or (qk_norm.shape == (2, dim) and qk_norm.is_contiguous())
     num_heads = num_q_heads + num_kv_heads
     heads = min(8, triton.next_power_of_2(num_heads))  # 8 x 128 dims: 2 KiB of bf16 a program
-    pdl = dependent_launch.enabled(qkv.device)
     _rope_qk_kernel[(tokens, triton.cdiv(num_heads, heads))](
         qkv, cos_sin_cache, positions, qk_norm if qk_norm is not None else cos_sin_cache, eps,
         qkv.stride(0), qkv.stride(1), num_q_heads, num_heads,
         HEAD_DIM=dim, HALF=dim // 2, HAS_NORM=qk_norm is not None, HEADS=heads,
-        PDL=pdl, **dependent_launch.options(pdl),
+        **dependent_launch.launch_args(qkv.device),
     )  # fmt: skip
 
 
@@ -208,11 +207,10 @@ def write_kv(
     assert triton.next_power_of_2(kv_heads) == kv_heads, "write_kv: kv heads must be 2^n"
     quant = kv_cache.dtype != k.dtype
     assert not quant or (kv_scale.dtype == torch.float32 and kv_scale.numel() == 2)
-    pdl = dependent_launch.enabled(k.device)
     _write_kv_kernel[(tokens,)](
         k, v, kv_cache, slot_mapping, kv_scale,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_cache[0].numel(),
         KV_HEADS=kv_heads, HEAD_DIM=dim, QUANT=quant,
         QUANT_MAX=torch.finfo(kv_cache.dtype).max if quant else 0.0,
-        PDL=pdl, **dependent_launch.options(pdl),
+        **dependent_launch.launch_args(k.device),
     )  # fmt: skip

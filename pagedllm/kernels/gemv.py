@@ -155,20 +155,20 @@ def gemv(
     k_split, split = split_k(k, split, block_k)
     partial = split > 1
     out = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if partial else y
-    pdl = dependent_launch.enabled(x.device)
+    launch = dependent_launch.launch_args(x.device)
     _gemv_kernel[(triton.cdiv(n, block_n), split)](
         x, weight, scale if scale is not None else y, bias if bias is not None else y, out,
         rows, n, k, k_split, x.stride(0), ROWS=padded_rows, HAS_BIAS=bias is not None,
         PARTIAL=partial, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
         UNROLL=unroll, REDUCE=bool(reduce), HAS_SCALE=scale is not None, GATED=gated,
-        num_warps=warps, num_stages=stages, PDL=pdl, **dependent_launch.options(pdl),
+        num_warps=warps, num_stages=stages, **launch,
     )  # fmt: skip
     if partial:
         total = rows * n
         _sum_splits_kernel[(triton.cdiv(total, 1024),)](
             out, bias if bias is not None else out, y, total, SPLIT=split, N=n,
             HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4,
-            PDL=pdl, **dependent_launch.options(pdl),
+            **launch,
         )  # fmt: skip
 
 

@@ -416,7 +416,7 @@ def paged_attention(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     tile_n = max(config.tile_n, block_size)
     decode_m, _ = tile_shape(1, group)
-    pdl = dependent_launch.enabled(q.device)
+    launch = dependent_launch.launch_args(q.device)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
         block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
@@ -430,14 +430,14 @@ def paged_attention(
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
         MIXED=max_query_len > 1, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
         INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
-        PDL=pdl, **dependent_launch.options(pdl),
+        **launch,
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:
             raise ValueError(f"num_segments must be at most {MAX_SEGMENTS}, got {num_segments}")
         merge_segments_kernel[(tokens, heads)](
             target, m, l_sum, out, out.stride(0), out.stride(1), heads, num_segments,
-            HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS, PDL=pdl, **dependent_launch.options(pdl),
+            HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS, **launch,
         )  # fmt: skip
     return out
 
