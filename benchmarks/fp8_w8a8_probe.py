@@ -54,9 +54,9 @@ def probe(rows: list[int]) -> None:
             ref = fp8_weight_matmul(x, layer.weight, scale).float()
             got = w8a8_matmul(x, layer.weight, scale, None, best).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
-            rate, package = n * k / times[best] / 1e6, config_for(n, k, m)
+            rate, chosen = n * k / times[best] / 1e6, config_for(n, k, m)
             print(f"| {name} | {m} | {base:.1f} | {bf16:.1f} | {times[best]:.1f} ({rate:.2f}), "
-                  f"{best} | {tuned:.1f} {package} | {err:.3f} |", flush=True)  # fmt: skip
+                  f"{best} | {tuned:.1f} {chosen} | {err:.3f} |", flush=True)  # fmt: skip
         copies.clear()
         dense.clear()
         torch.cuda.empty_cache()

@@ -185,9 +185,10 @@ GATED_MAX_ROWS = 2048
 
 def dense_preferred(n: int, k: int, gated: bool = False) -> bool:
     """Whether ``dense_linear`` beats cuBLAS (and, gated, the activation kernel then the
-    GEMV) for one row of an [n, k] 16-bit weight on an H200 (RESULTS.md "One-row products
-    of 16-bit weights"): every layer of llama-3.1-8b and qwen3-0.6b read faster (0.6b's
-    o_proj 2.4 µs against cuBLAS' 12.5), up to DENSE_MAX_ROWS outputs."""
+    GEMV) for one row of an [n, k] 16-bit weight on an H200 (RESULTS.md "Dependent
+    launches and the one-row GEMV on 16-bit weights"): every layer of llama-3.1-8b and
+    qwen3-0.6b read faster (0.6b's o_proj 2.4 µs against cuBLAS' 12.5), up to
+    DENSE_MAX_ROWS outputs."""
     return n <= (GATED_MAX_ROWS if gated else DENSE_MAX_ROWS) and k >= 16
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,13 @@ def run_interpreted(check: str, marker: str, timeout: float) -> None:
         timeout=timeout, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0 and marker in done.stdout, done.stderr[-3000:]
+
+
+def assert_refused(call: Callable[[], object], words: str) -> None:
+    """``call()`` raises ValueError naming ``words`` (for the checks run interpreted)."""
+    try:
+        call()
+    except ValueError as e:
+        assert words in str(e), str(e)
+    else:
+        raise AssertionError(f"accepted where a ValueError naming {words!r} was expected")
