@@ -1,7 +1,7 @@
 """Time the paged-attention kernel's launch configurations on realistic decode and prefill
 batches (GPU); prints achieved KV bandwidth per configuration.
 
-    python benchmarks/attention_tuning.py
+    python benchmarks/attention_tuning.py [--mixed [--default-only] | --layout | --single]
 """
 
 from __future__ import annotations
@@ -152,6 +152,9 @@ def main() -> None:
         ms, _ = time_config(decode_part, DECODE_CONFIG, 1)
         print(f"its 256 decodes alone, decode launch: {ms * 1e3:.1f} us")
         rope()
+    if "--single" in sys.argv:  # one request's decode: µs a layer by segments
+        single_stream()
+        return
     if "--layout" in sys.argv:  # W1's decode step: cache size, block order, block layout
         configs = [DECODE_CONFIG]
         cases = {
@@ -183,6 +186,41 @@ def main() -> None:
             best = rows[0][2]
             spec = f"{best.tile_n},{best.num_warps},{best.num_stages},{best.rows}"
             print(f"BEST PAGEDLLM_ATTENTION_PREFILL_CONFIG={spec}")
+
+
+def single_stream() -> None:
+    """One request's decode (W3: llama-3.1-8b, 32 query heads, 8 KV heads of 128) at
+    several context lengths and split-KV segment counts: µs per layer, from a CUDA graph
+    of 32 layers in a row (each its own cache, so a layer's K/V are not the one before's),
+    launched as the engine launches them (dependent launches where the GPU has them)."""
+    for ctx in (128, 256, 384, 1024, 4096):
+        line = [f"{s} seg {_single_stream_us(ctx, s):5.2f} us" for s in (1, 2, 4, 8, 16)]
+        print(f"single stream, context {ctx:5d}: " + ", ".join(line))
+
+
+def _single_stream_us(ctx: int, segments: int, layers: int = 32) -> float:
+    from triton.testing import do_bench_cudagraph
+
+    need = -(-ctx // 16)
+    q = torch.randn(1, 32, 128, device="cuda", dtype=torch.bfloat16)
+    caches = [torch.randn(2, need + 1, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+              for _ in range(layers)]  # fmt: skip
+    table = torch.arange(need, dtype=torch.int32, device="cuda")[None, :]
+    seq = torch.tensor([ctx], dtype=torch.int32, device="cuda")
+    qsl = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+    parts = None
+    if segments > 1:
+        parts = (torch.empty(1, 32, segments, 128, device="cuda"),
+                 torch.empty(1, 32, segments, device="cuda"),
+                 torch.empty(1, 32, segments, device="cuda"))  # fmt: skip
+
+    def run() -> None:
+        for kv in caches:
+            paged_attention(q, kv, out, table, seq, qsl, 1, 1, 0.088, segments, parts)
+
+    run()
+    return do_bench_cudagraph(run, rep=50) * 1e3 / layers
 
 
 def rope() -> None:

@@ -22,7 +22,8 @@ keep every multiprocessor busy.
 Programs find their request by binary search over ``query_start_loc``: request i owns the
 tile indices ``[qsl[i] // BLOCK_Q + i, qsl[i + 1] // BLOCK_Q + i + 1)`` (a bound that never
 undercounts), so the grid, ``tokens // BLOCK_Q + num_reqs``, is known without reading the
-device: the launch needs no host sync and fits in a CUDA graph.
+device: the launch needs no host sync and fits in a CUDA graph. A decode batch (every
+request one query) skips the search: program i is request i, and the grid ``num_reqs``.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def paged_attention_kernel(
     DECODE_M: tl.constexpr,  # with MIXED: the rows and keys per step of a one-query request
     DECODE_TILE_N: tl.constexpr,
     MIXED: tl.constexpr,  # the batch holds prefill chunks: one-query requests take small tiles
+    DECODE: tl.constexpr,  # every request has one query: one tile each, the grid num_reqs
     SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
     KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
@@ -251,12 +253,20 @@ def paged_attention_kernel(
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
-    req = _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q)
-    q_begin = tl.load(qsl_ptr + req)
-    q_len = tl.load(qsl_ptr + req + 1) - q_begin
-    q_tile = tile - (q_begin // BLOCK_Q + req)
-    if q_tile * BLOCK_Q >= q_len:
-        return
+    if DECODE:
+        # Every request has one query (a decode batch; a decode graph pads with one-query
+        # requests): request i is token i and tile i, found without reading the device.
+        req = tile
+        q_begin = tile
+        q_len = 1
+        q_tile = 0
+    else:
+        req = _find_request(qsl_ptr, tile, num_reqs, BLOCK_Q)
+        q_begin = tl.load(qsl_ptr + req)
+        q_len = tl.load(qsl_ptr + req + 1) - q_begin
+        q_tile = tile - (q_begin // BLOCK_Q + req)
+        if q_tile * BLOCK_Q >= q_len:
+            return
     seq_len = tl.load(seq_lens_ptr + req)
     bt_row = block_table_ptr + req * stride_bt
     if MIXED and q_len == 1:  # a decode beside prefill chunks: a tile of one query's heads
@@ -407,7 +417,11 @@ def paged_attention(
     config = config or (DECODE_CONFIG if max_query_len == 1 else prefill_config())
     block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    grid = (tokens // block_q + num_reqs, kv_heads, num_segments)
+    decode = max_query_len == 1
+    if decode and tokens != num_reqs:
+        raise ValueError(f"a decode batch (max_query_len 1) has one token a request: "
+                         f"{tokens} tokens, {num_reqs} requests")  # fmt: skip
+    grid = (num_reqs if decode else tokens // block_q + num_reqs, kv_heads, num_segments)
     if num_segments > 1:
         assert partials is not None and partials[0].shape[:3] == (tokens, heads, num_segments)
         target, m, l_sum = partials
@@ -428,9 +442,9 @@ def paged_attention(
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
-        MIXED=max_query_len > 1, SPLIT=num_segments > 1, PRECISION=precision, KV_QUANT=quant,
-        INTERPRETED=_INTERPRETED, num_warps=config.num_warps, num_stages=config.num_stages,
-        **launch,
+        MIXED=not decode, DECODE=decode, SPLIT=num_segments > 1, PRECISION=precision,
+        KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
+        num_stages=config.num_stages, **launch,
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:

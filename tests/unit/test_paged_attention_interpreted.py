@@ -1,8 +1,9 @@
 """The paged-attention kernel's code paths on the CPU, under Triton's interpreter in a
 subprocess (the interpreter is chosen when triton is imported): mixed batches whose decodes
-take their own tile shape, the unmasked loop over tiles every row sees whole, windows, and
-split-KV decodes merged in base 2. tests/gpu/test_paged_attention_kernel.py covers the
-compiled kernel, every dtype and launch shape, on a GPU."""
+take their own tile shape, the unmasked loop over tiles every row sees whole, windows,
+split-KV decodes merged in base 2, and decode batches found without a search.
+tests/gpu/test_paged_attention_kernel.py covers the compiled kernel, every dtype and launch
+shape, on a GPU."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ CHECK = textwrap.dedent(
              prefixes=[30, 0, 5, 200, 0, 64, 100]),
         # a sliding window over a chunk and decodes
         dict(heads=4, kv_heads=4, query_lens=[1, 33, 1], prefixes=[100, 64, 3], window=20),
+        # a decode batch unsplit (one program a request, no search)
+        dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 5, 200]),
         # split-KV decodes, with and without a window
         dict(heads=8, kv_heads=2, query_lens=[1] * 4, prefixes=[0, 5, 200, 333], segments=4),
         dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 150], segments=4,
@@ -38,6 +41,15 @@ CHECK = textwrap.dedent(
         case = {"seed": 3, "dim": 64, "block_size": 16, "dtype": f32, **case}
         error = run_case(device="cpu", **case)
         assert error < 1e-5, (case, error)
+    # A decode launch (max_query_len 1) must have one token a request.
+    from pagedllm.kernels.paged_attention import paged_attention
+    from tests.unit.interpreted import assert_refused
+
+    q = torch.zeros(3, 8, 64)
+    cache = torch.zeros(2, 4, 16, 2, 64)
+    ints = torch.zeros(3, 4, dtype=torch.int32)
+    assert_refused(lambda: paged_attention(q, cache, torch.zeros_like(q), ints, ints[0],
+                                           ints[0], 2, 1, 0.125), "one token a request")
     print("ATTENTION_OK")
     """
 )
