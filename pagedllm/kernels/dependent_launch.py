@@ -7,13 +7,10 @@ predecessor has started, and wait there (``await_inputs``) until the predecessor
 finished and its writes are visible, so the launch and the programs' start overlap the
 predecessor's last wave instead of following it.
 
-Invariant: a kernel launched with PDL writes no global memory, and reads none that a
-kernel may write, before ``await_inputs`` returns; so it sees everything every earlier
-kernel wrote (each of them finished its own wait before touching memory), and writes
-nothing an earlier kernel still reads. The one exception is the weights: no kernel of a
-step writes them (they change only while the engine loads, with no step running), so the
-products read their first weight tile before waiting, and that read overlaps the kernel
-before. Kernels launched without PDL (cuBLAS, torch's) are ordered as usual.
+Invariant: a kernel launched with PDL reads and writes no global memory before
+``await_inputs`` returns; so it sees everything every earlier kernel wrote (each of them
+finished its own wait before touching memory), and writes nothing an earlier kernel still
+reads. Kernels launched without it (cuBLAS, torch's) are ordered as usual.
 """
 
 from __future__ import annotations

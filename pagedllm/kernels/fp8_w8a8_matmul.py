@@ -74,6 +74,7 @@ def _w8a8_kernel(
     GATED: tl.constexpr, PDL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    await_inputs(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -88,18 +89,33 @@ def _w8a8_kernel(
     else:
         x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + (k_start + rk)[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * K + (k_start + rk)[None, :]
-    # The first weight tile is read before waiting for the previous kernel (weights are
-    # written by no kernel of a step: dependent_launch's exception), so its latency
-    # overlaps that kernel's tail. Every split has at least one tile (split_k).
-    w = _weight_tile(w_ptrs, k_start, k_end, rk, n_ok, EVEN_K)
-    await_inputs(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _accumulate(acc, w, x_ptrs, k_start, k_end, rk, rm, m_ok, K, ONE_ROW, EVEN_K, GATED,
-                      BLOCK_M, BLOCK_K)  # fmt: skip
-    for k in range(k_start + BLOCK_K, k_end, BLOCK_K):
-        w = _weight_tile(w_ptrs + (k - k_start), k, k_end, rk, n_ok, EVEN_K)
-        acc = _accumulate(acc, w, x_ptrs + (k - k_start), k, k_end, rk, rm, m_ok, K, ONE_ROW,
-                          EVEN_K, GATED, BLOCK_M, BLOCK_K)  # fmt: skip
+    for k in range(k_start, k_end, BLOCK_K):
+        k_ok = k + rk < k_end
+        if EVEN_K:
+            w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if ONE_ROW:
+            # A decode's one row: quantize it alone and place it in the tile's first row
+            # (zeros below, as bytes), not the 15 rows of padding the tile needs too.
+            xf = _activation(x_ptrs + k - k_start, k_ok, K, GATED)
+            x_scale = tl.maximum(tl.max(tl.abs(xf), axis=0) / FP8_MAX, MIN_SCALE)
+            row = (xf * (1.0 / x_scale)).to(tl.float8e4nv).to(tl.int8, bitcast=True)
+            tile = tl.where(rm[:, None] == 0, row[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.int8))
+            acc += tl.dot(tile.to(tl.float8e4nv, bitcast=True), tl.trans(w)) * x_scale
+        else:
+            if EVEN_K:  # noqa: SIM108 - a constexpr branch: each side compiles alone
+                x_ok = m_ok[:, None]
+            else:
+                x_ok = m_ok[:, None] & k_ok[None, :]
+            xf = _activation(x_ptrs, x_ok, K, GATED)
+            x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
+            # One division a row, a multiplication a value (a division costs several).
+            xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
+            acc += tl.dot(xq, tl.trans(w)) * x_scale[:, None]
+            x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
     if SPLIT > 1:
         # Partial sums [SPLIT, BLOCK_M, N]; every thread's stores precede the counter's bump
         # (the barrier), and the bump releases them to the program that sees SPLIT - 1.
@@ -116,44 +132,6 @@ def _w8a8_kernel(
             tl.atomic_xchg(count_ptr + pid_n, 0)
     else:
         _finish(acc, ws_ptr, b_ptr, y_ptr, rm, rn, m_ok, n_ok, N, HAS_BIAS)
-
-
-@triton.jit
-def _weight_tile(w_ptrs, k, k_end, rk, n_ok, EVEN_K: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K] e4m3 weights at column k (zeros past the split's end)."""
-    if EVEN_K:
-        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
-    else:
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & (k + rk < k_end)[None, :], other=0.0)
-    return w
-
-
-@triton.jit
-def _accumulate(
-    acc, w, x_ptrs, k, k_end, rk, rm, m_ok, K, ONE_ROW: tl.constexpr, EVEN_K: tl.constexpr,
-    GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """acc + x[:, k:k + BLOCK_K] w^T, the activations quantized per row on this slice."""
-    k_ok = k + rk < k_end
-    if ONE_ROW:
-        # A decode's one row: quantize it alone and place it in the tile's first row
-        # (zeros below, as bytes), not the 15 rows of padding the tile needs too.
-        xf = _activation(x_ptrs, k_ok, K, GATED)
-        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=0) / FP8_MAX, MIN_SCALE)
-        row = (xf * (1.0 / x_scale)).to(tl.float8e4nv).to(tl.int8, bitcast=True)
-        tile = tl.where(rm[:, None] == 0, row[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.int8))
-        acc += tl.dot(tile.to(tl.float8e4nv, bitcast=True), tl.trans(w)) * x_scale
-    else:
-        if EVEN_K:  # noqa: SIM108 - a constexpr branch: each side compiles alone
-            x_ok = m_ok[:, None]
-        else:
-            x_ok = m_ok[:, None] & k_ok[None, :]
-        xf = _activation(x_ptrs, x_ok, K, GATED)
-        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / FP8_MAX, MIN_SCALE)
-        # One division a row, a multiplication a value (a division costs several).
-        xq = (xf * (1.0 / x_scale)[:, None]).to(tl.float8e4nv)
-        acc += tl.dot(xq, tl.trans(w)) * x_scale[:, None]
-    return acc
 
 
 @triton.jit

@@ -23,53 +23,23 @@ from pagedllm.kernels.fused_ops import load_gated
 
 
 @triton.jit
-def _weight_tile(w_ptrs, k, k_end, n_ok, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """w [BLOCK_N, BLOCK_K] at column k, widened to float32 (zeros past k_end)."""
+def _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, up_offset, EVEN_K: tl.constexpr,
+               BLOCK_K: tl.constexpr, GATED: tl.constexpr):  # fmt: skip
+    """x [ROWS, BLOCK_K] and w [BLOCK_N, BLOCK_K] at k, widened to float32; GATED: x is
+    silu(gate) * up from rows [gate | up] (up ``up_offset`` columns on), as the activation
+    kernel computes it (``load_gated``)."""
     if EVEN_K:
+        x_ok = m_ok[:, None]
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
     else:
         k_ok = k + tl.arange(0, BLOCK_K) < k_end
+        x_ok = m_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-    return w.to(tl.float32)
-
-
-@triton.jit
-def _input_tile(x_ptrs, k, k_end, m_ok, up_offset, EVEN_K: tl.constexpr,
-                BLOCK_K: tl.constexpr, GATED: tl.constexpr):  # fmt: skip
-    """x [ROWS, BLOCK_K] at column k, widened to float32; GATED: x is silu(gate) * up from
-    rows [gate | up] (up ``up_offset`` columns on), as the activation kernel computes it
-    (``load_gated``)."""
-    if EVEN_K:  # noqa: SIM108 - a constexpr branch: each side compiles alone
-        x_ok = m_ok[:, None]
-    else:
-        x_ok = m_ok[:, None] & (k + tl.arange(0, BLOCK_K) < k_end)[None, :]
     if GATED:  # noqa: SIM108 - a constexpr branch: each side compiles alone
         x = load_gated(x_ptrs, x_ok, up_offset)
     else:
         x = tl.load(x_ptrs, mask=x_ok, other=0.0)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _accumulate(acc, w, x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, up_offset, EVEN_K: tl.constexpr,
-                BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, REDUCE: tl.constexpr,
-                GATED: tl.constexpr):  # fmt: skip
-    """acc + the products of the UNROLL tiles from column k: the first tile's weights ``w``
-    already loaded, the second's (UNROLL 2; it may run past the split's end: masked) here."""
-    x = _input_tile(x_ptrs, k, k_end, m_ok, up_offset, EVEN_K, BLOCK_K, GATED)
-    if UNROLL == 2:
-        w2 = _weight_tile(w_ptrs + BLOCK_K, k + BLOCK_K, k_end, n_ok, False, BLOCK_K)
-        x2 = _input_tile(x_ptrs + BLOCK_K, k + BLOCK_K, k_end, m_ok, up_offset, False, BLOCK_K,
-                         GATED)  # fmt: skip
-    if REDUCE:
-        acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
-        if UNROLL == 2:
-            acc += tl.sum(w2[None, :, :] * x2[:, None, :], axis=2)
-    else:
-        acc += w[None, :, :] * x[:, None, :]
-        if UNROLL == 2:
-            acc += w2[None, :, :] * x2[:, None, :]
-    return acc
+    return x.to(tl.float32), w.to(tl.float32)
 
 
 @triton.jit
@@ -82,33 +52,36 @@ def _gemv_kernel(
     """UNROLL: tiles loaded before any is summed (more bytes in flight a program). REDUCE:
     sum each tile at once into [ROWS, BLOCK_N] (fewer registers, so more programs per SM)
     rather than once at the end."""
+    await_inputs(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, ROWS)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_start = pid_k * k_split
-    rk = k_start + tl.arange(0, BLOCK_K)
+    rk = pid_k * k_split + tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
     x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :]
-    k_end = tl.minimum(k_start + k_split, K)
-    # The first weight tile is read before waiting for the previous kernel (weights are
-    # written by no kernel of a step: dependent_launch's exception), so its latency
-    # overlaps that kernel's tail. Every split has at least one tile (split_k).
-    w = _weight_tile(w_ptrs, k_start, k_end, n_ok, EVEN_K, BLOCK_K)
-    await_inputs(PDL)
+    k_end = tl.minimum(pid_k * k_split + k_split, K)
     if REDUCE:
         acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((ROWS, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    acc = _accumulate(acc, w, x_ptrs, w_ptrs, k_start, k_end, m_ok, n_ok, K, EVEN_K, BLOCK_K,
-                      UNROLL, REDUCE, GATED)  # fmt: skip
-    for k in range(k_start + BLOCK_K * UNROLL, k_end, BLOCK_K * UNROLL):
-        step = k - k_start
-        w = _weight_tile(w_ptrs + step, k, k_end, n_ok, EVEN_K, BLOCK_K)
-        acc = _accumulate(acc, w, x_ptrs + step, w_ptrs + step, k, k_end, m_ok, n_ok, K,
-                          EVEN_K, BLOCK_K, UNROLL, REDUCE, GATED)  # fmt: skip
+    for k in range(pid_k * k_split, k_end, BLOCK_K * UNROLL):
+        x, w = _gemv_tile(x_ptrs, w_ptrs, k, k_end, m_ok, n_ok, K, EVEN_K, BLOCK_K, GATED)
+        if UNROLL == 2:  # the second tile may run past this split's end: masked
+            x2, w2 = _gemv_tile(x_ptrs + BLOCK_K, w_ptrs + BLOCK_K, k + BLOCK_K, k_end, m_ok,
+                                n_ok, K, False, BLOCK_K, GATED)  # fmt: skip
+        if REDUCE:
+            acc += tl.sum(w[None, :, :] * x[:, None, :], axis=2)
+            if UNROLL == 2:
+                acc += tl.sum(w2[None, :, :] * x2[:, None, :], axis=2)
+        else:
+            acc += w[None, :, :] * x[:, None, :]
+            if UNROLL == 2:
+                acc += w2[None, :, :] * x2[:, None, :]
+        x_ptrs += BLOCK_K * UNROLL
+        w_ptrs += BLOCK_K * UNROLL
     if REDUCE:  # noqa: SIM108 - a constexpr branch: each side compiles alone
         y = acc
     else:

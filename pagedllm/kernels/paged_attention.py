@@ -211,10 +211,13 @@ def _attend_queries(
     else:
         # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32); the
         # row max in log2 units.
+        # A segment past the context's tiles (short contexts leave most of them empty)
+        # stores only its row max, -inf: the merge reads no acc where the max is -inf.
         stat = (token * G * num_kv_heads + head) * num_segments + segment
         tl.store(m_ptr + stat, m_i, mask=row_ok)
         tl.store(l_ptr + stat, l_i, mask=row_ok)
-        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        acc_ok = (row_ok & (rows * 0 + first < stop))[:, None]
+        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=acc_ok)
 
 
 # Integers that change from step to step are not specialized on (Triton compiles a variant
@@ -313,9 +316,11 @@ def merge_segments_kernel(
     m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_max)  # segments that saw no key have m = -inf: weight 0
+    # ... and their acc is not read (an empty segment does not store it).
+    seen = seg_ok & (m > float("-inf"))
     acc = tl.load(
         part_ptr + (base + segs)[:, None] * HEAD_DIM + dims[None, :],
-        mask=seg_ok[:, None],
+        mask=seen[:, None],
         other=0.0,
     )
     total = tl.sum(w * l_seg, axis=0)
