@@ -1,15 +1,20 @@
-"""Shared fixtures: tiny random-weight checkpoints of each architecture, and the bundled
-SmolLM2 engine (built once per session, with a small KV budget to start fast)."""
+"""Shared fixtures: tiny random-weight checkpoints of each architecture, the bundled
+SmolLM2 engine (built once per session, with a small KV budget to start fast), and the
+servers that the server and benchmark tests share (tests/server/conftest.py starts them)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.server.conftest import Server
 
 # Keep test runs from writing into the user's cache and from ever reaching a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,3 +140,54 @@ def smollm_in_process():
 
     with engine_in_process():
         return LLM(kv_cache_memory_bytes="96M", max_model_len=2048)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama with a one-token-per-character tokenizer and chat template:
+    a server on it starts in seconds and generates in milliseconds."""
+    import shutil
+
+    directory = tmp_path_factory.mktemp("tiny-chat") / "llama"
+    shutil.copytree(tiny_models["llama"], directory)
+    return save_char_tokenizer(directory)
+
+
+# The engine core in its own process whatever the suite runs with (the default; tests about
+# that process say so).
+SEPARATE = {"PAGEDLLM_ENABLE_MULTIPROCESSING": "1"}
+
+
+@pytest.fixture(scope="session")
+def shared_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """``shared_servers(args, env)``: the server of that command line and environment, started
+    on the first call and stopped when the session ends; every module that asks for the same
+    one shares it (each start costs ~13 s: two processes import torch). Only for tests that
+    send requests and leave nothing behind that another test reads: one that kills or signals
+    its server, or counts its metrics from zero, starts its own. Defined here, not in
+    tests/server/conftest.py, so that tests/bench shares the same instances."""
+    from tests.server.conftest import start_server, stop_server
+
+    running: dict[tuple, Server] = {}
+
+    def shared(args: list[str], env: dict[str, str] | None = None) -> Server:
+        key = (tuple(args), tuple(sorted((env or {}).items())))
+        if key not in running:
+            log = tmp_path_factory.mktemp("server") / "server.log"
+            running[key] = start_server(args, log, env=env)
+        return running[key]
+
+    yield shared
+    for server in running.values():  # all asked first: they shut down side by side
+        server.process.terminate()
+    for server in running.values():
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
+    """``pagedllm serve`` on the tiny model with room for 64 sequences in one step, its engine
+    core in its own process: for many streams at once and for the benchmark client."""
+    from tests.server.conftest import tiny_server_args
+
+    return shared_servers(tiny_server_args(tiny_chat_model, "--max-num-seqs", "64"), SEPARATE)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,14 +24,7 @@ from pagedllm.bench.metrics import calculate_metrics, result_fields, summary_tex
 from pagedllm.bench.serve import arrival_times
 from pagedllm.entrypoints.cli.main import build_parser, main
 from tests.conftest import save_char_tokenizer
-from tests.server.conftest import (
-    API_KEY,
-    Server,
-    free_port,
-    start_server,
-    stop_server,
-    tiny_server_args,
-)
+from tests.server.conftest import API_KEY, Server, free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUMMARY_LINES = [
@@ -417,14 +409,6 @@ def test_failed_requests_are_reported_and_the_run_still_succeeds(
 
 
 # ---- against a real pagedllm serve -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    log = tmp_path_factory.mktemp("bench-server") / "server.log"
-    running = start_server(tiny_server_args(tiny_chat_model), log)
-    yield running
-    stop_server(running)
 
 
 def _bench_flags(result_dir: Path) -> list[str]:

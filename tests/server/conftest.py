@@ -1,4 +1,6 @@
-"""A real server on 127.0.0.1 (a free port) with the bundled model, for the whole module."""
+"""Real servers on 127.0.0.1 (free ports): the bundled model's and the tiny model's, each
+started once per session (by ``shared_servers``, tests/conftest.py) for the tests that only
+send it requests."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +95,7 @@ def stop_server(server: Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("server") / "server.log"
+def server(shared_servers: Callable[..., Server]) -> Server:
     args = [
         "-m", "pagedllm.entrypoints.cli.main", "serve", MODEL,
         "--served-model-name", *ALIASES,
@@ -106,9 +107,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--enable-log-requests", "--enable-log-outputs", "--max-log-len", "60",
         "--enable-request-id-headers", "--disable-access-log-for-endpoints", "/health,/ping",
     ]  # fmt: skip
-    running = start_server(args, log)
-    yield running
-    stop_server(running)
+    return shared_servers(args)
 
 
 @pytest.fixture(scope="session")
@@ -116,19 +115,6 @@ def openai_client(server: Server):
     from openai import OpenAI
 
     return OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def tiny_chat_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Llama with a one-token-per-character tokenizer and chat template:
-    a server on it starts in seconds and generates in milliseconds."""
-    import shutil
-
-    from tests.conftest import save_char_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-chat") / "llama"
-    shutil.copytree(tiny_models["llama"], directory)
-    return save_char_tokenizer(directory)
 
 
 def tiny_server_args(model: Path, *flags: str) -> list[str]:
@@ -139,11 +125,10 @@ def tiny_server_args(model: Path, *flags: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def limited(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
     """A server on the tiny model with small limits, that runs request chat templates, serves
-    no API docs, answers as "bot", gives every template two variables and every stream its
-    usage."""
-    log = tmp_path_factory.mktemp("limited") / "server.log"
+    no API docs and no chat page, answers as "bot", gives every template two variables and
+    every stream its usage."""
     args = tiny_server_args(
         tiny_chat_model,
         "--max-request-body-bytes", "100000",
@@ -155,10 +140,21 @@ def limited(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--trust-request-chat-template",
         "--chat-template-render-timeout", "2",
         "--disable-fastapi-docs",
+        "--disable-web-ui",
         "--response-role", "bot",
         "--default-chat-template-kwargs", '{"greeting": "hi", "mood": "calm"}',
         "--enable-force-include-usage",
     )  # fmt: skip
-    running = start_server(args, log)
-    yield running
-    stop_server(running)
+    return shared_servers(args)
+
+
+@pytest.fixture(scope="session")
+def module_entry_server(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
+    """``python -m pagedllm.entrypoints.openai.api_server`` on the tiny model: no API key, the
+    log at DEBUG in capitals, requests not logged (their prompts must stay out of the log even
+    at DEBUG)."""
+    args = [
+        "-m", "pagedllm.entrypoints.openai.api_server", "--model", str(tiny_chat_model),
+        "--kv-cache-memory-bytes", "16M", "--log-level", "DEBUG", "--disable-log-requests",
+    ]  # fmt: skip
+    return shared_servers(args)

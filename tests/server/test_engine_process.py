@@ -14,11 +14,19 @@ from pathlib import Path
 
 import httpx
 
-from tests.server.conftest import API_KEY, MODEL, start_server, stop_server, tiny_server_args
+from tests.conftest import SEPARATE
+from tests.server.conftest import (
+    API_KEY,
+    MODEL,
+    Server,
+    start_server,
+    stop_server,
+    tiny_server_args,
+)
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
-# These tests are about the engine's own process, whatever the suite runs with.
-SEPARATE = {"PAGEDLLM_ENABLE_MULTIPROCESSING": "1"}
+# These tests are about the engine's own process, whatever the suite runs with (SEPARATE);
+# the shared tiny_server runs its core in its own process too.
 
 
 def engine_pid(server_pid: int) -> int:
@@ -44,11 +52,9 @@ def gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
-def test_each_token_is_its_own_event_for_64_streams(tiny_chat_model, tmp_path):
+def test_each_token_is_its_own_event_for_64_streams(tiny_server: Server):
     """Sixty-four streams at once: each gets one SSE event per generated token (the last
     also carries the finish reason), never tokens clumped into one event."""
-    args = tiny_server_args(tiny_chat_model, "--max-num-seqs", "64")
-    server = start_server(args, tmp_path / "server.log", env=SEPARATE)
     tokens = 24
 
     async def stream(http: httpx.AsyncClient, i: int) -> tuple[int, int]:
@@ -67,14 +73,11 @@ def test_each_token_is_its_own_event_for_64_streams(tiny_chat_model, tmp_path):
 
     async def all_streams() -> list[tuple[int, int]]:
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=server.url, headers=HEADERS, timeout=120,
+        async with httpx.AsyncClient(base_url=tiny_server.url, headers=HEADERS, timeout=120,
                                      limits=limits) as http:  # fmt: skip
             return list(await asyncio.gather(*(stream(http, i) for i in range(64))))
 
-    try:
-        results = asyncio.run(all_streams())
-    finally:
-        stop_server(server)
+    results = asyncio.run(all_streams())
     assert all(completion == tokens for _, completion in results)
     assert [events for events, _ in results] == [tokens] * 64
 

@@ -5,28 +5,27 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server.conftest import MODEL, start_server, stop_server
+from tests.server.conftest import Server
 
 
-def test_python_dash_m_api_server(tmp_path):
-    args = ["-m", "pagedllm.entrypoints.openai.api_server", "--model", MODEL, "--max-model-len",
-            "1024", "--kv_cache_memory_bytes", "64M", "--disable-log-requests"]  # fmt: skip
-    server = start_server(args, tmp_path / "log")
-    try:
-        models = httpx.get(f"{server.url}/v1/models").json()
-        assert models["data"][0]["id"] == MODEL  # no key set: open
-        reply = httpx.post(
-            f"{server.url}/v1/completions",
-            json={"model": MODEL, "prompt": "Hi, a private prompt", "max_tokens": 2},
-            timeout=60,
-        )
-        assert reply.status_code == 200
-    finally:
-        stop_server(server)
+def test_python_dash_m_api_server(module_entry_server: Server, tiny_chat_model: Path) -> None:
+    """``python -m pagedllm.entrypoints.openai.api_server --model ... --disable-log-requests``
+    (module_entry_server, which also logs at DEBUG: the prompt stays out of the log even
+    there)."""
+    server, model = module_entry_server, str(tiny_chat_model)
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["data"][0]["id"] == model  # no key set: open
+    reply = httpx.post(
+        f"{server.url}/v1/completions",
+        json={"model": model, "prompt": "Hi, a private prompt", "max_tokens": 2},
+        timeout=60,
+    )
+    assert reply.status_code == 200
     logs = server.logs()
     assert "Application startup complete." in logs and "Received request" not in logs
     assert "private prompt" not in logs

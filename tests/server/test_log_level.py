@@ -7,24 +7,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.server.conftest import API_KEY, MODEL, Server, start_server, stop_server
+from tests.server.conftest import MODEL, Server
 
 
 def test_debug_in_capitals_logs_steps_and_the_module_entry_point_says_where(
-    tiny_chat_model: Path, tmp_path: Path
+    module_entry_server: Server, tiny_chat_model: Path
 ):
-    args = [
-        "-m", "pagedllm.entrypoints.openai.api_server", "--model", str(tiny_chat_model),
-        "--api-key", API_KEY, "--kv-cache-memory-bytes", "16M", "--log-level", "DEBUG",
-    ]  # fmt: skip
-    server = start_server(args, tmp_path / "server.log")
-    try:
-        with server.client() as client:
-            body = {"model": str(tiny_chat_model), "prompt": "ab", "max_tokens": 3}
-            assert client.post("/v1/completions", json=body).status_code == 200
-    finally:
-        stop_server(server)
-    logs = server.logs()
+    """The server runs with ``--log-level DEBUG`` (module_entry_server)."""
+    with module_entry_server.client() as client:
+        body = {"model": str(tiny_chat_model), "prompt": "ab", "max_tokens": 3}
+        assert client.post("/v1/completions", json=body).status_code == 200
+    logs = module_entry_server.logs()
     assert re.search(r"Serving .* at http://127\.0\.0\.1:\d+/v1", logs), logs[-3000:]
     assert re.search(r"DEBUG .*\[core\.py:\d+\] Step: 1 requests \(1 new\)", logs), logs[-3000:]
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.conftest import API_KEY, Server, start_server, stop_server, tiny_server_args
+from tests.server.conftest import API_KEY, Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,17 +37,10 @@ def test_page_and_files_open_without_key(server: Server) -> None:
     assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
 
 
-@pytest.fixture(scope="module")
-def no_ui(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("no-ui") / "server.log"
-    running = start_server(tiny_server_args(tiny_chat_model, "--disable-web-ui"), log)
-    yield running
-    stop_server(running)
-
-
-def test_disable_web_ui(no_ui: Server) -> None:
-    assert httpx.get(f"{no_ui.url}/", headers={"x-api-key": API_KEY}).status_code == 404
-    assert httpx.get(f"{no_ui.url}/ui/chat.js", headers={"x-api-key": API_KEY}).status_code == 404
+def test_disable_web_ui(limited: Server) -> None:
+    """The ``limited`` server runs with --disable-web-ui (among its other limits)."""
+    assert httpx.get(f"{limited.url}/", headers={"x-api-key": API_KEY}).status_code == 404
+    assert httpx.get(f"{limited.url}/ui/chat.js", headers={"x-api-key": API_KEY}).status_code == 404
 
 
 @pytest.fixture
