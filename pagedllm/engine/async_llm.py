@@ -33,6 +33,7 @@ from pagedllm.beam_search import (
 )
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
 from pagedllm.engine.core_client import EngineCoreClient
+from pagedllm.engine.engine_process import PendingEngine, cancelled_on_error, start_early
 from pagedllm.engine.exceptions import (
     EngineDeadError,
     EngineOverloadedError,
@@ -93,16 +94,20 @@ class AsyncLLM:
         client: EngineCoreClient | None = None,
         log_outputs: bool = False,
         max_log_len: int | None = None,
+        pending: PendingEngine | None = None,
     ) -> None:
         """``log_requests``: log each request's prompt and parameters (off by default:
         prompts are user data), ``log_outputs`` its generated text too, each cut to
         ``max_log_len`` characters or ids (``engine/request_logger.py``);
         ``max_samples``: the largest n / best_of a request may ask for;
         ``max_waiting_requests``: sequences that may wait for the scheduler before new
-        requests are refused with EngineOverloadedError (None: no bound)."""
+        requests are refused with EngineOverloadedError (None: no bound); ``client`` and
+        ``pending``: as ``LLMEngine``'s."""
         self.config = config
         self.model_config = config.model_config
-        self.engine = LLMEngine(config, log_stats=log_stats, max_samples=max_samples, client=client)
+        self.engine = LLMEngine(
+            config, log_stats=log_stats, max_samples=max_samples, client=client, pending=pending
+        )
         self.engine.stat_loggers += stat_loggers or []
         self.tokenizer = self.engine.tokenizer
         if log_outputs and not log_requests:
@@ -137,12 +142,15 @@ class AsyncLLM:
     ) -> AsyncLLM:
         if not start_engine_loop:
             raise ValueError("start_engine_loop=False is not supported: the loop always runs.")
-        return cls(
-            engine_args.create_engine_config(usage_context),
-            log_requests=bool(getattr(engine_args, "enable_log_requests", False)),
-            log_stats=not engine_args.disable_log_stats,
-            stat_loggers=stat_loggers,
-        )
+        config, pending = start_early(lambda: engine_args.create_engine_config(usage_context))
+        with cancelled_on_error(pending):
+            return cls(
+                config,
+                log_requests=bool(getattr(engine_args, "enable_log_requests", False)),
+                log_stats=not engine_args.disable_log_stats,
+                stat_loggers=stat_loggers,
+                pending=pending,
+            )
 
     # -- status --------------------------------------------------------------------------
 

@@ -19,13 +19,9 @@ import collections
 import contextlib
 import itertools
 import os
-import pickle
 import select
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 import weakref
 from typing import Any, Protocol
 
@@ -35,6 +31,7 @@ from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.core import EngineCore
+from pagedllm.engine.engine_process import PendingEngine
 from pagedllm.engine.exceptions import EngineDeadError
 from pagedllm.engine.messages import (
     Abort,
@@ -65,9 +62,12 @@ class EngineCoreClient(Protocol):
     def shutdown(self) -> None: ...
 
 
-def make_client(config: EngineConfig) -> EngineCoreClient:
-    if envs.enable_multiprocessing():
-        return MPClient.start(config)
+def make_client(config: EngineConfig, pending: PendingEngine | None = None) -> EngineCoreClient:
+    """The engine core for ``config``: in ``pending`` (an engine process launched early,
+    ``engine_process.start_early``), else in a process started now, or in this process
+    (``PAGEDLLM_ENABLE_MULTIPROCESSING=0``)."""
+    if pending is not None or envs.enable_multiprocessing():
+        return MPClient.start(config, pending)
     return InprocClient(config)
 
 
@@ -151,12 +151,13 @@ class MPClient:
         self._dead = False
 
     @classmethod
-    def start(cls, config: EngineConfig, num_clients: int = 1) -> MPClient:
-        """Start the engine process and connect the first client to it (the others, for
-        more API servers, connect with ``connect``)."""
-        input_address, outputs = engine_addresses(num_clients)
-        client = cls(input_address, outputs[0], None, 0)  # bound before the engine connects
-        process = start_engine_process(config, input_address, outputs)
+    def start(cls, config: EngineConfig, pending: PendingEngine | None = None) -> MPClient:
+        """Start the engine process (or configure ``pending``, launched while the config
+        was built: ``engine_process.start_early``) and connect this client to it."""
+        pending = pending or PendingEngine.launch()
+        # Bound before the engine connects (it does once it has its config).
+        client = cls(pending.input_address, pending.output_addresses[0], None, 0)
+        process = pending.configure(config)
         client.process, client.engine_pid = process, process.pid
         client._finalizer.detach()
         client._finalizer = weakref.finalize(
@@ -275,28 +276,6 @@ class MPClient:
                 )
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-
-
-def start_engine_process(
-    config: EngineConfig, input_address: str, output_addresses: list[str]
-) -> subprocess.Popen:
-    """``python -m pagedllm.engine.core_proc``, the config on its stdin. The pipe stays open
-    for this process's life: its end (even a kill) tells the engine to stop."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *output_addresses],
-        stdin=subprocess.PIPE,
-    )
-    assert process.stdin is not None
-    process.stdin.write(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
-    process.stdin.flush()
-    logger.info("Engine core process started (pid %d)", process.pid)
-    return process
-
-
-def engine_addresses(num_clients: int) -> tuple[str, list[str]]:
-    """IPC endpoints for one engine: its input, and one output per front end."""
-    base = os.path.join(tempfile.gettempdir(), f"pagedllm-{uuid.uuid4().hex[:12]}")
-    return f"ipc://{base}-in", [f"ipc://{base}-out{i}" for i in range(num_clients)]
 
 
 def _release(

@@ -12,9 +12,12 @@ Started by ``MPClient`` (``core_client.py``) as ``python -m pagedllm.engine.core
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -172,15 +175,55 @@ def _close(context: zmq.Context, sockets: list[zmq.Socket]) -> None:
     context.term()
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process was created (Linux: /proc/self/stat's start time against
+    the boot clock); None where that cannot be read."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+# What unpickling a model's transformers config imports (~1-2 s): imported while the parent
+# still builds the config (``engine_process.start_early``), not after it arrives. A module
+# missing from another transformers version only loses that overlap.
+_CONFIG_MODULES = (
+    "transformers.configuration_utils",
+    "transformers.utils.type_validators",
+    "transformers.models.auto.configuration_auto",
+)
+
+
+def _import_config_modules() -> None:
+    import importlib
+
+    for name in _CONFIG_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def main() -> None:
     """``python -m pagedllm.engine.core_proc INPUT OUTPUT...``, the pickled EngineConfig on
     stdin (a plain subprocess, not multiprocessing: the parent's ``__main__`` is never
-    re-imported, and CUDA starts fresh)."""
+    re-imported, and CUDA starts fresh). A stdin that ends before the config (the parent's
+    configuration failed) ends this process quietly."""
     import pickle
 
-    config = pickle.load(sys.stdin.buffer)
-    exit_with_parent(sys.stdin.fileno())
     ignore_terminal_interrupt()
+    _import_config_modules()
+    imported = process_age_s()
+    try:
+        config = pickle.load(sys.stdin.buffer)
+    except EOFError:
+        return
+    if imported is not None:  # start-up time before the engine is built (issue 18's W4)
+        logger.info("Engine core process: interpreter and imports %.2f s, config received "
+                    "at %.2f s", imported, process_age_s() or imported)  # fmt: skip
+    if config.device == "cpu":  # as the front end's: the model's threads take the cores
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    exit_with_parent(sys.stdin.fileno())
     run_engine_core(config, sys.argv[1], sys.argv[2:])
 
 

@@ -22,6 +22,7 @@ from pagedllm import envs
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
 from pagedllm.engine.core import EngineCore
 from pagedllm.engine.core_client import EngineCoreClient, InprocClient, make_client
+from pagedllm.engine.engine_process import PendingEngine, cancelled_on_error, start_early
 from pagedllm.engine.messages import EngineCoreRequest, check_picklable
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.parent_request import ParentRequest, num_samples
@@ -77,10 +78,12 @@ class LLMEngine:
         log_stats: bool | None = None,
         max_samples: int | None = None,
         client: EngineCoreClient | None = None,
+        pending: PendingEngine | None = None,
     ) -> None:
         """``max_samples``: the largest n / best_of one request may ask for (a server's
         bound; None: any). ``client``: an engine core started elsewhere (API servers that
-        share one); by default this engine starts its own."""
+        share one); by default this engine starts its own, in ``pending`` if given (an
+        engine process launched while the config was built)."""
         self.config = config
         self.model_config = config.model_config
         if config.device == "cpu":
@@ -88,7 +91,7 @@ class LLMEngine:
             # rayon, one per CPU) would contend with them on every batch it encodes.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # First: the engine process loads the model while this one loads the tokenizer.
-        self.core = client if client is not None else make_client(config)
+        self.core = client if client is not None else make_client(config, pending)
         try:
             self.tokenizer = load_tokenizer(config.model_config)
         except BaseException:
@@ -117,7 +120,9 @@ class LLMEngine:
     def from_engine_args(
         cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
     ) -> LLMEngine:
-        return cls(engine_args.create_engine_config(usage_context))
+        config, pending = start_early(lambda: engine_args.create_engine_config(usage_context))
+        with cancelled_on_error(pending):
+            return cls(config, pending=pending)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer

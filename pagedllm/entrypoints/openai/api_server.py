@@ -20,8 +20,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from pagedllm import envs
-from pagedllm.config import UsageContext
+from pagedllm.config import EngineConfig, UsageContext
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.engine.engine_process import cancelled_on_error, start_early
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 from pagedllm.entrypoints.cli.server_options import (
     add_server_option_flags,
@@ -382,36 +383,46 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
     check_server_flags(args)
     limits = ServerLimits.from_args(args)  # checks the limits before anything loads
     engine_args = engine_args_from(args)
-    # Validates every option (loads no weights); the server's batch defaults.
-    config = engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+
+    # Validates every option (loads no weights); the server's batch defaults. The engine
+    # process (this server's own, not a shared one's) imports meanwhile.
+    def build() -> EngineConfig:
+        return engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+
     if connection is None:
-        # Fail fast on a busy port, before the model loads.
-        uds = getattr(args, "uds", None)
-        sock = bind_unix(uds) if uds else _bind(args.host, args.port)
+        config, pending = start_early(build, args.api_server_count)
+        with cancelled_on_error(pending):
+            # Fail fast on a busy port, before the model loads.
+            uds = getattr(args, "uds", None)
+            sock = bind_unix(uds) if uds else _bind(args.host, args.port)
         if args.api_server_count > 1:
-            with sock:
-                return run_api_servers(args, config, sock.fileno())
+            with sock, cancelled_on_error(pending):
+                return run_api_servers(args, config, sock.fileno(), pending)
     else:
+        config, pending = build(), None
         sock = socket.socket(fileno=connection.listen_fd)  # the supervisor's, shared
-    served = args.served_model_name or [config.model_config.model]
-    first = connection is None or connection.client_index == 0
-    stats = PrometheusStatLogger(
-        served[0], config.model_config.max_model_len, config.cache_config, engine_wide=first
-    )  # engine-wide values counted once
-    stats.add_process_metrics()
-    # The first server of several binds the metrics port (its /metrics shows them all).
-    metrics_sock = _bind(args.host, args.metrics_port) if args.metrics_port and first else None
-    engine = AsyncLLM(
-        config,
-        log_requests=args.enable_log_requests,
-        log_outputs=args.enable_log_outputs,
-        max_log_len=args.max_log_len,
-        log_stats=first and not engine_args.disable_log_stats,  # one throughput line
-        stat_loggers=[stats],
-        max_samples=limits.max_n or config.scheduler_config.max_num_seqs,
-        max_waiting_requests=limits.max_waiting_requests,
-        client=connection.client() if connection is not None else None,
-    )
+    with cancelled_on_error(pending):  # a failure before the engine has its config
+        served = args.served_model_name or [config.model_config.model]
+        first = connection is None or connection.client_index == 0
+        stats = PrometheusStatLogger(
+            served[0], config.model_config.max_model_len, config.cache_config, engine_wide=first
+        )  # engine-wide values counted once
+        stats.add_process_metrics()
+        # The first server of several binds the metrics port (its /metrics shows them all).
+        metrics_port = args.metrics_port and first
+        metrics_sock = _bind(args.host, args.metrics_port) if metrics_port else None
+        engine = AsyncLLM(
+            config,
+            log_requests=args.enable_log_requests,
+            log_outputs=args.enable_log_outputs,
+            max_log_len=args.max_log_len,
+            log_stats=first and not engine_args.disable_log_stats,  # one throughput line
+            stat_loggers=[stats],
+            max_samples=limits.max_n or config.scheduler_config.max_num_seqs,
+            max_waiting_requests=limits.max_waiting_requests,
+            client=connection.client() if connection is not None else None,
+            pending=pending,
+        )
     sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
     try:
         state = ServingState()

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.core_client import MPClient, engine_addresses, start_engine_process
+from pagedllm.engine.core_client import MPClient
+from pagedllm.engine.engine_process import PendingEngine
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import multiprocess_dir
 
@@ -50,11 +51,15 @@ class EngineConnection:
         return client
 
 
-def run_api_servers(args: argparse.Namespace, config: EngineConfig, listen_fd: int) -> int:
-    """Supervise the engine core and ``args.api_server_count`` API servers until they end."""
+def run_api_servers(
+    args: argparse.Namespace, config: EngineConfig, listen_fd: int, pending: PendingEngine | None
+) -> int:
+    """Supervise the engine core (in ``pending`` if launched early, with an output for each
+    server) and ``args.api_server_count`` API servers until they end."""
     count = args.api_server_count
-    input_address, outputs = engine_addresses(count)
-    engine = start_engine_process(config, input_address, outputs)
+    pending = pending or PendingEngine.launch(count)
+    input_address, outputs = pending.input_address, pending.output_addresses
+    engine = pending.configure(config)
     # One metrics directory for the servers' processes (prometheus_client's multiprocess
     # mode), so each /metrics reports all of them; the operator's own if set.
     metrics_dir = multiprocess_dir() or tempfile.mkdtemp(prefix="pagedllm-metrics-")

@@ -1,0 +1,107 @@
+"""The engine process launched before the configuration is built (engine_process.py): it
+imports meanwhile, ends quietly when the configuration fails, and an engine built that way
+generates as before."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from pagedllm.config import EngineArgs, EngineConfig
+from pagedllm.engine.engine_process import PendingEngine
+
+
+def engine_children() -> list[int]:
+    """This process's children that are engine core processes (alive or not yet reaped)."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and b"pagedllm.engine.core_proc" in cmdline.read_bytes():
+                pids.append(int(pid))
+    return pids
+
+
+def test_an_engine_process_without_its_config_ends_quietly() -> None:
+    """Its parent's configuration failed and the pipe closed: exit 0, no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pagedllm.engine.core_proc", "ipc:///tmp/x-in", "ipc:///tmp/x-0"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, stderr = process.communicate(input="", timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_failed_configuration_stops_the_early_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process is launched first, then the configuration is built; when that raises,
+    the user sees its error and no engine process is left behind."""
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+    order: list[str] = []
+    launched: list[PendingEngine] = []
+    launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
+
+    def recording_launch(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
+        order.append("launch")
+        launched.append(launch(cls, num_clients))
+        return launched[-1]
+
+    def failing_config(self: EngineArgs, *args: object) -> None:
+        order.append("config")
+        raise ValueError("max_model_len is too large for this test")
+
+    monkeypatch.setattr(PendingEngine, "launch", classmethod(recording_launch))
+    monkeypatch.setattr(EngineArgs, "create_engine_config", failing_config)
+    with pytest.raises(ValueError, match="too large for this test"):
+        LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert order == ["launch", "config"]
+    assert launched[0].process.returncode is not None  # killed and reaped
+    assert launched[0].process.pid not in engine_children()
+
+
+def test_cancel_leaves_a_configured_engine_to_its_client() -> None:
+    """Once the config is sent, the client owns the process: cancel() does not kill it."""
+    process = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    pending = PendingEngine("ipc:///tmp/unused-in", ["ipc:///tmp/unused-0"], process)
+    # Any picklable object stands for the config: `cat` only swallows the bytes.
+    pending.configure(cast(EngineConfig, EngineArgs(model="any")))
+    pending.cancel()
+    assert process.poll() is None
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
+
+
+def test_an_early_engine_generates(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM() with the engine in its own process: launched early, configured, then serving
+    greedy tokens equal to an in-process engine's."""
+    model = str(tiny_models["llama"])
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, detokenize=False)
+    prompt = {"prompt_token_ids": [5, 17, 33, 2]}
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
+    inproc = LLM(model=model, max_model_len=64, skip_tokenizer_init=True)
+    expected = inproc.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+    del inproc
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+    launches: list[int] = []
+    launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
+        launches.append(num_clients)
+        return launch(cls, num_clients)
+
+    monkeypatch.setattr(PendingEngine, "launch", classmethod(counted))
+    llm = LLM(model=model, max_model_len=64, skip_tokenizer_init=True)
+    try:
+        assert launches == [1]
+        got = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+        assert list(got) == list(expected)
+    finally:
+        llm.llm_engine.core.shutdown()
