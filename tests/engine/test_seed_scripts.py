@@ -7,13 +7,11 @@ for the multi-turn script (2 x 512 sampled tokens, minutes of CPU with the real 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).parent / "seed_scripts"
+from tests.engine.conftest import run_seed
 
 
 @pytest.fixture(scope="session")
@@ -33,39 +31,6 @@ def smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tensors = dict(iter_gguf_weights(files.gguf_file, config, files.config_dir))
     save_file(tensors, target / "model.safetensors")
     return target
-
-
-@pytest.fixture(scope="session")
-def tiny_smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's directory shrunk to 2 layers of width 64 with random weights (its 49152-token
-    tokenizer and template kept): the same loading, templating and sampling path, each
-    decode step in milliseconds."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from pagedllm.model_files import resolve_model
-
-    files = resolve_model(None)
-    target = tmp_path_factory.mktemp("SmolLM2-tiny")
-    for path in files.config_dir.iterdir():
-        if path.name != "gguf_tensors.json":
-            shutil.copy(path, target / path.name)
-    config = AutoConfig.from_pretrained(target)
-    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16))  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(target)
-    return target
-
-
-def run_seed(name: str, model_dir: Path, tmp_path: Path) -> str:
-    script = tmp_path / name
-    script.write_text((SCRIPTS / name).read_text().replace("MODEL_PATH", str(model_dir)))
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def test_seed_offline_inference_script(smollm_dir, tmp_path):

@@ -55,7 +55,7 @@ async def main():
 
     # Create AsyncLLM engine with simple configuration
     engine_args = AsyncEngineArgs(
-        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        model="MODEL_PATH",
         enforce_eager=True,  # Faster startup for examples
     )
     engine = AsyncLLM.from_engine_args(engine_args)
