@@ -25,9 +25,17 @@ def run(llm: LLM, prompts: list[list[int]], params: SamplingParams = GREEDY) -> 
     return [o.outputs[0].token_ids for o in outputs]
 
 
+def reference(path, **kwargs) -> LLM:
+    """The engine without the cache that the cached one is checked against, its core in this
+    process (the engine under test keeps the default, its own process): starting a process
+    costs ~5 s, and what the reference computes does not depend on where it runs."""
+    with engine_in_process():
+        return tiny(path, False, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def pair(tiny_models):
-    return tiny(tiny_models["qwen3"], True), tiny(tiny_models["qwen3"], False)
+    return tiny(tiny_models["qwen3"], True), reference(tiny_models["qwen3"])
 
 
 def rand_ids(rng: random.Random, n: int) -> list[int]:
@@ -77,7 +85,7 @@ def test_arrivals_while_the_same_prefix_is_prefilling(tiny_models):
     rng = random.Random(3)
     shared = rand_ids(rng, 200)
     prompts = [shared + rand_ids(rng, 5) for _ in range(6)]
-    reference = run(tiny(tiny_models["qwen3"], False), prompts)
+    expected = run(reference(tiny_models["qwen3"]), prompts)
     llm = tiny(tiny_models["qwen3"], True, max_num_batched_tokens=48, max_num_seqs=8)
     engine: LLMEngine = llm.llm_engine
     results: dict[str, list[int]] = {}
@@ -91,7 +99,7 @@ def test_arrivals_while_the_same_prefix_is_prefilling(tiny_models):
         for out in engine.step():
             if out.finished:
                 results[out.request_id] = out.outputs[0].token_ids
-    assert [results[str(i)] for i in range(len(prompts))] == reference
+    assert [results[str(i)] for i in range(len(prompts))] == expected
 
 
 def test_cache_salt_keeps_tenants_apart(pair):
@@ -165,7 +173,8 @@ def test_churn_keeps_the_pool_consistent(tiny_models):
 def test_multi_turn_chat_with_smollm(smollm, tmp_path):
     """A 6-turn chat (the users' "incremental computation"): same replies, cache on or off,
     and each turn from the third reuses more of the history than the one before."""
-    plain = LLM(kv_cache_memory_bytes="96M", max_model_len=2048, enable_prefix_caching=False)
+    with engine_in_process():  # the reference, as in reference() above
+        plain = LLM(kv_cache_memory_bytes="96M", max_model_len=2048, enable_prefix_caching=False)
     messages_c = [{"role": "system", "content": "You are a concise assistant."}]
     messages_p = list(messages_c)
     params = SamplingParams(temperature=0.0, max_tokens=20)
