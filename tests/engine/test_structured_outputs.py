@@ -219,13 +219,19 @@ def char_model(tiny_models, tmp_path_factory):
     return save_char_tokenizer(path)
 
 
-def test_bounded_strings_hold_strict_json_characters(char_model) -> None:
+@pytest.fixture(scope="module")
+def char_llm(char_model):
+    """An engine on ``char_model`` with the default options, for the tests below that need
+    no other (each request seeded: what one samples does not depend on the others)."""
+    from pagedllm import LLM
+
+    return LLM(model=str(char_model), kv_cache_memory_bytes="32M")
+
+
+def test_bounded_strings_hold_strict_json_characters(char_llm) -> None:
     """A random model over a one-character-per-token vocabulary reaches tabs and other
     control characters that strict JSON forbids raw in strings (xgrammar 0.2.8 lets them
     into length-bounded strings unless pagedllm fixes the grammar)."""
-    from pagedllm import LLM
-
-    llm = LLM(model=str(char_model), kv_cache_memory_bytes="32M")
     schema = {
         "type": "object",
         "properties": {"a": {"type": "string", "maxLength": 12}, "b": {"enum": [1, 2]}},
@@ -233,7 +239,7 @@ def test_bounded_strings_hold_strict_json_characters(char_model) -> None:
     }
     so = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
     params = SamplingParams(structured_outputs=so, temperature=1.5, seed=0, n=32, max_tokens=200)
-    samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
+    samples = char_llm.generate(["{"], params, use_tqdm=False)[0].outputs
     texts = [s.text for s in samples]
     assert all(s.finish_reason == "stop" for s in samples)
     for text in texts:
@@ -274,7 +280,7 @@ def test_the_command_line_takes_the_config_as_json() -> None:
     assert args.guided_decoding_backend == "xgrammar"
 
 
-def test_engine_wide_disable_any_whitespace(char_model) -> None:
+def test_engine_wide_disable_any_whitespace(char_model, char_llm) -> None:
     """A random model at a high temperature strays into optional whitespace unless the
     engine option forbids it for every request."""
     from pagedllm import LLM
@@ -287,9 +293,9 @@ def test_engine_wide_disable_any_whitespace(char_model) -> None:
     params = constrained("json", schema, temperature=1.5, seed=0, n=16, max_tokens=120)
 
     def squeezed(config: dict | None) -> list[str]:
-        llm = LLM(
+        llm = char_llm if config is None else LLM(
             model=str(char_model), kv_cache_memory_bytes="32M", structured_outputs_config=config
-        )
+        )  # fmt: skip
         samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
         # Free whitespace can run to max_tokens; without it every object closes.
         assert config is None or all(s.finish_reason == "stop" for s in samples)
@@ -299,11 +305,10 @@ def test_engine_wide_disable_any_whitespace(char_model) -> None:
     assert not any(re.search(r"\s", text) for text in squeezed({"disable_any_whitespace": True}))
 
 
-def test_whitespace_runs_are_bounded_so_replies_close(char_model) -> None:
+def test_whitespace_runs_are_bounded_so_replies_close(char_llm) -> None:
     """By default whitespace between JSON tokens stays allowed (indentation) but bounded
     (MAX_JSON_WHITESPACE): a random model at a high temperature, free to emit whitespace
     one character a token, still closes every object within max_tokens."""
-    from pagedllm import LLM
     from pagedllm.structured_output.spec import MAX_JSON_WHITESPACE
 
     schema = {
@@ -312,8 +317,7 @@ def test_whitespace_runs_are_bounded_so_replies_close(char_model) -> None:
         "required": ["b", "c"],
     }
     params = constrained("json", schema, temperature=1.5, seed=0, n=16, max_tokens=400)
-    llm = LLM(model=str(char_model), kv_cache_memory_bytes="32M")
-    samples = llm.generate(["{"], params, use_tqdm=False)[0].outputs
+    samples = char_llm.generate(["{"], params, use_tqdm=False)[0].outputs
     runs = [len(run) for s in samples for run in re.findall(r"\s+", s.text)]
     assert all(s.finish_reason == "stop" for s in samples)
     assert max(runs) <= MAX_JSON_WHITESPACE and max(runs) > 1

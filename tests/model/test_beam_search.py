@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from pagedllm import LLM, BeamSearchParams
 
 PROMPTS = [[5, 17, 99, 3, 250, 7], [11, 12], list(range(40, 70))]
 
 
-@pytest.mark.parametrize("beam_width", [2, 4])
-def test_same_beams_and_scores_as_transformers(tiny_models, beam_width):
+@pytest.fixture(scope="module")
+def models(tiny_models) -> tuple[LLM, PreTrainedModel]:
+    """The engine and the transformers model on the same weights, for both beam widths."""
     path = tiny_models["qwen2"]
     llm = LLM(
         model=str(path), skip_tokenizer_init=True, kv_cache_memory_bytes="16M", max_model_len=256
     )
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return llm, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("beam_width", [2, 4])
+def test_same_beams_and_scores_as_transformers(models, beam_width):
+    llm, hf = models
+    assert llm.reset_prefix_cache()  # as a new engine: the other width's prompts not cached
     steps = 8
     ours = llm.beam_search(
         [{"prompt_token_ids": p} for p in PROMPTS],
