@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 CLI = [sys.executable, "-m", "pagedllm.entrypoints.cli.main"]
+# The engine core in the command's own process: what a test reads (the reply, the log) does
+# not depend on where the core runs, and a core process costs ~5 s of imports. The first
+# test keeps the default, the core in a process of its own.
+IN_PROCESS = {"PAGEDLLM_ENABLE_MULTIPROCESSING": "0"}
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin, timeout=600)
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, input=stdin, timeout=600,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 def test_chat_one_message_streams_a_reply():
@@ -37,6 +47,7 @@ def test_fp8_flags_as_vllm_users_type_them():
         "chat", "--message", "What is 2+2?", "--temperature", "0", "--max-tokens", "12",
         "--kv-cache-memory-bytes", "64M", "--max-model-len", "1024",
         "--quantization", "fp8", "--kv-cache-dtype", "fp8", "--calculate-kv-scales",
+        env=IN_PROCESS,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "4" in done.stdout
@@ -57,6 +68,7 @@ def test_chat_reads_turns_from_stdin():
         "--max-model-len",
         "1k",
         stdin="Hi!\nSay yes.\n",
+        env=IN_PROCESS,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len([line for line in done.stdout.splitlines() if line.strip()]) >= 2
