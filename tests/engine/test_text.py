@@ -132,27 +132,30 @@ def test_truncate_prompt_tokens_keeps_the_tail(smollm):
 # -- errors: a clear sentence, nothing left behind ------------------------------------
 
 
-def test_too_long_requests_are_rejected_with_numbers(smollm):
-    tokenizer = smollm.get_tokenizer()
-    long_ids = list(range(100, 100 + 2048))
-    with pytest.raises(ValueError, match=r"length 2048.*maximum model length of 2048"):
-        smollm.generate({"prompt_token_ids": long_ids}, greedy(), use_tqdm=False)
+def test_too_long_requests_are_rejected_with_numbers(tiny_smollm_dir):
+    """SmolLM2's tokenizer on 2-layer random weights with a 256-token context: the checks
+    are on lengths, and the bundled model's prefill of a 2048-token context took ~10 s."""
+    llm = LLM(model=str(tiny_smollm_dir), kv_cache_memory_bytes="16M", max_model_len=256)
+    tokenizer = llm.get_tokenizer()
+    long_ids = list(range(100, 100 + 256))
+    with pytest.raises(ValueError, match=r"length 256.*maximum model length of 256"):
+        llm.generate({"prompt_token_ids": long_ids}, greedy(), use_tqdm=False)
     # As vLLM V1 offline, asking past the context is not an error: it runs until the
     # context is full and ends with "length".
-    ids = tokenizer.encode("Hello there " * 1100)[:2040]
-    assert len(ids) == 2040
-    out = smollm.generate({"prompt_token_ids": ids}, greedy(max_tokens=50, ignore_eos=True),
-                          use_tqdm=False)[0].outputs[0]  # fmt: skip
+    ids = tokenizer.encode("Hello there " * 150)[:248]
+    assert len(ids) == 248
+    out = llm.generate({"prompt_token_ids": ids}, greedy(max_tokens=50, ignore_eos=True),
+                       use_tqdm=False)[0].outputs[0]  # fmt: skip
     assert (len(out.token_ids), out.finish_reason) == (8, "length")
     with pytest.raises(ValueError, match="empty"):
-        smollm.generate({"prompt_token_ids": []}, greedy(), use_tqdm=False)
+        llm.generate({"prompt_token_ids": []}, greedy(), use_tqdm=False)
     with pytest.raises(ValueError, match="out of vocabulary"):
-        smollm.generate({"prompt_token_ids": [10**7]}, greedy(), use_tqdm=False)
+        llm.generate({"prompt_token_ids": [10**7]}, greedy(), use_tqdm=False)
     # A bad prompt in a batch adds nothing; the engine keeps serving.
     with pytest.raises(ValueError):
-        smollm.generate(["fine", {"prompt_token_ids": []}], greedy(), use_tqdm=False)
-    assert not smollm.llm_engine.has_unfinished_requests()
-    assert smollm.generate("Still here?", greedy(max_tokens=3), use_tqdm=False)[0].finished
+        llm.generate(["fine", {"prompt_token_ids": []}], greedy(), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert llm.generate("Still here?", greedy(max_tokens=3), use_tqdm=False)[0].finished
 
 
 def test_bad_sampling_options_are_refused_by_name(smollm):
