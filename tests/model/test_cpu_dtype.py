@@ -15,16 +15,10 @@ from tests.conftest import engine_in_process
 from tests.model.teacher_forcing import Scores, score
 
 
-@pytest.fixture(scope="module")
-def reference() -> Scores:
-    with engine_in_process():
-        return score(dtype="float32")
-
-
 @pytest.mark.parametrize("dtype", ["auto", "float16"])
-def test_cpu_dtype_agrees_with_float32(reference, dtype, monkeypatch):
+def test_cpu_dtype_agrees_with_float32(float32_scores: Scores, dtype, monkeypatch):
     monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)  # the suite pins float32
     with engine_in_process():
         got = score(dtype=dtype, device="cpu")
-    assert got.agreement(reference) >= 0.99
-    assert abs(got.perplexity_rise(reference)) < 0.005
+    assert got.agreement(float32_scores) >= 0.99
+    assert abs(got.perplexity_rise(float32_scores)) < 0.005

@@ -17,12 +17,6 @@ from tests.conftest import engine_in_process
 from tests.model.teacher_forcing import Scores, score
 
 
-@pytest.fixture(scope="module")
-def reference() -> Scores:
-    with engine_in_process():
-        return score()
-
-
 @pytest.mark.parametrize(
     "kwargs, min_agreement, max_rise",
     [
@@ -32,8 +26,8 @@ def reference() -> Scores:
         ({"quantization": "fp8", "kv_cache_dtype": "fp8"}, 0.87, 0.03),
     ],
 )
-def test_fp8_quality_on_smollm2(reference, kwargs, min_agreement, max_rise):
+def test_fp8_quality_on_smollm2(float32_scores: Scores, kwargs, min_agreement, max_rise):
     with engine_in_process():
         got = score(**kwargs)
-    assert got.agreement(reference) >= min_agreement
-    assert got.perplexity_rise(reference) < max_rise
+    assert got.agreement(float32_scores) >= min_agreement
+    assert got.perplexity_rise(float32_scores) < max_rise
