@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,12 +127,22 @@ def test_every_dashboard_metric_is_served(served: tuple) -> None:
     assert [m for m in cumulative if value(text, m) == 0] == []
 
 
-def test_metrics_port_flag_checked(tiny_chat_model: Path) -> None:
-    """Refused before the model loads."""
-    args = [*tiny_server_args(tiny_chat_model), "--port", "8123", "--metrics-port", "8123"]
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "--metrics-port must differ from --port" in done.stderr
+def test_metrics_port_flag_checked(
+    tiny_chat_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Refused before the model loads: through the command's main() in this process (a
+    process paid ~3 s of imports), which must not reach the socket."""
+    from pagedllm.entrypoints.cli.main import main
+    from pagedllm.entrypoints.openai import api_server
+
+    def no_bind(host: str | None, port: int) -> None:
+        raise AssertionError("--metrics-port equal to --port passed the start-up checks")
+
+    monkeypatch.setattr(api_server, "_bind", no_bind)
+    monkeypatch.delenv("PAGEDLLM_LOGGING_LEVEL", raising=False)  # main() sets it for its server
+    args = tiny_server_args(tiny_chat_model)[2:]  # less "-m pagedllm.entrypoints.cli.main"
+    assert main([*args, "--port", "8123", "--metrics-port", "8123"]) == 2
+    assert "--metrics-port must differ from --port" in capsys.readouterr().err
 
 
 def test_offline_get_metrics(tiny_chat_model: Path) -> None:
