@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,11 +36,14 @@ def tiny_smollm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def run_seed(name: str, model_dir: Path, tmp_path: Path) -> str:
+def run_seed(name: str, model_dir: Path, tmp_path: Path, env: dict[str, str] | None = None) -> str:
+    """The script's stdout, run with ``model_dir`` for its model and ``env`` added to the
+    environment; it must exit 0."""
     script = tmp_path / name
     script.write_text((SCRIPTS / name).read_text().replace("MODEL_PATH", str(model_dir)))
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=900
-    )
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=900,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
