@@ -21,12 +21,20 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def hf_smollm():
+    import functools
+
+    import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = bundled_gguf_path()
     kwargs = {"gguf_file": path.name}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+    # transformers asks gguf for the (architecture, layers) -> tensor names table once per
+    # submodule, ~400 times at ~13 ms each; the table is a function of its arguments only
+    # (transformers reads it), so it is built once. The weights loaded are the same.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(gguf.get_tensor_name_map))
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
     return tokenizer, model.eval()
 
 
