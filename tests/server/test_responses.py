@@ -27,7 +27,7 @@ from pagedllm.entrypoints.openai.serving_responses import (
     ResponseStore,
     StoredResponse,
 )
-from tests.server.conftest import MODEL
+from tests.server.conftest import API_KEY, MODEL
 from tests.server.test_reasoning_stream import PIECES, ScriptedEngine, ScriptedRenderer
 
 HELLO = "Say hello in one short sentence."
@@ -160,11 +160,17 @@ def test_cancel_answers_as_vllm_for_a_finished_response(openai_client):
 LONG = "alpha beta gamma delta " * 700  # more tokens than the server's 2048 context
 
 
-def test_truncation_auto_keeps_the_latest_tokens(openai_client):
+def test_truncation_auto_keeps_the_latest_tokens(limited, tiny_chat_model):
+    """On the tiny model's server (a 512-token context, one token per character): the
+    bundled model's prefill of a full 2048-token context took ~10 s."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=limited.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+    ask = dict(model=str(tiny_chat_model), temperature=0, input=LONG, max_output_tokens=4)
     with pytest.raises(openai.BadRequestError):  # "disabled", the default: refused
-        create(openai_client, input=LONG, max_output_tokens=4)
-    reply = create(openai_client, input=LONG, max_output_tokens=4, truncation="auto")
-    assert reply.truncation == "auto" and reply.usage.input_tokens == 2048 - 4
+        client.responses.create(**ask)
+    reply = client.responses.create(**ask, truncation="auto")
+    assert reply.truncation == "auto" and reply.usage.input_tokens == 512 - 4
     assert reply.usage.output_tokens == 4
 
 
