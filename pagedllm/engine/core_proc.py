@@ -7,7 +7,8 @@ core); each front end has its own output socket, and a request's outputs go to t
 end that sent it. The loop blocks only when it has nothing to run, and then wakes at least
 once a second to notice a parent that died (it exits with it).
 
-Started by ``MPClient`` (``core_client.py``) as ``python -m pagedllm.engine.core_proc``.
+Started by ``engine_process.PendingEngine`` as ``python -m pagedllm.engine.core_proc``,
+often before its configuration exists (``start_early``).
 """
 
 from __future__ import annotations
