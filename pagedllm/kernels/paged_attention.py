@@ -211,13 +211,10 @@ def _attend_queries(
     else:
         # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32); the
         # row max in log2 units.
-        # A segment past the context's tiles (short contexts leave most of them empty)
-        # stores only its row max, -inf: the merge reads no acc where the max is -inf.
         stat = (token * G * num_kv_heads + head) * num_segments + segment
         tl.store(m_ptr + stat, m_i, mask=row_ok)
         tl.store(l_ptr + stat, l_i, mask=row_ok)
-        acc_ok = (row_ok & (rows * 0 + first < stop))[:, None]
-        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=acc_ok)
+        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
 # Integers that change from step to step are not specialized on (Triton compiles a variant
@@ -244,8 +241,9 @@ def paged_attention_kernel(
     TILE_N: tl.constexpr,  # keys per inner step, a multiple of BLOCK_SIZE
     DECODE_M: tl.constexpr,  # with MIXED: the rows and keys per step of a one-query request
     DECODE_TILE_N: tl.constexpr,
-    MIXED: tl.constexpr,  # the batch holds prefill chunks: one-query requests take small tiles
-    DECODE: tl.constexpr,  # every request has one query: one tile each, the grid num_reqs
+    # The batch holds prefill chunks: one-query requests take small tiles. False: every
+    # request has one query, one tile each (the grid num_reqs).
+    MIXED: tl.constexpr,
     SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
     KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
@@ -256,7 +254,7 @@ def paged_attention_kernel(
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
-    if DECODE:
+    if not MIXED:
         # Every request has one query (a decode batch; a decode graph pads with one-query
         # requests): request i is token i and tile i, found without reading the device.
         req = tile
@@ -316,11 +314,9 @@ def merge_segments_kernel(
     m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_max)  # segments that saw no key have m = -inf: weight 0
-    # ... and their acc is not read (an empty segment does not store it).
-    seen = seg_ok & (m > float("-inf"))
     acc = tl.load(
         part_ptr + (base + segs)[:, None] * HEAD_DIM + dims[None, :],
-        mask=seen[:, None],
+        mask=seg_ok[:, None],
         other=0.0,
     )
     total = tl.sum(w * l_seg, axis=0)
@@ -447,7 +443,7 @@ def paged_attention(
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
-        MIXED=not decode, DECODE=decode, SPLIT=num_segments > 1, PRECISION=precision,
+        MIXED=not decode, SPLIT=num_segments > 1, PRECISION=precision,
         KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
         num_stages=config.num_stages, **launch,
     )  # fmt: skip
