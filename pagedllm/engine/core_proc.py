@@ -37,6 +37,7 @@ from pagedllm.engine.messages import (
     UtilityResult,
 )
 from pagedllm.executor.parent_watch import exit_with_parent, ignore_terminal_interrupt
+from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
 
@@ -222,8 +223,7 @@ def main() -> None:
     if imported is not None:  # start-up time before the engine is built (issue 18's W4)
         logger.info("Engine core process: interpreter and imports %.2f s, config received "
                     "at %.2f s", imported, process_age_s() or imported)  # fmt: skip
-    if config.device == "cpu":  # as the front end's: the model's threads take the cores
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    limit_tokenizer_threads(config.device)
     exit_with_parent(sys.stdin.fileno())
     run_engine_core(config, sys.argv[1], sys.argv[2:])
 

@@ -57,6 +57,7 @@ class PendingEngine:
             [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *outputs],
             stdin=subprocess.PIPE,
         )
+        logger.info("Engine core process started (pid %d)", process.pid)
         return cls(input_address, outputs, process)
 
     def configure(self, config: EngineConfig) -> subprocess.Popen:
@@ -67,7 +68,6 @@ class PendingEngine:
         stdin.write(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
         stdin.flush()
         self.configured = True
-        logger.info("Engine core process started (pid %d)", self.process.pid)
         return self.process
 
     def cancel(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from pagedllm.engine.messages import EngineCoreRequest, check_picklable
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.parent_request import ParentRequest, num_samples
 from pagedllm.inputs.processor import InputProcessor, ProcessedPrompt, PromptType
-from pagedllm.inputs.tokenizer import load_tokenizer
+from pagedllm.inputs.tokenizer import limit_tokenizer_threads, load_tokenizer
 from pagedllm.metrics.stats import EngineSnapshot, LoggingStatLogger, StatLogger
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -86,10 +85,7 @@ class LLMEngine:
         engine process launched while the config was built)."""
         self.config = config
         self.model_config = config.model_config
-        if config.device == "cpu":
-            # The model's threads take the cores; a tokenizer pool of as many threads (Rust's
-            # rayon, one per CPU) would contend with them on every batch it encodes.
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        limit_tokenizer_threads(config.device)
         # First: the engine process loads the model while this one loads the tokenizer.
         self.core = client if client is not None else make_client(config, pending)
         try:

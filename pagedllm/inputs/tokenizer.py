@@ -3,6 +3,7 @@ or a repo id whose tokenizer files are fetched as the model's are)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,14 @@ from pagedllm.config import ModelConfig
 from pagedllm.model_files import resolve_tokenizer
 
 AnyTokenizer = Any  # transformers.PreTrainedTokenizerBase
+
+
+def limit_tokenizer_threads(device: str) -> None:
+    """On the CPU the model's threads take the cores; a tokenizer pool of as many threads
+    (Rust's rayon, one per CPU) would contend with them on every batch it encodes. Set in
+    each process that tokenizes (the front end, the engine core), before its first use."""
+    if device == "cpu":
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def load_tokenizer(model_config: ModelConfig) -> AnyTokenizer | None:
