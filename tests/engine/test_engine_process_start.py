@@ -27,6 +27,21 @@ def engine_children() -> list[int]:
     return pids
 
 
+def record_launches(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> list[PendingEngine]:
+    """The engine processes ``PendingEngine.launch`` starts from now on (each also noted as
+    "launch" in ``events``)."""
+    launched: list[PendingEngine] = []
+    launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
+        events.append("launch")
+        launched.append(launch(cls, num_clients))
+        return launched[-1]
+
+    monkeypatch.setattr(PendingEngine, "launch", classmethod(recording))
+    return launched
+
+
 def test_an_engine_process_without_its_config_ends_quietly() -> None:
     """Its parent's configuration failed and the pipe closed: exit 0, no traceback."""
     process = subprocess.Popen(
@@ -43,19 +58,12 @@ def test_a_failed_configuration_stops_the_early_engine(monkeypatch: pytest.Monke
     the user sees its error and no engine process is left behind."""
     monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
     order: list[str] = []
-    launched: list[PendingEngine] = []
-    launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
-
-    def recording_launch(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
-        order.append("launch")
-        launched.append(launch(cls, num_clients))
-        return launched[-1]
+    launched = record_launches(monkeypatch, order)
 
     def failing_config(self: EngineArgs, *args: object) -> None:
         order.append("config")
         raise ValueError("max_model_len is too large for this test")
 
-    monkeypatch.setattr(PendingEngine, "launch", classmethod(recording_launch))
     monkeypatch.setattr(EngineArgs, "create_engine_config", failing_config)
     with pytest.raises(ValueError, match="too large for this test"):
         LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -90,17 +98,11 @@ def test_an_early_engine_generates(
     expected = inproc.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
     del inproc
     monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
-    launches: list[int] = []
-    launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
-        launches.append(num_clients)
-        return launch(cls, num_clients)
-
-    monkeypatch.setattr(PendingEngine, "launch", classmethod(counted))
+    launched = record_launches(monkeypatch, [])
     llm = LLM(model=model, max_model_len=64, skip_tokenizer_init=True)
     try:
-        assert launches == [1]
+        assert [len(p.output_addresses) for p in launched] == [1]
+        assert llm.llm_engine.core.engine_pid == launched[0].process.pid
         got = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
         assert list(got) == list(expected)
     finally:
