@@ -148,11 +148,13 @@ def job_w4() -> dict:
     """From process start (imports included) to the first generated token."""
     start = time.perf_counter()
     cmd = [sys.executable, __file__, "--job", "first_token"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = None
     for line in proc.stdout:  # type: ignore[union-attr]
+        elapsed = time.perf_counter() - start
+        print(f"[{elapsed:6.2f} s] {line}", end="", flush=True)  # where the start-up goes
         if "FIRST-TOKEN" in line:
-            first = time.perf_counter() - start
+            first = elapsed
     proc.wait()
     return {"workload": 4, "startup_s": first}
 
