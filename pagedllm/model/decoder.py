@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -95,6 +95,13 @@ def sliding_windows(config: Any) -> tuple[int | None, ...]:
     return (int(window),) * config.num_hidden_layers
 
 
+class LayerWait(Protocol):
+    """Something a layer waits for before it touches its KV cache (the host tier's copies
+    back, ``worker/host_kv_cache.LayerLoads``)."""
+
+    def wait(self, layer_idx: int) -> None: ...
+
+
 @dataclass
 class ForwardContext:
     """Per-step state every layer reads: attention metadata, KV caches, rotary rows."""
@@ -109,6 +116,9 @@ class ForwardContext:
     calculate_kv_scales: bool = False
     # Pipeline stages after the first: the previous stage's (hidden states, residual).
     intermediate: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Host-tier blocks still being copied in: each layer waits for its own before it writes
+    # or reads its cache.
+    kv_loads: LayerWait | None = None
 
 
 # calculate_kv_scales, as vLLM defines it: the first step's largest |K| maps to 200 and
@@ -180,6 +190,8 @@ class Attention(nn.Module):
         v = qkv[:, heads + kv_heads :]
         if ctx.calculate_kv_scales:
             self._calculate_kv_scales(k, v)
+        if ctx.kv_loads is not None:
+            ctx.kv_loads.wait(self.layer_idx)
         out = ctx.backend.forward(
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale,
             self.window,

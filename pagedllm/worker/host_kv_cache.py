@@ -3,29 +3,64 @@
 
 One host slot holds one block of this rank's KV, every layer of its stage, K and V:
 ``host[slot]`` is one contiguous run of bytes (layers x 2 x block_size x heads x head_dim
-values), so a run of consecutive slots is one copy. Bytes, not values: the device caches
-are viewed as uint8, so FP8 caches (and any dtype) are copied exactly.
+values). Bytes, not values: the device caches are viewed as integers, so FP8 caches (and any
+dtype) are copied exactly.
 
-With CUDA the tier is pinned memory and the copies are queued on the current stream with
-``non_blocking``: the host thread does not wait for them, and stream order puts them after
-the previous step's forward pass (which may still be writing a block being saved) and
-before this step's (which overwrites saved blocks and reads loaded ones). Nothing on the
-host ever reads the tier, so no synchronisation is needed.
+With CUDA the tier is pinned memory, which kernels read and write directly
+(``kernels/kv_block_copy.py``: one launch per layer, however scattered the slots):
+- swap-outs run on the current stream, so stream order puts them after the previous step's
+  forward pass (which may still be writing a block being saved) and before this step's
+  (which overwrites saved blocks);
+- swap-ins run on a side stream that first waits for everything queued on the current one,
+  one layer after another, each layer recording an event: the forward pass waits for a
+  layer's event just before that layer touches its cache (``LayerLoads.wait``), so a long
+  history's copy back overlaps the layers before it instead of preceding the whole step.
+The host thread never waits for the copies, and nothing on the host reads the tier.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Most blocks gathered into one device staging buffer at a time (the staging is transient
-# device memory outside the KV budget; this bounds it).
+from pagedllm.kernels.kv_block_copy import copy_blocks, widest_view
+
+# Programs of a swap-in's copy kernel: it runs beside the forward pass, so it holds few of
+# the GPU's SMs (on an H200, 16 of 132; each keeps 16 KiB of bus reads in flight: 16 x 16
+# KiB / ~2.5 us of latency is ~100 GB/s, above the bus's ~55), and its stream has the higher
+# priority, so the SMs a finishing kernel frees go to it first.
+_LOAD_PROGRAMS = 16
+
+# Without CUDA: most blocks gathered into one staging buffer at a time (transient memory
+# outside the KV budget; this bounds it).
 _STAGING_BYTES = 64 << 20
+
+
+class LayerLoads:
+    """A step's swap-ins, still being copied on the tier's side stream: one event per layer
+    index (``kv_caches`` position), recorded when that layer's blocks are in place."""
+
+    def __init__(self, events: dict[int, torch.cuda.Event]) -> None:
+        self.events = events
+
+    def wait(self, layer_idx: int) -> None:
+        """Make the current stream wait until layer ``layer_idx``'s blocks are loaded."""
+        event = self.events.get(layer_idx)
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)
+
+    def wait_all(self) -> None:
+        """Make the current stream wait until every block is loaded (after the forward pass,
+        whichever layers it waited for; or in place of a forward pass)."""
+        for event in self.events.values():
+            torch.cuda.current_stream().wait_event(event)
 
 
 class HostKVCache:
     def __init__(self, kv_caches: list[torch.Tensor], num_slots: int) -> None:
-        # This rank's stage's layers (other stages' entries are empty), as raw bytes.
-        self.layers = [cache.view(torch.uint8) for cache in kv_caches if cache.numel() > 0]
+        # This rank's stage's layers (other stages' entries are empty), as raw bytes, and
+        # their positions in ``kv_caches`` (the model's layer indices).
+        self.layer_ids = [i for i, cache in enumerate(kv_caches) if cache.numel() > 0]
+        self.layers = [kv_caches[i].view(torch.uint8) for i in self.layer_ids]
         if not self.layers:
             raise ValueError("The host KV tier needs this rank to hold KV cache layers.")
         first = self.layers[0]
@@ -38,6 +73,22 @@ class HostKVCache:
         )
         block_bytes = self.host[0].numel()
         self._chunk = max(1, _STAGING_BYTES // block_bytes)
+        if pin:
+            self._init_direct()
+
+    def _init_direct(self) -> None:
+        """The kernels' views: each side as its widest integer type, and one layer's K or V
+        of one block (``piece`` elements) contiguous on both sides."""
+        piece_bytes = self.host[0, 0, 0].numel()
+        self._host_view = widest_view(self.host, piece_bytes)
+        self._device_views = [widest_view(layer, piece_bytes) for layer in self.layers]
+        for view in self._device_views:
+            if not view[0, 0].is_contiguous():
+                raise ValueError("The host KV tier needs each cache block stored contiguously.")
+        self._piece = self._host_view[0, 0, 0].numel()
+        self._host_strides = (self._host_view.stride(2), self._host_view.stride(0))
+        self._stream = torch.cuda.Stream(self.device, priority=-1)  # -1: the higher
+        self._events = {i: torch.cuda.Event() for i in self.layer_ids}
 
     @property
     def num_bytes(self) -> int:
@@ -45,6 +96,11 @@ class HostKVCache:
 
     def swap_out(self, copies: list[tuple[int, int]]) -> None:
         """(device block, host slot) pairs: save the blocks' KV in the slots."""
+        if not copies:
+            return
+        if self.device.type == "cuda":
+            self._swap_out_direct(copies)
+            return
         for start in range(0, len(copies), self._chunk):
             chunk = copies[start : start + self._chunk]
             blocks = self._index([b for b, _ in chunk])
@@ -52,24 +108,52 @@ class HostKVCache:
             staging = torch.stack([layer[:, blocks] for layer in self.layers])
             staging = staging.permute(2, 0, 1, *range(3, staging.dim())).contiguous()
             for first, slot, count in _runs([s for _, s in chunk]):
-                self.host[slot : slot + count].copy_(
-                    staging[first : first + count], non_blocking=True
-                )
+                self.host[slot : slot + count].copy_(staging[first : first + count])
 
-    def swap_in(self, copies: list[tuple[int, int]]) -> None:
-        """(host slot, device block) pairs: write the slots' KV into the blocks."""
+    def swap_in(self, copies: list[tuple[int, int]]) -> LayerLoads | None:
+        """(host slot, device block) pairs: write the slots' KV into the blocks. With CUDA
+        the copies are still running when this returns: the step's forward pass must wait
+        on the returned loads (None: nothing left to wait for)."""
+        if not copies:
+            return None
+        if self.device.type == "cuda":
+            return self._swap_in_direct(copies)
         for start in range(0, len(copies), self._chunk):
             chunk = copies[start : start + self._chunk]
-            staging = torch.empty(
-                (len(chunk), *self.block_shape), dtype=torch.uint8, device=self.device
-            )
+            staging = torch.empty((len(chunk), *self.block_shape), dtype=torch.uint8)
             for first, slot, count in _runs([s for s, _ in chunk]):
-                staging[first : first + count].copy_(
-                    self.host[slot : slot + count], non_blocking=True
-                )
+                staging[first : first + count].copy_(self.host[slot : slot + count])
             blocks = self._index([b for _, b in chunk])
             for i, layer in enumerate(self.layers):
                 layer.index_copy_(1, blocks, staging[:, i].transpose(0, 1))
+        return None
+
+    def _swap_out_direct(self, copies: list[tuple[int, int]]) -> None:
+        blocks = self._index([b for b, _ in copies])
+        slots = self._index([s for _, s in copies])
+        for i, layer in enumerate(self._device_views):
+            strides = (layer.stride(0), layer.stride(1))
+            host = self._host_view[:, i]
+            copy_blocks(layer, host, blocks, slots, strides, self._host_strides, self._piece)
+
+    def _swap_in_direct(self, copies: list[tuple[int, int]]) -> LayerLoads:
+        # The side stream starts after everything queued so far (the previous step's
+        # forward pass may still read a block being overwritten; this step's swap-outs
+        # read blocks some of these copies overwrite).
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            # Allocated on the side stream: freed memory is reused only after its copies.
+            slots = self._index([s for s, _ in copies])
+            blocks = self._index([b for _, b in copies])
+            for i, layer in enumerate(self._device_views):
+                strides = (layer.stride(0), layer.stride(1))
+                host = self._host_view[:, i]
+                copy_blocks(
+                    host, layer, slots, blocks, self._host_strides, strides, self._piece,
+                    max_programs=_LOAD_PROGRAMS,
+                )  # fmt: skip
+                self._events[self.layer_ids[i]].record(self._stream)
+        return LayerLoads(dict(self._events))
 
     def _index(self, ids: list[int]) -> torch.Tensor:
         """Block ids on the device. Through pinned memory with CUDA: a copy from pageable

@@ -29,7 +29,7 @@ from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs, capture_sizes
-from pagedllm.worker.host_kv_cache import HostKVCache
+from pagedllm.worker.host_kv_cache import HostKVCache, LayerLoads
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import (
@@ -267,9 +267,11 @@ class ModelRunner:
         ``grammar_bitmask`` (structured outputs) is called with the sampled rows' request
         ids after the forward pass is launched, so the host fills the bitmask while the
         device computes."""
-        self._copy_host_tier(scheduler_output)
+        loads = self._copy_host_tier(scheduler_output)
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
+            if loads is not None:
+                loads.wait_all()
             return LaunchedStep.empty()
         assert self.model is not None, "load_model() first"
         host = build_host_batch(scheduler_output, self.requests, self.block_size)
@@ -280,7 +282,7 @@ class ModelRunner:
         metadata = None
         if states and self.samples:
             metadata = self._sampling_metadata(states)
-        hidden, batch = self._forward(host)
+        hidden, batch = self._forward(host, loads)
         if not self.samples:
             return self._pass_on(hidden, batch, states)
         sampled = None
@@ -298,18 +300,19 @@ class ModelRunner:
             batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
 
-    def _copy_host_tier(self, so: SchedulerOutput) -> None:
+    def _copy_host_tier(self, so: SchedulerOutput) -> LayerLoads | None:
         """The step's host-tier copies, first of all: swap-outs save blocks this step's
-        forward pass overwrites, then swap-ins fill blocks it reads. A failure here leaves
-        the tier's contents unknown to the scheduler, so it stops the engine rather than
-        being blamed on a request."""
+        forward pass overwrites, then swap-ins fill blocks it reads (with CUDA still running
+        when this returns: the forward pass waits on the loads layer by layer). A failure
+        here leaves the tier's contents unknown to the scheduler, so it stops the engine
+        rather than being blamed on a request."""
         if not (so.kv_swap_out or so.kv_swap_in):
-            return
+            return None
         try:
             if self.host_kv is None:
                 raise RuntimeError("host-tier copies scheduled, but this rank has no swap space")
             self.host_kv.swap_out(so.kv_swap_out)
-            self.host_kv.swap_in(so.kv_swap_in)
+            return self.host_kv.swap_in(so.kv_swap_in)
         except Exception as exc:
             exc.engine_fatal = True  # type: ignore[attr-defined]
             raise
@@ -350,12 +353,17 @@ class ModelRunner:
             state.num_pending -= 1
         return output
 
-    def _forward(self, host: HostBatch) -> tuple[torch.Tensor, StepBatch]:
-        """Run the model on the batch: a CUDA graph when one fits it, else eagerly."""
+    def _forward(
+        self, host: HostBatch, loads: LayerLoads | None = None
+    ) -> tuple[torch.Tensor, StepBatch]:
+        """Run the model on the batch: a CUDA graph when one fits it, else eagerly.
+        ``loads``: blocks still being copied in from the host tier. Such a step runs
+        eagerly, each layer waiting for its own blocks, so the copy overlaps the layers
+        before (a graph's replay would wait for all of it first)."""
         assert self.model is not None
         # The step that sets the KV scales runs eagerly (a graph would replay fixed scales).
         calculate_kv_scales, self._kv_scales_pending = self._kv_scales_pending, False
-        if self.graphs is not None and not calculate_kv_scales:
+        if self.graphs is not None and not calculate_kv_scales and loads is None:
             replayed = self.graphs.run(host)
             if replayed is not None:
                 return replayed
@@ -369,9 +377,13 @@ class ModelRunner:
             batch = self.buffers.load(host, plan)
         ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
         ctx.calculate_kv_scales = calculate_kv_scales
+        ctx.kv_loads = loads
         if self.stage_io is not None:
             ctx.intermediate = self.stage_io.receive_activations(batch.input_ids.shape[0])
-        return self.model(batch.input_ids, batch.positions, ctx), batch
+        hidden = self.model(batch.input_ids, batch.positions, ctx)
+        if loads is not None:
+            loads.wait_all()  # what follows on the stream sees every loaded block
+        return hidden, batch
 
     def _sample(
         self,

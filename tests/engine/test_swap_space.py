@@ -97,8 +97,9 @@ def test_tier_hits_give_the_same_outputs_with_less_compute(tiny_models, params):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_pinned_and_non_blocking(tiny_models):
-    """The GPU path: pinned host memory, non-blocking copies on the compute stream, async
-    scheduling (step N+1's copies queued while step N runs)."""
+    """The GPU path: pinned host memory read and written by the copy kernel, swap-ins on
+    the tier's side stream waited for layer by layer in eager steps (a step with loads
+    replays no CUDA graph), async scheduling (step N+1's copies queued while step N runs)."""
     batch = prompts(5)
     with_tier = build(tiny_models["llama"], 24, 96, element=2, device="cuda", dtype="bfloat16")
     without = build(tiny_models["llama"], 24, 0, element=2, device="cuda", dtype="bfloat16")
@@ -205,7 +206,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_host_kv_cache_round_trip_is_exact(dtype, device):
     """Blocks saved to scattered and consecutive slots (in chunks smaller than a step's
     copies) come back bit for bit, and blocks not copied into are untouched. With CUDA:
-    pinned memory and non-blocking copies, in stream order."""
+    pinned memory, the copy kernel, swap-ins waited for through their loads."""
     generator = torch.Generator().manual_seed(0)
     layers = [
         torch.randn((2, 12, 4, 2, 8), generator=generator).to(dtype).to(device) for _ in range(3)
@@ -216,7 +217,10 @@ def test_host_kv_cache_round_trip_is_exact(dtype, device):
     host._chunk = 3
     saved = [(5, 0), (6, 1), (7, 2), (1, 6), (9, 4), (2, 7)]
     host.swap_out(saved)
-    host.swap_in([(0, 10), (1, 11), (2, 3), (6, 8), (4, 0), (7, 9)])
+    loads = host.swap_in([(0, 10), (1, 11), (2, 3), (6, 8), (4, 0), (7, 9)])
+    assert (loads is not None) == (device == "cuda")  # CUDA: still copying on a side stream
+    if loads is not None:
+        loads.wait_all()
     assert host.host.is_pinned() == (device == "cuda")
     for layer, before in zip(layers[:3], original):
         raw, raw_before = layer.view(torch.uint8), before.view(torch.uint8)
