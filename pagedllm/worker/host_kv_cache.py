@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from pagedllm.kernels.kv_block_copy import copy_blocks, widest_view
-
 # Programs of a swap-in's copy kernel: it runs beside the forward pass, so it holds few of
 # the GPU's SMs (on an H200, 16 of 132; each keeps 16 KiB of bus reads in flight: 16 x 16
 # KiB / ~2.5 us of latency is ~100 GB/s, above the bus's ~55), and its stream has the higher
@@ -78,7 +76,11 @@ class HostKVCache:
 
     def _init_direct(self) -> None:
         """The kernels' views: each side as its widest integer type, and one layer's K or V
-        of one block (``piece`` elements) contiguous on both sides."""
+        of one block (``piece`` elements) contiguous on both sides. Triton is imported
+        here, with CUDA only, as every kernel module is."""
+        from pagedllm.kernels.kv_block_copy import copy_blocks, widest_view
+
+        self._copy_blocks = copy_blocks
         piece_bytes = self.host[0, 0, 0].numel()
         self._host_view = widest_view(self.host, piece_bytes)
         self._device_views = [widest_view(layer, piece_bytes) for layer in self.layers]
@@ -134,7 +136,7 @@ class HostKVCache:
         for i, layer in enumerate(self._device_views):
             strides = (layer.stride(0), layer.stride(1))
             host = self._host_view[:, i]
-            copy_blocks(layer, host, blocks, slots, strides, self._host_strides, self._piece)
+            self._copy_blocks(layer, host, blocks, slots, strides, self._host_strides, self._piece)
 
     def _swap_in_direct(self, copies: list[tuple[int, int]]) -> LayerLoads:
         # The side stream starts after everything queued so far (the previous step's
@@ -148,7 +150,7 @@ class HostKVCache:
             for i, layer in enumerate(self._device_views):
                 strides = (layer.stride(0), layer.stride(1))
                 host = self._host_view[:, i]
-                copy_blocks(
+                self._copy_blocks(
                     host, layer, slots, blocks, self._host_strides, strides, self._piece,
                     max_programs=_LOAD_PROGRAMS,
                 )  # fmt: skip
