@@ -59,11 +59,18 @@ def ttft(llm: LLM, history: int, new: int, rng: random.Random, vocab: int) -> fl
     return time.perf_counter() - start
 
 
+def _wait_for_all_once(loads: LayerLoads, layer_idx: int) -> None:
+    """The first layer's wait waits for every layer's blocks; the others have nothing left."""
+    if not getattr(loads, "all_waited", False):
+        loads.wait_all()
+        loads.all_waited = True  # type: ignore[attr-defined]
+
+
 @contextmanager
 def waiting_for_all() -> Any:
-    """Each layer's wait becomes a wait for every layer's blocks."""
+    """The step's first layer waits for every layer's blocks (the copy, then the pass)."""
     original: Callable[[LayerLoads, int], None] = LayerLoads.wait
-    LayerLoads.wait = lambda self, layer_idx: self.wait_all()  # type: ignore[method-assign]
+    LayerLoads.wait = _wait_for_all_once  # type: ignore[method-assign]
     try:
         yield
     finally:
