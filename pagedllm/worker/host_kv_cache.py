@@ -82,13 +82,19 @@ class HostKVCache:
 
         self._copy_blocks = copy_blocks
         piece_bytes = self.host[0, 0, 0].numel()
-        self._host_view = widest_view(self.host, piece_bytes)
-        self._device_views = [widest_view(layer, piece_bytes) for layer in self.layers]
-        for view in self._device_views:
-            if not view[0, 0].is_contiguous():
+        host = widest_view(self.host, piece_bytes)
+        caches = [widest_view(layer, piece_bytes) for layer in self.layers]
+        for cache in caches:
+            if not cache[0, 0].is_contiguous():
                 raise ValueError("The host KV tier needs each cache block stored contiguously.")
-        self._piece = self._host_view[0, 0, 0].numel()
-        self._host_strides = (self._host_view.stride(2), self._host_view.stride(0))
+        self._piece = host[0, 0, 0].numel()
+        self._host_strides = (host.stride(2), host.stride(0))
+        # Per layer: its slice of every host slot, its cache, and the cache's (K to V, block
+        # to block) strides: what each copy kernel launch takes.
+        self._layer_views = [
+            (host[:, i], cache, (cache.stride(0), cache.stride(1)))
+            for i, cache in enumerate(caches)
+        ]
         self._stream = torch.cuda.Stream(self.device, priority=-1)  # -1: the higher
         self._events = {i: torch.cuda.Event() for i in self.layer_ids}
 
@@ -133,9 +139,7 @@ class HostKVCache:
     def _swap_out_direct(self, copies: list[tuple[int, int]]) -> None:
         blocks = self._index([b for b, _ in copies])
         slots = self._index([s for _, s in copies])
-        for i, layer in enumerate(self._device_views):
-            strides = (layer.stride(0), layer.stride(1))
-            host = self._host_view[:, i]
+        for host, layer, strides in self._layer_views:
             self._copy_blocks(layer, host, blocks, slots, strides, self._host_strides, self._piece)
 
     def _swap_in_direct(self, copies: list[tuple[int, int]]) -> LayerLoads:
@@ -147,14 +151,12 @@ class HostKVCache:
             # Allocated on the side stream: freed memory is reused only after its copies.
             slots = self._index([s for s, _ in copies])
             blocks = self._index([b for _, b in copies])
-            for i, layer in enumerate(self._device_views):
-                strides = (layer.stride(0), layer.stride(1))
-                host = self._host_view[:, i]
+            for layer_id, (host, layer, strides) in zip(self.layer_ids, self._layer_views):
                 self._copy_blocks(
                     host, layer, slots, blocks, self._host_strides, strides, self._piece,
                     max_programs=_LOAD_PROGRAMS,
                 )  # fmt: skip
-                self._events[self.layer_ids[i]].record(self._stream)
+                self._events[layer_id].record(self._stream)
         return LayerLoads(dict(self._events))
 
     def _index(self, ids: list[int]) -> torch.Tensor:
