@@ -16,6 +16,8 @@ comparison, not an engine option).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import random
 import statistics
@@ -44,19 +46,32 @@ def build(args: argparse.Namespace, tier: bool) -> LLM:
     )  # fmt: skip
 
 
-def ttft(llm: LLM, history: int, new: int, rng: random.Random, vocab: int) -> float:
+def ttft(
+    llm: LLM,
+    history: int,
+    new: int,
+    rng: random.Random,
+    vocab: int,
+    *,
+    evict: bool = True,
+    timed: Callable[[], Any] = contextlib.nullcontext,
+) -> float:
     """Seconds to the first token of a ``history + new``-token prompt whose first
-    ``history`` tokens were computed before and then evicted from the device cache."""
+    ``history`` tokens were computed before and then (``evict``) evicted from the device
+    cache; without ``evict`` they are still there (the floor: only the new tokens computed).
+    ``timed`` wraps the timed request alone (a profiler)."""
     tokens = [rng.randrange(100, vocab) for _ in range(history + new)]
     llm.generate({"prompt_token_ids": tokens[:history]}, ONE, use_tqdm=False)
-    flood = [
-        {"prompt_token_ids": [rng.randrange(100, vocab) for _ in range(1024)]}
-        for _ in range(llm.llm_engine.engine_core.kv_cache_manager.num_blocks // 64 + 2)
-    ]
-    llm.generate(flood, ONE, use_tqdm=False)  # every block of the history evicted
-    start = time.perf_counter()
-    llm.generate({"prompt_token_ids": tokens}, ONE, use_tqdm=False)
-    return time.perf_counter() - start
+    if evict:
+        flood = [
+            {"prompt_token_ids": [rng.randrange(100, vocab) for _ in range(1024)]}
+            for _ in range(llm.llm_engine.engine_core.kv_cache_manager.num_blocks // 64 + 2)
+        ]
+        llm.generate(flood, ONE, use_tqdm=False)  # every block of the history evicted
+    with timed():
+        start = time.perf_counter()
+        llm.generate({"prompt_token_ids": tokens}, ONE, use_tqdm=False)
+        return time.perf_counter() - start
 
 
 def _wait_for_all_once(loads: LayerLoads, layer_idx: int) -> None:
@@ -77,14 +92,31 @@ def waiting_for_all() -> Any:
         LayerLoads.wait = original  # type: ignore[method-assign]
 
 
-def median_ttft(llm: LLM, args: argparse.Namespace, history: int, seed: int) -> float:
+@contextmanager
+def load_programs(count: int) -> Any:
+    """Swap-ins copied by ``count`` programs instead of the engine's number."""
+    from pagedllm.worker import host_kv_cache
+
+    original = host_kv_cache._LOAD_PROGRAMS
+    host_kv_cache._LOAD_PROGRAMS = count
+    try:
+        yield
+    finally:
+        host_kv_cache._LOAD_PROGRAMS = original
+
+
+def median_ttft(
+    llm: LLM, args: argparse.Namespace, history: int, seed: int, evict: bool = True
+) -> float:
     rng = random.Random(seed)
     vocab = min(llm.llm_engine.model_config.vocab_size, 30000)
-    return statistics.median(ttft(llm, history, args.new, rng, vocab) for _ in range(args.trials))
+    trials = [ttft(llm, history, args.new, rng, vocab, evict=evict) for _ in range(args.trials)]
+    return statistics.median(trials)
 
 
 def kernel_summary(llm: LLM, args: argparse.Namespace, history: int) -> str:
-    """The torch profiler's per-kernel table of one layer-by-layer tier step."""
+    """The torch profiler's per-kernel table of the timed request of one layer-by-layer
+    trial, and when each stream's kernels ran (the trace goes to ``--trace``)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -94,10 +126,43 @@ def kernel_summary(llm: LLM, args: argparse.Namespace, history: int) -> str:
     rng = random.Random(7)
     vocab = min(llm.llm_engine.model_config.vocab_size, 30000)
     ttft(llm, history, args.new, rng, vocab)  # warm
-    with profile(activities=activities) as prof:
-        ttft(llm, history, args.new, rng, vocab)
+    prof = profile(activities=activities)
+    ttft(llm, history, args.new, rng, vocab, timed=lambda: prof)
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=15)
+    table = prof.key_averages().table(sort_by=key, row_limit=15)
+    if not torch.cuda.is_available():
+        return table
+    prof.export_chrome_trace(args.trace)
+    return table + "\n" + stream_summary(args.trace)
+
+
+def stream_summary(trace_path: str) -> str:
+    """Per stream: its kernels' first start and last end (ms from the first kernel), their
+    busy time, and the busy time of the three largest kernel names."""
+    with open(trace_path) as f:
+        events = json.load(f)["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    if not kernels:
+        return "(no kernels in the trace)"
+    t0 = min(e["ts"] for e in kernels)
+    lines = [
+        "| stream | first start | last end | busy | top kernels (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    streams: dict[int, list[dict]] = {}
+    for e in kernels:
+        streams.setdefault(e["args"].get("stream", -1), []).append(e)
+    for stream, evs in sorted(streams.items()):
+        by_name: dict[str, float] = {}
+        for e in evs:
+            by_name[e["name"][:40]] = by_name.get(e["name"][:40], 0.0) + e["dur"]
+        largest = sorted(by_name.items(), key=lambda x: -x[1])[:3]
+        top = ", ".join(f"{n} {d / 1e3:.2f}" for n, d in largest)
+        start = (min(e["ts"] for e in evs) - t0) / 1e3
+        end = (max(e["ts"] + e["dur"] for e in evs) - t0) / 1e3
+        busy = sum(e["dur"] for e in evs) / 1e3
+        lines.append(f"| {stream} | {start:.2f} | {end:.2f} | {busy:.2f} | {top} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -111,33 +176,51 @@ def main() -> None:
     parser.add_argument("--device-mib", type=int, default=2048, help="device KV cache, MiB")
     parser.add_argument("--swap-gib", type=float, default=8.0)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--trace",
+        default=os.path.join(os.environ.get("OUT", "."), "host_tier_step.json"),
+        help="the profiled trace",
+    )
+    parser.add_argument(
+        "--programs", default="", help="also: swap-ins by this many programs (comma-separated)"
+    )
     args = parser.parse_args()
     if args.model == "tiny":
         args.model = tiny_model(tempfile.mkdtemp(prefix="tiny-llama-"))
         args.device_mib, args.swap_gib = 64, 0.25
     histories = [int(h) for h in args.histories.split(",")]
-    rows = [
-        "| history | layer by layer | wait for all | no tier (recompute) |",
-        "|---|---|---|---|",
-    ]
-    results: dict[str, list[float]] = {"layers": [], "all": [], "none": []}
+    programs = [int(p) for p in args.programs.split(",") if p]
+    columns = {
+        "layers": "layer by layer",
+        **{f"p{p}": f"{p} programs" for p in programs},
+        "all": "wait for all",
+        "resident": "history on the device",
+        "none": "no tier (recompute)",
+    }
+    results: dict[str, list[float]] = {k: [] for k in columns}
     llm = build(args, tier=True)
     for i, history in enumerate(histories):
         results["layers"].append(median_ttft(llm, args, history, seed=i))
+        for p in programs:
+            with load_programs(p):
+                results[f"p{p}"].append(median_ttft(llm, args, history, seed=300 + i))
         with waiting_for_all():
             results["all"].append(median_ttft(llm, args, history, seed=100 + i))
+        results["resident"].append(median_ttft(llm, args, history, seed=400 + i, evict=False))
     summary = "" if args.no_profile else kernel_summary(llm, args, histories[-1])
     llm.llm_engine.shutdown()
     plain = build(args, tier=False)
     results["none"] = [median_ttft(plain, args, h, seed=200 + i) for i, h in enumerate(histories)]
     plain.llm_engine.shutdown()
+    rows = ["| history | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
     for i, history in enumerate(histories):
-        cells = " | ".join(f"{results[k][i] * 1e3:.1f} ms" for k in ("layers", "all", "none"))
+        cells = " | ".join(f"{results[k][i] * 1e3:.1f} ms" for k in columns)
         rows.append(f"| {history} | {cells} |")
     print(f"median TTFT of {args.trials} trials, {args.new} new tokens after the history")
     print("\n".join(rows))
     if summary:
-        print(f"\nkernels of one layer-by-layer step (history {histories[-1]}):\n{summary}")
+        print(f"\nthe timed request of one layer-by-layer trial (history {histories[-1]}):")
+        print(summary)
 
 
 if __name__ == "__main__":
