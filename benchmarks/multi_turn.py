@@ -143,6 +143,7 @@ def run_swap(args: argparse.Namespace, swap_space: float, device_bytes: int) -> 
         "later_median": statistics.median(later),
         "hit_rate": cached / max(prompt_tokens, 1),
         "saved": tier.num_saved if tier else 0,
+        "saved_ahead": tier.num_saved_ahead if tier else 0,
         "loaded": tier.num_loaded if tier else 0,
         "computed": prompt_tokens - cached,
     }
@@ -187,7 +188,8 @@ def swap_main(args: argparse.Namespace) -> None:
         "(target <= 0.3x)",
         f"prompt tokens computed: {plain['computed']} without, {tiered['computed']} with; "
         f"prefix-cache hit rate {plain['hit_rate']:.1%} without, {tiered['hit_rate']:.1%} "
-        f"with (host tier: {tiered['saved']} blocks saved, {tiered['loaded']} copied back)",
+        f"with (host tier: {tiered['saved']} blocks saved, {tiered['saved_ahead']} of them "
+        f"ahead; {tiered['loaded']} copied back)",
     ]
     print("\n".join(rows))
     if not args.no_record:

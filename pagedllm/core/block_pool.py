@@ -7,11 +7,16 @@ A block is in exactly one of three states:
 - free: ``ref_cnt == 0``, no hash; in the free queue only.
 New blocks are taken from the head of the free queue (least recently freed first); taking a
 cached block evicts its hash, and with a host tier (``host_tier.py``) first saves the block
-there under that hash.
+there under that hash, unless it was saved ahead: cached blocks not in the tier wait in
+``unsaved`` (in the order their KV was computed) for ``save_ahead`` to save them while they
+stay on the device, in use or free, off the path of the step that evicts them. A full
+block's KV never changes until its hash is evicted, so a copy of it may run beside any
+later step.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from pagedllm.core.host_tier import HostTier
@@ -96,6 +101,12 @@ class BlockPool:
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
         self.hash_to_block: dict[bytes, KVCacheBlock] = {}
+        # With a host tier: cached blocks whose hash the tier lacks, oldest first, each with
+        # its KV computed by an earlier step (not every such block is here: a tier entry
+        # evicted later leaves its device block to be saved on eviction). Blocks cached
+        # this step (their KV is written by this step's forward pass) join at its end.
+        self.unsaved: OrderedDict[int, KVCacheBlock] = OrderedDict()
+        self._cached_this_step: list[tuple[KVCacheBlock, bytes]] = []
 
     # -- queries -------------------------------------------------------------------------
 
@@ -130,6 +141,24 @@ class BlockPool:
             taken.append(block)
         return taken
 
+    def save_ahead(self, limit: int) -> int:
+        """Once a step is scheduled: save up to ``limit`` of the oldest unsaved cached
+        blocks to the host tier (copied beside the step: none of them is a block it takes
+        or writes), then let the blocks it caches wait their turn. Returns how many were
+        given a slot."""
+        saved = 0
+        while self.unsaved and saved < limit:
+            block_id, block = self.unsaved.popitem(last=False)
+            assert self.host_tier is not None and block.block_hash is not None
+            if self.host_tier.save(block.block_hash, block_id, ahead=True) is None:
+                break  # every slot pinned or locked this step: saved on eviction instead
+            saved += 1
+        for block, block_hash in self._cached_this_step:
+            if block.block_hash == block_hash:  # not evicted again within the step
+                self.unsaved[block.block_id] = block
+        self._cached_this_step.clear()
+        return saved
+
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Add a reference to cached blocks a request reuses; pull free ones off the queue."""
         for block in blocks:
@@ -159,11 +188,14 @@ class BlockPool:
             return
         block.block_hash = block_hash
         self.hash_to_block[block_hash] = block
+        if self.host_tier is not None and self.host_tier.lookup(block_hash) is None:
+            self._cached_this_step.append((block, block_hash))
 
     def evict_hash(self, block: KVCacheBlock) -> None:
         """Take the block out of the prefix cache (its KV is about to change, or never was)."""
         if block.block_hash is None:
             return
+        self.unsaved.pop(block.block_id, None)
         if self.hash_to_block.get(block.block_hash) is block:
             del self.hash_to_block[block.block_hash]
         block.block_hash = None
@@ -175,6 +207,8 @@ class BlockPool:
         for block in self.blocks:
             block.block_hash = None
         self.hash_to_block.clear()
+        self.unsaved.clear()
+        self._cached_this_step.clear()
         return True
 
     # -- invariants ----------------------------------------------------------------------
@@ -197,3 +231,6 @@ class BlockPool:
         for block_hash, block in self.hash_to_block.items():
             assert block.block_hash == block_hash, f"hash map points at {block} wrongly"
         assert in_use + len(queued) == self.num_blocks, "free + in use != total"
+        for block_id, block in self.unsaved.items():
+            assert block.block_id == block_id, f"{block} unsaved under {block_id}"
+            assert block.block_hash is not None, f"{block} unsaved without a hash"

@@ -9,20 +9,36 @@ one step needs, which the scheduler hands to the workers in ``SchedulerOutput``:
 - swap-in (host slot -> device block): a request's prefix missed on the device and hit
   here; the KV is copied into a freshly allocated device block before the step's forward
   pass reads it.
-The worker runs all of a step's swap-outs, then all of its swap-ins, before its forward.
+- save-ahead (device block -> host slot): a cached block not yet in the tier, its KV
+  computed by an earlier step (``BlockPool.save_ahead``), saved while it stays on the
+  device, so its eviction needs no copy. No work of the step writes it.
+The worker runs all of a step's swap-outs, then all of its swap-ins, before its forward;
+the saves ahead beside the forward, waited for by the next step.
 
 Invariants:
 - A slot is free or holds exactly one hash (``hash_to_slot`` and ``slot_to_hash`` mirror).
 - A slot that this step's swap-in reads is locked until the step's copies are taken: no
   swap-out of the same step may write it (swap-outs run first and would clobber it).
 - A pinned slot (a swapped-out, preempted request still waiting) is never evicted.
-- At most one swap-out per slot per step (a slot evicted and reused within a step keeps
-  only its latest copy, so the order of copies into one slot never matters).
+- At most one copy into a slot per step, swap-out or save-ahead (a slot evicted and reused
+  within a step keeps only its latest copy, so the order of copies into one slot never
+  matters).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepCopies:
+    """One step's host-tier copies: (device block, host slot) swap-outs and saves ahead,
+    (host slot, device block) swap-ins."""
+
+    swap_out: list[tuple[int, int]] = field(default_factory=list)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)
+    save_ahead: list[tuple[int, int]] = field(default_factory=list)
 
 
 class HostTier:
@@ -38,9 +54,11 @@ class HostTier:
         self._locked: set[int] = set()
         # This step's copies: host slot -> device block (one per slot), and (slot, block).
         self._swap_out: dict[int, int] = {}
+        self._save_ahead: dict[int, int] = {}
         self._swap_in: list[tuple[int, int]] = []
         # Since start: blocks copied out to the tier and back in (benchmarks, tests, state).
         self.num_saved = 0
+        self.num_saved_ahead = 0  # of num_saved
         self.num_loaded = 0
 
     # -- queries -------------------------------------------------------------------------
@@ -57,10 +75,11 @@ class HostTier:
 
     # -- copies --------------------------------------------------------------------------
 
-    def save(self, block_hash: bytes, block_id: int) -> int | None:
+    def save(self, block_hash: bytes, block_id: int, ahead: bool = False) -> int | None:
         """Keep device block ``block_id`` (holding ``block_hash``) in the tier; returns its
         slot, or None when every slot is pinned or locked (the block is then lost: it is a
-        cache). A hash already here only becomes the most recent: no copy."""
+        cache). A hash already here only becomes the most recent: no copy. ``ahead``: the
+        block stays on the device, unwritten by this step (a save-ahead)."""
         slot = self.hash_to_slot.get(block_hash)
         if slot is not None:
             self.hash_to_slot.move_to_end(block_hash)
@@ -68,9 +87,12 @@ class HostTier:
         slot = self._take_slot()
         if slot is None:
             return None
-        self._swap_out.pop(slot, None)  # re-inserted last: copies keep the order they were made
-        self._swap_out[slot] = block_id
+        # Re-inserted last: copies keep the order they were made.
+        self._swap_out.pop(slot, None)
+        self._save_ahead.pop(slot, None)
+        (self._save_ahead if ahead else self._swap_out)[slot] = block_id
         self.num_saved += 1
+        self.num_saved_ahead += ahead
         self.hash_to_slot[block_hash] = slot
         self.slot_to_hash[slot] = block_hash
         return slot
@@ -88,14 +110,16 @@ class HostTier:
         """Keep these slots from being reused this step (hits about to be loaded)."""
         self._locked.update(slots)
 
-    def take_copies(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """This step's (device block, host slot) swap-outs and (host slot, device block)
-        swap-ins; the locks end with the step."""
-        swap_out = [(block, slot) for slot, block in self._swap_out.items()]
-        swap_in = self._swap_in
-        self._swap_out, self._swap_in = {}, []
+    def take_copies(self) -> StepCopies:
+        """This step's copies; the locks end with the step."""
+        copies = StepCopies(
+            swap_out=[(block, slot) for slot, block in self._swap_out.items()],
+            swap_in=self._swap_in,
+            save_ahead=[(block, slot) for slot, block in self._save_ahead.items()],
+        )
+        self._swap_out, self._save_ahead, self._swap_in = {}, {}, []
         self._locked.clear()
-        return swap_out, swap_in
+        return copies
 
     # -- pins (swap preemption) ----------------------------------------------------------
 
@@ -117,7 +141,7 @@ class HostTier:
     def reset(self) -> bool:
         """Forget every entry. Refused (False) while a swapped-out request pins one or a
         step's copies are pending."""
-        if self._pins or self._swap_out or self._swap_in:
+        if self._pins or self._swap_out or self._swap_in or self._save_ahead:
             return False
         self.hash_to_slot.clear()
         self.slot_to_hash.clear()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.core.block_hash import update_block_hashes
 from pagedllm.core.block_pool import BlockPool, KVCacheBlock
-from pagedllm.core.host_tier import HostTier
+from pagedllm.core.host_tier import HostTier, StepCopies
 from pagedllm.core.request import Request
 
 
@@ -55,8 +55,15 @@ class KVCacheManager:
     tokens ``[i * block_size, (i + 1) * block_size)``."""
 
     def __init__(
-        self, num_blocks: int, block_size: int, enable_caching: bool, num_host_blocks: int = 0
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool,
+        num_host_blocks: int = 0,
+        save_ahead_blocks: int = 0,
     ) -> None:
+        """``save_ahead_blocks``: cached blocks saved to the host tier per step before they
+        are evicted (``BlockPool.save_ahead``); 0 saves blocks only when evicted."""
         if num_host_blocks and not enable_caching:
             raise ValueError(
                 "swap_space keeps prefix-cache blocks in host memory; it needs "
@@ -65,6 +72,7 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.host_tier = HostTier(num_host_blocks) if num_host_blocks else None
+        self.save_ahead_blocks = save_ahead_blocks
         self.block_pool = BlockPool(num_blocks, enable_caching, self.host_tier)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         # How many leading blocks of each request are registered in the hash map.
@@ -175,11 +183,13 @@ class KVCacheManager:
             pins.append(slot)
         return len(pins)
 
-    def take_copies(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """This step's host-tier copies: (device block, host slot) swap-outs, (host slot,
-        device block) swap-ins (``HostTier.take_copies``)."""
+    def take_copies(self) -> StepCopies:
+        """This step's host-tier copies (``HostTier.take_copies``), with up to
+        ``save_ahead_blocks`` cached blocks saved ahead: once the step is scheduled, so
+        none of them is a block the step takes."""
         if self.host_tier is None:
-            return [], []
+            return StepCopies()
+        self.block_pool.save_ahead(self.save_ahead_blocks)
         return self.host_tier.take_copies()
 
     def _maybe_cache(self, request: Request, num_new_tokens: int) -> None:

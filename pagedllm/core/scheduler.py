@@ -336,7 +336,7 @@ class Scheduler:
             request.num_output_placeholders += samples
             scheduled[rid] = (request, samples)
         finished, self._finished_req_ids = self._finished_req_ids, set()
-        swap_out, swap_in = self.kv.take_copies()
+        copies = self.kv.take_copies()
         return SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached_reqs,
@@ -344,8 +344,9 @@ class Scheduler:
             total_num_scheduled_tokens=sum(plan.num_scheduled.values()),
             finished_req_ids=finished,
             preempted_req_ids=plan.preempted - set(plan.num_scheduled),
-            kv_swap_out=swap_out,
-            kv_swap_in=swap_in,
+            kv_swap_out=copies.swap_out,
+            kv_swap_in=copies.swap_in,
+            kv_save_ahead=copies.save_ahead,
             scheduled_requests=scheduled,
         )
 

@@ -54,6 +54,9 @@ class SchedulerOutput:
     # about to be reused; (host slot, device block) brings back a prefix-cache hit.
     kv_swap_out: list[tuple[int, int]] = field(default_factory=list)
     kv_swap_in: list[tuple[int, int]] = field(default_factory=list)
+    # (device block, host slot): cached blocks saved beside the forward pass (their KV from
+    # earlier steps; none written or taken by this one); the next step waits for them.
+    kv_save_ahead: list[tuple[int, int]] = field(default_factory=list)
     # The scheduler's own record, not read by the runner: each scheduled request object, and
     # whether this step samples a token for it (counted in its ``num_output_placeholders``
     # until ``update_from_output`` brings the token).

@@ -94,8 +94,9 @@ class EngineCore:
         self.kv_cache_plan = plan
         cache = config.cache_config
         self.kv_cache_manager = KVCacheManager(
-            plan.num_blocks, cache.block_size, cache.enable_prefix_caching, plan.num_host_blocks
-        )
+            plan.num_blocks, cache.block_size, cache.enable_prefix_caching, plan.num_host_blocks,
+            plan.save_ahead_blocks(config.device),
+        )  # fmt: skip
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager, max_len)
         self._debug_integrity = envs.debug_integrity_checks()
         # Made when the first request with structured outputs arrives.

@@ -15,6 +15,10 @@ With CUDA the tier is pinned memory, which kernels read and write directly
   one layer after another, each layer recording an event: the forward pass waits for a
   layer's event just before that layer touches its cache (``LayerLoads.wait``), so a long
   history's copy back overlaps the layers before it instead of preceding the whole step.
+- saves ahead (cached blocks whose KV earlier steps wrote; this step does not write them)
+  run on a third stream, after everything queued so far (whatever wrote those blocks) and
+  beside the step's forward pass; the next step's work waits for them (``wait_saves``),
+  since from then on the blocks may be evicted and overwritten.
 The host thread never waits for the copies, and nothing on the host reads the tier.
 """
 
@@ -71,6 +75,7 @@ class HostKVCache:
         )
         block_bytes = self.host[0].numel()
         self._chunk = max(1, _STAGING_BYTES // block_bytes)
+        self._saves_pending = False  # saves ahead queued on CUDA, not yet waited for
         if pin:
             self._init_direct()
 
@@ -97,6 +102,8 @@ class HostKVCache:
         ]
         self._stream = torch.cuda.Stream(self.device, priority=-1)  # -1: the higher
         self._events = {i: torch.cuda.Event() for i in self.layer_ids}
+        self._save_stream = torch.cuda.Stream(self.device)
+        self._saved = torch.cuda.Event()
 
     @property
     def num_bytes(self) -> int:
@@ -135,6 +142,34 @@ class HostKVCache:
             for i, layer in enumerate(self.layers):
                 layer.index_copy_(1, blocks, staging[:, i].transpose(0, 1))
         return None
+
+    def save_ahead(self, copies: list[tuple[int, int]]) -> None:
+        """(device block, host slot) pairs of blocks no work of this step writes: with
+        CUDA copied beside it, and waited for by the next step (``wait_saves``)."""
+        if not copies:
+            return
+        if self.device.type != "cuda":
+            self.swap_out(copies)
+            return
+        self._save_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._save_stream):
+            # Allocated on the side stream: freed memory is reused only after its copies.
+            blocks = self._index([b for b, _ in copies])
+            slots = self._index([s for _, s in copies])
+            for host, layer, strides in self._layer_views:
+                self._copy_blocks(
+                    layer, host, blocks, slots, strides, self._host_strides, self._piece,
+                    max_programs=_LOAD_PROGRAMS,
+                )  # fmt: skip
+            self._saved.record(self._save_stream)
+        self._saves_pending = True
+
+    def wait_saves(self) -> None:
+        """Make the current stream wait for the last saves ahead: called before a step
+        queues any work, which may evict (overwrite) the blocks they read."""
+        if self._saves_pending:
+            torch.cuda.current_stream(self.device).wait_event(self._saved)
+            self._saves_pending = False
 
     def _swap_out_direct(self, copies: list[tuple[int, int]]) -> None:
         blocks = self._index([b for b, _ in copies])

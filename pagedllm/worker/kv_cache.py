@@ -32,6 +32,11 @@ def kv_cache_dtype(
     return dtype
 
 
+# Bytes saved ahead to the host tier per CUDA step: copied beside the step's forward pass by
+# a few SMs at ~45 GB/s, 64 MiB take ~1.5 ms, less than the steps the next one waits behind.
+SAVE_AHEAD_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class KVCachePlan:
     num_blocks: int
@@ -51,6 +56,14 @@ class KVCachePlan:
     @property
     def num_bytes(self) -> int:
         return self.num_tokens * self.bytes_per_token
+
+    def save_ahead_blocks(self, device: str) -> int:
+        """Blocks saved ahead to the host tier per step (``BlockPool.save_ahead``): with
+        CUDA, ``SAVE_AHEAD_BYTES`` of them; on the CPU none (nothing runs beside a step
+        there, so a save ahead would cost what a save on eviction costs, or be wasted)."""
+        if not self.num_host_blocks or device != "cuda":
+            return 0
+        return max(1, SAVE_AHEAD_BYTES // (self.block_size * self.bytes_per_token))
 
     def max_concurrency(self, max_model_len: int) -> float:
         blocks_per_request = -(-max_model_len // self.block_size)

@@ -267,6 +267,8 @@ class ModelRunner:
         ``grammar_bitmask`` (structured outputs) is called with the sampled rows' request
         ids after the forward pass is launched, so the host fills the bitmask while the
         device computes."""
+        if self.host_kv is not None:
+            self.host_kv.wait_saves()
         loads = self._copy_host_tier(scheduler_output)
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
@@ -303,16 +305,18 @@ class ModelRunner:
     def _copy_host_tier(self, so: SchedulerOutput) -> LayerLoads | None:
         """The step's host-tier copies, first of all: swap-outs save blocks this step's
         forward pass overwrites, then swap-ins fill blocks it reads (with CUDA still running
-        when this returns: the forward pass waits on the loads layer by layer). A failure
-        here leaves the tier's contents unknown to the scheduler, so it stops the engine
-        rather than being blamed on a request."""
-        if not (so.kv_swap_out or so.kv_swap_in):
+        when this returns: the forward pass waits on the loads layer by layer), and saves
+        ahead start beside it. A failure here leaves the tier's contents unknown to the
+        scheduler, so it stops the engine rather than being blamed on a request."""
+        if not (so.kv_swap_out or so.kv_swap_in or so.kv_save_ahead):
             return None
         try:
             if self.host_kv is None:
                 raise RuntimeError("host-tier copies scheduled, but this rank has no swap space")
             self.host_kv.swap_out(so.kv_swap_out)
-            return self.host_kv.swap_in(so.kv_swap_in)
+            loads = self.host_kv.swap_in(so.kv_swap_in)
+            self.host_kv.save_ahead(so.kv_save_ahead)
+            return loads
         except Exception as exc:
             exc.engine_fatal = True  # type: ignore[attr-defined]
             raise

@@ -19,6 +19,7 @@ import torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs
 from pagedllm.worker.host_kv_cache import HostKVCache
+from pagedllm.worker.kv_cache import KVCachePlan
 from tests.conftest import engine_in_process, tiny_config
 
 BLOCK = 16
@@ -93,6 +94,21 @@ def test_tier_hits_give_the_same_outputs_with_less_compute(tiny_models, params):
     # part of each prompt past its last whole block (150 = 9 blocks + 6 tokens).
     assert computed_plain > 0.8 * 8 * 150
     assert computed_tier == 8 * 6
+
+
+def test_saves_ahead_give_the_same_outputs(tiny_models, monkeypatch):
+    """Saves ahead, which only CUDA engines make, forced on the CPU engine: the same tokens
+    as without the tier, and the same hits."""
+    batch = prompts(1)
+    monkeypatch.setattr(KVCachePlan, "save_ahead_blocks", lambda self, device: 4)
+    ahead = build(tiny_models["llama"], 24, 96)
+    monkeypatch.undo()
+    without = build(tiny_models["llama"], 24, 0)
+    out_ahead, computed = rounds(ahead, batch, GREEDY)
+    assert out_ahead == rounds(without, batch, GREEDY)[0]
+    assert computed == 8 * 6
+    kv = ahead.llm_engine.engine_core.kv_cache_manager
+    assert kv.save_ahead_blocks == 4 and kv.host_tier.num_saved_ahead > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -228,3 +244,29 @@ def test_host_kv_cache_round_trip_is_exact(dtype, device):
             assert torch.equal(raw[:, target], raw_before[:, source])
         for untouched in (1, 2, 4, 5, 6, 7):
             assert torch.equal(raw[:, untouched], raw_before[:, untouched])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saves_ahead_copy_beside_a_step_and_the_next_step_waits(device):
+    """A step's swap-out, swap-in and saves ahead of blocks it does not touch: each slot
+    holds its block's KV, the loaded blocks theirs; the next step's overwrite of a block
+    saved ahead (with CUDA on the compute stream, after ``wait_saves``) leaves the saved
+    copy intact."""
+    generator = torch.Generator().manual_seed(1)
+    layers = [torch.randn((2, 6, 4, 2, 8), generator=generator).to(device) for _ in range(4)]
+    original = [layer.clone() for layer in layers]
+    host = HostKVCache(layers, num_slots=6)
+    host.swap_out([(0, 0)])
+    loads = host.swap_in([(0, 5)])  # block 5 now holds block 0's KV
+    host.save_ahead([(1, 1), (2, 2)])
+    if loads is not None:
+        loads.wait_all()
+    host.wait_saves()
+    for layer in layers:
+        layer[:, 1:3] = 0  # the next step evicts and overwrites the blocks saved ahead
+    loads = host.swap_in([(1, 3), (2, 4)])
+    if loads is not None:
+        loads.wait_all()
+    for layer, before in zip(layers, original):
+        assert torch.equal(layer[:, 5], before[:, 0])
+        assert torch.equal(layer[:, 3:5], before[:, 1:3])

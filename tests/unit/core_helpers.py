@@ -73,6 +73,7 @@ def make_scheduler(
     max_model_len: int = 4096,
     num_host_blocks: int = 0,
     preemption_mode: str = "recompute",
+    save_ahead_blocks: int = 0,
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
@@ -82,7 +83,7 @@ def make_scheduler(
         long_prefill_token_threshold=long_prefill_token_threshold,
         preemption_mode=preemption_mode,
     )
-    kv = KVCacheManager(num_blocks, block_size, enable_caching, num_host_blocks)
+    kv = KVCacheManager(num_blocks, block_size, enable_caching, num_host_blocks, save_ahead_blocks)
     return Scheduler(config, kv, max_model_len)
 
 
@@ -104,6 +105,7 @@ class FakeRunner:
         # The host tier: (host slot, offset) -> fingerprint copied there.
         self.host: dict[tuple[int, int], int | None] = {}
         self.num_swapped_in = 0
+        self.num_saved_ahead = 0
 
     def execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self._check_limits(so)
@@ -117,10 +119,12 @@ class FakeRunner:
             r.req_id for r in so.scheduled_cached_reqs
         ]
         # As in one forward pass: every new K/V is written before any attention reads.
+        self.written: set[int] = set()  # the blocks this step writes
         for rid in order:
             self._write(rid, so.num_scheduled_tokens[rid])
         for rid in order:
             self._check_reads(rid, so.num_scheduled_tokens[rid])
+        self._save_ahead(so)
         return self._sample(order, so)
 
     # -- protocol ------------------------------------------------------------------------
@@ -186,6 +190,22 @@ class FakeRunner:
                     self.slots[block * bs + offset] = print_
             self.num_swapped_in += 1
 
+    def _save_ahead(self, so: SchedulerOutput) -> None:
+        """As the worker: saves ahead run beside the forward pass, so they copy the blocks
+        after the step's writes (a block the step wrote would be saved with the wrong KV
+        and fail a later read), and no block the step takes or writes may be among them."""
+        touched = {b for b, _ in so.kv_swap_out} | {b for _, b in so.kv_swap_in} | self.written
+        saved = {b for b, _ in so.kv_save_ahead}
+        assert not saved & touched, f"blocks {saved & touched} saved ahead in their step"
+        targets = [s for _, s in so.kv_swap_out] + [s for _, s in so.kv_save_ahead]
+        assert len(set(targets)) == len(targets), "two copies into one host slot"
+        read = {slot for slot, _ in so.kv_swap_in}
+        assert not read & {s for _, s in so.kv_save_ahead}, "a slot saved and read in a step"
+        for block, slot in so.kv_save_ahead:
+            for offset in range(self.block_size):
+                self.host[slot, offset] = self.slots.get(block * self.block_size + offset)
+        self.num_saved_ahead += len(so.kv_save_ahead)
+
     # -- simulated KV --------------------------------------------------------------------
 
     def _fingerprint(self, rid: str, position: int) -> int:
@@ -209,7 +229,9 @@ class FakeRunner:
         assert len(self.tables[rid]) == cdiv(end, self.block_size), f"{rid}: block table size"
         assert self.tables[rid] == self.scheduler.kv.get_block_ids(rid), "table drifted"
         for position in range(start, end):
-            self.slots[self._slot(rid, position)] = self._fingerprint(rid, position)
+            slot = self._slot(rid, position)
+            self.slots[slot] = self._fingerprint(rid, position)
+            self.written.add(slot // self.block_size)
 
     def _check_reads(self, rid: str, num_tokens: int) -> None:
         end = self.computed[rid] + num_tokens

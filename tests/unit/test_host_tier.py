@@ -10,7 +10,7 @@ import random
 import pytest
 
 from pagedllm.config import CacheConfig
-from pagedllm.core.host_tier import HostTier
+from pagedllm.core.host_tier import HostTier, StepCopies
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import RequestStatus
 from pagedllm.metrics import stats
@@ -25,10 +25,10 @@ def test_lru_eviction_and_one_copy_per_saved_hash():
     tier = HostTier(2)
     assert tier.save(b"a", 10) == 0 and tier.save(b"b", 11) == 1
     assert tier.save(b"a", 12) == 0  # already here: made recent, no second copy
-    assert tier.take_copies() == ([(10, 0), (11, 1)], [])
+    assert tier.take_copies() == StepCopies(swap_out=[(10, 0), (11, 1)])
     assert tier.save(b"c", 13) == 1  # b is the least recent
     assert tier.lookup(b"b") is None and tier.lookup(b"a") == 0
-    assert tier.take_copies() == ([(13, 1)], [])
+    assert tier.take_copies() == StepCopies(swap_out=[(13, 1)])
     tier.check_integrity()
 
 
@@ -40,7 +40,7 @@ def test_locked_and_pinned_slots_are_not_reused():
     tier.load(0, 7)  # a is read this step: locked
     tier.pin(1)  # b belongs to a swapped-out request
     assert tier.save(b"c", 3) is None  # nothing may be evicted: c is dropped
-    assert tier.take_copies() == ([], [(0, 7)])
+    assert tier.take_copies() == StepCopies(swap_in=[(0, 7)])
     assert tier.save(b"c", 3) == 0  # the lock ended with the step; b stays pinned
     assert tier.lookup(b"b") == 1
     assert tier.reset() is False  # a pin (and a pending copy) refuse a reset
@@ -54,7 +54,7 @@ def test_a_slot_reused_within_a_step_is_copied_once():
     tier = HostTier(1)
     tier.save(b"a", 5)
     tier.save(b"b", 6)  # evicts a, same slot, same step: only b's copy is left
-    assert tier.take_copies() == ([(6, 0)], [])
+    assert tier.take_copies() == StepCopies(swap_out=[(6, 0)])
     assert tier.lookup(b"a") is None and tier.lookup(b"b") == 0
 
 
@@ -72,13 +72,12 @@ def computed_tokens(harness: Harness) -> int:
     return sum(so.total_num_scheduled_tokens for so in harness.history)
 
 
-def run_rounds(num_host_blocks: int, rounds: int = 3) -> Harness:
+def run_rounds(num_host_blocks: int, rounds: int = 3, save_ahead_blocks: int = 0) -> Harness:
     """Six 20-token prompts (5 blocks each), asked again each round, one at a time, with a
     device cache of 12 blocks: by the time a prompt comes back, the device has reused its
     blocks for the others."""
-    harness = Harness(
-        make_scheduler(num_blocks=12, max_num_seqs=1, num_host_blocks=num_host_blocks)
-    )
+    harness = Harness(make_scheduler(num_blocks=12, max_num_seqs=1, num_host_blocks=num_host_blocks,
+                                     save_ahead_blocks=save_ahead_blocks))  # fmt: skip
     prompts = {f"p{i}": [100 * i + t for t in range(20)] for i in range(6)}
     for round_ in range(rounds):
         for name, prompt in prompts.items():
@@ -98,6 +97,43 @@ def test_evicted_prefixes_come_back_from_the_host_tier():
     # Rounds 2 and 3 compute only each prompt's last block (4 of 20 tokens, + decodes).
     assert computed_tokens(without) == 3 * 6 * (20 + 2)
     assert computed_tokens(with_tier) == 6 * (20 + 2) + 2 * 6 * (4 + 2)
+
+
+def test_blocks_saved_ahead_need_no_copy_when_evicted():
+    """With two blocks saved ahead a step, free cached blocks reach the tier while they
+    are still on the device (checked by the fake runner's reads when they come back), and
+    evictions copy fewer: the same tokens, the same compute."""
+    ahead, plain = run_rounds(64, save_ahead_blocks=2), run_rounds(64)
+    assert ahead.runner.num_saved_ahead > 0
+    swap_outs = [sum(len(so.kv_swap_out) for so in h.history) for h in (ahead, plain)]
+    assert swap_outs[0] < swap_outs[1]
+    assert computed_tokens(ahead) == computed_tokens(plain)
+    assert ahead.outputs == plain.outputs
+
+
+def test_save_ahead_takes_blocks_cached_in_earlier_steps_oldest_first():
+    kv = KVCacheManager(8, 4, enable_caching=True, num_host_blocks=8, save_ahead_blocks=2)
+    pool = kv.block_pool
+    blocks = pool.get_new_blocks(5)
+    for i, block in enumerate(blocks):
+        pool.cache_block(block, bytes([i]))
+    pool.evict_hash(blocks[4])  # dropped within its step (a request preempted before it ran)
+    # This step writes their KV: none is saved ahead before the next step.
+    assert kv.take_copies().save_ahead == []
+    assert list(pool.unsaved) == [b.block_id for b in blocks[:4]]
+    # In use or free, a block cached earlier is saved ahead, the oldest first.
+    pool.free_blocks([blocks[0]])
+    copies = kv.take_copies()
+    assert copies.save_ahead == [(blocks[0].block_id, 0), (blocks[1].block_id, 1)]
+    assert copies.swap_out == [] and list(pool.unsaved) == [b.block_id for b in blocks[2:4]]
+    # Evicting a block saved ahead copies nothing; an unsaved one is saved on eviction.
+    pool.free_blocks(blocks[1:])
+    pool.get_new_blocks(8)
+    copies = kv.take_copies()
+    assert sorted(copies.swap_out) == [(blocks[2].block_id, 2), (blocks[3].block_id, 3)]
+    assert copies.save_ahead == [] and not pool.unsaved
+    pool.check_integrity()
+    kv.host_tier.check_integrity()
 
 
 def test_a_full_tier_evicts_its_least_recent_blocks():
@@ -184,13 +220,16 @@ def test_abort_of_a_swapped_out_request_releases_its_pins():
     assert harness.scheduler.kv.host_tier.num_used == 0
 
 
+@pytest.mark.parametrize("ahead", [0, 3])
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
-def test_churn_with_a_small_tier(mode):
-    """Random prompts over shared prefixes, aborts, preemptions; every step's reads checked
-    by the fake runner and every invariant by the harness."""
+def test_churn_with_a_small_tier(mode, ahead):
+    """Random prompts over shared prefixes, aborts, preemptions, with and without saves
+    ahead; every step's reads checked by the fake runner and every invariant by the
+    harness."""
     rng = random.Random(7)
     harness = Harness(make_scheduler(num_blocks=16, max_num_seqs=6, max_num_batched_tokens=24,
-                                     num_host_blocks=12, preemption_mode=mode))  # fmt: skip
+                                     num_host_blocks=12, preemption_mode=mode,
+                                     save_ahead_blocks=ahead))  # fmt: skip
     prefixes = [[rng.randrange(3, 900) for _ in range(rng.randint(4, 30))] for _ in range(5)]
     submitted = 0
     while submitted < 300 or harness.scheduler.has_unfinished_requests():
@@ -205,6 +244,7 @@ def test_churn_with_a_small_tier(mode):
     harness.assert_all_blocks_free()
     assert harness.scheduler.kv.host_tier.num_loaded > 0
     assert not harness.scheduler.kv.host_pins
+    assert (harness.runner.num_saved_ahead > 0) == (ahead > 0)
 
 
 def test_stats_line_and_metrics_show_the_tier():
