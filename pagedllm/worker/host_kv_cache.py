@@ -31,6 +31,9 @@ import torch
 # KiB / ~2.5 us of latency is ~100 GB/s, above the bus's ~55), and its stream has the higher
 # priority, so the SMs a finishing kernel frees go to it first.
 _LOAD_PROGRAMS = 16
+# Programs of a save-ahead's copy kernel: it runs beside a whole step and nothing waits for
+# it until the next one.
+_SAVE_PROGRAMS = 16
 
 # Without CUDA: most blocks gathered into one staging buffer at a time (transient memory
 # outside the KV budget; this bounds it).
@@ -159,7 +162,7 @@ class HostKVCache:
             for host, layer, strides in self._layer_views:
                 self._copy_blocks(
                     layer, host, blocks, slots, strides, self._host_strides, self._piece,
-                    max_programs=_LOAD_PROGRAMS,
+                    max_programs=_SAVE_PROGRAMS,
                 )  # fmt: skip
             self._saved.record(self._save_stream)
         self._saves_pending = True
