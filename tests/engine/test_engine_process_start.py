@@ -4,6 +4,7 @@ generates as before."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,35 @@ def test_an_engine_process_without_its_config_ends_quietly() -> None:
     _, stderr = process.communicate(input="", timeout=120)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
+
+
+FAIL_ON_IMPORT = 'raise RuntimeError("torchvision was imported")\n'
+LOAD_CONFIG = (
+    "from pagedllm.engine.core_proc import _import_config_modules\n"
+    "{hide}"
+    "import transformers.utils.type_validators\n"
+    "from transformers import LlamaConfig\n"
+    "assert LlamaConfig(num_hidden_layers=2).num_hidden_layers == 2\n"
+)
+
+
+@pytest.mark.parametrize("hidden", [True, False])
+def test_the_engine_process_keeps_torchvision_out(tmp_path: Path, hidden: bool) -> None:
+    """With torchvision installed, transformers' config modules import it (and, on the H200
+    image, torch._dynamo with it): the engine process hides it first, and a model's config
+    still loads. The unhidden run shows that the check can fail (a torchvision that fails
+    on import stands in for the real one)."""
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(FAIL_ON_IMPORT)
+    code = LOAD_CONFIG.format(hide="_import_config_modules()\n" if hidden else "")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    if hidden:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert "torchvision was imported" in done.stderr
 
 
 def test_a_failed_configuration_stops_the_early_engine(monkeypatch: pytest.MonkeyPatch) -> None:
