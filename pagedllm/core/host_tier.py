@@ -18,7 +18,8 @@ the saves ahead beside the forward, waited for by the next step.
 Invariants:
 - A slot is free or holds exactly one hash (``hash_to_slot`` and ``slot_to_hash`` mirror).
 - A slot that this step's swap-in reads is locked until the step's copies are taken: no
-  swap-out of the same step may write it (swap-outs run first and would clobber it).
+  swap-out or save-ahead of the same step may write it (swap-outs run first and would
+  clobber it; saves ahead run beside it).
 - A pinned slot (a swapped-out, preempted request still waiting) is never evicted.
 - At most one copy into a slot per step, swap-out or save-ahead (a slot evicted and reused
   within a step keeps only its latest copy, so the order of copies into one slot never

@@ -201,11 +201,11 @@ _CONFIG_MODULES = (
 def _hide_torchvision() -> None:
     """Make torchvision look absent in this process. transformers imports it whenever it is
     installed (as in every vLLM environment), for image and video processing, which the
-    engine never does: on the H200 image that pulled in ``torch._dynamo``, 4.7 s of this
-    process's 12.6 s of imports (RESULTS: "Where the engine process's imports go on the
-    H200"). A None entry in ``sys.modules`` makes
-    ``importlib.util.find_spec`` (transformers' availability check) return None and a direct
-    import fail with ImportError; nothing in pagedllm imports torchvision."""
+    engine never does; on the H200 image torchvision pulled in ``torch._dynamo``: 4.7 s of
+    the 9.7 s this process spent importing (RESULTS: "Where the engine process's imports go
+    on the H200"). A None entry in ``sys.modules`` makes ``importlib.util.find_spec``
+    (transformers' availability check) return None and a direct import fail with
+    ImportError; nothing in pagedllm imports torchvision."""
     if "torchvision" not in sys.modules:
         sys.modules["torchvision"] = None  # type: ignore[assignment]
 
