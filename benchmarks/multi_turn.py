@@ -14,7 +14,9 @@ the same run with and without --swap-space (sized to hold the whole history). Us
 their turns round robin, one request at a time (--together: a turn's requests at once, where
 TTFT is mostly queueing behind the others' decodes, since the small cache admits few at a
 time): between two turns of a user the others' turns have evicted its blocks from the device.
-Reported: the median TTFT of the later turns (3 on) with the tier against without.
+Reported: the median TTFT of the later turns (3 on) with the tier against without;
+--repeats N runs the pair N times and reports each pair's ratio and their median (the ratio
+moves by ~0.05 from run to run on an H200).
 
     python benchmarks/multi_turn.py --swap                           # CPU, bundled SmolLM2
     python benchmarks/multi_turn.py --swap --model tiny              # CPU, 4-layer dummy Llama
@@ -152,6 +154,8 @@ def run_swap(args: argparse.Namespace, swap_space: float, device_bytes: int) -> 
 
 
 def swap_main(args: argparse.Namespace) -> None:
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     if args.model == "tiny":
         args.model = tiny_model(tempfile.mkdtemp(prefix="tiny-llama-"))
         args.load_format = "dummy"
@@ -167,8 +171,11 @@ def swap_main(args: argparse.Namespace) -> None:
     device_tokens = max(int(args.device_fraction * history), args.max_model_len)
     device_tokens = -(-device_tokens // block) * block
     swap_space = 1.25 * (history + args.conversations * block) * per_token / (1 << 30)
-    plain = run_swap(args, 0, device_tokens * per_token)
-    tiered = run_swap(args, swap_space, device_tokens * per_token)
+    pairs = []
+    for _ in range(args.repeats):  # without, then with the tier, again: run-to-run spread
+        pairs.append((run_swap(args, 0, device_tokens * per_token),
+                      run_swap(args, swap_space, device_tokens * per_token)))  # fmt: skip
+    plain, tiered = pairs[-1]
     rows = [
         f"device KV cache: {device_tokens} tokens = {device_tokens / history:.0%} of the "
         f"{history}-token history; swap space {swap_space:.3f} GiB (the whole history)",
@@ -180,17 +187,21 @@ def swap_main(args: argparse.Namespace) -> None:
         f"| {t + 1} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |"
         for t, (a, b) in enumerate(zip(plain["per_turn"], tiered["per_turn"]))
     ]
-    ratio = tiered["later_median"] / plain["later_median"]
+    ratios = [t["later_median"] / p["later_median"] for p, t in pairs]
     rows += [
         "",
         f"later turns (3-{args.turns}), median TTFT: {plain['later_median'] * 1e3:.1f} ms "
-        f"without the tier, {tiered['later_median'] * 1e3:.1f} ms with it: {ratio:.2f}x "
+        f"without the tier, {tiered['later_median'] * 1e3:.1f} ms with it: {ratios[-1]:.3f}x "
         "(target <= 0.3x)",
         f"prompt tokens computed: {plain['computed']} without, {tiered['computed']} with; "
         f"prefix-cache hit rate {plain['hit_rate']:.1%} without, {tiered['hit_rate']:.1%} "
         f"with (host tier: {tiered['saved']} blocks saved, {tiered['saved_ahead']} of them "
         f"ahead; {tiered['loaded']} copied back)",
     ]
+    if len(pairs) > 1:
+        each = ", ".join(f"{r:.3f}x" for r in ratios)
+        rows.append(f"later-turn ratio of each of the {len(pairs)} pairs (the table: the last "
+                    f"pair): {each}; median {statistics.median(ratios):.3f}x")  # fmt: skip
     print("\n".join(rows))
     if not args.no_record:
         model = args.model or "HuggingFaceTB/SmolLM2-135M-Instruct (bundled GGUF)"
@@ -226,6 +237,9 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--swap", action="store_true", help="measure the host KV tier")
     parser.add_argument("--device-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="--swap: runs without and with the tier, N times"
+    )
     parser.add_argument(
         "--together",
         dest="one_at_a_time",
