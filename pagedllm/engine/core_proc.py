@@ -40,6 +40,7 @@ from pagedllm.executor.parent_watch import exit_with_parent, ignore_terminal_int
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
+from pagedllm.unused_modules import hide_torchvision
 
 logger = init_logger(__name__)
 
@@ -198,22 +199,10 @@ _CONFIG_MODULES = (
 )
 
 
-def _hide_torchvision() -> None:
-    """Make torchvision look absent in this process. transformers imports it whenever it is
-    installed (as in every vLLM environment), for image and video processing, which the
-    engine never does; on the H200 image torchvision pulled in ``torch._dynamo``: 4.7 s of
-    the 9.7 s this process spent importing (RESULTS: "Where the engine process's imports go
-    on the H200"). A None entry in ``sys.modules`` makes ``importlib.util.find_spec``
-    (transformers' availability check) return None and a direct import fail with
-    ImportError; nothing in pagedllm imports torchvision."""
-    if "torchvision" not in sys.modules:
-        sys.modules["torchvision"] = None  # type: ignore[assignment]
-
-
 def _import_config_modules() -> None:
     import importlib
 
-    _hide_torchvision()
+    hide_torchvision()  # before transformers: the engine never uses it
     for name in _CONFIG_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

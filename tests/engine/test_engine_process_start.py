@@ -56,28 +56,37 @@ def test_an_engine_process_without_its_config_ends_quietly() -> None:
 
 FAIL_ON_IMPORT = 'raise RuntimeError("torchvision was imported")\n'
 LOAD_CONFIG = (
-    "from pagedllm.engine.core_proc import _import_config_modules\n"
     "{hide}"
     "import transformers.utils.type_validators\n"
     "from transformers import LlamaConfig\n"
     "assert LlamaConfig(num_hidden_layers=2).num_hidden_layers == 2\n"
 )
+HIDING = {
+    "engine process": (
+        "from pagedllm.engine.core_proc import _import_config_modules\n_import_config_modules()\n"
+    ),
+    "pagedllm command": (
+        "from pagedllm.entrypoints.cli.main import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+    ),
+    "nothing (the check can fail)": "",
+}
 
 
-@pytest.mark.parametrize("hidden", [True, False])
-def test_the_engine_process_keeps_torchvision_out(tmp_path: Path, hidden: bool) -> None:
+@pytest.mark.parametrize("process", list(HIDING))
+def test_pagedllms_processes_keep_torchvision_out(tmp_path: Path, process: str) -> None:
     """With torchvision installed, transformers' config modules import it (and, on the H200
-    image, torch._dynamo with it): the engine process hides it first, and a model's config
-    still loads. The unhidden run shows that the check can fail (a torchvision that fails
-    on import stands in for the real one)."""
+    image, torch._dynamo with it): the engine process and the ``pagedllm`` command hide it
+    first, and a model's config still loads. Without the hiding, a torchvision that fails
+    on import (standing in for the real one) is imported."""
     (tmp_path / "torchvision").mkdir()
     (tmp_path / "torchvision" / "__init__.py").write_text(FAIL_ON_IMPORT)
-    code = LOAD_CONFIG.format(hide="_import_config_modules()\n" if hidden else "")
+    code = LOAD_CONFIG.format(hide=HIDING[process])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
-    if hidden:
+    if HIDING[process]:
         assert done.returncode == 0, done.stderr
     else:
         assert "torchvision was imported" in done.stderr
