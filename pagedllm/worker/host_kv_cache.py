@@ -156,14 +156,8 @@ class HostKVCache:
             return
         self._save_stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._save_stream):
-            # Allocated on the side stream: freed memory is reused only after its copies.
-            blocks = self._index([b for b, _ in copies])
-            slots = self._index([s for _, s in copies])
-            for host, layer, strides in self._layer_views:
-                self._copy_blocks(
-                    layer, host, blocks, slots, strides, self._host_strides, self._piece,
-                    max_programs=_SAVE_PROGRAMS,
-                )  # fmt: skip
+            # Indices allocated on the side stream: their memory is reused only after it.
+            self._swap_out_direct(copies, max_programs=_SAVE_PROGRAMS)
             self._saved.record(self._save_stream)
         self._saves_pending = True
 
@@ -174,11 +168,18 @@ class HostKVCache:
             torch.cuda.current_stream(self.device).wait_event(self._saved)
             self._saves_pending = False
 
-    def _swap_out_direct(self, copies: list[tuple[int, int]]) -> None:
+    def _swap_out_direct(
+        self, copies: list[tuple[int, int]], max_programs: int | None = None
+    ) -> None:
+        """On the current stream, with ``max_programs`` programs a layer (None: one per
+        item)."""
         blocks = self._index([b for b, _ in copies])
         slots = self._index([s for _, s in copies])
         for host, layer, strides in self._layer_views:
-            self._copy_blocks(layer, host, blocks, slots, strides, self._host_strides, self._piece)
+            self._copy_blocks(
+                layer, host, blocks, slots, strides, self._host_strides, self._piece,
+                max_programs=max_programs,
+            )  # fmt: skip
 
     def _swap_in_direct(self, copies: list[tuple[int, int]]) -> LayerLoads:
         # The side stream starts after everything queued so far (the previous step's

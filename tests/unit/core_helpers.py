@@ -106,6 +106,7 @@ class FakeRunner:
         self.host: dict[tuple[int, int], int | None] = {}
         self.num_swapped_in = 0
         self.num_saved_ahead = 0
+        self.written: set[int] = set()  # the blocks the current step writes
 
     def execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self._check_limits(so)
@@ -119,7 +120,7 @@ class FakeRunner:
             r.req_id for r in so.scheduled_cached_reqs
         ]
         # As in one forward pass: every new K/V is written before any attention reads.
-        self.written: set[int] = set()  # the blocks this step writes
+        self.written.clear()
         for rid in order:
             self._write(rid, so.num_scheduled_tokens[rid])
         for rid in order:
