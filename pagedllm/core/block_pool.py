@@ -91,17 +91,24 @@ class BlockPool:
     """All KV blocks of the engine, their reference counts and the prefix-cache map."""
 
     def __init__(
-        self, num_blocks: int, enable_caching: bool, host_tier: HostTier | None = None
+        self,
+        num_blocks: int,
+        enable_caching: bool,
+        host_tier: HostTier | None = None,
+        save_ahead_blocks: int = 0,
     ) -> None:
+        """``save_ahead_blocks``: cached blocks saved to the host tier per step before they
+        are evicted (``save_ahead``); 0 saves blocks only when evicted, and tracks none."""
         if num_blocks <= 0:
             raise ValueError(f"The KV cache needs at least one block, got {num_blocks}.")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.host_tier = host_tier
+        self.save_ahead_blocks = save_ahead_blocks if host_tier is not None else 0
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
         self.hash_to_block: dict[bytes, KVCacheBlock] = {}
-        # With a host tier: cached blocks whose hash the tier lacks, oldest first, each with
+        # With saves ahead: cached blocks whose hash the tier lacks, oldest first, each with
         # its KV computed by an earlier step (not every such block is here: a tier entry
         # evicted later leaves its device block to be saved on eviction). Blocks cached
         # this step (their KV is written by this step's forward pass) join at its end.
@@ -141,13 +148,13 @@ class BlockPool:
             taken.append(block)
         return taken
 
-    def save_ahead(self, limit: int) -> int:
-        """Once a step is scheduled: save up to ``limit`` of the oldest unsaved cached
-        blocks to the host tier (copied beside the step: none of them is a block it takes
-        or writes), then let the blocks it caches wait their turn. Returns how many were
-        given a slot."""
+    def save_ahead(self) -> int:
+        """Once a step is scheduled: save up to ``save_ahead_blocks`` of the oldest unsaved
+        cached blocks to the host tier (copied beside the step: none of them is a block it
+        takes or writes), then let the blocks it caches wait their turn. Returns how many
+        were given a slot."""
         saved = 0
-        while self.unsaved and saved < limit:
+        while self.unsaved and saved < self.save_ahead_blocks:
             block_id, block = self.unsaved.popitem(last=False)
             assert self.host_tier is not None and block.block_hash is not None
             if self.host_tier.save(block.block_hash, block_id, ahead=True) is None:
@@ -188,7 +195,8 @@ class BlockPool:
             return
         block.block_hash = block_hash
         self.hash_to_block[block_hash] = block
-        if self.host_tier is not None and self.host_tier.lookup(block_hash) is None:
+        tier = self.host_tier
+        if self.save_ahead_blocks and tier is not None and tier.lookup(block_hash) is None:
             self._cached_this_step.append((block, block_hash))
 
     def evict_hash(self, block: KVCacheBlock) -> None:

@@ -62,8 +62,7 @@ class KVCacheManager:
         num_host_blocks: int = 0,
         save_ahead_blocks: int = 0,
     ) -> None:
-        """``save_ahead_blocks``: cached blocks saved to the host tier per step before they
-        are evicted (``BlockPool.save_ahead``); 0 saves blocks only when evicted."""
+        """``save_ahead_blocks``: see ``BlockPool``."""
         if num_host_blocks and not enable_caching:
             raise ValueError(
                 "swap_space keeps prefix-cache blocks in host memory; it needs "
@@ -72,8 +71,7 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.host_tier = HostTier(num_host_blocks) if num_host_blocks else None
-        self.save_ahead_blocks = save_ahead_blocks
-        self.block_pool = BlockPool(num_blocks, enable_caching, self.host_tier)
+        self.block_pool = BlockPool(num_blocks, enable_caching, self.host_tier, save_ahead_blocks)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         # How many leading blocks of each request are registered in the hash map.
         self.num_cached_blocks: dict[str, int] = {}
@@ -184,12 +182,12 @@ class KVCacheManager:
         return len(pins)
 
     def take_copies(self) -> StepCopies:
-        """This step's host-tier copies (``HostTier.take_copies``), with up to
-        ``save_ahead_blocks`` cached blocks saved ahead: once the step is scheduled, so
-        none of them is a block the step takes."""
+        """This step's host-tier copies (``HostTier.take_copies``), with cached blocks
+        saved ahead (``BlockPool.save_ahead``): once the step is scheduled, so none of them
+        is a block the step takes."""
         if self.host_tier is None:
             return StepCopies()
-        self.block_pool.save_ahead(self.save_ahead_blocks)
+        self.block_pool.save_ahead()
         return self.host_tier.take_copies()
 
     def _maybe_cache(self, request: Request, num_new_tokens: int) -> None:

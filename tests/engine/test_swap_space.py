@@ -108,7 +108,7 @@ def test_saves_ahead_give_the_same_outputs(tiny_models, monkeypatch):
     assert out_ahead == rounds(without, batch, GREEDY)[0]
     assert computed == 8 * 6
     kv = ahead.llm_engine.engine_core.kv_cache_manager
-    assert kv.save_ahead_blocks == 4 and kv.host_tier.num_saved_ahead > 0
+    assert kv.block_pool.save_ahead_blocks == 4 and kv.host_tier.num_saved_ahead > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
