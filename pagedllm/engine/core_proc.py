@@ -36,7 +36,7 @@ from pagedllm.engine.messages import (
     UtilityCall,
     UtilityResult,
 )
-from pagedllm.executor.parent_watch import exit_with_parent, ignore_terminal_interrupt
+from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
@@ -215,7 +215,6 @@ def main() -> None:
     configuration failed) ends this process quietly."""
     import pickle
 
-    ignore_terminal_interrupt()
     _import_config_modules()
     imported = process_age_s()
     try:

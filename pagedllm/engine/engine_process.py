@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
+from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -53,7 +54,7 @@ class PendingEngine:
     @classmethod
     def launch(cls, num_clients: int = 1) -> PendingEngine:
         input_address, outputs = engine_addresses(num_clients)
-        process = subprocess.Popen(
+        process = spawn_owned(
             [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *outputs],
             stdin=subprocess.PIPE,
         )

@@ -40,6 +40,7 @@ from pagedllm.executor.base import (
 )
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs, step_args
+from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.executor.replies import values_in_rank_order
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
@@ -93,9 +94,8 @@ class MultiprocExecutor(RankExecutor):
             config, rank, f"ipc://{self._dir}/rank{rank}", f"ipc://{self._dir}/results",
             f"file://{self._dir}/rendezvous", COLLECTIVE_TIMEOUT_S,
         )  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pagedllm.executor.worker_proc"], stdin=subprocess.PIPE
-        )
+        proc = spawn_owned([sys.executable, "-m", "pagedllm.executor.worker_proc"],
+                           stdin=subprocess.PIPE)  # fmt: skip
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps(args))
         proc.stdin.flush()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
+import subprocess
 import threading
+from typing import Any
 
 
 def exit_with_parent(fd: int) -> None:
@@ -20,8 +21,11 @@ def exit_with_parent(fd: int) -> None:
     threading.Thread(target=watch, name="pagedllm-parent-watch", daemon=True).start()
 
 
-def ignore_terminal_interrupt() -> None:
-    """A terminal's Ctrl-C reaches every process of its group, this one too. The parent
-    decides when this process ends (a shutdown message, or the end of its stdin, above):
-    SIGINT must not kill it mid-step with a traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def spawn_owned(argv: list[str], **popen_kwargs: Any) -> subprocess.Popen:
+    """Start a child whose life its parent owns: the parent ends it (a message, a kill, or
+    the end of its stdin, above). It runs in a session of its own, so a terminal's signals
+    (Ctrl-C's SIGINT to the whole foreground group) reach only the parent, which then ends
+    its children in order. Ignoring SIGINT inside the child is not enough: the signal can
+    arrive during the interpreter's start or imports, before any of our code runs, and
+    print a KeyboardInterrupt traceback of its own."""
+    return subprocess.Popen(argv, start_new_session=True, **popen_kwargs)

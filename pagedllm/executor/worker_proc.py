@@ -13,7 +13,7 @@ import sys
 import zmq
 
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs
-from pagedllm.executor.parent_watch import exit_with_parent, ignore_terminal_interrupt
+from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.executor.replies import portable
 from pagedllm.executor.worker import Worker, prepare_rank_process
 from pagedllm.logger import init_logger
@@ -51,7 +51,6 @@ def encode_reply(reply: Reply) -> bytes:
 def main() -> None:
     args: WorkerArgs = pickle.load(sys.stdin.buffer)
     exit_with_parent(sys.stdin.fileno())
-    ignore_terminal_interrupt()
     parallel = args.config.parallel_config
     # Every rank of the mp backend is on this machine.
     prepare_rank_process(args.rank, parallel.tensor_parallel_size * parallel.pipeline_parallel_size)

@@ -17,6 +17,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.inputs.chat import ChatRender
 from pagedllm.inputs.template_worker import read_frame, write_frame
 from pagedllm.logger import init_logger
@@ -42,7 +43,7 @@ class _Worker:
 
     def _spawn(self) -> subprocess.Popen:
         limits = self.limits
-        return subprocess.Popen(
+        return spawn_owned(
             [
                 sys.executable,
                 "-m",
@@ -75,6 +76,8 @@ class _Worker:
         payload = read_frame(proc.stdout) if ready else None
         if payload is None:
             self.restart()
+            if ready:  # its output ended: the worker died without answering
+                raise ValueError("The chat template renderer stopped while rendering.")
             raise ValueError(
                 f"The chat template took longer than {self.limits.timeout_s:g} s to render."
             )

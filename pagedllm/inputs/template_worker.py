@@ -80,8 +80,6 @@ def answer(job: bytes, timeout: float, max_chars: int) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # First, before the slow imports: the parent ends us (a terminal's Ctrl-C reaches both).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser()
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--memory-bytes", type=int, required=True)

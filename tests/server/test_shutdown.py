@@ -55,9 +55,10 @@ def test_sigterm_drains_then_exits_zero(tmp_path):
 
 
 def test_ctrl_c_in_a_terminal_stops_everything_without_a_traceback(tiny_chat_model, tmp_path):
-    """Ctrl-C signals the whole process group: the server and its engine core process.
-    The server shuts down and exits 0; the engine core ends with it instead of dying of
-    the interrupt mid-loop with a KeyboardInterrupt traceback of its own. The tiny model:
+    """Ctrl-C signals the whole foreground process group. The server shuts down and exits
+    0; its children (the engine core, the template workers, in sessions of their own) end
+    with it instead of dying of the interrupt with a KeyboardInterrupt traceback of their
+    own, even one still importing. The tiny model:
     nothing is generated, the signal meets both processes idle (it starts ~8 s sooner)."""
     args = tiny_server_args(tiny_chat_model)
     server = start_server(args, tmp_path / "server.log", new_session=True)

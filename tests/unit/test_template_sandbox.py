@@ -4,6 +4,7 @@ in time, memory and output size, and a bad template fails its own request only."
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import ClassVar
 
@@ -66,6 +67,18 @@ def test_bounded_failures_are_value_errors_and_the_sandbox_recovers(sandbox, tem
         render(sandbox, template)
     assert time.monotonic() - start < 10
     assert render(sandbox, None) == "<user>hi"  # the workers serve on
+
+
+def test_a_worker_that_dies_mid_render_is_reported_as_stopped_and_replaced(sandbox):
+    """Not as a timeout: the answer comes at once, and the next render gets a new worker."""
+    busy = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    killer = threading.Timer(0.5, lambda: [w.process.kill() for w in sandbox._workers])
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="stopped while rendering"):
+        render(sandbox, busy)
+    assert time.monotonic() - start < 1.9  # before the worker's own 2 s alarm
+    assert render(sandbox, None) == "<user>hi"
 
 
 @pytest.mark.parametrize("key", ["messages", "conversations", "return_assistant_tokens_mask"])
