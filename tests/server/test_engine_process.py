@@ -129,7 +129,7 @@ def metric(exposition: str, name: str, label: str = "") -> float:
 
 def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
     args = tiny_server_args(tiny_chat_model, "--api-server-count", "2")
-    server = start_server(args, tmp_path / "server.log", env=SEPARATE)
+    server = start_server(args, tmp_path / "server.log", env=SEPARATE, new_session=True)
     try:
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
         commands = [
@@ -158,12 +158,16 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
             assert metric(text, "pagedllm:request_success_total", 'finished_reason="length"') == 16
             assert metric(text, "pagedllm:generation_tokens_total") == 64
             assert metric(text, "pagedllm:e2e_request_latency_seconds_count") == 16
-        server.process.send_signal(signal.SIGTERM)
+        # A terminal's Ctrl-C: the supervisor forwards it, each server gets it once.
+        os.killpg(server.process.pid, signal.SIGINT)
         assert server.process.wait(timeout=60) == 0
     finally:
         if server.process.poll() is None:
             server.process.kill()
-    assert "Started 2 API server processes" in server.logs()
+    logs = server.logs()
+    assert "Started 2 API server processes" in logs
+    assert logs.count("Shutting down: ending 0 request(s)") == 2, logs[-3000:]
+    assert "A second signal" not in logs and "Traceback" not in logs, logs[-3000:]
 
 
 def test_api_servers_get_the_dtype_the_engine_runs(tiny_chat_model, monkeypatch):

@@ -26,6 +26,7 @@ from types import FrameType
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_client import MPClient
 from pagedllm.engine.engine_process import PendingEngine
+from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import multiprocess_dir
 
@@ -94,7 +95,9 @@ def server_args(args: argparse.Namespace, config: EngineConfig) -> argparse.Name
 def _start_server(
     args: argparse.Namespace, connection: EngineConnection, env: dict[str, str]
 ) -> subprocess.Popen:
-    process = subprocess.Popen(
+    # Its own session: a terminal's Ctrl-C reaches the supervisor alone, which forwards it
+    # once (a second signal would cut the server's drain short).
+    process = spawn_owned(
         [sys.executable, "-m", "pagedllm.entrypoints.openai.server_processes"],
         stdin=subprocess.PIPE,
         pass_fds=(connection.listen_fd,),

@@ -55,6 +55,8 @@ class GracefulServer(uvicorn.Server):
         # Not recorded in _captured_signals: uvicorn would re-raise it after a clean stop
         # and the process would end by the signal instead of exiting 0.
         if self.state.draining or sig not in (signal.SIGTERM, signal.SIGINT):
+            if self.state.draining:
+                logger.info("A second signal: stopping now, without waiting for requests.")
             self.should_exit = True
             self.force_exit = self.state.draining
             return
