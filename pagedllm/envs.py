@@ -72,6 +72,12 @@ def cpu_num_threads() -> int | None:
         ) from None
 
 
+def cpu_gguf_kernels() -> bool:
+    """PAGEDLLM_CPU_GGUF_KERNELS: on the CPU, compute on a GGUF file's Q4_0/Q4_1/Q8_0 blocks
+    as stored (default); 0 dequantizes them to the model dtype at load, as on the GPU."""
+    return _get_bool("PAGEDLLM_CPU_GGUF_KERNELS", True)
+
+
 def cpu_threads_bind() -> str:
     """PAGEDLLM_CPU_OMP_THREADS_BIND, else vLLM's VLLM_CPU_OMP_THREADS_BIND: the CPUs each
     rank's threads run on (``cpu_platform.parse_cpu_binding``; default auto)."""

@@ -22,6 +22,7 @@ from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merg
 from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS
 from pagedllm.model.layers.device_ops import DeviceOps
 from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model.layers.gguf_blocks import StoredTable
 from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_parameters
@@ -409,6 +410,9 @@ class CausalLM(nn.Module):
                 module.load(attr, tensor, shard)
             elif isinstance(module, VocabParallelEmbedding):
                 module.load_shard(tensor, name)  # this rank's rows (tensor parallel)
+                loaded.add(target)
+            elif isinstance(module, StoredTable):
+                module.load_table(tensor, name)  # GGUF blocks as stored, or dense
                 loaded.add(target)
             else:
                 param = getattr(module, attr, None)

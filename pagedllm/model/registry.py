@@ -47,11 +47,14 @@ def build_model(
     device: Any,
     quant: Any = None,
     parallel: Any = None,
+    gguf_blocks: bool = False,
 ) -> Any:
     """Instantiate the (unloaded) model on ``device`` (a ``torch.device``), with that
     device's operations (``DeviceOps``); ``quant`` (a ``pagedllm.quantization.QuantConfig``)
     makes the layers it names FP8; ``parallel`` (a
-    ``pagedllm.distributed.parallel_state.ModelParallel``) builds one rank's share."""
+    ``pagedllm.distributed.parallel_state.ModelParallel``) builds one rank's share;
+    ``gguf_blocks``: layers that compute on a GGUF file's blocks as stored (the CPU, one
+    rank, ``pagedllm.model.layers.gguf_blocks``)."""
     import torch
 
     from pagedllm.model.decoder import CausalLM, DecoderSpec
@@ -61,6 +64,13 @@ def build_model(
     spec = DecoderSpec.from_config(text_config, family(architecture))
     ops = device_ops(device)
     with torch.device(device):
+        if gguf_blocks:
+            from pagedllm.model.layers.gguf_blocks import gguf_linears, use_stored_vocab
+
+            assert quant is None and parallel is None, "GGUF blocks: unquantized, one rank"
+            model = CausalLM(spec, dtype, ops, gguf_linears(dtype, ops))
+            use_stored_vocab(model, spec.tie_word_embeddings)
+            return model
         if quant is None:
             return CausalLM(spec, dtype, ops, parallel=parallel)
         from pagedllm.model.layers.fp8_linear import fp8_linears

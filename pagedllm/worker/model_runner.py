@@ -21,6 +21,7 @@ from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.logger import init_logger
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.layers.fp8_linear import log_fp8_layers
+from pagedllm.model.layers.gguf_blocks import keeps_blocks, log_stored_layers
 from pagedllm.model.loader import load_weights_into
 from pagedllm.model.registry import build_model
 from pagedllm.model.sharding import ShardPlan
@@ -111,11 +112,16 @@ class ModelRunner:
     def load_model(self) -> None:
         start = time.perf_counter()
         mc = self.model_config
+        one_rank = self.parallel is None or self.parallel.world_size == 1
+        blocks = keeps_blocks(mc, self.device, one_rank)
         model = build_model(
-            mc.architecture, mc.hf_config, self.dtype, self.device, mc.quantization, self.parallel
-        )
-        load_weights_into(model, mc)
+            mc.architecture, mc.hf_config, self.dtype, self.device, mc.quantization,
+            None if blocks else self.parallel, gguf_blocks=blocks,
+        )  # fmt: skip
+        load_weights_into(model, mc, blocks)
         log_fp8_layers(model)
+        if blocks:
+            log_stored_layers(model)
         self._log_kv_scales(model)
         self.model = model.eval()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -8,6 +8,10 @@ beside the converted config; later loads memory-map the file and read tensors di
 With tensor or pipeline parallelism (``plan``), a rank skips other stages' tensors and
 dequantizes only its rows of a row-sliced tensor (a GGUF row is whole quantization blocks);
 a column slice (o_proj, down_proj) is cut after dequantizing the whole tensor.
+
+With ``keep_blocks`` (the CPU, one rank: ``gguf_blocks.keeps_blocks``), a 2-D tensor of a
+type the CPU kernels compute on is yielded as ``StoredBlocks``, the file's bytes copied
+once into memory the process owns, its rows un-permuted like the dequantized ones.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pagedllm.kernels.gguf_cpu import BLOCK_BYTES
+from pagedllm.model.layers.gguf_blocks import StoredBlocks
 from pagedllm.model.sharding import SKIP, Region, ShardPlan
 
 _GGUF_ARCHS = ("llama", "qwen2", "qwen3")
@@ -27,10 +33,15 @@ _INDEX_FILE = "gguf_tensors.json"
 
 
 def iter_gguf_weights(
-    path: Path, config: Any, index_dir: Path, plan: ShardPlan | None = None
-) -> Iterator[tuple[str, torch.Tensor]]:
+    path: Path,
+    config: Any,
+    index_dir: Path,
+    plan: ShardPlan | None = None,
+    keep_blocks: bool = False,
+) -> Iterator[tuple[str, torch.Tensor | StoredBlocks]]:
     import gguf
 
+    assert not (keep_blocks and plan is not None), "stored blocks are for one rank"
     index = _load_index(path, index_dir / _INDEX_FILE)
     arch = index["arch"]
     to_hf = _gguf_to_hf_names(gguf, arch, config.num_hidden_layers)
@@ -42,10 +53,20 @@ def iter_gguf_weights(
         region = plan.region(hf_name, tuple(entry["shape"])) if plan is not None else None
         if region == SKIP:
             continue
-        weight = _read(gguf, data, entry, region)
+        if keep_blocks and entry["type"] in BLOCK_BYTES and len(entry["shape"]) == 2:
+            weight: torch.Tensor | StoredBlocks = _stored(data, entry)
+        else:
+            weight = _read(gguf, data, entry, region)
         if arch == "llama":
             weight = _unpermute_llama(hf_name, weight, config)
         yield hf_name, weight
+
+
+def _stored(data: np.ndarray, entry: dict[str, Any]) -> StoredBlocks:
+    rows, columns = entry["shape"]
+    raw = data[entry["offset"] : entry["offset"] + entry["n_bytes"]]
+    blocks = torch.from_numpy(np.array(raw).reshape(rows, -1))  # a copy, off the map
+    return StoredBlocks(entry["type"], columns, blocks)
 
 
 def _read(
@@ -139,11 +160,18 @@ def _gguf_to_hf_names(gguf: Any, arch: str, n_layers: int) -> dict[str, str]:
     return mapping
 
 
-def _unpermute_llama(hf_name: str, weight: torch.Tensor, config: Any) -> torch.Tensor:
+def _unpermute_llama(
+    hf_name: str, weight: torch.Tensor | StoredBlocks, config: Any
+) -> torch.Tensor | StoredBlocks:
     """llama.cpp interleaves the rotary halves of q and k rows, head by head; restore the HF
-    order (of whole heads: a rank's slice holds whole heads)."""
+    order (of whole heads: a rank's slice holds whole heads). A row permutation: stored
+    blocks (whole rows) move as the values do."""
     if ".q_proj." not in hf_name and ".k_proj." not in hf_name:
         return weight
+    if isinstance(weight, StoredBlocks):
+        rows = _unpermute_llama(hf_name, weight.data, config)
+        assert isinstance(rows, torch.Tensor)
+        return StoredBlocks(weight.qtype, weight.columns, rows)
     head_dim = getattr(config, "head_dim", None) or (
         config.hidden_size // config.num_attention_heads
     )

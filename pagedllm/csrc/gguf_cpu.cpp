@@ -1,0 +1,307 @@
+// Products and row lookups on GGUF's quantized blocks as the file stores them (Q4_0, Q4_1,
+// Q8_0), for the CPU: the weights in memory are the file's bytes, widened to float32 in
+// registers as each product reads them. AVX2 + FMA + F16C; built by pagedllm/kernels/
+// gguf_cpu.py. Every block covers 32 consecutive input columns of one weight row, so a
+// row is whole blocks and rows may be concatenated or permuted freely (fused q/k/v).
+//
+//   Q4_0 (18 bytes): d (float16), 16 bytes of 4-bit codes;  value = (code - 8) * d
+//   Q4_1 (20 bytes): d, m (float16), 16 bytes of codes;      value = code * d + m
+//   Q8_0 (34 bytes): d (float16), 32 signed bytes;           value = code * d
+// In a 4-bit block, byte j holds element j in its low nibble and element j + 16 in its
+// high one.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GGMLQuantizationType values
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline __m256 widen8u(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
+inline __m256 widen8s(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+
+inline float half(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+// A block's codes as four vectors of 8 (elements 0-7, 8-15, 16-23, 24-31), before scaling,
+// and its scale d and offset m: value = code * d + m.
+struct Q4_0 {
+    static constexpr int64_t bytes = 18;
+    static inline void codes(const uint8_t* blk, __m256* c) {
+        const __m128i mask = _mm_set1_epi8(0x0F);
+        __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+        c[0] = widen8u(lo);
+        c[1] = widen8u(_mm_srli_si128(lo, 8));
+        c[2] = widen8u(hi);
+        c[3] = widen8u(_mm_srli_si128(hi, 8));
+    }
+    static inline float d(const uint8_t* blk) { return half(blk); }
+    static inline float m(const uint8_t* blk) { return -8.0f * half(blk); }
+};
+
+struct Q4_1 {
+    static constexpr int64_t bytes = 20;
+    static inline void codes(const uint8_t* blk, __m256* c) {
+        const __m128i mask = _mm_set1_epi8(0x0F);
+        __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+        __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+        c[0] = widen8u(lo);
+        c[1] = widen8u(_mm_srli_si128(lo, 8));
+        c[2] = widen8u(hi);
+        c[3] = widen8u(_mm_srli_si128(hi, 8));
+    }
+    static inline float d(const uint8_t* blk) { return half(blk); }
+    static inline float m(const uint8_t* blk) { return half(blk + 2); }
+};
+
+struct Q8_0 {
+    static constexpr int64_t bytes = 34;
+    static inline void codes(const uint8_t* blk, __m256* c) {
+        __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+        c[0] = widen8s(q0);
+        c[1] = widen8s(_mm_srli_si128(q0, 8));
+        c[2] = widen8s(q1);
+        c[3] = widen8s(_mm_srli_si128(q1, 8));
+    }
+    static inline float d(const uint8_t* blk) { return half(blk); }
+    static inline float m(const uint8_t*) { return 0.0f; }
+};
+
+// The block's 32 values (exact: code * d + m in float32).
+template <class B>
+inline void values(const uint8_t* blk, __m256* v) {
+    B::codes(blk, v);
+    const __m256 d = _mm256_set1_ps(B::d(blk)), m = _mm256_set1_ps(B::m(blk));
+    for (int q = 0; q < 4; ++q) v[q] = _mm256_fmadd_ps(v[q], d, m);
+}
+
+template <class B>
+void widen_row(const uint8_t* row, int64_t blocks, float* out) {
+    for (int64_t b = 0; b < blocks; ++b) {
+        __m256 v[4];
+        values<B>(row + b * B::bytes, v);
+        for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + b * 32 + q * 8, v[q]);
+    }
+}
+
+// One input row: per weight row, the codes are multiplied into one 8-lane accumulator and
+// scaled once per block; a block's offset m multiplies the block's input sum, added once.
+template <class B>
+void gemv(const uint8_t* w, int64_t n, int64_t k, const float* x, float* y) {
+    const int64_t blocks = k / 32;
+    std::vector<float> sums(blocks);
+    for (int64_t b = 0; b < blocks; ++b) {
+        float s = 0;
+        for (int i = 0; i < 32; ++i) s += x[b * 32 + i];
+        sums[b] = s;
+    }
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            const uint8_t* row = w + r * blocks * B::bytes;
+            __m256 acc = _mm256_setzero_ps();
+            float offsets = 0;
+            for (int64_t b = 0; b < blocks; ++b) {
+                const uint8_t* blk = row + b * B::bytes;
+                const float* xb = x + b * 32;
+                __m256 c[4];
+                B::codes(blk, c);
+                __m256 dot = _mm256_mul_ps(c[0], _mm256_loadu_ps(xb));
+                for (int q = 1; q < 4; ++q) dot = _mm256_fmadd_ps(c[q], _mm256_loadu_ps(xb + q * 8), dot);
+                acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(B::d(blk)), acc);
+                offsets += B::m(blk) * sums[b];
+            }
+            y[r] = hsum(acc) + offsets;
+        }
+    });
+}
+
+inline float dot(const float* a, const float* b, int64_t k) {  // k a multiple of 32
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    return hsum(_mm256_add_ps(s0, s1));
+}
+
+// r[j] holds row j's 8 values; afterwards r[i] holds value i of the 8 rows.
+inline void transpose8(__m256* r) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+    }
+}
+
+// 16 weight rows widened into a [k][16] panel (value c of row j at c * 16 + j).
+template <class B>
+void fill_panel(const uint8_t* first, int64_t row_bytes, int64_t blocks, float* panel) {
+    for (int half8 = 0; half8 < 2; ++half8) {
+        const uint8_t* rows = first + half8 * 8 * row_bytes;
+        for (int64_t b = 0; b < blocks; ++b) {
+            __m256 v[8][4];
+            for (int j = 0; j < 8; ++j) values<B>(rows + j * row_bytes + b * B::bytes, v[j]);
+            for (int q = 0; q < 4; ++q) {
+                __m256 r[8];
+                for (int j = 0; j < 8; ++j) r[j] = v[j][q];
+                transpose8(r);
+                float* out = panel + (b * 32 + q * 8) * 16 + half8 * 8;
+                for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + i * 16, r[i]);
+            }
+        }
+    }
+}
+
+// Several input rows: per tile of 16 weight rows, a panel (in L1/L2), then 6 input rows a
+// pass: each column two panel loads, 6 broadcasts and 12 FMAs into 12 accumulators (6 rows
+// x 16 outputs). The n % 16 rows past the last whole tile: each widened once, then dotted
+// with every input row.
+template <class B>
+void gemm(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, float* y) {
+    const int64_t blocks = k / 32, row_bytes = blocks * B::bytes, tiles = n / 16;
+    at::parallel_for(0, tiles + (n % 16 != 0), 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> panel(k * 16);
+        const float* pp = panel.data();
+        for (int64_t t = begin; t < end; ++t) {
+            if (t == tiles) {  // the partial tile
+                for (int64_t o = tiles * 16; o < n; ++o) {
+                    widen_row<B>(w + o * row_bytes, blocks, panel.data());
+                    for (int64_t i = 0; i < rows; ++i) y[i * n + o] = dot(pp, x + i * k, k);
+                }
+                continue;
+            }
+            fill_panel<B>(w + t * 16 * row_bytes, row_bytes, blocks, panel.data());
+            int64_t r = 0;
+            for (; r + 6 <= rows; r += 6) {
+                const float* x0 = x + r * k;
+                __m256 a[6][2];
+                for (int i = 0; i < 6; ++i) a[i][0] = a[i][1] = _mm256_setzero_ps();
+                for (int64_t c = 0; c < k; ++c) {
+                    __m256 w0 = _mm256_loadu_ps(pp + c * 16), w1 = _mm256_loadu_ps(pp + c * 16 + 8);
+                    for (int i = 0; i < 6; ++i) {
+                        __m256 xv = _mm256_broadcast_ss(x0 + i * k + c);
+                        a[i][0] = _mm256_fmadd_ps(xv, w0, a[i][0]);
+                        a[i][1] = _mm256_fmadd_ps(xv, w1, a[i][1]);
+                    }
+                }
+                for (int i = 0; i < 6; ++i) {
+                    float* out = y + (r + i) * n + t * 16;
+                    _mm256_storeu_ps(out, a[i][0]);
+                    _mm256_storeu_ps(out + 8, a[i][1]);
+                }
+            }
+            for (; r < rows; ++r) {
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+                for (int64_t c = 0; c < k; ++c) {
+                    __m256 xv = _mm256_broadcast_ss(x + r * k + c);
+                    a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pp + c * 16), a0);
+                    a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pp + c * 16 + 8), a1);
+                }
+                _mm256_storeu_ps(y + r * n + t * 16, a0);
+                _mm256_storeu_ps(y + r * n + t * 16 + 8, a1);
+            }
+        }
+    });
+}
+
+template <class B>
+void lookup(const uint8_t* w, int64_t k, const int64_t* ids, int64_t count, float* out) {
+    const int64_t blocks = k / 32;
+    at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+            widen_row<B>(w + ids[i] * blocks * B::bytes, blocks, out + i * k);
+    });
+}
+
+int64_t block_bytes(int64_t qtype) {
+    switch (qtype) {
+        case kQ4_0: return Q4_0::bytes;
+        case kQ4_1: return Q4_1::bytes;
+        case kQ8_0: return Q8_0::bytes;
+    }
+    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1 or Q8_0");
+}
+
+template <class F>
+void dispatch(int64_t qtype, F&& body) {
+    switch (qtype) {
+        case kQ4_0: body(Q4_0{}); return;
+        case kQ4_1: body(Q4_1{}); return;
+        case kQ8_0: body(Q8_0{}); return;
+    }
+    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1 or Q8_0");
+}
+
+void check_weight(const torch::Tensor& w, int64_t k, int64_t qtype) {
+    TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.is_contiguous(),
+                "gguf_cpu: weight must be contiguous uint8 [rows, row bytes]");
+    TORCH_CHECK(k % 32 == 0 && w.size(1) == k / 32 * block_bytes(qtype),
+                "gguf_cpu: ", k, " input columns do not match rows of ", w.size(1), " bytes");
+}
+
+}  // namespace
+
+// x [rows, k] float32 (contiguous) times the weight's transpose: [rows, n] float32.
+torch::Tensor gguf_linear(torch::Tensor w, int64_t qtype, torch::Tensor x) {
+    TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+                "gguf_cpu: input must be contiguous float32 [rows, k]");
+    const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
+    check_weight(w, k, qtype);
+    auto y = torch::empty({rows, n}, x.options());
+    const uint8_t* wp = w.data_ptr<uint8_t>();
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    dispatch(qtype, [&](auto b) {
+        using B = decltype(b);
+        if (rows == 1) gemv<B>(wp, n, k, xp, yp);
+        else gemm<B>(wp, n, k, xp, rows, yp);
+    });
+    return y;
+}
+
+// The rows ``ids`` of the weight, dequantized: [len(ids), k] float32 (an embedding lookup,
+// or the whole table with ids = arange).
+torch::Tensor gguf_rows(torch::Tensor w, int64_t qtype, int64_t k, torch::Tensor ids) {
+    check_weight(w, k, qtype);
+    TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == torch::kInt64 && ids.is_contiguous(),
+                "gguf_cpu: ids must be contiguous int64 [count]");
+    const int64_t count = ids.size(0), n = w.size(0);
+    const int64_t* ip = ids.data_ptr<int64_t>();
+    for (int64_t i = 0; i < count; ++i)
+        TORCH_CHECK(ip[i] >= 0 && ip[i] < n, "gguf_cpu: row ", ip[i], " is outside [0, ", n, ")");
+    auto out = torch::empty({count, k}, torch::dtype(torch::kFloat32));
+    dispatch(qtype, [&](auto b) {
+        lookup<decltype(b)>(w.data_ptr<uint8_t>(), k, ip, count, out.data_ptr<float>());
+    });
+    return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("gguf_linear", &gguf_linear, "x W^T on GGUF blocks as stored");
+    m.def("gguf_rows", &gguf_rows, "rows of GGUF blocks, dequantized");
+}

@@ -1,0 +1,126 @@
+"""GGUF's Q4_0 / Q4_1 / Q8_0 blocks computed on as stored, on the CPU: the kernels against
+the dequantized weights, the layers that hold blocks (merged shards, mixed types), and the
+bundled model's weights in memory (the file's bytes, not float32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+
+from pagedllm.kernels import gguf_cpu
+from pagedllm.model.layers.device_ops import device_ops
+from pagedllm.model.layers.gguf_blocks import GGUFLinear, StoredBlocks, StoredLMHead, StoredTable
+from pagedllm.model_files import bundled_gguf_path
+from tests.conftest import engine_in_process
+
+TYPES = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0]
+OPS = device_ops(torch.device("cpu"))
+
+
+def blocks(rows: int, columns: int, qtype: GGMLQuantizationType, seed: int = 0) -> StoredBlocks:
+    values = np.random.default_rng(seed).standard_normal((rows, columns), dtype=np.float32)
+    data = torch.from_numpy(np.ascontiguousarray(quantize(values, qtype)))
+    return StoredBlocks(int(qtype), columns, data)
+
+
+def dense(stored: StoredBlocks) -> torch.Tensor:
+    qtype = GGMLQuantizationType(stored.qtype)
+    return torch.from_numpy(dequantize(stored.data.numpy(), qtype).astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("shape", [(40, 64), (96, 128)])  # 40: a partial tile of 16 rows
+@pytest.mark.parametrize("rows", [1, 2, 7, 13])  # one row; 6-row passes and remainders
+def test_products_and_lookups_match_the_dequantized_weights(qtype, shape, rows):
+    stored = blocks(*shape, qtype)
+    weight = dense(stored)
+    x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
+    got, want = gguf_cpu.linear(stored.data, stored.qtype, x), x @ weight.T
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    ids = torch.tensor([shape[0] - 1, 0, 5, 5])
+    assert torch.equal(gguf_cpu.rows(stored.data, stored.qtype, shape[1], ids), weight[ids])
+    assert torch.equal(stored.dequantize(), weight)
+
+
+def test_a_row_outside_the_table_or_a_wrong_width_is_refused():
+    stored = blocks(8, 64, GGMLQuantizationType.Q8_0)
+    with pytest.raises(RuntimeError, match="outside"):
+        gguf_cpu.rows(stored.data, stored.qtype, 64, torch.tensor([8]))
+    with pytest.raises(RuntimeError, match="do not match"):
+        gguf_cpu.linear(stored.data, stored.qtype, torch.randn(1, 96))
+    with pytest.raises(RuntimeError, match="not Q4_0, Q4_1 or Q8_0"):
+        gguf_cpu.linear(stored.data, 12, torch.randn(1, 64))  # Q4_K
+
+
+def merged(*parts: StoredBlocks | torch.Tensor, bias: bool = False) -> GGUFLinear:
+    sizes = [p.shape[0] for p in parts]
+    layer = GGUFLinear(64, sum(sizes), bias, torch.float32, sizes, ops=OPS)
+    for shard, part in enumerate(parts):
+        layer.load("weight", part, shard)
+    if bias:
+        layer.load("bias", torch.arange(sum(sizes), dtype=torch.float32), None)
+    layer.finish_loading()
+    return layer
+
+
+def test_a_merged_layer_keeps_blocks_of_one_type_and_dequantizes_a_mix():
+    q4 = GGMLQuantizationType.Q4_1
+    q, k, v = blocks(32, 64, q4, 1), blocks(16, 64, q4, 2), blocks(16, 64, q4, 3)
+    x = torch.randn(3, 64)
+    kept = merged(q, k, v, bias=True)
+    assert kept.qtype == int(q4) and kept.weight.dtype == torch.uint8
+    assert kept.weight.shape == (64, 40)  # 64 rows of two 20-byte blocks: the file's bytes
+    want = x @ torch.cat([dense(q), dense(k), dense(v)]).T + torch.arange(64.0)
+    torch.testing.assert_close(kept(x), want, rtol=1e-5, atol=1e-4)
+    # One shard of another type (Q8_0) or dense (F16 in the file): the layer dequantizes.
+    for odd in (blocks(16, 64, GGMLQuantizationType.Q8_0, 4), dense(v)):
+        mixed = merged(q, k, odd)
+        odd_dense = dense(odd) if isinstance(odd, StoredBlocks) else odd
+        assert mixed.qtype is None and mixed.weight.dtype == torch.float32
+        assert torch.equal(mixed.weight, torch.cat([dense(q), dense(k), odd_dense]))
+        torch.testing.assert_close(mixed(x), x @ mixed.weight.T)
+
+
+def test_a_shard_of_the_wrong_shape_is_refused():
+    layer = GGUFLinear(64, 48, False, torch.float32, [32, 16], ops=OPS)
+    with pytest.raises(ValueError, match="does not fit"):
+        layer.load("weight", blocks(32, 96, GGMLQuantizationType.Q8_0), 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        layer.load("weight", blocks(24, 64, GGMLQuantizationType.Q8_0), 1)
+
+
+def test_a_tied_lm_head_computes_on_the_embeddings_blocks():
+    table = blocks(100, 64, GGMLQuantizationType.Q8_0)
+    embedding = StoredTable(100, 64, torch.float32)
+    embedding.load_table(table, "model.embed_tokens.weight")
+    head = StoredLMHead(100, 64, torch.float32, OPS)
+    head.tie(embedding)
+    ids = torch.tensor([[3, 99], [0, 3]])
+    assert torch.equal(embedding(ids), dense(table)[ids])
+    hidden = torch.randn(2, 64)
+    torch.testing.assert_close(head(hidden), hidden @ dense(table).T, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        embedding.load_table(blocks(100, 32, GGMLQuantizationType.Q8_0), "embed")
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_the_bundled_models_weights_are_the_files_bytes(kernels, monkeypatch):
+    """Issue 21's bound: the weights in memory at most 1.2x the file (Q4_1 and Q8_0 as
+    stored); PAGEDLLM_CPU_GGUF_KERNELS=0 dequantizes them (float32 here, ~5x the file)."""
+    from pagedllm import LLM
+
+    monkeypatch.setenv("PAGEDLLM_CPU_GGUF_KERNELS", kernels)
+    with engine_in_process():
+        llm = LLM(dtype="float32", kv_cache_memory_bytes="16M", max_model_len=256)
+    model = llm.llm_engine.engine_core.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    file_bytes = bundled_gguf_path().stat().st_size
+    if kernels == "1":
+        assert weight_bytes <= 1.2 * file_bytes
+        assert isinstance(model.model.layers[0].mlp.gate_up_proj, GGUFLinear)
+        assert model.model.layers[0].mlp.gate_up_proj.qtype == int(GGMLQuantizationType.Q4_1)
+    else:
+        assert weight_bytes > 4 * file_bytes
