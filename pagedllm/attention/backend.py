@@ -7,6 +7,9 @@ from typing import Any, Protocol
 import torch
 
 from pagedllm.attention.metadata import CommonAttentionMetadata
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
 
 
 class AttentionBackend(Protocol):
@@ -66,7 +69,8 @@ class AttentionBackend(Protocol):
 
 def create_backend(device: str) -> AttentionBackend:
     """Triton kernels on CUDA (PAGEDLLM_ATTENTION_BACKEND=torch forces the portable torch
-    backend, the reference); the torch backend elsewhere."""
+    backend, the reference); the torch backend elsewhere, its decodes by pagedllm's C++
+    kernel on the CPU where it is built."""
     from pagedllm import envs
 
     if device == "cuda" and envs.attention_backend() != "torch":
@@ -78,4 +82,12 @@ def create_backend(device: str) -> AttentionBackend:
         return TritonAttentionBackend(props.multi_processor_count)
     from pagedllm.attention.torch_backend import TorchAttentionBackend
 
-    return TorchAttentionBackend()
+    if device != "cpu":
+        return TorchAttentionBackend()
+    from pagedllm.kernels import cpu_extension
+
+    reason = cpu_extension.unavailable_reason()
+    if reason is not None:
+        logger.warning("Decode attention by torch's SDPA: the CPU kernels are unavailable (%s)",
+                       reason)  # fmt: skip
+    return TorchAttentionBackend(cpu_kernels=reason is None)

@@ -1,6 +1,8 @@
 """Portable attention in plain torch: the CPU backend and the reference for kernels.
 
-Single-token queries (decodes) are batched: their blocks are gathered into a padded
+Single-token queries (decodes) are batched. On the CPU with pagedllm's C++ kernels
+(``cpu_kernels``), one call attends to every sequence's keys in place in the paged cache
+(``kernels/cpu_attention.py``); otherwise their blocks are gathered into a padded
 [decodes, kv_heads, max_len, head_dim] tensor and one ``scaled_dot_product_attention`` call
 attends with a length mask. Multi-token queries (prefill chunks) go one request at a time;
 a chunk with no cached prefix attends to its own fresh K/V without reading the cache
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.attention.metadata import CommonAttentionMetadata
+from pagedllm.kernels.cpu_attention import paged_decode, supports
 
 
 @dataclass
@@ -72,6 +75,9 @@ class TorchAttentionMetadata:
 
 
 class TorchAttentionBackend:
+    def __init__(self, cpu_kernels: bool = False) -> None:
+        self.cpu_kernels = cpu_kernels  # decode by the C++ kernel where it takes the inputs
+
     def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
         """No split-KV: each request's keys are attended by one SDPA call."""
         return 1
@@ -131,13 +137,14 @@ class TorchAttentionBackend:
         write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
         read = _Reader(kv_cache, kv_scale, q.dtype)
         n = metadata.num_decodes
+        decode = _kernel_decode if self.cpu_kernels and supports(q, kv_cache) else _decode
         if not metadata.prefills:  # a pure decode step: no stitching needed
-            return _decode(q, read, metadata, scale, window)
+            return decode(q, read, metadata, scale, window)
         if n == 0 and len(metadata.prefills) == 1:
             return _prefill(q, k, v, read, metadata.prefills[0], scale, window)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if n:
-            out[:n] = _decode(q[:n], read, metadata, scale, window)
+            out[:n] = decode(q[:n], read, metadata, scale, window)
         for span in metadata.prefills:
             out[span.start : span.end] = _prefill(q, k, v, read, span, scale, window)
         return out
@@ -209,6 +216,19 @@ def _decode(
     bias = metadata.decode_bias(q.dtype, window)
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=bias, scale=scale)
     return out.reshape(n, num_heads, head_dim)
+
+
+def _kernel_decode(
+    q: torch.Tensor,
+    read: _Reader,
+    metadata: TorchAttentionMetadata,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    """Single-token queries by the C++ kernel, reading the cache in place."""
+    assert metadata.decode_block_ids is not None and metadata.decode_seq_lens is not None
+    table = metadata.decode_block_ids.view(q.shape[0], metadata.decode_max_blocks)
+    return paged_decode(q, read.kv_cache, table, metadata.decode_seq_lens, scale, window)
 
 
 def _prefill(

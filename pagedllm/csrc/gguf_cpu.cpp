@@ -1,7 +1,7 @@
 // Products and row lookups on GGUF's quantized blocks as the file stores them (Q4_0, Q4_1,
 // Q8_0), for the CPU: the weights in memory are the file's bytes, widened to float32 in
 // registers as each product reads them. AVX2 + FMA + F16C; built by pagedllm/kernels/
-// gguf_cpu.py. Every block covers 32 consecutive input columns of one weight row, so a
+// cpu_extension.py (bindings in cpu_extension.cpp). Every block covers 32 consecutive input columns of one weight row, so a
 // row is whole blocks and rows may be concatenated or permuted freely (fused q/k/v).
 //
 //   Q4_0 (18 bytes): d (float16), 16 bytes of 4-bit codes;  value = (code - 8) * d
@@ -16,16 +16,11 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_kernels.h"
+
 namespace {
 
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GGMLQuantizationType values
-
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 inline __m256 widen8u(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 inline __m256 widen8s(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
@@ -299,9 +294,4 @@ torch::Tensor gguf_rows(torch::Tensor w, int64_t qtype, int64_t k, torch::Tensor
         lookup<decltype(b)>(w.data_ptr<uint8_t>(), k, ip, count, out.data_ptr<float>());
     });
     return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("gguf_linear", &gguf_linear, "x W^T on GGUF blocks as stored");
-    m.def("gguf_rows", &gguf_rows, "rows of GGUF blocks, dequantized");
 }

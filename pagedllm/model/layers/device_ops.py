@@ -6,6 +6,7 @@ a tensor is on. The torch set runs anywhere (the CPU, and the reference); the CU
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,11 +70,17 @@ class DeviceOps:
 
 
 def device_ops(device: torch.device) -> DeviceOps:
-    """The CUDA set on a CUDA device, the torch set elsewhere."""
+    """The CUDA set on a CUDA device; on the CPU, the torch set with pagedllm's C++ norms
+    where they are built; the torch set elsewhere."""
     if device.type == "cuda":
         from pagedllm.model.layers.cuda_ops import cuda_ops
 
         return cuda_ops(device)
+    if device.type == "cpu":
+        from pagedllm.kernels import cpu_extension
+
+        if cpu_extension.unavailable_reason() is None:
+            return CPU_OPS
     return TORCH_OPS
 
 
@@ -114,6 +121,24 @@ def _rope_qk(
     return qk[:, :heads], qk[:, heads:]
 
 
+def _cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    from pagedllm.kernels import cpu_norm
+
+    if cpu_norm.supports(x, weight):
+        return cpu_norm.rms_norm(x, weight, eps)
+    return rms_norm(x, weight, eps)
+
+
+def _cpu_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from pagedllm.kernels import cpu_norm
+
+    if cpu_norm.supports(x, weight) and residual.dtype == x.dtype:
+        return cpu_norm.add_rms_norm(x, residual, weight, eps)
+    return add_rms_norm(x, residual, weight, eps)
+
+
 TORCH_OPS = DeviceOps(
     name="torch",
     linear=_linear,
@@ -123,4 +148,9 @@ TORCH_OPS = DeviceOps(
     silu_and_mul=silu_and_mul,
     rotary_rows=_rotary_rows,
     rope_qk=_rope_qk,
+)
+
+# The CPU with pagedllm's C++ kernels (``pagedllm/csrc``): RMSNorm in one pass per row.
+CPU_OPS = dataclasses.replace(
+    TORCH_OPS, name="cpu", rms_norm=_cpu_rms_norm, add_rms_norm=_cpu_add_rms_norm
 )

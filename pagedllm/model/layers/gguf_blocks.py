@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pagedllm import envs
-from pagedllm.kernels import gguf_cpu
+from pagedllm.kernels import cpu_extension, gguf_cpu
 from pagedllm.logger import init_logger
 from pagedllm.model.layers.activation import silu_and_mul
 from pagedllm.model.layers.device_ops import DeviceOps
@@ -195,7 +195,7 @@ def keeps_blocks(model_config: ModelConfig, device: torch.device, one_rank: bool
     if model_config.quantization is not None or not one_rank:
         logger.info("GGUF weights dequantized: stored blocks serve one rank, unquantized")
         return False
-    reason = gguf_cpu.unavailable_reason()
+    reason = cpu_extension.unavailable_reason()
     if reason is not None:
         logger.warning("GGUF weights dequantized to %s: %s", model_config.dtype, reason)
         return False

@@ -1,0 +1,95 @@
+"""pagedllm's C++ CPU kernels (``pagedllm/csrc/*.cpp``: products on GGUF blocks, decode
+attention on the paged KV cache), one extension module.
+
+They need AVX2, FMA and F16C, and are compiled once per machine, torch version and source
+(torch's extension builder: a C++ compiler and ninja; ~1 minute), into pagedllm's cache;
+``python -m pagedllm.kernels.cpu_extension`` builds them ahead (the setup script does).
+Where they cannot be built, ``unavailable_reason`` says why, and their callers take their
+torch paths (GGUF weights dequantized, attention by ``scaled_dot_product_attention``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from pagedllm import envs
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+_SOURCES = Path(__file__).resolve().parent.parent / "csrc"
+_NEEDED_FLAGS = ("avx2", "fma", "f16c")
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernels are built (building them the first time), else why not."""
+    return _build()[1]
+
+
+def module() -> ModuleType:
+    """The built extension (RuntimeError with the reason where it cannot be built)."""
+    built, reason = _build()
+    if built is None:
+        raise RuntimeError(f"pagedllm's CPU kernels are unavailable: {reason}")
+    return built
+
+
+@functools.cache
+def _build() -> tuple[ModuleType | None, str | None]:
+    from pagedllm.cpu_platform import cpu_flags
+
+    missing = [f for f in _NEEDED_FLAGS if f not in cpu_flags()]
+    if missing:
+        return None, f"this CPU lacks {', '.join(missing)}"
+    sources = sorted(_SOURCES.glob("*.cpp"))
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted(_SOURCES.glob("*.[ch]*")):  # the headers too
+        digest.update(source.name.encode() + source.read_bytes())
+    directory = envs.cache_root() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    _put_ninja_on_path()
+    try:
+        from torch.utils.cpp_extension import load
+
+        built = load(
+            name="pagedllm_cpu",
+            sources=[str(s) for s in sources],
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, a failed build: dequantize instead
+        first_line = str(error).strip().split("\n", 1)[0][:300]
+        return None, f"building pagedllm/csrc failed ({type(error).__name__}: {first_line})"
+    return built, None
+
+
+def _put_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the one pip installs (a dependency) sits
+    beside this interpreter, which a venv's python run by its path does not put on PATH."""
+    if shutil.which("ninja") is None:
+        here = str(Path(sys.executable).parent)
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+
+def main() -> int:
+    """``python -m pagedllm.kernels.cpu_extension``: build the kernels now, not at first use."""
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"pagedllm's CPU kernels not built (torch paths will run instead): {reason}")
+        return 0
+    print("pagedllm's CPU kernels built.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
