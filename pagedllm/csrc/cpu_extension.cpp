@@ -7,4 +7,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
     m.def("add_rms_norm", &add_rms_norm, "RMSNorm(x + residual), and x + residual");
     m.def("paged_decode", &paged_decode, "one query token per sequence over its paged KV");
+    bind_decode_layer(m);
 }

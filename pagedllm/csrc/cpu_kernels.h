@@ -18,3 +18,4 @@ std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor residual,
                                         torch::Tensor weight, double eps);
 torch::Tensor paged_decode(torch::Tensor q, torch::Tensor kv_cache, torch::Tensor block_table,
                            torch::Tensor seq_lens, double scale, int64_t window);
+void bind_decode_layer(pybind11::module& m);

@@ -11,6 +11,7 @@
 // KV head h (group = heads / kv_heads).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -28,6 +29,11 @@ inline __m256 load8(const at::BFloat16* p) {  // bfloat16 is float32's upper hal
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
+// Keys and values are read a block's run of tokens at a time: each key row is loaded once
+// for every query head of the group (independent dot products), the run's maximum rescales
+// the sums once, then each value row is loaded once and added with every head's weight.
+constexpr int64_t kMaxGroup = 16, kMaxRun = 64;
+
 template <class T>
 void decode(const torch::Tensor& q, const torch::Tensor& kv_cache, const int64_t* table,
             int64_t max_blocks, const int64_t* seq_lens, float scale, int64_t window,
@@ -40,7 +46,8 @@ void decode(const torch::Tensor& q, const torch::Tensor& kv_cache, const int64_t
     const T* values = keys + blocks * block_size * kv_heads * d;
     const int64_t row = kv_heads * d;  // one token's K (or V) across heads
     at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> query(group * d), acc(group * d), top(group), total(group);
+        std::vector<float> query(group * d), acc(group * d);
+        float top[kMaxGroup], total[kMaxGroup], weights[kMaxGroup][kMaxRun];
         for (int64_t task = begin; task < end; ++task) {
             const int64_t i = task / kv_heads, h = task % kv_heads;
             const int64_t len = seq_lens[i];
@@ -54,33 +61,51 @@ void decode(const torch::Tensor& q, const torch::Tensor& kv_cache, const int64_t
                 total[g] = 0.0f;
             }
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int64_t t = first; t < len; ++t) {
-                const int64_t slot = table[i * max_blocks + t / block_size] * block_size
-                                     + t % block_size;
-                const T* k = keys + slot * row + h * d;
-                const T* v = values + slot * row + h * d;
-                for (int64_t g = 0; g < group; ++g) {
-                    const float* qg = &query[g * d];
-                    __m256 s = _mm256_setzero_ps();
-                    for (int64_t c = 0; c < d; c += 8)
-                        s = _mm256_fmadd_ps(_mm256_loadu_ps(qg + c), load8(k + c), s);
-                    const float score = hsum(s);
-                    float* a = &acc[g * d];
-                    if (score > top[g]) {  // a new maximum: rescale what was summed
-                        const float shrink = std::exp(top[g] - score);
+            for (int64_t t = first; t < len;) {
+                const int64_t offset = t % block_size;
+                const int64_t run = std::min({block_size - offset, len - t, kMaxRun});
+                const int64_t slot = table[i * max_blocks + t / block_size] * block_size + offset;
+                const T* k0 = keys + slot * row + h * d;
+                const T* v0 = values + slot * row + h * d;
+                for (int64_t j = 0; j < run; ++j) {  // scores
+                    const T* k = k0 + j * row;
+                    for (int64_t g = 0; g < group; ++g) {
+                        const float* qg = &query[g * d];
+                        __m256 s = _mm256_setzero_ps();
+                        for (int64_t c = 0; c < d; c += 8)
+                            s = _mm256_fmadd_ps(_mm256_loadu_ps(qg + c), load8(k + c), s);
+                        weights[g][j] = hsum(s);
+                    }
+                }
+                for (int64_t g = 0; g < group; ++g) {  // softmax weights, sums rescaled once
+                    float peak = top[g];
+                    for (int64_t j = 0; j < run; ++j) peak = std::max(peak, weights[g][j]);
+                    if (peak > top[g]) {
+                        const float shrink = std::exp(top[g] - peak);
                         total[g] *= shrink;
                         const __m256 f = _mm256_set1_ps(shrink);
+                        float* a = &acc[g * d];
                         for (int64_t c = 0; c < d; c += 8)
                             _mm256_storeu_ps(a + c, _mm256_mul_ps(_mm256_loadu_ps(a + c), f));
-                        top[g] = score;
+                        top[g] = peak;
                     }
-                    const float p = std::exp(score - top[g]);
-                    total[g] += p;
-                    const __m256 pv = _mm256_set1_ps(p);
-                    for (int64_t c = 0; c < d; c += 8)
-                        _mm256_storeu_ps(a + c, _mm256_fmadd_ps(pv, load8(v + c),
-                                                                _mm256_loadu_ps(a + c)));
+                    for (int64_t j = 0; j < run; ++j) {
+                        weights[g][j] = std::exp(weights[g][j] - peak);
+                        total[g] += weights[g][j];
+                    }
                 }
+                for (int64_t j = 0; j < run; ++j) {  // weighted values
+                    const T* v = v0 + j * row;
+                    for (int64_t c = 0; c < d; c += 8) {
+                        const __m256 vc = load8(v + c);
+                        for (int64_t g = 0; g < group; ++g) {
+                            float* a = &acc[g * d + c];
+                            _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(weights[g][j]), vc,
+                                                                _mm256_loadu_ps(a)));
+                        }
+                    }
+                }
+                t += run;
             }
             for (int64_t g = 0; g < group; ++g) {
                 float* dst = out + (i * heads + h * group + g) * d;
@@ -101,8 +126,9 @@ torch::Tensor paged_decode(torch::Tensor q, torch::Tensor kv_cache, torch::Tenso
                 "paged_decode: kv_cache must be contiguous [2, blocks, block_size, kv_heads, d]");
     TORCH_CHECK(kv_cache.scalar_type() == q.scalar_type(), "paged_decode: q and cache dtypes differ");
     const int64_t n = q.size(0), heads = q.size(1), d = q.size(2), kv_heads = kv_cache.size(3);
-    TORCH_CHECK(kv_cache.size(4) == d && d % 8 == 0 && heads % kv_heads == 0,
-                "paged_decode: head sizes");
+    TORCH_CHECK(kv_cache.size(4) == d && d % 8 == 0 && heads % kv_heads == 0
+                    && heads / kv_heads <= kMaxGroup,
+                "paged_decode: head sizes (at most 16 query heads per KV head)");
     TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == n && block_table.is_contiguous()
                     && block_table.scalar_type() == torch::kInt64,
                 "paged_decode: block_table must be contiguous int64 [n, max_blocks]");

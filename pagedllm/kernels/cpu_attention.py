@@ -3,8 +3,8 @@ paged_decode_cpu.cpp``, built by ``cpu_extension``): one query token per sequenc
 query heads sharing a KV head in one pass, online softmax, sums in float32.
 
 Invariants: q [n, heads, head_dim] and the layer's cache [2, blocks, block_size, kv_heads,
-head_dim] in one dtype (float32, float16 or bfloat16), head_dim a multiple of 8; block_table
-[n, max_blocks] and seq_lens [n] int64.
+head_dim] in one dtype (float32, float16 or bfloat16), head_dim a multiple of 8, at most
+``MAX_GROUP`` query heads per KV head; block_table [n, max_blocks] and seq_lens [n] int64.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from pagedllm.kernels import cpu_extension
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_GROUP = 16  # query heads per KV head
 
 
 def supports(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -23,6 +24,7 @@ def supports(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
         and q.dtype in DTYPES
         and kv_cache.dtype == q.dtype
         and q.shape[-1] % 8 == 0
+        and q.shape[1] // kv_cache.shape[3] <= MAX_GROUP
         and kv_cache.is_contiguous()
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model.layers.vocab_parallel import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.sharding import ShardPlan
+
+if TYPE_CHECKING:
+    from pagedllm.model.cpu_decode import CpuDecodeStack
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,9 @@ class DecoderModel(nn.Module):
             for i in range(spec.num_layers)
         )
         self.stage_layers = [self.layers[i] for i in held]  # the layers this rank runs
+        # Decode steps with every layer in C++ (model/cpu_decode.py), set after loading
+        # where the model qualifies.
+        self.cpu_decode: CpuDecodeStack | None = None
         last = plan is None or plan.parallel.is_last_stage
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype, ops) if last else None
 
@@ -331,8 +337,11 @@ class DecoderModel(nn.Module):
             x = self.embed_tokens(input_ids)
         else:
             x, residual = ctx.intermediate
-        for layer in self.stage_layers:
-            x, residual = layer(x, residual, ctx)
+        if self.cpu_decode is not None and self.cpu_decode.takes(x.shape[0], ctx):
+            x, residual = self.cpu_decode.run(x, ctx)
+        else:
+            for layer in self.stage_layers:
+                x, residual = layer(x, residual, ctx)
         assert residual is not None, "a decoder has at least one layer"
         if self.norm is None:
             return torch.stack((x, residual))

@@ -19,6 +19,7 @@ from pagedllm.config import EngineConfig, ParallelConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.logger import init_logger
+from pagedllm.model.cpu_decode import CpuDecodeStack
 from pagedllm.model.decoder import CausalLM, ForwardContext
 from pagedllm.model.layers.fp8_linear import log_fp8_layers
 from pagedllm.model.layers.gguf_blocks import keeps_blocks, log_stored_layers
@@ -122,6 +123,9 @@ class ModelRunner:
         log_fp8_layers(model)
         if blocks:
             log_stored_layers(model)
+            model.model.cpu_decode = CpuDecodeStack.build(model)
+            logger.info("Decode steps: %s", "every layer in C++" if model.model.cpu_decode
+                        else "the layers' modules")  # fmt: skip
         self._log_kv_scales(model)
         self.model = model.eval()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
