@@ -1,6 +1,7 @@
 """CPU throughput: pagedllm against transformers' batched ``generate``, same run, same weights.
 
-The bundled SmolLM2-135M-Instruct (GGUF, dequantized to float32 by both), N chat prompts,
+The bundled SmolLM2-135M-Instruct (GGUF: pagedllm computes on its Q4_1 / Q8_0 blocks as
+stored where its CPU kernels are built, transformers dequantizes to float32), N chat prompts,
 M new tokens each (end-of-sequence ignored so both produce exactly N x M tokens), greedy.
 Prints one table and appends a record to benchmarks/RESULTS.md.
 
@@ -238,6 +239,18 @@ def _fill(batch, entries: list[tuple[int, int, int, bool]]) -> None:
         batch.logits[i] = logits
 
 
+def _weights() -> str:
+    """How pagedllm held the GGUF's weights in this run (``gguf_blocks.keeps_blocks``)."""
+    import os
+
+    from pagedllm.kernels import cpu_extension
+
+    if os.environ.get("PAGEDLLM_CPU_GGUF_KERNELS", "1") in ("0", "false", "no", "off"):
+        return "dequantized (PAGEDLLM_CPU_GGUF_KERNELS=0)"
+    reason = cpu_extension.unavailable_reason()
+    return "as stored, C++ kernels" if reason is None else f"dequantized: {reason}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -258,7 +271,7 @@ def main() -> None:
         print("\n".join(table))
         if not args.no_record:
             workload = (
-                "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized), 1 stream x 128 tokens, "
+                f"SmolLM2-135M-Instruct (GGUF Q4_1 {_weights()}), 1 stream x 128 tokens, "
                 "32 chat prompts x 64 tokens, greedy, eos ignored; TTFT of a 500-token prompt"
             )
             append_record("CPU serving", device_name(), workload, table)
@@ -275,7 +288,7 @@ def main() -> None:
     print("\n".join(table))
     if not args.no_record:
         workload = (
-            f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, float32), {args.num_prompts} chat "
+            f"SmolLM2-135M-Instruct (GGUF Q4_1 {_weights()}), {args.num_prompts} chat "
             f"prompts, {args.output_len} new tokens each, greedy, eos ignored"
         )
         append_record("CPU throughput", device_name(), workload, table)
