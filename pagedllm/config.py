@@ -550,7 +550,8 @@ class EngineArgs(VllmEngineOptions):
             files=files,
             hf_config=hf_config,
             architecture=architecture,
-            dtype=resolve_dtype(self.dtype, hf_config, device),
+            dtype=self._gguf_blocks_dtype(files, device)
+            or resolve_dtype(self.dtype, hf_config, device),
             max_model_len=_max_model_len(self.max_model_len, hf_config),
             seed=0 if self.seed is None else self.seed,
             load_format=self.load_format,
@@ -566,6 +567,24 @@ class EngineArgs(VllmEngineOptions):
             tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir,
         )
+
+    def _gguf_blocks_dtype(self, files: Any, device: str) -> str | None:
+        """float32 for ``--dtype auto`` where the CPU will compute on a GGUF file's blocks
+        (``gguf_blocks.keeps_blocks``: their products are float32 whatever the activations'
+        dtype, and only float32 runs decode steps' layers in C++); None elsewhere.
+        PAGEDLLM_CPU_DTYPE, where set, still decides."""
+        from pagedllm import envs
+
+        if (
+            device != "cpu" or not files.is_gguf or str(self.dtype) != "auto"
+            or self.load_format == "dummy" or self.quantization is not None
+            or self.tensor_parallel_size * self.pipeline_parallel_size != 1
+            or not envs.cpu_gguf_kernels() or envs.cpu_dtype() != "auto"
+        ):  # fmt: skip
+            return None
+        logger.info("dtype auto on the CPU: float32, since the GGUF's blocks are computed "
+                    "in float32 by pagedllm's CPU kernels")  # fmt: skip
+        return "float32"
 
     def _parallel_config(self, device: str, model_config: ModelConfig) -> ParallelConfig:
         from pagedllm.distributed.sizes import DISTRIBUTED_EXECUTOR_BACKENDS, check_parallel_sizes

@@ -124,3 +124,21 @@ def test_the_bundled_models_weights_are_the_files_bytes(kernels, monkeypatch):
         assert model.model.layers[0].mlp.gate_up_proj.qtype == int(GGMLQuantizationType.Q4_1)
     else:
         assert weight_bytes > 4 * file_bytes
+
+
+def test_dtype_auto_is_float32_where_the_blocks_are_kept(monkeypatch):
+    """Even on a CPU whose table says float16: the blocks' products are float32."""
+    from pagedllm import config as config_module
+    from pagedllm.config import EngineArgs
+
+    monkeypatch.delenv("PAGEDLLM_CPU_DTYPE", raising=False)  # the suite pins float32
+    monkeypatch.setattr(config_module, "_auto_cpu_dtype", lambda: "float16")
+
+    def dtype(**kwargs) -> str:
+        args = EngineArgs(model=str(bundled_gguf_path()), device="cpu", **kwargs)
+        return args.create_engine_config().model_config.dtype
+
+    assert dtype() == "float32"
+    assert dtype(dtype="bfloat16") == "bfloat16"
+    monkeypatch.setenv("PAGEDLLM_CPU_GGUF_KERNELS", "0")
+    assert dtype() == "float16"
