@@ -31,34 +31,30 @@ inline float half(const uint8_t* p) {
     return _cvtsh_ss(h);
 }
 
-// A block's codes as four vectors of 8 (elements 0-7, 8-15, 16-23, 24-31), before scaling,
-// and its scale d and offset m: value = code * d + m.
+// The 32 four-bit codes of a block whose codes start ``offset`` bytes in, as below.
+template <int offset>
+inline void nibble_codes(const uint8_t* blk, __m256* c) {
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + offset));
+    __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+    c[0] = widen8u(lo);
+    c[1] = widen8u(_mm_srli_si128(lo, 8));
+    c[2] = widen8u(hi);
+    c[3] = widen8u(_mm_srli_si128(hi, 8));
+}
+
+// Each type: a block's codes as four vectors of 8 (elements 0-7, 8-15, 16-23, 24-31),
+// before scaling, and its scale d and offset m: value = code * d + m.
 struct Q4_0 {
     static constexpr int64_t bytes = 18;
-    static inline void codes(const uint8_t* blk, __m256* c) {
-        const __m128i mask = _mm_set1_epi8(0x0F);
-        __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-        __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-        c[0] = widen8u(lo);
-        c[1] = widen8u(_mm_srli_si128(lo, 8));
-        c[2] = widen8u(hi);
-        c[3] = widen8u(_mm_srli_si128(hi, 8));
-    }
+    static inline void codes(const uint8_t* blk, __m256* c) { nibble_codes<2>(blk, c); }
     static inline float d(const uint8_t* blk) { return half(blk); }
     static inline float m(const uint8_t* blk) { return -8.0f * half(blk); }
 };
 
 struct Q4_1 {
     static constexpr int64_t bytes = 20;
-    static inline void codes(const uint8_t* blk, __m256* c) {
-        const __m128i mask = _mm_set1_epi8(0x0F);
-        __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-        __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-        c[0] = widen8u(lo);
-        c[1] = widen8u(_mm_srli_si128(lo, 8));
-        c[2] = widen8u(hi);
-        c[3] = widen8u(_mm_srli_si128(hi, 8));
-    }
+    static inline void codes(const uint8_t* blk, __m256* c) { nibble_codes<4>(blk, c); }
     static inline float d(const uint8_t* blk) { return half(blk); }
     static inline float m(const uint8_t* blk) { return half(blk + 2); }
 };

@@ -11,7 +11,6 @@ it holds the dequantized weight in the model dtype and computes as a plain ``Lin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,7 @@ from pagedllm.kernels import cpu_extension, gguf_cpu
 from pagedllm.logger import init_logger
 from pagedllm.model.layers.activation import silu_and_mul
 from pagedllm.model.layers.device_ops import DeviceOps
-from pagedllm.model.layers.linear import Linear, LinearMaker
+from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 
 if TYPE_CHECKING:
     from pagedllm.config import ModelConfig
@@ -109,17 +108,7 @@ class GGUFLinear(Linear):
 
 def gguf_linears(dtype: torch.dtype, ops: DeviceOps) -> LinearMaker:
     """Every linear layer a ``GGUFLinear``."""
-
-    def make(
-        in_features: int,
-        out_features: int,
-        bias: bool,
-        output_sizes: list[int] | None,
-        names: Sequence[str],
-    ) -> Linear:
-        return GGUFLinear(in_features, out_features, bias, dtype, output_sizes, ops=ops)
-
-    return make
+    return plain_linears(dtype, ops, GGUFLinear)
 
 
 class StoredTable(nn.Module):

@@ -105,8 +105,12 @@ class Linear(nn.Module):
         return f"in={self.in_features}, out={self.output_sizes}, bias={self.bias is not None}"
 
 
-def plain_linears(dtype: torch.dtype, ops: DeviceOps) -> LinearMaker:
-    """Layers in the model's dtype, whatever the checkpoint module."""
+def plain_linears(
+    dtype: torch.dtype, ops: DeviceOps, layer: type[Linear] | None = None
+) -> LinearMaker:
+    """Layers of one class (``Linear``, in the model's dtype, by default), whatever the
+    checkpoint module."""
+    cls = layer or Linear
 
     def make(
         in_features: int,
@@ -115,7 +119,7 @@ def plain_linears(dtype: torch.dtype, ops: DeviceOps) -> LinearMaker:
         output_sizes: list[int] | None,
         names: Sequence[str],
     ) -> Linear:
-        return Linear(in_features, out_features, bias, dtype, output_sizes, ops=ops)
+        return cls(in_features, out_features, bias, dtype, output_sizes, ops=ops)
 
     return make
 
