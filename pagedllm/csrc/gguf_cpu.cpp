@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -21,6 +22,8 @@
 namespace {
 
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GGMLQuantizationType values
+// Up to this many input rows, gemm_few; more (prefill chunks), the register-blocked panels.
+constexpr int64_t kFewRows = 64;
 
 inline __m256 widen8u(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 inline __m256 widen8s(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
@@ -220,6 +223,50 @@ void gemm(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, 
     });
 }
 
+// A few input rows (a batched decode step): the inputs transposed once into columns of
+// rows ([k][rows rounded up to 8], zeros past the last), then per tile of 4 weight rows,
+// each widened once into L1 (no transposes), 16 input rows a pass: each column 4 weight
+// broadcasts, 2 input loads and 8 FMAs into 8 accumulators (4 outputs x 16 rows).
+template <class B>
+void gemm_few(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, float* y) {
+    const int64_t blocks = k / 32, row_bytes = blocks * B::bytes, padded = (rows + 7) / 8 * 8;
+    std::vector<float> columns(k * padded, 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < k; ++c) columns[c * padded + r] = x[r * k + c];
+    const float* xt = columns.data();
+    at::parallel_for(0, (n + 3) / 4, 2, [&](int64_t begin, int64_t end) {
+        std::vector<float> wide(4 * k, 0.0f);
+        alignas(32) float sums[4][16];
+        for (int64_t t = begin; t < end; ++t) {
+            const int64_t o = t * 4, outs = std::min<int64_t>(4, n - o);
+            for (int64_t j = 0; j < outs; ++j)
+                widen_row<B>(w + (o + j) * row_bytes, blocks, wide.data() + j * k);
+            for (int64_t r = 0; r < padded; r += 16) {
+                const bool two = r + 16 <= padded;  // else 8 rows left
+                __m256 a[4][2];
+                for (int j = 0; j < 4; ++j) a[j][0] = a[j][1] = _mm256_setzero_ps();
+                const float* col = xt + r;
+                for (int64_t c = 0; c < k; ++c, col += padded) {
+                    const __m256 x0 = _mm256_loadu_ps(col);
+                    const __m256 x1 = two ? _mm256_loadu_ps(col + 8) : x0;
+                    for (int j = 0; j < 4; ++j) {
+                        const __m256 wv = _mm256_broadcast_ss(&wide[j * k + c]);
+                        a[j][0] = _mm256_fmadd_ps(wv, x0, a[j][0]);
+                        a[j][1] = _mm256_fmadd_ps(wv, x1, a[j][1]);
+                    }
+                }
+                for (int j = 0; j < 4; ++j) {
+                    _mm256_store_ps(sums[j], a[j][0]);
+                    _mm256_store_ps(sums[j] + 8, a[j][1]);
+                }
+                const int64_t last = std::min<int64_t>(r + (two ? 16 : 8), rows);
+                for (int64_t i = r; i < last; ++i)
+                    for (int64_t j = 0; j < outs; ++j) y[i * n + o + j] = sums[j][i - r];
+            }
+        }
+    });
+}
+
 template <class B>
 void lookup(const uint8_t* w, int64_t k, const int64_t* ids, int64_t count, float* out) {
     const int64_t blocks = k / 32;
@@ -270,6 +317,7 @@ torch::Tensor gguf_linear(torch::Tensor w, int64_t qtype, torch::Tensor x) {
     dispatch(qtype, [&](auto b) {
         using B = decltype(b);
         if (rows == 1) gemv<B>(wp, n, k, xp, yp);
+        else if (rows <= kFewRows) gemm_few<B>(wp, n, k, xp, rows, yp);
         else gemm<B>(wp, n, k, xp, rows, yp);
     });
     return y;
