@@ -22,7 +22,11 @@
 namespace {
 
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GGMLQuantizationType values
-// Up to this many input rows, gemm_few; more (prefill chunks), the register-blocked panels.
+// Up to kGemvRows input rows, one gemv each (widening every weight row costs more than
+// reading the blocks again: crossover ~7 rows on this CPU); up to kFewRows, gemm_few; more
+// (prefill chunks), the register-blocked panels (a run of those rows, chunked through
+// gemm_few instead, made a 500-token prefill ~15% slower).
+constexpr int64_t kGemvRows = 6;
 constexpr int64_t kFewRows = 64;
 
 inline __m256 widen8u(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
@@ -316,9 +320,13 @@ torch::Tensor gguf_linear(torch::Tensor w, int64_t qtype, torch::Tensor x) {
     float* yp = y.data_ptr<float>();
     dispatch(qtype, [&](auto b) {
         using B = decltype(b);
-        if (rows == 1) gemv<B>(wp, n, k, xp, yp);
-        else if (rows <= kFewRows) gemm_few<B>(wp, n, k, xp, rows, yp);
-        else gemm<B>(wp, n, k, xp, rows, yp);
+        if (rows <= kGemvRows) {  // a few rows: each by the memory-bound gemv
+            for (int64_t r = 0; r < rows; ++r) gemv<B>(wp, n, k, xp + r * k, yp + r * n);
+        } else if (rows <= kFewRows) {
+            gemm_few<B>(wp, n, k, xp, rows, yp);
+        } else {
+            gemm<B>(wp, n, k, xp, rows, yp);
+        }
     });
     return y;
 }

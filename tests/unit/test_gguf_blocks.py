@@ -32,8 +32,9 @@ def dense(stored: StoredBlocks) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("shape", [(40, 64), (96, 128)])  # 40: a partial tile of 16 rows
-@pytest.mark.parametrize("rows", [1, 2, 7, 13])  # one row; 6-row passes and remainders
+@pytest.mark.parametrize("shape", [(40, 64), (98, 128)])  # partial tiles of 16 and of 4 rows
+# 1-2: gemv per row; 7-13: gemm_few (16-row passes, an 8-row tail); 70: the panels
+@pytest.mark.parametrize("rows", [1, 2, 7, 13, 70])
 def test_products_and_lookups_match_the_dequantized_weights(qtype, shape, rows):
     stored = blocks(*shape, qtype)
     weight = dense(stored)
