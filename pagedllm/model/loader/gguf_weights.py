@@ -1,5 +1,6 @@
-"""GGUF checkpoints: tensors dequantized to float32 by the ``gguf`` package, renamed to
-Hugging Face names with its tensor-name map, and un-permuted where llama.cpp permuted them.
+"""GGUF checkpoints: tensors dequantized to float32 by the ``gguf`` package (or kept as
+stored, below), renamed to Hugging Face names with its tensor-name map, and un-permuted
+where llama.cpp permuted them.
 
 Parsing a GGUF file's metadata with ``GGUFReader`` takes seconds (tens of thousands of
 vocabulary entries), so the tensor table (name, type, shape, byte range) is written once
