@@ -1,13 +1,14 @@
 // Products and row lookups on GGUF's quantized blocks as the file stores them (Q4_0, Q4_1,
-// Q8_0), for the CPU: the weights in memory are the file's bytes, widened to float32 in
+// Q8_0, Q4_K), for the CPU: the weights in memory are the file's bytes, widened to float32 in
 // registers as each product reads them. AVX2 + FMA + F16C; built by pagedllm/kernels/
-// cpu_extension.py (bindings in cpu_extension.cpp). Every block covers 32 consecutive input columns of one weight row, so a
-// row is whole blocks and rows may be concatenated or permuted freely (fused q/k/v).
+// cpu_extension.py (bindings in cpu_extension.cpp). A row is whole (super-)blocks of
+// consecutive input columns, so rows may be concatenated or permuted freely (fused q/k/v).
 //
-//   Q4_0 (18 bytes): d (float16), 16 bytes of 4-bit codes;  value = (code - 8) * d
-//   Q4_1 (20 bytes): d, m (float16), 16 bytes of codes;      value = code * d + m
-//   Q8_0 (34 bytes): d (float16), 32 signed bytes;           value = code * d
-// In a 4-bit block, byte j holds element j in its low nibble and element j + 16 in its
+//   Q4_0 (18 bytes / 32 values): d (float16), 16 bytes of 4-bit codes; (code - 8) * d
+//   Q4_1 (20 bytes / 32 values): d, m (float16), 16 bytes of codes;     code * d + m
+//   Q8_0 (34 bytes / 32 values): d (float16), 32 signed bytes;          code * d
+//   Q4_K (144 bytes / 256 values): below (struct Q4_K)
+// In a Q4_0 / Q4_1 block, byte j holds element j in its low nibble and element j + 16 in its
 // high one.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -21,7 +22,7 @@
 
 namespace {
 
-constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GGMLQuantizationType values
+constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12;  // GGMLQuantizationType values
 // Up to kGemvRows input rows, one gemv each (widening every weight row costs more than
 // reading the blocks again: crossover ~7 rows on this CPU); up to kFewRows, gemm_few; more
 // (prefill chunks), the register-blocked panels (a run of those rows, chunked through
@@ -80,19 +81,64 @@ struct Q8_0 {
     static inline float m(const uint8_t*) { return 0.0f; }
 };
 
-// The block's 32 values (exact: code * d + m in float32).
+// The kernels read block b (values 32b .. 32b + 31) of a row by B::load: its codes, scale d
+// and offset m. A type whose blocks lie one after another:
+template <class T>
+struct Flat {
+    static constexpr int64_t bytes = T::bytes;
+    static inline void load(const uint8_t* row, int64_t b, __m256* c, float& d, float& m) {
+        const uint8_t* blk = row + b * T::bytes;
+        T::codes(blk, c);
+        d = T::d(blk);
+        m = T::m(blk);
+    }
+};
+
+// Q4_K: super-blocks of 256 values (144 bytes: d, dmin (float16), 12 bytes of 6-bit scales
+// and minimums for its 8 sub-blocks of 32, then 128 bytes of codes: byte i of 32-byte chunk
+// c holds value i of sub-block 2c in its low nibble and of sub-block 2c + 1 in its high).
+// Sub-block j's value = code * (d * scale_j) - dmin * min_j; 18 bytes per 32 values.
+struct Q4_K {
+    static constexpr int64_t bytes = 18;  // per 32 values, on average
+    static inline void load(const uint8_t* row, int64_t b, __m256* c, float& d, float& m) {
+        const uint8_t* sb = row + (b / 8) * 144;
+        const int j = static_cast<int>(b % 8);
+        const uint8_t* s = sb + 4;
+        int scale, low;
+        if (j < 4) {
+            scale = s[j] & 63;
+            low = s[j + 4] & 63;
+        } else {
+            scale = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+            low = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+        d = half(sb) * scale;
+        m = -half(sb + 2) * low;
+        __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 16 + (j / 2) * 32));
+        if (j % 2) qs = _mm256_srli_epi16(qs, 4);
+        qs = _mm256_and_si256(qs, _mm256_set1_epi8(0x0F));
+        const __m128i lo = _mm256_castsi256_si128(qs), hi = _mm256_extracti128_si256(qs, 1);
+        c[0] = widen8u(lo);
+        c[1] = widen8u(_mm_srli_si128(lo, 8));
+        c[2] = widen8u(hi);
+        c[3] = widen8u(_mm_srli_si128(hi, 8));
+    }
+};
+
+// Block b's 32 values (exact: code * d + m in float32).
 template <class B>
-inline void values(const uint8_t* blk, __m256* v) {
-    B::codes(blk, v);
-    const __m256 d = _mm256_set1_ps(B::d(blk)), m = _mm256_set1_ps(B::m(blk));
-    for (int q = 0; q < 4; ++q) v[q] = _mm256_fmadd_ps(v[q], d, m);
+inline void values(const uint8_t* row, int64_t b, __m256* v) {
+    float d, m;
+    B::load(row, b, v, d, m);
+    const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+    for (int q = 0; q < 4; ++q) v[q] = _mm256_fmadd_ps(v[q], dv, mv);
 }
 
 template <class B>
 void widen_row(const uint8_t* row, int64_t blocks, float* out) {
     for (int64_t b = 0; b < blocks; ++b) {
         __m256 v[4];
-        values<B>(row + b * B::bytes, v);
+        values<B>(row, b, v);
         for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + b * 32 + q * 8, v[q]);
     }
 }
@@ -114,14 +160,14 @@ void gemv(const uint8_t* w, int64_t n, int64_t k, const float* x, float* y) {
             __m256 acc = _mm256_setzero_ps();
             float offsets = 0;
             for (int64_t b = 0; b < blocks; ++b) {
-                const uint8_t* blk = row + b * B::bytes;
                 const float* xb = x + b * 32;
                 __m256 c[4];
-                B::codes(blk, c);
+                float d, m;
+                B::load(row, b, c, d, m);
                 __m256 dot = _mm256_mul_ps(c[0], _mm256_loadu_ps(xb));
                 for (int q = 1; q < 4; ++q) dot = _mm256_fmadd_ps(c[q], _mm256_loadu_ps(xb + q * 8), dot);
-                acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(B::d(blk)), acc);
-                offsets += B::m(blk) * sums[b];
+                acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(d), acc);
+                offsets += m * sums[b];
             }
             y[r] = hsum(acc) + offsets;
         }
@@ -163,7 +209,7 @@ void fill_panel(const uint8_t* first, int64_t row_bytes, int64_t blocks, float* 
         const uint8_t* rows = first + half8 * 8 * row_bytes;
         for (int64_t b = 0; b < blocks; ++b) {
             __m256 v[8][4];
-            for (int j = 0; j < 8; ++j) values<B>(rows + j * row_bytes + b * B::bytes, v[j]);
+            for (int j = 0; j < 8; ++j) values<B>(rows + j * row_bytes, b, v[j]);
             for (int q = 0; q < 4; ++q) {
                 __m256 r[8];
                 for (int j = 0; j < 8; ++j) r[j] = v[j][q];
@@ -285,24 +331,27 @@ int64_t block_bytes(int64_t qtype) {
         case kQ4_0: return Q4_0::bytes;
         case kQ4_1: return Q4_1::bytes;
         case kQ8_0: return Q8_0::bytes;
+        case kQ4_K: return Q4_K::bytes;
     }
-    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1 or Q8_0");
+    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1, Q8_0 or Q4_K");
 }
 
 template <class F>
 void dispatch(int64_t qtype, F&& body) {
     switch (qtype) {
-        case kQ4_0: body(Q4_0{}); return;
-        case kQ4_1: body(Q4_1{}); return;
-        case kQ8_0: body(Q8_0{}); return;
+        case kQ4_0: body(Flat<Q4_0>{}); return;
+        case kQ4_1: body(Flat<Q4_1>{}); return;
+        case kQ8_0: body(Flat<Q8_0>{}); return;
+        case kQ4_K: body(Q4_K{}); return;
     }
-    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1 or Q8_0");
+    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1, Q8_0 or Q4_K");
 }
 
 void check_weight(const torch::Tensor& w, int64_t k, int64_t qtype) {
     TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.is_contiguous(),
                 "gguf_cpu: weight must be contiguous uint8 [rows, row bytes]");
-    TORCH_CHECK(k % 32 == 0 && w.size(1) == k / 32 * block_bytes(qtype),
+    const int64_t group = qtype == kQ4_K ? 256 : 32;  // values per (super-)block
+    TORCH_CHECK(k % group == 0 && w.size(1) == k / 32 * block_bytes(qtype),
                 "gguf_cpu: ", k, " input columns do not match rows of ", w.size(1), " bytes");
 }
 

@@ -1,9 +1,10 @@
-"""GGUF's quantized blocks (Q4_0, Q4_1, Q8_0) used as stored on the CPU: products
+"""GGUF's quantized blocks (Q4_0, Q4_1, Q8_0, Q4_K) used as stored on the CPU: products
 (``linear``) and row lookups (``rows``) by the C++ kernels of ``pagedllm/csrc/gguf_cpu.cpp``
 (built by ``cpu_extension``).
 
-Invariants: a weight is a contiguous uint8 tensor [rows, row bytes], each row whole 32-value
-blocks of one type (``BLOCK_BYTES``); inputs may be any float dtype, results are float32.
+Invariants: a weight is a contiguous uint8 tensor [rows, row bytes], each row whole blocks
+of one type (``BLOCK_BYTES``: 32 values, 256 for Q4_K); inputs may be any float dtype,
+results are float32.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import torch
 
 from pagedllm.kernels import cpu_extension
 
-# GGMLQuantizationType value -> bytes of one 32-value block.
-BLOCK_BYTES = {2: 18, 3: 20, 8: 34}  # Q4_0, Q4_1, Q8_0
+# GGMLQuantizationType value -> bytes per 32 values (Q4_K: a 144-byte block of 256).
+BLOCK_BYTES = {2: 18, 3: 20, 8: 34, 12: 18}  # Q4_0, Q4_1, Q8_0, Q4_K
 BLOCK_VALUES = 32
 
 

@@ -1,4 +1,4 @@
-"""GGUF's Q4_0 / Q4_1 / Q8_0 blocks computed on as stored, on the CPU: the kernels against
+"""GGUF's Q4_0 / Q4_1 / Q8_0 / Q4_K blocks computed on as stored, on the CPU: the kernels against
 the dequantized weights, the layers that hold blocks (merged shards, mixed types), and the
 bundled model's weights in memory (the file's bytes, not float32)."""
 
@@ -16,14 +16,31 @@ from pagedllm.model.layers.gguf_blocks import GGUFLinear, StoredBlocks, StoredLM
 from pagedllm.model_files import bundled_gguf_path
 from tests.conftest import engine_in_process
 
-TYPES = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0]
+TYPES = [
+    GGMLQuantizationType.Q4_0,
+    GGMLQuantizationType.Q4_1,
+    GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q4_K,
+]
 OPS = device_ops(torch.device("cpu"))
 
 
 def blocks(rows: int, columns: int, qtype: GGMLQuantizationType, seed: int = 0) -> StoredBlocks:
-    values = np.random.default_rng(seed).standard_normal((rows, columns), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    if qtype == GGMLQuantizationType.Q4_K:  # gguf cannot quantize to it: random super-blocks
+        return StoredBlocks(int(qtype), columns, q4_k_blocks(rows, columns // 256, rng))
+    values = rng.standard_normal((rows, columns), dtype=np.float32)
     data = torch.from_numpy(np.ascontiguousarray(quantize(values, qtype)))
     return StoredBlocks(int(qtype), columns, data)
+
+
+def q4_k_blocks(rows: int, per_row: int, rng: np.random.Generator) -> torch.Tensor:
+    """Q4_K super-blocks (144 bytes): d and dmin as small float16s, then random scale,
+    minimum and code bytes (every byte pattern is a valid block)."""
+    count = rows * per_row
+    scales = rng.uniform(1e-3, 2e-2, (count, 2)).astype(np.float16).view(np.uint8)
+    rest = rng.integers(0, 256, (count, 140), dtype=np.uint8)
+    return torch.from_numpy(np.concatenate([scales, rest], axis=1).reshape(rows, -1))
 
 
 def dense(stored: StoredBlocks) -> torch.Tensor:
@@ -32,7 +49,7 @@ def dense(stored: StoredBlocks) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("shape", [(40, 64), (98, 128)])  # partial tiles of 16 and of 4 rows
+@pytest.mark.parametrize("shape", [(40, 256), (98, 512)])  # partial tiles of 16 and of 4 rows
 # 1-2: gemv per row; 7-13: gemm_few (16-row passes, an 8-row tail); 70: the panels
 @pytest.mark.parametrize("rows", [1, 2, 7, 13, 70])
 def test_products_and_lookups_match_the_dequantized_weights(qtype, shape, rows):
@@ -52,8 +69,11 @@ def test_a_row_outside_the_table_or_a_wrong_width_is_refused():
         gguf_cpu.rows(stored.data, stored.qtype, 64, torch.tensor([8]))
     with pytest.raises(RuntimeError, match="do not match"):
         gguf_cpu.linear(stored.data, stored.qtype, torch.randn(1, 96))
-    with pytest.raises(RuntimeError, match="not Q4_0, Q4_1 or Q8_0"):
-        gguf_cpu.linear(stored.data, 12, torch.randn(1, 64))  # Q4_K
+    q4_k = blocks(2, 256, GGMLQuantizationType.Q4_K)  # 144 bytes a row: 256 values, 8 x 32
+    with pytest.raises(RuntimeError, match="do not match"):
+        gguf_cpu.linear(q4_k.data.view(4, 72), q4_k.qtype, torch.randn(1, 128))  # half blocks
+    with pytest.raises(RuntimeError, match="not Q4_0, Q4_1, Q8_0 or Q4_K"):
+        gguf_cpu.linear(stored.data, 14, torch.randn(1, 64))  # Q6_K
 
 
 def merged(*parts: StoredBlocks | torch.Tensor, bias: bool = False) -> GGUFLinear:
