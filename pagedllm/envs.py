@@ -73,8 +73,8 @@ def cpu_num_threads() -> int | None:
 
 
 def cpu_gguf_kernels() -> bool:
-    """PAGEDLLM_CPU_GGUF_KERNELS: on the CPU, compute on a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K
-    blocks as stored (default); 0 dequantizes them to the model dtype at load, as on GPU."""
+    """PAGEDLLM_CPU_GGUF_KERNELS: on the CPU, compute on a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K/
+    Q6_K blocks as stored (default); 0 dequantizes them to the model dtype at load, as on GPU."""
     return _get_bool("PAGEDLLM_CPU_GGUF_KERNELS", True)
 
 

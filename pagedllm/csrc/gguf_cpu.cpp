@@ -1,5 +1,5 @@
 // Products and row lookups on GGUF's quantized blocks as the file stores them (Q4_0, Q4_1,
-// Q8_0, Q4_K), for the CPU: the weights in memory are the file's bytes, widened to float32 in
+// Q8_0, Q4_K, Q6_K), for the CPU: the weights in memory are the file's bytes, widened to float32 in
 // registers as each product reads them. AVX2 + FMA + F16C; built by pagedllm/kernels/
 // cpu_extension.py (bindings in cpu_extension.cpp). A row is whole (super-)blocks of
 // consecutive input columns, so rows may be concatenated or permuted freely (fused q/k/v).
@@ -7,7 +7,7 @@
 //   Q4_0 (18 bytes / 32 values): d (float16), 16 bytes of 4-bit codes; (code - 8) * d
 //   Q4_1 (20 bytes / 32 values): d, m (float16), 16 bytes of codes;     code * d + m
 //   Q8_0 (34 bytes / 32 values): d (float16), 32 signed bytes;          code * d
-//   Q4_K (144 bytes / 256 values): below (struct Q4_K)
+//   Q4_K (144 bytes / 256 values), Q6_K (210 bytes / 256 values): below
 // In a Q4_0 / Q4_1 block, byte j holds element j in its low nibble and element j + 16 in its
 // high one.
 #include <torch/extension.h>
@@ -22,7 +22,7 @@
 
 namespace {
 
-constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12;  // GGMLQuantizationType values
+constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14;  // GGML types
 // Up to kGemvRows input rows, one gemv each (widening every weight row costs more than
 // reading the blocks again: crossover ~7 rows on this CPU); up to kFewRows, gemm_few; more
 // (prefill chunks), the register-blocked panels (a run of those rows, chunked through
@@ -82,10 +82,10 @@ struct Q8_0 {
 };
 
 // The kernels read block b (values 32b .. 32b + 31) of a row by B::load: its codes, scale d
-// and offset m. A type whose blocks lie one after another:
+// and offset m; B::row_bytes(k) is a row's size. A type whose blocks lie one after another:
 template <class T>
 struct Flat {
-    static constexpr int64_t bytes = T::bytes;
+    static constexpr int64_t row_bytes(int64_t k) { return k / 32 * T::bytes; }
     static inline void load(const uint8_t* row, int64_t b, __m256* c, float& d, float& m) {
         const uint8_t* blk = row + b * T::bytes;
         T::codes(blk, c);
@@ -99,7 +99,7 @@ struct Flat {
 // c holds value i of sub-block 2c in its low nibble and of sub-block 2c + 1 in its high).
 // Sub-block j's value = code * (d * scale_j) - dmin * min_j; 18 bytes per 32 values.
 struct Q4_K {
-    static constexpr int64_t bytes = 18;  // per 32 values, on average
+    static constexpr int64_t row_bytes(int64_t k) { return k / 256 * 144; }
     static inline void load(const uint8_t* row, int64_t b, __m256* c, float& d, float& m) {
         const uint8_t* sb = row + (b / 8) * 144;
         const int j = static_cast<int>(b % 8);
@@ -122,6 +122,37 @@ struct Q4_K {
         c[1] = widen8u(_mm_srli_si128(lo, 8));
         c[2] = widen8u(hi);
         c[3] = widen8u(_mm_srli_si128(hi, 8));
+    }
+};
+
+// Q6_K: super-blocks of 256 values (210 bytes: 128 bytes of low 4 bits, 64 of high 2 bits,
+// 16 signed scales (one per 16 values), then d (float16)). Sub-block j = 4h + q of the
+// 32-value sub-blocks takes, for value l: the low (q < 2) or high nibble of byte l + 32 (q % 2)
+// of half h's low bits, and bits 2q, 2q + 1 of byte l of its high bits; value = d *
+// scale * (code - 32). The codes returned are (code - 32) * scale (exact), d the block's.
+struct Q6_K {
+    static constexpr int64_t row_bytes(int64_t k) { return k / 256 * 210; }
+    static inline void load(const uint8_t* row, int64_t b, __m256* c, float& d, float& m) {
+        const uint8_t* sb = row + (b / 8) * 210;
+        const int j = static_cast<int>(b % 8), h = j / 4, q = j % 4;
+        const __m256i mask = _mm256_set1_epi8(0x0F);
+        __m256i low = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(sb + h * 64 + (q % 2) * 32));
+        if (q >= 2) low = _mm256_srli_epi16(low, 4);
+        low = _mm256_and_si256(low, mask);
+        __m256i high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 128 + h * 32));
+        high = _mm256_and_si256(_mm256_srli_epi16(high, 2 * q), _mm256_set1_epi8(3));
+        const __m256i codes = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));  // 0..63
+        const int8_t* scales = reinterpret_cast<const int8_t*>(sb + 192) + h * 8 + 2 * q;
+        const __m256 first = _mm256_set1_ps(scales[0]), second = _mm256_set1_ps(scales[1]);
+        const __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+        const __m256 bias = _mm256_set1_ps(32.0f);
+        c[0] = _mm256_mul_ps(_mm256_sub_ps(widen8u(lo), bias), first);
+        c[1] = _mm256_mul_ps(_mm256_sub_ps(widen8u(_mm_srli_si128(lo, 8)), bias), first);
+        c[2] = _mm256_mul_ps(_mm256_sub_ps(widen8u(hi), bias), second);
+        c[3] = _mm256_mul_ps(_mm256_sub_ps(widen8u(_mm_srli_si128(hi, 8)), bias), second);
+        d = half(sb + 208);
+        m = 0.0f;
     }
 };
 
@@ -156,7 +187,7 @@ void gemv(const uint8_t* w, int64_t n, int64_t k, const float* x, float* y) {
     }
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-            const uint8_t* row = w + r * blocks * B::bytes;
+            const uint8_t* row = w + r * B::row_bytes(k);
             __m256 acc = _mm256_setzero_ps();
             float offsets = 0;
             for (int64_t b = 0; b < blocks; ++b) {
@@ -227,7 +258,7 @@ void fill_panel(const uint8_t* first, int64_t row_bytes, int64_t blocks, float* 
 // with every input row.
 template <class B>
 void gemm(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, float* y) {
-    const int64_t blocks = k / 32, row_bytes = blocks * B::bytes, tiles = n / 16;
+    const int64_t blocks = k / 32, row_bytes = B::row_bytes(k), tiles = n / 16;
     at::parallel_for(0, tiles + (n % 16 != 0), 1, [&](int64_t begin, int64_t end) {
         std::vector<float> panel(k * 16);
         const float* pp = panel.data();
@@ -279,7 +310,7 @@ void gemm(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, 
 // broadcasts, 2 input loads and 8 FMAs into 8 accumulators (4 outputs x 16 rows).
 template <class B>
 void gemm_few(const uint8_t* w, int64_t n, int64_t k, const float* x, int64_t rows, float* y) {
-    const int64_t blocks = k / 32, row_bytes = blocks * B::bytes, padded = (rows + 7) / 8 * 8;
+    const int64_t blocks = k / 32, row_bytes = B::row_bytes(k), padded = (rows + 7) / 8 * 8;
     std::vector<float> columns(k * padded, 0.0f);
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < k; ++c) columns[c * padded + r] = x[r * k + c];
@@ -322,18 +353,8 @@ void lookup(const uint8_t* w, int64_t k, const int64_t* ids, int64_t count, floa
     const int64_t blocks = k / 32;
     at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
-            widen_row<B>(w + ids[i] * blocks * B::bytes, blocks, out + i * k);
+            widen_row<B>(w + ids[i] * B::row_bytes(k), blocks, out + i * k);
     });
-}
-
-int64_t block_bytes(int64_t qtype) {
-    switch (qtype) {
-        case kQ4_0: return Q4_0::bytes;
-        case kQ4_1: return Q4_1::bytes;
-        case kQ8_0: return Q8_0::bytes;
-        case kQ4_K: return Q4_K::bytes;
-    }
-    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1, Q8_0 or Q4_K");
 }
 
 template <class F>
@@ -343,15 +364,19 @@ void dispatch(int64_t qtype, F&& body) {
         case kQ4_1: body(Flat<Q4_1>{}); return;
         case kQ8_0: body(Flat<Q8_0>{}); return;
         case kQ4_K: body(Q4_K{}); return;
+        case kQ6_K: body(Q6_K{}); return;
     }
-    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype, " is not Q4_0, Q4_1, Q8_0 or Q4_K");
+    TORCH_CHECK(false, "gguf_cpu: quantization type ", qtype,
+                " is not Q4_0, Q4_1, Q8_0, Q4_K or Q6_K");
 }
 
 void check_weight(const torch::Tensor& w, int64_t k, int64_t qtype) {
     TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.is_contiguous(),
                 "gguf_cpu: weight must be contiguous uint8 [rows, row bytes]");
-    const int64_t group = qtype == kQ4_K ? 256 : 32;  // values per (super-)block
-    TORCH_CHECK(k % group == 0 && w.size(1) == k / 32 * block_bytes(qtype),
+    const int64_t group = qtype == kQ4_K || qtype == kQ6_K ? 256 : 32;  // values a block
+    int64_t row_bytes = 0;
+    dispatch(qtype, [&](auto b) { row_bytes = decltype(b)::row_bytes(k); });
+    TORCH_CHECK(k % group == 0 && w.size(1) == row_bytes,
                 "gguf_cpu: ", k, " input columns do not match rows of ", w.size(1), " bytes");
 }
 

@@ -1,10 +1,9 @@
-"""GGUF's quantized blocks (Q4_0, Q4_1, Q8_0, Q4_K) used as stored on the CPU: products
+"""GGUF's quantized blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) used as stored on the CPU: products
 (``linear``) and row lookups (``rows``) by the C++ kernels of ``pagedllm/csrc/gguf_cpu.cpp``
 (built by ``cpu_extension``).
 
 Invariants: a weight is a contiguous uint8 tensor [rows, row bytes], each row whole blocks
-of one type (``BLOCK_BYTES``: 32 values, 256 for Q4_K); inputs may be any float dtype,
-results are float32.
+of one type (``STORED_TYPES``); inputs may be any float dtype, results are float32.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ import torch
 
 from pagedllm.kernels import cpu_extension
 
-# GGMLQuantizationType value -> bytes per 32 values (Q4_K: a 144-byte block of 256).
-BLOCK_BYTES = {2: 18, 3: 20, 8: 34, 12: 18}  # Q4_0, Q4_1, Q8_0, Q4_K
-BLOCK_VALUES = 32
+# The GGMLQuantizationType values the kernels take: Q4_0, Q4_1, Q8_0 (blocks of 32 values),
+# Q4_K, Q6_K (super-blocks of 256).
+STORED_TYPES = frozenset({2, 3, 8, 12, 14})
 
 
 def linear(weight: torch.Tensor, qtype: int, x: torch.Tensor) -> torch.Tensor:

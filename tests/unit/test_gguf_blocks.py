@@ -1,6 +1,6 @@
-"""GGUF's Q4_0 / Q4_1 / Q8_0 / Q4_K blocks computed on as stored, on the CPU: the kernels against
-the dequantized weights, the layers that hold blocks (merged shards, mixed types), and the
-bundled model's weights in memory (the file's bytes, not float32)."""
+"""GGUF's Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K blocks computed on as stored, on the CPU: the
+kernels against the dequantized weights, the layers that hold blocks (merged shards, mixed
+types), and the bundled model's weights in memory (the file's bytes, not float32)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,17 @@ TYPES = [
     GGMLQuantizationType.Q4_1,
     GGMLQuantizationType.Q8_0,
     GGMLQuantizationType.Q4_K,
+    GGMLQuantizationType.Q6_K,
 ]
 OPS = device_ops(torch.device("cpu"))
 
 
 def blocks(rows: int, columns: int, qtype: GGMLQuantizationType, seed: int = 0) -> StoredBlocks:
     rng = np.random.default_rng(seed)
-    if qtype == GGMLQuantizationType.Q4_K:  # gguf cannot quantize to it: random super-blocks
+    if qtype == GGMLQuantizationType.Q4_K:  # gguf cannot quantize to these: random blocks
         return StoredBlocks(int(qtype), columns, q4_k_blocks(rows, columns // 256, rng))
+    if qtype == GGMLQuantizationType.Q6_K:
+        return StoredBlocks(int(qtype), columns, q6_k_blocks(rows, columns // 256, rng))
     values = rng.standard_normal((rows, columns), dtype=np.float32)
     data = torch.from_numpy(np.ascontiguousarray(quantize(values, qtype)))
     return StoredBlocks(int(qtype), columns, data)
@@ -41,6 +44,14 @@ def q4_k_blocks(rows: int, per_row: int, rng: np.random.Generator) -> torch.Tens
     scales = rng.uniform(1e-3, 2e-2, (count, 2)).astype(np.float16).view(np.uint8)
     rest = rng.integers(0, 256, (count, 140), dtype=np.uint8)
     return torch.from_numpy(np.concatenate([scales, rest], axis=1).reshape(rows, -1))
+
+
+def q6_k_blocks(rows: int, per_row: int, rng: np.random.Generator) -> torch.Tensor:
+    """Q6_K super-blocks (210 bytes): random code and scale bytes, then d a small float16."""
+    count = rows * per_row
+    rest = rng.integers(0, 256, (count, 208), dtype=np.uint8)
+    scale = rng.uniform(1e-4, 1e-3, (count, 1)).astype(np.float16).view(np.uint8)
+    return torch.from_numpy(np.concatenate([rest, scale], axis=1).reshape(rows, -1))
 
 
 def dense(stored: StoredBlocks) -> torch.Tensor:
@@ -72,8 +83,8 @@ def test_a_row_outside_the_table_or_a_wrong_width_is_refused():
     q4_k = blocks(2, 256, GGMLQuantizationType.Q4_K)  # 144 bytes a row: 256 values, 8 x 32
     with pytest.raises(RuntimeError, match="do not match"):
         gguf_cpu.linear(q4_k.data.view(4, 72), q4_k.qtype, torch.randn(1, 128))  # half blocks
-    with pytest.raises(RuntimeError, match="not Q4_0, Q4_1, Q8_0 or Q4_K"):
-        gguf_cpu.linear(stored.data, 14, torch.randn(1, 64))  # Q6_K
+    with pytest.raises(RuntimeError, match="not Q4_0, Q4_1, Q8_0, Q4_K or Q6_K"):
+        gguf_cpu.linear(stored.data, 13, torch.randn(1, 64))  # Q5_K
 
 
 def merged(*parts: StoredBlocks | torch.Tensor, bias: bool = False) -> GGUFLinear:

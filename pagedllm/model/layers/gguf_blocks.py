@@ -1,9 +1,9 @@
 """GGUF weights kept as the file stores them, on the CPU: linear layers, the token
-embedding and the LM head that compute on Q4_0 / Q4_1 / Q8_0 / Q4_K blocks directly
+embedding and the LM head that compute on Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K blocks directly
 (``pagedllm.kernels.gguf_cpu``), so the weights in memory are the file's bytes.
 
 The GGUF loader hands these layers ``StoredBlocks`` for tensors of those types and dense
-float tensors for the rest (F32 / F16, and the types the kernels lack, e.g. Q5_K, Q6_K,
+float tensors for the rest (F32 / F16, and the types the kernels lack, e.g. Q5_K, Q2_K,
 which it dequantizes). A merged layer (q/k/v, gate/up) keeps blocks only when every shard
 arrived as blocks of one type (its rows are then the shards' rows, concatenated); otherwise
 it holds the dequantized weight in the model dtype and computes as a plain ``Linear``.
@@ -33,7 +33,7 @@ logger = init_logger(__name__)
 @dataclass
 class StoredBlocks:
     """A quantized GGUF tensor as stored: ``data`` uint8 [rows, row bytes], each row whole
-    blocks of ``qtype`` (a GGMLQuantizationType value in ``gguf_cpu.BLOCK_BYTES``) holding
+    blocks of ``qtype`` (a GGMLQuantizationType value in ``gguf_cpu.STORED_TYPES``) holding
     ``columns`` values."""
 
     qtype: int

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pagedllm.kernels.gguf_cpu import BLOCK_BYTES
+from pagedllm.kernels.gguf_cpu import STORED_TYPES
 from pagedllm.model.layers.gguf_blocks import StoredBlocks
 from pagedllm.model.sharding import SKIP, Region, ShardPlan
 
@@ -54,7 +54,7 @@ def iter_gguf_weights(
         region = plan.region(hf_name, tuple(entry["shape"])) if plan is not None else None
         if region == SKIP:
             continue
-        if keep_blocks and entry["type"] in BLOCK_BYTES and len(entry["shape"]) == 2:
+        if keep_blocks and entry["type"] in STORED_TYPES and len(entry["shape"]) == 2:
             weight: torch.Tensor | StoredBlocks = _stored(data, entry)
         else:
             weight = _read(gguf, data, entry, region)
