@@ -1,8 +1,8 @@
 // One decoder layer of a decode step on the CPU, in C++ from its input to its output: the
 // layer's Python code (a dozen modules and small ops, ~0.15 ms a layer) is what bounds a
 // single stream once the products read 4-bit weights. Linear layers on GGUF blocks as
-// stored (gguf_cpu.cpp), float32 activations, one query token per sequence. The same
-// arithmetic as the layer's modules: RMSNorm (with the residual added first), q/k/v, rotary
+// stored (gguf_cpu.cpp; runs of rows of several types), float32 activations, one query
+// token per sequence. The same arithmetic as the layer's modules: RMSNorm (with the residual added first), q/k/v, rotary
 // embedding (the two halves of each head), K and V written to their slots, paged decode
 // attention, o, RMSNorm, gate/up, silu(gate) * up, down.
 #include <cstring>
@@ -12,13 +12,23 @@
 
 namespace {
 
+// Runs of output rows, each on blocks of one type (one run, or several where the layer's
+// shards differ: a Q4_K_M file's v in Q6_K beside q and k in Q4_K).
 struct BlockLinear {
-    torch::Tensor weight;  // uint8 [out, row bytes]
-    int64_t qtype;
+    std::vector<torch::Tensor> weights;  // uint8 [run rows, row bytes] each
+    std::vector<int64_t> qtypes;
     std::optional<torch::Tensor> bias;  // float32 [out]
 
     torch::Tensor operator()(const torch::Tensor& x) const {
-        auto y = gguf_linear(weight, qtype, x);
+        torch::Tensor y;
+        if (weights.size() == 1) {
+            y = gguf_linear(weights[0], qtypes[0], x);
+        } else {
+            std::vector<torch::Tensor> runs;
+            for (size_t i = 0; i < weights.size(); ++i)
+                runs.push_back(gguf_linear(weights[i], qtypes[i], x));
+            y = torch::cat(runs, 1);
+        }
         if (bias) y.add_(*bias);
         return y;
     }
@@ -47,14 +57,19 @@ void rotate(float* qkv, int64_t tokens, int64_t row, int64_t heads, int64_t d,
 class DecodeLayer {
   public:
     DecodeLayer(torch::Tensor input_norm, torch::Tensor post_norm, double eps,
-                std::vector<torch::Tensor> weights, std::vector<int64_t> qtypes,
+                std::vector<std::vector<torch::Tensor>> weights,
+                std::vector<std::vector<int64_t>> qtypes,
                 std::vector<std::optional<torch::Tensor>> biases, int64_t heads,
                 int64_t kv_heads, int64_t head_dim, double scale, int64_t window)
         : input_norm_(input_norm), post_norm_(post_norm), eps_(eps), heads_(heads),
           kv_heads_(kv_heads), d_(head_dim), scale_(scale), window_(window) {
         TORCH_CHECK(weights.size() == 4 && qtypes.size() == 4 && biases.size() == 4,
                     "DecodeLayer: qkv, o, gate_up and down");
-        for (int i = 0; i < 4; ++i) linears_[i] = BlockLinear{weights[i], qtypes[i], biases[i]};
+        for (int i = 0; i < 4; ++i) {
+            TORCH_CHECK(!weights[i].empty() && weights[i].size() == qtypes[i].size(),
+                        "DecodeLayer: one type per run of rows");
+            linears_[i] = BlockLinear{weights[i], qtypes[i], biases[i]};
+        }
     }
 
     // x [tokens, hidden] float32; residual None for the first layer. Returns (out, residual).
@@ -125,8 +140,10 @@ class DecodeLayer {
 
 void bind_decode_layer(pybind11::module& m) {
     pybind11::class_<DecodeLayer>(m, "DecodeLayer")
-        .def(pybind11::init<torch::Tensor, torch::Tensor, double, std::vector<torch::Tensor>,
-                            std::vector<int64_t>, std::vector<std::optional<torch::Tensor>>,
-                            int64_t, int64_t, int64_t, double, int64_t>())
+        .def(pybind11::init<torch::Tensor, torch::Tensor, double,
+                            std::vector<std::vector<torch::Tensor>>,
+                            std::vector<std::vector<int64_t>>,
+                            std::vector<std::optional<torch::Tensor>>, int64_t, int64_t, int64_t,
+                            double, int64_t>())
         .def("forward", &DecodeLayer::forward);
 }

@@ -73,7 +73,7 @@ def _linears(layer: DecoderLayer) -> list[torch.nn.Module]:
 def _qualifies(layer: DecoderLayer) -> bool:
     attn = layer.self_attn
     return (
-        all(isinstance(m, GGUFLinear) and m.qtype is not None for m in _linears(layer))
+        all(isinstance(m, GGUFLinear) and m.stored for m in _linears(layer))
         and attn.q_norm is None
         and attn.tp_group is None
         and layer.mlp.tp_group is None
@@ -88,7 +88,14 @@ def _decode_layer(layer: DecoderLayer) -> object:
     return cpu_extension.module().DecodeLayer(
         layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
         layer.input_layernorm.eps,
-        [m.weight.data for m in linears], [m.qtype for m in linears],
+        [_runs(m)[0] for m in linears], [_runs(m)[1] for m in linears],
         [None if m.bias is None else m.bias.data for m in linears],
         attn.num_heads, attn.num_kv_heads, attn.head_dim, attn.scale, attn.window or 0,
     )  # fmt: skip
+
+
+def _runs(linear: GGUFLinear) -> tuple[list[torch.Tensor], list[int]]:
+    """The layer's blocks as runs of rows of one type each (one run for most layers)."""
+    if linear.qtype is not None:
+        return [linear.weight.data], [linear.qtype]
+    return [w.data for w in linear.run_weights], [q for q, _ in linear.runs]

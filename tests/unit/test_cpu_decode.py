@@ -46,8 +46,11 @@ def test_the_cpp_layers_decode_as_the_modules_do(llm, prompts, monkeypatch):
                 assert pa[token].logprob == pytest.approx(pb[token].logprob, abs=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral"])  # q/k/v biases; a sliding window
-def test_a_decode_layer_matches_its_modules(arch):
+@pytest.mark.parametrize(
+    ("arch", "v_type"),
+    [("qwen2", 3), ("mistral", 3), ("llama", 8)],  # biases; a window; v in Q8_0 (two runs)
+)
+def test_a_decode_layer_matches_its_modules(arch, v_type):
     """Random Q4_1 weights in a tiny model, three sequences whose contexts end mid-block."""
     import numpy as np
     import torch
@@ -63,21 +66,26 @@ def test_a_decode_layer_matches_its_modules(arch):
     config = tiny_config(arch)
     if arch == "mistral":
         config.sliding_window = 8
-    name = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}[arch]
+    name = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+            "llama": "LlamaForCausalLM"}[arch]  # fmt: skip
     model = build_model(name, config, torch.float32, torch.device("cpu"), gguf_blocks=True)
     rng = np.random.default_rng(0)
     for module in model.modules():
         if isinstance(module, GGUFLinear):
             for shard, rows in zip(module.shards(), module.output_sizes):
                 values = rng.standard_normal((rows, module.in_features), dtype=np.float32) * 0.2
-                data = torch.from_numpy(quantize(values, GGMLQuantizationType.Q4_1))
-                module.load("weight", StoredBlocks(3, module.in_features, data), shard)
+                qtype = v_type if shard == 2 else 3  # shard 2: v of q/k/v
+                data = torch.from_numpy(quantize(values, GGMLQuantizationType(qtype)))
+                module.load("weight", StoredBlocks(qtype, module.in_features, data), shard)
             if module.bias is not None:
                 module.load("bias", torch.randn(module.out_features) * 0.1, None)
             module.finish_loading()
     for layer in model.model.stage_layers:
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
             norm.weight.data.uniform_(0.5, 1.5)
+    linears = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    assert all(m.stored for m in linears)
+    assert any(m.runs for m in linears) == (v_type != 3)
     stack = CpuDecodeStack(model.model.stage_layers)
 
     lens = torch.tensor([5, 20, 13])

@@ -107,13 +107,18 @@ def test_a_merged_layer_keeps_blocks_of_one_type_and_dequantizes_a_mix():
     assert kept.weight.shape == (64, 40)  # 64 rows of two 20-byte blocks: the file's bytes
     want = x @ torch.cat([dense(q), dense(k), dense(v)]).T + torch.arange(64.0)
     torch.testing.assert_close(kept(x), want, rtol=1e-5, atol=1e-4)
-    # One shard of another type (Q8_0) or dense (F16 in the file): the layer dequantizes.
-    for odd in (blocks(16, 64, GGMLQuantizationType.Q8_0, 4), dense(v)):
-        mixed = merged(q, k, odd)
-        odd_dense = dense(odd) if isinstance(odd, StoredBlocks) else odd
-        assert mixed.qtype is None and mixed.weight.dtype == torch.float32
-        assert torch.equal(mixed.weight, torch.cat([dense(q), dense(k), odd_dense]))
-        torch.testing.assert_close(mixed(x), x @ mixed.weight.T)
+    # One shard of another type (Q8_0): runs of rows, each on its own blocks.
+    odd = blocks(16, 64, GGMLQuantizationType.Q8_0, 4)
+    runs = merged(q, k, odd, bias=True)
+    assert runs.qtype is None and runs.runs == [(int(q4), 48), (int(odd.qtype), 16)]
+    assert [tuple(w.shape) for w in runs.run_weights] == [(48, 40), (16, 68)]
+    want = x @ torch.cat([dense(q), dense(k), dense(odd)]).T + torch.arange(64.0)
+    torch.testing.assert_close(runs(x), want, rtol=1e-5, atol=1e-4)
+    # One shard dense (F16 in the file, or a type the kernels lack): the layer dequantizes.
+    mixed = merged(q, k, dense(v))
+    assert mixed.qtype is None and not mixed.runs and mixed.weight.dtype == torch.float32
+    assert torch.equal(mixed.weight, torch.cat([dense(q), dense(k), dense(v)]))
+    torch.testing.assert_close(mixed(x), x @ mixed.weight.T)
 
 
 def test_a_shard_of_the_wrong_shape_is_refused():

@@ -58,14 +58,24 @@ def _check_shape(loaded: torch.Tensor | StoredBlocks, shape: tuple[int, int], na
 
 
 class GGUFLinear(Linear):
-    """A linear layer on stored blocks (``qtype`` set) or, failing that, on a dense weight
-    in the model dtype (``qtype`` None). The weight exists from ``finish_loading`` on."""
+    """A linear layer on stored blocks of one type (``qtype`` set, ``weight`` the blocks);
+    on runs of shards' rows of several types (``runs``: (qtype, rows) each, their blocks in
+    ``run_weights``; a Q4_K_M file's q, k in Q4_K and v in Q6_K); or, where some shard is not
+    blocks the kernels take, on a dense weight in the model dtype. The weights exist from
+    ``finish_loading`` on."""
 
     qtype: int | None = None
 
     def make_weight(self, out_features: int, in_features: int, dtype: torch.dtype) -> nn.Parameter:
         self._pending: dict[int | None, torch.Tensor | StoredBlocks] = {}
+        self.runs: list[tuple[int, int]] = []
+        self.run_weights = nn.ParameterList()
         return nn.Parameter(torch.empty(0, dtype=torch.uint8), False)
+
+    @property
+    def stored(self) -> bool:
+        """Whether the products run on blocks (one type or runs of several)."""
+        return self.qtype is not None or bool(self.runs)
 
     def _load(self, name: str, loaded: torch.Tensor | StoredBlocks, shard: int | None) -> None:
         if name != "weight":  # a bias: GGUF keeps it in F32
@@ -85,25 +95,43 @@ class GGUFLinear(Linear):
             self.weight = nn.Parameter(torch.cat(stored) if len(stored) > 1 else stored[0], False)
             self.qtype = qtypes.pop()
             return
+        if None not in qtypes:  # blocks of several types: runs of shards of one type each
+            for part in parts:
+                assert isinstance(part, StoredBlocks)
+                if self.runs and self.runs[-1][0] == part.qtype:
+                    last = self.run_weights[-1]
+                    self.run_weights[-1] = nn.Parameter(torch.cat([last, part.data]), False)
+                    self.runs[-1] = (part.qtype, self.runs[-1][1] + part.shape[0])
+                else:
+                    self.run_weights.append(nn.Parameter(part.data, False))
+                    self.runs.append((part.qtype, part.shape[0]))
+            return
         dense = [p.dequantize() if isinstance(p, StoredBlocks) else p for p in parts]
         self.weight = nn.Parameter(torch.cat(dense).to(self.dtype), False)
         self.qtype = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qtype is None:
+        if not self.stored:
             return self.ops.linear(x, self.weight, self.bias)
-        y = gguf_cpu.linear(self.weight, self.qtype, x.reshape(-1, self.in_features))
+        rows = x.reshape(-1, self.in_features)
+        if self.qtype is not None:
+            y = gguf_cpu.linear(self.weight, self.qtype, rows)
+        else:
+            y = torch.cat(
+                [gguf_cpu.linear(w, q, rows) for (q, _), w in zip(self.runs, self.run_weights)],
+                dim=1,
+            )
         if self.bias is not None:
             y += self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
-        if self.qtype is None:
+        if not self.stored:
             return super().gated(gate_up)
         return self(silu_and_mul(gate_up))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, qtype={self.qtype}"
+        return f"{super().extra_repr()}, qtype={self.qtype}, runs={self.runs}"
 
 
 def gguf_linears(dtype: torch.dtype, ops: DeviceOps) -> LinearMaker:
@@ -192,7 +220,8 @@ def keeps_blocks(model_config: ModelConfig, device: torch.device, one_rank: bool
 
 
 def log_stored_layers(model: nn.Module) -> None:
-    """How many linear layers (and which tables) compute on stored blocks, by type."""
+    """How many linear layers (runs of rows, in a layer of several types) and tables compute
+    on stored blocks, by type, and how many were dequantized."""
     from gguf import GGMLQuantizationType
 
     counts: dict[str, int] = {}
@@ -200,7 +229,11 @@ def log_stored_layers(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, StoredLMHead) and module.tied:
             continue
-        if isinstance(module, (GGUFLinear, StoredTable)):
+        if isinstance(module, GGUFLinear) and module.runs:
+            for qtype, _ in module.runs:
+                name = GGMLQuantizationType(qtype).name
+                counts[name] = counts.get(name, 0) + 1
+        elif isinstance(module, (GGUFLinear, StoredTable)):
             if module.qtype is None:
                 dense += 1
             else:
