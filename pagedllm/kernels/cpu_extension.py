@@ -21,9 +21,6 @@ from types import ModuleType
 import torch
 
 from pagedllm import envs
-from pagedllm.logger import init_logger
-
-logger = init_logger(__name__)
 
 _SOURCES = Path(__file__).resolve().parent.parent / "csrc"
 _NEEDED_FLAGS = ("avx2", "fma", "f16c")
@@ -67,7 +64,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
             build_directory=str(directory),
             verbose=False,
         )
-    except Exception as error:  # no compiler, no ninja, a failed build: dequantize instead
+    except Exception as error:  # no compiler, no ninja, a failed build: torch paths instead
         first_line = str(error).strip().split("\n", 1)[0][:300]
         return None, f"building pagedllm/csrc failed ({type(error).__name__}: {first_line})"
     return built, None
