@@ -21,7 +21,7 @@ from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merged_target
 from pagedllm.model.layers.activation import SUPPORTED_ACTIVATIONS
 from pagedllm.model.layers.device_ops import DeviceOps
-from pagedllm.model.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model.layers.embedding import PLAIN_VOCAB, VocabLayers
 from pagedllm.model.layers.gguf_blocks import StoredTable
 from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 from pagedllm.model.layers.norm import RMSNorm
@@ -306,6 +306,7 @@ class DecoderModel(nn.Module):
         linears: LinearMaker,
         ops: DeviceOps,
         plan: ShardPlan | None = None,
+        vocab: VocabLayers = PLAIN_VOCAB,
     ) -> None:
         super().__init__()
         tp = plan.parallel if plan is not None and plan.tp > 1 else None
@@ -315,7 +316,7 @@ class DecoderModel(nn.Module):
             self.embed_tokens = (
                 VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, dtype, tp)
                 if tp is not None
-                else VocabEmbedding(spec.vocab_size, spec.hidden_size, dtype)
+                else vocab.embedding(spec.vocab_size, spec.hidden_size, dtype)
             )
         self.layers = nn.ModuleList(
             DecoderLayer(spec, i, dtype, linears, ops, tp) if i in held else MissingLayer()
@@ -353,8 +354,9 @@ class CausalLM(nn.Module):
     """Decoder + LM head. ``forward`` returns hidden states for every token;
     ``compute_logits`` maps only the rows that are sampled. ``ops``: the device's
     implementation of each operation, held by every layer. ``linears`` builds the linear
-    layers (plain ones in ``dtype`` unless a quantization scheme says otherwise); the
-    embeddings and the LM head always stay in ``dtype``."""
+    layers (plain ones in ``dtype`` unless a quantization scheme says otherwise); ``vocab``
+    the embedding and LM head without tensor parallelism (tables in ``dtype`` unless it
+    says otherwise: GGUF blocks as stored)."""
 
     def __init__(
         self,
@@ -363,6 +365,7 @@ class CausalLM(nn.Module):
         ops: DeviceOps,
         linears: LinearMaker | None = None,
         parallel: ModelParallel | None = None,
+        vocab: VocabLayers = PLAIN_VOCAB,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -371,8 +374,8 @@ class CausalLM(nn.Module):
         self.plan = ShardPlan(spec, parallel) if parallel and parallel.world_size > 1 else None
         local = self.plan.local_spec() if self.plan is not None else spec
         linears = linears or plain_linears(dtype, ops)
-        self.model = DecoderModel(local, dtype, linears, ops, self.plan)
-        self.lm_head = self._lm_head(spec, dtype)
+        self.model = DecoderModel(local, dtype, linears, ops, self.plan, vocab)
+        self.lm_head = self._lm_head(spec, dtype, vocab)
         if spec.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.tie(self.model.embed_tokens)  # type: ignore[arg-type]
         self.rotary = RotaryEmbedding(spec.head_dim, spec.max_position, spec.rope, dtype)
@@ -383,16 +386,16 @@ class CausalLM(nn.Module):
         ctx.rotary_rows = self.ops.rotary_rows(self.rotary, positions)
         return self.model(input_ids, ctx)
 
-    def _lm_head(self, spec: DecoderSpec, dtype: torch.dtype) -> nn.Module | None:
+    def _lm_head(
+        self, spec: DecoderSpec, dtype: torch.dtype, vocab: VocabLayers
+    ) -> nn.Module | None:
         """On the last pipeline stage only; vocab-parallel with TP."""
         plan = self.plan
-        if plan is None:
-            return LMHead(spec.vocab_size, spec.hidden_size, dtype, self.ops)
-        if not plan.parallel.is_last_stage:
+        if plan is not None and not plan.parallel.is_last_stage:
             return None
-        if plan.tp > 1:
+        if plan is not None and plan.tp > 1:
             return ParallelLMHead(spec.vocab_size, spec.hidden_size, dtype, plan.parallel, self.ops)
-        return LMHead(spec.vocab_size, spec.hidden_size, dtype, self.ops)
+        return vocab.lm_head(spec.vocab_size, spec.hidden_size, dtype, self.ops)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.lm_head is not None, "logits are computed on the last pipeline stage"

@@ -65,12 +65,11 @@ def build_model(
     ops = device_ops(device)
     with torch.device(device):
         if gguf_blocks:
-            from pagedllm.model.layers.gguf_blocks import gguf_linears, use_stored_vocab
+            from pagedllm.model.layers.gguf_blocks import STORED_VOCAB, gguf_linears
 
-            assert quant is None and parallel is None, "GGUF blocks: unquantized, one rank"
-            model = CausalLM(spec, dtype, ops, gguf_linears(dtype, ops))
-            use_stored_vocab(model, spec.tie_word_embeddings)
-            return model
+            one_rank = parallel is None or parallel.world_size == 1
+            assert quant is None and one_rank, "GGUF blocks: unquantized, one rank"
+            return CausalLM(spec, dtype, ops, gguf_linears(dtype, ops), parallel, STORED_VOCAB)
         if quant is None:
             return CausalLM(spec, dtype, ops, parallel=parallel)
         from pagedllm.model.layers.fp8_linear import fp8_linears

@@ -117,7 +117,7 @@ class ModelRunner:
         blocks = keeps_blocks(mc, self.device, one_rank)
         model = build_model(
             mc.architecture, mc.hf_config, self.dtype, self.device, mc.quantization,
-            None if blocks else self.parallel, gguf_blocks=blocks,
+            self.parallel, gguf_blocks=blocks,
         )  # fmt: skip
         load_weights_into(model, mc, blocks)
         log_fp8_layers(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,3 +39,16 @@ class LMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # contiguous(): the CPU's product is a transposed view (a no-op elsewhere).
         return self.ops.linear(hidden, self.weight, None).float().contiguous()
+
+
+@dataclass(frozen=True)
+class VocabLayers:
+    """How a model without tensor parallelism builds its token embedding and LM head:
+    ``embedding(vocab_size, hidden_size, dtype)``, ``lm_head(vocab_size, hidden_size,
+    dtype, ops)``; the LM head's ``tie(embedding)`` shares the embedding's table."""
+
+    embedding: Callable[[int, int, torch.dtype], nn.Module] = VocabEmbedding
+    lm_head: Callable[[int, int, torch.dtype, DeviceOps], nn.Module] = LMHead
+
+
+PLAIN_VOCAB = VocabLayers()  # tables in the model's dtype

@@ -22,6 +22,7 @@ from pagedllm.kernels import cpu_extension, gguf_cpu
 from pagedllm.logger import init_logger
 from pagedllm.model.layers.activation import silu_and_mul
 from pagedllm.model.layers.device_ops import DeviceOps
+from pagedllm.model.layers.embedding import VocabLayers
 from pagedllm.model.layers.linear import Linear, LinearMaker, plain_linears
 
 if TYPE_CHECKING:
@@ -165,17 +166,6 @@ class StoredTable(nn.Module):
         return flat.to(self.dtype).reshape(*input_ids.shape, self.shape[1])
 
 
-def use_stored_vocab(model: nn.Module, tie: bool) -> None:
-    """Give a whole-model ``CausalLM`` (one rank) a token embedding and an LM head that
-    take stored blocks (tied when the checkpoint ties them)."""
-    vocab_size, hidden_size = model.model.embed_tokens.weight.shape
-    dtype, ops = model.model.embed_tokens.weight.dtype, model.ops
-    model.model.embed_tokens = StoredTable(vocab_size, hidden_size, dtype)
-    model.lm_head = StoredLMHead(vocab_size, hidden_size, dtype, ops)
-    if tie:
-        model.lm_head.tie(model.model.embed_tokens)
-
-
 class StoredLMHead(StoredTable):
     """Hidden states -> float32 logits, on its own table or the embedding's (tied)."""
 
@@ -198,6 +188,10 @@ class StoredLMHead(StoredTable):
         if table.qtype is None:
             return self.ops.linear(hidden, table.weight, None).float().contiguous()
         return gguf_cpu.linear(table.weight, table.qtype, hidden)
+
+
+# A token embedding and an LM head that take stored blocks (``CausalLM``'s ``vocab``).
+STORED_VOCAB = VocabLayers(StoredTable, StoredLMHead)
 
 
 def keeps_blocks(model_config: ModelConfig, device: torch.device, one_rank: bool) -> bool:
