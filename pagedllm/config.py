@@ -575,12 +575,12 @@ class EngineArgs(VllmEngineOptions):
         PAGEDLLM_CPU_DTYPE, where set, still decides."""
         from pagedllm import envs
 
-        if (
-            device != "cpu" or not files.is_gguf or str(self.dtype) != "auto"
-            or self.load_format == "dummy" or self.quantization is not None
-            or self.tensor_parallel_size * self.pipeline_parallel_size != 1
-            or not envs.cpu_gguf_kernels() or envs.cpu_dtype() != "auto"
-        ):  # fmt: skip
+        if str(self.dtype) != "auto" or envs.cpu_dtype() != "auto":
+            return None
+        one_rank = self.tensor_parallel_size * self.pipeline_parallel_size == 1
+        if not gguf_blocks_wanted(
+            files, self.load_format, self.quantization is not None, device, one_rank
+        ):
             return None
         logger.info("dtype auto on the CPU: float32, since the GGUF's blocks are computed "
                     "in float32 by pagedllm's CPU kernels")  # fmt: skip
@@ -811,6 +811,21 @@ def resolve_cpu_threads(
 def _cpu_list(cpus: set[int]) -> str:
     listed = ",".join(str(c) for c in sorted(cpus)[:16])
     return listed + ("..." if len(cpus) > 16 else "")
+
+
+def gguf_blocks_wanted(
+    files: Any, load_format: str, quantized: bool, device: str, one_rank: bool
+) -> bool:
+    """Whether a GGUF checkpoint's quantized tensors are to be computed on as stored: a GGUF
+    file (not dummy weights), no ``--quantization``, on the CPU, on one rank, and
+    PAGEDLLM_CPU_GGUF_KERNELS not 0. Whether the kernels build is known only where the model
+    is built (``gguf_blocks.keeps_blocks``); ``EngineArgs._gguf_blocks_dtype`` reads it too."""
+    from pagedllm import envs
+
+    return (
+        files.is_gguf and load_format != "dummy" and not quantized and device == "cpu"
+        and one_rank and envs.cpu_gguf_kernels()
+    )  # fmt: skip
 
 
 def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:

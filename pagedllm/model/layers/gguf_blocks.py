@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pagedllm import envs
+from pagedllm.config import gguf_blocks_wanted
 from pagedllm.kernels import cpu_extension, gguf_cpu
 from pagedllm.logger import init_logger
 from pagedllm.model.layers.activation import silu_and_mul
@@ -195,16 +195,12 @@ STORED_VOCAB = VocabLayers(StoredTable, StoredLMHead)
 
 
 def keeps_blocks(model_config: ModelConfig, device: torch.device, one_rank: bool) -> bool:
-    """Whether this model's GGUF blocks are computed on as stored: a GGUF checkpoint (not
-    dummy weights) without ``--quantization``, on the CPU, on one rank, with the kernels
-    built (else the weights are dequantized, as on the GPU; logged once with the reason).
-    ``PAGEDLLM_CPU_GGUF_KERNELS=0`` dequantizes anyway."""
-    if model_config.files.gguf_file is None or model_config.load_format == "dummy":
-        return False
-    if device.type != "cpu" or not envs.cpu_gguf_kernels():
-        return False
-    if model_config.quantization is not None or not one_rank:
-        logger.info("GGUF weights dequantized: stored blocks serve one rank, unquantized")
+    """Whether this model's GGUF blocks are computed on as stored: where
+    ``config.gguf_blocks_wanted`` says so and the kernels are built (else the weights are
+    dequantized, as on the GPU; a failed build logged with its reason)."""
+    mc = model_config
+    quantized = mc.quantization is not None
+    if not gguf_blocks_wanted(mc.files, mc.load_format, quantized, device.type, one_rank):
         return False
     reason = cpu_extension.unavailable_reason()
     if reason is not None:
