@@ -241,11 +241,10 @@ def _fill(batch, entries: list[tuple[int, int, int, bool]]) -> None:
 
 def _weights() -> str:
     """How pagedllm held the GGUF's weights in this run (``gguf_blocks.keeps_blocks``)."""
-    import os
-
+    from pagedllm import envs
     from pagedllm.kernels import cpu_extension
 
-    if os.environ.get("PAGEDLLM_CPU_GGUF_KERNELS", "1") in ("0", "false", "no", "off"):
+    if not envs.cpu_gguf_kernels():
         return "dequantized (PAGEDLLM_CPU_GGUF_KERNELS=0)"
     reason = cpu_extension.unavailable_reason()
     return "as stored, C++ kernels" if reason is None else f"dequantized: {reason}"

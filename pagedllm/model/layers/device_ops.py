@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pagedllm.kernels import cpu_extension, cpu_norm
 from pagedllm.model.layers.activation import silu_and_mul
 from pagedllm.model.layers.fp8 import Quantizer
 from pagedllm.model.layers.linear import cpu_linear
@@ -76,11 +77,8 @@ def device_ops(device: torch.device) -> DeviceOps:
         from pagedllm.model.layers.cuda_ops import cuda_ops
 
         return cuda_ops(device)
-    if device.type == "cpu":
-        from pagedllm.kernels import cpu_extension
-
-        if cpu_extension.unavailable_reason() is None:
-            return CPU_OPS
+    if device.type == "cpu" and cpu_extension.unavailable_reason() is None:
+        return CPU_OPS
     return TORCH_OPS
 
 
@@ -122,8 +120,6 @@ def _rope_qk(
 
 
 def _cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    from pagedllm.kernels import cpu_norm
-
     if cpu_norm.supports(x, weight):
         return cpu_norm.rms_norm(x, weight, eps)
     return rms_norm(x, weight, eps)
@@ -132,8 +128,6 @@ def _cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
 def _cpu_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from pagedllm.kernels import cpu_norm
-
     if cpu_norm.supports(x, weight) and residual.dtype == x.dtype:
         return cpu_norm.add_rms_norm(x, residual, weight, eps)
     return add_rms_norm(x, residual, weight, eps)
