@@ -11,6 +11,7 @@ it holds the dequantized weight in the model dtype and computes as a plain ``Lin
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,15 +98,11 @@ class GGUFLinear(Linear):
             self.qtype = qtypes.pop()
             return
         if None not in qtypes:  # blocks of several types: runs of shards of one type each
-            for part in parts:
-                assert isinstance(part, StoredBlocks)
-                if self.runs and self.runs[-1][0] == part.qtype:
-                    last = self.run_weights[-1]
-                    self.run_weights[-1] = nn.Parameter(torch.cat([last, part.data]), False)
-                    self.runs[-1] = (part.qtype, self.runs[-1][1] + part.shape[0])
-                else:
-                    self.run_weights.append(nn.Parameter(part.data, False))
-                    self.runs.append((part.qtype, part.shape[0]))
+            blocks = [p for p in parts if isinstance(p, StoredBlocks)]  # every part, here
+            for qtype, run in itertools.groupby(blocks, key=lambda p: p.qtype):
+                data = torch.cat([p.data for p in run])
+                self.run_weights.append(nn.Parameter(data, False))
+                self.runs.append((qtype, data.shape[0]))
             return
         dense = [p.dequantize() if isinstance(p, StoredBlocks) else p for p in parts]
         self.weight = nn.Parameter(torch.cat(dense).to(self.dtype), False)
