@@ -85,10 +85,10 @@ def _qualifies(layer: DecoderLayer) -> bool:
 
 def _decode_layer(layer: DecoderLayer) -> object:
     attn, linears = layer.self_attn, _linears(layer)
+    runs = [_runs(m) for m in linears]
     return cpu_extension.module().DecodeLayer(
         layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data,
-        layer.input_layernorm.eps,
-        [_runs(m)[0] for m in linears], [_runs(m)[1] for m in linears],
+        layer.input_layernorm.eps, [w for w, _ in runs], [q for _, q in runs],
         [None if m.bias is None else m.bias.data for m in linears],
         attn.num_heads, attn.num_kv_heads, attn.head_dim, attn.scale, attn.window or 0,
     )  # fmt: skip
