@@ -1,7 +1,10 @@
 """Host time of one engine-core step with N requests decoding, without a model: the
 scheduler's ``schedule()`` and ``update_from_output()`` in async-scheduling order (step N+1
-scheduled before step N's tokens are applied) and the encoding of the step's outputs for the
-front end. The runner's input building is not in it (see gpu_workloads.py's profiles).
+scheduled before step N's tokens are applied), the encoding of the step's outputs for the
+front end, and the model runner's host side: taking in the scheduler's output, the step's
+inputs written into staging arrays as a CUDA step's are (``fill_host``), the sampling
+metadata, and reading the sampled tokens back (``resolve``). The runner is qwen3-0.6b's
+(W1's), built on the CPU without weights; no device copy or kernel is timed.
 
     python benchmarks/host_step.py [--running 256,512,1024] [--steps 200]
 """
@@ -15,22 +18,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+import numpy as np
+import torch
+
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.engine.arg_utils import EngineArgs
+from pagedllm.engine.llm_engine import freeze_library_heap
 from pagedllm.engine.messages import Codec, EngineCoreOutputs
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.input_buffers import fill_host
+from pagedllm.worker.model_runner import ModelRunner, mark_pending
+from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
+from pagedllm.worker.step_plan import plan_step
+
+MODEL = Path(__file__).parent / "model-configs" / "qwen3-0.6b"
+MAX_TOKENS = 16384
+W1_BLOCKS = 56_000
+PHASES = ("schedule", "update", "encode", "runner in", "runner out")
 
 
-def fill(running: int, prompt: int, block_size: int = 16) -> Scheduler:
-    """A scheduler with ``running`` requests admitted and their prompts computed."""
-    blocks = running * (prompt + 4096) // block_size + 1
-    config = SchedulerConfig(max_num_seqs=running, max_num_batched_tokens=16384)
+def fill(
+    running: int, prompt: int, steps: int, runner: ModelRunner, arrays: dict[str, np.ndarray]
+) -> Scheduler:
+    """A scheduler with ``running`` requests admitted and their prompts computed (the
+    runner taken through the same steps), with room for ``steps`` more tokens each."""
+    block_size = runner.block_size
+    # W1's pool on the H200 (~56,000 blocks), or more when the requests need it
+    blocks = max(W1_BLOCKS, running * (-(-(prompt + steps + 2) // block_size)) + 1)
+    config = SchedulerConfig(max_num_seqs=running, max_num_batched_tokens=MAX_TOKENS)
     scheduler = Scheduler(config, KVCacheManager(blocks, block_size, True), 8192)
-    params = SamplingParams(max_tokens=4000, ignore_eos=True, temperature=1.0)
+    params = SamplingParams(max_tokens=steps + 2, ignore_eos=True, temperature=1.0)
     for i in range(running):
         ids = [(i * 7919 + j) % 50000 + 10 for j in range(prompt)]
         scheduler.add_request(Request(f"req-{i}", ids, params, 2, float(i)))
@@ -38,6 +60,7 @@ def fill(running: int, prompt: int, block_size: int = 16) -> Scheduler:
         r.num_computed_tokens < len(r.prompt_token_ids) for r in scheduler.running
     ):
         so = scheduler.schedule()
+        runner.resolve(launch(runner, so, arrays))
         scheduler.update_from_output(so, sample(so))
     return scheduler
 
@@ -47,25 +70,68 @@ def sample(so: SchedulerOutput) -> ModelRunnerOutput:
     return ModelRunnerOutput(ids, [[1000 + i % 30000] for i in range(len(ids))])
 
 
+def make_runner(running: int) -> ModelRunner:
+    """qwen3-0.6b's runner on the CPU, no weights loaded: only its host side runs."""
+    args = EngineArgs(
+        model=str(MODEL), load_format="dummy", device="cpu", max_model_len=8192,
+        max_num_seqs=running, max_num_batched_tokens=MAX_TOKENS,
+    )  # fmt: skip
+    return ModelRunner(args.create_engine_config())
+
+
+def staging(running: int, max_blocks: int) -> dict[str, np.ndarray]:
+    """The host staging arrays ``InputBuffers`` fills on CUDA, at these sizes."""
+    tokens = {name: np.zeros(MAX_TOKENS, np.int64) for name in ("input_ids", "positions")}
+    return tokens | {
+        "slot_mapping": np.zeros(MAX_TOKENS, np.int64),
+        "query_start_loc": np.zeros(running + 1, np.int32),
+        "seq_lens": np.zeros(running, np.int32),
+        "block_table": np.zeros((running, max_blocks), np.int32),
+        "logits_indices": np.zeros(running, np.int64),
+    }
+
+
+def launch(runner: ModelRunner, so: SchedulerOutput, arrays: dict[str, np.ndarray]) -> LaunchedStep:
+    """The runner's host work for one step, as ``execute_model`` does it on CUDA, with the
+    sampled ids made up in place of the model's."""
+    runner.update_states(so)
+    host, states, _ = runner.host_inputs(so)
+    plan = plan_step(host, 1)
+    fill_host(arrays, host, plan, 0, runner.block_size)
+    # assemble_step_batch's host copies of the attention metadata
+    arrays["query_start_loc"][: plan.padded_reqs + 1].tolist()
+    arrays["seq_lens"][: plan.padded_reqs].tolist()
+    ids = torch.arange(len(states), dtype=torch.int64)
+    sampled = SampledOnDevice(ids, ids, None, [0] * len(states), None)
+    mark_pending(states)
+    return LaunchedStep(host.req_ids, host.sampled_req_indices, states, sampled, None)
+
+
 def measure(running: int, steps: int) -> dict[str, float]:
-    scheduler = fill(running, 512)
+    runner = make_runner(running)
+    arrays = staging(running, 8192 // runner.block_size)
+    scheduler = fill(running, 512, steps, runner, arrays)
     codec = Codec()
-    times = {"schedule": 0.0, "update": 0.0, "encode": 0.0}
+    times = dict.fromkeys(PHASES, 0.0)
     in_flight = scheduler.schedule()
+    launched = launch(runner, in_flight, arrays)
     for _ in range(steps):
         t0 = time.perf_counter()
         nxt = scheduler.schedule()
         t1 = time.perf_counter()
-        outputs = scheduler.update_from_output(in_flight, sample(in_flight))
+        next_launched = launch(runner, nxt, arrays)
         t2 = time.perf_counter()
+        runner.resolve(launched)
+        t3 = time.perf_counter()
+        outputs = scheduler.update_from_output(in_flight, sample(in_flight))
+        t4 = time.perf_counter()
         snapshot = EngineSnapshot(running, 0, 0.5, 0, 0)
         message = EngineCoreOutputs(outputs, IterationStats(), snapshot)
         codec.encode(message)
-        t3 = time.perf_counter()
-        times["schedule"] += t1 - t0
-        times["update"] += t2 - t1
-        times["encode"] += t3 - t2
-        in_flight = nxt
+        t5 = time.perf_counter()
+        for phase, span in zip(PHASES, (t1 - t0, t4 - t3, t5 - t4, t2 - t1, t3 - t2)):
+            times[phase] += span
+        in_flight, launched = nxt, next_launched
     return {k: v / steps * 1e3 for k, v in times.items()}
 
 
@@ -74,13 +140,13 @@ def main() -> None:
     parser.add_argument("--running", default="256,512,1024")
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    print("| running | schedule ms | update ms | encode ms | total ms |")
-    print("|---|---|---|---|---|")
+    freeze_library_heap()  # as the engine core process does before it builds anything
+    print("| running | " + " | ".join(f"{p} ms" for p in PHASES) + " | total ms |")
+    print("|---" * (len(PHASES) + 2) + "|")
     for n in (int(v) for v in args.running.split(",")):
         t = measure(n, args.steps)
-        total = sum(t.values())
-        cells = " | ".join(f"{t[k]:.3f}" for k in ("schedule", "update", "encode"))
-        print(f"| {n} | {cells} | {total:.3f} |")
+        cells = " | ".join(f"{t[k]:.3f}" for k in PHASES)
+        print(f"| {n} | {cells} | {sum(t.values()):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

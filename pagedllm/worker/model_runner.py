@@ -280,20 +280,13 @@ class ModelRunner:
         if self.host_kv is not None:
             self.host_kv.wait_saves()
         loads = self._copy_host_tier(scheduler_output)
-        self._update_states(scheduler_output)
+        self.update_states(scheduler_output)
         if scheduler_output.is_empty:
             if loads is not None:
                 loads.wait_all()
             return LaunchedStep.empty()
         assert self.model is not None, "load_model() first"
-        host = build_host_batch(scheduler_output, self.requests, self.block_size)
-        host.fill_from = self._last_sampled
-        # Sampling inputs are built (and copied, asynchronously) before the forward pass is
-        # launched, so the step's only wait for the GPU is reading the sampled tokens back.
-        states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
-        metadata = None
-        if states and self.samples:
-            metadata = self._sampling_metadata(states)
+        host, states, metadata = self.host_inputs(scheduler_output)
         hidden, batch = self._forward(host, loads)
         if not self.samples:
             return self._pass_on(hidden, batch, states)
@@ -304,13 +297,26 @@ class ModelRunner:
             if self.stage_io is not None:
                 self.stage_io.share_tokens(sampled.device_token_ids)
             self._last_sampled = sampled.device_token_ids
-            for row, state in enumerate(states):
-                state.num_pending += 1
-                state.pending_row = row
+            mark_pending(states)
         prompt_logprobs = self._prompt_logprobs(hidden, batch, host)
         return LaunchedStep(
             batch.req_ids, batch.sampled_req_indices, states, sampled, prompt_logprobs
         )
+
+    def host_inputs(
+        self, so: SchedulerOutput
+    ) -> tuple[HostBatch, list[RequestState], SamplingMetadata | None]:
+        """The step's batch on the host, its sampled rows' states and their sampling
+        metadata (None when nothing is sampled here). Sampling inputs are built (and
+        copied, asynchronously) before the forward pass is launched, so the step's only
+        wait for the GPU is reading the sampled tokens back."""
+        host = build_host_batch(so, self.requests, self.block_size)
+        host.fill_from = self._last_sampled
+        states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
+        metadata = None
+        if states and self.samples:
+            metadata = self._sampling_metadata(states)
+        return host, states, metadata
 
     def _copy_host_tier(self, so: SchedulerOutput) -> LayerLoads | None:
         """The step's host-tier copies, first of all: swap-outs save blocks this step's
@@ -343,9 +349,7 @@ class ModelRunner:
             tokens = self.stage_io.receive_tokens(len(states))
             sampled = SampledOnDevice(tokens, tokens, None, [0] * len(states), None)
             self._last_sampled = tokens
-            for row, state in enumerate(states):
-                state.num_pending += 1
-                state.pending_row = row
+            mark_pending(states)
         return LaunchedStep(batch.req_ids, batch.sampled_req_indices, states, sampled, None)
 
     def launch_blocks(self, scheduler_output: SchedulerOutput) -> bool:
@@ -471,7 +475,9 @@ class ModelRunner:
             self.penalties = PenaltyState(self.model_config.vocab_size, self.device)
         return self.penalties
 
-    def _update_states(self, so: SchedulerOutput) -> None:
+    def update_states(self, so: SchedulerOutput) -> None:
+        """Take in the scheduler's changes: finished requests go, new ones get a state,
+        running ones their new blocks and progress."""
         if so.finished_req_ids or so.scheduled_new_reqs:
             self._batch_version += 1
         for req_id in so.finished_req_ids:
@@ -495,6 +501,14 @@ class ModelRunner:
             else:
                 state.block_ids.extend(cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
+
+
+def mark_pending(states: list[RequestState]) -> None:
+    """Each sampled row's token is in flight until the step resolves; the next step
+    reads it from that row of this step's sampled ids."""
+    for row, state in enumerate(states):
+        state.num_pending += 1
+        state.pending_row = row
 
 
 def _num_logprobs(asked: int | None, vocab_size: int) -> int:

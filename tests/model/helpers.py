@@ -28,7 +28,7 @@ def prefill_logits(llm, prompts: list[list[int]]) -> list[torch.Tensor]:
         new_reqs.append(NewRequestData(rid, ids, SamplingParams(temperature=0), blocks, 0))
         counts[rid] = len(ids)
     so = SchedulerOutput(new_reqs, [], counts, sum(counts.values()))
-    runner._update_states(so)
+    runner.update_states(so)
     try:
         batch = build_step_batch(so, runner.requests, block_size, runner.device)
         ctx = ForwardContext(
