@@ -27,7 +27,7 @@ from pagedllm.core.request import Request
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.engine.arg_utils import EngineArgs
-from pagedllm.engine.llm_engine import freeze_library_heap
+from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
 from pagedllm.engine.messages import Codec, EngineCoreOutputs
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sampling_params import SamplingParams
@@ -42,18 +42,25 @@ W1_BLOCKS = 56_000
 PHASES = ("schedule", "update", "encode", "runner in", "runner out")
 
 
-def fill(
-    running: int, prompt: int, steps: int, runner: ModelRunner, arrays: dict[str, np.ndarray]
-) -> Scheduler:
-    """A scheduler with ``running`` requests admitted and their prompts computed (the
-    runner taken through the same steps), with room for ``steps`` more tokens each."""
-    block_size = runner.block_size
+def make_scheduler(running: int, prompt: int, steps: int, block_size: int) -> Scheduler:
+    """Room for ``running`` requests of ``prompt`` tokens and ``steps`` more each."""
     # W1's pool on the H200 (~56,000 blocks), or more when the requests need it
     blocks = max(W1_BLOCKS, running * (-(-(prompt + steps + 2) // block_size)) + 1)
     config = SchedulerConfig(max_num_seqs=running, max_num_batched_tokens=MAX_TOKENS)
-    scheduler = Scheduler(config, KVCacheManager(blocks, block_size, True), 8192)
+    return Scheduler(config, KVCacheManager(blocks, block_size, True), 8192)
+
+
+def fill(
+    scheduler: Scheduler,
+    prompt: int,
+    steps: int,
+    runner: ModelRunner,
+    arrays: dict[str, np.ndarray],
+) -> None:
+    """Admit as many requests as the scheduler runs at once and compute their prompts
+    (the runner taken through the same steps); each may generate ``steps`` more tokens."""
     params = SamplingParams(max_tokens=steps + 2, ignore_eos=True, temperature=1.0)
-    for i in range(running):
+    for i in range(scheduler.config.max_num_seqs):
         ids = [(i * 7919 + j) % 50000 + 10 for j in range(prompt)]
         scheduler.add_request(Request(f"req-{i}", ids, params, 2, float(i)))
     while len(scheduler.waiting) or any(
@@ -62,7 +69,6 @@ def fill(
         so = scheduler.schedule()
         runner.resolve(launch(runner, so, arrays))
         scheduler.update_from_output(so, sample(so))
-    return scheduler
 
 
 def sample(so: SchedulerOutput) -> ModelRunnerOutput:
@@ -110,7 +116,9 @@ def launch(runner: ModelRunner, so: SchedulerOutput, arrays: dict[str, np.ndarra
 def measure(running: int, steps: int) -> dict[str, float]:
     runner = make_runner(running)
     arrays = staging(running, 8192 // runner.block_size)
-    scheduler = fill(running, 512, steps, runner, arrays)
+    scheduler = make_scheduler(running, 512, steps, runner.block_size)
+    freeze_built_engine()  # as the engine core process does once its core is built
+    fill(scheduler, 512, steps, runner, arrays)
     codec = Codec()
     times = dict.fromkeys(PHASES, 0.0)
     in_flight = scheduler.schedule()

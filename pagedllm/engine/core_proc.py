@@ -26,6 +26,7 @@ import zmq
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.core import EngineCore
+from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
 from pagedllm.engine.messages import (
     Abort,
     Codec,
@@ -152,10 +153,9 @@ def run_engine_core(config: EngineConfig, input_address: str, output_addresses: 
         socket.connect(address)
     codec = Codec()
     try:
-        from pagedllm.engine.llm_engine import freeze_library_heap
-
         freeze_library_heap()
         core = EngineCore(config)
+        freeze_built_engine()
     except Exception as exc:
         logger.exception("The engine core failed to start")
         started = Started(error=str(exc), error_type=type(exc).__name__)

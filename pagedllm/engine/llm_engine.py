@@ -11,17 +11,15 @@ per sample; step() takes the core's next outputs and returns the RequestOutputs 
 
 from __future__ import annotations
 
-import atexit
-import gc
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm import envs
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
 from pagedllm.engine.core import EngineCore
 from pagedllm.engine.core_client import EngineCoreClient, InprocClient, make_client
 from pagedllm.engine.engine_process import PendingEngine, cancelled_on_error, start_early
+from pagedllm.engine.heap import freeze_library_heap
 from pagedllm.engine.messages import EngineCoreRequest, check_picklable
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.parent_request import ParentRequest, num_samples
@@ -43,26 +41,6 @@ class PreparedRequest:
     arrival_time: float
     priority: int
     grammar: GrammarSpec | None = None  # structured outputs: the validated constraint
-
-
-_heap_frozen = False
-
-
-def freeze_library_heap() -> None:
-    """Once per process, before the first engine builds anything: move what exists (the
-    modules of torch, transformers and the rest, ~97% of the objects an engine process
-    holds) out of the garbage collector's generations, so the full collections that each
-    step's output objects trigger do not traverse it (ms per step with logprobs on).
-    Engines themselves stay collectable: deleting one frees it as before."""
-    global _heap_frozen
-    if _heap_frozen or not envs.freeze_gc():
-        return
-    _heap_frozen = True
-    gc.collect()
-    gc.freeze()
-    # Thawed at exit, so the interpreter's last collection still finalizes these objects
-    # (native extensions report what is never freed as leaks).
-    atexit.register(gc.unfreeze)
 
 
 class LLMEngine:

@@ -12,6 +12,7 @@ import sys
 
 import zmq
 
+from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs
 from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.executor.replies import portable
@@ -28,6 +29,7 @@ def serve(args: WorkerArgs) -> None:
     results = context.socket(zmq.PUSH)
     results.connect(args.results_address)
     try:
+        freeze_library_heap()
         worker = Worker(args.config, args.rank, args.init_method, args.timeout_s)
     except Exception as exc:
         logger.exception("Rank %d failed to start", args.rank)
@@ -36,7 +38,10 @@ def serve(args: WorkerArgs) -> None:
     results.send(encode_reply(Reply(READY_SEQ, args.rank, True)))
     while True:
         call: Call = pickle.loads(inbox.recv())
-        results.send(encode_reply(worker.answer(call)))
+        reply = worker.answer(call)
+        results.send(encode_reply(reply))
+        if call.method == "initialize_kv_cache" and reply.ok:
+            freeze_built_engine()  # the rank's last building call
         if call.method == "shutdown":
             break
     results.close(linger=1000)

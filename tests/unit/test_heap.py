@@ -1,0 +1,43 @@
+"""The engine's processes keep long-lived objects out of the garbage collector's passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+SCRIPT = """
+import gc
+from pagedllm.core.block_pool import BlockPool, KVCacheBlock
+from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
+
+freeze_library_heap()
+libraries = gc.get_freeze_count()
+pool = BlockPool(5000, True)  # 5,000 linked blocks, as an engine builds them
+freeze_built_engine()
+in_generations = sum(isinstance(o, KVCacheBlock) for o in gc.get_objects())
+print("counts", libraries, gc.get_freeze_count() - libraries, in_generations)
+"""
+
+
+def run(env: dict[str, str]) -> list[int]:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,
+        env=os.environ | env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("counts "))
+    return [int(v) for v in line.split()[1:]]
+
+
+def test_a_built_engine_leaves_the_collectors_generations():
+    libraries, built, blocks_in_generations = run({})
+    assert libraries > 10_000
+    # the pool's blocks (and their list) frozen: no generation holds any of them
+    assert built >= 5_000 and blocks_in_generations == 0
+
+
+def test_freezing_off_freezes_nothing():
+    libraries, built, blocks_in_generations = run({"PAGEDLLM_FREEZE_GC": "0"})
+    assert (libraries, built) == (0, 0)
+    assert blocks_in_generations >= 5_000  # the queue's two sentinels besides
