@@ -136,12 +136,16 @@ class KVCacheManager:
         attention reads the cache, so a request scheduled later in the same step may
         already share them.
         """
-        computed = prefix.device_blocks if prefix is not None else []
-        host_slots = prefix.host_slots if prefix is not None else []
+        if prefix is None:  # a running request
+            held = self.req_to_blocks.get(request.request_id, ())
+            end = request.num_computed_tokens + num_new_tokens
+            if end <= len(held) * self.block_size:  # the common decode step: room held
+                self._maybe_cache(request, num_new_tokens)
+                return []
+            computed, host_slots = [], []
+        else:
+            computed, host_slots = prefix.device_blocks, prefix.host_slots
         needed = self._num_blocks_needed(request, num_new_tokens, computed, len(host_slots))
-        if needed <= 0 and not computed:  # the common decode step: room already held
-            self._maybe_cache(request, num_new_tokens)
-            return []
         if needed > self._available(computed):
             return None
         blocks = self.req_to_blocks.setdefault(request.request_id, [])

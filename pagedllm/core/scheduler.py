@@ -387,18 +387,18 @@ class Scheduler:
             except Exception as exc:  # e.g. a grammar that fails on the token: this request's
                 outputs.append(self.fail_request(request, f"{type(exc).__name__}: {exc}"))
                 continue
-            outputs.append(
-                EngineCoreOutput(
-                    request_id,
-                    new_ids,
-                    request.status.finish_reason,
-                    request.stop_reason,
-                    max(request.num_cached_tokens, 0),
-                    logprobs,
-                    prompt_lp,
-                    **_first_output_times(request),
-                )
+            output = EngineCoreOutput(
+                request_id,
+                new_ids,
+                request.status.finish_reason,
+                request.stop_reason,
+                max(request.num_cached_tokens, 0),
+                logprobs,
+                prompt_lp,
             )
+            if not request.timestamps_sent:
+                _add_first_output_times(output, request)
+            outputs.append(output)
             if request.is_finished:
                 if was_running:
                     stopped.add(request_id)
@@ -440,10 +440,13 @@ class Scheduler:
         request.status = RequestStatus.FINISHED_ERROR
         request.error = error
         self._free(request)
-        return EngineCoreOutput(
+        output = EngineCoreOutput(
             request.request_id, [], request.status.finish_reason, None,
-            max(request.num_cached_tokens, 0), error=error, **_first_output_times(request),
+            max(request.num_cached_tokens, 0), error=error,
         )  # fmt: skip
+        if not request.timestamps_sent:
+            _add_first_output_times(output, request)
+        return output
 
     def _reset(self, request: Request, num_failed_tokens: int) -> None:
         """Undo a failed step for one request: it waits again with no KV and no tokens in
@@ -463,6 +466,10 @@ class Scheduler:
         self.waiting.prepend(request)
 
     def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
+        if len(sampled) == 1:  # every step but speculative ones
+            request.append_output_token_ids(sampled)
+            self._check_stop(request, sampled[0])
+            return sampled
         for count, token_id in enumerate(sampled, start=1):
             request.append_output_token_ids([token_id])
             if self._check_stop(request, token_id):
@@ -515,9 +522,8 @@ def needs_known_tokens(request: Request) -> bool:
     )
 
 
-def _first_output_times(request: Request) -> dict[str, float | None]:
-    """The core's queue and scheduling times, for the request's first output only."""
-    if request.timestamps_sent:
-        return {}
+def _add_first_output_times(output: EngineCoreOutput, request: Request) -> None:
+    """The core's queue and scheduling times go with the request's first output only."""
     request.timestamps_sent = True
-    return {"queued_time": request.queued_time, "scheduled_time": request.scheduled_time}
+    output.queued_time = request.queued_time
+    output.scheduled_time = request.scheduled_time

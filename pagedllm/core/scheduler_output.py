@@ -24,7 +24,7 @@ class NewRequestData:
     output_token_ids: list[int] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class CachedRequestData:
     """A request the runner already holds: only what changed this step."""
 

@@ -462,10 +462,11 @@ class ModelRunner:
         rows = tuple(s.req_id for s in states)
         last = self._last_sampling
         previous = last[2] if last and last[:2] == (rows, self._batch_version) else None
+        # A reused metadata keeps its penalty inputs: the penalty state exists if needed.
+        penalties = self._penalty_state(states) if previous is None else None
         metadata = build_sampling_metadata(
-            states, self.model_config.vocab_size, self.device, self._penalty_state(states),
-            previous,
-        )  # fmt: skip
+            states, self.model_config.vocab_size, self.device, penalties, previous
+        )
         self._last_sampling = (rows, self._batch_version, metadata)
         return metadata
 

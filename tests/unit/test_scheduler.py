@@ -51,6 +51,27 @@ def test_duplicate_request_id_is_refused():
         scheduler.add_request(make_request("a", 4))
 
 
+def test_the_core_times_go_with_a_requests_first_output_only():
+    harness = Harness(make_scheduler())
+    request = make_request("a", 6, max_tokens=3)
+    harness.add(request)
+    _, first = harness.step()
+    assert first[0].queued_time == request.queued_time
+    assert first[0].scheduled_time == request.scheduled_time is not None
+    _, second = harness.step()
+    assert second[0].new_token_ids and second[0].queued_time is None
+    assert second[0].scheduled_time is None
+    failed = make_request("b", 6, max_tokens=3)
+    harness.add(failed)
+    harness.step()
+    error = harness.scheduler.fail_request(failed, "boom")
+    assert error.queued_time is None  # its first output was sent already
+    unscheduled = make_request("c", 6)
+    harness.scheduler.add_request(unscheduled)
+    error = harness.scheduler.fail_request(unscheduled, "boom")
+    assert error.queued_time == unscheduled.queued_time and error.scheduled_time is None
+
+
 def test_single_request_runs_to_its_length_cap():
     harness = Harness(make_scheduler())
     request = make_request("a", 6, max_tokens=5)
