@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain
 
 import numpy as np
 import torch
 
 from pagedllm.attention.metadata import CommonAttentionMetadata
 from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.request_state import RequestState
 from pagedllm.worker.sampling_inputs import to_device
 
@@ -96,7 +96,10 @@ def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
 
 
 def build_host_batch(
-    scheduler_output: SchedulerOutput, requests: dict[str, RequestState], block_size: int
+    scheduler_output: SchedulerOutput,
+    requests: dict[str, RequestState],
+    block_table: BlockTable,
+    block_size: int,
 ) -> HostBatch:
     """The step's inputs. Its decodes (one token each, first in the batch) are laid out
     with whole-batch numpy operations: per request only its numbers and block ids are read
@@ -113,7 +116,9 @@ def build_host_batch(
     query_start_loc = np.zeros(num_reqs + 1, dtype=np.int64)
     np.cumsum(query_lens, out=query_start_loc[1:])
     num_decodes = int(np.count_nonzero(query_lens == 1))
-    table = _block_table(states, seq_lens, block_size)
+    rows = np.fromiter((s.block_row for s in states), np.int64, num_reqs)
+    # only the blocks covering each context, 0-padded
+    table = block_table.gather(rows, -(-seq_lens // block_size))
     input_ids, positions, slots, fills = _tokens_positions_slots(
         states, starts, query_lens, known, pending, table, num_decodes, block_size
     )
@@ -176,19 +181,3 @@ def _tokens_positions_slots(
         )
         offset += n
     return ids, positions, slots, np.flatnonzero(in_flight)
-
-
-def _block_table(states: list[RequestState], seq_lens: np.ndarray, block_size: int) -> np.ndarray:
-    """[num_reqs, max_blocks] int32; only the blocks covering each context, 0-padded. The
-    rows are gathered into one flat array and scattered by a mask: one numpy call, not one
-    per request."""
-    needed = -(-seq_lens // block_size)
-    width = int(needed.max())
-    flat = np.fromiter(
-        chain.from_iterable(s.block_ids[:n] for s, n in zip(states, needed.tolist())),
-        np.int32,
-        int(needed.sum()),
-    )
-    table = np.zeros((len(states), width), dtype=np.int32)
-    table[np.arange(width) < needed[:, None]] = flat
-    return table

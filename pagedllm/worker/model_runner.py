@@ -30,6 +30,7 @@ from pagedllm.sample.grammar_mask import GrammarBitmask, apply_grammar_bitmask
 from pagedllm.sample.logprobs import compute_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
+from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs, capture_sizes
 from pagedllm.worker.host_kv_cache import HostKVCache, LayerLoads
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
@@ -80,6 +81,7 @@ class ModelRunner:
         self.backend = create_backend(config.device)
         self.sampler = Sampler(self.model_config.seed)
         self.requests: dict[str, RequestState] = {}
+        self.block_table = BlockTable()  # the block ids of every request in self.requests
         self.kv_caches: list[torch.Tensor] = []
         self.host_kv: HostKVCache | None = None  # the swap_space tier's memory
         self.model: CausalLM | None = None
@@ -310,7 +312,7 @@ class ModelRunner:
         metadata (None when nothing is sampled here). Sampling inputs are built (and
         copied, asynchronously) before the forward pass is launched, so the step's only
         wait for the GPU is reading the sampled tokens back."""
-        host = build_host_batch(so, self.requests, self.block_size)
+        host = build_host_batch(so, self.requests, self.block_table, self.block_size)
         host.fill_from = self._last_sampled
         states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
         metadata = None
@@ -482,15 +484,16 @@ class ModelRunner:
         if so.finished_req_ids or so.scheduled_new_reqs:
             self._batch_version += 1
         for req_id in so.finished_req_ids:
-            self.requests.pop(req_id, None)
+            self._drop_state(req_id)
             if self.penalties is not None:
                 self.penalties.release(req_id)
         for new in so.scheduled_new_reqs:
+            self._drop_state(new.req_id)  # a state the runner still held under this id
             self.requests[new.req_id] = RequestState.create(
                 new.req_id,
                 new.prompt_token_ids,
                 new.sampling_params,
-                new.block_ids,
+                self.block_table.add(new.block_ids),
                 new.num_computed_tokens,
                 self.device,
                 new.output_token_ids,
@@ -498,10 +501,15 @@ class ModelRunner:
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.resumed_from_preemption:
-                state.block_ids = list(cached.new_block_ids)
+                self.block_table.replace(state.block_row, cached.new_block_ids)
             else:
-                state.block_ids.extend(cached.new_block_ids)
+                self.block_table.extend(state.block_row, cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
+
+    def _drop_state(self, req_id: str) -> None:
+        state = self.requests.pop(req_id, None)
+        if state is not None:
+            self.block_table.release(state.block_row)
 
 
 def mark_pending(states: list[RequestState]) -> None:

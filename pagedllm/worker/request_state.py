@@ -18,7 +18,7 @@ class RequestState:
     req_id: str
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
-    block_ids: list[int]
+    block_row: int  # its row in the runner's BlockTable (block_table.py)
     num_computed_tokens: int
     token_ids: list[int]  # prompt + generated, as far as the host knows them
     generator: torch.Generator | None
@@ -34,7 +34,7 @@ class RequestState:
         req_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        block_ids: list[int],
+        block_row: int,
         num_computed_tokens: int,
         device: torch.device,
         output_token_ids: list[int] | None = None,
@@ -49,7 +49,7 @@ class RequestState:
             req_id,
             list(prompt_token_ids),
             params,
-            list(block_ids),
+            block_row,
             num_computed_tokens,
             list(prompt_token_ids) + list(output_token_ids or []),
             generator,

@@ -22,6 +22,7 @@ import torch
 
 from pagedllm.attention.metadata import CommonAttentionMetadata
 from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.request_state import RequestState
 
@@ -137,9 +138,10 @@ def eager_step_batch(batch: HostBatch, plan: StepPlan, device: torch.device) -> 
 def build_step_batch(
     scheduler_output: SchedulerOutput,
     requests: dict[str, RequestState],
+    block_table: BlockTable,
     block_size: int,
     device: torch.device,
 ) -> StepBatch:
     """A scheduler output straight to an eager device batch (no split-KV)."""
-    host = build_host_batch(scheduler_output, requests, block_size)
+    host = build_host_batch(scheduler_output, requests, block_table, block_size)
     return eager_step_batch(host, plan_step(host, 1), device)

@@ -30,7 +30,7 @@ def prefill_logits(llm, prompts: list[list[int]]) -> list[torch.Tensor]:
     so = SchedulerOutput(new_reqs, [], counts, sum(counts.values()))
     runner.update_states(so)
     try:
-        batch = build_step_batch(so, runner.requests, block_size, runner.device)
+        batch = build_step_batch(so, runner.requests, runner.block_table, block_size, runner.device)
         ctx = ForwardContext(
             runner.backend, runner.backend.build_metadata(batch.attn), runner.kv_caches
         )
@@ -38,8 +38,7 @@ def prefill_logits(llm, prompts: list[list[int]]) -> list[torch.Tensor]:
             hidden = runner.model(batch.input_ids, batch.positions, ctx)
             logits = runner.model.compute_logits(hidden)
     finally:
-        for rid in counts:
-            runner.requests.pop(rid, None)
+        runner.update_states(SchedulerOutput([], [], {}, 0, finished_req_ids=set(counts)))
         assert llm.reset_prefix_cache()
     starts = batch.attn.query_start_loc_cpu
     order = {rid: i for i, rid in enumerate(batch.req_ids)}

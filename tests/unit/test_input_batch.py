@@ -10,17 +10,19 @@ import pytest
 
 from pagedllm.core.scheduler_output import CachedRequestData, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.input_batch import HostBatch, build_host_batch
 from pagedllm.worker.request_state import RequestState
 
 BLOCK = 4
 
 
-def state(rng: random.Random, rid: str, kind: str) -> tuple[RequestState, int]:
+def state(
+    rng: random.Random, rid: str, kind: str, table: BlockTable, blocks: list[int]
+) -> tuple[RequestState, int]:
     """A request of one kind and the tokens it computes this step."""
     prompt = [rng.randrange(1, 1000) for _ in range(rng.randrange(2, 30))]
-    blocks = rng.sample(range(10_000), 20)  # more blocks than its context: allocated ahead
-    s = RequestState(rid, prompt, SamplingParams(), blocks, 0, list(prompt), None)
+    s = RequestState(rid, prompt, SamplingParams(), table.add(blocks), 0, list(prompt), None)
     if kind == "chunk":  # a prefill chunk, from a cache hit or an earlier chunk
         s.num_computed_tokens = rng.randrange(0, len(prompt) - 1)
         return s, rng.randrange(2, len(prompt) - s.num_computed_tokens + 1)
@@ -32,7 +34,7 @@ def state(rng: random.Random, rid: str, kind: str) -> tuple[RequestState, int]:
     return s, 1
 
 
-def one_by_one(so: SchedulerOutput, states: dict[str, RequestState]) -> dict:
+def one_by_one(so: SchedulerOutput, states: dict[str, RequestState], blocks: dict) -> dict:
     """The batch built request by request, the obvious way."""
     counts = so.num_scheduled_tokens
     order = [r.req_id for r in so.scheduled_cached_reqs]
@@ -48,7 +50,7 @@ def one_by_one(so: SchedulerOutput, states: dict[str, RequestState]) -> dict:
                 fill_rows.append(s.pending_row)
             ids.append(0 if in_flight else s.token_ids[p])
             positions.append(p)
-            slots.append(s.block_ids[p // BLOCK] * BLOCK + p % BLOCK)
+            slots.append(blocks[rid][p // BLOCK] * BLOCK + p % BLOCK)
         lengths.append(start + n)
         if start + n == s.num_tokens:
             sampled.append(i)
@@ -56,7 +58,7 @@ def one_by_one(so: SchedulerOutput, states: dict[str, RequestState]) -> dict:
     table = np.zeros((len(order), width), np.int32)
     for i, rid in enumerate(order):
         k = -(-lengths[i] // BLOCK)
-        table[i, :k] = states[rid].block_ids[:k]
+        table[i, :k] = blocks[rid][:k]
     return {
         "req_ids": order, "input_ids": ids, "positions": positions, "slot_mapping": slots,
         "seq_lens": lengths, "block_table": table, "sampled_req_indices": sampled,
@@ -65,14 +67,21 @@ def one_by_one(so: SchedulerOutput, states: dict[str, RequestState]) -> dict:
     }  # fmt: skip
 
 
-def scheduled(rng: random.Random, kinds: list[str]) -> tuple[SchedulerOutput, dict]:
-    states, counts, cached = {}, {}, []
+def scheduled(rng: random.Random, kinds: list[str]) -> tuple[SchedulerOutput, dict, dict]:
+    """Requests of these kinds, each with more blocks than its context (allocated ahead),
+    their rows in a table that has held other requests before (stale ids in its rows)."""
+    table = BlockTable(rows=2, columns=4)  # grows in both directions
+    for _ in range(8):
+        table.release(table.add(rng.sample(range(10_000), 30)))
+    states, counts, cached, blocks = {}, {}, [], {}
     for i, kind in enumerate(kinds):
         rid = f"r{i}"
-        states[rid], counts[rid] = state(rng, rid, kind)
+        blocks[rid] = rng.sample(range(10_000), 20)
+        states[rid], counts[rid] = state(rng, rid, kind, table, blocks[rid])
         cached.append(CachedRequestData(rid, False, [], states[rid].num_computed_tokens))
     rng.shuffle(cached)
-    return SchedulerOutput([], cached, counts, sum(counts.values())), states
+    so = SchedulerOutput([], cached, counts, sum(counts.values()))
+    return so, states, {"table": table, "blocks": blocks}
 
 
 def as_lists(batch: HostBatch) -> dict:
@@ -87,9 +96,9 @@ def as_lists(batch: HostBatch) -> dict:
 def test_the_batch_is_the_one_built_request_by_request(seed: int) -> None:
     rng = random.Random(seed)
     kinds = [rng.choice(["in flight", "known", "chunk"]) for _ in range(rng.randrange(1, 40))]
-    so, states = scheduled(rng, kinds)
-    batch = build_host_batch(so, states, BLOCK)
-    want = one_by_one(so, states)
+    so, states, made = scheduled(rng, kinds)
+    batch = build_host_batch(so, states, made["table"], BLOCK)
+    want = one_by_one(so, states, made["blocks"])
     got = as_lists(batch)
     np.testing.assert_array_equal(got.pop("block_table"), want.pop("block_table"))
     assert got == want
@@ -99,15 +108,37 @@ def test_the_batch_is_the_one_built_request_by_request(seed: int) -> None:
 
 def test_a_decode_of_a_token_neither_known_nor_in_flight_is_refused() -> None:
     rng = random.Random(0)
-    so, states = scheduled(rng, ["in flight", "in flight"])
+    so, states, made = scheduled(rng, ["in flight", "in flight"])
     states["r1"].num_pending = 0  # its input token was never sampled
     with pytest.raises(AssertionError, match="not in flight"):
-        build_host_batch(so, states, BLOCK)
+        build_host_batch(so, states, made["table"], BLOCK)
 
 
 def test_a_chunk_past_the_known_tokens_is_refused() -> None:
     rng = random.Random(1)
-    so, states = scheduled(rng, ["known", "chunk"])
+    so, states, made = scheduled(rng, ["known", "chunk"])
     states["r1"].num_computed_tokens = len(states["r1"].token_ids) - 1
     with pytest.raises(AssertionError, match="past its known tokens"):
-        build_host_batch(so, states, BLOCK)
+        build_host_batch(so, states, made["table"], BLOCK)
+
+
+def test_a_context_past_the_requests_blocks_is_refused() -> None:
+    rng = random.Random(2)
+    so, states, made = scheduled(rng, ["known"])
+    made["table"].replace(states["r0"].block_row, [])  # fewer blocks than its context
+    with pytest.raises(AssertionError, match="past its request's blocks"):
+        build_host_batch(so, states, made["table"], BLOCK)
+
+
+def test_rows_are_reused_grown_and_replaced() -> None:
+    table = BlockTable(rows=1, columns=2)
+    a = table.add([1, 2, 3])  # wider than the table
+    b = table.add([4])  # a second row
+    table.extend(a, [5])
+    assert (table.row(a), table.row(b)) == ([1, 2, 3, 5], [4])
+    table.release(a)
+    c = table.add([9])
+    assert c == a and table.row(c) == [9]  # a released row starts empty
+    table.replace(b, [6, 7])
+    assert table.row(b) == [6, 7]
+    np.testing.assert_array_equal(table.gather(np.array([b, c]), np.array([1, 1])), [[6], [9]])
