@@ -120,8 +120,9 @@ def build_host_batch(
     # only the blocks covering each context, 0-padded
     table = block_table.gather(rows, -(-seq_lens // block_size))
     input_ids, positions, slots, fills = _tokens_positions_slots(
-        states, starts, query_lens, known, pending, table, num_decodes, block_size
-    )
+        states, starts, query_lens, query_start_loc, known, pending, table, num_decodes,
+        block_size,
+    )  # fmt: skip
     # A chunk that reaches the end of the known tokens and those in flight samples.
     sampled = np.flatnonzero(seq_lens == known + pending)
     return HostBatch(
@@ -145,6 +146,7 @@ def _tokens_positions_slots(
     states: list[RequestState],
     starts: np.ndarray,
     query_lens: np.ndarray,
+    query_start_loc: np.ndarray,
     known: np.ndarray,
     pending: np.ndarray,
     table: np.ndarray,
@@ -152,32 +154,22 @@ def _tokens_positions_slots(
     block_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Token ids, positions and cache slots, and the requests whose (decode) token is still
-    on the device. Decodes (the first ``num_decodes`` requests) as whole arrays; each
-    prefill chunk with its own numpy calls."""
-    total = int(query_lens.sum())
+    on the device. Positions and slots for the whole batch at once; token ids of decodes
+    (token i is request i's) by index, of each prefill chunk by one slice."""
+    total = int(query_start_loc[-1])
+    request_of = np.repeat(np.arange(len(states)), query_lens)  # each token's request
+    positions = starts[request_of] + np.arange(total) - query_start_loc[request_of]
+    blocks = table[request_of, positions // block_size].astype(np.int64)
+    slots = blocks * block_size + positions % block_size
     ids = np.zeros(total, dtype=np.int64)
-    positions = np.empty(total, dtype=np.int64)
-    slots = np.empty(total, dtype=np.int64)
-    pos = starts[:num_decodes]
     # Only the last token can be in flight, and only a decode computes it.
-    in_flight = pos == known[:num_decodes]
-    assert np.all(pos <= known[:num_decodes]), "a decode past its known tokens"
+    in_flight = starts[:num_decodes] == known[:num_decodes]
+    assert np.all(starts[:num_decodes] <= known[:num_decodes]), "a decode past its known tokens"
     assert np.all(pending[:num_decodes][in_flight] > 0), "a decode of a token not in flight"
     for i in np.flatnonzero(~in_flight).tolist():
         ids[i] = states[i].token_ids[starts[i]]
-    positions[:num_decodes] = pos
-    rows = np.arange(num_decodes)
-    blocks = table[rows, pos // block_size].astype(np.int64)
-    slots[:num_decodes] = blocks * block_size + pos % block_size
-    offset = num_decodes
     for i in range(num_decodes, len(states)):
-        start, n = int(starts[i]), int(query_lens[i])
-        assert start + n <= known[i], "a prefill chunk past its known tokens"
-        chunk = np.arange(start, start + n, dtype=np.int64)
-        ids[offset : offset + n] = states[i].token_ids[start : start + n]
-        positions[offset : offset + n] = chunk
-        slots[offset : offset + n] = (
-            table[i, chunk // block_size].astype(np.int64) * block_size + chunk % block_size
-        )
-        offset += n
+        start, end = int(starts[i]), int(starts[i] + query_lens[i])
+        assert end <= known[i], "a prefill chunk past its known tokens"
+        ids[query_start_loc[i] : query_start_loc[i + 1]] = states[i].token_ids[start:end]
     return ids, positions, slots, np.flatnonzero(in_flight)
