@@ -31,13 +31,15 @@ from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
 from pagedllm.engine.messages import Codec, EngineCoreOutputs
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.input_buffers import fill_host
+from pagedllm.worker.input_buffers import buffer_shapes, fill_host
 from pagedllm.worker.model_runner import ModelRunner, mark_pending
 from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
 from pagedllm.worker.step_plan import plan_step
 
 MODEL = Path(__file__).parent / "model-configs" / "qwen3-0.6b"
 MAX_TOKENS = 16384
+MAX_MODEL_LEN = 8192
+PROMPT = 512
 W1_BLOCKS = 56_000
 PHASES = ("schedule", "update", "encode", "runner in", "runner out")
 
@@ -47,7 +49,7 @@ def make_scheduler(running: int, prompt: int, steps: int, block_size: int) -> Sc
     # W1's pool on the H200 (~56,000 blocks), or more when the requests need it
     blocks = max(W1_BLOCKS, running * (-(-(prompt + steps + 2) // block_size)) + 1)
     config = SchedulerConfig(max_num_seqs=running, max_num_batched_tokens=MAX_TOKENS)
-    return Scheduler(config, KVCacheManager(blocks, block_size, True), 8192)
+    return Scheduler(config, KVCacheManager(blocks, block_size, True), MAX_MODEL_LEN)
 
 
 def fill(
@@ -79,7 +81,7 @@ def sample(so: SchedulerOutput) -> ModelRunnerOutput:
 def make_runner(running: int) -> ModelRunner:
     """qwen3-0.6b's runner on the CPU, no weights loaded: only its host side runs."""
     args = EngineArgs(
-        model=str(MODEL), load_format="dummy", device="cpu", max_model_len=8192,
+        model=str(MODEL), load_format="dummy", device="cpu", max_model_len=MAX_MODEL_LEN,
         max_num_seqs=running, max_num_batched_tokens=MAX_TOKENS,
     )  # fmt: skip
     return ModelRunner(args.create_engine_config())
@@ -87,13 +89,9 @@ def make_runner(running: int) -> ModelRunner:
 
 def staging(running: int, max_blocks: int) -> dict[str, np.ndarray]:
     """The host staging arrays ``InputBuffers`` fills on CUDA, at these sizes."""
-    tokens = {name: np.zeros(MAX_TOKENS, np.int64) for name in ("input_ids", "positions")}
-    return tokens | {
-        "slot_mapping": np.zeros(MAX_TOKENS, np.int64),
-        "query_start_loc": np.zeros(running + 1, np.int32),
-        "seq_lens": np.zeros(running, np.int32),
-        "block_table": np.zeros((running, max_blocks), np.int32),
-        "logits_indices": np.zeros(running, np.int64),
+    shapes = buffer_shapes(MAX_TOKENS, running, max_blocks)
+    return {
+        name: torch.zeros(shape, dtype=dtype).numpy() for name, (shape, dtype) in shapes.items()
     }
 
 
@@ -115,10 +113,10 @@ def launch(runner: ModelRunner, so: SchedulerOutput, arrays: dict[str, np.ndarra
 
 def measure(running: int, steps: int) -> dict[str, float]:
     runner = make_runner(running)
-    arrays = staging(running, 8192 // runner.block_size)
-    scheduler = make_scheduler(running, 512, steps, runner.block_size)
+    arrays = staging(running, MAX_MODEL_LEN // runner.block_size)
+    scheduler = make_scheduler(running, PROMPT, steps, runner.block_size)
     freeze_built_engine()  # as the engine core process does once its core is built
-    fill(scheduler, 512, steps, runner, arrays)
+    fill(scheduler, PROMPT, steps, runner, arrays)
     codec = Codec()
     times = dict.fromkeys(PHASES, 0.0)
     in_flight = scheduler.schedule()

@@ -30,15 +30,7 @@ class InputBuffers:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.scratch_slot = scratch_block * block_size
-        shapes = {
-            "input_ids": ((max_tokens,), torch.int64),
-            "positions": ((max_tokens,), torch.int64),
-            "slot_mapping": ((max_tokens,), torch.int64),
-            "query_start_loc": ((max_reqs + 1,), torch.int32),
-            "seq_lens": ((max_reqs,), torch.int32),
-            "block_table": ((max_reqs, max_blocks), torch.int32),
-            "logits_indices": ((max_reqs,), torch.int64),
-        }
+        shapes = buffer_shapes(max_tokens, max_reqs, max_blocks)
         self.max_reqs = max_reqs
         self.host = {k: torch.zeros(s, dtype=d, pin_memory=True) for k, (s, d) in shapes.items()}
         self.host_arrays = {name: t.numpy() for name, t in self.host.items()}  # same memory
@@ -79,6 +71,21 @@ class InputBuffers:
 
     def _copy(self, name: str, n: int) -> None:
         self.dev[name][:n].copy_(self.host[name][:n], non_blocking=True)
+
+
+def buffer_shapes(
+    max_tokens: int, max_reqs: int, max_blocks: int
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Each step input's buffer: its shape at the largest step, and its dtype."""
+    return {
+        "input_ids": ((max_tokens,), torch.int64),
+        "positions": ((max_tokens,), torch.int64),
+        "slot_mapping": ((max_tokens,), torch.int64),
+        "query_start_loc": ((max_reqs + 1,), torch.int32),
+        "seq_lens": ((max_reqs,), torch.int32),
+        "block_table": ((max_reqs, max_blocks), torch.int32),
+        "logits_indices": ((max_reqs,), torch.int64),
+    }
 
 
 def fill_host(
