@@ -140,7 +140,10 @@ class KVCacheManager:
             held = self.req_to_blocks.get(request.request_id, ())
             end = request.num_computed_tokens + num_new_tokens
             if end <= len(held) * self.block_size:  # the common decode step: room held
-                self._maybe_cache(request, num_new_tokens)
+                # A decode fills a block once in block_size steps: register only then.
+                full = min(end, len(request.all_token_ids)) // self.block_size
+                if full > self.num_cached_blocks.get(request.request_id, 0):
+                    self._maybe_cache(request, num_new_tokens)
                 return []
             computed, host_slots = [], []
         else:

@@ -138,6 +138,11 @@ class Request:
         self.output_token_ids.extend(token_ids)
         self.all_token_ids.extend(token_ids)
 
+    def append_output_token(self, token_id: int) -> None:
+        """One sampled token: a decode step's common case, without a list."""
+        self.output_token_ids.append(token_id)
+        self.all_token_ids.append(token_id)
+
     def __repr__(self) -> str:
         return (
             f"Request({self.request_id!r}, status={self.status.name}, tokens={self.num_tokens}, "

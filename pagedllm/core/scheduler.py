@@ -54,7 +54,10 @@ class _StepPlan:
     def add(self, request: Request, num_tokens: int, new_blocks: list[KVCacheBlock]) -> None:
         self.order.append(request)
         self.num_scheduled[request.request_id] = num_tokens
-        self.new_block_ids[request.request_id] = [b.block_id for b in new_blocks]
+        # Most decode steps take no block (a comprehension costs a call on Python 3.11).
+        self.new_block_ids[request.request_id] = (
+            [b.block_id for b in new_blocks] if new_blocks else []
+        )
         self.budget -= num_tokens
 
     def drop(self, request: Request) -> None:
@@ -266,17 +269,17 @@ class Scheduler:
         plan.add(request, num_new, blocks)
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
+        """Tokens of a running request known or in flight and not computed yet, within the
+        budget and the chunk cap. Called for every running request every step: it reads
+        the request's lists directly rather than through its properties."""
         pending = request.num_output_placeholders
-        if pending and self._ends_with_pending(request, pending):
+        num_tokens = len(request.all_token_ids)
+        if pending and (
+            len(request.output_token_ids) + pending >= request.max_tokens
+            or num_tokens + pending >= self.max_model_len
+        ):
             return 0  # the token in flight ends it by length: nothing more to compute
-        known = request.num_tokens + pending
-        return self._cap_chunk(min(known - request.num_computed_tokens, budget))
-
-    def _ends_with_pending(self, request: Request, pending: int) -> bool:
-        return (
-            request.num_output_tokens + pending >= request.max_tokens
-            or request.num_tokens + pending >= self.max_model_len
-        )
+        return self._cap_chunk(min(num_tokens + pending - request.num_computed_tokens, budget))
 
     def _cap_chunk(self, num_tokens: int) -> int:
         threshold = self.config.long_prefill_token_threshold
@@ -308,32 +311,25 @@ class Scheduler:
         new_reqs: list[NewRequestData] = []
         cached_reqs: list[CachedRequestData] = []
         scheduled: dict[str, tuple[Request, bool]] = {}
+        # Runs for every scheduled request every step: the plan's maps are read as locals.
+        first_time, resumed_ids = plan.first_time, plan.resumed
+        num_scheduled, new_block_ids = plan.num_scheduled, plan.new_block_ids
         for request in plan.order:
             rid = request.request_id
-            if rid in plan.first_time:
-                new_reqs.append(
-                    NewRequestData(
-                        rid,
-                        request.prompt_token_ids,
-                        request.sampling_params,
-                        self.kv.get_block_ids(rid),
-                        request.num_computed_tokens,
-                        list(request.output_token_ids),
-                    )
-                )
-                request.known_to_runner = True
+            num_computed = request.num_computed_tokens
+            if rid in first_time:
+                new_reqs.append(self._new_request_data(request))
+            elif rid in resumed_ids:
+                block_ids = self.kv.get_block_ids(rid)
+                cached_reqs.append(CachedRequestData(rid, True, block_ids, num_computed))
             else:
-                resumed = rid in plan.resumed
-                block_ids = self.kv.get_block_ids(rid) if resumed else plan.new_block_ids[rid]
-                cached_reqs.append(
-                    CachedRequestData(rid, resumed, block_ids, request.num_computed_tokens)
-                )
-            request.num_computed_tokens += plan.num_scheduled[rid]
+                cached_reqs.append(CachedRequestData(rid, False, new_block_ids[rid], num_computed))
+            num_computed += num_scheduled[rid]
+            request.num_computed_tokens = num_computed
             # Sampled when the step computes every token known or in flight.
-            samples = (
-                request.num_computed_tokens >= request.num_tokens + request.num_output_placeholders
-            )
-            request.num_output_placeholders += samples
+            pending = request.num_output_placeholders
+            samples = num_computed >= len(request.all_token_ids) + pending
+            request.num_output_placeholders = pending + samples
             scheduled[rid] = (request, samples)
         finished, self._finished_req_ids = self._finished_req_ids, set()
         copies = self.kv.take_copies()
@@ -348,6 +344,18 @@ class Scheduler:
             kv_swap_in=copies.swap_in,
             kv_save_ahead=copies.save_ahead,
             scheduled_requests=scheduled,
+        )
+
+    def _new_request_data(self, request: Request) -> NewRequestData:
+        """A request the runner learns of: sent in full, with its whole block table."""
+        request.known_to_runner = True
+        return NewRequestData(
+            request.request_id,
+            request.prompt_token_ids,
+            request.sampling_params,
+            self.kv.get_block_ids(request.request_id),
+            request.num_computed_tokens,
+            list(request.output_token_ids),
         )
 
     # -- results -------------------------------------------------------------------------
@@ -369,19 +377,20 @@ class Scheduler:
         for scheduled_request, samples in scheduled.values():
             scheduled_request.num_output_placeholders -= samples
         stopped: set[str] = set()
+        # Runs for every request every step: lookups hoisted out of the loop.
+        requests, all_sampled = self.requests, runner_output.sampled_token_ids
+        all_logprobs, all_prompt_lp = runner_output.logprobs, runner_output.prompt_logprobs
         for index, request_id in enumerate(runner_output.req_ids):
-            request = self.requests.get(request_id)
+            request = requests.get(request_id)
             entry = scheduled.get(request_id)
             if entry is not None and entry[0] is not request:
                 continue
-            sampled = runner_output.sampled_token_ids[index]
-            prompt_lp = (
-                runner_output.prompt_logprobs[index] if runner_output.prompt_logprobs else None
-            )
+            sampled = all_sampled[index]
+            prompt_lp = all_prompt_lp[index] if all_prompt_lp else None
             if request is None or (not sampled and prompt_lp is None):
                 continue
             was_running = request.status == RequestStatus.RUNNING
-            logprobs = runner_output.logprobs[index] if runner_output.logprobs else None
+            logprobs = all_logprobs[index] if all_logprobs else None
             try:
                 new_ids = self._append_until_stop(request, sampled)
             except Exception as exc:  # e.g. a grammar that fails on the token: this request's
@@ -467,7 +476,7 @@ class Scheduler:
 
     def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
         if len(sampled) == 1:  # every step but speculative ones
-            request.append_output_token_ids(sampled)
+            request.append_output_token(sampled[0])
             self._check_stop(request, sampled[0])
             return sampled
         for count, token_id in enumerate(sampled, start=1):

@@ -11,13 +11,15 @@ def check_stop(request: Request, max_model_len: int) -> bool:
     Order as in vLLM: the length cap wins over eos; ``min_tokens`` holds back eos and stop ids
     (the sampler also masks them) but never the length cap.
     """
+    # Called for every sampled token: the request's lists are read, not its properties.
     params = request.sampling_params
-    if request.num_tokens >= max_model_len or request.num_output_tokens >= request.max_tokens:
+    output = request.output_token_ids
+    if len(request.all_token_ids) >= max_model_len or len(output) >= request.max_tokens:
         request.status = RequestStatus.FINISHED_LENGTH_CAPPED
         return True
-    if request.num_output_tokens < params.min_tokens:
+    if len(output) < params.min_tokens:
         return False
-    last = request.output_token_ids[-1]
+    last = output[-1]
     if not params.ignore_eos and last == request.eos_token_id:
         request.status = RequestStatus.FINISHED_STOPPED
         return True
