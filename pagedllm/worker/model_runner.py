@@ -314,7 +314,8 @@ class ModelRunner:
         wait for the GPU is reading the sampled tokens back."""
         host = build_host_batch(so, self.requests, self.block_table, self.block_size)
         host.fill_from = self._last_sampled
-        states = [self.requests[host.req_ids[i]] for i in host.sampled_req_indices]
+        sampled_ids = map(host.req_ids.__getitem__, host.sampled_req_indices)
+        states = list(map(self.requests.__getitem__, sampled_ids))
         metadata = None
         if states and self.samples:
             metadata = self._sampling_metadata(states)
@@ -426,7 +427,9 @@ class ModelRunner:
             assert self.penalties is not None
             self.penalties.record(penalties.slots, out.token_ids)
         vocab = logits.shape[-1]
-        ks = [_num_logprobs(s.sampling_params.logprobs, vocab) for s in states]
+        ks: list[int] = []  # read only with logprobs: not built for every step's rows
+        if out.logprobs is not None:
+            ks = [_num_logprobs(s.sampling_params.logprobs, vocab) for s in states]
         return SampledOnDevice.start(out, ks)
 
     def _prompt_logprobs(
@@ -498,12 +501,13 @@ class ModelRunner:
                 self.device,
                 new.output_token_ids,
             )
-        for cached in so.scheduled_cached_reqs:
-            state = self.requests[cached.req_id]
+        requests, table = self.requests, self.block_table
+        for cached in so.scheduled_cached_reqs:  # every running request, every step
+            state = requests[cached.req_id]
             if cached.resumed_from_preemption:
-                self.block_table.replace(state.block_row, cached.new_block_ids)
-            else:
-                self.block_table.extend(state.block_row, cached.new_block_ids)
+                table.replace(state.block_row, cached.new_block_ids)
+            elif cached.new_block_ids:  # a decode takes a block once in block_size steps
+                table.extend(state.block_row, cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
     def _drop_state(self, req_id: str) -> None:

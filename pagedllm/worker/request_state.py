@@ -9,7 +9,7 @@ import torch
 from pagedllm.sampling_params import SamplingParams, SamplingType
 
 
-@dataclass
+@dataclass(slots=True)  # its fields are read for every request every step
 class RequestState:
     """Kept from a request's first step until it finishes, preemptions included: a resumed
     request recomputes its KV but keeps its tokens and its generator's position, so it

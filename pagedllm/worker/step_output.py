@@ -76,19 +76,21 @@ class LaunchedStep:
         """Wait for the sampled ids; the step's output, and each sampled row's token (for
         the runner to record in its request states: ``ModelRunner.resolve``)."""
         num_reqs = len(self.req_ids)
-        sampled: list[list[int]] = [[] for _ in range(num_reqs)]
-        logprobs: list[LogprobsLists | None] = [None] * num_reqs
-        tokens: list[int] = []
-        if self.sampled is not None:
-            tokens, token_logprobs = self.sampled.read()
-            for row, req_index in enumerate(self.sampled_req_indices):
+        if self.sampled is None:
+            sampled: list[list[int]] = [[] for _ in range(num_reqs)]
+            return ModelRunnerOutput(self.req_ids, sampled, None, self.prompt_logprobs), []
+        tokens, token_logprobs = self.sampled.read()
+        indices = self.sampled_req_indices
+        if len(indices) == num_reqs:  # every request sampled (indices ascend): each its row
+            sampled = [[token] for token in tokens]
+        else:
+            sampled = [[] for _ in range(num_reqs)]
+            for row, req_index in enumerate(indices):
                 sampled[req_index] = [tokens[row]]
-                if token_logprobs is not None:
-                    logprobs[req_index] = token_logprobs[row]
-        output = ModelRunnerOutput(
-            self.req_ids,
-            sampled,
-            logprobs if any(lp is not None for lp in logprobs) else None,
-            self.prompt_logprobs,
-        )
+        logprobs: list[LogprobsLists | None] | None = None
+        if token_logprobs is not None:
+            logprobs = [None] * num_reqs
+            for row, req_index in enumerate(indices):
+                logprobs[req_index] = token_logprobs[row]
+        output = ModelRunnerOutput(self.req_ids, sampled, logprobs, self.prompt_logprobs)
         return output, tokens
