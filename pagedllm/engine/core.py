@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 from typing import Any
 
 from pagedllm import envs
@@ -25,6 +26,8 @@ from pagedllm.structured_output.spec import build_grammar_spec
 from pagedllm.worker.kv_cache import GiB
 
 logger = init_logger(__name__)
+
+_new_token_ids = attrgetter("new_token_ids")
 
 # EngineCore methods the front end may call by name (``EngineCoreClient.call_utility``).
 UTILITIES = frozenset(
@@ -319,6 +322,8 @@ class EngineCore:
         return self.scheduler.fail_step(so, f"{type(exc).__name__}: {exc}")
 
     def _has_grammars(self, so: SchedulerOutput) -> bool:
+        if self.scheduler.num_sync_requests == 0:
+            return False  # a request with a grammar counts among them: none, no scan
         requests = self.scheduler.requests
         return any(requests[rid].structured_output is not None for rid in so.num_scheduled_tokens)
 
@@ -345,12 +350,17 @@ class EngineCore:
     def _iteration_stats(
         self, so: SchedulerOutput | None, outputs: list[EngineCoreOutput]
     ) -> IterationStats:
-        generated = sum(len(o.new_token_ids) for o in outputs)
+        # Both sums run over every request every step: map() with C-level functions.
+        generated = sum(map(len, map(_new_token_ids, outputs)))
         if so is None:
             return IterationStats(num_generation_tokens=generated)
         # Every scheduled token is either a prompt/recompute token or the input of a decode
         # step; a decode step's input is the previously sampled token.
-        decodes = sum(1 for n in so.num_scheduled_tokens.values() if n == 1)
+        counts = so.num_scheduled_tokens
+        if so.total_num_scheduled_tokens == len(counts):
+            decodes = len(counts)  # each request computes at least one token: all decodes
+        else:
+            decodes = list(counts.values()).count(1)
         if logger.isEnabledFor(logging.DEBUG):  # the scheduler's decisions, once a step
             state = self.scheduler.stats()
             logger.debug(
