@@ -74,7 +74,7 @@ def fill(
 
 
 def sample(so: SchedulerOutput) -> ModelRunnerOutput:
-    ids = [rid for rid, (_, samples) in so.scheduled_requests.items() if samples]
+    ids = so.sampling_req_ids
     return ModelRunnerOutput(ids, [[1000 + i % 30000] for i in range(len(ids))])
 
 

@@ -17,6 +17,7 @@ until it runs again.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pagedllm.config import SchedulerConfig
@@ -37,6 +38,8 @@ from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
 
+_NO_BLOCKS: tuple[int, ...] = ()  # immutable: shared by every step's decodes
+
 
 @dataclass
 class _StepPlan:
@@ -46,7 +49,7 @@ class _StepPlan:
     num_scheduled: dict[str, int] = field(default_factory=dict)
     # Scheduled requests in batch order.
     order: list[Request] = field(default_factory=list)
-    new_block_ids: dict[str, list[int]] = field(default_factory=dict)
+    new_block_ids: dict[str, Sequence[int]] = field(default_factory=dict)
     first_time: set[str] = field(default_factory=set)
     resumed: set[str] = field(default_factory=set)
     preempted: set[str] = field(default_factory=set)
@@ -54,9 +57,9 @@ class _StepPlan:
     def add(self, request: Request, num_tokens: int, new_blocks: list[KVCacheBlock]) -> None:
         self.order.append(request)
         self.num_scheduled[request.request_id] = num_tokens
-        # Most decode steps take no block (a comprehension costs a call on Python 3.11).
+        # Most decode steps take no block: no list, no comprehension (a call on Python 3.11).
         self.new_block_ids[request.request_id] = (
-            [b.block_id for b in new_blocks] if new_blocks else []
+            [b.block_id for b in new_blocks] if new_blocks else _NO_BLOCKS
         )
         self.budget -= num_tokens
 
@@ -310,7 +313,8 @@ class Scheduler:
     def _emit(self, plan: _StepPlan) -> SchedulerOutput:
         new_reqs: list[NewRequestData] = []
         cached_reqs: list[CachedRequestData] = []
-        scheduled: dict[str, tuple[Request, bool]] = {}
+        scheduled: dict[str, Request] = {}
+        sampling: list[str] = []
         # Runs for every scheduled request every step: the plan's maps are read as locals.
         first_time, resumed_ids = plan.first_time, plan.resumed
         num_scheduled, new_block_ids = plan.num_scheduled, plan.new_block_ids
@@ -330,7 +334,9 @@ class Scheduler:
             pending = request.num_output_placeholders
             samples = num_computed >= len(request.all_token_ids) + pending
             request.num_output_placeholders = pending + samples
-            scheduled[rid] = (request, samples)
+            scheduled[rid] = request
+            if samples:
+                sampling.append(rid)
         finished, self._finished_req_ids = self._finished_req_ids, set()
         copies = self.kv.take_copies()
         return SchedulerOutput(
@@ -344,6 +350,7 @@ class Scheduler:
             kv_swap_in=copies.swap_in,
             kv_save_ahead=copies.save_ahead,
             scheduled_requests=scheduled,
+            sampling_req_ids=sampling,
         )
 
     def _new_request_data(self, request: Request) -> NewRequestData:
@@ -374,17 +381,16 @@ class Scheduler:
         ]
         self._rejected = []
         scheduled = scheduler_output.scheduled_requests
-        for scheduled_request, samples in scheduled.values():
-            scheduled_request.num_output_placeholders -= samples
+        for request_id in scheduler_output.sampling_req_ids:
+            scheduled[request_id].num_output_placeholders -= 1
         stopped: set[str] = set()
         # Runs for every request every step: lookups hoisted out of the loop.
         requests, all_sampled = self.requests, runner_output.sampled_token_ids
         all_logprobs, all_prompt_lp = runner_output.logprobs, runner_output.prompt_logprobs
         for index, request_id in enumerate(runner_output.req_ids):
             request = requests.get(request_id)
-            entry = scheduled.get(request_id)
-            if entry is not None and entry[0] is not request:
-                continue
+            if scheduled.get(request_id, request) is not request:
+                continue  # a new request under the id of one scheduled, finished since
             sampled = all_sampled[index]
             prompt_lp = all_prompt_lp[index] if all_prompt_lp else None
             if request is None or (not sampled and prompt_lp is None):
@@ -417,7 +423,7 @@ class Scheduler:
         if stopped:
             self.running = [r for r in self.running if r.request_id not in stopped]
         if self.quarantine.active:
-            self.quarantine.cleared(rid for rid, (_, samples) in scheduled.items() if samples)
+            self.quarantine.cleared(scheduler_output.sampling_req_ids)
         return outputs
 
     # -- failures ------------------------------------------------------------------------
@@ -429,7 +435,7 @@ class Scheduler:
         them alone fails, that request is failed with ``error``, the others never see it."""
         live = [
             request
-            for rid, (request, _) in scheduler_output.scheduled_requests.items()
+            for rid, request in scheduler_output.scheduled_requests.items()
             if self.requests.get(rid) is request
         ]
         for request in live:

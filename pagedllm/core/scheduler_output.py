@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -24,15 +25,17 @@ class NewRequestData:
     output_token_ids: list[int] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class CachedRequestData:
-    """A request the runner already holds: only what changed this step."""
+class CachedRequestData(msgspec.Struct, gc=False):
+    """A request the runner already holds: only what changed this step. One per running
+    request per step, alive while the step is in flight: kept out of the garbage
+    collector's scans (``gc=False``: it holds no object that could form a cycle)."""
 
     req_id: str
     # True when it was preempted and is scheduled again: ``new_block_ids`` then replaces its
     # block table instead of extending it.
     resumed_from_preemption: bool
-    new_block_ids: list[int]
+    # Empty (a shared empty tuple) for the decode steps that take no block.
+    new_block_ids: Sequence[int]
     num_computed_tokens: int
 
 
@@ -57,12 +60,12 @@ class SchedulerOutput:
     # (device block, host slot): cached blocks saved beside the forward pass (their KV from
     # earlier steps; none written or taken by this one); the next step waits for them.
     kv_save_ahead: list[tuple[int, int]] = field(default_factory=list)
-    # The scheduler's own record, not read by the runner: each scheduled request object, and
-    # whether this step samples a token for it (counted in its ``num_output_placeholders``
-    # until ``update_from_output`` brings the token).
-    scheduled_requests: dict[str, tuple[Request, bool]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    # The scheduler's own records, not read by the runner: each scheduled request object,
+    # and the requests this step samples a token for, in scheduling order (each counted in
+    # its ``num_output_placeholders`` until ``update_from_output`` brings the token). No
+    # object per request: what survives a step in flight is scanned by the collector.
+    scheduled_requests: dict[str, Request] = field(default_factory=dict, repr=False, compare=False)
+    sampling_req_ids: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def is_empty(self) -> bool:

@@ -55,7 +55,8 @@ def step_args(
     structured outputs, the bitmask filled here for the rows that sample."""
     sampled_ids, mask = None, None
     if grammar_bitmask is not None:
-        scheduled = scheduler_output.scheduled_requests
-        sampled_ids = [r for r in batch_order(scheduler_output) if scheduled[r][1]]
+        sampling = set(scheduler_output.sampling_req_ids)
+        sampled_ids = [r for r in batch_order(scheduler_output) if r in sampling]
         mask = grammar_bitmask(sampled_ids) if sampled_ids else None
-    return dataclasses.replace(scheduler_output, scheduled_requests={}), sampled_ids, mask
+    own = {"scheduled_requests": {}, "sampling_req_ids": []}
+    return dataclasses.replace(scheduler_output, **own), sampled_ids, mask

@@ -9,8 +9,9 @@ Invariants:
   that disagree (some failed, some did not) raise ``WorkerDiedError``, which stops the
   engine. A failure of every rank alike is the step's (one request's) and is raised as is,
   for the engine's quarantine.
-- The scheduler's own records (``SchedulerOutput.scheduled_requests``) never leave the core;
-  structured outputs' bitmask is filled here, before the step is sent.
+- The scheduler's own records (``SchedulerOutput.scheduled_requests``, ``sampling_req_ids``)
+  never leave the core; structured outputs' bitmask is filled here, before the step is
+  sent.
 """
 
 from __future__ import annotations

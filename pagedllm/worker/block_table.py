@@ -8,6 +8,8 @@ entries are its request's block ids, in order; entries past them are stale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -17,7 +19,7 @@ class BlockTable:
         self.lengths = np.zeros(rows, dtype=np.int64)
         self._free_rows = list(range(rows - 1, -1, -1))  # popped from the end: row 0 first
 
-    def add(self, block_ids: list[int]) -> int:
+    def add(self, block_ids: Sequence[int]) -> int:
         """A row for a new request, holding ``block_ids``."""
         if not self._free_rows:
             self._grow_rows()
@@ -26,7 +28,7 @@ class BlockTable:
         self.extend(row, block_ids)
         return row
 
-    def extend(self, row: int, block_ids: list[int]) -> None:
+    def extend(self, row: int, block_ids: Sequence[int]) -> None:
         if not block_ids:
             return
         start = int(self.lengths[row])
@@ -36,7 +38,7 @@ class BlockTable:
         self.ids[row, start:end] = block_ids
         self.lengths[row] = end
 
-    def replace(self, row: int, block_ids: list[int]) -> None:
+    def replace(self, row: int, block_ids: Sequence[int]) -> None:
         """A resumed request's new blocks (it recomputes from its first)."""
         self.lengths[row] = 0
         self.extend(row, block_ids)

@@ -7,6 +7,7 @@ simulated KV of every scheduled request, and the block pool's integrity is check
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -91,6 +92,24 @@ def test_empty_schedule_when_idle():
     scheduler = make_scheduler()
     so = scheduler.schedule()
     assert so.is_empty and not so.scheduled_new_reqs and not so.scheduled_cached_reqs
+
+
+def test_a_decode_step_tracks_no_object_per_request_for_the_collector():
+    """A step in flight lives through the garbage collector's young passes; objects made
+    per request (a record per request, a list of no new blocks) promoted with it made full
+    collections (~19 ms at 1,024 requests) come every ~30 steps (RESULTS "The scheduler's
+    per-step objects")."""
+    harness = Harness(make_scheduler(num_blocks=256, max_num_seqs=64, max_num_batched_tokens=512))
+    for i in range(64):
+        harness.add(make_request(f"r{i}", 5, max_tokens=20))
+    harness.step()  # the prompts; every request decodes from here on
+    gc.collect()
+    before = len(gc.get_objects())
+    so = harness.scheduler.schedule()
+    made = len(gc.get_objects()) - before
+    assert len(so.scheduled_cached_reqs) == 64 and so.total_num_scheduled_tokens == 64
+    assert made < 16, f"{made} tracked objects for one step of 64 decodes"
+    assert all(not gc.is_tracked(c) for c in so.scheduled_cached_reqs)
 
 
 # -- chunked prefill and the token budget ----------------------------------------------------
