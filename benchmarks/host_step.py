@@ -4,7 +4,9 @@ scheduled before step N's tokens are applied), the encoding of the step's output
 front end, and the model runner's host side: taking in the scheduler's output, the step's
 inputs written into staging arrays as a CUDA step's are (``fill_host``), the sampling
 metadata, and reading the sampled tokens back (``resolve``). The runner is qwen3-0.6b's
-(W1's), built on the CPU without weights; no device copy or kernel is timed.
+(W1's), built on the CPU without weights; no device copy or kernel is timed. Besides the
+mean of each phase: the 99th percentile and the longest of the steps' host times, and how
+often the garbage collector made a full pass (a stall of the step it falls in).
 
     python benchmarks/host_step.py [--running 256,512,1024] [--steps 200]
 """
@@ -12,6 +14,7 @@ metadata, and reading the sampled tokens back (``resolve``). The runner is qwen3
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -111,7 +114,21 @@ def launch(runner: ModelRunner, so: SchedulerOutput, arrays: dict[str, np.ndarra
     return LaunchedStep(host.req_ids, host.sampled_req_indices, states, sampled, None)
 
 
-def measure(running: int, steps: int) -> dict[str, float]:
+class FullCollections:
+    """Counts the garbage collector's full (oldest-generation) passes while on: each scans
+    every tracked object not frozen, a stall of the step it falls in."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.on = False
+        gc.callbacks.append(self._seen)
+
+    def _seen(self, phase: str, info: dict[str, int]) -> None:
+        if self.on and phase == "stop" and info["generation"] == 2:
+            self.count += 1
+
+
+def measure(running: int, steps: int, full: FullCollections) -> dict[str, float]:
     runner = make_runner(running)
     arrays = staging(running, MAX_MODEL_LEN // runner.block_size)
     scheduler = make_scheduler(running, PROMPT, steps, runner.block_size)
@@ -119,8 +136,10 @@ def measure(running: int, steps: int) -> dict[str, float]:
     fill(scheduler, PROMPT, steps, runner, arrays)
     codec = Codec()
     times = dict.fromkeys(PHASES, 0.0)
+    totals = []
     in_flight = scheduler.schedule()
     launched = launch(runner, in_flight, arrays)
+    full.count, full.on = 0, True
     for _ in range(steps):
         t0 = time.perf_counter()
         nxt = scheduler.schedule()
@@ -137,8 +156,15 @@ def measure(running: int, steps: int) -> dict[str, float]:
         t5 = time.perf_counter()
         for phase, span in zip(PHASES, (t1 - t0, t4 - t3, t5 - t4, t2 - t1, t3 - t2)):
             times[phase] += span
+        totals.append(t5 - t0)
         in_flight, launched = nxt, next_launched
-    return {k: v / steps * 1e3 for k, v in times.items()}
+    full.on = False
+    result = {k: v / steps * 1e3 for k, v in times.items()}
+    result["total"] = sum(result.values())
+    result["p99"] = float(np.percentile(totals, 99)) * 1e3
+    result["max"] = max(totals) * 1e3
+    result["full GCs"] = full.count * 100 / steps
+    return result
 
 
 def main() -> None:
@@ -147,12 +173,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     freeze_library_heap()  # as the engine core process does before it builds anything
-    print("| running | " + " | ".join(f"{p} ms" for p in PHASES) + " | total ms |")
-    print("|---" * (len(PHASES) + 2) + "|")
+    full = FullCollections()
+    columns = [f"{p} ms" for p in PHASES]
+    columns += ["total ms", "p99 step ms", "max step ms", "full GCs / 100 steps"]
+    print("| running | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for n in (int(v) for v in args.running.split(",")):
-        t = measure(n, args.steps)
-        cells = " | ".join(f"{t[k]:.3f}" for k in PHASES)
-        print(f"| {n} | {cells} | {sum(t.values()):.3f} |", flush=True)
+        t = measure(n, args.steps, full)
+        cells = " | ".join(f"{t[k]:.3f}" for k in (*PHASES, "total", "p99", "max"))
+        print(f"| {n} | {cells} | {t['full GCs']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
