@@ -77,8 +77,9 @@ def fill(
 
 
 def sample(so: SchedulerOutput) -> ModelRunnerOutput:
+    """The step's sampled tokens, made up, in the runner's form (a tuple each)."""
     ids = so.sampling_req_ids
-    return ModelRunnerOutput(ids, [[1000 + i % 30000] for i in range(len(ids))])
+    return ModelRunnerOutput(ids, [(1000 + i % 30000,) for i in range(len(ids))])
 
 
 def make_runner(running: int) -> ModelRunner:

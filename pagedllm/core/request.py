@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from pagedllm.sampling_params import SamplingParams
@@ -134,7 +135,7 @@ class Request:
     def is_finished(self) -> bool:
         return self.status.is_finished
 
-    def append_output_token_ids(self, token_ids: list[int]) -> None:
+    def append_output_token_ids(self, token_ids: Iterable[int]) -> None:
         self.output_token_ids.extend(token_ids)
         self.all_token_ids.extend(token_ids)
 

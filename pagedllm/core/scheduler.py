@@ -480,7 +480,7 @@ class Scheduler:
         self._finished_req_ids.add(request.request_id)
         self.waiting.prepend(request)
 
-    def _append_until_stop(self, request: Request, sampled: list[int]) -> list[int]:
+    def _append_until_stop(self, request: Request, sampled: Sequence[int]) -> Sequence[int]:
         if len(sampled) == 1:  # every step but speculative ones
             request.append_output_token(sampled[0])
             self._check_stop(request, sampled[0])

@@ -90,8 +90,9 @@ class ModelRunnerOutput:
 
     req_ids: list[str]
     # Tokens sampled for each request (empty for a prefill chunk that did not reach the end
-    # of its prompt). A list, so speculative decoding can return several.
-    sampled_token_ids: list[list[int]]
+    # of its prompt). A sequence, so speculative decoding can return several; the runner's
+    # are tuples (``LaunchedStep.resolve`` says why).
+    sampled_token_ids: list[Sequence[int]]
     # Per request: logprobs of its sampled positions, or None when not asked for.
     logprobs: list[LogprobsLists | None] | None = None
     # Per request: prompt logprobs computed this step (a chunk), or None.
@@ -103,7 +104,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, gc=False, omit_defaults=
     from the engine process to the front end: a compact msgspec struct)."""
 
     request_id: str
-    new_token_ids: list[int]
+    new_token_ids: Sequence[int]  # a list once decoded from the wire
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0

@@ -8,6 +8,7 @@ token decodes as it would inside the full text (leading spaces included).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tokenizers.decoders import DecodeStream
@@ -31,7 +32,7 @@ class IncrementalDetokenizer:
             self._raw_added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
         self._last_added = False
 
-    def decode(self, token_ids: list[int]) -> str:
+    def decode(self, token_ids: Iterable[int]) -> str:
         """Text for newly generated tokens (possibly empty while a character is incomplete)."""
         return "".join(self._next(t) for t in token_ids)
 

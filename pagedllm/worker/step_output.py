@@ -11,6 +11,7 @@ request states. Until then, each sampled request counts its token as pending
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,17 +77,19 @@ class LaunchedStep:
         """Wait for the sampled ids; the step's output, and each sampled row's token (for
         the runner to record in its request states: ``ModelRunner.resolve``)."""
         num_reqs = len(self.req_ids)
+        # Tuples of ints, not lists: the collector stops tracking them at its first look, so
+        # they are never promoted with the step's outputs and never bring on a full pass
+        # (RESULTS "The scheduler's per-step objects").
+        sampled: list[Sequence[int]] = [()] * num_reqs
         if self.sampled is None:
-            sampled: list[list[int]] = [[] for _ in range(num_reqs)]
             return ModelRunnerOutput(self.req_ids, sampled, None, self.prompt_logprobs), []
         tokens, token_logprobs = self.sampled.read()
         indices = self.sampled_req_indices
         if len(indices) == num_reqs:  # every request sampled (indices ascend): each its row
-            sampled = [[token] for token in tokens]
+            sampled = [(token,) for token in tokens]
         else:
-            sampled = [[] for _ in range(num_reqs)]
             for row, req_index in enumerate(indices):
-                sampled[req_index] = [tokens[row]]
+                sampled[req_index] = (tokens[row],)
         logprobs: list[LogprobsLists | None] | None = None
         if token_logprobs is not None:
             logprobs = [None] * num_reqs
