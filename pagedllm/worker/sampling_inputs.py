@@ -37,42 +37,71 @@ def build_sampling_metadata(
             processors=_processors(states) if previous.processors is not None else None,
         )
     params = [s.sampling_params for s in states]
+    # Rows often share one SamplingParams (an offline batch): what no row asks for is
+    # found on the distinct objects, and its per-row scan skipped (a full rebuild, on every
+    # change of the batch, was ~1.2 ms at 1,024 rows).
+    distinct = list({id(p): p for p in params}.values())
     greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
     temperature = [1.0 if g else p.temperature for g, p in zip(greedy, params)]
-    top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
-    top_p = [p.top_p for p in params]
-    min_p = [p.min_p for p in params]
     generators = {i: s.generator for i, s in enumerate(states) if s.generator is not None}
     penalties = None
-    if penalty_state is not None and any(p.uses_penalties for p in params):
-        penalties = penalty_state.inputs(states)
-    elif any(p.uses_penalties for p in params):
-        penalties = _penalties(states, vocab_size, device)
+    if any(p.uses_penalties for p in distinct):
+        if penalty_state is not None:
+            penalties = penalty_state.inputs(states)
+        else:
+            penalties = _penalties(states, vocab_size, device)
     fast, slow, fast_k, group_gens = _split_fast_rows(
         params, greedy, vocab_size, generators, device
     )
+    bans_possible = any(p.min_tokens > 0 or p.bad_words_token_ids for p in distinct)
     return SamplingMetadata(
         temperature=_tensor(temperature, torch.float32, device),
         greedy=_tensor(greedy, torch.bool, device),
         all_greedy=all(greedy),
         all_random=not any(greedy),
-        top_k=None if all(k == vocab_size for k in top_k) else _tensor(top_k, torch.int64, device),
-        top_p=None if all(p == 1.0 for p in top_p) else _tensor(top_p, torch.float32, device),
-        min_p=None if all(p == 0.0 for p in min_p) else _tensor(min_p, torch.float32, device),
+        top_k=_top_k(params, distinct, vocab_size, device),
+        top_p=_per_row(params, distinct, "top_p", 1.0, device),
+        min_p=_per_row(params, distinct, "min_p", 0.0, device),
         generators=generators,
         fast_rows=fast,
         fast_k=fast_k,
         slow_rows=slow,
         group_generators=group_gens,
         penalties=penalties,
-        banned=_banned(states, device),
-        bans_possible=any(p.min_tokens > 0 or p.bad_words_token_ids for p in params),
-        allowed=_allowed(params, vocab_size, device),
-        bias=_bias(params, device),
-        processors=_processors(states),
-        max_num_logprobs=max_num_logprobs(params, vocab_size),
-        need_logprob=any(needs_cumulative_logprob(p) for p in params),
+        banned=_banned(states, device) if bans_possible else None,
+        bans_possible=bans_possible,
+        allowed=_allowed(params, distinct, vocab_size, device),
+        bias=_bias(params, device) if any(p.logit_bias for p in distinct) else None,
+        processors=_processors(states) if any(p.logits_processors for p in distinct) else None,
+        max_num_logprobs=max_num_logprobs(distinct, vocab_size),
+        need_logprob=any(needs_cumulative_logprob(p) for p in distinct),
     )
+
+
+def _top_k(
+    params: list[SamplingParams],
+    distinct: list[SamplingParams],
+    vocab_size: int,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Each row's top_k (the vocabulary for none), or None when no row has one."""
+    if all(not 0 < p.top_k < vocab_size for p in distinct):
+        return None
+    top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+    return _tensor(top_k, torch.int64, device)
+
+
+def _per_row(
+    params: list[SamplingParams],
+    distinct: list[SamplingParams],
+    name: str,
+    neutral: float,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Each row's float parameter ``name``, or None when every row has the neutral value."""
+    if all(getattr(p, name) == neutral for p in distinct):
+        return None
+    return _tensor([getattr(p, name) for p in params], torch.float32, device)
 
 
 TOP_K_FAST = 1024  # up to this top_k, sample from torch.topk's candidates instead of a sort
@@ -167,9 +196,12 @@ def _banned(
 
 
 def _allowed(
-    params: list[SamplingParams], vocab_size: int, device: torch.device
+    params: list[SamplingParams],
+    distinct: list[SamplingParams],
+    vocab_size: int,
+    device: torch.device,
 ) -> torch.Tensor | None:
-    if all(p.allowed_token_ids is None for p in params):
+    if all(p.allowed_token_ids is None for p in distinct):
         return None
     mask = torch.ones(len(params), vocab_size, dtype=torch.bool)
     for i, p in enumerate(params):

@@ -510,6 +510,22 @@ def test_metadata_truncation_tensors() -> None:
     torch.testing.assert_close(md.min_p, torch.tensor([0.0, 0.0, 0.1, 0.0]))
 
 
+def test_metadata_of_rows_sharing_one_params_object() -> None:
+    """An offline batch's rows share one SamplingParams: what it asks for reaches every
+    row that holds it, and nothing reaches the rows that do not."""
+    shared = SamplingParams(top_k=5, top_p=0.8, logit_bias={3: 2.0}, allowed_token_ids=[3, 4])
+    plain = SamplingParams()
+    states = [state("a", [1], shared), state("b", [1], plain), state("c", [1], shared)]
+    md = build_sampling_metadata(states, VOCAB, CPU)
+    assert md.top_k is not None and md.top_k.tolist() == [5, VOCAB, 5]
+    assert md.top_p is not None and md.top_p.tolist() == pytest.approx([0.8, 1.0, 0.8])
+    assert md.min_p is None and md.banned is None and md.processors is None
+    assert md.bias is not None and md.bias[0].tolist() == [0, 2]
+    assert md.allowed is not None and md.allowed.sum(dim=1).tolist() == [2, VOCAB, 2]
+    same = build_sampling_metadata([state(str(i), [1], plain) for i in range(3)], VOCAB, CPU)
+    assert same.top_k is None and same.top_p is None and same.bias is None
+
+
 def test_metadata_penalties() -> None:
     g = torch.Generator().manual_seed(3)
     prompts = [random_ids(g, 7), random_ids(g, 2), random_ids(g, 11)]
