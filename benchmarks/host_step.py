@@ -6,7 +6,8 @@ inputs written into staging arrays as a CUDA step's are (``fill_host``), the sam
 metadata, and reading the sampled tokens back (``resolve``). The runner is qwen3-0.6b's
 (W1's), built on the CPU without weights; no device copy or kernel is timed. Besides the
 mean of each phase: the 99th percentile and the longest of the steps' host times, and how
-often the garbage collector made a full pass (a stall of the step it falls in).
+often the garbage collector made a full pass (a stall of the step it falls in); apart, the
+sampling metadata built afresh for the batch (as a step whose batch changed does).
 
     python benchmarks/host_step.py [--running 256,512,1024] [--steps 200]
 """
@@ -36,6 +37,7 @@ from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.input_buffers import buffer_shapes, fill_host
 from pagedllm.worker.model_runner import ModelRunner, mark_pending
+from pagedllm.worker.sampling_inputs import build_sampling_metadata
 from pagedllm.worker.step_output import LaunchedStep, SampledOnDevice
 from pagedllm.worker.step_plan import plan_step
 
@@ -129,6 +131,16 @@ class FullCollections:
             self.count += 1
 
 
+def metadata_rebuild_ms(runner: ModelRunner, states: list, repeats: int = 50) -> float:
+    """The sampling metadata built afresh for these rows: what a step pays when its batch
+    changed since the last (a request finished or joined); not in the per-step total."""
+    vocab, cpu = runner.model_config.vocab_size, torch.device("cpu")
+    start = time.perf_counter()
+    for _ in range(repeats):
+        build_sampling_metadata(states, vocab, cpu)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
 def measure(running: int, steps: int, full: FullCollections) -> dict[str, float]:
     runner = make_runner(running)
     arrays = staging(running, MAX_MODEL_LEN // runner.block_size)
@@ -140,6 +152,7 @@ def measure(running: int, steps: int, full: FullCollections) -> dict[str, float]
     totals = []
     in_flight = scheduler.schedule()
     launched = launch(runner, in_flight, arrays)
+    every_row = launched.states  # all N requests sample in this first step
     full.count, full.on = 0, True
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -161,6 +174,7 @@ def measure(running: int, steps: int, full: FullCollections) -> dict[str, float]
         in_flight, launched = nxt, next_launched
     full.on = False
     result = {k: v / steps * 1e3 for k, v in times.items()}
+    result["rebuild"] = metadata_rebuild_ms(runner, every_row)
     result["total"] = sum(result.values())
     result["p99"] = float(np.percentile(totals, 99)) * 1e3
     result["max"] = max(totals) * 1e3
@@ -177,12 +191,13 @@ def main() -> None:
     full = FullCollections()
     columns = [f"{p} ms" for p in PHASES]
     columns += ["total ms", "p99 step ms", "max step ms", "full GCs / 100 steps"]
+    columns += ["metadata rebuild ms"]
     print("| running | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for n in (int(v) for v in args.running.split(",")):
         t = measure(n, args.steps, full)
         cells = " | ".join(f"{t[k]:.3f}" for k in (*PHASES, "total", "p99", "max"))
-        print(f"| {n} | {cells} | {t['full GCs']:.1f} |", flush=True)
+        print(f"| {n} | {cells} | {t['full GCs']:.1f} | {t['rebuild']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
