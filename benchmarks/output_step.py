@@ -6,7 +6,8 @@ consumers of a server take them while the next step runs. Reports the mean, the 
 percentile and the longest step, and the garbage collector's full passes per 100 steps.
 Token ids only (no tokenizer): the detokenizer's work is left out.
 
-    python benchmarks/output_step.py [--running 256,1024] [--steps 400] [--kinds DELTA,FINAL_ONLY]
+    python benchmarks/output_step.py [--running 256,1024] [--steps 400]
+        [--kinds DELTA,FINAL_ONLY] [--server-gc]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import numpy as np
 
 from pagedllm.core.scheduler_output import EngineCoreOutput
-from pagedllm.engine.heap import freeze_library_heap
+from pagedllm.engine.heap import freeze_library_heap, widen_young_generation
 from pagedllm.engine.messages import Codec, EngineCoreOutputs
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
@@ -78,8 +79,14 @@ def main() -> None:
     parser.add_argument("--running", default="256,1024")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--kinds", default="DELTA,FINAL_ONLY")
+    parser.add_argument(
+        "--server-gc", action="store_true",
+        help="the collector's settings of a `pagedllm serve` process (widen_young_generation)",
+    )  # fmt: skip
     args = parser.parse_args()
     freeze_library_heap()  # as every front end does before it builds an engine
+    if args.server_gc:
+        widen_young_generation()
     full = FullCollections()
     print("| running | output kind | mean ms | p99 ms | max ms | full GCs / 100 steps |")
     print("|---|---|---|---|---|---|")

@@ -42,7 +42,8 @@ def freeze_gc() -> bool:
     """PAGEDLLM_FREEZE_GC: before the first engine of the process is built, move the objects
     that exist (the libraries' modules) out of the garbage collector's reach (``gc.freeze``),
     so the collections that the per-step output objects trigger do not traverse them each
-    time (default on)."""
+    time, and raise an API server process's young-generation threshold
+    (``heap.widen_young_generation``) (default on)."""
     return _get_bool("PAGEDLLM_FREEZE_GC", True)
 
 

@@ -41,3 +41,33 @@ def test_freezing_off_freezes_nothing():
     libraries, built, blocks_in_generations = run({"PAGEDLLM_FREEZE_GC": "0"})
     assert (libraries, built) == (0, 0)
     assert blocks_in_generations >= 5_000  # the queue's two sentinels besides
+
+
+THRESHOLD_SCRIPT = """
+import gc
+from pagedllm.engine.heap import SERVER_YOUNG_THRESHOLD, widen_young_generation
+
+before = gc.get_threshold()
+widen_young_generation()
+print("thresholds", *before, *gc.get_threshold(), SERVER_YOUNG_THRESHOLD)
+"""
+
+
+def thresholds(env: dict[str, str]) -> list[int]:
+    done = subprocess.run(
+        [sys.executable, "-c", THRESHOLD_SCRIPT], capture_output=True, text=True, timeout=120,
+        env=os.environ | env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("thresholds "))
+    return [int(v) for v in line.split()[1:]]
+
+
+def test_a_server_process_widens_the_young_generation_only():
+    *before, young, older, oldest, wanted = thresholds({})
+    assert young == wanted > before[0] and [older, oldest] == before[1:]
+
+
+def test_freezing_off_leaves_the_collectors_settings_alone():
+    *before, young, older, oldest, _ = thresholds({"PAGEDLLM_FREEZE_GC": "0"})
+    assert [young, older, oldest] == before

@@ -23,6 +23,7 @@ from pagedllm import envs
 from pagedllm.config import EngineConfig, UsageContext
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.engine.engine_process import cancelled_on_error, start_early
+from pagedllm.engine.heap import widen_young_generation
 from pagedllm.entrypoints.cli.engine_flags import add_engine_flags, engine_args_from
 from pagedllm.entrypoints.cli.server_options import (
     add_server_option_flags,
@@ -424,6 +425,7 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
             pending=pending,
         )
     sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
+    widen_young_generation()  # this process is the server's: a step's outputs per stream
     try:
         state = ServingState()
         app = build_app(engine, args, stats, state, sandbox)
