@@ -124,17 +124,22 @@ class EngineCoreLoop:
     def _emit(self, outputs: list[EngineCoreOutput], iteration: IterationStats) -> None:
         """Each front end gets its requests' outputs, and the step's counts."""
         snapshot = self.core.snapshot()
-        by_client: dict[int, list[EngineCoreOutput]] = {}
+        # One front end (the common case) takes them all: no lookup per output.
+        groups = {0: outputs} if len(self.outbound) == 1 else self._by_client(outputs)
         for output in outputs:
-            client = self.client_of.get(output.request_id, 0)
-            by_client.setdefault(client, []).append(output)
-            if output.finished:
+            if output.finish_reason is not None:
                 self.client_of.pop(output.request_id, None)
         for client in range(len(self.outbound)):
             # Every front end gets the engine-wide counts: any API server's /metrics
             # reports the whole engine.
-            self._send(client, EngineCoreOutputs(by_client.get(client, []), iteration, snapshot))
+            self._send(client, EngineCoreOutputs(groups.get(client, []), iteration, snapshot))
         self._changed = False
+
+    def _by_client(self, outputs: list[EngineCoreOutput]) -> dict[int, list[EngineCoreOutput]]:
+        by_client: dict[int, list[EngineCoreOutput]] = {}
+        for output in outputs:
+            by_client.setdefault(self.client_of.get(output.request_id, 0), []).append(output)
+        return by_client
 
     def _send_idle_state(self) -> None:
         self._emit([], IterationStats())
