@@ -40,18 +40,18 @@ class RequestState:
     queue: Any = None  # set by AsyncLLM: where this request's outputs go
     error: str | None = None  # finish_reason "error": why, for this request's caller only
     queued_time: float | None = None  # the engine core's clock, from its first output
+    # Characters held back while streaming: they may turn out to start a stop string. Fixed
+    # by the params; read for every streamed output, so computed once.
+    stop_buffer: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        stops = self.params.stop_strings
+        if stops and not self.params.include_stop_str_in_output:
+            self.stop_buffer = max(len(s) for s in stops) - 1
 
     @property
     def external_id(self) -> str:
         return self.parent.request_id if self.parent else self.request_id
-
-    @property
-    def stop_buffer(self) -> int:
-        """Characters held back while streaming: they may turn out to start a stop string."""
-        stops = self.params.stop_strings
-        if not stops or self.params.include_stop_str_in_output:
-            return 0
-        return max(len(s) for s in stops) - 1
 
     def update(self, out: EngineCoreOutput) -> bool:
         """Take one step's tokens; return True if a stop string ended the request here."""
