@@ -93,6 +93,7 @@ _computed = attrgetter("num_computed_tokens")
 _token_ids = attrgetter("token_ids")
 _pending = attrgetter("num_pending")
 _block_row = attrgetter("block_row")
+_pending_row = attrgetter("pending_row")
 
 
 def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
@@ -153,7 +154,9 @@ def build_host_batch(
         num_decodes=num_decodes,
         block_size=block_size,
         fill_positions=query_start_loc[fills],
-        fill_rows=np.fromiter((states[i].pending_row for i in fills), np.int64, len(fills)),
+        fill_rows=np.fromiter(
+            map(_pending_row, map(states.__getitem__, fills.tolist())), np.int64, len(fills)
+        ),
     )
 
 

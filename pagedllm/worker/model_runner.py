@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from operator import attrgetter
 
 import torch
 
@@ -464,7 +465,7 @@ class ModelRunner:
     def _sampling_metadata(self, states: list[RequestState]) -> SamplingMetadata:
         """Rebuilt in full when the sampled rows change or any request came or went since
         the last step (a new request may reuse an id, and its penalty slot is new)."""
-        rows = tuple(s.req_id for s in states)
+        rows = tuple(map(_req_id, states))  # per row every step: a C-level getter
         last = self._last_sampling
         previous = last[2] if last and last[:2] == (rows, self._batch_version) else None
         # A reused metadata keeps its penalty inputs: the penalty state exists if needed.
@@ -514,6 +515,9 @@ class ModelRunner:
         state = self.requests.pop(req_id, None)
         if state is not None:
             self.block_table.release(state.block_row)
+
+
+_req_id = attrgetter("req_id")
 
 
 def mark_pending(states: list[RequestState]) -> None:
