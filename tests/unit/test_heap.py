@@ -20,14 +20,19 @@ print("counts", libraries, gc.get_freeze_count() - libraries, in_generations)
 """
 
 
-def run(env: dict[str, str]) -> list[int]:
+def numbers(script: str, tag: str, env: dict[str, str]) -> list[int]:
+    """Run ``script`` in a fresh interpreter; the numbers of its output line ``tag ...``."""
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
         env=os.environ | env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("counts "))
+    line = next(x for x in done.stdout.splitlines() if x.startswith(tag + " "))
     return [int(v) for v in line.split()[1:]]
+
+
+def run(env: dict[str, str]) -> list[int]:
+    return numbers(SCRIPT, "counts", env)
 
 
 def test_a_built_engine_leaves_the_collectors_generations():
@@ -54,13 +59,7 @@ print("thresholds", *before, *gc.get_threshold(), SERVER_YOUNG_THRESHOLD)
 
 
 def thresholds(env: dict[str, str]) -> list[int]:
-    done = subprocess.run(
-        [sys.executable, "-c", THRESHOLD_SCRIPT], capture_output=True, text=True, timeout=120,
-        env=os.environ | env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("thresholds "))
-    return [int(v) for v in line.split()[1:]]
+    return numbers(THRESHOLD_SCRIPT, "thresholds", env)
 
 
 def test_a_server_process_widens_the_young_generation_only():
