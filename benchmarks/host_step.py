@@ -15,15 +15,16 @@ sampling metadata built afresh for the batch (as a step whose batch changed does
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 import torch
+from gc_passes import FullCollections
 
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
@@ -115,20 +116,6 @@ def launch(runner: ModelRunner, so: SchedulerOutput, arrays: dict[str, np.ndarra
     sampled = SampledOnDevice(ids, ids, None, [0] * len(states), None)
     mark_pending(states)
     return LaunchedStep(host.req_ids, host.sampled_req_indices, states, sampled, None)
-
-
-class FullCollections:
-    """Counts the garbage collector's full (oldest-generation) passes while on: each scans
-    every tracked object not frozen, a stall of the step it falls in."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.on = False
-        gc.callbacks.append(self._seen)
-
-    def _seen(self, phase: str, info: dict[str, int]) -> None:
-        if self.on and phase == "stop" and info["generation"] == 2:
-            self.count += 1
 
 
 def metadata_rebuild_ms(runner: ModelRunner, states: list, repeats: int = 50) -> float:

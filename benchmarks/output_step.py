@@ -13,14 +13,15 @@ Token ids only (no tokenizer): the detokenizer's work is left out.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
+from gc_passes import FullCollections
 
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.heap import freeze_library_heap, widen_young_generation
@@ -31,19 +32,6 @@ from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 PROMPT = 512
 WARMUP = 20
-
-
-class FullCollections:
-    """Counts the collector's full (oldest-generation) passes while on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.on = False
-        gc.callbacks.append(self._seen)
-
-    def _seen(self, phase: str, info: dict[str, int]) -> None:
-        if self.on and phase == "stop" and info["generation"] == 2:
-            self.count += 1
 
 
 def measure(running: int, steps: int, kind: RequestOutputKind, full: FullCollections) -> str:
