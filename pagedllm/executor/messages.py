@@ -58,5 +58,5 @@ def step_args(
         sampling = set(scheduler_output.sampling_req_ids)
         sampled_ids = [r for r in batch_order(scheduler_output) if r in sampling]
         mask = grammar_bitmask(sampled_ids) if sampled_ids else None
-    own = {"scheduled_requests": {}, "sampling_req_ids": []}
-    return dataclasses.replace(scheduler_output, **own), sampled_ids, mask
+    plan = dataclasses.replace(scheduler_output, scheduled_requests={}, sampling_req_ids=[])
+    return plan, sampled_ids, mask
