@@ -23,14 +23,13 @@ import select
 import subprocess
 import time
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
 from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
-from pagedllm.engine.core import EngineCore
 from pagedllm.engine.engine_process import PendingEngine
 from pagedllm.engine.exceptions import EngineDeadError
 from pagedllm.engine.messages import (
@@ -45,6 +44,9 @@ from pagedllm.engine.messages import (
 )
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
+
+if TYPE_CHECKING:
+    from pagedllm.engine.core import EngineCore
 
 logger = init_logger(__name__)
 
@@ -75,7 +77,9 @@ class InprocClient:
     """The engine core in this process; a step runs when outputs are asked for."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.engine_core = EngineCore(config)
+        from pagedllm.engine.core import EngineCore  # torch: only where the core runs here
+
+        self.engine_core: EngineCore = EngineCore(config)
         self._failed: list[EngineCoreOutput] = []
         self._changed = False
 

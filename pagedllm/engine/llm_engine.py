@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
-from pagedllm.engine.core import EngineCore
 from pagedllm.engine.core_client import EngineCoreClient, InprocClient, make_client
 from pagedllm.engine.engine_process import PendingEngine, cancelled_on_error, start_early
 from pagedllm.engine.heap import freeze_library_heap
@@ -29,6 +28,9 @@ from pagedllm.metrics.stats import EngineSnapshot, LoggingStatLogger, StatLogger
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.structured_output.spec import GrammarSpec
+
+if TYPE_CHECKING:
+    from pagedllm.engine.core import EngineCore
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pagedllm.config import EngineConfig
-from pagedllm.executor.base import Executor
+
+if TYPE_CHECKING:  # base imports torch; the front end imports parent_watch from this package
+    from pagedllm.executor.base import Executor
 
 
 def create_executor(config: EngineConfig) -> Executor:

@@ -146,3 +146,34 @@ def test_an_early_engine_generates(
         assert list(got) == list(expected)
     finally:
         llm.llm_engine.core.shutdown()
+
+
+TORCH_AT_LAUNCH = """
+import sys
+from pagedllm import AsyncEngineArgs, AsyncLLM, LLM
+from pagedllm.engine.engine_process import PendingEngine
+
+def launch(cls, num_clients=1, arguments=None):
+    print("torch imported at launch:", "torch" in sys.modules, flush=True)
+    raise SystemExit(0)
+
+PendingEngine.launch = classmethod(launch)
+{front_end}
+"""
+FRONT_ENDS = {
+    "LLM": 'LLM(model="HuggingFaceTB/SmolLM2-135M-Instruct")',
+    "AsyncLLM": "AsyncLLM.from_engine_args(AsyncEngineArgs())",
+}
+
+
+@pytest.mark.parametrize("front_end", list(FRONT_ENDS))
+def test_the_engine_process_launches_before_the_front_end_imports_torch(front_end: str) -> None:
+    """torch's import (~4 s on the H200) belongs to the engine process: the front end's
+    import of pagedllm and its arguments come first, then the launch, so the engine's
+    imports overlap the front end's configuration (issue 18's W4)."""
+    env = {**os.environ, "PAGEDLLM_ENABLE_MULTIPROCESSING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_AT_LAUNCH.format(front_end=FRONT_ENDS[front_end])],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "torch imported at launch: False" in done.stdout, done.stdout + done.stderr
