@@ -142,7 +142,7 @@ class AsyncLLM:
     ) -> AsyncLLM:
         if not start_engine_loop:
             raise ValueError("start_engine_loop=False is not supported: the loop always runs.")
-        config, pending = start_early(lambda: engine_args.create_engine_config(usage_context))
+        config, pending = start_early(engine_args, usage_context)
         with cancelled_on_error(pending):
             return cls(
                 config,

@@ -8,16 +8,22 @@ end that sent it. The loop blocks only when it has nothing to run, and then wake
 once a second to notice a parent that died (it exits with it).
 
 Started by ``engine_process.PendingEngine`` as ``python -m pagedllm.engine.core_proc``,
-often before its configuration exists (``start_early``).
+often before its configuration exists (``start_early``): it then builds the engine from the
+engine arguments if the front end's configuration has not arrived when its imports end
+(``BuiltAhead``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,12 @@ import zmq
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.core import EngineCore
+from pagedllm.engine.engine_process import (
+    EngineArguments,
+    PickledArguments,
+    message_waiting,
+    read_message,
+)
 from pagedllm.engine.heap import freeze_built_engine, freeze_library_heap
 from pagedllm.engine.messages import (
     Abort,
@@ -148,8 +160,14 @@ class EngineCoreLoop:
         self.outbound[client].send_multipart(self.codec.encode(message), copy=False)
 
 
-def run_engine_core(config: EngineConfig, input_address: str, output_addresses: list[str]) -> None:
-    """Build the core, say so on every output socket, then serve until told to stop."""
+def run_engine_core(
+    config: EngineConfig,
+    input_address: str,
+    output_addresses: list[str],
+    built: EngineCore | Exception | None = None,
+) -> None:
+    """Build the core (unless ``built`` holds it, or the error building it raised), say so
+    on every output socket, then serve until told to stop."""
     context = zmq.Context()
     inbound = context.socket(zmq.PULL)
     inbound.bind(input_address)
@@ -157,13 +175,10 @@ def run_engine_core(config: EngineConfig, input_address: str, output_addresses: 
     for socket, address in zip(outbound, output_addresses):
         socket.connect(address)
     codec = Codec()
-    try:
-        freeze_library_heap()
-        core = EngineCore(config)
-        freeze_built_engine()
-    except Exception as exc:
-        logger.exception("The engine core failed to start")
-        started = Started(error=str(exc), error_type=type(exc).__name__)
+    core = build_core(config) if built is None else built
+    if isinstance(core, Exception):
+        logger.error("The engine core failed to start", exc_info=core)
+        started = Started(error=str(core), error_type=type(core).__name__)
         for socket in outbound:
             socket.send_multipart(codec.encode(started))
         _close(context, [inbound, *outbound])
@@ -175,6 +190,17 @@ def run_engine_core(config: EngineConfig, input_address: str, output_addresses: 
     finally:
         core.shutdown()  # worker processes, if any
         _close(context, [inbound, *outbound])
+
+
+def build_core(config: EngineConfig) -> EngineCore | Exception:
+    """The engine core, or the exception that stopped it (reported to the front ends)."""
+    try:
+        freeze_library_heap()
+        core = EngineCore(config)
+        freeze_built_engine()
+    except Exception as exc:
+        return exc
+    return core
 
 
 def _close(context: zmq.Context, sockets: list[zmq.Socket]) -> None:
@@ -214,24 +240,106 @@ def _import_config_modules() -> None:
 
 
 def main() -> None:
-    """``python -m pagedllm.engine.core_proc INPUT OUTPUT...``, the pickled EngineConfig on
-    stdin (a plain subprocess, not multiprocessing: the parent's ``__main__`` is never
-    re-imported, and CUDA starts fresh). A stdin that ends before the config (the parent's
-    configuration failed) ends this process quietly."""
-    import pickle
-
+    """``python -m pagedllm.engine.core_proc INPUT OUTPUT...``, the messages of
+    ``engine_process`` on stdin (a plain subprocess, not multiprocessing: the parent's
+    ``__main__`` is never re-imported, and CUDA starts fresh). A stdin that ends before the
+    config (the parent's configuration failed) ends this process quietly."""
     _import_config_modules()
     imported = process_age_s()
-    try:
-        config = pickle.load(sys.stdin.buffer)
-    except EOFError:
+    stdin = sys.stdin.fileno()
+    first = read_message(stdin)
+    ahead = None
+    if isinstance(first, PickledArguments):
+        if not message_waiting(stdin):  # the front end's config is not here yet
+            arguments = first.load()
+            ahead = BuiltAhead.build(arguments) if arguments is not None else None
+        first = read_message(stdin)
+    if first is None:
         return
+    config: EngineConfig = first
     if imported is not None:  # start-up time before the engine is built (issue 18's W4)
         logger.info("Engine core process: interpreter and imports %.2f s, config received "
                     "at %.2f s", imported, process_age_s() or imported)  # fmt: skip
+    built = ahead.take(config) if ahead is not None else None
+    del ahead
     limit_tokenizer_threads(config.device)
-    exit_with_parent(sys.stdin.fileno())
-    run_engine_core(config, sys.argv[1], sys.argv[2:])
+    exit_with_parent(stdin)
+    run_engine_core(config, sys.argv[1], sys.argv[2:], built=built)
+
+
+@dataclasses.dataclass
+class BuiltAhead:
+    """The configuration the front end is building, built here from the same arguments,
+    and the engine core built from it (or the error that stopped it) while the front end's
+    configuration was still on its way."""
+
+    config: EngineConfig
+    core: EngineCore | Exception | None
+
+    @classmethod
+    def build(cls, arguments: EngineArguments) -> BuiltAhead | None:
+        """None if the configuration raises: the front end raises the same error to its
+        user. Quiet: the front end logs the configuration's lines and warnings."""
+        with _quiet():
+            try:
+                config = arguments.build()
+            except Exception as exc:
+                failed = exc
+            else:
+                failed = None
+        if failed is not None:
+            logger.info("The engine arguments built no configuration here (%s: %s); "
+                        "waiting for the front end's configuration",
+                        type(failed).__name__, failed)  # fmt: skip
+            return None
+        limit_tokenizer_threads(config.device)
+        core = build_core(config)
+        logger.info("Engine core built from the engine arguments at %.2f s, before the "
+                    "front end's configuration arrived", process_age_s() or 0.0)  # fmt: skip
+        return cls(config, core)
+
+    def take(self, config: EngineConfig) -> EngineCore | Exception | None:
+        """The core built ahead if its configuration is the front end's. Else None, with
+        the core shut down and its memory freed: the engine is built again from the
+        front end's configuration, the one its tokenizer and checks use."""
+        if self.config == config:
+            core, self.core = self.core, None
+            return core
+        differ = [
+            f.name
+            for f in dataclasses.fields(config)
+            if getattr(self.config, f.name) != getattr(config, f.name)
+        ]
+        logger.warning(
+            "The engine built from the engine arguments differs from the front end's "
+            "configuration in %s; building it again from the front end's (a slower "
+            "start-up; please report this).", ", ".join(differ),
+        )  # fmt: skip
+        if isinstance(self.core, EngineCore):
+            self.core.shutdown()
+        self.core = None  # the last reference: the collection below frees its memory
+        gc.collect()
+        _empty_device_cache()
+        return None
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No log line below ERROR and no Python warning inside (the front end shows them)."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 if __name__ == "__main__":

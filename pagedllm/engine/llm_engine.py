@@ -96,7 +96,7 @@ class LLMEngine:
     def from_engine_args(
         cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
     ) -> LLMEngine:
-        config, pending = start_early(lambda: engine_args.create_engine_config(usage_context))
+        config, pending = start_early(engine_args, usage_context)
         with cancelled_on_error(pending):
             return cls(config, pending=pending)
 

@@ -7,14 +7,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import cast
 
 import pytest
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.config import EngineArgs, EngineConfig
-from pagedllm.engine.engine_process import PendingEngine
+from pagedllm.config import EngineArgs, EngineConfig, UsageContext
+from pagedllm.engine.engine_process import (
+    EngineArguments,
+    PendingEngine,
+    PickledArguments,
+    engine_addresses,
+    write_message,
+)
+from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.executor.parent_watch import spawn_owned
 
 
 def engine_children() -> list[int]:
@@ -34,9 +43,11 @@ def record_launches(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> list[
     launched: list[PendingEngine] = []
     launch = PendingEngine.launch.__func__  # type: ignore[attr-defined]
 
-    def recording(cls: type[PendingEngine], num_clients: int = 1) -> PendingEngine:
+    def recording(
+        cls: type[PendingEngine], num_clients: int = 1, arguments: EngineArguments | None = None
+    ) -> PendingEngine:
         events.append("launch")
-        launched.append(launch(cls, num_clients))
+        launched.append(launch(cls, num_clients, arguments))
         return launched[-1]
 
     monkeypatch.setattr(PendingEngine, "launch", classmethod(recording))
@@ -177,3 +188,150 @@ def test_the_engine_process_launches_before_the_front_end_imports_torch(front_en
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "torch imported at launch: False" in done.stdout, done.stdout + done.stderr
+
+
+# -- the engine built from the arguments while the front end's configuration is on its way
+
+
+GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, detokenize=False)
+PROMPT = {"prompt_token_ids": [5, 17, 33, 2]}
+
+
+def launch_logged(tmp_path: Path, arguments: EngineArguments) -> tuple[PendingEngine, Path]:
+    """An engine process sent ``arguments``, as ``start_early`` launches it, with its log in
+    a file."""
+    input_address, outputs = engine_addresses(1)
+    log = tmp_path / "engine.log"
+    with log.open("w") as stderr:  # the log goes to stdout
+        process = spawn_owned(
+            [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *outputs],
+            stdin=subprocess.PIPE, stdout=stderr, stderr=stderr,
+        )  # fmt: skip
+    assert process.stdin is not None
+    message = PickledArguments.of(arguments)
+    assert message is not None
+    write_message(process.stdin, message)
+    return PendingEngine(input_address, outputs, process), log
+
+
+def wait_for_line(pending: PendingEngine, log: Path, text: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        ended = pending.process.poll() is not None
+        assert not ended and time.monotonic() < deadline, (
+            f"no {text!r} in the engine's log:\n{log.read_text()}"
+        )
+        time.sleep(0.2)
+
+
+def greedy_tokens(engine: LLMEngine) -> list[int]:
+    engine.add_request("r", PROMPT, GREEDY)
+    tokens: list[int] = []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            tokens = list(output.outputs[0].token_ids)
+    return tokens
+
+
+def in_process(config: EngineConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], int]:
+    """Greedy tokens and KV cache blocks of an engine core built in this process."""
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
+    engine = LLMEngine(config)
+    try:
+        return greedy_tokens(engine), engine.kv_cache_state()["num_blocks"]
+    finally:
+        engine.shutdown()
+        monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+
+
+def served(pending: PendingEngine, config: EngineConfig) -> tuple[list[int], int]:
+    """The front end's half: ``config`` sent to ``pending``, then what it serves."""
+    engine = LLMEngine(config, pending=pending)
+    try:
+        return greedy_tokens(engine), engine.kv_cache_state()["num_blocks"]
+    finally:
+        engine.shutdown()
+
+
+def tiny_args(tiny_models: dict[str, Path], **overrides: object) -> EngineArgs:
+    kw = dict(model=str(tiny_models["llama"]), max_model_len=64, skip_tokenizer_init=True)
+    return EngineArgs(**{**kw, **overrides})  # type: ignore[arg-type]
+
+
+def test_an_engine_ready_first_builds_from_the_arguments(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front end's configuration is late: the engine process builds the same one from
+    the arguments, builds the core from it, and serves with it once the front end's
+    configuration arrives and matches. The configuration's lines are logged once, by the
+    front end."""
+    args = tiny_args(tiny_models)
+    config = args.create_engine_config(UsageContext.LLM_CLASS)
+    expected = in_process(config, monkeypatch)
+    pending, log = launch_logged(tmp_path, EngineArguments(args, UsageContext.LLM_CLASS))
+    wait_for_line(pending, log, "Engine core built from the engine arguments")
+    assert served(pending, config) == expected
+    text = log.read_text()
+    assert "Non-default args" not in text and "differs" not in text, text
+
+
+def test_an_engine_built_ahead_from_other_arguments_is_built_again(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the engine's configuration differ from the front end's, the front end's wins:
+    the engine says which part differed and builds again (here: a KV cache twice as large)."""
+    config = tiny_args(tiny_models, kv_cache_memory_bytes=1 << 21).create_engine_config(
+        UsageContext.LLM_CLASS
+    )
+    expected = in_process(config, monkeypatch)
+    other = EngineArguments(
+        tiny_args(tiny_models, kv_cache_memory_bytes=1 << 20), UsageContext.LLM_CLASS
+    )
+    pending, log = launch_logged(tmp_path, other)
+    wait_for_line(pending, log, "Engine core built from the engine arguments")
+    assert served(pending, config) == expected
+    assert "differs from the front end's configuration in cache_config" in log.read_text()
+
+
+def test_arguments_that_fail_here_leave_the_front_ends_configuration(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration that raises in the engine process is not an error there (the front
+    end raises its own to the user); the engine then waits for the front end's."""
+    config = tiny_args(tiny_models).create_engine_config(UsageContext.LLM_CLASS)
+    expected = in_process(config, monkeypatch)
+    broken = EngineArguments(tiny_args(tiny_models, max_model_len=-7), UsageContext.LLM_CLASS)
+    pending, log = launch_logged(tmp_path, broken)
+    wait_for_line(pending, log, "waiting for the front end's configuration")
+    assert served(pending, config) == expected
+    assert "Traceback" not in log.read_text()
+
+
+def test_arguments_the_engine_cannot_load_leave_the_front_ends_configuration(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arguments holding a class only the user's process can import (its own module): the
+    engine process logs that they did not load and serves the front end's configuration."""
+    (tmp_path / "users_own_module.py").write_text("class Name(str):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from users_own_module import Name  # type: ignore[import-not-found]
+
+    config = tiny_args(tiny_models).create_engine_config(UsageContext.LLM_CLASS)
+    expected = in_process(config, monkeypatch)
+    foreign = tiny_args(tiny_models, served_model_name=Name("tiny"))
+    pending, log = launch_logged(tmp_path, EngineArguments(foreign, UsageContext.LLM_CLASS))
+    wait_for_line(pending, log, "The engine arguments did not load here (ModuleNotFoundError")
+    assert served(pending, config) == expected
+
+
+def test_a_configuration_already_there_is_used_as_it_is(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front end was first (its configuration waits in the pipe when the engine's
+    imports end): nothing is built from the arguments."""
+    args = tiny_args(tiny_models)
+    config = args.create_engine_config(UsageContext.LLM_CLASS)
+    expected = in_process(config, monkeypatch)
+    pending, log = launch_logged(tmp_path, EngineArguments(args, UsageContext.LLM_CLASS))
+    assert served(pending, config) == expected
+    assert "from the engine arguments" not in log.read_text()

@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from pagedllm import envs
-from pagedllm.config import EngineConfig, UsageContext
+from pagedllm.config import UsageContext
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.engine.engine_process import cancelled_on_error, start_early
 from pagedllm.engine.heap import widen_young_generation
@@ -387,11 +387,9 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
 
     # Validates every option (loads no weights); the server's batch defaults. The engine
     # process (this server's own, not a shared one's) imports meanwhile.
-    def build() -> EngineConfig:
-        return engine_args.create_engine_config(UsageContext.OPENAI_API_SERVER)
-
+    usage = UsageContext.OPENAI_API_SERVER
     if connection is None:
-        config, pending = start_early(build, args.api_server_count)
+        config, pending = start_early(engine_args, usage, args.api_server_count)
         with cancelled_on_error(pending):
             # Fail fast on a busy port, before the model loads.
             uds = getattr(args, "uds", None)
@@ -400,7 +398,7 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
             with sock, cancelled_on_error(pending):
                 return run_api_servers(args, config, sock.fileno(), pending)
     else:
-        config, pending = build(), None
+        config, pending = engine_args.create_engine_config(usage), None
         sock = socket.socket(fileno=connection.listen_fd)  # the supervisor's, shared
     with cancelled_on_error(pending):  # a failure before the engine has its config
         served = args.served_model_name or [config.model_config.model]
