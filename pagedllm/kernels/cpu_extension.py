@@ -46,12 +46,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
     missing = [f for f in _NEEDED_FLAGS if f not in cpu_flags()]
     if missing:
         return None, f"this CPU lacks {', '.join(missing)}"
-    sources = sorted(_SOURCES.glob("*.cpp"))
-    digest = hashlib.sha256(torch.__version__.encode())
-    for source in sorted(_SOURCES.glob("*.[ch]*")):  # the headers too
-        digest.update(source.name.encode() + source.read_bytes())
-    directory = envs.cache_root() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _build_directory()
+    sources = [s for s in staged_sources(directory) if s.suffix == ".cpp"]
     _put_ninja_on_path()
     try:
         from torch.utils.cpp_extension import load
@@ -68,6 +64,34 @@ def _build() -> tuple[ModuleType | None, str | None]:
         first_line = str(error).strip().split("\n", 1)[0][:300]
         return None, f"building pagedllm/csrc failed ({type(error).__name__}: {first_line})"
     return built, None
+
+
+def _build_directory() -> Path:
+    """One per torch version and sources' contents (headers too)."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted(_SOURCES.glob("*.[ch]*")):
+        digest.update(source.name.encode() + source.read_bytes())
+    directory = envs.cache_root() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def staged_sources(directory: Path) -> list[Path]:
+    """The sources copied into ``directory/src``, compiled from there: torch's builder
+    rebuilds when the source paths change, so two checkouts (or venvs) with the same
+    sources would otherwise rebuild in turn, a minute each time. A file already there has
+    the same contents (they name the directory); a new one appears whole (os.replace)."""
+    staged = directory / "src"
+    staged.mkdir(exist_ok=True)
+    paths = []
+    for source in sorted(_SOURCES.glob("*.[ch]*")):
+        target = staged / source.name
+        if not target.exists():
+            partial = target.with_name(f".{source.name}.{os.getpid()}")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        paths.append(target)
+    return paths
 
 
 def _put_ninja_on_path() -> None:
