@@ -335,3 +335,14 @@ def test_a_configuration_already_there_is_used_as_it_is(
     pending, log = launch_logged(tmp_path, EngineArguments(args, UsageContext.LLM_CLASS))
     assert served(pending, config) == expected
     assert "from the engine arguments" not in log.read_text()
+
+
+def test_arguments_that_do_not_pickle_are_not_sent() -> None:
+    """A lambda among the arguments: nothing goes ahead (the engine waits for the
+    configuration); plain arguments go as a message the engine can load."""
+    unpicklable = EngineArgs(logits_processors=[lambda logits: logits])
+    assert PickledArguments.of(EngineArguments(unpicklable, UsageContext.LLM_CLASS)) is None
+    message = PickledArguments.of(EngineArguments(EngineArgs(), UsageContext.LLM_CLASS))
+    assert message is not None
+    loaded = message.load()
+    assert loaded is not None and loaded.engine_args == EngineArgs()
