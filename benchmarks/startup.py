@@ -47,7 +47,8 @@ MILESTONES = {
 
 
 def one_run(tree: Path, kwargs: str) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}  # the tree's pagedllm
     start = time.perf_counter()
     cmd = [sys.executable, "-c", CHILD.format(kwargs=kwargs)]
     proc = subprocess.Popen(
