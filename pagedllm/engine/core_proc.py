@@ -317,7 +317,10 @@ class BuiltAhead:
         )  # fmt: skip
         if isinstance(self.core, EngineCore):
             self.core.shutdown()
-        self.core = None  # the last reference: the collection below frees its memory
+        self.core = None  # the last reference
+        # build_core froze the core out of the collector's reach: its reference cycles
+        # are found only once thawed (the next build freezes what is left again).
+        gc.unfreeze()
         gc.collect()
         _empty_device_cache()
         return None

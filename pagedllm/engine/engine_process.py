@@ -10,10 +10,12 @@ same one from the arguments and the engine from it, rather than wait (the front 
 imports and configuration are as long as the engine's imports on the H200), and checks it
 against this one when it arrives (``core_proc.main``).
 
-Invariant: the engine process's stdin carries, in order, an optional ``EngineArguments``
+Invariant: the engine process's stdin carries, in order, an optional ``PickledArguments``
 and exactly one ``EngineConfig`` (each a length-prefixed pickle: the engine looks at the raw
 pipe to see whether the config has arrived). This process's configuration is the one the
-engine serves with. The pipe stays open for the parent's life: its end before the config (a
+engine serves with. An engine building ahead reads the config only once built: a config
+larger than the pipe's buffer (64 KiB on Linux; ~3 KB is usual) holds ``configure`` until
+then. The pipe stays open for the parent's life: its end before the config (a
 configuration error here) makes the process exit quietly, its end afterwards makes the
 engine stop.
 """

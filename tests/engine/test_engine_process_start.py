@@ -293,6 +293,38 @@ def test_an_engine_built_ahead_from_other_arguments_is_built_again(
     assert "differs from the front end's configuration in cache_config" in log.read_text()
 
 
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_engine_built_ahead_and_discarded_is_freed(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The core built from differing arguments, once discarded, is freed before the
+    engine is built again (no reference to it left; it was frozen out of the collector's
+    passes, so any cycles are thawed first): here its 768 MiB KV cache, zeroed, so
+    resident; otherwise the engine process would hold two."""
+    config = tiny_args(tiny_models, kv_cache_memory_bytes=1 << 21).create_engine_config(
+        UsageContext.LLM_CLASS
+    )
+    big = EngineArguments(
+        tiny_args(tiny_models, kv_cache_memory_bytes=768 << 20), UsageContext.LLM_CLASS
+    )
+    pending, log = launch_logged(tmp_path, big)
+    wait_for_line(pending, log, "Engine core built from the engine arguments")
+    held = resident_mib(pending.process.pid)
+    engine = LLMEngine(config, pending=pending)
+    try:
+        greedy_tokens(engine)
+        after = resident_mib(pending.process.pid)
+    finally:
+        engine.shutdown()
+    assert after < held - 512, (held, after)
+
+
 def test_arguments_that_fail_here_leave_the_front_ends_configuration(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
