@@ -97,3 +97,16 @@ def test_directory_with_several_ggufs_asks_which(tmp_path):
         (tmp_path / name).symlink_to(bundled_gguf_path())
     with pytest.raises(ValueError, match="several GGUF files"):
         resolve_model(str(tmp_path))
+
+
+def test_gguf_index_written_under_a_temporary_name_of_its_own(tmp_path):
+    """Ranks loading one GGUF at once each write its tensor index: one writer's temporary
+    file (here a directory standing in the way at a shared name) never meets another's,
+    and only the whole index is left."""
+    from pagedllm.model.loader.gguf_weights import _INDEX_FILE, _load_index
+
+    index_path = tmp_path / _INDEX_FILE
+    (tmp_path / "gguf_tensors.tmp").mkdir()  # the name every writer used to share
+    index = _load_index(bundled_gguf_path(), index_path)
+    assert json.loads(index_path.read_text()) == index
+    assert sorted(p.name for p in tmp_path.iterdir()) == [_INDEX_FILE, "gguf_tensors.tmp"]

@@ -18,6 +18,7 @@ once into memory the process owns, its rows un-permuted like the dequantized one
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,11 @@ def _load_index(path: Path, index_path: Path) -> dict[str, Any]:
     if index_path.exists():
         return json.loads(index_path.read_text())
     index = _build_index(path)
-    tmp = index_path.with_suffix(".tmp")
+    # A temporary name of this process's own: ranks loading the same file at once (tensor
+    # parallelism) each write a whole index, and the last replace wins with a whole one.
+    tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(index))
-    tmp.replace(index_path)
+    os.replace(tmp, index_path)
     return index
 
 
