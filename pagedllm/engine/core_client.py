@@ -62,12 +62,14 @@ class EngineCoreClient(Protocol):
     def call_utility(self, name: str, *args: Any) -> Any: ...
     def is_alive(self) -> bool: ...
     def shutdown(self) -> None: ...
+    def wait_started(self) -> object: ...
 
 
 def make_client(config: EngineConfig, pending: PendingEngine | None = None) -> EngineCoreClient:
     """The engine core for ``config``: in ``pending`` (an engine process launched early,
     ``engine_process.start_early``), else in a process started now, or in this process
-    (``PAGEDLLM_ENABLE_MULTIPROCESSING=0``)."""
+    (``PAGEDLLM_ENABLE_MULTIPROCESSING=0``). An engine process may still be building it:
+    ``wait_started()`` before the first request."""
     if pending is not None or envs.enable_multiprocessing():
         return MPClient.start(config, pending)
     return InprocClient(config)
@@ -120,6 +122,9 @@ class InprocClient:
     def shutdown(self) -> None:
         pass
 
+    def wait_started(self) -> None:
+        """Nothing to wait for: the core was built in ``__init__``."""
+
 
 class MPClient:
     """The engine core in its own process, over ZeroMQ."""
@@ -157,7 +162,8 @@ class MPClient:
     @classmethod
     def start(cls, config: EngineConfig, pending: PendingEngine | None = None) -> MPClient:
         """Start the engine process (or configure ``pending``, launched while the config
-        was built: ``engine_process.start_early``) and connect this client to it."""
+        was built: ``engine_process.start_early``) and connect this client to it; the
+        engine is built meanwhile (``wait_started``)."""
         pending = pending or PendingEngine.launch()
         # Bound before the engine connects (it does once it has its config).
         client = cls(pending.input_address, pending.output_addresses[0], None, 0)
@@ -168,11 +174,6 @@ class MPClient:
             client, _release, client.context, [client.input, client.output],
             client._addresses, [process],
         )  # fmt: skip
-        try:
-            client.wait_started()
-        except BaseException:
-            client.shutdown()
-            raise
         return client
 
     # -- the protocol --------------------------------------------------------------------

@@ -66,17 +66,21 @@ class LLMEngine:
         self.config = config
         self.model_config = config.model_config
         limit_tokenizer_threads(config.device)
-        # First: the engine process loads the model while this one loads the tokenizer.
+        # First the engine core, which an engine process builds while this one loads the
+        # tokenizer; then wait for it to report in (a given client already has).
         self.core = client if client is not None else make_client(config, pending)
         try:
             self.tokenizer = load_tokenizer(config.model_config)
+            self.processor = InputProcessor(
+                config.model_config, self.tokenizer, config.structured_outputs_config,
+                max_samples,
+            )  # fmt: skip
+            self.output_processor = OutputProcessor(self.tokenizer)
+            if client is None:
+                self.core.wait_started()
         except BaseException:
             self.core.shutdown()
             raise
-        self.processor = InputProcessor(
-            config.model_config, self.tokenizer, config.structured_outputs_config, max_samples
-        )
-        self.output_processor = OutputProcessor(self.tokenizer)
         log_stats = not config.disable_log_stats if log_stats is None else log_stats
         self.stat_loggers: list[StatLogger] = [LoggingStatLogger()] if log_stats else []
         self._snapshot = EngineSnapshot(0, 0, 0.0, 0, 0)  # the core's state, as last reported

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
+from pagedllm.engine import llm_engine
+from pagedllm.engine.core_client import MPClient
 from pagedllm.engine.engine_process import (
     EngineArguments,
     PendingEngine,
@@ -133,6 +135,33 @@ def test_cancel_leaves_a_configured_engine_to_its_client() -> None:
     assert process.stdin is not None
     process.stdin.close()
     assert process.wait(timeout=10) == 0
+
+
+def test_the_tokenizer_loads_while_the_engine_builds(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front end loads its tokenizer and processors after sending the configuration
+    and before waiting for the engine to report in, so both run at once."""
+    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
+    order: list[str] = []
+    load = llm_engine.load_tokenizer
+    wait = MPClient.wait_started
+
+    def loading(*args: Any) -> Any:
+        order.append("tokenizer")
+        return load(*args)
+
+    def waiting(self: MPClient) -> Any:
+        order.append("wait for the engine")
+        return wait(self)
+
+    monkeypatch.setattr(llm_engine, "load_tokenizer", loading)
+    monkeypatch.setattr(MPClient, "wait_started", waiting)
+    llm = LLM(model=str(tiny_models["llama"]), max_model_len=64, skip_tokenizer_init=True)
+    try:
+        assert order == ["tokenizer", "wait for the engine"]
+    finally:
+        llm.llm_engine.core.shutdown()
 
 
 def test_an_early_engine_generates(
