@@ -6,7 +6,7 @@ start and reads the milestones off them. Runs alternate between this tree and, w
 machine state (page cache, bytecode warm after the first runs).
 
     python benchmarks/startup.py [--model M] [--load-format dummy] [--max-model-len N]
-        [--dtype D] [--runs 3] [--base /tmp/base]
+        [--dtype D] [--with-tokenizer] [--runs 3] [--base /tmp/base]
 """
 
 from __future__ import annotations
@@ -84,12 +84,15 @@ def main() -> None:
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--with-tokenizer", action="store_true",
+                    help="load the tokenizer (W4 skips it: token ids in)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--base", type=Path, help="another checkout, run alternately")
     args = ap.parse_args()
     kwargs = (
         f"model={args.model!r}, load_format={args.load_format!r}, dtype={args.dtype!r}, "
-        f"max_model_len={args.max_model_len}, skip_tokenizer_init=True, seed=0"
+        f"max_model_len={args.max_model_len}, "
+        f"skip_tokenizer_init={not args.with_tokenizer}, seed=0"
     )
     trees = {"this tree": HERE, **({"base": args.base.resolve()} if args.base else {})}
     for tree in trees.values():
