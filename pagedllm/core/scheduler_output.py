@@ -71,6 +71,12 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return self.total_num_scheduled_tokens == 0
 
+    @property
+    def is_all_decodes(self) -> bool:
+        """Every scheduled request computes exactly one token: each computes at least one,
+        so the total equals the count of requests only then (no per-request scan)."""
+        return self.total_num_scheduled_tokens == len(self.num_scheduled_tokens)
+
 
 class LogprobsLists(msgspec.Struct, array_like=True, gc=False):
     """Top log-probabilities of sampled positions: row i belongs to sampled position i.

@@ -357,10 +357,7 @@ class EngineCore:
         # Every scheduled token is either a prompt/recompute token or the input of a decode
         # step; a decode step's input is the previously sampled token.
         counts = so.num_scheduled_tokens
-        if so.total_num_scheduled_tokens == len(counts):
-            decodes = len(counts)  # each request computes at least one token: all decodes
-        else:
-            decodes = list(counts.values()).count(1)
+        decodes = len(counts) if so.is_all_decodes else list(counts.values()).count(1)
         if logger.isEnabledFor(logging.DEBUG):  # the scheduler's decisions, once a step
             state = self.scheduler.stats()
             logger.debug(

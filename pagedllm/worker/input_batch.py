@@ -101,8 +101,8 @@ def batch_order(scheduler_output: SchedulerOutput) -> list[str]:
     counts = scheduler_output.num_scheduled_tokens
     ids = [r.req_id for r in scheduler_output.scheduled_cached_reqs]
     ids += [r.req_id for r in scheduler_output.scheduled_new_reqs]
-    if scheduler_output.total_num_scheduled_tokens == len(ids):
-        return ids  # every request computes one token (each computes at least one)
+    if scheduler_output.is_all_decodes:
+        return ids
     return [i for i in ids if counts[i] == 1] + [i for i in ids if counts[i] != 1]
 
 
