@@ -26,6 +26,7 @@ from pagedllm.engine.engine_process import (
 )
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.executor.parent_watch import spawn_owned
+from tests.conftest import engine_in_process
 
 
 def engine_children() -> list[int]:
@@ -262,15 +263,14 @@ def greedy_tokens(engine: LLMEngine) -> list[int]:
     return tokens
 
 
-def in_process(config: EngineConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], int]:
+def in_process(config: EngineConfig) -> tuple[list[int], int]:
     """Greedy tokens and KV cache blocks of an engine core built in this process."""
-    monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
-    engine = LLMEngine(config)
+    with engine_in_process():
+        engine = LLMEngine(config)
     try:
         return greedy_tokens(engine), engine.kv_cache_state()["num_blocks"]
     finally:
         engine.shutdown()
-        monkeypatch.setenv("PAGEDLLM_ENABLE_MULTIPROCESSING", "1")
 
 
 def served(pending: PendingEngine, config: EngineConfig) -> tuple[list[int], int]:
@@ -288,7 +288,7 @@ def tiny_args(tiny_models: dict[str, Path], **overrides: object) -> EngineArgs:
 
 
 def test_an_engine_ready_first_builds_from_the_arguments(
-    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """The front end's configuration is late: the engine process builds the same one from
     the arguments, builds the core from it, and serves with it once the front end's
@@ -296,7 +296,7 @@ def test_an_engine_ready_first_builds_from_the_arguments(
     front end."""
     args = tiny_args(tiny_models)
     config = args.create_engine_config(UsageContext.LLM_CLASS)
-    expected = in_process(config, monkeypatch)
+    expected = in_process(config)
     pending, log = launch_logged(tmp_path, EngineArguments(args, UsageContext.LLM_CLASS))
     wait_for_line(pending, log, "Engine core built from the engine arguments")
     assert served(pending, config) == expected
@@ -305,14 +305,14 @@ def test_an_engine_ready_first_builds_from_the_arguments(
 
 
 def test_an_engine_built_ahead_from_other_arguments_is_built_again(
-    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """Should the engine's configuration differ from the front end's, the front end's wins:
     the engine says which part differed and builds again (here: a KV cache twice as large)."""
     config = tiny_args(tiny_models, kv_cache_memory_bytes=1 << 21).create_engine_config(
         UsageContext.LLM_CLASS
     )
-    expected = in_process(config, monkeypatch)
+    expected = in_process(config)
     other = EngineArguments(
         tiny_args(tiny_models, kv_cache_memory_bytes=1 << 20), UsageContext.LLM_CLASS
     )
@@ -355,12 +355,12 @@ def test_the_engine_built_ahead_and_discarded_is_freed(
 
 
 def test_arguments_that_fail_here_leave_the_front_ends_configuration(
-    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """A configuration that raises in the engine process is not an error there (the front
     end raises its own to the user); the engine then waits for the front end's."""
     config = tiny_args(tiny_models).create_engine_config(UsageContext.LLM_CLASS)
-    expected = in_process(config, monkeypatch)
+    expected = in_process(config)
     broken = EngineArguments(tiny_args(tiny_models, max_model_len=-7), UsageContext.LLM_CLASS)
     pending, log = launch_logged(tmp_path, broken)
     wait_for_line(pending, log, "waiting for the front end's configuration")
@@ -378,7 +378,7 @@ def test_arguments_the_engine_cannot_load_leave_the_front_ends_configuration(
     from users_own_module import Name  # type: ignore[import-not-found]
 
     config = tiny_args(tiny_models).create_engine_config(UsageContext.LLM_CLASS)
-    expected = in_process(config, monkeypatch)
+    expected = in_process(config)
     foreign = tiny_args(tiny_models, served_model_name=Name("tiny"))
     pending, log = launch_logged(tmp_path, EngineArguments(foreign, UsageContext.LLM_CLASS))
     wait_for_line(pending, log, "The engine arguments did not load here (ModuleNotFoundError")
@@ -386,13 +386,13 @@ def test_arguments_the_engine_cannot_load_leave_the_front_ends_configuration(
 
 
 def test_a_configuration_already_there_is_used_as_it_is(
-    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """The front end was first (its configuration waits in the pipe when the engine's
     imports end): nothing is built from the arguments."""
     args = tiny_args(tiny_models)
     config = args.create_engine_config(UsageContext.LLM_CLASS)
-    expected = in_process(config, monkeypatch)
+    expected = in_process(config)
     pending, log = launch_logged(tmp_path, EngineArguments(args, UsageContext.LLM_CLASS))
     assert served(pending, config) == expected
     assert "from the engine arguments" not in log.read_text()
