@@ -55,14 +55,17 @@ def one_run(tree: Path, kwargs: str) -> dict[str, float]:
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tree
     )
     seen: dict[str, float] = {}
+    tail: list[str] = []  # the child's last lines, shown if it fails
     assert proc.stdout is not None
     for line in proc.stdout:
         elapsed = time.perf_counter() - start
+        tail = [*tail[-19:], line]
         for name, text in MILESTONES.items():
             if text in line and name not in seen:
                 seen[name] = elapsed
     if proc.wait() != 0 or "first token" not in seen:
-        raise SystemExit(f"the run in {tree} failed (exit {proc.returncode})")
+        output = "".join(tail)
+        raise SystemExit(f"the run in {tree} failed (exit {proc.returncode}):\n{output}")
     return seen
 
 
@@ -89,8 +92,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--base", type=Path, help="another checkout, run alternately")
     args = ap.parse_args()
+    # The children run in their trees: a model given as a local path is resolved here.
+    model = args.model
+    if model and Path(model).exists():
+        model = str(Path(model).resolve())
     kwargs = (
-        f"model={args.model!r}, load_format={args.load_format!r}, dtype={args.dtype!r}, "
+        f"model={model!r}, load_format={args.load_format!r}, dtype={args.dtype!r}, "
         f"max_model_len={args.max_model_len}, "
         f"skip_tokenizer_init={not args.with_tokenizer}, seed=0"
     )
