@@ -407,3 +407,40 @@ def test_arguments_that_do_not_pickle_are_not_sent() -> None:
     assert message is not None
     loaded = message.load()
     assert loaded is not None and loaded.engine_args == EngineArgs()
+
+
+CUDA_START_CHILD = """
+import sys, threading
+import pagedllm.engine.core_proc as core_proc
+from pagedllm.engine.engine_process import message_waiting
+
+started, seen = threading.Event(), []
+core_proc._read_cuda_properties = started.set
+core_proc._import_config_modules = lambda: seen.append(started.wait(float(sys.argv[1])))
+while not message_waiting(0):  # the arguments, as a launch writes them before main runs
+    pass
+core_proc.main()  # the pipe then ends: no configuration, a quiet exit
+print("CUDA STARTED BEFORE THE IMPORTS" if seen == [True] else f"NOT STARTED {seen}")
+"""
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cpu"])
+def test_cuda_starts_beside_the_config_modules_imports(device: str) -> None:
+    """The engine process reads the arguments waiting at launch before importing the config
+    modules, and starts CUDA on a thread beside them (the driver's start took seconds after
+    them on the H200's host); not when the arguments ask for the CPU."""
+    message = PickledArguments.of(
+        EngineArguments(EngineArgs(device=device), UsageContext.LLM_CLASS)
+    )
+    assert message is not None
+    wait = "10" if device != "cpu" else "0.5"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CUDA_START_CHILD, wait, "ipc:///tmp/x-in", "ipc:///tmp/x-0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    write_message(process.stdin, message)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    started = b"CUDA STARTED BEFORE THE IMPORTS" in stdout
+    assert started == (device != "cpu"), stdout.decode() + stderr.decode()
