@@ -112,12 +112,12 @@ class CudaGraphs:
         for tokens in reversed(self.mixed_sizes):  # largest first: later ones reuse memory
             shape = self._mixed_shape(tokens)
             step = buffers.load(one, plan_step(one, shape.num_segments, shape))
-            self.mixed[tokens] = self._capture_one(step, pool, 1 if self.mixed else 2)
+            self.mixed[tokens] = self._capture_one(step, pool)
         for size in reversed(self.sizes):
             dummy = dummy_decode_batch(size, buffers.block_size, buffers.scratch_block)
             shape = self.decode_shapes[size]
             step = buffers.load(dummy, plan_step(dummy, shape.num_segments, shape))
-            self.graphs[size] = self._capture_one(step, pool, 1 if self.graphs else 2)
+            self.graphs[size] = self._capture_one(step, pool)
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         logger.info(
@@ -128,16 +128,10 @@ class CudaGraphs:
         )  # fmt: skip
         return elapsed
 
-    def _capture_one(
-        self, step: StepBatch, pool: Any, warmups: int = 1
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Eager forwards first: they compile the shape's kernels and allocate its scratch
-        (split-KV partials), which a capture must not do. The first graph of each kind takes
-        two (the allocator settles); later ones one: on the H200 45 graphs of three forwards
-        each took 2.7-3.6 s of llama-3.1-8b's start-up, ~20-27 ms a forward (issue 18's W4)."""
+    def _capture_one(self, step: StepBatch, pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         metadata = self.backend.capture_metadata(step.attn)
         ctx = ForwardContext(self.backend, metadata, self.kv_caches)
-        for _ in range(warmups):
+        for _ in range(2):  # compile the kernels, settle the allocator, allocate scratch
             self.model(step.input_ids, step.positions, ctx)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
