@@ -21,7 +21,6 @@ import gc
 import logging
 import os
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -240,52 +239,19 @@ def _import_config_modules() -> None:
             importlib.import_module(name)
 
 
-_UNREAD = object()  # main(): no message was waiting before the imports
-
-
-def start_cuda(arguments: EngineArguments | None) -> threading.Thread | None:
-    """CUDA's start (the driver, and the device properties the configuration reads first
-    for its batch defaults) on a thread beside the imports of transformers' config modules,
-    where it otherwise came after them: seconds on the H200's host (RESULTS "Where the
-    engine process's start goes on the H200"). None where the arguments ask for the CPU or
-    were not sent. Errors are left to the configuration, which makes the same calls and
-    reports them."""
-    if arguments is None or arguments.engine_args.device == "cpu":
-        return None
-    thread = threading.Thread(target=_read_cuda_properties, name="cuda-start", daemon=True)
-    thread.start()
-    return thread
-
-
-def _read_cuda_properties() -> None:
-    import torch
-
-    with contextlib.suppress(Exception):
-        if torch.cuda.is_available():
-            torch.cuda.get_device_properties(0)
-
-
 def main() -> None:
     """``python -m pagedllm.engine.core_proc INPUT OUTPUT...``, the messages of
     ``engine_process`` on stdin (a plain subprocess, not multiprocessing: the parent's
     ``__main__`` is never re-imported, and CUDA starts fresh). A stdin that ends before the
     config (the parent's configuration failed) ends this process quietly."""
-    stdin = sys.stdin.fileno()
-    # The engine arguments, written at launch, wait on stdin by now (after seconds of
-    # imports): read first, so CUDA starts beside the config modules' imports.
-    first = read_message(stdin) if message_waiting(stdin) else _UNREAD
-    arguments = first.load() if isinstance(first, PickledArguments) else None
-    cuda = start_cuda(arguments)
     _import_config_modules()
-    if cuda is not None:
-        cuda.join()
     imported = process_age_s()
-    if first is _UNREAD:
-        first = read_message(stdin)
-        arguments = first.load() if isinstance(first, PickledArguments) else None
+    stdin = sys.stdin.fileno()
+    first = read_message(stdin)
     ahead = None
     if isinstance(first, PickledArguments):
         if not message_waiting(stdin):  # the front end's config is not here yet
+            arguments = first.load()
             ahead = BuiltAhead.build(arguments) if arguments is not None else None
         first = read_message(stdin)
     if first is None:
