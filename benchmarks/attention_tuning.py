@@ -156,9 +156,14 @@ def main() -> None:
     if "--single" in sys.argv:  # one request's decode: µs a layer by segments
         single_stream()
         return
-    if "--w1-segments" in sys.argv:  # W1's decode step by split-KV segments and launch
-        w1_segments()
-        return
+    if "--w1-segments" in sys.argv:  # W1's decode step by split-KV segments and launch:
+        # whether evening out its programs' lengths (U[100, 1024] prompts) pays for the merge
+        configs = [
+            DECODE_CONFIG, LaunchConfig(32, 4, 3), LaunchConfig(64, 8, 3),
+            LaunchConfig(128, 8, 2), LaunchConfig(32, 2, 4),
+        ]  # fmt: skip
+        w1 = w1_batch(56_000)
+        cases = {f"W1 decode, 56k-block cache, {s} segment(s)": (w1, 1, s) for s in (1, 2, 4)}
     if "--layout" in sys.argv:  # W1's decode step: cache size, block order, block layout
         configs = [DECODE_CONFIG]
         cases = {
@@ -190,25 +195,6 @@ def main() -> None:
             best = rows[0][2]
             spec = f"{best.tile_n},{best.num_warps},{best.num_stages},{best.rows}"
             print(f"BEST PAGEDLLM_ATTENTION_PREFILL_CONFIG={spec}")
-
-
-def w1_segments() -> None:
-    """W1's decode step (the 56k-block cache) split into 1, 2 and 4 KV segments under a few
-    launches: whether evening out its programs' lengths (U[100, 1024] prompts) pays for the
-    merge."""
-    args = w1_batch(56_000)
-    launches = [
-        DECODE_CONFIG, LaunchConfig(32, 4, 3), LaunchConfig(64, 8, 3), LaunchConfig(128, 8, 2),
-        LaunchConfig(32, 2, 4),
-    ]  # fmt: skip
-    for segments in (1, 2, 4):
-        for config in launches:
-            try:
-                ms, tbs = time_config(args, config, 1, segments)
-            except Exception as exc:  # a config the compiler rejects (shared memory)
-                print(f"segments {segments} {config}: {type(exc).__name__}")
-                continue
-            print(f"segments {segments} {config}: {ms * 1e3:.1f} us {tbs:.2f} TB/s", flush=True)
 
 
 def single_stream() -> None:
