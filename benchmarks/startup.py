@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
@@ -55,11 +56,11 @@ def one_run(tree: Path, kwargs: str) -> dict[str, float]:
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tree
     )
     seen: dict[str, float] = {}
-    tail: list[str] = []  # the child's last lines, shown if it fails
+    tail: deque[str] = deque(maxlen=20)  # the child's last lines, shown if it fails
     assert proc.stdout is not None
     for line in proc.stdout:
         elapsed = time.perf_counter() - start
-        tail = [*tail[-19:], line]
+        tail.append(line)
         for name, text in MILESTONES.items():
             if text in line and name not in seen:
                 seen[name] = elapsed
