@@ -66,10 +66,15 @@ def _build() -> tuple[ModuleType | None, str | None]:
     return built, None
 
 
+def _source_files() -> list[Path]:
+    """The extension's C++ sources and headers, in a fixed order."""
+    return sorted(_SOURCES.glob("*.[ch]*"))
+
+
 def _build_directory() -> Path:
     """One per torch version and sources' contents (headers too)."""
     digest = hashlib.sha256(torch.__version__.encode())
-    for source in sorted(_SOURCES.glob("*.[ch]*")):
+    for source in _source_files():
         digest.update(source.name.encode() + source.read_bytes())
     directory = envs.cache_root() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,7 @@ def staged_sources(directory: Path) -> list[Path]:
     staged = directory / "src"
     staged.mkdir(exist_ok=True)
     paths = []
-    for source in sorted(_SOURCES.glob("*.[ch]*")):
+    for source in _source_files():
         target = staged / source.name
         if not target.exists():
             partial = target.with_name(f".{source.name}.{os.getpid()}")
