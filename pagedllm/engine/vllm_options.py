@@ -50,14 +50,15 @@ def refusals(options: Any) -> list[str]:
     its ``accepts`` metadata does not list, naming the flag and saying why."""
     from pagedllm.entrypoints.cli.engine_flags import field_docs
 
-    docs = field_docs(type(options))
     sentences = []
     for f in dataclasses.fields(options):
         accepts = f.metadata.get("accepts")
         value = getattr(options, f.name)
         if accepts is None or accepts == ANY or _accepted(value, accepts):
             continue
-        reason = docs[f.name]
+        # Read only for a refusal: parsing the classes' source costs ~40 ms, on every
+        # engine start's path otherwise (issue 18's W4).
+        reason = field_docs(type(options))[f.name]
         first = reason.split(" ", 1)[0]
         if not (len(first) > 1 and first.isupper()):  # "Expert ..." reads on; "ASGI" stays
             reason = reason[:1].lower() + reason[1:]
