@@ -16,7 +16,6 @@ woken or timed out), ``call_utility(name, *args)``. Each is used from one thread
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import os
 import select
@@ -30,7 +29,7 @@ import zmq
 from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
-from pagedllm.engine.engine_process import PendingEngine
+from pagedllm.engine.engine_process import PendingEngine, remove_addresses
 from pagedllm.engine.exceptions import EngineDeadError
 from pagedllm.engine.messages import (
     Abort,
@@ -303,10 +302,4 @@ def _release(
     for socket in sockets:
         socket.close(linger=0)
     context.term()
-    for address in addresses:
-        _remove_ipc(address)
-
-
-def _remove_ipc(address: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(address.removeprefix("ipc://"))
+    remove_addresses(addresses)

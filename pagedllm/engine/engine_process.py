@@ -30,8 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -45,10 +44,32 @@ logger = init_logger(__name__)
 _LENGTH = struct.Struct("<Q")  # the byte count before each message on the engine's stdin
 
 
+_SOCKET_DIR_PREFIX = "pagedllm-ipc-"
+
+
 def engine_addresses(num_clients: int) -> tuple[str, list[str]]:
-    """IPC endpoints for one engine: its input, and one output per front end."""
-    base = os.path.join(tempfile.gettempdir(), f"pagedllm-{uuid.uuid4().hex[:12]}")
-    return f"ipc://{base}-in", [f"ipc://{base}-out{i}" for i in range(num_clients)]
+    """IPC endpoints for one engine: its input, and one output per front end.
+
+    They live in a directory of their own made by ``mkdtemp`` (mode 0700): the engine's input
+    unpickles what arrives (``SamplingParams`` with logits processors), so no other user of
+    the machine may reach it, whatever the umask; sockets named in the shared temporary
+    directory could be connected to, or bound first, by anyone whose umask let them."""
+    directory = tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX)
+    inputs = f"ipc://{os.path.join(directory, 'in')}"
+    return inputs, [f"ipc://{os.path.join(directory, f'out{i}')}" for i in range(num_clients)]
+
+
+def remove_addresses(addresses: Iterable[str]) -> None:
+    """Delete the sockets' files, then their directory once it is empty (the last of several
+    front ends sharing one engine removes it)."""
+    for address in addresses:
+        path = address.removeprefix("ipc://")
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        directory = os.path.dirname(path)
+        if os.path.basename(directory).startswith(_SOCKET_DIR_PREFIX):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,7 @@ class PendingEngine:
         self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
+        remove_addresses([self.input_address, *self.output_addresses])
 
 
 def start_early(

@@ -5,13 +5,16 @@ generates as before."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import zmq
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
@@ -22,6 +25,7 @@ from pagedllm.engine.engine_process import (
     PendingEngine,
     PickledArguments,
     engine_addresses,
+    remove_addresses,
     write_message,
 )
 from pagedllm.engine.llm_engine import LLMEngine
@@ -123,6 +127,7 @@ def test_a_failed_configuration_stops_the_early_engine(monkeypatch: pytest.Monke
     assert order == ["launch", "config"]
     assert launched[0].process.returncode is not None  # killed and reaped
     assert launched[0].process.pid not in engine_children()
+    assert not socket_directory(launched[0]).exists()
 
 
 def test_cancel_leaves_a_configured_engine_to_its_client() -> None:
@@ -185,8 +190,50 @@ def test_an_early_engine_generates(
         assert llm.llm_engine.core.engine_pid == launched[0].process.pid
         got = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
         assert list(got) == list(expected)
+        directory = socket_directory(launched[0])
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert {p.name for p in directory.iterdir()} == {"in", "out0"}
     finally:
         llm.llm_engine.core.shutdown()
+    assert not directory.exists()
+
+
+def socket_directory(pending: PendingEngine) -> Path:
+    """The directory of ``pending``'s sockets, which all share it."""
+    paths = [a.removeprefix("ipc://") for a in [pending.input_address, *pending.output_addresses]]
+    assert len({os.path.dirname(p) for p in paths}) == 1, paths
+    return Path(paths[0]).parent
+
+
+def test_the_engines_sockets_are_reachable_by_this_user_alone() -> None:
+    """The engine's input unpickles what arrives: its sockets sit in a directory only this
+    user may enter, whatever the umask, and go with it."""
+    previous = os.umask(0)  # the most permissive: files made now would be world-writable
+    try:
+        input_address, outputs = engine_addresses(2)
+    finally:
+        os.umask(previous)
+    pending = PendingEngine(input_address, outputs, cast(subprocess.Popen, None))
+    directory = socket_directory(pending)
+    assert directory.parent == Path(tempfile.gettempdir())
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert directory.stat().st_uid == os.getuid()
+    assert [a.removeprefix("ipc://") for a in outputs] == [
+        str(directory / "out0"), str(directory / "out1"),
+    ]  # fmt: skip
+    context = zmq.Context()
+    try:
+        sockets = [context.socket(zmq.PULL) for _ in range(3)]
+        for socket, address in zip(sockets, [input_address, *outputs], strict=True):
+            socket.bind(address)
+        for socket in sockets:
+            socket.close(linger=0)
+    finally:
+        context.term()
+    remove_addresses(outputs)  # one front end's share: the input is still there
+    assert directory.exists()
+    remove_addresses([input_address])
+    assert not directory.exists()
 
 
 TORCH_AT_LAUNCH = """

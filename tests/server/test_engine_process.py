@@ -139,6 +139,10 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
         ]
         assert sum("server_processes" in c for c in commands) == 2
         assert sum("engine.core_proc" in c for c in commands) == 1
+        engine_argv = next(c for c in commands if "engine.core_proc" in c).split("\0")
+        input_address = engine_argv[engine_argv.index("pagedllm.engine.core_proc") + 1]
+        sockets = Path(input_address.removeprefix("ipc://"))
+        assert sockets.parent.exists()
         bodies = [{"prompt": f"p{i}", "max_tokens": 4, "ignore_eos": True} for i in range(16)]
 
         async def send_all() -> list[httpx.Response]:
@@ -163,6 +167,7 @@ def test_two_api_servers_share_one_engine(tiny_chat_model, tmp_path):
         # A terminal's Ctrl-C: the supervisor forwards it, each server gets it once.
         os.killpg(server.process.pid, signal.SIGINT)
         assert server.process.wait(timeout=60) == 0
+        assert not sockets.parent.exists()  # the engine's socket directory went with it
     finally:
         if server.process.poll() is None:
             server.process.kill()

@@ -25,7 +25,7 @@ from types import FrameType
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_client import MPClient
-from pagedllm.engine.engine_process import PendingEngine
+from pagedllm.engine.engine_process import PendingEngine, remove_addresses
 from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import multiprocess_dir
@@ -80,6 +80,7 @@ def run_api_servers(
         for server in servers:
             _stop(server)
         _stop(engine)
+        remove_addresses([input_address, *outputs])
         if multiprocess_dir() is None:  # ours: the values die with the servers
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
