@@ -195,7 +195,7 @@ def run_engine_core(
 def build_core(config: EngineConfig) -> EngineCore | Exception:
     """The engine core, or the exception that stopped it (reported to the front ends)."""
     try:
-        freeze_library_heap()
+        freeze_library_heap(own_process=True)
         core = EngineCore(config)
         freeze_built_engine()
     except Exception as exc:

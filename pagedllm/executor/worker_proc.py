@@ -29,7 +29,7 @@ def serve(args: WorkerArgs) -> None:
     results = context.socket(zmq.PUSH)
     results.connect(args.results_address)
     try:
-        freeze_library_heap()
+        freeze_library_heap(own_process=True)
         worker = Worker(args.config, args.rank, args.init_method, args.timeout_s)
     except Exception as exc:
         logger.exception("Rank %d failed to start", args.rank)
