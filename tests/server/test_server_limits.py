@@ -79,12 +79,18 @@ def test_a_body_that_stops_arriving_is_408(limited):
          "longer than 2 s"),
         ("{{ 'a' * 10000000000 }}", "memory"),
         ("{{ raise_exception('refused by the template') }}", "refused by the template"),
+        # 40 bytes to 48 MB of text, which the server would then tokenize: the render is
+        # bounded by what the model's context could hold.
+        ("{{ 'hello world ' * 4000000 }}", "more than the model's context could hold"),
     ],
 )  # fmt: skip
-def test_trusted_request_templates_are_bounded(limited, template, fragment):
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+def test_trusted_request_templates_are_bounded(limited, template, fragment, path):
     start = time.monotonic()
     body = {"messages": HELLO, "chat_template": template, "max_tokens": 2}
-    assert_error(post(limited, "/v1/chat/completions", json=body), 400, fragment)
+    if path == "/tokenize":
+        del body["max_tokens"]
+    assert_error(post(limited, path, json=body), 400, fragment)
     assert time.monotonic() - start < 15
     assert httpx.get(f"{limited.url}/health").status_code == 200
 

@@ -31,7 +31,7 @@ from pagedllm.entrypoints.cli.server_options import (
     server_options_from,
 )
 from pagedllm.entrypoints.llm import generation_defaults
-from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
+from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer, render_limits
 from pagedllm.entrypoints.openai.docs import install_docs
 from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
 from pagedllm.entrypoints.openai.http_protocol import with_header_timeout
@@ -235,6 +235,12 @@ def check_server_flags(args: argparse.Namespace) -> None:
 # -- the app -------------------------------------------------------------------------------
 
 
+def server_render_limits(engine: AsyncLLM, limits: ServerLimits) -> RenderLimits:
+    return render_limits(
+        engine.tokenizer, engine.model_config.max_model_len, limits.chat_template_render_timeout_s
+    )
+
+
 def build_app(
     engine: AsyncLLM,
     args: argparse.Namespace,
@@ -249,9 +255,7 @@ def build_app(
     state = state or ServingState()
     served = list(args.served_model_name or [engine.model_config.model])
     models = ServedModels(served, engine.model_config.model, engine.model_config.max_model_len)
-    sandbox = sandbox or TemplateSandbox(
-        limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s)
-    )
+    sandbox = sandbox or TemplateSandbox(limits=server_render_limits(engine, limits))
     renderer = ChatRenderer(
         engine.tokenizer,
         load_chat_template(args.chat_template),
@@ -422,7 +426,7 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
             client=connection.client() if connection is not None else None,
             pending=pending,
         )
-    sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
+    sandbox = TemplateSandbox(limits=server_render_limits(engine, limits))
     widen_young_generation()  # this process is the server's: a step's outputs per stream
     try:
         state = ServingState()

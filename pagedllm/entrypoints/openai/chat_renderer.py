@@ -13,7 +13,26 @@ import asyncio
 from typing import Any
 
 from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
-from pagedllm.inputs.template_sandbox import TemplateSandbox
+from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
+
+# A token covers at most its vocabulary entry's length in characters of normalized text
+# (byte-level entries are a character per byte); a normalizer may compose a few characters
+# of the input into one, hence the margin.
+_NORMALIZATION_MARGIN = 4
+
+
+def render_limits(tokenizer: Any, max_model_len: int, timeout_s: float) -> RenderLimits:
+    """The chat template's bounds: its time, and its output at most what ``max_model_len``
+    tokens could cover (a 40-byte request template rendered 48 MB, whose tokenization took
+    5 GB of the API server), never past the sandbox's own cap."""
+    cap = RenderLimits().max_chars
+    if tokenizer is None:
+        return RenderLimits(timeout_s=timeout_s)
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+    return RenderLimits(
+        timeout_s=timeout_s,
+        max_chars=min(cap, max_model_len * longest * _NORMALIZATION_MARGIN),
+    )
 
 
 class ChatRenderer:
