@@ -101,6 +101,36 @@ def cpu_dtype() -> str:
     return value
 
 
+def max_grammar_bytes() -> int:
+    """PAGEDLLM_MAX_GRAMMAR_BYTES: the largest structured-output constraint (its JSON schema,
+    regex, grammar, structural tag, or choices as a grammar), in bytes; larger ones are
+    refused (default 256 KiB). Compiling a grammar against the vocabulary grows faster than
+    its size: 10,000 short choices compile in 0.24 s on a 2-core CPU, 40,000 in 13 s, and two
+    such requests hold both compile threads for everyone's constraints."""
+    return _positive_int("PAGEDLLM_MAX_GRAMMAR_BYTES", 256 << 10)
+
+
+def grammar_cache_bytes() -> int:
+    """PAGEDLLM_XGRAMMAR_CACHE_MB (vLLM's VLLM_XGRAMMAR_CACHE_MB): megabytes of compiled
+    grammars the engine keeps for reuse by later requests with the same constraint
+    (default 512)."""
+    ours = "PAGEDLLM_XGRAMMAR_CACHE_MB"
+    return _positive_int(ours if os.environ.get(ours) else "VLLM_XGRAMMAR_CACHE_MB", 512) << 20
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    return number
+
+
 def api_key() -> str | None:
     """PAGEDLLM_API_KEY, else vLLM's VLLM_API_KEY (Helm charts set it): the server's API
     key when --api-key is not given."""

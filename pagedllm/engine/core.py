@@ -22,7 +22,6 @@ from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.structured_output.manager import StructuredOutputManager
-from pagedllm.structured_output.spec import build_grammar_spec
 from pagedllm.worker.kv_cache import GiB
 
 logger = init_logger(__name__)
@@ -113,18 +112,19 @@ class EngineCore:
         logger.info("Engine core ready in %.2f s", time.perf_counter() - start)
 
     def add_request(self, request: EngineCoreRequest) -> None:
-        """Schedule one sequence. Its input was validated by the front end; a failure here
-        (a grammar that no longer builds) is a ValueError for that request alone."""
+        """Schedule one sequence. Its input was validated by the front end; its grammar, if
+        any, is built and compiled off this loop (one that no longer builds ends the request
+        with an error when it comes up to be scheduled). A failure here is a ValueError for
+        that request alone."""
         params = request.sampling_params
         core_request = Request(
             request.request_id, request.prompt_token_ids, params, request.eos_token_id,
             request.arrival_time, request.priority, request.cache_salt,
         )  # fmt: skip
         if params.structured_outputs is not None:
-            spec = build_grammar_spec(params.structured_outputs)
             core_request.structured_output = self._structured_outputs(
                 request.eos_token_id
-            ).request_grammar(spec)
+            ).request_grammar(params.structured_outputs)
         self.scheduler.add_request(core_request)
 
     def try_add_request(self, request: EngineCoreRequest) -> EngineCoreOutput | None:

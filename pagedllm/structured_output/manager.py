@@ -1,10 +1,12 @@
 """Compiles grammars off the engine loop and fills each step's token bitmask.
 
-A request's grammar is compiled against the tokenizer on a worker thread; the request waits
-(the scheduler skips it) until its grammar is ready, so a slow compile never stalls other
-requests. Equal constraints share one compile (and xgrammar caches underneath). Each step
-the matchers of the constrained rows fill one bitmask, in parallel threads, while the
-device runs the forward pass.
+A request's grammar is built from its constraint and compiled against the tokenizer on a
+worker thread; the request waits (the scheduler skips it) until its grammar is ready, so a
+slow build or compile never stalls other requests (a deep schema's build alone took seconds
+on the engine's loop, once per sample of ``n``). Equal constraints share one build and
+compile (the samples of ``n`` among them), kept for later requests within a byte budget
+(``envs.grammar_cache_bytes``). Each step the matchers of the constrained rows fill one
+bitmask, in parallel threads, while the device runs the forward pass.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from typing import Any
 
 import torch
 
+from pagedllm import envs
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.sampling_params import StructuredOutputsParams
 from pagedllm.structured_output.request_grammar import RequestGrammar
-from pagedllm.structured_output.spec import GrammarSpec
+from pagedllm.structured_output.spec import build_grammar_spec, constraint_key
 
 logger = init_logger(__name__)
 
-# Compiled grammars kept for reuse by later requests with the same constraint.
+# Compiled grammars kept for reuse by later requests with the same constraint, at most.
 _CACHE_ENTRIES = 256
 
 
@@ -36,29 +40,50 @@ class StructuredOutputManager:
         self._stop_token_ids = stop_token_ids
         self._pin_memory = pin_memory
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the compiler's creation
+        self._cache_lock = threading.Lock()  # ``_compiled``: the loop and compile threads
         self._compiler: Any = None
         self._compiled: OrderedDict[str, Future[Any]] = OrderedDict()
         self._batch_matcher: Any = None
         self._bitmask: torch.Tensor | None = None
 
-    def request_grammar(self, spec: GrammarSpec) -> RequestGrammar:
-        """A fresh matcher state for one request (each sample of ``n`` has its own)."""
-        return RequestGrammar(self._compile(spec))
+    def request_grammar(self, constraint: StructuredOutputsParams) -> RequestGrammar:
+        """A fresh matcher state for one request (each sample of ``n`` has its own); its
+        grammar built and compiled on the compile threads (a constraint that no longer
+        builds fails the request there: ``RequestGrammar.error``)."""
+        return RequestGrammar(self._compile(constraint))
 
-    def _compile(self, spec: GrammarSpec) -> Future[Any]:
-        future = self._compiled.get(spec.key)
-        if future is not None and not (future.done() and future.exception() is not None):
-            self._compiled.move_to_end(spec.key)
-            return future
-        future = self._executor.submit(self._compile_now, spec)
-        self._compiled[spec.key] = future
-        if len(self._compiled) > _CACHE_ENTRIES:
-            self._compiled.popitem(last=False)
+    def _compile(self, constraint: StructuredOutputsParams) -> Future[Any]:
+        key = constraint_key(constraint)
+        with self._cache_lock:
+            future = self._compiled.get(key)
+            if future is not None and not (future.done() and future.exception() is not None):
+                self._compiled.move_to_end(key)
+                return future
+            future = self._executor.submit(self._compile_now, constraint)
+            self._compiled[key] = future
+        # Sizes are known once compiled: the budget is applied then too (on the compile
+        # thread), not only when the next constraint comes.
+        future.add_done_callback(lambda _: self._evict())
+        self._evict()
         return future
 
-    def _compile_now(self, spec: GrammarSpec) -> Any:
-        return self._get_compiler().compile_grammar(spec.grammar)
+    def _compile_now(self, constraint: StructuredOutputsParams) -> Any:
+        return self._get_compiler().compile_grammar(build_grammar_spec(constraint).grammar)
+
+    def _evict(self) -> None:
+        """Drop the least recently used compiles past ``_CACHE_ENTRIES`` or past the byte
+        budget (compiled grammars only: one still compiling has no size yet). Requests
+        holding a dropped one keep it."""
+        budget = envs.grammar_cache_bytes()
+        with self._cache_lock:
+            sizes = [_size(f) for f in self._compiled.values()]
+            total = sum(sizes)
+            for key, size in zip(list(self._compiled), sizes):
+                if len(self._compiled) <= _CACHE_ENTRIES and total <= budget:
+                    break
+                del self._compiled[key]
+                total -= size
 
     def _get_compiler(self) -> Any:
         """The tokenizer's xgrammar vocabulary is built once, on first use (~1 s)."""
@@ -71,7 +96,9 @@ class StructuredOutputManager:
                     vocab_size=self.vocab_size,
                     stop_token_ids=self._stop_token_ids or None,
                 )
-                self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+                # xgrammar's own cache off: ``_compiled`` keeps what is reused, within its
+                # byte budget (xgrammar's is unbounded by default).
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
             return self._compiler
 
     def fill_bitmask(self, grammars: list[RequestGrammar | None]) -> GrammarBitmask | None:
@@ -101,3 +128,10 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _size(future: Future[Any]) -> int:
+    """A finished compile's bytes (0 while compiling, or for a failed one)."""
+    if not future.done() or future.exception() is not None:
+        return 0
+    return int(future.result().memory_size_bytes)

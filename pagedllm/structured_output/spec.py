@@ -1,9 +1,11 @@
 """A request's structured-output constraint as an xgrammar ``Grammar``.
 
-Building the grammar needs no tokenizer and takes milliseconds, so it runs when the request
-is validated: a bad schema, regex or grammar is refused there with xgrammar's own account
-of the problem, before anything enters the engine. The engine later compiles the grammar
-against the tokenizer (``manager.py``).
+Building the grammar needs no tokenizer, so it runs when the request is validated: a bad
+schema, regex or grammar is refused there with xgrammar's own account of the problem,
+before anything enters the engine. The engine builds it again and compiles it against the
+tokenizer on its compile threads (``manager.py``), never on its loop. What may cost time is
+bounded first: the constraint's size (``envs.max_grammar_bytes``) and a JSON schema's depth
+(``json_nesting``; its lowering takes time cubic in the depth).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm import envs, json_nesting
 from pagedllm.sampling_params import StructuredOutputsParams
 
 # The most whitespace characters a JSON-schema grammar allows between two tokens of JSON.
@@ -29,8 +32,24 @@ class GrammarSpec:
     grammar: Any  # xgrammar.Grammar
 
 
+def constraint_key(params: StructuredOutputsParams) -> str:
+    """A key equal for constraints that build the same grammar, made without building it
+    (the engine's compile cache looks it up on its loop)."""
+    kind = params.kind
+    source = params.json if kind == "json" else "" if kind == "json_object" else _source(params)
+    if not isinstance(source, str):
+        json_nesting.check_depth(source, "the schema")  # json.dumps recurses
+        source = json.dumps(source)
+    options = (
+        f"ws={not params.disable_any_whitespace}<={MAX_JSON_WHITESPACE},"
+        f"closed={params.disable_additional_properties}"
+    )
+    return f"{kind}:{options}:{source}"
+
+
 def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
-    """Raises ValueError naming the problem when the constraint is not valid."""
+    """Raises ValueError naming the problem when the constraint is not valid, or is larger
+    than ``envs.max_grammar_bytes`` or (a JSON schema) nests past ``json_nesting``'s limit."""
     import xgrammar as xgr
 
     if params.whitespace_pattern is not None:
@@ -42,6 +61,7 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
     try:
         if kind == "json":
             schema = _json_schema(params)
+            _check_size(kind, schema)
             grammar = _json_string_chars_fixed(
                 xgr.Grammar.from_json_schema(
                     schema,
@@ -49,26 +69,35 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
                     max_whitespace_cnt=MAX_JSON_WHITESPACE,
                 )
             )
-            key = schema
         elif kind == "json_object":
-            grammar, key = xgr.Grammar.builtin_json_grammar(), ""
-        elif kind == "regex":
-            assert params.regex is not None
-            grammar, key = xgr.Grammar.from_regex(params.regex), params.regex
-        elif kind == "choice":
-            assert params.choice is not None
-            key = choice_ebnf(params.choice)
-            grammar = xgr.Grammar.from_ebnf(key)
-        elif kind == "grammar":
-            assert params.grammar is not None
-            grammar, key = _cfg(params.grammar), params.grammar
+            grammar = xgr.Grammar.builtin_json_grammar()
         else:
-            assert params.structural_tag is not None
-            grammar, key = _structural_tag(params.structural_tag), params.structural_tag
+            source = _source(params)
+            _check_size(kind, source)
+            grammar = _GRAMMAR_OF[kind](source)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"Invalid structured outputs {kind}: {_first_line(exc)}") from None
-    options = f"ws={not params.disable_any_whitespace}<={MAX_JSON_WHITESPACE}"
-    return GrammarSpec(f"{kind}:{options}:{key}", grammar)
+    return GrammarSpec(constraint_key(params), grammar)
+
+
+def _source(params: StructuredOutputsParams) -> str:
+    """The text a regex, choice, grammar or structural-tag constraint is built from (the
+    choices as EBNF)."""
+    if params.kind == "choice":
+        assert params.choice is not None
+        return choice_ebnf(params.choice)
+    source = getattr(params, params.kind)
+    assert isinstance(source, str)
+    return source
+
+
+def _check_size(kind: str, source: str) -> None:
+    size, limit = len(source.encode()), envs.max_grammar_bytes()
+    if size > limit:
+        raise ValueError(
+            f"the {kind} constraint is {size} bytes; the limit is {limit} "
+            "(PAGEDLLM_MAX_GRAMMAR_BYTES)"
+        )
 
 
 def choice_ebnf(choices: list[str]) -> str:
@@ -100,9 +129,11 @@ def _json_schema(params: StructuredOutputsParams) -> str:
     schema = params.json
     if isinstance(schema, str):
         try:
-            schema = json.loads(schema)
+            schema = json_nesting.loads(schema, "the schema")
         except json.JSONDecodeError as exc:
             raise ValueError(f"the schema is not valid JSON ({exc})") from None
+    else:
+        json_nesting.check_depth(schema, "the schema")
     if not isinstance(schema, (dict, bool)):
         raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
     if params.disable_additional_properties:
@@ -137,7 +168,7 @@ def _structural_tag(text: str) -> Any:
     import xgrammar as xgr
 
     try:
-        tag = json.loads(text)
+        tag = json_nesting.loads(text, "the structural tag")
     except json.JSONDecodeError as exc:
         raise ValueError(f"the structural tag is not valid JSON ({exc})") from None
     if isinstance(tag, dict) and "structures" in tag:
@@ -149,6 +180,22 @@ def _structural_tag(text: str) -> Any:
         ]
         return xgr.Grammar.from_structural_tag(items, list(tag.get("triggers", [])))
     return xgr.Grammar.from_structural_tag(text)
+
+
+def _regex(text: str) -> Any:
+    import xgrammar as xgr
+
+    return xgr.Grammar.from_regex(text)
+
+
+def _ebnf(text: str) -> Any:
+    import xgrammar as xgr
+
+    return xgr.Grammar.from_ebnf(text)
+
+
+# The grammar of each constraint kind built from its source text (``_source``).
+_GRAMMAR_OF = {"regex": _regex, "choice": _ebnf, "grammar": _cfg, "structural_tag": _structural_tag}
 
 
 def _first_line(exc: BaseException) -> str:

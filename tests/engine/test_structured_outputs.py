@@ -5,7 +5,10 @@ batches, preemption and prefix caching; bad constraints are refused with a sente
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
+import threading
 
 import jsonschema
 import pytest
@@ -345,3 +348,88 @@ def test_forced_tool_calls_are_compact_json(smollm) -> None:
         out = output.outputs[0]
         assert out.finish_reason == "stop" and "\n" not in out.text
         assert json.loads(out.text)[0]["name"] == "get_weather"
+
+
+def test_grammars_are_built_off_the_engine_loop_once_for_all_samples(
+    smollm_in_process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A constraint's grammar is built on the compile threads, once for the n samples: while
+    it builds, a plain request runs to its end (a deep schema's build took seconds on the
+    engine's loop, once per sample, stalling every stream)."""
+    from pagedllm.structured_output import manager
+
+    release, builds = threading.Event(), []
+    build = manager.build_grammar_spec
+
+    def slow_build(constraint: StructuredOutputsParams):
+        builds.append(threading.current_thread().name)
+        assert release.wait(timeout=60)
+        return build(constraint)
+
+    monkeypatch.setattr(manager, "build_grammar_spec", slow_build)
+    engine = smollm_in_process.llm_engine
+    choice = constrained("choice", ["left", "right", "ahead"], n=4, max_tokens=8)
+    engine.add_request("constrained", "Which way?", choice)
+    engine.add_request("plain", "1 2 3", SamplingParams(max_tokens=4, ignore_eos=True))
+    finished: set[str] = set()
+    samples: dict[int, str] = {}
+
+    def step() -> None:
+        for output in engine.step():
+            if output.request_id == "constrained":
+                samples.update({c.index: c.text for c in output.outputs if c.finished()})
+            if output.finished:
+                finished.add(output.request_id)
+
+    for _ in range(50):
+        step()
+        if "plain" in finished:
+            break
+    assert "plain" in finished and not samples
+    release.set()
+    while engine.has_unfinished_requests():
+        step()
+    assert sorted(samples) == [0, 1, 2, 3] and set(samples.values()) <= {"left", "right", "ahead"}
+    assert len(builds) == 1 and builds[0].startswith("grammar")
+
+
+def nested(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        ({"choice": [f"word{i:05d}" for i in range(30_000)]}, "PAGEDLLM_MAX_GRAMMAR_BYTES"),
+        ({"regex": "a" * 300_000}, "PAGEDLLM_MAX_GRAMMAR_BYTES"),
+        ({"json": "[" * 200 + "]" * 200}, "nests deeper than 128"),
+        ({"json": {"type": "object", "properties": {"a": nested(100)}}}, "nests deeper than 128"),
+    ],
+    ids=["choices", "regex", "schema-text", "schema-dict"],
+)
+def test_constraints_past_the_bounds_are_refused(smollm, constraint: dict, message: str) -> None:
+    params = SamplingParams(structured_outputs=StructuredOutputsParams(**constraint))
+    with pytest.raises(ValueError, match=message):
+        smollm.generate("Hi", params, use_tqdm=False)
+    assert not smollm.llm_engine.has_unfinished_requests()
+
+
+def test_compiled_grammars_are_kept_within_the_byte_budget(
+    smollm_in_process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PAGEDLLM_XGRAMMAR_CACHE_MB bounds what the engine keeps for reuse: distinct
+    constraints of ~0.4 MB compiled each evict the oldest past 1 MB."""
+    monkeypatch.setenv("PAGEDLLM_XGRAMMAR_CACHE_MB", "1")
+    rng = random.Random(0)
+    lists = [["".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(500)]] * 4
+    lists = [[f"{i}{word}" for word in words] for i, words in enumerate(lists)]
+    for words in lists:
+        smollm_in_process.generate("Hi", constrained("choice", words, max_tokens=2), use_tqdm=False)
+    cache = smollm_in_process.llm_engine.core.engine_core.structured_outputs._compiled
+    sizes = {key: f.result().memory_size_bytes for key, f in cache.items()}
+    ours = [size for key, size in sizes.items() if key.startswith("choice:") and len(key) > 4000]
+    assert min(ours) > 250_000 and sum(sizes.values()) <= 1 << 20
+    assert 1 <= len(ours) < 4

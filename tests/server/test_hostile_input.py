@@ -123,6 +123,34 @@ def test_invalid_unicode_and_json_constants_are_400(server, path, raw):
     assert_error(post(server, path, content=raw, headers=JSON), 400, "Malformed JSON")
 
 
+def nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        # Code past the parser recursed per level: 500s (RecursionError) before the bound.
+        ("/v1/chat/completions", chat(chat_template_kwargs=nested(900)), "nests deeper than 128"),
+        ("/tokenize", {"messages": HELLO, "chat_template_kwargs": nested(900)}, "nests deeper"),
+        ("/v1/completions", {"prompt": "Hi", "guided_json": nested(200)}, "nests deeper"),
+        # A schema sent as a string is parsed past the body's parser.
+        ("/v1/completions", {"prompt": "Hi", "guided_json": "[" * 300 + "]" * 300}, "nests"),
+        # Compiling grows faster than the constraint's size (40,000 choices: 13 s, holding
+        # one of the two compile threads every constrained request needs).
+        ("/v1/completions", {"prompt": "Hi", "guided_choice": [f"w{i:06d}" for i in range(40_000)]},
+         "PAGEDLLM_MAX_GRAMMAR_BYTES"),
+    ],
+    ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices"],
+)  # fmt: skip
+def test_deep_or_large_values_are_400(server, path, body, fragment):
+    body = {"model": MODEL, **body}
+    assert_error(post(server, path, json=body), 400, fragment)
+
+
 def test_paired_surrogates_are_fine(server):
     raw = b'{"model": "%s", "prompt": "smile \\ud83d\\ude00", "max_tokens": 1}' % MODEL.encode()
     assert post(server, "/v1/completions", content=raw, headers=JSON).status_code == 200
@@ -194,9 +222,10 @@ def test_health_answers_while_a_5mb_prompt_is_processed(server):
 
     def send() -> None:
         with server.client() as http:
-            result["reply"] = http.post(
-                "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": text}])
-            )
+            # A completion's prompt: a chat this long is refused at its render, before the
+            # tokenizer (test_server_limits' bounded templates).
+            body = {"model": MODEL, "prompt": text, "max_tokens": 4}
+            result["reply"] = http.post("/v1/completions", json=body)
 
     thread = threading.Thread(target=send)
     thread.start()

@@ -3,8 +3,9 @@
 FastAPI reads a route's JSON body through ``Request.json()``; the route class here gives
 it a request whose ``json()`` refuses what Python's parser lets through but JSON does not
 allow (``NaN``, ``Infinity``) or Unicode cannot encode (a lone surrogate such as
-``"\\ud800"``, which fails later when the text is encoded), and parses bodies past a size
-on a worker thread so a large prompt never stalls the loop. A refusal is a
+``"\\ud800"``, which fails later when the text is encoded) or nests deeper than
+``json_nesting.MAX_JSON_DEPTH`` (code downstream recurses per level), and parses bodies past
+a size on a worker thread so a large prompt never stalls the loop. A refusal is a
 ``json.JSONDecodeError``: FastAPI answers it with the server's 400 for malformed JSON.
 """
 
@@ -20,6 +21,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pagedllm import json_nesting
+
 # Bodies up to this size are parsed on the loop: a thread hop costs more than the parse.
 OFF_LOOP_BYTES = 256 * 1024
 # A \uD800-\uDFFF escape: only bodies holding one can carry a lone surrogate.
@@ -32,7 +35,7 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json(body: bytes) -> Any:
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = json_nesting.loads(body, "the request body", parse_constant=_refuse_constant)
     except ValueError as exc:
         if isinstance(exc, json.JSONDecodeError):
             raise

@@ -1,0 +1,30 @@
+"""Client JSON nested past the bound is a ValueError, however deep, and never a
+RecursionError (a 500 where the server's handlers or the grammar builder recurse)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pagedllm import json_nesting
+
+
+def test_depth_counts_containers():
+    assert not json_nesting.deeper_than([[{"a": []}]], 4)
+    assert json_nesting.deeper_than([[{"a": []}]], 3)
+    assert not json_nesting.deeper_than("scalar", 0)
+    assert not json_nesting.deeper_than([1, {"a": 2}, [3]], 2)
+
+
+@pytest.mark.parametrize("levels", [129, 5000, 100_000])
+def test_deep_text_is_a_value_error(levels: int):
+    with pytest.raises(ValueError, match="nests deeper than 128 levels") as raised:
+        json_nesting.loads("[" * levels + "]" * levels, "the body")
+    assert not isinstance(raised.value, json.JSONDecodeError)
+
+
+def test_text_at_the_bound_parses_and_malformed_text_stays_a_decode_error():
+    assert json_nesting.loads("[" * 128 + "]" * 128, "the body") is not None
+    with pytest.raises(json.JSONDecodeError):
+        json_nesting.loads("[1,", "the body")
