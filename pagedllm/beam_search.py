@@ -11,6 +11,7 @@ The final ranking divides the cumulative logprob by ``length ** length_penalty``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,11 @@ def beam_score(beam: BeamSearchSequence, eos_token_id: int | None, length_penalt
     length = len(beam.tokens)
     if eos_token_id is not None and beam.tokens[-1] == eos_token_id:
         length -= 1
-    return beam.cum_logprob / (length**length_penalty)
+    # length ** length_penalty as exp(log): a huge penalty overflowed (a 500), a hugely
+    # negative one underflowed to a division by zero; the exponent is clamped to where a
+    # float stays finite, which leaves every sane penalty's score as it was.
+    exponent = length_penalty * math.log(max(length, 1))
+    return beam.cum_logprob * math.exp(-max(-700.0, min(700.0, exponent)))
 
 
 def step_params(params: BeamSearchParams) -> SamplingParams:

@@ -308,6 +308,10 @@ class AsyncLLM:
     def _eos(self) -> int | None:
         return self.engine.processor.eos_token_id
 
+    def check_sequences(self, num_prompts: int, samples: int) -> None:
+        """ValueError when one request's prompts x samples pass the server's bound."""
+        self.engine.processor.check_sequences(num_prompts, samples)
+
     async def abort(self, request_id: str | Iterable[str]) -> None:
         """End requests now; their generate() calls yield a final output (finish "abort")."""
         ids = [request_id] if isinstance(request_id, str) else list(request_id)

@@ -123,8 +123,9 @@ class LLMEngine:
             raise ValueError(
                 f"sampling_params must be SamplingParams, got {type(params).__name__}."
             )
-        if not isinstance(priority, int):
-            raise ValueError(f"priority must be an integer, got {priority!r}.")
+        if not isinstance(priority, int) or not -(2**63) <= priority < 2**63:
+            # The engine's messages carry it as a 64-bit integer.
+            raise ValueError(f"priority must be an integer in [-2**63, 2**63), got {priority!r}.")
         processed = self.processor.process_prompt(prompt, params)
         resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
         if resolved.logits_processors and not isinstance(self.core, InprocClient):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType, truncate_prompt
+from pagedllm.inputs.tokenizer import bounded_text, prompt_char_limit
 from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class InputProcessor:
         self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.tokenizer = tokenizer
         self.max_model_len = model_config.max_model_len
+        self._max_prompt_chars: int | None = None  # prompt_char_limit, on the first text
         self.vocab_size = model_config.vocab_size
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer else None
         if self.eos_token_id is None:
@@ -53,7 +55,7 @@ class InputProcessor:
     def process_prompt(self, prompt: PromptType, params: SamplingParams) -> ProcessedPrompt:
         text, token_ids, salt = self._read_prompt(prompt)
         if token_ids is None:
-            token_ids = self._tokenize(text)
+            token_ids = self._tokenize(text, keep_tail=params.truncate_prompt_tokens is not None)
         token_ids = truncate_prompt(token_ids, params.truncate_prompt_tokens, self.max_model_len)
         self._check_prompt(token_ids)
         return ProcessedPrompt(text, token_ids, salt)
@@ -85,13 +87,16 @@ class InputProcessor:
             return prompt["prompt"], None, salt
         raise ValueError("A prompt dict needs 'prompt' (a string) or 'prompt_token_ids'.")
 
-    def _tokenize(self, text: str | None) -> list[int]:
+    def _tokenize(self, text: str | None, keep_tail: bool) -> list[int]:
         if self.tokenizer is None:
             raise ValueError(
                 "The engine was started with skip_tokenizer_init=True: give prompts as token "
                 'ids ({"prompt_token_ids": [...]}).'
             )
-        return self.tokenizer.encode(text or "", add_special_tokens=True)
+        if self._max_prompt_chars is None:
+            self._max_prompt_chars = prompt_char_limit(self.tokenizer, self.max_model_len)
+        text = bounded_text(text or "", self._max_prompt_chars, keep_tail)
+        return self.tokenizer.encode(text, add_special_tokens=True)
 
     def _check_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:
@@ -132,6 +137,17 @@ class InputProcessor:
             resolved.all_stop_token_ids.add(self.eos_token_id)
         self._check_token_controls(resolved)
         return resolved
+
+    def check_sequences(self, num_prompts: int, samples: int) -> None:
+        """A request of several prompts (a server's batched completion): its sequences, all
+        prompts' samples, are bounded as one prompt's are (``max_samples``, --max-n): 500
+        prompts of n=128 were 64,000 sequences from a 3 KB body."""
+        total = num_prompts * samples
+        if self.max_samples is not None and total > self.max_samples:
+            raise ValueError(
+                f"This request asks for {total} sequences ({num_prompts} prompts x {samples} "
+                f"samples); this server allows at most {self.max_samples} per request (--max-n)."
+            )
 
     def _check_token_controls(self, params: SamplingParams) -> None:
         """logprobs limits, best_of, logit_bias, allowed ids, bad words, processors."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import pytest
 
@@ -127,6 +128,19 @@ def test_truncate_prompt_tokens_keeps_the_tail(smollm):
         {"prompt_token_ids": ids}, greedy(max_tokens=2, truncate_prompt_tokens=3), use_tqdm=False
     )
     assert out[0].prompt_token_ids == ids[-3:]
+
+
+def test_text_past_what_the_context_could_hold_is_refused_before_tokenizing(smollm):
+    """2048 tokens of SmolLM2 cover at most 2048 x 81 (its longest entry) x 4 characters:
+    longer text is refused, or with truncate_prompt_tokens cut to its tail, untokenized."""
+    text = "hello " * 200_000  # 1.2 million characters
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="more than the model's context could hold"):
+        smollm.generate(text, greedy(max_tokens=1), use_tqdm=False)
+    params = greedy(max_tokens=1, truncate_prompt_tokens=4)
+    out = smollm.generate(text + "one two three", params, use_tqdm=False)
+    assert out[0].prompt_token_ids == smollm.get_tokenizer().encode(" hello one two three")[-4:]
+    assert time.monotonic() - start < 20
 
 
 # -- errors: a clear sentence, nothing left behind ------------------------------------

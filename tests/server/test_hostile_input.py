@@ -151,6 +151,59 @@ def test_deep_or_large_values_are_400(server, path, body, fragment):
     assert_error(post(server, path, json=body), 400, fragment)
 
 
+def completion(**fields) -> dict:
+    return {"model": MODEL, "max_tokens": 2, **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment", "param"),
+    [
+        # 3 KB: 64,000 sequences, past the per-request bound (--max-n) that n alone respects.
+        (completion(prompt=[[5]] * 500, n=128), "500 prompts x 128 samples", None),
+        # Past a 64-bit integer: the engine's messages carried it, and failed (a 500).
+        (completion(prompt="Hi", priority=10**30), "priority must be an integer in", None),
+        (completion(prompt="Hi", priority=-(10**100)), "priority must be an integer in", None),
+        # Token ids checked as one kind: a union that tried each built an error per item.
+        (completion(prompt=[5] * 3_000_000), "maximum model length", None),
+        (completion(prompt=[5, 6, "x"]), "prompt[2]: Input should be a valid integer", "prompt"),
+        (completion(prompt=[True]), "prompt must be a string, a list of strings", "prompt"),
+        # Text that could never fit the context is refused before the tokenizer sees it.
+        (completion(prompt="hello " * 5_000_000), "more than the model's context could hold",
+         None),
+    ],
+    ids=["prompts-x-n", "priority", "negative-priority", "ids", "mixed-ids", "bool-ids", "text"],
+)  # fmt: skip
+def test_sizes_and_numbers_past_their_bounds_are_400(server, body, fragment, param):
+    start = time.monotonic()
+    assert_error(post(server, "/v1/completions", json=body), 400, fragment, param=param)
+    assert time.monotonic() - start < 10
+
+
+def test_detokenize_is_bounded(server):
+    reply = post(server, "/detokenize", json={"model": MODEL, "tokens": [5] * 1_000_001})
+    assert_error(reply, 400, "decodes at most 1000000", param="tokens")
+    reply = post(server, "/detokenize", json={"model": MODEL, "tokens": [5, 10**9]})
+    assert_error(reply, 400, "out of vocabulary", param="tokens")
+
+
+def test_a_long_text_to_truncate_keeps_its_tail(server):
+    """With truncate_prompt_tokens the text past what the context could hold is cut from
+    its start before tokenizing: the kept tokens are the last ones either way."""
+    body = completion(prompt="hello " * 5_000_000 + "1 2 3 4", truncate_prompt_tokens=4,
+                      max_tokens=1, echo=True)  # fmt: skip
+    reply = post(server, "/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["prompt_tokens"] == 4
+
+
+@pytest.mark.parametrize("penalty", [1e308, -1e308])
+def test_extreme_length_penalties_rank_beams(server, penalty):
+    body = completion(prompt="Hi", use_beam_search=True, n=2, length_penalty=penalty)
+    reply = post(server, "/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["choices"]) == 2
+
+
 def test_paired_surrogates_are_fine(server):
     raw = b'{"model": "%s", "prompt": "smile \\ud83d\\ude00", "max_tokens": 1}' % MODEL.encode()
     assert post(server, "/v1/completions", content=raw, headers=JSON).status_code == 200

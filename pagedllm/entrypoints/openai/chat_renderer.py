@@ -14,24 +14,18 @@ from typing import Any
 
 from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
-
-# A token covers at most its vocabulary entry's length in characters of normalized text
-# (byte-level entries are a character per byte); a normalizer may compose a few characters
-# of the input into one, hence the margin.
-_NORMALIZATION_MARGIN = 4
+from pagedllm.inputs.tokenizer import bounded_text, prompt_char_limit
 
 
 def render_limits(tokenizer: Any, max_model_len: int, timeout_s: float) -> RenderLimits:
-    """The chat template's bounds: its time, and its output at most what ``max_model_len``
-    tokens could cover (a 40-byte request template rendered 48 MB, whose tokenization took
-    5 GB of the API server), never past the sandbox's own cap."""
+    """The chat template's bounds: its time, and its output at most ``prompt_char_limit``
+    (a 40-byte request template rendered 48 MB, whose tokenization took 5 GB), never past
+    the sandbox's own cap."""
     cap = RenderLimits().max_chars
     if tokenizer is None:
         return RenderLimits(timeout_s=timeout_s)
-    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
     return RenderLimits(
-        timeout_s=timeout_s,
-        max_chars=min(cap, max_model_len * longest * _NORMALIZATION_MARGIN),
+        timeout_s=timeout_s, max_chars=min(cap, prompt_char_limit(tokenizer, max_model_len))
     )
 
 
@@ -82,9 +76,15 @@ class ChatRenderer:
         return await self.sandbox.render(job)
 
     async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        return await encode_off_loop(self.tokenizer, text, add_special_tokens)
+        return await encode_off_loop(
+            self.tokenizer, text, add_special_tokens, self.sandbox.limits.max_chars
+        )
 
 
-async def encode_off_loop(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
-    """Tokenize on a worker thread (the tokenizers library releases the GIL meanwhile)."""
+async def encode_off_loop(
+    tokenizer: Any, text: str, add_special_tokens: bool, max_chars: int, keep_tail: bool = False
+) -> list[int]:
+    """Tokenize on a worker thread (the tokenizers library releases the GIL meanwhile), the
+    text bounded first (``tokenizer.bounded_text``)."""
+    text = bounded_text(text, max_chars, keep_tail)
     return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)

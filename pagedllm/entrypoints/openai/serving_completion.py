@@ -30,6 +30,7 @@ from pagedllm.entrypoints.openai.usage import (
     usage_of,
 )
 from pagedllm.inputs.prompts import truncate_prompt
+from pagedllm.inputs.tokenizer import prompt_char_limit
 from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -47,6 +48,7 @@ class CompletionHandler:
         self.models = models
         self.defaults = generation_defaults
         self.force_include_usage = force_include_usage
+        self._max_prompt_chars: int | None = None  # prompt_char_limit, on first text prompt
 
     async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -56,7 +58,9 @@ class CompletionHandler:
         stream = bool(request.stream)
         max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
         try:
-            prompts = [await self._prompt(p, request) for p in request.prompts()]
+            texts = request.prompts()
+            self.engine.check_sequences(len(texts), max(request.n or 1, request.best_of or 0))
+            prompts = [await self._prompt(p, request) for p in texts]
             limits = [
                 clamp_max_tokens(
                     max_tokens, len(prompt["prompt_token_ids"]), self.models.max_model_len
@@ -161,7 +165,12 @@ class CompletionHandler:
             tokenizer = self.engine.tokenizer
             if tokenizer is None:
                 raise ValueError("This server has no tokenizer: send the prompt as token ids.")
-            ids = await encode_off_loop(tokenizer, prompt, request.add_special_tokens)
+            if self._max_prompt_chars is None:
+                self._max_prompt_chars = prompt_char_limit(tokenizer, self.models.max_model_len)
+            ids = await encode_off_loop(
+                tokenizer, prompt, request.add_special_tokens, self._max_prompt_chars,
+                keep_tail=request.truncate_prompt_tokens is not None,
+            )  # fmt: skip
             item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}
