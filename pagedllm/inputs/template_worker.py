@@ -75,10 +75,7 @@ def answer(job: bytes, timeout: float, max_chars: int) -> dict[str, str]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     if len(text) > max_chars:
-        return {
-            "error": f"The rendered chat is longer than {max_chars} characters, more than "
-            "the model's context could hold."
-        }
+        return {"error": f"The rendered chat is longer than {max_chars} characters."}
     return {"text": text}
 
 

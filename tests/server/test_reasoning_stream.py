@@ -24,7 +24,7 @@ class ScriptedRenderer:
         self.rendered_kwargs.append(args[-1])
         return "".join(m["content"] for m in messages) + "<think>\n"
 
-    async def encode(self, text, add_special_tokens):
+    async def encode(self, text, add_special_tokens, keep_tail=False):
         return list(range(len(text)))
 
 

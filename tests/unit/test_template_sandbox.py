@@ -10,7 +10,6 @@ from typing import ClassVar
 
 import pytest
 
-from pagedllm.entrypoints.openai.chat_renderer import render_limits
 from pagedllm.inputs.chat import ChatRender, prepare_chat, render_chat
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
 
@@ -107,17 +106,3 @@ def test_kwargs_override_their_arguments_as_in_vllm():
     assert prepared.variables["enable_thinking"] == 1
     with pytest.raises(ValueError, match="add_generation_prompt"):
         prepare_chat(Tokenizer(), HELLO, chat_template_kwargs={"add_generation_prompt": "no"})
-
-
-def test_a_render_is_bounded_by_what_the_context_could_hold():
-    """Each token covers at most its vocabulary entry's characters (4x for normalizers):
-    output past that could never fit ``max_model_len`` tokens, and would only be tokenized."""
-
-    class Vocabulary:
-        def get_vocab(self) -> dict[str, int]:
-            return {"a": 0, "abcdef": 1}
-
-    limits = render_limits(Vocabulary(), 1000, 3.0)
-    assert (limits.max_chars, limits.timeout_s) == (1000 * 6 * 4, 3.0)
-    assert render_limits(Vocabulary(), 10**9, 3.0).max_chars == RenderLimits().max_chars
-    assert render_limits(None, 1000, 3.0) == RenderLimits(timeout_s=3.0)

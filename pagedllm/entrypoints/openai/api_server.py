@@ -31,7 +31,7 @@ from pagedllm.entrypoints.cli.server_options import (
     server_options_from,
 )
 from pagedllm.entrypoints.llm import generation_defaults
-from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer, render_limits
+from pagedllm.entrypoints.openai.chat_renderer import ChatRenderer
 from pagedllm.entrypoints.openai.docs import install_docs
 from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
 from pagedllm.entrypoints.openai.http_protocol import with_header_timeout
@@ -68,6 +68,7 @@ from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool
 from pagedllm.entrypoints.openai.web_ui import install_web_ui
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
+from pagedllm.inputs.tokenizer import prompt_char_limit
 from pagedllm.logger import init_logger, set_log_level
 from pagedllm.metrics.http import MetricsServer, add_metrics_route, instrument, serve_with_metrics
 from pagedllm.metrics.prometheus import PrometheusStatLogger
@@ -235,12 +236,6 @@ def check_server_flags(args: argparse.Namespace) -> None:
 # -- the app -------------------------------------------------------------------------------
 
 
-def server_render_limits(engine: AsyncLLM, limits: ServerLimits) -> RenderLimits:
-    return render_limits(
-        engine.tokenizer, engine.model_config.max_model_len, limits.chat_template_render_timeout_s
-    )
-
-
 def build_app(
     engine: AsyncLLM,
     args: argparse.Namespace,
@@ -255,13 +250,20 @@ def build_app(
     state = state or ServingState()
     served = list(args.served_model_name or [engine.model_config.model])
     models = ServedModels(served, engine.model_config.model, engine.model_config.max_model_len)
-    sandbox = sandbox or TemplateSandbox(limits=server_render_limits(engine, limits))
+    sandbox = sandbox or TemplateSandbox(
+        limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s)
+    )
     renderer = ChatRenderer(
         engine.tokenizer,
         load_chat_template(args.chat_template),
         sandbox,
         args.trust_request_chat_template,
         args.default_chat_template_kwargs,
+        max_prompt_chars=(
+            prompt_char_limit(engine.tokenizer, engine.model_config.max_model_len)
+            if engine.tokenizer is not None
+            else None
+        ),
     )
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)
@@ -426,7 +428,7 @@ def run_server(args: argparse.Namespace, connection: EngineConnection | None = N
             client=connection.client() if connection is not None else None,
             pending=pending,
         )
-    sandbox = TemplateSandbox(limits=server_render_limits(engine, limits))
+    sandbox = TemplateSandbox(limits=RenderLimits(timeout_s=limits.chat_template_render_timeout_s))
     widen_young_generation()  # this process is the server's: a step's outputs per stream
     try:
         state = ServingState()

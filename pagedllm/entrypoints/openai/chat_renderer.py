@@ -13,20 +13,8 @@ import asyncio
 from typing import Any
 
 from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
-from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
-from pagedllm.inputs.tokenizer import bounded_text, prompt_char_limit
-
-
-def render_limits(tokenizer: Any, max_model_len: int, timeout_s: float) -> RenderLimits:
-    """The chat template's bounds: its time, and its output at most ``prompt_char_limit``
-    (a 40-byte request template rendered 48 MB, whose tokenization took 5 GB), never past
-    the sandbox's own cap."""
-    cap = RenderLimits().max_chars
-    if tokenizer is None:
-        return RenderLimits(timeout_s=timeout_s)
-    return RenderLimits(
-        timeout_s=timeout_s, max_chars=min(cap, prompt_char_limit(tokenizer, max_model_len))
-    )
+from pagedllm.inputs.template_sandbox import TemplateSandbox
+from pagedllm.inputs.tokenizer import bounded_text
 
 
 class ChatRenderer:
@@ -37,8 +25,13 @@ class ChatRenderer:
         sandbox: TemplateSandbox,
         trust_request_template: bool,
         default_template_kwargs: dict[str, Any] | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        # Rendered text past this (``tokenizer.prompt_char_limit``) is refused, or cut to its
+        # tail for truncation, before the tokenizer sees it: a 40-byte request template
+        # rendered 48 MB, whose tokenization took 5 GB of this process.
+        self.max_prompt_chars = max_prompt_chars or sandbox.limits.max_chars
         self.default_template = default_template
         self.sandbox = sandbox
         self.trust_request_template = trust_request_template
@@ -75,9 +68,12 @@ class ChatRenderer:
         )
         return await self.sandbox.render(job)
 
-    async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+    async def encode(
+        self, text: str, add_special_tokens: bool, keep_tail: bool = False
+    ) -> list[int]:
+        """``keep_tail``: the prompt is truncated to its last tokens (``encode_off_loop``)."""
         return await encode_off_loop(
-            self.tokenizer, text, add_special_tokens, self.sandbox.limits.max_chars
+            self.tokenizer, text, add_special_tokens, self.max_prompt_chars, keep_tail
         )
 
 

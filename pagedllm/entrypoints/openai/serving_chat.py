@@ -136,7 +136,8 @@ class ChatHandler:
             None if hide_tools or not tools.tools else tools.tools,
             request.template_kwargs(),
         )
-        return prompt, await self.renderer.encode(prompt, request.add_special_tokens)
+        truncated = request.truncate_prompt_tokens is not None
+        return prompt, await self.renderer.encode(prompt, request.add_special_tokens, truncated)
 
     @staticmethod
     def _echo_prefix(request: ChatCompletionRequest) -> str:
