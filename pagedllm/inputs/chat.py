@@ -221,6 +221,12 @@ def _content_text(content: Any, index: int) -> str:
                     f"messages[{index}] has a content part of type {kind!r}; only text parts "
                     "are supported."
                 )
-            texts.append(str(part.get("text", "")))
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"messages[{index}] has a text part whose 'text' is "
+                    f"{'missing' if text is None else type(text).__name__}; it must be a string."
+                )
+            texts.append(text)
         return "\n".join(texts)
     raise ValueError(f"messages[{index}].content must be a string or a list of text parts.")

@@ -204,6 +204,18 @@ def test_extreme_length_penalties_rank_beams(server, penalty):
     assert len(reply.json()["choices"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("part", "fragment"),
+    [({"type": "text"}, "'text' is missing"), ({"type": "text", "text": 5}, "'text' is int"),
+     ({"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}, "only text parts")],
+)  # fmt: skip
+def test_content_parts_are_text_with_text(server, part, fragment):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}, part]}]
+    assert_error(post(server, "/v1/chat/completions", json=chat(messages=messages)), 400, fragment)
+    fine = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    assert post(server, "/v1/chat/completions", json=chat(messages=fine)).status_code == 200
+
+
 def test_paired_surrogates_are_fine(server):
     raw = b'{"model": "%s", "prompt": "smile \\ud83d\\ude00", "max_tokens": 1}' % MODEL.encode()
     assert post(server, "/v1/completions", content=raw, headers=JSON).status_code == 200
