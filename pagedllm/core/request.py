@@ -62,6 +62,10 @@ class OutputGrammar(Protocol):
         """The grammar has accepted its stop token: the output is complete."""
         ...
 
+    def release(self) -> None:
+        """The request has ended: a compile no other request waits for may be dropped."""
+        ...
+
 
 class Request:
     """One sequence to generate. ``n > 1`` prompts become n requests upstream.

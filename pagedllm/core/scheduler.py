@@ -513,6 +513,8 @@ class Scheduler:
         return False
 
     def _free(self, request: Request) -> None:
+        if request.structured_output is not None:
+            request.structured_output.release()
         self.kv.free(request)
         self.kv.release_swapped(request)
         del self.requests[request.request_id]

@@ -41,9 +41,12 @@ class StructuredOutputManager:
         self._pin_memory = pin_memory
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
         self._lock = threading.Lock()  # the compiler's creation
-        self._cache_lock = threading.Lock()  # ``_compiled``: the loop and compile threads
+        # ``_compiled`` and ``_holders``: the loop and the compile threads. Reentrant: a
+        # cancel under it runs the future's callback (``_evict``) on the same thread.
+        self._cache_lock = threading.RLock()
         self._compiler: Any = None
         self._compiled: OrderedDict[str, Future[Any]] = OrderedDict()
+        self._holders: dict[Future[Any], int] = {}  # requests waiting on or using each compile
         self._batch_matcher: Any = None
         self._bitmask: torch.Tensor | None = None
 
@@ -51,7 +54,23 @@ class StructuredOutputManager:
         """A fresh matcher state for one request (each sample of ``n`` has its own); its
         grammar built and compiled on the compile threads (a constraint that no longer
         builds fails the request there: ``RequestGrammar.error``)."""
-        return RequestGrammar(self._compile(constraint))
+        future = self._compile(constraint)
+        with self._cache_lock:
+            self._holders[future] = self._holders.get(future, 0) + 1
+        return RequestGrammar(future, self._release)
+
+    def _release(self, future: Future[Any]) -> None:
+        """One request fewer waits for ``future``: with none left, a compile still queued
+        is dropped (a client that went away no longer holds a compile thread later; one
+        already compiling runs to its end)."""
+        with self._cache_lock:
+            holders = self._holders.pop(future) - 1
+            if holders > 0:
+                self._holders[future] = holders
+            elif future.cancel():
+                key = next((k for k, f in self._compiled.items() if f is future), None)
+                if key is not None:
+                    del self._compiled[key]
 
     def _compile(self, constraint: StructuredOutputsParams) -> Future[Any]:
         key = constraint_key(constraint)
@@ -132,6 +151,6 @@ class StructuredOutputManager:
 
 def _size(future: Future[Any]) -> int:
     """A finished compile's bytes (0 while compiling, or for a failed one)."""
-    if not future.done() or future.exception() is not None:
+    if not future.done() or future.cancelled() or future.exception() is not None:
         return 0
     return int(future.result().memory_size_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -13,10 +14,19 @@ class RequestGrammar:
     so its bitmask is the set of tokens that may come next.
     """
 
-    def __init__(self, compiled: Future[Any]) -> None:
+    def __init__(
+        self, compiled: Future[Any], on_release: Callable[[Future[Any]], None] | None = None
+    ) -> None:
         self._compiled = compiled
+        self._on_release = on_release
         self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled
         self.error: str | None = None
+
+    def release(self) -> None:
+        """The request is done with its grammar (finished or aborted); called once."""
+        if self._on_release is not None:
+            self._on_release(self._compiled)
+            self._on_release = None
 
     def is_ready(self) -> bool:
         """Compiled (or failed, with ``error`` set): the request may be scheduled."""

@@ -433,3 +433,36 @@ def test_compiled_grammars_are_kept_within_the_byte_budget(
     ours = [size for key, size in sizes.items() if key.startswith("choice:") and len(key) > 4000]
     assert min(ours) > 250_000 and sum(sizes.values()) <= 1 << 20
     assert 1 <= len(ours) < 4
+
+
+def test_a_queued_compile_nobody_waits_for_is_dropped(
+    smollm_in_process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both compile threads busy, a third constraint queued: its request aborted, the
+    compile is cancelled before it runs (a client that went away holds no thread later)."""
+    from pagedllm.structured_output import manager
+
+    release, built = threading.Event(), []
+    build = manager.build_grammar_spec
+
+    def slow_build(constraint: StructuredOutputsParams):
+        built.append(constraint.choice)
+        assert release.wait(timeout=60)
+        return build(constraint)
+
+    monkeypatch.setattr(manager, "build_grammar_spec", slow_build)
+    engine = smollm_in_process.llm_engine
+    for name in ("one", "two", "three"):
+        engine.add_request(name, "Pick:", constrained("choice", [name, "other"], max_tokens=4))
+    for _ in range(20):
+        engine.step()
+        if len(built) == 2:
+            break
+    engine.abort_request(["three"])
+    engine.step()
+    release.set()
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert sorted(c[0] for c in built) == ["one", "two"]
+    cache = engine.engine_core.structured_outputs._compiled
+    assert not [key for key in cache if '"three"' in key]

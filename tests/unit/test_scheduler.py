@@ -751,6 +751,11 @@ class FakeGrammar:
     def is_terminated(self) -> bool:
         return self.terminate_after is not None and len(self.accepted) >= self.terminate_after
 
+    released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
 
 def test_a_request_waits_for_its_grammar_without_blocking_others() -> None:
     harness = Harness(make_scheduler())
@@ -764,7 +769,25 @@ def test_a_request_waits_for_its_grammar_without_blocking_others() -> None:
     harness.run()
     assert harness.finish_reasons == {"free": FinishReason.LENGTH, "slow": FinishReason.LENGTH}
     assert slow.structured_output.accepted == harness.outputs["slow"], "every token advanced it"
+    assert slow.structured_output.released == 1
     harness.assert_all_blocks_free()
+
+
+def test_every_ended_request_releases_its_grammar_once() -> None:
+    """Finished, aborted while its grammar compiles, or refused for a grammar that failed:
+    the grammar hears of it once (a compile nobody waits for can then be dropped)."""
+    harness = Harness(make_scheduler())
+    grammars = {name: FakeGrammar(ready_after=ready) for name, ready in
+                [("done", 0), ("aborted", 10**9)]}  # fmt: skip
+    grammars["failed"] = FakeGrammar(error="The grammar failed to compile: boom")
+    for name, grammar in grammars.items():
+        request = make_request(name, 5, max_tokens=2)
+        request.structured_output = grammar
+        harness.add(request)
+    harness.step()
+    harness.scheduler.finish_requests(["aborted"], RequestStatus.FINISHED_ABORTED)
+    harness.run()
+    assert {name: g.released for name, g in grammars.items()} == dict.fromkeys(grammars, 1)
 
 
 def test_waiting_order_is_kept_while_grammars_compile() -> None:
