@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MiB = 1 << 20
+# The longest request id a client may give (the body's ``request_id``, the X-Request-Id
+# header): both are echoed back, in every streamed chunk and in the log.
+MAX_REQUEST_ID = 256
 
 
 @dataclass(frozen=True)

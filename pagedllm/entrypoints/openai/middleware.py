@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pagedllm.entrypoints.openai.docs import ASSETS
 from pagedllm.entrypoints.openai.errors import error_body_for
 from pagedllm.entrypoints.openai.errors import route_path as _path
+from pagedllm.entrypoints.openai.limits import MAX_REQUEST_ID
 from pagedllm.entrypoints.openai.web_ui import FILES as WEB_UI_FILES
 from pagedllm.logger import init_logger
 
@@ -249,6 +250,11 @@ class RequestIdHeaderMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id")
+        if given is not None and len(given) > MAX_REQUEST_ID:
+            # Echoed on the response: a 32 MiB header came back whole.
+            message = f"X-Request-Id is {len(given)} bytes; at most {MAX_REQUEST_ID} are allowed."
+            await _send_error(scope, receive, send, message, 400)
+            return
         request_id = given if given else uuid.uuid4().hex.encode()
 
         async def send_with_id(message: dict) -> None:

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from pagedllm.entrypoints.openai.limits import MAX_REQUEST_ID
 from pagedllm.entrypoints.openai.unknown_fields import (
     note_inert_field,
     note_unknown_fields,
@@ -152,7 +153,9 @@ class SamplingFields(EngineSamplingFields):
     use_beam_search: bool = False
     length_penalty: float = 1.0
     priority: int = 0
-    request_id: str | None = None
+    # Echoed in every streamed chunk and written to the log: bounded, and without control
+    # characters (a newline in it forged log lines; 1 MiB of it made 100 MB of stream).
+    request_id: str | None = Field(None, max_length=MAX_REQUEST_ID, pattern=r"^[^\x00-\x1f\x7f]*$")
     cache_salt: str | None = Field(None, max_length=MAX_CACHE_SALT)
     # OpenAI's key for requests that share a prefix: the cache salt when none is given, so
     # requests under one key share cached blocks (and no others do)
