@@ -106,6 +106,7 @@ def server(shared_servers: Callable[..., Server]) -> Server:
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--enable-log-requests", "--enable-log-outputs", "--max-log-len", "60",
         "--enable-request-id-headers", "--disable-access-log-for-endpoints", "/health,/ping",
+        "--enable-prompt-tokens-details",
     ]  # fmt: skip
     return shared_servers(args)
 

@@ -179,6 +179,28 @@ def test_sizes_and_numbers_past_their_bounds_are_400(server, body, fragment, par
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize(
+    ("request_id", "fragment"),
+    [("abc\nINFO 01-01 00:00:00 [fake.py:1] FORGED", "should match pattern"),
+     ("x" * 257, "at most 256 characters")],
+)  # fmt: skip
+def test_request_ids_are_short_and_printable(server, request_id, fragment):
+    """A request id is echoed in every chunk and logged: a newline in it forged log lines,
+    1 MiB of it made 100 MB of stream."""
+    reply = post(server, "/v1/completions", json=completion(prompt="Hi", request_id=request_id))
+    assert_error(reply, 400, fragment)
+    assert "FORGED" not in server.logs()
+
+
+def test_an_oversized_request_id_header_is_400(server):
+    reply = post(server, "/v1/completions", json=completion(prompt="Hi"),
+                 headers={"X-Request-Id": "r" * 257})  # fmt: skip
+    assert_error(reply, 400, "X-Request-Id is 257 bytes")
+    reply = post(server, "/v1/completions", json=completion(prompt="Hi"),
+                 headers={"X-Request-Id": "trace-1"})  # fmt: skip
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == "trace-1"
+
+
 def test_detokenize_is_bounded(server):
     reply = post(server, "/detokenize", json={"model": MODEL, "tokens": [5] * 1_000_001})
     assert_error(reply, 400, "decodes at most 1000000", param="tokens")

@@ -173,3 +173,14 @@ def test_lora_flags_are_refused_by_name(
     monkeypatch.delenv("PAGEDLLM_LOGGING_LEVEL", raising=False)  # main() sets it for its server
     assert main(["serve", "--max_loras", "2", "--lora-modules", "a=/x"]) == 2
     assert "--max-loras, --lora-modules: LoRA adapters are not supported" in capsys.readouterr().err
+
+
+def test_cached_tokens_only_with_prompt_tokens_details(limited):
+    """Off by default, as vLLM: cached_tokens tells any client whether a prompt it guesses
+    is in the prefix cache (the other server runs with --enable-prompt-tokens-details)."""
+    body = {"messages": HELLO, "max_tokens": 2}
+    for _ in range(2):  # the second finds the first's blocks
+        usage = post(limited, "/v1/chat/completions", json=body).json()["usage"]
+        assert usage.get("prompt_tokens_details") is None, usage
+    usage = post(limited, "/v1/completions", json={"prompt": "abc" * 40, "max_tokens": 2}).json()
+    assert usage["usage"].get("prompt_tokens_details") is None

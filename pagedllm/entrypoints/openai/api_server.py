@@ -130,7 +130,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     flag(
         "enable-prompt-tokens-details",
         action="store_true",
-        help="(vLLM flag) usage always carries prompt_tokens_details.cached_tokens here",
+        help="usage carries prompt_tokens_details.cached_tokens (off: a client could tell "
+        "whether a prompt it guesses is in the prefix cache)",
     )
     for lora in ("max-loras", "max-lora-rank", "max-cpu-loras"):
         flag(lora, type=int, default=None, help="not supported: no LoRA adapters yet")
@@ -275,12 +276,16 @@ def build_app(
     options = ChatOptions(
         response_role=args.response_role,
         force_include_usage=args.enable_force_include_usage,
+        prompt_tokens_details=args.enable_prompt_tokens_details,
     )
     chat = ChatHandler(
         engine, models, renderer, parser, defaults, tool_parser,
         args.exclude_tools_when_tool_choice_none, options,
     )  # fmt: skip
-    completions = CompletionHandler(engine, models, defaults, args.enable_force_include_usage)
+    completions = CompletionHandler(
+        engine, models, defaults, args.enable_force_include_usage,
+        args.enable_prompt_tokens_details,
+    )  # fmt: skip
     tokenization = TokenizationHandler(renderer, models)
     simple = GenerateHandler(engine)
 

@@ -43,6 +43,7 @@ class ChatOptions:
 
     response_role: str = "assistant"  # --response-role
     force_include_usage: bool = False  # --enable-force-include-usage: usage ends every stream
+    prompt_tokens_details: bool = False  # --enable-prompt-tokens-details: cached tokens shown
 
 
 class ChatHandler:
@@ -194,7 +195,7 @@ class ChatHandler:
             id=request_id,
             model=model,
             choices=choices,
-            usage=usage_of(final, final.outputs),
+            usage=usage_of(final, final.outputs, details=self.options.prompt_tokens_details),
             prompt_logprobs=prompt_logprobs_json(final.prompt_logprobs),
             prompt_token_ids=final.prompt_token_ids if request.return_token_ids else None,
             metadata=request.metadata,
@@ -254,7 +255,11 @@ class ChatHandler:
                     called = parsers[i].called_tools
                     finish = _finish_reason(completion.finish_reason, called, tools)
                     choice = _choice(i, delta or {}, finish, completion.stop_reason, logprobs)
-                    usage = usage_of(output, None, sum(tokens)) if continuous else None
+                    usage = (
+                        usage_of(output, None, sum(tokens), self.options.prompt_tokens_details)
+                        if continuous
+                        else None
+                    )
                     extra: dict[str, Any] = {}
                     if with_ids:  # as vLLM: the prompt's ids once, each chunk its new ids
                         choice["token_ids"] = list(completion.token_ids)
@@ -263,7 +268,9 @@ class ChatHandler:
                             prompt_ids_sent = True
                     yield chunk([choice], usage, **extra)
             if include_usage and last is not None:
-                yield chunk([], usage_of(last, None, sum(tokens)))
+                yield chunk(
+                    [], usage_of(last, None, sum(tokens), self.options.prompt_tokens_details)
+                )
         except Exception as exc:
             yield sse_error(exc)
         yield sse.DONE

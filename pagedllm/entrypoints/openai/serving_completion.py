@@ -43,11 +43,13 @@ class CompletionHandler:
         models: ServedModels,
         generation_defaults: dict[str, Any],
         force_include_usage: bool = False,  # --enable-force-include-usage
+        prompt_tokens_details: bool = False,  # --enable-prompt-tokens-details
     ) -> None:
         self.engine = engine
         self.models = models
         self.defaults = generation_defaults
         self.force_include_usage = force_include_usage
+        self.details = prompt_tokens_details
         self._max_prompt_chars: int | None = None  # prompt_char_limit, on first text prompt
 
     async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
@@ -91,7 +93,7 @@ class CompletionHandler:
             for p, final in enumerate(finals)
             for c in final.outputs
         ]
-        usage = add_usage([usage_of(f, f.outputs) for f in finals])
+        usage = add_usage([usage_of(f, f.outputs, details=self.details) for f in finals])
         response = CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
         return JSONResponse(response.model_dump())
 
@@ -248,9 +250,14 @@ class CompletionHandler:
                         if index not in ids_sent:
                             ids_sent.add(index)
                             choice["prompt_token_ids"] = list(output.prompt_token_ids or [])
-                    yield chunk([choice], usage_of(output, None, tokens[p]) if continuous else None)
+                    usage = usage_of(output, None, tokens[p], self.details) if continuous else None
+                    yield chunk([choice], usage)
             if include_usage:
-                parts = [usage_of(o, None, t) for o, t in zip(lasts, tokens) if o is not None]
+                parts = [
+                    usage_of(o, None, t, self.details)
+                    for o, t in zip(lasts, tokens)
+                    if o is not None
+                ]
                 yield chunk([], add_usage(parts))
         except Exception as exc:
             yield sse_error(exc)

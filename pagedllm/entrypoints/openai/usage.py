@@ -13,16 +13,21 @@ def usage_of(
     output: RequestOutput,
     completions: Sequence[CompletionOutput] | None,
     completion_tokens: int | None = None,
+    details: bool = False,
 ) -> UsageInfo:
-    """Usage of one request: its prompt, and the tokens of ``completions`` (or a count)."""
+    """Usage of one request: its prompt, and the tokens of ``completions`` (or a count).
+    ``details`` (``--enable-prompt-tokens-details``, vLLM's flag and default off): the
+    prompt's cached tokens too, which tell any client whether a prompt it guesses is in the
+    prefix cache (unless requests are salted)."""
     prompt_tokens = len(output.prompt_token_ids or [])
     if completion_tokens is None:
         completion_tokens = sum(len(c.token_ids) for c in completions or [])
+    cached = PromptTokensDetails(cached_tokens=output.num_cached_tokens or 0) if details else None
     return UsageInfo(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=output.num_cached_tokens or 0),
+        prompt_tokens_details=cached,
     )
 
 
@@ -30,12 +35,13 @@ def add_usage(parts: Sequence[UsageInfo]) -> UsageInfo:
     """Usage of several prompts answered in one response (completions with a list prompt)."""
     prompt = sum(u.prompt_tokens for u in parts)
     completion = sum(u.completion_tokens for u in parts)
-    cached = sum(u.prompt_tokens_details.cached_tokens for u in parts if u.prompt_tokens_details)
+    details = [u.prompt_tokens_details for u in parts if u.prompt_tokens_details is not None]
+    cached = PromptTokensDetails(cached_tokens=sum(d.cached_tokens for d in details))
     return UsageInfo(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        prompt_tokens_details=cached if details else None,
     )
 
 
@@ -55,5 +61,4 @@ def beam_usage(prompt_tokens: int, result: BeamSearchOutput) -> UsageInfo:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
     )
