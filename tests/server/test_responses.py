@@ -414,6 +414,20 @@ def test_the_store_is_bounded_oldest_first():
         ResponseStore(-1)
 
 
+def test_running_background_responses_are_not_evicted():
+    """Other clients' responses pushed a running background one out: its retrieval became a
+    500 and its cancel a 404 while it ran on. Live ones stay; finished ones go first."""
+    store = ResponseStore(2)
+    store.put("bg", StoredResponse({"id": "bg", "status": "in_progress", "background": True}, []))
+    for name in "abcd":
+        store.put(name, StoredResponse({"id": name, "status": "completed"}, []))
+    assert store.get("bg") is not None and store.get("d") is not None and len(store) == 2
+    store.put("bg", StoredResponse({"id": "bg", "status": "completed"}, []))  # it ended
+    for name in "ef":
+        store.put(name, StoredResponse({"id": name, "status": "completed"}, []))
+    assert store.get("bg") is None and store.get("f") is not None and len(store) == 2
+
+
 def test_the_store_is_bounded_in_bytes():
     """A client cannot make the server hold max_stored_responses huge responses: the
     store also keeps at most max_bytes of JSON, oldest evicted first."""

@@ -97,7 +97,13 @@ class ResponseStore:
         self._entries[response_id] = (entry, size)
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+            # A background response still running is never evicted: other clients' requests
+            # pushed one out, and its retrieval became a 500 and its cancel a 404 while it
+            # ran on. Live ones are as many as the engine runs; they leave when they end.
+            victim = next((key for key, (e, _) in self._entries.items() if not _live(e)), None)
+            if victim is None:
+                break
+            self._drop(victim)
 
     def _drop(self, response_id: str) -> None:
         dropped = self._entries.pop(response_id, None)
@@ -110,6 +116,10 @@ class ResponseStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _live(entry: StoredResponse) -> bool:
+    return entry.response.get("status") in ("queued", "in_progress")
 
 
 def not_found(response_id: str, param: str = "response_id") -> OpenAIError:
@@ -360,7 +370,8 @@ class ResponsesHandler:
             return StreamingResponse(events, media_type="text/event-stream")
         if starting_after is not None:
             raise RefusedField("starting_after", "starting_after applies with stream=true.")
-        assert stored is not None
+        if stored is None:  # evicted after it ended; its events remain only to stream
+            raise not_found(response_id)
         return JSONResponse(stored.response)
 
     async def cancel(self, response_id: str) -> JSONResponse:
