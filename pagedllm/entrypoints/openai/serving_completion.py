@@ -173,7 +173,9 @@ class CompletionHandler:
                 tokenizer, prompt, request.add_special_tokens, self._max_prompt_chars,
                 keep_tail=request.truncate_prompt_tokens is not None,
             )  # fmt: skip
-            item = {"prompt": prompt, "prompt_token_ids": ids}
+            # Text cut to its tail no longer matches the ids: they alone go on.
+            cut = len(prompt) > self._max_prompt_chars
+            item = {"prompt_token_ids": ids} if cut else {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}
         kept = truncate_prompt(
