@@ -5,6 +5,7 @@ misbehave, the waiting queue (503 with Retry-After), and n / best_of past --max-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -55,6 +56,25 @@ def test_slow_or_absent_headers_lose_the_connection(limited):
     with socket.create_connection((host, int(port))) as partial:
         partial.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
         assert _closed_within(partial, 10)
+
+
+def test_oversized_headers_are_431_and_close(limited):
+    """httptools buffers an unfinished head whole: 128 MiB of one header took 115 MB of
+    the server, with no key needed; past 64 KiB the connection ends."""
+    host, port = limited.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Junk: ")
+        reply = b""
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for _ in range(32):
+                sock.sendall(b"j" * 4096)
+            sock.settimeout(10)
+            while chunk := sock.recv(4096):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+    fine = httpx.get(f"{limited.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}",
+                     "X-Junk": "j" * 30_000})  # fmt: skip
+    assert fine.status_code == 200
 
 
 def test_a_body_that_stops_arriving_is_408(limited):

@@ -1,10 +1,12 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for request headers.
+"""uvicorn's HTTP/1.1 protocol with a deadline and a size bound for request headers.
 
 uvicorn times out idle keep-alive connections but not a client that opens a connection and
 sends its headers a byte at a time (or never): each such connection holds a socket and a
 protocol object for as long as the client likes. Here a connection must complete a
 request's headers within ``header_timeout_s`` of opening, or of the first byte after its
-previous response; otherwise it is closed.
+previous response; otherwise it is closed. Nor does it bound their size (httptools buffers
+an unfinished header whole: two unauthenticated connections held 230 MB): past
+``MAX_HEADER_BYTES`` of a request's head the connection gets a 431 and is closed.
 
 The deadline is a mixin over uvicorn's protocol classes: httptools' (C parser, used when
 installed: a saturated server parses and writes tens of thousands of events a second) or
@@ -17,6 +19,13 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+# A request line and its headers, at most (nginx's default is 8-32 KB).
+MAX_HEADER_BYTES = 64 << 10
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
 
 
 class HeaderDeadline:
@@ -31,6 +40,7 @@ class HeaderDeadline:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # of the request whose head is still arriving
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
@@ -43,6 +53,12 @@ class HeaderDeadline:
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not cycle:  # a new request cycle began: its headers are complete
             self._disarm()
+        elif self._header_deadline is not None:  # still in a request's head
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._disarm()
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -52,6 +68,7 @@ class HeaderDeadline:
         return self.cycle is None or self.cycle.response_complete
 
     def _arm(self) -> None:
+        self._header_bytes = 0
         self._header_deadline = self.loop.call_later(self.header_timeout_s, self._expire)
 
     def _disarm(self) -> None:
