@@ -308,6 +308,11 @@ class AsyncLLM:
     def _eos(self) -> int | None:
         return self.engine.processor.eos_token_id
 
+    @property
+    def max_prompt_chars(self) -> int:
+        """The most characters a text prompt may have (``InputProcessor.max_prompt_chars``)."""
+        return self.engine.processor.max_prompt_chars
+
     def check_sequences(self, num_prompts: int, samples: int) -> None:
         """ValueError when one request's prompts x samples pass the server's bound."""
         self.engine.processor.check_sequences(num_prompts, samples)

@@ -40,7 +40,7 @@ class InputProcessor:
         self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.tokenizer = tokenizer
         self.max_model_len = model_config.max_model_len
-        self._max_prompt_chars: int | None = None  # prompt_char_limit, on the first text
+        self._max_prompt_chars: int | None = None  # max_prompt_chars, on first use
         self.vocab_size = model_config.vocab_size
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer else None
         if self.eos_token_id is None:
@@ -93,10 +93,16 @@ class InputProcessor:
                 "The engine was started with skip_tokenizer_init=True: give prompts as token "
                 'ids ({"prompt_token_ids": [...]}).'
             )
+        text = bounded_text(text or "", self.max_prompt_chars, keep_tail)
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """``prompt_char_limit`` of this tokenizer and context, read once (a scan of the
+        vocabulary); the server's encoders bound text by it too."""
         if self._max_prompt_chars is None:
             self._max_prompt_chars = prompt_char_limit(self.tokenizer, self.max_model_len)
-        text = bounded_text(text or "", self._max_prompt_chars, keep_tail)
-        return self.tokenizer.encode(text, add_special_tokens=True)
+        return self._max_prompt_chars
 
     def _check_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:

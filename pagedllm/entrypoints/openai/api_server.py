@@ -68,7 +68,6 @@ from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSER_NAMES, get_tool
 from pagedllm.entrypoints.openai.web_ui import install_web_ui
 from pagedllm.inputs.chat import load_chat_template
 from pagedllm.inputs.template_sandbox import RenderLimits, TemplateSandbox
-from pagedllm.inputs.tokenizer import prompt_char_limit
 from pagedllm.logger import init_logger, set_log_level
 from pagedllm.metrics.http import MetricsServer, add_metrics_route, instrument, serve_with_metrics
 from pagedllm.metrics.prometheus import PrometheusStatLogger
@@ -260,11 +259,7 @@ def build_app(
         sandbox,
         args.trust_request_chat_template,
         args.default_chat_template_kwargs,
-        max_prompt_chars=(
-            prompt_char_limit(engine.tokenizer, engine.model_config.max_model_len)
-            if engine.tokenizer is not None
-            else None
-        ),
+        engine.max_prompt_chars,
     )
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)

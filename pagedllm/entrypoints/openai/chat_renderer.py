@@ -24,14 +24,14 @@ class ChatRenderer:
         default_template: str | None,
         sandbox: TemplateSandbox,
         trust_request_template: bool,
-        default_template_kwargs: dict[str, Any] | None = None,
-        max_prompt_chars: int | None = None,
+        default_template_kwargs: dict[str, Any] | None,
+        max_prompt_chars: int,
     ) -> None:
         self.tokenizer = tokenizer
-        # Rendered text past this (``tokenizer.prompt_char_limit``) is refused, or cut to its
-        # tail for truncation, before the tokenizer sees it: a 40-byte request template
+        # Rendered text past this (``InputProcessor.max_prompt_chars``) is refused, or cut to
+        # its tail for truncation, before the tokenizer sees it: a 40-byte request template
         # rendered 48 MB, whose tokenization took 5 GB of this process.
-        self.max_prompt_chars = max_prompt_chars or sandbox.limits.max_chars
+        self.max_prompt_chars = max_prompt_chars
         self.default_template = default_template
         self.sandbox = sandbox
         self.trust_request_template = trust_request_template

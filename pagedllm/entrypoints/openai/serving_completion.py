@@ -30,7 +30,6 @@ from pagedllm.entrypoints.openai.usage import (
     usage_of,
 )
 from pagedllm.inputs.prompts import truncate_prompt
-from pagedllm.inputs.tokenizer import prompt_char_limit
 from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -50,7 +49,6 @@ class CompletionHandler:
         self.defaults = generation_defaults
         self.force_include_usage = force_include_usage
         self.details = prompt_tokens_details
-        self._max_prompt_chars: int | None = None  # prompt_char_limit, on first text prompt
 
     async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -167,14 +165,13 @@ class CompletionHandler:
             tokenizer = self.engine.tokenizer
             if tokenizer is None:
                 raise ValueError("This server has no tokenizer: send the prompt as token ids.")
-            if self._max_prompt_chars is None:
-                self._max_prompt_chars = prompt_char_limit(tokenizer, self.models.max_model_len)
+            limit = self.engine.max_prompt_chars
             ids = await encode_off_loop(
-                tokenizer, prompt, request.add_special_tokens, self._max_prompt_chars,
+                tokenizer, prompt, request.add_special_tokens, limit,
                 keep_tail=request.truncate_prompt_tokens is not None,
             )  # fmt: skip
             # Text cut to its tail no longer matches the ids: they alone go on.
-            cut = len(prompt) > self._max_prompt_chars
+            cut = len(prompt) > limit
             item = {"prompt_token_ids": ids} if cut else {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}

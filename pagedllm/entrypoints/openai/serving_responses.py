@@ -383,7 +383,7 @@ class ResponsesHandler:
         status = stored.response["status"]
         if not stored.response.get("background"):
             raise OpenAIError("Cannot cancel a synchronous response.", 400, "response_id")
-        if status not in ("queued", "in_progress") or not self.runs.is_running(response_id):
+        if not _live(stored) or not self.runs.is_running(response_id):
             raise OpenAIError(
                 f"Cannot cancel a response whose status is {status!r}.", 400, "response_id"
             )
