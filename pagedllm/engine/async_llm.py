@@ -45,8 +45,8 @@ from pagedllm.engine.request_logger import RequestLogger
 from pagedllm.inputs.processor import PromptType
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import StatLogger
-from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import BeamSearchParams, SamplingParams
+from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 logger = init_logger(__name__)
 
@@ -54,16 +54,79 @@ __all__ = ["AsyncLLM", "EngineDeadError", "EngineOverloadedError", "RequestFaile
 
 
 class RequestStream:
-    """One request's outputs, filled from the engine thread, read on an event loop."""
+    """One request's outputs, filled from the engine thread, read on an event loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    Outputs not yet read are merged into one (``merge_outputs``), as vLLM's output collector
+    does: a client that reads slower than the engine steps holds one output per request,
+    not one per step (a stream of 100,000 tokens read by a stalled client held ~1 KB a
+    step). An error is kept beside the pending output and read after it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: RequestOutputKind) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.kind = kind
+        self._output: RequestOutput | None = None
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
 
     def put_threadsafe(self, item: RequestOutput | BaseException) -> None:
         # RuntimeError: the consumer's loop is closed, so nobody is listening any more.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.put, item)
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        """On the stream's loop. Invariant: nothing follows an error or a finished output
+        into the stream, so an error is kept once and read last."""
+        if isinstance(item, BaseException):
+            self._error = self._error or item
+        elif self._output is None:
+            self._output = item
+        else:
+            merge_outputs(self._output, item, self.kind)
+        self._ready.set()
+
+    async def get(self) -> RequestOutput | BaseException:
+        """The pending output (everything since the last ``get``), else the error."""
+        await self._ready.wait()
+        item: RequestOutput | BaseException | None = self._output
+        self._output = None
+        if item is None:
+            item = self._error
+        elif self._error is None:
+            self._ready.clear()
+        assert item is not None
+        return item
+
+
+def merge_outputs(pending: RequestOutput, new: RequestOutput, kind: RequestOutputKind) -> None:
+    """Fold ``new`` into the unread ``pending`` output of the same request, in place (both
+    are the stream's own: the output processor builds each step's afresh). DELTA appends
+    each sample's text, ids and logprobs; CUMULATIVE keeps each sample's newest; samples
+    (``n`` > 1 streams one sample's update per output) stay in first-seen order."""
+    by_index = {c.index: i for i, c in enumerate(pending.outputs)}
+    for completion in new.outputs:
+        at = by_index.get(completion.index)
+        if at is None:
+            by_index[completion.index] = len(pending.outputs)
+            pending.outputs.append(completion)
+        elif kind == RequestOutputKind.DELTA:
+            _append_delta(pending.outputs[at], completion)
+        else:
+            pending.outputs[at] = completion
+    if new.prompt_logprobs is not None:  # DELTA sends them once; CUMULATIVE every time
+        pending.prompt_logprobs = new.prompt_logprobs
+    pending.finished = new.finished
+    pending.metrics = new.metrics
+    pending.num_cached_tokens = new.num_cached_tokens
+    pending.kv_transfer_params = new.kv_transfer_params
+
+
+def _append_delta(into: CompletionOutput, delta: CompletionOutput) -> None:
+    into.text += delta.text
+    into.token_ids = [*into.token_ids, *delta.token_ids]
+    if into.logprobs is not None and delta.logprobs is not None:
+        into.logprobs = [*into.logprobs, *delta.logprobs]
+    into.cumulative_logprob = delta.cumulative_logprob
+    into.finish_reason, into.stop_reason = delta.finish_reason, delta.stop_reason
 
 
 def deliver(items: list[tuple[RequestStream, RequestOutput | BaseException]]) -> None:
@@ -79,7 +142,7 @@ def deliver(items: list[tuple[RequestStream, RequestOutput | BaseException]]) ->
 
 def _put_all(batch: list[tuple[RequestStream, Any]]) -> None:
     for stream, item in batch:
-        stream.queue.put_nowait(item)
+        stream.put(item)
 
 
 class AsyncLLM:
@@ -256,7 +319,7 @@ class AsyncLLM:
         if request_id in self._live:
             self._count_sent(-num_samples(prepared.params))
             raise ValueError(f"Request id {request_id!r} is already running.")
-        stream = RequestStream(asyncio.get_running_loop())
+        stream = RequestStream(asyncio.get_running_loop(), prepared.params.output_kind)
         self._live.add(request_id)
         finished = False
         request_logger = self.request_logger
@@ -266,7 +329,7 @@ class AsyncLLM:
             if request_logger:
                 request_logger.received(prepared)
             while not finished:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     finished = isinstance(item, RequestFailedError)  # the engine let it go
                     raise item

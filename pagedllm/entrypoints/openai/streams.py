@@ -20,7 +20,9 @@ async def merge_streams(
         async for item in generators[0]:
             yield 0, item
         return
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    # Bounded: a producer waits while its item is unread, so a slow reader's outputs are
+    # merged in the request's own stream (AsyncLLM's RequestStream), not queued here.
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=len(generators))
     done = object()
 
     async def pump(i: int, gen: AsyncGenerator[RequestOutput, None]) -> None:
