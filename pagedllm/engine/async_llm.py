@@ -15,6 +15,7 @@ and tokenization, done on the caller's side so bad input fails before anything i
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -53,18 +54,24 @@ logger = init_logger(__name__)
 __all__ = ["AsyncLLM", "EngineDeadError", "EngineOverloadedError", "RequestFailedError"]
 
 
+# Unread outputs a request's stream keeps as they came (each its own SSE event); past
+# this many, what arrives is merged into the last. A reader that keeps up never sees a merge.
+MAX_UNREAD_OUTPUTS = 32
+
+
 class RequestStream:
     """One request's outputs, filled from the engine thread, read on an event loop.
 
-    Outputs not yet read are merged into one (``merge_outputs``), as vLLM's output collector
-    does: a client that reads slower than the engine steps holds one output per request,
-    not one per step (a stream of 100,000 tokens read by a stalled client held ~1 KB a
-    step). An error is kept beside the pending output and read after it."""
+    A reader slower than the engine's steps finds at most ``MAX_UNREAD_OUTPUTS`` outputs
+    waiting, the last holding everything past them merged (``merge_outputs``; vLLM's output
+    collector merges all): a stalled client's stream stays bounded (a stream of 100,000
+    tokens to a client that stopped reading held ~1 KB a step). An error is kept beside
+    the pending outputs and read after them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, kind: RequestOutputKind) -> None:
         self.loop = loop
         self.kind = kind
-        self._output: RequestOutput | None = None
+        self._outputs: collections.deque[RequestOutput] = collections.deque()
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
 
@@ -78,22 +85,21 @@ class RequestStream:
         into the stream, so an error is kept once and read last."""
         if isinstance(item, BaseException):
             self._error = self._error or item
-        elif self._output is None:
-            self._output = item
+        elif len(self._outputs) < MAX_UNREAD_OUTPUTS:
+            self._outputs.append(item)
         else:
-            merge_outputs(self._output, item, self.kind)
+            merge_outputs(self._outputs[-1], item, self.kind)
         self._ready.set()
 
     async def get(self) -> RequestOutput | BaseException:
-        """The pending output (everything since the last ``get``), else the error."""
+        """The oldest unread output, else the error."""
         await self._ready.wait()
-        item: RequestOutput | BaseException | None = self._output
-        self._output = None
-        if item is None:
-            item = self._error
-        elif self._error is None:
+        if not self._outputs:
+            assert self._error is not None
+            return self._error
+        item = self._outputs.popleft()
+        if not self._outputs and self._error is None:
             self._ready.clear()
-        assert item is not None
         return item
 
 

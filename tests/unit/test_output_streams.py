@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from pagedllm.engine.async_llm import RequestStream, merge_outputs
+from pagedllm.engine.async_llm import MAX_UNREAD_OUTPUTS, RequestStream, merge_outputs
 from pagedllm.engine.exceptions import RequestFailedError
 from pagedllm.entrypoints.openai.streams import merge_streams
 from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
@@ -44,19 +44,20 @@ def test_cumulative_outputs_keep_each_samples_newest():
     assert [c.token_ids for c in pending.outputs] == [[5, 6], [9]]
 
 
-def test_a_stream_reads_everything_pending_at_once_then_its_error():
+def test_a_stream_keeps_its_unread_outputs_bounded_then_its_error():
     async def go():
         stream = RequestStream(asyncio.get_running_loop(), RequestOutputKind.DELTA)
         for i in range(1000):
             stream.put(output(sample(0, "t", [i])))
         stream.put(RequestFailedError("boom"))
-        first = await stream.get()
-        second = await stream.get()
-        return first, second
+        items = [await stream.get() for _ in range(MAX_UNREAD_OUTPUTS + 1)]
+        return items
 
-    first, second = asyncio.run(go())
-    assert first.outputs[0].token_ids == list(range(1000))
-    assert isinstance(second, RequestFailedError)
+    *outputs, error = asyncio.run(go())
+    # The first ones as they came (each its own event), the rest merged into the last.
+    assert [o.outputs[0].token_ids for o in outputs[:3]] == [[0], [1], [2]]
+    assert outputs[-1].outputs[0].token_ids == list(range(MAX_UNREAD_OUTPUTS - 1, 1000))
+    assert isinstance(error, RequestFailedError)
 
 
 def test_a_stream_waits_for_its_next_output():
