@@ -53,7 +53,7 @@ from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
-from pagedllm.unused_modules import hide_torchvision
+from pagedllm.unused_modules import hide_unused_libraries
 
 logger = init_logger(__name__)
 
@@ -233,7 +233,7 @@ _CONFIG_MODULES = (
 def _import_config_modules() -> None:
     import importlib
 
-    hide_torchvision()  # before transformers: the engine never uses it
+    hide_unused_libraries()  # before transformers: the engine never uses them
     for name in _CONFIG_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pagedllm.entrypoints.cli.config_file import expand_config_file
     from pagedllm.entrypoints.cli.vllm_argv import normalize_vllm_argv
-    from pagedllm.unused_modules import hide_torchvision
+    from pagedllm.unused_modules import hide_unused_libraries
 
-    hide_torchvision()  # this process is pagedllm's: no image processing in it
+    hide_unused_libraries()  # this process is pagedllm's: no image processing in it
 
     parser = build_parser()
     try:
