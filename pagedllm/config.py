@@ -25,7 +25,7 @@ from pagedllm.logger import init_logger
 from pagedllm.model_files import ModelFiles, resolve_model
 from pagedllm.quantization import QuantConfig, resolve_kv_cache_dtype, resolve_quantization
 from pagedllm.startup_problems import StartupProblems
-from pagedllm.unused_modules import transformers_models_hidden
+from pagedllm.unused_modules import without_transformers_models
 
 logger = init_logger(__name__)
 
@@ -912,21 +912,16 @@ def parse_token_count(value: int | str | None) -> int | None:
 
 def _load_hf_config(files: ModelFiles, trust_remote_code: bool) -> Any:
     """The model's transformers config, loaded without transformers' model registry where
-    the version allows (``unused_modules.transformers_models_hidden``: some versions import
+    the version allows (``unused_modules.without_transformers_models``: some versions import
     every model class's stack, torch._dynamo and scikit-learn among it, to write a config
     class's docstring; ~2.9 s of the engine process's start on the H200 image); a version
     that needs it loads it on the second try."""
     from transformers import AutoConfig
 
-    def load() -> Any:
-        folder = str(files.config_dir)
-        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-
-    try:
-        with transformers_models_hidden():
-            return load()
-    except ImportError:
-        return load()
+    folder = str(files.config_dir)
+    return without_transformers_models(
+        lambda: AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    )
 
 
 def _architecture(hf_config: Any) -> str:

@@ -12,16 +12,21 @@ Some transformers versions (5.17, the H200 image's) build a config class's docst
 the model classes: defining ``LlamaConfig`` imports ``modeling_auto`` and with it the
 generation utilities, ``torch._dynamo`` and scikit-learn, ~2.9 s of the engine process's
 path to its first step there. ``transformers_models_hidden`` keeps that module out while a
-configuration loads the model's config (``config._load_hf_config``, in every process:
-transformers skips the docstring's model name when the import fails, and a version that
-cannot is loaded again without it).
+configuration loads the model's config (``config._load_hf_config``, in every process) and
+while the engine process unpickles the front end's configuration (which defines the config
+class if the build ahead did not): transformers skips the docstring's model name when the
+import fails, and a version that cannot is loaded again without it
+(``without_transformers_models``).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Never imported by pagedllm; transformers imports them only for features pagedllm does
 # not use (image processing, assisted generation).
@@ -56,3 +61,14 @@ def transformers_models_hidden() -> Iterator[None]:
     finally:
         if TRANSFORMERS_MODELS in sys.modules and sys.modules[TRANSFORMERS_MODELS] is None:
             del sys.modules[TRANSFORMERS_MODELS]
+
+
+def without_transformers_models(load: Callable[[], T]) -> T:
+    """``load()`` with transformers' model registry hidden; again with it importable if a
+    transformers version needs it there (ImportError), or if the error was ``load``'s own
+    (which then raises again)."""
+    try:
+        with transformers_models_hidden():
+            return load()
+    except ImportError:
+        return load()

@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -53,7 +54,7 @@ from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
-from pagedllm.unused_modules import hide_unused_libraries
+from pagedllm.unused_modules import hide_unused_libraries, without_transformers_models
 
 logger = init_logger(__name__)
 
@@ -247,13 +248,13 @@ def main() -> None:
     _import_config_modules()
     imported = process_age_s()
     stdin = sys.stdin.fileno()
-    first = read_message(stdin)
+    first = read_message(stdin, loads=load_config)  # the arguments, or the config itself
     ahead = None
     if isinstance(first, PickledArguments):
         if not message_waiting(stdin):  # the front end's config is not here yet
             arguments = first.load()
             ahead = BuiltAhead.build(arguments) if arguments is not None else None
-        first = read_message(stdin)
+        first = read_message(stdin, loads=load_config)
     if first is None:
         return
     config: EngineConfig = first
@@ -265,6 +266,13 @@ def main() -> None:
     limit_tokenizer_threads(config.device)
     exit_with_parent(stdin)
     run_engine_core(config, sys.argv[1], sys.argv[2:], built=built)
+
+
+def load_config(data: bytes) -> Any:
+    """The front end's configuration, unpickled: its model's config class is defined here
+    (if the build ahead has not) without transformers' model registry, as the front end
+    loaded it (``config._load_hf_config``)."""
+    return without_transformers_models(lambda: pickle.loads(data))
 
 
 @dataclasses.dataclass

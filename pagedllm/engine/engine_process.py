@@ -30,7 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -117,13 +117,14 @@ def write_message(stream: IO[bytes], message: Any) -> None:
     stream.flush()
 
 
-def read_message(fd: int) -> Any | None:
-    """The next message on ``fd`` (blocking); None when the pipe ends first."""
+def read_message(fd: int, loads: Callable[[bytes], Any] = pickle.loads) -> Any | None:
+    """The next message on ``fd`` (blocking), unpickled by ``loads``; None when the pipe
+    ends first."""
     header = _read_exactly(fd, _LENGTH.size)
     if header is None:
         return None
     data = _read_exactly(fd, _LENGTH.unpack(header)[0])
-    return None if data is None else pickle.loads(data)
+    return None if data is None else loads(data)
 
 
 def message_waiting(fd: int) -> bool:

@@ -81,3 +81,18 @@ def test_a_transformers_that_needs_its_model_registry_loads_the_config_again(mon
     files = resolve_model(str(ROOT / "benchmarks/model-configs/qwen3-0.6b"))
     loaded = config_module._load_hf_config(files, trust_remote_code=False)
     assert loaded.model_type == "qwen3" and len(tries) == 2
+
+
+def test_the_engine_unpickles_a_config_whose_classes_need_the_registry():
+    """``core_proc.load_config`` unpickles with the registry hidden, and again with it when
+    the pickle itself names a class of the registry's module."""
+    out = run(
+        "import pickle, sys\n"
+        "from transformers.models.auto import modeling_auto\n"
+        "data = pickle.dumps({'cls': modeling_auto.AutoModelForCausalLM})\n"
+        "del sys.modules['transformers.models.auto.modeling_auto']\n"
+        "from pagedllm.engine.core_proc import load_config\n"
+        "loaded = load_config(data)\n"
+        "print(loaded['cls'].__name__)\n"
+    )
+    assert out.splitlines()[-1] == "AutoModelForCausalLM"
