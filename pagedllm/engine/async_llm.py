@@ -65,13 +65,16 @@ class RequestStream:
     A reader slower than the engine's steps finds at most ``MAX_UNREAD_OUTPUTS`` outputs
     waiting, the last holding everything past them merged (``merge_outputs``; vLLM's output
     collector merges all): a stalled client's stream stays bounded (a stream of 100,000
-    tokens to a client that stopped reading held ~1 KB a step). An error is kept beside
-    the pending outputs and read after them."""
+    tokens to a client that stopped reading held ~1 KB a step), and each merge costs the
+    step's own tokens, not the stream's (the text is joined once, when read). An error is
+    kept beside the pending outputs and read after them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, kind: RequestOutputKind) -> None:
         self.loop = loop
         self.kind = kind
         self._outputs: collections.deque[RequestOutput] = collections.deque()
+        # The last output's text pieces merged since it was put, per sample index.
+        self._texts: dict[int, list[str]] = {}
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
 
@@ -86,9 +89,10 @@ class RequestStream:
         if isinstance(item, BaseException):
             self._error = self._error or item
         elif len(self._outputs) < MAX_UNREAD_OUTPUTS:
+            self._join_texts()  # the last output stops being merged into
             self._outputs.append(item)
         else:
-            merge_outputs(self._outputs[-1], item, self.kind)
+            merge_outputs(self._outputs[-1], item, self.kind, self._texts)
         self._ready.set()
 
     async def get(self) -> RequestOutput | BaseException:
@@ -97,17 +101,36 @@ class RequestStream:
         if not self._outputs:
             assert self._error is not None
             return self._error
+        if len(self._outputs) == 1:
+            self._join_texts()
         item = self._outputs.popleft()
         if not self._outputs and self._error is None:
             self._ready.clear()
         return item
 
+    def _join_texts(self) -> None:
+        """Give the last output the texts merged into it."""
+        if not self._texts:
+            return
+        for completion in self._outputs[-1].outputs:
+            pieces = self._texts.get(completion.index)
+            if pieces is not None:
+                completion.text = "".join(pieces)
+        self._texts.clear()
 
-def merge_outputs(pending: RequestOutput, new: RequestOutput, kind: RequestOutputKind) -> None:
+
+def merge_outputs(
+    pending: RequestOutput,
+    new: RequestOutput,
+    kind: RequestOutputKind,
+    texts: dict[int, list[str]],
+) -> None:
     """Fold ``new`` into the unread ``pending`` output of the same request, in place (both
     are the stream's own: the output processor builds each step's afresh). DELTA appends
-    each sample's text, ids and logprobs; CUMULATIVE keeps each sample's newest; samples
-    (``n`` > 1 streams one sample's update per output) stay in first-seen order."""
+    each sample's ids and logprobs, and its text to ``texts[index]`` (seeded with the
+    sample's text; the caller joins them into ``pending`` before it is read); CUMULATIVE
+    keeps each sample's newest; samples (``n`` > 1 streams one sample's update per output)
+    stay in first-seen order."""
     by_index = {c.index: i for i, c in enumerate(pending.outputs)}
     for completion in new.outputs:
         at = by_index.get(completion.index)
@@ -115,7 +138,9 @@ def merge_outputs(pending: RequestOutput, new: RequestOutput, kind: RequestOutpu
             by_index[completion.index] = len(pending.outputs)
             pending.outputs.append(completion)
         elif kind == RequestOutputKind.DELTA:
-            _append_delta(pending.outputs[at], completion)
+            into = pending.outputs[at]
+            texts.setdefault(into.index, [into.text]).append(completion.text)
+            _append_delta(into, completion)
         else:
             pending.outputs[at] = completion
     if new.prompt_logprobs is not None:  # DELTA sends them once; CUMULATIVE every time
@@ -127,10 +152,10 @@ def merge_outputs(pending: RequestOutput, new: RequestOutput, kind: RequestOutpu
 
 
 def _append_delta(into: CompletionOutput, delta: CompletionOutput) -> None:
-    into.text += delta.text
-    into.token_ids = [*into.token_ids, *delta.token_ids]
+    """Ids and logprobs extended in place: amortized the step's own length."""
+    into.token_ids.extend(delta.token_ids)
     if into.logprobs is not None and delta.logprobs is not None:
-        into.logprobs = [*into.logprobs, *delta.logprobs]
+        into.logprobs.extend(delta.logprobs)
     into.cumulative_logprob = delta.cumulative_logprob
     into.finish_reason, into.stop_reason = delta.finish_reason, delta.stop_reason
 

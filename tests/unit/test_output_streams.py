@@ -5,6 +5,7 @@ completion request pull from each only as the reader takes items (``merge_stream
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -25,23 +26,44 @@ def sample(index: int, text: str, ids: list[int], finish: str | None = None) -> 
 
 
 def test_delta_outputs_append_per_sample_in_first_seen_order():
-    pending = output(sample(1, "a", [5]))
-    merge_outputs(pending, output(sample(0, "x", [9])), RequestOutputKind.DELTA)
-    merge_outputs(pending, output(sample(1, "bc", [6, 7], "stop")), RequestOutputKind.DELTA)
+    pending, texts = output(sample(1, "a", [5])), {}
+    merge_outputs(pending, output(sample(0, "x", [9])), RequestOutputKind.DELTA, texts)
+    merge_outputs(pending, output(sample(1, "bc", [6, 7], "stop")), RequestOutputKind.DELTA,
+                  texts)  # fmt: skip
     merge_outputs(pending, output(sample(0, "y", [8], "length"), finished=True),
-                  RequestOutputKind.DELTA)  # fmt: skip
+                  RequestOutputKind.DELTA, texts)  # fmt: skip
     assert [c.index for c in pending.outputs] == [1, 0] and pending.finished
     one, zero = pending.outputs
-    assert (one.text, one.token_ids, one.finish_reason) == ("abc", [5, 6, 7], "stop")
-    assert (zero.text, zero.token_ids, zero.finish_reason) == ("xy", [9, 8], "length")
+    assert ("".join(texts[1]), one.token_ids, one.finish_reason) == ("abc", [5, 6, 7], "stop")
+    assert ("".join(texts[0]), zero.token_ids, zero.finish_reason) == ("xy", [9, 8], "length")
     assert [list(lp) for lp in one.logprobs] == [[5], [6], [7]]
     assert one.cumulative_logprob == -2.0  # the newest, not a sum
 
 
 def test_cumulative_outputs_keep_each_samples_newest():
     pending = output(sample(0, "a", [5]), sample(1, "x", [9]))
-    merge_outputs(pending, output(sample(0, "ab", [5, 6])), RequestOutputKind.CUMULATIVE)
+    merge_outputs(pending, output(sample(0, "ab", [5, 6])), RequestOutputKind.CUMULATIVE, {})
     assert [c.token_ids for c in pending.outputs] == [[5, 6], [9]]
+
+
+def test_a_merge_costs_its_own_step_not_the_stream_so_far():
+    """Merging 100,000 one-token steps into a stalled stream: linear, not quadratic (the
+    first version copied the whole text, ids and logprobs at every step: 18 s for 80,000)."""
+
+    async def go(steps: int) -> tuple[float, RequestOutput]:
+        stream = RequestStream(asyncio.get_running_loop(), RequestOutputKind.DELTA)
+        start = time.perf_counter()
+        for i in range(steps):
+            stream.put(output(sample(0, "t", [i])))
+        elapsed = time.perf_counter() - start
+        items = [await stream.get() for _ in range(MAX_UNREAD_OUTPUTS)]
+        return elapsed, items[-1]
+
+    small, _ = asyncio.run(go(10_000))
+    large, last = asyncio.run(go(100_000))
+    assert len(last.outputs[0].token_ids) == 100_000 - MAX_UNREAD_OUTPUTS + 1
+    assert last.outputs[0].text == "t" * (100_000 - MAX_UNREAD_OUTPUTS + 1)
+    assert large < 30 * small  # 10x the steps: linear ~10x, quadratic ~100x
 
 
 def test_a_stream_keeps_its_unread_outputs_bounded_then_its_error():
@@ -89,3 +111,64 @@ def test_merged_prompts_are_pulled_only_as_the_reader_reads():
 
     asyncio.run(go())
     assert sum(pulled) <= 3 + 2 + 2  # read, queued (one per prompt), held by each producer
+
+
+def closing_producers(count: int, closed: list[int], fail: int | None = None):
+    async def produce(i: int):
+        try:
+            for k in range(1000):
+                await asyncio.sleep(0)  # as RequestStream.get: an await point
+                if i == fail and k == 2:
+                    raise RuntimeError("prompt failed")
+                yield output(sample(0, "t", [k]))
+        finally:
+            closed.append(i)  # AsyncLLM's stream sends its abort here
+
+    return [produce(i) for i in range(count)]
+
+
+async def others_settle() -> list[asyncio.Task]:
+    for _ in range(50):
+        await asyncio.sleep(0)
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+def test_a_reader_gone_while_the_queue_is_full_closes_every_prompts_stream():
+    """The client leaves while the producers wait to put (the bounded queue full): each
+    prompt's stream is closed (its request aborted) and no pump is left waiting."""
+    closed: list[int] = []
+
+    async def go():
+        merged = merge_streams(closing_producers(3, closed))
+        await merged.__anext__()
+        for _ in range(20):
+            await asyncio.sleep(0)  # the producers fill the queue
+        await merged.aclose()
+        return await others_settle()
+
+    assert asyncio.run(go()) == [] and sorted(closed) == [0, 1, 2]
+
+
+def test_one_failed_prompt_closes_the_others():
+    closed: list[int] = []
+
+    async def go():
+        merged = merge_streams(closing_producers(4, closed, fail=0))
+        with pytest.raises(RuntimeError, match="prompt failed"):
+            async for _ in merged:
+                await asyncio.sleep(0.001)  # a reader slower than the producers
+        return await others_settle()
+
+    assert asyncio.run(go()) == [] and sorted(closed) == [0, 1, 2, 3]
+
+
+def test_a_single_prompts_stream_is_closed_with_the_merged_one():
+    closed: list[int] = []
+
+    async def go():
+        merged = merge_streams(closing_producers(1, closed))
+        await merged.__anext__()
+        await merged.aclose()
+        return list(closed)  # at once, not when the loop's shutdown closes what is left
+
+    assert asyncio.run(go()) == [0]

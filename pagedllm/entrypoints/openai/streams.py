@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -17,8 +18,9 @@ async def merge_streams(
     Closing the merged stream (client gone) cancels every producer, which aborts its request.
     """
     if len(generators) == 1:
-        async for item in generators[0]:
-            yield 0, item
+        async with contextlib.aclosing(generators[0]) as only:  # closed (aborted) with this
+            async for item in only:
+                yield 0, item
         return
     # Bounded: a producer waits while its item is unread, so a slow reader's outputs are
     # merged in the request's own stream (AsyncLLM's RequestStream), not queued here.
@@ -26,12 +28,15 @@ async def merge_streams(
     done = object()
 
     async def pump(i: int, gen: AsyncGenerator[RequestOutput, None]) -> None:
+        # aclosing: a pump cancelled while waiting to put (the reader gone) still closes its
+        # stream, which aborts its request; nothing is put after a cancellation (no one reads).
         try:
-            async for item in gen:
-                await queue.put((i, item))
+            async with contextlib.aclosing(gen):
+                async for item in gen:
+                    await queue.put((i, item))
         except Exception as exc:
             await queue.put((i, exc))
-        finally:
+        else:
             await queue.put((i, done))
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generators)]
