@@ -187,8 +187,10 @@ class OutputProcessor:
     def abort_requests(
         self, external_ids: list[str]
     ) -> tuple[list[str], list[tuple[RequestState, RequestOutput]]]:
-        """Forget requests. Returns the child ids the engine core must abort, and a final
-        output (finish_reason "abort") per request for whoever is still listening."""
+        """Forget requests. Returns the child ids the engine core must abort, and for
+        whoever is still listening each request's last outputs (finish_reason "abort"):
+        one per sample still running when it streams (so every sample's end is seen), the
+        request's finished one last."""
         child_ids: list[str] = []
         finals: list[tuple[RequestState, RequestOutput]] = []
         now = time.time()
@@ -201,7 +203,7 @@ class OutputProcessor:
             for state in states:
                 state.finish_reason = "abort"
                 output = self._request_output(state)
-                if output is not None and output.finished:
+                if output is not None:  # None: FINAL_ONLY's samples before the last
                     finals.append((state, output))
             generated = sum(len(st.token_ids) for st in states)
             longest = max(len(st.token_ids) for st in states)

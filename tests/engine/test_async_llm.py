@@ -209,3 +209,25 @@ def test_seed_004_script_runs_unchanged_but_for_imports_and_model(tiny_smollm_di
     stdout = run_seed("async_llm_streaming.py", tiny_smollm_dir, tmp_path)
     assert stdout.count("Generation complete!") == 3
     assert "All streaming examples completed!" in stdout
+
+
+def test_abort_ends_every_sample_of_a_streamed_request(engine):
+    """An aborted n=2 stream shows finish_reason "abort" for both samples, and ends."""
+
+    async def go():
+        finish: dict[int, str | None] = {}
+        count = 0
+        async for out in engine.generate(
+            {"prompt_token_ids": [3, 4, 5]}, params(RequestOutputKind.DELTA, 400, n=2), "ab2"
+        ):
+            for completion in out.outputs:
+                finish[completion.index] = completion.finish_reason
+            count += 1
+            if count == 4:
+                await engine.abort("ab2")
+        await settle(engine)
+        return finish, out.finished
+
+    finish, finished = asyncio.run(go())
+    assert finish == {0: "abort", 1: "abort"} and finished
+    assert kv_in_use(engine) == 0
