@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from pagedllm.entrypoints.cli.vllm_argv import normalize_vllm_argv
     from pagedllm.unused_modules import hide_unused_libraries
 
-    hide_unused_libraries()  # this process is pagedllm's: no image processing in it
+    hide_unused_libraries()  # pagedllm's process: no image processing or assisted generation
 
     parser = build_parser()
     try:
