@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from pagedllm.config import EngineConfig
+from pagedllm.core.request import FinishReason
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.core import EngineCore
 from pagedllm.engine.engine_process import (
@@ -47,6 +48,7 @@ from pagedllm.engine.messages import (
     EngineCoreRequest,
     Shutdown,
     Started,
+    UnreadableRequest,
     UtilityCall,
     UtilityResult,
 )
@@ -108,6 +110,8 @@ class EngineCoreLoop:
         self._changed = True
         if isinstance(message, EngineCoreRequest):
             self._add(message)
+        elif isinstance(message, UnreadableRequest):
+            self._refuse(message)
         elif isinstance(message, Abort):
             self.core.abort_requests(message.request_ids)
             for request_id in message.request_ids:
@@ -122,6 +126,17 @@ class EngineCoreLoop:
         failed = self.core.try_add_request(request)
         if failed is not None:
             self._emit([failed], IterationStats())
+
+    def _refuse(self, request: UnreadableRequest) -> None:
+        """Fail a request this process could not read, alone: the others run on."""
+        logger.error("Request %s could not be read: %s", request.request_id, request.error)
+        self.client_of[request.request_id] = request.client_index
+        error = (
+            f"The engine process could not read the request's sampling parameters "
+            f"({request.error}); its logits_processors must be importable there."
+        )
+        failed = EngineCoreOutput(request.request_id, [], FinishReason.ERROR, error=error)
+        self._emit([failed], IterationStats())
 
     def _utility(self, call: UtilityCall) -> UtilityResult:
         try:

@@ -13,7 +13,9 @@ then be importable functions) and is sent once per request, never per step.
 from __future__ import annotations
 
 import enum
+import io
 import pickle
+import types
 from typing import Any
 
 import msgspec
@@ -48,15 +50,40 @@ class _WireRequest(msgspec.Struct, array_like=True, gc=False):
     client_index: int
 
 
+class UnreadableRequest(msgspec.Struct, array_like=True):
+    """A request whose sampling parameters the engine process could not unpickle (a
+    logits processor from a module it cannot import): ``Codec.decode`` returns it in the
+    request's place so that request alone fails. Never sent: not a wire type."""
+
+    request_id: str
+    client_index: int
+    error: str
+
+
+class _EngineBoundPickler(pickle.Pickler):
+    """Pickles as the wire does, refusing what refers to the running script: a function
+    or class pickles by reference to its module, and the engine process's ``__main__`` is
+    its own, not the user's script."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            raise pickle.PicklingError(
+                f"{obj.__qualname__} is defined in the script being run (__main__)"
+            )
+        return NotImplemented  # pickled as usual
+
+
 def check_picklable(params: SamplingParams) -> None:
     """What the engine process cannot receive is refused at admission, by name."""
     try:
-        pickle.dumps(params.logits_processors, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler = _EngineBoundPickler(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dump(params.logits_processors)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         raise ValueError(
             "logits_processors must be importable (module-level functions or instances of "
-            "module-level classes) when the engine runs in its own process; set "
-            f"PAGEDLLM_ENABLE_MULTIPROCESSING=0 to pass other callables ({exc})."
+            "module-level classes, in a module other than the script being run) when the "
+            "engine runs in its own process; set PAGEDLLM_ENABLE_MULTIPROCESSING=0 to pass "
+            f"other callables ({exc})."
         ) from None
 
 
@@ -138,10 +165,16 @@ class Codec:
                                    *msgspec.structs.astuple(message)[3:])  # fmt: skip
         return [bytes((_TAGS[type(message)],)), self._encoder.encode(message)]
 
-    def decode(self, frames: list[Any]) -> Inbound | Outbound:
-        """From ``recv_multipart`` (bytes, or zmq frames: any buffer)."""
+    def decode(self, frames: list[Any]) -> Inbound | Outbound | UnreadableRequest:
+        """From ``recv_multipart`` (bytes, or zmq frames: any buffer). A request whose
+        parameters cannot be unpickled here comes back as an ``UnreadableRequest``."""
         message = self._decoders[Tag(memoryview(frames[0])[0])].decode(frames[1])
         if isinstance(message, _WireRequest):
             fields = msgspec.structs.astuple(message)
-            return EngineCoreRequest(*fields[:2], pickle.loads(fields[2]), *fields[3:])
+            try:
+                params = pickle.loads(fields[2])
+            except Exception as exc:  # the request's own (its callables' modules, say)
+                error = f"{type(exc).__name__}: {exc}"
+                return UnreadableRequest(message.request_id, message.client_index, error)
+            return EngineCoreRequest(*fields[:2], params, *fields[3:])
         return message

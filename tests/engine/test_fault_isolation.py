@@ -4,6 +4,8 @@ async scheduling); the server's side is in tests/server/test_fault_isolation.py.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pagedllm import SamplingParams
@@ -48,6 +50,33 @@ def test_a_raising_logits_processor_fails_its_request_only(smollm):
         assert after.outputs[0].token_ids == before.outputs[0].token_ids
         assert after.outputs[0].text == before.outputs[0].text
     assert_blocks_free(smollm)
+
+
+@pytest.mark.slow
+def test_a_processor_the_engine_process_cannot_import_fails_its_request_only(
+    smollm, monkeypatch, tmp_path
+):
+    """A processor from a module on the user's path only (beside their script, run from
+    elsewhere): the engine process cannot unpickle its samples; the request fails alone, and
+    the engine serves on (it used to exit, failing every request then and later)."""
+    (tmp_path / "user_processors.py").write_text("def keep(ids, logits):\n    return logits\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_processors
+
+    try:
+        prompts = [f"Write one word about the number {i}." for i in range(3)]
+        greedy = SamplingParams(temperature=0.0, max_tokens=8)
+        alone = smollm.generate(prompts, greedy, use_tqdm=False)
+        bad = SamplingParams(n=2, max_tokens=8, logits_processors=[user_processors.keep])
+        mixed = smollm.generate([*prompts, "Hello"], [greedy] * 3 + [bad], use_tqdm=False)
+        assert [c.finish_reason for c in mixed[3].outputs] == ["error"] and mixed[3].finished
+        for before, after in zip(alone, mixed[:3], strict=True):
+            assert after.outputs[0].token_ids == before.outputs[0].token_ids
+        again = smollm.generate(prompts, greedy, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in alone]
+        assert_blocks_free(smollm)
+    finally:
+        del sys.modules["user_processors"]
 
 
 @pytest.mark.parametrize("async_scheduling", [False, True])
