@@ -251,6 +251,14 @@ UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Values of those options that name what pagedllm does anyway (a generation engine).
+SAME_AS_DEFAULT: dict[str, set[Any]] = {
+    "runner": {"generate"},
+    "task": {"generate"},
+    "convert": {"none"},
+}
+
+
 class UsageContext(str, enum.Enum):
     """Who builds the engine (vLLM's names): the batch-size defaults depend on it."""
 
@@ -430,11 +438,11 @@ class EngineArgs(VllmEngineOptions):
     allowed_local_media_path: str = ""
     """Not supported: text models only."""
     runner: str = "auto"
-    """Only auto (generation) is supported."""
+    """Only auto or generate (the same here) is supported."""
     convert: str = "auto"
-    """Only auto is supported."""
+    """Only auto or none (the same here) is supported."""
     task: str = "auto"
-    """Only auto (generation) is supported."""
+    """Only auto or generate (the same here) is supported."""
     disable_custom_all_reduce: bool = False
     """Not supported: one device."""
     hf_token: str | bool | None = None
@@ -516,7 +524,7 @@ class EngineArgs(VllmEngineOptions):
         problems.extend(refusals(self))  # vLLM's options at a value pagedllm cannot honour
         for name, default in UNSUPPORTED_DEFAULTS.items():
             value = getattr(self, name)
-            if value != default:
+            if value != default and value not in SAME_AS_DEFAULT.get(name, ()):
                 problems.add(f"{name}={value!r} is not supported by pagedllm yet; leave it unset.")
         if self.tokenizer_mode not in ("auto", "hf"):
             problems.add(f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto'.")

@@ -42,3 +42,15 @@ def test_collector() -> None:
     problems.add("second")
     with pytest.raises(ValueError, match=r"^2 problems with the arguments:\n  - invalid literal"):
         problems.raise_if_any()
+
+
+def test_options_naming_what_pagedllm_does_are_accepted(tiny_models: dict[str, Path]) -> None:
+    """vLLM's ``--runner generate`` (``--task generate``, ``--convert none``) is what a
+    generation engine does: accepted; pooling and conversions are refused by name."""
+    model = str(tiny_models["llama"])
+    EngineArgs(model=model, runner="generate", task="generate", convert="none",
+               device="cpu").create_engine_config()  # fmt: skip
+    with pytest.raises(ValueError, match=r"^runner='pooling' is not supported"):
+        EngineArgs(model=model, runner="pooling", device="cpu").create_engine_config()
+    with pytest.raises(ValueError, match=r"^convert='embed' is not supported"):
+        EngineArgs(model=model, convert="embed", device="cpu").create_engine_config()
