@@ -333,6 +333,11 @@ class AsyncLLM:
             self._num_sent += delta
 
     def _check_request(self, request_id: str, lora_request: Any, data_parallel_rank: Any) -> None:
+        if not isinstance(request_id, str):
+            raise ValueError(
+                f"request_id must be a str, got {type(request_id).__name__}; the order is "
+                "generate(prompt, sampling_params, request_id)."
+            )
         if lora_request is not None:
             raise ValueError("lora_request is not supported by pagedllm yet.")
         if data_parallel_rank not in (None, 0):

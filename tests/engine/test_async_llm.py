@@ -189,6 +189,9 @@ def test_bad_input_raises_at_the_call(engine):
         engine.generate(
             {"prompt_token_ids": [1]}, params(RequestOutputKind.DELTA), "bad", lora_request=object()
         )
+    # The id first (seed 004's slip): named, not "unhashable type: 'SamplingParams'".
+    with pytest.raises(ValueError, match=r"request_id must be a str, got SamplingParams"):
+        engine.generate("req-1", {"prompt_token_ids": [1]}, params(RequestOutputKind.DELTA))
 
 
 def test_shutdown_stops_new_requests(tiny_models):
