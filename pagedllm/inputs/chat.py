@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pagedllm import json_nesting
+
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 # chat_template_kwargs keys that stand for an argument of their own: the kwarg wins, as
 # vLLM merges them.
@@ -182,6 +184,8 @@ def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
         item = {k: v for k, v in message.items() if v is not None}
         item["content"] = _content_text(message.get("content"), i)
         if item.get("tool_calls"):
+            if not isinstance(item["tool_calls"], list):
+                raise ValueError(f"messages[{i}].tool_calls must be a list of tool calls.")
             item["tool_calls"] = [_decoded_call(call, i) for call in item["tool_calls"]]
         normalized.append(item)
     return normalized
@@ -195,8 +199,10 @@ def _decoded_call(call: Any, index: int) -> Any:
     function = call.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
         return call
-    try:
-        arguments = json.loads(function["arguments"])
+    try:  # nesting bounded: the templates' tojson, and json.dumps, recurse per level
+        arguments = json_nesting.loads(
+            function["arguments"], f"messages[{index}].tool_calls' arguments"
+        )
     except json.JSONDecodeError:
         raise ValueError(
             f"messages[{index}].tool_calls: the arguments of {function.get('name')!r} are not "

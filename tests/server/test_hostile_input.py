@@ -123,6 +123,13 @@ def test_invalid_unicode_and_json_constants_are_400(server, path, raw):
     assert_error(post(server, path, content=raw, headers=JSON), 400, "Malformed JSON")
 
 
+def called(arguments: str) -> list[dict]:
+    """A conversation whose assistant turn called a tool with ``arguments``."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return [*HELLO, {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]  # fmt: skip
+
+
 def nested(levels: int) -> dict:
     value: dict = {}
     for _ in range(levels):
@@ -143,8 +150,15 @@ def nested(levels: int) -> dict:
         # one of the two compile threads every constrained request needs).
         ("/v1/completions", {"prompt": "Hi", "guided_choice": [f"w{i:06d}" for i in range(40_000)]},
          "PAGEDLLM_MAX_GRAMMAR_BYTES"),
+        # A tool call's arguments are JSON text inside the body, parsed past its parser.
+        ("/v1/chat/completions", chat(messages=called("[" * 900 + "]" * 900)), "nests deeper"),
+        ("/tokenize", {"messages": called("[" * 300 + "]" * 300)}, "nests deeper"),
+        ("/v1/chat/completions", chat(messages=[{**HELLO[0], "tool_calls": 5}]),
+         "tool_calls must be a list"),
+        ("/tokenize", {"messages": [{**HELLO[0], "tool_calls": True}]}, "must be a list"),
     ],
-    ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices"],
+    ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices", "call-args",
+         "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list"],
 )  # fmt: skip
 def test_deep_or_large_values_are_400(server, path, body, fragment):
     body = {"model": MODEL, **body}

@@ -19,6 +19,7 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from pagedllm import json_nesting
 from pagedllm.entrypoints.openai.errors import OpenAIError, anthropic_error_body
 from pagedllm.entrypoints.openai.messages_protocol import (
     ConversationFields,
@@ -270,9 +271,9 @@ def _tool_use(call: dict[str, Any]) -> ToolUseOut | TextOut:
     """A call as a tool_use block; arguments that are not a JSON object (a call cut short
     by max_tokens) stay text, so no client runs a tool on half its input."""
     function = call["function"]
-    try:
-        arguments = json.loads(function["arguments"])
-    except json.JSONDecodeError:
+    try:  # the model's text: nesting past the bound stays text too
+        arguments = json_nesting.loads(function["arguments"], "the call's arguments")
+    except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
         return TextOut(text=function["arguments"])

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm import json_nesting
 from pagedllm.entrypoints.openai.tool_parsers import (
     ExtractedToolCalls,
     ToolCall,
@@ -177,9 +178,9 @@ def _call_of(item: Any) -> ToolCall | None:
 
 
 def _array_calls(text: str) -> list[ToolCall] | None:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
+    try:  # the model's text: nesting past the bound is not a call either
+        items = json_nesting.loads(text, "tool calls")
+    except ValueError:
         return None
     if not isinstance(items, list):
         return None
