@@ -165,6 +165,20 @@ def test_deep_or_large_values_are_400(server, path, body, fragment):
     assert_error(post(server, path, json=body), 400, fragment)
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # Read as unset, these ran to the end of the context (with ignore_eos: minutes).
+        ("/v1/chat/completions", chat(max_completion_tokens=0)),
+        ("/v1/chat/completions", chat(use_beam_search=True, n=0)),
+        ("/v1/responses", {"input": "Hi", "max_output_tokens": 0}),
+    ],
+    ids=["max-completion-tokens", "beam-n", "max-output-tokens"],
+)
+def test_a_zero_count_is_refused_not_read_as_unset(server, path, body):
+    assert_error(post(server, path, json={"model": MODEL, **body}), 400, "must be at least 1")
+
+
 def completion(**fields) -> dict:
     return {"model": MODEL, "max_tokens": 2, **fields}
 

@@ -263,8 +263,8 @@ class SamplingFields(EngineSamplingFields):
         if self.structured_outputs_params() is not None:
             raise ValueError("use_beam_search cannot be combined with structured outputs.")
         return BeamSearchParams(
-            beam_width=self.n or 1,
-            max_tokens=max_tokens or 16,
+            beam_width=1 if self.n is None else self.n,  # 0 is refused, not read as unset
+            max_tokens=16 if max_tokens is None else max_tokens,
             ignore_eos=self.ignore_eos,
             temperature=self.temperature or 0.0,
             length_penalty=self.length_penalty,

@@ -84,7 +84,9 @@ class ChatHandler:
             if request.salt() is not None:
                 engine_prompt["cache_salt"] = request.salt()
             max_tokens = clamp_max_tokens(
-                request.max_completion_tokens or request.max_tokens,
+                request.max_tokens
+                if request.max_completion_tokens is None
+                else request.max_completion_tokens,  # 0 is refused, not read as unset
                 len(prompt_ids),
                 self.models.max_model_len,
             )
