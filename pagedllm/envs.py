@@ -152,6 +152,14 @@ def attention_backend() -> str:
     return value
 
 
+def server_dev_mode() -> bool:
+    """PAGEDLLM_SERVER_DEV_MODE, else vLLM's VLLM_SERVER_DEV_MODE: serve the development
+    routes (``POST /reset_prefix_cache``), which act on every client's state; off by
+    default, as in vLLM, since any client holding the API key (or any, without one) could
+    call them."""
+    return _get_bool("PAGEDLLM_SERVER_DEV_MODE", False) or _get_bool("VLLM_SERVER_DEV_MODE", False)
+
+
 def use_modelscope() -> bool:
     """PAGEDLLM_USE_MODELSCOPE, or vLLM's VLLM_USE_MODELSCOPE: download models named by a
     repo id from ModelScope instead of the Hugging Face Hub (``pip install modelscope``)."""

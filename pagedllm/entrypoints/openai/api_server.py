@@ -363,14 +363,20 @@ def build_app(
     async def generate(body: GenerateRequest, raw: Request) -> Response:
         return await unless_disconnected(raw, simple.create(body)) or Response(status_code=499)
 
+    if envs.server_dev_mode():
+        add_dev_routes(app, engine)
+    return app
+
+
+def add_dev_routes(app: FastAPI, engine: AsyncLLM) -> None:
+    """Routes that act on every client's state (PAGEDLLM_SERVER_DEV_MODE)."""
+
     @app.post("/reset_prefix_cache")
     async def reset_prefix_cache() -> JSONResponse:
         reset = await engine.reset_prefix_cache()
         if not reset:
             return error_response("Requests are running; the prefix cache was not reset.", 503)
         return JSONResponse({"reset": True})
-
-    return app
 
 
 # -- running -------------------------------------------------------------------------------
