@@ -28,6 +28,9 @@ SEED_LIMIT = 2**64
 MAX_STOP_STRINGS = 128
 MAX_STOP_STRING_CHARS = 2048
 MAX_BAD_WORDS = 128
+# Their tokens, both spellings of every word together (text that tokenizes byte by byte
+# turns 128 words of 2,048 characters into ~1.5 million ids).
+MAX_BAD_WORD_TOKENS = 4096
 
 
 class RequestOutputKind(enum.IntEnum):

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType, truncate_prompt
 from pagedllm.inputs.tokenizer import bounded_text, prompt_char_limit
-from pagedllm.sampling_params import LOGIT_BIAS_LIMIT, RequestOutputKind, SamplingParams
+from pagedllm.sampling_params import (
+    LOGIT_BIAS_LIMIT,
+    MAX_BAD_WORD_TOKENS,
+    RequestOutputKind,
+    SamplingParams,
+)
 
 if TYPE_CHECKING:
     from pagedllm.structured_output.spec import GrammarSpec
@@ -130,6 +135,11 @@ class InputProcessor:
             raise ValueError(
                 f"stop_token_ids {bad} are out of vocabulary (size {self.vocab_size})."
             )
+        # Longer than the vocabulary: repeats. Refused before the copy below copies them.
+        allowed = params.allowed_token_ids
+        if allowed is not None and len(allowed) > self.vocab_size:
+            size = self.vocab_size
+            raise ValueError(f"allowed_token_ids has {len(allowed)} ids; the vocabulary {size}.")
         resolved = params.clone()
         # As vLLM V1 offline: a request that asks past the context runs until it fills it and
         # ends with finish_reason "length" (the server clamps the same way before this).
@@ -187,9 +197,11 @@ class InputProcessor:
         if params.allowed_token_ids is not None:
             if not params.allowed_token_ids:
                 raise ValueError("allowed_token_ids must not be empty.")
-            params.allowed_token_ids = [
-                self._token(t, "allowed_token_ids") for t in params.allowed_token_ids
-            ]
+            # Each id once: the engine builds a mask row from the list whenever its batch
+            # changes, so its length is bounded by the vocabulary, not by the client.
+            params.allowed_token_ids = sorted(
+                {self._token(t, "allowed_token_ids") for t in params.allowed_token_ids}
+            )
         if params.bad_words:
             params.bad_words_token_ids = self._bad_words(params.bad_words)
         for fn in params.logits_processors or []:
@@ -217,6 +229,12 @@ class InputProcessor:
             for ids in (plain, spaced):
                 if ids and ids not in sequences:
                     sequences.append(ids)
+        total = sum(len(ids) for ids in sequences)
+        if total > MAX_BAD_WORD_TOKENS:  # each step compares them with the output's tail
+            raise ValueError(
+                f"bad_words tokenize to {total} tokens (both spellings of each word); at "
+                f"most {MAX_BAD_WORD_TOKENS} are allowed."
+            )
         return sequences
 
     def process_structured_outputs(self, params: SamplingParams) -> GrammarSpec | None:

@@ -177,6 +177,10 @@ def test_bad_sampling_options_are_refused_by_name(smollm):
         ({"logprobs": 50}, "max_logprobs"),
         ({"logit_bias": {10**7: 1.0}}, "logit_bias"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
+        # Sized by the vocabulary: each copy of the list, and each mask row, cost its length.
+        ({"allowed_token_ids": [7] * 50_000}, "allowed_token_ids has 50000 ids; the vocab"),
+        # Byte-by-byte text: 2 x ~6,000 tokens a word, compared with the output every step.
+        ({"bad_words": ["\U0001f600" * 2048] * 2}, "bad_words tokenize to \\d+ tokens"),
         ({"best_of": 3, "output_kind": RequestOutputKind.DELTA}, "best_of"),
     ):
         with pytest.raises(ValueError, match=pattern):
