@@ -4,8 +4,9 @@ Building the grammar needs no tokenizer, so it runs when the request is validate
 schema, regex or grammar is refused there with xgrammar's own account of the problem,
 before anything enters the engine. The engine builds it again and compiles it against the
 tokenizer on its compile threads (``manager.py``), never on its loop. What may cost time is
-bounded first: the constraint's size (``envs.max_grammar_bytes``) and a JSON schema's depth
-(``json_nesting``; its lowering takes time cubic in the depth).
+bounded first: the constraint's size (``envs.max_grammar_bytes``), a JSON schema's depth
+(``json_nesting``; its lowering takes time cubic in the depth) and how far its regex
+patterns expand (``pattern_size``; quadratic in that).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pagedllm import envs, json_nesting
 from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.structured_output.pattern_size import check_schema_patterns
 
 # The most whitespace characters a JSON-schema grammar allows between two tokens of JSON.
 # Unbounded (vLLM's default), a small model at temperature 1 sometimes emits newlines until
@@ -136,6 +138,7 @@ def _json_schema(params: StructuredOutputsParams) -> str:
         json_nesting.check_depth(schema, "the schema")
     if not isinstance(schema, (dict, bool)):
         raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
+    check_schema_patterns(schema)
     if params.disable_additional_properties:
         schema = _no_additional_properties(schema)
     return json.dumps(schema)
@@ -171,6 +174,7 @@ def _structural_tag(text: str) -> Any:
         tag = json_nesting.loads(text, "the structural tag")
     except json.JSONDecodeError as exc:
         raise ValueError(f"the structural tag is not valid JSON ({exc})") from None
+    check_schema_patterns(tag)  # its schemas are lowered as a JSON schema's are
     if isinstance(tag, dict) and "structures" in tag:
         items = [
             xgr.StructuralTagItem(

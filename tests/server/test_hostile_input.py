@@ -156,9 +156,14 @@ def nested(levels: int) -> dict:
         ("/v1/chat/completions", chat(messages=[{**HELLO[0], "tool_calls": 5}]),
          "tool_calls must be a list"),
         ("/tokenize", {"messages": [{**HELLO[0], "tool_calls": True}]}, "must be a list"),
+        # 250 bytes whose grammar took ~10 s to build, on a thread every request shares.
+        ("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {
+                "a": {"type": "string", "pattern": "[a-z]{16000}"}}}}}),
+         "expands to 16000 characters"),
     ],
     ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices", "call-args",
-         "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list"],
+         "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list", "pattern"],
 )  # fmt: skip
 def test_deep_or_large_values_are_400(server, path, body, fragment):
     body = {"model": MODEL, **body}
