@@ -44,6 +44,7 @@ from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
 from pagedllm.engine.parent_request import num_samples
 from pagedllm.engine.request_logger import RequestLogger
 from pagedllm.inputs.processor import PromptType
+from pagedllm.inputs.tokenizer import TextBounds
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import StatLogger
 from pagedllm.outputs import CompletionOutput, RequestOutput
@@ -408,9 +409,9 @@ class AsyncLLM:
         return self.engine.processor.eos_token_id
 
     @property
-    def max_prompt_chars(self) -> int:
-        """The most characters a text prompt may have (``InputProcessor.max_prompt_chars``)."""
-        return self.engine.processor.max_prompt_chars
+    def text_bounds(self) -> TextBounds:
+        """What a text prompt may be (``InputProcessor.text_bounds``)."""
+        return self.engine.processor.text_bounds
 
     def check_sequences(self, num_prompts: int, samples: int) -> None:
         """ValueError when one request's prompts x samples pass the server's bound."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.inputs.prompts import MAX_CACHE_SALT, PromptType, truncate_prompt
-from pagedllm.inputs.tokenizer import bounded_text, prompt_char_limit
+from pagedllm.inputs.tokenizer import TextBounds, encode_bounded, prompt_char_limit
 from pagedllm.sampling_params import (
     LOGIT_BIAS_LIMIT,
     MAX_BAD_WORD_TOKENS,
@@ -45,7 +45,7 @@ class InputProcessor:
         self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.tokenizer = tokenizer
         self.max_model_len = model_config.max_model_len
-        self._max_prompt_chars: int | None = None  # max_prompt_chars, on first use
+        self._text_bounds: TextBounds | None = None  # text_bounds, on first use
         self.vocab_size = model_config.vocab_size
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer else None
         if self.eos_token_id is None:
@@ -98,16 +98,16 @@ class InputProcessor:
                 "The engine was started with skip_tokenizer_init=True: give prompts as token "
                 'ids ({"prompt_token_ids": [...]}).'
             )
-        text = bounded_text(text or "", self.max_prompt_chars, keep_tail)
-        return self.tokenizer.encode(text, add_special_tokens=True)
+        return encode_bounded(self.tokenizer, text or "", True, self.text_bounds, keep_tail).ids
 
     @property
-    def max_prompt_chars(self) -> int:
+    def text_bounds(self) -> TextBounds:
         """``prompt_char_limit`` of this tokenizer and context, read once (a scan of the
-        vocabulary); the server's encoders bound text by it too."""
-        if self._max_prompt_chars is None:
-            self._max_prompt_chars = prompt_char_limit(self.tokenizer, self.max_model_len)
-        return self._max_prompt_chars
+        vocabulary), and the context; the server's encoders bound text by them too."""
+        if self._text_bounds is None:
+            chars = prompt_char_limit(self.tokenizer, self.max_model_len)
+            self._text_bounds = TextBounds(chars, self.max_model_len)
+        return self._text_bounds
 
     def _check_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:

@@ -4,8 +4,9 @@ or a repo id whose tokenizer files are fetched as the model's are)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pagedllm.config import ModelConfig
 from pagedllm.model_files import resolve_tokenizer
@@ -42,6 +43,64 @@ def bounded_text(text: str, max_chars: int, keep_tail: bool) -> str:
         f"The prompt is {len(text)} characters, more than the model's context could hold "
         f"(at most {max_chars} for its maximum model length)."
     )
+
+
+# Text longer than this many characters per token of the context is counted in chunks
+# before it is tokenized whole (real prompts average 3-5 characters a token).
+_COUNT_FIRST_CHARS_PER_TOKEN = 8
+# Counted past this many times the context, text cannot fit it whole (a chunk's edges move
+# its count by a few tokens, not by the context's length).
+_COUNTED_PAST_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class TextBounds:
+    """What a text prompt may be: at most ``max_chars`` characters (``prompt_char_limit``)
+    and, as far as counting in chunks can tell, at most ``max_tokens`` tokens."""
+
+    max_chars: int
+    max_tokens: int
+
+
+class Encoded(NamedTuple):
+    ids: list[int]
+    cut: bool  # the text was cut to its tail first: the ids no longer spell all of it
+
+
+def encode_bounded(
+    tokenizer: AnyTokenizer,
+    text: str,
+    add_special_tokens: bool,
+    bounds: TextBounds,
+    keep_tail: bool = False,
+) -> Encoded:
+    """``tokenizer.encode``, its memory bounded by the context. Characters are bounded
+    first (``bounded_text``); text still long is then counted a chunk of ``max_tokens``
+    characters at a time (one chunk's encoding held at once), and past twice the context
+    refused, or with ``keep_tail`` cut where its tail holds that many. Text that spells
+    3-4 tokens a character (byte fallback) otherwise made ~8 million tokens of a 2.6
+    million-character prompt, 1.8 GB of the front end's memory each, before its 400."""
+    kept = bounded_text(text, bounds.max_chars, keep_tail)
+    if len(kept) > _COUNT_FIRST_CHARS_PER_TOKEN * bounds.max_tokens:
+        kept = _counted_text(tokenizer, kept, bounds.max_tokens, keep_tail)
+    ids = tokenizer.encode(kept, add_special_tokens=add_special_tokens)
+    return Encoded(ids, len(kept) != len(text))
+
+
+def _counted_text(tokenizer: AnyTokenizer, text: str, max_tokens: int, keep_tail: bool) -> str:
+    chunk, counted = max_tokens, 0
+    limit = _COUNTED_PAST_FACTOR * max_tokens
+    starts = range(0, len(text), chunk)
+    for start in reversed(starts) if keep_tail else starts:
+        counted += len(tokenizer.encode(text[start : start + chunk], add_special_tokens=False))
+        if counted > limit:
+            if keep_tail:
+                return text[start:]
+            raise ValueError(
+                f"The prompt is more than {limit} tokens, longer than the maximum model "
+                f"length of {max_tokens} (counted in parts of {chunk} characters)."
+            )
+    return text
 
 
 def limit_tokenizer_threads(device: str) -> None:

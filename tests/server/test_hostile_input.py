@@ -203,8 +203,11 @@ def completion(**fields) -> dict:
         # Text that could never fit the context is refused before the tokenizer sees it.
         (completion(prompt="hello " * 5_000_000), "more than the model's context could hold",
          None),
+        # Within that, but 4 tokens a character: counted in parts, not tokenized whole.
+        (completion(prompt="\U0001f600" * 200_000), "counted in parts", None),
     ],
-    ids=["prompts-x-n", "priority", "negative-priority", "ids", "mixed-ids", "bool-ids", "text"],
+    ids=["prompts-x-n", "priority", "negative-priority", "ids", "mixed-ids", "bool-ids", "text",
+         "emoji"],
 )  # fmt: skip
 def test_sizes_and_numbers_past_their_bounds_are_400(server, body, fragment, param):
     start = time.monotonic()

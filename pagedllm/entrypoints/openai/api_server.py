@@ -259,7 +259,7 @@ def build_app(
         sandbox,
         args.trust_request_chat_template,
         args.default_chat_template_kwargs,
-        engine.max_prompt_chars,
+        engine.text_bounds,
     )
     parser = get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     defaults = generation_defaults(engine.model_config.generation_config)

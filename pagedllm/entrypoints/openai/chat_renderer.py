@@ -14,7 +14,7 @@ from typing import Any
 
 from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
 from pagedllm.inputs.template_sandbox import TemplateSandbox
-from pagedllm.inputs.tokenizer import bounded_text
+from pagedllm.inputs.tokenizer import Encoded, TextBounds, bounded_text, encode_bounded
 
 
 class ChatRenderer:
@@ -25,13 +25,13 @@ class ChatRenderer:
         sandbox: TemplateSandbox,
         trust_request_template: bool,
         default_template_kwargs: dict[str, Any] | None,
-        max_prompt_chars: int,
+        text_bounds: TextBounds,
     ) -> None:
         self.tokenizer = tokenizer
-        # Rendered text past this (``InputProcessor.max_prompt_chars``) is refused, or cut to
-        # its tail for truncation, before the tokenizer sees it: a 40-byte request template
-        # rendered 48 MB, whose tokenization took 5 GB of this process.
-        self.max_prompt_chars = max_prompt_chars
+        # Rendered text past these (``InputProcessor.text_bounds``) is refused, or cut to its
+        # tail for truncation, before the tokenizer sees all of it: a 40-byte request
+        # template rendered 48 MB, whose tokenization took 5 GB of this process.
+        self.text_bounds = text_bounds
         self.default_template = default_template
         self.sandbox = sandbox
         self.trust_request_template = trust_request_template
@@ -72,15 +72,23 @@ class ChatRenderer:
         self, text: str, add_special_tokens: bool, keep_tail: bool = False
     ) -> list[int]:
         """``keep_tail``: the prompt is truncated to its last tokens (``encode_off_loop``)."""
-        return await encode_off_loop(
-            self.tokenizer, text, add_special_tokens, self.max_prompt_chars, keep_tail
+        encoded = await encode_off_loop(
+            self.tokenizer, text, add_special_tokens, self.text_bounds, keep_tail
         )
+        return encoded.ids
 
 
 async def encode_off_loop(
-    tokenizer: Any, text: str, add_special_tokens: bool, max_chars: int, keep_tail: bool = False
-) -> list[int]:
+    tokenizer: Any,
+    text: str,
+    add_special_tokens: bool,
+    bounds: TextBounds,
+    keep_tail: bool = False,
+) -> Encoded:
     """Tokenize on a worker thread (the tokenizers library releases the GIL meanwhile), the
-    text bounded first (``tokenizer.bounded_text``)."""
-    text = bounded_text(text, max_chars, keep_tail)
-    return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+    text bounded first (``tokenizer.encode_bounded``)."""
+    if len(text) > bounds.max_chars and not keep_tail:  # refused without a thread's time
+        bounded_text(text, bounds.max_chars, keep_tail)
+    return await asyncio.to_thread(
+        encode_bounded, tokenizer, text, add_special_tokens, bounds, keep_tail
+    )

@@ -165,13 +165,11 @@ class CompletionHandler:
             tokenizer = self.engine.tokenizer
             if tokenizer is None:
                 raise ValueError("This server has no tokenizer: send the prompt as token ids.")
-            limit = self.engine.max_prompt_chars
-            ids = await encode_off_loop(
-                tokenizer, prompt, request.add_special_tokens, limit,
+            ids, cut = await encode_off_loop(
+                tokenizer, prompt, request.add_special_tokens, self.engine.text_bounds,
                 keep_tail=request.truncate_prompt_tokens is not None,
             )  # fmt: skip
             # Text cut to its tail no longer matches the ids: they alone go on.
-            cut = len(prompt) > limit
             item = {"prompt_token_ids": ids} if cut else {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": list(prompt)}

@@ -45,7 +45,8 @@ class TokenizationHandler:
         tokens = await renderer.encode(text, special)
         strs = None
         if request.return_token_strs:
-            strs = renderer.tokenizer.convert_ids_to_tokens(tokens)
+            # On a worker thread: a long prompt's strings held the event loop for seconds.
+            strs = await asyncio.to_thread(renderer.tokenizer.convert_ids_to_tokens, tokens)
         return TokenizeResponse(
             count=len(tokens),
             max_model_len=self.models.max_model_len,
