@@ -161,9 +161,13 @@ def nested(levels: int) -> dict:
             "name": "x", "schema": {"type": "object", "properties": {
                 "a": {"type": "string", "pattern": "[a-z]{16000}"}}}}}),
          "expands to 16000 characters"),
+        # Each object is validated on the event loop: 1.5 million messages held it 7 s.
+        ("/v1/chat/completions", chat(messages=[{"role": "user", "content": ""}] * 70_000),
+         "more than 65536 JSON objects"),
     ],
     ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices", "call-args",
-         "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list", "pattern"],
+         "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list", "pattern",
+         "messages"],
 )  # fmt: skip
 def test_deep_or_large_values_are_400(server, path, body, fragment):
     body = {"model": MODEL, **body}
@@ -182,6 +186,13 @@ def test_deep_or_large_values_are_400(server, path, body, fragment):
 )
 def test_a_zero_count_is_refused_not_read_as_unset(server, path, body):
     assert_error(post(server, path, json={"model": MODEL, **body}), 400, "must be at least 1")
+
+
+def test_anthropic_blocks_count_as_objects(server):
+    blocks = [{"type": "text", "text": ""}] * 70_000
+    body = {"model": MODEL, "messages": [{"role": "user", "content": blocks}]}
+    reply = post(server, "/v1/messages/count_tokens", json=body)
+    assert reply.status_code == 400 and "more than 65536 JSON objects" in reply.text
 
 
 def completion(**fields) -> dict:
