@@ -93,6 +93,12 @@ class StructuredOutputsParams:
                 value is None or isinstance(value, str),
                 f"structured outputs {name} must be a string, got {type(value).__name__}.",
             )
+        for name in ("disable_fallback", "disable_any_whitespace", "disable_additional_properties"):
+            value = getattr(self, name)  # a client's "x" would read as true
+            _check(
+                isinstance(value, bool),
+                f"structured outputs {name} must be true or false, got {value!r}.",
+            )
 
     @property
     def kind(self) -> str:

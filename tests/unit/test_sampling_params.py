@@ -9,6 +9,7 @@ from pagedllm.sampling_params import (
     RequestOutputKind,
     SamplingParams,
     SamplingType,
+    StructuredOutputsParams,
 )
 
 
@@ -207,3 +208,12 @@ def test_generation_config_ignored_with_ignore_eos() -> None:
     p = SamplingParams(ignore_eos=True, stop_token_ids=[7])
     p.update_from_generation_config({"eos_token_id": [2, 11]}, model_eos_token_id=2)
     assert p.stop_token_ids == [7] and p.all_stop_token_ids == {7}
+
+
+@pytest.mark.parametrize(
+    "option", ["disable_fallback", "disable_any_whitespace", "disable_additional_properties"]
+)
+def test_structured_output_switches_are_booleans(option):
+    with pytest.raises(ValueError, match=f"{option} must be true or false, got 'x'"):
+        StructuredOutputsParams(regex="a", **{option: "x"})
+    assert getattr(StructuredOutputsParams(regex="a", **{option: True}), option) is True
