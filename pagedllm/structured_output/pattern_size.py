@@ -17,15 +17,25 @@ from typing import Any
 MAX_PATTERN_EXPANSION = 1024
 MAX_SCHEMA_PATTERN_EXPANSION = 16384
 
-_COUNT = re.compile(r"\{(\d+)(,(\d*))?\}")
-_HUGE = 10**9  # a count with more digits than this is past every bound anyway
+# xgrammar reads spaces inside the braces too (``a{ 8000}``, ``a{1, 3000}``).
+_COUNT = re.compile(r"\{\s*(\d+)\s*(?:(,)\s*(\d*)\s*)?\}")
+# Sizes saturate here: past every bound, and a nested repetition's product stays a small
+# integer (``((a){999999999}){999999999}...`` would otherwise grow without end).
+_CAP = MAX_SCHEMA_PATTERN_EXPANSION + 1
+# A group's opening that is not part of what it matches: (?: (?= (?! (?<= (?<! (?<name>.
+_GROUP_PREFIX = re.compile(r"\?(?::|=|!|<=|<!|P?<[A-Za-z_][A-Za-z0-9_]*>)")
+# An escape that spells one character with several: \uXXXX, \xXX.
+_LONG_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2})")
+# Schema keys whose values are data, not schemas: a "pattern" there is no pattern.
+_DATA_KEYS = ("const", "enum", "default", "examples")
 
 
 def expanded_length(pattern: str) -> int:
     """Characters (escapes and classes as one) ``pattern`` spells out once every
-    ``{n}``/``{n,m}`` is written as copies (the larger bound; ``{n,}`` n + 1). A group's
-    alternatives are added, not the longest taken: xgrammar builds them all. ``*``, ``+``
-    and ``?`` count as one character: they loop or skip, they do not copy."""
+    ``{n}``/``{n,m}`` is written as copies (the larger bound; ``{n,}`` n + 1), saturating
+    just past ``MAX_SCHEMA_PATTERN_EXPANSION``. A group's alternatives are added, not the
+    longest taken: xgrammar builds them all. ``*``, ``+`` and ``?`` count as one
+    character: they loop or skip, they do not copy."""
     groups: list[list[int]] = [[0, 0]]  # per open group: finished alternatives, current one
     last = 0  # the size of what a repetition count after it applies to
     i = 0
@@ -33,37 +43,49 @@ def expanded_length(pattern: str) -> int:
         char = pattern[i]
         if char == "(":
             groups.append([0, 0])
-            i += 1
+            prefix = _GROUP_PREFIX.match(pattern, i + 1)
+            i = prefix.end() if prefix else i + 1
             continue
         if char == ")" and len(groups) > 1:
             done = groups.pop()
-            last = done[0] + done[1]
-            groups[-1][1] += last
+            last = min(done[0] + done[1], _CAP)
+            groups[-1][1] = min(groups[-1][1] + last, _CAP)
             i += 1
             continue
         if char == "|":
-            groups[-1][0] += groups[-1][1]
+            groups[-1][0] = min(groups[-1][0] + groups[-1][1], _CAP)
             groups[-1][1] = 0
             i += 1
             continue
         count = _COUNT.match(pattern, i) if char == "{" else None
-        if count is not None:
-            groups[-1][1] += last * (_count(count) - 1)  # the repeated part counted once
+        if count is not None:  # the repeated part is counted once already
+            added = min(last * max(_count(count) - 1, 0), _CAP)
+            groups[-1][1] = min(groups[-1][1] + added, _CAP)
             i = count.end()
             continue
-        i = _class_end(pattern, i) if char == "[" else i + (2 if char == "\\" else 1)
+        i = _atom_end(pattern, i)
         last = 1
-        groups[-1][1] += 1
-    return sum(sum(group) for group in groups)
+        groups[-1][1] = min(groups[-1][1] + 1, _CAP)
+    return min(sum(sum(group) for group in groups), _CAP)
 
 
 def _count(match: re.Match[str]) -> int:
     low, comma, high = match[1], match[2], match[3]
     if len(low) > 9 or (high and len(high) > 9):
-        return _HUGE
+        return _CAP  # past every bound (and int() refuses past 4,300 digits)
     if high:
         return max(int(low), int(high))
     return int(low) + 1 if comma else int(low)
+
+
+def _atom_end(pattern: str, start: int) -> int:
+    """The index past the one-character atom at ``start``: a class, an escape, a char."""
+    if pattern[start] == "[":
+        return _class_end(pattern, start)
+    if pattern[start] == "\\":
+        long_escape = _LONG_ESCAPE.match(pattern, start)
+        return long_escape.end() if long_escape else start + 2
+    return start + 1
 
 
 def _class_end(pattern: str, start: int) -> int:
@@ -87,9 +109,10 @@ def check_schema_patterns(schema: Any) -> None:
     for pattern in _patterns(schema):
         size = expanded_length(pattern)
         if size > MAX_PATTERN_EXPANSION:
+            spelled = f"more than {_CAP - 1}" if size == _CAP else str(size)
             raise ValueError(
-                f"the schema's pattern {pattern[:40]!r} expands to {size} characters once its "
-                f"repetitions are written out; at most {MAX_PATTERN_EXPANSION} are allowed"
+                f"the schema's pattern {pattern[:40]!r} expands to {spelled} characters once "
+                f"its repetitions are written out; at most {MAX_PATTERN_EXPANSION} are allowed"
             )
         total += size
     if total > MAX_SCHEMA_PATTERN_EXPANSION:
@@ -111,5 +134,5 @@ def _patterns(schema: Any) -> list[str]:
                 found.append(item["pattern"])
             if isinstance(item.get("patternProperties"), dict):
                 found.extend(item["patternProperties"])
-            stack.extend(item.values())
+            stack.extend(value for key, value in item.items() if key not in _DATA_KEYS)
     return found

@@ -63,7 +63,6 @@ def build_grammar_spec(params: StructuredOutputsParams) -> GrammarSpec:
     try:
         if kind == "json":
             schema = _json_schema(params)
-            _check_size(kind, schema)
             grammar = _json_string_chars_fixed(
                 xgr.Grammar.from_json_schema(
                     schema,
@@ -138,10 +137,12 @@ def _json_schema(params: StructuredOutputsParams) -> str:
         json_nesting.check_depth(schema, "the schema")
     if not isinstance(schema, (dict, bool)):
         raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
-    check_schema_patterns(schema)
     if params.disable_additional_properties:
         schema = _no_additional_properties(schema)
-    return json.dumps(schema)
+    text = json.dumps(schema)
+    _check_size("json", text)  # first: measuring the patterns walks all of it
+    check_schema_patterns(schema)
+    return text
 
 
 def _no_additional_properties(schema: Any) -> Any:

@@ -10,11 +10,13 @@ import pytest
 from pagedllm.sampling_params import StructuredOutputsParams
 from pagedllm.structured_output.pattern_size import (
     MAX_PATTERN_EXPANSION,
+    MAX_SCHEMA_PATTERN_EXPANSION,
     check_schema_patterns,
     expanded_length,
 )
 from pagedllm.structured_output.spec import build_grammar_spec
 
+CAP = MAX_SCHEMA_PATTERN_EXPANSION + 1
 UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
@@ -31,8 +33,15 @@ UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
         ("a{2,}", 3),
         ("a{2,5}", 5),
         ("a*b+c?", 6),  # loops and options are not copies
-        ("x{" + "9" * 5000 + "}", 10**9),  # past int()'s digit limit: huge, not an error
+        ("x{" + "9" * 5000 + "}", CAP),  # past int()'s digit limit: capped, not an error
         ("(a|b", 2),  # unbalanced: still measured
+        ("a{ 8000}", 8000),  # xgrammar reads spaces inside the braces
+        ("a{1, 3000 }", 3000),
+        ("ab{0}", 2),  # counted once, not removed: sizes only grow, so they can saturate
+        ("(?:[0-9a-f]{2}){400}", 800),  # a group's (?: is not matched text
+        ("(?P<x>ab)(?=c)", 3),
+        (r"\u0061{3}\x41", 4),  # one character each
+        ("(" * 300 + "a" + "){999999999}" * 300, CAP),  # saturates: no huge integers
     ],
 )
 def test_expanded_length(pattern, length):
@@ -48,6 +57,9 @@ def test_real_schemas_pass():
     check_schema_patterns(object_with(*[UUID] * 100))
     check_schema_patterns({"patternProperties": {"^x-[a-z]+$": {}}, "properties": {
         "pattern": {"type": "string"}}})  # fmt: skip
+    # Data, not schemas: a "pattern" inside an example or a constant is no pattern.
+    check_schema_patterns({"type": "object", "examples": [{"pattern": "a{5000}"}],
+                           "const": {"pattern": "a{5000}"}})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -68,7 +80,7 @@ def test_the_grammar_is_refused_before_it_is_built():
     import xgrammar  # noqa: F401  (imported before the clock starts)
 
     start = time.monotonic()
-    with pytest.raises(ValueError, match="expands to 64000 characters"):
+    with pytest.raises(ValueError, match="expands to more than 16384 characters"):
         build_grammar_spec(StructuredOutputsParams(json=object_with("[a-z]{64000}")))
     assert time.monotonic() - start < 1  # built, it takes minutes
     build_grammar_spec(
