@@ -23,14 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pagedllm import json_nesting
+from pagedllm.entrypoints.openai.limits import MAX_JSON_OBJECTS
 
 # Bodies up to this size are parsed on the loop: a thread hop costs more than the parse.
 OFF_LOOP_BYTES = 256 * 1024
-# JSON objects a body may hold. Each is validated by the route's pydantic model on the
-# event loop (1.5 million one-message objects held it 7 s); real requests hold a few
-# thousand (a long conversation, a hundred tools' schemas). Arrays of numbers or strings
-# (token ids, prompts) are not counted: they validate in bulk.
-MAX_JSON_OBJECTS = 1 << 16
 # A \uD800-\uDFFF escape: only bodies holding one can carry a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 
+from pagedllm.entrypoints.openai.limits import BoundedList
 from pagedllm.entrypoints.openai.protocol import OpenAIModel, UnsupportedField
 
 # The block types a request may carry, and where each may stand.
@@ -76,7 +77,7 @@ class ToolResultBlock(OpenAIModel):
     tool_use_id: str
     content: (
         Annotated[
-            Annotated[str, Tag("text")] | Annotated[list[TextBlock], Tag("blocks")],
+            Annotated[str, Tag("text")] | Annotated[BoundedList[TextBlock], Tag("blocks")],
             Discriminator(_text_or_blocks),
         ]
         | None
@@ -112,11 +113,11 @@ ContentBlock = Annotated[
     Field(discriminator="type"),
 ]
 Content = Annotated[
-    Annotated[str, Tag("text")] | Annotated[list[ContentBlock], Tag("blocks")],
+    Annotated[str, Tag("text")] | Annotated[BoundedList[ContentBlock], Tag("blocks")],
     Discriminator(_text_or_blocks),
 ]
 SystemContent = Annotated[
-    Annotated[str, Tag("text")] | Annotated[list[TextBlock], Tag("blocks")],
+    Annotated[str, Tag("text")] | Annotated[BoundedList[TextBlock], Tag("blocks")],
     Discriminator(_text_or_blocks),
 ]
 
@@ -218,13 +219,13 @@ class ConversationFields(OpenAIModel):
     """What both endpoints render into a prompt."""
 
     model: str
-    messages: list[MessageParam]
+    messages: BoundedList[MessageParam]
     system: SystemContent | None = None
-    tools: list[ToolParam] | None = None
+    tools: BoundedList[ToolParam] | None = None
     tool_choice: ToolChoiceParam | None = None
     thinking: ThinkingConfig | None = None
     # Declared to be refused: the server cannot reach MCP servers or run containers.
-    mcp_servers: list[dict[str, Any]] | None = None
+    mcp_servers: BoundedList[dict[str, Any]] | None = None
     container: str | dict[str, Any] | None = None
     # vLLM's extra, as on chat requests
     chat_template_kwargs: dict[str, Any] | None = None

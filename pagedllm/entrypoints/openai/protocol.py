@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from pagedllm.entrypoints.openai.limits import MAX_REQUEST_ID
+from pagedllm.entrypoints.openai.limits import MAX_REQUEST_ID, BoundedList
 from pagedllm.entrypoints.openai.unknown_fields import (
     note_inert_field,
     note_unknown_fields,
@@ -317,15 +317,15 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | BoundedList[dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage]
+    messages: BoundedList[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: BoundedList[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     store: bool | None = None
@@ -573,8 +573,8 @@ class ModelList(BaseModel):
 class TokenizeRequest(OpenAIModel):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[dict[str, Any]] | None = None
+    messages: BoundedList[ChatMessage] | None = None
+    tools: BoundedList[dict[str, Any]] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False

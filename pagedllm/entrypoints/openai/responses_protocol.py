@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from pagedllm.entrypoints.openai.limits import BoundedList
 from pagedllm.entrypoints.openai.protocol import OpenAIModel, UnsupportedField, _check_metadata
 
 # The one ``include`` value the server produces (the others name outputs of built-in tools,
@@ -58,7 +59,7 @@ class ContentPart(OpenAIModel):
 class MessageItem(OpenAIModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[ContentPart]
+    content: str | BoundedList[ContentPart]
     id: str | None = None
     status: ItemStatus | None = None
 
@@ -75,7 +76,7 @@ class FunctionCallItem(OpenAIModel):
 class FunctionCallOutputItem(OpenAIModel):
     type: Literal["function_call_output"]
     call_id: str
-    output: str | list[ContentPart]
+    output: str | BoundedList[ContentPart]
     id: str | None = None
     status: ItemStatus | None = None
 
@@ -88,8 +89,8 @@ class ReasoningText(OpenAIModel):
 class ReasoningItem(OpenAIModel):
     type: Literal["reasoning"]
     id: str | None = None
-    summary: list[ReasoningText] = Field(default_factory=list)
-    content: list[ReasoningText] | None = None
+    summary: BoundedList[ReasoningText] = Field(default_factory=list)
+    content: BoundedList[ReasoningText] | None = None
     encrypted_content: str | None = None
     status: ItemStatus | None = None
 
@@ -193,7 +194,7 @@ class ReasoningConfig(OpenAIModel):
 class ResponsesRequest(OpenAIModel):
     # OpenAI's fields
     model: str | None = None
-    input: str | list[InputItem]
+    input: str | BoundedList[InputItem]
     instructions: str | None = None
     previous_response_id: str | None = None
     store: bool | None = True
@@ -209,7 +210,7 @@ class ResponsesRequest(OpenAIModel):
     top_p: float | None = None
     top_logprobs: int | None = None
     text: TextConfig | None = None
-    tools: list[Tool] | None = None
+    tools: BoundedList[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
     truncation: Literal["auto", "disabled"] | None = None
     service_tier: str | None = None
