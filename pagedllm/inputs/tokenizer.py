@@ -45,9 +45,10 @@ def bounded_text(text: str, max_chars: int, keep_tail: bool) -> str:
     )
 
 
-# Text longer than this many characters per token of the context is counted in chunks
-# before it is tokenized whole (real prompts average 3-5 characters a token).
-_COUNT_FIRST_CHARS_PER_TOKEN = 8
+# Text of more UTF-8 bytes than this per token of the context is counted in parts before
+# it is tokenized whole. A token spells at least a byte, so text tokenized whole makes at
+# most 8x the context's tokens; real prompts average 2-5 bytes a token.
+_COUNT_FIRST_BYTES_PER_TOKEN = 8
 # Counted past this many times the context, text cannot fit it whole (a chunk's edges move
 # its count by a few tokens, not by the context's length).
 _COUNTED_PAST_FACTOR = 2
@@ -75,16 +76,22 @@ def encode_bounded(
     keep_tail: bool = False,
 ) -> Encoded:
     """``tokenizer.encode``, its memory bounded by the context. Characters are bounded
-    first (``bounded_text``); text still long is then counted a chunk of ``max_tokens``
-    characters at a time (one chunk's encoding held at once), and past twice the context
-    refused, or with ``keep_tail`` cut where its tail holds that many. Text that spells
-    3-4 tokens a character (byte fallback) otherwise made ~8 million tokens of a 2.6
-    million-character prompt, 1.8 GB of the front end's memory each, before its 400."""
+    first (``bounded_text``); text of more than 8 UTF-8 bytes per context token is then
+    counted a chunk of ``max_tokens`` characters at a time (one chunk's encoding held at
+    once), and past twice the context refused, or with ``keep_tail`` cut where its tail
+    holds that many. Text that spells 3-4 tokens a character (byte fallback) otherwise
+    made ~8 million tokens of a 2.6 million-character prompt, 1.8 GB of the front end's
+    memory each, before its 400; text tokenized whole now makes at most 8x the context's
+    tokens."""
     kept = bounded_text(text, bounds.max_chars, keep_tail)
-    if len(kept) > _COUNT_FIRST_CHARS_PER_TOKEN * bounds.max_tokens:
+    if _utf8_length(kept) > _COUNT_FIRST_BYTES_PER_TOKEN * bounds.max_tokens:
         kept = _counted_text(tokenizer, kept, bounds.max_tokens, keep_tail)
     ids = tokenizer.encode(kept, add_special_tokens=add_special_tokens)
     return Encoded(ids, len(kept) != len(text))
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _counted_text(tokenizer: AnyTokenizer, text: str, max_tokens: int, keep_tail: bool) -> str:

@@ -60,3 +60,11 @@ def test_short_text_is_tokenized_once_whole():
     tokenizer = ByteTokens()
     ids, cut = encode_bounded(tokenizer, "y" * 800, True, BOUNDS)
     assert (len(ids), cut, tokenizer.longest) == (3200, False, 800)  # 8 chars a token: kept
+
+
+def test_text_is_measured_in_bytes_not_characters():
+    """250 emoji: few characters (the old measure let them through whole), 1,000 bytes."""
+    tokenizer = ByteTokens()
+    with pytest.raises(ValueError, match="more than 200 tokens"):
+        encode_bounded(tokenizer, "\U0001f600" * 250, True, BOUNDS)
+    assert tokenizer.longest == 100
