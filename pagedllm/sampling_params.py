@@ -94,11 +94,7 @@ class StructuredOutputsParams:
                 f"structured outputs {name} must be a string, got {type(value).__name__}.",
             )
         for name in ("disable_fallback", "disable_any_whitespace", "disable_additional_properties"):
-            value = getattr(self, name)  # a client's "x" would read as true
-            _check(
-                isinstance(value, bool),
-                f"structured outputs {name} must be true or false, got {value!r}.",
-            )
+            setattr(self, name, _switch(name, getattr(self, name)))
 
     @property
     def kind(self) -> str:
@@ -375,6 +371,23 @@ class SamplingParams:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+# What pydantic's lax mode reads as a boolean (vLLM validates these fields with it).
+_SWITCH_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True,
+                 "no": False, "on": True, "off": False, "t": True, "f": False, "y": True,
+                 "n": False}  # fmt: skip
+
+
+def _switch(name: str, value: Any) -> bool:
+    """A structured-output switch as a bool: a client's "x" read as true before."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
+        return _SWITCH_WORDS[value.strip().lower()]
+    raise ValueError(f"structured outputs {name} must be true or false, got {value!r}.")
 
 
 def _check_strings(name: str, values: list[str], max_count: int, what: str) -> None:

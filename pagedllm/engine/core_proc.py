@@ -133,7 +133,7 @@ class EngineCoreLoop:
         self.client_of[request.request_id] = request.client_index
         error = (
             f"The engine process could not read the request's sampling parameters "
-            f"({request.error}); its logits_processors must be importable there."
+            f"({request.error}); what they hold (logits_processors) must be importable there."
         )
         failed = EngineCoreOutput(request.request_id, [], FinishReason.ERROR, error=error)
         self._emit([failed], IterationStats())

@@ -138,8 +138,10 @@ class InputProcessor:
         # Longer than the vocabulary: repeats. Refused before the copy below copies them.
         allowed = params.allowed_token_ids
         if allowed is not None and len(allowed) > self.vocab_size:
-            size = self.vocab_size
-            raise ValueError(f"allowed_token_ids has {len(allowed)} ids; the vocabulary {size}.")
+            raise ValueError(
+                f"allowed_token_ids has {len(allowed)} ids; the vocabulary has only "
+                f"{self.vocab_size} tokens."
+            )
         resolved = params.clone()
         # As vLLM V1 offline: a request that asks past the context runs until it fills it and
         # ends with finish_reason "length" (the server clamps the same way before this).

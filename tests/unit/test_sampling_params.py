@@ -216,4 +216,8 @@ def test_generation_config_ignored_with_ignore_eos() -> None:
 def test_structured_output_switches_are_booleans(option):
     with pytest.raises(ValueError, match=f"{option} must be true or false, got 'x'"):
         StructuredOutputsParams(regex="a", **{option: "x"})
-    assert getattr(StructuredOutputsParams(regex="a", **{option: True}), option) is True
+    with pytest.raises(ValueError, match=f"{option} must be true or false, got 2"):
+        StructuredOutputsParams(regex="a", **{option: 2})
+    # What vLLM's lax validation reads as booleans, read the same.
+    for given, read in ((True, True), ("true", True), (1, True), ("off", False), (0, False)):
+        assert getattr(StructuredOutputsParams(regex="a", **{option: given}), option) is read
