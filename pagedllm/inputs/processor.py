@@ -191,7 +191,7 @@ class InputProcessor:
             raise ValueError("best_of > n needs the whole output at once: it cannot stream.")
         if params.logit_bias:
             params.logit_bias = {
-                self._token(int(t), "logit_bias"): max(
+                self._token(_token_id(t, "logit_bias"), "logit_bias"): max(
                     -LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, float(b))
                 )
                 for t, b in params.logit_bias.items()
@@ -263,3 +263,14 @@ class InputProcessor:
         spec = build_grammar_spec(constraint)
         params.structured_outputs = constraint
         return spec
+
+
+def _token_id(key: Any, field: str) -> int:
+    """A token id given as a key (JSON keys are strings): ValueError naming ``field`` for
+    what is not one (4,300 digits and more gave Python's own message)."""
+    if isinstance(key, str) and len(key) > 20:  # past any 64-bit id, zero-padded or not
+        raise ValueError(f"{field} keys must be token ids, got {key[:24]!r}...")
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} keys must be token ids, got {key!r}.") from None

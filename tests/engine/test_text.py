@@ -176,6 +176,7 @@ def test_bad_sampling_options_are_refused_by_name(smollm):
     for kwargs, pattern in (
         ({"logprobs": 50}, "max_logprobs"),
         ({"logit_bias": {10**7: 1.0}}, "logit_bias"),
+        ({"logit_bias": {"9" * 5000: 1.0}}, "logit_bias keys must be token ids"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         # Sized by the vocabulary: each copy of the list, and each mask row, cost its length.
         ({"allowed_token_ids": [7] * 50_000}, "allowed_token_ids has 50000 ids; the vocab"),

@@ -5,7 +5,8 @@ it a request whose ``json()`` refuses what Python's parser lets through but JSON
 allow (``NaN``, ``Infinity``) or Unicode cannot encode (a lone surrogate such as
 ``"\\ud800"``, which fails later when the text is encoded) or nests deeper than
 ``json_nesting.MAX_JSON_DEPTH`` (code downstream recurses per level) or holds more than
-``MAX_JSON_OBJECTS`` objects (each validated on the loop), and parses bodies past
+``MAX_JSON_OBJECTS`` objects or ``MAX_JSON_KEYS`` keys (each validated on the loop), and
+parses bodies past
 a size on a worker thread so a large prompt never stalls the loop. A refusal is a
 ``json.JSONDecodeError``: FastAPI answers it with the server's 400 for malformed JSON.
 """
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pagedllm import json_nesting
-from pagedllm.entrypoints.openai.limits import MAX_JSON_OBJECTS
+from pagedllm.entrypoints.openai.limits import MAX_JSON_KEYS, MAX_JSON_OBJECTS
 
 # Bodies up to this size are parsed on the loop: a thread hop costs more than the parse.
 OFF_LOOP_BYTES = 256 * 1024
@@ -36,15 +37,20 @@ def _refuse_constant(name: str) -> Any:
 
 
 class _ObjectCounter:
-    """``object_hook`` that refuses a body past ``MAX_JSON_OBJECTS`` as it is parsed."""
+    """``object_hook`` that refuses a body past ``MAX_JSON_OBJECTS`` objects, or past
+    ``MAX_JSON_KEYS`` keys in all of them, as it is parsed."""
 
     def __init__(self) -> None:
-        self.left = MAX_JSON_OBJECTS
+        self.objects_left = MAX_JSON_OBJECTS
+        self.keys_left = MAX_JSON_KEYS
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        self.left -= 1
-        if self.left < 0:
+        self.objects_left -= 1
+        self.keys_left -= len(item)
+        if self.objects_left < 0:
             raise ValueError(f"the request body holds more than {MAX_JSON_OBJECTS} JSON objects")
+        if self.keys_left < 0:
+            raise ValueError(f"the request body's objects hold more than {MAX_JSON_KEYS} keys")
         return item
 
 
