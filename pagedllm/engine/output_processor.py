@@ -160,6 +160,8 @@ class OutputProcessor:
             decode = self.token_string
         best_of = params.best_of is not None and parent is not None and parent.ranks_samples
         logprobs = LogprobsAccumulator(params.logprobs, params.prompt_logprobs, best_of, decode)
+        if parent is not None and index == 0:
+            parent.prompt_logprobs_source = logprobs
         self.states[request_id] = RequestState(
             request_id,
             parent,
@@ -326,7 +328,11 @@ class OutputProcessor:
         if finished:
             state.metrics.finished_time = time.time()
         prompt_logprobs = state.logprobs.prompt_logprobs
-        if state.params.output_kind == RequestOutputKind.DELTA and state.prompt_logprobs_sent:
+        streamed = state.params.output_kind == RequestOutputKind.DELTA
+        if prompt_logprobs is None and finished and not streamed and state.parent is not None:
+            source = state.parent.prompt_logprobs_source  # the first sample's, complete now
+            prompt_logprobs = None if source is None else source.prompt_logprobs
+        if streamed and state.prompt_logprobs_sent:
             prompt_logprobs = None  # streamed once, with the first output
         state.prompt_logprobs_sent = True
         return RequestOutput(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from pagedllm.outputs import CompletionOutput
 from pagedllm.sampling_params import SEED_LIMIT, RequestOutputKind, SamplingParams
@@ -25,6 +26,9 @@ class ParentRequest:
         self.final: dict[int, CompletionOutput] = {}
         self.num_generated = 0  # over all children, for stats
         self.max_generated = 0  # the longest child's, for stats
+        # The first sample's logprobs (a LogprobsAccumulator, set by the output processor):
+        # it alone computes the prompt's logprobs, for every sample's final output.
+        self.prompt_logprobs_source: Any = None
 
     @property
     def ranks_samples(self) -> bool:
@@ -36,6 +40,8 @@ class ParentRequest:
         (nothing mutates an admitted request's lists; a deep copy per sample of a long
         allowed_token_ids held the engine thread for 26 s at n=128)."""
         child = copy.copy(self.params)
+        if index > 0:  # the first sample computes the prompt's logprobs for all: the others
+            child.prompt_logprobs = None  # may then reuse its cached prefix (n prefills cost n)
         child.n = 1
         if child.seed is not None:
             child.seed = (child.seed + index) % SEED_LIMIT  # distinct but reproducible samples

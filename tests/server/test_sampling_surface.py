@@ -108,3 +108,13 @@ def test_prompt_logprobs_extra_field(server):
     prompt_lp = reply["choices"][0]["prompt_logprobs"]
     assert prompt_lp[0] is None and all(isinstance(p, dict) for p in prompt_lp[1:])
     json.dumps(reply)
+    # n samples: the first computes them, every choice carries them (the others reuse its
+    # prefix instead of prefilling the prompt over the whole vocabulary again).
+    with server.client() as http:
+        many = http.post("/v1/completions", json={**body, "n": 3, "seed": 5}).json()
+    assert [c["prompt_logprobs"] for c in many["choices"]] == [prompt_lp] * 3
+    echoed = {**body, "n": 2, "echo": True, "logprobs": 1, "prompt_logprobs": None}
+    with server.client() as http:
+        both = http.post("/v1/completions", json=echoed).json()
+    assert all(c["text"].startswith("One two three") for c in both["choices"])
+    assert [len(c["logprobs"]["tokens"]) for c in both["choices"]] == [len(prompt_lp) + 1] * 2
