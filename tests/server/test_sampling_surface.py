@@ -118,3 +118,21 @@ def test_prompt_logprobs_extra_field(server):
         both = http.post("/v1/completions", json=echoed).json()
     assert all(c["text"].startswith("One two three") for c in both["choices"])
     assert [len(c["logprobs"]["tokens"]) for c in both["choices"]] == [len(prompt_lp) + 1] * 2
+
+
+def test_a_streamed_echo_carries_the_prompts_logprobs(openai_client):
+    """As a whole reply: the echoed prompt's tokens and logprobs first (they were left out
+    of the stream), then each generated token's."""
+    ask = dict(model=MODEL, prompt="One two three", max_tokens=3, temperature=0.0, echo=True,
+               logprobs=1)  # fmt: skip
+    whole = openai_client.completions.create(**ask).choices[0].logprobs
+    chunks = [c.choices[0] for c in openai_client.completions.create(**ask, stream=True)
+              if c.choices]  # fmt: skip
+    streamed = [c.logprobs for c in chunks if c.logprobs is not None]
+
+    def joined(field: str) -> list:
+        return [item for lp in streamed for item in getattr(lp, field)]
+
+    assert joined("tokens") == whole.tokens
+    assert joined("token_logprobs") == whole.token_logprobs
+    assert joined("text_offset") == whole.text_offset

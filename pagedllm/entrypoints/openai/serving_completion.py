@@ -205,6 +205,7 @@ class CompletionHandler:
         # As vLLM: with include_usage, every chunk also carries its prompt's usage so far.
         continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
         echoed: set[int] = set()
+        prompt_logprobs: dict[int, Any] = {}  # per prompt, from the output that carried them
         ids_sent: set[int] = set()  # choices whose prompt_token_ids went out
         offsets: dict[int, int] = {}  # text_offset of each choice's next token
         tokens = [0] * len(generators)
@@ -221,20 +222,26 @@ class CompletionHandler:
         try:
             async for p, output in merge_streams(generators):
                 lasts[p] = output
+                if output.prompt_logprobs:
+                    prompt_logprobs[p] = output.prompt_logprobs
                 for c in output.outputs:
                     index = p * n + c.index
                     tokens[p] += len(c.token_ids)
                     text = c.text
-                    if index not in echoed:
+                    ids, positions = list(c.token_ids), list(c.logprobs or [])
+                    if index not in echoed:  # the prompt first, its logprobs with it (as vLLM)
                         echoed.add(index)
                         text = self._echo(request, output) + text
+                        if request.echo:
+                            echo_ids = list(output.prompt_token_ids or [])
+                            known = prompt_logprobs.get(p) or [None] * len(echo_ids)
+                            ids, positions = echo_ids + ids, list(known) + positions
                     logprobs = None
                     if request.logprobs is not None:
                         logprobs = completion_logprobs(
-                            list(c.token_ids), list(c.logprobs or []), request.logprobs,
-                            self._decode, offsets.get(index, 0),
-                        )  # fmt: skip
-                        offsets[index] = offsets.get(index, 0) + len(c.text)
+                            ids, positions, request.logprobs, self._decode, offsets.get(index, 0)
+                        )
+                        offsets[index] = offsets.get(index, 0) + len(text)
                     if not text and not c.finished() and not c.token_ids:
                         continue
                     choice = {
