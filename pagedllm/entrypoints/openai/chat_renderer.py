@@ -14,7 +14,7 @@ from typing import Any
 
 from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
 from pagedllm.inputs.template_sandbox import TemplateSandbox
-from pagedllm.inputs.tokenizer import Encoded, TextBounds, bounded_text, encode_bounded
+from pagedllm.inputs.tokenizer import Encoded, TextBounds, encode_bounded
 
 
 class ChatRenderer:
@@ -87,8 +87,6 @@ async def encode_off_loop(
 ) -> Encoded:
     """Tokenize on a worker thread (the tokenizers library releases the GIL meanwhile), the
     text bounded first (``tokenizer.encode_bounded``)."""
-    if len(text) > bounds.max_chars and not keep_tail:  # refused without a thread's time
-        bounded_text(text, bounds.max_chars, keep_tail)
     return await asyncio.to_thread(
         encode_bounded, tokenizer, text, add_special_tokens, bounds, keep_tail
     )
