@@ -228,16 +228,17 @@ class CompletionHandler:
                     index = p * n + c.index
                     tokens[p] += len(c.token_ids)
                     text = c.text
-                    ids, positions = list(c.token_ids), list(c.logprobs or [])
-                    if index not in echoed:  # the prompt first, its logprobs with it (as vLLM)
+                    first = index not in echoed
+                    if first:
                         echoed.add(index)
                         text = self._echo(request, output) + text
-                        if request.echo:
+                    logprobs = None
+                    if request.logprobs is not None:
+                        ids, positions = list(c.token_ids), list(c.logprobs or [])
+                        if first and request.echo:  # the prompt's with it (as vLLM)
                             echo_ids = list(output.prompt_token_ids or [])
                             known = prompt_logprobs.get(p) or [None] * len(echo_ids)
                             ids, positions = echo_ids + ids, list(known) + positions
-                    logprobs = None
-                    if request.logprobs is not None:
                         logprobs = completion_logprobs(
                             ids, positions, request.logprobs, self._decode, offsets.get(index, 0)
                         )
