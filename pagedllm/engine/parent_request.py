@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pagedllm.outputs import CompletionOutput
 from pagedllm.sampling_params import SEED_LIMIT, RequestOutputKind, SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.engine.logprobs_accumulator import LogprobsAccumulator
 
 
 def num_samples(params: SamplingParams) -> int:
@@ -26,9 +29,9 @@ class ParentRequest:
         self.final: dict[int, CompletionOutput] = {}
         self.num_generated = 0  # over all children, for stats
         self.max_generated = 0  # the longest child's, for stats
-        # The first sample's logprobs (a LogprobsAccumulator, set by the output processor):
-        # it alone computes the prompt's logprobs, for every sample's final output.
-        self.prompt_logprobs_source: Any = None
+        # The first sample's logprobs (set by the output processor): it alone computes the
+        # prompt's logprobs, for every sample's final output.
+        self.prompt_logprobs_source: LogprobsAccumulator | None = None
 
     @property
     def ranks_samples(self) -> bool:

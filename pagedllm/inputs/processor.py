@@ -265,12 +265,10 @@ class InputProcessor:
         return spec
 
 
-def _token_id(key: Any, field: str) -> int:
-    """A token id given as a key (JSON keys are strings): ValueError naming ``field`` for
-    what is not one (4,300 digits and more gave Python's own message)."""
-    if isinstance(key, str) and len(key) > 20:  # past any 64-bit id, zero-padded or not
+def _token_id(key: int | str, field: str) -> int:
+    """A token id given as a key: an int or its decimal string (``SamplingParams`` checks
+    that; JSON keys are strings). One of more than 20 characters is no 64-bit id, and past
+    4,300 digits ``int()`` raised Python's own message: refused naming ``field``."""
+    if isinstance(key, str) and len(key) > 20:
         raise ValueError(f"{field} keys must be token ids, got {key[:24]!r}...")
-    try:
-        return int(key)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field} keys must be token ids, got {key!r}.") from None
+    return int(key)
