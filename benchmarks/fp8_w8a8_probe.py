@@ -3,6 +3,8 @@ weights times FP8 activations on tensor cores, the activations quantized per row
 ``BLOCK_K`` slice inside the kernel, split-K sums finished by the strip's last program.
 
     python benchmarks/fp8_w8a8_probe.py --rows 1,4,16   # CUDA: µs and TB/s per layer
+    python benchmarks/fp8_w8a8_probe.py --rows 1 --wide  # a wider space: warps, 512-column
+                                                         # tiles, 32-row strips, split 16
 
 For each llama-3.1-8b linear layer and row count: the package's widening kernel
 (``fp8_weight_matmul``, what FP8 layers ran before), bfloat16 cuBLAS on the same shape, and
@@ -14,6 +16,7 @@ against the weight-only product, relative to its largest magnitude.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 from collections.abc import Callable
@@ -25,9 +28,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 CONFIGS = list(itertools.product((64, 128, 256), (128, 256), (4,), (3, 4), (1, 2, 4, 8)))
+# --wide: what the first sweeps left out (8 warps, 512-column K tiles, 32-row strips, split
+# 16). Tiles that need more shared memory than an SM has fail to launch and are skipped.
+WIDE_CONFIGS = list(itertools.product((32, 64, 128), (256, 512), (4, 8), (3, 4), (1, 4, 8, 16)))
 
 
-def probe(rows: list[int]) -> None:
+def probe(rows: list[int], configs: list[tuple[int, int, int, int, int]]) -> None:
     from fp8_gemm import SHAPES, cuda_us, fp8_layer
 
     from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
@@ -45,10 +51,13 @@ def probe(rows: list[int]) -> None:
             scale = layer.weight_scale
             base = rotated(cuda_us, lambda w: fp8_weight_matmul(x, w, scale), copies)  # noqa: B023
             bf16 = rotated(cuda_us, lambda w: F.linear(x, w), dense)  # noqa: B023
-            times = {
-                c: rotated(cuda_us, lambda w, c=c: w8a8_matmul(x, w, scale, None, c), copies)  # noqa: B023
-                for c in CONFIGS
-            }
+            times = {}
+            for c in configs:
+                call = functools.partial(w8a8_matmul, x, scale=scale, config=c)
+                try:
+                    times[c] = rotated(cuda_us, call, copies)
+                except Exception as exc:  # triton's OutOfResources: the tile does not fit
+                    print(f"skipped {c}: {type(exc).__name__}", file=sys.stderr)
             best = min(times, key=times.get)
             tuned = rotated(cuda_us, lambda w: w8a8_matmul(x, w, scale), copies)  # noqa: B023
             ref = fp8_weight_matmul(x, layer.weight, scale).float()
@@ -57,6 +66,12 @@ def probe(rows: list[int]) -> None:
             rate, chosen = n * k / times[best] / 1e6, config_for(n, k, m)
             print(f"| {name} | {m} | {base:.1f} | {bf16:.1f} | {times[best]:.1f} ({rate:.2f}), "
                   f"{best} | {tuned:.1f} {chosen} | {err:.3f} |", flush=True)  # fmt: skip
+            runners_up = sorted(times, key=times.get)[1:6]
+            print(
+                f"<!-- {name} {m} next: "
+                + ", ".join(f"{c} {times[c]:.1f}" for c in runners_up)
+                + " -->"
+            )
         copies.clear()
         dense.clear()
         torch.cuda.empty_cache()
@@ -75,8 +90,9 @@ def rotated(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,4,16")
+    parser.add_argument("--wide", action="store_true", help="sweep WIDE_CONFIGS instead")
     args = parser.parse_args()
-    probe([int(r) for r in args.rows.split(",")])
+    probe([int(r) for r in args.rows.split(",")], WIDE_CONFIGS if args.wide else CONFIGS)
 
 
 if __name__ == "__main__":
