@@ -1,0 +1,144 @@
+"""Whether a single stream's products gain from their weights prefetched into L2 while the
+kernels before them (norm, rotary, attention: ~10 µs a layer that read almost nothing from
+HBM) run. Issue 14's W3 and issue 18's W3: a one-row product of an 8B model's weights reads
+at 2-3.7 TB/s, the small ones (o_proj) slowest, and HBM idles through attention.
+
+    python benchmarks/l2_prefetch_probe.py   # CUDA (Hopper: cp.async.bulk.prefetch.L2)
+
+Each timed CUDA graph repeats, for eight weight copies in turn (so no copy is in L2 from the
+step before): [prefetch of the copy's first MB, or nothing] -> a spin kernel of ~W µs (the
+attention's window) -> the product on that copy. The saving is the difference between the
+two graphs' time per repetition; the prefetch kernel's own launch is counted in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+
+CHUNK = 1 << 16  # bytes per bulk prefetch instruction
+
+
+@triton.jit
+def _prefetch_kernel(base, nbytes, CHUNK: tl.constexpr, PER_PROGRAM: tl.constexpr):
+    """Each lane issues one bulk L2 prefetch of CHUNK bytes (fire and forget: the copy
+    engine fills L2, no register receives anything)."""
+    offs = (tl.program_id(0) * PER_PROGRAM + tl.arange(0, PER_PROGRAM)).to(tl.int64) * CHUNK
+    size = tl.minimum(nbytes - offs, CHUNK).to(tl.int32)
+    addr = base + offs  # base: the storage's address as an integer
+    size = tl.where(size > 0, size, 0)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; "
+        "mov.u32 $0, 0; }",
+        "=r,l,r",
+        [addr, size],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+def prefetch_l2(t: torch.Tensor, nbytes: int) -> None:
+    """Prefetch the first ``nbytes`` of ``t``'s storage into L2."""
+    nbytes = min(nbytes, t.numel() * t.element_size()) // 16 * 16
+    per_program = 32
+    programs = triton.cdiv(triton.cdiv(nbytes, CHUNK), per_program)
+    _prefetch_kernel[(programs,)](
+        t.data_ptr(), nbytes, CHUNK=CHUNK, PER_PROGRAM=per_program, num_warps=1
+    )
+
+
+def graph_us(body: Callable[[int], None], copies: int, reps: int = 20) -> float:
+    """µs per ``body(i)`` replayed from a CUDA graph of ``copies`` bodies."""
+    for i in range(copies):
+        body(i)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(copies):
+                body(i)
+    torch.cuda.synchronize()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (reps * copies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window-us", default="0,4,8,12")
+    parser.add_argument("--prefetch-mb", default="8,16,32")
+    args = parser.parse_args()
+    from fp8_gemm import SHAPES, fp8_layer
+
+    from pagedllm.kernels.fp8_w8a8_matmul import small_batch_gated_matmul, small_batch_matmul
+    from pagedllm.kernels.gemv import dense_linear
+
+    # A spin of c cycles: calibrate µs per cycle on this device.
+    spin = 100_000
+    cycles_us = graph_us(lambda i: torch.cuda._sleep(spin), 8) / spin
+    print(f"spin: {cycles_us * 1e3:.3f} ns a cycle")
+    print("| product | window µs | prefetch MB | without µs | with µs | saved µs |")
+    print("|---|---|---|---|---|---|")
+    for name, (n, k) in SHAPES.items():
+        layer = fp8_layer(n, k)
+        fp8 = [layer.weight.clone() for _ in range(8)]
+        bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(8)]
+        gated = name == "down"
+        x = torch.randn(1, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
+        scale = layer.weight_scale
+        if gated:
+            products = {
+                "fp8": lambda i: small_batch_gated_matmul(x, fp8[i], scale),  # noqa: B023
+                "bf16": lambda i: dense_linear(x, bf16[i], None, gated=True),  # noqa: B023
+            }
+        else:
+            products = {
+                "fp8": lambda i: small_batch_matmul(x, fp8[i], scale),  # noqa: B023
+                "bf16": lambda i: dense_linear(x, bf16[i], None),  # noqa: B023
+            }
+        for (kind, product), window in itertools.product(
+            products.items(), [float(w) for w in args.window_us.split(",")]
+        ):
+            weights = fp8 if kind == "fp8" else bf16
+            cycles = int(window / cycles_us)
+
+            def plain(i: int, product=product, cycles=cycles) -> None:
+                if cycles:
+                    torch.cuda._sleep(cycles)
+                product(i)
+
+            base = graph_us(plain, 8)
+            for mb in [int(m) for m in args.prefetch_mb.split(",")]:
+
+                def ahead(i: int, product=product, cycles=cycles, mb=mb, weights=weights) -> None:
+                    prefetch_l2(weights[i], mb << 20)
+                    if cycles:
+                        torch.cuda._sleep(cycles)
+                    product(i)
+
+                with_prefetch = graph_us(ahead, 8)
+                print(f"| {name} {kind} | {window:.0f} | {mb} | {base:.1f} | {with_prefetch:.1f} "
+                      f"| {base - with_prefetch:.1f} |", flush=True)  # fmt: skip
+        fp8.clear()
+        bf16.clear()
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
