@@ -40,7 +40,7 @@ from pagedllm.kernels.fused_ops import load_gated
 
 # $1: four e4m3 weights (k0 in the low byte); $2, $3: float16 pairs (k0, k1), (k2, k3), the
 # lower k in the low half. $0: w0 x0 + w1 x1 + w2 x2 + w3 x3 in float32.
-DOT4 = """{
+DOT4 = tl.constexpr("""{
 .reg .b16 wlo, whi, slo, shi;
 .reg .b32 w01, w23, p;
 mov.b32 {wlo, whi}, $1;
@@ -51,7 +51,7 @@ fma.rn.f16x2 p, w23, $3, p;
 mov.b32 {slo, shi}, p;
 add.rn.f16 slo, slo, shi;
 cvt.f32.f16 $0, slo;
-}"""
+}""")
 X_MAX = tl.constexpr(32.0)  # a slice's largest activation after its power-of-two scale
 
 
