@@ -10,6 +10,7 @@ import triton
 
 from pagedllm import SamplingParams
 from pagedllm.attention.torch_backend import write_kv_torch
+from pagedllm.kernels.fp8_packed_gemv import packed_gemv
 from pagedllm.kernels.fp8_quant import quantize_rows
 from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
 from pagedllm.kernels.fp8_w8a8_matmul import small_batch_matmul as w8a8_small_batch_matmul
@@ -199,6 +200,32 @@ def test_w8a8_gated_is_the_unfused_activation_then_the_product(rows, n, k):
         want = layer(silu_and_mul(x)).float()
         got = layer.gated(x).float()
         assert ((got - want).norm() / want.norm()).item() < 2e-3
+
+
+@needs_fp8
+@pytest.mark.parametrize(("n", "k"), [(64, 256), (100, 192), (6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gated", [False, True])
+def test_packed_gemv_is_the_float32_product(n, k, dtype, gated):
+    """The packed PTX (e4m3 pairs to float16, packed products, one float32 sum per four
+    weights) against the float32 product of the same weights, with an activation that would
+    overflow float16 without its slice's scale, a bias, the fused activation, and replayed
+    from a CUDA graph."""
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    q, scale = quantize_weight(torch.randn(n, k, generator=gen, device="cuda") * 0.05)
+    x = (torch.randn(1, 2 * k if gated else k, generator=gen, device="cuda") * 4).to(dtype)
+    x[0, 5] = 900.0
+    bias = torch.randn(n, generator=gen, device="cuda").to(dtype)
+    inner = silu_and_mul(x) if gated else x
+    want = (inner.float() @ (q.float() * scale[:, None]).t() + bias.float()).double()
+    tolerance = 2e-3 if dtype == torch.float16 else 8e-3  # the output's rounding
+    got = packed_gemv(x, q, scale, bias, gated).double()
+    assert ((got - want).norm() / want.norm()).item() < tolerance
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = packed_gemv(x, q, scale, bias, gated)
+    graph.replay()
+    assert torch.equal(out, got.to(dtype))
 
 
 @needs_fp8
