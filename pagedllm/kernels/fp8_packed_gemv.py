@@ -53,8 +53,6 @@ X_MAX = tl.constexpr(32.0)  # a slice's largest activation after its power-of-tw
 # K tiles tried largest first; K must be a multiple of one of them.
 BLOCK_KS = (2048, 1024, 512, 256, 128, 64)
 LONG_K = 8192
-# The fused norm holds the whole row in registers (32 values a thread at 4,096 and 4 warps).
-MAX_NORM_K = 16384
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -103,33 +101,19 @@ def f16_pairs(x, BLOCK_K: tl.constexpr):
 @triton.jit
 def _packed_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K,
-    res_ptr, nw_ptr, res_out_ptr, eps,  # NORM only
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
-    NORM: tl.constexpr, HAS_RES: tl.constexpr, NORM_BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
-    """NORM: the product's input is RMSNorm(x + residual) (HAS_RES; RMSNorm(x) without),
-    computed here from the whole row (each program sums its squares: K values from L2) and
-    each slice as it is loaded, rounded where the norm kernel rounds; program 0 stores
-    x + residual, the next residual. Every program reads x and the residual and only
-    program 0 writes, to a third tensor: no program sees another's writes."""
     await_inputs(PDL)
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * (K // 4) + tl.arange(0, BLOCK_K // 4)[None, :]
-    inv = 1.0
-    if NORM:
-        inv = _row_rms_inverse(x_ptr, res_ptr, res_out_ptr, K, eps, pid == 0, HAS_RES,
-                               NORM_BLOCK)  # fmt: skip
     acc = tl.zeros([BLOCK_N], tl.float32)
     for k in range(0, K, BLOCK_K):  # K % BLOCK_K == 0: no K masks
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
         if GATED:
             xf = load_gated(x_ptr + k + rk, rk < BLOCK_K, K).to(tl.float32)
-        elif NORM:
-            xf = _normed(x_ptr + k + rk, res_ptr + k + rk, nw_ptr + k + rk, inv, HAS_RES)
         else:
             xf = tl.load(x_ptr + k + rk).to(tl.float32)
         amax = tl.max(tl.abs(xf), axis=0)
@@ -141,40 +125,6 @@ def _packed_gemv_kernel(
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _summed(x_ptrs, res_ptrs, mask, HAS_RES: tl.constexpr):
-    """x + residual in float32, rounded to x's dtype as the residual stream keeps it."""
-    h = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        h += tl.load(res_ptrs, mask=mask, other=0.0).to(tl.float32)
-        h = h.to(x_ptrs.dtype.element_ty).to(tl.float32)
-    return h
-
-
-@triton.jit
-def _row_rms_inverse(x_ptr, res_ptr, res_out_ptr, K, eps, STORE, HAS_RES: tl.constexpr,
-                     NORM_BLOCK: tl.constexpr):  # fmt: skip
-    """1 / sqrt(mean((x + residual)^2) + eps) over the row; with STORE, x + residual is
-    written to res_out (the next residual)."""
-    cols = tl.arange(0, NORM_BLOCK)
-    ok = cols < K
-    h = _summed(x_ptr + cols, res_ptr + cols, ok, HAS_RES)
-    if HAS_RES:  # noqa: SIM102 - a constexpr and a tensor: Triton takes no `and` of them
-        if STORE:
-            tl.store(res_out_ptr + cols, h.to(res_out_ptr.dtype.element_ty), mask=ok)
-    return tl.rsqrt(tl.sum(h * h, axis=0) / K + eps)
-
-
-@triton.jit
-def _normed(x_ptrs, res_ptrs, nw_ptrs, inv, HAS_RES: tl.constexpr):
-    """A slice of RMSNorm(x + residual), rounded to x's dtype as the norm kernel stores it."""
-    h = tl.load(x_ptrs).to(tl.float32)  # a whole slice: K % BLOCK_K == 0
-    if HAS_RES:
-        h = (h + tl.load(res_ptrs).to(tl.float32)).to(x_ptrs.dtype.element_ty).to(tl.float32)
-    out = h * inv * tl.load(nw_ptrs).to(tl.float32)
-    return out.to(x_ptrs.dtype.element_ty).to(tl.float32)
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> bool:
@@ -212,76 +162,13 @@ def packed_gemv(
     if k % block_k:
         raise ValueError(f"packed_gemv: BLOCK_K {block_k} does not divide K {k}")
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    _launch(x, weight, scale, bias, y, (block_n, block_k, warps, stages), gated=gated)
-    return y
-
-
-def supported_normed(
-    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, weight: torch.Tensor
-) -> bool:
-    """Whether ``packed_normed_gemv`` takes these: ``supported`` and a row of at most
-    MAX_NORM_K values, residual (if any) and norm weight of x's shape and dtype, contiguous."""
-    k = weight.shape[1]
-    return (
-        supported(x, weight)
-        and k <= MAX_NORM_K
-        and x.is_contiguous()
-        and norm_weight.shape == (k,)
-        and norm_weight.is_contiguous()
-        and (residual is None or _same_row(residual, x))
-    )
-
-
-def _same_row(residual: torch.Tensor, x: torch.Tensor) -> bool:
-    return residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous()
-
-
-def packed_normed_gemv(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``packed_gemv(RMSNorm(x + residual), ...)`` and ``x + residual`` (the next residual;
-    x itself without a residual), in one kernel: the norm kernel before a single stream's
-    qkv and gate_up products drops out (``supported_normed``)."""
-    if not supported_normed(x, residual, norm_weight, weight):
-        raise ValueError(f"packed_normed_gemv: x {x.dtype} {tuple(x.shape)}, residual "
-                         f"{None if residual is None else tuple(residual.shape)}, norm weight "
-                         f"{tuple(norm_weight.shape)}, weight {weight.dtype} "
-                         f"{tuple(weight.shape)}")  # fmt: skip
-    n, k = weight.shape
-    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    summed = torch.empty_like(x) if residual is not None else x
-    norm = (residual, norm_weight, summed, eps)
-    _launch(x, weight, scale, bias, y, config_for(n, k), norm=norm)
-    return y, summed
-
-
-def _launch(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    y: torch.Tensor,
-    config: tuple[int, int, int, int],
-    gated: bool = False,
-    norm: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, float] | None = None,
-) -> None:
-    n, k = weight.shape
-    block_n, block_k, warps, stages = config
-    residual, norm_weight, summed, eps = norm or (None, scale, y, 0.0)
     _packed_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight.view(torch.int32), scale, bias if bias is not None else scale, y, n, k,
-        residual if residual is not None else x, norm_weight, summed, eps,
-        HAS_BIAS=bias is not None, GATED=gated, NORM=norm is not None,
-        HAS_RES=residual is not None, NORM_BLOCK=triton.next_power_of_2(k) if norm else 1,
-        BLOCK_N=block_n, BLOCK_K=block_k, INTERPRETED=_INTERPRETED, num_warps=warps,
-        num_stages=stages, **dependent_launch.launch_args(x.device),
+        HAS_BIAS=bias is not None, GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k,
+        INTERPRETED=_INTERPRETED, num_warps=warps, num_stages=stages,
+        **dependent_launch.launch_args(x.device),
     )  # fmt: skip
+    return y
 
 
 def config_for(n: int, k: int) -> tuple[int, int, int, int]:

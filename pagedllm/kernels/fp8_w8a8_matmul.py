@@ -246,26 +246,6 @@ def small_batch_gated_matmul(
     return small_batch_matmul(fused_ops.silu_and_mul(gate_up), weight, scale, bias)
 
 
-def small_batch_normed_matmul(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm_weight: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``small_batch_matmul(RMSNorm(x + residual), ...)`` and ``x + residual`` (x without a
-    residual): one kernel for one row where the packed GEMV takes it (a single stream's qkv
-    and gate_up products: the norm kernel before each drops out), the norm kernel then the
-    product otherwise."""
-    if fp8_packed_gemv.supported_normed(x, residual, norm_weight, weight):
-        return fp8_packed_gemv.packed_normed_gemv(x, residual, norm_weight, eps, weight, scale,
-                                                  bias)  # fmt: skip
-    normed, summed = fused_ops.rms_norm(x, norm_weight, eps, residual)
-    return small_batch_matmul(normed, weight, scale, bias), (x if summed is None else summed)
-
-
 def strip_counters(device: torch.device, strips: int) -> torch.Tensor:
     """The device's split-K counters, zero between calls, allocated and zeroed on the first
     eager call. Not inside a CUDA graph's capture: there the zeroing would only be recorded,

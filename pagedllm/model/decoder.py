@@ -182,18 +182,12 @@ class Attention(nn.Module):
         self.norm_eps = spec.rms_norm_eps
         self._stacked_norms: torch.Tensor | None = None
 
-    def forward(
-        self, x: torch.Tensor, ctx: ForwardContext, norm: RMSNorm, residual: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention over ``norm(x + residual)``; returns its output and ``x + residual``
-        (the next residual; x itself without one). The norm goes with the qkv projection,
-        which may compute both in one kernel (``Linear.normed``)."""
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         num_tokens = x.shape[0]
         heads, kv_heads = self.num_heads, self.num_kv_heads
         # [tokens, heads + 2 * kv_heads, head_dim]: q heads, then k heads, then v heads. A view
         # whatever the projection's output layout (splitting one dimension never copies).
-        qkv, residual = self.qkv_proj.normed(x, residual, norm)
-        qkv = qkv.view(num_tokens, heads + 2 * kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x).view(num_tokens, heads + 2 * kv_heads, self.head_dim)
         q, k = self.ops.rope_qk(
             qkv, heads, kv_heads, ctx.rotary_rows, self._qk_norm_weights(), self.norm_eps
         )
@@ -209,7 +203,7 @@ class Attention(nn.Module):
         out = self.o_proj(out.reshape(num_tokens, -1))
         if self.tp_group is not None:
             out = all_reduce(out, self.tp_group)
-        return out, residual
+        return out
 
     def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor) -> None:
         amax = torch.stack([k.abs().amax(), v.abs().amax()]).float()
@@ -261,15 +255,11 @@ class MLP(nn.Module):
         )
         self.tp_group = tp.tp_group if tp is not None else None
 
-    def forward(
-        self, x: torch.Tensor, norm: RMSNorm, residual: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLP of ``norm(x + residual)`` and ``x + residual`` (see ``Attention``)."""
-        gate_up, residual = self.gate_up_proj.normed(x, residual, norm)
-        out = self.down_proj.gated(gate_up)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.down_proj.gated(self.gate_up_proj(x))
         if self.tp_group is not None:
             out = all_reduce(out, self.tp_group)
-        return out, residual
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -291,8 +281,13 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, residual = self.self_attn(x, ctx, self.input_layernorm, residual)
-        return self.mlp(x, self.post_attention_layernorm, residual)
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm.forward_residual(x, residual)
+        x = self.self_attn(x, ctx)
+        x, residual = self.post_attention_layernorm.forward_residual(x, residual)
+        return self.mlp(x), residual
 
 
 class MissingLayer(nn.Module):

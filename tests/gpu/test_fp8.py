@@ -10,12 +10,12 @@ import triton
 
 from pagedllm import SamplingParams
 from pagedllm.attention.torch_backend import write_kv_torch
-from pagedllm.kernels.fp8_packed_gemv import packed_gemv, packed_normed_gemv
+from pagedllm.kernels.fp8_packed_gemv import packed_gemv
 from pagedllm.kernels.fp8_quant import quantize_rows
 from pagedllm.kernels.fp8_w8a8_matmul import config_for, w8a8_matmul
 from pagedllm.kernels.fp8_w8a8_matmul import small_batch_matmul as w8a8_small_batch_matmul
 from pagedllm.kernels.fp8_weight_matmul import FP8_GEMM_ROWS, MAX_ROWS, fp8_weight_matmul
-from pagedllm.kernels.fused_ops import rms_norm, silu_and_mul, write_kv
+from pagedllm.kernels.fused_ops import silu_and_mul, write_kv
 from pagedllm.model.layers.device_ops import device_ops
 from pagedllm.model.layers.fp8 import (
     quantize_rows_reference,
@@ -226,31 +226,6 @@ def test_packed_gemv_is_the_float32_product(n, k, dtype, gated):
         out = packed_gemv(x, q, scale, bias, gated)
     graph.replay()
     assert torch.equal(out, got.to(dtype))
-
-
-@needs_fp8
-@pytest.mark.parametrize("k", [192, 4096])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_packed_normed_gemv_is_the_norm_kernel_then_the_product(k, dtype, with_residual):
-    """RMSNorm inside the packed product: the norm kernel's values (the rms' last bit at
-    most), the next residual bit for bit, and replayed from a CUDA graph."""
-    gen = torch.Generator(device="cuda").manual_seed(k)
-    q, scale = quantize_weight(torch.randn(96, k, generator=gen, device="cuda") * 0.05)
-    x = torch.randn(1, k, generator=gen, device="cuda").to(dtype)
-    residual = (torch.randn(1, k, generator=gen, device="cuda") * 8).to(dtype)
-    residual = residual if with_residual else None
-    norm_weight = torch.rand(k, generator=gen, device="cuda").to(dtype) + 0.5
-    normed, summed = rms_norm(x, norm_weight, 1e-5, residual)
-    want = packed_gemv(normed, q, scale).double()
-    y, next_residual = packed_normed_gemv(x, residual, norm_weight, 1e-5, q, scale)
-    assert ((y.double() - want).norm() / want.norm()).item() < 2e-3
-    assert torch.equal(next_residual, summed if with_residual else x)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out, _ = packed_normed_gemv(x, residual, norm_weight, 1e-5, q, scale)
-    graph.replay()
-    assert torch.equal(out, y)
 
 
 @needs_fp8

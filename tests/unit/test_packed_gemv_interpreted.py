@@ -1,10 +1,10 @@
 """The packed FP8 GEMV (``kernels/fp8_packed_gemv.py``) on the CPU, under Triton's
 interpreter in a subprocess: its float16 pairs, each K slice's power-of-two scale (an
 outlier activation that would overflow float16 unscaled), bias, the gated input, ragged
-column strips, every K tile, RMSNorm(x + residual) computed inside; the small-batch products
-route one row to it; what it does not take is refused by name. The interpreter runs no PTX:
-the kernel's interpreted path takes the same steps with each rounded to float16 as the
-packed instructions round them (tests/gpu/test_fp8.py runs the PTX)."""
+column strips, every K tile; the small-batch products route one row to it; what it does not
+take is refused by name. The interpreter runs no PTX: the kernel's interpreted path takes
+the same steps with each rounded to float16 as the packed instructions round them
+(tests/gpu/test_fp8.py runs the PTX)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ CHECK = textwrap.dedent(
     """
     import torch
     from pagedllm.kernels import fp8_packed_gemv, fp8_w8a8_matmul
-    from pagedllm.kernels.fp8_packed_gemv import config_for, packed_gemv, packed_normed_gemv
-    from pagedllm.kernels.fused_ops import rms_norm, silu_and_mul
+    from pagedllm.kernels.fp8_packed_gemv import config_for, packed_gemv
+    from pagedllm.kernels.fused_ops import silu_and_mul
     from pagedllm.model.layers.fp8 import quantize_weight
     from tests.unit.interpreted import assert_refused
 
@@ -54,44 +54,6 @@ CHECK = textwrap.dedent(
         else:
             routed = fp8_w8a8_matmul.small_batch_matmul(x, q, scale, bias)
         assert torch.equal(routed, packed_gemv(x, q, scale, bias, gated)), (n, k, gated)
-
-    # RMSNorm(x + residual) inside the product: the norm kernel's values, then the product
-    for n, k, dtype, with_residual in [(40, 512, torch.float16, True),
-                                       (24, 1024, torch.bfloat16, True),
-                                       (36, 192, torch.float16, False)]:  # fmt: skip
-        q, scale = quantize_weight(torch.randn(n, k, generator=gen))
-        x = torch.randn(1, k, generator=gen).to(dtype)
-        residual = (torch.randn(1, k, generator=gen) * 8).to(dtype) if with_residual else None
-        norm_weight = torch.rand(k, generator=gen).to(dtype) + 0.5
-        bias = torch.randn(n, generator=gen).to(dtype)
-        normed, summed = rms_norm(x, norm_weight, 1e-5, residual)
-        y, next_residual = packed_normed_gemv(x, residual, norm_weight, 1e-5, q, scale, bias)
-        want = packed_gemv(normed, q, scale, bias).double()
-        error = ((y.double() - want).norm() / want.norm()).item()
-        assert error < 2e-3, (n, k, dtype, with_residual, error)  # the rms' last bit at most
-        if with_residual:
-            assert torch.equal(next_residual, summed)
-        else:
-            assert next_residual is x
-        # the small-batch product takes it for one row, the norm kernel first for more
-        routed = fp8_w8a8_matmul.small_batch_normed_matmul(
-            x, residual, norm_weight, 1e-5, q, scale, bias
-        )
-        assert torch.equal(routed[0], y) and torch.equal(routed[1], next_residual)
-        two = torch.cat([x, x])
-        res2 = None if residual is None else torch.cat([residual, residual])
-        y2, summed2 = fp8_w8a8_matmul.small_batch_normed_matmul(
-            two, res2, norm_weight, 1e-5, q, scale, bias
-        )
-        normed2, _ = rms_norm(two, norm_weight, 1e-5, res2)
-        assert torch.equal(y2, fp8_w8a8_matmul.small_batch_matmul(normed2, q, scale, bias))
-        assert torch.equal(summed2, two if res2 is None else torch.cat([summed, summed]))
-    q, scale = quantize_weight(torch.randn(16, 128, generator=gen))
-    x = torch.randn(1, 128).half()
-    assert_refused(
-        lambda: packed_normed_gemv(x, torch.randn(1, 128), torch.ones(128).half(), 1e-5, q, scale),
-        "residual",
-    )
 
     assert config_for(6144, 4096) == (4, 2048, 4, 3)  # taller than wide: narrow strips
     assert config_for(4096, 14336) == (16, 2048, 4, 3)  # long K

@@ -24,9 +24,6 @@ def cuda_ops(device: torch.device) -> DeviceOps:
         activation_small_batch_gated_matmul=(
             fp8_w8a8_matmul.small_batch_gated_matmul if tensor_cores else None
         ),
-        activation_small_batch_normed_matmul=(
-            fp8_w8a8_matmul.small_batch_normed_matmul if tensor_cores else None
-        ),
         max_rows=fp8_weight_matmul.MAX_ROWS,
         gemm_rows=fp8_weight_matmul.FP8_GEMM_ROWS,
         tensor_cores=tensor_cores,

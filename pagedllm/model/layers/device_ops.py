@@ -34,9 +34,6 @@ class Fp8Kernels:
     # ... taking [gate | up] rows, silu(gate) * up applied first (the MLP's down projection:
     # inside the kernel's loads for one row); None where activation_small_batch_matmul is
     activation_small_batch_gated_matmul: Callable[..., torch.Tensor] | None
-    # ... taking the norm's input (x, residual or None, norm weight, eps, ...) -> (product,
-    # next residual): RMSNorm inside the product for one row; None where the others are
-    activation_small_batch_normed_matmul: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None
     max_rows: int  # rows the small-batch kernel serves without FP8 tensor cores
     gemm_rows: int  # ... and with them (more rows go to torch._scaled_mm)
     tensor_cores: bool  # FP8 tensor cores: compute capability 8.9+ (Ada, Hopper, later)

@@ -44,7 +44,6 @@ from pagedllm.quantization import Fp8Scheme, QuantConfig
 
 if TYPE_CHECKING:
     from pagedllm.model.layers.device_ops import DeviceOps
-    from pagedllm.model.layers.norm import RMSNorm
 
 logger = init_logger(__name__)
 
@@ -79,10 +78,6 @@ class Fp8Linear(Linear):
         self.small_batch_matmul: Callable[..., torch.Tensor] | None = None
         # The same product taking [gate | up] rows, the activation applied inside (``gated``)
         self.small_batch_gated_matmul: Callable[..., torch.Tensor] | None = None
-        # ... taking the norm's input, RMSNorm applied inside (``normed``)
-        self.small_batch_normed_matmul: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = (
-            None
-        )
 
     def make_weight(self, out_features: int, in_features: int, dtype: torch.dtype) -> nn.Parameter:
         return nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE), False)
@@ -103,15 +98,6 @@ class Fp8Linear(Linear):
         if self.small_batch_gated_matmul is not None and self._small_batch(gate_up):
             return self.small_batch_gated_matmul(gate_up, self.weight, self.weight_scale, self.bias)
         return self(self.ops.silu_and_mul(gate_up))  # not ops.gated_linear: FP8 weights
-
-    def normed(
-        self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.small_batch_normed_matmul is not None and self._small_batch(x):
-            return self.small_batch_normed_matmul(
-                x, residual, norm.weight, norm.eps, self.weight, self.weight_scale, self.bias
-            )
-        return super().normed(x, residual, norm)
 
     def _small_batch(self, x: torch.Tensor) -> bool:
         """Whether the small-batch kernel takes x: [M, K] rows, few enough, unit stride."""
@@ -227,7 +213,6 @@ class Fp8Linear(Linear):
                 # computes: it keeps the widening kernel.
                 self.small_batch_matmul = kernels.activation_small_batch_matmul
                 self.small_batch_gated_matmul = kernels.activation_small_batch_gated_matmul
-                self.small_batch_normed_matmul = kernels.activation_small_batch_normed_matmul
 
     def extra_repr(self) -> str:
         return (

@@ -16,7 +16,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pagedllm.model.layers.device_ops import DeviceOps
-    from pagedllm.model.layers.norm import RMSNorm
 
 # (in_features, out_features, bias, output_sizes, checkpoint module names) -> a layer
 LinearMaker = Callable[[int, int, bool, "list[int] | None", Sequence[str]], "Linear"]
@@ -57,17 +56,6 @@ class Linear(nn.Module):
         """``self(silu(gate) * up)`` for gate_up [..., 2 * in_features], gate first (the
         MLP's down projection), by the device's ``gated_linear``, which may fuse the two."""
         return self.ops.gated_linear(gate_up, self.weight, self.bias)
-
-    def normed(
-        self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``self(norm(x + residual))`` and ``x + residual`` (the next residual; without a
-        residual, ``self(norm(x))`` and x): a decoder layer's normed input and projection,
-        which a layer may compute in one kernel (``Fp8Linear``)."""
-        if residual is None:
-            return self(norm(x)), x
-        normed, summed = norm.forward_residual(x, residual)
-        return self(normed), summed
 
     # -- loading -------------------------------------------------------------------------
 
