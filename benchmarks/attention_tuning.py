@@ -2,7 +2,7 @@
 batches (GPU); prints achieved KV bandwidth per configuration.
 
     python benchmarks/attention_tuning.py [--mixed [--default-only] | --layout | --single |
-        --w1-segments]
+        --w1-segments | --w1-order]
 """
 
 from __future__ import annotations
@@ -47,15 +47,19 @@ def batch(num_reqs, ctx, query_len, heads, kv_heads, dim=128, block_size=16, see
     return q, kv, table, seq, qsl, kv_bytes
 
 
-def w1_batch(cache_blocks: int = 0, scatter: bool = False, hnd: bool = False, seed: int = 0):
+def w1_batch(cache_blocks: int = 0, scatter: bool = False, hnd: bool = False, seed: int = 0,
+             order: str = "given"):  # fmt: skip
     """A W1 decode step (qwen3-0.6b: 16 query heads, 8 KV heads of 128; 256 requests with
     U[100, 1024] prompts and ~120 generated tokens) over a cache of ``cache_blocks`` blocks
     (W1's real cache: ~56k a layer), its blocks taken in ascending order (as the block pool
     hands them out) or scattered over the whole cache; ``hnd``: each block stored head-major
     ([block, head, token, dim]), seen through strides in the kernel's [block, token, head,
-    dim] order."""
+    dim] order. ``order``: the requests as drawn ("given"), or longest first ("longest")
+    or last ("shortest"): program i serves request i, so this is the programs' start order."""
     rng = random.Random(seed)
     lens = [rng.randint(100, 1024) + 120 for _ in range(256)]
+    if order != "given":
+        lens.sort(reverse=order == "longest")
     need = [-(-n // 16) for n in lens]
     blocks = max(cache_blocks, sum(need) + 1)
     shape = (2, blocks, 8, 16, 128) if hnd else (2, blocks, 16, 8, 128)
@@ -164,6 +168,13 @@ def main() -> None:
         ]  # fmt: skip
         w1 = w1_batch(56_000)
         cases = {f"W1 decode, 56k-block cache, {s} segment(s)": (w1, 1, s) for s in (1, 2, 4)}
+    if "--w1-order" in sys.argv:  # W1's decode step by the programs' start order: whether
+        # starting the longest sequences first shortens the step's tail (its last programs)
+        configs = [DECODE_CONFIG]
+        cases = {
+            f"W1 decode, 56k-block cache, requests {order}": (w1_batch(56_000, order=order), 1, 1)
+            for order in ("given", "longest", "shortest")
+        }
     if "--layout" in sys.argv:  # W1's decode step: cache size, block order, block layout
         configs = [DECODE_CONFIG]
         cases = {
