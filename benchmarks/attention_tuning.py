@@ -171,9 +171,10 @@ def main() -> None:
     if "--w1-order" in sys.argv:  # W1's decode step by the programs' start order: whether
         # starting the longest sequences first shortens the step's tail (its last programs)
         configs = [DECODE_CONFIG]
+        orders = {"given": "as drawn", "longest": "longest first", "shortest": "shortest first"}
         cases = {
-            f"W1 decode, 56k-block cache, requests {order}": (w1_batch(56_000, order=order), 1, 1)
-            for order in ("given", "longest", "shortest")
+            f"W1 decode, 56k-block cache, requests {label}": (w1_batch(56_000, order=order), 1, 1)
+            for order, label in orders.items()
         }
     if "--layout" in sys.argv:  # W1's decode step: cache size, block order, block layout
         configs = [DECODE_CONFIG]
