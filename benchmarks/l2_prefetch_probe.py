@@ -112,25 +112,13 @@ def prefetch_l2(t: torch.Tensor, nbytes: int) -> None:
     )
 
 
-def graph_us(body: Callable[[int], None], copies: int, reps: int = 20) -> float:
-    """µs per ``body(i)`` replayed from a CUDA graph of ``copies`` bodies."""
-    for i in range(copies):
-        body(i)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(copies):
-                body(i)
-    torch.cuda.synchronize()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * copies)
+def graph_us(body: Callable[[int], None], copies: int) -> float:
+    """µs per ``body(i)`` replayed from a CUDA graph (``fp8_gemm.cuda_us``), call j of the
+    graph taking copy j mod ``copies``."""
+    from fp8_gemm import cuda_us
+
+    turn = itertools.count()
+    return cuda_us(lambda: body(next(turn) % copies), 20)
 
 
 def main() -> None:
