@@ -129,7 +129,8 @@ def _packed_gemv_kernel(
 
 def supported(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> bool:
     """Whether ``packed_gemv`` takes x and weight: one row, unit column stride, an e4m3
-    weight whose K a tile divides, x [1, K] (gated: [1, 2K])."""
+    weight whose K a tile divides, starting on a 4-byte boundary (it is read as int32),
+    x [1, K] (gated: [1, 2K])."""
     k = weight.shape[1]
     return (
         x.dim() == 2
@@ -139,6 +140,7 @@ def supported(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> boo
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.dtype == torch.float8_e4m3fn
         and weight.is_contiguous()
+        and weight.storage_offset() % 4 == 0
         and k % BLOCK_KS[-1] == 0
     )
 

@@ -61,6 +61,10 @@ CHECK = textwrap.dedent(
     q, scale = quantize_weight(torch.randn(16, 100, generator=gen))
     x = torch.randn(1, 100).half()
     assert not fp8_packed_gemv.supported(x, q)  # no tile divides K = 100
+    flat = quantize_weight(torch.randn(1, 16 * 128 + 1, generator=gen))[0].view(-1)
+    shifted = flat[1:].view(16, 128)  # contiguous, but not on a 4-byte boundary
+    assert not fp8_packed_gemv.supported(torch.randn(1, 128).half(), shifted)
+    assert fp8_packed_gemv.supported(torch.randn(1, 128).half(), flat[:-1].view(16, 128))
     assert_refused(lambda: packed_gemv(x, q, scale), "packed_gemv")
     q, scale = quantize_weight(torch.randn(16, 128, generator=gen))
     assert_refused(lambda: packed_gemv(torch.randn(2, 128).half(), q, scale), "packed_gemv")
