@@ -1,6 +1,8 @@
 """Tiles for the packed FP8 GEMV (``pagedllm/kernels/fp8_packed_gemv.py``: one row times e4m3
-weights on packed float16 instructions; its docstring says why), against the package's
-other one-row FP8 products and the 16-bit GEMV on bfloat16 weights of the same shapes.
+weights on packed float16 instructions; its docstring says why), against the other kernels a
+one-row FP8 product could take (the W8A8 kernel's one-row path; the widening GEMV, which
+static and weight-only schemes use) and the 16-bit GEMV on bfloat16 weights of the same
+shapes.
 
     python benchmarks/fp8_gemv_packed_probe.py   # CUDA, compute capability 8.9+
 
@@ -33,13 +35,16 @@ def main() -> None:
     from fp8_gemm import SHAPES, cuda_us, fp8_layer
     from fp8_w8a8_probe import rotated
 
-    from pagedllm.kernels.fp8_w8a8_matmul import small_batch_gated_matmul, small_batch_matmul
+    from pagedllm.kernels.fp8_packed_gemv import config_for
+    from pagedllm.kernels.fp8_w8a8_matmul import w8a8_matmul
+    from pagedllm.kernels.fp8_weight_matmul import fp8_weight_matmul
     from pagedllm.kernels.fused_ops import silu_and_mul
     from pagedllm.kernels.gemv import dense_linear
 
-    print("| layer | package's FP8 product µs | bf16 GEMV µs | packed µs (TB/s), best config "
-          "| packed rel err | package's rel err |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print("| layer | W8A8 one-row µs | widening µs (down: activation kernel first) "
+          "| bf16 GEMV µs | packed µs (TB/s), best config | packed, tuned tiles µs "
+          "| rel err: packed / W8A8 / widening |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, (n, k) in SHAPES.items():
         layer = fp8_layer(n, k)
         copies = [layer.weight.clone() for _ in range(8)]
@@ -50,11 +55,12 @@ def main() -> None:
         x[0, 7] = 300.0  # an outlier: the slice's scale must keep float16 in range
         inner = silu_and_mul(x) if gated else x
         ref = inner.float() @ (layer.weight.float() * scale[:, None]).t()
-        if gated:
-            package = functools.partial(small_batch_gated_matmul, x, scale=scale)
-        else:
-            package = functools.partial(small_batch_matmul, x, scale=scale)
-        base = rotated(cuda_us, package, copies)
+        products = {  # the kernels a one-row product could take, as each is called
+            "w8a8": functools.partial(w8a8_matmul, x, scale=scale, gated=gated),
+            "widening": lambda w: fp8_weight_matmul(silu_and_mul(x) if gated else x, w, scale),  # noqa: B023
+            "tuned": functools.partial(packed_gemv, x, scale=scale, gated=gated),
+        }
+        us = {key: rotated(cuda_us, call, copies) for key, call in products.items()}
         bf16 = rotated(cuda_us, functools.partial(dense_linear, x, bias=None, gated=gated), dense)
         times = {}
         for c in CONFIGS:
@@ -63,16 +69,15 @@ def main() -> None:
                 times[c] = rotated(cuda_us, call, copies)
             except Exception as exc:  # a config that does not compile or fit
                 print(f"skipped {c}: {type(exc).__name__}: {str(exc)[-600:]}", file=sys.stderr)
-        if not times:
-            print(f"| {name} | {base:.1f} | {bf16:.1f} | none ran | | |", flush=True)
-            continue
         best = min(times, key=times.get)
-        got = packed_gemv(x, layer.weight, scale, None, gated, best).float()
-        err = ((got - ref).abs().max() / ref.abs().max()).item()
-        package_err = ((package(layer.weight).float() - ref).abs().max() / ref.abs().max()).item()
+        errors = "/".join(
+            f"{((products[key](layer.weight).float() - ref).abs().max() / ref.abs().max()):.4f}"
+            for key in ("tuned", "w8a8", "widening")
+        )
         rate = n * k / times[best] / 1e6
-        print(f"| {name} | {base:.1f} | {bf16:.1f} | {times[best]:.1f} ({rate:.2f}), {best} "
-              f"| {err:.4f} | {package_err:.4f} |", flush=True)  # fmt: skip
+        print(f"| {name} | {us['w8a8']:.1f} | {us['widening']:.1f} | {bf16:.1f} "
+              f"| {times[best]:.1f} ({rate:.2f}), {best} | {us['tuned']:.1f} "
+              f"{config_for(n, k)} | {errors} |", flush=True)  # fmt: skip
         runners_up = sorted(times, key=times.get)[1:6]
         print(f"<!-- {name} next: " + ", ".join(f"{c} {times[c]:.1f}" for c in runners_up) + " -->")
         copies.clear()
