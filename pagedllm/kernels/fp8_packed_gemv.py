@@ -62,12 +62,19 @@ def _dot4(w, xa, xb, INTERPRETED: tl.constexpr):
         # float16 as the packed instructions round them (so a range error shows here too)
         lo = _half(_e4m3(w) * _f16(xa))
         hi = _half(_e4m3(w >> 8) * _f16(xa >> 16))
-        lo = _half(_e4m3(w >> 16) * _f16(xb) + lo)
-        hi = _half(_e4m3(w >> 24) * _f16(xb >> 16) + hi)
+        lo = _half(_wide(_e4m3(w >> 16)) * _f16(xb) + lo)  # float64: the fma's one rounding
+        hi = _half(_wide(_e4m3(w >> 24)) * _f16(xb >> 16) + hi)
         return _half(lo + hi)
     return tl.inline_asm_elementwise(
         DOT4, "=r,r,r,r", [w, xa, xb], dtype=tl.float32, is_pure=True, pack=1
     )
+
+
+@triton.jit
+def _wide(value):
+    """``value`` in float64, where a product and sum of these operands are exact (they span
+    at most 49 bits), so rounding that once to float16 is fma.rn's one rounding."""
+    return value.to(tl.float64)
 
 
 @triton.jit
@@ -140,7 +147,7 @@ def supported(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> boo
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.dtype == torch.float8_e4m3fn
         and weight.is_contiguous()
-        and weight.storage_offset() % 4 == 0
+        and weight.data_ptr() % 4 == 0
         and k % BLOCK_KS[-1] == 0
     )
 
