@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     from fp8_gemm import SHAPES, cuda_us, fp8_layer
-    from fp8_w8a8_probe import rotated
+    from fp8_w8a8_probe import print_runners_up, rotated
 
     from pagedllm.kernels.fp8_packed_gemv import config_for
     from pagedllm.kernels.fp8_w8a8_matmul import w8a8_matmul
@@ -78,8 +78,7 @@ def main() -> None:
         print(f"| {name} | {us['w8a8']:.1f} | {us['widening']:.1f} | {bf16:.1f} "
               f"| {times[best]:.1f} ({rate:.2f}), {best} | {us['tuned']:.1f} "
               f"{config_for(n, k)} | {errors} |", flush=True)  # fmt: skip
-        runners_up = sorted(times, key=times.get)[1:6]
-        print(f"<!-- {name} next: " + ", ".join(f"{c} {times[c]:.1f}" for c in runners_up) + " -->")
+        print_runners_up(name, times)
         copies.clear()
         dense.clear()
         torch.cuda.empty_cache()

@@ -66,15 +66,16 @@ def probe(rows: list[int], configs: list[tuple[int, int, int, int, int]]) -> Non
             rate, chosen = n * k / times[best] / 1e6, config_for(n, k, m)
             print(f"| {name} | {m} | {base:.1f} | {bf16:.1f} | {times[best]:.1f} ({rate:.2f}), "
                   f"{best} | {tuned:.1f} {chosen} | {err:.3f} |", flush=True)  # fmt: skip
-            runners_up = sorted(times, key=times.get)[1:6]
-            print(
-                f"<!-- {name} {m} next: "
-                + ", ".join(f"{c} {times[c]:.1f}" for c in runners_up)
-                + " -->"
-            )
+            print_runners_up(f"{name} {m}", times)
         copies.clear()
         dense.clear()
         torch.cuda.empty_cache()
+
+
+def print_runners_up(label: str, times: dict[tuple[int, ...], float]) -> None:
+    """The five configurations after the best, as an HTML comment under the table's row."""
+    runners_up = sorted(times, key=times.get)[1:6]
+    print(f"<!-- {label} next: " + ", ".join(f"{c} {times[c]:.1f}" for c in runners_up) + " -->")
 
 
 def rotated(
