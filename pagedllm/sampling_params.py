@@ -385,8 +385,9 @@ def _switch(name: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _SWITCH_WORDS:
-        return _SWITCH_WORDS[value.strip().lower()]
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _SWITCH_WORDS:
+        return _SWITCH_WORDS[word]
     raise ValueError(f"structured outputs {name} must be true or false, got {value!r}.")
 
 

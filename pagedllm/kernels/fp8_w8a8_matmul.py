@@ -239,10 +239,9 @@ def small_batch_gated_matmul(
     column strips (64 strips x 16 x 14,336 values for llama-3.1-8b's down_proj, the
     redundancy that made the 16-bit GEMV's gated form slower at 4,096 outputs) and that is
     not measured yet."""
-    n, k = weight.shape
     if fp8_packed_gemv.supported(gate_up, weight, gated=True):
         return fp8_packed_gemv.packed_gemv(gate_up, weight, scale, bias, gated=True)
-    if gate_up.shape[0] == 1 and preferred(1, n, k):
+    if gate_up.shape[0] == 1 and preferred(1, *weight.shape):
         return w8a8_matmul(gate_up, weight, scale, bias, gated=True)
     return small_batch_matmul(fused_ops.silu_and_mul(gate_up), weight, scale, bias)
 
