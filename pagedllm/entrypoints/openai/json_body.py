@@ -6,9 +6,9 @@ allow (``NaN``, ``Infinity``) or Unicode cannot encode (a lone surrogate such as
 ``"\\ud800"``, which fails later when the text is encoded) or nests deeper than
 ``json_nesting.MAX_JSON_DEPTH`` (code downstream recurses per level) or holds more than
 ``MAX_JSON_OBJECTS`` objects or ``MAX_JSON_KEYS`` keys (each validated on the loop), and
-parses bodies past
-a size on a worker thread so a large prompt never stalls the loop. A refusal is a
-``json.JSONDecodeError``: FastAPI answers it with the server's 400 for malformed JSON.
+parses bodies past a size on a worker thread so a large prompt never stalls the loop. A
+refusal is a ``json.JSONDecodeError``: FastAPI answers it with the server's 400 for
+malformed JSON.
 """
 
 from __future__ import annotations
