@@ -17,6 +17,7 @@ from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.executor import create_executor
 from pagedllm.executor.base import Executor
+from pagedllm.executor.errors import EngineFatalError
 from pagedllm.inputs.tokenizer import load_tokenizer
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import EngineSnapshot, IterationStats
@@ -43,11 +44,11 @@ UTILITIES = frozenset(
 
 def is_device_failure(exc: BaseException) -> bool:
     """A CUDA error (an illegal address, a device-side assert) leaves the context unusable
-    for every request, and so does a lost worker rank (``engine_fatal``); anything else a
-    step raises is tried as one request's fault."""
+    for every request, and so does an ``EngineFatalError`` (a lost worker rank, a failed
+    host-tier copy); anything else a step raises is tried as one request's fault."""
     import torch
 
-    if getattr(exc, "engine_fatal", False):
+    if isinstance(exc, EngineFatalError):
         return True
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if accelerator_error is not None and isinstance(exc, accelerator_error):

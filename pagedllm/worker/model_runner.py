@@ -19,6 +19,7 @@ from pagedllm.attention.backend import create_backend
 from pagedllm.config import EngineConfig, ParallelConfig
 from pagedllm.core.scheduler_output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.distributed.parallel_state import ModelParallel
+from pagedllm.executor.errors import HostTierError
 from pagedllm.logger import init_logger
 from pagedllm.model.cpu_decode import CpuDecodeStack
 from pagedllm.model.decoder import CausalLM, ForwardContext
@@ -330,16 +331,15 @@ class ModelRunner:
         scheduler, so it stops the engine rather than being blamed on a request."""
         if not (so.kv_swap_out or so.kv_swap_in or so.kv_save_ahead):
             return None
+        if self.host_kv is None:
+            raise HostTierError("host-tier copies scheduled, but this rank has no swap space")
         try:
-            if self.host_kv is None:
-                raise RuntimeError("host-tier copies scheduled, but this rank has no swap space")
             self.host_kv.swap_out(so.kv_swap_out)
             loads = self.host_kv.swap_in(so.kv_swap_in)
             self.host_kv.save_ahead(so.kv_save_ahead)
-            return loads
         except Exception as exc:
-            exc.engine_fatal = True  # type: ignore[attr-defined]
-            raise
+            raise HostTierError(f"a host-tier copy failed: {type(exc).__name__}: {exc}") from exc
+        return loads
 
     def _pass_on(
         self, hidden: torch.Tensor, batch: StepBatch, states: list[RequestState]

@@ -18,6 +18,8 @@ import torch
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs
+from pagedllm.engine.core import is_device_failure
+from pagedllm.executor.errors import HostTierError
 from pagedllm.worker.host_kv_cache import HostKVCache
 from pagedllm.worker.kv_cache import KVCachePlan
 from tests.conftest import engine_in_process, tiny_config
@@ -148,6 +150,22 @@ def test_swap_preemption_gives_the_same_outputs(tiny_models):
     assert out_swap == out_ref
     core = swap.llm_engine.engine_core
     assert core.scheduler.num_preemptions > 0 and host_loads(swap) > 0
+
+
+def test_a_failed_host_tier_copy_stops_the_engine(tiny_models, monkeypatch):
+    """Which blocks the tier holds is unknown after a copy failed, so the step's failure is
+    not blamed on a request (which would fail it and serve on over a tier in doubt): the
+    engine stops."""
+    llm = build(tiny_models["llama"], 24, 96)
+
+    def failing_swap_out(self, blocks) -> None:
+        if blocks:
+            raise RuntimeError("the copy failed")
+
+    monkeypatch.setattr(HostKVCache, "swap_out", failing_swap_out)
+    with pytest.raises(HostTierError, match="a host-tier copy failed: RuntimeError"):
+        llm.generate([{"prompt_token_ids": p} for p in prompts(4)], GREEDY, use_tqdm=False)
+    assert is_device_failure(HostTierError("x")) and not is_device_failure(RuntimeError("x"))
 
 
 def test_tensor_parallel_ranks_copy_their_own_share(tiny_models):
