@@ -156,13 +156,9 @@ class KVCacheManager:
             self.block_pool.touch(computed)
             blocks.extend(computed)
         if host_slots:
-            assert self.host_tier is not None
-            # Taking fresh blocks may save evicted ones to the tier: not into these slots.
-            self.host_tier.lock(host_slots)
-        new_blocks = self.block_pool.get_new_blocks(max(needed, 0))
-        if host_slots:
-            for slot, block in zip(host_slots, new_blocks):
-                self.host_tier.load(slot, block.block_id)  # type: ignore[union-attr]
+            new_blocks = self._take_loading(host_slots, max(needed, 0))
+        else:
+            new_blocks = self.block_pool.get_new_blocks(max(needed, 0))
         blocks.extend(new_blocks)
         hit_tokens = (len(computed) + len(host_slots)) * self.block_size
         self._maybe_cache(request, hit_tokens + num_new_tokens)
@@ -248,6 +244,18 @@ class KVCacheManager:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _take_loading(self, host_slots: list[int], needed: int) -> list[KVCacheBlock]:
+        """``needed`` fresh blocks, the first ``len(host_slots)`` of them to be filled from
+        those host-tier slots this step."""
+        tier = self.host_tier
+        assert tier is not None
+        # Taking fresh blocks may save evicted ones to the tier: not into these slots.
+        tier.lock(host_slots)
+        new_blocks = self.block_pool.get_new_blocks(needed)
+        for slot, block in zip(host_slots, new_blocks):
+            tier.load(slot, block.block_id)
+        return new_blocks
+
     def _num_blocks_needed(
         self, request: Request, num_new_tokens: int, computed: list[KVCacheBlock], num_host: int
     ) -> int:
@@ -259,8 +267,11 @@ class KVCacheManager:
 
     def release_swapped(self, request: Request) -> None:
         """Unpin a swapped-out request's host slots: it runs again, or it ended."""
-        for slot in self.host_pins.pop(request.request_id, ()):
-            self.host_tier.unpin(slot)  # type: ignore[union-attr]
+        pins = self.host_pins.pop(request.request_id, ())
+        if pins:
+            assert self.host_tier is not None  # only a tier's swap-outs pin
+            for slot in pins:
+                self.host_tier.unpin(slot)
 
     def _available(self, computed: list[KVCacheBlock]) -> int:
         # Reusing a free cached block takes it off the free queue, so it cannot double as a
