@@ -47,10 +47,16 @@ _FINISH_REASONS = {
 }
 
 
+class GrammarError(RuntimeError):
+    """A request's structured output ended it (``OutputGrammar.error``)."""
+
+
 class OutputGrammar(Protocol):
     """A structured-output constraint as the scheduler sees it (``structured_output/``)."""
 
-    error: str | None  # set when the grammar could not be built: the request is aborted
+    # Set when the grammar could not be built (the waiting request is rejected), or when
+    # finding its allowed tokens took too long (the running request fails with it).
+    error: str | None
 
     def is_ready(self) -> bool:
         """Compiled (or failed): until then the request waits."""

@@ -24,7 +24,7 @@ from pagedllm.config import SchedulerConfig
 from pagedllm.core.block_pool import KVCacheBlock
 from pagedllm.core.kv_cache_manager import CachedPrefix, KVCacheManager
 from pagedllm.core.quarantine import Quarantine
-from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.request import GrammarError, Request, RequestStatus
 from pagedllm.core.request_queue import create_request_queue
 from pagedllm.core.scheduler_output import (
     CachedRequestData,
@@ -495,10 +495,13 @@ class Scheduler:
         """Advance the request's grammar (if any) by the token, then the stop rules. A
         grammar that has accepted its stop token ends the request even when eos is ignored."""
         grammar = request.structured_output
+        if grammar is not None and grammar.error is not None:
+            raise GrammarError(grammar.error)  # its mask took too long: this request fails
         if grammar is not None and not grammar.accept_token(token_id):
-            # Only reachable when other constraints (min_tokens, allowed_token_ids) left no
-            # token the grammar allows.
-            logger.error(
+            # The mask allowed no token (a grammar whose language is empty, or other
+            # constraints such as min_tokens or allowed_token_ids that exclude all it
+            # allows): the client's doing, so a warning, not an error.
+            logger.warning(
                 "Request %s aborted: token %d does not fit its structured output grammar.",
                 request.request_id,
                 token_id,

@@ -7,11 +7,19 @@ on the engine's loop, once per sample of ``n``). Equal constraints share one bui
 compile (the samples of ``n`` among them), kept for later requests within a byte budget
 (``envs.grammar_cache_bytes``). Each step the matchers of the constrained rows fill one
 bitmask, in parallel threads, while the device runs the forward pass.
+
+Every request's step waits for that fill, and a short ambiguous regex or grammar
+(``([a-z]*)*`` repeated) costs its matcher seconds a token, growing with the output, where a
+JSON schema's costs microseconds. A step whose fill takes longer than ``SLOW_FILL_S`` times
+each row's fill alone; a request whose own fill took longer ends with an error (``error``,
+read by the scheduler after the step), so one client's constraint slows the others' steps
+at most by about twice the bound.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -29,6 +37,8 @@ logger = init_logger(__name__)
 
 # Compiled grammars kept for reuse by later requests with the same constraint, at most.
 _CACHE_ENTRIES = 256
+# One request's bitmask for one token, in seconds, at most (a JSON schema's takes ~1e-4).
+SLOW_FILL_S = 0.1
 
 
 class StructuredOutputManager:
@@ -130,8 +140,12 @@ class StructuredOutputManager:
         if self._batch_matcher is None:
             self._batch_matcher = xgr.BatchGrammarMatcher()
         bitmask = self._buffer(len(grammars))
-        matchers = [grammars[i].matcher for i in rows]  # type: ignore[union-attr]
+        constrained = [g for g in grammars if g is not None]
+        matchers = [g.matcher for g in constrained]
+        began = time.perf_counter()
         self._batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+        if time.perf_counter() - began > SLOW_FILL_S:
+            _fail_slow_fills(constrained, rows, bitmask)
         return GrammarBitmask(bitmask, rows)
 
     def _buffer(self, num_rows: int) -> torch.Tensor:
@@ -147,6 +161,25 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _fail_slow_fills(
+    grammars: list[RequestGrammar], rows: list[int], bitmask: torch.Tensor
+) -> None:
+    """The step's fill ran past the bound: each row's mask filled again alone (the same
+    mask: the matchers have not moved), and a grammar that alone takes longer than the
+    bound gets its ``error``. Timing each row on every step would give up the threads."""
+    for grammar, row in zip(grammars, rows, strict=True):
+        began = time.perf_counter()
+        grammar.matcher.fill_next_token_bitmask(bitmask, row)
+        took = time.perf_counter() - began
+        if took > SLOW_FILL_S:
+            grammar.error = (
+                f"The structured output's constraint took {took:.2f} s to find which tokens "
+                f"may follow the {grammar.num_accepted} generated so far (the bound is "
+                f"{SLOW_FILL_S} s a token): its regex or grammar is too ambiguous (nested "
+                "repetitions such as (a*)*); write it without them."
+            )
 
 
 def _size(future: Future[Any]) -> int:

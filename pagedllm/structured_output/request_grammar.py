@@ -21,6 +21,7 @@ class RequestGrammar:
         self._on_release = on_release
         self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled
         self.error: str | None = None
+        self.num_accepted = 0
 
     def release(self) -> None:
         """The request is done with its grammar (finished or aborted); called once."""
@@ -44,7 +45,9 @@ class RequestGrammar:
         return True
 
     def accept_token(self, token_id: int) -> bool:
-        return bool(self.matcher.accept_token(token_id))
+        accepted = bool(self.matcher.accept_token(token_id))
+        self.num_accepted += accepted
+        return accepted
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())

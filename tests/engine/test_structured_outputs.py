@@ -466,3 +466,43 @@ def test_a_queued_compile_nobody_waits_for_is_dropped(
     assert sorted(c[0] for c in built) == ["one", "two"]
     cache = engine.engine_core.structured_outputs._compiled
     assert not [key for key in cache if '"three"' in key]
+
+
+def test_an_ambiguous_regex_fails_its_own_request_only(smollm_in_process) -> None:
+    """``([a-z]*)*`` twelve times: xgrammar's mask for it costs more with every token
+    (~0.8 s a token after 50), and every request's step waits for the mask. The request
+    fails once its own mask takes longer than the bound; the request beside it gets what it
+    gets alone, and the failed one never reached its max_tokens."""
+    from pagedllm.structured_output import manager
+
+    llm = smollm_in_process
+    greedy = SamplingParams(temperature=0.0, max_tokens=24)
+    alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
+    slow = constrained("regex", "([a-z]*)*" * 12, max_tokens=400, temperature=0.0)
+    slow_req, beside = llm.generate(
+        ["Write letters:", "Count to ten:"], [slow, greedy], use_tqdm=False
+    )
+    assert slow_req.outputs[0].finish_reason == "error"
+    assert 1 < len(slow_req.outputs[0].token_ids) < 400
+    assert beside.outputs[0].token_ids == alone.token_ids
+    grammars = llm.llm_engine.core.engine_core.structured_outputs
+    assert manager.SLOW_FILL_S == 0.1 and grammars is not None
+
+
+def test_a_slow_mask_fails_only_the_rows_slow_alone(
+    smollm_in_process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the bound at zero every step's fill is over it and every constrained row's own
+    fill too: the constrained requests fail after their first token, with the reason; the
+    unconstrained one in the same steps finishes as alone."""
+    from pagedllm.structured_output import manager
+
+    monkeypatch.setattr(manager, "SLOW_FILL_S", 0.0)
+    llm = smollm_in_process
+    greedy = SamplingParams(temperature=0.0, max_tokens=16)
+    alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
+    choice = constrained("choice", ["yes", "no"], max_tokens=8)
+    outs = llm.generate(["Yes or no?", "Count to ten:"], [choice, greedy], use_tqdm=False)
+    assert outs[0].outputs[0].finish_reason == "error"
+    assert len(outs[0].outputs[0].token_ids) <= 1
+    assert outs[1].outputs[0].token_ids == alone.token_ids
