@@ -31,6 +31,11 @@ MAX_BAD_WORDS = 128
 # Their tokens, both spellings of every word together (text that tokenizes byte by byte
 # turns 128 words of 2,048 characters into ~1.5 million ids).
 MAX_BAD_WORD_TOKENS = 4096
+# Id lists, counted before their ids are checked one by one (a 64 MiB body holds ~30
+# million): every copy, set and message of the request walks them. Stop ids are a handful
+# in practice; allowed ids are at most a vocabulary (checked against the model's later).
+MAX_STOP_TOKEN_IDS = 4096
+MAX_ALLOWED_TOKEN_IDS = 1 << 19
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -297,12 +302,19 @@ class SamplingParams:
             all(isinstance(s, str) for s in self.stop or []),
             f"stop must be a string or a list of strings, got {self.stop!r}.",
         )
-        for name in ("stop_token_ids", "allowed_token_ids"):
+        for name, most in (
+            ("stop_token_ids", MAX_STOP_TOKEN_IDS),
+            ("allowed_token_ids", MAX_ALLOWED_TOKEN_IDS),
+        ):
             ids = getattr(self, name)
+            _check(ids is None or isinstance(ids, list), f"{name} must be a list of integers.")
             _check(
-                ids is None or (isinstance(ids, list) and all(_is_int(t) for t in ids)),
-                f"{name} must be a list of integers, got {ids!r}.",
+                ids is None or len(ids) <= most,
+                f"{name} must hold at most {most} ids, got {len(ids or ())}.",
             )
+            wrong = [] if ids is None else [t for t in ids if not _is_int(t)][:1]
+            # The first wrong element only: the list itself may be long.
+            _check(not wrong, f"{name} must be a list of integers, got {wrong[:1]!r} in it.")
         _check(
             isinstance(self.bad_words, list) and all(isinstance(w, str) for w in self.bad_words),
             f"bad_words must be a list of strings, got {self.bad_words!r}.",

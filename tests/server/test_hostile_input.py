@@ -68,6 +68,7 @@ def test_request_templates_are_refused_without_the_flag(server, path, body):
         ({"stop": [1]}, None, "string"),
         ({"logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
         ({"stop": ["x" * 3000]}, "stop", "2048"),
+        ({"stop_token_ids": [1] * 5000}, "stop_token_ids", "at most 4096"),
     ],
 )
 def test_chat_parameters_are_checked_at_admission(server, fields, param, fragment):

@@ -40,6 +40,10 @@ from pagedllm.sampling_params import (
         ({"stop": ["ok", ""]}, "stop"),
         ({"stop": "end", "detokenize": False}, "stop"),
         ({"stop_token_ids": [3, -1]}, "stop_token_ids"),
+        ({"stop_token_ids": [1] * 4097}, "stop_token_ids"),
+        ({"stop_token_ids": [1, "2"]}, "stop_token_ids"),
+        ({"allowed_token_ids": [1] * ((1 << 19) + 1)}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1.5]}, "allowed_token_ids"),
         ({"logprobs": -2}, "logprobs"),
         ({"prompt_logprobs": -2}, "prompt_logprobs"),
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
@@ -68,6 +72,7 @@ def test_out_of_range_field_raises_value_error_naming_it(kwargs: dict, field: st
         {"max_tokens": 1, "min_tokens": 1},
         {"max_tokens": None, "min_tokens": 100},
         {"stop_token_ids": [0, 7]},
+        {"stop_token_ids": [1] * 4096},
         {"detokenize": False},
     ],
 )
@@ -221,3 +226,16 @@ def test_structured_output_switches_are_booleans(option):
     # What vLLM's lax validation reads as booleans, read the same.
     for given, read in ((True, True), ("true", True), (1, True), ("off", False), (0, False)):
         assert getattr(StructuredOutputsParams(regex="a", **{option: given}), option) is read
+
+
+def test_a_long_id_list_is_refused_before_its_ids_are_checked() -> None:
+    """Counted first (a 64 MiB body holds ~30 million ids, each walked by every check, copy
+    and set after this); the message names the count, not the list."""
+    ids = [1] * 3_000_000
+    ids[-1] = "x"
+    with pytest.raises(
+        ValueError, match=r"stop_token_ids must hold at most 4096 ids, got 3000000\.$"
+    ):
+        SamplingParams(stop_token_ids=ids)
+    with pytest.raises(ValueError, match=r"got \['x'\] in it\.$"):
+        SamplingParams(allowed_token_ids=ids[-100:])
