@@ -46,9 +46,12 @@ def _build() -> tuple[ModuleType | None, str | None]:
     missing = [f for f in _NEEDED_FLAGS if f not in cpu_flags()]
     if missing:
         return None, f"this CPU lacks {', '.join(missing)}"
-    directory = _build_directory()
+    ninja = _ninja()
+    if ninja is None:
+        return None, "no ninja (pip install ninja)"
+    directory = _build_directory(ninja)
     sources = [s for s in staged_sources(directory) if s.suffix == ".cpp"]
-    _put_ninja_on_path()
+    os.environ["PATH"] = str(ninja.parent) + os.pathsep + os.environ.get("PATH", "")
     try:
         from torch.utils.cpp_extension import load
 
@@ -71,9 +74,11 @@ def _source_files() -> list[Path]:
     return sorted(_SOURCES.glob("*.[ch]*"))
 
 
-def _build_directory() -> Path:
-    """One per torch version and sources' contents (headers too)."""
-    digest = hashlib.sha256(torch.__version__.encode())
+def _build_directory(ninja: Path) -> Path:
+    """One per torch version, ninja and sources' contents (headers too). Per ninja: its
+    log of the commands it ran is keyed by a hash that ninja 1.13 changed, so two ninjas
+    building in one directory rebuild everything in turn (seen: a minute or more a start)."""
+    digest = hashlib.sha256(torch.__version__.encode() + str(ninja).encode())
     for source in _source_files():
         digest.update(source.name.encode() + source.read_bytes())
     directory = envs.cache_root() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
@@ -99,12 +104,15 @@ def staged_sources(directory: Path) -> list[Path]:
     return paths
 
 
-def _put_ninja_on_path() -> None:
-    """torch's builder runs ``ninja`` from PATH; the one pip installs (a dependency) sits
-    beside this interpreter, which a venv's python run by its path does not put on PATH."""
-    if shutil.which("ninja") is None:
-        here = str(Path(sys.executable).parent)
-        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+def _ninja() -> Path | None:
+    """The ninja to build with, the same whatever PATH holds: the one pip installs (a
+    dependency) beside this interpreter, which a venv's python run by its path does not put
+    on PATH, else PATH's. torch's builder runs ``ninja`` from PATH, so its folder goes first."""
+    beside = Path(sys.executable).parent / "ninja"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("ninja")
+    return None if found is None else Path(found)
 
 
 def main() -> int:
