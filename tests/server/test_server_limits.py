@@ -94,6 +94,32 @@ def test_a_body_that_stops_arriving_is_408(limited):
     assert b"did not arrive within" in reply
 
 
+def test_a_body_trickled_in_time_for_each_piece_is_408_on_the_whole(limited):
+    """A byte every second (each piece well within the 1.5 s) held the connection for as
+    long as the client liked; the whole body has 1.5 s plus 1 s per 64 KiB of it."""
+    host, port = limited.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        start, sent = time.monotonic(), 1
+        sock.settimeout(1.0)
+        reply = b""
+        while not reply and time.monotonic() - start < 8:
+            try:
+                reply = sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b" ")
+                sent += 1
+        assert time.monotonic() - start < 4 and sent < 5
+        sock.settimeout(10)
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"plus 1 s per 64 KiB for the whole body" in reply
+
+
 @pytest.mark.parametrize(
     ("template", "fragment"),
     [

@@ -108,10 +108,17 @@ class _BodyRefused(StarletteHTTPException):
         super().__init__(status, message, headers={"Connection": "close"})
 
 
+# The slowest a body may arrive on the whole, after ``timeout_s``: without a floor, a
+# piece every ``timeout_s`` held a connection and its coroutine for as long as the client
+# liked (a byte every 25 s), and thousands of such clients hold every file descriptor.
+MIN_BODY_BYTES_PER_S = 64 * 1024
+
+
 class RequestBodyMiddleware:
     """Bounds on reading a request body: at most ``max_bytes`` (413, before reading when
-    Content-Length says so), and each next piece within ``timeout_s`` (408). Once the body
-    is complete, reads wait freely (for a disconnect). Errors are OpenAI-shaped."""
+    Content-Length says so), each next piece within ``timeout_s``, and the whole body within
+    ``timeout_s`` plus 1 s per ``MIN_BODY_BYTES_PER_S`` of it (408). Once the body is
+    complete, reads wait freely (for a disconnect). Errors are OpenAI-shaped."""
 
     def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
         self.app = app
@@ -127,17 +134,20 @@ class RequestBodyMiddleware:
             await self._refuse(scope, receive, send, self._too_large())
             return
         received, body_done = 0, False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
 
         async def guarded_receive() -> dict:
             nonlocal received, body_done
             if body_done:
                 return await receive()
+            left = started + self.timeout_s + received / MIN_BODY_BYTES_PER_S - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(receive(), min(self.timeout_s, left))
             except asyncio.TimeoutError:
-                raise _BodyRefused(
-                    f"The request body did not arrive within {self.timeout_s:g} s.", 408
-                ) from None
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -152,6 +162,14 @@ class RequestBodyMiddleware:
             if tracked.started:
                 raise
             await self._refuse(scope, receive, send, refused)
+
+    def _too_slow(self) -> _BodyRefused:
+        message = (
+            f"The request body did not arrive within {self.timeout_s:g} s for each piece "
+            f"and {self.timeout_s:g} s plus 1 s per {MIN_BODY_BYTES_PER_S // 1024} KiB for "
+            "the whole body (--request-body-timeout)."
+        )
+        return _BodyRefused(message, 408)
 
     def _too_large(self) -> _BodyRefused:
         message = (
