@@ -535,10 +535,39 @@ def test_output_logprobs_when_included(openai_client):
     assert [(lp.token, lp.logprob) for lp in final] == [(lp.token, lp.logprob) for lp in streamed]
 
 
+def test_background_runs_past_the_bound_are_503_until_one_ends():
+    """A background run holds no connection: 1,200 creates from one client queued 1,069
+    engine requests, and live responses (never evicted) pushed finished ones out of the
+    store as they finished. Past the bound a create is refused before it is stored."""
+    from pagedllm.engine.exceptions import EngineOverloadedError
+    from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
+
+    handler = scripted(ResponseStore(10))
+    handler.runs = BackgroundRuns(2)
+    background = ResponsesRequest.model_validate({"input": "q", "background": True})
+
+    async def go():
+        first = [json.loads((await handler.create(background)).body)["id"] for _ in range(2)]
+        with pytest.raises(EngineOverloadedError, match="--max-background-responses"):
+            await handler.create(background)
+        assert len(handler.store) == 2
+        while any(handler.runs.is_running(response_id) for response_id in first):
+            await asyncio.sleep(0.01)
+        assert handler.store.get(first[0]).response["status"] == "completed"
+        await handler.create(background)
+        assert len(handler.store) == 3
+
+    asyncio.run(go())
+    limits = ServerLimits.from_args(make_parser().parse_args([]))
+    assert limits.max_background_responses == 256
+    with pytest.raises(ValueError, match="--max-background-responses must be at least 1"):
+        ServerLimits.from_args(make_parser().parse_args(["--max-background-responses", "0"]))
+
+
 def test_replay_arguments_are_checked():
     from pagedllm.entrypoints.openai.background_responses import BackgroundRun, BackgroundRuns
 
-    runs = BackgroundRuns()
+    runs = BackgroundRuns(4)
     with pytest.raises(OpenAIError) as caught:  # no events kept for this id
         runs.replay("resp_x", None)
     assert caught.value.status == 400 and caught.value.param == "stream"

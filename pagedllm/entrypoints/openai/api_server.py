@@ -343,9 +343,7 @@ def build_app(
         return await unless_disconnected(raw, chat.create(body)) or Response(status_code=499)
 
     install_messages_routes(app, chat)
-    install_responses_routes(
-        app, chat, limits.max_stored_responses, limits.max_stored_response_bytes
-    )
+    install_responses_routes(app, chat, limits)
 
     @app.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request) -> Response:

@@ -8,7 +8,9 @@ aborts the engine request). A streamed background run keeps its events, so a cli
 read them as they come and later replay them from any sequence number
 (``GET /v1/responses/{id}?stream=true&starting_after=N``).
 
-Bounds: a run's events are kept while it runs and, after it ends, for the last
+Bounds: at most ``max_running`` runs queued or running (``--max-background-responses``;
+503 with Retry-After past it: a run holds no connection, so nothing else bounds what one
+client queues); a run's events are kept while it runs and, after it ends, for the last
 ``max_finished`` streamed runs only (each run's events are bounded by its token count).
 """
 
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.engine.exceptions import EngineOverloadedError
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.logger import init_logger
 
@@ -47,12 +50,23 @@ class BackgroundRun:
 class BackgroundRuns:
     """The background runs by response id. Used only from the event loop: no lock."""
 
-    def __init__(self, max_finished: int = 64) -> None:
+    def __init__(self, max_running: int, max_finished: int = 64) -> None:
+        self.max_running = max_running
         self.max_finished = max_finished
         self._running: dict[str, BackgroundRun] = {}
         self._finished: OrderedDict[str, BackgroundRun] = OrderedDict()
 
+    def check_room(self) -> None:
+        """EngineOverloadedError (503) when ``max_running`` runs are queued or running."""
+        if len(self._running) >= self.max_running:
+            raise EngineOverloadedError(
+                f"{len(self._running)} background responses are queued or running, the most "
+                "this server runs at once (--max-background-responses); retry later, or "
+                "send the request without background."
+            )
+
     def start(self, response_id: str, work: Coroutine[Any, Any, None], streamed: bool) -> None:
+        self.check_room()
         run = BackgroundRun(streamed=streamed)
         self._running[response_id] = run
         run.task = asyncio.create_task(self._guard(response_id, work), name=f"bg-{response_id}")

@@ -54,6 +54,11 @@ class ServerLimits:
     # ... and at most this many bytes of them (their JSON): a client could otherwise make
     # the server hold 1000 responses of 64 MiB requests each.
     max_stored_response_bytes: int = 256 << 20
+    # Background /v1/responses queued or running at once (503 with Retry-After past it):
+    # they hold no connection, so nothing else bounds what one client queues (1,200 creates
+    # held 1,069 requests waiting). At most --max-stored-responses: a live response is never
+    # evicted, so more would push finished ones out of the store as they finish.
+    max_background_responses: int = 256
 
     def __post_init__(self) -> None:
         positive = {
@@ -75,6 +80,11 @@ class ServerLimits:
             raise ValueError(
                 f"--max-stored-responses must be >= 0, got {self.max_stored_responses}."
             )
+        if self.max_background_responses < 1:
+            raise ValueError(
+                "--max-background-responses must be at least 1, got "
+                f"{self.max_background_responses}."
+            )
         for flag, value in (("--max-waiting-requests", self.max_waiting_requests),
                             ("--max-n", self.max_n)):  # fmt: skip
             if value is not None and value < 1:
@@ -92,6 +102,7 @@ class ServerLimits:
             chat_template_render_timeout_s=args.chat_template_render_timeout,
             max_stored_responses=args.max_stored_responses,
             max_stored_response_bytes=args.max_stored_response_bytes,
+            max_background_responses=args.max_background_responses,
         )
 
 
@@ -120,3 +131,6 @@ def add_limit_flags(flag: Any) -> None:
               "evicted first (0: none)")  # fmt: skip
     flag("max-stored-response-bytes", type=int, default=defaults.max_stored_response_bytes,
          help="bytes (as JSON) the stored /v1/responses may take, oldest out first")  # fmt: skip
+    flag("max-background-responses", type=int, default=defaults.max_background_responses,
+         help="background /v1/responses queued or running at once, at most "
+              "--max-stored-responses (503 with Retry-After past it)")  # fmt: skip

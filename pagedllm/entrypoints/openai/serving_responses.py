@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.middleware import unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
 from pagedllm.entrypoints.openai.responses_protocol import (
@@ -329,10 +330,12 @@ class _Turn:
 
 
 class ResponsesHandler:
-    def __init__(self, chat: ChatHandler, store: ResponseStore) -> None:
+    def __init__(
+        self, chat: ChatHandler, store: ResponseStore, runs: BackgroundRuns | None = None
+    ) -> None:
         self.chat = chat
         self.store = store
-        self.runs = BackgroundRuns()
+        self.runs = runs if runs is not None else BackgroundRuns(max(store.max_entries, 1))
 
     async def create(self, request: ResponsesRequest) -> Response:
         request.refuse_unserved()
@@ -425,6 +428,7 @@ class ResponsesHandler:
     def _start_background(self, turn: _Turn, chat: ChatCompletionRequest) -> Response:
         """Store the response as queued, start its run, and answer at once (with the run's
         events as they come, when streamed)."""
+        self.runs.check_room()
         queued = self._response(turn, "queued", [], None).model_dump()
         self.store.put(turn.id, StoredResponse(queued, []))
         streamed = bool(turn.request.stream)
@@ -790,11 +794,13 @@ class _EventWriter:
 
 
 def install_responses_routes(
-    app: FastAPI, chat: ChatHandler, max_stored_responses: int, max_stored_bytes: int
+    app: FastAPI, chat: ChatHandler, limits: ServerLimits
 ) -> ResponsesHandler:
     """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``POST
     /v1/responses/{id}/cancel`` on ``app``, answered through ``chat``."""
-    handler = ResponsesHandler(chat, ResponseStore(max_stored_responses, max_stored_bytes))
+    store = ResponseStore(limits.max_stored_responses, limits.max_stored_response_bytes)
+    runs = BackgroundRuns(min(limits.max_background_responses, limits.max_stored_responses))
+    handler = ResponsesHandler(chat, store, runs)
 
     @app.post("/v1/responses")
     async def create_response(body: ResponsesRequest, raw: Request) -> Response:
