@@ -728,16 +728,18 @@ class EngineArgs(VllmEngineOptions):
         return {f.name for f in dataclasses.fields(cls)}
 
 
-def check_host_memory(num_bytes: int, what: str) -> None:
-    """Refuse a host allocation larger than the memory available now (MemAvailable); warn
-    above 40% of the total, as vLLM does for its swap space."""
+def check_host_memory(
+    num_bytes: int, what: str, advice: str = "Decrease it.", warn: bool = True
+) -> None:
+    """Refuse a host allocation larger than the memory available now (MemAvailable); with
+    ``warn``, warn above 40% of the total, as vLLM does for its swap space."""
     total, available = _host_memory()
     if num_bytes > available:
         raise ValueError(
             f"{what} needs {num_bytes / GiB:.3g} GiB of host memory, but only "
-            f"{available / GiB:.3g} GiB of {total / GiB:.3g} GiB is available. Decrease it."
+            f"{available / GiB:.3g} GiB of {total / GiB:.3g} GiB is available. {advice}"
         )
-    if num_bytes > 0.4 * total:
+    if warn and num_bytes > 0.4 * total:
         logger.warning(
             "%s takes %.3g GiB, over 40%% of this host's %.3g GiB of memory.",
             what, num_bytes / GiB, total / GiB,

@@ -30,7 +30,7 @@ from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.engine_process import PendingEngine, remove_addresses
-from pagedllm.engine.exceptions import EngineDeadError
+from pagedllm.engine.exceptions import EngineDeadError, describe_exit
 from pagedllm.engine.messages import (
     Abort,
     Codec,
@@ -276,7 +276,7 @@ class MPClient:
                 self._dead = True
                 code = self.process.returncode if self.process is not None else None
                 raise EngineDeadError(
-                    f"The engine core process exited (code {code}); see its log above."
+                    f"The engine core process {describe_exit(code)}; see its log above."
                 )
             if deadline is not None and time.monotonic() >= deadline:
                 return None

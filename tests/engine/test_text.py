@@ -213,7 +213,9 @@ def test_unknown_keyword_is_a_type_error():
         LLM(not_an_option=1)
 
 
-def test_kv_budget_too_small_names_the_numbers():
+def test_kv_budget_too_small_names_the_numbers(capfd):
+    """The engine process's refusal reaches the caller as its ValueError; the process logs
+    no traceback of it (a configuration's refusal is not a fault)."""
     per_token = 2 * 30 * 3 * 64 * 4
     budget = 8 * 1024 * 1024
     fits = budget // (per_token * 16) * 16
@@ -222,6 +224,8 @@ def test_kv_budget_too_small_names_the_numbers():
         match=rf"needs 0\.0879 GiB.*0\.00781 GiB.*largest max_model_len that fits is {fits}",
     ):
         LLM(kv_cache_memory_bytes=budget, max_model_len=2048)
+    logged = "".join(capfd.readouterr())
+    assert "Traceback" not in logged and "failed to start" not in logged
 
 
 def test_unknown_architecture_lists_supported(tmp_path):

@@ -26,6 +26,7 @@ from types import FrameType
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_client import MPClient
 from pagedllm.engine.engine_process import PendingEngine, remove_addresses
+from pagedllm.engine.exceptions import describe_exit
 from pagedllm.executor.parent_watch import spawn_owned
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import multiprocess_dir
@@ -132,8 +133,8 @@ def _supervise(
         if all(server.poll() is not None for server in servers):
             return 0 if stopping[0] and all(s.returncode == 0 for s in servers) else 1
         if engine.poll() is not None and not stopping[0]:
-            logger.error("The engine core exited (code %s); stopping the API servers",
-                         engine.returncode)  # fmt: skip
+            logger.error("The engine core %s; stopping the API servers",
+                         describe_exit(engine.returncode))  # fmt: skip
             return 1
         if not stopping[0] and any(s.poll() is not None for s in servers):
             logger.error("An API server exited; stopping the others")
