@@ -12,6 +12,7 @@ patterns expand (``pattern_size``; quadratic in that).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,13 @@ def _ebnf(text: str) -> Any:
 _GRAMMAR_OF = {"regex": _regex, "choice": _ebnf, "grammar": _cfg, "structural_tag": _structural_tag}
 
 
+# xgrammar's C++ errors begin "[22:04:51] /project/cpp/regex_converter.cc:94: ": a time
+# and a source line of its build, which tell a client nothing.
+_XGRAMMAR_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = _XGRAMMAR_PREFIX.sub("", str(exc).strip())
+    if not text:  # e.g. a schema's number past what xgrammar reads
+        return "xgrammar could not convert it and gave no reason"
     return text.splitlines()[0] if len(text) > 500 else text
