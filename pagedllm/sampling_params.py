@@ -73,6 +73,8 @@ class StructuredOutputsParams:
     def __post_init__(self) -> None:
         if self.json is not None and hasattr(self.json, "model_json_schema"):
             self.json = self.json.model_json_schema()  # a pydantic model class
+        if self.json_object is not None:  # "no" was a constraint (any non-empty string)
+            self.json_object = _switch("json_object", self.json_object)
         kinds = [name for name in CONSTRAINT_KINDS if self._is_set(name)]
         _check(
             len(kinds) == 1,

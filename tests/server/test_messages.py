@@ -258,6 +258,8 @@ def test_a_tool_round_trip(server, client):
         ({"max_tokens": 4, "messages": HELLO, "mcp_servers": [{"url": "x"}]}, "mcp_servers"),
         ({"max_tokens": 4, "messages": HELLO, "tool_choice": {"type": "any"}}, "needs tools"),
         ({"max_tokens": 0, "messages": HELLO}, "max_tokens"),
+        ({"max_tokens": 4, "messages": HELLO,
+          "thinking": {"type": "enabled", "budget_tokens": -5}}, "budget_tokens"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_anthropic_400s(server, body, fragment):

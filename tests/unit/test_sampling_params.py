@@ -228,6 +228,15 @@ def test_structured_output_switches_are_booleans(option):
         assert getattr(StructuredOutputsParams(regex="a", **{option: given}), option) is read
 
 
+def test_json_object_is_a_switch_too():
+    """A string was read by its truth: "no" (or "false") asked for a JSON object."""
+    assert StructuredOutputsParams(json_object="yes").kind == "json_object"
+    with pytest.raises(ValueError, match="got none"):
+        StructuredOutputsParams(json_object="no")
+    with pytest.raises(ValueError, match="json_object must be true or false, got 'x'"):
+        StructuredOutputsParams(json_object="x")
+
+
 def test_a_long_id_list_is_refused_before_its_ids_are_checked() -> None:
     """Counted first (a 64 MiB body holds ~30 million ids, each walked by every check, copy
     and set after this); the message names the count, not the list."""

@@ -202,7 +202,7 @@ class ThinkingConfig(OpenAIModel):
     bounds thinking and text together)."""
 
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
-    budget_tokens: int | None = None
+    budget_tokens: int | None = Field(default=None, ge=1)
 
 
 class JsonOutputFormat(OpenAIModel):
