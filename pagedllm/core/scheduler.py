@@ -399,6 +399,9 @@ class Scheduler:
             logprobs = all_logprobs[index] if all_logprobs else None
             try:
                 new_ids = self._append_until_stop(request, sampled)
+            except GrammarError as exc:  # its own constraint: the client's doing
+                outputs.append(self.fail_request(request, str(exc), by_input=True))
+                continue
             except Exception as exc:  # e.g. a grammar that fails on the token: this request's
                 outputs.append(self.fail_request(request, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -445,8 +448,11 @@ class Scheduler:
             return []
         return [self.fail_request(self.requests[culprit], error)]
 
-    def fail_request(self, request: Request, error: str) -> EngineCoreOutput:
-        """End one request with an error of its own (finish reason "error")."""
+    def fail_request(
+        self, request: Request, error: str, by_input: bool = False
+    ) -> EngineCoreOutput:
+        """End one request with an error of its own (finish reason "error"); ``by_input``:
+        caused by what the request asked (its caller gets a 400, not a 500)."""
         logger.error("Request %s failed: %s", request.request_id, error)
         if request in self.running:
             self.running.remove(request)
@@ -457,7 +463,7 @@ class Scheduler:
         self._free(request)
         output = EngineCoreOutput(
             request.request_id, [], request.status.finish_reason, None,
-            max(request.num_cached_tokens, 0), error=error,
+            max(request.num_cached_tokens, 0), error=error, error_by_input=by_input,
         )  # fmt: skip
         if not request.timestamps_sent:
             _add_first_output_times(output, request)

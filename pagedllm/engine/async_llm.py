@@ -39,8 +39,10 @@ from pagedllm.engine.exceptions import (
     EngineDeadError,
     EngineOverloadedError,
     RequestFailedError,
+    RequestInputError,
 )
 from pagedllm.engine.llm_engine import LLMEngine, PreparedRequest
+from pagedllm.engine.output_processor import RequestState
 from pagedllm.engine.parent_request import num_samples
 from pagedllm.engine.request_logger import RequestLogger
 from pagedllm.inputs.processor import PromptType
@@ -485,7 +487,7 @@ class AsyncLLM:
         self._num_engine_waiting = self.engine.get_num_waiting_requests()
         deliver(
             [
-                (state.queue, RequestFailedError(state.error) if state.error else output)
+                (state.queue, _failure(state) if state.error else output)
                 for state, output in delivered
                 if state.queue is not None
             ]
@@ -548,3 +550,9 @@ def _run_call(engine: LLMEngine, fn: Callable[[LLMEngine], Any], future: Any) ->
         future.set_result(fn(engine))
     except Exception as exc:
         future.set_exception(exc)
+
+
+def _failure(state: RequestState) -> RequestFailedError:
+    """A failed request's error for its caller: the request's own (a 400) or the engine's."""
+    kind = RequestInputError if state.error_by_input else RequestFailedError
+    return kind(state.error)

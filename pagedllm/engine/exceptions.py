@@ -32,3 +32,8 @@ class EngineOverloadedError(RuntimeError):
 
 class RequestFailedError(RuntimeError):
     """The engine failed this request (and only it): the message is its own."""
+
+
+class RequestInputError(RequestFailedError, ValueError):
+    """The engine failed this request for what the request itself asked (a structured
+    output whose grammar took too long to follow): the server answers 400, not 500."""

@@ -815,6 +815,26 @@ def test_a_grammar_that_failed_to_build_aborts_its_request() -> None:
     harness.assert_all_blocks_free()
 
 
+def test_a_grammar_too_slow_to_follow_fails_its_request_as_its_own_input() -> None:
+    """The structured-output manager sets ``error`` on a grammar whose mask took too long
+    (after the step that sampled with it): the request fails with that text, marked as
+    its own input's doing (its caller's 400); the request beside it runs on."""
+    harness = Harness(make_scheduler())
+    slow = make_request("slow", 5, max_tokens=6)
+    slow.structured_output = FakeGrammar()
+    harness.add(slow, make_request("ok", 5, max_tokens=3))
+    harness.step()
+    slow.structured_output.error = "The structured output's constraint took 0.20 s"
+    _, outputs = harness.step()
+    failed = next(o for o in outputs if o.request_id == "slow")
+    assert failed.finish_reason == FinishReason.ERROR and failed.error_by_input
+    assert failed.error == "The structured output's constraint took 0.20 s"
+    assert len(slow.structured_output.accepted) == 1  # the token after the error is not
+    harness.run()
+    assert harness.finish_reasons["ok"] == FinishReason.LENGTH
+    harness.assert_all_blocks_free()
+
+
 def test_a_token_the_grammar_rejects_aborts_the_request() -> None:
     harness = Harness(make_scheduler())
     request = make_request("r", 5, max_tokens=6)
