@@ -15,6 +15,10 @@ def test_depth_counts_containers():
     assert json_nesting.deeper_than([[{"a": []}]], 3)
     assert not json_nesting.deeper_than("scalar", 0)
     assert not json_nesting.deeper_than([1, {"a": 2}, [3]], 2)
+    # Containers among scalars are still followed (only scalars are skipped).
+    assert json_nesting.deeper_than([1, 2, [3, [4]], 5], 2)
+    assert not json_nesting.deeper_than([1, 2, [3, [4]], 5], 3)
+    assert json_nesting.deeper_than({"a": 1, "b": {"c": [0]}}, 2)
 
 
 @pytest.mark.parametrize("levels", [129, 5000, 100_000])
