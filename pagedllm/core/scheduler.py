@@ -501,8 +501,6 @@ class Scheduler:
         """Advance the request's grammar (if any) by the token, then the stop rules. A
         grammar that has accepted its stop token ends the request even when eos is ignored."""
         grammar = request.structured_output
-        if grammar is not None and grammar.error is not None:
-            raise GrammarError(grammar.error)  # its mask took too long: this request fails
         if grammar is not None and not grammar.accept_token(token_id):
             # The mask allowed no token (a grammar whose language is empty, or other
             # constraints such as min_tokens or allowed_token_ids that exclude all it
@@ -519,6 +517,10 @@ class Scheduler:
         if grammar is not None and grammar.is_terminated():
             request.status = RequestStatus.FINISHED_STOPPED
             return True
+        if grammar is not None and grammar.error is not None:
+            # Its mask took too long (the token it sampled with it is kept, and ends the
+            # request above when it would): it fails rather than run on.
+            raise GrammarError(grammar.error)
         return False
 
     def _free(self, request: Request) -> None:

@@ -22,6 +22,7 @@ class RequestGrammar:
         self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled
         self.error: str | None = None
         self.num_accepted = 0
+        self.slow_fills = 0  # masks that took longer than the manager's bound
 
     def release(self) -> None:
         """The request is done with its grammar (finished or aborted); called once."""

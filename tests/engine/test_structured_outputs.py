@@ -498,16 +498,16 @@ def test_a_slow_mask_fails_only_the_rows_slow_alone(
     smollm_in_process, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the bound at zero every step's fill is over it and every constrained row's own
-    fill too: the constrained requests fail after their first token, with the reason; the
-    unconstrained one in the same steps finishes as alone."""
+    fill too: the constrained request fails at its second strike (the mask for its second
+    token), with one token; the unconstrained one in the same steps finishes as alone."""
     from pagedllm.structured_output import manager
 
     monkeypatch.setattr(manager, "SLOW_FILL_S", 0.0)
     llm = smollm_in_process
     greedy = SamplingParams(temperature=0.0, max_tokens=16)
     alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
-    choice = constrained("choice", ["yes", "no"], max_tokens=8)
+    choice = constrained("choice", ["antidisestablishmentarianism, a long word"], max_tokens=16)
     outs = llm.generate(["Yes or no?", "Count to ten:"], [choice, greedy], use_tqdm=False)
     assert outs[0].outputs[0].finish_reason == "error"
-    assert len(outs[0].outputs[0].token_ids) <= 1
+    assert len(outs[0].outputs[0].token_ids) == 1
     assert outs[1].outputs[0].token_ids == alone.token_ids

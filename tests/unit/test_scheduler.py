@@ -829,9 +829,24 @@ def test_a_grammar_too_slow_to_follow_fails_its_request_as_its_own_input() -> No
     failed = next(o for o in outputs if o.request_id == "slow")
     assert failed.finish_reason == FinishReason.ERROR and failed.error_by_input
     assert failed.error == "The structured output's constraint took 0.20 s"
-    assert len(slow.structured_output.accepted) == 1  # the token after the error is not
+    assert len(slow.structured_output.accepted) == 2  # the step's token is kept
     harness.run()
     assert harness.finish_reasons["ok"] == FinishReason.LENGTH
+    harness.assert_all_blocks_free()
+
+
+def test_a_slow_grammar_whose_token_ends_the_request_is_not_failed() -> None:
+    """The step that found the grammar too slow sampled the request's last token: its
+    output is complete, so it ends as it would have (the error is for a request that would
+    run on)."""
+    harness = Harness(make_scheduler())
+    last = make_request("last", 5, max_tokens=2)
+    last.structured_output = FakeGrammar()
+    harness.add(last)
+    harness.step()
+    last.structured_output.error = "The structured output's constraint took 0.20 s"
+    harness.run()
+    assert harness.finish_reasons["last"] == FinishReason.LENGTH
     harness.assert_all_blocks_free()
 
 
