@@ -315,8 +315,8 @@ class SamplingParams:
                 f"{name} must hold at most {most} ids, got {len(ids or ())}.",
             )
             wrong = [] if ids is None else [t for t in ids if not _is_int(t)][:1]
-            # The first wrong element only: the list itself may be long.
-            _check(not wrong, f"{name} must be a list of integers, got {wrong[:1]!r} in it.")
+            # The first wrong element only, its text cut: the list or the element may be long.
+            _check(not wrong, f"{name} must be a list of integers, got {repr(wrong)[:80]} in it.")
         _check(
             isinstance(self.bad_words, list) and all(isinstance(w, str) for w in self.bad_words),
             f"bad_words must be a list of strings, got {self.bad_words!r}.",

@@ -193,14 +193,14 @@ def run_engine_core(
     codec = Codec()
     core = build_core(config) if built is None else built
     if isinstance(core, Exception):
-        # A ValueError is a refusal of the configuration, which the front end prints as its
-        # error: its traceback only here, at debug level. Anything else is a fault.
-        refusal = isinstance(core, ValueError)
-        logger.log(
-            logging.DEBUG if refusal else logging.ERROR,
-            "The engine core failed to start",
-            exc_info=core,
-        )
+        # A ValueError is most often a refusal of the configuration, which the front end
+        # prints as its error: one line here, the traceback at debug level (a ValueError
+        # from a bug keeps it there). Anything else is a fault, logged with its traceback.
+        if isinstance(core, ValueError):
+            logger.info("The engine core refused to start (traceback at debug level): %s", core)
+            logger.debug("The engine core failed to start", exc_info=core)
+        else:
+            logger.error("The engine core failed to start", exc_info=core)
         started = Started(error=str(core), error_type=type(core).__name__)
         for socket in outbound:
             socket.send_multipart(codec.encode(started))

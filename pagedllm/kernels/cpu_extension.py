@@ -51,7 +51,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
         return None, "no ninja (pip install ninja)"
     directory = _build_directory(ninja)
     sources = [s for s in staged_sources(directory) if s.suffix == ".cpp"]
-    os.environ["PATH"] = str(ninja.parent) + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("ninja") != str(ninja):  # only then: PATH's folders hold the compiler
+        os.environ["PATH"] = str(ninja.parent) + os.pathsep + os.environ.get("PATH", "")
     try:
         from torch.utils.cpp_extension import load
 

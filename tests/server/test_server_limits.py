@@ -96,7 +96,7 @@ def test_a_body_that_stops_arriving_is_408(limited):
 
 def test_a_body_trickled_in_time_for_each_piece_is_408_on_the_whole(limited):
     """A byte every second (each piece well within the 1.5 s) held the connection for as
-    long as the client liked; the whole body has 1.5 s plus 1 s per 64 KiB of it."""
+    long as the client liked; the whole body has 1.5 s plus 1 s per 8 KiB of it."""
     host, port = limited.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
@@ -117,7 +117,7 @@ def test_a_body_trickled_in_time_for_each_piece_is_408_on_the_whole(limited):
         while chunk := sock.recv(4096):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-    assert b"plus 1 s per 64 KiB for the whole body" in reply
+    assert b"plus 1 s per 8 KiB for the whole body" in reply
 
 
 @pytest.mark.parametrize(

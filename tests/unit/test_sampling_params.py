@@ -248,3 +248,6 @@ def test_a_long_id_list_is_refused_before_its_ids_are_checked() -> None:
         SamplingParams(stop_token_ids=ids)
     with pytest.raises(ValueError, match=r"got \['x'\] in it\.$"):
         SamplingParams(allowed_token_ids=ids[-100:])
+    with pytest.raises(ValueError) as long_element:
+        SamplingParams(stop_token_ids=[1, "y" * 100_000])
+    assert len(str(long_element.value)) < 200

@@ -115,7 +115,7 @@ def add_limit_flags(flag: Any) -> None:
          help="seconds a connection has to send a request's headers")  # fmt: skip
     flag("request-body-timeout", type=float, default=defaults.request_body_timeout_s,
          help="seconds to wait for each next piece of a request body, and for the whole "
-              "body beyond 1 s per 64 KiB of it (408)")  # fmt: skip
+              "body beyond 1 s per 8 KiB of it (408)")  # fmt: skip
     flag("max-waiting-requests", type=int, default=None,
          help="sequences that may wait to be scheduled (503 past it; default: none)")  # fmt: skip
     flag("max-n", type=int, default=None,

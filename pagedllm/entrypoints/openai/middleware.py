@@ -111,7 +111,8 @@ class _BodyRefused(StarletteHTTPException):
 # The slowest a body may arrive on the whole, after ``timeout_s``: without a floor, a
 # piece every ``timeout_s`` held a connection and its coroutine for as long as the client
 # liked (a byte every 25 s), and thousands of such clients hold every file descriptor.
-MIN_BODY_BYTES_PER_S = 64 * 1024
+# 64 kbit/s: a congested mobile uplink still sends a few megabytes of images in time.
+MIN_BODY_BYTES_PER_S = 8 * 1024
 
 
 class RequestBodyMiddleware:
