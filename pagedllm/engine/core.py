@@ -11,7 +11,7 @@ from typing import Any
 from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
-from pagedllm.core.request import FinishReason, Request, RequestStatus
+from pagedllm.core.request import FinishReason, GrammarError, Request, RequestStatus
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.core.scheduler_output import EngineCoreOutput, SchedulerOutput
 from pagedllm.engine.messages import EngineCoreRequest
@@ -133,6 +133,11 @@ class EngineCore:
         output (finish reason "error") instead of raised."""
         try:
             self.add_request(request)
+        except GrammarError as exc:  # its constraint failed a request before: the client's
+            logger.warning("Request %s refused: %s", request.request_id, exc)
+            return EngineCoreOutput(
+                request.request_id, [], FinishReason.ERROR, error=str(exc), error_by_input=True
+            )
         except Exception as exc:
             logger.exception("Request %s could not be added", request.request_id)
             error = f"{type(exc).__name__}: {exc}"

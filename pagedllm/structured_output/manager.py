@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from pagedllm import envs
+from pagedllm.core.request import GrammarError
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.sampling_params import StructuredOutputsParams
@@ -39,6 +40,9 @@ logger = init_logger(__name__)
 
 # Compiled grammars kept for reuse by later requests with the same constraint, at most.
 _CACHE_ENTRIES = 256
+# Constraints that failed a request as too slow to follow, remembered (most recent) so the
+# same constraint sent again is refused at once instead of stalling steps until it fails.
+_TOO_SLOW_ENTRIES = 1024
 # One request's bitmask for one token, in seconds of CPU time, at most (a JSON schema's
 # takes ~1e-4), and how many fills past it fail the request (one may be a stall).
 SLOW_FILL_S = 0.1
@@ -63,15 +67,20 @@ class StructuredOutputManager:
         self._holders: dict[Future[Any], int] = {}  # requests waiting on or using each compile
         self._batch_matcher: Any = None
         self._bitmask: torch.Tensor | None = None
+        self._too_slow: OrderedDict[str, str] = OrderedDict()  # constraint key -> error
 
     def request_grammar(self, constraint: StructuredOutputsParams) -> RequestGrammar:
         """A fresh matcher state for one request (each sample of ``n`` has its own); its
         grammar built and compiled on the compile threads (a constraint that no longer
-        builds fails the request there: ``RequestGrammar.error``)."""
+        builds fails the request there: ``RequestGrammar.error``). A constraint that already
+        failed a request as too slow to follow raises ``GrammarError``."""
+        key = constraint_key(constraint)
+        if key in self._too_slow:
+            raise GrammarError(self._too_slow[key])
         future = self._compile(constraint)
         with self._cache_lock:
             self._holders[future] = self._holders.get(future, 0) + 1
-        return RequestGrammar(future, self._release)
+        return RequestGrammar(future, self._release, key)
 
     def _release(self, future: Future[Any]) -> None:
         """One request fewer waits for ``future``: with none left, a compile still queued
@@ -149,7 +158,11 @@ class StructuredOutputManager:
         began = time.perf_counter()
         self._batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask, rows)
         if time.perf_counter() - began > SLOW_FILL_S:
-            _fail_slow_fills(constrained, rows, bitmask)
+            for grammar in _fail_slow_fills(constrained, rows, bitmask):
+                assert grammar.error is not None
+                self._too_slow[grammar.key] = grammar.error
+                if len(self._too_slow) > _TOO_SLOW_ENTRIES:
+                    self._too_slow.popitem(last=False)
         return GrammarBitmask(bitmask, rows)
 
     def _buffer(self, num_rows: int) -> torch.Tensor:
@@ -169,11 +182,12 @@ class StructuredOutputManager:
 
 def _fail_slow_fills(
     grammars: list[RequestGrammar], rows: list[int], bitmask: torch.Tensor
-) -> None:
+) -> list[RequestGrammar]:
     """The step's fill ran past the bound: each row's mask filled again alone (the same
     mask: the matchers have not moved), and a grammar that alone takes longer than the
     bound for the ``SLOW_STRIKES``-th time gets its ``error``. Timing each row on every
-    step would give up xgrammar's threads."""
+    step would give up xgrammar's threads. Returns the grammars failed now."""
+    failed = []
     for grammar, row in zip(grammars, rows, strict=True):
         began = time.thread_time()  # the fill runs on this thread
         grammar.matcher.fill_next_token_bitmask(bitmask, row)
@@ -188,6 +202,8 @@ def _fail_slow_fills(
                 f"{SLOW_FILL_S} s a token): its regex or grammar is too ambiguous (nested "
                 "repetitions such as (a*)*); write it without them."
             )
+            failed.append(grammar)
+    return failed
 
 
 def _size(future: Future[Any]) -> int:

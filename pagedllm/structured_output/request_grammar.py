@@ -15,8 +15,12 @@ class RequestGrammar:
     """
 
     def __init__(
-        self, compiled: Future[Any], on_release: Callable[[Future[Any]], None] | None = None
+        self,
+        compiled: Future[Any],
+        on_release: Callable[[Future[Any]], None] | None = None,
+        key: str = "",
     ) -> None:
+        self.key = key  # the constraint's (``spec.constraint_key``)
         self._compiled = compiled
         self._on_release = on_release
         self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled

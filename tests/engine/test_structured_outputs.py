@@ -477,9 +477,8 @@ def test_an_ambiguous_regex_fails_its_own_request_only(smollm_in_process) -> Non
     """``([a-z]*)*`` twelve times: xgrammar's mask for it costs more with every token
     (~0.8 s a token after 50), and every request's step waits for the mask. The request
     fails once its own mask takes longer than the bound; the request beside it gets what it
-    gets alone, and the failed one never reached its max_tokens."""
-    from pagedllm.structured_output import manager
-
+    gets alone, and the failed one never reached its max_tokens. Sent again, the same
+    constraint is refused at once (no token, no slow step)."""
     llm = smollm_in_process
     greedy = SamplingParams(temperature=0.0, max_tokens=24)
     alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
@@ -490,8 +489,8 @@ def test_an_ambiguous_regex_fails_its_own_request_only(smollm_in_process) -> Non
     assert slow_req.outputs[0].finish_reason == "error"
     assert 1 < len(slow_req.outputs[0].token_ids) < 400
     assert beside.outputs[0].token_ids == alone.token_ids
-    grammars = llm.llm_engine.core.engine_core.structured_outputs
-    assert manager.SLOW_FILL_S == 0.1 and grammars is not None
+    again = llm.generate("Write letters:", slow, use_tqdm=False)[0].outputs[0]
+    assert again.finish_reason == "error" and again.token_ids == []
 
 
 def test_a_slow_mask_fails_only_the_rows_slow_alone(
