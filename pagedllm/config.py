@@ -17,6 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pagedllm.core.request_queue import POLICIES
@@ -746,8 +747,30 @@ def check_host_memory(
         )  # fmt: skip
 
 
+# A container's memory limit (cgroup v2): /proc/meminfo tells the whole host's.
+CGROUP_MEMORY = Path("/sys/fs/cgroup")
+
+
 def _host_memory() -> tuple[int, int]:
-    """(total, available) bytes of host memory: /proc/meminfo, else sysconf."""
+    """(total, available) bytes of host memory, within this process's cgroup limit where
+    it has one (a container started with ``--memory``)."""
+    total, available = _machine_memory()
+    try:
+        limit = (CGROUP_MEMORY / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((CGROUP_MEMORY / "memory.current").read_text())
+            # Inactive page cache counts as used but is given back on demand.
+            stat = (CGROUP_MEMORY / "memory.stat").read_text().split()
+            used -= int(stat[stat.index("inactive_file") + 1]) if "inactive_file" in stat else 0
+            total = min(total, int(limit))
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 memory controller here: the machine's figures
+    return total, available
+
+
+def _machine_memory() -> tuple[int, int]:
+    """(total, available) bytes of the machine's memory: /proc/meminfo, else sysconf."""
     try:
         with open("/proc/meminfo") as f:
             fields = {line.split(":")[0]: line.split()[1] for line in f if ":" in line}

@@ -49,3 +49,19 @@ def test_a_tiny_model_fits(tiny_models) -> None:
 )
 def test_an_engine_exit_is_told_in_words(code: int | None, words: str) -> None:
     assert describe_exit(code).startswith(words)
+
+
+def test_a_containers_memory_limit_bounds_what_is_available(tmp_path, monkeypatch) -> None:
+    """/proc/meminfo tells the whole host's memory; a container's cgroup limit is what the
+    kernel kills at. Its inactive page cache is not counted as used (given back on demand)."""
+    from pagedllm import config
+
+    monkeypatch.setattr(config, "_machine_memory", lambda: (64 * GiB, 48 * GiB))
+    monkeypatch.setattr(config, "CGROUP_MEMORY", tmp_path)
+    assert config._host_memory() == (64 * GiB, 48 * GiB)  # no cgroup files: the machine's
+    (tmp_path / "memory.max").write_text(f"{8 * GiB}\n")
+    (tmp_path / "memory.current").write_text(f"{6 * GiB}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {4 * GiB}\ninactive_file {GiB}\n")
+    assert config._host_memory() == (8 * GiB, 3 * GiB)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert config._host_memory() == (64 * GiB, 48 * GiB)
