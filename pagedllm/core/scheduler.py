@@ -453,7 +453,9 @@ class Scheduler:
     ) -> EngineCoreOutput:
         """End one request with an error of its own (finish reason "error"); ``by_input``:
         caused by what the request asked (its caller gets a 400, not a 500)."""
-        logger.error("Request %s failed: %s", request.request_id, error)
+        # A client's own input is a warning: an error line is for a fault of the engine's.
+        log = logger.warning if by_input else logger.error
+        log("Request %s failed: %s", request.request_id, error)
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:

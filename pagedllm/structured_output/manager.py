@@ -77,7 +77,7 @@ class StructuredOutputManager:
         key = constraint_key(constraint)
         if key in self._too_slow:
             raise GrammarError(self._too_slow[key])
-        future = self._compile(constraint)
+        future = self._compile(constraint, key)
         with self._cache_lock:
             self._holders[future] = self._holders.get(future, 0) + 1
         return RequestGrammar(future, self._release, key)
@@ -95,8 +95,7 @@ class StructuredOutputManager:
                 if key is not None:
                     del self._compiled[key]
 
-    def _compile(self, constraint: StructuredOutputsParams) -> Future[Any]:
-        key = constraint_key(constraint)
+    def _compile(self, constraint: StructuredOutputsParams, key: str) -> Future[Any]:
         with self._cache_lock:
             future = self._compiled.get(key)
             if future is not None and not (future.done() and future.exception() is not None):
