@@ -108,7 +108,8 @@ def staged_sources(directory: Path) -> list[Path]:
 def _ninja() -> Path | None:
     """The ninja to build with, the same whatever PATH holds: the one pip installs (a
     dependency) beside this interpreter, which a venv's python run by its path does not put
-    on PATH, else PATH's. torch's builder runs ``ninja`` from PATH, so its folder goes first."""
+    on PATH, else PATH's. torch's builder runs ``ninja`` from PATH, so the first one's
+    folder goes first on PATH where PATH would find another."""
     beside = Path(sys.executable).parent / "ninja"
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside
