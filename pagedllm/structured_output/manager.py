@@ -15,7 +15,8 @@ each row's fill alone, in the thread's CPU time (a busy host or the GIL stretche
 clock, not that); a request whose own fill is past the bound twice (``SLOW_STRIKES``) ends
 with an error (``error``, read by the scheduler after the step), so one client's constraint
 costs the others' steps a few times the bound. Rows each under the bound but many together
-are not failed: they cost the re-timing (their sum) on each step they make slow.
+cost the re-timing (their sum) on each step they make slow, until one has spent
+``SLOW_TOTAL_S`` of such fills: then it fails too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ _TOO_SLOW_ENTRIES = 1024
 # takes ~1e-4), and how many fills past it fail the request (one may be a stall).
 SLOW_FILL_S = 0.1
 SLOW_STRIKES = 2
+# One request's fills timed on slow steps, in all: rows each under the bound that make
+# steps slow together (n samples of a costly constraint) fail once one has spent this.
+SLOW_TOTAL_S = 2.0
 
 
 class StructuredOutputManager:
@@ -191,18 +195,29 @@ def _fail_slow_fills(
         began = time.thread_time()  # the fill runs on this thread
         grammar.matcher.fill_next_token_bitmask(bitmask, row)
         took = time.thread_time() - began
-        if took <= SLOW_FILL_S:
-            continue
-        grammar.slow_fills += 1
-        if grammar.slow_fills >= SLOW_STRIKES:
-            grammar.error = (
-                f"The structured output's constraint took {took:.2f} s to find which tokens "
-                f"may follow the {grammar.num_accepted} generated so far (the bound is "
-                f"{SLOW_FILL_S} s a token): its regex or grammar is too ambiguous (nested "
-                "repetitions such as (a*)*); write it without them."
-            )
+        grammar.slow_time += took
+        grammar.slow_fills += took > SLOW_FILL_S
+        if grammar.slow_fills >= SLOW_STRIKES or grammar.slow_time > SLOW_TOTAL_S:
+            grammar.error = _too_slow(grammar, took)
             failed.append(grammar)
     return failed
+
+
+def _too_slow(grammar: RequestGrammar, took: float) -> str:
+    if grammar.slow_fills >= SLOW_STRIKES:
+        cost = (
+            f"took {took:.2f} s to find which tokens may follow the {grammar.num_accepted} "
+            f"generated so far (the bound is {SLOW_FILL_S} s a token)"
+        )
+    else:
+        cost = (
+            f"spent {grammar.slow_time:.2f} s finding allowed tokens in steps it slowed (the "
+            f"bound is {SLOW_TOTAL_S} s in all)"
+        )
+    return (
+        f"The structured output's constraint {cost}: its regex or grammar is too ambiguous "
+        "(nested repetitions such as (a*)*); write it without them."
+    )
 
 
 def _size(future: Future[Any]) -> int:

@@ -27,6 +27,7 @@ class RequestGrammar:
         self.error: str | None = None
         self.num_accepted = 0
         self.slow_fills = 0  # masks that took longer than the manager's bound
+        self.slow_time = 0.0  # seconds of its masks timed on slow steps, in all
 
     def release(self) -> None:
         """The request is done with its grammar (finished or aborted); called once."""
