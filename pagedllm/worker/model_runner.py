@@ -134,7 +134,7 @@ class ModelRunner:
                         else "the layers' modules")  # fmt: skip
         self._log_kv_scales(model)
         self.model = model.eval()
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        weight_bytes = self.weight_bytes()
         logger.info(
             "Loaded %s (%s, %s) in %.2f s: %.2f GiB of weights on %s",
             mc.model,
@@ -151,7 +151,7 @@ class ModelRunner:
         would end in the kernel's out-of-memory kill minutes later (a 7B model in float32
         on a 22 GiB host: 6.5 minutes, then a bare "exited (code -9)"). The ranks of one
         host load at once, each its share."""
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        weight_bytes = _parameter_bytes(model)
         parallel = self.config.parallel_config
         ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
         if parallel.distributed_executor_backend == "ray":
@@ -211,7 +211,7 @@ class ModelRunner:
     def weight_bytes(self) -> int:
         """Bytes of this rank's weights on the device."""
         assert self.model is not None
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return _parameter_bytes(self.model)
 
     def decode_read_bytes(self) -> int:
         """Weight bytes one decode step reads on this rank: all but the embedding table, of
@@ -554,3 +554,8 @@ def _num_logprobs(asked: int | None, vocab_size: int) -> int:
     if asked is None:
         return 0
     return vocab_size if asked == -1 else asked
+
+
+def _parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters (tied ones once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
