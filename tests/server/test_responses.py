@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from pagedllm.entrypoints.openai.api_server import make_parser
+from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.reasoning import get_reasoning_parser
@@ -454,7 +455,7 @@ def test_the_store_flag():
 # -- reasoning, from a scripted engine -------------------------------------------------------
 
 
-def scripted(store: ResponseStore | None = None) -> ResponsesHandler:
+def scripted(store: ResponseStore | None = None, max_background: int = 10) -> ResponsesHandler:
     chat = ChatHandler(
         ScriptedEngine(PIECES),  # type: ignore[arg-type]
         ServedModels(["m"], "m", 4096),
@@ -462,7 +463,8 @@ def scripted(store: ResponseStore | None = None) -> ResponsesHandler:
         get_reasoning_parser("deepseek_r1"),
         {},
     )
-    return ResponsesHandler(chat, store if store is not None else ResponseStore(10))
+    store = store if store is not None else ResponseStore(10)
+    return ResponsesHandler(chat, store, BackgroundRuns(max_background))
 
 
 def run(handler: ResponsesHandler, **fields):
@@ -540,10 +542,8 @@ def test_background_runs_past_the_bound_are_503_until_one_ends():
     engine requests, and live responses (never evicted) pushed finished ones out of the
     store as they finished. Past the bound a create is refused before it is stored."""
     from pagedllm.engine.exceptions import EngineOverloadedError
-    from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 
-    handler = scripted(ResponseStore(10))
-    handler.runs = BackgroundRuns(2)
+    handler = scripted(ResponseStore(10), max_background=2)
     background = ResponsesRequest.model_validate({"input": "q", "background": True})
 
     async def go():
@@ -565,7 +565,7 @@ def test_background_runs_past_the_bound_are_503_until_one_ends():
 
 
 def test_replay_arguments_are_checked():
-    from pagedllm.entrypoints.openai.background_responses import BackgroundRun, BackgroundRuns
+    from pagedllm.entrypoints.openai.background_responses import BackgroundRun
 
     runs = BackgroundRuns(4)
     with pytest.raises(OpenAIError) as caught:  # no events kept for this id

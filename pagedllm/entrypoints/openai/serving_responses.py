@@ -330,12 +330,10 @@ class _Turn:
 
 
 class ResponsesHandler:
-    def __init__(
-        self, chat: ChatHandler, store: ResponseStore, runs: BackgroundRuns | None = None
-    ) -> None:
+    def __init__(self, chat: ChatHandler, store: ResponseStore, runs: BackgroundRuns) -> None:
         self.chat = chat
         self.store = store
-        self.runs = runs if runs is not None else BackgroundRuns(max(store.max_entries, 1))
+        self.runs = runs
 
     async def create(self, request: ResponsesRequest) -> Response:
         request.refuse_unserved()
