@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,7 +315,7 @@ class SamplingParams:
                 ids is None or len(ids) <= most,
                 f"{name} must hold at most {most} ids, got {len(ids or ())}.",
             )
-            wrong = [] if ids is None else [t for t in ids if not _is_int(t)][:1]
+            wrong = list(itertools.islice((t for t in ids or () if not _is_int(t)), 1))
             # The first wrong element only, its text cut: the list or the element may be long.
             _check(not wrong, f"{name} must be a list of integers, got {repr(wrong)[:80]} in it.")
         _check(
