@@ -504,16 +504,14 @@ class Scheduler:
         grammar that has accepted its stop token ends the request even when eos is ignored."""
         grammar = request.structured_output
         if grammar is not None and not grammar.accept_token(token_id):
-            # The mask allowed no token (a grammar whose language is empty, or other
-            # constraints such as min_tokens or allowed_token_ids that exclude all it
-            # allows): the client's doing, so a warning, not an error.
-            logger.warning(
-                "Request %s aborted: token %d does not fit its structured output grammar.",
-                request.request_id,
-                token_id,
+            # The mask allowed no token: a grammar whose language is empty, or other
+            # constraints (min_tokens, allowed_token_ids, bad_words) that exclude all it
+            # allows. The client's doing: the request fails as its input's (a 400).
+            raise GrammarError(
+                f"The structured output constraint allows no token after "
+                f"{request.num_output_tokens - 1} output tokens: its language is empty there, or "
+                "other sampling constraints exclude every token it allows."
             )
-            request.status = RequestStatus.FINISHED_ABORTED
-            return True
         if check_stop(request, self.max_model_len):
             return True
         if grammar is not None and grammar.is_terminated():

@@ -510,3 +510,22 @@ def test_a_slow_mask_fails_only_the_rows_slow_alone(
     assert outs[0].outputs[0].finish_reason == "error"
     assert len(outs[0].outputs[0].token_ids) == 1
     assert outs[1].outputs[0].token_ids == alone.token_ids
+
+
+def test_a_constraint_that_allows_no_token_fails_its_request_only(smollm) -> None:
+    """``choice: ["yes"]`` with ``allowed_token_ids`` naming another token: the mask allows
+    nothing, so the request fails as its input's (the server's 400), with no token, and the
+    request beside it gets what it gets alone (at greedy and at a temperature)."""
+    tokenizer = smollm.get_tokenizer()
+    other = tokenizer.encode(" zebra", add_special_tokens=False)[0]
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    alone = smollm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
+    for temperature in (0.0, 0.8):
+        impossible = constrained(
+            "choice", ["yes"], max_tokens=8, temperature=temperature, allowed_token_ids=[other]
+        )
+        failed, beside = smollm.generate(
+            ["Say yes:", "Count to ten:"], [impossible, greedy], use_tqdm=False
+        )
+        assert failed.outputs[0].finish_reason == "error" and failed.outputs[0].token_ids == []
+        assert beside.outputs[0].token_ids == alone.token_ids

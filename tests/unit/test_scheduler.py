@@ -850,14 +850,22 @@ def test_a_slow_grammar_whose_token_ends_the_request_is_not_failed() -> None:
     harness.assert_all_blocks_free()
 
 
-def test_a_token_the_grammar_rejects_aborts_the_request() -> None:
+def test_a_token_the_grammar_rejects_fails_the_request_as_its_own_input() -> None:
+    """The mask allowed no token (an empty language, or min_tokens and the like excluding
+    all it allows): the request fails as its caller's input (a 400), not a silent abort,
+    and the request beside it runs on."""
     harness = Harness(make_scheduler())
     request = make_request("r", 5, max_tokens=6)
     request.structured_output = FakeGrammar(accept=2)
-    harness.add(request)
-    harness.run()
-    assert harness.finish_reasons["r"] == FinishReason.ABORT
-    assert len(harness.outputs["r"]) == 3  # two accepted, the third refused
+    harness.add(request, make_request("ok", 5, max_tokens=4))
+    failed = None
+    while harness.scheduler.has_unfinished_requests():
+        _, outputs = harness.step()
+        failed = failed or next((o for o in outputs if o.request_id == "r" and o.error), None)
+    assert failed is not None and failed.finish_reason == FinishReason.ERROR
+    assert failed.error_by_input and "allows no token after 2 output tokens" in failed.error
+    assert harness.finish_reasons["ok"] == FinishReason.LENGTH
+    assert request.structured_output.released == 1
     harness.assert_all_blocks_free()
 
 
