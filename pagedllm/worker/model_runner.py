@@ -124,7 +124,7 @@ class ModelRunner:
             self.parallel, gguf_blocks=blocks,
         )  # fmt: skip
         if self.device.type == "cpu":
-            self._check_weights_fit(model)
+            self._check_weights_fit(model, blocks)
         load_weights_into(model, mc, blocks)
         log_fp8_layers(model)
         if blocks:
@@ -145,13 +145,14 @@ class ModelRunner:
             self.device,
         )
 
-    def _check_weights_fit(self, model: CausalLM) -> None:
+    def _check_weights_fit(self, model: CausalLM, blocks: bool) -> None:
         """On the CPU, before any weight is written: the built model's tensors are not yet
         touched (no memory taken), so loading a model larger than the host's free memory
         would end in the kernel's out-of-memory kill minutes later (a 7B model in float32
         on a 22 GiB host: 6.5 minutes, then a bare "exited (code -9)"). The ranks of one
-        host load at once, each its share."""
-        weight_bytes = _parameter_bytes(model)
+        host load at once, each its share. A model built for a GGUF file's blocks has
+        empty placeholders until it loads: the file's tensor table sizes it instead."""
+        weight_bytes = self._stored_gguf_bytes() if blocks else _parameter_bytes(model)
         parallel = self.config.parallel_config
         ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
         if parallel.distributed_executor_backend == "ray":
@@ -163,6 +164,14 @@ class ModelRunner:
             "Pass --dtype bfloat16 (half of float32), a quantized GGUF or a smaller model.",
             warn=False,
         )
+
+    def _stored_gguf_bytes(self) -> int:
+        from pagedllm.model.loader.gguf_weights import held_bytes
+
+        files = self.model_config.files
+        assert files.gguf_file is not None, "GGUF blocks need a GGUF file"
+        element_size = torch.empty(0, dtype=self.dtype).element_size()
+        return held_bytes(files.gguf_file, files.config_dir, element_size)
 
     def _log_kv_scales(self, model: CausalLM) -> None:
         if self.kv_cache_dtype == self.dtype:

@@ -65,3 +65,41 @@ def test_a_containers_memory_limit_bounds_what_is_available(tmp_path, monkeypatc
     assert config._host_memory() == (8 * GiB, 3 * GiB)
     (tmp_path / "memory.max").write_text("max\n")
     assert config._host_memory() == (64 * GiB, 48 * GiB)
+
+
+def test_a_gguf_models_stored_blocks_are_counted_before_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bundled GGUF on the CPU computes on its blocks as stored: its layers are empty
+    placeholders until loaded, so the check sizes the file's tensors instead (~98 MB here,
+    where the placeholders and norms come to well under 1 MB)."""
+    from pagedllm import config
+    from pagedllm.worker import model_runner
+
+    written = []
+    monkeypatch.setattr(config, "_host_memory", lambda: (64 * GiB, 20 << 20))
+    monkeypatch.setattr(model_runner, "load_weights_into", lambda *a: written.append(a))
+    with engine_in_process(), pytest.raises(ValueError) as caught:
+        LLM(device="cpu", max_model_len=512)
+    assert str(caught.value).startswith("Loading the model's weights in ")
+    assert "only 0.0195 GiB of 64 GiB is available" in str(caught.value)
+    assert not written
+
+
+def test_gguf_tensors_are_sized_as_they_will_be_held(tmp_path) -> None:
+    """Stored types (2-D) at the file's bytes; F16, F32 and 1-D tensors at the model's
+    element size (an F16 file in a float32 model doubles)."""
+    import json
+
+    from gguf import GGMLQuantizationType as T
+
+    from pagedllm.model.loader.gguf_weights import held_bytes
+
+    tensors = [
+        {"name": "a", "type": int(T.Q4_1), "shape": [64, 256], "offset": 0, "n_bytes": 9216},
+        {"name": "b", "type": int(T.F16), "shape": [64, 256], "offset": 0, "n_bytes": 32768},
+        {"name": "c", "type": int(T.F32), "shape": [256], "offset": 0, "n_bytes": 1024},
+    ]
+    (tmp_path / "gguf_tensors.json").write_text(json.dumps({"arch": "llama", "tensors": tensors}))
+    assert held_bytes(tmp_path / "unread.gguf", tmp_path, 4) == 9216 + 64 * 256 * 4 + 256 * 4
+    assert held_bytes(tmp_path / "unread.gguf", tmp_path, 2) == 9216 + 64 * 256 * 2 + 256 * 2

@@ -18,6 +18,7 @@ once into memory the process owns, its rows un-permuted like the dequantized one
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,21 @@ def iter_gguf_weights(
         if arch == "llama":
             weight = _unpermute_llama(hf_name, weight, config)
         yield hf_name, weight
+
+
+def held_bytes(path: Path, index_dir: Path, element_size: int) -> int:
+    """Bytes the model holds once loaded with ``keep_blocks``, known before any weight is
+    read (the model's parameters are empty placeholders until then): a 2-D tensor of a
+    stored type as the file's bytes, every other tensor dequantized to ``element_size``
+    bytes a value (an F16 or Q5_K tensor widens). A merged layer whose shards mix stored
+    and other types dequantizes its stored shards too; those are counted as stored."""
+    index = _load_index(path, index_dir / _INDEX_FILE)
+    return sum(
+        e["n_bytes"]
+        if e["type"] in STORED_TYPES and len(e["shape"]) == 2
+        else math.prod(e["shape"]) * element_size
+        for e in index["tensors"]
+    )
 
 
 def _stored(data: np.ndarray, entry: dict[str, Any]) -> StoredBlocks:
