@@ -36,4 +36,5 @@ class RequestFailedError(RuntimeError):
 
 class RequestInputError(RequestFailedError, ValueError):
     """The engine failed this request for what the request itself asked (a structured
-    output whose grammar took too long to follow): the server answers 400, not 500."""
+    output whose grammar took too long to follow, or whose mask allowed no token): the
+    server answers 400, not 500."""

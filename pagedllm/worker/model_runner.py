@@ -170,8 +170,7 @@ class ModelRunner:
 
         files = self.model_config.files
         assert files.gguf_file is not None, "GGUF blocks need a GGUF file"
-        element_size = torch.empty(0, dtype=self.dtype).element_size()
-        return held_bytes(files.gguf_file, files.config_dir, element_size)
+        return held_bytes(files.gguf_file, files.config_dir, self.dtype.itemsize)
 
     def _log_kv_scales(self, model: CausalLM) -> None:
         if self.kv_cache_dtype == self.dtype:
