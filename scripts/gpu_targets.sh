@@ -3,7 +3,8 @@
 # call of under 9 minutes, each step guarded by the time left.
 #   1. W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's cache
 #      warm), W3 with FP8 weights, W2, W1 (issues 14 and 18; benchmarks/gpu_workloads.py);
-#   2. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
+#   2. W1's decode attention with its requests as drawn, longest and shortest first;
+#   3. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -25,6 +26,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,1 --timeout 110 --out /tmp/jobs \
   2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
 echo "workloads done at ${SECONDS} s"
+# W1's decode attention by the programs' start order (issue 18: the step's tail)
+timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1_order.log" \
+  | tail -8
 left=$((BUDGET_S - SECONDS))
 if [ "$left" -gt 90 ]; then
   timeout "$left" python3 benchmarks/multi_turn.py --swap \
