@@ -4,7 +4,8 @@
 #   1. W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's cache
 #      warm), W3 with FP8 weights, W2, W1 (issues 14 and 18; benchmarks/gpu_workloads.py);
 #   2. W1's decode attention with its requests as drawn, longest and shortest first;
-#   3. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
+#   3. with a tree under test in .branch/: its W1 and W1 step profile, and this tree's profile;
+#   4. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -29,6 +30,15 @@ echo "workloads done at ${SECONDS} s"
 # W1's decode attention by the programs' start order (issue 18: the step's tail)
 timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1_order.log" \
   | tail -8
+# A tree under test (its package copied into the ignored .branch/, carried): W1 and one W1
+# step's profile by that tree, then the same profile by this one, beside the runs above.
+if [ -d .branch/pagedllm ] && [ $((BUDGET_S - SECONDS)) -gt 200 ]; then
+  PYTHONPATH="$PWD/.branch:$PYTHONPATH" python3 benchmarks/gpu_workloads.py --workloads 1,w1prof \
+    --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | head -20
+  python3 benchmarks/gpu_workloads.py --workloads w1prof --timeout 90 --out /tmp/jobs/main \
+    2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | head -20
+  echo "branch done at ${SECONDS} s"
+fi
 left=$((BUDGET_S - SECONDS))
 if [ "$left" -gt 90 ]; then
   timeout "$left" python3 benchmarks/multi_turn.py --swap \
