@@ -34,9 +34,9 @@ timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1
 # step's profile by that tree, then the same profile by this one, beside the runs above.
 if [ -d .branch/pagedllm ] && [ $((BUDGET_S - SECONDS)) -gt 200 ]; then
   PYTHONPATH="$PWD/.branch:$PYTHONPATH" python3 benchmarks/gpu_workloads.py --workloads 1,w1prof \
-    --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | head -20
+    --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
   python3 benchmarks/gpu_workloads.py --workloads w1prof --timeout 90 --out /tmp/jobs/main \
-    2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | head -20
+    2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
   echo "branch done at ${SECONDS} s"
 fi
 left=$((BUDGET_S - SECONDS))
