@@ -30,10 +30,12 @@ echo "workloads done at ${SECONDS} s"
 # W1's decode attention by the programs' start order (issue 18: the step's tail)
 timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1_order.log" \
   | tail -8
-# A tree under test (its package copied into the ignored .branch/, carried): W1 and one W1
-# step's profile by that tree, then the same profile by this one, beside the runs above.
+# A tree under test (its pagedllm/ and benchmarks/ copied into the ignored .branch/, carried;
+# the benchmark puts its own tree first on the path): one W1 step's profile (it warms the
+# kernels) and W1
+# by that tree, then the same profile by this one, beside the runs above.
 if [ -d .branch/pagedllm ] && [ $((BUDGET_S - SECONDS)) -gt 200 ]; then
-  PYTHONPATH="$PWD/.branch:$PYTHONPATH" python3 benchmarks/gpu_workloads.py --workloads 1,w1prof \
+  python3 .branch/benchmarks/gpu_workloads.py --workloads w1prof,1 \
     --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
   python3 benchmarks/gpu_workloads.py --workloads w1prof --timeout 90 --out /tmp/jobs/main \
     2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
