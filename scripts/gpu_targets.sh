@@ -32,8 +32,7 @@ timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1
   | tail -8
 # A tree under test (its pagedllm/ and benchmarks/ copied into the ignored .branch/, carried;
 # the benchmark puts its own tree first on the path): one W1 step's profile (it warms the
-# kernels) and W1
-# by that tree, then the same profile by this one, beside the runs above.
+# kernels) and W1 by that tree, then the same profile by this one.
 if [ -d .branch/pagedllm ] && [ $((BUDGET_S - SECONDS)) -gt 200 ]; then
   python3 .branch/benchmarks/gpu_workloads.py --workloads w1prof,1 \
     --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
