@@ -3,7 +3,8 @@
 # call of under 9 minutes, each step guarded by the time left.
 #   1. W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's cache
 #      warm), W3 with FP8 weights, W2, W1 (issues 14 and 18; benchmarks/gpu_workloads.py);
-#   2. W1's decode attention with its requests as drawn, longest and shortest first;
+#   2. W1's decode attention with its requests as drawn, longest and shortest first, and W2's
+#      over an FP8 cache by launch;
 #   3. with a tree under test in .branch/: its W1 and W1 step profile, and this tree's profile;
 #   4. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
@@ -30,6 +31,9 @@ echo "workloads done at ${SECONDS} s"
 # W1's decode attention by the programs' start order (issue 18: the step's tail)
 timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1_order.log" \
   | tail -8
+# W2's decode attention over an FP8 cache by launch (issue 14: half the bytes, no faster)
+timeout 100 python3 benchmarks/attention_tuning.py --fp8-decode 2>&1 | tee "$OUT/fp8_decode.log" \
+  | tail -9
 # A tree under test (its pagedllm/ and benchmarks/ copied into the ignored .branch/, carried;
 # the benchmark puts its own tree first on the path): one W1 step's profile (it warms the
 # kernels) and W1 by that tree, then the same profile by this one.
