@@ -3,17 +3,18 @@
 # call of under 9 minutes, each step guarded by the time left.
 #   1. W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's cache
 #      warm), W3 with FP8 weights, W2, W1 (issues 14 and 18; benchmarks/gpu_workloads.py);
-#   2. W1's decode attention with its requests as drawn, longest and shortest first, and W2's
-#      over an FP8 cache by launch;
+#   2. W1's decode attention with its requests as drawn, longest and shortest first;
 #   3. with a tree under test in .branch/: its W1 and W1 step profile, and this tree's profile;
-#   4. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
+#   4. W2's decode attention over an FP8 cache by launch (issue 14);
+#   5. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux_2_26_x86_64 --platform any -d .whl \
 #     msgspec==0.23.0 pyzmq==27.3.0 gguf==0.19.0
-# then run `bash scripts/gpu_targets.sh` with carry [".whl"] and timeout_s 560.
+# then run `bash scripts/gpu_targets.sh` with carry [".whl"] and timeout_s 560. Sections run in
+# order while the time left allows; SECTIONS="fp8 swap" (say) runs only those, in a later call.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"
 BUDGET_S="${BUDGET_S:-530}"  # the command's own end, inside the call's limit
@@ -25,31 +26,42 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,1 --timeout 110 --out /tmp/jobs \
-  2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
-echo "workloads done at ${SECONDS} s"
-# W1's decode attention by the programs' start order (issue 18: the step's tail)
-timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 | tee "$OUT/w1_order.log" \
-  | tail -8
-# W2's decode attention over an FP8 cache by launch (issue 14: half the bytes, no faster)
-timeout 100 python3 benchmarks/attention_tuning.py --fp8-decode 2>&1 | tee "$OUT/fp8_decode.log" \
-  | tail -9
+SECTIONS=" ${SECTIONS:-workloads order branch fp8 swap} "  # a later call: those left out
+want() { [[ "$SECTIONS" == *" $1 "* ]] && [ $((BUDGET_S - SECONDS)) -gt "$2" ]; }
+ran() { echo "section $1 done at ${SECONDS} s"; }
+if want workloads 0; then
+  python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,1 --timeout 110 \
+    --out /tmp/jobs 2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
+  ran workloads
+fi
+if want order 40; then  # W1's decode attention by the programs' start order (the step's tail)
+  timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 \
+    | tee "$OUT/w1_order.log" | tail -8
+  ran order
+fi
 # A tree under test (its pagedllm/ and benchmarks/ copied into the ignored .branch/, carried;
 # the benchmark puts its own tree first on the path): one W1 step's profile (it warms the
 # kernels) and W1 by that tree, then the same profile by this one.
-if [ -d .branch/pagedllm ] && [ $((BUDGET_S - SECONDS)) -gt 200 ]; then
-  python3 .branch/benchmarks/gpu_workloads.py --workloads w1prof,1 \
-    --timeout 90 --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
+if [ -d .branch/pagedllm ] && want branch 200; then
+  python3 .branch/benchmarks/gpu_workloads.py --workloads w1prof,1 --timeout 90 \
+    --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" \
+    | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
   python3 benchmarks/gpu_workloads.py --workloads w1prof --timeout 90 --out /tmp/jobs/main \
-    2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
-  echo "branch done at ${SECONDS} s"
+    2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" \
+    | tail -20
+  ran branch
 fi
-left=$((BUDGET_S - SECONDS))
-if [ "$left" -gt 90 ]; then
-  timeout "$left" python3 benchmarks/multi_turn.py --swap \
+if want fp8 80; then  # W2's decode attention over an FP8 cache by launch (issue 14)
+  timeout 100 python3 benchmarks/attention_tuning.py --fp8-decode 2>&1 \
+    | tee "$OUT/fp8_decode.log" | tail -9
+  ran fp8
+fi
+if want swap 90; then  # the host KV tier's multi-turn pair (issue 20)
+  timeout $((BUDGET_S - SECONDS)) python3 benchmarks/multi_turn.py --swap \
     --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
     --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
     2>&1 | tee "$OUT/multi_turn.log" | grep -v "^INFO" | tail -20
+  ran swap
 fi
 tar czf "$OUT/jobs.tgz" -C /tmp jobs
 echo "end at ${SECONDS} s"
