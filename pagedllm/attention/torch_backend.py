@@ -6,7 +6,9 @@ Single-token queries (decodes) are batched. On the CPU with pagedllm's C++ kerne
 [decodes, kv_heads, max_len, head_dim] tensor and one ``scaled_dot_product_attention`` call
 attends with a length mask. Multi-token queries (prefill chunks) go one request at a time;
 a chunk with no cached prefix attends to its own fresh K/V without reading the cache
-(unless the cache is FP8: then, as every other query, to the values read back from it).
+(unless the cache is FP8: then, as every other query, to the values read back from it), by
+SDPA with ``is_causal``; a masked chunk (a cached prefix or a window) by two batched products
+around a softmax where its scores fit ``SCORES_LIMIT``, else by SDPA with the mask.
 An FP8 cache is written as ``value / scale`` and read back in float32 times the scale.
 A layer with a sliding window masks the keys before its window too (masks made once per
 step and window, shared by the layers that have it).
@@ -22,6 +24,12 @@ import torch.nn.functional as F
 from pagedllm.attention.metadata import CommonAttentionMetadata
 from pagedllm.kernels.cpu_attention import paged_decode, supports
 
+# Score elements a masked prefill chunk may hold at once (64 MiB of float32): up to it, two
+# batched products and a softmax; past it, SDPA. On the CPU the explicit form is 1.2-2x
+# faster than SDPA with a mask (torch 2.13, a 2-core AVX2 host; short chunks over long
+# cached prefixes gain most: a multi-turn chat's next message).
+SCORES_LIMIT = 1 << 24
+
 
 @dataclass
 class PrefillSpan:
@@ -32,6 +40,18 @@ class PrefillSpan:
     mask: torch.Tensor | None  # [query_len, seq_len] bool (True = attend); None: no cached
     # prefix, plain causal
     _windowed: dict[int, torch.Tensor] = field(default_factory=dict)
+    _biases: dict[tuple[int | None, int], torch.Tensor] = field(default_factory=dict)
+
+    def bias_for(self, window: int | None, group: int) -> torch.Tensor:
+        """``mask_for(window)`` as an additive float32 bias (0 or -inf), its rows repeated
+        for the ``group`` query heads of a KV head; made once per step for all layers."""
+        key = (window, group)
+        if key not in self._biases:
+            mask = self.mask_for(window)
+            assert mask is not None, "a chunk with no cached prefix and no window is causal"
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            self._biases[key] = bias.masked_fill_(~mask, float("-inf")).repeat(group, 1)
+        return self._biases[key]
 
     def mask_for(self, window: int | None) -> torch.Tensor | None:
         """The mask for a layer with this window: query j (position seq_len - query_len + j)
@@ -248,9 +268,31 @@ def _prefill(
     else:
         kv = read(span.block_ids)[:, : span.seq_len]
         keys, values = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
+    if mask is not None and query.shape[0] * query.shape[1] * keys.shape[1] <= SCORES_LIMIT:
+        bias = span.bias_for(window, query.shape[0] // keys.shape[0])
+        return _attend_with_bias(query, keys, values, bias, scale).transpose(0, 1)
     # No cached prefix and no window: keys and queries cover the same positions, plain causal.
     out = F.scaled_dot_product_attention(
         query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale,
         enable_gqa=True,
     )  # fmt: skip
     return out.transpose(0, 1)
+
+
+def _attend_with_bias(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Masked attention as two batched products and a softmax in float32: query [heads,
+    len, dim]; keys, values [kv_heads, seq_len, dim]; ``bias`` [group * len, seq_len] (0 or
+    -inf, each query row once per query head of a KV head). The query heads sharing a KV
+    head are stacked as its rows, so K/V are never repeated."""
+    heads, length, dim = query.shape
+    kv_heads = keys.shape[0]
+    grouped = query.reshape(kv_heads, heads // kv_heads * length, dim).float()
+    scores = torch.baddbmm(bias, grouped, keys.float().transpose(1, 2), alpha=scale)
+    out = torch.bmm(scores.softmax(dim=-1), values.float())
+    return out.view(heads, length, dim).to(query.dtype)

@@ -1,0 +1,63 @@
+"""The torch backend's masked prefill chunks (a cached prefix, a window): two batched
+products around a softmax up to ``SCORES_LIMIT`` score elements, SDPA past it; both
+against SDPA's own masked attention on the same cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagedllm.attention import torch_backend
+from pagedllm.attention.torch_backend import PrefillSpan, _prefill, _Reader
+
+HEADS, KV_HEADS, DIM, BLOCK = 6, 2, 16, 4
+
+
+def chunk(prefix: int, length: int, dtype: torch.dtype) -> tuple:
+    """A cache holding ``prefix + length`` keys in shuffled blocks, the chunk's queries, and
+    its span as the backend builds it."""
+    gen = torch.Generator().manual_seed(prefix * 31 + length)
+    seq_len = prefix + length
+    blocks = -(-seq_len // BLOCK)
+    cache = torch.randn(2, blocks + 3, BLOCK, KV_HEADS, DIM, generator=gen).to(dtype)
+    block_ids = torch.randperm(blocks + 3, generator=gen)[:blocks]
+    q = torch.randn(length, HEADS, DIM, generator=gen).to(dtype)
+    rows = torch.arange(length)[:, None]
+    mask = torch.arange(seq_len)[None, :] <= rows + prefix
+    return cache, q, PrefillSpan(0, length, seq_len, block_ids, mask)
+
+
+def expected(cache, q, span: PrefillSpan, window: int | None) -> torch.Tensor:
+    kv = cache[:, span.block_ids].reshape(2, -1, KV_HEADS, DIM)[:, : span.seq_len].float()
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(0, 1), kv[0].transpose(0, 1), kv[1].transpose(0, 1),
+        attn_mask=span.mask_for(window), scale=DIM**-0.5, enable_gqa=True,
+    )  # fmt: skip
+    return out.transpose(0, 1)
+
+
+@pytest.mark.parametrize("limit", [torch_backend.SCORES_LIMIT, 0], ids=["products", "sdpa"])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "prefix, length, window", [(37, 9, None), (37, 9, 5), (3, 1, None), (3, 1, 5), (0, 6, 5)]
+)
+def test_a_masked_chunk_attends_as_sdpa_does(
+    monkeypatch, limit, dtype, tolerance, prefix, length, window
+) -> None:
+    monkeypatch.setattr(torch_backend, "SCORES_LIMIT", limit)
+    cache, q, span = chunk(prefix, length, dtype)
+    unused = torch.full((length, KV_HEADS, DIM), float("nan"), dtype=dtype)  # read from cache
+    read = _Reader(cache, torch.ones(2), dtype)
+    out = _prefill(q, unused, unused, read, span, DIM**-0.5, window)
+    assert out.dtype == dtype and out.shape == q.shape
+    torch.testing.assert_close(out.float(), expected(cache, q, span, window), atol=tolerance,
+                               rtol=tolerance)  # fmt: skip
+
+
+def test_the_bias_repeats_the_mask_for_each_query_head_of_a_kv_head() -> None:
+    _, _, span = chunk(5, 3, torch.float32)
+    bias = span.bias_for(None, 3)
+    assert bias.shape == (9, 8) and bias is span.bias_for(None, 3)  # made once per step
+    for g in range(3):
+        assert torch.equal(bias[3 * g : 3 * g + 3] == 0, span.mask)
