@@ -345,6 +345,11 @@ class LaunchConfig:
 # (128-row tiles: 32 queries of a group of 4).
 DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
 PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2, rows=128)
+# Unsplit decodes over an FP8 cache: twice the keys a step for the bytes DECODE_CONFIG has
+# in flight. W2's decode (1000 requests of ~640 tokens, G = 4) on an H100: 896 against 994 us
+# a layer at DECODE_CONFIG (benchmarks/RESULTS.md, 2026-12-06). Split launches keep
+# DECODE_CONFIG: their segments hold few tiles, and wider tiles would leave some empty.
+FP8_DECODE_CONFIG = LaunchConfig(tile_n=128, num_warps=4, num_stages=2)
 
 
 @functools.cache
@@ -368,6 +373,13 @@ def prefill_config() -> LaunchConfig:
     """The launch for steps with prefill: PAGEDLLM_ATTENTION_PREFILL_CONFIG, else the tuned."""
     spec = envs.attention_prefill_config()
     return _parse_launch(spec) if spec else PREFILL_CONFIG
+
+
+def launch_config(max_query_len: int, fp8_cache: bool, num_segments: int) -> LaunchConfig:
+    """The tuned launch for a batch: decodes (one query a request) or steps with prefill."""
+    if max_query_len != 1:
+        return prefill_config()
+    return FP8_DECODE_CONFIG if fp8_cache and num_segments == 1 else DECODE_CONFIG
 
 
 def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int]:
@@ -415,7 +427,7 @@ def paged_attention(
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
-    config = config or (DECODE_CONFIG if max_query_len == 1 else prefill_config())
+    config = config or launch_config(max_query_len, quant, num_segments)
     block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     decode = max_query_len == 1

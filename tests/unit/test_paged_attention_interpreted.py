@@ -1,7 +1,8 @@
 """The paged-attention kernel's code paths on the CPU, under Triton's interpreter in a
 subprocess (the interpreter is chosen when triton is imported): mixed batches whose decodes
 take their own tile shape, the unmasked loop over tiles every row sees whole, windows,
-split-KV decodes merged in base 2, and decode batches found without a search.
+split-KV decodes merged in base 2, decode batches found without a search, and a decode
+batch over an FP8 cache at its own launch.
 tests/gpu/test_paged_attention_kernel.py covers the compiled kernel, every dtype and launch
 shape, on a GPU."""
 
@@ -41,6 +42,22 @@ CHECK = textwrap.dedent(
         case = {"seed": 3, "dim": 64, "block_size": 16, "dtype": f32, **case}
         error = run_case(device="cpu", **case)
         assert error < 1e-5, (case, error)
+    # A decode batch over an FP8 cache (K and V scaled), at the launch chosen for it.
+    from tests.gpu.test_paged_attention_kernel import reference
+    from pagedllm.kernels.paged_attention import paged_attention
+
+    gen = torch.Generator().manual_seed(5)
+    lens = [5, 140, 300]
+    table = torch.randperm(57, generator=gen).to(torch.int32).view(3, 19)  # 304 keys a row
+    fp8 = (torch.randn(2, 57, 16, 2, 64, generator=gen) * 0.5).to(torch.float8_e4m3fn)
+    scales = torch.tensor([0.7, 1.3])
+    q = torch.randn(3, 8, 64, generator=gen)
+    out = torch.full_like(q, float("nan"))
+    paged_attention(q, fp8, out, table, torch.tensor(lens, dtype=torch.int32),
+                    torch.arange(4, dtype=torch.int32), 3, 1, 0.125, kv_scale=scales)
+    want = reference(q, fp8.float() * scales.view(2, 1, 1, 1, 1), table, lens, [0, 1, 2, 3],
+                     0.125)
+    assert ((out.double() - want).norm() / want.norm()).item() < 1e-5
     # A decode launch (max_query_len 1) must have one token a request.
     from pagedllm.kernels.paged_attention import paged_attention
     from tests.unit.interpreted import assert_refused
@@ -53,6 +70,19 @@ CHECK = textwrap.dedent(
     print("ATTENTION_OK")
     """
 )
+
+
+def test_the_launch_is_chosen_by_batch_and_cache() -> None:
+    """Unsplit decodes over an FP8 cache take wider key tiles; split ones and bfloat16
+    caches the decode launch; steps with prefill the prefill launch."""
+    pytest.importorskip("triton")
+    from pagedllm.kernels import paged_attention as pa
+
+    assert pa.launch_config(1, True, 1) == pa.FP8_DECODE_CONFIG
+    assert pa.FP8_DECODE_CONFIG.tile_n == 2 * pa.DECODE_CONFIG.tile_n
+    assert pa.launch_config(1, True, 4) == pa.DECODE_CONFIG
+    assert pa.launch_config(1, False, 1) == pa.DECODE_CONFIG
+    assert pa.launch_config(7, True, 1) == pa.prefill_config() == pa.PREFILL_CONFIG
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
