@@ -25,7 +25,8 @@ def chunk(prefix: int, length: int, dtype: torch.dtype) -> tuple:
     q = torch.randn(length, HEADS, DIM, generator=gen).to(dtype)
     rows = torch.arange(length)[:, None]
     mask = torch.arange(seq_len)[None, :] <= rows + prefix
-    return cache, q, PrefillSpan(0, length, seq_len, block_ids, mask)
+    # As the backend builds it: no mask for a chunk without a cached prefix.
+    return cache, q, PrefillSpan(0, length, seq_len, block_ids, mask if prefix else None)
 
 
 def expected(cache, q, span: PrefillSpan, window: int | None) -> torch.Tensor:
@@ -47,9 +48,15 @@ def test_a_masked_chunk_attends_as_sdpa_does(
 ) -> None:
     monkeypatch.setattr(torch_backend, "SCORES_LIMIT", limit)
     cache, q, span = chunk(prefix, length, dtype)
-    unused = torch.full((length, KV_HEADS, DIM), float("nan"), dtype=dtype)  # read from cache
-    read = _Reader(cache, torch.ones(2), dtype)
-    out = _prefill(q, unused, unused, read, span, DIM**-0.5, window)
+    # A chunk with a cached prefix reads every key from the cache; one without takes its
+    # fresh K/V (here the same values) and must not read the cache.
+    fresh = cache[:, span.block_ids].reshape(2, -1, KV_HEADS, DIM)[:, :length]
+    if prefix:
+        fresh = torch.full_like(fresh, float("nan"))
+        read = _Reader(cache, torch.ones(2), dtype)
+    else:
+        read = _Reader(torch.full_like(cache, float("nan")), torch.ones(2), dtype)
+    out = _prefill(q, fresh[0], fresh[1], read, span, DIM**-0.5, window)
     assert out.dtype == dtype and out.shape == q.shape
     torch.testing.assert_close(out.float(), expected(cache, q, span, window), atol=tolerance,
                                rtol=tolerance)  # fmt: skip
