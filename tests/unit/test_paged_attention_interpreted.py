@@ -18,8 +18,9 @@ from tests.unit.interpreted import run_interpreted
 CHECK = textwrap.dedent(
     """
     import torch
-    from tests.gpu.test_paged_attention_kernel import run_case
-    from pagedllm.kernels.paged_attention import LaunchConfig
+    from tests.gpu.test_paged_attention_kernel import reference, run_case
+    from tests.unit.interpreted import assert_refused
+    from pagedllm.kernels.paged_attention import LaunchConfig, paged_attention
 
     f32 = torch.float32
     cases = [
@@ -43,9 +44,6 @@ CHECK = textwrap.dedent(
         error = run_case(device="cpu", **case)
         assert error < 1e-5, (case, error)
     # A decode batch over an FP8 cache (K and V scaled), at the launch chosen for it.
-    from tests.gpu.test_paged_attention_kernel import reference
-    from pagedllm.kernels.paged_attention import paged_attention
-
     gen = torch.Generator().manual_seed(5)
     lens = [5, 140, 300]
     table = torch.randperm(57, generator=gen).to(torch.int32).view(3, 19)  # 304 keys a row
@@ -59,9 +57,6 @@ CHECK = textwrap.dedent(
                      0.125)
     assert ((out.double() - want).norm() / want.norm()).item() < 1e-5
     # A decode launch (max_query_len 1) must have one token a request.
-    from pagedllm.kernels.paged_attention import paged_attention
-    from tests.unit.interpreted import assert_refused
-
     q = torch.zeros(3, 8, 64)
     cache = torch.zeros(2, 4, 16, 2, 64)
     ints = torch.zeros(3, 4, dtype=torch.int32)
