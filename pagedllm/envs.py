@@ -54,6 +54,13 @@ def enable_multiprocessing() -> bool:
     return _get_bool("PAGEDLLM_ENABLE_MULTIPROCESSING", True)
 
 
+def admission_forecast() -> bool:
+    """PAGEDLLM_ADMISSION_FORECAST: admit a waiting request only if the running requests'
+    projected KV blocks still fit (``pagedllm/core/admission.py``; default on); 0 admits
+    while blocks are free and preempts when they run out, as vLLM does."""
+    return _get_bool("PAGEDLLM_ADMISSION_FORECAST", True)
+
+
 def log_stats_interval() -> float:
     """PAGEDLLM_LOG_STATS_INTERVAL: seconds between periodic stats log lines (default 5)."""
     return float(os.environ.get("PAGEDLLM_LOG_STATS_INTERVAL", "5"))

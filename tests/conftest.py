@@ -31,20 +31,40 @@ os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="pagedllm-test-hf-
 TINY_VOCAB = 384
 
 
+@pytest.fixture
+def admit_freely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schedulers and engines built in the test admit without the forecast
+    (``pagedllm/core/admission.py``): while blocks are free, preempting when they run out
+    (PAGEDLLM_ADMISSION_FORECAST=0, which engine processes inherit). For the tests of
+    preemption itself, whose small mixes the forecast would run without one."""
+    monkeypatch.setenv("PAGEDLLM_ADMISSION_FORECAST", "0")
+
+
 @contextlib.contextmanager
-def engine_in_process() -> Iterator[None]:
-    """Engines made inside run their core in the test's own process
-    (PAGEDLLM_ENABLE_MULTIPROCESSING=0): for tests that reach into the runner or the
-    scheduler. Everything else runs the default, the core in its own process."""
-    old = os.environ.get("PAGEDLLM_ENABLE_MULTIPROCESSING")
-    os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = "0"
+def env_set(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside, the old value (or none) after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            del os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"]
+            del os.environ[name]
         else:
-            os.environ["PAGEDLLM_ENABLE_MULTIPROCESSING"] = old
+            os.environ[name] = old
+
+
+def engine_in_process() -> contextlib.AbstractContextManager[None]:
+    """Engines made inside run their core in the test's own process
+    (PAGEDLLM_ENABLE_MULTIPROCESSING=0): for tests that reach into the runner or the
+    scheduler. Everything else runs the default, the core in its own process."""
+    return env_set("PAGEDLLM_ENABLE_MULTIPROCESSING", "0")
+
+
+def admission_forecast_off() -> contextlib.AbstractContextManager[None]:
+    """Engines made inside admit without the forecast (the ``admit_freely`` fixture's
+    setting, for fixtures wider than one test)."""
+    return env_set("PAGEDLLM_ADMISSION_FORECAST", "0")
 
 
 def tiny_config(arch: str):

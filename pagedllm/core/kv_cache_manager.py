@@ -75,6 +75,9 @@ class KVCacheManager:
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         # How many leading blocks of each request are registered in the hash map.
         self.num_cached_blocks: dict[str, int] = {}
+        # How many leading blocks of each request were prefix-cache hits on the device when
+        # it was admitted (possibly shared with others; the rest it took fresh).
+        self.num_hit_blocks: dict[str, int] = {}
         # Host slots pinned for each swapped-out (preempted) request, until it runs again.
         self.host_pins: dict[str, list[int]] = {}
         self.prefix_cache_stats = PrefixCacheStats()
@@ -85,6 +88,13 @@ class KVCacheManager:
 
     def usage(self) -> float:
         return self.block_pool.get_usage()
+
+    def num_held_blocks(self, request_id: str) -> int:
+        return len(self.req_to_blocks.get(request_id, ()))
+
+    def num_shared_blocks(self, request_id: str) -> int:
+        """Blocks the request took as device prefix-cache hits (others may hold them too)."""
+        return self.num_hit_blocks.get(request_id, 0)
 
     def get_computed_blocks(self, request: Request) -> tuple[CachedPrefix, int]:
         """Longest cached prefix of whole blocks, and how many tokens it covers: blocks on
@@ -155,6 +165,7 @@ class KVCacheManager:
         if computed:
             self.block_pool.touch(computed)
             blocks.extend(computed)
+            self.num_hit_blocks[request.request_id] = len(computed)
         if host_slots:
             new_blocks = self._take_loading(host_slots, max(needed, 0))
         else:
@@ -208,6 +219,7 @@ class KVCacheManager:
         """
         blocks = self.req_to_blocks.pop(request.request_id, [])
         self.num_cached_blocks.pop(request.request_id, None)
+        self.num_hit_blocks.pop(request.request_id, None)
         for block in blocks[request.num_computed_tokens // self.block_size :]:
             self.block_pool.evict_hash(block)
         self.block_pool.free_blocks(reversed(blocks))

@@ -20,7 +20,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pagedllm import envs
 from pagedllm.config import SchedulerConfig
+from pagedllm.core.admission import BlockForecast
 from pagedllm.core.block_pool import KVCacheBlock
 from pagedllm.core.kv_cache_manager import CachedPrefix, KVCacheManager
 from pagedllm.core.quarantine import Quarantine
@@ -94,6 +96,8 @@ class Scheduler:
         # next update_from_output.
         self._rejected: list[Request] = []
         self.num_preemptions = 0
+        # Admission by forecast (admission.py) unless PAGEDLLM_ADMISSION_FORECAST=0.
+        self.forecast_admission = envs.admission_forecast()
         # Unfinished requests that need their last token on the host before the next step
         # is scheduled (``needs_known_tokens``): while any exists, steps run synchronously.
         self.num_sync_requests = 0
@@ -187,6 +191,7 @@ class Scheduler:
                 self.waiting.prepend(request)
 
     def _admit_waiting(self, plan: _StepPlan, not_ready: list[Request]) -> None:
+        forecast: BlockForecast | None = None  # built once someone could be admitted
         while (
             len(self.waiting) > 0
             and plan.budget > 0
@@ -200,7 +205,9 @@ class Scheduler:
             if grammar is not None and grammar.error is not None:
                 self._reject(self.waiting.pop(), grammar.error)
                 continue
-            admission = self._allocate_admission(request, plan)
+            if forecast is None and self.running and self.forecast_admission:
+                forecast = BlockForecast(self.running, self.kv, self.max_model_len)
+            admission = self._allocate_admission(request, plan, forecast)
             if admission is None:
                 break
             self.waiting.pop()
@@ -227,13 +234,17 @@ class Scheduler:
         return True
 
     def _allocate_admission(
-        self, request: Request, plan: _StepPlan
+        self, request: Request, plan: _StepPlan, forecast: BlockForecast | None = None
     ) -> tuple[int, int, list[KVCacheBlock], CachedPrefix] | None:
         """Room for a waiting request this step: (prefix-cache hit tokens, tokens to compute,
-        its blocks, the hits), or None when the step has no room for it."""
+        its blocks, the hits), or None when the step has no room for it, or (``forecast``)
+        when the running requests' projected growth leaves none."""
         if plan.budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return None
         prefix, num_hit_tokens = self.kv.get_computed_blocks(request)
+        terms = (0.0, 0) if forecast is None else forecast.terms(request, prefix.device_blocks)
+        if forecast is not None and not forecast.admits(terms):
+            return None
         num_new = request.num_tokens - num_hit_tokens
         if not self.config.enable_chunked_prefill and num_new > plan.budget:
             return None
@@ -241,6 +252,8 @@ class Scheduler:
         new_blocks = self.kv.allocate_slots(request, num_new, prefix)
         if new_blocks is None:
             return None
+        if forecast is not None:
+            forecast.add(terms)
         return num_hit_tokens, num_new, prefix.device_blocks + new_blocks, prefix
 
     def _reject(self, request: Request, reason: str) -> None:

@@ -83,6 +83,7 @@ def test_async_equals_sync_on_a_mixed_batch(engines):
     assert pool.get_num_free_blocks() == pool.num_blocks
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_async_preemption_with_tokens_in_flight(tiny_models, engines):
     sync, _ = engines
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(24, seed=5)]

@@ -129,6 +129,7 @@ def test_reset_prefix_cache(pair):
     assert cached.generate(prompt, GREEDY, use_tqdm=False)[0].num_cached_tokens == 0
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_churn_keeps_the_pool_consistent(tiny_models):
     """Thousands of random requests, a tiny KV budget, heavy sharing, random aborts. The
     pool is checked after every step, so the core runs in this process."""

@@ -137,6 +137,7 @@ def test_fp8_kv_cache_is_copied_as_raw_bytes(tiny_models):
     assert host_loads(with_tier) > 0 and computed_tier == 8 * 6
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_swap_preemption_gives_the_same_outputs(tiny_models):
     # Four requests that each grow to 5 blocks, 12 device blocks: decodes preempt.
     batch = prompts(2, count=4, length=40)

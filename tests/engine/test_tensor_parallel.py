@@ -20,7 +20,7 @@ import pytest
 from pagedllm import LLM, SamplingParams
 from pagedllm.engine.exceptions import EngineDeadError
 from pagedllm.inputs import TokensPrompt
-from tests.conftest import engine_in_process, tiny_config
+from tests.conftest import admission_forecast_off, engine_in_process, tiny_config
 
 BLOCK = 16
 NUM_BLOCKS = 14  # ~24 blocks of work: requests are preempted and recomputed
@@ -40,7 +40,8 @@ def generate_greedy(
 ) -> tuple[list, dict]:
     """Generate greedily; every token's logprobs over the whole vocabulary."""
     budget = NUM_BLOCKS * BLOCK * _kv_bytes_per_token(arch) // (tp * pp)
-    with engine_in_process():
+    # Admitting freely: the budget then forces preemptions, which the ranks must agree on.
+    with engine_in_process(), admission_forecast_off():
         llm = LLM(
             str(model), tensor_parallel_size=tp, pipeline_parallel_size=pp,
             kv_cache_memory_bytes=budget, max_model_len=128, max_num_seqs=5,

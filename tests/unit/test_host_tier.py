@@ -169,6 +169,7 @@ def test_hits_on_device_then_host_within_one_step():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 def test_preemption_with_the_tier_gives_the_same_tokens(mode):
     jobs = [(f"r{i}", 8 + 2 * i, 16) for i in range(6)]  # each fits the 10 blocks alone
@@ -183,6 +184,7 @@ def test_preemption_with_the_tier_gives_the_same_tokens(mode):
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_swap_preemption_pins_the_victims_blocks_until_it_runs():
     harness = Harness(make_scheduler(num_blocks=6, max_num_seqs=2, num_host_blocks=3,
                                      preemption_mode="swap"))  # fmt: skip
@@ -205,6 +207,7 @@ def test_swap_preemption_pins_the_victims_blocks_until_it_runs():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_abort_of_a_swapped_out_request_releases_its_pins():
     harness = Harness(make_scheduler(num_blocks=6, max_num_seqs=2, num_host_blocks=8,
                                      preemption_mode="swap"))  # fmt: skip

@@ -4,6 +4,8 @@ the output they would have had, and every block is free afterwards."""
 
 from __future__ import annotations
 
+import pytest
+
 from pagedllm.core.quarantine import Quarantine
 from pagedllm.core.request import FinishReason, RequestStatus
 from tests.unit.core_helpers import Harness, expected_output, make_request, make_scheduler
@@ -68,6 +70,7 @@ def test_the_culprit_alone_fails_and_the_others_finish_unchanged():
     assert not harness.scheduler.quarantine.active
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_culprit_found_under_preemption_pressure():
     # Few blocks: suspects on trial must preempt requests outside the trial to run.
     harness, requests, culprit, _ = _run_with_poison(

@@ -99,7 +99,7 @@ def test_a_decode_step_tracks_no_object_per_request_for_the_collector():
     per request (a record per request, a list of no new blocks) promoted with it made full
     collections (~19 ms at 1,024 requests) come every ~30 steps (RESULTS "The scheduler's
     per-step objects")."""
-    harness = Harness(make_scheduler(num_blocks=256, max_num_seqs=64, max_num_batched_tokens=512))
+    harness = Harness(make_scheduler(num_blocks=512, max_num_seqs=64, max_num_batched_tokens=512))
     for i in range(64):
         harness.add(make_request(f"r{i}", 5, max_tokens=20))
     harness.step()  # the prompts; every request decodes from here on
@@ -242,6 +242,7 @@ def test_same_step_admission_shares_blocks_computed_in_that_step():
 # -- preemption ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_preempted_request_recomputes_and_keeps_its_tokens():
     # 4 blocks of 4 tokens; A and B need 3 blocks each at their longest. C waits for a seat.
     harness = Harness(make_scheduler(num_blocks=4, max_num_seqs=2, enable_caching=False))
@@ -274,6 +275,7 @@ def test_preempted_request_recomputes_and_keeps_its_tokens():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_no_admission_in_a_step_that_preempted():
     # Same squeeze as above under the priority policy, with an urgent small request C that
     # arrives just before A's growth preempts B: C fits, but that step admits nobody.
@@ -318,6 +320,7 @@ def run_workload(jobs, num_blocks: int, **kwargs) -> Harness:
     return harness
 
 
+@pytest.mark.usefixtures("admit_freely")
 @pytest.mark.parametrize("enable_caching", [False, True])
 def test_preemption_gives_the_same_tokens_as_plenty_of_blocks(enable_caching):
     jobs = workload(seed=3, count=12, max_total=24)
@@ -383,6 +386,7 @@ def priority_preemption_scenario(
     return harness, so
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_priority_preempts_the_highest_value_even_if_already_scheduled():
     harness, so = priority_preemption_scenario("priority")
     # L was scheduled first in this step, then dropped to make room for M; its token goes
@@ -399,6 +403,7 @@ def test_priority_preempts_the_highest_value_even_if_already_scheduled():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_fcfs_preempts_the_latest_in_the_same_situation():
     harness, so = priority_preemption_scenario("fcfs")
     assert so.preempted_req_ids == {"x"}
@@ -407,6 +412,7 @@ def test_fcfs_preempts_the_latest_in_the_same_situation():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_priority_ties_preempt_the_latest_arrival():
     # L and M share the worst priority; M arrived later, so M goes (it preempts itself).
     harness, so = priority_preemption_scenario("priority", low=5, mid=5)
@@ -426,6 +432,7 @@ def test_priority_queue_orders_equal_priorities_by_arrival_time():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_dropping_a_scheduled_victim_uncaches_blocks_it_never_computed():
     """A victim already scheduled this step registered the blocks its chunk would fill;
     the chunk never runs, so those blocks must not stay in the prefix cache."""
@@ -484,6 +491,7 @@ def test_abort_running_and_waiting_requests():
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_abort_preempted_request():
     harness = Harness(make_scheduler(num_blocks=4, enable_caching=False))
     harness.add(make_request("a", 4, max_tokens=8), make_request("b", 4, max_tokens=8))
@@ -626,6 +634,7 @@ def test_update_skips_requests_without_samples_and_unknown_ids():
 # -- randomized: no deadlock, no leak, no corruption -----------------------------------------
 
 
+@pytest.mark.usefixtures("admit_freely")
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
 def test_many_requests_with_a_tiny_pool_all_finish(policy, enable_chunked_prefill):
@@ -666,6 +675,7 @@ def test_many_requests_with_a_tiny_pool_all_finish(policy, enable_chunked_prefil
     harness.assert_all_blocks_free()
 
 
+@pytest.mark.usefixtures("admit_freely")
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 @pytest.mark.parametrize("seed", range(8))
 def test_randomized_churn_with_shared_prefixes(policy, seed):

@@ -3,6 +3,8 @@ step's tokens are known, its sampled tokens counted as placeholders until they a
 
 from __future__ import annotations
 
+import pytest
+
 from pagedllm.core.request import FinishReason, RequestStatus
 from pagedllm.core.scheduler_output import ModelRunnerOutput
 from tests.unit.core_helpers import EOS, make_request, make_scheduler
@@ -58,6 +60,7 @@ def test_tokens_of_a_request_finished_meanwhile_are_dropped():
     assert scheduler.requests["a"].output_token_ids == [40]
 
 
+@pytest.mark.usefixtures("admit_freely")
 def test_preempted_with_a_token_in_flight_that_ends_it():
     # 4 blocks of 4 tokens: two requests of 7 tokens fill them; the next decode of "a"
     # needs a fifth block and preempts "b", whose first token is still in flight.
