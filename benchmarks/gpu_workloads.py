@@ -101,9 +101,10 @@ def job_w2(variant: str = "bf16") -> dict:
     llm = engine(LLAMA8B, 4096, **VARIANTS[variant])
     params = SamplingParams(temperature=1.0, max_tokens=256, ignore_eos=True, detokenize=False)
     elapsed, tokens = timed_generate(llm, prompts, params)
-    blocks = llm.llm_engine.call_core("kv_cache_state")["num_blocks"]
+    state = llm.llm_engine.call_core("kv_cache_state")
     return {"workload": 2, "variant": variant, "seconds": elapsed, "output_tokens": tokens,
-            "tok_s": tokens / elapsed, "kv_blocks": blocks}  # fmt: skip
+            "tok_s": tokens / elapsed, "kv_blocks": state["num_blocks"],
+            "preemptions": state["num_preemptions"]}  # fmt: skip
 
 
 def job_w3(variant: str = "bf16") -> dict:
