@@ -100,6 +100,7 @@ def test_too_long_max_model_len_names_gpu_figures(gpu_models, tmp_path):
             gpu_memory_utilization=0.05, max_model_len=10**7)  # fmt: skip
 
 
+@pytest.mark.usefixtures("admit_freely")  # the tight budget must preempt
 def test_async_scheduling_matches_synchronous_steps(gpu_models):
     """Graph replays whose decode inputs come from the previous step's sampled ids on the
     device: the same tokens, logprobs and finishes as synchronous steps (float32, seeded
