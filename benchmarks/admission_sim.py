@@ -8,6 +8,8 @@ decode attention's KV read) predicted 29.97 s for W2 where the H100 measured 30.
 
     python benchmarks/admission_sim.py                     # forecast on and off, each mix
     python benchmarks/admission_sim.py --horizons 0,16,64  # OPEN_HORIZON candidates too
+    python benchmarks/admission_sim.py --rate 40           # arrivals (Poisson, req/s of the
+                                                           # model's clock): TTFT too
 """
 
 from __future__ import annotations
@@ -72,12 +74,24 @@ MIXES = {  # name: (blocks of 16 tokens, requests)
 }
 
 
-def run(blocks: int, requests: list, reply_len: dict | None) -> dict:
+def run(blocks: int, requests: list, reply_len: dict | None, rate: float = 0.0) -> dict:
+    """All requests at once (``rate`` 0), or arriving at ``rate`` per second (Poisson)."""
     s = make_scheduler(blocks, 16, max_num_seqs=1024, max_num_batched_tokens=16384)
+    rng, clock = random.Random(3), 0.0
+    arrivals = []
     for r in requests:
-        s.add_request(r)
+        clock += rng.expovariate(rate) if rate else 0.0
+        arrivals.append((clock, r))
+    arrivals.reverse()  # popped from the end, earliest first
+    arrived, first = {}, {}
     steps, seconds, batches, out_tokens = 0, 0.0, [], 0
-    while s.has_unfinished_requests():
+    while arrivals or s.has_unfinished_requests():
+        if not s.has_unfinished_requests():
+            seconds = max(seconds, arrivals[-1][0])
+        while arrivals and arrivals[-1][0] <= seconds:
+            at, r = arrivals.pop()
+            arrived[r.request_id] = at
+            s.add_request(r)
         so = s.schedule()
         order = [r.req_id for r in so.scheduled_new_reqs]
         order += [r.req_id for r in so.scheduled_cached_reqs]
@@ -95,17 +109,26 @@ def run(blocks: int, requests: list, reply_len: dict | None) -> dict:
         batches.append(len(order))
         gemm = max(WEIGHT_READ_S, tokens * FLOP_PER_TOKEN / GEMM_FLOP_S)
         seconds += 4e-4 + gemm + context * KV_BYTES_PER_TOKEN / KV_READ_B_S
+        for rid, token in zip(order, sampled):
+            if token and rid not in first:
+                first[rid] = seconds - arrived[rid]
         s.update_from_output(so, ModelRunnerOutput(req_ids=order, sampled_token_ids=sampled))
         steps += 1
+    ttft = sorted(first.values())
     return {"steps": steps, "preemptions": s.num_preemptions, "tok_s": out_tokens / seconds,
-            "batch": statistics.mean(batches)}  # fmt: skip
+            "batch": statistics.mean(batches), "ttft_median": statistics.median(ttft),
+            "ttft_p99": ttft[int(0.99 * (len(ttft) - 1))]}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--horizons", default=str(admission.OPEN_HORIZON),
                         help="OPEN_HORIZON values to try, comma-separated")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests per second (Poisson); 0: all at once")  # fmt: skip
     args = parser.parse_args()
+    if args.rate < 0:
+        raise SystemExit(f"--rate must be at least 0, got {args.rate}")
     settings = [("free", None)] + [("forecast", int(h)) for h in args.horizons.split(",")]
     print("| admission | " + " | ".join(MIXES) + " |")
     print("|---" * (len(MIXES) + 1) + "|")
@@ -115,8 +138,11 @@ def main() -> None:
             admission.OPEN_HORIZON = horizon
         start, cells = time.perf_counter(), []
         for blocks, mix in MIXES.values():
-            result = run(blocks, *mix())
-            cells.append(f"{result['tok_s']:,.0f} tok/s ({result['preemptions']} p.)")
+            result = run(blocks, *mix(), rate=args.rate)
+            cell = f"{result['tok_s']:,.0f} tok/s ({result['preemptions']} p.)"
+            if args.rate:
+                cell += f", TTFT {result['ttft_median']:.2f} / {result['ttft_p99']:.2f} s"
+            cells.append(cell)
         label = name if horizon is None else f"{name}, horizon {horizon}"
         print(f"| {label} | " + " | ".join(cells) + f" |  ({time.perf_counter() - start:.0f} s)")
 
