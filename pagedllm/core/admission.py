@@ -54,13 +54,13 @@ def ends_by_length_only(request: Request) -> bool:
 def remaining_steps(request: Request, max_model_len: int) -> int:
     """Steps the forecast counts for ``request``: its remaining tokens, or at most
     ``OPEN_HORIZON`` of them if it may stop earlier."""
-    left = min(
-        request.max_tokens - len(request.output_token_ids),
-        max_model_len - len(request.all_token_ids),
-    )
-    if not ends_by_length_only(request):
-        left = min(left, OPEN_HORIZON)
-    return max(left, 0)
+    bound = request.length_bound
+    if bound is None:  # fixed for the request's life: found once (this runs every step)
+        end = min(len(request.prompt_token_ids) + request.max_tokens, max_model_len)
+        bound = request.length_bound = (end, not ends_by_length_only(request))
+    end, may_stop = bound
+    left = end - len(request.all_token_ids)
+    return max(min(left, OPEN_HORIZON) if may_stop else left, 0)
 
 
 class BlockForecast:
@@ -72,16 +72,17 @@ class BlockForecast:
         self.max_model_len = max_model_len
         self.capacity = kv.num_blocks
         bs = self.block_size
-        a, rem = [], []
-        own = 0  # blocks the running requests hold that no one else shares
+        # Runs once a step for every running request while some wait: lookups hoisted.
+        hit_blocks, tables = kv.num_hit_blocks, kv.req_to_blocks
+        num_tokens, shared, held, rem = [], [], [], []
         for request in running:
-            num_tokens = len(request.all_token_ids)
-            shared = kv.num_shared_blocks(request.request_id)
-            a.append((num_tokens + bs - 1) / bs - shared)
+            num_tokens.append(len(request.all_token_ids))
+            shared.append(hit_blocks.get(request.request_id, 0))
+            held.append(len(tables.get(request.request_id, ())))
             rem.append(remaining_steps(request, max_model_len))
-            own += kv.num_held_blocks(request.request_id) - shared
+        own = sum(held) - sum(shared)  # blocks the running requests hold unshared
         self.base = kv.num_blocks - kv.block_pool.get_num_free_blocks() - own
-        self.a = np.array(a, dtype=np.float64)
+        self.a = (np.array(num_tokens, dtype=np.float64) + (bs - 1)) / bs - np.array(shared)
         self.rem = np.array(rem, dtype=np.float64)
         # Everyone at their last step at once: when that fits, no sort is needed.
         self.worst = self.base + float(self.a.sum() + self.rem.sum() / bs)

@@ -123,6 +123,9 @@ class Request:
         self.skip_prefix_cache = sampling_params.prompt_logprobs is not None
         # Set by the engine for a request with structured outputs.
         self.structured_output: OutputGrammar | None = None
+        # (the token count it cannot pass, whether it may stop before): the admission
+        # forecast's, found on first use (``core/admission.remaining_steps``).
+        self.length_bound: tuple[int, bool] | None = None
         # Whether the model runner holds this request's state (False until it is first
         # scheduled, and again after a failed step made the runner drop it).
         self.known_to_runner = False
