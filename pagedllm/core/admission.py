@@ -35,8 +35,9 @@ from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request
 
 # Tokens of growth counted for a request that may stop before its max_tokens. Chosen by
-# simulating the scheduler (benchmarks/RESULTS.md, "Admission by forecast"): 0 to 64 all
-# beat admitting freely on every mix tried; full max_tokens held chat mixes back by 20-50%.
+# simulating the scheduler (benchmarks/RESULTS.md, "Admission by forecast"): 16 was best or
+# within 1% of it on every mix tried (0 and 64 came close); counting the whole max_tokens
+# held chat mixes back by 20-50%.
 OPEN_HORIZON = 16
 
 

@@ -89,13 +89,6 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.block_pool.get_usage()
 
-    def num_held_blocks(self, request_id: str) -> int:
-        return len(self.req_to_blocks.get(request_id, ()))
-
-    def num_shared_blocks(self, request_id: str) -> int:
-        """Blocks the request took as device prefix-cache hits (others may hold them too)."""
-        return self.num_hit_blocks.get(request_id, 0)
-
     def get_computed_blocks(self, request: Request) -> tuple[CachedPrefix, int]:
         """Longest cached prefix of whole blocks, and how many tokens it covers: blocks on
         the device, then blocks in the host tier (one run each: the device frees a
