@@ -32,12 +32,12 @@ TINY_VOCAB = 384
 
 
 @pytest.fixture
-def admit_freely(monkeypatch: pytest.MonkeyPatch) -> None:
+def admit_freely() -> Iterator[None]:
     """Schedulers and engines built in the test admit without the forecast
-    (``pagedllm/core/admission.py``): while blocks are free, preempting when they run out
-    (PAGEDLLM_ADMISSION_FORECAST=0, which engine processes inherit). For the tests of
-    preemption itself, whose small mixes the forecast would run without one."""
-    monkeypatch.setenv("PAGEDLLM_ADMISSION_FORECAST", "0")
+    (``admission_forecast_off``). For the tests of preemption itself, whose small mixes the
+    forecast would run without one."""
+    with admission_forecast_off():
+        yield
 
 
 @contextlib.contextmanager
@@ -62,8 +62,9 @@ def engine_in_process() -> contextlib.AbstractContextManager[None]:
 
 
 def admission_forecast_off() -> contextlib.AbstractContextManager[None]:
-    """Engines made inside admit without the forecast (the ``admit_freely`` fixture's
-    setting, for fixtures wider than one test)."""
+    """Schedulers and engines made inside admit without the forecast
+    (``pagedllm/core/admission.py``): while blocks are free, preempting when they run out
+    (PAGEDLLM_ADMISSION_FORECAST=0, which engine processes inherit)."""
     return env_set("PAGEDLLM_ADMISSION_FORECAST", "0")
 
 

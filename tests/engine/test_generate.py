@@ -3,11 +3,13 @@ caching, preemption, seeds, n > 1 — on a tiny random Llama (token ids, fast)."
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
 
 from pagedllm import LLM, SamplingParams
+from tests.conftest import admission_forecast_off
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, detokenize=False)
 
@@ -113,16 +115,17 @@ def test_chunked_prefill_and_prefix_cache_give_same_tokens(tiny_models, llama):
 
 
 @pytest.mark.parametrize("forecast", [False, True])
-def test_tiny_kv_budget_keeps_results(tiny_models, llama, monkeypatch, forecast):
+def test_tiny_kv_budget_keeps_results(tiny_models, llama, forecast):
     """Admitting freely, the budget forces preemptions; with the admission forecast (the
     default) these requests, which end by length only, run without one. Same tokens."""
-    if not forecast:
-        monkeypatch.setenv("PAGEDLLM_ADMISSION_FORECAST", "0")
     prompts = [{"prompt_token_ids": p} for p in mixed_prompts(24, seed=5)]
     params = mixed_params(24)
     reference = token_ids(llama.generate(prompts, params, use_tqdm=False))
     # 2 layers x 2 kv heads x 16 dims x 4 bytes x 2 = 512 bytes per token: 32 blocks of 16.
-    tiny = make_llm(tiny_models["llama"], kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256)
+    with contextlib.nullcontext() if forecast else admission_forecast_off():
+        tiny = make_llm(
+            tiny_models["llama"], kv_cache_memory_bytes=512 * 16 * 32, max_model_len=256
+        )
     assert token_ids(tiny.generate(prompts, params, use_tqdm=False)) == reference
     state = tiny.llm_engine.kv_cache_state()  # checks the pool's integrity too
     assert (state["num_preemptions"] == 0) == forecast
