@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from pagedllm.kernels.paged_attention import (
     DECODE_CONFIG,
+    FP8_DECODE_CONFIG,
     PREFILL_CONFIG,
     LaunchConfig,
     paged_attention,
@@ -180,10 +181,13 @@ def main() -> None:
             for order, label in orders.items()
         }
     if "--fp8-decode" in sys.argv:  # issue 14: W2's decode attention over an FP8 cache,
-        # which reads half the bytes but was no faster than bfloat16 at the bfloat16 launch
-        configs = [  # the bfloat16 launch, then the same bytes in flight and more
-            DECODE_CONFIG, LaunchConfig(128, 4, 3), LaunchConfig(128, 8, 3),
-            LaunchConfig(128, 4, 2), LaunchConfig(256, 8, 2), LaunchConfig(64, 4, 4),
+        # which reads half the bytes but was no faster than bfloat16 at the bfloat16 launch:
+        # launches with and without a cap on registers (more programs a multiprocessor)
+        configs = [
+            DECODE_CONFIG, FP8_DECODE_CONFIG, LaunchConfig(128, 4, 2),
+            LaunchConfig(128, 4, 2, max_registers=128), LaunchConfig(64, 4, 2),
+            LaunchConfig(64, 4, 3, max_registers=128), LaunchConfig(64, 4, 2, max_registers=96),
+            LaunchConfig(32, 4, 2, max_registers=96),
         ]  # fmt: skip
         w2 = batch(1000, 640, 1, 32, 8)
         q, kv, table, seq, qsl, kv_bytes = w2
@@ -212,7 +216,7 @@ def main() -> None:
             rows.append((ms, gbs, config, ""))
         rows.sort(key=lambda r: r[0])
         print(f"\n{name}")
-        for ms, gbs, config, err in rows[:6]:
+        for ms, gbs, config, err in rows[:8]:
             # bytes (or FLOPs) / ms / 1e9 is TB/s (or TFLOP/s)
             rate = f"{gbs:7.0f} TFLOP/s" if "TFLOP" in name else f"{gbs:7.2f} TB/s"
             print(f"  {ms * 1e3:8.1f} us  {rate}  {config} {err}")

@@ -183,7 +183,14 @@ def _attend_queries(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     limit = prefix + q_idx  # the last key each row may see
     lower = limit - window + 1  # the first (negative without a window)
-    if KV_QUANT:  # q.(k * ks) = (q.k) * ks: K's scale joins the softmax scale
+    if KV_QUANT and q.dtype != tl.float32:
+        # 16-bit q over an FP8 cache: e4m3 widens to float16 in one instruction a pair (to
+        # bfloat16 in three), and exactly, so the products run in float16. q takes the
+        # softmax scale first (|q| up to 65504 / 0.13 stays finite); q.(k * ks) = (q.k) * ks
+        # leaves K's scale on the scores.
+        q = (q.to(tl.float32) * qk_scale).to(tl.float16)
+        qk_scale = tl.load(kv_scale_ptr)
+    elif KV_QUANT:  # float32 q: exact products, K's scale joins the softmax scale
         qk_scale = qk_scale * tl.load(kv_scale_ptr)
     m_i, l_i, acc = _attend_range(
         q, m_i, l_i, acc, first, a, kv_end, limit, lower, row_ok, bt_row, k_ptr, v_ptr,
@@ -338,6 +345,9 @@ class LaunchConfig:
     num_stages: int = 2
     # Rows (queries x heads of a group) a prefill tile holds; decodes use one query's group.
     rows: int = 64
+    # A cap on registers a thread (Triton's ``maxnreg``); None: the compiler's choice. Fewer
+    # registers fit more programs on a multiprocessor: more loads in flight.
+    max_registers: int | None = None
 
 
 # Best on an H200 (benchmarks/RESULTS.md): decodes, 256 of ~1000 tokens at G = 2 and 4;
@@ -345,11 +355,12 @@ class LaunchConfig:
 # (128-row tiles: 32 queries of a group of 4).
 DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
 PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2, rows=128)
-# Unsplit decodes over an FP8 cache: twice the keys a step for the bytes DECODE_CONFIG has
-# in flight. W2's decode (1000 requests of ~640 tokens, G = 4) on an H100: 896 against 994 us
-# a layer at DECODE_CONFIG (benchmarks/RESULTS.md, 2026-12-06). Split launches keep
-# DECODE_CONFIG: their segments hold few tiles, and wider tiles would leave some empty.
-FP8_DECODE_CONFIG = LaunchConfig(tile_n=128, num_warps=4, num_stages=2)
+# Decodes over an FP8 cache: left to itself the compiler gives them ~200 registers a thread,
+# two programs a multiprocessor, and the cache's reads stall at half the copy rate; capped
+# at 128 (a few spills) four fit. W2's decode (1000 requests of ~640 tokens, G = 4) on an
+# H100: 576 us a layer against 887 at the earlier (128, 4, 2) uncapped, and 870 for the
+# bfloat16 cache (benchmarks/RESULTS.md, "Decode attention over an FP8 cache", 2026-12-06).
+FP8_DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=2, max_registers=128)
 
 
 @functools.cache
@@ -375,11 +386,18 @@ def prefill_config() -> LaunchConfig:
     return _parse_launch(spec) if spec else PREFILL_CONFIG
 
 
-def launch_config(max_query_len: int, fp8_cache: bool, num_segments: int) -> LaunchConfig:
+def launch_config(max_query_len: int, fp8_cache: bool) -> LaunchConfig:
     """The tuned launch for a batch: decodes (one query a request) or steps with prefill."""
     if max_query_len != 1:
         return prefill_config()
-    return FP8_DECODE_CONFIG if fp8_cache and num_segments == 1 else DECODE_CONFIG
+    return FP8_DECODE_CONFIG if fp8_cache else DECODE_CONFIG
+
+
+def _register_cap(config: LaunchConfig) -> dict[str, int]:
+    """The launch's ``maxnreg`` where the config caps registers (the interpreter has none)."""
+    if config.max_registers is None or _INTERPRETED:
+        return {}
+    return {"maxnreg": config.max_registers}
 
 
 def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int]:
@@ -427,7 +445,7 @@ def paged_attention(
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
-    config = config or launch_config(max_query_len, quant, num_segments)
+    config = config or launch_config(max_query_len, quant)
     block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     decode = max_query_len == 1
@@ -457,7 +475,7 @@ def paged_attention(
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
         MIXED=not decode, SPLIT=num_segments > 1, PRECISION=precision,
         KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
-        num_stages=config.num_stages, **launch,
+        num_stages=config.num_stages, **_register_cap(config), **launch,
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:

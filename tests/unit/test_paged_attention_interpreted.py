@@ -56,6 +56,15 @@ CHECK = textwrap.dedent(
     want = reference(q, fp8.float() * scales.view(2, 1, 1, 1, 1), table, lens, [0, 1, 2, 3],
                      0.125)
     assert ((out.double() - want).norm() / want.norm()).item() < 1e-5
+    # bfloat16 queries over it: float16 products (q pre-scaled, K's scale on the scores),
+    # as close as bfloat16's own rounding of q and of the output allows.
+    q16 = (q * 3).to(torch.bfloat16)
+    out16 = torch.full_like(q16, float("nan"))
+    paged_attention(q16, fp8, out16, table, torch.tensor(lens, dtype=torch.int32),
+                    torch.arange(4, dtype=torch.int32), 3, 1, 0.125, kv_scale=scales)
+    want16 = reference(q16.float(), fp8.float() * scales.view(2, 1, 1, 1, 1), table, lens,
+                       [0, 1, 2, 3], 0.125)
+    assert ((out16.double() - want16).norm() / want16.norm()).item() < 1e-2
     # A decode launch (max_query_len 1) must have one token a request.
     q = torch.zeros(3, 8, 64)
     cache = torch.zeros(2, 4, 16, 2, 64)
@@ -68,16 +77,17 @@ CHECK = textwrap.dedent(
 
 
 def test_the_launch_is_chosen_by_batch_and_cache() -> None:
-    """Unsplit decodes over an FP8 cache take wider key tiles; split ones and bfloat16
-    caches the decode launch; steps with prefill the prefill launch."""
+    """Decodes over an FP8 cache (split or not) take the launch with registers capped;
+    bfloat16 caches the decode launch; steps with prefill the prefill launch."""
     pytest.importorskip("triton")
     from pagedllm.kernels import paged_attention as pa
 
-    assert pa.launch_config(1, True, 1) == pa.FP8_DECODE_CONFIG
-    assert pa.FP8_DECODE_CONFIG.tile_n == 2 * pa.DECODE_CONFIG.tile_n
-    assert pa.launch_config(1, True, 4) == pa.DECODE_CONFIG
-    assert pa.launch_config(1, False, 1) == pa.DECODE_CONFIG
-    assert pa.launch_config(7, True, 1) == pa.prefill_config() == pa.PREFILL_CONFIG
+    assert pa.launch_config(1, True) == pa.FP8_DECODE_CONFIG
+    assert pa.FP8_DECODE_CONFIG.max_registers == 128
+    assert pa._register_cap(pa.FP8_DECODE_CONFIG) == ({} if pa._INTERPRETED else {"maxnreg": 128})
+    assert pa._register_cap(pa.DECODE_CONFIG) == {}
+    assert pa.launch_config(1, False) == pa.DECODE_CONFIG
+    assert pa.launch_config(7, True) == pa.prefill_config() == pa.PREFILL_CONFIG
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
