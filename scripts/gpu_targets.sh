@@ -42,9 +42,11 @@ fi
 # A tree under test (its pagedllm/ and benchmarks/ copied into the ignored .branch/, carried;
 # the benchmark puts its own tree first on the path): one W1 step's profile (it warms the
 # kernels) and W1 by that tree, then the same profile by this one.
+# Run from inside .branch: an engine process started by a tree without
+# parent_watch.module_argv imports the pagedllm of its working directory.
 if [ -d .branch/pagedllm ] && want branch 200; then
-  python3 .branch/benchmarks/gpu_workloads.py --workloads w1prof,1 --timeout 90 \
-    --out /tmp/jobs/branch 2>&1 | tee "$OUT/branch.log" \
+  (cd .branch && python3 benchmarks/gpu_workloads.py --workloads w1prof,1 --timeout 90 \
+    --out /tmp/jobs/branch) 2>&1 | tee "$OUT/branch.log" \
     | grep "^{\|paged_attention_kernel\|CUDA time total" | tail -20
   python3 benchmarks/gpu_workloads.py --workloads w1prof --timeout 90 --out /tmp/jobs/main \
     2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" \

@@ -28,7 +28,6 @@ import pickle
 import select
 import struct
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import IO, Any
 
 from pagedllm import envs
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
-from pagedllm.executor.parent_watch import spawn_owned
+from pagedllm.executor.parent_watch import module_argv, spawn_owned
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -161,7 +160,7 @@ class PendingEngine:
         """Start the process; ``arguments``, if given, go to it first (see the module)."""
         input_address, outputs = engine_addresses(num_clients)
         process = spawn_owned(
-            [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *outputs],
+            module_argv("pagedllm.engine.core_proc", input_address, *outputs),
             stdin=subprocess.PIPE,
         )
         logger.info("Engine core process started (pid %d)", process.pid)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import pickle
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
@@ -41,7 +40,7 @@ from pagedllm.executor.base import (
 )
 from pagedllm.executor.errors import WorkerDiedError
 from pagedllm.executor.messages import READY_SEQ, Call, Reply, WorkerArgs, step_args
-from pagedllm.executor.parent_watch import spawn_owned
+from pagedllm.executor.parent_watch import module_argv, spawn_owned
 from pagedllm.executor.replies import values_in_rank_order
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
@@ -95,7 +94,7 @@ class MultiprocExecutor(RankExecutor):
             config, rank, f"ipc://{self._dir}/rank{rank}", f"ipc://{self._dir}/results",
             f"file://{self._dir}/rendezvous", COLLECTIVE_TIMEOUT_S,
         )  # fmt: skip
-        proc = spawn_owned([sys.executable, "-m", "pagedllm.executor.worker_proc"],
+        proc = spawn_owned(module_argv("pagedllm.executor.worker_proc"),
                            stdin=subprocess.PIPE)  # fmt: skip
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps(args))

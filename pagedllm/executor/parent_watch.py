@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 from typing import Any
+
+# Runs argv[2] as ``__main__`` after putting the parent's import path in place (argv[1]).
+_BOOT = (
+    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); module = sys.argv[2]; "
+    "del sys.argv[1:3]; runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """The command that runs ``module`` (as ``python -m`` would, with ``args``) in a child
+    that imports what this process imports: this process's ``sys.path`` replaces the
+    child's. ``python -m`` alone puts the working directory first, so a ``pagedllm`` folder
+    there (another checkout, or one planted by whoever can write to it) would run in the
+    engine's processes instead of the package the parent loaded."""
+    return [sys.executable, "-c", _BOOT, json.dumps(sys.path), module, *args]
 
 
 def exit_with_parent(fd: int) -> None:

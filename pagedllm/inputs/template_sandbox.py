@@ -13,11 +13,10 @@ import asyncio
 import json
 import select
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 
-from pagedllm.executor.parent_watch import spawn_owned
+from pagedllm.executor.parent_watch import module_argv, spawn_owned
 from pagedllm.inputs.chat import ChatRender
 from pagedllm.inputs.template_worker import read_frame, write_frame
 from pagedllm.logger import init_logger
@@ -44,9 +43,7 @@ class _Worker:
     def _spawn(self) -> subprocess.Popen:
         limits = self.limits
         return spawn_owned(
-            [
-                sys.executable,
-                "-m",
+            module_argv(
                 "pagedllm.inputs.template_worker",
                 "--timeout",
                 str(limits.timeout_s),
@@ -54,7 +51,7 @@ class _Worker:
                 str(limits.memory_bytes),
                 "--max-chars",
                 str(limits.max_chars),
-            ],
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

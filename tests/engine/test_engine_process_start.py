@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from pagedllm.engine.engine_process import (
     write_message,
 )
 from pagedllm.engine.llm_engine import LLMEngine
-from pagedllm.executor.parent_watch import spawn_owned
+from pagedllm.executor.parent_watch import module_argv, spawn_owned
 from tests.conftest import engine_in_process
 
 
@@ -281,7 +282,7 @@ def launch_logged(tmp_path: Path, arguments: EngineArguments) -> tuple[PendingEn
     log = tmp_path / "engine.log"
     with log.open("w") as stderr:  # the log goes to stdout
         process = spawn_owned(
-            [sys.executable, "-m", "pagedllm.engine.core_proc", input_address, *outputs],
+            module_argv("pagedllm.engine.core_proc", input_address, *outputs),
             stdin=subprocess.PIPE, stdout=stderr, stderr=stderr,
         )  # fmt: skip
     assert process.stdin is not None
@@ -418,11 +419,13 @@ def test_arguments_that_fail_here_leave_the_front_ends_configuration(
 def test_arguments_the_engine_cannot_load_leave_the_front_ends_configuration(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Arguments holding a class only the user's process can import (its own module): the
-    engine process logs that they did not load and serves the front end's configuration."""
-    (tmp_path / "users_own_module.py").write_text("class Name(str):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from users_own_module import Name  # type: ignore[import-not-found]
+    """Arguments holding a class only the user's process has (a module it built in memory:
+    the engine process imports from the same path, but no file holds this one): the engine
+    process logs that they did not load and serves the front end's configuration."""
+    module = types.ModuleType("users_own_module")
+    exec("class Name(str):\n    pass\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "users_own_module", module)
+    Name = module.Name
 
     config = tiny_args(tiny_models).create_engine_config(UsageContext.LLM_CLASS)
     expected = in_process(config)

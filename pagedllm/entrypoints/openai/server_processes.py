@@ -27,7 +27,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.engine.core_client import MPClient
 from pagedllm.engine.engine_process import PendingEngine, remove_addresses
 from pagedllm.engine.exceptions import describe_exit
-from pagedllm.executor.parent_watch import spawn_owned
+from pagedllm.executor.parent_watch import module_argv, spawn_owned
 from pagedllm.logger import init_logger
 from pagedllm.metrics.prometheus import multiprocess_dir
 
@@ -100,7 +100,7 @@ def _start_server(
     # Its own session: a terminal's Ctrl-C reaches the supervisor alone, which forwards it
     # once (a second signal would cut the server's drain short).
     process = spawn_owned(
-        [sys.executable, "-m", "pagedllm.entrypoints.openai.server_processes"],
+        module_argv("pagedllm.entrypoints.openai.server_processes"),
         stdin=subprocess.PIPE,
         pass_fds=(connection.listen_fd,),
         env=env,
