@@ -357,9 +357,10 @@ DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
 PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2, rows=128)
 # Decodes over an FP8 cache: left to itself the compiler gives them ~200 registers a thread,
 # two programs a multiprocessor, and the cache's reads stall at half the copy rate; capped
-# at 128 (a few spills) four fit. W2's decode (1000 requests of ~640 tokens, G = 4) on an
-# H100: 576 us a layer against 887 at the earlier (128, 4, 2) uncapped, and 870 for the
-# bfloat16 cache (benchmarks/RESULTS.md, "Decode attention over an FP8 cache", 2026-12-06).
+# at 128 (a few spills) four fit. W2's decode (1000 requests of 640 tokens, G = 4) on an
+# H100, with the float16 products: 544 us a layer against 787 at the earlier (128, 4, 2)
+# uncapped, and 891 for the bfloat16 cache (benchmarks/RESULTS.md, "Decode attention over
+# an FP8 cache", 2026-12-06).
 FP8_DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=2, max_registers=128)
 
 
