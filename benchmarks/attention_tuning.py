@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from pagedllm.kernels.paged_attention import (
+from pagedllm.kernels.attention_launch import (
     DECODE_CONFIG,
     FP8_DECODE_CONFIG,
     PREFILL_CONFIG,
     LaunchConfig,
-    paged_attention,
 )
+from pagedllm.kernels.paged_attention import paged_attention
 
 
 def block_table(need: list[int], pool: torch.Tensor) -> torch.Tensor:

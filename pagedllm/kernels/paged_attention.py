@@ -30,14 +30,20 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from pagedllm import envs
 from pagedllm.kernels import dependent_launch
+from pagedllm.kernels.attention_launch import (
+    DECODE_CONFIG,
+    AttentionLaunches,
+    LaunchConfig,
+    launch_config,
+    launches_for,
+    register_cap,
+)
 from pagedllm.kernels.dependent_launch import await_inputs
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -335,70 +341,16 @@ def merge_segments_kernel(
 # -- the wrapper the rest of the code calls ------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Keys per inner step and the launch shape (tuned on an H200, see
-    benchmarks/attention_tuning.py)."""
-
-    tile_n: int = 32
-    num_warps: int = 4
-    num_stages: int = 2
-    # Rows (queries x heads of a group) a prefill tile holds; decodes use one query's group.
-    rows: int = 64
-    # A cap on registers a thread (Triton's ``maxnreg``); None: the compiler's choice. Fewer
-    # registers fit more programs on a multiprocessor: more loads in flight.
-    max_registers: int | None = None
-
-
-# Best on an H200 (benchmarks/RESULTS.md): decodes, 256 of ~1000 tokens at G = 2 and 4;
-# prefill, 16 fresh 512-token prompts beside 256 decodes and 4 prompts of 2,048 tokens
-# (128-row tiles: 32 queries of a group of 4).
-DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=3)
-PREFILL_CONFIG = LaunchConfig(tile_n=32, num_warps=4, num_stages=2, rows=128)
-# Decodes over an FP8 cache: left to itself the compiler gives them ~200 registers a thread,
-# two programs a multiprocessor, and the cache's reads stall at half the copy rate; capped
-# at 128 (a few spills) four fit. W2's decode (1000 requests of 640 tokens, G = 4) on an
-# H100, with the float16 products: 544 us a layer against 787 at the earlier (128, 4, 2)
-# uncapped, and 891 for the bfloat16 cache (benchmarks/RESULTS.md, "Decode attention over
-# an FP8 cache", 2026-12-06).
-FP8_DECODE_CONFIG = LaunchConfig(tile_n=64, num_warps=4, num_stages=2, max_registers=128)
-
-
 @functools.cache
-def _parse_launch(spec: str) -> LaunchConfig:
-    """``tile_n,num_warps,num_stages,rows`` -> a LaunchConfig, each value checked."""
-    name = "PAGEDLLM_ATTENTION_PREFILL_CONFIG"
-    try:
-        tile_n, warps, stages, rows = (int(v) for v in spec.split(","))
-    except ValueError:
-        raise ValueError(f"{name} must be four integers 'tile_n,num_warps,num_stages,rows', "
-                         f"got {spec!r}") from None  # fmt: skip
-    allowed = {"tile_n": (tile_n, (16, 32, 64, 128)), "num_warps": (warps, (2, 4, 8)),
-               "num_stages": (stages, (1, 2, 3, 4)), "rows": (rows, (16, 32, 64, 128))}  # fmt: skip
-    for field, (value, options) in allowed.items():
-        if value not in options:
-            raise ValueError(f"{name}: {field} must be one of {options}, got {value}")
-    return LaunchConfig(tile_n, warps, stages, rows)
+def _gpu_launches(index: int) -> AttentionLaunches:
+    return launches_for(torch.cuda.get_device_name(index))
 
 
-def prefill_config() -> LaunchConfig:
-    """The launch for steps with prefill: PAGEDLLM_ATTENTION_PREFILL_CONFIG, else the tuned."""
-    spec = envs.attention_prefill_config()
-    return _parse_launch(spec) if spec else PREFILL_CONFIG
-
-
-def launch_config(max_query_len: int, fp8_cache: bool) -> LaunchConfig:
-    """The tuned launch for a batch: decodes (one query a request) or steps with prefill."""
-    if max_query_len != 1:
-        return prefill_config()
-    return FP8_DECODE_CONFIG if fp8_cache else DECODE_CONFIG
-
-
-def _register_cap(config: LaunchConfig) -> dict[str, int]:
-    """The launch's ``maxnreg`` where the config caps registers (the interpreter has none)."""
-    if config.max_registers is None or _INTERPRETED:
-        return {}
-    return {"maxnreg": config.max_registers}
+def device_launches(device: torch.device) -> AttentionLaunches:
+    """The launches tuned for ``device``'s GPU (attention_launch's tables)."""
+    if device.type != "cuda":
+        return launches_for(None)
+    return _gpu_launches(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int]:
@@ -446,7 +398,7 @@ def paged_attention(
     tokens, heads, dim = q.shape
     _, _, block_size, kv_heads, _ = kv_cache.shape
     group = heads // kv_heads
-    config = config or launch_config(max_query_len, quant)
+    config = config or launch_config(max_query_len, quant, device_launches(q.device))
     block_m, block_q = tile_shape(max_query_len, group, config.rows)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     decode = max_query_len == 1
@@ -476,7 +428,7 @@ def paged_attention(
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
         MIXED=not decode, SPLIT=num_segments > 1, PRECISION=precision,
         KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
-        num_stages=config.num_stages, **_register_cap(config), **launch,
+        num_stages=config.num_stages, **register_cap(config, _INTERPRETED), **launch,
     )  # fmt: skip
     if num_segments > 1:
         if num_segments > MAX_SEGMENTS:

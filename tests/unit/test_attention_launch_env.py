@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("triton")
-
-from pagedllm.kernels import paged_attention as pa
+from pagedllm.kernels import attention_launch as pa
 
 
 def test_default_is_the_tuned_launch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,14 +80,30 @@ def test_the_launch_is_chosen_by_batch_and_cache() -> None:
     """Decodes over an FP8 cache (split or not) take the launch with registers capped;
     bfloat16 caches the decode launch; steps with prefill the prefill launch."""
     pytest.importorskip("triton")
-    from pagedllm.kernels import paged_attention as pa
+    from pagedllm.kernels import attention_launch as al
 
-    assert pa.launch_config(1, True) == pa.FP8_DECODE_CONFIG
-    assert pa.FP8_DECODE_CONFIG.max_registers == 128
-    assert pa._register_cap(pa.FP8_DECODE_CONFIG) == ({} if pa._INTERPRETED else {"maxnreg": 128})
-    assert pa._register_cap(pa.DECODE_CONFIG) == {}
-    assert pa.launch_config(1, False) == pa.DECODE_CONFIG
-    assert pa.launch_config(7, True) == pa.prefill_config() == pa.PREFILL_CONFIG
+    assert al.launch_config(1, True) == al.FP8_DECODE_CONFIG
+    assert al.FP8_DECODE_CONFIG.max_registers == 128
+    assert al.register_cap(al.FP8_DECODE_CONFIG, interpreted=False) == {"maxnreg": 128}
+    assert al.register_cap(al.FP8_DECODE_CONFIG, interpreted=True) == {}
+    assert al.register_cap(al.DECODE_CONFIG, interpreted=False) == {}
+    assert al.launch_config(1, False) == al.DECODE_CONFIG
+    assert al.launch_config(7, True) == al.prefill_config() == al.PREFILL_CONFIG
+
+
+def test_each_gpu_takes_its_own_launches() -> None:
+    """Tables by a part of the GPU's name; any other GPU (or none) takes the H200's."""
+    pytest.importorskip("triton")
+    from pagedllm.kernels import attention_launch as al
+
+    h100 = al.launches_for("NVIDIA H100 80GB HBM3")
+    assert h100 is al.H100 and al.launch_config(1, False, h100).num_stages == 2
+    assert al.launches_for("NVIDIA H200") is al.H200
+    assert al.launch_config(1, False, al.H200) == al.DECODE_CONFIG
+    assert al.launches_for("NVIDIA A100-SXM4-80GB") is al.H200
+    assert al.launches_for(None) is al.H200
+    for _, launches in al.BY_GPU:  # the decode tiles inside mixed steps take DECODE_CONFIG's
+        assert launches.decode.tile_n == launches.fp8_decode.tile_n == al.DECODE_CONFIG.tile_n
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernel")
