@@ -175,9 +175,17 @@ def use_modelscope() -> bool:
 
 def attention_prefill_config() -> str | None:
     """PAGEDLLM_ATTENTION_PREFILL_CONFIG: ``tile_n,num_warps,num_stages,rows`` for the Triton
-    paged-attention kernel on steps that carry prefill, in place of the launch tuned on an
-    H200 (for other GPUs: ``benchmarks/attention_tuning.py --mixed`` prints the fastest)."""
+    paged-attention kernel on steps that carry prefill, in place of the GPU's tuned launch
+    (``kernels/attention_launch.py``; ``benchmarks/attention_tuning.py --mixed`` prints the
+    fastest)."""
     return os.environ.get("PAGEDLLM_ATTENTION_PREFILL_CONFIG") or None
+
+
+def attention_decode_config() -> str | None:
+    """PAGEDLLM_ATTENTION_DECODE_CONFIG: ``tile_n,num_warps,num_stages`` for the Triton
+    paged-attention kernel on decode steps over a 16-bit cache, in place of the GPU's tuned
+    launch (``benchmarks/attention_tuning.py`` times them)."""
+    return os.environ.get("PAGEDLLM_ATTENTION_DECODE_CONFIG") or None
 
 
 def ray_placement_timeout_s() -> float:

@@ -6,7 +6,10 @@
 #   2. W1's decode attention with its requests as drawn, longest and shortest first;
 #   3. with a tree under test in .branch/: its W1 and W1 step profile, and this tree's profile;
 #   4. W2's decode attention over an FP8 cache by launch (issue 14);
-#   5. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap).
+#   5. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap);
+#   6. only when named (SECTIONS="launches"): the decode launches swept by
+#      attention_tuning.py, then W1 under the GPU's decode launch and under (64, 4, 2)
+#      (PAGEDLLM_ATTENTION_DECODE_CONFIG), for kernels/attention_launch.py's table.
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -64,6 +67,16 @@ if want swap 90; then  # the host KV tier's multi-turn pair (issue 20)
     --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
     2>&1 | tee "$OUT/multi_turn.log" | grep -v "^INFO" | tail -20
   ran swap
+fi
+if want launches 200; then  # issue 18: this GPU's decode launch, kernel and end to end
+  timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/launches.log" | tail -30
+  for spec in "" 64,4,2; do
+    [ $((BUDGET_S - SECONDS)) -gt 60 ] || break
+    echo "PAGEDLLM_ATTENTION_DECODE_CONFIG=${spec:-tuned}"
+    PAGEDLLM_ATTENTION_DECODE_CONFIG=$spec python3 benchmarks/gpu_workloads.py --workloads 1 \
+      --timeout 90 --out "/tmp/jobs/launch${spec}" 2>&1 | tee -a "$OUT/launches_w1.log" | grep "^{"
+  done
+  ran launches
 fi
 tar czf "$OUT/jobs.tgz" -C /tmp jobs
 echo "end at ${SECONDS} s"

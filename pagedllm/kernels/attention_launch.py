@@ -75,27 +75,46 @@ def launches_for(gpu_name: str | None) -> AttentionLaunches:
     return H200
 
 
+_CHOICES = {"tile_n": (16, 32, 64, 128), "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4),
+            "rows": (16, 32, 64, 128)}  # fmt: skip
+
+
 @functools.cache
-def _parse_launch(spec: str) -> LaunchConfig:
-    """``tile_n,num_warps,num_stages,rows`` -> a LaunchConfig, each value checked."""
-    name = "PAGEDLLM_ATTENTION_PREFILL_CONFIG"
+def _parse_launch(name: str, spec: str, fields: tuple[str, ...]) -> LaunchConfig:
+    """``spec`` (``fields`` as comma-separated integers, from the variable ``name``) -> a
+    LaunchConfig, each value checked."""
     try:
-        tile_n, warps, stages, rows = (int(v) for v in spec.split(","))
+        values = tuple(int(v) for v in spec.split(","))
     except ValueError:
-        raise ValueError(f"{name} must be four integers 'tile_n,num_warps,num_stages,rows', "
-                         f"got {spec!r}") from None  # fmt: skip
-    allowed = {"tile_n": (tile_n, (16, 32, 64, 128)), "num_warps": (warps, (2, 4, 8)),
-               "num_stages": (stages, (1, 2, 3, 4)), "rows": (rows, (16, 32, 64, 128))}  # fmt: skip
-    for field, (value, options) in allowed.items():
-        if value not in options:
-            raise ValueError(f"{name}: {field} must be one of {options}, got {value}")
-    return LaunchConfig(tile_n, warps, stages, rows)
+        values = ()
+    if len(values) != len(fields):
+        raise ValueError(f"{name} must be {len(fields)} integers '{','.join(fields)}', "
+                         f"got {spec!r}")  # fmt: skip
+    for field, value in zip(fields, values):
+        if value not in _CHOICES[field]:
+            raise ValueError(f"{name}: {field} must be one of {_CHOICES[field]}, got {value}")
+    return LaunchConfig(**dict(zip(fields, values)))
+
+
+_PREFILL_FIELDS = ("tile_n", "num_warps", "num_stages", "rows")
+_DECODE_FIELDS = ("tile_n", "num_warps", "num_stages")
 
 
 def prefill_config(launches: AttentionLaunches = H200) -> LaunchConfig:
     """The launch for steps with prefill: PAGEDLLM_ATTENTION_PREFILL_CONFIG, else the GPU's."""
     spec = envs.attention_prefill_config()
-    return _parse_launch(spec) if spec else launches.prefill
+    if spec:
+        return _parse_launch("PAGEDLLM_ATTENTION_PREFILL_CONFIG", spec, _PREFILL_FIELDS)
+    return launches.prefill
+
+
+def decode_config(launches: AttentionLaunches = H200) -> LaunchConfig:
+    """The launch for decodes over a 16-bit cache: PAGEDLLM_ATTENTION_DECODE_CONFIG, else
+    the GPU's."""
+    spec = envs.attention_decode_config()
+    if spec:
+        return _parse_launch("PAGEDLLM_ATTENTION_DECODE_CONFIG", spec, _DECODE_FIELDS)
+    return launches.decode
 
 
 def launch_config(
@@ -104,7 +123,7 @@ def launch_config(
     """A GPU's launch for a batch: decodes (one query a request) or steps with prefill."""
     if max_query_len != 1:
         return prefill_config(launches)
-    return launches.fp8_decode if fp8_cache else launches.decode
+    return launches.fp8_decode if fp8_cache else decode_config(launches)
 
 
 def register_cap(config: LaunchConfig, interpreted: bool) -> dict[str, int]:
