@@ -192,9 +192,10 @@ def _attend_queries(
     if KV_QUANT and q.dtype != tl.float32:
         # 16-bit q over an FP8 cache: e4m3 widens to float16 in one instruction a pair (to
         # bfloat16 in three), and exactly, so the products run in float16. q takes the
-        # softmax scale first (|q| up to 65504 / 0.13 stays finite); q.(k * ks) = (q.k) * ks
-        # leaves K's scale on the scores.
-        q = (q.to(tl.float32) * qk_scale).to(tl.float16)
+        # softmax scale first (|q| up to 65504 / 0.13 fits; beyond, bfloat16's range is
+        # clamped to float16's rather than turned into inf); q.(k * ks) = (q.k) * ks leaves
+        # K's scale on the scores.
+        q = tl.clamp(q.to(tl.float32) * qk_scale, -65504.0, 65504.0).to(tl.float16)
         qk_scale = tl.load(kv_scale_ptr)
     elif KV_QUANT:  # float32 q: exact products, K's scale joins the softmax scale
         qk_scale = qk_scale * tl.load(kv_scale_ptr)

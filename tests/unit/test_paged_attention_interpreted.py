@@ -65,6 +65,11 @@ CHECK = textwrap.dedent(
     want16 = reference(q16.float(), fp8.float() * scales.view(2, 1, 1, 1, 1), table, lens,
                        [0, 1, 2, 3], 0.125)
     assert ((out16.double() - want16).norm() / want16.norm()).item() < 1e-2
+    # A bfloat16 q beyond float16's range (after the softmax scale) stays finite.
+    q16[0, 0, 0] = 1e7
+    paged_attention(q16, fp8, out16, table, torch.tensor(lens, dtype=torch.int32),
+                    torch.arange(4, dtype=torch.int32), 3, 1, 0.125, kv_scale=scales)
+    assert torch.isfinite(out16).all()
     # A decode launch (max_query_len 1) must have one token a request.
     q = torch.zeros(3, 8, 64)
     cache = torch.zeros(2, 4, 16, 2, 64)
