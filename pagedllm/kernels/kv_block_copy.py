@@ -80,13 +80,3 @@ def copy_blocks(
         src, dst, src_index, dst_index, *src_strides, *dst_strides, items,
         triton.cdiv(items, programs), PIECE=piece, CHUNK=_CHUNK, num_warps=8,
     )  # fmt: skip
-
-
-def widest_view(tensor: torch.Tensor, piece_bytes: int) -> torch.Tensor:
-    """``tensor`` as the widest integer type whose size divides ``piece_bytes`` (8-byte
-    elements load fastest); its last dimension's bytes must be a multiple of it too."""
-    for dtype in (torch.int64, torch.int32, torch.int16):
-        size = dtype.itemsize
-        if piece_bytes % size == 0 and (tensor.shape[-1] * tensor.element_size()) % size == 0:
-            return tensor.view(torch.uint8).view(dtype)
-    return tensor.view(torch.uint8)

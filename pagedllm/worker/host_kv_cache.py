@@ -79,6 +79,9 @@ class HostKVCache:
         block_bytes = self.host[0].numel()
         self._chunk = max(1, _STAGING_BYTES // block_bytes)
         self._saves_pending = False  # saves ahead queued on CUDA, not yet waited for
+        for layer in self.layers:
+            if not layer[0, 0].is_contiguous():
+                raise ValueError("The host KV tier needs each cache block stored contiguously.")
         if pin:
             self._init_direct()
         else:
@@ -89,27 +92,21 @@ class HostKVCache:
         K or V of one layer (device: ``[2, blocks, row]``; host: ``[slots, layers, 2, row]``),
         so a copy moves whole rows (byte by byte, torch's indexing ran ~10x slower)."""
         piece = self.host[0, 0, 0].numel()
-        wide = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8)
-                    if piece % t.itemsize == 0)  # fmt: skip
-        for layer in self.layers:
-            if not layer[0, 0].is_contiguous():
-                raise ValueError("The host KV tier needs each cache block stored contiguously.")
-        self._rows = [layer.view(2, layer.shape[1], piece).view(wide) for layer in self.layers]
-        self._host_rows = self.host.view(self.host.shape[0], len(self.layers), 2, piece).view(wide)
+        self._rows = [widest_view(layer.view(2, layer.shape[1], piece), piece)
+                      for layer in self.layers]  # fmt: skip
+        host = self.host.view(self.host.shape[0], len(self.layers), 2, piece)
+        self._host_rows = widest_view(host, piece)
 
     def _init_direct(self) -> None:
         """The kernels' views: each side as its widest integer type, and one layer's K or V
         of one block (``piece`` elements) contiguous on both sides. Triton is imported
         here, with CUDA only, as every kernel module is."""
-        from pagedllm.kernels.kv_block_copy import copy_blocks, widest_view
+        from pagedllm.kernels.kv_block_copy import copy_blocks
 
         self._copy_blocks = copy_blocks
         piece_bytes = self.host[0, 0, 0].numel()
         host = widest_view(self.host, piece_bytes)
         caches = [widest_view(layer, piece_bytes) for layer in self.layers]
-        for cache in caches:
-            if not cache[0, 0].is_contiguous():
-                raise ValueError("The host KV tier needs each cache block stored contiguously.")
         self._piece = host[0, 0, 0].numel()
         self._host_strides = (host.stride(2), host.stride(0))
         # Per layer: its slice of every host slot, its cache, and the cache's (K to V, block
@@ -220,3 +217,13 @@ class HostKVCache:
         if self.device.type != "cuda":
             return index
         return index.pin_memory().to(self.device, non_blocking=True)
+
+
+def widest_view(tensor: torch.Tensor, piece_bytes: int) -> torch.Tensor:
+    """``tensor`` as the widest integer type whose size divides ``piece_bytes`` (8-byte
+    elements copy fastest); its last dimension's bytes must be a multiple of it too."""
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        size = dtype.itemsize
+        if piece_bytes % size == 0 and (tensor.shape[-1] * tensor.element_size()) % size == 0:
+            return tensor.view(torch.uint8).view(dtype)
+    return tensor.view(torch.uint8)

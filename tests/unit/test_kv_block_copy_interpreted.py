@@ -15,6 +15,7 @@ CHECK = textwrap.dedent(
     """
     import torch
     from pagedllm.kernels import kv_block_copy as kbc
+    from pagedllm.worker.host_kv_cache import widest_view
     from tests.unit.interpreted import assert_refused
 
     gen = torch.Generator().manual_seed(0)
@@ -29,8 +30,8 @@ CHECK = textwrap.dedent(
         before = [layer.clone() for layer in layers]
         host = torch.zeros(6, len(layers), 2, block, heads, dim, dtype=dtype).view(torch.uint8)
         piece_bytes = host[0, 0, 0].numel()
-        host_view = kbc.widest_view(host, piece_bytes)
-        views = [kbc.widest_view(layer, piece_bytes) for layer in layers]
+        host_view = widest_view(host, piece_bytes)
+        views = [widest_view(layer, piece_bytes) for layer in layers]
         piece = host_view[0, 0, 0].numel()
         host_strides = (host_view.stride(2), host_view.stride(0))
         out_pairs = [(7, 4), (2, 0), (5, 5)]  # (device block, host slot)
