@@ -10,6 +10,7 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 4. start-up: seconds from process start to the first generated token (workload 3's model).
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
 steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
+``w1steps`` times W1 step by step (the host's part and the device wait, by batch);
 ``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too);
 ``launch`` shows where the host waits while launching a saturated server's eager steps
 (and whether the allocator went to the device meanwhile); ``queue`` whether big GEMMs let
@@ -462,6 +463,67 @@ def job_w1prof() -> dict:
             "table": text.getvalue()[-6000:] + "\n" + kernels}  # fmt: skip
 
 
+def job_w1steps() -> dict:
+    """Workload 1 step by step, its core stepped on this thread: each step's wall time,
+    the part of it spent waiting for the device (the sampled ids' copy), and the running
+    batch. A step that never waits had the device idle for part of it: the host paced it.
+    The front end's output processing runs on this thread too, so host times here are an
+    upper bound on the engine process's."""
+    _profile_in_process()
+    from pagedllm import SamplingParams
+    from pagedllm.worker import step_output
+
+    waited = [0.0]
+    read = step_output.SampledOnDevice.read
+
+    def timed_read(self):
+        start = time.perf_counter()
+        if self.copied is not None:
+            self.copied.synchronize()
+        waited[0] += time.perf_counter() - start
+        return read(self)
+
+    step_output.SampledOnDevice.read = timed_read
+    prompts, max_tokens = workload1_requests()
+    llm = engine(QWEN3, 4096)
+    eng = llm.llm_engine
+    warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+    for i, (p, m) in enumerate(zip(prompts, max_tokens)):
+        sp = SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
+        eng.add_request(str(i), {"prompt_token_ids": p}, sp)
+    steps = []  # (running before the step, wall s, waited s)
+    start = time.perf_counter()
+    while eng.has_unfinished_requests():
+        running = eng.engine_core.scheduler.stats().num_running
+        waited[0] = 0.0
+        began = time.perf_counter()
+        eng.step()
+        steps.append((running, time.perf_counter() - began, waited[0]))
+    elapsed = time.perf_counter() - start
+    return {"job": "w1steps", "seconds": elapsed, "output_tokens": sum(max_tokens),
+            "tok_s": sum(max_tokens) / elapsed, "table": step_table(steps)}  # fmt: skip
+
+
+def step_table(steps: list[tuple[int, float, float]]) -> str:
+    """Steps by running batch: their count, wall time (sum and mean), the mean wait for the
+    device, the mean rest (the host's work), and how many waited under 50 us."""
+    buckets = [(0, 32), (32, 64), (64, 128), (128, 192), (192, 257)]
+    lines = ["running   steps  wall_s  mean_ms  wait_ms  host_ms  no_wait"]
+    for lo, hi in buckets:
+        sel = [s for s in steps if lo <= s[0] < hi]
+        if not sel:
+            continue
+        wall = sum(s[1] for s in sel)
+        wait = sum(s[2] for s in sel)
+        idle = sum(1 for s in sel if s[2] < 50e-6)
+        n = len(sel)
+        lines.append(f"{lo:>3}-{hi - 1:<4} {n:>7} {wall:>7.3f} {1e3 * wall / n:>8.3f} "
+                     f"{1e3 * wait / n:>8.3f} {1e3 * (wall - wait) / n:>8.3f} "
+                     f"{idle:>8}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def job_w3prof(variant: str = "bf16") -> dict:
     """Workload 3's decode steps as they run (CUDA graphs): the kernels of one step, their
     summed time against the step's wall time (the rest is gaps between kernels and the
@@ -592,7 +654,7 @@ def job_hf2() -> dict:
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
         "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
-        "w3prof": job_w3prof, "launch": job_launch, "padding": job_padding,
+        "w3prof": job_w3prof, "w1steps": job_w1steps, "launch": job_launch, "padding": job_padding,
         "queue": job_queue}  # fmt: skip
 
 
