@@ -13,7 +13,8 @@ logger = init_logger(__name__)
 
 
 class AttentionBackend(Protocol):
-    """Writes a step's new K/V into the paged cache and attends over it.
+    """Writes a step's new K/V into the paged cache (unless the layer did, with its rotary
+    op: ``slot_mapping``, ``kv_written``) and attends over it.
 
     ``build_metadata`` turns the runner's common description of the batch into whatever the
     backend's kernels want (built once per step, shared by all layers); ``forward`` is
@@ -47,6 +48,12 @@ class AttentionBackend(Protocol):
 
     def build_metadata(self, common: CommonAttentionMetadata) -> Any: ...
 
+    def slot_mapping(self, metadata: Any) -> torch.Tensor:
+        """The step's cache slot of each token ([num_tokens] int64, padding at the scratch
+        block): where a layer that writes its new K/V itself puts them (then ``forward``
+        is called with ``kv_written=True``)."""
+        ...
+
     def capture_metadata(self, common: CommonAttentionMetadata) -> Any:
         """Metadata for a CUDA graph captured on ``common`` and replayed for every batch
         of its padded shape (see the class). Raises ValueError when this backend's
@@ -63,7 +70,11 @@ class AttentionBackend(Protocol):
         scale: float,
         kv_scale: torch.Tensor,  # [2] float32: K's and V's scales, read when the cache is FP8
         window: int | None = None,
+        kv_written: bool = False,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        """Attention of q over the cache after the step's k and v are written into it at
+        ``slot_mapping``'s slots, by this call or (``kv_written``) by the caller before it,
+        stored as this contract says; k and v are passed either way."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -31,3 +32,14 @@ class CommonAttentionMetadata:
     max_seq_len: int
     # Split-KV segments for the CUDA kernel (fixed per captured graph); 1 elsewhere.
     num_segments: int = 1
+
+
+class KVWrite(NamedTuple):
+    """Where one layer's new K and V go when the rotary op writes them (``DeviceOps.rope_qk``):
+    the layer's cache [2, blocks, block_size, kv heads, dim], each token's slot [tokens]
+    int64 (block * block_size + offset; padding: the scratch block), and K's and V's scales
+    [2] float32 (an FP8 cache stores value / scale, saturated, as every backend does)."""
+
+    kv_cache: torch.Tensor
+    slot_mapping: torch.Tensor
+    kv_scale: torch.Tensor

@@ -111,6 +111,9 @@ class TorchAttentionBackend:
             "eagerly, or unset PAGEDLLM_ATTENTION_BACKEND."
         )
 
+    def slot_mapping(self, metadata: TorchAttentionMetadata) -> torch.Tensor:
+        return metadata.slot_mapping
+
     def build_metadata(self, common: CommonAttentionMetadata) -> TorchAttentionMetadata:
         num_decodes = common.num_decodes
         block_ids, max_blocks, valid, seq_lens = None, 0, None, None
@@ -153,8 +156,10 @@ class TorchAttentionBackend:
         scale: float,
         kv_scale: torch.Tensor,
         window: int | None = None,
+        kv_written: bool = False,
     ) -> torch.Tensor:
-        write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
+        if not kv_written:
+            write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
         read = _Reader(kv_cache, kv_scale, q.dtype)
         n = metadata.num_decodes
         decode = _kernel_decode if self.cpu_kernels and supports(q, kv_cache) else _decode

@@ -61,6 +61,9 @@ class TritonAttentionBackend:
             num_segments=common.num_segments,
         )
 
+    def slot_mapping(self, metadata: TritonAttentionMetadata) -> torch.Tensor:
+        return metadata.slot_mapping
+
     def forward(
         self,
         q: torch.Tensor,
@@ -71,16 +74,12 @@ class TritonAttentionBackend:
         scale: float,
         kv_scale: torch.Tensor,
         window: int | None = None,
+        kv_written: bool = False,
     ) -> torch.Tensor:
         from pagedllm.kernels.paged_attention import paged_attention
 
-        num_kv_heads = k.shape[1]
-        if num_kv_heads & (num_kv_heads - 1) == 0:  # the fused kernel tiles heads by 2^n
-            from pagedllm.kernels.fused_ops import write_kv
-
-            write_kv(k, v, kv_cache, metadata.slot_mapping, kv_scale)
-        else:
-            write_kv_torch(kv_cache, metadata.slot_mapping, k, v, kv_scale)
+        if not kv_written:
+            _write_kv(k, v, kv_cache, metadata.slot_mapping, kv_scale)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         segments = metadata.num_segments
@@ -103,3 +102,19 @@ class TritonAttentionBackend:
             stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
             self._scratch[key] = (acc, stats[0], stats[1])
         return self._scratch[key]
+
+
+def _write_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_scale: torch.Tensor,
+) -> None:
+    num_kv_heads = k.shape[1]
+    if num_kv_heads & (num_kv_heads - 1) == 0:  # the fused kernel tiles heads by 2^n
+        from pagedllm.kernels.fused_ops import write_kv
+
+        write_kv(k, v, kv_cache, slot_mapping, kv_scale)
+    else:
+        write_kv_torch(kv_cache, slot_mapping, k, v, kv_scale)

@@ -5,7 +5,8 @@ hundreds; these fuse them:
 - ``rms_norm``: optional residual add + RMSNorm (two kernels -> one);
 - ``silu_and_mul``: act(gate) * up (two -> one);
 - ``rope_qk``: rotary embedding of q and k in place in the q/k/v projection output, with
-  Qwen3's per-head q/k RMSNorm first when given (up to nine -> one);
+  Qwen3's per-head q/k RMSNorm first when given, and the new K and V written into the
+  paged cache when asked (up to ten -> one);
 - ``write_kv``: new K and V into the paged cache by slot, quantized for an FP8 cache
   (two or more -> one).
 
@@ -15,12 +16,17 @@ programmatic dependent launch where the device has it (``dependent_launch``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
 from pagedllm.kernels import dependent_launch
 from pagedllm.kernels.dependent_launch import await_inputs
+
+if TYPE_CHECKING:
+    from pagedllm.attention.metadata import KVWrite
 
 
 @triton.jit
@@ -113,13 +119,17 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def _rope_qk_kernel(
     qkv_ptr, cos_sin_ptr, pos_ptr, norm_ptr, eps,
     stride_t, stride_h, num_q_heads, num_heads,
+    cache_ptr, slot_ptr, scale_ptr, v_offset,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
-    HEADS: tl.constexpr, PDL: tl.constexpr,
+    HEADS: tl.constexpr, WRITE_KV: tl.constexpr, QUANT: tl.constexpr,
+    QUANT_MAX: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per (token, group of HEADS heads) among the q heads then the k heads:
     optional per-head RMSNorm, then x * cos + rotate_half(x) * sin, written back in place.
     A program per single head moved 256 bytes and left most of its threads idle (an
-    8,192-token step of llama-8b launched 328k of them, at a fifth of the bandwidth)."""
+    8,192-token step of llama-8b launched 328k of them, at a fifth of the bandwidth).
+    WRITE_KV: each k head of the group also goes to the paged cache at the token's slot,
+    with its v head, as ``write_kv`` stores them (one kernel a layer fewer)."""
     await_inputs(PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
@@ -140,8 +150,33 @@ def _rope_qk_kernel(
     pos = tl.load(pos_ptr + token)
     cos = tl.load(cos_sin_ptr + pos * HEAD_DIM + dims).to(tl.float32)[None, :]
     sin = tl.load(cos_sin_ptr + pos * HEAD_DIM + HALF + dims).to(tl.float32)[None, :]
-    tl.store(base, (x1 * cos - x2 * sin).to(dtype), mask=head_ok[:, None])
-    tl.store(base + HALF, (x2 * cos + x1 * sin).to(dtype), mask=head_ok[:, None])
+    out1 = (x1 * cos - x2 * sin).to(dtype)
+    out2 = (x2 * cos + x1 * sin).to(dtype)
+    tl.store(base, out1, mask=head_ok[:, None])
+    tl.store(base + HALF, out2, mask=head_ok[:, None])
+    if WRITE_KV:
+        is_k = head_ok & (heads >= num_q_heads)
+        kv_heads = num_heads - num_q_heads
+        slot = tl.load(slot_ptr + token)  # int64
+        # [2, blocks, block_size, kv_heads, dim]: the token's row of k head j, then V's
+        row = cache_ptr + slot * kv_heads * HEAD_DIM + (heads - num_q_heads)[:, None] * HEAD_DIM
+        row += dims[None, :]
+        v = base + kv_heads * stride_h  # the v head after each k head
+        v1 = tl.load(v, mask=is_k[:, None], other=0.0)
+        v2 = tl.load(v + HALF, mask=is_k[:, None], other=0.0)
+        _store_kv(row, out1, is_k, scale_ptr, QUANT, QUANT_MAX)
+        _store_kv(row + HALF, out2, is_k, scale_ptr, QUANT, QUANT_MAX)
+        _store_kv(row + v_offset, v1, is_k, scale_ptr + 1, QUANT, QUANT_MAX)
+        _store_kv(row + v_offset + HALF, v2, is_k, scale_ptr + 1, QUANT, QUANT_MAX)
+
+
+@triton.jit
+def _store_kv(ptr, values, ok, scale_ptr, QUANT: tl.constexpr, QUANT_MAX: tl.constexpr):
+    """Model-dtype ``values`` [heads, n] into the cache rows at ``ptr``; an FP8 cache takes
+    value / scale, saturated to the format's range (as ``write_kv``)."""
+    if QUANT:
+        values = tl.clamp(values.to(tl.float32) / tl.load(scale_ptr), -QUANT_MAX, QUANT_MAX)
+    tl.store(ptr, values.to(ptr.dtype.element_ty), mask=ok[:, None])
 
 
 def rope_qk(
@@ -152,22 +187,41 @@ def rope_qk(
     positions: torch.Tensor,
     qk_norm: torch.Tensor | None = None,
     eps: float = 1e-6,
+    kv_write: KVWrite | None = None,
 ) -> None:
     """qkv: [tokens, q heads + 2 * kv heads, head_dim]; rotates the q and k heads in place.
     cos_sin_cache: [max_position, head_dim] (cos for the first half of the columns);
-    qk_norm: optional [2, head_dim] RMSNorm weights (q's, then k's)."""
+    qk_norm: optional [2, head_dim] RMSNorm weights (q's, then k's); ``kv_write``: the
+    rotated k heads and the v heads also go into that paged cache, as ``write_kv`` puts
+    them."""
     tokens, _, dim = qkv.shape
     assert qkv.stride(2) == 1 and cos_sin_cache.shape[1] == dim, "rope_qk: bad shapes"
     assert cos_sin_cache.is_contiguous() and positions.dtype == torch.int64
     assert qk_norm is None or (qk_norm.shape == (2, dim) and qk_norm.is_contiguous())
     num_heads = num_q_heads + num_kv_heads
     heads = min(8, triton.next_power_of_2(num_heads))  # 8 x 128 dims: 2 KiB of bf16 a program
+    cache, slots, scale = kv_write if kv_write is not None else (qkv, positions, cos_sin_cache)
+    quant = kv_write is not None and _check_kv_write(kv_write, qkv, num_kv_heads)
     _rope_qk_kernel[(tokens, triton.cdiv(num_heads, heads))](
         qkv, cos_sin_cache, positions, qk_norm if qk_norm is not None else cos_sin_cache, eps,
         qkv.stride(0), qkv.stride(1), num_q_heads, num_heads,
+        cache, slots, scale, cache[0].numel() if kv_write is not None else 0,
         HEAD_DIM=dim, HALF=dim // 2, HAS_NORM=qk_norm is not None, HEADS=heads,
+        WRITE_KV=kv_write is not None, QUANT=quant,
+        QUANT_MAX=torch.finfo(cache.dtype).max if quant else 0.0,
         **dependent_launch.launch_args(qkv.device),
     )  # fmt: skip
+
+
+def _check_kv_write(kv_write: KVWrite, qkv: torch.Tensor, num_kv_heads: int) -> bool:
+    """Whether the cache is FP8 (quantized on the way in); asserts the layout."""
+    cache, slots, scale = kv_write
+    assert cache.is_contiguous() and cache.shape[0] == 2 and cache.dim() == 5
+    assert cache.shape[3:] == (num_kv_heads, qkv.shape[2]), "rope_qk: cache shape"
+    assert slots.dtype == torch.int64 and slots.shape[0] >= qkv.shape[0]
+    quant = cache.dtype != qkv.dtype
+    assert not quant or (scale.dtype == torch.float32 and scale.numel() == 2)
+    return quant
 
 
 @triton.jit

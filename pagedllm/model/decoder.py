@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.metadata import KVWrite
 from pagedllm.distributed.communication import all_reduce
 from pagedllm.distributed.parallel_state import ModelParallel
 from pagedllm.model.checkpoint_names import KVScaleTarget, kv_scale_target, merged_target
@@ -188,17 +189,25 @@ class Attention(nn.Module):
         # [tokens, heads + 2 * kv_heads, head_dim]: q heads, then k heads, then v heads. A view
         # whatever the projection's output layout (splitting one dimension never copies).
         qkv = self.qkv_proj(x).view(num_tokens, heads + 2 * kv_heads, self.head_dim)
+        kv_cache = ctx.kv_caches[self.layer_idx]
+        if ctx.kv_loads is not None:  # before anything writes this layer's cache
+            ctx.kv_loads.wait(self.layer_idx)
+        # The rotary op writes the new K/V (one kernel fewer), but in the step whose K/V
+        # set an FP8 cache's scales: there the backend writes them after the scales are set.
+        kv_write = None
+        if not ctx.calculate_kv_scales:
+            slots = ctx.backend.slot_mapping(ctx.attn_metadata)
+            kv_write = KVWrite(kv_cache, slots, self.kv_scale)
         q, k = self.ops.rope_qk(
-            qkv, heads, kv_heads, ctx.rotary_rows, self._qk_norm_weights(), self.norm_eps
-        )
+            qkv, heads, kv_heads, ctx.rotary_rows, self._qk_norm_weights(), self.norm_eps,
+            kv_write,
+        )  # fmt: skip
         v = qkv[:, heads + kv_heads :]
         if ctx.calculate_kv_scales:
             self._calculate_kv_scales(k, v)
-        if ctx.kv_loads is not None:
-            ctx.kv_loads.wait(self.layer_idx)
         out = ctx.backend.forward(
-            q, k, v, ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, self.kv_scale,
-            self.window,
+            q, k, v, kv_cache, ctx.attn_metadata, self.scale, self.kv_scale, self.window,
+            kv_written=kv_write is not None,
         )  # fmt: skip
         out = self.o_proj(out.reshape(num_tokens, -1))
         if self.tp_group is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagedllm.attention.metadata import KVWrite
 from pagedllm.kernels import fp8_quant, fp8_w8a8_matmul, fp8_weight_matmul, fused_ops, gemv
 from pagedllm.model.layers import activation, norm
 from pagedllm.model.layers.device_ops import DeviceOps, Fp8Kernels
@@ -108,8 +109,10 @@ def rope_qk(
     rows: tuple[torch.Tensor, torch.Tensor],
     qk_norm: torch.Tensor | None,
     eps: float,
+    kv_write: KVWrite | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q/k norm and rotation in one kernel, in place in the projection output."""
+    """q/k norm and rotation in one kernel, in place in the projection output, which also
+    writes the new K and V into the cache when given ``kv_write``."""
     cos_sin_cache, positions = rows
-    fused_ops.rope_qk(qkv, heads, kv_heads, cos_sin_cache, positions, qk_norm, eps)
+    fused_ops.rope_qk(qkv, heads, kv_heads, cos_sin_cache, positions, qk_norm, eps, kv_write)
     return qkv[:, :heads], qkv[:, heads : heads + kv_heads]

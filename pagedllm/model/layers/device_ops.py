@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pagedllm.attention.metadata import KVWrite
+from pagedllm.attention.torch_backend import write_kv_torch
 from pagedllm.kernels import cpu_extension, cpu_norm
 from pagedllm.model.layers.activation import silu_and_mul
 from pagedllm.model.layers.fp8 import Quantizer
@@ -59,9 +61,11 @@ class DeviceOps:
     # (gathered once per step, shared by the layers)
     rotary_rows: Callable[[RotaryEmbedding, torch.Tensor], Any]
     # (qkv [tokens, heads + 2 * kv_heads, head_dim], heads, kv_heads, rows, q/k RMSNorm
-    # weights [2, head_dim] or None, eps) -> q and k, normalized and rotated
+    # weights [2, head_dim] or None, eps, kv_write) -> q and k, normalized and rotated; with
+    # a ``KVWrite``, the rotated k and the v heads also go into that paged cache, stored as
+    # the attention backends store them (the CUDA set in the rotary kernel itself)
     rope_qk: Callable[
-        [torch.Tensor, int, int, Any, torch.Tensor | None, float],
+        [torch.Tensor, int, int, Any, torch.Tensor | None, float, KVWrite | None],
         tuple[torch.Tensor, torch.Tensor],
     ]
     fp8: Fp8Kernels | None = None  # None: FP8 weights are widened inside a torch product
@@ -108,15 +112,20 @@ def _rope_qk(
     rows: tuple[torch.Tensor, torch.Tensor],
     qk_norm: torch.Tensor | None,
     eps: float,
+    kv_write: KVWrite | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     cos, sin = rows
     rotate = RotaryEmbedding.rotate
     if qk_norm is not None:
         q = rotate(rms_norm(qkv[:, :heads], qk_norm[0], eps), cos, sin)
         k = rotate(rms_norm(qkv[:, heads : heads + kv_heads], qk_norm[1], eps), cos, sin)
-        return q, k
-    qk = rotate(qkv[:, : heads + kv_heads], cos, sin)
-    return qk[:, :heads], qk[:, heads:]
+    else:
+        qk = rotate(qkv[:, : heads + kv_heads], cos, sin)
+        q, k = qk[:, :heads], qk[:, heads:]
+    if kv_write is not None:
+        cache, slots, scale = kv_write
+        write_kv_torch(cache, slots, k, qkv[:, heads + kv_heads :], scale)
+    return q, k
 
 
 def _cpu_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
