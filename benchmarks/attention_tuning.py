@@ -2,7 +2,7 @@
 batches (GPU); prints achieved KV bandwidth per configuration.
 
     python benchmarks/attention_tuning.py [--mixed [--default-only] | --layout | --single |
-        --w1-segments | --w1-order | --fp8-decode]
+        --w1-segments | --w1-order | --fp8-decode | --tail]
 """
 
 from __future__ import annotations
@@ -98,8 +98,11 @@ def mixed_batch(prefills=16, prompt=512, decodes=256, ctx=640, heads=32, kv_head
     return q, kv, table, seq, qsl, 4 * pairs * heads * dim
 
 
-def time_config(args, config, query_len, segments=1):
-    from triton.testing import do_bench
+def time_config(args, config, query_len, segments=1, graph=False):
+    """The launch's median time (ms) and rate. ``graph``: replayed from a CUDA graph, as
+    the engine runs decodes; a small batch's launch otherwise costs the host more than
+    the kernels take (a 16-request decode: ~70 us of launch against ~40-60 of kernels)."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
     q, kv, table, seq, qsl, kv_bytes = args
     out = torch.empty_like(q)
@@ -131,7 +134,11 @@ def time_config(args, config, query_len, segments=1):
             kv_scale=kv_scale,
         )
 
-    ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+    if graph:
+        fn()  # compiled outside the capture
+        ms = do_bench_cudagraph(fn, rep=50, return_mode="median")
+    else:
+        ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
     return ms, kv_bytes / ms / 1e9
 
 
@@ -162,6 +169,9 @@ def main() -> None:
         ms, _ = time_config(decode_part, DECODE_CONFIG, 1)
         print(f"its 256 decodes alone, decode launch: {ms * 1e3:.1f} us")
         rope()
+    if "--tail" in sys.argv:  # W1's last steps: few requests of long histories, by segments
+        tail()
+        return
     if "--single" in sys.argv:  # one request's decode: µs a layer by segments
         single_stream()
         return
@@ -231,6 +241,25 @@ def main() -> None:
             best = rows[0][2]
             spec = f"{best.tile_n},{best.num_warps},{best.num_stages},{best.rows}"
             print(f"BEST PAGEDLLM_ATTENTION_PREFILL_CONFIG={spec}")
+
+
+def tail() -> None:
+    """Decode batches like W1's last few hundred steps (qwen3-0.6b, G = 2: 8 KV heads; the
+    requests left have ~1,300 tokens, 0.6-1.4x): µs a layer and TB/s by split-KV segments,
+    replayed from CUDA graphs as the engine's decodes are, and the count the Triton
+    backend picks for this GPU."""
+    from pagedllm.attention.triton_backend import TritonAttentionBackend
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    picks = TritonAttentionBackend(sms)
+    for n in (8, 16, 24, 32, 48, 64, 96, 128):
+        args = batch(n, 1300, 1, 16, 8, spread=0.4)
+        line = []
+        for s in (1, 2, 4, 8):
+            ms, rate = time_config(args, DECODE_CONFIG, 1, s, graph=True)
+            line.append(f"{s} seg {ms * 1e3:6.1f} us {rate:4.2f} TB/s")
+        chosen = picks.segments_for(n, 1, 8)
+        print(f"{n:4d} requests (picks {chosen:2d}): " + ", ".join(line), flush=True)
 
 
 def single_stream() -> None:
