@@ -56,7 +56,8 @@ def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -
 def sample(
     logits: torch.Tensor, md: SamplingMetadata, next_seed: Callable[[], int] | None = None
 ) -> torch.Tensor:
-    """Processed float32 logits -> token ids, greedy rows by argmax. ``next_seed`` gives a
+    """Processed logits -> token ids, greedy rows by argmax (float32, or the model's dtype
+    on the one-pass path, which widens as it reads). ``next_seed`` gives a
     fresh seed for the one-pass CUDA path (without it, the torch path always runs)."""
     greedy = None if md.all_random else logits.argmax(dim=-1)
     if md.all_greedy:

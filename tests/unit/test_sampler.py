@@ -4,6 +4,7 @@ built from per-request state."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -16,6 +17,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from pagedllm.model.layers.device_ops import TORCH_OPS
+from pagedllm.model.layers.embedding import LMHead
 from pagedllm.sample.metadata import PenaltyInputs, SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties, bin_counts
 from pagedllm.sample.sampler import Sampler
@@ -665,3 +668,33 @@ def test_seeded_rows_do_not_depend_on_the_path_of_other_rows():
         md = build_sampling_metadata(states, vocab, torch.device("cpu"))
         results.append([Sampler()(rows.clone(), md).token_ids[-1].item() for _ in range(1)])
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("case", ["greedy", "top_k_top_p", "min_p"])
+def test_bfloat16_logits_sample_as_their_float32_widening(case: str) -> None:
+    """The LM head hands the sampler the model's dtype: the same tokens and logprobs as
+    from the float32 copy it used to make (the widening is exact)."""
+    logits = random_logits(7).to(torch.bfloat16)
+    kwargs: dict = {
+        "greedy": dict(greedy=[True] * 6),
+        "top_k_top_p": dict(top_k=[5, 300, 1, 20, 7, 300], top_p=[0.9, 0.5, 1.0, 0.8, 1.0, 0.3]),
+        "min_p": dict(min_p=[0.1] * 6, temperature=[0.7] * 6),
+    }[case]
+    results = []
+    for values in (logits, logits.float()):
+        gens = {i: torch.Generator().manual_seed(i) for i in range(6)}
+        md = dataclasses.replace(metadata(6, generators=gens, **kwargs), max_num_logprobs=3)
+        out = Sampler(seed=1)(values, md)
+        assert out.logprobs is not None
+        results.append((out.token_ids, out.logprobs.top_ids, out.logprobs.top_logprobs))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_the_lm_head_keeps_the_model_dtype() -> None:
+    head = LMHead(VOCAB, 16, torch.bfloat16, TORCH_OPS)
+    head.weight.data.normal_()
+    hidden = torch.randn(3, 16).to(torch.bfloat16)
+    logits = head(hidden)
+    assert logits.dtype == torch.bfloat16 and logits.is_contiguous()
+    assert torch.equal(logits, torch.nn.functional.linear(hidden, head.weight))

@@ -51,7 +51,8 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Hidden states -> float32 logits over the whole vocabulary, on every TP rank."""
+    """Hidden states -> logits over the whole vocabulary in the model's dtype, on every TP
+    rank (not widened: see ``embedding.LMHead``)."""
 
     def __init__(
         self,
@@ -70,6 +71,6 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        local = self.ops.linear(hidden, self.weight, None).float()
+        local = self.ops.linear(hidden, self.weight, None)
         logits = all_gather_last_dim(local, self.group, self.tp_size)
         return logits[:, : self.vocab_size].contiguous()
