@@ -78,8 +78,13 @@ class TritonAttentionBackend:
     ) -> torch.Tensor:
         from pagedllm.kernels.paged_attention import paged_attention
 
-        if not kv_written:
-            _write_kv(k, v, kv_cache, metadata.slot_mapping, kv_scale)
+        slots = metadata.slot_mapping
+        if not kv_written and k.shape[1] & (k.shape[1] - 1) == 0:  # the kernel tiles 2^n heads
+            from pagedllm.kernels.fused_ops import write_kv
+
+            write_kv(k, v, kv_cache, slots, kv_scale)
+        elif not kv_written:
+            write_kv_torch(kv_cache, slots, k, v, kv_scale)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         segments = metadata.num_segments
@@ -102,19 +107,3 @@ class TritonAttentionBackend:
             stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
             self._scratch[key] = (acc, stats[0], stats[1])
         return self._scratch[key]
-
-
-def _write_kv(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    kv_scale: torch.Tensor,
-) -> None:
-    num_kv_heads = k.shape[1]
-    if num_kv_heads & (num_kv_heads - 1) == 0:  # the fused kernel tiles heads by 2^n
-        from pagedllm.kernels.fused_ops import write_kv
-
-        write_kv(k, v, kv_cache, slot_mapping, kv_scale)
-    else:
-        write_kv_torch(kv_cache, slot_mapping, k, v, kv_scale)
