@@ -17,11 +17,21 @@ while the engine process unpickles the front end's configuration (which defines 
 class if the build ahead did not): transformers skips the docstring's model name when the
 import fails, and a version that cannot is loaded again without it
 (``without_transformers_models``).
+
+Every config module's validators import ``transformers.activations``, which takes one class
+decorator from transformers' hub-kernel integration, and that module imports the checkpoint
+conversion machinery and with it ``torch.distributed.tensor`` and sympy: ~0.85 s of the
+engine process's ~3 s of imports on a 2-core CPU (transformers 5.17 and 5.25 alike). When
+the ``kernels`` package is absent transformers itself defines the decorator to return the
+class unchanged; the engine process never builds transformers' layers, so while it imports
+the config modules it is given that definition (``hub_kernels_stubbed``) instead of the
+module.
 """
 
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -33,6 +43,41 @@ T = TypeVar("T")
 UNUSED_LIBRARIES = ("torchvision", "sklearn")
 # transformers' model-class registry: imported by some versions' config docstrings.
 TRANSFORMERS_MODELS = "transformers.models.auto.modeling_auto"
+
+
+# transformers' hub-kernel integration (see the module's docstring)
+HUB_KERNELS = "transformers.integrations.hub_kernels"
+HUB_KERNEL_DECORATORS = (
+    "use_kernel_forward_from_hub", "use_kernelized_func", "use_kernel_func_from_hub",
+)  # fmt: skip
+
+
+def _unchanged(*args: object, **kwargs: object) -> Callable[[T], T]:
+    """A hub-kernel decorator as transformers defines it without ``kernels``."""
+    return lambda cls: cls
+
+
+@contextmanager
+def hub_kernels_stubbed() -> Iterator[None]:
+    """Within the block, ``HUB_KERNELS`` (unless imported already) is a module holding only
+    its decorators, each returning the class unchanged; afterwards the real module imports
+    as usual. A transformers version that wants more of it there fails that import with
+    ImportError: the caller imports again after the block."""
+    if HUB_KERNELS in sys.modules:
+        yield
+        return
+    stub = types.ModuleType(HUB_KERNELS, "pagedllm: the decorators only (hub_kernels_stubbed)")
+    for name in HUB_KERNEL_DECORATORS:
+        setattr(stub, name, _unchanged)
+    sys.modules[HUB_KERNELS] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get(HUB_KERNELS) is stub:
+            del sys.modules[HUB_KERNELS]
+        parent = sys.modules.get(HUB_KERNELS.rpartition(".")[0])
+        if parent is not None and parent.__dict__.get("hub_kernels") is stub:
+            delattr(parent, "hub_kernels")  # a lazy package may have kept the attribute
 
 
 def hide_unused_libraries() -> None:

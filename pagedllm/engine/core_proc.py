@@ -56,7 +56,11 @@ from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
 from pagedllm.metrics.stats import IterationStats
-from pagedllm.unused_modules import hide_unused_libraries, without_transformers_models
+from pagedllm.unused_modules import (
+    hide_unused_libraries,
+    hub_kernels_stubbed,
+    without_transformers_models,
+)
 
 logger = init_logger(__name__)
 
@@ -257,9 +261,10 @@ def _import_config_modules() -> None:
     import importlib
 
     hide_unused_libraries()  # before transformers: the engine never uses them
-    for name in _CONFIG_MODULES:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    with hub_kernels_stubbed():  # the validators' activations, without the conversion code
+        for name in _CONFIG_MODULES:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
 
 
 def main() -> None:

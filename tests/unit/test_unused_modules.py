@@ -96,3 +96,49 @@ def test_the_engine_unpickles_a_config_whose_classes_need_the_registry():
         "print(loaded['cls'].__name__)\n"
     )
     assert out.splitlines()[-1] == "AutoModelForCausalLM"
+
+
+def test_the_engine_imports_its_config_modules_without_the_hub_kernel_machinery():
+    """``core_proc``'s config imports and a configuration built after them leave
+    ``torch.distributed.tensor`` (sympy) unimported and build the same config as a plain
+    process; the real hub-kernel module imports after the block."""
+    build = (
+        "from pagedllm.config import EngineArgs\n"
+        "config = EngineArgs(model='benchmarks/model-configs/qwen3-0.6b', load_format='dummy',"
+        " max_model_len=512, skip_tokenizer_init=True).create_engine_config()\n"
+    )
+    show = "print('CONFIG', config.model_config.hf_config.to_json_string())\n"
+    stubbed = run(
+        "import importlib, sys\n"
+        "from pagedllm.engine.core_proc import _import_config_modules\n"
+        "from pagedllm.unused_modules import HUB_KERNELS\n"
+        "_import_config_modules()\n"
+        "assert 'transformers.configuration_utils' in sys.modules\n"
+        "assert 'transformers.activations' in sys.modules\n"
+        "assert HUB_KERNELS not in sys.modules\n"
+        + build
+        + "assert 'torch.distributed.tensor' not in sys.modules\n"
+        "real = importlib.import_module(HUB_KERNELS)\n"
+        "assert getattr(real, '__file__', None)  # the stub has none\n" + show
+    )
+    plain = run(build + show)
+    assert stubbed.split("CONFIG")[1] == plain.split("CONFIG")[1]
+
+
+def test_a_transformers_that_wants_more_of_the_hub_kernels_imports_it_after_the_block():
+    """A version whose activations import another name from the module fails inside the
+    block (ImportError) and imports whole after it."""
+    out = run(
+        "import sys, types\n"
+        "from pagedllm.unused_modules import HUB_KERNELS, hub_kernels_stubbed\n"
+        "with hub_kernels_stubbed():\n"
+        "    stub = sys.modules[HUB_KERNELS]\n"
+        "    assert stub.use_kernel_forward_from_hub('SiLU')(int) is int\n"
+        "    try:\n"
+        "        from transformers.integrations.hub_kernels import LayerRepository\n"
+        "    except ImportError:\n"
+        "        print('refused inside')\n"
+        "from transformers.integrations.hub_kernels import LayerRepository\n"
+        "print('imported after', sys.modules[HUB_KERNELS] is not stub)\n"
+    )
+    assert out.splitlines()[-2:] == ["refused inside", "imported after True"]
