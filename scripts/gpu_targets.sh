@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool, kind nvidia-h200): the open issues' target figures in one
-# call of under 9 minutes, each step guarded by the time left.
-#   1. W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's cache
-#      warm), W3 with FP8 weights, W2, W1 (issues 14 and 18; benchmarks/gpu_workloads.py);
-#   2. W1's decode attention with its requests as drawn, longest and shortest first;
-#   3. with a tree under test in .branch/: its W1 and W1 step profile, and this tree's profile;
-#   4. W2's decode attention over an FP8 cache by launch (issue 14);
-#   5. the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap);
-#   6. only when named (SECTIONS="launches"): the decode launches swept by
-#      attention_tuning.py, then W1 under the GPU's decode launch and under (64, 4, 2)
+# call of under 9 minutes, each step guarded by the time left. Default sections, in order:
+#   workloads: W3 bf16 (it also warms W4's kernels), W4 twice (report the second: Triton's
+#      cache warm), W3 with FP8 weights, W2 bf16, W2 with FP8 weights, W1 (issues 14 and 18;
+#      benchmarks/gpu_workloads.py);
+#   swap: the host KV tier's multi-turn pair (issue 20; benchmarks/multi_turn.py --swap);
+#   launches: W1 under the GPU's decode launch and under (64, 4, 2)
 #      (PAGEDLLM_ATTENTION_DECODE_CONFIG), for kernels/attention_launch.py's table.
+# Named only (SECTIONS="..."): order (W1's decode attention by the programs' start order),
+# branch (a tree under test in .branch/: its W1 and W1 step profile, and this tree's
+# profile), fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode
+# launches swept by attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -29,11 +30,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-SECTIONS=" ${SECTIONS:-workloads order branch fp8 swap} "  # a later call: those left out
+SECTIONS=" ${SECTIONS:-workloads launches swap} "  # a later call: those left out
 want() { [[ "$SECTIONS" == *" $1 "* ]] && [ $((BUDGET_S - SECONDS)) -gt "$2" ]; }
 ran() { echo "section $1 done at ${SECONDS} s"; }
 if want workloads 0; then
-  python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,1 --timeout 110 \
+  python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,2:fp8,1 --timeout 110 \
     --out /tmp/jobs 2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
   ran workloads
 fi
@@ -68,8 +69,11 @@ if want swap 90; then  # the host KV tier's multi-turn pair (issue 20)
     2>&1 | tee "$OUT/multi_turn.log" | grep -v "^INFO" | tail -20
   ran swap
 fi
-if want launches 200; then  # issue 18: this GPU's decode launch, kernel and end to end
-  timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/launches.log" | tail -30
+if want sweep 170; then  # the decode launches swept on this GPU's attention shapes
+  timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/sweep.log" | tail -30
+  ran sweep
+fi
+if want launches 70; then  # issue 18: this GPU's decode launch against (64, 4, 2), end to end
   for spec in "" 64,4,2; do
     [ $((BUDGET_S - SECONDS)) -gt 60 ] || break
     echo "PAGEDLLM_ATTENTION_DECODE_CONFIG=${spec:-tuned}"
