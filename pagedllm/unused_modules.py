@@ -30,10 +30,10 @@ module.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -57,27 +57,39 @@ def _unchanged(*args: object, **kwargs: object) -> Callable[[T], T]:
     return lambda cls: cls
 
 
-@contextmanager
-def hub_kernels_stubbed() -> Iterator[None]:
+_ABSENT = object()  # an attribute a package does not have
+
+
+@contextlib.contextmanager
+def _standing_in(name: str, value: types.ModuleType | None) -> Iterator[None]:
+    """Within the block, ``sys.modules[name]`` is ``value`` (None: the import fails with
+    ImportError), unless the module is imported already; afterwards the entry, and an
+    attribute a lazy parent package kept of it, go if they are still ``value``, so the real
+    module imports as usual."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = value  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if name in sys.modules and sys.modules[name] is value:
+            del sys.modules[name]
+        package, _, child = name.rpartition(".")
+        parent = sys.modules.get(package)
+        if parent is not None and parent.__dict__.get(child, _ABSENT) is value:
+            delattr(parent, child)
+
+
+def hub_kernels_stubbed() -> contextlib.AbstractContextManager[None]:
     """Within the block, ``HUB_KERNELS`` (unless imported already) is a module holding only
     its decorators, each returning the class unchanged; afterwards the real module imports
     as usual. A transformers version that wants more of it there fails that import with
     ImportError: the caller imports again after the block."""
-    if HUB_KERNELS in sys.modules:
-        yield
-        return
     stub = types.ModuleType(HUB_KERNELS, "pagedllm: the decorators only (hub_kernels_stubbed)")
     for name in HUB_KERNEL_DECORATORS:
         setattr(stub, name, _unchanged)
-    sys.modules[HUB_KERNELS] = stub
-    try:
-        yield
-    finally:
-        if sys.modules.get(HUB_KERNELS) is stub:
-            del sys.modules[HUB_KERNELS]
-        parent = sys.modules.get(HUB_KERNELS.rpartition(".")[0])
-        if parent is not None and parent.__dict__.get("hub_kernels") is stub:
-            delattr(parent, "hub_kernels")  # a lazy package may have kept the attribute
+    return _standing_in(HUB_KERNELS, stub)
 
 
 def hide_unused_libraries() -> None:
@@ -90,22 +102,13 @@ def hide_unused_libraries() -> None:
             sys.modules[name] = None  # type: ignore[assignment]
 
 
-@contextmanager
-def transformers_models_hidden() -> Iterator[None]:
+def transformers_models_hidden() -> contextlib.AbstractContextManager[None]:
     """Within the block, importing transformers' model-class registry fails with
     ImportError (unless it is imported already); afterwards it imports as usual. A config
     class defined in the block keeps a docstring without its model's name; a transformers
     version that cannot define it so raises ImportError, and the caller tries again after
     the block."""
-    if TRANSFORMERS_MODELS in sys.modules:
-        yield
-        return
-    sys.modules[TRANSFORMERS_MODELS] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if TRANSFORMERS_MODELS in sys.modules and sys.modules[TRANSFORMERS_MODELS] is None:
-            del sys.modules[TRANSFORMERS_MODELS]
+    return _standing_in(TRANSFORMERS_MODELS, None)
 
 
 def without_transformers_models(load: Callable[[], T]) -> T:
