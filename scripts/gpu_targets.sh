@@ -9,8 +9,9 @@
 #      (PAGEDLLM_ATTENTION_DECODE_CONFIG), for kernels/attention_launch.py's table.
 # Named only (SECTIONS="..."): order (W1's decode attention by the programs' start order),
 # branch (a tree under test in .branch/: its W1 and W1 step profile, and this tree's
-# profile), fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode
-# launches swept by attention_tuning.py).
+# profile), ab (W1 by this tree and by .branch's, alternated, twice each), fp8 (W2's decode
+# attention over an FP8 cache by launch), sweep (the decode launches swept by
+# attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -56,6 +57,15 @@ if [ -d .branch/pagedllm ] && want branch 200; then
     2>&1 | tee "$OUT/main_w1prof.log" | grep "^{\|paged_attention_kernel\|CUDA time total" \
     | tail -20
   ran branch
+fi
+if [ -d .branch/pagedllm ] && want ab 100; then  # W1 end to end, this tree and .branch's, alternated
+  for tree in . .branch . .branch; do
+    [ $((BUDGET_S - SECONDS)) -gt 50 ] || break
+    echo "tree ${tree}"
+    (cd "$tree" && python3 benchmarks/gpu_workloads.py --workloads 1 --timeout 80 \
+      --out "/tmp/jobs/ab${tree#.}${SECONDS}") 2>&1 | tee -a "$OUT/ab_w1.log" | grep "^{"
+  done
+  ran ab
 fi
 if want fp8 80; then  # W2's decode attention over an FP8 cache by launch (issue 14)
   timeout 100 python3 benchmarks/attention_tuning.py --fp8-decode 2>&1 \
