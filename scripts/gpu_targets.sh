@@ -8,10 +8,10 @@
 #   launches: W1 under the GPU's decode launch and under (64, 4, 2)
 #      (PAGEDLLM_ATTENTION_DECODE_CONFIG), for kernels/attention_launch.py's table.
 # Named only (SECTIONS="..."): order (W1's decode attention by the programs' start order),
-# branch (a tree under test in .branch/: its W1 and W1 step profile, and this tree's
-# profile), ab (W1 by this tree and by .branch's, alternated, twice each), fp8 (W2's decode
-# attention over an FP8 cache by launch), sweep (the decode launches swept by
-# attention_tuning.py).
+# w1launch (W1's decode attention by launch, register cap and start order), branch (a tree
+# under test in .branch/: its W1 and W1 step profile, and this tree's profile), ab (W1 by
+# this tree and by .branch's, alternated, twice each), fp8 (W2's decode attention over an
+# FP8 cache by launch), sweep (the decode launches swept by attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -38,6 +38,11 @@ if want workloads 0; then
   python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,2:fp8,1 --timeout 110 \
     --out /tmp/jobs 2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
   ran workloads
+fi
+if want w1launch 80; then  # W1's decode attention by launch, register cap and start order
+  timeout 120 python3 benchmarks/attention_tuning.py --w1-launches 2>&1 \
+    | tee "$OUT/w1_launches.log" | tail -30
+  ran w1launch
 fi
 if want order 40; then  # W1's decode attention by the programs' start order (the step's tail)
   timeout 60 python3 benchmarks/attention_tuning.py --w1-order 2>&1 \
