@@ -32,6 +32,9 @@ class CommonAttentionMetadata:
     max_seq_len: int
     # Split-KV segments for the CUDA kernel (fixed per captured graph); 1 elsewhere.
     num_segments: int = 1
+    # A decode batch on CUDA: [num_reqs] int32 on device, the requests longest first (the
+    # order the decode kernel starts its programs in); None elsewhere.
+    decode_order: torch.Tensor | None = None
 
 
 class KVWrite(NamedTuple):

@@ -27,6 +27,7 @@ class TritonAttentionMetadata:
     num_reqs: int
     max_query_len: int
     num_segments: int
+    decode_order: torch.Tensor | None  # see CommonAttentionMetadata
 
 
 class TritonAttentionBackend:
@@ -59,6 +60,7 @@ class TritonAttentionBackend:
             num_reqs=common.num_reqs,
             max_query_len=common.max_query_len,
             num_segments=common.num_segments,
+            decode_order=common.decode_order,
         )
 
     def slot_mapping(self, metadata: TritonAttentionMetadata) -> torch.Tensor:
@@ -92,7 +94,7 @@ class TritonAttentionBackend:
         return paged_attention(
             q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
             metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
-            kv_scale=kv_scale, window=window,
+            kv_scale=kv_scale, window=window, order=metadata.decode_order,
         )  # fmt: skip
 
     def _partials(

@@ -239,6 +239,7 @@ def paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
     m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
     block_table_ptr, seq_lens_ptr, qsl_ptr,
+    order_ptr,  # [num_reqs] int32 with ORDERED: the request decode program i serves
     kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
     qk_scale, num_reqs, num_segments,  # qk_scale: the softmax scale times log2(e)
     window,  # keys a query sees, itself included (NO_WINDOW: all before it)
@@ -258,6 +259,7 @@ def paged_attention_kernel(
     # The batch holds prefill chunks: one-query requests take small tiles. False: every
     # request has one query, one tile each (the grid num_reqs).
     MIXED: tl.constexpr,
+    ORDERED: tl.constexpr,  # a decode batch's programs take their requests from order_ptr
     SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
     KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
@@ -270,9 +272,10 @@ def paged_attention_kernel(
     segment = tl.program_id(2)
     if not MIXED:
         # Every request has one query (a decode batch; a decode graph pads with one-query
-        # requests): request i is token i and tile i, found without reading the device.
-        req = tile
-        q_begin = tile
+        # requests): request i is token i. Program i serves request i, or with ORDERED the
+        # i-th of the order (longest first: the step's last programs are its shortest).
+        req = tl.load(order_ptr + tile) if ORDERED else tile
+        q_begin = req
         q_len = 1
         q_tile = 0
     else:
@@ -379,9 +382,12 @@ def paged_attention(
     config: LaunchConfig | None = None,
     kv_scale: torch.Tensor | None = None,
     window: int | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of q over the paged cache into ``out`` (same shape as q); with ``window``,
-    each query sees only the last ``window`` keys up to itself.
+    each query sees only the last ``window`` keys up to itself. ``order`` (decode batches:
+    a permutation of ``0 .. num_reqs - 1``, int32 on q's device) is the order the programs
+    take the requests in; longest first keeps the step's tail short.
 
     q: [tokens, heads, dim]; kv_cache: [2, blocks, block_size, kv_heads, dim] with the new
     K/V already written; block_table [>= num_reqs, max_blocks] int32; seq_lens
@@ -406,6 +412,9 @@ def paged_attention(
     if decode and tokens != num_reqs:
         raise ValueError(f"a decode batch (max_query_len 1) has one token a request: "
                          f"{tokens} tokens, {num_reqs} requests")  # fmt: skip
+    if order is not None and (not decode or order.dtype != torch.int32
+                              or order.shape[0] < num_reqs):  # fmt: skip
+        raise ValueError("order is for decode batches: int32, one entry a request")
     grid = (num_reqs if decode else tokens // block_q + num_reqs, kv_heads, num_segments)
     if num_segments > 1:
         assert partials is not None and partials[0].shape[:3] == (tokens, heads, num_segments)
@@ -418,7 +427,8 @@ def paged_attention(
     launch = dependent_launch.launch_args(q.device)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, target, m, l_sum,
-        block_table, seq_lens, query_start_loc, kv_scale if quant else seq_lens,
+        block_table, seq_lens, query_start_loc, seq_lens if order is None else order,
+        kv_scale if quant else seq_lens,
         scale * LOG2E, num_reqs, num_segments, NO_WINDOW if window is None else window,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -427,7 +437,8 @@ def paged_attention(
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
-        MIXED=not decode, SPLIT=num_segments > 1, PRECISION=precision,
+        MIXED=not decode, ORDERED=order is not None, SPLIT=num_segments > 1,
+        PRECISION=precision,
         KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
         num_stages=config.num_stages, **register_cap(config, _INTERPRETED), **launch,
     )  # fmt: skip

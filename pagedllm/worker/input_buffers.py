@@ -52,10 +52,11 @@ class InputBuffers:
             "input_ids": padded_tokens, "positions": padded_tokens,
             "slot_mapping": padded_tokens, "query_start_loc": padded_reqs + 1,
             "seq_lens": padded_reqs, "logits_indices": len(batch.logits_indices),
+            "decode_order": padded_reqs if plan.max_query_len == 1 else 0,
         }  # fmt: skip
         self._copy("input_ids", padded_tokens)
         batch.fill_pending(self.dev["input_ids"])
-        for name in ("positions", "slot_mapping", "query_start_loc", "seq_lens"):
+        for name in ("positions", "slot_mapping", "query_start_loc", "seq_lens", "decode_order"):
             self._copy(name, sizes[name])
         self.dev["block_table"][:rows, :cols].copy_(
             self.host["block_table"][:rows, :cols], non_blocking=True
@@ -85,6 +86,7 @@ def buffer_shapes(
         "seq_lens": ((max_reqs,), torch.int32),
         "block_table": ((max_reqs, max_blocks), torch.int32),
         "logits_indices": ((max_reqs,), torch.int64),
+        "decode_order": ((max_reqs,), torch.int32),
     }
 
 
@@ -114,6 +116,10 @@ def fill_host(
     qsl[reqs + 1 : reqs + decodes + 1] = np.arange(tokens + 1, tokens + decodes + 1)
     seq_lens[reqs : reqs + decodes] = 1
     table[reqs : reqs + decodes, 0] = scratch_block
+    if plan.max_query_len == 1:
+        # Longest first: the decode kernel's last programs are then its shortest, so the
+        # step does not wait on one long request started late.
+        host["decode_order"][:padded_reqs] = np.argsort(-seq_lens[:padded_reqs], kind="stable")
     rows = reqs + decodes
     if padded_reqs == rows:
         return rows, width

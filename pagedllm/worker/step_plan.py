@@ -98,7 +98,8 @@ def assemble_step_batch(
     """The step's device batch and attention metadata. ``tensors`` (on the device) hold
     exactly the planned rows: input_ids, positions, slot_mapping [padded_tokens];
     query_start_loc [padded_reqs + 1]; seq_lens, block_table [padded_reqs]; logits_indices
-    [sampled rows]. ``query_start_loc`` and ``seq_lens`` are their host copies."""
+    [sampled rows]; decode_order [padded_reqs] where the runner orders a decode batch's
+    programs (CUDA). ``query_start_loc`` and ``seq_lens`` are their host copies."""
     attn = CommonAttentionMetadata(
         num_reqs=plan.padded_reqs,
         num_tokens=plan.padded_tokens,
@@ -113,6 +114,7 @@ def assemble_step_batch(
         max_query_len=plan.max_query_len,
         max_seq_len=plan.max_seq_len,
         num_segments=plan.num_segments,
+        decode_order=tensors.get("decode_order") if plan.max_query_len == 1 else None,
     )
     return StepBatch(
         batch.req_ids,

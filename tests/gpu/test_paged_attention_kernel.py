@@ -33,7 +33,7 @@ def reference(q, kv, table, seq_lens, qsl, scale, window=None):
 
 def run_case(
     seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1,
-    window=None, device="cuda", config=None,
+    window=None, device="cuda", config=None, order=None,
 ):  # fmt: skip
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -43,12 +43,12 @@ def run_case(
     kv = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen, device=device).to(
         dtype
     )
-    order = list(range(num_blocks))
-    rng.shuffle(order)
+    pool = list(range(num_blocks))
+    rng.shuffle(pool)
     table = torch.zeros(len(seq_lens), max(need) + 3, dtype=torch.int32, device=device)
     k = 0
     for i, n in enumerate(need):
-        table[i, :n] = torch.tensor(order[k : k + n], dtype=torch.int32)
+        table[i, :n] = torch.tensor(pool[k : k + n], dtype=torch.int32)
         k += n
     tokens = sum(query_lens)
     q = torch.randn(tokens, heads, dim, generator=gen, device=device).to(dtype)
@@ -68,6 +68,7 @@ def run_case(
         q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
         torch.tensor(qsl, dtype=torch.int32, device=device), len(seq_lens), max(query_lens),
         scale, segments, partials, config, window=window,
+        order=None if order is None else torch.tensor(order, dtype=torch.int32, device=device),
     )  # fmt: skip
     if device == "cuda":
         torch.cuda.synchronize()
@@ -133,11 +134,18 @@ def test_sliding_window(window, segments):
     assert error < TOLERANCE[torch.float32]
 
 
-def test_decode_only_many_requests():
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("segments", [1, 2])
+def test_decode_only_many_requests(ordered, segments):
+    """With ``order`` (longest first, as the runner builds it) program i serves request
+    order[i]: every request's output still lands in its own rows."""
     rng = random.Random(1)
     query_lens = [1] * 200
     prefixes = [rng.randint(0, 2000) for _ in query_lens]
-    assert run_case(2, 16, 8, 128, 16, torch.bfloat16, query_lens, prefixes) < 2e-2
+    order = sorted(range(200), key=lambda i: -prefixes[i]) if ordered else None
+    error = run_case(2, 16, 8, 128, 16, torch.bfloat16, query_lens, prefixes, segments,
+                     order=order)  # fmt: skip
+    assert error < 2e-2
 
 
 def compiled_variants(kernel) -> int:

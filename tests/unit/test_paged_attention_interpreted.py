@@ -1,8 +1,8 @@
 """The paged-attention kernel's code paths on the CPU, under Triton's interpreter in a
 subprocess (the interpreter is chosen when triton is imported): mixed batches whose decodes
 take their own tile shape, the unmasked loop over tiles every row sees whole, windows,
-split-KV decodes merged in base 2, decode batches found without a search, and a decode
-batch over an FP8 cache at its own launch.
+split-KV decodes merged in base 2, decode batches found without a search (in the requests'
+order or another), and a decode batch over an FP8 cache at its own launch.
 tests/gpu/test_paged_attention_kernel.py covers the compiled kernel, every dtype and launch
 shape, on a GPU."""
 
@@ -29,8 +29,12 @@ CHECK = textwrap.dedent(
              prefixes=[30, 0, 5, 200, 0, 64, 100]),
         # a sliding window over a chunk and decodes
         dict(heads=4, kv_heads=4, query_lens=[1, 33, 1], prefixes=[100, 64, 3], window=20),
-        # a decode batch unsplit (one program a request, no search)
+        # a decode batch unsplit (one program a request, no search), as given and with
+        # its programs taking the requests longest first, unsplit and split
         dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 5, 200]),
+        dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 5, 200], order=[2, 1, 0]),
+        dict(heads=8, kv_heads=2, query_lens=[1] * 4, prefixes=[9, 5, 200, 40], segments=2,
+             order=[2, 3, 0, 1]),
         # split-KV decodes, with and without a window
         dict(heads=8, kv_heads=2, query_lens=[1] * 4, prefixes=[0, 5, 200, 333], segments=4),
         dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 150], segments=4,
@@ -76,6 +80,11 @@ CHECK = textwrap.dedent(
     ints = torch.zeros(3, 4, dtype=torch.int32)
     assert_refused(lambda: paged_attention(q, cache, torch.zeros_like(q), ints, ints[0],
                                            ints[0], 2, 1, 0.125), "one token a request")
+    # An order is for decode batches, one int32 entry a request.
+    q1 = torch.zeros(2, 8, 64)
+    assert_refused(lambda: paged_attention(q1, cache, torch.zeros_like(q1), ints, ints[0],
+                                           ints[0], 2, 1, 0.125, order=ints[0, :1]),
+                   "order is for decode batches")
     print("ATTENTION_OK")
     """
 )

@@ -48,6 +48,7 @@ def staging() -> dict[str, np.ndarray]:
         "seq_lens": np.full(16, stale, dtype=np.int32),
         "block_table": np.full((16, 8), stale, dtype=np.int32),
         "logits_indices": np.full(16, stale, dtype=np.int64),
+        "decode_order": np.full(16, stale, dtype=np.int32),
     }
 
 
@@ -81,6 +82,21 @@ def test_decode_graph_pads_with_one_token_requests_in_the_scratch_block() -> Non
     assert host["query_start_loc"][:6].tolist() == [0, 1, 2, 3, 4, 5]
     assert host["seq_lens"][:5].tolist() == [9, 3, 1, 1, 1]
     assert host["block_table"][2:5, 0].tolist() == [SCRATCH] * 3
+    assert host["decode_order"][:5].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_decode_batch_starts_its_longest_requests_first() -> None:
+    """The decode kernel's program i serves ``decode_order[i]``: the longest contexts start
+    first, the padding requests (one key each) last; a mixed batch leaves the order alone."""
+    b = batch([1, 1, 1, 1], [3, 30, 9, 30])
+    plan = plan_step(b, 2, GraphShape(6, 6, mixed=False, num_segments=1))
+    host = staging()
+    fill_host(host, b, plan, SCRATCH, BLOCK)
+    assert host["decode_order"][:6].tolist() == [1, 3, 2, 0, 4, 5]
+    mixed = batch([1, 6], [9, 6])
+    host = staging()
+    fill_host(host, mixed, plan_step(mixed, 1, GraphShape(16, 5, mixed=True)), SCRATCH, BLOCK)
+    assert host["decode_order"].tolist() == [99] * 16
 
 
 def test_mixed_graph_pads_with_one_chunk_then_empty_requests() -> None:
