@@ -35,7 +35,8 @@ SECTIONS=" ${SECTIONS:-workloads launches swap} "  # a later call: those left ou
 want() { [[ "$SECTIONS" == *" $1 "* ]] && [ $((BUDGET_S - SECONDS)) -gt "$2" ]; }
 ran() { echo "section $1 done at ${SECONDS} s"; }
 if want workloads 0; then
-  python3 benchmarks/gpu_workloads.py --workloads 3,4,4,3:fp8,2,2:fp8,1 --timeout 110 \
+  python3 benchmarks/gpu_workloads.py --workloads "${WORKLOADS:-3,4,4,3:fp8,2,2:fp8,1}" \
+    --timeout 110 \
     --out /tmp/jobs 2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
   ran workloads
 fi
