@@ -192,7 +192,7 @@ def main() -> None:
             for order, label in orders.items()
         }
     if "--w1-launches" in sys.argv:  # W1's decode step by launch, register cap and start
-        # order: the H200 read W1's cache at 78% of its copy rate (W2's near 97%)
+        # order (the H200 read W1's cache at 78% of its copy rate, W2's near 97%), and W2's
         configs = [
             DECODE_CONFIG, LaunchConfig(64, 4, 2), LaunchConfig(64, 4, 3, max_registers=128),
             LaunchConfig(64, 4, 4), LaunchConfig(64, 4, 2, max_registers=96),
@@ -204,6 +204,9 @@ def main() -> None:
             f"W1 decode, 56k-block cache, requests {label}": (w1_batch(56_000, order=order), 1, 1)
             for order, label in (("given", "as drawn"), ("longest", "longest first"))
         }
+        # W2's decode (G = 4, equal lengths): a GPU's table has one bfloat16 decode launch
+        # for both, so a launch that wins W1's must not lose W2's.
+        cases["W2 decode 1000 x 640, G=4"] = (batch(1000, 640, 1, 32, 8, spread=0.0), 1, 1)
     if "--fp8-decode" in sys.argv:  # issue 14: W2's decode attention over an FP8 cache,
         # which reads half the bytes but was no faster than bfloat16 at the bfloat16 launch:
         # launches with and without a cap on registers (more programs a multiprocessor)

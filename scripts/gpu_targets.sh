@@ -8,10 +8,11 @@
 #   launches: W1 under the GPU's decode launch and under (64, 4, 2)
 #      (PAGEDLLM_ATTENTION_DECODE_CONFIG), for kernels/attention_launch.py's table.
 # Named only (SECTIONS="..."): order (W1's decode attention by the programs' start order),
-# w1launch (W1's decode attention by launch, register cap and start order), branch (a tree
-# under test in .branch/: its W1 and W1 step profile, and this tree's profile), ab (W1 by
-# this tree and by .branch's, alternated, twice each), fp8 (W2's decode attention over an
-# FP8 cache by launch), sweep (the decode launches swept by attention_tuning.py).
+# w1launch (W1's and W2's decode attention by launch and register cap, W1's by start
+# order), branch (a tree under test in .branch/: its W1 and W1 step profile, and this
+# tree's profile), ab (W1 by this tree and by .branch's, alternated, twice each), fp8 (W2's
+# decode attention over an FP8 cache by launch), sweep (the decode launches swept by
+# attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -41,9 +42,9 @@ if want workloads 0; then
     --out /tmp/jobs 2>&1 | tee "$OUT/workloads.log" | grep -v "^INFO\|it/s\]" | tail -60
   ran workloads
 fi
-if want w1launch 80; then  # W1's decode attention by launch, register cap and start order
-  timeout 120 python3 benchmarks/attention_tuning.py --w1-launches 2>&1 \
-    | tee "$OUT/w1_launches.log" | tail -30
+if want w1launch 100; then  # W1's decode attention by launch, cap and start order; W2's
+  timeout 150 python3 benchmarks/attention_tuning.py --w1-launches 2>&1 \
+    | tee "$OUT/w1_launches.log" | tail -45
   ran w1launch
 fi
 if want order 40; then  # W1's decode attention by the programs' start order (the step's tail)
