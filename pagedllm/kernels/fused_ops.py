@@ -172,11 +172,18 @@ def _rope_qk_kernel(
 
 @triton.jit
 def _store_kv(ptr, values, ok, scale_ptr, QUANT: tl.constexpr, QUANT_MAX: tl.constexpr):
-    """Model-dtype ``values`` [heads, n] into the cache rows at ``ptr``; an FP8 cache takes
-    value / scale, saturated to the format's range (as ``write_kv``)."""
+    """Model-dtype ``values`` [heads, n] into the cache rows at ``ptr`` (rows ``ok``), as
+    the cache stores them (``_as_stored``)."""
+    tl.store(ptr, _as_stored(values, ptr, scale_ptr, QUANT, QUANT_MAX), mask=ok[:, None])
+
+
+@triton.jit
+def _as_stored(values, cache_ptr, scale_ptr, QUANT: tl.constexpr, QUANT_MAX: tl.constexpr):
+    """``values`` in the cache's dtype: an FP8 cache takes value / scale, saturated to the
+    format's range; a 16-bit one the values as they are. The one rule of both KV writes."""
     if QUANT:
         values = tl.clamp(values.to(tl.float32) / tl.load(scale_ptr), -QUANT_MAX, QUANT_MAX)
-    tl.store(ptr, values.to(ptr.dtype.element_ty), mask=ok[:, None])
+    return values.to(cache_ptr.dtype.element_ty)
 
 
 def rope_qk(
@@ -219,8 +226,14 @@ def _check_kv_write(kv_write: KVWrite, qkv: torch.Tensor, num_kv_heads: int) -> 
     assert cache.is_contiguous() and cache.shape[0] == 2 and cache.dim() == 5
     assert cache.shape[3:] == (num_kv_heads, qkv.shape[2]), "rope_qk: cache shape"
     assert slots.dtype == torch.int64 and slots.shape[0] >= qkv.shape[0]
-    quant = cache.dtype != qkv.dtype
-    assert not quant or (scale.dtype == torch.float32 and scale.numel() == 2)
+    return _quantized(cache, qkv.dtype, scale)
+
+
+def _quantized(kv_cache: torch.Tensor, dtype: torch.dtype, kv_scale: torch.Tensor) -> bool:
+    """Whether values of ``dtype`` are quantized into ``kv_cache`` (an FP8 cache), whose
+    scales ``kv_scale`` must then be [2] float32 (K's, V's)."""
+    quant = kv_cache.dtype != dtype
+    assert not quant or (kv_scale.dtype == torch.float32 and kv_scale.numel() == 2)
     return quant
 
 
@@ -238,13 +251,9 @@ def _write_kv_kernel(
     dims = tl.arange(0, HEAD_DIM)
     k = tl.load(k_ptr + token * stride_kt + heads[:, None] * stride_kh + dims[None, :])
     v = tl.load(v_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :])
-    if QUANT:  # FP8 cache: value / scale, saturated to the format's range
-        k = tl.clamp(k.to(tl.float32) / tl.load(scale_ptr), -QUANT_MAX, QUANT_MAX)
-        v = tl.clamp(v.to(tl.float32) / tl.load(scale_ptr + 1), -QUANT_MAX, QUANT_MAX)
     row = slot * (KV_HEADS * HEAD_DIM) + heads[:, None] * HEAD_DIM + dims[None, :]
-    dtype = cache_ptr.dtype.element_ty
-    tl.store(cache_ptr + row, k.to(dtype))
-    tl.store(cache_ptr + v_offset + row, v.to(dtype))
+    tl.store(cache_ptr + row, _as_stored(k, cache_ptr, scale_ptr, QUANT, QUANT_MAX))
+    tl.store(cache_ptr + v_offset + row, _as_stored(v, cache_ptr, scale_ptr + 1, QUANT, QUANT_MAX))
 
 
 def write_kv(
@@ -259,8 +268,7 @@ def write_kv(
     tokens, kv_heads, dim = k.shape
     assert kv_cache.is_contiguous() and k.stride(2) == 1 and v.stride(2) == 1
     assert triton.next_power_of_2(kv_heads) == kv_heads, "write_kv: kv heads must be 2^n"
-    quant = kv_cache.dtype != k.dtype
-    assert not quant or (kv_scale.dtype == torch.float32 and kv_scale.numel() == 2)
+    quant = _quantized(kv_cache, k.dtype, kv_scale)
     _write_kv_kernel[(tokens,)](
         k, v, kv_cache, slot_mapping, kv_scale,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv_cache[0].numel(),
