@@ -80,13 +80,14 @@ class TritonAttentionBackend:
     ) -> torch.Tensor:
         from pagedllm.kernels.paged_attention import paged_attention
 
-        slots = metadata.slot_mapping
-        if not kv_written and k.shape[1] & (k.shape[1] - 1) == 0:  # the kernel tiles 2^n heads
-            from pagedllm.kernels.fused_ops import write_kv
+        if not kv_written:
+            slots = metadata.slot_mapping
+            if k.shape[1] & (k.shape[1] - 1) == 0:  # the fused kernel tiles 2^n heads
+                from pagedllm.kernels.fused_ops import write_kv
 
-            write_kv(k, v, kv_cache, slots, kv_scale)
-        elif not kv_written:
-            write_kv_torch(kv_cache, slots, k, v, kv_scale)
+                write_kv(k, v, kv_cache, slots, kv_scale)
+            else:
+                write_kv_torch(kv_cache, slots, k, v, kv_scale)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         segments = metadata.num_segments
