@@ -5,7 +5,8 @@ it a request whose ``json()`` refuses what Python's parser lets through but JSON
 allow (``NaN``, ``Infinity``) or Unicode cannot encode (a lone surrogate such as
 ``"\\ud800"``, which fails later when the text is encoded) or nests deeper than
 ``json_nesting.MAX_JSON_DEPTH`` (code downstream recurses per level) or holds more than
-``MAX_JSON_OBJECTS`` objects or ``MAX_JSON_KEYS`` keys (each validated on the loop), and
+``MAX_JSON_OBJECTS`` objects or ``MAX_JSON_KEYS`` keys (each validated on the loop) or, counted
+on the bytes before parsing, ``MAX_JSON_ARRAYS`` arrays or ``MAX_JSON_VALUES`` values, and
 parses bodies past a size on a worker thread so a large prompt never stalls the loop. A
 refusal is a ``json.JSONDecodeError``: FastAPI answers it with the server's 400 for
 malformed JSON.
@@ -24,12 +25,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pagedllm import json_nesting
-from pagedllm.entrypoints.openai.limits import MAX_JSON_KEYS, MAX_JSON_OBJECTS
+from pagedllm.entrypoints.openai.limits import (
+    MAX_JSON_ARRAYS,
+    MAX_JSON_KEYS,
+    MAX_JSON_OBJECTS,
+    MAX_JSON_VALUES,
+)
 
 # Bodies up to this size are parsed on the loop: a thread hop costs more than the parse.
 OFF_LOOP_BYTES = 256 * 1024
 # A \uD800-\uDFFF escape: only bodies holding one can carry a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+# A JSON string (unrolled: one tight run between escapes, so a 64 MB text is one match).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def _refuse_constant(name: str) -> Any:
@@ -54,8 +62,30 @@ class _ObjectCounter:
         return item
 
 
+def _counts(body: bytes) -> tuple[int, int]:
+    """(arrays, values) of a JSON text, or more (brackets and commas inside strings count
+    too): every value but a container's first follows a comma, and each container opens
+    with a bracket."""
+    arrays, objects = body.count(b"["), body.count(b"{")
+    return arrays, body.count(b",") + 2 * (arrays + objects) + 1
+
+
+def _check_counts(body: bytes) -> None:
+    """ValueError for a body past ``MAX_JSON_ARRAYS`` arrays or ``MAX_JSON_VALUES`` values,
+    before the parser builds them. Strings are dropped only when the raw count is past a
+    bound (a long text's commas), so most bodies cost two ``bytes.count`` passes."""
+    arrays, values = _counts(body)
+    if arrays > MAX_JSON_ARRAYS or values > MAX_JSON_VALUES:
+        arrays, values = _counts(_STRING.sub(b'""', body))
+    if arrays > MAX_JSON_ARRAYS:
+        raise ValueError(f"the request body holds more than {MAX_JSON_ARRAYS} JSON arrays")
+    if values > MAX_JSON_VALUES:
+        raise ValueError(f"the request body holds more than {MAX_JSON_VALUES} JSON values")
+
+
 def parse_json(body: bytes) -> Any:
     try:
+        _check_counts(body)
         data = json_nesting.loads(
             body, "the request body", parse_constant=_refuse_constant, object_hook=_ObjectCounter()
         )

@@ -22,6 +22,12 @@ MAX_JSON_OBJECTS = 1 << 16
 # Keys in all of a body's objects together: one object (a logit_bias, chat_template_kwargs)
 # of 4.6 million keys held the loop 3.3 s. Room for a logit_bias over a 256k vocabulary.
 MAX_JSON_KEYS = 1 << 19
+# Arrays and values of all kinds in a body, counted on its bytes before it is parsed: the
+# parser builds every value first, ~60 bytes of Python objects from 2-5 bytes of body
+# (21 million empty lists in 63 MB took 3 GB, four such bodies 13 GB). Arrays get the
+# objects' bound; values room for 32 prompts of 128k token ids.
+MAX_JSON_ARRAYS = MAX_JSON_OBJECTS
+MAX_JSON_VALUES = 1 << 22
 _Item = TypeVar("_Item")
 BoundedList = Annotated[list[_Item], Field(max_length=MAX_JSON_OBJECTS)]
 # The longest request id a client may give (the body's ``request_id``, the X-Request-Id
