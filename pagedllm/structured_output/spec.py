@@ -143,7 +143,26 @@ def _json_schema(params: StructuredOutputsParams) -> str:
     text = json.dumps(schema)
     _check_size("json", text)  # first: measuring the patterns walks all of it
     check_schema_patterns(schema)
+    _check_refs(schema)
     return text
+
+
+def _check_refs(schema: Any) -> None:
+    """ValueError for a ``$ref`` that points outside the schema (a file or a URL): nothing
+    is fetched, and xgrammar, logging a warning, would leave such a value unconstrained."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                raise ValueError(
+                    f"the schema's $ref {ref[:80]!r} points outside the schema; only "
+                    "references inside it ('#/...') are supported (nothing is fetched)"
+                )
+            stack.extend(item.values())
 
 
 def _no_additional_properties(schema: Any) -> Any:
@@ -177,6 +196,7 @@ def _structural_tag(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ValueError(f"the structural tag is not valid JSON ({exc})") from None
     check_schema_patterns(tag)  # its schemas are lowered as a JSON schema's are
+    _check_refs(tag)
     if isinstance(tag, dict) and "structures" in tag:
         items = [
             xgr.StructuralTagItem(

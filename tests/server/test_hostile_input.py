@@ -170,6 +170,9 @@ def nested(levels: int) -> dict:
         # One object of many keys: 4.6 million held the loop 3.3 s.
         ("/v1/completions", {"prompt": "Hi", "logit_bias": {str(i): 0 for i in range(600_000)}},
          "more than 524288 keys"),
+        # xgrammar left a remote reference unconstrained: a 200 that ignored the schema.
+        ("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"$ref": "file:///etc/passwd"}}}), "points outside the schema"),
         # Built before any model sees them: 21 million empty lists in 63 MB took 3 GB.
         ("/v1/completions", {"prompt": "Hi", "zz": [[]] * 70_000}, "more than 65536 JSON arrays"),
         ("/v1/completions", {"prompt": "Hi", "zz": [0] * 4_200_000},
@@ -177,7 +180,8 @@ def nested(levels: int) -> dict:
     ],
     ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices", "call-args",
          "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list", "pattern",
-         "messages", "scalar-messages", "keys", "arrays", "values"],
+         "messages", "scalar-messages", "keys", "remote-ref", "arrays",
+         "values"],
 )  # fmt: skip
 def test_deep_or_large_values_are_400(server, path, body, fragment):
     body = {"model": MODEL, **body}

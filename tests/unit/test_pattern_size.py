@@ -114,3 +114,25 @@ def test_a_structural_tags_schemas_are_measured_too():
 
     with pytest.raises(ValueError, match="expands to 5000"):
         build_grammar_spec(StructuredOutputsParams(structural_tag=json.dumps(tag)))
+
+
+@pytest.mark.parametrize(
+    "ref", ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "other.json#/a"]
+)
+def test_a_ref_outside_the_schema_is_refused(ref):
+    """xgrammar would log a warning and leave the value unconstrained (a 200 that ignores
+    the constraint); nothing is ever fetched."""
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    with pytest.raises(ValueError, match="points outside the schema"):
+        build_grammar_spec(StructuredOutputsParams(json=schema))
+    tag = {"structures": [{"begin": "<f>", "schema": schema, "end": "</f>"}], "triggers": ["<f>"]}
+    import json
+
+    with pytest.raises(ValueError, match="points outside the schema"):
+        build_grammar_spec(StructuredOutputsParams(structural_tag=json.dumps(tag)))
+
+
+def test_a_ref_inside_the_schema_is_built():
+    schema = {"$defs": {"n": {"type": "integer"}}, "type": "object",
+              "properties": {"a": {"$ref": "#/$defs/n"}}, "required": ["a"]}  # fmt: skip
+    assert build_grammar_spec(StructuredOutputsParams(json=schema)) is not None
