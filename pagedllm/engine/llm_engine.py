@@ -126,6 +126,12 @@ class LLMEngine:
         if not isinstance(priority, int) or not -(2**63) <= priority < 2**63:
             # The engine's messages carry it as a 64-bit integer.
             raise ValueError(f"priority must be an integer in [-2**63, 2**63), got {priority!r}.")
+        if priority != 0 and self.config.scheduler_config.policy != "priority":
+            # As vLLM: under first-come-first-served a priority would be read and ignored.
+            raise ValueError(
+                f"priority={priority} needs priority scheduling, which is not enabled "
+                "(--scheduling-policy priority)."
+            )
         processed = self.processor.process_prompt(prompt, params)
         resolved = self.processor.process_params(params, len(processed.prompt_token_ids))
         if resolved.logits_processors and not isinstance(self.core, InprocClient):

@@ -254,3 +254,11 @@ def test_a_long_cache_salt_is_refused(llama):
     with pytest.raises(ValueError, match="cache_salt is 1025 characters; at most 1024"):
         llama.generate(prompt, GREEDY, use_tqdm=False)
     assert token_ids(llama.generate({**prompt, "cache_salt": "s"}, GREEDY, use_tqdm=False))
+
+
+def test_a_priority_under_first_come_first_served_is_refused(tiny_models):
+    llm = make_llm(tiny_models["llama"])
+    prompts = [{"prompt_token_ids": p} for p in mixed_prompts(2, seed=2)]
+    with pytest.raises(ValueError, match="priority=3 needs priority scheduling"):
+        llm.generate(prompts, GREEDY, use_tqdm=False, priority=[0, 3])
+    assert len(llm.generate(prompts, GREEDY, use_tqdm=False, priority=[0, 0])) == 2

@@ -221,6 +221,8 @@ def completion(**fields) -> dict:
         # Past a 64-bit integer: the engine's messages carried it, and failed (a 500).
         (completion(prompt="Hi", priority=10**30), "priority must be an integer in", None),
         (completion(prompt="Hi", priority=-(10**100)), "priority must be an integer in", None),
+        # Under first-come-first-served (the default) a priority was read and ignored.
+        (completion(prompt="Hi", priority=5), "needs priority scheduling", None),
         # Token ids checked as one kind: a union that tried each built an error per item.
         (completion(prompt=[5] * 3_000_000), "maximum model length", None),
         (completion(prompt=[5, 6, "x"]), "prompt[2]: Input should be a valid integer", "prompt"),
@@ -231,8 +233,8 @@ def completion(**fields) -> dict:
         # Within that, but 4 tokens a character: counted in parts, not tokenized whole.
         (completion(prompt="\U0001f600" * 200_000), "counted in parts", None),
     ],
-    ids=["prompts-x-n", "priority", "negative-priority", "ids", "mixed-ids", "bool-ids", "text",
-         "emoji"],
+    ids=["prompts-x-n", "priority", "negative-priority", "fcfs-priority", "ids", "mixed-ids",
+         "bool-ids", "text", "emoji"],
 )  # fmt: skip
 def test_sizes_and_numbers_past_their_bounds_are_400(server, body, fragment, param):
     start = time.monotonic()
