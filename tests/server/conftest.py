@@ -129,7 +129,7 @@ def tiny_server_args(model: Path, *flags: str) -> list[str]:
 def limited(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
     """A server on the tiny model with small limits, that runs request chat templates, serves
     no API docs and no chat page, answers as "bot", gives every template two variables and
-    every stream its usage."""
+    every stream its usage, and writes logprob tokens as token ids."""
     args = tiny_server_args(
         tiny_chat_model,
         "--max-request-body-bytes", "100000",
@@ -145,6 +145,7 @@ def limited(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Ser
         "--response-role", "bot",
         "--default-chat-template-kwargs", '{"greeting": "hi", "mood": "calm"}',
         "--enable-force-include-usage",
+        "--return-tokens-as-token-ids",
     )  # fmt: skip
     return shared_servers(args)
 

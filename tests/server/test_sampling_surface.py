@@ -136,3 +136,38 @@ def test_a_streamed_echo_carries_the_prompts_logprobs(openai_client):
     assert joined("tokens") == whole.tokens
     assert joined("token_logprobs") == whole.token_logprobs
     assert joined("text_offset") == whole.text_offset
+
+
+def test_logprob_tokens_as_token_ids(openai_client):
+    """vLLM's return_tokens_as_token_ids: every logprob token (chosen, alternatives, echoed
+    prompt) written token_id:N, the ids those of the output."""
+    chat = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    ids = chat.choices[0].model_extra["token_ids"]
+    assert [e.token for e in content] == [f"token_id:{i}" for i in ids]
+    assert all(t.token.startswith("token_id:") for e in content for t in e.top_logprobs)
+    assert all(bytes(e.bytes).decode() == e.token for e in content)
+    text = openai_client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=2, temperature=0, logprobs=1, echo=True,
+        extra_body={"return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    lp = text.choices[0].logprobs
+    assert lp.tokens and all(t.startswith("token_id:") for t in lp.tokens)
+    assert all(k.startswith("token_id:") for top in lp.top_logprobs[1:] for k in top)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+
+
+def test_the_servers_token_id_default_and_a_requests_override(limited):
+    """--return-tokens-as-token-ids sets the default; a request's false writes the text."""
+    body = {"prompt": "The sky is", "max_tokens": 2, "temperature": 0,
+            "logprobs": 1}  # fmt: skip
+    with limited.client() as client:
+        default = client.post("/v1/completions", json=body).json()
+    assert all(t.startswith("token_id:") for t in default["choices"][0]["logprobs"]["tokens"])
+    body["return_tokens_as_token_ids"] = False
+    with limited.client() as client:
+        text = client.post("/v1/completions", json=body).json()
+    assert "".join(text["choices"][0]["logprobs"]["tokens"]) == text["choices"][0]["text"]

@@ -48,8 +48,9 @@ class VllmServerOptions:
     engine behind its server."""
     grpc: bool = only(False)
     """A gRPC server instead of HTTP; pagedllm serves HTTP only."""
-    return_tokens_as_token_ids: bool = only(False)
-    """Logprob tokens written as token_id:N; pagedllm writes the token text."""
+    return_tokens_as_token_ids: bool = False
+    """Logprob tokens written as token_id:N, for tokens that are no whole characters alone
+    (a request's return_tokens_as_token_ids overrides it)."""
     tool_server: str | None = only(None)
     """Built-in tool servers for the Responses API; pagedllm runs function tools only (the
     client runs them)."""

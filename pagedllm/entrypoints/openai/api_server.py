@@ -272,6 +272,7 @@ def build_app(
         response_role=args.response_role,
         force_include_usage=args.enable_force_include_usage,
         prompt_tokens_details=args.enable_prompt_tokens_details,
+        tokens_as_ids=args.return_tokens_as_token_ids,
     )
     chat = ChatHandler(
         engine, models, renderer, parser, defaults, tool_parser,
@@ -279,7 +280,7 @@ def build_app(
     )  # fmt: skip
     completions = CompletionHandler(
         engine, models, defaults, args.enable_force_include_usage,
-        args.enable_prompt_tokens_details,
+        args.enable_prompt_tokens_details, args.return_tokens_as_token_ids,
     )  # fmt: skip
     tokenization = TokenizationHandler(renderer, models)
     simple = GenerateHandler(engine)

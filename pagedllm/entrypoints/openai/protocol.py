@@ -170,6 +170,14 @@ class SamplingFields(EngineSamplingFields):
     guided_whitespace_pattern: str | None = None
     # vLLM's: the prompt's and each choice's token ids in the response (agent tracing)
     return_token_ids: bool | None = None
+    # vLLM's: logprob tokens written token_id:N (default: --return-tokens-as-token-ids)
+    return_tokens_as_token_ids: bool | None = None
+
+    def tokens_as_ids(self, server_default: bool) -> bool:
+        """Whether logprob tokens are written ``token_id:N``: the request's choice, else the
+        server's flag."""
+        chosen = self.return_tokens_as_token_ids
+        return server_default if chosen is None else chosen
 
     def salt(self) -> str | None:
         return self.cache_salt if self.cache_salt is not None else self.prompt_cache_key

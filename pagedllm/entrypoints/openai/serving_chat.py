@@ -44,6 +44,7 @@ class ChatOptions:
     response_role: str = "assistant"  # --response-role
     force_include_usage: bool = False  # --enable-force-include-usage: usage ends every stream
     prompt_tokens_details: bool = False  # --enable-prompt-tokens-details: cached tokens shown
+    tokens_as_ids: bool = False  # --return-tokens-as-token-ids: logprob tokens as token_id:N
 
 
 class ChatHandler:
@@ -169,6 +170,7 @@ class ChatHandler:
     ) -> ChatCompletionResponse:
         choices = []
         top = request.top_logprobs or 0
+        as_ids = request.tokens_as_ids(self.options.tokens_as_ids)
         for completion in final.outputs:
             reasoning, content = self._split(completion.text, opened)
             reasoning = reasoning if request.include_reasoning else None
@@ -187,7 +189,7 @@ class ChatHandler:
                 ChatCompletionChoice(
                     index=completion.index,
                     message=message,
-                    logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top),
+                    logprobs=chat_logprobs(completion.token_ids, completion.logprobs, top, as_ids),
                     finish_reason=_finish_reason(completion.finish_reason, bool(calls), tools),
                     stop_reason=completion.stop_reason,
                     token_ids=list(completion.token_ids) if request.return_token_ids else None,
@@ -245,13 +247,14 @@ class ChatHandler:
             for i in range(n):
                 yield chunk([_choice(i, {"role": self.options.response_role, "content": prefix})])
             top = request.top_logprobs or 0
+            as_ids = request.tokens_as_ids(self.options.tokens_as_ids)
             async for output in outputs:
                 last = output
                 for completion in output.outputs:
                     i = completion.index
                     tokens[i] += len(completion.token_ids)
                     delta = parsers[i].delta(completion.text, completion.finished())
-                    logprobs = chat_logprobs(completion.token_ids, completion.logprobs, top)
+                    logprobs = chat_logprobs(completion.token_ids, completion.logprobs, top, as_ids)
                     if delta is None and not completion.finished() and not logprobs:
                         continue
                     called = parsers[i].called_tools

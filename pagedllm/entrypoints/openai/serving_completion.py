@@ -43,12 +43,14 @@ class CompletionHandler:
         generation_defaults: dict[str, Any],
         force_include_usage: bool = False,  # --enable-force-include-usage
         prompt_tokens_details: bool = False,  # --enable-prompt-tokens-details
+        tokens_as_ids: bool = False,  # --return-tokens-as-token-ids
     ) -> None:
         self.engine = engine
         self.models = models
         self.defaults = generation_defaults
         self.force_include_usage = force_include_usage
         self.details = prompt_tokens_details
+        self.tokens_as_ids = tokens_as_ids
 
     async def create(self, request: CompletionRequest) -> JSONResponse | StreamingResponse:
         model = self.models.resolve(request.model)
@@ -111,7 +113,10 @@ class CompletionHandler:
             if request.echo:
                 ids = (final.prompt_token_ids or []) + ids
                 positions = list(final.prompt_logprobs or []) + positions
-            logprobs = completion_logprobs(ids, positions, request.logprobs, self._decode)
+            as_ids = request.tokens_as_ids(self.tokens_as_ids)
+            logprobs = completion_logprobs(
+                ids, positions, request.logprobs, self._decode, as_ids=as_ids
+            )
         return CompletionChoice(
             index=index,
             text=echo + c.text,
@@ -240,7 +245,12 @@ class CompletionHandler:
                             known = prompt_logprobs.get(p) or [None] * len(echo_ids)
                             ids, positions = echo_ids + ids, list(known) + positions
                         logprobs = completion_logprobs(
-                            ids, positions, request.logprobs, self._decode, offsets.get(index, 0)
+                            ids,
+                            positions,
+                            request.logprobs,
+                            self._decode,
+                            offsets.get(index, 0),
+                            request.tokens_as_ids(self.tokens_as_ids),
                         )
                         offsets[index] = offsets.get(index, 0) + len(text)
                     if not text and not c.finished() and not c.token_ids:
