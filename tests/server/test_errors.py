@@ -49,6 +49,11 @@ def test_out_of_range_values(server, field, value, param):
         ("store", True),
         ("modalities", ["text", "audio"]),
         ("service_tier", "flex"),
+        # vLLM's: read by vLLM, nothing here acts on them
+        ("logits_processors", ["pkg.Processor"]),
+        ("vllm_xargs", {"k": 1}),
+        ("kv_transfer_params", {"do_remote_decode": True}),
+        ("mm_processor_kwargs", {"fps": 1}),
     ],
 )
 def test_unbuilt_fields_are_refused_by_name(server, field, value):
@@ -167,3 +172,11 @@ def test_sampling_surface_errors(server):
         400,
         "logprobs",
     )
+
+
+@pytest.mark.parametrize("field", ["logits_processors", "vllm_xargs"])
+def test_vllm_fields_are_refused_in_completions_and_beam_search(server, field):
+    value = ["pkg.Processor"] if field == "logits_processors" else {"k": 1}
+    for extra in ({}, {"use_beam_search": True, "n": 2}):
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, field: value, **extra}
+        assert_error(post(server, "/v1/completions", json=body), 400, field)

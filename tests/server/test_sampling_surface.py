@@ -171,3 +171,16 @@ def test_the_servers_token_id_default_and_a_requests_override(limited):
     with limited.client() as client:
         text = client.post("/v1/completions", json=body).json()
     assert "".join(text["choices"][0]["logprobs"]["tokens"]) == text["choices"][0]["text"]
+
+
+def test_documents_reach_the_chat_template(limited):
+    """vLLM's documents field, for templates that render retrieved documents (RAG)."""
+    template = "{% for d in documents %}[{{ d['title'] }}: {{ d['text'] }}] {% endfor %}" \
+        "{{ messages[0]['content'] }}"  # fmt: skip
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+            "chat_template": template, "documents": []}  # fmt: skip
+    with limited.client() as client:
+        bare = client.post("/v1/chat/completions", json=body).json()
+        body["documents"] = [{"title": "doc", "text": "a retrieved passage " * 8}]
+        given = client.post("/v1/chat/completions", json=body).json()
+    assert given["usage"]["prompt_tokens"] > bare["usage"]["prompt_tokens"] + 8, (bare, given)

@@ -172,6 +172,12 @@ class SamplingFields(EngineSamplingFields):
     return_token_ids: bool | None = None
     # vLLM's: logprob tokens written token_id:N (default: --return-tokens-as-token-ids)
     return_tokens_as_token_ids: bool | None = None
+    # vLLM's, refused when set (``_refuse_unbuilt``): custom logits processors and their
+    # arguments, disaggregated prefill's KV transfer, multimodal processing; none built here
+    logits_processors: list[Any] | None = None
+    vllm_xargs: dict[str, Any] | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     def tokens_as_ids(self, server_default: bool) -> bool:
         """Whether logprob tokens are written ``token_id:N``: the request's choice, else the
@@ -266,6 +272,7 @@ class SamplingFields(EngineSamplingFields):
             raise ValueError(f"Invalid structured_outputs: {exc}") from None
 
     def beam_search_params(self, max_tokens: int | None, stream: bool) -> BeamSearchParams:
+        self._refuse_unbuilt()
         if stream:
             raise UnsupportedField("use_beam_search with stream")
         if self.structured_outputs_params() is not None:
@@ -279,6 +286,14 @@ class SamplingFields(EngineSamplingFields):
         )
 
     def _refuse_unbuilt(self) -> None:
+        for name in (
+            "logits_processors",
+            "vllm_xargs",
+            "kv_transfer_params",
+            "mm_processor_kwargs",
+        ):
+            if getattr(self, name):
+                raise UnsupportedField(name)
         if self.length_penalty != 1.0 and not self.use_beam_search:
             # As vLLM: accepted, and without effect outside beam search (logged once).
             note_inert_field(type(self).__name__, "length_penalty", "it applies to beam search")
@@ -347,6 +362,8 @@ class ChatCompletionRequest(SamplingFields):
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: retrieved documents for templates that render them (RAG), as ``documents``
+    documents: BoundedList[dict[str, str]] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = (
         None
     )
@@ -379,13 +396,16 @@ class ChatCompletionRequest(SamplingFields):
     def template_kwargs(self) -> dict[str, Any] | None:
         """``chat_template_kwargs``, with ``reasoning_effort`` passed to the template as vLLM
         does (and ``enable_thinking`` on unless the effort is "none", for templates that
-        ask for thinking to be switched on); the request's own kwargs win."""
-        if self.reasoning_effort is None:
+        ask for thinking to be switched on) and ``documents`` as ``documents``; the request's
+        own kwargs win."""
+        defaults: dict[str, Any] = {}
+        if self.reasoning_effort is not None:
+            defaults["reasoning_effort"] = self.reasoning_effort
+            defaults["enable_thinking"] = self.reasoning_effort != "none"
+        if self.documents is not None:
+            defaults["documents"] = self.documents
+        if not defaults:
             return self.chat_template_kwargs
-        defaults = {
-            "reasoning_effort": self.reasoning_effort,
-            "enable_thinking": self.reasoning_effort != "none",
-        }
         return {**defaults, **(self.chat_template_kwargs or {})}
 
 
