@@ -36,3 +36,27 @@ async def test_one_log_record_and_no_internals(caplog):
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_mid_response_is_no_error(caplog):
+    """The server's send raises when the connection is closed (a client that pipelined and
+    never read): a line at INFO, no traceback at ERROR, nothing sent after."""
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    sent: list[dict] = []
+
+    async def closed_send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    scope = {"type": "http", "path": "/metrics", "method": "GET", "headers": []}
+    with caplog.at_level(logging.INFO):
+        await ErrorMiddleware(app)(scope, None, closed_send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("went away mid-response" in r.getMessage() for r in caplog.records)

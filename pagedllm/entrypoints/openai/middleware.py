@@ -55,16 +55,22 @@ async def _send_error(
 
 
 class _TrackedSend:
-    """An ASGI ``send`` that remembers whether the response has started: once it has, an
-    error can no longer be answered with a response of its own."""
+    """An ASGI ``send`` that remembers whether the response has started (once it has, an
+    error can no longer be answered with a response of its own) and whether sending
+    failed (the server's own send raises only when the connection is gone)."""
 
     def __init__(self, send: Any) -> None:
         self.send = send
         self.started = False
+        self.failed = False
 
     async def __call__(self, message: dict) -> None:
         self.started = self.started or message["type"] == "http.response.start"
-        await self.send(message)
+        try:
+            await self.send(message)
+        except Exception:
+            self.failed = True
+            raise
 
 
 class ApiKeyMiddleware:
@@ -222,7 +228,10 @@ class ErrorMiddleware:
         tracked = _TrackedSend(send)
         try:
             await self.app(scope, receive, tracked)
-        except Exception:
+        except Exception as exc:
+            if tracked.failed:  # a client that hung up (or never read): nothing to answer
+                logger.info("The client of %s went away mid-response (%s)", _path(scope), exc)
+                return
             reference = uuid.uuid4().hex[:12]
             logger.exception("Unhandled error serving %s (reference %s)", _path(scope), reference)
             if tracked.started:
