@@ -244,6 +244,11 @@ def test_cancel_stops_a_background_response(openai_client, server):
         time.sleep(0.1)
     else:
         raise AssertionError(f"still running after the cancel: {running}")
+    # continuing from it keeps its input (the stored conversation was empty: dropped)
+    continued = create(openai_client, input="And?", previous_response_id=queued.id,
+                       max_output_tokens=2)  # fmt: skip
+    fresh = create(openai_client, input="And?", max_output_tokens=2)
+    assert continued.usage.input_tokens > fresh.usage.input_tokens + 2
 
 
 def test_streamed_background_response_replays_from_a_sequence_number(openai_client):

@@ -428,7 +428,9 @@ class ResponsesHandler:
         events as they come, when streamed)."""
         self.runs.check_room()
         queued = self._response(turn, "queued", [], None).model_dump()
-        self.store.put(turn.id, StoredResponse(queued, []))
+        # With its conversation so far: a cancelled run is kept as it stood, and a turn that
+        # continues from it keeps the earlier turns and this one's input.
+        self.store.put(turn.id, StoredResponse(queued, turn.conversation))
         streamed = bool(turn.request.stream)
         self.runs.start(turn.id, self._run_background(turn, chat), streamed)
         if streamed:
