@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import jsonschema
@@ -584,3 +585,14 @@ def test_replay_arguments_are_checked():
     stored = run(handler)["id"]
     with pytest.raises(ValueError, match="starting_after applies with stream=true"):
         handler.retrieve(stored, stream=False, starting_after=3)
+
+
+def test_max_tool_calls_is_logged_as_inert(caplog):
+    """OpenAI's max_tool_calls bounds built-in tools' calls; with function tools only it
+    limits nothing here, and the log says so once."""
+    from pagedllm.entrypoints.openai.unknown_fields import forget_unknown_fields
+
+    forget_unknown_fields()
+    with caplog.at_level(logging.WARNING):
+        assert run(scripted(), max_tool_calls=0)["max_tool_calls"] == 0
+    assert any("'max_tool_calls'" in r.getMessage() for r in caplog.records)

@@ -340,6 +340,9 @@ class ResponsesHandler:
         self._check_background(request)
         if request.reasoning and (request.reasoning.summary or request.reasoning.generate_summary):
             note_inert_field("ResponsesRequest", "reasoning.summary", "no summaries are written")
+        if request.max_tool_calls is not None:  # OpenAI's bound counts built-in tools' calls
+            note_inert_field("ResponsesRequest", "max_tool_calls", "it bounds calls of built-in "
+                             "tools, and this server runs function tools only")  # fmt: skip
         model = self.chat.models.resolve(request.model)
         previous = self._previous(request.previous_response_id)
         conversation = (previous.conversation if previous else []) + input_messages(request.input)
