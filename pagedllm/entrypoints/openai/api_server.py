@@ -41,6 +41,7 @@ from pagedllm.entrypoints.openai.middleware import (
     AccessLogFilter,
     ApiKeyMiddleware,
     ErrorMiddleware,
+    HeaderSizeMiddleware,
     RequestBodyMiddleware,
     RequestIdHeaderMiddleware,
     ServingStateMiddleware,
@@ -299,7 +300,8 @@ def build_app(
         install_docs(app)
     if not args.disable_web_ui:
         install_web_ui(app)
-    # Added innermost first: the outermost (CORS) sees every request first.
+    # Added innermost first: the outermost (the head's size, then CORS) sees every request
+    # first.
     app.add_middleware(ErrorMiddleware)
     app.add_middleware(
         RequestBodyMiddleware,
@@ -319,6 +321,7 @@ def build_app(
         allow_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
     )
+    app.add_middleware(HeaderSizeMiddleware)  # outermost: before any key is read
 
     @app.get("/health")
     @app.api_route("/ping", methods=["GET", "POST"])  # SageMaker's health check, as vLLM

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pagedllm.entrypoints.openai.docs import ASSETS
 from pagedllm.entrypoints.openai.errors import error_body_for
 from pagedllm.entrypoints.openai.errors import route_path as _path
+from pagedllm.entrypoints.openai.http_protocol import MAX_HEADER_BYTES
 from pagedllm.entrypoints.openai.limits import MAX_REQUEST_ID
 from pagedllm.entrypoints.openai.web_ui import FILES as WEB_UI_FILES
 from pagedllm.logger import init_logger
@@ -119,6 +120,28 @@ class _BodyRefused(StarletteHTTPException):
 # liked (a byte every 25 s), and thousands of such clients hold every file descriptor.
 # 64 kbit/s: a congested mobile uplink still sends a few megabytes of images in time.
 MIN_BODY_BYTES_PER_S = 8 * 1024
+
+
+class HeaderSizeMiddleware:
+    """A request head past ``MAX_HEADER_BYTES`` is a 431 (and the connection closes). The
+    protocol (``http_protocol``) cuts a head still arriving past the bound; one that came
+    whole in a single read (a 128 KB header was answered) is caught here."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _head_bytes(scope) > MAX_HEADER_BYTES:
+            message = f"The request's headers exceed {MAX_HEADER_BYTES} bytes."
+            await _send_error(scope, receive, send, message, 431, {"Connection": "close"})
+            return
+        await self.app(scope, receive, send)
+
+
+def _head_bytes(scope: dict) -> int:
+    """The request line and headers as sent, near enough (names, values, separators)."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 class RequestBodyMiddleware:
