@@ -29,3 +29,19 @@ def test_values_past_the_bound_are_refused():
 def test_separators_inside_strings_are_not_counted(piece: str):
     text = piece * (MAX_JSON_VALUES // 2 + 1)
     assert parse_json(json.dumps({"prompt": text, "n": [1, 2]}).encode())["prompt"] == text
+
+
+def test_many_short_strings_are_refused_without_being_recounted():
+    """12 million two-letter strings: refused on the raw count (taking their separators
+    out held a piece per string, 2 GB), in well under the parse's time."""
+    import resource
+    import time
+
+    body = b'{"zz": [' + b'"ab",' * 12_000_000 + b'"ab"]}'
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(json.JSONDecodeError, match="JSON values"):
+        parse_json(body)
+    assert time.perf_counter() - start < 1.5
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200 * 1024
