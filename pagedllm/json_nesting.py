@@ -10,6 +10,7 @@ inside a chat request); ``MAX_JSON_DEPTH`` leaves room for that.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 MAX_JSON_DEPTH = 128
@@ -33,6 +34,19 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         children = item.values() if isinstance(item, dict) else item
         stack.extend([(child, depth + 1) for child in children if isinstance(child, _CONTAINERS)])
     return False
+
+
+def objects(value: Any) -> Iterator[dict[str, Any]]:
+    """Every object (dict) in ``value`` (parsed JSON), itself included, walked without
+    recursion; a key's value is reached whatever the key is named."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
 
 
 def check_depth(value: Any, what: str) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pagedllm import json_nesting
+
 # The expanded length of one pattern, and of all of a schema's patterns together.
 MAX_PATTERN_EXPANSION = 1024
 MAX_SCHEMA_PATTERN_EXPANSION = 16384
@@ -137,17 +139,11 @@ def _patterns(schema: Any) -> tuple[list[str], int]:
     """Every pattern in ``schema``, and how many costly formats it names."""
     found: list[str] = []
     formats = 0
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if isinstance(item.get("pattern"), str):
-                found.append(item["pattern"])
-            if isinstance(item.get("patternProperties"), dict):
-                found.extend(item["patternProperties"])
-            kind = item.get("format")  # a property may be named "format": any value
-            formats += isinstance(kind, str) and kind in _COSTLY_FORMATS
-            stack.extend(item.values())
+    for item in json_nesting.objects(schema):
+        if isinstance(item.get("pattern"), str):
+            found.append(item["pattern"])
+        if isinstance(item.get("patternProperties"), dict):
+            found.extend(item["patternProperties"])
+        kind = item.get("format")  # a property may be named "format": any value
+        formats += isinstance(kind, str) and kind in _COSTLY_FORMATS
     return found, formats

@@ -150,19 +150,13 @@ def _json_schema(params: StructuredOutputsParams) -> str:
 def _check_refs(schema: Any) -> None:
     """ValueError for a ``$ref`` that points outside the schema (a file or a URL): nothing
     is fetched, and xgrammar, logging a warning, would leave such a value unconstrained."""
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            ref = item.get("$ref")
-            if isinstance(ref, str) and not ref.startswith("#"):
-                raise ValueError(
-                    f"the schema's $ref {ref[:80]!r} points outside the schema; only "
-                    "references inside it ('#/...') are supported (nothing is fetched)"
-                )
-            stack.extend(item.values())
+    for item in json_nesting.objects(schema):
+        ref = item.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise ValueError(
+                f"the schema's $ref {ref[:80]!r} points outside the schema; only "
+                "references inside it ('#/...') are supported (nothing is fetched)"
+            )
 
 
 def _no_additional_properties(schema: Any) -> Any:

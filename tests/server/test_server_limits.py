@@ -62,17 +62,10 @@ def test_slow_or_absent_headers_lose_the_connection(limited):
 def test_oversized_headers_are_431_and_close(limited):
     """httptools buffers an unfinished head whole: 128 MiB of one header took 115 MB of
     the server, with no key needed; past 64 KiB the connection ends."""
-    host, port = limited.url.removeprefix("http://").split(":")
     head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Junk: "
-    with socket.create_connection((host, int(port))) as sock:
-        # Just past the bound, all at once: the server reads it all before it closes, so
-        # its close is a FIN after the 431 (a close with bytes unread would be a reset).
-        sock.sendall(head + b"j" * (MAX_HEADER_BYTES + 100 - len(head)))
-        sock.settimeout(10)
-        reply = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(4096):
-                reply += chunk
+    # Just past the bound, all at once: the server reads it all before it closes, so its
+    # close is a FIN after the 431 (a close with bytes unread would be a reset).
+    reply = _reply(limited, head + b"j" * (MAX_HEADER_BYTES + 100 - len(head)))
     assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
     fine = httpx.get(f"{limited.url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}",
                      "X-Junk": "j" * 30_000})  # fmt: skip
@@ -82,16 +75,22 @@ def test_oversized_headers_are_431_and_close(limited):
 def test_a_whole_head_past_the_bound_is_431(limited):
     """A head that arrives complete (in one read, the protocol's count never sees it
     unfinished) is measured too: 128 KB of one header was answered."""
-    host, port = limited.url.removeprefix("http://").split(":")
     head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"j" * 100_000 + b"\r\n\r\n"
+    reply = _reply(limited, head)
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+
+
+def _reply(server, data: bytes) -> bytes:
+    """What the server sends back to ``data`` on a raw connection, until it closes."""
+    host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(head)
+        sock.sendall(data)
         sock.settimeout(10)
         reply = b""
         with contextlib.suppress(OSError):
             while chunk := sock.recv(4096):
                 reply += chunk
-    assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+    return reply
 
 
 def test_a_body_that_stops_arriving_is_408(limited):

@@ -32,3 +32,10 @@ def test_text_at_the_bound_parses_and_malformed_text_stays_a_decode_error():
     assert json_nesting.loads("[" * 128 + "]" * 128, "the body") is not None
     with pytest.raises(json.JSONDecodeError):
         json_nesting.loads("[1,", "the body")
+
+
+def test_objects_reach_every_dict_whatever_its_key():
+    value = {"a": [{"b": 1}, [{"c": {"d": 2}}]], "enum": {"e": []}}
+    names = sorted(k for obj in json_nesting.objects(value) for k in obj)
+    assert names == ["a", "b", "c", "d", "e", "enum"]
+    assert list(json_nesting.objects([1, "x", [2]])) == []
