@@ -173,6 +173,10 @@ def nested(levels: int) -> dict:
         # xgrammar left a remote reference unconstrained: a 200 that ignored the schema.
         ("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"$ref": "file:///etc/passwd"}}}), "points outside the schema"),
+        # The typed vLLM fields of this change: a wrong type names the field.
+        ("/v1/chat/completions", chat(documents=[{"title": 5}]), "documents"),
+        ("/v1/completions", {"prompt": "Hi", "return_tokens_as_token_ids": "maybe"},
+         "return_tokens_as_token_ids"),
         # Built before any model sees them: 21 million empty lists in 63 MB took 3 GB.
         ("/v1/completions", {"prompt": "Hi", "zz": [[]] * 70_000}, "more than 65536 JSON arrays"),
         ("/v1/completions", {"prompt": "Hi", "zz": [0] * 4_200_000},
@@ -180,7 +184,8 @@ def nested(levels: int) -> dict:
     ],
     ids=["chat-kwargs", "tokenize-kwargs", "schema", "schema-text", "choices", "call-args",
          "tokenize-call-args", "calls-not-a-list", "tokenize-calls-not-a-list", "pattern",
-         "messages", "scalar-messages", "keys", "remote-ref", "arrays",
+         "messages", "scalar-messages", "keys", "remote-ref", "documents",
+         "tokens-as-ids", "arrays",
          "values"],
 )  # fmt: skip
 def test_deep_or_large_values_are_400(server, path, body, fragment):

@@ -158,6 +158,13 @@ def test_logprob_tokens_as_token_ids(openai_client):
     assert lp.tokens and all(t.startswith("token_id:") for t in lp.tokens)
     assert all(k.startswith("token_id:") for top in lp.top_logprobs[1:] for k in top)
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    stream = openai_client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=3, temperature=0, logprobs=1, stream=True,
+        extra_body={"return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    streamed = [t for c in stream if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.tokens]  # fmt: skip
+    assert streamed and all(t.startswith("token_id:") for t in streamed)
 
 
 def test_the_servers_token_id_default_and_a_requests_override(limited):

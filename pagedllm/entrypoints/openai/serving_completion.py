@@ -224,6 +224,7 @@ class CompletionHandler:
                 "usage": usage.model_dump() if include_usage and usage is not None else None,
             })  # fmt: skip
 
+        as_ids = request.tokens_as_ids(self.tokens_as_ids)
         try:
             async for p, output in merge_streams(generators):
                 lasts[p] = output
@@ -250,7 +251,7 @@ class CompletionHandler:
                             request.logprobs,
                             self._decode,
                             offsets.get(index, 0),
-                            request.tokens_as_ids(self.tokens_as_ids),
+                            as_ids,
                         )
                         offsets[index] = offsets.get(index, 0) + len(text)
                     if not text and not c.finished() and not c.token_ids:
