@@ -1,4 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline and a size bound for request headers.
+"""uvicorn's HTTP/1.1 protocol with a deadline and a size bound for request headers, and a
+deadline for a response the client stops reading.
 
 uvicorn times out idle keep-alive connections but not a client that opens a connection and
 sends its headers a byte at a time (or never): each such connection holds a socket and a
@@ -8,7 +9,14 @@ previous response; otherwise it is closed. Nor does it bound their size (httptoo
 an unfinished header whole: two unauthenticated connections held 230 MB): past
 ``MAX_HEADER_BYTES`` of a request's head the connection gets a 431 and is closed.
 
-The deadline is a mixin over uvicorn's protocol classes: httptools' (C parser, used when
+Nor does uvicorn bound how long a response may wait on a client that stopped reading: once
+the socket's buffers are full, the response's next send waits for as long as the client
+holds the connection (until the server shut down, in a probe). Here a connection whose
+writes stay paused (the transport's buffer past its high-water mark) for ``send_timeout_s``
+is aborted, as nginx's ``send_timeout`` does; the waiting send returns, the app sees the
+disconnect and aborts the request, and the buffered output is dropped.
+
+The deadlines are a mixin over uvicorn's protocol classes: httptools' (C parser, used when
 installed: a saturated server parses and writes tens of thousands of events a second) or
 h11's (pure Python).
 """
@@ -20,6 +28,10 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
 # A request line and its headers, at most (nginx's default is 8-32 KB).
 MAX_HEADER_BYTES = 64 << 10
 _TOO_LARGE = (
@@ -28,11 +40,13 @@ _TOO_LARGE = (
 )
 
 
-class HeaderDeadline:
+class ConnectionDeadlines:
     """Mixed in before a uvicorn protocol class (which provides ``loop``, ``transport``,
-    ``cycle``); ``header_timeout_s`` is set per server by ``with_header_timeout``."""
+    ``cycle``); ``header_timeout_s`` and ``send_timeout_s`` are set per server by
+    ``protocol_class``."""
 
     header_timeout_s = 20.0
+    send_timeout_s = 60.0
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     cycle: Any
@@ -41,6 +55,8 @@ class HeaderDeadline:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0  # of the request whose head is still arriving
+        # Armed while the transport has paused writing (its buffer is full); resuming disarms.
+        self._send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
@@ -62,7 +78,31 @@ class HeaderDeadline:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_send()
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.send_timeout_s, self._send_expired)
+
+    def resume_writing(self) -> None:
+        self._disarm_send()
+        super().resume_writing()  # type: ignore[misc]
+
+    def _disarm_send(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_expired(self) -> None:
+        self._send_deadline = None
+        logger.info(
+            "A client read nothing of its response for %g s: connection closed "
+            "(--response-send-timeout)", self.send_timeout_s,
+        )  # fmt: skip
+        # abort, not close: close would wait to flush a buffer the client never reads.
+        self.transport.abort()
 
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -82,7 +122,7 @@ class HeaderDeadline:
             self.transport.close()
 
 
-def with_header_timeout(timeout_s: float) -> type:
+def protocol_class(header_timeout_s: float, send_timeout_s: float) -> type:
     """The protocol class for one server (uvicorn builds one per connection)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -90,4 +130,5 @@ def with_header_timeout(timeout_s: float) -> type:
         base: type = HttpToolsProtocol
     except ImportError:  # httptools not installed
         base = H11Protocol
-    return type("HeaderDeadlineProtocol", (HeaderDeadline, base), {"header_timeout_s": timeout_s})
+    timeouts = {"header_timeout_s": header_timeout_s, "send_timeout_s": send_timeout_s}
+    return type("DeadlineProtocol", (ConnectionDeadlines, base), timeouts)

@@ -44,6 +44,9 @@ class ServerLimits:
     request_header_timeout_s: float = 20.0
     # Seconds the server waits for each next piece of a request body (408 past it).
     request_body_timeout_s: float = 30.0
+    # A response whose client reads nothing of it for this many seconds (the socket's
+    # buffers full) loses its connection, and its request is aborted (nginx: 60 s).
+    response_send_timeout_s: float = 60.0
     # Sequences waiting for the scheduler beyond which new requests get 503 with
     # Retry-After (None: unbounded, as vLLM).
     max_waiting_requests: int | None = None
@@ -71,6 +74,7 @@ class ServerLimits:
             "--max-request-body-bytes": self.max_request_body_bytes,
             "--request-header-timeout": self.request_header_timeout_s,
             "--request-body-timeout": self.request_body_timeout_s,
+            "--response-send-timeout": self.response_send_timeout_s,
             "--chat-template-render-timeout": self.chat_template_render_timeout_s,
         }
         for flag, value in positive.items():
@@ -102,6 +106,7 @@ class ServerLimits:
             max_request_body_bytes=args.max_request_body_bytes,
             request_header_timeout_s=args.request_header_timeout,
             request_body_timeout_s=args.request_body_timeout,
+            response_send_timeout_s=args.response_send_timeout,
             max_waiting_requests=args.max_waiting_requests,
             max_n=args.max_n,
             shutdown_timeout_s=args.shutdown_timeout,
@@ -122,6 +127,9 @@ def add_limit_flags(flag: Any) -> None:
     flag("request-body-timeout", type=float, default=defaults.request_body_timeout_s,
          help="seconds to wait for each next piece of a request body, and for the whole "
               "body beyond 1 s per 8 KiB of it (408)")  # fmt: skip
+    flag("response-send-timeout", type=float, default=defaults.response_send_timeout_s,
+         help="seconds a response may wait on a client that reads none of it before the "
+              "connection is closed and the request aborted")  # fmt: skip
     flag("max-waiting-requests", type=int, default=None,
          help="sequences that may wait to be scheduled (503 past it; default: none)")  # fmt: skip
     flag("max-n", type=int, default=None,
