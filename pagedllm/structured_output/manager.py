@@ -21,6 +21,8 @@ cost the re-timing (their sum) on each step they make slow, until one has spent
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -53,6 +55,27 @@ SLOW_STRIKES = 2
 SLOW_TOTAL_S = 2.0
 
 
+# How much lower than the engine's own threads the compile threads (and the threads
+# xgrammar starts from them, which inherit it) run: on a busy host the scheduler's loop and
+# the mask fills of running requests come first, and many costly compiles at once no longer
+# slow everyone's steps (the compiles are what waits).
+COMPILE_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run on each compile thread as it starts: raise its nice value (Linux keeps one per
+    thread; elsewhere, or where it cannot be raised, the thread keeps the process's)."""
+    if sys.platform != "linux":  # elsewhere PRIO_PROCESS takes a process id, not a thread's
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + COMPILE_NICENESS
+        )
+    except (AttributeError, OSError):  # no setpriority (Windows), or not permitted
+        pass
+
+
 class StructuredOutputManager:
     def __init__(
         self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], pin_memory: bool
@@ -61,7 +84,9 @@ class StructuredOutputManager:
         self.vocab_size = vocab_size
         self._stop_token_ids = stop_token_ids
         self._pin_memory = pin_memory
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
+        self._executor = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="grammar", initializer=_lower_priority
+        )
         self._lock = threading.Lock()  # the compiler's creation
         # ``_compiled`` and ``_holders``: the loop and the compile threads. Reentrant: a
         # cancel under it runs the future's callback (``_evict``) on the same thread.

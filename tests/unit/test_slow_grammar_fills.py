@@ -3,6 +3,9 @@ the bound (``manager._fail_slow_fills``), timed in CPU time: fake matchers that 
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from concurrent.futures import Future
 
@@ -63,3 +66,18 @@ def test_rows_well_under_the_bounds_are_left_alone(monkeypatch, seconds: float) 
     for _ in range(10):
         assert manager._fail_slow_fills(rows, [0], torch.zeros(1, 1, dtype=torch.int32)) == []
     assert rows[0].error is None and rows[0].matcher.fills == 10
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_compiles_run_below_the_engine_s_own_threads() -> None:
+    """The compile threads' nice value is raised (xgrammar compiles on them); the fill
+    threads and the engine's loop keep the process's."""
+    outputs = manager.StructuredOutputManager(None, 16, [], pin_memory=False)
+    try:
+        nice = outputs._executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+    finally:
+        outputs.shutdown()
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert nice == min(own + manager.COMPILE_NICENESS, 19)
