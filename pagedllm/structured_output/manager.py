@@ -6,38 +6,26 @@ slow build or compile never stalls other requests (a deep schema's build alone t
 on the engine's loop, once per sample of ``n``). Equal constraints share one build and
 compile (the samples of ``n`` among them), kept for later requests within a byte budget
 (``envs.grammar_cache_bytes``). Each step the matchers of the constrained rows fill one
-bitmask, in parallel threads, while the device runs the forward pass.
-
-Every request's step waits for that fill, and a short ambiguous regex or grammar
-(``([a-z]*)*`` repeated) costs its matcher seconds a token, growing with the output, where a
-JSON schema's costs microseconds. A step whose fill takes longer than ``SLOW_FILL_S`` times
-each row's fill alone, in the thread's CPU time (a busy host or the GIL stretches the wall
-clock, not that); a request whose own fill is past the bound twice (``SLOW_STRIKES``) ends
-with an error (``error``, read by the scheduler after the step), so one client's constraint
-costs the others' steps a few times the bound. Rows each under the bound but many together
-cost the re-timing (their sum) on each step they make slow, until one has spent
-``SLOW_TOTAL_S`` of such fills: then it fails too.
+bitmask on threads, while the device runs the forward pass, each row under a deadline and
+its cost counted (``mask_fill``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-
-import torch
 
 from pagedllm import envs
 from pagedllm.core.request import GrammarError
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.sampling_params import StructuredOutputsParams
+from pagedllm.structured_output.mask_fill import MaskFiller
 from pagedllm.structured_output.request_grammar import RequestGrammar
 from pagedllm.structured_output.spec import build_grammar_spec, constraint_key
+from pagedllm.structured_output.thread_priority import lower_priority
 
 logger = init_logger(__name__)
 
@@ -46,13 +34,6 @@ _CACHE_ENTRIES = 256
 # Constraints that failed a request as too slow to follow, remembered (most recent) so the
 # same constraint sent again is refused at once instead of stalling steps until it fails.
 _TOO_SLOW_ENTRIES = 1024
-# One request's bitmask for one token, in seconds of CPU time, at most (a JSON schema's
-# takes ~1e-4), and how many fills past it fail the request (one may be a stall).
-SLOW_FILL_S = 0.1
-SLOW_STRIKES = 2
-# One request's fills timed on slow steps, in all: rows each under the bound that make
-# steps slow together (n samples of a costly constraint) fail once one has spent this.
-SLOW_TOTAL_S = 2.0
 
 
 # How much lower than the engine's own threads the compile threads (and the threads
@@ -62,18 +43,8 @@ SLOW_TOTAL_S = 2.0
 COMPILE_NICENESS = 10
 
 
-def _lower_priority() -> None:
-    """Run on each compile thread as it starts: raise its nice value (Linux keeps one per
-    thread; elsewhere, or where it cannot be raised, the thread keeps the process's)."""
-    if sys.platform != "linux":  # elsewhere PRIO_PROCESS takes a process id, not a thread's
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(
-            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + COMPILE_NICENESS
-        )
-    except (AttributeError, OSError):  # no setpriority (Windows), or not permitted
-        pass
+def _compile_thread_started() -> None:
+    lower_priority(threading.get_native_id(), COMPILE_NICENESS)
 
 
 class StructuredOutputManager:
@@ -83,9 +54,8 @@ class StructuredOutputManager:
         self._tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._stop_token_ids = stop_token_ids
-        self._pin_memory = pin_memory
         self._executor = ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="grammar", initializer=_lower_priority
+            max_workers=2, thread_name_prefix="grammar", initializer=_compile_thread_started
         )
         self._lock = threading.Lock()  # the compiler's creation
         # ``_compiled`` and ``_holders``: the loop and the compile threads. Reentrant: a
@@ -94,8 +64,7 @@ class StructuredOutputManager:
         self._compiler: Any = None
         self._compiled: OrderedDict[str, Future[Any]] = OrderedDict()
         self._holders: dict[Future[Any], int] = {}  # requests waiting on or using each compile
-        self._batch_matcher: Any = None
-        self._bitmask: torch.Tensor | None = None
+        self._filler = MaskFiller(vocab_size, pin_memory)
         self._too_slow: OrderedDict[str, str] = OrderedDict()  # constraint key -> error
 
     def request_grammar(self, constraint: StructuredOutputsParams) -> RequestGrammar:
@@ -172,77 +141,19 @@ class StructuredOutputManager:
             return self._compiler
 
     def fill_bitmask(self, grammars: list[RequestGrammar | None]) -> GrammarBitmask | None:
-        """The bitmask for a step whose sampled rows have these grammars (None: free)."""
-        rows = [i for i, g in enumerate(grammars) if g is not None]
-        if not rows:
-            return None
-        import xgrammar as xgr
-
-        if self._batch_matcher is None:
-            self._batch_matcher = xgr.BatchGrammarMatcher()
-        bitmask = self._buffer(len(grammars))
-        constrained = [g for g in grammars if g is not None]
-        matchers = [g.matcher for g in constrained]
-        began = time.perf_counter()
-        self._batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask, rows)
-        if time.perf_counter() - began > SLOW_FILL_S:
-            for grammar in _fail_slow_fills(constrained, rows, bitmask):
-                assert grammar.error is not None
-                self._too_slow[grammar.key] = grammar.error
-                if len(self._too_slow) > _TOO_SLOW_ENTRIES:
-                    self._too_slow.popitem(last=False)
-        return GrammarBitmask(bitmask, rows)
-
-    def _buffer(self, num_rows: int) -> torch.Tensor:
-        """A reused host buffer (pinned for CUDA). Reuse is safe: each step reads its sampled
-        tokens back, so the previous step's copy to the device has finished."""
-        width = -(-self.vocab_size // 32)
-        if self._bitmask is None or self._bitmask.shape[0] < num_rows:
-            rows = max(num_rows, 2 * (0 if self._bitmask is None else self._bitmask.shape[0]))
-            self._bitmask = torch.empty(
-                (rows, width), dtype=torch.int32, pin_memory=self._pin_memory
-            )
-        return self._bitmask[:num_rows]
+        """The bitmask for a step whose sampled rows have these grammars (None: free); a
+        constraint that fails its request here is remembered as too slow to follow."""
+        bitmask, failed = self._filler.fill(grammars)
+        for grammar in failed:
+            assert grammar.error is not None
+            self._too_slow[grammar.key] = grammar.error
+            if len(self._too_slow) > _TOO_SLOW_ENTRIES:
+                self._too_slow.popitem(last=False)
+        return bitmask
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _fail_slow_fills(
-    grammars: list[RequestGrammar], rows: list[int], bitmask: torch.Tensor
-) -> list[RequestGrammar]:
-    """The step's fill ran past the bound: each row's mask filled again alone (the same
-    mask: the matchers have not moved), and a grammar that alone takes longer than the
-    bound for the ``SLOW_STRIKES``-th time gets its ``error``. Timing each row on every
-    step would give up xgrammar's threads. Returns the grammars failed now."""
-    failed = []
-    for grammar, row in zip(grammars, rows, strict=True):
-        began = time.thread_time()  # the fill runs on this thread
-        grammar.matcher.fill_next_token_bitmask(bitmask, row)
-        took = time.thread_time() - began
-        grammar.slow_time += took
-        grammar.slow_fills += took > SLOW_FILL_S
-        if grammar.slow_fills >= SLOW_STRIKES or grammar.slow_time > SLOW_TOTAL_S:
-            grammar.error = _too_slow(grammar, took)
-            failed.append(grammar)
-    return failed
-
-
-def _too_slow(grammar: RequestGrammar, took: float) -> str:
-    if grammar.slow_fills >= SLOW_STRIKES:
-        cost = (
-            f"took {took:.2f} s to find which tokens may follow the {grammar.num_accepted} "
-            f"generated so far (the bound is {SLOW_FILL_S} s a token)"
-        )
-    else:
-        cost = (
-            f"spent {grammar.slow_time:.2f} s finding allowed tokens in steps it slowed (the "
-            f"bound is {SLOW_TOTAL_S} s in all)"
-        )
-    return (
-        f"The structured output's constraint {cost}: its regex or grammar is too ambiguous "
-        "(nested repetitions such as (a*)*); write it without them."
-    )
+        self._filler.shutdown()
 
 
 def _size(future: Future[Any]) -> int:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from pagedllm.core.request import GrammarError
+
 
 class RequestGrammar:
     """What the scheduler asks of a constrained request (``core.request.OutputGrammar``).
@@ -28,6 +30,14 @@ class RequestGrammar:
         self.num_accepted = 0
         self.slow_fills = 0  # masks that took longer than the manager's bound
         self.slow_time = 0.0  # seconds of its masks timed on slow steps, in all
+        # A fill of its mask ran past the deadline and was left running on its thread: the
+        # matcher is that thread's until it ends, and nothing here may touch it again.
+        self.abandoned = False
+
+    def abandon(self, error: str) -> None:
+        """Its mask's fill is left to finish on its own; the request fails with ``error``."""
+        self.abandoned = True
+        self.error = error
 
     def release(self) -> None:
         """The request is done with its grammar (finished or aborted); called once."""
@@ -51,6 +61,8 @@ class RequestGrammar:
         return True
 
     def accept_token(self, token_id: int) -> bool:
+        if self.abandoned:
+            raise GrammarError(self.error)
         accepted = bool(self.matcher.accept_token(token_id))
         self.num_accepted += accepted
         return accepted

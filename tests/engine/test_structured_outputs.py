@@ -493,15 +493,49 @@ def test_an_ambiguous_regex_fails_its_own_request_only(smollm_in_process) -> Non
     assert again.finish_reason == "error" and again.token_ids == []
 
 
+def test_a_mask_past_the_deadline_fails_its_request_while_the_others_go_on(
+    smollm_in_process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain of alternatives that all match the same text: xgrammar's mask for it takes
+    longer with every token (3,000 links: 26 s for one mask); nothing stops a fill once
+    begun. With the deadline at 0.05 s, the mask for its second token (~0.2 s for 600
+    links) is left to finish on its thread and the request fails at once, while the
+    request beside it gets what it gets alone."""
+    from pagedllm.structured_output import mask_fill
+    from pagedllm.structured_output.spec import constraint_key
+
+    monkeypatch.setattr(mask_fill, "FILL_DEADLINE_S", 0.05)
+    links = 600
+    chain = (
+        "root ::= r0\n"
+        + "\n".join(f'r{i} ::= r{i + 1} | r{i + 1} "x"' for i in range(links))
+        + f'\nr{links} ::= "y"'
+    )
+    llm = smollm_in_process
+    greedy = SamplingParams(temperature=0.0, max_tokens=16)
+    alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]
+    ambiguous = constrained("grammar", chain, max_tokens=64, temperature=0.0)
+    slow_req, beside = llm.generate(
+        ["Write y then x:", "Count to ten:"], [ambiguous, greedy], use_tqdm=False
+    )
+    assert slow_req.outputs[0].finish_reason == "error"
+    assert len(slow_req.outputs[0].token_ids) < 4
+    assert beside.outputs[0].token_ids == alone.token_ids
+    # Failed by the deadline (the bound's strikes would say "the bound is 0.1 s a token").
+    outputs = llm.llm_engine.core.engine_core.structured_outputs
+    key = constraint_key(ambiguous.structured_outputs)
+    assert "took longer than 0.05 s" in outputs._too_slow[key]
+
+
 def test_a_slow_mask_fails_only_the_rows_slow_alone(
     smollm_in_process, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the bound at zero every step's fill is over it and every constrained row's own
     fill too: the constrained request fails at its second strike (the mask for its second
     token), with one token; the unconstrained one in the same steps finishes as alone."""
-    from pagedllm.structured_output import manager
+    from pagedllm.structured_output import mask_fill
 
-    monkeypatch.setattr(manager, "SLOW_FILL_S", 0.0)
+    monkeypatch.setattr(mask_fill, "SLOW_FILL_S", 0.0)
     llm = smollm_in_process
     greedy = SamplingParams(temperature=0.0, max_tokens=16)
     alone = llm.generate("Count to ten:", greedy, use_tqdm=False)[0].outputs[0]

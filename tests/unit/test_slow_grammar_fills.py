@@ -1,5 +1,6 @@
-"""Which constrained rows the structured-output manager fails when a step's masks run past
-the bound (``manager._fail_slow_fills``), timed in CPU time: fake matchers that burn it."""
+"""Which constrained rows the mask filler fails (``mask_fill.MaskFiller``): rows past the
+deadline abandoned while the step goes on, rows past the CPU-time bound failed at their
+strikes; fake matchers that burn CPU time, or block until released."""
 
 from __future__ import annotations
 
@@ -10,61 +11,143 @@ import time
 from concurrent.futures import Future
 
 import pytest
-import torch
 
-from pagedllm.structured_output import manager
+from pagedllm.core.request import GrammarError
+from pagedllm.structured_output import manager, mask_fill
 from pagedllm.structured_output.request_grammar import RequestGrammar
+
+MARK = 7  # what a fake matcher writes into its row
 
 
 class BurningMatcher:
     """Fills its row after ``seconds`` of this thread's CPU time (a sleep would not count:
-    the manager times CPU time, which a busy host does not stretch)."""
+    the filler times CPU time, which a busy host does not stretch)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fills = 0
 
-    def fill_next_token_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+    def fill_next_token_bitmask(self, bitmask, row: int) -> None:
         self.fills += 1
         end = time.thread_time() + self.seconds
         while time.thread_time() < end:
             pass
+        bitmask[row].fill_(MARK)
 
 
-def grammar(seconds: float) -> RequestGrammar:
-    g = RequestGrammar(Future(), None, f"regex:{seconds}")
-    g.matcher = BurningMatcher(seconds)
+class BlockedMatcher:
+    """A fill that runs until released (an ambiguous grammar's, minutes long)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.tid = 0
+        self.fills = 0
+        self.ended = threading.Event()
+
+    def fill_next_token_bitmask(self, bitmask, row: int) -> None:
+        self.fills += 1
+        self.tid = threading.get_native_id()
+        self.release.wait(30)
+        bitmask[row].fill_(MARK + 1)
+        self.ended.set()
+
+
+class FailingMatcher:
+    def fill_next_token_bitmask(self, bitmask, row: int) -> None:
+        raise RuntimeError("the matcher broke")
+
+
+def grammar(matcher) -> RequestGrammar:
+    g = RequestGrammar(Future(), None, f"regex:{id(matcher)}")
+    g.matcher = matcher
     return g
 
 
-def test_a_row_past_the_bound_fails_at_its_second_slow_fill(monkeypatch) -> None:
-    monkeypatch.setattr(manager, "SLOW_FILL_S", 0.02)
-    slow, fast = grammar(0.03), grammar(0.0)
-    bitmask = torch.zeros(2, 1, dtype=torch.int32)
-    assert manager._fail_slow_fills([slow, fast], [0, 1], bitmask) == []  # one may be a stall
-    assert manager._fail_slow_fills([slow, fast], [0, 1], bitmask) == [slow]
+def burning(seconds: float) -> RequestGrammar:
+    return grammar(BurningMatcher(seconds))
+
+
+@pytest.fixture
+def filler():
+    filler = mask_fill.MaskFiller(vocab_size=64, pin_memory=False, threads=2)
+    yield filler
+    filler.shutdown()
+
+
+def test_a_row_past_the_deadline_is_abandoned_and_the_step_goes_on(filler, monkeypatch) -> None:
+    monkeypatch.setattr(mask_fill, "FILL_DEADLINE_S", 0.2)
+    blocked, fast = grammar(BlockedMatcher()), burning(0.0)
+    began = time.perf_counter()
+    bitmask, failed = filler.fill([blocked, None, fast])
+    assert time.perf_counter() - began < 2.0
+    assert failed == [blocked] and blocked.abandoned
+    assert "took longer than 0.2 s to find which tokens may follow" in blocked.error
+    assert fast.error is None and not fast.abandoned
+    mask = bitmask.bitmask
+    assert (mask[0] == -1).all() and (mask[2] == MARK).all()  # every token allowed; filled
+    if sys.platform == "linux":  # the late thread now runs at the lowest priority
+        assert os.getpriority(os.PRIO_PROCESS, blocked.matcher.tid) == 19
+    # The late fill ends later, writing into a buffer that this step's mask is not.
+    blocked.matcher.release.set()
+    assert blocked.matcher.ended.wait(5)
+    assert (mask[0] == -1).all()
+    # Next step: the abandoned row is not filled again (its matcher was the thread's), and
+    # the request fails on its sampled token without the matcher being asked.
+    bitmask, failed = filler.fill([blocked, None, fast])
+    assert failed == [] and blocked.matcher.fills == 1 and fast.matcher.fills == 2
+    assert (bitmask.bitmask[0] == -1).all()
+    with pytest.raises(GrammarError, match="took longer than"):
+        blocked.accept_token(0)
+
+
+def test_rows_queued_behind_late_fills_are_filled_by_fresh_threads(filler, monkeypatch) -> None:
+    """Both threads held by late fills: the rows queued behind them still fill."""
+    monkeypatch.setattr(mask_fill, "FILL_DEADLINE_S", 0.2)
+    blocked = [grammar(BlockedMatcher()) for _ in range(2)]
+    fast = [burning(0.0) for _ in range(3)]
+    bitmask, failed = filler.fill([*blocked, *fast])
+    assert failed == blocked
+    assert (bitmask.bitmask[2:] == MARK).all()
+    for g in blocked:
+        g.matcher.release.set()
+
+
+def test_a_fill_s_error_is_raised_once_the_other_fills_end(filler) -> None:
+    slow = burning(0.05)
+    with pytest.raises(RuntimeError, match="the matcher broke"):
+        filler.fill([grammar(FailingMatcher()), slow])
+    assert slow.matcher.fills == 1
+
+
+def test_a_row_past_the_bound_fails_at_its_second_slow_fill(filler, monkeypatch) -> None:
+    monkeypatch.setattr(mask_fill, "SLOW_FILL_S", 0.02)
+    slow, fast = burning(0.03), burning(0.0)
+    assert filler.fill([slow, fast])[1] == []  # one may be a stall
+    assert filler.fill([slow, fast])[1] == [slow]
     assert "to find which tokens may follow" in slow.error and fast.error is None
+    assert slow.matcher.fills == 2  # timed as it filled, not filled again to be timed
 
 
 def test_rows_under_the_bound_fail_once_their_slow_steps_add_up(monkeypatch) -> None:
     """Many rows each under the bound make steps slow together: none is ever past the
     bound, so each fails once the fills timed on those steps pass the total."""
-    monkeypatch.setattr(manager, "SLOW_FILL_S", 0.05)
-    monkeypatch.setattr(manager, "SLOW_TOTAL_S", 0.1)
-    rows = [grammar(0.03) for _ in range(3)]
-    bitmask = torch.zeros(3, 1, dtype=torch.int32)
-    results = [manager._fail_slow_fills(rows, [0, 1, 2], bitmask) for _ in range(4)]
+    monkeypatch.setattr(mask_fill, "SLOW_FILL_S", 0.05)
+    monkeypatch.setattr(mask_fill, "SLOW_TOTAL_S", 0.1)
+    one_thread = mask_fill.MaskFiller(vocab_size=64, pin_memory=False, threads=1)
+    rows = [burning(0.03) for _ in range(3)]
+    results = [one_thread.fill(rows)[1] for _ in range(4)]
+    one_thread.shutdown()
     assert results[:3] == [[], [], []] and results[3] == rows
     assert all(g.slow_fills == 0 and g.slow_time > 0.1 for g in rows)
     assert "in steps it slowed (the bound is 0.1 s in all)" in rows[0].error
 
 
 @pytest.mark.parametrize("seconds", [0.0, 0.005])
-def test_rows_well_under_the_bounds_are_left_alone(monkeypatch, seconds: float) -> None:
-    monkeypatch.setattr(manager, "SLOW_FILL_S", 0.05)
-    rows = [grammar(seconds)]
+def test_rows_well_under_the_bounds_are_left_alone(filler, monkeypatch, seconds: float) -> None:
+    monkeypatch.setattr(mask_fill, "SLOW_FILL_S", 0.05)
+    rows = [burning(seconds)]
     for _ in range(10):
-        assert manager._fail_slow_fills(rows, [0], torch.zeros(1, 1, dtype=torch.int32)) == []
+        assert filler.fill(rows)[1] == []
     assert rows[0].error is None and rows[0].matcher.fills == 10
 
 

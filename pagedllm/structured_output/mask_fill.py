@@ -1,0 +1,262 @@
+"""Each step's token bitmask, filled row by row on threads, each row under a deadline.
+
+Every request's step waits for the constrained rows' masks. A JSON schema's mask takes
+microseconds; an ambiguous grammar's grows with its output (``([a-z]*)*`` repeated, or a
+chain of 3,000 alternatives ``r_i ::= r_{i+1} | r_{i+1} "x"``: 26 s for one mask after a few
+tokens), and nothing in xgrammar stops a fill once begun. So each row fills on a thread of a
+pool (xgrammar releases the GIL while it fills) and the step waits at most
+``FILL_DEADLINE_S`` for a row's own fill: past it the row is abandoned. Its request fails
+(``RequestGrammar.abandon``: its matcher, still the thread's, is never touched again), every
+token is allowed in its row (what it samples is dropped with it), and the thread finishes its
+fill on its own at the lowest CPU priority, writing into a buffer no later step uses. The
+pool gets fresh threads for later fills.
+
+Under the deadline, each row's fill is timed in its thread's CPU time (a busy host stretches
+the wall clock, not that). On a step whose fills took longer than ``SLOW_FILL_S``, a row past
+that bound counts a strike, and a request with ``SLOW_STRIKES`` fails; rows each under the
+bound but many together add their times, and one that has spent ``SLOW_TOTAL_S`` of such
+fills fails too. So one client's constraint costs the others' steps at most a few times the
+bound.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+import torch
+
+from pagedllm.sample.grammar_mask import GrammarBitmask
+from pagedllm.structured_output.request_grammar import RequestGrammar
+from pagedllm.structured_output.thread_priority import LOWEST, lower_priority
+
+# Wall seconds one row's fill may run before its request is failed and the step goes on.
+FILL_DEADLINE_S = 0.5
+# One request's mask for one token, in seconds of CPU time, at most (a JSON schema's takes
+# ~1e-4), and how many fills past it fail the request (one may be a stall).
+SLOW_FILL_S = 0.1
+SLOW_STRIKES = 2
+# One request's fills timed on slow steps, in all: rows each under the bound that make
+# steps slow together (n samples of a costly constraint) fail once one has spent this.
+SLOW_TOTAL_S = 2.0
+# How often the step, waiting on its fills, looks for one past the deadline.
+_POLL_S = 0.02
+# A row's fill shorter than this on the wall clock is charged its wall time (at least its
+# CPU time), without reading the CPU clock.
+_READ_CPU_PAST_S = 1e-3
+
+
+class _RowFill:
+    """One row to fill; ``cpu_s`` set once filled."""
+
+    __slots__ = ("cpu_s", "grammar", "row")
+
+    def __init__(self, grammar: RequestGrammar, row: int) -> None:
+        self.grammar = grammar
+        self.row = row
+        self.cpu_s = 0.0
+
+
+class _Chunk:
+    """Rows filled in order by one pool thread (one task a thread: a task a row cost ~16 us
+    a row, where a JSON row's fill takes ~1.5 us). ``lock`` guards ``next`` and ``stopped``:
+    once the chunk is stopped the thread takes no further row, so a row is filled by this thread or
+    handed to another chunk, never both. ``started``: when the row in hand began (wall),
+    None between rows."""
+
+    __slots__ = ("fills", "lock", "next", "started", "stopped", "tid")
+
+    def __init__(self, fills: list[_RowFill]) -> None:
+        self.fills = fills
+        self.lock = threading.Lock()
+        self.next = 0
+        self.started: float | None = None
+        self.stopped = False
+        self.tid = 0
+
+    def __call__(self, bitmask: torch.Tensor) -> None:
+        self.tid = threading.get_native_id()
+        fills = self.fills
+        # The thread's CPU clock is a system call (~1.3 us, a JSON row's fill ~1.5 us): read
+        # only after a row that took long on the wall clock, which is then charged the
+        # lesser of its wall time and the CPU time since the last reading (each at least
+        # its own CPU time; a busy host stretches only the first).
+        cpu = time.thread_time()
+        while True:
+            with self.lock:
+                if self.stopped or self.next == len(fills):
+                    return
+                fill = fills[self.next]
+                self.next += 1
+                self.started = began = time.perf_counter()
+            fill.grammar.matcher.fill_next_token_bitmask(bitmask, fill.row)
+            wall = time.perf_counter() - began
+            if wall > _READ_CPU_PAST_S:
+                cpu, before = time.thread_time(), cpu
+                wall = min(wall, cpu - before)
+            fill.cpu_s = wall
+            self.started = None
+
+    def stop_if_late(self, now: float) -> tuple[_RowFill, list[_RowFill]] | None:
+        """Past the deadline on its row in hand: stopped, and that row and the rows it had
+        not taken yet returned."""
+        with self.lock:
+            started = self.started
+            if started is None or now - started <= FILL_DEADLINE_S:
+                return None
+            self.stopped = True
+            return self.fills[self.next - 1], self.fills[self.next :]
+
+
+class MaskFiller:
+    """Fills the bitmask of each step's constrained rows (see the module's docstring)."""
+
+    def __init__(self, vocab_size: int, pin_memory: bool, threads: int | None = None) -> None:
+        self.vocab_size = vocab_size
+        self._pin_memory = pin_memory
+        self._threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self._pool = self._new_pool()
+        self._bitmask: torch.Tensor | None = None
+
+    def fill(
+        self, grammars: list[RequestGrammar | None]
+    ) -> tuple[GrammarBitmask | None, list[RequestGrammar]]:
+        """The bitmask for a step whose sampled rows have these grammars (None: free), and
+        the grammars that failed on this step's fills (``error`` set)."""
+        rows = [i for i, g in enumerate(grammars) if g is not None]
+        if not rows:
+            return None, []
+        bitmask = self._buffer(len(grammars))
+        fills = []
+        for row in rows:
+            grammar = grammars[row]
+            assert grammar is not None
+            if grammar.abandoned:  # a late fill of an earlier step still holds its matcher
+                bitmask[row].fill_(-1)
+            else:
+                fills.append(_RowFill(grammar, row))
+        began = time.perf_counter()
+        late = self._run(fills, bitmask)
+        failed = []
+        for fill in late:
+            fill.grammar.abandon(_too_late(fill))
+            failed.append(fill.grammar)
+        if late:
+            bitmask = self._detach(bitmask, late)
+        if time.perf_counter() - began > SLOW_FILL_S:
+            failed += _count_slow([f for f in fills if f not in late])
+        return GrammarBitmask(bitmask, rows), failed
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, fills: list[_RowFill], bitmask: torch.Tensor) -> list[_RowFill]:
+        """Every row filled, or abandoned past the deadline (returned). A fill's own error
+        is raised once no other fill of the step still runs (the step is then retried
+        apart, and none may find a matcher still in use)."""
+        pending = self._submit(fills, bitmask)
+        late: list[_RowFill] = []
+        error: BaseException | None = None
+        while pending:
+            done, _ = wait(pending, timeout=_POLL_S)
+            for future in done:
+                pending.pop(future)
+                error = error or future.exception()
+            now = time.perf_counter()
+            stopped = {f: c.stop_if_late(now) for f, c in pending.items()}
+            stopped = {f: taken for f, taken in stopped.items() if taken is not None}
+            if not stopped:
+                continue
+            rest = [fill for _, untaken in stopped.values() for fill in untaken]
+            for future, (fill, _) in stopped.items():
+                late.append(fill)
+                lower_priority(pending.pop(future).tid, LOWEST)
+            # The late rows hold their threads until they end: the rows not yet taken, and
+            # later steps, go to a fresh pool (the old one's threads exit once free).
+            queued = [future for future in pending if future.cancel()]
+            rest += [fill for future in queued for fill in pending.pop(future).fills]
+            self._pool.shutdown(wait=False)
+            self._pool = self._new_pool()
+            pending |= self._submit(rest, bitmask)
+        if error is not None:
+            raise error
+        return late
+
+    def _submit(self, fills: list[_RowFill], bitmask: torch.Tensor) -> dict[Future[None], _Chunk]:
+        """The rows in one chunk a thread, in order."""
+        if not fills:
+            return {}
+        size = -(-len(fills) // self._threads)
+        chunks = [_Chunk(fills[i : i + size]) for i in range(0, len(fills), size)]
+        return {self._pool.submit(chunk, bitmask): chunk for chunk in chunks}
+
+    def _detach(self, bitmask: torch.Tensor, late: list[_RowFill]) -> torch.Tensor:
+        """This step's mask in a fresh buffer, the late rows allowing every token; the old
+        buffer is left to the late fills, which still write into it."""
+        self._bitmask = None
+        fresh = self._buffer(bitmask.shape[0])
+        fresh.copy_(bitmask)
+        for fill in late:
+            fresh[fill.row].fill_(-1)
+        return fresh
+
+    def _buffer(self, num_rows: int) -> torch.Tensor:
+        """A reused host buffer (pinned for CUDA). Reuse is safe: each step reads its sampled
+        tokens back, so the previous step's copy to the device has finished."""
+        width = -(-self.vocab_size // 32)
+        if self._bitmask is None or self._bitmask.shape[0] < num_rows:
+            rows = max(num_rows, 2 * (0 if self._bitmask is None else self._bitmask.shape[0]))
+            self._bitmask = torch.empty(
+                (rows, width), dtype=torch.int32, pin_memory=self._pin_memory
+            )
+        return self._bitmask[:num_rows]
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="grammar-fill")
+
+
+def _count_slow(fills: list[_RowFill]) -> list[RequestGrammar]:
+    """A slow step's rows: strikes and times added; returns the grammars failed now."""
+    failed = []
+    for fill in fills:
+        grammar = fill.grammar
+        grammar.slow_time += fill.cpu_s
+        grammar.slow_fills += fill.cpu_s > SLOW_FILL_S
+        if grammar.error is None and (
+            grammar.slow_fills >= SLOW_STRIKES or grammar.slow_time > SLOW_TOTAL_S
+        ):
+            grammar.error = _too_slow(grammar, fill.cpu_s)
+            failed.append(grammar)
+    return failed
+
+
+def _too_slow(grammar: RequestGrammar, took: float) -> str:
+    if grammar.slow_fills >= SLOW_STRIKES:
+        cost = (
+            f"took {took:.2f} s to find which tokens may follow the {grammar.num_accepted} "
+            f"generated so far (the bound is {SLOW_FILL_S} s a token)"
+        )
+    else:
+        cost = (
+            f"spent {grammar.slow_time:.2f} s finding allowed tokens in steps it slowed (the "
+            f"bound is {SLOW_TOTAL_S} s in all)"
+        )
+    return _advice(cost)
+
+
+def _too_late(fill: _RowFill) -> str:
+    cost = (
+        f"took longer than {FILL_DEADLINE_S} s to find which tokens may follow the "
+        f"{fill.grammar.num_accepted} generated so far"
+    )
+    return _advice(cost)
+
+
+def _advice(cost: str) -> str:
+    return (
+        f"The structured output's constraint {cost}: its regex or grammar is too ambiguous "
+        "(nested repetitions such as (a*)*, or alternatives that all match the same text); "
+        "write it without them."
+    )
