@@ -1,5 +1,6 @@
 """The engine core's loop takes in waiting messages between steps within a time budget, so
-a burst of arrivals cannot hold the next step back while the device idles."""
+a burst of arrivals cannot hold the next step back while the device idles; an abort read
+behind a burst drops the burst's adds it names at once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import zmq
 from pagedllm import SamplingParams
 from pagedllm.engine import core_proc
 from pagedllm.engine.core_proc import EngineCoreLoop
-from pagedllm.engine.messages import Codec, EngineCoreRequest
+from pagedllm.engine.messages import Abort, Codec, EngineCoreRequest
 
 
 class BusyCore:
@@ -18,6 +19,7 @@ class BusyCore:
 
     def __init__(self) -> None:
         self.added: list[str] = []
+        self.aborted: list[str] = []
 
     def has_unfinished_requests(self) -> bool:
         return True
@@ -26,18 +28,31 @@ class BusyCore:
         time.sleep(0.001)
         self.added.append(request.request_id)
 
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.aborted += request_ids
 
-def test_a_burst_is_taken_in_across_steps(monkeypatch) -> None:
+
+def queued(messages: list) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
+    """An engine's inbound socket with ``messages`` waiting on it."""
     context = zmq.Context()
     inbound, sender = context.socket(zmq.PULL), context.socket(zmq.PUSH)
     inbound.bind("inproc://intake")
     sender.connect("inproc://intake")
     codec = Codec()
-    params = SamplingParams(max_tokens=4)
-    for i in range(40):
-        message = EngineCoreRequest(str(i), [1, 2, 3], params, None, 0.0, 0, None)
+    for message in messages:
         sender.send_multipart(codec.encode(message))
-    time.sleep(0.2)  # all 40 queued
+    time.sleep(0.2)  # all queued
+    return context, inbound, sender
+
+
+def add(request_id: str) -> EngineCoreRequest:
+    return EngineCoreRequest(
+        request_id, [1, 2, 3], SamplingParams(max_tokens=4), None, 0.0, 0, None
+    )
+
+
+def test_a_burst_is_taken_in_across_steps(monkeypatch) -> None:
+    context, inbound, sender = queued([add(str(i)) for i in range(40)])
     core = BusyCore()
     loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
     poller = zmq.Poller()
@@ -49,6 +64,30 @@ def test_a_burst_is_taken_in_across_steps(monkeypatch) -> None:
     while len(core.added) < 40:  # the rest over the next passes, in order
         loop._take_in(poller, busy=True)
     assert core.added == [str(i) for i in range(40)]
+    for socket in (inbound, sender):
+        socket.close(linger=0)
+    context.term()
+
+
+def test_an_abort_behind_a_burst_drops_its_adds_at_once(monkeypatch) -> None:
+    """40 adds, an abort of 30 of them (a client that hung up), then an add reusing one of
+    the aborted ids: after the first pass none of the 30 is ever added, the core is told
+    of the abort, and the later add under a reused id is kept."""
+    aborted = [str(i) for i in range(10, 40)]
+    messages = [add(str(i)) for i in range(40)] + [Abort(aborted), add("15")]
+    context, inbound, sender = queued(messages)
+    core = BusyCore()
+    loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
+    poller = zmq.Poller()
+    poller.register(inbound, zmq.POLLIN)
+    monkeypatch.setattr(core_proc, "INTAKE_BUDGET_S", 0.005)
+    loop._take_in(poller, busy=True)
+    assert core.aborted == aborted  # read, and applied, on the first pass
+    assert len(core.added) <= 10
+    while len(core.added) < 11:
+        loop._take_in(poller, busy=True)
+    assert core.added == [str(i) for i in range(10)] + ["15"]
+    assert not loop._backlog
     for socket in (inbound, sender):
         socket.close(linger=0)
     context.term()
