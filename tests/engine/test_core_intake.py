@@ -4,7 +4,9 @@ behind a burst drops the burst's adds it names at once."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 
 import zmq
 
@@ -32,8 +34,10 @@ class BusyCore:
         self.aborted += request_ids
 
 
-def queued(messages: list) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
-    """An engine's inbound socket with ``messages`` waiting on it."""
+@contextlib.contextmanager
+def intake(messages: list, monkeypatch) -> Iterator[tuple[BusyCore, Callable[[], None]]]:
+    """A busy core, and one pass of its loop's intake, with ``messages`` waiting on the
+    inbound socket (a 5 ms budget for handling them)."""
     context = zmq.Context()
     inbound, sender = context.socket(zmq.PULL), context.socket(zmq.PUSH)
     inbound.bind("inproc://intake")
@@ -42,7 +46,18 @@ def queued(messages: list) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
     for message in messages:
         sender.send_multipart(codec.encode(message))
     time.sleep(0.2)  # all queued
-    return context, inbound, sender
+    core = BusyCore()
+    loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
+    poller = zmq.Poller()
+    poller.register(inbound, zmq.POLLIN)
+    monkeypatch.setattr(core_proc, "INTAKE_BUDGET_S", 0.005)
+    try:
+        yield core, lambda: loop._take_in(poller, busy=True)
+        assert not loop._backlog
+    finally:
+        for socket in (inbound, sender):
+            socket.close(linger=0)
+        context.term()
 
 
 def add(request_id: str) -> EngineCoreRequest:
@@ -52,21 +67,12 @@ def add(request_id: str) -> EngineCoreRequest:
 
 
 def test_a_burst_is_taken_in_across_steps(monkeypatch) -> None:
-    context, inbound, sender = queued([add(str(i)) for i in range(40)])
-    core = BusyCore()
-    loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
-    poller = zmq.Poller()
-    poller.register(inbound, zmq.POLLIN)
-    monkeypatch.setattr(core_proc, "INTAKE_BUDGET_S", 0.005)
-    loop._take_in(poller, busy=True)
-    first = len(core.added)
-    assert 1 <= first <= 10  # ~5 ms of 1 ms requests, not the whole burst
-    while len(core.added) < 40:  # the rest over the next passes, in order
-        loop._take_in(poller, busy=True)
+    with intake([add(str(i)) for i in range(40)], monkeypatch) as (core, take_in):
+        take_in()
+        assert 1 <= len(core.added) <= 10  # ~5 ms of 1 ms requests, not the whole burst
+        while len(core.added) < 40:  # the rest over the next passes, in order
+            take_in()
     assert core.added == [str(i) for i in range(40)]
-    for socket in (inbound, sender):
-        socket.close(linger=0)
-    context.term()
 
 
 def test_an_abort_behind_a_burst_drops_its_adds_at_once(monkeypatch) -> None:
@@ -75,19 +81,10 @@ def test_an_abort_behind_a_burst_drops_its_adds_at_once(monkeypatch) -> None:
     of the abort, and the later add under a reused id is kept."""
     aborted = [str(i) for i in range(10, 40)]
     messages = [add(str(i)) for i in range(40)] + [Abort(aborted), add("15")]
-    context, inbound, sender = queued(messages)
-    core = BusyCore()
-    loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
-    poller = zmq.Poller()
-    poller.register(inbound, zmq.POLLIN)
-    monkeypatch.setattr(core_proc, "INTAKE_BUDGET_S", 0.005)
-    loop._take_in(poller, busy=True)
-    assert core.aborted == aborted  # read, and applied, on the first pass
-    assert len(core.added) <= 10
-    while len(core.added) < 11:
-        loop._take_in(poller, busy=True)
+    with intake(messages, monkeypatch) as (core, take_in):
+        take_in()
+        assert core.aborted == aborted  # read, and applied, on the first pass
+        assert len(core.added) <= 10
+        while len(core.added) < 11:
+            take_in()
     assert core.added == [str(i) for i in range(10)] + ["15"]
-    assert not loop._backlog
-    for socket in (inbound, sender):
-        socket.close(linger=0)
-    context.term()
