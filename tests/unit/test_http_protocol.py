@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from pagedllm.entrypoints.openai.http_protocol import protocol_class
+from tests.unit.uvicorn_server import lifespan, running
 
 CHUNK = b"x" * (1 << 20)
 CHUNKS = 24  # far past what the socket buffers and the transport's high-water mark hold
@@ -29,9 +29,7 @@ class _BigResponseApp:
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         start = {"type": "http.response.start", "status": 200, "headers": []}
         await send(start)
@@ -50,23 +48,9 @@ class _BigResponseApp:
 @pytest.fixture
 def served() -> Iterator[tuple[_BigResponseApp, int]]:
     app = _BigResponseApp()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning",
-        http=protocol_class(header_timeout_s=5.0, send_timeout_s=SEND_TIMEOUT_S),
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield app, port
-    server.should_exit = True
-    thread.join(10)
+    http = protocol_class(header_timeout_s=5.0, send_timeout_s=SEND_TIMEOUT_S)
+    with running(app, http) as port:
+        yield app, port
 
 
 def _request(port: int, small_buffer: bool) -> socket.socket:

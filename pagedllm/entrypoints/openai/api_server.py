@@ -36,7 +36,7 @@ from pagedllm.entrypoints.openai.docs import install_docs
 from pagedllm.entrypoints.openai.errors import error_response, install_error_handlers
 from pagedllm.entrypoints.openai.http_protocol import protocol_class
 from pagedllm.entrypoints.openai.json_body import StrictJSONRoute
-from pagedllm.entrypoints.openai.limits import ServerLimits, add_limit_flags
+from pagedllm.entrypoints.openai.limits import ServerLimits, add_limit_flags, max_connections
 from pagedllm.entrypoints.openai.middleware import (
     AccessLogFilter,
     ApiKeyMiddleware,
@@ -487,7 +487,11 @@ def _log_serving(args: argparse.Namespace, served: list[str]) -> None:
 def _uvicorn_config(app: FastAPI, args: argparse.Namespace, limits: ServerLimits) -> uvicorn.Config:
     config = uvicorn.Config(
         app,
-        http=protocol_class(limits.request_header_timeout_s, limits.response_send_timeout_s),
+        http=protocol_class(
+            limits.request_header_timeout_s,
+            limits.response_send_timeout_s,
+            max_connections(limits.max_connections),
+        ),
         log_level=args.uvicorn_log_level or args.log_level,
         access_log=not args.disable_uvicorn_access_log,
         ssl_keyfile=args.ssl_keyfile,

@@ -16,6 +16,13 @@ writes stay paused (the transport's buffer past its high-water mark) for ``send_
 is aborted, as nginx's ``send_timeout`` does; the waiting send returns, the app sees the
 disconnect and aborts the request, and the buffered output is dropped.
 
+Nor does uvicorn bound how many connections it holds (its ``limit_concurrency`` is checked
+only when a request's head arrives): 24,000 connections that sent nothing took every file
+descriptor of the process, and every other client's request failed until they timed out.
+Here, when a connection opens while the server holds ``max_connections``, the connection
+that has waited longest for its request's headers is closed (a client that opened it and
+sent nothing), or, where every connection is busy with a request, the new one.
+
 The deadlines are a mixin over uvicorn's protocol classes: httptools' (C parser, used when
 installed: a saturated server parses and writes tens of thousands of events a second) or
 h11's (pure Python).
@@ -24,6 +31,7 @@ h11's (pure Python).
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -40,16 +48,57 @@ _TOO_LARGE = (
 )
 
 
+# At most one log line in this many seconds about connections closed at the bound: a flood
+# of connections would otherwise flood the log.
+BOUND_LOG_INTERVAL_S = 10.0
+
+
+class ConnectionBound:
+    """One server's bound on its connections: those waiting for a request's headers (a
+    header deadline armed), oldest first, and the count closed at the bound not yet logged."""
+
+    def __init__(self, max_connections: int | None) -> None:
+        self.max_connections = max_connections  # None: unbounded
+        # Insertion-ordered: the first is the one that has waited longest (O(1) to find).
+        self.waiting: dict[ConnectionDeadlines, None] = {}
+        self.closed_waiting = 0  # since the last log line
+        self.closed_new = 0
+        self._last_logged = -math.inf
+        self._log_line: asyncio.TimerHandle | None = None
+
+    def closed(self, loop: asyncio.AbstractEventLoop, *, waiting: bool) -> None:
+        if waiting:
+            self.closed_waiting += 1
+        else:
+            self.closed_new += 1
+        if self._log_line is None:  # the first of a burst: logged with the burst's first second
+            at = max(loop.time() + 1.0, self._last_logged + BOUND_LOG_INTERVAL_S)
+            self._log_line = loop.call_at(at, self._log, loop)
+
+    def _log(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._log_line = None
+        self._last_logged = loop.time()
+        logger.warning(
+            "Open connections at their bound (--max-connections %d): closed %d that had "
+            "waited longest for a request's headers and %d new ones (every connection busy "
+            "with a request) since the last such line",
+            self.max_connections, self.closed_waiting, self.closed_new,
+        )  # fmt: skip
+        self.closed_waiting = self.closed_new = 0
+
+
 class ConnectionDeadlines:
     """Mixed in before a uvicorn protocol class (which provides ``loop``, ``transport``,
-    ``cycle``); ``header_timeout_s`` and ``send_timeout_s`` are set per server by
-    ``protocol_class``."""
+    ``cycle``, ``connections``); ``header_timeout_s``, ``send_timeout_s`` and ``bound``
+    are set per server by ``protocol_class``."""
 
     header_timeout_s = 20.0
     send_timeout_s = 60.0
+    bound = ConnectionBound(None)
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     cycle: Any
+    connections: set[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,7 +108,18 @@ class ConnectionDeadlines:
         self._send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport)  # type: ignore[misc]  # adds it to connections
+        bound = self.bound
+        if bound.max_connections is not None and len(self.connections) > bound.max_connections:
+            if bound.waiting:  # close the one that has waited longest for its headers
+                oldest = next(iter(bound.waiting))
+                oldest._disarm()
+                oldest._close_at_bound()
+                bound.closed(self.loop, waiting=True)
+            else:  # every connection is busy with a request: close the new one
+                self._close_at_bound()
+                bound.closed(self.loop, waiting=False)
+                return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -104,31 +164,48 @@ class ConnectionDeadlines:
         # abort, not close: close would wait to flush a buffer the client never reads.
         self.transport.abort()
 
+    def _close_at_bound(self) -> None:
+        # abort, not close: close would wait to flush. Out of the count at once (uvicorn
+        # drops it when the connection is lost, a turn of the loop later): the next
+        # connection accepted in this turn must not close another for it.
+        self.transport.abort()
+        self.connections.discard(self)
+
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
     def _arm(self) -> None:
         self._header_bytes = 0
         self._header_deadline = self.loop.call_later(self.header_timeout_s, self._expire)
+        self.bound.waiting[self] = None
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
+            self.bound.waiting.pop(self, None)
 
     def _expire(self) -> None:
         self._header_deadline = None
+        self.bound.waiting.pop(self, None)
         if self._between_requests() and not self.transport.is_closing():
             self.transport.close()
 
 
-def protocol_class(header_timeout_s: float, send_timeout_s: float) -> type:
-    """The protocol class for one server (uvicorn builds one per connection)."""
+def protocol_class(
+    header_timeout_s: float, send_timeout_s: float, max_connections: int | None = None
+) -> type:
+    """The protocol class for one server (uvicorn builds one per connection); at most
+    ``max_connections`` open connections (None: unbounded)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         base: type = HttpToolsProtocol
     except ImportError:  # httptools not installed
         base = H11Protocol
-    timeouts = {"header_timeout_s": header_timeout_s, "send_timeout_s": send_timeout_s}
-    return type("DeadlineProtocol", (ConnectionDeadlines, base), timeouts)
+    attributes = {
+        "header_timeout_s": header_timeout_s,
+        "send_timeout_s": send_timeout_s,
+        "bound": ConnectionBound(max_connections),  # shared by the server's connections
+    }
+    return type("DeadlineProtocol", (ConnectionDeadlines, base), attributes)

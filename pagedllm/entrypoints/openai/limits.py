@@ -6,6 +6,7 @@ Each is a flag of ``pagedllm serve``; ``ServerLimits.from_args`` reads them once
 from __future__ import annotations
 
 import argparse
+import resource
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -68,6 +69,10 @@ class ServerLimits:
     # held 1,069 requests waiting). At most --max-stored-responses: a live response is never
     # evicted, so more would push finished ones out of the store as they finish.
     max_background_responses: int = 256
+    # Open connections the server holds; past it the one that has waited longest for its
+    # request's headers is closed (or the new one, where all are busy with requests).
+    # None: derived from the file-descriptor limit (``max_connections``).
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -96,9 +101,12 @@ class ServerLimits:
                 f"{self.max_background_responses}."
             )
         for flag, value in (("--max-waiting-requests", self.max_waiting_requests),
-                            ("--max-n", self.max_n)):  # fmt: skip
+                            ("--max-n", self.max_n),
+                            ("--max-connections", self.max_connections)):  # fmt: skip
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}.")
+        if self.max_connections is not None:  # before anything loads; again at start
+            _check_connections(self.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerLimits:
@@ -114,6 +122,46 @@ class ServerLimits:
             max_stored_responses=args.max_stored_responses,
             max_stored_response_bytes=args.max_stored_response_bytes,
             max_background_responses=args.max_background_responses,
+            max_connections=args.max_connections,
+        )
+
+
+# File descriptors the server process keeps apart from its connections (derived bound only):
+# its own files, sockets and pipes (listening and metrics sockets, the engine's ZMQ sockets
+# and their eventfds, the template workers' pipes, thread pools', log files: well under
+# 512), plus connections accepted before the bound sees them: the loop accepts up to the
+# listen backlog (uvicorn's 2,048) in one turn, and another batch in the next turn before
+# the first one's closes release their descriptors. 10% of larger limits.
+FD_RESERVE = 512 + 2 * 2048
+
+
+def max_connections(requested: int | None) -> int | None:
+    """The server's bound on open connections, at its start: raises the process's soft
+    file-descriptor limit to its hard one (as vLLM does; kept where it cannot be raised),
+    then ``requested`` (--max-connections, an error past the limit) or the limit less a
+    reserve (``FD_RESERVE``, or 10% of it; at least half the limit). None: unbounded (a
+    limit of RLIM_INFINITY)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. macOS refuses RLIM_INFINITY
+            pass
+    if requested is not None:
+        _check_connections(requested, soft)
+        return requested
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft - max(FD_RESERVE, soft // 10), soft // 2)
+
+
+def _check_connections(requested: int, fd_limit: int) -> None:
+    if fd_limit != resource.RLIM_INFINITY and requested > fd_limit:
+        raise ValueError(
+            f"--max-connections {requested} is past this process's file-descriptor limit "
+            f"(RLIMIT_NOFILE {fd_limit}): each connection holds one. Lower it, or raise the "
+            "limit (ulimit -n)."
         )
 
 
@@ -148,3 +196,7 @@ def add_limit_flags(flag: Any) -> None:
     flag("max-background-responses", type=int, default=defaults.max_background_responses,
          help="background /v1/responses queued or running at once, at most "
               "--max-stored-responses (503 with Retry-After past it)")  # fmt: skip
+    flag("max-connections", type=int, default=None,
+         help="open connections held at once; past it the one waiting longest for its "
+              "request's headers is closed (default: the file-descriptor limit, raised to "
+              "its hard limit, less a reserve)")  # fmt: skip
