@@ -102,6 +102,68 @@ def test_hermes_stream_holds_back_a_partial_tag_only() -> None:
     assert stream.finish().content == ""
 
 
+# -- model output that is not strictly JSON (NaN, Infinity, numbers past a float) -----------
+
+NOT_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999999", "-1e999999", "1" * 5000]
+
+
+@pytest.mark.parametrize("number", NOT_JSON_NUMBERS)
+def test_hermes_call_with_a_number_json_lacks_stays_content(number: str) -> None:
+    """Python's json reads these (1e999999 as inf) and writes them back as NaN / Infinity:
+    sent as arguments, a client's JSON.parse fails. The block is malformed, as {not json}."""
+    text = 'Hi <tool_call>\n{"name": "f", "arguments": {"a": ' + number + "}}\n</tool_call>"
+    found = HermesToolParser.extract(text)
+    assert (found.content, found.calls) == (text, [])
+    for pieces in ([text], list(text), [text[:20], text[20:]]):
+        assert streamed_calls(HermesToolParser.stream(), pieces) == (text, [])
+    unclosed = text.removesuffix("</tool_call>")
+    assert HermesToolParser.extract(unclosed).calls == []
+    assert streamed_calls(HermesToolParser.stream(), [unclosed]) == (unclosed, [])
+
+
+@pytest.mark.parametrize("number", NOT_JSON_NUMBERS)
+@pytest.mark.parametrize(
+    "template",
+    [
+        '[TOOL_CALLS][{"name": "f", "arguments": {"a": %s}}]',  # list form, re-serialised
+        '[TOOL_CALLS]f[ARGS]{"a": %s}',  # name form, arguments sent as generated
+        'Hi [TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{"b": [%s]}',
+    ],
+)
+def test_mistral_call_with_a_number_json_lacks_stays_content(template: str, number: str) -> None:
+    text = template % number
+    found = get_tool_parser("mistral").extract(text)
+    assert (found.content, found.calls) == (text, [])
+    if text.startswith("[TOOL_CALLS]"):  # nothing was sent as a call before the bad one
+        for pieces in ([text], list(text)):
+            assert streamed_calls(get_tool_parser("mistral").stream(), pieces) == (text, [])
+
+
+@pytest.mark.parametrize("number", NOT_JSON_NUMBERS)
+def test_llama3_json_call_with_a_number_json_lacks_stays_content(number: str) -> None:
+    parser = get_tool_parser("llama3_json")
+    text = '{"name": "f", "parameters": {"a": ' + number + "}}"
+    found = parser.extract(text)
+    assert (found.content, found.calls) == (text, [])
+    assert streamed_calls(parser.stream(), [text[:5], text[5:]]) == (text, [])
+
+
+@pytest.mark.parametrize("parser_name", ["hermes", "mistral", "llama3_json"])
+def test_finite_numbers_still_make_calls_whose_arguments_are_json(parser_name: str) -> None:
+    arguments = {"a": 1e308, "b": -2.5e-300, "c": 10**100, "d": 0.0}
+    body = json.dumps({"name": "f", "arguments": arguments})
+    text = {
+        "hermes": "<tool_call>" + body + "</tool_call>",
+        "mistral": "[TOOL_CALLS][" + body + "]",
+        "llama3_json": body,
+    }[parser_name]
+    parser = get_tool_parser(parser_name)
+    (call,) = parser.extract(text).calls
+    assert json.loads(call.arguments, parse_constant=pytest.fail) == arguments
+    _, streamed = streamed_calls(parser.stream(), list(text))
+    assert [c["arguments"] for c in streamed] == [call.arguments]
+
+
 def test_unknown_tool_parser_names_the_known_ones() -> None:
     assert get_tool_parser("hermes") is HermesToolParser
     with pytest.raises(ValueError, match="hermes"):

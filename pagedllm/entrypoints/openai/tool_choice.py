@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm import json_nesting
 from pagedllm.entrypoints.openai.tool_parsers import (
     ExtractedToolCalls,
     ToolCall,
@@ -24,6 +23,7 @@ from pagedllm.entrypoints.openai.tool_parsers import (
     ToolDelta,
     ToolParser,
     ToolStream,
+    model_json,
 )
 from pagedllm.sampling_params import StructuredOutputsParams
 
@@ -178,8 +178,8 @@ def _call_of(item: Any) -> ToolCall | None:
 
 
 def _array_calls(text: str) -> list[ToolCall] | None:
-    try:  # the model's text: nesting past the bound is not a call either
-        items = json_nesting.loads(text, "tool calls")
+    try:  # the model's text: nesting past the bound, NaN or 1e999999 is not a call either
+        items = model_json.loads(text, "tool calls")
     except ValueError:
         return None
     if not isinstance(items, list):
@@ -217,25 +217,29 @@ class _ArrayStream(ToolStream):
         self._text = ""
         self._pos = 0
         self._index = 0
-        self._decoder = json.JSONDecoder()
+        self._broken = False  # an object that is whole but not strictly JSON: no more calls
 
     def feed(self, text: str) -> ToolDelta:
         self._text += text
         out = ToolDelta()
-        while True:
+        while not self._broken:
             while self._pos < len(self._text) and self._text[self._pos] in " \t\r\n[,":
                 self._pos += 1
             if self._pos >= len(self._text) or self._text[self._pos] == "]":
                 return out
             try:
-                item, end = self._decoder.raw_decode(self._text, self._pos)
+                item, end = model_json.raw_decode(self._text, self._pos)
             except json.JSONDecodeError:
                 return out  # the object is not complete yet
+            except ValueError:  # NaN, 1e999999: its end is unknown, so no call after it
+                self._broken = True
+                return out
             call = _call_of(item)
             self._pos = end
             if call is not None:
                 out.calls.append(call.as_delta(self._index))
                 self._index += 1
+        return out
 
     def finish(self) -> ToolDelta:
         if self._index == 0 and self._text.strip():

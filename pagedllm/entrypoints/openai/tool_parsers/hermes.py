@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from pagedllm import json_nesting
+from pagedllm.entrypoints.openai.tool_parsers import model_json
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
     ExtractedToolCalls,
     ToolCall,
@@ -21,8 +21,8 @@ _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|\Z)", 
 
 def parse_call(body: str) -> ToolCall | None:
     """A block's JSON as a call, or None when it is not one."""
-    try:  # the model's text: nesting past the bound is not a call either
-        obj = json_nesting.loads(body, "a tool call")
+    try:  # the model's text: NaN, inf or nesting past the bound is not a call either
+        obj = model_json.loads(body)
     except ValueError:
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):

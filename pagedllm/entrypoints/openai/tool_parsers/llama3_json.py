@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pagedllm.entrypoints.openai.tool_parsers import model_json
 from pagedllm.entrypoints.openai.tool_parsers.start_gated import StartGatedParser
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
     ToolCall,
@@ -36,7 +37,6 @@ from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
 
 PYTHON_TAG = "<|python_tag|>"
 _STARTS = ("{", PYTHON_TAG)
-_DECODER = json.JSONDecoder()
 
 
 def _skip_separators(text: str, pos: int) -> int:
@@ -74,9 +74,9 @@ def parse_calls(text: str) -> list[ToolCall]:
     calls = []
     pos = _skip_separators(text, 0)
     while pos < len(text):
-        try:
-            obj, pos = _DECODER.raw_decode(text, pos)
-        except (ValueError, RecursionError):  # RecursionError: nesting past the decoder's depth
+        try:  # ValueError also for NaN, inf and nesting past the decoder's depth
+            obj, pos = model_json.raw_decode(text, pos)
+        except ValueError:
             return []
         call = _as_call(obj)
         if call is None:

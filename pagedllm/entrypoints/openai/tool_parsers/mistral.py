@@ -23,7 +23,8 @@ Rules:
   follows the list too: models may emit stray tokens there).
 - Malformed: a segment without a complete JSON value, an empty list, an item that is not a
   call, a name that is empty or holds blanks or brackets, name-form arguments that are not a
-  JSON object. Then the whole text is content.
+  JSON object, JSON holding NaN, Infinity or a number past a float's range (not JSON once
+  sent on). Then the whole text is content.
 - Ids are 9 ASCII letters and digits, the only shape mistral-common's validator accepts
   (vLLM 0.26 generates the same); the model's own id (``[CALL_ID]`` or a list item's ``id``) is kept
   when it has that shape.
@@ -44,6 +45,7 @@ import string
 from enum import Enum
 from typing import Any
 
+from pagedllm.entrypoints.openai.tool_parsers import model_json
 from pagedllm.entrypoints.openai.tool_parsers.tool_parser import (
     ExtractedToolCalls,
     ToolCall,
@@ -58,7 +60,6 @@ CALL_ID = "[CALL_ID]"
 _ID_CHARS = string.ascii_letters + string.digits
 _ID_LENGTH = 9
 _NAME = re.compile(r"[^\s\[\]]+")
-_DECODER = json.JSONDecoder()
 
 
 def mistral_call_id() -> str:
@@ -82,14 +83,15 @@ def _is_name(name: object) -> bool:
 
 def _decode(segment: str) -> tuple[int, int, Any] | None:
     """(start, end, value) of the segment's JSON value; None while it is incomplete (or
-    invalid: the two cannot be told apart before the segment ends)."""
+    invalid: the two cannot be told apart before the segment ends). NaN, inf and nesting
+    too deep are invalid: name-form arguments are sent as generated, so they must be JSON."""
     stripped = segment.lstrip()
     start = len(segment) - len(stripped) if stripped.startswith("[") else segment.find("{")
     if start < 0:
         return None
     try:
-        value, end = _DECODER.raw_decode(segment, start)
-    except json.JSONDecodeError:
+        value, end = model_json.raw_decode(segment, start)
+    except ValueError:
         return None
     return start, end, value
 
