@@ -180,3 +180,45 @@ def test_vllm_fields_are_refused_in_completions_and_beam_search(server, field):
     for extra in ({}, {"use_beam_search": True, "n": 2}):
         body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, field: value, **extra}
         assert_error(post(server, "/v1/completions", json=body), 400, field)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_stream_options_need_stream(server, openai_client, path):
+    """As vLLM and OpenAI: stream_options without stream: true is a 400 naming it (it was a
+    200); null stream_options are no options, and a streamed request takes them."""
+    body = {"model": MODEL, "max_tokens": 2}
+    body.update({"messages": HELLO} if "chat" in path else {"prompt": "Hi"})
+    options = {"include_usage": True}
+    for stream in ({}, {"stream": False}, {"stream": None}):
+        reply = post(server, path, json={**body, **stream, "stream_options": options})
+        assert_error(reply, 400, "stream_options", "stream=True", param="stream_options")
+        assert_error(post(server, path, json={**body, **stream, "stream_options": {}}), 400,
+                     "stream_options")  # fmt: skip
+        assert post(server, path, json={**body, **stream, "stream_options": None}).is_success
+    with server.client() as http:
+        streamed = {**body, "stream": True, "stream_options": options}
+        with http.stream("POST", path, json=streamed) as reply:
+            assert reply.status_code == 200
+            assert '"usage":{' in "".join(reply.iter_text()).replace(" ", "")
+    reply = openai_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    assert reply.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize(
+    "field, path",
+    [("seed", "/v1/chat/completions"), ("seed", "/v1/completions"),
+     ("max_tokens", "/v1/chat/completions"), ("max_completion_tokens", "/v1/chat/completions"),
+     ("top_k", "/v1/completions")],
+)  # fmt: skip
+def test_huge_integers_are_refused_without_echoing_them(server, field, path):
+    """A seed of 10**400 made a 400 whose message held all 401 digits: the message now says
+    how many digits, not what they are."""
+    body = {"model": MODEL, "max_tokens": 2}
+    body.update({"messages": HELLO} if "chat" in path else {"prompt": "Hi"})
+    for value in (10**400, -(10**400)):
+        reply = post(server, path, json={**body, field: value})
+        assert_error(reply, 400, field, "out of range", "401 digits", param=field)
+        assert len(reply.json()["error"]["message"]) < 200
+    seeded = post(server, path, json={**body, "seed": 2**64 - 1})
+    assert seeded.is_success, seeded.text
+    assert_error(post(server, path, json={**body, "seed": 2**64}), 400, "seed", param="seed")

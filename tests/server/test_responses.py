@@ -313,6 +313,19 @@ def test_max_output_tokens_makes_it_incomplete(openai_client):
     assert final.type == "response.completed" and final.response.status == "incomplete"
 
 
+@pytest.mark.parametrize("value", [0, -3, -(10**400)], ids=["0", "-3", "-1e400"])
+def test_max_output_tokens_below_one_is_a_400_naming_it(openai_client, value):
+    """The 400 named max_tokens, the chat field it becomes, not the field the client sent."""
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as caught:
+            create(openai_client, input=HELLO, max_output_tokens=value, stream=stream)
+        message = caught.value.message
+        assert "max_output_tokens" in message and "max_tokens" not in message, message
+        assert caught.value.param == "max_output_tokens"
+        assert len(message) < 200, message  # -10**400 is not echoed
+    assert create(openai_client, input=HELLO, max_output_tokens=1).usage.output_tokens == 1
+
+
 # -- text formats and tools --------------------------------------------------------------
 
 

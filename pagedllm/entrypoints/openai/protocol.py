@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -113,6 +114,20 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+# Every integer a request field can mean fits in 64 bits (seeds, the widest, are below 2**64).
+# Past that a value is refused here, by its number of digits: the range checks further on
+# echo the value, and a seed of 10**400 made a 400 whose message held all 401 digits.
+INT_LIMIT = 2**64
+
+
+def check_int_size(value: int | None) -> int | None:
+    """``value`` unless it is an integer past ``INT_LIMIT`` either way (ValueError, the value
+    not echoed)."""
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        raise ValueError(f"out of range: an integer of {len(str(abs(value)))} digits.")
+    return value
+
+
 class EngineSamplingFields(OpenAIModel):
     """The sampling fields every generating endpoint takes, typed once: chat and
     completions (with OpenAI's fields around them) and vLLM's ``/generate``."""
@@ -140,6 +155,11 @@ class EngineSamplingFields(OpenAIModel):
     prompt_logprobs: int | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+
+    _int_sizes = field_validator(
+        "max_tokens", "n", "seed", "best_of", "top_k", "min_tokens", "truncate_prompt_tokens",
+        "prompt_logprobs",
+    )(check_int_size)  # fmt: skip
 
 
 class SamplingFields(EngineSamplingFields):
@@ -178,6 +198,16 @@ class SamplingFields(EngineSamplingFields):
     vllm_xargs: dict[str, Any] | None = None
     kv_transfer_params: dict[str, Any] | None = None
     mm_processor_kwargs: dict[str, Any] | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        """As vLLM and OpenAI: ``stream_options`` (other than null) only with ``stream``."""
+        if value is not None and "stream" in info.data and not info.data["stream"]:
+            raise ValueError("Stream options can only be defined when `stream=True`.")
+        return value
 
     def tokens_as_ids(self, server_default: bool) -> bool:
         """Whether logprob tokens are written ``token_id:N``: the request's choice, else the
@@ -368,6 +398,8 @@ class ChatCompletionRequest(SamplingFields):
         None
     )
     include_reasoning: bool = True  # False: the reasoning is parsed off and not returned
+
+    _int_sizes_chat = field_validator("max_completion_tokens")(check_int_size)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:

@@ -13,10 +13,23 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from pagedllm.entrypoints.openai.limits import BoundedList
-from pagedllm.entrypoints.openai.protocol import OpenAIModel, UnsupportedField, _check_metadata
+from pagedllm.entrypoints.openai.protocol import (
+    OpenAIModel,
+    UnsupportedField,
+    _check_metadata,
+    check_int_size,
+)
 
 # The one ``include`` value the server produces (the others name outputs of built-in tools,
 # images, or encrypted reasoning).
@@ -234,6 +247,15 @@ class ResponsesRequest(OpenAIModel):
     priority: int = 0
     cache_salt: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("max_output_tokens")
+    @classmethod
+    def _at_least_one_token(cls, value: int | None) -> int | None:
+        """Checked here, under the name the client sent: the chat request it becomes would
+        refuse it as max_tokens."""
+        if check_int_size(value) is not None and value < 1:
+            raise ValueError(f"max_output_tokens must be at least 1, got {value}.")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
