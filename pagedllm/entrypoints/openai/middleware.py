@@ -77,7 +77,11 @@ class _TrackedSend:
 class ApiKeyMiddleware:
     """Every route but OPEN_PATHS needs one of the keys, as ``Authorization: Bearer <key>``
     (the scheme name case-insensitive, as HTTP defines it) or as ``x-api-key: <key>``, the
-    header Anthropic's clients send (vLLM takes only the first); 401 otherwise."""
+    header Anthropic's clients send (vLLM takes only the first); 401 otherwise. Either header
+    sent twice is a 401 too, whatever the values: taking one of them (``dict`` took the
+    last) disagrees with a proxy in front that checks the other."""
+
+    _CREDENTIALS = (b"authorization", b"x-api-key")
 
     def __init__(self, app: Any, api_keys: list[str]) -> None:
         self.app = app
@@ -87,6 +91,11 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or _path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        repeated = self._repeated(scope["headers"])
+        if repeated is not None:
+            message = f"The request has more than one '{repeated}' header: send one."
+            await _send_error(scope, receive, send, message, 401)
+            return
         if not self._valid(dict(scope["headers"])):
             message = (
                 "Missing or invalid API key (send 'Authorization: Bearer <key>' or "
@@ -95,6 +104,18 @@ class ApiKeyMiddleware:
             await _send_error(scope, receive, send, message, 401)
             return
         await self.app(scope, receive, send)
+
+    @classmethod
+    def _repeated(cls, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The credential header sent more than once, if any."""
+        seen: set[bytes] = set()
+        for raw_name, _ in headers:
+            name = raw_name.lower()  # ASGI servers lower-case them; not every caller does
+            if name in cls._CREDENTIALS:
+                if name in seen:
+                    return name.decode()
+                seen.add(name)
+        return None
 
     def _valid(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
