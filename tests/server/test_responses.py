@@ -252,6 +252,33 @@ def test_cancel_stops_a_background_response(openai_client, server):
     assert continued.usage.input_tokens > fresh.usage.input_tokens + 2
 
 
+def test_delete_forgets_a_response_and_stops_a_running_one(openai_client, server):
+    """``DELETE /v1/responses/{id}``, as OpenAI: the response is gone (retrieve, continue and
+    a second delete are 404s); a background one still running is stopped first."""
+    done = create(openai_client, input=HELLO, max_output_tokens=2)
+    with server.client() as http:
+        reply = http.delete(f"/v1/responses/{done.id}")
+        assert reply.status_code == 200
+        assert reply.json() == {"id": done.id, "object": "response", "deleted": True}
+        assert http.get(f"/v1/responses/{done.id}").status_code == 404
+        assert http.delete(f"/v1/responses/{done.id}").status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        create(openai_client, input="And?", previous_response_id=done.id, max_output_tokens=2)
+    running = create(openai_client, input=HELLO, max_output_tokens=1500, background=True,
+                     stream=True, extra_body={"ignore_eos": True})  # fmt: skip
+    response_id = next(iter(running)).response.id
+    wait_for(openai_client, response_id, ("in_progress",))
+    openai_client.responses.delete(response_id)
+    with pytest.raises(openai.NotFoundError):
+        openai_client.responses.retrieve(response_id)
+    with server.client() as http:  # no events kept to stream it again either
+        assert http.get(f"/v1/responses/{response_id}?stream=true").status_code in (400, 404)
+        metrics = http.get("/metrics").text
+    running_now = [ln for ln in metrics.splitlines()
+                   if ln.startswith("pagedllm:num_requests_running")]  # fmt: skip
+    assert float(running_now[0].split()[-1]) == 0
+
+
 def test_streamed_background_response_replays_from_a_sequence_number(openai_client):
     events = list(create(openai_client, input=HELLO, max_output_tokens=6, background=True,
                          stream=True))  # fmt: skip

@@ -85,6 +85,10 @@ class BackgroundRuns:
         with contextlib.suppress(asyncio.CancelledError):
             await run.task
 
+    def forget(self, response_id: str) -> None:
+        """Drop a finished run's kept events (its response was deleted)."""
+        self._finished.pop(response_id, None)
+
     def replay(self, response_id: str, starting_after: int | None) -> AsyncIterator[bytes]:
         """A streamed run's events after ``starting_after``, then each new one until it ends
         (checked now, so a wrong id is a 400 before any byte is sent). Leaving early (the

@@ -106,10 +106,15 @@ class ResponseStore:
                 break
             self._drop(victim)
 
-    def _drop(self, response_id: str) -> None:
+    def _drop(self, response_id: str) -> bool:
         dropped = self._entries.pop(response_id, None)
         if dropped is not None:
             self._bytes -= dropped[1]
+        return dropped is not None
+
+    def delete(self, response_id: str) -> bool:
+        """Forget a response (its owner's ``DELETE``); False when it is not stored."""
+        return self._drop(response_id)
 
     def get(self, response_id: str) -> StoredResponse | None:
         found = self._entries.get(response_id)
@@ -395,6 +400,17 @@ class ResponsesHandler:
         self.store.put(response_id, StoredResponse(cancelled, stored.conversation))
         await self.runs.cancel(response_id)
         return JSONResponse(cancelled)
+
+    async def delete(self, response_id: str) -> JSONResponse:
+        """Forget a response, as OpenAI's ``DELETE``: a background run still queued or in
+        progress is stopped first (its engine request aborted), then the stored response
+        and any events kept for streaming it again are dropped."""
+        if self.store.get(response_id) is None and self.runs.get(response_id) is None:
+            raise not_found(response_id)
+        await self.runs.cancel(response_id)  # nothing to do unless it runs
+        self.store.delete(response_id)
+        self.runs.forget(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
     def _previous(self, previous_id: str | None) -> StoredResponse | None:
         if previous_id is None:
@@ -800,7 +816,8 @@ def install_responses_routes(
     app: FastAPI, chat: ChatHandler, limits: ServerLimits
 ) -> ResponsesHandler:
     """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``POST
-    /v1/responses/{id}/cancel`` on ``app``, answered through ``chat``."""
+    /v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}`` on ``app``, answered
+    through ``chat``."""
     store = ResponseStore(limits.max_stored_responses, limits.max_stored_response_bytes)
     runs = BackgroundRuns(min(limits.max_background_responses, limits.max_stored_responses))
     handler = ResponsesHandler(chat, store, runs)
@@ -818,5 +835,9 @@ def install_responses_routes(
     @app.post("/v1/responses/{response_id}/cancel")
     async def cancel_response(response_id: str) -> JSONResponse:
         return await handler.cancel(response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> JSONResponse:
+        return await handler.delete(response_id)
 
     return handler
