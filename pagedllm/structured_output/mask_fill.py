@@ -1,15 +1,15 @@
-"""Each step's token bitmask, filled row by row on threads, each row under a deadline.
+"""Each step's token bitmask, filled row by row on a fill thread, each row under a deadline.
 
 Every request's step waits for the constrained rows' masks. A JSON schema's mask takes
 microseconds; an ambiguous grammar's grows with its output (``([a-z]*)*`` repeated, or a
 chain of 3,000 alternatives ``r_i ::= r_{i+1} | r_{i+1} "x"``: 26 s for one mask after a few
-tokens), and nothing in xgrammar stops a fill once begun. So each row fills on a thread of a
-pool (xgrammar releases the GIL while it fills) and the step waits at most
+tokens), and nothing in xgrammar stops a fill once begun. So the rows fill in order on a
+pool's thread (xgrammar releases the GIL while it fills) and the step waits at most
 ``FILL_DEADLINE_S`` for a row's own fill: past it the row is abandoned. Its request fails
 (``RequestGrammar.abandon``: its matcher, still the thread's, is never touched again), every
 token is allowed in its row (what it samples is dropped with it), and the thread finishes its
 fill on its own at the lowest CPU priority, writing into a buffer no later step uses. The
-pool gets fresh threads for later fills.
+rows after it, and later steps, go to a fresh pool.
 
 Under the deadline, each row's fill is timed in its thread's CPU time (a busy host stretches
 the wall clock, not that). On a step whose fills took longer than ``SLOW_FILL_S``, a row past
@@ -21,7 +21,6 @@ bound.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -41,6 +40,12 @@ SLOW_STRIKES = 2
 # One request's fills timed on slow steps, in all: rows each under the bound that make
 # steps slow together (n samples of a costly constraint) fail once one has spent this.
 SLOW_TOTAL_S = 2.0
+# Threads a step's rows are split over. One: a row's fill takes ~1.5 us (xgrammar keeps each
+# state's mask), less than Python's own work around it, and threads contend for the GIL
+# between rows (256 JSON rows on a 2-core host: 0.9 ms on one thread, 1.8 ms on two, 2.6 ms
+# on four; xgrammar's batch matcher 0.4 ms, but a batch cannot be left behind). Only rows
+# costly enough to fill in parallel gain from more, and those are the ones bounded here.
+FILL_THREADS = 1
 # How often the step, waiting on its fills, looks for one past the deadline.
 _POLL_S = 0.02
 # A row's fill shorter than this on the wall clock is charged its wall time (at least its
@@ -113,10 +118,10 @@ class _Chunk:
 class MaskFiller:
     """Fills the bitmask of each step's constrained rows (see the module's docstring)."""
 
-    def __init__(self, vocab_size: int, pin_memory: bool, threads: int | None = None) -> None:
+    def __init__(self, vocab_size: int, pin_memory: bool, threads: int = FILL_THREADS) -> None:
         self.vocab_size = vocab_size
         self._pin_memory = pin_memory
-        self._threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self._threads = threads
         self._pool = self._new_pool()
         self._bitmask: torch.Tensor | None = None
 

@@ -26,6 +26,7 @@ class BurningMatcher:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fills = 0
+        self.finished = 0
 
     def fill_next_token_bitmask(self, bitmask, row: int) -> None:
         self.fills += 1
@@ -33,6 +34,7 @@ class BurningMatcher:
         while time.thread_time() < end:
             pass
         bitmask[row].fill_(MARK)
+        self.finished += 1
 
 
 class BlockedMatcher:
@@ -69,7 +71,8 @@ def burning(seconds: float) -> RequestGrammar:
 
 @pytest.fixture
 def filler():
-    filler = mask_fill.MaskFiller(vocab_size=64, pin_memory=False, threads=2)
+    """One fill thread (the default): rows after a late one are handed to a fresh pool."""
+    filler = mask_fill.MaskFiller(vocab_size=64, pin_memory=False)
     yield filler
     filler.shutdown()
 
@@ -100,23 +103,29 @@ def test_a_row_past_the_deadline_is_abandoned_and_the_step_goes_on(filler, monke
         blocked.accept_token(0)
 
 
-def test_rows_queued_behind_late_fills_are_filled_by_fresh_threads(filler, monkeypatch) -> None:
-    """Both threads held by late fills: the rows queued behind them still fill."""
+def test_rows_queued_behind_late_fills_are_filled_by_fresh_threads(monkeypatch) -> None:
+    """Two threads, each held by a late fill: the rows behind them still fill."""
     monkeypatch.setattr(mask_fill, "FILL_DEADLINE_S", 0.2)
+    two = mask_fill.MaskFiller(vocab_size=64, pin_memory=False, threads=2)
     blocked = [grammar(BlockedMatcher()) for _ in range(2)]
-    fast = [burning(0.0) for _ in range(3)]
-    bitmask, failed = filler.fill([*blocked, *fast])
+    fast = [burning(0.0) for _ in range(4)]
+    bitmask, failed = two.fill([blocked[0], *fast[:2], blocked[1], *fast[2:]])
+    two.shutdown()
     assert failed == blocked
-    assert (bitmask.bitmask[2:] == MARK).all()
+    assert (bitmask.bitmask[[1, 2, 4, 5]] == MARK).all()
     for g in blocked:
         g.matcher.release.set()
 
 
-def test_a_fill_s_error_is_raised_once_the_other_fills_end(filler) -> None:
+def test_a_fill_s_error_is_raised_once_the_other_fills_end() -> None:
+    """Two threads: the other's fill ends before the error is raised (the step is retried
+    apart, and no matcher may then still be in use)."""
+    two = mask_fill.MaskFiller(vocab_size=64, pin_memory=False, threads=2)
     slow = burning(0.05)
     with pytest.raises(RuntimeError, match="the matcher broke"):
-        filler.fill([grammar(FailingMatcher()), slow])
-    assert slow.matcher.fills == 1
+        two.fill([grammar(FailingMatcher()), slow])
+    two.shutdown()
+    assert slow.matcher.finished == 1
 
 
 def test_a_row_past_the_bound_fails_at_its_second_slow_fill(filler, monkeypatch) -> None:
