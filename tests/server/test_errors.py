@@ -222,3 +222,15 @@ def test_huge_integers_are_refused_without_echoing_them(server, field, path):
     seeded = post(server, path, json={**body, "seed": 2**64 - 1})
     assert seeded.is_success, seeded.text
     assert_error(post(server, path, json={**body, "seed": 2**64}), 400, "seed", param="seed")
+
+
+def test_max_completion_tokens_below_one_is_a_400_naming_it(server):
+    """It said "max_tokens must be at least 1", naming a field the client did not send."""
+    for value in (0, -3):
+        body = {"model": MODEL, "messages": HELLO, "max_completion_tokens": value}
+        reply = post(server, "/v1/chat/completions", json=body)
+        assert_error(
+            reply, 400, "max_completion_tokens must be at least 1", param="max_completion_tokens"
+        )
+    body = {"model": MODEL, "messages": HELLO, "max_completion_tokens": 1}
+    assert post(server, "/v1/chat/completions", json=body).is_success

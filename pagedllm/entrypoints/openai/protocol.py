@@ -399,7 +399,13 @@ class ChatCompletionRequest(SamplingFields):
     )
     include_reasoning: bool = True  # False: the reasoning is parsed off and not returned
 
-    _int_sizes_chat = field_validator("max_completion_tokens")(check_int_size)
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _at_least_one_token(cls, value: int | None) -> int | None:
+        """Checked under the name the client sent (it becomes the sampling's max_tokens)."""
+        if check_int_size(value) is not None and value < 1:
+            raise ValueError(f"max_completion_tokens must be at least 1, got {value}.")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
