@@ -67,7 +67,7 @@ def test_chat_stream_shape(server):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
     assert all(c["usage"] is None for c in chunks[:-1])
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    plain = {**body, "stream": False}
+    plain = {**body, "stream": False, "stream_options": None}  # options need stream (a 400)
     with server.client() as http:
         full = http.post("/v1/chat/completions", json=plain).json()
     assert text == full["choices"][0]["message"]["content"]

@@ -115,9 +115,10 @@ class ErrorResponse(BaseModel):
 
 
 # Every integer a request field can mean fits in 64 bits (seeds, the widest, are below 2**64).
-# Past that a value is refused here, by its number of digits: the range checks further on
-# echo the value, and a seed of 10**400 made a 400 whose message held all 401 digits.
-INT_LIMIT = 2**64
+# One of more than 32 digits is refused here, by its number of digits: the range checks
+# further on (which name the field's own range) echo the value, and a seed of 10**400 made a
+# 400 whose message held all 401 digits.
+INT_LIMIT = 10**32
 
 
 def check_int_size(value: int | None) -> int | None:
