@@ -28,7 +28,7 @@ class RequestGrammar:
         self.matcher: Any = None  # xgrammar.GrammarMatcher once compiled
         self.error: str | None = None
         self.num_accepted = 0
-        self.slow_fills = 0  # masks that took longer than the manager's bound
+        self.slow_fills = 0  # masks that took longer than ``mask_fill.SLOW_FILL_S``
         self.slow_time = 0.0  # seconds of its masks timed on slow steps, in all
         # A fill of its mask ran past the deadline and was left running on its thread: the
         # matcher is that thread's until it ends, and nothing here may touch it again.

@@ -129,6 +129,15 @@ def check_int_size(value: int | None) -> int | None:
     return value
 
 
+def check_token_count(value: int | None, info: ValidationInfo) -> int | None:
+    """A field that becomes the sampling's ``max_tokens`` (chat's
+    ``max_completion_tokens``, Responses' ``max_output_tokens``): refused below 1 under the
+    name the client sent, which ``max_tokens``'s own check would not name."""
+    if check_int_size(value) is not None and value < 1:
+        raise ValueError(f"{info.field_name} must be at least 1, got {value}.")
+    return value
+
+
 class EngineSamplingFields(OpenAIModel):
     """The sampling fields every generating endpoint takes, typed once: chat and
     completions (with OpenAI's fields around them) and vLLM's ``/generate``."""
@@ -400,13 +409,7 @@ class ChatCompletionRequest(SamplingFields):
     )
     include_reasoning: bool = True  # False: the reasoning is parsed off and not returned
 
-    @field_validator("max_completion_tokens")
-    @classmethod
-    def _at_least_one_token(cls, value: int | None) -> int | None:
-        """Checked under the name the client sent (it becomes the sampling's max_tokens)."""
-        if check_int_size(value) is not None and value < 1:
-            raise ValueError(f"max_completion_tokens must be at least 1, got {value}.")
-        return value
+    _token_count = field_validator("max_completion_tokens")(check_token_count)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:

@@ -28,7 +28,7 @@ from pagedllm.entrypoints.openai.protocol import (
     OpenAIModel,
     UnsupportedField,
     _check_metadata,
-    check_int_size,
+    check_token_count,
 )
 
 # The one ``include`` value the server produces (the others name outputs of built-in tools,
@@ -248,14 +248,7 @@ class ResponsesRequest(OpenAIModel):
     cache_salt: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @field_validator("max_output_tokens")
-    @classmethod
-    def _at_least_one_token(cls, value: int | None) -> int | None:
-        """Checked here, under the name the client sent: the chat request it becomes would
-        refuse it as max_tokens."""
-        if check_int_size(value) is not None and value < 1:
-            raise ValueError(f"max_output_tokens must be at least 1, got {value}.")
-        return value
+    _token_count = field_validator("max_output_tokens")(check_token_count)
 
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
