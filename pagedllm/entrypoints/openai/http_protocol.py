@@ -21,7 +21,12 @@ only when a request's head arrives): 24,000 connections that sent nothing took e
 descriptor of the process, and every other client's request failed until they timed out.
 Here, when a connection opens while the server holds ``max_connections``, the connection
 that has waited longest for its request's headers is closed (a client that opened it and
-sent nothing), or, where every connection is busy with a request, the new one.
+sent nothing); where none waits for headers, the one that has waited longest for the rest
+of its request's body is answered 408 and closed (clients that trickled a byte every few
+seconds held their connections until ``--request-body-timeout`` cut them, and reopened
+them: 300 of them kept every new client out), and its request sees the disconnect; only where
+every connection is busy with a request whose body has arrived whole (being computed or
+streamed: never closed here) is the new one closed.
 
 The deadlines are a mixin over uvicorn's protocol classes: httptools' (C parser, used when
 installed: a saturated server parses and writes tens of thousands of events a second) or
@@ -46,6 +51,7 @@ _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
     b"connection: close\r\n\r\n"
 )
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 # At most one log line in this many seconds about connections closed at the bound: a flood
@@ -55,22 +61,42 @@ BOUND_LOG_INTERVAL_S = 10.0
 
 class ConnectionBound:
     """One server's bound on its connections: those waiting for a request's headers (a
-    header deadline armed), oldest first, and the count closed at the bound not yet logged."""
+    header deadline armed) and those waiting for the rest of a request's body, each oldest
+    first, and the counts closed at the bound not yet logged."""
 
     def __init__(self, max_connections: int | None) -> None:
         self.max_connections = max_connections  # None: unbounded
         # Insertion-ordered: the first is the one that has waited longest (O(1) to find).
         self.waiting: dict[ConnectionDeadlines, None] = {}
+        # Insertion-ordered too, by when the body began; exactly the connections whose
+        # ``_receiving_body()`` holds (kept by ``ConnectionDeadlines._track_body``).
+        self.receiving: dict[ConnectionDeadlines, None] = {}
         self.closed_waiting = 0  # since the last log line
+        self.closed_receiving = 0
         self.closed_new = 0
         self._last_logged = -math.inf
         self._log_line: asyncio.TimerHandle | None = None
 
-    def closed(self, loop: asyncio.AbstractEventLoop, *, waiting: bool) -> None:
-        if waiting:
+    def make_room(self, new: ConnectionDeadlines) -> bool:
+        """``new`` took the server past its bound: close the connection that has waited
+        longest for its request's headers, else the one that has waited longest for its
+        request's body, else ``new`` itself (False: every other one is busy with a request
+        whose body has arrived whole)."""
+        kept = True
+        if self.waiting:
+            next(iter(self.waiting))._close_waiting()
             self.closed_waiting += 1
+        elif self.receiving:
+            next(iter(self.receiving))._close_receiving()
+            self.closed_receiving += 1
         else:
+            new._close_at_bound()
             self.closed_new += 1
+            kept = False
+        self._schedule_log(new.loop)
+        return kept
+
+    def _schedule_log(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._log_line is None:  # the first of a burst: logged with the burst's first second
             at = max(loop.time() + 1.0, self._last_logged + BOUND_LOG_INTERVAL_S)
             self._log_line = loop.call_at(at, self._log, loop)
@@ -80,11 +106,12 @@ class ConnectionBound:
         self._last_logged = loop.time()
         logger.warning(
             "Open connections at their bound (--max-connections %d): closed %d that had "
-            "waited longest for a request's headers and %d new ones (every connection busy "
-            "with a request) since the last such line",
-            self.max_connections, self.closed_waiting, self.closed_new,
+            "waited longest for a request's headers, %d that had waited longest for a "
+            "request's body (answered 408) and %d new ones (every connection busy with a "
+            "request) since the last such line",
+            self.max_connections, self.closed_waiting, self.closed_receiving, self.closed_new,
         )  # fmt: skip
-        self.closed_waiting = self.closed_new = 0
+        self.closed_waiting = self.closed_receiving = self.closed_new = 0
 
 
 class ConnectionDeadlines:
@@ -110,16 +137,9 @@ class ConnectionDeadlines:
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]  # adds it to connections
         bound = self.bound
-        if bound.max_connections is not None and len(self.connections) > bound.max_connections:
-            if bound.waiting:  # close the one that has waited longest for its headers
-                oldest = next(iter(bound.waiting))
-                oldest._disarm()
-                oldest._close_at_bound()
-                bound.closed(self.loop, waiting=True)
-            else:  # every connection is busy with a request: close the new one
-                self._close_at_bound()
-                bound.closed(self.loop, waiting=False)
-                return
+        past = bound.max_connections is not None and len(self.connections) > bound.max_connections
+        if past and not bound.make_room(self):
+            return  # closed: every other connection is busy with a request
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -127,6 +147,7 @@ class ConnectionDeadlines:
             self._arm()  # the first bytes of a next request on a kept-alive connection
         cycle = self.cycle
         super().data_received(data)  # type: ignore[misc]
+        self._track_body()  # the parser may have begun a request's body, or ended it
         if self.cycle is not cycle:  # a new request cycle began: its headers are complete
             self._disarm()
         elif self._header_deadline is not None:  # still in a request's head
@@ -139,7 +160,14 @@ class ConnectionDeadlines:
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._disarm_send()
+        self.bound.receiving.pop(self, None)
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        # Called by the request's cycle as its response ends (from the app's send): the
+        # connection may start a pipelined request (h11 parses it here), or wait no more.
+        super().on_response_complete()  # type: ignore[misc]
+        self._track_body()
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
@@ -163,6 +191,40 @@ class ConnectionDeadlines:
         )  # fmt: skip
         # abort, not close: close would wait to flush a buffer the client never reads.
         self.transport.abort()
+
+    def _receiving_body(self) -> bool:
+        """Whether the connection waits for the rest of a request's body, and for nothing
+        else: no response finished on the request (one answered early, without reading the
+        body, leaves the connection between requests), and with httptools no pipelined
+        request queued (the one before it, whose body is whole, is being served)."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and cycle.more_body  # uvicorn's flag: False once the parser ends the body
+            and not cycle.response_complete
+            and not getattr(self, "pipeline", None)  # httptools' queue; h11 has none
+        )
+
+    def _track_body(self) -> None:
+        """In ``bound.receiving`` exactly while ``_receiving_body()``: checked wherever it
+        may change (data parsed, a response ended, the connection lost)."""
+        if self._receiving_body():
+            self.bound.receiving.setdefault(self, None)  # keeps its place: when it began
+        else:
+            self.bound.receiving.pop(self, None)
+
+    def _close_waiting(self) -> None:
+        self._disarm()
+        self._close_at_bound()
+
+    def _close_receiving(self) -> None:
+        # Out of the registry at once, as ``_close_at_bound`` takes it out of the count.
+        self.bound.receiving.pop(self, None)
+        if not self.cycle.response_started:  # a 408 where it can still be answered;
+            self.transport.write(_TIMED_OUT)  # the abort drops it if the buffer is full
+        # The app's receive then gets http.disconnect (uvicorn's connection_lost), and
+        # its request ends there: nothing of its body was handed on whole.
+        self._close_at_bound()
 
     def _close_at_bound(self) -> None:
         # abort, not close: close would wait to flush. Out of the count at once (uvicorn

@@ -198,5 +198,6 @@ def add_limit_flags(flag: Any) -> None:
               "--max-stored-responses (503 with Retry-After past it)")  # fmt: skip
     flag("max-connections", type=int, default=None,
          help="open connections held at once; past it the one waiting longest for its "
-              "request's headers is closed (default: the file-descriptor limit, raised to "
-              "its hard limit, less a reserve)")  # fmt: skip
+              "request's headers is closed, else the one waiting longest for its body (a 408) "
+              "(default: the file-descriptor limit, raised to its hard limit, less a "
+              "reserve)")  # fmt: skip
