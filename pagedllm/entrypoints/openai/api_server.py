@@ -101,7 +101,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
          help="also serve /metrics on this port (same host)")  # fmt: skip
     flag("api-key", nargs="+", default=None,
          help="require one of these keys, as 'Authorization: Bearer KEY' or 'x-api-key: KEY' "
-              "(default: PAGEDLLM_API_KEY or VLLM_API_KEY)")  # fmt: skip
+              "(each of the two sent must hold one; default: PAGEDLLM_API_KEY or "
+              "VLLM_API_KEY)")  # fmt: skip
     flag("chat-template", default=None, help="a Jinja chat template, or a file holding one")
     flag("trust-request-chat-template", action="store_true",
          help="let requests bring their own chat_template (refused by default)")  # fmt: skip

@@ -77,9 +77,11 @@ class _TrackedSend:
 class ApiKeyMiddleware:
     """Every route but OPEN_PATHS needs one of the keys, as ``Authorization: Bearer <key>``
     (the scheme name case-insensitive, as HTTP defines it) or as ``x-api-key: <key>``, the
-    header Anthropic's clients send (vLLM takes only the first); 401 otherwise. Either header
-    sent twice is a 401 too, whatever the values: taking one of them (``dict`` took the
-    last) disagrees with a proxy in front that checks the other."""
+    header Anthropic's clients send (vLLM takes only the first); 401 otherwise. Where both
+    headers are sent, both must hold a key (one of them wrong is a 401), and either header
+    sent twice is a 401 too, whatever the values: accepting on one of them (``dict`` took
+    the last; a right ``x-api-key`` let a wrong Bearer token through) disagrees with a
+    proxy in front that checks the other."""
 
     _CREDENTIALS = (b"authorization", b"x-api-key")
 
@@ -99,7 +101,7 @@ class ApiKeyMiddleware:
         if not self._valid(dict(scope["headers"])):
             message = (
                 "Missing or invalid API key (send 'Authorization: Bearer <key>' or "
-                "'x-api-key: <key>')."
+                "'x-api-key: <key>'; each of them sent must hold a valid key)."
             )
             await _send_error(scope, receive, send, message, 401)
             return
@@ -118,13 +120,29 @@ class ApiKeyMiddleware:
         return None
 
     def _valid(self, headers: dict[bytes, bytes]) -> bool:
-        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        given = [credentials.strip()] if scheme.lower() == b"bearer" else []
+        """Whether a credential header was sent and every one sent holds a key."""
+        given = self._given(headers)
+        if not given:
+            return False
+        # Every comparison runs (constant time: lists, not short-circuiting generators),
+        # whichever key matches and whichever header is wrong.
+        matched = [any([secrets.compare_digest(g, key) for key in self.expected]) for g in given]
+        return all(matched)
+
+    @staticmethod
+    def _given(headers: dict[bytes, bytes]) -> list[bytes] | None:
+        """The value each credential header sent holds: the token of ``Authorization`` and
+        the value of ``x-api-key``; None where ``Authorization`` has a scheme other than
+        Bearer (it holds no key, and a header sent must hold one)."""
+        given = []
+        if (authorization := headers.get(b"authorization")) is not None:
+            scheme, _, credentials = authorization.partition(b" ")
+            if scheme.lower() != b"bearer":
+                return None
+            given.append(credentials.strip())
         if (x_api_key := headers.get(b"x-api-key")) is not None:
             given.append(x_api_key.strip())
-        # Every comparison runs (constant time), whichever key matches.
-        matches = [secrets.compare_digest(g, key) for g in given for key in self.expected]
-        return any(matches)
+        return given
 
 
 class _BodyRefused(StarletteHTTPException):
