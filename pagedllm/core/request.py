@@ -47,8 +47,21 @@ _FINISH_REASONS = {
 }
 
 
+class ErrorCause(enum.IntEnum):
+    """Why a request failed, which decides what its caller is told."""
+
+    ENGINE = 0  # a fault of the engine's (a 500)
+    INPUT = 1  # what the request itself asked (a 400)
+    OVERLOADED = 2  # the engine cannot take it now; the same request may succeed later (503)
+
+
 class GrammarError(RuntimeError):
-    """A request's structured output ended it (``OutputGrammar.error``)."""
+    """A request's structured output ended it (``OutputGrammar.error``); ``cause``: its
+    constraint's doing (INPUT), or the server's grammar work was saturated (OVERLOADED)."""
+
+    def __init__(self, message: str, cause: ErrorCause = ErrorCause.INPUT) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class OutputGrammar(Protocol):
@@ -57,6 +70,7 @@ class OutputGrammar(Protocol):
     # Set when the grammar could not be built (the waiting request is rejected), or when
     # finding its allowed tokens took too long (the running request fails with it).
     error: str | None
+    error_cause: ErrorCause  # with ``error``
 
     def is_ready(self) -> bool:
         """Compiled (or failed): until then the request waits."""

@@ -26,7 +26,7 @@ from pagedllm.core.admission import BlockForecast
 from pagedllm.core.block_pool import KVCacheBlock
 from pagedllm.core.kv_cache_manager import CachedPrefix, KVCacheManager
 from pagedllm.core.quarantine import Quarantine
-from pagedllm.core.request import GrammarError, Request, RequestStatus
+from pagedllm.core.request import ErrorCause, GrammarError, Request, RequestStatus
 from pagedllm.core.request_queue import create_request_queue
 from pagedllm.core.scheduler_output import (
     CachedRequestData,
@@ -412,8 +412,8 @@ class Scheduler:
             logprobs = all_logprobs[index] if all_logprobs else None
             try:
                 new_ids = self._append_until_stop(request, sampled)
-            except GrammarError as exc:  # its own constraint: the client's doing
-                outputs.append(self.fail_request(request, str(exc), by_input=True))
+            except GrammarError as exc:  # its own constraint (or saturated grammar work)
+                outputs.append(self.fail_request(request, str(exc), exc.cause))
                 continue
             except Exception as exc:  # e.g. a grammar that fails on the token: this request's
                 outputs.append(self.fail_request(request, f"{type(exc).__name__}: {exc}"))
@@ -462,12 +462,12 @@ class Scheduler:
         return [self.fail_request(self.requests[culprit], error)]
 
     def fail_request(
-        self, request: Request, error: str, by_input: bool = False
+        self, request: Request, error: str, cause: ErrorCause = ErrorCause.ENGINE
     ) -> EngineCoreOutput:
-        """End one request with an error of its own (finish reason "error"); ``by_input``:
-        caused by what the request asked (its caller gets a 400, not a 500)."""
-        # A client's own input is a warning: an error line is for a fault of the engine's.
-        log = logger.warning if by_input else logger.error
+        """End one request with an error of its own (finish reason "error"); ``cause``:
+        what the request asked (its caller gets a 400), or an overload (503), or a fault."""
+        # A client's own input or an overload is a warning: an error line is for a fault.
+        log = logger.error if cause == ErrorCause.ENGINE else logger.warning
         log("Request %s failed: %s", request.request_id, error)
         if request in self.running:
             self.running.remove(request)
@@ -478,7 +478,7 @@ class Scheduler:
         self._free(request)
         output = EngineCoreOutput(
             request.request_id, [], request.status.finish_reason, None,
-            max(request.num_cached_tokens, 0), error=error, error_by_input=by_input,
+            max(request.num_cached_tokens, 0), error=error, error_cause=cause,
         )  # fmt: skip
         if not request.timestamps_sent:
             _add_first_output_times(output, request)
@@ -533,7 +533,7 @@ class Scheduler:
         if grammar is not None and grammar.error is not None:
             # Its mask took too long (the token it sampled with it is kept, and ends the
             # request above when it would): it fails rather than run on.
-            raise GrammarError(grammar.error)
+            raise GrammarError(grammar.error, grammar.error_cause)
         return False
 
     def _free(self, request: Request) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pagedllm.core.request import FinishReason, Request
+from pagedllm.core.request import ErrorCause, FinishReason, Request
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -120,8 +120,8 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, gc=False, omit_defaults=
     # The engine core's times (Request.queued_time, scheduled_time): in the first output only.
     queued_time: float | None = None
     scheduled_time: float | None = None
-    # With ``error``: the request's own input caused it (a client's 400, not a fault).
-    error_by_input: bool = False
+    # With ``error``: what caused it (the request's own input: a client's 400, not a fault).
+    error_cause: ErrorCause = ErrorCause.ENGINE
 
     @property
     def finished(self) -> bool:

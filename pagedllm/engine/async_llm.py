@@ -33,6 +33,7 @@ from pagedllm.beam_search import (
     step_params,
 )
 from pagedllm.config import EngineArgs, EngineConfig, UsageContext
+from pagedllm.core.request import ErrorCause
 from pagedllm.engine.core_client import EngineCoreClient
 from pagedllm.engine.engine_process import PendingEngine, cancelled_on_error, start_early
 from pagedllm.engine.exceptions import (
@@ -552,7 +553,10 @@ def _run_call(engine: LLMEngine, fn: Callable[[LLMEngine], Any], future: Any) ->
         future.set_exception(exc)
 
 
-def _failure(state: RequestState) -> RequestFailedError:
-    """A failed request's error for its caller: the request's own (a 400) or the engine's."""
-    kind = RequestInputError if state.error_by_input else RequestFailedError
+def _failure(state: RequestState) -> RequestFailedError | EngineOverloadedError:
+    """A failed request's error for its caller: the request's own (a 400), an overload
+    (503) or the engine's."""
+    if state.error_cause == ErrorCause.OVERLOADED:
+        return EngineOverloadedError(state.error)
+    kind = RequestInputError if state.error_cause == ErrorCause.INPUT else RequestFailedError
     return kind(state.error)

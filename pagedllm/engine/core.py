@@ -133,10 +133,10 @@ class EngineCore:
         output (finish reason "error") instead of raised."""
         try:
             self.add_request(request)
-        except GrammarError as exc:  # its constraint failed a request before: the client's
+        except GrammarError as exc:  # its constraint failed before, or the fills are saturated
             logger.warning("Request %s refused: %s", request.request_id, exc)
             return EngineCoreOutput(
-                request.request_id, [], FinishReason.ERROR, error=str(exc), error_by_input=True
+                request.request_id, [], FinishReason.ERROR, error=str(exc), error_cause=exc.cause
             )
         except Exception as exc:
             logger.exception("Request %s could not be added", request.request_id)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.core.request import ErrorCause
 from pagedllm.core.scheduler_output import EngineCoreOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from pagedllm.engine.logprobs_accumulator import LogprobsAccumulator, TokenDecoder
@@ -39,7 +40,7 @@ class RequestState:
     prompt_logprobs_sent: bool = False
     queue: Any = None  # set by AsyncLLM: where this request's outputs go
     error: str | None = None  # finish_reason "error": why, for this request's caller only
-    error_by_input: bool = False  # ... and the request's own input caused it
+    error_cause: ErrorCause = ErrorCause.ENGINE  # ... and what caused it
     queued_time: float | None = None  # the engine core's clock, from its first output
     # Characters held back while streaming: they may turn out to start a stop string. Fixed
     # by the params; read for every streamed output, so computed once.
@@ -237,7 +238,7 @@ class OutputProcessor:
                 continue  # aborted while in flight
             try:
                 if out.error is not None:
-                    state.error_by_input = out.error_by_input
+                    state.error_cause = out.error_cause
                     raise _EngineFailure(out.error)
                 item = self._process(state, out, now, stats, to_abort)
             except Exception as exc:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pagedllm import envs
-from pagedllm.core.request import GrammarError
+from pagedllm.core.request import ErrorCause, GrammarError
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.sampling_params import StructuredOutputsParams
@@ -34,6 +34,9 @@ _CACHE_ENTRIES = 256
 # Constraints that failed a request as too slow to follow, remembered (most recent) so the
 # same constraint sent again is refused at once instead of stalling steps until it fails.
 _TOO_SLOW_ENTRIES = 1024
+# Constraints a request has followed cheaply (``RequestGrammar.followed_cheaply``),
+# remembered (most recent): while the mask fills are saturated only these begin.
+_CHEAP_ENTRIES = 4096
 
 
 # How much lower than the engine's own threads the compile threads (and the threads
@@ -66,24 +69,38 @@ class StructuredOutputManager:
         self._holders: dict[Future[Any], int] = {}  # requests waiting on or using each compile
         self._filler = MaskFiller(vocab_size, pin_memory)
         self._too_slow: OrderedDict[str, str] = OrderedDict()  # constraint key -> error
+        self._cheap: OrderedDict[str, None] = OrderedDict()  # constraint keys
 
     def request_grammar(self, constraint: StructuredOutputsParams) -> RequestGrammar:
         """A fresh matcher state for one request (each sample of ``n`` has its own); its
         grammar built and compiled on the compile threads (a constraint that no longer
         builds fails the request there: ``RequestGrammar.error``). A constraint that already
-        failed a request as too slow to follow raises ``GrammarError``."""
+        failed a request as too slow to follow raises ``GrammarError``, and so does one not
+        seen followed cheaply while the mask fills are saturated (an overload: 503)."""
         key = constraint_key(constraint)
         if key in self._too_slow:
             raise GrammarError(self._too_slow[key])
+        if key not in self._cheap and self._filler.saturated:
+            raise GrammarError(
+                "The server is finishing costly structured-output work of other requests and "
+                "takes no new constraint until it has; retry shortly.",
+                ErrorCause.OVERLOADED,
+            )
         future = self._compile(constraint, key)
         with self._cache_lock:
             self._holders[future] = self._holders.get(future, 0) + 1
         return RequestGrammar(future, self._release, key)
 
-    def _release(self, future: Future[Any]) -> None:
-        """One request fewer waits for ``future``: with none left, a compile still queued
+    def _release(self, grammar: RequestGrammar) -> None:
+        """One request fewer waits for its compile: with none left, a compile still queued
         is dropped (a client that went away no longer holds a compile thread later; one
-        already compiling runs to its end)."""
+        already compiling runs to its end). A constraint it followed cheaply is noted."""
+        if grammar.followed_cheaply:
+            self._cheap[grammar.key] = None
+            self._cheap.move_to_end(grammar.key)
+            if len(self._cheap) > _CHEAP_ENTRIES:
+                self._cheap.popitem(last=False)
+        future = grammar.compiled
         with self._cache_lock:
             holders = self._holders.pop(future) - 1
             if holders > 0:
@@ -146,6 +163,8 @@ class StructuredOutputManager:
         bitmask, failed = self._filler.fill(grammars)
         for grammar in failed:
             assert grammar.error is not None
+            if grammar.error_cause != ErrorCause.INPUT:
+                continue  # an overload, not the constraint's cost
             self._too_slow[grammar.key] = grammar.error
             if len(self._too_slow) > _TOO_SLOW_ENTRIES:
                 self._too_slow.popitem(last=False)

@@ -11,6 +11,21 @@ token is allowed in its row (what it samples is dropped with it), and the thread
 fill on its own at the lowest CPU priority, writing into a buffer no later step uses. The
 rows after it, and later steps, go to a fresh pool.
 
+The step's rows together have a budget too (``STEP_BUDGET_S``): many rows each under the
+deadline (8 requests of n=4 at 0.37 s a row) would otherwise hold a step for seconds. Rows
+fill cheapest first (by their last fill), and past the budget a row may take only
+``LATE_ROW_S``: the costliest fail first. A row whose last fill took longer than that, or
+whose constraint has just failed another row (the samples of ``n`` share one), fails
+unfilled. A step's fills thus end within about the budget plus ``LATE_ROW_S`` for each
+constraint not yet seen to be costly.
+
+An abandoned fill keeps a CPU busy until it ends (minutes, for a long ambiguous grammar).
+While ``MAX_ABANDONED`` of them run, no new constraint begins (``saturated``): a row whose
+request has not filled a mask yet fails unfilled as an overload (a 503, its client may
+retry), and the manager refuses new requests with constraints not seen followed cheaply
+before. So abandoned fills stay near that bound, and with them the CPU they take from
+every request's steps.
+
 Under the deadline, each row's fill is timed in its thread's CPU time (a busy host stretches
 the wall clock, not that). On a step whose fills took longer than ``SLOW_FILL_S``, a row past
 that bound counts a strike, and a request with ``SLOW_STRIKES`` fails; rows each under the
@@ -27,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import torch
 
+from pagedllm.core.request import ErrorCause
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.structured_output.request_grammar import RequestGrammar
 from pagedllm.structured_output.thread_priority import LOWEST, lower_priority
@@ -46,8 +62,15 @@ SLOW_TOTAL_S = 2.0
 # on four; xgrammar's batch matcher 0.4 ms, but a batch cannot be left behind). Only rows
 # costly enough to fill in parallel gain from more, and those are the ones bounded here.
 FILL_THREADS = 1
-# How often the step, waiting on its fills, looks for one past the deadline.
+# Wall seconds for all of a step's rows together; past it a row may take ``LATE_ROW_S``.
+STEP_BUDGET_S = 0.5
+LATE_ROW_S = 0.1
+# Abandoned fills still running at which no new constraint begins (see the docstring).
+MAX_ABANDONED = 2
+# How often the step, waiting on its fills, looks for one past the deadline (past the
+# budget, more often: each row there may take only ``LATE_ROW_S``).
 _POLL_S = 0.02
+_LATE_POLL_S = 0.005
 # A row's fill shorter than this on the wall clock is charged its wall time (at least its
 # CPU time), without reading the CPU clock.
 _READ_CPU_PAST_S = 1e-3
@@ -104,15 +127,25 @@ class _Chunk:
             fill.cpu_s = wall
             self.started = None
 
-    def stop_if_late(self, now: float) -> tuple[_RowFill, list[_RowFill]] | None:
-        """Past the deadline on its row in hand: stopped, and that row and the rows it had
-        not taken yet returned."""
+    def late_row(self, now: float, over_budget: bool) -> _RowFill | None:
+        """The row in hand, if past its deadline (``FILL_DEADLINE_S``, or past the step's
+        budget ``LATE_ROW_S``): the chunk is then stopped."""
         with self.lock:
             started = self.started
-            if started is None or now - started <= FILL_DEADLINE_S:
+            if started is None:
+                return None
+            ran = now - started
+            if ran <= FILL_DEADLINE_S and not (over_budget and ran > LATE_ROW_S):
                 return None
             self.stopped = True
-            return self.fills[self.next - 1], self.fills[self.next :]
+            return self.fills[self.next - 1]
+
+    def stop(self) -> list[_RowFill]:
+        """Stopped after the row in hand (if any): the rows not taken yet, returned."""
+        with self.lock:
+            self.stopped = True
+            untaken, self.fills = self.fills[self.next :], self.fills[: self.next]
+            return untaken
 
 
 class MaskFiller:
@@ -124,6 +157,13 @@ class MaskFiller:
         self._threads = threads
         self._pool = self._new_pool()
         self._bitmask: torch.Tensor | None = None
+        self._abandoned: list[Future[None]] = []  # chunks left running a late row
+
+    @property
+    def saturated(self) -> bool:
+        """``MAX_ABANDONED`` abandoned fills still run: no new constraint begins."""
+        self._abandoned = [f for f in self._abandoned if not f.done()]
+        return len(self._abandoned) >= MAX_ABANDONED
 
     def fill(
         self, grammars: list[RequestGrammar | None]
@@ -142,52 +182,64 @@ class MaskFiller:
                 bitmask[row].fill_(-1)
             else:
                 fills.append(_RowFill(grammar, row))
+        fills.sort(key=lambda fill: fill.grammar.last_fill_s)  # cheapest first
         began = time.perf_counter()
-        late = self._run(fills, bitmask)
-        failed = []
-        for fill in late:
-            fill.grammar.abandon(_too_late(fill))
-            failed.append(fill.grammar)
-        if late:
-            bitmask = self._detach(bitmask, late)
+        step = _Step(began + STEP_BUDGET_S, self.saturated)
+        self._run(step.triage(fills), bitmask, step)
+        failed = [fill.grammar for fill in step.late + step.skipped]
+        for fill in step.skipped:
+            bitmask[fill.row].fill_(-1)
+        if step.late:
+            bitmask = self._detach(bitmask, step.late)
+        filled = [f for f in fills if not f.grammar.abandoned]  # neither late nor skipped
+        for fill in filled:
+            fill.grammar.fills += 1
+            fill.grammar.last_fill_s = fill.cpu_s
+            if fill.grammar.error is None and fill.grammar.key in step.errors:
+                # A sibling of a row that ran late (the samples of ``n`` share a constraint).
+                fill.grammar.error = step.errors[fill.grammar.key]
+                failed.append(fill.grammar)
         if time.perf_counter() - began > SLOW_FILL_S:
-            failed += _count_slow([f for f in fills if f not in late])
+            failed += _count_slow([f for f in filled if f.grammar.error is None])
         return GrammarBitmask(bitmask, rows), failed
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, fills: list[_RowFill], bitmask: torch.Tensor) -> list[_RowFill]:
-        """Every row filled, or abandoned past the deadline (returned). A fill's own error
-        is raised once no other fill of the step still runs (the step is then retried
-        apart, and none may find a matcher still in use)."""
+    def _run(self, fills: list[_RowFill], bitmask: torch.Tensor, step: _Step) -> None:
+        """Every row filled, or abandoned past its deadline, or failed unfilled (``step``
+        records which). A fill's own error is raised once no other fill of the step still
+        runs (the step is then retried apart, and none may find a matcher still in use)."""
         pending = self._submit(fills, bitmask)
-        late: list[_RowFill] = []
         error: BaseException | None = None
         while pending:
-            done, _ = wait(pending, timeout=_POLL_S)
+            done, _ = wait(pending, timeout=_LATE_POLL_S if step.over_budget else _POLL_S)
             for future in done:
                 pending.pop(future)
                 error = error or future.exception()
             now = time.perf_counter()
-            stopped = {f: c.stop_if_late(now) for f, c in pending.items()}
-            stopped = {f: taken for f, taken in stopped.items() if taken is not None}
-            if not stopped:
+            crossed = not step.over_budget and now > step.budget_end
+            step.over_budget |= crossed
+            late = {f: c.late_row(now, step.over_budget) for f, c in pending.items()}
+            late = {future: fill for future, fill in late.items() if fill is not None}
+            if not late and not crossed:
                 continue
-            rest = [fill for _, untaken in stopped.values() for fill in untaken]
-            for future, (fill, _) in stopped.items():
-                late.append(fill)
+            # Every row not taken yet is weighed again (the budget is spent, or a
+            # constraint is known costly now), in a fresh pool where a late row holds a
+            # thread until it ends (the old pool's threads exit once free).
+            untaken = [fill for chunk in pending.values() for fill in chunk.stop()]
+            for future, fill in late.items():
+                step.abandon(fill)
                 lower_priority(pending.pop(future).tid, LOWEST)
-            # The late rows hold their threads until they end: the rows not yet taken, and
-            # later steps, go to a fresh pool (the old one's threads exit once free).
-            queued = [future for future in pending if future.cancel()]
-            rest += [fill for future in queued for fill in pending.pop(future).fills]
-            self._pool.shutdown(wait=False)
-            self._pool = self._new_pool()
+                self._abandoned.append(future)
+            step.saturated = self.saturated
+            rest = step.triage(untaken)
+            if late:
+                self._pool.shutdown(wait=False)
+                self._pool = self._new_pool()
             pending |= self._submit(rest, bitmask)
         if error is not None:
             raise error
-        return late
 
     def _submit(self, fills: list[_RowFill], bitmask: torch.Tensor) -> dict[Future[None], _Chunk]:
         """The rows in one chunk a thread, in order."""
@@ -220,6 +272,46 @@ class MaskFiller:
 
     def _new_pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="grammar-fill")
+
+
+class _Step:
+    """One step's fills: its budget's end, and the rows abandoned (``late``) or failed
+    unfilled (``skipped``), with the errors of the constraints that failed by key."""
+
+    def __init__(self, budget_end: float, saturated: bool) -> None:
+        self.budget_end = budget_end
+        self.over_budget = False
+        self.saturated = saturated
+        self.late: list[_RowFill] = []
+        self.skipped: list[_RowFill] = []
+        self.errors: dict[str, str] = {}  # constraint key -> the error its rows fail with
+
+    def abandon(self, fill: _RowFill) -> None:
+        error = _too_late(fill)
+        fill.grammar.abandon(error)
+        self.late.append(fill)
+        self.errors.setdefault(fill.grammar.key, error)
+
+    def triage(self, fills: list[_RowFill]) -> list[_RowFill]:
+        """The rows to fill; the rest failed unfilled, each marked abandoned (its matcher
+        is not touched again): a constraint that failed a row of this step, one whose last
+        fill was past ``LATE_ROW_S`` once the budget is spent, and while saturated a
+        request's first mask (an overload: its client may retry)."""
+        keep = []
+        for fill in fills:
+            grammar = fill.grammar
+            if grammar.key in self.errors:
+                grammar.abandon(self.errors[grammar.key])
+            elif self.over_budget and grammar.last_fill_s > LATE_ROW_S:
+                grammar.abandon(_too_costly(grammar))
+                self.errors[grammar.key] = grammar.error or ""
+            elif self.saturated and grammar.fills == 0:
+                grammar.abandon(_saturated(), ErrorCause.OVERLOADED)
+            else:
+                keep.append(fill)
+                continue
+            self.skipped.append(fill)
+        return keep
 
 
 def _count_slow(fills: list[_RowFill]) -> list[RequestGrammar]:
@@ -257,6 +349,22 @@ def _too_late(fill: _RowFill) -> str:
         f"{fill.grammar.num_accepted} generated so far"
     )
     return _advice(cost)
+
+
+def _too_costly(grammar: RequestGrammar) -> str:
+    cost = (
+        f"took {grammar.last_fill_s:.2f} s to find which tokens may follow the "
+        f"{grammar.num_accepted} generated so far, on a step whose constraints had spent "
+        f"their {STEP_BUDGET_S} s"
+    )
+    return _advice(cost)
+
+
+def _saturated() -> str:
+    return (
+        "The server is finishing costly structured-output work of other requests and starts "
+        "no new constraint until it has; retry shortly."
+    )
 
 
 def _advice(cost: str) -> str:

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pagedllm.core.request import FinishReason, RequestStatus
+from pagedllm.core.request import ErrorCause, FinishReason, RequestStatus
 from pagedllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.core.stopping import check_stop
 from tests.unit.core_helpers import (
@@ -746,6 +746,7 @@ class FakeGrammar:
         self.accept = accept
         self.terminate_after = terminate_after
         self.error = error
+        self.error_cause = ErrorCause.INPUT
         self.accepted: list[int] = []
 
     def is_ready(self) -> bool:
@@ -837,7 +838,7 @@ def test_a_grammar_too_slow_to_follow_fails_its_request_as_its_own_input() -> No
     slow.structured_output.error = "The structured output's constraint took 0.20 s"
     _, outputs = harness.step()
     failed = next(o for o in outputs if o.request_id == "slow")
-    assert failed.finish_reason == FinishReason.ERROR and failed.error_by_input
+    assert failed.finish_reason == FinishReason.ERROR and failed.error_cause == ErrorCause.INPUT
     assert failed.error == "The structured output's constraint took 0.20 s"
     assert len(slow.structured_output.accepted) == 2  # the step's token is kept
     harness.run()
@@ -873,7 +874,10 @@ def test_a_token_the_grammar_rejects_fails_the_request_as_its_own_input() -> Non
         _, outputs = harness.step()
         failed = failed or next((o for o in outputs if o.request_id == "r" and o.error), None)
     assert failed is not None and failed.finish_reason == FinishReason.ERROR
-    assert failed.error_by_input and "allows no token after 2 output tokens" in failed.error
+    assert (
+        failed.error_cause == ErrorCause.INPUT
+        and "allows no token after 2 output tokens" in failed.error
+    )
     assert harness.finish_reasons["ok"] == FinishReason.LENGTH
     assert request.structured_output.released == 1
     harness.assert_all_blocks_free()
