@@ -1,8 +1,11 @@
-"""The fifth probe's reproducers against a running server, each beside an innocent client.
+"""The fifth and sixth probes' reproducers against a running server, each beside an
+innocent client.
 
     pagedllm serve --port 8000 &
     python benchmarks/hostile_repro.py --url http://localhost:8000 chain-grammar
     python benchmarks/hostile_repro.py --url http://localhost:8000 hung-up-prompts
+    python benchmarks/hostile_repro.py --url http://localhost:8000 costly-rows
+    python benchmarks/hostile_repro.py --url http://localhost:8000 abandoned-fills
 
 chain-grammar: one chat request held to an EBNF chain of 3,000 alternatives that all match
 the same text (``r_i ::= r_{i+1} | r_{i+1} "x"``), whose token masks grow to ~26 s each.
@@ -10,6 +13,10 @@ hung-up-prompts: one /v1/completions of 128 prompts of 1,000 random token ids wh
 hangs up 3 s after sending it. Both print the innocent client's latencies (a 5-token chat
 request every 0.5 s, from before the attack to 5 s after it ends) and, for the second, how
 long the engine stayed busy (until /metrics shows no request running or waiting).
+costly-rows: 8 chat requests at once, each n=4 and held to its own 600-link chain (masks of
+~0.1-0.4 s each, under the row deadline): the steps that wait for all 32 rows.
+abandoned-fills: 30 chat requests one after another, each held to its own 3,000-link
+chain (each mask abandoned, its fill left running), then the innocent's latencies for 60 s.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import httpx
 N_LINKS = 3000
 
 
-def chain_grammar() -> str:
-    links = "\n".join(f'r{i} ::= r{i + 1} | r{i + 1} "x"' for i in range(N_LINKS))
-    return f'root ::= r0\n{links}\nr{N_LINKS} ::= "y"'
+def chain_grammar(links: int = N_LINKS, end: str = "y") -> str:
+    """A chain of alternatives that all match the same text; ``end`` (its last terminal)
+    makes each one a distinct constraint."""
+    chain = "\n".join(f'r{i} ::= r{i + 1} | r{i + 1} "x"' for i in range(links))
+    return f'root ::= r0\n{chain}\nr{links} ::= "{end}"'
 
 
 class Innocent:
@@ -97,6 +106,42 @@ def run_hung_up_prompts(http: httpx.Client, model: str, url: str) -> None:
     print(f"innocent: {summary(innocent.latencies)}")
 
 
+def chain_request(model: str, links: int, end: str, n: int = 1) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16,
+            "n": n, "guided_grammar": chain_grammar(links, end)}  # fmt: skip
+
+
+def run_costly_rows(http: httpx.Client, model: str) -> None:
+    def attack(i: int) -> None:
+        began = time.monotonic()
+        reply = http.post("/v1/chat/completions", json=chain_request(model, 600, f"y{i}", 4))
+        replies.append(f"{reply.status_code} after {time.monotonic() - began:.1f} s")
+
+    replies: list[str] = []
+    with Innocent(http, model) as innocent:
+        time.sleep(2)
+        threads = [threading.Thread(target=attack, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(3)
+    print(f"attack: {', '.join(sorted(replies))}")
+    print(f"innocent: {summary(innocent.latencies)}")
+
+
+def run_abandoned_fills(http: httpx.Client, model: str) -> None:
+    statuses: dict[int, int] = {}
+    began = time.monotonic()
+    for i in range(30):
+        status = http.post("/v1/chat/completions", json=chain_request(model, N_LINKS, f"z{i}"))
+        statuses[status.status_code] = statuses.get(status.status_code, 0) + 1
+    print(f"attack: statuses {statuses} in {time.monotonic() - began:.1f} s")
+    with Innocent(http, model) as innocent:
+        time.sleep(60)
+    print(f"innocent, the 60 s after: {summary(innocent.latencies)}")
+
+
 def summary(latencies: list[float]) -> str:
     ordered = sorted(latencies)
     return (f"{len(ordered)} requests, median {ordered[len(ordered) // 2]:.2f} s, "
@@ -105,13 +150,19 @@ def summary(latencies: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("case", choices=["chain-grammar", "hung-up-prompts"])
+    parser.add_argument(
+        "case", choices=["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills"]
+    )
     parser.add_argument("--url", default="http://localhost:8000")
     args = parser.parse_args()
     with httpx.Client(base_url=args.url, timeout=900) as http:
         model = http.get("/v1/models").json()["data"][0]["id"]
         if args.case == "chain-grammar":
             run_chain_grammar(http, model)
+        elif args.case == "costly-rows":
+            run_costly_rows(http, model)
+        elif args.case == "abandoned-fills":
+            run_abandoned_fills(http, model)
         else:
             run_hung_up_prompts(http, model, args.url)
 
