@@ -87,18 +87,23 @@ def run_chain_grammar(http: httpx.Client, model: str) -> None:
     print(f"innocent: {summary(innocent.latencies)}")
 
 
-def run_hung_up_prompts(http: httpx.Client, model: str, url: str) -> None:
-    prompts = [[random.randint(1000, 40000) for _ in range(1000)] for _ in range(128)]
-    body = json.dumps({"model": model, "prompt": prompts, "max_tokens": 1}).encode()
+def run_hung_up_prompts(http: httpx.Client, model: str, url: str, clients: int) -> None:
     where = urlparse(url)
+    socks = []
     with Innocent(http, model) as innocent:
         time.sleep(2)
         began = time.monotonic()
-        with socket.create_connection((where.hostname, where.port)) as sock:
+        for _ in range(clients):  # each its own prompts (no prefix-cache hits between them)
+            prompts = [[random.randint(1000, 40000) for _ in range(1000)] for _ in range(128)]
+            body = json.dumps({"model": model, "prompt": prompts, "max_tokens": 1}).encode()
+            sock = socket.create_connection((where.hostname, where.port))
             head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
                     f"application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
             sock.sendall(head.encode() + body)
-            time.sleep(3)
+            socks.append(sock)
+        time.sleep(3)
+        for sock in socks:
+            sock.close()
         while busy(http):
             time.sleep(0.5)
         print(f"engine busy for {time.monotonic() - began:.1f} s after the request was sent")
@@ -154,6 +159,7 @@ def main() -> None:
         "case", choices=["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills"]
     )
     parser.add_argument("--url", default="http://localhost:8000")
+    parser.add_argument("--clients", type=int, default=1, help="hung-up-prompts: at once")
     args = parser.parse_args()
     with httpx.Client(base_url=args.url, timeout=900) as http:
         model = http.get("/v1/models").json()["data"][0]["id"]
@@ -164,7 +170,7 @@ def main() -> None:
         elif args.case == "abandoned-fills":
             run_abandoned_fills(http, model)
         else:
-            run_hung_up_prompts(http, model, args.url)
+            run_hung_up_prompts(http, model, args.url, args.clients)
 
 
 if __name__ == "__main__":

@@ -495,20 +495,34 @@ class AsyncLLM:
         )
 
     def _drain_inbox(self) -> None:
+        """Every command waiting, in order; a run of aborts goes to the engine as one (a
+        hung-up client's 128 prompts end their 128 streams at once: one message, not 128
+        for the engine process to read between its steps)."""
+        aborts: list[str] = []
+        notify = False
         while True:
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                command = ("end",)
             kind = command[0]
-            if kind == "add":
+            if kind == "abort" and (not aborts or command[2] == notify):
+                aborts += command[1]
+                notify = command[2]
+                continue
+            if aborts:
+                self._abort(aborts, notify=notify)
+                aborts = []
+            if kind == "end":
+                return
+            if kind == "abort":  # one that notifies after some that do not, or the reverse
+                aborts, notify = list(command[1]), command[2]
+            elif kind == "add":
                 self._add(command[1], command[2])
                 # Counted as waiting in the engine before it stops counting as sent: the
                 # bound may overcount for a moment, never undercount.
                 self._num_engine_waiting = self.engine.get_num_waiting_requests()
                 self._count_sent(-num_samples(command[1].params))
-            elif kind == "abort":
-                self._abort(command[1], notify=command[2])
             elif kind == "call":
                 _run_call(self.engine, command[1], command[2])
 

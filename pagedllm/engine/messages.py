@@ -152,7 +152,8 @@ _TYPES = {tag: kind for kind, tag in _TAGS.items()}
 
 
 class Codec:
-    """Messages as (one tag byte, msgpack body) frames."""
+    """Messages as (one tag byte, msgpack body) frames; a request's carry its id in a frame
+    between them, so the engine reads who a request is for without decoding it (``peek``)."""
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
@@ -161,14 +162,23 @@ class Codec:
     def encode(self, message: Inbound | Outbound) -> list[bytes]:
         if isinstance(message, EngineCoreRequest):
             params = pickle.dumps(message.sampling_params, protocol=pickle.HIGHEST_PROTOCOL)
-            message = _WireRequest(*msgspec.structs.astuple(message)[:2], params,
-                                   *msgspec.structs.astuple(message)[3:])  # fmt: skip
+            wire = _WireRequest(*msgspec.structs.astuple(message)[:2], params,
+                                *msgspec.structs.astuple(message)[3:])  # fmt: skip
+            tag = bytes((Tag.REQUEST,))
+            return [tag, message.request_id.encode(), self._encoder.encode(wire)]
         return [bytes((_TAGS[type(message)],)), self._encoder.encode(message)]
+
+    @staticmethod
+    def peek(frames: list[Any]) -> tuple[Tag, str | None]:
+        """A message's tag, and a request's id, without decoding its body (a request's is
+        its token ids and pickled parameters: ~0.1 ms, where this is ~1 us)."""
+        tag = Tag(memoryview(frames[0])[0])
+        return tag, bytes(frames[1]).decode() if tag == Tag.REQUEST else None
 
     def decode(self, frames: list[Any]) -> Inbound | Outbound | UnreadableRequest:
         """From ``recv_multipart`` (bytes, or zmq frames: any buffer). A request whose
         parameters cannot be unpickled here comes back as an ``UnreadableRequest``."""
-        message = self._decoders[Tag(memoryview(frames[0])[0])].decode(frames[1])
+        message = self._decoders[Tag(memoryview(frames[0])[0])].decode(frames[-1])
         if isinstance(message, _WireRequest):
             fields = msgspec.structs.astuple(message)
             try:

@@ -88,3 +88,18 @@ def test_an_abort_behind_a_burst_drops_its_adds_at_once(monkeypatch) -> None:
         while len(core.added) < 11:
             take_in()
     assert core.added == [str(i) for i in range(10)] + ["15"]
+
+
+def test_aborts_behind_hundreds_of_long_adds_are_read_in_the_first_pass(monkeypatch) -> None:
+    """450 adds of 8,000 token ids, then an abort for each (clients' prompts, gone; 900
+    messages, under ZeroMQ's queue bound of 1,000): reading decodes no add (~0.1 ms each: a
+    pass within its budget would read ~200) and applies the aborts together (one at a
+    time, each filtering the backlog, ~12 were read a pass), so the first pass reads them
+    all and no add is ever handled."""
+    ids = [str(i) for i in range(450)]
+    long = SamplingParams(max_tokens=1)
+    messages = [EngineCoreRequest(i, list(range(8000)), long, None, 0.0, 0, None) for i in ids]
+    monkeypatch.setattr(core_proc, "READ_BUDGET_S", 0.02)
+    with intake([*messages, *(Abort([i]) for i in ids)], monkeypatch) as (core, take_in):
+        take_in()
+        assert core.aborted == ids and core.added == []
