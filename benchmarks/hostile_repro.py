@@ -10,9 +10,10 @@ innocent client.
 chain-grammar: one chat request held to an EBNF chain of 3,000 alternatives that all match
 the same text (``r_i ::= r_{i+1} | r_{i+1} "x"``), whose token masks grow to ~26 s each.
 hung-up-prompts: one /v1/completions of 128 prompts of 1,000 random token ids whose client
-hangs up 3 s after sending it. Both print the innocent client's latencies (a 5-token chat
-request every 0.5 s, from before the attack to 5 s after it ends) and, for the second, how
-long the engine stayed busy (until /metrics shows no request running or waiting).
+hangs up 3 s after sending it (``--clients N``: N such, at once). Both print the innocent
+client's latencies (a 5-token chat request every 0.5 s, from before the attack to 5 s after
+it ends; 30 s for the second, since adds the engine holds unread are not in /metrics) and,
+for the second, how long /metrics showed a request running or waiting.
 costly-rows: 8 chat requests at once, each n=4 and held to its own 600-link chain (masks of
 ~0.1-0.4 s each, under the row deadline): the steps that wait for all 32 rows.
 abandoned-fills: 30 chat requests one after another, each held to its own 3,000-link
@@ -107,7 +108,7 @@ def run_hung_up_prompts(http: httpx.Client, model: str, url: str, clients: int) 
         while busy(http):
             time.sleep(0.5)
         print(f"engine busy for {time.monotonic() - began:.1f} s after the request was sent")
-        time.sleep(5)
+        time.sleep(30)  # the engine's backlog is not in /metrics: the innocent tells
     print(f"innocent: {summary(innocent.latencies)}")
 
 
