@@ -267,9 +267,10 @@ class SamplingParams:
                 f"length, got {self.truncate_prompt_tokens}.",
             )
         _check(all(s != "" for s in self.stop or []), "stop cannot contain an empty string.")
+        negative = [t for t in self.stop_token_ids or [] if t < 0]
         _check(
-            all(t >= 0 for t in self.stop_token_ids or []),
-            f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}.",
+            not negative,
+            f"stop_token_ids must be non-negative integers, got {few_ids(negative)}.",
         )
         _check(
             not (self.stop and not self.detokenize),
@@ -381,6 +382,13 @@ class SamplingParams:
         if ids:
             self.all_stop_token_ids.update(ids)
             self.stop_token_ids = sorted(ids | set(self.stop_token_ids or []))
+
+
+def few_ids(ids: list[int], shown: int = 3) -> str:
+    """The first ``shown`` of ``ids`` for an error message, and how many more: the message
+    never echoes a client's whole list (one of 100,000 ids came back whole)."""
+    head = ", ".join(str(t) for t in ids[:shown])
+    return head + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _check(condition: bool, message: str) -> None:

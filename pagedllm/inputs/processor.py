@@ -18,6 +18,7 @@ from pagedllm.sampling_params import (
     MAX_BAD_WORD_TOKENS,
     RequestOutputKind,
     SamplingParams,
+    few_ids,
 )
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class InputProcessor:
         bad = [t for t in params.stop_token_ids or [] if t >= self.vocab_size]
         if bad:
             raise ValueError(
-                f"stop_token_ids {bad} are out of vocabulary (size {self.vocab_size})."
+                f"stop_token_ids {few_ids(bad)} are out of vocabulary (size {self.vocab_size})."
             )
         # Longer than the vocabulary: repeats. Refused before the copy below copies them.
         allowed = params.allowed_token_ids

@@ -251,3 +251,11 @@ def test_a_long_id_list_is_refused_before_its_ids_are_checked() -> None:
     with pytest.raises(ValueError) as long_element:
         SamplingParams(stop_token_ids=[1, "y" * 100_000])
     assert len(str(long_element.value)) < 200
+
+
+def test_a_bad_stop_token_id_list_is_not_echoed_whole() -> None:
+    """The error names the first few bad ids and how many more, not the list (up to 4,096)."""
+    with pytest.raises(ValueError) as raised:
+        SamplingParams(stop_token_ids=[5] + [-1] * 4000)
+    message = str(raised.value)
+    assert "got -1, -1, -1 and 3997 more" in message and len(message) < 200
