@@ -16,6 +16,13 @@ from pagedllm.inputs.chat import prepare_chat, template_from_kwargs
 from pagedllm.inputs.template_sandbox import TemplateSandbox
 from pagedllm.inputs.tokenizer import Encoded, TextBounds, encode_bounded
 
+# The messages' and tools' text, before rendering, may be at most this many times the
+# rendered text's bound: a template adds its markup and drops little (a 63 MB body of
+# messages cost ~1 s of the server's CPU to render before its 400). A template that drops
+# more than half of what it is given (the reasoning of earlier turns, say) is refused here
+# only once that text is past twice the bound, millions of characters.
+RENDER_INPUT_FACTOR = 2
+
 
 class ChatRenderer:
     def __init__(
@@ -47,8 +54,12 @@ class ChatRenderer:
         continue_final_message: bool,
         tools: list[dict[str, Any]] | None,
         chat_template_kwargs: dict[str, Any] | None,
+        keep_tail: bool = False,
     ) -> str:
-        """The prompt text (ValueError, a 400, naming what is wrong)."""
+        """The prompt text (ValueError, a 400, naming what is wrong). ``keep_tail``: the
+        prompt will be cut to its last tokens, so any length of messages is rendered."""
+        if not keep_tail:
+            self._check_input_chars(messages, tools)
         given = request_template is not None or template_from_kwargs(chat_template_kwargs)
         if given and not self.trust_request_template:
             raise ValueError(
@@ -67,6 +78,18 @@ class ChatRenderer:
             chat_template_kwargs=chat_template_kwargs,
         )
         return await self.sandbox.render(job)
+
+    def _check_input_chars(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> None:
+        bound = RENDER_INPUT_FACTOR * self.text_bounds.max_chars
+        chars = text_chars(messages, bound) + text_chars(tools or [], bound)
+        if chars > bound:
+            raise ValueError(
+                f"The messages and tools hold more than {bound} characters of text, more than "
+                f"the {self.text_bounds.max_tokens}-token context can hold; shorten them, or "
+                "set truncate_prompt_tokens to keep their last tokens."
+            )
 
     async def encode(
         self, text: str, add_special_tokens: bool, keep_tail: bool = False
@@ -90,3 +113,20 @@ async def encode_off_loop(
     return await asyncio.to_thread(
         encode_bounded, tokenizer, text, add_special_tokens, bounds, keep_tail
     )
+
+
+def text_chars(value: Any, stop_past: int) -> int:
+    """Characters in the strings inside ``value`` (JSON-like: dicts, lists, strings), keys
+    included; counting stops once past ``stop_past``."""
+    total = 0
+    stack = [value]
+    while stack and total <= stop_past:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total

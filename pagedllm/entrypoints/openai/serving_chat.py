@@ -132,6 +132,7 @@ class ChatHandler:
     ) -> tuple[str, list[int]]:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         hide_tools = tools.mode == "none" and self.exclude_tools_when_none
+        truncated = request.truncate_prompt_tokens is not None
         prompt = await self.renderer.render(
             messages,
             request.chat_template,
@@ -139,8 +140,8 @@ class ChatHandler:
             request.continue_final_message,
             None if hide_tools or not tools.tools else tools.tools,
             request.template_kwargs(),
+            keep_tail=truncated,
         )
-        truncated = request.truncate_prompt_tokens is not None
         return prompt, await self.renderer.encode(prompt, request.add_special_tokens, truncated)
 
     @staticmethod
