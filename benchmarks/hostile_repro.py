@@ -6,6 +6,7 @@ innocent client.
     python benchmarks/hostile_repro.py --url http://localhost:8000 hung-up-prompts
     python benchmarks/hostile_repro.py --url http://localhost:8000 costly-rows
     python benchmarks/hostile_repro.py --url http://localhost:8000 abandoned-fills
+    python benchmarks/hostile_repro.py --url http://localhost:8000 huge-chat
 
 chain-grammar: one chat request held to an EBNF chain of 3,000 alternatives that all match
 the same text (``r_i ::= r_{i+1} | r_{i+1} "x"``), whose token masks grow to ~26 s each.
@@ -18,6 +19,8 @@ costly-rows: 8 chat requests at once, each n=4 and held to its own 600-link chai
 ~0.1-0.4 s each, under the row deadline): the steps that wait for all 32 rows.
 abandoned-fills: 30 chat requests one after another, each held to its own 3,000-link
 chain (each mask abandoned, its fill left running), then the innocent's latencies for 60 s.
+huge-chat: 5 chat requests one after another, each one user message of 60 MB (under the
+64 MiB body bound): how long each took to be refused.
 """
 
 from __future__ import annotations
@@ -148,6 +151,22 @@ def run_abandoned_fills(http: httpx.Client, model: str) -> None:
     print(f"innocent, the 60 s after: {summary(innocent.latencies)}")
 
 
+def run_huge_chat(http: httpx.Client, model: str) -> None:
+    body = json.dumps({"model": model, "max_tokens": 1,
+                       "messages": [{"role": "user", "content": "x " * 30_000_000}]})  # fmt: skip
+    took = []
+    with Innocent(http, model) as innocent:
+        time.sleep(2)
+        for _ in range(5):
+            began = time.monotonic()
+            reply = http.post("/v1/chat/completions", content=body,
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+            took.append(f"{reply.status_code} after {time.monotonic() - began:.2f} s")
+        time.sleep(2)
+    print(f"attack: {', '.join(took)}")
+    print(f"innocent: {summary(innocent.latencies)}")
+
+
 def summary(latencies: list[float]) -> str:
     ordered = sorted(latencies)
     return (f"{len(ordered)} requests, median {ordered[len(ordered) // 2]:.2f} s, "
@@ -157,7 +176,8 @@ def summary(latencies: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "case", choices=["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills"]
+        "case",
+        choices=["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills", "huge-chat"],
     )
     parser.add_argument("--url", default="http://localhost:8000")
     parser.add_argument("--clients", type=int, default=1, help="hung-up-prompts: at once")
@@ -170,6 +190,8 @@ def main() -> None:
             run_costly_rows(http, model)
         elif args.case == "abandoned-fills":
             run_abandoned_fills(http, model)
+        elif args.case == "huge-chat":
+            run_huge_chat(http, model)
         else:
             run_hung_up_prompts(http, model, args.url, args.clients)
 
