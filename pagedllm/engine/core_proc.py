@@ -57,7 +57,7 @@ from pagedllm.engine.messages import (
 from pagedllm.executor.parent_watch import exit_with_parent
 from pagedllm.inputs.tokenizer import limit_tokenizer_threads
 from pagedllm.logger import init_logger
-from pagedllm.metrics.stats import IterationStats
+from pagedllm.metrics.stats import EngineSnapshot, IterationStats
 from pagedllm.unused_modules import (
     hide_unused_libraries,
     hub_kernels_stubbed,
@@ -86,6 +86,10 @@ class EngineCoreLoop:
         # Messages read but not yet handled (adds, utility calls), in arrival order, as
         # their frames: decoded when handled.
         self._backlog: deque[list[Any]] = deque()
+        # The requests among them: sequences waiting as much as the scheduler's, and
+        # reported with them (``_snapshot``): /metrics showed nothing waiting while 768
+        # adds sat here unread.
+        self._backlog_adds = 0
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -110,7 +114,9 @@ class EngineCoreLoop:
         self._read(poller, 0 if busy or self._backlog else _IDLE_POLL_MS)
         handled = 0
         while self._backlog:
-            self._handle(self._backlog.popleft())
+            frames = self._backlog.popleft()
+            self._backlog_adds -= self.codec.peek(frames)[0] == Tag.REQUEST
+            self._handle(frames)
             handled += 1
             over = time.perf_counter() - start > INTAKE_BUDGET_S
             if over and self.core.has_unfinished_requests():  # an idle engine given work too
@@ -141,6 +147,7 @@ class EngineCoreLoop:
                 aborted.update(dict.fromkeys(message.request_ids, len(self._backlog)))
             else:
                 self._backlog.append(frames)
+                self._backlog_adds += self.codec.peek(frames)[0] == Tag.REQUEST
             if time.perf_counter() - start > READ_BUDGET_S:
                 break
         if aborted:
@@ -158,6 +165,7 @@ class EngineCoreLoop:
                 for at, frames in enumerate(self._backlog)
                 if at >= aborted.get(peek(frames)[1] or "", -1)
             )
+            self._backlog_adds = sum(peek(frames)[0] == Tag.REQUEST for frames in self._backlog)
         self.core.abort_requests(list(aborted))
         for request_id in aborted:
             self.client_of.pop(request_id, None)
@@ -204,7 +212,7 @@ class EngineCoreLoop:
 
     def _emit(self, outputs: list[EngineCoreOutput], iteration: IterationStats) -> None:
         """Each front end gets its requests' outputs, and the step's counts."""
-        snapshot = self.core.snapshot()
+        snapshot = self._snapshot()
         # One front end (the common case) takes them all: no lookup per output.
         groups = {0: outputs} if len(self.outbound) == 1 else self._by_client(outputs)
         for output in outputs:
@@ -215,6 +223,12 @@ class EngineCoreLoop:
             # reports the whole engine.
             self._send(client, EngineCoreOutputs(groups.get(client, []), iteration, snapshot))
         self._changed = False
+
+    def _snapshot(self) -> EngineSnapshot:
+        """The core's counts, the requests read but not yet handled counted as waiting."""
+        snapshot = self.core.snapshot()
+        snapshot.num_waiting += self._backlog_adds
+        return snapshot
 
     def _by_client(self, outputs: list[EngineCoreOutput]) -> dict[int, list[EngineCoreOutput]]:
         by_client: dict[int, list[EngineCoreOutput]] = {}

@@ -14,6 +14,7 @@ from pagedllm import SamplingParams
 from pagedllm.engine import core_proc
 from pagedllm.engine.core_proc import EngineCoreLoop
 from pagedllm.engine.messages import Abort, Codec, EngineCoreRequest
+from pagedllm.metrics.stats import EngineSnapshot
 
 
 class BusyCore:
@@ -33,6 +34,10 @@ class BusyCore:
     def abort_requests(self, request_ids: list[str]) -> None:
         self.aborted += request_ids
 
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(num_running=1, num_waiting=2, kv_cache_usage=0.0,
+                              prefix_cache_queries=0, prefix_cache_hits=0)  # fmt: skip
+
 
 @contextlib.contextmanager
 def intake(messages: list, monkeypatch) -> Iterator[tuple[BusyCore, Callable[[], None]]]:
@@ -48,6 +53,7 @@ def intake(messages: list, monkeypatch) -> Iterator[tuple[BusyCore, Callable[[],
     time.sleep(0.2)  # all queued
     core = BusyCore()
     loop = EngineCoreLoop(core, inbound, [])  # type: ignore[arg-type]
+    core.loop = loop  # type: ignore[attr-defined]
     poller = zmq.Poller()
     poller.register(inbound, zmq.POLLIN)
     monkeypatch.setattr(core_proc, "INTAKE_BUDGET_S", 0.005)
@@ -103,3 +109,17 @@ def test_aborts_behind_hundreds_of_long_adds_are_read_in_the_first_pass(monkeypa
     with intake([*messages, *(Abort([i]) for i in ids)], monkeypatch) as (core, take_in):
         take_in()
         assert core.aborted == ids and core.added == []
+
+
+def test_requests_read_but_not_handled_count_as_waiting(monkeypatch) -> None:
+    """/metrics reports the adds the loop holds unread as waiting, beside the scheduler's:
+    it showed nothing waiting while 768 sat in the backlog."""
+    messages = [add(str(i)) for i in range(40)] + [Abort([str(i) for i in range(30, 40)])]
+    with intake(messages, monkeypatch) as (core, take_in):
+        take_in()
+        held = 30 - len(core.added)  # the abort dropped the last ten
+        assert core.loop._backlog_adds == held > 0
+        assert core.loop._snapshot().num_waiting == 2 + held
+        while core.loop._backlog:
+            take_in()
+        assert core.loop._backlog_adds == 0
