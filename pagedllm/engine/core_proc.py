@@ -126,13 +126,13 @@ class EngineCoreLoop:
                          1e3 * (time.perf_counter() - start))  # fmt: skip
 
     def _read(self, poller: zmq.Poller, timeout: int) -> None:
-        """Move the waiting messages into ``_backlog`` undecoded, but apply each abort at
-        once: its requests' adds still in the backlog are dropped, so a client that hung up
-        on 128 prompts of 8,000 tokens frees the engine as soon as its abort is read, not
-        once its adds (~1 ms each) have all been handled behind it. Undecoded, because
-        decoding adds within the budget read ~100 a pass: six clients' 768 adds and their
-        aborts took ~15 passes of 2.7 s CPU prefill steps, each step prefilling an add whose
-        abort waited unread."""
+        """Move the waiting messages into ``_backlog`` undecoded, and apply the pass's aborts
+        once read: their requests' adds still in the backlog are dropped, so a client that
+        hung up on 128 prompts of 8,000 tokens frees the engine as soon as its abort is
+        read, not once its adds (~1 ms each) have all been handled behind it. Undecoded,
+        because decoding adds within the budget read ~100 a pass: six clients' 768 adds and
+        their aborts took many passes of 2.7 s CPU prefill steps, each step prefilling an
+        add whose abort waited unread."""
         start = time.perf_counter()
         # The pass's aborts, applied together once read (one at a time, each filtering the
         # backlog, read ~12 a pass behind 768 adds): request id -> the backlog's length when
@@ -141,13 +141,14 @@ class EngineCoreLoop:
         while poller.poll(timeout):
             frames = self.inbound.recv_multipart(copy=False)
             timeout = 0
-            if self.codec.peek(frames)[0] == Tag.ABORT:
+            tag = self.codec.peek(frames)[0]
+            if tag == Tag.ABORT:
                 message = self.codec.decode(frames)
                 assert isinstance(message, Abort)
                 aborted.update(dict.fromkeys(message.request_ids, len(self._backlog)))
             else:
                 self._backlog.append(frames)
-                self._backlog_adds += self.codec.peek(frames)[0] == Tag.REQUEST
+                self._backlog_adds += tag == Tag.REQUEST
             if time.perf_counter() - start > READ_BUDGET_S:
                 break
         if aborted:
