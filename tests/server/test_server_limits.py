@@ -40,6 +40,22 @@ def test_bodies_past_the_limit_are_413_before_or_while_read(limited):
     assert_error(reply, 413, "100000")
 
 
+def test_compressed_bodies_are_415_and_a_trailing_slash_redirects_nowhere(limited):
+    """A gzip body was read as if plain; "/v1/completions/" answered a 307 to whatever host
+    the request's Host header named. Both refused now, and the server serves on."""
+    body = {"prompt": "hi", "max_tokens": 1}
+    for encoding in ("gzip", "br, gzip"):
+        reply = post(limited, "/v1/completions", json=body,
+                     headers={**HEADERS, "Content-Encoding": encoding})  # fmt: skip
+        assert_error(reply, 415, "Content-Encoding", "uncompressed")
+    reply = post(limited, "/v1/completions/", json=body,
+                 headers={**HEADERS, "Host": "evil.example.com"})  # fmt: skip
+    assert reply.status_code == 404 and "location" not in reply.headers
+    ok = post(limited, "/v1/completions", json=body,
+              headers={**HEADERS, "Content-Encoding": "identity"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+
+
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:

@@ -293,6 +293,9 @@ def build_app(
         docs_url=None, redoc_url=None,  # served offline by install_docs
         openapi_url=None if args.disable_fastapi_docs else "/openapi.json",
     )  # fmt: skip
+    # No redirect from "/v1/completions/" to "/v1/completions": Starlette builds it from the
+    # request's Host header (a 307 to any host, which clients follow with their body).
+    app.router.redirect_slashes = False
     app.router.route_class = StrictJSONRoute
     install_error_handlers(app)
     instrument(app, stats)  # innermost: times what the handlers do, as vLLM

@@ -199,9 +199,14 @@ class RequestBodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send, self._too_large())
+            return
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity"):
+            await self._refuse(scope, receive, send, self._encoded(encoding))
             return
         received, body_done = 0, False
         loop = asyncio.get_running_loop()
@@ -240,6 +245,14 @@ class RequestBodyMiddleware:
             "the whole body (--request-body-timeout)."
         )
         return _BodyRefused(message, 408)
+
+    @staticmethod
+    def _encoded(encoding: bytes) -> _BodyRefused:
+        # No body is decoded here: a gzip body was read as if plain (and its bounds would
+        # be the compressed size's, not what it inflates to).
+        name = encoding.decode("latin-1")[:40]
+        message = f"Content-Encoding {name!r} is not supported: send the body uncompressed."
+        return _BodyRefused(message, 415)
 
     def _too_large(self) -> _BodyRefused:
         message = (
