@@ -7,6 +7,7 @@ innocent client.
     python benchmarks/hostile_repro.py --url http://localhost:8000 costly-rows
     python benchmarks/hostile_repro.py --url http://localhost:8000 abandoned-fills
     python benchmarks/hostile_repro.py --url http://localhost:8000 huge-chat
+    python benchmarks/hostile_repro.py --url http://localhost:8000 long-prompt
 
 chain-grammar: one chat request held to an EBNF chain of 3,000 alternatives that all match
 the same text (``r_i ::= r_{i+1} | r_{i+1} "x"``), whose token masks grow to ~26 s each.
@@ -21,6 +22,8 @@ abandoned-fills: 30 chat requests one after another, each held to its own 3,000-
 chain (each mask abandoned, its fill left running), then the innocent's latencies for 60 s.
 huge-chat: 5 chat requests one after another, each one user message of 60 MB (under the
 64 MiB body bound): how long each took to be refused.
+long-prompt: one chat request of ~8,000 prompt tokens (the bundled model's context is 8,192):
+how long it and the innocent's requests took.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from urllib.parse import urlparse
 import httpx
 
 N_LINKS = 3000
+CASES = ["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills", "huge-chat",
+         "long-prompt"]  # fmt: skip
 
 
 def chain_grammar(links: int = N_LINKS, end: str = "y") -> str:
@@ -167,6 +172,18 @@ def run_huge_chat(http: httpx.Client, model: str) -> None:
     print(f"innocent: {summary(innocent.latencies)}")
 
 
+def run_long_prompt(http: httpx.Client, model: str) -> None:
+    body = {"model": model, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hello " * 8000}]}  # fmt: skip
+    with Innocent(http, model) as innocent:
+        time.sleep(2)
+        began = time.monotonic()
+        reply = http.post("/v1/chat/completions", json=body)
+        print(f"attack: {reply.status_code} after {time.monotonic() - began:.1f} s")
+        time.sleep(3)
+    print(f"innocent: {summary(innocent.latencies)}")
+
+
 def summary(latencies: list[float]) -> str:
     ordered = sorted(latencies)
     return (f"{len(ordered)} requests, median {ordered[len(ordered) // 2]:.2f} s, "
@@ -177,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "case",
-        choices=["chain-grammar", "hung-up-prompts", "costly-rows", "abandoned-fills", "huge-chat"],
+        choices=CASES,
     )
     parser.add_argument("--url", default="http://localhost:8000")
     parser.add_argument("--clients", type=int, default=1, help="hung-up-prompts: at once")
@@ -192,6 +209,8 @@ def main() -> None:
             run_abandoned_fills(http, model)
         elif args.case == "huge-chat":
             run_huge_chat(http, model)
+        elif args.case == "long-prompt":
+            run_long_prompt(http, model)
         else:
             run_hung_up_prompts(http, model, args.url, args.clients)
 
