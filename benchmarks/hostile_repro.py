@@ -84,16 +84,21 @@ def busy(http: httpx.Client) -> bool:
     return any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)
 
 
-def run_chain_grammar(http: httpx.Client, model: str) -> None:
-    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
-            "guided_grammar": chain_grammar()}  # fmt: skip
+def one_chat_beside_the_innocent(http: httpx.Client, model: str, body: dict, after: float) -> None:
+    """``body`` sent once, 2 s into the innocent's run, which goes on ``after`` s past it."""
     with Innocent(http, model) as innocent:
         time.sleep(2)
         began = time.monotonic()
         reply = http.post("/v1/chat/completions", json=body)
         print(f"attack: {reply.status_code} after {time.monotonic() - began:.1f} s")
-        time.sleep(5)
+        time.sleep(after)
     print(f"innocent: {summary(innocent.latencies)}")
+
+
+def run_chain_grammar(http: httpx.Client, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+            "guided_grammar": chain_grammar()}  # fmt: skip
+    one_chat_beside_the_innocent(http, model, body, after=5)
 
 
 def run_hung_up_prompts(http: httpx.Client, model: str, url: str, clients: int) -> None:
@@ -175,13 +180,7 @@ def run_huge_chat(http: httpx.Client, model: str) -> None:
 def run_long_prompt(http: httpx.Client, model: str) -> None:
     body = {"model": model, "max_tokens": 5,
             "messages": [{"role": "user", "content": "hello " * 8000}]}  # fmt: skip
-    with Innocent(http, model) as innocent:
-        time.sleep(2)
-        began = time.monotonic()
-        reply = http.post("/v1/chat/completions", json=body)
-        print(f"attack: {reply.status_code} after {time.monotonic() - began:.1f} s")
-        time.sleep(3)
-    print(f"innocent: {summary(innocent.latencies)}")
+    one_chat_beside_the_innocent(http, model, body, after=3)
 
 
 def summary(latencies: list[float]) -> str:
