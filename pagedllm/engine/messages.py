@@ -152,8 +152,9 @@ _TYPES = {tag: kind for kind, tag in _TAGS.items()}
 
 
 class Codec:
-    """Messages as (one tag byte, msgpack body) frames; a request's carry its id in a frame
-    between them, so the engine reads who a request is for without decoding it (``peek``)."""
+    """Messages as (one tag byte, msgpack body) frames; a request's frames hold its id
+    between the two, so the engine reads whom a request is for without decoding it
+    (``peek``)."""
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
