@@ -20,7 +20,7 @@ class ScriptedRenderer:
 
     rendered_kwargs: ClassVar[list] = []  # the chat_template_kwargs of each render
 
-    async def render(self, messages, *args):
+    async def render(self, messages, *args, keep_tail=False):
         self.rendered_kwargs.append(args[-1])
         return "".join(m["content"] for m in messages) + "<think>\n"
 
