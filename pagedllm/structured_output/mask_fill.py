@@ -287,7 +287,7 @@ class _Step:
         self.errors: dict[str, str] = {}  # constraint key -> the error its rows fail with
 
     def abandon(self, fill: _RowFill) -> None:
-        error = _too_late(fill)
+        error = _too_late(fill, self.over_budget)
         fill.grammar.abandon(error)
         self.late.append(fill)
         self.errors.setdefault(fill.grammar.key, error)
@@ -343,11 +343,15 @@ def _too_slow(grammar: RequestGrammar, took: float) -> str:
     return _advice(cost)
 
 
-def _too_late(fill: _RowFill) -> str:
+def _too_late(fill: _RowFill, over_budget: bool) -> str:
+    """Past its own deadline, or past ``LATE_ROW_S`` on a step whose budget was spent."""
+    took = LATE_ROW_S if over_budget else FILL_DEADLINE_S
     cost = (
-        f"took longer than {FILL_DEADLINE_S} s to find which tokens may follow the "
+        f"took longer than {took} s to find which tokens may follow the "
         f"{fill.grammar.num_accepted} generated so far"
     )
+    if over_budget:
+        cost += f", on a step whose constraints had spent their {STEP_BUDGET_S} s"
     return _advice(cost)
 
 
