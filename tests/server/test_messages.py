@@ -260,6 +260,12 @@ def test_a_tool_round_trip(server, client):
         ({"max_tokens": 0, "messages": HELLO}, "max_tokens"),
         ({"max_tokens": 4, "messages": HELLO,
           "thinking": {"type": "enabled", "budget_tokens": -5}}, "budget_tokens"),
+        ({"max_tokens": 4, "messages": [{"role": "user", "content": []}]},
+         "messages.0.content is empty"),
+        ({"max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": ""}]}]}, "messages.0.content is empty"),
+        ({"max_tokens": 4, "messages": [*HELLO, {"role": "assistant", "content": []},
+                                        *HELLO]}, "messages.1.content is empty"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_anthropic_400s(server, body, fragment):

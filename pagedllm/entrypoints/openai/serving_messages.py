@@ -146,11 +146,25 @@ def chat_messages(request: ConversationFields) -> list[dict[str, Any]]:
     system = _system_text(request)
     if system:
         messages.append({"role": "system", "content": system})
-    for message in request.messages:
+    last = len(request.messages) - 1
+    for index, message in enumerate(request.messages):
         if message.role == "user":
-            messages += _user_messages(message)
+            turn = _user_messages(message)
+            empty = not turn
+            messages += turn
         elif message.role == "assistant":
-            messages.append(_assistant_message(message))
+            chat = _assistant_message(message)
+            empty = not (chat["content"] or chat.get("tool_calls") or chat.get("reasoning"))
+            messages.append(chat)
+        else:
+            continue
+        if empty and not (message.role == "assistant" and index == last):
+            # As Anthropic: only a final assistant message (a prefill) may be empty. It was
+            # dropped here, and the request refused as having no messages at all.
+            raise ValueError(
+                f"messages.{index}.content is empty: every message needs text, a tool use or "
+                "a tool result, except a final assistant message."
+            )
     return messages
 
 
