@@ -386,7 +386,7 @@ class SamplingParams:
 
 def few_ids(ids: list[int], shown: int = 3) -> str:
     """The first ``shown`` of ``ids`` for an error message, and how many more: the message
-    never echoes a client's whole list (one of 100,000 ids came back whole)."""
+    never echoes a client's whole list (up to 4,096 stop_token_ids came back whole)."""
     head = ", ".join(str(t) for t in ids[:shown])
     return head + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 

@@ -22,7 +22,7 @@ from pagedllm.core.request import ErrorCause, GrammarError
 from pagedllm.logger import init_logger
 from pagedllm.sample.grammar_mask import GrammarBitmask
 from pagedllm.sampling_params import StructuredOutputsParams
-from pagedllm.structured_output.mask_fill import MaskFiller
+from pagedllm.structured_output.mask_fill import SATURATED_ERROR, MaskFiller
 from pagedllm.structured_output.request_grammar import RequestGrammar
 from pagedllm.structured_output.spec import build_grammar_spec, constraint_key
 from pagedllm.structured_output.thread_priority import lower_priority
@@ -81,11 +81,7 @@ class StructuredOutputManager:
         if key in self._too_slow:
             raise GrammarError(self._too_slow[key])
         if key not in self._cheap and self._filler.saturated:
-            raise GrammarError(
-                "The server is finishing costly structured-output work of other requests and "
-                "takes no new constraint until it has; retry shortly.",
-                ErrorCause.OVERLOADED,
-            )
+            raise GrammarError(SATURATED_ERROR, ErrorCause.OVERLOADED)
         future = self._compile(constraint, key)
         with self._cache_lock:
             self._holders[future] = self._holders.get(future, 0) + 1

@@ -65,8 +65,13 @@ FILL_THREADS = 1
 # Wall seconds for all of a step's rows together; past it a row may take ``LATE_ROW_S``.
 STEP_BUDGET_S = 0.5
 LATE_ROW_S = 0.1
-# Abandoned fills still running at which no new constraint begins (see the docstring).
+# Abandoned fills still running at which no new constraint begins (see the docstring), and
+# what a request refused then is told (here for a first mask, by the manager at admission).
 MAX_ABANDONED = 2
+SATURATED_ERROR = (
+    "The server is finishing costly structured-output work of other requests and starts no "
+    "new constraint until it has; retry shortly."
+)
 # How often the step, waiting on its fills, looks for one past the deadline (past the
 # budget, more often: each row there may take only ``LATE_ROW_S``).
 _POLL_S = 0.02
@@ -303,10 +308,10 @@ class _Step:
             if grammar.key in self.errors:
                 grammar.abandon(self.errors[grammar.key])
             elif self.over_budget and grammar.last_fill_s > LATE_ROW_S:
-                grammar.abandon(_too_costly(grammar))
-                self.errors[grammar.key] = grammar.error or ""
+                self.errors[grammar.key] = _too_costly(grammar)
+                grammar.abandon(self.errors[grammar.key])
             elif self.saturated and grammar.fills == 0:
-                grammar.abandon(_saturated(), ErrorCause.OVERLOADED)
+                grammar.abandon(SATURATED_ERROR, ErrorCause.OVERLOADED)
             else:
                 keep.append(fill)
                 continue
@@ -362,13 +367,6 @@ def _too_costly(grammar: RequestGrammar) -> str:
         f"their {STEP_BUDGET_S} s"
     )
     return _advice(cost)
-
-
-def _saturated() -> str:
-    return (
-        "The server is finishing costly structured-output work of other requests and starts "
-        "no new constraint until it has; retry shortly."
-    )
 
 
 def _advice(cost: str) -> str:

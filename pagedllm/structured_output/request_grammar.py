@@ -47,7 +47,7 @@ class RequestGrammar:
     @property
     def followed_cheaply(self) -> bool:
         """Its masks all came fast, over at least one accepted token: evidence that its
-        constraint is cheap to follow (``mask_fill`` admits it while fills are saturated)."""
+        constraint is cheap to follow (the manager admits it while fills are saturated)."""
         return self.error is None and self.num_accepted > 0 and self.slow_fills == 0
 
     def release(self) -> None:
