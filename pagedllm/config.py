@@ -129,6 +129,9 @@ class SchedulerConfig:
     async_scheduling: bool = False
     # "recompute", or "swap": a preempted request's full blocks go to the host tier first.
     preemption_mode: str = "recompute"
+    # Seconds: prompt chunks are sized so that a step's predicted time stays within it
+    # (``core/step_time.py``); 0: chunks as large as the budget allows.
+    step_time_target: float = 0.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -139,6 +142,10 @@ class SchedulerConfig:
             )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
+        if not (math.isfinite(self.step_time_target) and self.step_time_target >= 0):
+            raise ValueError(
+                f"step_time_target must be a number of seconds >= 0, got {self.step_time_target}."
+            )
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be greater than "
@@ -272,6 +279,9 @@ class UsageContext(str, enum.Enum):
 
 
 GiB = 1 << 30
+# The server's step time target (``SchedulerConfig.step_time_target``): a token every half
+# second at worst for the other clients while a long prompt is computed.
+_SERVER_STEP_TIME_TARGET = 0.5
 # When neither the device nor the usage has its own: vLLM's SchedulerConfig defaults.
 _FALLBACK_BATCH = (2048, 128)
 
@@ -361,6 +371,11 @@ class EngineArgs(VllmEngineOptions):
     """Split long prompts across steps (default on)."""
     long_prefill_token_threshold: int = 0
     """Prompts longer than this take at most this many tokens a step (0: no limit)."""
+    step_time_target: float | None = None
+    """Seconds a step should take at most while prompts are computed in chunks: each chunk is
+    sized from the measured times of the last steps so that the step stays within it, and a
+    long prompt takes more, shorter steps instead of holding every other request's next token
+    (0: off; default 0.5 for the server, off for the offline LLM)."""
     scheduling_policy: str = "fcfs"
     """fcfs (arrival order) or priority (lower priority value first)."""
     async_scheduling: bool | None = None  # None: on with CUDA, off on the CPU
@@ -720,7 +735,16 @@ class EngineArgs(VllmEngineOptions):
                 device == "cuda" if self.async_scheduling is None else self.async_scheduling
             ),
             preemption_mode=mode,
+            step_time_target=self._step_time_target(usage),
         )
+
+    def _step_time_target(self, usage: UsageContext) -> float:
+        """The server's clients wait for each other's steps; an offline batch wants its
+        throughput, which chunks as large as the budget give."""
+        if self.step_time_target is not None:
+            return self.step_time_target
+        serving = usage in (UsageContext.OPENAI_API_SERVER, UsageContext.API_SERVER)
+        return _SERVER_STEP_TIME_TARGET if serving else 0.0
 
     # -- interop -------------------------------------------------------------------------
 

@@ -12,6 +12,11 @@ its blocks are freed and it waits again, keeping the tokens it generated. By rec
 default), what of its KV stays in the prefix cache is reused and the rest recomputed; with
 ``preemption_mode="swap"`` its full blocks are first saved in the host tier and pinned there
 until it runs again.
+
+With ``step_time_target`` (the server's default), prompt chunks are also sized so that the
+step's predicted time (``step_time.py``, fitted to the last steps' measured times) stays
+within the target: a long prompt then takes more, shorter steps, and the other requests'
+tokens do not wait for its whole chunks.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ from pagedllm.core.scheduler_output import (
     NewRequestData,
     SchedulerOutput,
 )
+from pagedllm.core.step_time import PROBE_CHUNK, StepTimeModel, StepWork, chunk_pairs
 from pagedllm.core.stopping import check_stop
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
 
 _NO_BLOCKS: tuple[int, ...] = ()  # immutable: shared by every step's decodes
+# The fewest tokens a prompt chunk sized by the step's time gets: the prompt always advances,
+# even when the step's other work alone is past the target.
+_MIN_TIMED_CHUNK = 64
 
 
 @dataclass
@@ -55,8 +64,14 @@ class _StepPlan:
     first_time: set[str] = field(default_factory=set)
     resumed: set[str] = field(default_factory=set)
     preempted: set[str] = field(default_factory=set)
+    # With a step time target: the (query, key) pairs of the step's prompt chunks so far, and
+    # the tokens the KV cache holds at the step's start.
+    pairs: int = 0
+    cached: int = 0
 
     def add(self, request: Request, num_tokens: int, new_blocks: list[KVCacheBlock]) -> None:
+        if num_tokens > 1:  # a chunk (request.num_computed_tokens: before this step)
+            self.pairs += chunk_pairs(num_tokens, request.num_computed_tokens)
         self.order.append(request)
         self.num_scheduled[request.request_id] = num_tokens
         # Most decode steps take no block: no list, no comprehension (a call on Python 3.11).
@@ -67,7 +82,10 @@ class _StepPlan:
 
     def drop(self, request: Request) -> None:
         self.order.remove(request)
-        self.budget += self.num_scheduled.pop(request.request_id)
+        num_tokens = self.num_scheduled.pop(request.request_id)
+        if num_tokens > 1:
+            self.pairs -= chunk_pairs(num_tokens, request.num_computed_tokens)
+        self.budget += num_tokens
         self.new_block_ids.pop(request.request_id)
 
 
@@ -103,6 +121,9 @@ class Scheduler:
         self.num_sync_requests = 0
         # Suspects of a failed step, tried apart from everyone else (``quarantine.py``).
         self.quarantine = Quarantine()
+        # Steps' measured times, when prompt chunks are sized by them; the last step's end.
+        self.step_time = StepTimeModel() if config.step_time_target > 0 else None
+        self._last_step_end = 0.0
 
     # -- requests in and out -------------------------------------------------------------
 
@@ -147,13 +168,20 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         plan = _StepPlan(budget=self.config.max_num_batched_tokens)
+        began = time.perf_counter()
+        if self.step_time is not None:
+            plan.cached = self.kv.num_used_tokens()
         on_trial = self.quarantine.on_trial()
         self._schedule_running(plan, on_trial)
         if on_trial is not None:
             self._admit_suspects(plan, on_trial)
         elif not plan.preempted:
             self._schedule_waiting(plan)
-        return self._emit(plan)
+        so = self._emit(plan)
+        if self.step_time is not None:
+            so.work = StepWork(so.total_num_scheduled_tokens, plan.pairs, plan.cached)
+            so.scheduled_at = began
+        return so
 
     def _schedule_running(self, plan: _StepPlan, on_trial: set[str] | None) -> None:
         """Running requests in order; during a trial only the suspects on trial."""
@@ -163,7 +191,7 @@ class Scheduler:
             if on_trial is not None and request.request_id not in on_trial:
                 i += 1
                 continue
-            num_new = self._num_new_tokens(request, plan.budget)
+            num_new = self._num_new_tokens(request, plan, len(self.running) - i - 1)
             if num_new == 0:
                 i += 1
                 continue
@@ -249,6 +277,8 @@ class Scheduler:
         if not self.config.enable_chunked_prefill and num_new > plan.budget:
             return None
         num_new = self._cap_chunk(min(num_new, plan.budget))
+        if num_new > 1 and self.step_time is not None:
+            num_new = self._time_cap(num_new, num_hit_tokens, plan)
         new_blocks = self.kv.allocate_slots(request, num_new, prefix)
         if new_blocks is None:
             return None
@@ -284,10 +314,11 @@ class Scheduler:
         self.running.append(request)
         plan.add(request, num_new, blocks)
 
-    def _num_new_tokens(self, request: Request, budget: int) -> int:
+    def _num_new_tokens(self, request: Request, plan: _StepPlan, num_after: int) -> int:
         """Tokens of a running request known or in flight and not computed yet, within the
-        budget and the chunk cap. Called for every running request every step: it reads
-        the request's lists directly rather than through its properties."""
+        budget and the chunk caps (``num_after``: running requests still to schedule, at
+        least a token each). Called for every running request every step: it reads the
+        request's lists directly rather than through its properties."""
         pending = request.num_output_placeholders
         num_tokens = len(request.all_token_ids)
         if pending and (
@@ -295,11 +326,37 @@ class Scheduler:
             or num_tokens + pending >= self.max_model_len
         ):
             return 0  # the token in flight ends it by length: nothing more to compute
-        return self._cap_chunk(min(num_tokens + pending - request.num_computed_tokens, budget))
+        computed = request.num_computed_tokens
+        num_new = self._cap_chunk(min(num_tokens + pending - computed, plan.budget))
+        if num_new > 1 and self.step_time is not None:
+            return self._time_cap(num_new, computed, plan, num_after)
+        return num_new
 
     def _cap_chunk(self, num_tokens: int) -> int:
         threshold = self.config.long_prefill_token_threshold
         return min(num_tokens, threshold) if threshold > 0 else num_tokens
+
+    def _time_cap(
+        self, num_tokens: int, num_computed: int, plan: _StepPlan, num_after: int = 0
+    ) -> int:
+        """A prompt chunk within what the step's time target leaves (at least
+        ``_MIN_TIMED_CHUNK`` tokens; ``PROBE_CHUNK`` while the model has too few steps)."""
+        model = self.step_time
+        assert model is not None
+        if not model.ready:
+            return min(num_tokens, PROBE_CHUNK)
+        scheduled = self.config.max_num_batched_tokens - plan.budget
+        base = StepWork(scheduled + num_after, plan.pairs, plan.cached)
+        room = model.largest_chunk(base, num_computed, self.config.step_time_target)
+        return min(num_tokens, max(room, _MIN_TIMED_CHUNK))
+
+    def observe_step(self, so: SchedulerOutput) -> None:
+        """A step's results are in: its time (from its scheduling, or from the previous
+        step's end when it ran behind that one) goes to the step time model."""
+        now = time.perf_counter()
+        if self.step_time is not None and so.work is not None:
+            self.step_time.observe(so.work, now - max(so.scheduled_at, self._last_step_end))
+        self._last_step_end = now
 
     def _pick_victim(self) -> Request:
         if self.config.policy == "priority":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from pagedllm.core.request import ErrorCause, FinishReason, Request
+from pagedllm.core.step_time import StepWork
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -66,6 +67,10 @@ class SchedulerOutput:
     # object per request: what survives a step in flight is scanned by the collector.
     scheduled_requests: dict[str, Request] = field(default_factory=dict, repr=False, compare=False)
     sampling_req_ids: list[str] = field(default_factory=list, repr=False, compare=False)
+    # With a step time target: what the step computes and when its scheduling began
+    # (``time.perf_counter``), for ``Scheduler.observe_step``.
+    work: StepWork | None = field(default=None, repr=False, compare=False)
+    scheduled_at: float = field(default=0.0, repr=False, compare=False)
 
     @property
     def is_empty(self) -> bool:

@@ -314,6 +314,7 @@ class EngineCore:
             runner_output = self.runner.resolve(launched)
         except Exception as exc:
             return self._fail_step(so, exc)
+        self.scheduler.observe_step(so)
         return self.scheduler.update_from_output(so, runner_output)
 
     def _fail_step(self, so: SchedulerOutput, exc: Exception) -> list[EngineCoreOutput]:

@@ -58,5 +58,7 @@ def step_args(
         sampling = set(scheduler_output.sampling_req_ids)
         sampled_ids = [r for r in batch_order(scheduler_output) if r in sampling]
         mask = grammar_bitmask(sampled_ids) if sampled_ids else None
-    plan = dataclasses.replace(scheduler_output, scheduled_requests={}, sampling_req_ids=[])
+    plan = dataclasses.replace(
+        scheduler_output, scheduled_requests={}, sampling_req_ids=[], work=None
+    )
     return plan, sampled_ids, mask

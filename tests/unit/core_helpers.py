@@ -74,6 +74,7 @@ def make_scheduler(
     num_host_blocks: int = 0,
     preemption_mode: str = "recompute",
     save_ahead_blocks: int = 0,
+    step_time_target: float = 0.0,
 ) -> Scheduler:
     config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
@@ -82,6 +83,7 @@ def make_scheduler(
         policy=policy,
         long_prefill_token_threshold=long_prefill_token_threshold,
         preemption_mode=preemption_mode,
+        step_time_target=step_time_target,
     )
     kv = KVCacheManager(num_blocks, block_size, enable_caching, num_host_blocks, save_ahead_blocks)
     return Scheduler(config, kv, max_model_len)

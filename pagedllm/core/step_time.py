@@ -1,0 +1,109 @@
+"""A step's wall time predicted from what it computes, so that the scheduler can size prompt
+chunks to keep a step near ``SchedulerConfig.step_time_target``.
+
+Why: every running request's next token waits for the step in progress. A long prompt's
+chunk of ``max_num_batched_tokens`` tokens costs more the more of the prompt is behind it
+(attention): on two CPU cores a 2,048-token chunk at 6,000 tokens of context took 17-34 s,
+and the server's other clients waited that long for each token (benchmarks/RESULTS.md, "One
+whole-context prompt on the CPU server").
+
+The model: ``seconds = c0 + c1 * tokens + c2 * pairs + c3 * cached``, where ``tokens`` are the
+step's scheduled tokens, ``pairs`` the (query, key) pairs of its prompt chunks (a chunk of c
+tokens after n computed ones: c * n + c * (c + 1) / 2) and ``cached`` the tokens held in the KV
+cache (what the step's decodes read, by proxy). It is fitted by least squares with
+non-negative coefficients over the last steps that computed a chunk and, apart, the last
+steps that did not, so that neither kind's terms are forgotten while the other kind runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+# Steps of each kind (with a prompt chunk, without) that the fit remembers.
+_ROWS = 16
+# Steps with a chunk needed before the fit sizes chunks; until then chunks are at most
+# PROBE_CHUNK tokens (while the fit cannot tell, a chunk's size is a guess: a small one).
+_MIN_CHUNK_ROWS = 3
+PROBE_CHUNK = 256
+# Scales of the features (thousands of tokens, millions of pairs and of cached tokens),
+# which keep the normal equations well conditioned.
+_SCALES = (1.0, 1e-3, 1e-6, 1e-6)
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one step computes, as the model reads it."""
+
+    tokens: int
+    pairs: int
+    cached: int
+
+    def features(self) -> tuple[float, float, float, float]:
+        return (1.0, self.tokens * _SCALES[1], self.pairs * _SCALES[2], self.cached * _SCALES[3])
+
+
+def chunk_pairs(num_tokens: int, num_computed: int) -> int:
+    """The (query, key) pairs of a chunk of ``num_tokens`` after ``num_computed`` tokens."""
+    return num_tokens * num_computed + num_tokens * (num_tokens + 1) // 2
+
+
+class StepTimeModel:
+    """Recent steps' times against their work, and the largest chunk a step has room for."""
+
+    def __init__(self) -> None:
+        self._chunk_rows: deque[tuple[tuple[float, ...], float]] = deque(maxlen=_ROWS)
+        self._other_rows: deque[tuple[tuple[float, ...], float]] = deque(maxlen=_ROWS)
+        self._coef: tuple[float, float, float, float] | None = None  # None: refit first
+
+    @property
+    def ready(self) -> bool:
+        return len(self._chunk_rows) >= _MIN_CHUNK_ROWS
+
+    def observe(self, work: StepWork, seconds: float) -> None:
+        rows = self._chunk_rows if work.pairs else self._other_rows
+        rows.append((work.features(), seconds))
+        self._coef = None
+
+    def predict(self, work: StepWork) -> float:
+        return sum(c * x for c, x in zip(self.coefficients(), work.features(), strict=True))
+
+    def coefficients(self) -> tuple[float, float, float, float]:
+        if self._coef is None:
+            rows = [*self._chunk_rows, *self._other_rows]
+            x = np.array([features for features, _ in rows])
+            y = np.array([seconds for _, seconds in rows])
+            self._coef = _nonnegative_fit(x, y)
+        return self._coef
+
+    def largest_chunk(self, base: StepWork, num_computed: int, target: float) -> int:
+        """The most tokens a chunk after ``num_computed`` tokens can add to a step that
+        already does ``base`` and stay within ``target`` seconds (0: none fit)."""
+        _, c1, c2, _ = self.coefficients()
+        room = target - self.predict(base)
+        if room <= 0:
+            return 0
+        # seconds(c) - seconds(0) = a c^2 + b c, with pairs(c) = c n + c (c + 1) / 2.
+        a = c2 * _SCALES[2] / 2
+        b = c1 * _SCALES[1] + c2 * _SCALES[2] * (num_computed + 0.5)
+        if a <= 0:
+            return int(room / b) if b > 0 else 1 << 62
+        return int((-b + math.sqrt(b * b + 4 * a * room)) / (2 * a))
+
+
+def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Least squares with every coefficient at least zero (active set: a feature whose
+    coefficient comes out negative is dropped and the rest refitted; a cost cannot be
+    negative, and a negative one would size chunks from noise)."""
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        solution = np.linalg.lstsq(x[:, active], y, rcond=None)[0]
+        if (solution >= 0).all():
+            coef[active] = solution
+            break
+        active = [i for i, value in zip(active, solution, strict=True) if value >= 0]
+    return (float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]))

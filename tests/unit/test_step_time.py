@@ -1,0 +1,211 @@
+"""Prompt chunks sized by the step's predicted time (``core/step_time.py``): the model's fit,
+the largest chunk it allows, and the scheduler keeping steps with other requests near the
+target while a long prompt is computed."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from pagedllm.config import EngineArgs, SchedulerConfig, UsageContext
+from pagedllm.core import scheduler as scheduler_module
+from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.core.step_time import PROBE_CHUNK, StepTimeModel, StepWork, chunk_pairs
+from tests.unit.core_helpers import Harness, expected_output, make_request, make_scheduler
+
+# A simulated device: seconds of a step by what it computes (a CPU-like one, where a
+# 2,048-token chunk after 4,000 tokens takes ~1.4 s).
+OVERHEAD, PER_TOKEN, PER_PAIR, PER_CACHED = 0.005, 2e-4, 1e-7, 1e-8
+
+
+def simulated_seconds(work: StepWork) -> float:
+    return OVERHEAD + PER_TOKEN * work.tokens + PER_PAIR * work.pairs + PER_CACHED * work.cached
+
+
+def random_work(rng: random.Random, chunk: bool) -> StepWork:
+    tokens = rng.randint(1, 2048)
+    pairs = chunk_pairs(tokens, rng.randint(0, 8000)) if chunk else 0
+    return StepWork(tokens, pairs, rng.randint(0, 200_000))
+
+
+def test_the_fit_recovers_a_linear_cost():
+    rng = random.Random(0)
+    model = StepTimeModel()
+    for i in range(40):
+        work = random_work(rng, chunk=i % 2 == 0)
+        model.observe(work, simulated_seconds(work))
+    assert model.ready
+    scaled = (OVERHEAD, PER_TOKEN * 1e3, PER_PAIR * 1e6, PER_CACHED * 1e6)
+    assert model.coefficients() == pytest.approx(scaled, rel=1e-6)
+    work = StepWork(100, chunk_pairs(99, 5000), 12_345)
+    assert model.predict(work) == pytest.approx(simulated_seconds(work), rel=1e-6)
+
+
+def test_the_largest_chunk_is_the_largest_within_the_target():
+    rng = random.Random(1)
+    model = StepTimeModel()
+    for i in range(20):
+        work = random_work(rng, chunk=i % 2 == 0)
+        model.observe(work, simulated_seconds(work))
+    base = StepWork(40, chunk_pairs(30, 100), 50_000)
+    for computed in (0, 1000, 7000):
+        c = model.largest_chunk(base, computed, 0.5)
+
+        def seconds(n: int, computed: int = computed) -> float:
+            extra = StepWork(base.tokens + n, base.pairs + chunk_pairs(n, computed), base.cached)
+            return simulated_seconds(extra)
+
+        assert c > 0
+        assert seconds(c) <= 0.5 < seconds(c + 1)
+    assert model.largest_chunk(StepWork(5000, 0, 0), 0, 0.5) == 0  # the base alone is past it
+
+
+def test_costs_are_never_negative():
+    """Steps whose time falls as the cache fills (noise, another process): a negative cost
+    per cached token would size chunks by it; the fit drops that term instead."""
+    model = StepTimeModel()
+    rng = random.Random(2)
+    for i in range(20):
+        work = random_work(rng, chunk=i % 2 == 0)
+        model.observe(work, max(0.001, simulated_seconds(work) - 3e-6 * work.cached))
+    coefficients = model.coefficients()
+    assert min(coefficients) >= 0 and coefficients[3] == 0
+
+
+def test_chunk_steps_are_remembered_through_a_long_run_of_decodes():
+    rng = random.Random(3)
+    model = StepTimeModel()
+    for _ in range(16):
+        work = random_work(rng, chunk=True)
+        model.observe(work, simulated_seconds(work))
+    for _ in range(500):  # decodes only: their own cost, none for pairs
+        work = StepWork(rng.randint(1, 64), 0, rng.randint(0, 200_000))
+        model.observe(work, simulated_seconds(work))
+    assert model.ready
+    assert model.coefficients()[2] == pytest.approx(PER_PAIR * 1e6, rel=1e-6)
+
+
+class Clock:
+    """``time.perf_counter`` of the scheduler's module, advanced by the simulated steps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_timed(harness: Harness, clock: Clock, steps: int | None = None) -> list[float]:
+    """Step as the engine core does without async scheduling (schedule, run, observe,
+    update), each step taking its simulated time, ``steps`` times or until every request
+    ended; return each step's seconds."""
+    scheduler = harness.scheduler
+    seconds: list[float] = []
+    while scheduler.has_unfinished_requests() and len(seconds) != steps:
+        assert len(seconds) < 2000
+        so = scheduler.schedule()
+        took = simulated_seconds(work_of(so, scheduler))
+        clock.now += took
+        out = harness.runner.execute(so)
+        scheduler.observe_step(so)
+        for o in scheduler.update_from_output(so, out):
+            harness.outputs[o.request_id].extend(o.new_token_ids)
+        harness.history.append(so)
+        seconds.append(took)
+    return seconds
+
+
+def work_of(so: SchedulerOutput, scheduler: object) -> StepWork:
+    """What the step computes, from the plan alone (the same whether or not the scheduler
+    recorded it)."""
+    if so.work is not None:
+        return so.work
+    computed = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs}
+    computed |= {r.req_id: r.num_computed_tokens for r in so.scheduled_cached_reqs}
+    pairs = sum(
+        chunk_pairs(n, computed[rid]) for rid, n in so.num_scheduled_tokens.items() if n > 1
+    )
+    return StepWork(so.total_num_scheduled_tokens, pairs, 0)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.5])
+def test_a_long_prompt_beside_short_requests_keeps_steps_near_the_target(monkeypatch, target):
+    clock = Clock()
+    monkeypatch.setattr(scheduler_module.time, "perf_counter", clock)
+    scheduler = make_scheduler(
+        num_blocks=1024, block_size=16, max_num_seqs=16, max_num_batched_tokens=2048,
+        max_model_len=16384, step_time_target=target,
+    )  # fmt: skip
+    harness = Harness(scheduler)
+    short = [make_request(f"s{i}", 20, max_tokens=300) for i in range(4)]
+    harness.add(*short)
+    harness.add(make_request("warm", 1000, max_tokens=1))  # the model's first chunk steps
+    run_timed(harness, clock, steps=8)
+    long = make_request("long", 8000, max_tokens=2)
+    harness.add(long)
+    seconds = run_timed(harness, clock)
+    for request in (*short, long):
+        rid = request.request_id
+        assert harness.outputs[rid] == expected_output(
+            rid, request.num_prompt_tokens, 300 if rid != "long" else 2
+        )
+    harness.assert_all_blocks_free()
+    # The steps that computed a chunk of the long prompt while a short request ran.
+    shared = [
+        took
+        for so, took in zip(harness.history[-len(seconds) :], seconds, strict=True)
+        if so.num_scheduled_tokens.get("long", 0) > 1 and len(so.num_scheduled_tokens) > 1
+    ]
+    assert shared
+    if target:
+        assert max(shared) <= target * 1.01
+        assert len(shared) > 8000 / 2048 + 1  # more, shorter steps than the budget's
+    else:
+        assert max(shared) > 3 * 0.5  # what the target prevents: 2,048-token chunks
+
+
+def test_a_chunk_sized_by_time_still_advances():
+    """A step whose other work alone is past the target still computes some of a prompt."""
+    scheduler = make_scheduler(
+        num_blocks=256, block_size=16, max_num_batched_tokens=2048, step_time_target=0.5
+    )
+    model = scheduler.step_time
+    assert model is not None
+    rng = random.Random(4)
+    for i in range(8):
+        work = random_work(rng, chunk=i % 2 == 0)
+        model.observe(work, 100 * simulated_seconds(work))  # everything far past 0.5 s
+    harness = Harness(scheduler)
+    harness.add(make_request("a", 1000, max_tokens=1))
+    so, _ = harness.step()
+    assert so.num_scheduled_tokens["a"] == 64
+
+
+def test_chunks_are_probes_until_the_model_has_steps():
+    scheduler = make_scheduler(
+        num_blocks=256, block_size=16, max_num_batched_tokens=2048, step_time_target=0.5
+    )
+    harness = Harness(scheduler)
+    harness.add(make_request("a", 1000, max_tokens=1))
+    so, _ = harness.step()
+    assert so.num_scheduled_tokens["a"] == PROBE_CHUNK
+    assert so.work == StepWork(PROBE_CHUNK, chunk_pairs(PROBE_CHUNK, 0), 0)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
+def test_a_bad_target_is_refused(bad):
+    with pytest.raises(ValueError, match="step_time_target must be a number of seconds"):
+        SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, step_time_target=bad)
+
+
+def test_the_server_sizes_chunks_by_time_and_the_offline_llm_does_not(tiny_models):
+    def target(usage: UsageContext, **kwargs: object) -> float:
+        args = EngineArgs(model=str(tiny_models["llama"]), **kwargs)
+        return args.create_engine_config(usage).scheduler_config.step_time_target
+
+    assert target(UsageContext.OPENAI_API_SERVER) == 0.5
+    assert target(UsageContext.LLM_CLASS) == 0.0
+    assert target(UsageContext.LLM_CLASS, step_time_target=2.0) == 2.0
+    assert target(UsageContext.OPENAI_API_SERVER, step_time_target=0.0) == 0.0
