@@ -21,7 +21,12 @@ from pagedllm.entrypoints.openai.messages_protocol import (
     AnthropicErrorInfo,
     AnthropicErrorResponse,
 )
-from pagedllm.entrypoints.openai.protocol import ErrorInfo, ErrorResponse, UnsupportedField
+from pagedllm.entrypoints.openai.protocol import (
+    ErrorInfo,
+    ErrorResponse,
+    FieldError,
+    UnsupportedField,
+)
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -102,7 +107,7 @@ def _error_response_for(
 
 def from_value_error(exc: ValueError) -> OpenAIError:
     """A user-facing ValueError from validation, as a 400 naming the field when it can."""
-    if isinstance(exc, UnsupportedField):
+    if isinstance(exc, (UnsupportedField, FieldError)):
         return OpenAIError(str(exc), 400, exc.field)
     match = _LEADING_FIELD.match(str(exc))
     return OpenAIError(str(exc), 400, match.group(1) if match else None)

@@ -2,9 +2,10 @@
 
 FastAPI documents a 422 validation error for every route with a body; this server answers
 bad input with 400 and an ``ErrorResponse``, and may also answer 401 (API key), 404
-(unknown model), 408 (slow body), 413 (large body), 500 (a request the engine failed) and
-503 (overloaded, draining, engine down). Each operation documents exactly those, in the
-shape its API speaks (Anthropic's under /v1/messages).
+(unknown model), 408 (slow body), 413 (large body), 415 (a body compressed or not JSON),
+500 (a request the engine failed) and 503 (overloaded, draining, engine down). Each
+operation documents exactly those, in the shape its API speaks (Anthropic's under
+/v1/messages).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ERROR_STATUSES = {
     404: "Unknown model or route",
     408: "The request body arrived too slowly",
     413: "The request body is too large",
+    415: "The request body is compressed or not JSON (Content-Encoding, Content-Type)",
     500: "The engine failed this request",
     503: "Overloaded, shutting down, or the engine is not running",
 }

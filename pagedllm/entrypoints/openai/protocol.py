@@ -372,6 +372,15 @@ class UnsupportedField(ValueError):
         self.field = field
 
 
+class FieldError(ValueError):
+    """A value refused with the path of the field that holds it (``tools.2.function.name``),
+    which the 400 gives as its ``param``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 # -- chat ------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from pagedllm.entrypoints.openai.protocol import (
     _check_metadata,
     check_token_count,
 )
+from pagedllm.entrypoints.openai.tool_choice import check_unique_names
 
 # The one ``include`` value the server produces (the others name outputs of built-in tools,
 # images, or encrypted reasoning).
@@ -69,9 +70,17 @@ class ContentPart(OpenAIModel):
     logprobs: list[Any] | None = None
 
 
+# The roles of a message item. A chat-completions ``tool`` message has no counterpart: a
+# tool's result is a function_call_output item.
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+
+
 class MessageItem(OpenAIModel):
     type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
+    # Any string, checked against MESSAGE_ROLES by the handler: a schema error here was
+    # reported on the first alternative of the ``input`` union ("input.str: Input should
+    # be a valid string"), not on the item's role.
+    role: str
     content: str | BoundedList[ContentPart]
     id: str | None = None
     status: ItemStatus | None = None
@@ -285,6 +294,10 @@ class ResponsesRequest(OpenAIModel):
                     "tools", f"tools[{i}]: the built-in tool type {tool.type!r} is not "
                     "supported by pagedllm; only function tools are served.",
                 )  # fmt: skip
+        # Every tool is a function tool past the loop: names keep their indexes.
+        check_unique_names(
+            [t.name for t in self.tools or [] if isinstance(t, FunctionTool)], "tools.{}.name"
+        )
         choice = self.tool_choice
         if isinstance(choice, ToolChoiceObject):
             if choice.type != "function":

@@ -38,6 +38,7 @@ from pagedllm.entrypoints.openai.messages_protocol import (
 from pagedllm.entrypoints.openai.middleware import unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, StreamOptions
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
+from pagedllm.entrypoints.openai.tool_choice import check_unique_names
 from pagedllm.entrypoints.openai.unknown_fields import note_inert_field
 from pagedllm.logger import init_logger
 
@@ -85,6 +86,7 @@ class MessagesHandler:
 
 def _accept(request: ConversationFields) -> None:
     request.refuse_unbuilt()
+    check_unique_names([t.name for t in request.tools or []], "tools.{}.name")
     if request.thinking is not None:
         note_inert_field(
             type(request).__name__, "thinking", "the server's --reasoning-parser decides what "

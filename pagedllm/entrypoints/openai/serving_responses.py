@@ -27,8 +27,9 @@ from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.middleware import unless_disconnected
-from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
+from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, FieldError
 from pagedllm.entrypoints.openai.responses_protocol import (
+    MESSAGE_ROLES,
     ContentPart,
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -151,6 +152,7 @@ def _add_item(messages: list[dict[str, Any]], item: InputItem, index: int) -> No
     render a turn's calls with its text."""
     last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
     if isinstance(item, MessageItem):
+        _check_role(item.role, index)
         text = _text(item.content, index)
         if item.role == "assistant" and last is not None and last.get("content") is None:
             last["content"] = text
@@ -173,6 +175,25 @@ def _add_item(messages: list[dict[str, Any]], item: InputItem, index: int) -> No
             "input", f"input[{index}]: items of type {item.type!r} are not supported by "
             "pagedllm; send message, function_call, function_call_output or reasoning items.",
         )  # fmt: skip
+
+
+def _check_role(role: str, index: int) -> None:
+    """A 400 naming ``input.N.role`` for a role the Responses API has no message of; a
+    chat-completions tool message (the likeliest) is told what replaces it."""
+    if role in MESSAGE_ROLES:
+        return
+    field = f"input.{index}.role"
+    if role == "tool":
+        raise FieldError(
+            field, f"{field}: the Responses API has no messages of role 'tool' (those are "
+            "chat completions'); send a tool's result as a function_call_output item, "
+            '{"type": "function_call_output", "call_id": ..., "output": ...}, whose call_id '
+            "is the function_call item's.",
+        )  # fmt: skip
+    raise FieldError(
+        field, f"{field}: the role {role[:40]!r} is not a message role of the Responses API; "
+        f"use one of {', '.join(MESSAGE_ROLES)}.",
+    )  # fmt: skip
 
 
 def _add_call(messages: list[dict[str, Any]], call_id: str, name: str, arguments: str) -> None:

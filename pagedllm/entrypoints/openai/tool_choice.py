@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm.entrypoints.openai.protocol import FieldError
 from pagedllm.entrypoints.openai.tool_parsers import (
     ExtractedToolCalls,
     ToolCall,
@@ -107,6 +108,7 @@ def plan_tool_choice(
     """Validate the request's tool fields; ValueError (a 400) with a sentence otherwise.
     ``auto_parser`` is the server's tool-call parser when auto tool choice is enabled."""
     tools = [_check_tool(t) for t in tools or []]
+    check_unique_names([t["function"]["name"] for t in tools], "tools.{}.function.name")
     parallel = parallel_tool_calls is not False
     if tool_choice is None:
         tool_choice = "auto" if tools else "none"
@@ -132,6 +134,22 @@ def plan_tool_choice(
         f"tool_choice must be 'none', 'auto', 'required' or "
         f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}.'
     )
+
+
+def check_unique_names(names: list[str], field: str) -> None:
+    """A 400 naming the first tool whose name an earlier tool has, as OpenAI's: a call names
+    its tool, so which of the two it meant would be a guess. Chat, Responses and Anthropic
+    requests all pass here; ``field`` is the path of a tool's name in the request's own API,
+    ``{}`` standing for the tool's index."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            path = field.format(index)
+            raise FieldError(
+                path, f"{path}: the tool name {name!r} is already used by tools.{first[name]}; "
+                "tool names must be unique.",
+            )  # fmt: skip
+        first[name] = index
 
 
 def _check_tool(tool: Any) -> dict[str, Any]:
