@@ -188,7 +188,9 @@ class RequestBodyMiddleware:
     """Bounds on reading a request body: at most ``max_bytes`` (413, before reading when
     Content-Length says so), each next piece within ``timeout_s``, and the whole body within
     ``timeout_s`` plus 1 s per ``MIN_BODY_BYTES_PER_S`` of it (408). Once the body is
-    complete, reads wait freely (for a disconnect). Errors are OpenAI-shaped."""
+    complete, reads wait freely (for a disconnect). A body must be uncompressed JSON (415
+    otherwise); one sent without a Content-Type is read as JSON, unless a web page sent it.
+    Errors are OpenAI-shaped."""
 
     def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
         self.app = app
@@ -199,15 +201,11 @@ class RequestBodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, self._too_large())
+        unread = self._refused_unread(scope)
+        if unread is not None:
+            await self._refuse(scope, receive, send, unread)
             return
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding not in (b"", b"identity"):
-            await self._refuse(scope, receive, send, self._encoded(encoding))
-            return
+        scope = _json_by_default(scope)
         received, body_done = 0, False
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -238,6 +236,34 @@ class RequestBodyMiddleware:
                 raise
             await self._refuse(scope, receive, send, refused)
 
+    def _refused_unread(self, scope: dict) -> _BodyRefused | None:
+        """The refusal the headers alone call for: a body declared too large, compressed,
+        or of a media type other than JSON."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return self._too_large()
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity"):
+            return self._encoded(encoding)
+        if _has_body(headers):
+            return self._untyped_or_not_json(scope["headers"])
+        return None
+
+    @classmethod
+    def _untyped_or_not_json(cls, headers: list[tuple[bytes, bytes]]) -> _BodyRefused | None:
+        # Every Content-Type sent is checked: FastAPI reads the first, a dict the last.
+        sent = [value for name, value in headers if name == b"content-type" and value.strip()]
+        wrong = next((value for value in sent if not _is_json(value)), None)
+        if wrong is not None:
+            return cls._not_json(wrong)
+        if not sent and any(name == b"origin" for name, _ in headers):
+            # A page sends a body without a type (a Blob) with no CORS preflight: read as
+            # JSON, any site a browser opens could run requests on a server without a key.
+            # Clients that send no type (curl -T, scripts) send no Origin either.
+            return cls._untyped_from_a_page()
+        return None
+
     def _too_slow(self) -> _BodyRefused:
         message = (
             f"The request body did not arrive within {self.timeout_s:g} s for each piece "
@@ -254,6 +280,25 @@ class RequestBodyMiddleware:
         message = f"Content-Encoding {name!r} is not supported: send the body uncompressed."
         return _BodyRefused(message, 415)
 
+    @staticmethod
+    def _not_json(content_type: bytes) -> _BodyRefused:
+        # Every route with a body reads JSON: a form or text body was refused as "Input
+        # should be a valid dictionary", which named neither the header nor the fix.
+        name = content_type.decode("latin-1")[:80]
+        message = (
+            f"Content-Type {name!r} is not supported: send the body as JSON, with "
+            "'Content-Type: application/json' (or no Content-Type)."
+        )
+        return _BodyRefused(message, 415)
+
+    @staticmethod
+    def _untyped_from_a_page() -> _BodyRefused:
+        message = (
+            "The request body has no Content-Type and the request comes from a web page "
+            "(it sends Origin): send the body as JSON, with 'Content-Type: application/json'."
+        )
+        return _BodyRefused(message, 415)
+
     def _too_large(self) -> _BodyRefused:
         message = (
             f"The request body is larger than {self.max_bytes} bytes (--max-request-body-bytes)."
@@ -265,6 +310,33 @@ class RequestBodyMiddleware:
         await _send_error(
             scope, receive, send, str(refused.detail), refused.status_code, refused.headers
         )
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    """Whether the request sends a body (``curl -X POST -d ''`` sends a form type and none)."""
+    length = headers.get(b"content-length", b"")
+    return (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
+
+
+def _is_json(content_type: bytes) -> bool:
+    """``application/json`` or ``application/*+json`` (FastAPI's rule), any parameters."""
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type == b"application/json":
+        return True
+    return media_type.startswith(b"application/") and media_type.endswith(b"+json")
+
+
+def _json_by_default(scope: dict) -> dict:
+    """The scope, with ``Content-Type: application/json`` where a body came without a type
+    (or with an empty one): some clients send none, and FastAPI 0.132 on reads such a body
+    as bytes, which no request model accepts (a 400 that named no header)."""
+    headers = scope["headers"]
+    if not _has_body(dict(headers)):
+        return scope
+    if any(value.strip() for name, value in headers if name == b"content-type"):
+        return scope
+    untyped = [(name, value) for name, value in headers if name != b"content-type"]
+    return {**scope, "headers": [*untyped, (b"content-type", b"application/json")]}
 
 
 class ServingStateMiddleware:
