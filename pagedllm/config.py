@@ -146,6 +146,8 @@ class SchedulerConfig:
             raise ValueError(
                 f"step_time_target must be a number of seconds >= 0, got {self.step_time_target}."
             )
+        if self.step_time_target > 0 and not self.enable_chunked_prefill:
+            raise ValueError("step_time_target sizes prompt chunks; it needs chunked prefill.")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be greater than "
@@ -735,16 +737,22 @@ class EngineArgs(VllmEngineOptions):
                 device == "cuda" if self.async_scheduling is None else self.async_scheduling
             ),
             preemption_mode=mode,
-            step_time_target=self._step_time_target(usage),
+            step_time_target=self._step_time_target(usage, chunked),
         )
 
-    def _step_time_target(self, usage: UsageContext) -> float:
+    def _step_time_target(self, usage: UsageContext, chunked: bool) -> float:
         """The server's clients wait for each other's steps; an offline batch wants its
-        throughput, which chunks as large as the budget give."""
+        throughput, which chunks as large as the budget give. Without chunked prefill a
+        prompt is computed whole: there are no chunks to size."""
         if self.step_time_target is not None:
+            if self.step_time_target > 0 and not chunked:
+                raise ValueError(
+                    "step_time_target sizes prompt chunks; it needs chunked prefill (drop "
+                    "--no-enable-chunked-prefill, or set --step-time-target 0)."
+                )
             return self.step_time_target
         serving = usage in (UsageContext.OPENAI_API_SERVER, UsageContext.API_SERVER)
-        return _SERVER_STEP_TIME_TARGET if serving else 0.0
+        return _SERVER_STEP_TIME_TARGET if serving and chunked else 0.0
 
     # -- interop -------------------------------------------------------------------------
 

@@ -209,3 +209,7 @@ def test_the_server_sizes_chunks_by_time_and_the_offline_llm_does_not(tiny_model
     assert target(UsageContext.LLM_CLASS) == 0.0
     assert target(UsageContext.LLM_CLASS, step_time_target=2.0) == 2.0
     assert target(UsageContext.OPENAI_API_SERVER, step_time_target=0.0) == 0.0
+    # Without chunked prefill there are no chunks to size: off, and refused when asked for.
+    assert target(UsageContext.OPENAI_API_SERVER, enable_chunked_prefill=False) == 0.0
+    with pytest.raises(ValueError, match="step_time_target sizes prompt chunks; it needs"):
+        target(UsageContext.LLM_CLASS, enable_chunked_prefill=False, step_time_target=0.5)
