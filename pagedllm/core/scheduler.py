@@ -354,7 +354,8 @@ class Scheduler:
         """A step's results are in: its time (from its scheduling, or from the previous
         step's end when it ran behind that one) goes to the step time model."""
         now = time.perf_counter()
-        if self.step_time is not None and so.work is not None:
+        # An empty step (everything waiting on a grammar's compile) measures nothing.
+        if self.step_time is not None and so.work is not None and not so.is_empty:
             self.step_time.observe(so.work, now - max(so.scheduled_at, self._last_step_end))
         self._last_step_end = now
 
