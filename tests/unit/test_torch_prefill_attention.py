@@ -1,6 +1,7 @@
-"""The torch backend's masked prefill chunks (a cached prefix, a window): two batched
-products around a softmax up to ``SCORES_LIMIT`` score elements, SDPA past it; both
-against SDPA's own masked attention on the same cache."""
+"""The torch backend's masked prefill chunks (a cached prefix, a window): after a prefix,
+two batched products around a softmax in query tiles of at most ``SCORES_LIMIT`` score
+elements; a window, the products up to it and SDPA past it; all against SDPA's own masked
+attention on the same cache."""
 
 from __future__ import annotations
 
@@ -38,7 +39,12 @@ def expected(cache, q, span: PrefillSpan, window: int | None) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
-@pytest.mark.parametrize("limit", [torch_backend.SCORES_LIMIT, 0], ids=["products", "sdpa"])
+# (SCORES_LIMIT, MIN_TILE_ROWS): one tile (windows: the products); tiles of 4 queries, the
+# last shorter (windows: SDPA); tiles of one query (windows: SDPA).
+LIMITS = [(torch_backend.SCORES_LIMIT, 32), (0, 4), (0, 1)]
+
+
+@pytest.mark.parametrize("limit", LIMITS, ids=["whole", "tiles-of-4", "tiles-of-1"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize(
     "prefix, length, window", [(37, 9, None), (37, 9, 5), (3, 1, None), (3, 1, 5), (0, 6, 5)]
@@ -46,7 +52,9 @@ def expected(cache, q, span: PrefillSpan, window: int | None) -> torch.Tensor:
 def test_a_masked_chunk_attends_as_sdpa_does(
     monkeypatch, limit, dtype, tolerance, prefix, length, window
 ) -> None:
-    monkeypatch.setattr(torch_backend, "SCORES_LIMIT", limit)
+    monkeypatch.setattr(torch_backend, "SCORES_LIMIT", limit[0])
+    monkeypatch.setattr(torch_backend, "TILE_SCORES", limit[0])
+    monkeypatch.setattr(torch_backend, "MIN_TILE_ROWS", limit[1])
     cache, q, span = chunk(prefix, length, dtype)
     # A chunk with a cached prefix reads every key from the cache; one without takes its
     # fresh K/V (here the same values) and must not read the cache.
@@ -56,8 +64,10 @@ def test_a_masked_chunk_attends_as_sdpa_does(
         read = _Reader(cache, torch.ones(2), dtype)
     else:
         read = _Reader(torch.full_like(cache, float("nan")), torch.ones(2), dtype)
+    q_given = q.clone()
     out = _prefill(q, fresh[0], fresh[1], read, span, DIM**-0.5, window)
     assert out.dtype == dtype and out.shape == q.shape
+    assert torch.equal(q, q_given)  # the queries are the caller's (a one-query tile's view)
     torch.testing.assert_close(out.float(), expected(cache, q, span, window), atol=tolerance,
                                rtol=tolerance)  # fmt: skip
 
