@@ -50,6 +50,8 @@ _NO_BLOCKS: tuple[int, ...] = ()  # immutable: shared by every step's decodes
 # The fewest tokens a prompt chunk sized by the step's time gets: the prompt always advances,
 # even when the step's other work alone is past the target.
 _MIN_TIMED_CHUNK = 64
+# The share of the step time target a prompt chunk may take in a step already past it.
+_PROMPT_SHARE = 0.5
 
 
 @dataclass
@@ -339,16 +341,21 @@ class Scheduler:
     def _time_cap(
         self, num_tokens: int, num_computed: int, plan: _StepPlan, num_after: int = 0
     ) -> int:
-        """A prompt chunk within what the step's time target leaves (at least
-        ``_MIN_TIMED_CHUNK`` tokens; ``PROBE_CHUNK`` while the model has too few steps)."""
+        """A prompt chunk within what the step's time target leaves, or ``_PROMPT_SHARE`` of
+        the target where less is left (at least ``_MIN_TIMED_CHUNK`` tokens;
+        ``PROBE_CHUNK`` while the model has too few steps)."""
         model = self.step_time
         assert model is not None
         if not model.ready:
             return min(num_tokens, PROBE_CHUNK)
         scheduled = self.config.max_num_batched_tokens - plan.budget
         base = StepWork(scheduled + num_after, plan.pairs, plan.cached)
-        room = model.largest_chunk(base, num_computed, self.config.step_time_target)
-        return min(num_tokens, max(room, _MIN_TIMED_CHUNK))
+        target = self.config.step_time_target
+        # Past the target already (decodes alone, or chunks before this one), a chunk may
+        # still take a share of it: a prompt's first token then waits for some steps of
+        # 1.5 targets, not for hundreds of minimal chunks.
+        seconds = max(target - model.predict(base), target * _PROMPT_SHARE)
+        return min(num_tokens, max(model.chunk_within(num_computed, seconds), _MIN_TIMED_CHUNK))
 
     def observe_step(self, so: SchedulerOutput) -> None:
         """A step's results are in: its time (from its scheduling, or from the previous

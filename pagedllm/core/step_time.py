@@ -79,19 +79,18 @@ class StepTimeModel:
             self._coef = _nonnegative_fit(x, y)
         return self._coef
 
-    def largest_chunk(self, base: StepWork, num_computed: int, target: float) -> int:
-        """The most tokens a chunk after ``num_computed`` tokens can add to a step that
-        already does ``base`` and stay within ``target`` seconds (0: none fit)."""
-        _, c1, c2, _ = self.coefficients()
-        room = target - self.predict(base)
-        if room <= 0:
+    def chunk_within(self, num_computed: int, seconds: float) -> int:
+        """The most tokens a chunk after ``num_computed`` tokens can add to a step within
+        ``seconds`` more (0: none fit)."""
+        if seconds <= 0:
             return 0
+        _, c1, c2, _ = self.coefficients()
         # seconds(c) - seconds(0) = a c^2 + b c, with pairs(c) = c n + c (c + 1) / 2.
         a = c2 * _SCALES[2] / 2
         b = c1 * _SCALES[1] + c2 * _SCALES[2] * (num_computed + 0.5)
         if a <= 0:
-            return int(room / b) if b > 0 else 1 << 62
-        return int((-b + math.sqrt(b * b + 4 * a * room)) / (2 * a))
+            return int(seconds / b) if b > 0 else 1 << 62
+        return int((-b + math.sqrt(b * b + 4 * a * seconds)) / (2 * a))
 
 
 def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:

@@ -43,15 +43,16 @@ def test_the_fit_recovers_a_linear_cost():
     assert model.predict(work) == pytest.approx(simulated_seconds(work), rel=1e-6)
 
 
-def test_the_largest_chunk_is_the_largest_within_the_target():
+def test_the_largest_chunk_is_the_largest_within_the_time_given():
     rng = random.Random(1)
     model = StepTimeModel()
     for i in range(20):
         work = random_work(rng, chunk=i % 2 == 0)
         model.observe(work, simulated_seconds(work))
     base = StepWork(40, chunk_pairs(30, 100), 50_000)
+    room = 0.5 - simulated_seconds(base)
     for computed in (0, 1000, 7000):
-        c = model.largest_chunk(base, computed, 0.5)
+        c = model.chunk_within(computed, room)
 
         def seconds(n: int, computed: int = computed) -> float:
             extra = StepWork(base.tokens + n, base.pairs + chunk_pairs(n, computed), base.cached)
@@ -59,7 +60,7 @@ def test_the_largest_chunk_is_the_largest_within_the_target():
 
         assert c > 0
         assert seconds(c) <= 0.5 < seconds(c + 1)
-    assert model.largest_chunk(StepWork(5000, 0, 0), 0, 0.5) == 0  # the base alone is past it
+    assert model.chunk_within(0, 0.0) == 0 and model.chunk_within(0, -1.0) == 0
 
 
 def test_costs_are_never_negative():
@@ -166,21 +167,29 @@ def test_a_long_prompt_beside_short_requests_keeps_steps_near_the_target(monkeyp
         assert max(shared) > 3 * 0.5  # what the target prevents: 2,048-token chunks
 
 
-def test_a_chunk_sized_by_time_still_advances():
-    """A step whose other work alone is past the target still computes some of a prompt."""
-    scheduler = make_scheduler(
-        num_blocks=256, block_size=16, max_num_batched_tokens=2048, step_time_target=0.5
-    )
-    model = scheduler.step_time
-    assert model is not None
-    rng = random.Random(4)
-    for i in range(8):
-        work = random_work(rng, chunk=i % 2 == 0)
-        model.observe(work, 100 * simulated_seconds(work))  # everything far past 0.5 s
-    harness = Harness(scheduler)
-    harness.add(make_request("a", 1000, max_tokens=1))
-    so, _ = harness.step()
-    assert so.num_scheduled_tokens["a"] == 64
+def test_a_step_past_the_target_still_gives_a_chunk_a_share_of_it():
+    """Decodes alone past the target: a prompt chunk still gets half the target's time, and
+    at least 64 tokens where even that fits fewer."""
+    for slowdown, expected in ((1, None), (100, 64)):
+        scheduler = make_scheduler(
+            num_blocks=256, block_size=16, max_num_batched_tokens=2048, step_time_target=0.5
+        )
+        model = scheduler.step_time
+        assert model is not None
+        rng = random.Random(4)
+        for i in range(8):
+            work = random_work(rng, chunk=i % 2 == 0)
+            model.observe(work, slowdown * simulated_seconds(work))
+        scheduler.kv.num_used_tokens = lambda: 100_000_000  # decodes worth ~1 s (x slowdown)
+        harness = Harness(scheduler)
+        harness.add(make_request("a", 2000, max_tokens=1))
+        so, _ = harness.step()
+        chunk = so.num_scheduled_tokens["a"]
+        if expected is None:
+            assert chunk == model.chunk_within(0, 0.25)
+            assert 64 < chunk < 2000
+        else:
+            assert chunk == expected
 
 
 def test_chunks_are_probes_until_the_model_has_steps():
