@@ -114,6 +114,16 @@ def test_chunked_prefill_and_prefix_cache_give_same_tokens(tiny_models, llama):
     assert cached.generate(prompts[:1], GREEDY, use_tqdm=False)[0].num_cached_tokens > 0
 
 
+def test_chunks_sized_by_the_step_time_give_same_tokens(tiny_models, llama):
+    """A microsecond step time target: every prompt goes in chunks of its floor (256 tokens
+    while the model measures, then 64), beside decodes, with and without cached prefixes."""
+    shared = mixed_prompts(1, seed=9)[0] * 3
+    prompts = [{"prompt_token_ids": shared + tail} for tail in mixed_prompts(12, seed=4)]
+    reference = token_ids(llama.generate(prompts, GREEDY, use_tqdm=False))
+    timed = make_llm(tiny_models["llama"], max_num_batched_tokens=512, step_time_target=1e-6)
+    assert token_ids(timed.generate(prompts, GREEDY, use_tqdm=False)) == reference
+
+
 @pytest.mark.parametrize("forecast", [False, True])
 def test_tiny_kv_budget_keeps_results(tiny_models, llama, forecast):
     """Admitting freely, the budget forces preemptions; with the admission forecast (the
