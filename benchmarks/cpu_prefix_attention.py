@@ -1,5 +1,6 @@
-"""One layer's attention for a prompt chunk after a cached prefix, on the CPU: SDPA with the
-boolean mask (the torch backend's path past ``SCORES_LIMIT`` before the query tiles) against
+"""One layer's attention for a prompt chunk, after a cached prefix or none, on the CPU: SDPA
+(with the boolean mask after a prefix, the torch backend's path past ``SCORES_LIMIT`` before
+the query tiles; ``is_causal`` with none, its path for such chunks before them) against
 ``_attend_after_prefix``, at SmolLM2-135M's shapes (9 query heads, 3 KV heads of 64).
 
     python benchmarks/cpu_prefix_attention.py [--dtype bfloat16] [--tile-scores 1048576 ...]
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from pagedllm.attention import torch_backend
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
-SHAPES = [(6000, 512), (2000, 2048), (6000, 2048), (7000, 64)]  # (cached, new tokens)
+# (cached, new tokens); with none cached SDPA runs causal, without a mask, as the backend did.
+SHAPES = [(6000, 512), (2000, 2048), (6000, 2048), (7000, 64), (0, 512), (0, 2048), (0, 4096)]
 
 
 def best_of_two(fn: Callable[[], torch.Tensor]) -> float:
@@ -41,8 +43,9 @@ def time_shape(prefix: int, length: int, dtype: torch.dtype, tile_scores: list[i
     k, v = (torch.randn(KV_HEADS, seq_len, DIM, dtype=dtype) for _ in range(2))
     mask = torch.arange(seq_len)[None, :] <= torch.arange(length)[:, None] + prefix
     sdpa = functools.partial(
-        F.scaled_dot_product_attention, q, k, v, attn_mask=mask, scale=DIM**-0.5, enable_gqa=True
-    )
+        F.scaled_dot_product_attention, q, k, v, attn_mask=mask if prefix else None,
+        is_causal=not prefix, scale=DIM**-0.5, enable_gqa=True,
+    )  # fmt: skip
     tiles = functools.partial(torch_backend._attend_after_prefix, q, k, v, DIM**-0.5)
     torch.testing.assert_close(sdpa().float(), tiles().float(), atol=2e-2, rtol=2e-2)
     flops = 4 * HEADS * DIM * length * (prefix + length / 2)

@@ -32,9 +32,10 @@ def chunk(prefix: int, length: int, dtype: torch.dtype) -> tuple:
 
 def expected(cache, q, span: PrefillSpan, window: int | None) -> torch.Tensor:
     kv = cache[:, span.block_ids].reshape(2, -1, KV_HEADS, DIM)[:, : span.seq_len].float()
+    mask = span.mask_for(window)  # None: no cached prefix and no window, plain causal
     out = F.scaled_dot_product_attention(
         q.float().transpose(0, 1), kv[0].transpose(0, 1), kv[1].transpose(0, 1),
-        attn_mask=span.mask_for(window), scale=DIM**-0.5, enable_gqa=True,
+        attn_mask=mask, is_causal=mask is None, scale=DIM**-0.5, enable_gqa=True,
     )  # fmt: skip
     return out.transpose(0, 1)
 
@@ -47,7 +48,8 @@ LIMITS = [(torch_backend.SCORES_LIMIT, 32), (0, 4), (0, 1)]
 @pytest.mark.parametrize("limit", LIMITS, ids=["whole", "tiles-of-4", "tiles-of-1"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize(
-    "prefix, length, window", [(37, 9, None), (37, 9, 5), (3, 1, None), (3, 1, 5), (0, 6, 5)]
+    "prefix, length, window",
+    [(37, 9, None), (37, 9, 5), (3, 1, None), (3, 1, 5), (0, 6, 5), (0, 9, None), (0, 1, None)],
 )
 def test_a_masked_chunk_attends_as_sdpa_does(
     monkeypatch, limit, dtype, tolerance, prefix, length, window
