@@ -89,12 +89,6 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.block_pool.get_usage()
 
-    def num_used_tokens(self) -> int:
-        """Token slots of the blocks requests hold (cached blocks no request holds are
-        free): about the tokens a step's attention reads."""
-        pool = self.block_pool
-        return (pool.num_blocks - pool.get_num_free_blocks()) * self.block_size
-
     def get_computed_blocks(self, request: Request) -> tuple[CachedPrefix, int]:
         """Longest cached prefix of whole blocks, and how many tokens it covers: blocks on
         the device, then blocks in the host tier (one run each: the device frees a

@@ -66,10 +66,8 @@ class _StepPlan:
     first_time: set[str] = field(default_factory=set)
     resumed: set[str] = field(default_factory=set)
     preempted: set[str] = field(default_factory=set)
-    # With a step time target: the (query, key) pairs of the step's prompt chunks so far, and
-    # the tokens the KV cache holds at the step's start.
+    # With a step time target: the (query, key) pairs of the step's prompt chunks so far.
     pairs: int = 0
-    cached: int = 0
 
     def add(self, request: Request, num_tokens: int, new_blocks: list[KVCacheBlock]) -> None:
         if num_tokens > 1:  # a chunk (request.num_computed_tokens: before this step)
@@ -171,8 +169,6 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         plan = _StepPlan(budget=self.config.max_num_batched_tokens)
         began = time.perf_counter()
-        if self.step_time is not None:
-            plan.cached = self.kv.num_used_tokens()
         on_trial = self.quarantine.on_trial()
         self._schedule_running(plan, on_trial)
         if on_trial is not None:
@@ -181,7 +177,7 @@ class Scheduler:
             self._schedule_waiting(plan)
         so = self._emit(plan)
         if self.step_time is not None:
-            so.work = StepWork(so.total_num_scheduled_tokens, plan.pairs, plan.cached)
+            so.work = StepWork(so.total_num_scheduled_tokens, plan.pairs)
             so.scheduled_at = began
         return so
 
@@ -349,7 +345,7 @@ class Scheduler:
         if not model.ready:
             return min(num_tokens, PROBE_CHUNK)
         scheduled = self.config.max_num_batched_tokens - plan.budget
-        base = StepWork(scheduled + num_after, plan.pairs, plan.cached)
+        base = StepWork(scheduled + num_after, plan.pairs)
         target = self.config.step_time_target
         # Past the target already (decodes alone, or chunks before this one), a chunk may
         # still take a share of it: a prompt's first token then waits for some steps of

@@ -7,12 +7,18 @@ chunk of ``max_num_batched_tokens`` tokens costs more the more of the prompt is 
 and the server's other clients waited that long for each token (benchmarks/RESULTS.md, "One
 whole-context prompt on the CPU server").
 
-The model: ``seconds = c0 + c1 * tokens + c2 * pairs + c3 * cached``, where ``tokens`` are the
-step's scheduled tokens, ``pairs`` the (query, key) pairs of its prompt chunks (a chunk of c
-tokens after n computed ones: c * n + c * (c + 1) / 2) and ``cached`` the tokens held in the KV
-cache (what the step's decodes read, by proxy). It is fitted by least squares with
+The model: ``seconds = c0 + c1 * tokens + c2 * pairs``, where ``tokens`` are the step's
+scheduled tokens and ``pairs`` the (query, key) pairs of its prompt chunks (a chunk of c
+tokens after n computed ones: c * n + c * (c + 1) / 2). It is fitted by least squares with
 non-negative coefficients over the last steps that computed a chunk and, apart, the last
-steps that did not, so that neither kind's terms are forgotten while the other kind runs.
+steps that did not, so that neither kind's terms are forgotten while the other kind runs. (A
+term for the tokens the KV cache holds, what decodes read, was tried: with one long prompt
+going in equal chunks it grows with the pairs, the fit gave it the chunks' cost, and the
+next lone chunk took the whole budget: a 16.7 s step on the CPU.)
+
+A chunk is trusted to at most twice the tokens of the largest step with a chunk remembered:
+the fit extrapolates no further than that, so a wrong fit costs one step of twice the size
+it has seen, and chunks grow by doubling while their steps stay within the target.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ _ROWS = 16
 # PROBE_CHUNK tokens (while the fit cannot tell, a chunk's size is a guess: a small one).
 _MIN_CHUNK_ROWS = 3
 PROBE_CHUNK = 256
-# Scales of the features (thousands of tokens, millions of pairs and of cached tokens),
-# which keep the normal equations well conditioned.
-_SCALES = (1.0, 1e-3, 1e-6, 1e-6)
+# Scales of the features (thousands of tokens, millions of pairs), which keep the normal
+# equations well conditioned.
+_SCALES = (1.0, 1e-3, 1e-6)
+# How far past the largest remembered chunk step a chunk may go (a factor of its tokens).
+_TRUST = 2
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,9 @@ class StepWork:
 
     tokens: int
     pairs: int
-    cached: int
 
-    def features(self) -> tuple[float, float, float, float]:
-        return (1.0, self.tokens * _SCALES[1], self.pairs * _SCALES[2], self.cached * _SCALES[3])
+    def features(self) -> tuple[float, float, float]:
+        return (1.0, self.tokens * _SCALES[1], self.pairs * _SCALES[2])
 
 
 def chunk_pairs(num_tokens: int, num_computed: int) -> int:
@@ -57,7 +64,7 @@ class StepTimeModel:
     def __init__(self) -> None:
         self._chunk_rows: deque[tuple[tuple[float, ...], float]] = deque(maxlen=_ROWS)
         self._other_rows: deque[tuple[tuple[float, ...], float]] = deque(maxlen=_ROWS)
-        self._coef: tuple[float, float, float, float] | None = None  # None: refit first
+        self._coef: tuple[float, float, float] | None = None  # None: refit first
 
     @property
     def ready(self) -> bool:
@@ -71,7 +78,7 @@ class StepTimeModel:
     def predict(self, work: StepWork) -> float:
         return sum(c * x for c, x in zip(self.coefficients(), work.features(), strict=True))
 
-    def coefficients(self) -> tuple[float, float, float, float]:
+    def coefficients(self) -> tuple[float, float, float]:
         if self._coef is None:
             rows = [*self._chunk_rows, *self._other_rows]
             x = np.array([features for features, _ in rows])
@@ -84,7 +91,11 @@ class StepTimeModel:
         ``seconds`` more (0: none fit)."""
         if seconds <= 0:
             return 0
-        _, c1, c2, _ = self.coefficients()
+        trusted = _TRUST * max(features[1] for features, _ in self._chunk_rows) / _SCALES[1]
+        return min(self._fitted_chunk(num_computed, seconds), round(trusted))
+
+    def _fitted_chunk(self, num_computed: int, seconds: float) -> int:
+        _, c1, c2 = self.coefficients()
         # seconds(c) - seconds(0) = a c^2 + b c, with pairs(c) = c n + c (c + 1) / 2.
         a = c2 * _SCALES[2] / 2
         b = c1 * _SCALES[1] + c2 * _SCALES[2] * (num_computed + 0.5)
@@ -93,7 +104,7 @@ class StepTimeModel:
         return int((-b + math.sqrt(b * b + 4 * a * seconds)) / (2 * a))
 
 
-def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Least squares with every coefficient at least zero (active set: a feature whose
     coefficient comes out negative is dropped and the rest refitted; a cost cannot be
     negative, and a negative one would size chunks from noise)."""
@@ -105,4 +116,4 @@ def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float,
             coef[active] = solution
             break
         active = [i for i, value in zip(active, solution, strict=True) if value >= 0]
-    return (float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]))
+    return (float(coef[0]), float(coef[1]), float(coef[2]))

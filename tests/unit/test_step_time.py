@@ -17,17 +17,17 @@ from tests.unit.core_helpers import Harness, expected_output, make_request, make
 
 # A simulated device: seconds of a step by what it computes (a CPU-like one, where a
 # 2,048-token chunk after 4,000 tokens takes ~1.4 s).
-OVERHEAD, PER_TOKEN, PER_PAIR, PER_CACHED = 0.005, 2e-4, 1e-7, 1e-8
+OVERHEAD, PER_TOKEN, PER_PAIR = 0.005, 2e-4, 1e-7
 
 
-def simulated_seconds(work: StepWork) -> float:
-    return OVERHEAD + PER_TOKEN * work.tokens + PER_PAIR * work.pairs + PER_CACHED * work.cached
+def simulated_seconds(work: StepWork, overhead: float = OVERHEAD) -> float:
+    return overhead + PER_TOKEN * work.tokens + PER_PAIR * work.pairs
 
 
-def random_work(rng: random.Random, chunk: bool) -> StepWork:
-    tokens = rng.randint(1, 2048)
+def random_work(rng: random.Random, chunk: bool, most_tokens: int = 2048) -> StepWork:
+    tokens = rng.randint(1, most_tokens)
     pairs = chunk_pairs(tokens, rng.randint(0, 8000)) if chunk else 0
-    return StepWork(tokens, pairs, rng.randint(0, 200_000))
+    return StepWork(tokens, pairs)
 
 
 def test_the_fit_recovers_a_linear_cost():
@@ -37,9 +37,9 @@ def test_the_fit_recovers_a_linear_cost():
         work = random_work(rng, chunk=i % 2 == 0)
         model.observe(work, simulated_seconds(work))
     assert model.ready
-    scaled = (OVERHEAD, PER_TOKEN * 1e3, PER_PAIR * 1e6, PER_CACHED * 1e6)
+    scaled = (OVERHEAD, PER_TOKEN * 1e3, PER_PAIR * 1e6)
     assert model.coefficients() == pytest.approx(scaled, rel=1e-6)
-    work = StepWork(100, chunk_pairs(99, 5000), 12_345)
+    work = StepWork(100, chunk_pairs(99, 5000))
     assert model.predict(work) == pytest.approx(simulated_seconds(work), rel=1e-6)
 
 
@@ -49,13 +49,15 @@ def test_the_largest_chunk_is_the_largest_within_the_time_given():
     for i in range(20):
         work = random_work(rng, chunk=i % 2 == 0)
         model.observe(work, simulated_seconds(work))
-    base = StepWork(40, chunk_pairs(30, 100), 50_000)
+    widest = StepWork(2048, chunk_pairs(2048, 0))  # chunks may go to 4,096 tokens
+    model.observe(widest, simulated_seconds(widest))
+    base = StepWork(40, chunk_pairs(30, 100))
     room = 0.5 - simulated_seconds(base)
     for computed in (0, 1000, 7000):
         c = model.chunk_within(computed, room)
 
         def seconds(n: int, computed: int = computed) -> float:
-            extra = StepWork(base.tokens + n, base.pairs + chunk_pairs(n, computed), base.cached)
+            extra = StepWork(base.tokens + n, base.pairs + chunk_pairs(n, computed))
             return simulated_seconds(extra)
 
         assert c > 0
@@ -64,15 +66,27 @@ def test_the_largest_chunk_is_the_largest_within_the_time_given():
 
 
 def test_costs_are_never_negative():
-    """Steps whose time falls as the cache fills (noise, another process): a negative cost
-    per cached token would size chunks by it; the fit drops that term instead."""
+    """Steps whose time falls as their tokens grow (noise, another process): a negative cost
+    per token would size chunks by it; the fit drops that term instead."""
     model = StepTimeModel()
     rng = random.Random(2)
     for i in range(20):
         work = random_work(rng, chunk=i % 2 == 0)
-        model.observe(work, max(0.001, simulated_seconds(work) - 3e-6 * work.cached))
+        model.observe(work, max(0.001, 1.0 + PER_PAIR * work.pairs - 4e-4 * work.tokens))
     coefficients = model.coefficients()
-    assert min(coefficients) >= 0 and coefficients[3] == 0
+    assert min(coefficients) >= 0 and coefficients[1] == 0
+
+
+def test_a_chunk_goes_at_most_twice_past_the_largest_step_seen():
+    """A fit of small chunks only says nothing of large ones: chunks grow by doubling."""
+    model = StepTimeModel()
+    rng = random.Random(5)
+    chunk_steps = [random_work(rng, chunk=True, most_tokens=256) for _ in range(10)]
+    for work in chunk_steps:
+        model.observe(work, simulated_seconds(work))
+        model.observe(StepWork(work.tokens, 0), simulated_seconds(StepWork(work.tokens, 0)))
+    largest = max(work.tokens for work in chunk_steps)
+    assert model.chunk_within(0, 100.0) == 2 * largest
 
 
 def test_chunk_steps_are_remembered_through_a_long_run_of_decodes():
@@ -82,7 +96,7 @@ def test_chunk_steps_are_remembered_through_a_long_run_of_decodes():
         work = random_work(rng, chunk=True)
         model.observe(work, simulated_seconds(work))
     for _ in range(500):  # decodes only: their own cost, none for pairs
-        work = StepWork(rng.randint(1, 64), 0, rng.randint(0, 200_000))
+        work = StepWork(rng.randint(1, 64), 0)
         model.observe(work, simulated_seconds(work))
     assert model.ready
     assert model.coefficients()[2] == pytest.approx(PER_PAIR * 1e6, rel=1e-6)
@@ -128,7 +142,7 @@ def work_of(so: SchedulerOutput, scheduler: object) -> StepWork:
     pairs = sum(
         chunk_pairs(n, computed[rid]) for rid, n in so.num_scheduled_tokens.items() if n > 1
     )
-    return StepWork(so.total_num_scheduled_tokens, pairs, 0)
+    return StepWork(so.total_num_scheduled_tokens, pairs)
 
 
 @pytest.mark.parametrize("target", [0.0, 0.5])
@@ -168,9 +182,9 @@ def test_a_long_prompt_beside_short_requests_keeps_steps_near_the_target(monkeyp
 
 
 def test_a_step_past_the_target_still_gives_a_chunk_a_share_of_it():
-    """Decodes alone past the target: a prompt chunk still gets half the target's time, and
-    at least 64 tokens where even that fits fewer."""
-    for slowdown, expected in ((1, None), (100, 64)):
+    """Steps past the target whatever they do (a 0.6 s overhead): a prompt chunk still gets
+    half the target's time, and at least 64 tokens where even that fits fewer."""
+    for per_token_slowdown, expected in ((1, None), (100, 64)):
         scheduler = make_scheduler(
             num_blocks=256, block_size=16, max_num_batched_tokens=2048, step_time_target=0.5
         )
@@ -179,8 +193,8 @@ def test_a_step_past_the_target_still_gives_a_chunk_a_share_of_it():
         rng = random.Random(4)
         for i in range(8):
             work = random_work(rng, chunk=i % 2 == 0)
-            model.observe(work, slowdown * simulated_seconds(work))
-        scheduler.kv.num_used_tokens = lambda: 100_000_000  # decodes worth ~1 s (x slowdown)
+            seconds = simulated_seconds(work, overhead=0.6) - OVERHEAD
+            model.observe(work, 0.6 + per_token_slowdown * (seconds - 0.6))
         harness = Harness(scheduler)
         harness.add(make_request("a", 2000, max_tokens=1))
         so, _ = harness.step()
@@ -200,7 +214,7 @@ def test_chunks_are_probes_until_the_model_has_steps():
     harness.add(make_request("a", 1000, max_tokens=1))
     so, _ = harness.step()
     assert so.num_scheduled_tokens["a"] == PROBE_CHUNK
-    assert so.work == StepWork(PROBE_CHUNK, chunk_pairs(PROBE_CHUNK, 0), 0)
+    assert so.work == StepWork(PROBE_CHUNK, chunk_pairs(PROBE_CHUNK, 0))
 
 
 @pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf])
