@@ -30,12 +30,18 @@ def random_work(rng: random.Random, chunk: bool, most_tokens: int = 2048) -> Ste
     return StepWork(tokens, pairs)
 
 
-def test_the_fit_recovers_a_linear_cost():
-    rng = random.Random(0)
+def trained(seed: int, steps: int) -> StepTimeModel:
+    """A model that saw ``steps`` random steps, every other one with a chunk."""
+    rng = random.Random(seed)
     model = StepTimeModel()
-    for i in range(40):
+    for i in range(steps):
         work = random_work(rng, chunk=i % 2 == 0)
         model.observe(work, simulated_seconds(work))
+    return model
+
+
+def test_the_fit_recovers_a_linear_cost():
+    model = trained(seed=0, steps=40)
     assert model.ready
     scaled = (OVERHEAD, PER_TOKEN * 1e3, PER_PAIR * 1e6)
     assert model.coefficients() == pytest.approx(scaled, rel=1e-6)
@@ -44,11 +50,7 @@ def test_the_fit_recovers_a_linear_cost():
 
 
 def test_the_largest_chunk_is_the_largest_within_the_time_given():
-    rng = random.Random(1)
-    model = StepTimeModel()
-    for i in range(20):
-        work = random_work(rng, chunk=i % 2 == 0)
-        model.observe(work, simulated_seconds(work))
+    model = trained(seed=1, steps=20)
     widest = StepWork(2048, chunk_pairs(2048, 0))  # chunks may go to 4,096 tokens
     model.observe(widest, simulated_seconds(widest))
     base = StepWork(40, chunk_pairs(30, 100))
