@@ -31,8 +31,8 @@ from pagedllm.kernels.cpu_attention import paged_decode, supports
 # faster than SDPA with a mask (torch 2.13, a 2-core AVX2 host; short chunks over long
 # cached prefixes gain most: a multi-turn chat's next message).
 SCORES_LIMIT = 1 << 24
-# A chunk after a cached prefix goes in tiles of queries of about this many scores (4 MiB of
-# float32, which the products and the softmax pass between them through the cache), at
+# A chunk in a layer without a window goes in tiles of queries of about this many scores (4
+# MiB of float32, which the products and the softmax pass between them through the cache), at
 # least MIN_TILE_ROWS queries a tile (fewer pay the per-tile calls more than they save). On
 # the 2-core host: 6,000 cached + 2,048 new tokens' attention at SmolLM2's shapes 1,067 ms
 # by SDPA's masked path, 718 ms in 16M-score tiles, 377-403 ms in these.
