@@ -10,7 +10,7 @@ a chunk with no cached prefix attends to its own fresh K/V without reading the c
 chunk in a layer without a window, after a cached prefix or not, goes by two batched
 products around a softmax in tiles of queries of about ``TILE_SCORES`` scores
 (``_attend_after_prefix``); a windowed chunk by the products where all its scores fit, else
-by SDPA with the mask (or ``is_causal`` with no cached prefix).
+by SDPA with the window's mask.
 An FP8 cache is written as ``value / scale`` and read back in float32 times the scale.
 A layer with a sliding window masks the keys before its window too (masks made once per
 step and window, shared by the layers that have it).
@@ -275,7 +275,6 @@ def _prefill(
     window: int | None,
 ) -> torch.Tensor:
     query = q[span.start : span.end].transpose(0, 1)  # [heads, len, head_dim]
-    mask = span.mask_for(window)
     if span.mask is None and not read.quantized:
         keys = k[span.start : span.end].transpose(0, 1)
         values = v[span.start : span.end].transpose(0, 1)
@@ -287,14 +286,12 @@ def _prefill(
     # shapes, no prefix: 212 against 59 ms).
     if window is None:
         return _attend_after_prefix(query, keys, values, scale).transpose(0, 1)
-    if mask is not None and query.shape[0] * query.shape[1] * keys.shape[1] <= SCORES_LIMIT:
+    if query.shape[0] * query.shape[1] * keys.shape[1] <= SCORES_LIMIT:
         bias = span.bias_for(window, query.shape[0] // keys.shape[0])
         return _attend_with_bias(query, keys, values, bias, scale).transpose(0, 1)
-    # No cached prefix and no window: keys and queries cover the same positions, plain causal.
     out = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale,
-        enable_gqa=True,
-    )  # fmt: skip
+        query, keys, values, attn_mask=span.mask_for(window), scale=scale, enable_gqa=True
+    )
     return out.transpose(0, 1)
 
 
