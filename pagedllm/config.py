@@ -147,7 +147,10 @@ class SchedulerConfig:
                 f"step_time_target must be a number of seconds >= 0, got {self.step_time_target}."
             )
         if self.step_time_target > 0 and not self.enable_chunked_prefill:
-            raise ValueError("step_time_target sizes prompt chunks; it needs chunked prefill.")
+            raise ValueError(
+                "step_time_target sizes prompt chunks; it needs chunked prefill (drop "
+                "--no-enable-chunked-prefill, or set --step-time-target 0)."
+            )
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be greater than "
@@ -743,13 +746,9 @@ class EngineArgs(VllmEngineOptions):
     def _step_time_target(self, usage: UsageContext, chunked: bool) -> float:
         """The server's clients wait for each other's steps; an offline batch wants its
         throughput, which chunks as large as the budget give. Without chunked prefill a
-        prompt is computed whole: there are no chunks to size."""
+        prompt is computed whole: there are no chunks to size (SchedulerConfig refuses a
+        target given with it)."""
         if self.step_time_target is not None:
-            if self.step_time_target > 0 and not chunked:
-                raise ValueError(
-                    "step_time_target sizes prompt chunks; it needs chunked prefill (drop "
-                    "--no-enable-chunked-prefill, or set --step-time-target 0)."
-                )
             return self.step_time_target
         serving = usage in (UsageContext.OPENAI_API_SERVER, UsageContext.API_SERVER)
         return _SERVER_STEP_TIME_TARGET if serving and chunked else 0.0

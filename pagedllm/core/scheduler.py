@@ -168,7 +168,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         plan = _StepPlan(budget=self.config.max_num_batched_tokens)
-        began = time.perf_counter()
+        began = time.perf_counter() if self.step_time is not None else 0.0
         on_trial = self.quarantine.on_trial()
         self._schedule_running(plan, on_trial)
         if on_trial is not None:
@@ -356,9 +356,11 @@ class Scheduler:
     def observe_step(self, so: SchedulerOutput) -> None:
         """A step's results are in: its time (from its scheduling, or from the previous
         step's end when it ran behind that one) goes to the step time model."""
+        if self.step_time is None:
+            return
         now = time.perf_counter()
         # An empty step (everything waiting on a grammar's compile) measures nothing.
-        if self.step_time is not None and so.work is not None and not so.is_empty:
+        if so.work is not None and not so.is_empty:
             self.step_time.observe(so.work, now - max(so.scheduled_at, self._last_step_end))
         self._last_step_end = now
 
