@@ -201,11 +201,14 @@ class RequestBodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        unread = self._refused_unread(scope)
+        headers = dict(scope["headers"])  # duplicates: the last (every one where it matters)
+        has_body = _has_body(headers)
+        unread = self._refused_unread(scope["headers"], headers, has_body)
         if unread is not None:
             await self._refuse(scope, receive, send, unread)
             return
-        scope = _json_by_default(scope)
+        if has_body:
+            scope = _json_by_default(scope)
         received, body_done = 0, False
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -236,18 +239,19 @@ class RequestBodyMiddleware:
                 raise
             await self._refuse(scope, receive, send, refused)
 
-    def _refused_unread(self, scope: dict) -> _BodyRefused | None:
-        """The refusal the headers alone call for: a body declared too large, compressed,
-        or of a media type other than JSON."""
-        headers = dict(scope["headers"])
+    def _refused_unread(
+        self, raw: list[tuple[bytes, bytes]], headers: dict[bytes, bytes], has_body: bool
+    ) -> _BodyRefused | None:
+        """The refusal the headers alone call for (``raw`` as sent, ``headers`` by name): a
+        body declared too large, compressed, or of a media type other than JSON."""
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return self._too_large()
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding not in (b"", b"identity"):
             return self._encoded(encoding)
-        if _has_body(headers):
-            return self._untyped_or_not_json(scope["headers"])
+        if has_body:
+            return self._untyped_or_not_json(raw)
         return None
 
     @classmethod
@@ -327,12 +331,10 @@ def _is_json(content_type: bytes) -> bool:
 
 
 def _json_by_default(scope: dict) -> dict:
-    """The scope, with ``Content-Type: application/json`` where a body came without a type
-    (or with an empty one): some clients send none, and FastAPI 0.132 on reads such a body
-    as bytes, which no request model accepts (a 400 that named no header)."""
+    """The scope of a request with a body, with ``Content-Type: application/json`` where it
+    came without a type (or with an empty one): some clients send none, and FastAPI 0.132 on
+    reads such a body as bytes, which no request model accepts (a 400 that named no header)."""
     headers = scope["headers"]
-    if not _has_body(dict(headers)):
-        return scope
     if any(value.strip() for name, value in headers if name == b"content-type"):
         return scope
     untyped = [(name, value) for name, value in headers if name != b"content-type"]
