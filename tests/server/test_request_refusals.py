@@ -82,6 +82,14 @@ def test_duplicate_chat_function_names_are_400(tiny_server):
                      param="tools.2.function.name")  # fmt: skip
 
 
+def test_a_duplicate_name_is_echoed_in_part(tiny_server):
+    name = "f" * 100_000
+    body = {"messages": HELLO, "max_tokens": 2, "tools": [chat_tool(name), chat_tool(name)]}
+    reply = post(tiny_server, "/v1/chat/completions", json=body)
+    assert_error(reply, 400, "tools.1.function.name", "'" + "f" * 64 + "'")
+    assert len(reply.content) < 1_000
+
+
 def test_duplicate_responses_function_names_are_400(tiny_server):
     tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
     body = responses(HELLO, tools=[tool, tool], tool_choice="required")

@@ -140,14 +140,15 @@ def check_unique_names(names: list[str], field: str) -> None:
     """A 400 naming the first tool whose name an earlier tool has, as OpenAI's: a call names
     its tool, so which of the two it meant would be a guess. Chat, Responses and Anthropic
     requests all pass here; ``field`` is the path of a tool's name in the request's own API,
-    ``{}`` standing for the tool's index."""
+    ``{}`` standing for the tool's index. The name is echoed to its first 64 characters: a
+    client's name may be megabytes long."""
     first: dict[str, int] = {}
     for index, name in enumerate(names):
         if name in first:
             path = field.format(index)
             raise FieldError(
-                path, f"{path}: the tool name {name!r} is already used by tools.{first[name]}; "
-                "tool names must be unique.",
+                path, f"{path}: the tool name {name[:64]!r} is already used by "
+                f"tools.{first[name]}; tool names must be unique.",
             )  # fmt: skip
         first[name] = index
 
