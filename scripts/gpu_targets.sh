@@ -10,8 +10,10 @@
 # Named only (SECTIONS="..."): order (W1's decode attention by the programs' start order),
 # w1launch (W1's and W2's decode attention by launch and register cap, W1's by start
 # order), branch (a tree under test in .branch/: its W1 and W1 step profile, and this
-# tree's profile), ab (W1 by this tree and by .branch's, alternated, twice each), fp8 (W2's
-# decode attention over an FP8 cache by launch), sweep (the decode launches swept by
+# tree's profile), ab (W1 by this tree and by .branch's, alternated, twice each), tier (the
+# host tier's copy tests on CUDA and benchmarks/host_tier_dma.py; needs pytest's wheels in
+# .whl), swapab (the host tier's multi-turn pair by this tree and .branch's, alternated),
+# fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode launches swept by
 # attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
@@ -86,6 +88,23 @@ if want swap 90; then  # the host KV tier's multi-turn pair (issue 20)
     --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
     2>&1 | tee "$OUT/multi_turn.log" | grep -v "^INFO" | tail -20
   ran swap
+fi
+if want tier 60; then  # issue 20: the tier's copies on this GPU (its tests), both swap-in paths
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_swap_space.py \
+    -k "round_trip or saves_ahead" 2>&1 | tee "$OUT/tier_tests.log" | tail -3
+  timeout 90 python3 benchmarks/host_tier_dma.py 2>&1 | tee "$OUT/tier_dma.log" | tail -6
+  ran tier
+fi
+if [ -d .branch/pagedllm ] && want swapab 150; then  # the host tier's pair, this tree and .branch's
+  for tree in . .branch . .branch; do
+    [ $((BUDGET_S - SECONDS)) -gt 110 ] || break
+    echo "tree ${tree}"
+    (cd "$tree" && PYTHONPATH="$PWD:/tmp/site" timeout 150 python3 benchmarks/multi_turn.py \
+      --swap --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
+      --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record) 2>&1 \
+      | tee -a "$OUT/swapab.log" | grep "^| [0-9]\|later turns\|prompt tokens"
+  done
+  ran swapab
 fi
 if want sweep 170; then  # the decode launches swept on this GPU's attention shapes
   timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/sweep.log" | tail -30
