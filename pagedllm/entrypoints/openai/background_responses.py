@@ -12,6 +12,9 @@ Bounds: at most ``max_running`` runs queued or running (``--max-background-respo
 503 with Retry-After past it: a run holds no connection, so nothing else bounds what one
 client queues); a run's events are kept while it runs and, after it ends, for the last
 ``max_finished`` streamed runs only (each run's events are bounded by its token count).
+
+A run belongs to the API key(s) that created it (``KeyOwner``): looked up with another
+owner, it is not there, so another key can neither read, cancel nor forget it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from pagedllm.engine.exceptions import EngineOverloadedError
 from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.entrypoints.openai.middleware import KeyOwner
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -37,6 +41,7 @@ class BackgroundRun:
     events: list[bytes] = field(default_factory=list)  # event i has sequence_number i
     ended: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    owner: KeyOwner = None  # the key(s) of the request that started it
 
     def add(self, event: bytes) -> None:
         self.events.append(event)
@@ -65,35 +70,51 @@ class BackgroundRuns:
                 "send the request without background."
             )
 
-    def start(self, response_id: str, work: Coroutine[Any, Any, None], streamed: bool) -> None:
+    def start(
+        self,
+        response_id: str,
+        work: Coroutine[Any, Any, None],
+        streamed: bool,
+        owner: KeyOwner = None,
+    ) -> None:
         self.check_room()
-        run = BackgroundRun(streamed=streamed)
+        run = BackgroundRun(streamed=streamed, owner=owner)
         self._running[response_id] = run
         run.task = asyncio.create_task(self._guard(response_id, work), name=f"bg-{response_id}")
 
-    def get(self, response_id: str) -> BackgroundRun | None:
-        return self._running.get(response_id) or self._finished.get(response_id)
+    def get(self, response_id: str, owner: KeyOwner = None) -> BackgroundRun | None:
+        """The run of ``response_id`` if ``owner`` started it (another's is not found)."""
+        run = self._running.get(response_id) or self._finished.get(response_id)
+        return run if run is not None and run.owner == owner else None
 
-    def is_running(self, response_id: str) -> bool:
-        return response_id in self._running
-
-    async def cancel(self, response_id: str) -> None:
+    def is_running(self, response_id: str, owner: KeyOwner = None) -> bool:
         run = self._running.get(response_id)
-        if run is None or run.task is None:
+        return run is not None and run.owner == owner
+
+    async def cancel(self, response_id: str, owner: KeyOwner = None) -> None:
+        """Stop ``owner``'s run of ``response_id`` (nothing when another owner started it)."""
+        if not self.is_running(response_id, owner):
+            return
+        run = self._running[response_id]
+        if run.task is None:
             return
         run.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run.task
 
-    def forget(self, response_id: str) -> None:
-        """Drop a finished run's kept events (its response was deleted)."""
-        self._finished.pop(response_id, None)
+    def forget(self, response_id: str, owner: KeyOwner = None) -> None:
+        """Drop a finished run's kept events (its response was deleted by ``owner``)."""
+        run = self._finished.get(response_id)
+        if run is not None and run.owner == owner:
+            del self._finished[response_id]
 
-    def replay(self, response_id: str, starting_after: int | None) -> AsyncIterator[bytes]:
-        """A streamed run's events after ``starting_after``, then each new one until it ends
-        (checked now, so a wrong id is a 400 before any byte is sent). Leaving early (the
-        reader hung up) does not touch the run."""
-        run = self.get(response_id)
+    def replay(
+        self, response_id: str, starting_after: int | None, owner: KeyOwner = None
+    ) -> AsyncIterator[bytes]:
+        """``owner``'s streamed run's events after ``starting_after``, then each new one
+        until it ends (checked now, so a wrong id is a 400 before any byte is sent). Leaving
+        early (the reader hung up) does not touch the run."""
+        run = self.get(response_id, owner)
         if run is None or not run.streamed:
             raise OpenAIError(
                 f"Response '{response_id}' has no events kept: only streamed background "

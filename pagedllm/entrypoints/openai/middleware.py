@@ -31,6 +31,14 @@ logger = init_logger(__name__)
 
 T = TypeVar("T")
 
+# Who sent a request, as far as stored state (the Responses store) is concerned: the
+# indices of the configured API keys it presented, or None on a server without keys. Opaque
+# and free of the keys themselves, so it can be kept and compared but reveals nothing.
+KeyOwner = frozenset[int] | None
+
+# The key of ``scope["state"]`` (Starlette's ``request.state``) that holds the owner.
+API_KEY_OWNER = "api_key_owner"
+
 # Open without a key: probes and scrapers, and the API docs.
 OPEN_PATHS = frozenset(
     {
@@ -99,13 +107,17 @@ class ApiKeyMiddleware:
             message = f"The request has more than one '{repeated}' header: send one."
             await _send_error(scope, receive, send, message, 401)
             return
-        if not self._valid(dict(scope["headers"])):
+        owner = self._owner(dict(scope["headers"]))
+        if owner is None:
             message = (
                 "Missing or invalid API key (send 'Authorization: Bearer <key>' or "
                 "'x-api-key: <key>'; each of them sent must hold a valid key)."
             )
             await _send_error(scope, receive, send, message, 401)
             return
+        # Where request.state reads it (Starlette keeps scope["state"] as the dict behind
+        # it), so stored responses can be scoped to the key(s) that created them.
+        scope.setdefault("state", {})[API_KEY_OWNER] = owner
         await self.app(scope, receive, send)
 
     @classmethod
@@ -120,15 +132,19 @@ class ApiKeyMiddleware:
                 seen.add(name)
         return None
 
-    def _valid(self, headers: dict[bytes, bytes]) -> bool:
-        """Whether a credential header was sent and every one sent holds a key."""
+    def _owner(self, headers: dict[bytes, bytes]) -> frozenset[int] | None:
+        """The indices of the configured keys the request presented (the same set whether a
+        key comes in one header or both); None unless a credential header was sent and
+        every one sent holds a key."""
         given = self._given(headers)
         if not given:
-            return False
+            return None
         # Every comparison runs (constant time: lists, not short-circuiting generators),
         # whichever key matches and whichever header is wrong.
-        matched = [any([secrets.compare_digest(g, key) for key in self.expected]) for g in given]
-        return all(matched)
+        hits = [[secrets.compare_digest(g, key) for key in self.expected] for g in given]
+        if not all(any(row) for row in hits):
+            return None
+        return frozenset(index for row in hits for index, hit in enumerate(row) if hit)
 
     @staticmethod
     def _given(headers: dict[bytes, bytes]) -> list[bytes] | None:
@@ -144,6 +160,12 @@ class ApiKeyMiddleware:
         if (x_api_key := headers.get(b"x-api-key")) is not None:
             given.append(x_api_key.strip())
         return given
+
+
+def request_owner(request: Request) -> KeyOwner:
+    """The owner ``ApiKeyMiddleware`` recorded for ``request``; None without ``--api-key``
+    (every request is then the same owner)."""
+    return getattr(request.state, API_KEY_OWNER, None)
 
 
 class _BodyRefused(StarletteHTTPException):

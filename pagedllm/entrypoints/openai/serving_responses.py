@@ -7,10 +7,16 @@ sampling checks, structured outputs, the reasoning and tool-call parsers); the c
 Responses event stream. Finished responses are kept in a bounded in-memory store for
 ``GET /v1/responses/{id}`` and ``previous_response_id``; background responses (run after
 their request returns, cancellable) are in ``background_responses``.
+
+Stored responses belong to the API key(s) that created them (``KeyOwner``, recorded by
+``ApiKeyMiddleware``), as OpenAI scopes them to a project: to a request with other keys one
+is exactly like an unknown id (the same 404), so tenants sharing a server cannot read,
+continue, cancel or delete each other's responses, nor learn that they exist.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -26,7 +32,7 @@ from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
 from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.limits import ServerLimits
-from pagedllm.entrypoints.openai.middleware import unless_disconnected
+from pagedllm.entrypoints.openai.middleware import KeyOwner, request_owner, unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, FieldError
 from pagedllm.entrypoints.openai.responses_protocol import (
     MESSAGE_ROLES,
@@ -76,6 +82,12 @@ class StoredResponse:
     # request's instructions: as OpenAI specifies, instructions do not carry over to a
     # response that continues this one.
     conversation: list[dict[str, Any]]
+    owner: KeyOwner = None  # the key(s) that created it: only they find it
+
+    def updated(self, response: dict[str, Any]) -> StoredResponse:
+        """This entry with ``response`` in place of its own (same conversation and owner:
+        the background run's status changes must not change who can see it)."""
+        return dataclasses.replace(self, response=response)
 
 
 class ResponseStore:
@@ -113,13 +125,18 @@ class ResponseStore:
             self._bytes -= dropped[1]
         return dropped is not None
 
-    def delete(self, response_id: str) -> bool:
-        """Forget a response (its owner's ``DELETE``); False when it is not stored."""
-        return self._drop(response_id)
+    def delete(self, response_id: str, owner: KeyOwner = None) -> bool:
+        """Forget a response (its owner's ``DELETE``); False when ``owner`` has no such
+        response stored."""
+        return self.get(response_id, owner) is not None and self._drop(response_id)
 
-    def get(self, response_id: str) -> StoredResponse | None:
+    def get(self, response_id: str, owner: KeyOwner = None) -> StoredResponse | None:
+        """The response if ``owner`` created it; another owner's is None, as a missing one
+        (a 404 that does not reveal it exists)."""
         found = self._entries.get(response_id)
-        return None if found is None else found[0]
+        if found is None or found[0].owner != owner:
+            return None
+        return found[0]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -353,6 +370,7 @@ class _Turn:
     created_at: int
     # previous conversation + this input (without instructions): stored with the output
     conversation: list[dict[str, Any]]
+    owner: KeyOwner = None  # the key(s) of the request: the stored response's owner
 
 
 class ResponsesHandler:
@@ -361,7 +379,7 @@ class ResponsesHandler:
         self.store = store
         self.runs = runs
 
-    async def create(self, request: ResponsesRequest) -> Response:
+    async def create(self, request: ResponsesRequest, owner: KeyOwner = None) -> Response:
         request.refuse_unserved()
         self._check_background(request)
         if request.reasoning and (request.reasoning.summary or request.reasoning.generate_summary):
@@ -370,13 +388,13 @@ class ResponsesHandler:
             note_inert_field("ResponsesRequest", "max_tool_calls", "it bounds calls of built-in "
                              "tools, and this server runs function tools only")  # fmt: skip
         model = self.chat.models.resolve(request.model)
-        previous = self._previous(request.previous_response_id)
+        previous = self._previous(request.previous_response_id, owner)
         conversation = (previous.conversation if previous else []) + input_messages(request.input)
         if not conversation:
             raise ValueError("input must not be empty.")
         system = [{"role": "system", "content": request.instructions}]
         messages = (system if request.instructions else []) + conversation
-        turn = _Turn(request, response_id(), model, int(time.time()), conversation)
+        turn = _Turn(request, response_id(), model, int(time.time()), conversation, owner)
         continued = continues_final_message(request.input)
         max_len = self.chat.models.max_model_len
         chat = chat_request(request, messages, continued, turn.id, max_len)
@@ -389,14 +407,20 @@ class ResponsesHandler:
         response = await self._from_completion(turn, json.loads(result.body))
         return JSONResponse(response)
 
-    def retrieve(self, response_id: str, stream: bool, starting_after: int | None) -> Response:
-        """The stored response; with ``stream``, a streamed background response's events
-        after ``starting_after`` (all of them without), live while it runs."""
-        stored = self.store.get(response_id)
-        if stored is None and self.runs.get(response_id) is None:
+    def retrieve(
+        self,
+        response_id: str,
+        stream: bool,
+        starting_after: int | None,
+        owner: KeyOwner = None,
+    ) -> Response:
+        """``owner``'s stored response; with ``stream``, a streamed background response's
+        events after ``starting_after`` (all of them without), live while it runs."""
+        stored = self.store.get(response_id, owner)
+        if stored is None and self.runs.get(response_id, owner) is None:
             raise not_found(response_id)
         if stream:
-            events = self.runs.replay(response_id, starting_after)
+            events = self.runs.replay(response_id, starting_after, owner)
             return StreamingResponse(events, media_type="text/event-stream")
         if starting_after is not None:
             raise RefusedField("starting_after", "starting_after applies with stream=true.")
@@ -404,39 +428,39 @@ class ResponsesHandler:
             raise not_found(response_id)
         return JSONResponse(stored.response)
 
-    async def cancel(self, response_id: str) -> JSONResponse:
-        """Stop a background response that is queued or in progress (as vLLM and OpenAI:
-        anything else cannot be cancelled). It is kept with status ``cancelled``."""
-        stored = self.store.get(response_id)
+    async def cancel(self, response_id: str, owner: KeyOwner = None) -> JSONResponse:
+        """Stop ``owner``'s background response that is queued or in progress (as vLLM and
+        OpenAI: anything else cannot be cancelled). It is kept with status ``cancelled``."""
+        stored = self.store.get(response_id, owner)
         if stored is None:
             raise not_found(response_id)
         status = stored.response["status"]
         if not stored.response.get("background"):
             raise OpenAIError("Cannot cancel a synchronous response.", 400, "response_id")
-        if not _live(stored) or not self.runs.is_running(response_id):
+        if not _live(stored) or not self.runs.is_running(response_id, owner):
             raise OpenAIError(
                 f"Cannot cancel a response whose status is {status!r}.", 400, "response_id"
             )
         cancelled = {**stored.response, "status": "cancelled"}
-        self.store.put(response_id, StoredResponse(cancelled, stored.conversation))
-        await self.runs.cancel(response_id)
+        self.store.put(response_id, stored.updated(cancelled))
+        await self.runs.cancel(response_id, owner)
         return JSONResponse(cancelled)
 
-    async def delete(self, response_id: str) -> JSONResponse:
-        """Forget a response, as OpenAI's ``DELETE``: a background run still queued or in
-        progress is stopped first (its engine request aborted), then the stored response
-        and any events kept for streaming it again are dropped."""
-        if self.store.get(response_id) is None and self.runs.get(response_id) is None:
+    async def delete(self, response_id: str, owner: KeyOwner = None) -> JSONResponse:
+        """Forget ``owner``'s response, as OpenAI's ``DELETE``: a background run still
+        queued or in progress is stopped first (its engine request aborted), then the stored
+        response and any events kept for streaming it again are dropped."""
+        if self.store.get(response_id, owner) is None and self.runs.get(response_id, owner) is None:
             raise not_found(response_id)
-        await self.runs.cancel(response_id)  # nothing to do unless it runs
-        self.store.delete(response_id)
-        self.runs.forget(response_id)
+        await self.runs.cancel(response_id, owner)  # nothing to do unless it runs
+        self.store.delete(response_id, owner)
+        self.runs.forget(response_id, owner)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
-    def _previous(self, previous_id: str | None) -> StoredResponse | None:
+    def _previous(self, previous_id: str | None, owner: KeyOwner) -> StoredResponse | None:
         if previous_id is None:
             return None
-        stored = self.store.get(previous_id)
+        stored = self.store.get(previous_id, owner)
         if stored is None:
             raise not_found(previous_id, "previous_response_id")
         status = stored.response["status"]
@@ -470,20 +494,20 @@ class ResponsesHandler:
         queued = self._response(turn, "queued", [], None).model_dump()
         # With its conversation so far: a cancelled run is kept as it stood, and a turn that
         # continues from it keeps the earlier turns and this one's input.
-        self.store.put(turn.id, StoredResponse(queued, turn.conversation))
+        self.store.put(turn.id, StoredResponse(queued, turn.conversation, turn.owner))
         streamed = bool(turn.request.stream)
-        self.runs.start(turn.id, self._run_background(turn, chat), streamed)
+        self.runs.start(turn.id, self._run_background(turn, chat), streamed, turn.owner)
         if streamed:
-            events = self.runs.replay(turn.id, None)
+            events = self.runs.replay(turn.id, None, turn.owner)
             return StreamingResponse(events, media_type="text/event-stream")
         return JSONResponse(queued)
 
     async def _run_background(self, turn: _Turn, chat: ChatCompletionRequest) -> None:
-        self._set_status(turn.id, "in_progress")
+        self._set_status(turn, "in_progress")
         try:
             result = await self.chat.create(chat)
             if isinstance(result, StreamingResponse):
-                run = self.runs.get(turn.id)
+                run = self.runs.get(turn.id, turn.owner)
                 assert run is not None
                 async for event in self._stream(turn, result.body_iterator):
                     run.add(event)
@@ -492,16 +516,15 @@ class ResponsesHandler:
         except (OpenAIError, ValueError) as exc:
             self._set_failed(turn, exc)
             return
-        stored = self.store.get(turn.id)
+        stored = self.store.get(turn.id, turn.owner)
         if stored is not None and stored.response["status"] == "in_progress":
             # the stream ended in an error event: nothing final was stored
             self._set_failed(turn, None)
 
-    def _set_status(self, response_id: str, status: str) -> None:
-        stored = self.store.get(response_id)
+    def _set_status(self, turn: _Turn, status: str) -> None:
+        stored = self.store.get(turn.id, turn.owner)
         if stored is not None:
-            updated = {**stored.response, "status": status}
-            self.store.put(response_id, StoredResponse(updated, stored.conversation))
+            self.store.put(turn.id, stored.updated({**stored.response, "status": status}))
 
     def _set_failed(self, turn: _Turn, exc: Exception | None) -> None:
         client_side = isinstance(exc, ValueError) or (
@@ -512,7 +535,7 @@ class ResponsesHandler:
             code="invalid_request_error" if client_side else "server_error",
             message=str(exc) if exc is not None else "The request failed.",
         )
-        self.store.put(turn.id, StoredResponse(failed.model_dump(), []))
+        self.store.put(turn.id, StoredResponse(failed.model_dump(), [], turn.owner))
 
     # -- building the response -----------------------------------------------------------
 
@@ -572,12 +595,12 @@ class ResponsesHandler:
                 code="server_error", message="The engine could not complete this request."
             )
         body = response.model_dump()
-        stored = self.store.get(turn.id)
+        stored = self.store.get(turn.id, turn.owner)
         if stored is not None and stored.response["status"] == "cancelled":
             return stored.response  # cancelled while its last tokens came: it stays so
         if turn.request.store:
             conversation = turn.conversation + output_messages(output)
-            self.store.put(turn.id, StoredResponse(body, conversation))
+            self.store.put(turn.id, StoredResponse(body, conversation, turn.owner))
         return body
 
     def _response(
@@ -845,20 +868,21 @@ def install_responses_routes(
 
     @app.post("/v1/responses")
     async def create_response(body: ResponsesRequest, raw: Request) -> Response:
-        return await unless_disconnected(raw, handler.create(body)) or Response(status_code=499)
+        created = handler.create(body, request_owner(raw))
+        return await unless_disconnected(raw, created) or Response(status_code=499)
 
     @app.get("/v1/responses/{response_id}")
     async def retrieve_response(
-        response_id: str, stream: bool = False, starting_after: int | None = None
+        response_id: str, raw: Request, stream: bool = False, starting_after: int | None = None
     ) -> Response:
-        return handler.retrieve(response_id, stream, starting_after)
+        return handler.retrieve(response_id, stream, starting_after, request_owner(raw))
 
     @app.post("/v1/responses/{response_id}/cancel")
-    async def cancel_response(response_id: str) -> JSONResponse:
-        return await handler.cancel(response_id)
+    async def cancel_response(response_id: str, raw: Request) -> JSONResponse:
+        return await handler.cancel(response_id, request_owner(raw))
 
     @app.delete("/v1/responses/{response_id}")
-    async def delete_response(response_id: str) -> JSONResponse:
-        return await handler.delete(response_id)
+    async def delete_response(response_id: str, raw: Request) -> JSONResponse:
+        return await handler.delete(response_id, request_owner(raw))
 
     return handler
