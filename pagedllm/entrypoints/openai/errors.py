@@ -172,7 +172,11 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return "Invalid request.", None
     first = errors[0]
     kind = first.get("type", "")
-    location = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = [str(p) for p in first.get("loc", ())]
+    # A query parameter is named as OpenAI names it ("limit"), as a body field is: the
+    # source is dropped, only in front (a body field may itself be called "query").
+    where = where[1:] if where[:1] == ["query"] else where
+    location = [p for p in where if p != "body"]
     param = ".".join(location) or None
     if kind == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")

@@ -5,8 +5,8 @@ A Responses request is translated into a ``ChatCompletionRequest`` and run by
 sampling checks, structured outputs, the reasoning and tool-call parsers); the chat answer
 (a completion, or its stream of chunks) is translated back into a ``response`` object or the
 Responses event stream. Finished responses are kept in a bounded in-memory store for
-``GET /v1/responses/{id}`` and ``previous_response_id``; background responses (run after
-their request returns, cancellable) are in ``background_responses``.
+``GET /v1/responses/{id}``, its ``/input_items`` and ``previous_response_id``; background
+responses (run after their request returns, cancellable) are in ``background_responses``.
 
 Stored responses belong to the API key(s) that created them (``KeyOwner``, recorded by
 ``ApiKeyMiddleware``), as OpenAI scopes them to a project: to a request with other keys one
@@ -22,9 +22,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -34,6 +34,15 @@ from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.middleware import KeyOwner, request_owner, unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, FieldError
+from pagedllm.entrypoints.openai.responses_input_items import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InputItemsQuery,
+    check_param_names,
+    input_item_objects,
+    item_page,
+    requested_includes,
+)
 from pagedllm.entrypoints.openai.responses_protocol import (
     MESSAGE_ROLES,
     ContentPart,
@@ -83,10 +92,13 @@ class StoredResponse:
     # response that continues this one.
     conversation: list[dict[str, Any]]
     owner: KeyOwner = None  # the key(s) that created it: only they find it
+    # The request's input as item objects with their ids (``responses_input_items``), for
+    # GET .../input_items: the conversation above has lost the ids and the item kinds.
+    input_items: list[dict[str, Any]] = field(default_factory=list)
 
     def updated(self, response: dict[str, Any]) -> StoredResponse:
-        """This entry with ``response`` in place of its own (same conversation and owner:
-        the background run's status changes must not change who can see it)."""
+        """This entry with ``response`` in place of its own (same conversation, owner and
+        input items: the background run's status changes must not change who can see it)."""
         return dataclasses.replace(self, response=response)
 
 
@@ -104,7 +116,8 @@ class ResponseStore:
         self._bytes = 0
 
     def put(self, response_id: str, entry: StoredResponse) -> None:
-        size = len(json.dumps([entry.response, entry.conversation], default=str))
+        kept = [entry.response, entry.conversation, entry.input_items]
+        size = len(json.dumps(kept, default=str))
         if self.max_entries == 0 or size > self.max_bytes:
             return
         self._drop(response_id)
@@ -371,6 +384,7 @@ class _Turn:
     # previous conversation + this input (without instructions): stored with the output
     conversation: list[dict[str, Any]]
     owner: KeyOwner = None  # the key(s) of the request: the stored response's owner
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # stored with it
 
 
 class ResponsesHandler:
@@ -394,7 +408,8 @@ class ResponsesHandler:
             raise ValueError("input must not be empty.")
         system = [{"role": "system", "content": request.instructions}]
         messages = (system if request.instructions else []) + conversation
-        turn = _Turn(request, response_id(), model, int(time.time()), conversation, owner)
+        items = input_item_objects(request.input)  # ids fixed now: pages are found by them
+        turn = _Turn(request, response_id(), model, int(time.time()), conversation, owner, items)
         continued = continues_final_message(request.input)
         max_len = self.chat.models.max_model_len
         chat = chat_request(request, messages, continued, turn.id, max_len)
@@ -427,6 +442,16 @@ class ResponsesHandler:
         if stored is None:  # evicted after it ended; its events remain only to stream
             raise not_found(response_id)
         return JSONResponse(stored.response)
+
+    def input_items(
+        self, response_id: str, query: InputItemsQuery, owner: KeyOwner = None
+    ) -> JSONResponse:
+        """A page of the input items of ``owner``'s stored response (404 as retrieve's
+        for another owner's, an unknown or a deleted one)."""
+        stored = self.store.get(response_id, owner)
+        if stored is None:
+            raise not_found(response_id)
+        return JSONResponse(item_page(stored.input_items, query))
 
     async def cancel(self, response_id: str, owner: KeyOwner = None) -> JSONResponse:
         """Stop ``owner``'s background response that is queued or in progress (as vLLM and
@@ -494,7 +519,9 @@ class ResponsesHandler:
         queued = self._response(turn, "queued", [], None).model_dump()
         # With its conversation so far: a cancelled run is kept as it stood, and a turn that
         # continues from it keeps the earlier turns and this one's input.
-        self.store.put(turn.id, StoredResponse(queued, turn.conversation, turn.owner))
+        self.store.put(
+            turn.id, StoredResponse(queued, turn.conversation, turn.owner, turn.input_items)
+        )
         streamed = bool(turn.request.stream)
         self.runs.start(turn.id, self._run_background(turn, chat), streamed, turn.owner)
         if streamed:
@@ -535,7 +562,9 @@ class ResponsesHandler:
             code="invalid_request_error" if client_side else "server_error",
             message=str(exc) if exc is not None else "The request failed.",
         )
-        self.store.put(turn.id, StoredResponse(failed.model_dump(), [], turn.owner))
+        # Its input items stay listed: the input it failed on is what the client looks for.
+        failed_entry = StoredResponse(failed.model_dump(), [], turn.owner, turn.input_items)
+        self.store.put(turn.id, failed_entry)
 
     # -- building the response -----------------------------------------------------------
 
@@ -600,7 +629,8 @@ class ResponsesHandler:
             return stored.response  # cancelled while its last tokens came: it stays so
         if turn.request.store:
             conversation = turn.conversation + output_messages(output)
-            self.store.put(turn.id, StoredResponse(body, conversation, turn.owner))
+            entry = StoredResponse(body, conversation, turn.owner, turn.input_items)
+            self.store.put(turn.id, entry)
         return body
 
     def _response(
@@ -859,9 +889,9 @@ class _EventWriter:
 def install_responses_routes(
     app: FastAPI, chat: ChatHandler, limits: ServerLimits
 ) -> ResponsesHandler:
-    """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``POST
-    /v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}`` on ``app``, answered
-    through ``chat``."""
+    """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``GET
+    /v1/responses/{id}/input_items``, ``POST /v1/responses/{id}/cancel`` and ``DELETE
+    /v1/responses/{id}`` on ``app``, answered through ``chat``."""
     store = ResponseStore(limits.max_stored_responses, limits.max_stored_response_bytes)
     runs = BackgroundRuns(min(limits.max_background_responses, limits.max_stored_responses))
     handler = ResponsesHandler(chat, store, runs)
@@ -876,6 +906,24 @@ def install_responses_routes(
         response_id: str, raw: Request, stream: bool = False, starting_after: int | None = None
     ) -> Response:
         return handler.retrieve(response_id, stream, starting_after, request_owner(raw))
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(
+        response_id: str,
+        raw: Request,
+        after: str | None = None,
+        include: Annotated[list[str] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> JSONResponse:
+        """The input items of a stored response, a page at a time (OpenAI's "List input
+        items"); limit and order are checked here, by their schema."""
+        params = raw.query_params
+        check_param_names(params.keys())
+        # The openai clients send a list as include[]=...; others as include=... .
+        wanted = requested_includes([*(include or []), *params.getlist("include[]")])
+        query = InputItemsQuery(after, wanted, limit, order)
+        return handler.input_items(response_id, query, request_owner(raw))
 
     @app.post("/v1/responses/{response_id}/cancel")
     async def cancel_response(response_id: str, raw: Request) -> JSONResponse:
