@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +123,25 @@ def tiny_server_args(model: Path, *flags: str) -> list[str]:
         "-m", "pagedllm.entrypoints.cli.main", "serve", str(model),
         "--api-key", API_KEY, "--kv-cache-memory-bytes", "16M", *flags,
     ]  # fmt: skip
+
+
+# A second tenant's key, for the ``two_keys`` server.
+OTHER_KEY = "other-tenant-key"
+
+
+@pytest.fixture(scope="session")
+def two_keys(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
+    """A server on the tiny model shared by two tenants: keys API_KEY and OTHER_KEY.
+    ``--api-key`` takes its keys after one flag (nargs="+", as vLLM's): this one replaces the
+    single key ``tiny_server_args`` gives."""
+    return shared_servers(tiny_server_args(tiny_chat_model, "--api-key", API_KEY, OTHER_KEY))
+
+
+@pytest.fixture
+def two_keys_http(two_keys: Server) -> Iterator[httpx.Client]:
+    """A client of the ``two_keys`` server that sends no key of its own."""
+    with httpx.Client(base_url=two_keys.url, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

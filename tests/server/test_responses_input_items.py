@@ -7,33 +7,23 @@ unstored response are the 404 of an unknown id; each bad parameter is a 400 nami
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from pagedllm.entrypoints.openai.serving_responses import ResponseStore, StoredResponse
-from tests.server.conftest import API_KEY, Server, tiny_server_args
+from tests.server.conftest import API_KEY, OTHER_KEY, Server
 
-OTHER_KEY = "other-tenant-key"
 A = {"Authorization": f"Bearer {API_KEY}"}
 B = {"Authorization": f"Bearer {OTHER_KEY}"}
 UNKNOWN = "resp_0123456789abcdef0123456789abcdef"
 WORDS = ["one", "two", "three", "four", "five"]
 
 
-@pytest.fixture(scope="module")
-def two_keys(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
-    # The command line of test_responses_owner.py's server: one server for both modules.
-    return shared_servers(tiny_server_args(tiny_chat_model, "--api-key", API_KEY, OTHER_KEY))
-
-
 @pytest.fixture
-def http(two_keys: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=two_keys.url, timeout=120) as client:
-        yield client
+def http(two_keys_http: httpx.Client) -> httpx.Client:
+    return two_keys_http
 
 
 @pytest.fixture

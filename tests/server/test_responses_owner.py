@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,11 +19,10 @@ from pagedllm.entrypoints.openai.errors import OpenAIError
 from pagedllm.entrypoints.openai.middleware import ApiKeyMiddleware, request_owner
 from pagedllm.entrypoints.openai.responses_protocol import ResponsesRequest
 from pagedllm.entrypoints.openai.serving_responses import not_found
-from tests.server.conftest import API_KEY, Server, tiny_server_args
+from tests.server.conftest import API_KEY, OTHER_KEY
 from tests.server.test_reasoning_stream import PIECES, ScriptedEngine
 from tests.server.test_responses import scripted
 
-OTHER_KEY = "other-tenant-key"
 A = {"Authorization": f"Bearer {API_KEY}"}
 B = {"Authorization": f"Bearer {OTHER_KEY}"}
 UNKNOWN = "resp_0123456789abcdef0123456789abcdef"
@@ -33,17 +30,9 @@ UNKNOWN = "resp_0123456789abcdef0123456789abcdef"
 LONG = {"max_output_tokens": 480, "ignore_eos": True}
 
 
-@pytest.fixture(scope="module")
-def two_keys(tiny_chat_model: Path, shared_servers: Callable[..., Server]) -> Server:
-    # --api-key takes its keys after one flag (nargs="+", as vLLM): this one replaces the
-    # single key tiny_server_args gives.
-    return shared_servers(tiny_server_args(tiny_chat_model, "--api-key", API_KEY, OTHER_KEY))
-
-
 @pytest.fixture
-def http(two_keys: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=two_keys.url, timeout=120) as client:
-        yield client
+def http(two_keys_http: httpx.Client) -> httpx.Client:
+    return two_keys_http
 
 
 def create(http: httpx.Client, key: dict[str, str], **fields) -> httpx.Response:
