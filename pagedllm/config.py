@@ -683,23 +683,35 @@ class EngineArgs(VllmEngineOptions):
         )  # fmt: skip
 
     def _swap_space_bytes(self, caching: bool) -> int:
-        """swap_space in bytes per rank, refused when it is not a size this host can give
-        (every rank's share counts against its available memory)."""
-        swap = self.swap_space
-        if isinstance(swap, bool) or not isinstance(swap, int | float) or not math.isfinite(swap):
-            raise ValueError(f"swap_space must be a number of GiB, got {swap!r}.")
-        if swap < 0:
-            raise ValueError(f"swap_space must be >= 0 GiB, got {swap}.")
-        if swap == 0:
+        """The host tier's bytes per rank: ``swap_space`` (GiB per rank, vLLM's old swap
+        space) or ``kv_offloading_size`` (GiB for all ranks together, vLLM's native KV
+        offloading), refused when it is not a size this host can give (every rank's share
+        counts against its available memory)."""
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        name, size = "swap_space", self.swap_space
+        if self.kv_offloading_size is not None:
+            if self.swap_space:
+                raise ValueError(
+                    "swap_space and kv_offloading_size both size the host KV tier (swap_space "
+                    "per rank, kv_offloading_size for all ranks together); set one of them."
+                )
+            name, size = "kv_offloading_size", self.kv_offloading_size
+        if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size):
+            raise ValueError(f"{name} must be a number of GiB, got {size!r}.")
+        if size < 0:
+            raise ValueError(f"{name} must be >= 0 GiB, got {size}.")
+        if size == 0:
             return 0
         if not caching:
             raise ValueError(
-                f"swap_space={swap} keeps prefix-cache blocks in host memory; it needs prefix "
-                "caching (drop --no-enable-prefix-caching, or leave swap_space unset)."
+                f"{name}={size} keeps prefix-cache blocks in host memory; it needs prefix "
+                f"caching (drop --no-enable-prefix-caching, or leave {name} unset)."
             )
-        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
-        per_rank = int(swap * GiB)
-        check_host_memory(per_rank * ranks, f"swap_space={swap} GiB x {ranks} rank(s)")
+        if name == "swap_space":
+            per_rank, what = int(size * GiB), f"swap_space={size} GiB x {ranks} rank(s)"
+        else:
+            per_rank, what = int(size * GiB) // ranks, f"kv_offloading_size={size} GiB"
+        check_host_memory(per_rank * ranks, what)
         return per_rank
 
     def _scheduler_config(
@@ -724,10 +736,10 @@ class EngineArgs(VllmEngineOptions):
         if self.max_num_seqs is None:
             max_num_seqs = min(max_num_seqs, budget)  # a small budget implies fewer sequences
         mode = self.preemption_mode or "recompute"
-        if mode == "swap" and not self.swap_space:
+        if mode == "swap" and not (self.swap_space or self.kv_offloading_size):
             raise ValueError(
                 "preemption_mode='swap' swaps preempted requests to host memory; it needs "
-                "swap_space > 0 (e.g. --swap-space 4)."
+                "swap_space > 0 (e.g. --swap-space 4) or kv_offloading_size > 0."
             )
         return SchedulerConfig(
             max_num_seqs=max_num_seqs,

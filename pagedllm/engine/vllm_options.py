@@ -287,10 +287,13 @@ class VllmEngineOptions:
     """A prefill shortcut for models that share KV between layers; pagedllm has none."""
     prefix_match_unit: int | None = only(None)
     """Prefix-cache hits inside a block; pagedllm matches whole blocks (--block-size)."""
-    kv_offloading_size: float | None = only(None)
-    """Offloading KV blocks to CPU memory; not supported by pagedllm."""
+    kv_offloading_size: float | None = None
+    """GiB of host memory for KV blocks the GPU cache evicts, all ranks together (each rank
+    gets its share): vLLM's native KV offloading, served by pagedllm's host tier (the same as
+    --swap-space, which is per rank; set one of them)."""
     kv_offloading_backend: str = only("native")
-    """The KV offloading backend; pagedllm does not offload KV blocks."""
+    """The KV offloading backend: native (pagedllm's host tier, sized by --kv-offloading-size);
+    pagedllm has no LMCache connector."""
     offload_backend: str = only("auto")
     """How weights are offloaded; pagedllm keeps weights on the device."""
     cpu_offload_params: list[str] = only([])

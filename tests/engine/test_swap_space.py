@@ -220,12 +220,33 @@ def test_tier_in_the_engine_process_and_its_metrics(tiny_models):
         ({"swap_space": 1e9}, r"swap_space=1000000000.0 GiB x 1 rank\(s\) needs .* available"),
         ({"swap_space": 1, "enable_prefix_caching": False}, "needs prefix caching"),
         ({"preemption_mode": "swap"}, "needs swap_space > 0"),
+        ({"kv_offloading_size": -2}, "kv_offloading_size must be >= 0 GiB"),
+        ({"kv_offloading_size": math.inf}, "kv_offloading_size must be a number of GiB"),
+        ({"kv_offloading_size": 1e9}, r"kv_offloading_size=1000000000.0 GiB needs .* available"),
+        ({"kv_offloading_size": 1, "enable_prefix_caching": False}, "needs prefix caching"),
         ({"preemption_mode": "drop", "swap_space": 0.01}, "preemption_mode must be one of"),
     ],
 )
 def test_bad_values_are_refused_at_start(tiny_models, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         EngineArgs(model=str(tiny_models["llama"]), **kwargs).create_engine_config()
+
+
+def test_kv_offloading_size_is_the_same_tier(tiny_models):
+    """vLLM's --kv-offloading-size (one rank: all of it) serves hits from the host tier as
+    swap_space does, and swap preemption takes it as the swap space."""
+    batch = prompts(5, count=4, length=100)
+    with engine_in_process():
+        llm = LLM(
+            model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=128,
+            kv_cache_memory_bytes=14 * block_bytes("llama"), kv_offloading_size=gib(64),
+            max_num_seqs=2, device="cpu", preemption_mode="swap",
+        )  # fmt: skip
+    outputs, computed = rounds(llm, batch, GREEDY)
+    reference, _ = rounds(build(tiny_models["llama"], 200, 0), batch, GREEDY)
+    assert outputs == reference
+    assert llm.llm_engine.kv_cache_state()["num_host_blocks"] == 64 and host_loads(llm) > 0
+    assert computed == 4 * (100 % BLOCK)
 
 
 def test_a_swap_space_smaller_than_one_block_is_refused(tiny_models):

@@ -89,7 +89,7 @@ def test_a_vllm_command_line_at_vllm_defaults_starts():
         (["--logprobs-mode", "processed_logprobs"], "--logprobs-mode 'processed_logprobs': "),
         (["--no-enable-log-deltas"], "--no-enable-log-deltas: whether logged outputs"),
         (["--grpc"], "--grpc: a gRPC server instead of HTTP; pagedllm serves HTTP only."),
-        (["--kv-offloading-size", "8"], "--kv-offloading-size 8.0: offloading KV blocks"),
+        (["--kv-offloading-backend", "lmcache"], "--kv-offloading-backend 'lmcache': the KV"),
         (["--middleware", "x.y"], "--middleware ['x.y']: ASGI middleware imported by path"),
         (["--spec-method", "eagle"], "--spec-method 'eagle': the speculative decoding method"),
     ],
@@ -292,3 +292,14 @@ def test_the_api_server_module_knows_the_same_flags(capsys):
     assert wanted - known == {"--config"}  # the YAML file is the pagedllm command's
     assert api_server.main(["--device", "cpu", "--port", "0", "-O3", "--grpc"]) == 2
     assert "--grpc: a gRPC server instead of HTTP" in capsys.readouterr().err
+
+
+def test_kv_offloading_size_sizes_the_host_tier_for_all_ranks_together():
+    """vLLM's native KV offloading flags: the GiB are shared by the ranks (--swap-space is
+    per rank), and the backend named by vLLM's default starts."""
+    config = configure("--kv-offloading-size", "0.5", "--kv-offloading-backend", "native")
+    assert config.cache_config.swap_space_bytes == 1 << 29
+    per_rank = configure("--kv-offloading-size", "0.5", "--pipeline-parallel-size", "2")
+    assert per_rank.cache_config.swap_space_bytes == 1 << 28
+    with pytest.raises(ValueError, match="swap_space and kv_offloading_size both size"):
+        configure("--kv-offloading-size", "0.5", "--swap-space", "1")
