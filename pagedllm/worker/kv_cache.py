@@ -90,7 +90,8 @@ def plan_kv_cache(
     num_host_blocks = cache_config.swap_space_bytes // (per_token * block_size)
     if cache_config.swap_space_bytes and num_host_blocks == 0:
         raise ValueError(
-            f"swap_space of {_gib(cache_config.swap_space_bytes)} holds no KV block (one "
+            "The host KV tier (swap_space, or kv_offloading_size shared by the ranks) gives "
+            f"each rank {_gib(cache_config.swap_space_bytes)}, which holds no KV block (one "
             f"block is {_gib(per_token * block_size)}); increase it or leave it unset."
         )
     plan = KVCachePlan(int(num_blocks), block_size, per_token, int(num_host_blocks))

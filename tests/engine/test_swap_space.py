@@ -250,8 +250,14 @@ def test_kv_offloading_size_is_the_same_tier(tiny_models):
 
 
 def test_a_swap_space_smaller_than_one_block_is_refused(tiny_models):
-    with pytest.raises(ValueError, match="holds no KV block"):
+    with pytest.raises(ValueError, match=r"\(swap_space, or kv_offloading_size .* no KV block"):
         build(tiny_models["llama"], 24, 0.5)  # half a block
+    with pytest.raises(ValueError, match="holds no KV block"), engine_in_process():
+        LLM(
+            model=str(tiny_models["llama"]), skip_tokenizer_init=True, max_model_len=256,
+            kv_cache_memory_bytes=24 * block_bytes("llama"), kv_offloading_size=gib(0.5),
+            device="cpu",
+        )  # fmt: skip
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
