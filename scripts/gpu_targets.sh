@@ -13,7 +13,8 @@
 # tree's profile), ab (W1 by this tree and by .branch's, alternated, twice each), tier (the
 # host tier's copy tests on CUDA and benchmarks/host_tier_dma.py; needs pytest's wheels in
 # .whl), swapab (the host tier's multi-turn pair by this tree and .branch's, alternated),
-# fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode launches swept by
+# swapfloor (that pair with the device cache holding the whole history: what the tier's
+# later turns could at best reach), fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode launches swept by
 # attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
@@ -106,6 +107,13 @@ if [ -d .branch/pagedllm ] && want swapab 150; then  # the host tier's pair, thi
       | tee -a "$OUT/swapab.log" | grep "^| [0-9]\|later turns\|prompt tokens"
   done
   ran swapab
+fi
+if want swapfloor 90; then  # the same pair with the whole history on the device: the floor
+  timeout $((BUDGET_S - SECONDS)) python3 benchmarks/multi_turn.py --swap \
+    --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
+    --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
+    --device-fraction 1.2 2>&1 | tee "$OUT/multi_turn_floor.log" | grep "later turns"
+  ran swapfloor
 fi
 if want sweep 170; then  # the decode launches swept on this GPU's attention shapes
   timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/sweep.log" | tail -30
