@@ -14,8 +14,8 @@
 # host tier's copy tests on CUDA and benchmarks/host_tier_dma.py; needs pytest's wheels in
 # .whl), swapab (the host tier's multi-turn pair by this tree and .branch's, alternated),
 # swapfloor (that pair with the device cache holding the whole history: what the tier's
-# later turns could at best reach), fp8 (W2's decode attention over an FP8 cache by launch), sweep (the decode launches swept by
-# attention_tuning.py).
+# later turns could at best reach), fp8 (W2's decode attention over an FP8 cache by
+# launch), sweep (the decode launches swept by attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
