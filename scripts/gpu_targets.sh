@@ -23,9 +23,9 @@
 #     --platform manylinux_2_26_x86_64 --platform any -d .whl \
 #     msgspec==0.23.0 pyzmq==27.3.0 gguf==0.19.0
 # (the tier section's tests: pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0
-# too), then run `bash scripts/gpu_targets.sh` with carry [".whl"] and timeout_s 560. Sections run in
-# order while the time left allows; SECTIONS="fp8 swap" (say) runs only those, in a later call;
-# WORKLOADS="4,4,1" (say) replaces the workloads section's list.
+# too), then run `bash scripts/gpu_targets.sh` with carry [".whl"] and timeout_s 560.
+# Sections run in order while the time left allows; SECTIONS="fp8 swap" (say) runs only
+# those, in a later call; WORKLOADS="4,4,1" (say) replaces the workloads section's list.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"
 BUDGET_S="${BUDGET_S:-530}"  # the command's own end, inside the call's limit
