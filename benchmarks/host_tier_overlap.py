@@ -114,9 +114,11 @@ def median_ttft(
     return statistics.median(trials)
 
 
-def kernel_summary(llm: LLM, args: argparse.Namespace, history: int) -> str:
+def kernel_summary(llm: LLM, args: argparse.Namespace, history: int, evict: bool = True) -> str:
     """The torch profiler's per-kernel table of the timed request of one layer-by-layer
-    trial, and when each stream's kernels ran (the trace goes to ``--trace``)."""
+    trial (``evict=False``: of one with its history still on the device, the floor), its
+    time to the first token under the profiler, and when each stream's kernels ran (the
+    trace goes to ``--trace``, ``-floor`` added before its suffix for the floor)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -125,15 +127,18 @@ def kernel_summary(llm: LLM, args: argparse.Namespace, history: int) -> str:
         activities.append(ProfilerActivity.CUDA)
     rng = random.Random(7)
     vocab = min(llm.llm_engine.model_config.vocab_size, 30000)
-    ttft(llm, history, args.new, rng, vocab)  # warm
+    ttft(llm, history, args.new, rng, vocab, evict=evict)  # warm
     prof = profile(activities=activities)
-    ttft(llm, history, args.new, rng, vocab, timed=lambda: prof)
+    wall = ttft(llm, history, args.new, rng, vocab, evict=evict, timed=lambda: prof)
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=15)
+    table += f"\nTTFT under the profiler: {wall * 1e3:.2f} ms"
     if not torch.cuda.is_available():
         return table
-    prof.export_chrome_trace(args.trace)
-    return table + "\n" + stream_summary(args.trace)
+    root, suffix = os.path.splitext(args.trace)
+    trace = args.trace if evict else f"{root}-floor{suffix}"
+    prof.export_chrome_trace(trace)
+    return table + "\n" + stream_summary(trace)
 
 
 def stream_summary(trace_path: str) -> str:
@@ -177,6 +182,11 @@ def main() -> None:
     parser.add_argument("--swap-gib", type=float, default=8.0)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
+        "--profile-floor",
+        action="store_true",
+        help="also profile one request whose history is still on the device",
+    )
+    parser.add_argument(
         "--trace",
         default=os.path.join(os.environ.get("OUT", "."), "host_tier_step.json"),
         help="the profiled trace",
@@ -208,6 +218,7 @@ def main() -> None:
             results["all"].append(median_ttft(llm, args, history, seed=100 + i))
         results["resident"].append(median_ttft(llm, args, history, seed=400 + i, evict=False))
     summary = "" if args.no_profile else kernel_summary(llm, args, histories[-1])
+    floor = kernel_summary(llm, args, histories[-1], evict=False) if args.profile_floor else ""
     llm.llm_engine.shutdown()
     plain = build(args, tier=False)
     results["none"] = [median_ttft(plain, args, h, seed=200 + i) for i, h in enumerate(histories)]
@@ -221,6 +232,9 @@ def main() -> None:
     if summary:
         print(f"\nthe timed request of one layer-by-layer trial (history {histories[-1]}):")
         print(summary)
+    if floor:
+        print(f"\none request with its history on the device (history {histories[-1]}):")
+        print(floor)
 
 
 if __name__ == "__main__":

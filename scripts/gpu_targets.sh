@@ -14,8 +14,10 @@
 # host tier's copy tests on CUDA and benchmarks/host_tier_dma.py; needs pytest's wheels in
 # .whl), swapab (the host tier's multi-turn pair by this tree and .branch's, alternated),
 # swapfloor (that pair with the device cache holding the whole history: what the tier's
-# later turns could at best reach), fp8 (W2's decode attention over an FP8 cache by
-# launch), sweep (the decode launches swept by attention_tuning.py).
+# later turns could at best reach), tierprofile (one later turn's request, its history
+# brought back and its history resident, profiled: where the floor's time goes), fp8 (W2's
+# decode attention over an FP8 cache by launch), sweep (the decode launches swept by
+# attention_tuning.py).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -114,6 +116,12 @@ if want swapfloor 90; then  # the same pair with the whole history on the device
     --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
     --device-fraction 1.2 2>&1 | tee "$OUT/multi_turn_floor.log" | grep "later turns"
   ran swapfloor
+fi
+if want tierprofile 100; then  # issue 20: a 3,072-token history's request, tier and floor
+  timeout 150 python3 benchmarks/host_tier_overlap.py \
+    --model benchmarks/model-configs/llama-3.1-8b-instruct --histories 3072 --trials 3 \
+    --profile-floor 2>&1 | tee "$OUT/tier_profile.log" | grep -v "^INFO" | tail -60
+  ran tierprofile
 fi
 if want sweep 170; then  # the decode launches swept on this GPU's attention shapes
   timeout 150 python3 benchmarks/attention_tuning.py 2>&1 | tee "$OUT/sweep.log" | tail -30
