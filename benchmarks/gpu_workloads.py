@@ -242,15 +242,18 @@ def job_mixed(variant: str = "") -> dict:
     """Steps that carry prefill beside decodes, as a saturated server runs them (serve's
     8,192-token budget, 256 requests decoding, 512-token prompts): the step time for 0, 2,048,
     4,096 and 8,192 new prefill tokens and the FLOP rate it implies; ``mixed:prof`` profiles
-    the 8,192-token step, eager. Steps are synchronous here (no async scheduling) so each is
-    timed alone."""
+    the 8,192-token step, eager; ``mixed:fp8`` (``mixed:fp8+prof``) does either with FP8
+    weights (``quantization="fp8"``). Steps are synchronous here (no async scheduling) so
+    each is timed alone."""
     _profile_in_process()
     import torch
 
-    if variant not in ("", "prof"):
-        raise ValueError(f"mixed takes no variant or 'prof', got {variant!r}")
-    eager = variant == "prof"
-    eng, add = saturated_engine(async_scheduling=False, enforce_eager=eager)
+    parts = set(variant.split("+")) - {""}
+    if not parts <= {"prof", "fp8"}:
+        raise ValueError(f"mixed takes 'prof', 'fp8' or 'fp8+prof', got {variant!r}")
+    eager = "prof" in parts
+    quant = {"quantization": "fp8"} if "fp8" in parts else {}
+    eng, add = saturated_engine(async_scheduling=False, enforce_eager=eager, **quant)
     if eager:
         from torch.profiler import ProfilerActivity, profile
 
@@ -260,7 +263,7 @@ def job_mixed(variant: str = "") -> dict:
             eng.step()
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=22)
-        return {"job": "mixed:prof", "table": table}
+        return {"job": f"mixed:{variant}", "table": table}
     config = json.loads(Path(LLAMA8B, "config.json").read_text())
     flop_per_token = 2 * engine_params(config)
     rows = []
@@ -277,7 +280,7 @@ def job_mixed(variant: str = "") -> dict:
         tokens = prefill + eng.engine_core.scheduler.stats().num_running
         rows.append({"prefill": prefill, "step_ms": round(ms, 2),
                      "tflop_s": round(tokens * flop_per_token / ms / 1e9, 1)})  # fmt: skip
-    return {"job": "mixed", "steps": rows}
+    return {"job": f"mixed:{variant}" if variant else "mixed", "steps": rows}
 
 
 def job_padding(variant: str = "") -> dict:
