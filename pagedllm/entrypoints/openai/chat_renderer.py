@@ -59,7 +59,7 @@ class ChatRenderer:
         """The prompt text (ValueError, a 400, naming what is wrong). ``keep_tail``: the
         prompt will be cut to its last tokens, so any length of messages is rendered."""
         if not keep_tail:
-            self._check_input_chars(messages, tools)
+            self._check_input_chars(messages, tools, chat_template_kwargs)
         given = request_template is not None or template_from_kwargs(chat_template_kwargs)
         if given and not self.trust_request_template:
             raise ValueError(
@@ -80,13 +80,20 @@ class ChatRenderer:
         return await self.sandbox.render(job)
 
     def _check_input_chars(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        chat_template_kwargs: dict[str, Any] | None,
     ) -> None:
+        # The template kwargs (``documents`` among them) reach the template as the messages
+        # do: 60 MB of documents went to the sandbox and back as a 200, where as much in the
+        # messages is refused here.
         bound = RENDER_INPUT_FACTOR * self.text_bounds.max_chars
-        chars = text_chars(messages, bound) + text_chars(tools or [], bound)
+        chars = sum(text_chars(part, bound) for part in (messages, tools, chat_template_kwargs))
         if chars > bound:
             raise ValueError(
-                f"The messages and tools hold more than {bound} characters of text, more than "
+                "The messages, tools and chat_template_kwargs (documents included) hold more "
+                f"than {bound} characters of text, more than "
                 f"the {self.text_bounds.max_tokens}-token context can hold; shorten them, or "
                 "set truncate_prompt_tokens to keep their last tokens."
             )
