@@ -34,6 +34,14 @@ from pagedllm.outputs import RequestOutput
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
+# A non-streamed completion writes its prompt's logprobs into every choice (the echoed
+# tokens' ``logprobs`` and the ``prompt_logprobs`` field, as vLLM), all built, dumped and
+# encoded on the event loop at once: n=32 choices of a 2,000-token prompt at logprobs=20
+# made a 177 MB reply, held every other request's loop 10 s and took 2.1 GB of the API
+# server (n=128 of a full context, ~30 GB). Past this many entries over all choices a
+# response of several choices is refused; one choice is served as ever.
+MAX_PROMPT_LOGPROB_ENTRIES = 1 << 19
+
 
 class CompletionHandler:
     def __init__(
@@ -69,6 +77,8 @@ class CompletionHandler:
                 )
                 for prompt in prompts
             ]
+            if not stream:
+                _check_prompt_logprob_entries(request, prompts)
             if request.use_beam_search:
                 return JSONResponse(
                     await self._beam_search(request, request_id, engine_id, model, prompts, limits)
@@ -278,3 +288,32 @@ class CompletionHandler:
         except Exception as exc:
             yield sse_error(exc)
         yield sse.DONE
+
+
+def _check_prompt_logprob_entries(
+    request: CompletionRequest, prompts: list[dict[str, Any]]
+) -> None:
+    """A 400 when a non-streamed response of several choices would repeat more than
+    ``MAX_PROMPT_LOGPROB_ENTRIES`` prompt logprobs (each position's top tokens and its own)."""
+    if request.use_beam_search:
+        return  # beams carry no logprobs
+    per_position = 0
+    if request.echo and request.logprobs is not None:
+        per_position += request.logprobs + 1  # the echoed tokens' logprobs
+        if request.prompt_logprobs is None:  # echo asks the engine for them (``_params``)
+            per_position += request.logprobs + 1
+    if request.prompt_logprobs is not None:
+        per_position += max(request.prompt_logprobs, 0) + 1
+    n = request.n or 1
+    if per_position == 0 or n * len(prompts) == 1:
+        return
+    positions = sum(len(prompt["prompt_token_ids"]) for prompt in prompts)
+    entries = positions * n * per_position
+    if entries > MAX_PROMPT_LOGPROB_ENTRIES:
+        raise OpenAIError(
+            f"This completion would repeat its prompt's logprobs in each of its {n * len(prompts)} "
+            f"choices: {entries} entries ({positions} prompt tokens x n={n} x {per_position} "
+            f"per token), more than the {MAX_PROMPT_LOGPROB_ENTRIES} this server builds into "
+            "one response. Ask for fewer choices or logprobs, or stream the response.",
+            400,
+        )
