@@ -11,7 +11,12 @@ read them as they come and later replay them from any sequence number
 Bounds: at most ``max_running`` runs queued or running (``--max-background-responses``;
 503 with Retry-After past it: a run holds no connection, so nothing else bounds what one
 client queues); a run's events are kept while it runs and, after it ends, for the last
-``max_finished`` streamed runs only (each run's events are bounded by its token count).
+``max_finished`` streamed runs only, and only while their events together hold at most
+``max_finished_bytes`` (``--max-stored-response-bytes``, the oldest dropped first). Each
+event that carries the response object (created, in_progress, completed or failed)
+echoes the request's instructions and tools: a run of 20 MB instructions keeps 60 MB of
+events after it ends, and 64 runs of 64 MB bodies, sent one after another on one
+connection, could hold 12 GB that no bound counted.
 
 A run belongs to the API key(s) that created it (``KeyOwner``): looked up with another
 owner, it is not there, so another key can neither read, cancel nor forget it.
@@ -42,9 +47,11 @@ class BackgroundRun:
     ended: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     owner: KeyOwner = None  # the key(s) of the request that started it
+    size: int = 0  # bytes of its events
 
     def add(self, event: bytes) -> None:
         self.events.append(event)
+        self.size += len(event)
         self.changed.set()
 
     def end(self) -> None:
@@ -55,11 +62,15 @@ class BackgroundRun:
 class BackgroundRuns:
     """The background runs by response id. Used only from the event loop: no lock."""
 
-    def __init__(self, max_running: int, max_finished: int = 64) -> None:
+    def __init__(
+        self, max_running: int, max_finished: int = 64, max_finished_bytes: int = 256 << 20
+    ) -> None:
         self.max_running = max_running
         self.max_finished = max_finished
+        self.max_finished_bytes = max_finished_bytes
         self._running: dict[str, BackgroundRun] = {}
         self._finished: OrderedDict[str, BackgroundRun] = OrderedDict()
+        self._finished_bytes = 0
 
     def check_room(self) -> None:
         """EngineOverloadedError (503) when ``max_running`` runs are queued or running."""
@@ -106,7 +117,7 @@ class BackgroundRuns:
         """Drop a finished run's kept events (its response was deleted by ``owner``)."""
         run = self._finished.get(response_id)
         if run is not None and run.owner == owner:
-            del self._finished[response_id]
+            self._drop_finished(response_id)
 
     def replay(
         self, response_id: str, starting_after: int | None, owner: KeyOwner = None
@@ -155,6 +166,19 @@ class BackgroundRuns:
             run = self._running.pop(response_id)
             run.end()
             if run.streamed:
-                self._finished[response_id] = run
-                while len(self._finished) > self.max_finished:
-                    self._finished.popitem(last=False)
+                self._keep_finished(response_id, run)
+
+    def _keep_finished(self, response_id: str, run: BackgroundRun) -> None:
+        """Keep an ended run's events, dropping the oldest kept past either bound (a run
+        larger than ``max_finished_bytes`` alone is not kept: its readers have it whole)."""
+        if run.size > self.max_finished_bytes:
+            return
+        self._finished[response_id] = run
+        self._finished_bytes += run.size
+        while len(self._finished) > self.max_finished or (
+            self._finished_bytes > self.max_finished_bytes
+        ):
+            self._drop_finished(next(iter(self._finished)))
+
+    def _drop_finished(self, response_id: str) -> None:
+        self._finished_bytes -= self._finished.pop(response_id).size

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
-from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.entrypoints.openai.errors import OpenAIError, from_engine_error
 from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.middleware import KeyOwner, request_owner, unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, FieldError
@@ -70,6 +70,9 @@ from pagedllm.entrypoints.openai.responses_protocol import (
 )
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
 from pagedllm.entrypoints.openai.unknown_fields import note_inert_field
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
 
 # Request fields that mean the same in a chat request, copied when set.
 _SAME_IN_CHAT = (
@@ -95,6 +98,13 @@ class StoredResponse:
     # The request's input as item objects with their ids (``responses_input_items``), for
     # GET .../input_items: the conversation above has lost the ids and the item kinds.
     input_items: list[dict[str, Any]] = field(default_factory=list)
+    # The JSON size of ``conversation`` where known (None: measured when stored). A turn
+    # adds its own messages' size to the previous turn's: the store measured the whole
+    # conversation again on every put (three per background turn), and a chain of long
+    # turns (kept whole by cancels, or by truncation "auto") held the event loop 0.8 s a
+    # put at 200 MB, every other request waiting.
+    conversation_bytes: int | None = None
+    input_items_bytes: int | None = None  # the same for ``input_items``
 
     def updated(self, response: dict[str, Any]) -> StoredResponse:
         """This entry with ``response`` in place of its own (same conversation, owner and
@@ -116,8 +126,9 @@ class ResponseStore:
         self._bytes = 0
 
     def put(self, response_id: str, entry: StoredResponse) -> None:
-        kept = [entry.response, entry.conversation, entry.input_items]
-        size = len(json.dumps(kept, default=str))
+        size = json_size(entry.response) + conversation_size(entry)
+        items = entry.input_items_bytes
+        size += json_size(entry.input_items) if items is None else items
         if self.max_entries == 0 or size > self.max_bytes:
             return
         self._drop(response_id)
@@ -153,6 +164,17 @@ class ResponseStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON, as the store counts them."""
+    return len(json.dumps(value, default=str))
+
+
+def conversation_size(entry: StoredResponse) -> int:
+    if entry.conversation_bytes is not None:
+        return entry.conversation_bytes
+    return json_size(entry.conversation)
 
 
 def _live(entry: StoredResponse) -> bool:
@@ -385,6 +407,15 @@ class _Turn:
     conversation: list[dict[str, Any]]
     owner: KeyOwner = None  # the key(s) of the request: the stored response's owner
     input_items: list[dict[str, Any]] = field(default_factory=list)  # stored with it
+    conversation_bytes: int = 0  # conversation's JSON size (``StoredResponse``'s)
+    input_items_bytes: int = 0  # input_items' JSON size
+
+    def stored(self, response: dict[str, Any]) -> StoredResponse:
+        """``response`` with this turn's conversation, input items and owner, sized."""
+        return StoredResponse(
+            response, self.conversation, self.owner, self.input_items,
+            self.conversation_bytes, self.input_items_bytes,
+        )  # fmt: skip
 
 
 class ResponsesHandler:
@@ -403,13 +434,18 @@ class ResponsesHandler:
                              "tools, and this server runs function tools only")  # fmt: skip
         model = self.chat.models.resolve(request.model)
         previous = self._previous(request.previous_response_id, owner)
-        conversation = (previous.conversation if previous else []) + input_messages(request.input)
+        new = input_messages(request.input)
+        conversation = (previous.conversation if previous else []) + new
+        conversation_bytes = (conversation_size(previous) if previous else 0) + json_size(new)
         if not conversation:
             raise ValueError("input must not be empty.")
         system = [{"role": "system", "content": request.instructions}]
         messages = (system if request.instructions else []) + conversation
         items = input_item_objects(request.input)  # ids fixed now: pages are found by them
-        turn = _Turn(request, response_id(), model, int(time.time()), conversation, owner, items)
+        turn = _Turn(
+            request, response_id(), model, int(time.time()), conversation, owner, items,
+            conversation_bytes, json_size(items),
+        )  # fmt: skip
         continued = continues_final_message(request.input)
         max_len = self.chat.models.max_model_len
         chat = chat_request(request, messages, continued, turn.id, max_len)
@@ -519,9 +555,15 @@ class ResponsesHandler:
         queued = self._response(turn, "queued", [], None).model_dump()
         # With its conversation so far: a cancelled run is kept as it stood, and a turn that
         # continues from it keeps the earlier turns and this one's input.
-        self.store.put(
-            turn.id, StoredResponse(queued, turn.conversation, turn.owner, turn.input_items)
-        )
+        self.store.put(turn.id, turn.stored(queued))
+        if self.store.get(turn.id, turn.owner) is None:
+            # Too large to keep (one entry past --max-stored-response-bytes): its run was
+            # started anyway, and answered 404 to retrieve and cancel while it ran.
+            raise RefusedField(
+                "background", "This response is too large to store (its input, instructions "
+                "and the conversation it continues are past --max-stored-response-bytes), and "
+                "a background response must be stored; send it without background.",
+            )  # fmt: skip
         streamed = bool(turn.request.stream)
         self.runs.start(turn.id, self._run_background(turn, chat), streamed, turn.owner)
         if streamed:
@@ -540,13 +582,35 @@ class ResponsesHandler:
                     run.add(event)
             else:
                 await self._from_completion(turn, json.loads(result.body))
-        except (OpenAIError, ValueError) as exc:
-            self._set_failed(turn, exc)
+        except Exception as exc:  # a cancel (CancelledError) is no Exception: it passes
+            # Every failure ends the run as failed: the engine's (overloaded, dead, a failed
+            # request) were left to the run's guard, and the response stayed in_progress
+            # for good: never evicted (a live one), never cancellable, never continued.
+            error = _run_error(exc)
+            self._set_failed(turn, error)
+            self._stream_failure(turn, error)
             return
         stored = self.store.get(turn.id, turn.owner)
         if stored is not None and stored.response["status"] == "in_progress":
             # the stream ended in an error event: nothing final was stored
             self._set_failed(turn, None)
+
+    def _stream_failure(self, turn: _Turn, exc: OpenAIError) -> None:
+        """A streamed run that failed (at admission: a prompt too long, a bad value) ends
+        its events with ``error`` and ``response.failed``, after ``response.created`` if
+        nothing was sent yet: its readers got a 200 with an empty event stream, and no
+        word of why (the failure was only in the stored response)."""
+        run = self.runs.get(turn.id, turn.owner)
+        if run is None or not run.streamed:
+            return
+        events = _EventWriter()
+        events.sequence = len(run.events)  # event i has sequence_number i
+        if not run.events:
+            created = self._response(turn, "in_progress", [], None).model_dump()
+            run.add(events.event("response.created", response=created))
+        error = {"message": exc.message, "code": exc.status, "param": exc.param}
+        for event in self._failed(turn, events, error):
+            run.add(event)
 
     def _set_status(self, turn: _Turn, status: str) -> None:
         stored = self.store.get(turn.id, turn.owner)
@@ -563,8 +627,9 @@ class ResponsesHandler:
             message=str(exc) if exc is not None else "The request failed.",
         )
         # Its input items stay listed: the input it failed on is what the client looks for.
-        failed_entry = StoredResponse(failed.model_dump(), [], turn.owner, turn.input_items)
-        self.store.put(turn.id, failed_entry)
+        # Its conversation is kept, as a cancelled one's: a turn that continues from it was
+        # answered with the whole history silently dropped (the entry kept none).
+        self.store.put(turn.id, turn.stored(failed.model_dump()))
 
     # -- building the response -----------------------------------------------------------
 
@@ -628,8 +693,12 @@ class ResponsesHandler:
         if stored is not None and stored.response["status"] == "cancelled":
             return stored.response  # cancelled while its last tokens came: it stays so
         if turn.request.store:
-            conversation = turn.conversation + output_messages(output)
-            entry = StoredResponse(body, conversation, turn.owner, turn.input_items)
+            answer = output_messages(output)
+            entry = dataclasses.replace(
+                turn.stored(body),
+                conversation=turn.conversation + answer,
+                conversation_bytes=turn.conversation_bytes + json_size(answer),
+            )
             self.store.put(turn.id, entry)
         return body
 
@@ -718,6 +787,19 @@ class ResponsesHandler:
             events.event("error", code=code, message=message, param=error.get("param")),
             events.event("response.failed", response=failed.model_dump()),
         ]
+
+
+def _run_error(exc: Exception) -> OpenAIError:
+    """A background run's failure as the error its response records (and streams): the
+    request's own or the engine's, as a foreground request would be answered; anything
+    else is logged and told only as a server error."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    error = from_engine_error(exc)
+    if error is None:
+        logger.error("A background response failed unexpectedly", exc_info=exc)
+        error = OpenAIError("Internal server error (see the server log).", 500)
+    return error
 
 
 def _pick(value: float | None, default: Any, fallback: float) -> float:
@@ -893,7 +975,10 @@ def install_responses_routes(
     /v1/responses/{id}/input_items``, ``POST /v1/responses/{id}/cancel`` and ``DELETE
     /v1/responses/{id}`` on ``app``, answered through ``chat``."""
     store = ResponseStore(limits.max_stored_responses, limits.max_stored_response_bytes)
-    runs = BackgroundRuns(min(limits.max_background_responses, limits.max_stored_responses))
+    runs = BackgroundRuns(
+        min(limits.max_background_responses, limits.max_stored_responses),
+        max_finished_bytes=limits.max_stored_response_bytes,
+    )
     handler = ResponsesHandler(chat, store, runs)
 
     @app.post("/v1/responses")
