@@ -192,7 +192,8 @@ def add_limit_flags(flag: Any) -> None:
          help="finished /v1/responses kept for retrieval and previous_response_id, oldest "
               "evicted first (0: none)")  # fmt: skip
     flag("max-stored-response-bytes", type=int, default=defaults.max_stored_response_bytes,
-         help="bytes (as JSON) the stored /v1/responses may take, oldest out first")  # fmt: skip
+         help="bytes (as JSON) the stored /v1/responses may take, oldest out first; as "
+              "many again for the events of ended background streams")  # fmt: skip
     flag("max-background-responses", type=int, default=defaults.max_background_responses,
          help="background /v1/responses queued or running at once, at most "
               "--max-stored-responses (503 with Retry-After past it)")  # fmt: skip
