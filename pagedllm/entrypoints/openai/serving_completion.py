@@ -22,7 +22,11 @@ from pagedllm.entrypoints.openai.protocol import (
     request_ids,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
-from pagedllm.entrypoints.openai.streams import last_output, merge_streams
+from pagedllm.entrypoints.openai.streams import (
+    last_output,
+    merge_streams,
+    released_on_hang_up,
+)
 from pagedllm.entrypoints.openai.usage import (
     add_usage,
     beam_usage,
@@ -96,7 +100,7 @@ class CompletionHandler:
         n = request.n or 1
         if stream:
             chunks = self._stream(request, request_id, model, generators, n)
-            return StreamingResponse(chunks, media_type="text/event-stream")
+            return StreamingResponse(released_on_hang_up(chunks), media_type="text/event-stream")
         finals = await asyncio.gather(*(last_output(g) for g in generators))
         choices = [
             self._choice(request, final, c, p * n + c.index)

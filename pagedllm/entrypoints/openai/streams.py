@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from pagedllm.outputs import RequestOutput
+
+T = TypeVar("T")
+
+
+async def released_on_hang_up(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+    """A response body that lets go of its request when the client hangs up mid-stream.
+
+    Starlette cancels the body's task on a disconnect; anyio's task group keeps that
+    CancelledError in a reference cycle, and its traceback holds every stream frame it left
+    (the handler's, AsyncLLM's) with their locals: the request and its prompt, any size,
+    until a full collection, rare in a server. Those frames have finished: clear them."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except asyncio.CancelledError as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
 
 
 async def merge_streams(
