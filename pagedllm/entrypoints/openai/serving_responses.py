@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from pagedllm.entrypoints.openai import sse
 from pagedllm.entrypoints.openai.background_responses import BackgroundRuns
-from pagedllm.entrypoints.openai.errors import OpenAIError, from_engine_error
+from pagedllm.entrypoints.openai.errors import OpenAIError, error_body, from_engine_error
 from pagedllm.entrypoints.openai.limits import ServerLimits
 from pagedllm.entrypoints.openai.middleware import KeyOwner, request_owner, unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, FieldError
@@ -609,7 +609,7 @@ class ResponsesHandler:
         if not run.events:
             created = self._response(turn, "in_progress", [], None).model_dump()
             run.add(events.event("response.created", response=created))
-        error = {"message": exc.message, "code": exc.status, "param": exc.param}
+        error = error_body(exc.message, exc.status, exc.param)["error"]  # as a chat stream's
         for event in self._failed(turn, events, error):
             run.add(event)
 
@@ -618,15 +618,12 @@ class ResponsesHandler:
         if stored is not None:
             self.store.put(turn.id, stored.updated({**stored.response, "status": status}))
 
-    def _set_failed(self, turn: _Turn, exc: Exception | None) -> None:
-        client_side = isinstance(exc, ValueError) or (
-            isinstance(exc, OpenAIError) and 400 <= exc.status < 500
-        )
+    def _set_failed(self, turn: _Turn, exc: OpenAIError | None) -> None:
         failed = self._response(turn, "failed", [], None)
-        failed.error = ResponseError(
-            code="invalid_request_error" if client_side else "server_error",
-            message=str(exc) if exc is not None else "The request failed.",
-        )
+        if exc is None:
+            failed.error = _response_error("The request failed.", None)
+        else:
+            failed.error = _response_error(exc.message, exc.status)
         # Its input items stay listed: the input it failed on is what the client looks for.
         # Its conversation is kept, as a cancelled one's: a turn that continues from it was
         # answered with the whole history silently dropped (the entry kept none).
@@ -779,15 +776,22 @@ class ResponsesHandler:
     def _failed(self, turn: _Turn, events: _EventWriter, error: dict[str, Any]) -> list[bytes]:
         """OpenAI's ``error`` event, then ``response.failed`` (nothing is stored)."""
         message = str(error.get("message", "The request failed."))
-        status = error.get("code")
-        client_side = isinstance(status, int) and 400 <= status < 500
-        code = "invalid_request_error" if client_side else "server_error"
         failed = self._response(turn, "failed", events.output, None)
-        failed.error = ResponseError(code=code, message=message)
+        failed.error = _response_error(message, error.get("code"))
         return [
-            events.event("error", code=code, message=message, param=error.get("param")),
+            events.event(
+                "error", code=failed.error.code, message=message, param=error.get("param")
+            ),
             events.event("response.failed", response=failed.model_dump()),
         ]
+
+
+def _response_error(message: str, status: object) -> ResponseError:
+    """A failed response's error: the request's fault (a 4xx status) or the server's."""
+    client_side = isinstance(status, int) and 400 <= status < 500
+    return ResponseError(
+        code="invalid_request_error" if client_side else "server_error", message=message
+    )
 
 
 def _run_error(exc: Exception) -> OpenAIError:
