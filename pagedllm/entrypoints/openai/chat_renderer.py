@@ -89,7 +89,7 @@ class ChatRenderer:
         # do: 60 MB of documents went to the sandbox and back as a 200, where as much in the
         # messages is refused here.
         bound = RENDER_INPUT_FACTOR * self.text_bounds.max_chars
-        chars = sum(text_chars(part, bound) for part in (messages, tools, chat_template_kwargs))
+        chars = text_chars([messages, tools, chat_template_kwargs], bound)
         if chars > bound:
             raise ValueError(
                 "The messages, tools and chat_template_kwargs (documents included) hold more "
