@@ -42,6 +42,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 SECTIONS=" ${SECTIONS:-workloads launches swap} "  # a later call: those left out
 want() { [[ "$SECTIONS" == *" $1 "* ]] && [ $((BUDGET_S - SECONDS)) -gt "$2" ]; }
 ran() { echo "section $1 done at ${SECONDS} s"; }
+# The host tier's multi-turn pair (issue 20), as the swap sections run it (extra flags after).
+SWAP_PAIR=(python3 benchmarks/multi_turn.py --swap
+  --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy
+  --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record)
 if want workloads 0; then
   python3 benchmarks/gpu_workloads.py --workloads "${WORKLOADS:-3,4,4,3:fp8,2,2:fp8,1}" \
     --timeout 110 \
@@ -87,13 +91,11 @@ if want fp8 80; then  # W2's decode attention over an FP8 cache by launch (issue
   ran fp8
 fi
 if want swap 90; then  # the host KV tier's multi-turn pair (issue 20)
-  timeout $((BUDGET_S - SECONDS)) python3 benchmarks/multi_turn.py --swap \
-    --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
-    --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
-    2>&1 | tee "$OUT/multi_turn.log" | grep -v "^INFO" | tail -20
+  timeout $((BUDGET_S - SECONDS)) "${SWAP_PAIR[@]}" 2>&1 | tee "$OUT/multi_turn.log" \
+    | grep -v "^INFO" | tail -20
   ran swap
 fi
-if want tier 60; then  # issue 20: the tier's copies on this GPU (its tests), both swap-in paths
+if want tier 60; then  # issue 20: the tier's copies on this GPU (its tests), and their DMA probe
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_swap_space.py \
     -k "round_trip or saves_ahead" 2>&1 | tee "$OUT/tier_tests.log" | tail -3
   timeout 90 python3 benchmarks/host_tier_dma.py 2>&1 | tee "$OUT/tier_dma.log" | tail -6
@@ -103,18 +105,14 @@ if [ -d .branch/pagedllm ] && want swapab 150; then  # the host tier's pair, thi
   for tree in . .branch . .branch; do
     [ $((BUDGET_S - SECONDS)) -gt 110 ] || break
     echo "tree ${tree}"
-    (cd "$tree" && PYTHONPATH="$PWD:/tmp/site" timeout 150 python3 benchmarks/multi_turn.py \
-      --swap --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
-      --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record) 2>&1 \
+    (cd "$tree" && PYTHONPATH="$PWD:/tmp/site" timeout 150 "${SWAP_PAIR[@]}") 2>&1 \
       | tee -a "$OUT/swapab.log" | grep "^| [0-9]\|later turns\|prompt tokens"
   done
   ran swapab
 fi
 if want swapfloor 90; then  # the same pair with the whole history on the device: the floor
-  timeout $((BUDGET_S - SECONDS)) python3 benchmarks/multi_turn.py --swap \
-    --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy \
-    --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record \
-    --device-fraction 1.2 2>&1 | tee "$OUT/multi_turn_floor.log" | grep "later turns"
+  timeout $((BUDGET_S - SECONDS)) "${SWAP_PAIR[@]}" --device-fraction 1.2 2>&1 \
+    | tee "$OUT/multi_turn_floor.log" | grep "later turns"
   ran swapfloor
 fi
 if want tierprofile 100; then  # issue 20: a 3,072-token history's request, tier and floor
