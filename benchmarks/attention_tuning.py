@@ -2,7 +2,7 @@
 batches (GPU); prints achieved KV bandwidth per configuration.
 
     python benchmarks/attention_tuning.py [--mixed [--default-only] | --layout | --single |
-        --w1-segments | --w1-order | --w1-launches | --fp8-decode | --tail]
+        --w1-segments | --w1-order | --w1-launches | --fp8-decode | --tail | --history]
 """
 
 from __future__ import annotations
@@ -169,6 +169,9 @@ def main() -> None:
         ms, _ = time_config(decode_part, DECODE_CONFIG, 1)
         print(f"its 256 decodes alone, decode launch: {ms * 1e3:.1f} us")
         rope()
+    if "--history" in sys.argv:  # issue 20: one later turn's chunk over a long history
+        history()
+        return
     if "--tail" in sys.argv:  # W1's last steps: few requests of long histories, by segments
         tail()
         return
@@ -257,6 +260,75 @@ def main() -> None:
             best = rows[0][2]
             spec = f"{best.tile_n},{best.num_warps},{best.num_stages},{best.rows}"
             print(f"BEST PAGEDLLM_ATTENTION_PREFILL_CONFIG={spec}")
+
+
+def history_batch(hist: int, new: int = 616, heads: int = 32, kv_heads: int = 8, dim: int = 128,
+                  block_size: int = 16):  # fmt: skip
+    """One request's chunk of ``new`` tokens after ``hist`` cached ones (a multi-turn chat's
+    later turn, llama-8b's heads). The last value is its attention FLOPs (causal)."""
+    total = hist + new
+    need = -(-total // block_size)
+    kv = torch.randn(2, need + 1, block_size, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
+    table = block_table([need], torch.randperm(need + 1, device="cuda"))
+    q = torch.randn(new, heads, dim, device="cuda", dtype=torch.bfloat16)
+    qsl = torch.tensor([0, new], dtype=torch.int32, device="cuda")
+    seq = torch.tensor([total], dtype=torch.int32, device="cuda")
+    pairs = new * hist + new * (new + 1) // 2
+    return q, kv, table, seq, qsl, 4 * pairs * heads * dim
+
+
+def history() -> None:
+    """A later turn's prefill chunk (616 new tokens) over 1,536-6,144 cached ones: a grid
+    of (616 / 32 + 1) x 8 programs, about one wave on 132 multiprocessors, each walking the
+    whole history. The launches at 1 and 4 split-KV segments over a 3,072-token history,
+    then the best three and the default by segments and history (TFLOP/s), each split's
+    output checked against the unsplit one."""
+    configs = [
+        LaunchConfig(t, w, s, rows)
+        for t, w, s, rows in itertools.product((32, 64, 128), (4, 8), (2, 3), (64, 128))
+    ]
+    args = history_batch(3072)
+    rows = []
+    for config in configs:
+        for segments in (1, 4):
+            try:
+                ms, rate = time_config(args, config, 616, segments)
+            except Exception as exc:  # a config the compiler rejects (shared memory)
+                print(f"  {config} x{segments}: {type(exc).__name__}")
+                continue
+            rows.append((ms, rate, config, segments))
+    rows.sort(key=lambda r: r[0])
+    print("616 new after 3,072 cached, G=4: the best launches (TFLOP/s)")
+    for ms, rate, config, segments in rows[:12]:
+        print(f"  {ms * 1e3:8.1f} us  {rate:5.0f} TFLOP/s  {segments} seg  {config}")
+    best = [PREFILL_CONFIG]
+    for _, _, config, _ in rows:
+        if config not in best and len(best) < 4:
+            best.append(config)
+    for hist in (1536, 3072, 6144):
+        args = history_batch(hist)
+        for config in best:
+            line = []
+            for segments in (1, 2, 4, 8):
+                ms, rate = time_config(args, config, 616, segments)
+                line.append(f"{segments} seg {ms * 1e3:6.1f} us {rate:4.0f}")
+            print(f"history {hist:5d} {config}: " + ", ".join(line), flush=True)
+        _check_split(args, best[0])
+
+
+def _check_split(args, config) -> None:
+    """The split outputs against the unsplit one (max |difference|)."""
+    q, kv, table, seq, qsl, _ = args
+    ref = paged_attention(q, kv, torch.empty_like(q), table, seq, qsl, 1, q.shape[0], 0.088,
+                          config=config)  # fmt: skip
+    for segments in (2, 4, 8):
+        t, h, d = q.shape
+        parts = (torch.empty(t, h, segments, d, device="cuda"),
+                 torch.empty(t, h, segments, device="cuda"),
+                 torch.empty(t, h, segments, device="cuda"))  # fmt: skip
+        out = paged_attention(q, kv, torch.empty_like(q), table, seq, qsl, 1, q.shape[0], 0.088,
+                              segments, parts, config)  # fmt: skip
+        print(f"  {segments} segments: max |split - unsplit| {(out - ref).abs().max().item():.2e}")
 
 
 def tail() -> None:

@@ -17,7 +17,8 @@
 # later turns could at best reach), tierprofile (one later turn's request, its history
 # brought back and its history resident, profiled: where the floor's time goes), fp8 (W2's
 # decode attention over an FP8 cache by launch), sweep (the decode launches swept by
-# attention_tuning.py).
+# attention_tuning.py), history (first: a later turn's prefill chunk over a long history by
+# launch and split-KV segments, attention_tuning.py --history).
 # The image lacks msgspec, pyzmq and gguf: download their wheels here first, into an ignored
 # .whl/ that the call carries (the device tool's README: "a Python package missing there"):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -46,6 +47,11 @@ ran() { echo "section $1 done at ${SECONDS} s"; }
 SWAP_PAIR=(python3 benchmarks/multi_turn.py --swap
   --model benchmarks/model-configs/llama-3.1-8b-instruct --load-format dummy
   --conversations 16 --user-len 600 --reply-len 16 --max-model-len 8192 --no-record)
+if want history 150; then  # issue 20: the floor's attention (one wave of long programs)
+  timeout 200 python3 benchmarks/attention_tuning.py --history 2>&1 \
+    | tee "$OUT/history.log" | tail -40
+  ran history
+fi
 if want workloads 0; then
   python3 benchmarks/gpu_workloads.py --workloads "${WORKLOADS:-3,4,4,3:fp8,2,2:fp8,1}" \
     --timeout 110 \
