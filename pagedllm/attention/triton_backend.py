@@ -3,12 +3,15 @@ kernel (``pagedllm.kernels.paged_attention``) over the flat ragged batch.
 
 Metadata is a handful of tensor references and ints, so a captured CUDA graph replays it
 from persistent buffers. Decode-only batches too small to fill the GPU split each
-request's KV range across ``num_segments`` programs (flash-decoding) and merge.
+request's KV range across ``num_segments`` programs (flash-decoding) and merge. Steps
+with prefill that run eagerly choose their split per call from q's shape
+(``paged_attention.prefill_segments``: a chunk over a long history makes a grid of about
+one wave); captured ones keep their graph's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,6 +31,10 @@ class TritonAttentionMetadata:
     max_query_len: int
     num_segments: int
     decode_order: torch.Tensor | None  # see CommonAttentionMetadata
+    max_seq_len: int
+    # An eager step with prefill: forward picks its split from the batch (not captured, so
+    # its float32 partials are allocated per call rather than kept per shape).
+    split_prefill: bool = False
 
 
 class TritonAttentionBackend:
@@ -49,7 +56,7 @@ class TritonAttentionBackend:
         """The step's metadata is already graph-safe: tensor references (views of the
         runner's persistent buffers) and the padded shape's ints. The split-KV scratch
         (``_partials``) is allocated by the first warm-up pass and kept per shape."""
-        return self.build_metadata(common)
+        return replace(self.build_metadata(common), split_prefill=False)
 
     def build_metadata(self, common: CommonAttentionMetadata) -> TritonAttentionMetadata:
         return TritonAttentionMetadata(
@@ -61,6 +68,8 @@ class TritonAttentionBackend:
             max_query_len=common.max_query_len,
             num_segments=common.num_segments,
             decode_order=common.decode_order,
+            max_seq_len=common.max_seq_len,
+            split_prefill=common.max_query_len > 1,
         )
 
     def slot_mapping(self, metadata: TritonAttentionMetadata) -> torch.Tensor:
@@ -78,7 +87,7 @@ class TritonAttentionBackend:
         window: int | None = None,
         kv_written: bool = False,
     ) -> torch.Tensor:
-        from pagedllm.kernels.paged_attention import paged_attention
+        from pagedllm.kernels.paged_attention import paged_attention, prefill_segments
 
         if not kv_written:
             slots = metadata.slot_mapping
@@ -90,8 +99,15 @@ class TritonAttentionBackend:
                 write_kv_torch(kv_cache, slots, k, v, kv_scale)
         q = q.contiguous() if q.stride(2) != 1 else q
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        segments = metadata.num_segments
-        partials = self._partials(q, segments) if segments > 1 else None
+        segments, partials = metadata.num_segments, None
+        if metadata.split_prefill:
+            segments = prefill_segments(
+                q, kv_cache, metadata.num_reqs, metadata.max_query_len, metadata.max_seq_len,
+                self.num_sms,
+            )  # fmt: skip
+            partials = _new_partials(q, segments) if segments > 1 else None
+        elif segments > 1:
+            partials = self._partials(q, segments)
         return paged_attention(
             q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
             metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
@@ -103,10 +119,18 @@ class TritonAttentionBackend:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Float32 scratch for split-KV partial results, kept per shape (and so stable
         across CUDA graph replays)."""
-        tokens, heads, dim = q.shape
-        key = (tokens, heads, dim, segments)
+        key = (*q.shape, segments)
         if key not in self._scratch:
-            acc = torch.empty(tokens, heads, segments, dim, dtype=torch.float32, device=q.device)
-            stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
-            self._scratch[key] = (acc, stats[0], stats[1])
+            self._scratch[key] = _new_partials(q, segments)
         return self._scratch[key]
+
+
+def _new_partials(
+    q: torch.Tensor, segments: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 split-KV scratch for q's shape: the un-normalised sums [tokens, heads,
+    segments, dim] and the row max and sum [tokens, heads, segments]."""
+    tokens, heads, dim = q.shape
+    acc = torch.empty(tokens, heads, segments, dim, dtype=torch.float32, device=q.device)
+    stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
+    return acc, stats[0], stats[1]

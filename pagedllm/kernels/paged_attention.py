@@ -48,6 +48,13 @@ from pagedllm.kernels.dependent_launch import await_inputs
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
+# Steps with prefill split each program's keys only while every segment keeps at least
+# this many (a shorter walk does not pay for writing and merging float32 partials), up to
+# MAX_PREFILL_SEGMENTS, and only while the grid holds under PREFILL_WAVES programs a
+# multiprocessor (see prefill_segments).
+MIN_PREFILL_SEGMENT_KEYS = 512
+MAX_PREFILL_SEGMENTS = 4
+PREFILL_WAVES = 2
 NO_WINDOW = 1 << 30  # a window longer than any context: plain causal attention
 FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 LOG2E = 1.4426950408889634  # scores are kept in log2 units: exp(x) = exp2(x * log2(e))
@@ -365,6 +372,30 @@ def tile_shape(max_query_len: int, group: int, rows: int = 64) -> tuple[int, int
         return max(16, group_pow2), 1
     block_m = max(rows, group_pow2)
     return block_m, block_m // group_pow2
+
+
+def prefill_segments(
+    q: torch.Tensor, kv_cache: torch.Tensor, num_reqs: int, max_query_len: int,
+    max_seq_len: int, num_sms: int,
+) -> int:  # fmt: skip
+    """Split-KV segments for a step with prefill chunks (``max_query_len`` > 1). A chunk
+    over a long cached history (a chat's later turn: 616 new tokens after 3,072) makes
+    few programs, ``tokens // BLOCK_Q + num_reqs`` per KV head, about one wave, each
+    walking the whole history: splitting the walk fills the multiprocessors. 1 where the
+    grid already holds PREFILL_WAVES programs a multiprocessor or the keys are too few."""
+    tokens, heads, _ = q.shape
+    kv_heads = kv_cache.shape[3]
+    config = launch_config(max_query_len, kv_cache.dtype != q.dtype, device_launches(q.device))
+    _, block_q = tile_shape(max_query_len, heads // kv_heads, config.rows)
+    programs = (tokens // block_q + num_reqs) * kv_heads
+    segments = 1
+    while (
+        segments < MAX_PREFILL_SEGMENTS
+        and programs * segments < PREFILL_WAVES * num_sms
+        and max_seq_len >= 2 * segments * MIN_PREFILL_SEGMENT_KEYS
+    ):
+        segments *= 2
+    return segments
 
 
 def paged_attention(

@@ -39,6 +39,12 @@ CHECK = textwrap.dedent(
         dict(heads=8, kv_heads=2, query_lens=[1] * 4, prefixes=[0, 5, 200, 333], segments=4),
         dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 150], segments=4,
              window=33),
+        # split-KV prefill chunks beside decodes (an eager step over long histories), and
+        # a windowed one
+        dict(heads=8, kv_heads=2, query_lens=[1, 40, 1, 70], prefixes=[30, 300, 5, 150],
+             segments=4),
+        dict(heads=8, kv_heads=2, query_lens=[33, 1], prefixes=[200, 64], segments=2,
+             window=50),
         # 32-token blocks, a group of 3 and a 64-key prefill step
         dict(heads=12, kv_heads=4, query_lens=[50, 1, 1, 90], prefixes=[0, 77, 10, 31],
              block_size=32, config=LaunchConfig(64, 4, 2, 64)),
