@@ -14,7 +14,8 @@
 # host tier's copy tests on CUDA and benchmarks/host_tier_dma.py; needs pytest's wheels in
 # .whl), swapab (the host tier's multi-turn pair by this tree and .branch's, alternated),
 # swapfloor (that pair with the device cache holding the whole history: what the tier's
-# later turns could at best reach), tierprofile (one later turn's request, its history
+# later turns could at best reach), tierab (one later turn's TTFT by history, tier and
+# recomputed, this tree and .branch's), tierprofile (one later turn's request, its history
 # brought back and its history resident, profiled: where the floor's time goes), fp8 (W2's
 # decode attention over an FP8 cache by launch), sweep (the decode launches swept by
 # attention_tuning.py), history (first: a later turn's prefill chunk over a long history by
@@ -106,6 +107,15 @@ if want tier 60; then  # issue 20: the tier's copies on this GPU (its tests), an
     -k "round_trip or saves_ahead" 2>&1 | tee "$OUT/tier_tests.log" | tail -3
   timeout 90 python3 benchmarks/host_tier_dma.py 2>&1 | tee "$OUT/tier_dma.log" | tail -6
   ran tier
+fi
+if [ -d .branch/pagedllm ] && want tierab 100; then  # one later turn's TTFT, this tree and .branch's
+  for tree in . .branch; do
+    echo "tree ${tree}"
+    (cd "$tree" && PYTHONPATH="$PWD:/tmp/site" timeout 100 python3 benchmarks/host_tier_overlap.py \
+      --model benchmarks/model-configs/llama-3.1-8b-instruct --histories 1024,3072,5120 \
+      --trials 3 --no-profile) 2>&1 | tee -a "$OUT/tierab.log" | grep -v "^INFO" | tail -12
+  done
+  ran tierab
 fi
 if [ -d .branch/pagedllm ] && want swapab 150; then  # the host tier's pair, this tree and .branch's
   for tree in . .branch . .branch; do
