@@ -48,12 +48,14 @@ from pagedllm.kernels.dependent_launch import await_inputs
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SEGMENTS = 16  # split-KV segments merge_segments_kernel can combine
-# Steps with prefill split each program's keys only while every segment keeps at least
-# this many (a shorter walk does not pay for writing and merging float32 partials), up to
-# MAX_PREFILL_SEGMENTS, and only while the grid holds under PREFILL_WAVES programs a
-# multiprocessor (see prefill_segments).
-MIN_PREFILL_SEGMENT_KEYS = 512
-MAX_PREFILL_SEGMENTS = 4
+# A step with prefill splits each program's keys in PREFILL_SEGMENTS when its grid holds
+# under PREFILL_WAVES programs a multiprocessor and every segment keeps at least
+# MIN_PREFILL_SEGMENT_KEYS keys. On an H100, 616 new tokens at llama-8b's heads (160
+# programs): after 6,144 cached tokens 4 segments took 326 us against 370 unsplit; after
+# 3,072, 212 against 205, and 2 segments 237; after 1,536 every split was 20-30% slower
+# (benchmarks/RESULTS.md, "A later turn's prefill attention", 2026-12-07).
+PREFILL_SEGMENTS = 4
+MIN_PREFILL_SEGMENT_KEYS = 1536
 PREFILL_WAVES = 2
 NO_WINDOW = 1 << 30  # a window longer than any context: plain causal attention
 FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -379,23 +381,19 @@ def prefill_segments(
     max_seq_len: int, num_sms: int,
 ) -> int:  # fmt: skip
     """Split-KV segments for a step with prefill chunks (``max_query_len`` > 1). A chunk
-    over a long cached history (a chat's later turn: 616 new tokens after 3,072) makes
+    over a long cached history (a chat's later turn: 616 new tokens after 6,144) makes
     few programs, ``tokens // BLOCK_Q + num_reqs`` per KV head, about one wave, each
-    walking the whole history: splitting the walk fills the multiprocessors. 1 where the
-    grid already holds PREFILL_WAVES programs a multiprocessor or the keys are too few."""
+    walking the whole history: past ~6,000 keys, splitting the walk pays for writing and
+    merging the float32 partials. 1 where the grid already holds PREFILL_WAVES programs a
+    multiprocessor or the keys are too few."""
+    if max_seq_len < PREFILL_SEGMENTS * MIN_PREFILL_SEGMENT_KEYS:
+        return 1
     tokens, heads, _ = q.shape
     kv_heads = kv_cache.shape[3]
     config = launch_config(max_query_len, kv_cache.dtype != q.dtype, device_launches(q.device))
     _, block_q = tile_shape(max_query_len, heads // kv_heads, config.rows)
     programs = (tokens // block_q + num_reqs) * kv_heads
-    segments = 1
-    while (
-        segments < MAX_PREFILL_SEGMENTS
-        and programs * segments < PREFILL_WAVES * num_sms
-        and max_seq_len >= 2 * segments * MIN_PREFILL_SEGMENT_KEYS
-    ):
-        segments *= 2
-    return segments
+    return PREFILL_SEGMENTS if programs < PREFILL_WAVES * num_sms else 1
 
 
 def paged_attention(

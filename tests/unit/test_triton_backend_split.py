@@ -20,7 +20,7 @@ CHECK = textwrap.dedent(
     from tests.gpu.test_paged_attention_kernel import reference
 
     gen = torch.Generator().manual_seed(7)
-    new, hist, block = 40, 1100, 16
+    new, hist, block = 40, 6200, 16
     total = new + hist
     blocks = -(-total // block)
     kv = torch.randn(2, blocks + 2, block, 2, 64, generator=gen)
@@ -34,9 +34,9 @@ CHECK = textwrap.dedent(
         slot_mapping=torch.zeros(new, dtype=torch.int64), query_start_loc_cpu=qsl,
         seq_lens_cpu=lens, max_query_len=new, max_seq_len=total,
     )
-    # 4 multiprocessors: (40 // 32 + 1) x 2 KV heads = 4 programs, under 2 waves: split in 2
+    # 4 multiprocessors: (40 // 32 + 1) x 2 KV heads = 4 programs, under 2 waves: split in 4
     backend = TritonAttentionBackend(num_sms=4)
-    assert pa.prefill_segments(q, kv, 1, new, total, 4) == 2
+    assert pa.prefill_segments(q, kv, 1, new, total, 4) == 4
     want = reference(q, kv, table, lens, qsl, 0.125)
     k = v = torch.zeros(new, 2, 64)  # the chunk's K/V are already in the cache
     for metadata, split in ((backend.build_metadata(common), True),
@@ -57,16 +57,18 @@ def test_an_eager_chunk_over_a_long_history_splits_and_matches() -> None:
 
 def test_prefill_segments_fill_a_small_grid_only_over_long_histories() -> None:
     """llama-8b's heads (32 over 8 KV heads: 32 queries a 128-row tile) on 132
-    multiprocessors: a later turn's 616 tokens after 3,072 make 160 programs, split in 2;
-    a fresh 616-token prompt, a 4,096-token chunk and a short history do not split."""
+    multiprocessors: a later turn's 616 tokens after 6,144 make 160 programs, split in 4;
+    after 3,072 (where the split measured slower), a 4,096-token chunk (1,032 programs)
+    and a fresh prompt they do not."""
     pytest.importorskip("triton")
     from pagedllm.kernels.paged_attention import prefill_segments
 
     kv = torch.empty(2, 1, 16, 8, 128, device="meta", dtype=torch.bfloat16)
     q = torch.empty(616, 32, 128, device="meta", dtype=torch.bfloat16)
-    assert prefill_segments(q, kv, 1, 616, 3688, 132) == 2
-    assert prefill_segments(q[:64], kv, 1, 64, 64 + 3072, 132) == 4  # 24 programs: the cap
-    assert prefill_segments(q, kv, 1, 616, 616, 132) == 1  # 308 keys a program on average
-    assert prefill_segments(q[:300], kv, 1, 300, 1000, 132) == 1  # 500 keys a segment at 2
+    assert prefill_segments(q, kv, 1, 616, 616 + 6144, 132) == 4
+    assert prefill_segments(q[:64], kv, 1, 64, 64 + 6080, 132) == 4  # 6,144 keys: the least
+    assert prefill_segments(q[:64], kv, 1, 64, 64 + 6079, 132) == 1
+    assert prefill_segments(q, kv, 1, 616, 616 + 3072, 132) == 1
+    assert prefill_segments(q, kv, 1, 616, 616, 132) == 1
     big = torch.empty(4096, 32, 128, device="meta", dtype=torch.bfloat16)
-    assert prefill_segments(big, kv, 1, 4096, 4096 + 3072, 132) == 1  # 1,032 programs
+    assert prefill_segments(big, kv, 1, 4096, 4096 + 6144, 132) == 1  # 1,032 programs
