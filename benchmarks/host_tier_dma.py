@@ -1,22 +1,16 @@
-"""Whether the host tier's swap-ins should move by the copy engines (DMA) instead of the copy
-kernel (issue 20), measured beside a prefill's products (GPU).
+"""The host tier's swap-ins by the copy engines (DMA) against the copy kernel, each alone and
+beside a prefill's products (issue 20; GPU).
 
-The tier today copies with ``kernels/kv_block_copy.py`` on 16 SMs, beside the forward pass;
-a later turn's TTFT still sits ~1-5 ms above its floor (RESULTS "The host tier's saves
-ahead ..."), the copy taking SMs from the layers. The copy engines take none, but move only
-contiguous runs: a host layout by layer (``[layers, slots, 2, block, heads, dim]``) makes a
-run of consecutive slots one DMA per layer, into a device staging buffer, from which a small
-kernel scatters the blocks into the cache. This times, for one swap-in of ``--blocks``
-blocks (consecutive slots, scattered device blocks):
+``HostKVCache`` copies a swap-in whose runs of consecutive slots average ``MIN_RUN_BLOCKS``
+or more by the copy engines (per layer a copy per run into a staging buffer, then a kernel
+scattering the blocks into the cache); shorter runs by ``kernels/kv_block_copy.py`` on 16
+SMs reading the pinned memory. This times one swap-in of ``--blocks`` blocks in runs of
+``--run-blocks`` consecutive slots (scattered device blocks) by each path:
 
 - the copy alone and beside a loop of prefill-sized products on the compute stream;
 - how much slower the products run beside it.
 
-Variants: the engine's copy kernel (``HostKVCache``, slot-major host memory); DMA with the
-scatter of each layer right after its DMA on one stream; DMA of every layer on one stream
-and the scatters on another, each waiting for its layer's DMA.
-
-    python benchmarks/host_tier_dma.py [--blocks 230] [--layers 32] [--tokens 616]
+    python benchmarks/host_tier_dma.py [--blocks 269] [--run-blocks 38] [--layers 32]
 """
 
 from __future__ import annotations
@@ -24,12 +18,14 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from pagedllm.worker import host_kv_cache
 from pagedllm.worker.host_kv_cache import HostKVCache
 
 BLOCK = (16, 8, 128)  # llama-3.1-8b: 16-token blocks, 8 KV heads of 128
@@ -43,22 +39,18 @@ def elapsed_ms(start: torch.cuda.Event, end: torch.cuda.Event) -> float:
 class Setup:
     def __init__(self, args: argparse.Namespace) -> None:
         n, layers = args.blocks, args.layers
-        self.n = n
         device_blocks = 4 * n
         self.caches = [
             torch.zeros(2, device_blocks, *BLOCK, dtype=torch.bfloat16, device="cuda")
             for _ in range(layers)
         ]
-        rng = random.Random(0)
-        self.block_ids = rng.sample(range(device_blocks), n)
-        self.blocks = torch.tensor(self.block_ids, device="cuda")
-        # Slot-major (the engine's) and layer-major host tiers, both pinned.
-        self.tier = HostKVCache(self.caches, n)
-        self.by_layer = torch.randn(layers, n, 2, *BLOCK).to(torch.bfloat16).pin_memory()
-        self.staging = torch.empty(layers, n, 2, *BLOCK, dtype=torch.bfloat16, device="cuda")
-        self.copy_stream = torch.cuda.Stream(priority=-1)
-        self.scatter_stream = torch.cuda.Stream(priority=-1)
-        self.layer_events = [torch.cuda.Event() for _ in range(layers)]
+        # Runs of ``run_blocks`` consecutive slots, a gap after each (2 n slots in all).
+        run = args.run_blocks
+        slots = [2 * (i // run) * run + i % run for i in range(n)]
+        blocks = random.Random(0).sample(range(device_blocks), n)
+        self.copies = list(zip(slots, blocks, strict=True))
+        self.tier = HostKVCache(self.caches, 2 * n)
+        self.tier.host.copy_(torch.randint(0, 256, self.tier.host.shape, dtype=torch.uint8))
         # A prefill's MLP products: [tokens, 4096] x [4096, 14336], then back.
         self.x = torch.randn(args.tokens, 4096, dtype=torch.bfloat16, device="cuda")
         self.up = torch.randn(4096, 14336, dtype=torch.bfloat16, device="cuda")
@@ -70,42 +62,29 @@ class Setup:
         for _ in range(self.layers * self.passes):
             torch.mm(torch.mm(self.x, self.up), self.down)
 
-    def kernel(self) -> None:
-        loads = self.tier.swap_in(list(zip(range(self.n), self.block_ids, strict=True)))
-        assert loads is not None
-        loads.wait_all()  # the compute stream waits: the end of the copy is timed there
+    def swap_in(self, min_run: int) -> Callable[[], None]:
+        def copy() -> None:
+            host_kv_cache.MIN_RUN_BLOCKS = min_run
+            loads = self.tier.swap_in(self.copies)
+            assert loads is not None
+            loads.wait_all()  # the compute stream waits: the end of the copy is timed there
 
-    def _scatter(self, layer: int) -> None:
-        source = self.staging[layer].transpose(0, 1)  # [2, n, ...]
-        self.caches[layer].index_copy_(1, self.blocks, source)
+        return copy
 
-    def dma_one_stream(self) -> None:
-        self.copy_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.copy_stream):
-            for layer in range(self.layers):
-                self.staging[layer].copy_(self.by_layer[layer], non_blocking=True)
-                self._scatter(layer)
-        torch.cuda.current_stream().wait_stream(self.copy_stream)
-
-    def dma_two_streams(self) -> None:
-        current = torch.cuda.current_stream()
-        self.copy_stream.wait_stream(current)
-        self.scatter_stream.wait_stream(current)
-        with torch.cuda.stream(self.copy_stream):
-            for layer in range(self.layers):
-                self.staging[layer].copy_(self.by_layer[layer], non_blocking=True)
-                self.layer_events[layer].record(self.copy_stream)
-        with torch.cuda.stream(self.scatter_stream):
-            for layer in range(self.layers):
-                self.scatter_stream.wait_event(self.layer_events[layer])
-                self._scatter(layer)
-        current.wait_stream(self.scatter_stream)
+    def check(self) -> None:
+        """Every layer's first and last copied block holds its slot's bytes."""
+        torch.cuda.synchronize()
+        for layer in (0, self.layers - 1):
+            for slot, block in (self.copies[0], self.copies[-1]):
+                got = self.caches[layer][:, block].view(torch.uint8).cpu()
+                assert torch.equal(got, self.tier.host[layer, slot]), "swap-in copied wrongly"
 
 
 def timed(fn: Callable[[], None], beside: Callable[[], None] | None, repeat: int) -> tuple:
-    """Median (copy done, products done) in ms from a common start: the products queued on
-    a stream of their own, then the copy on its side streams (ending on this one)."""
-    copy_ms, products_ms = [], []
+    """Median (copy done, products done, the host's time queuing the copy) in ms from a
+    common start: the products queued on a stream of their own, then the copy on its side
+    streams (ending on this one)."""
+    copy_ms, products_ms, host_ms = [], [], []
     for _ in range(repeat):
         torch.cuda.synchronize()
         start, copied, computed = (torch.cuda.Event(enable_timing=True) for _ in range(3))
@@ -116,18 +95,21 @@ def timed(fn: Callable[[], None], beside: Callable[[], None] | None, repeat: int
             with torch.cuda.stream(side):
                 beside()
                 computed.record(side)
+        queued = time.perf_counter()
         fn()
+        host_ms.append((time.perf_counter() - queued) * 1e3)
         copied.record()
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         copy_ms.append(elapsed_ms(start, copied))
         products_ms.append(elapsed_ms(start, computed) if beside is not None else 0.0)
-    return sorted(copy_ms)[repeat // 2], sorted(products_ms)[repeat // 2]
+    return tuple(sorted(ms)[repeat // 2] for ms in (copy_ms, products_ms, host_ms))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=230, help="blocks a swap-in copies")
+    parser.add_argument("--blocks", type=int, default=269, help="blocks a swap-in copies")
+    parser.add_argument("--run-blocks", type=int, default=38, help="consecutive slots a run")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=616, help="rows of the products")
     parser.add_argument("--passes", type=int, default=2, help="products: passes over the layers")
@@ -136,31 +118,33 @@ def main() -> None:
     setup = Setup(args)
     nbytes = args.blocks * args.layers * 2 * 16 * 8 * 128 * 2
     alone = setup.products
-    for fn in (setup.kernel, setup.dma_one_stream, setup.dma_two_streams, alone):
-        fn()  # warm: kernels compiled, cuBLAS chosen
-    torch.cuda.synchronize()
-    for layer, j in ((0, 0), (args.layers - 1, args.blocks - 1)):  # the scatter's targets
-        got = setup.caches[layer][:, setup.block_ids[j]].cpu()
-        assert torch.equal(got, setup.by_layer[layer, j]), "DMA + scatter copied wrongly"
+    variants = (
+        ("copy kernel, 16 programs", setup.swap_in(1 << 30)),
+        ("copy engines + scatter kernels", setup.swap_in(1)),
+    )
+    for _, fn in variants:
+        for cache in setup.caches:
+            cache.zero_()
+        fn()  # warm: kernels compiled
+        setup.check()
+    alone()  # cuBLAS chosen
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     alone()
     end.record()
     products_alone = elapsed_ms(start, end)
-    print(f"{args.blocks} blocks x {args.layers} layers ({nbytes / 1e6:.0f} MB), products "
-          f"of {args.tokens} rows alone: {products_alone:.2f} ms")  # fmt: skip
-    print("| copy | alone | beside the products | products beside it |")
-    print("|---|---|---|---|")
-    for name, fn in (
-        ("copy kernel, 16 programs (the engine's)", setup.kernel),
-        ("DMA + scatter, one stream", setup.dma_one_stream),
-        ("DMA on one stream, scatters on another", setup.dma_two_streams),
-    ):
-        copy_alone, _ = timed(fn, None, args.repeat)
-        copy_beside, products = timed(fn, alone, args.repeat)
+    print(f"{args.blocks} blocks in runs of {args.run_blocks} x {args.layers} layers "
+          f"({nbytes / 1e6:.0f} MB), products of {args.tokens} rows alone: "
+          f"{products_alone:.2f} ms")  # fmt: skip
+    print("| copy | host time to queue it | alone | beside the products | products beside it |")
+    print("|---|---|---|---|---|")
+    for name, fn in variants:
+        copy_alone, _, host = timed(fn, None, args.repeat)
+        copy_beside, products, _ = timed(fn, alone, args.repeat)
         rate = nbytes / copy_alone / 1e6
-        print(f"| {name} | {copy_alone:.2f} ms ({rate:.1f} GB/s) | {copy_beside:.2f} ms | "
-              f"{products:.2f} ms ({products / products_alone:.2f}x) |")  # fmt: skip
+        slower = products / products_alone
+        print(f"| {name} | {host:.2f} ms | {copy_alone:.2f} ms ({rate:.1f} GB/s) | "
+              f"{copy_beside:.2f} ms | {products:.2f} ms ({slower:.2f}x) |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,20 +1,27 @@
 """The host tier's memory on one rank, and the copies the scheduler asks for each step
 (``core/host_tier.py`` decides them; this only moves bytes).
 
-One host slot holds one block of this rank's KV, every layer of its stage, K and V:
-``host[slot]`` is one contiguous run of bytes (layers x 2 x block_size x heads x head_dim
-values). Bytes, not values: the device caches are viewed as integers, so FP8 caches (and any
-dtype) are copied exactly.
+The tier is laid out by layer: ``host[layer, slot]`` is one block's K and V of that layer
+(2 x block_size x heads x head_dim values), so a run of consecutive slots is one run of
+bytes per layer. Bytes, not values: the device caches are viewed as integers, so FP8
+caches (and any dtype) are copied exactly.
 
-With CUDA the tier is pinned memory, which kernels read and write directly
-(``kernels/kv_block_copy.py``: one launch per layer, however scattered the slots):
-- swap-outs run on the current stream, so stream order puts them after the previous step's
-  forward pass (which may still be writing a block being saved) and before this step's
-  (which overwrites saved blocks);
-- swap-ins run on a side stream that first waits for everything queued on the current one,
-  one layer after another, each layer recording an event: the forward pass waits for a
-  layer's event just before that layer touches its cache (``LayerLoads.wait``), so a long
-  history's copy back overlaps the layers before it instead of preceding the whole step.
+With CUDA the tier is pinned memory:
+- swap-ins of runs of consecutive slots (the usual case: a request's blocks are saved in
+  order, into slots handed out in order) move by the copy engines, which take no SMs from
+  the forward pass beside them: per layer, each run is one copy into a device staging
+  buffer, then a kernel scatters the staged blocks into the cache (``_LoadStaging``, two
+  buffers, so one layer's copies run while the last layer's scatter does). Swap-ins in
+  short runs are read by ``kernels/kv_block_copy.py`` directly from the pinned memory
+  instead (one launch a layer, however scattered; a copy call per block would cost the
+  host more than the bus). Either way they run on side streams that first wait for
+  everything queued on the current one, each layer recording an event when its blocks are
+  in place: the forward pass waits for a layer's event just before that layer touches its
+  cache (``LayerLoads.wait``), so a long history's copy back overlaps the layers before it
+  instead of preceding the whole step.
+- swap-outs run on the current stream (the copy kernel writing the pinned memory), so
+  stream order puts them after the previous step's forward pass (which may still be
+  writing a block being saved) and before this step's (which overwrites saved blocks);
 - saves ahead (cached blocks whose KV earlier steps wrote; this step does not write them)
   run on a third stream, after everything queued so far (whatever wrote those blocks) and
   beside the step's forward pass; the next step's work waits for them (``wait_saves``),
@@ -23,6 +30,8 @@ The host thread never waits for the copies, and nothing on the host reads the ti
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -34,10 +43,41 @@ _LOAD_PROGRAMS = 16
 # Programs of a save-ahead's copy kernel: it runs beside a whole step and nothing waits for
 # it until the next one.
 _SAVE_PROGRAMS = 16
+# Swap-ins move by the copy engines when their runs of consecutive slots average at least
+# this many blocks (each run is a copy call per layer, a few microseconds of the host's
+# time; at 4 blocks of llama-3.1-8b a call moves 256 KiB, ~5 us of the bus).
+MIN_RUN_BLOCKS = 4
+# One staging buffer's bytes (CUDA: two of them, outside the KV cache's budget; the CPU:
+# one, and the most bytes of one layer's blocks any copy moves in one pass, which bounds
+# the transient memory a copy takes).
+STAGING_BYTES = 32 << 20
 
-# Without CUDA: the most bytes of blocks (all layers) copied in one pass, one layer's
-# share of them gathered at a time (transient memory outside the KV budget; this bounds it).
-_STAGING_BYTES = 64 << 20
+
+@dataclass(frozen=True)
+class LoadPass:
+    """Up to a staging buffer's worth of a swap-in, for any one layer: ``runs`` are (first
+    slot, blocks) copied one after another into the staging buffer from its start, whose
+    blocks then go to the device blocks ``blocks`` (in staging order)."""
+
+    runs: list[tuple[int, int]]
+    blocks: list[int]
+
+
+def plan_loads(copies: list[tuple[int, int]], capacity: int) -> list[LoadPass]:
+    """(host slot, device block) pairs in slot order, cut into runs of consecutive slots
+    and into passes of at most ``capacity`` blocks (a run split where a pass fills up)."""
+    ordered = sorted(copies)
+    passes = []
+    for start in range(0, len(ordered), capacity):
+        chunk = ordered[start : start + capacity]
+        runs: list[tuple[int, int]] = []
+        for slot, _ in chunk:
+            if runs and runs[-1][0] + runs[-1][1] == slot:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((slot, 1))
+        passes.append(LoadPass(runs, [block for _, block in chunk]))
+    return passes
 
 
 class LayerLoads:
@@ -70,53 +110,40 @@ class HostKVCache:
             raise ValueError("The host KV tier needs this rank to hold KV cache layers.")
         first = self.layers[0]
         self.device = first.device
-        # Per layer (2, blocks, block_size, heads, head_dim bytes): a slot drops ``blocks``.
-        self.block_shape = (len(self.layers), 2, *first.shape[2:])
-        pin = self.device.type == "cuda"
-        self.host = torch.empty(
-            (num_slots, *self.block_shape), dtype=torch.uint8, device="cpu", pin_memory=pin
-        )
-        block_bytes = self.host[0].numel()
-        self._chunk = max(1, _STAGING_BYTES // block_bytes)
-        self._saves_pending = False  # saves ahead queued on CUDA, not yet waited for
         for layer in self.layers:
             if not layer[0, 0].is_contiguous():
                 raise ValueError("The host KV tier needs each cache block stored contiguously.")
+        pin = self.device.type == "cuda"
+        # Per layer (2, blocks, block_size, heads, head_dim bytes): a slot drops ``blocks``.
+        self.host = torch.empty(
+            (len(self.layers), num_slots, 2, *first.shape[2:]), dtype=torch.uint8,
+            device="cpu", pin_memory=pin,
+        )  # fmt: skip
+        piece_bytes = self.host[0, 0, 0].numel()  # one block's K (or V) of one layer
+        # Blocks of one layer one staging buffer holds: the most a pass of a copy moves.
+        self.capacity = max(1, STAGING_BYTES // (2 * piece_bytes))
+        # Each side as its widest integer type, one layer's K or V of one block (``piece``
+        # elements) contiguous on both: device ``[2, blocks, piece]`` a layer, host
+        # ``[layers, slots, 2, piece]``.
+        self._caches = [widest_view(layer.view(2, layer.shape[1], piece_bytes), piece_bytes)
+                        for layer in self.layers]  # fmt: skip
+        self._host = widest_view(self.host.view(*self.host.shape[:3], piece_bytes), piece_bytes)
+        self._saves_pending = False  # saves ahead queued on CUDA, not yet waited for
         if pin:
-            self._init_direct()
-        else:
-            self._init_rows()
+            self._init_cuda()
 
-    def _init_rows(self) -> None:
-        """Without CUDA: each side seen as rows of its widest integer type, one row a block's
-        K or V of one layer (device: ``[2, blocks, row]``; host: ``[slots, layers, 2, row]``),
-        so a copy moves whole rows (byte by byte, torch's indexing ran ~10x slower)."""
-        piece = self.host[0, 0, 0].numel()
-        self._rows = [widest_view(layer.view(2, layer.shape[1], piece), piece)
-                      for layer in self.layers]  # fmt: skip
-        host = self.host.view(self.host.shape[0], len(self.layers), 2, piece)
-        self._host_rows = widest_view(host, piece)
-
-    def _init_direct(self) -> None:
-        """The kernels' views: each side as its widest integer type, and one layer's K or V
-        of one block (``piece`` elements) contiguous on both sides. Triton is imported
+    def _init_cuda(self) -> None:
+        """The copy kernel, the side streams and the staging buffers. Triton is imported
         here, with CUDA only, as every kernel module is."""
         from pagedllm.kernels.kv_block_copy import copy_blocks
 
         self._copy_blocks = copy_blocks
-        piece_bytes = self.host[0, 0, 0].numel()
-        host = widest_view(self.host, piece_bytes)
-        caches = [widest_view(layer, piece_bytes) for layer in self.layers]
-        self._piece = host[0, 0, 0].numel()
-        self._host_strides = (host.stride(2), host.stride(0))
-        # Per layer: its slice of every host slot, its cache, and the cache's (K to V, block
-        # to block) strides: what each copy kernel launch takes.
-        self._layer_views = [
-            (host[:, i], cache, (cache.stride(0), cache.stride(1)))
-            for i, cache in enumerate(caches)
-        ]
+        piece = self._host.shape[-1]
+        self._host_strides = (piece, 2 * piece)  # K to V, slot to slot: the same every layer
         self._stream = torch.cuda.Stream(self.device, priority=-1)  # -1: the higher
+        self._dma_stream = torch.cuda.Stream(self.device)
         self._events = {i: torch.cuda.Event() for i in self.layer_ids}
+        self._staging = _LoadStaging(self.capacity, piece, self._host.dtype, self.device)
         self._save_stream = torch.cuda.Stream(self.device)
         self._saved = torch.cuda.Event()
 
@@ -131,14 +158,12 @@ class HostKVCache:
         if self.device.type == "cuda":
             self._swap_out_direct(copies)
             return
-        for start in range(0, len(copies), self._chunk):
-            chunk = copies[start : start + self._chunk]
+        for start in range(0, len(copies), self.capacity):
+            chunk = copies[start : start + self.capacity]
             blocks = self._index([b for b, _ in chunk])
             slots = self._index([s for _, s in chunk])
-            for i, rows in enumerate(self._rows):  # (2, n, row) -> the slots' (n, 2, row)
-                self._host_rows[:, i].index_copy_(
-                    0, slots, rows.index_select(1, blocks).transpose(0, 1)
-                )
+            for host, cache in zip(self._host, self._caches):  # (2, n, piece) -> (n, 2, piece)
+                host.index_copy_(0, slots, cache.index_select(1, blocks).transpose(0, 1))
 
     def swap_in(self, copies: list[tuple[int, int]]) -> LayerLoads | None:
         """(host slot, device block) pairs: write the slots' KV into the blocks. With CUDA
@@ -146,17 +171,14 @@ class HostKVCache:
         on the returned loads (None: nothing left to wait for)."""
         if not copies:
             return None
-        if self.device.type == "cuda":
-            return self._swap_in_direct(copies)
-        for start in range(0, len(copies), self._chunk):
-            chunk = copies[start : start + self._chunk]
-            slots = self._index([s for s, _ in chunk])
-            blocks = self._index([b for _, b in chunk])
-            for i, rows in enumerate(self._rows):  # the slots' (n, 2, row) -> (2, n, row)
-                rows.index_copy_(
-                    1, blocks, self._host_rows[:, i].index_select(0, slots).transpose(0, 1)
-                )
-        return None
+        passes = plan_loads(copies, self.capacity)
+        if self.device.type != "cuda":
+            self._swap_in_staged(passes)
+            return None
+        runs = sum(len(p.runs) for p in passes)
+        if len(copies) >= MIN_RUN_BLOCKS * runs:
+            return self._swap_in_dma(passes)
+        return self._swap_in_direct(copies)
 
     def save_ahead(self, copies: list[tuple[int, int]]) -> None:
         """(device block, host slot) pairs of blocks no work of this step writes: with
@@ -180,6 +202,17 @@ class HostKVCache:
             torch.cuda.current_stream(self.device).wait_event(self._saved)
             self._saves_pending = False
 
+    def _swap_in_staged(self, passes: list[LoadPass]) -> None:
+        """Without CUDA: each pass's runs copied into one staging tensor a layer, then
+        scattered into the cache (the plan the copy engines follow with CUDA)."""
+        staging = torch.empty((self.capacity, 2, self._host.shape[-1]), dtype=self._host.dtype)
+        for load in passes:
+            blocks = self._index(load.blocks)
+            staged = staging[: len(load.blocks)]
+            for host, cache in zip(self._host, self._caches):
+                _stage_runs(staged, host, load.runs)
+                cache.index_copy_(1, blocks, staged.transpose(0, 1))
+
     def _swap_out_direct(
         self, copies: list[tuple[int, int]], max_programs: int | None = None
     ) -> None:
@@ -187,13 +220,14 @@ class HostKVCache:
         item)."""
         blocks = self._index([b for b, _ in copies])
         slots = self._index([s for _, s in copies])
-        for host, layer, strides in self._layer_views:
+        for host, cache in zip(self._host, self._caches):
             self._copy_blocks(
-                layer, host, blocks, slots, strides, self._host_strides, self._piece,
-                max_programs=max_programs,
+                cache, host, blocks, slots, _strides(cache), self._host_strides,
+                host.shape[-1], max_programs=max_programs,
             )  # fmt: skip
 
     def _swap_in_direct(self, copies: list[tuple[int, int]]) -> LayerLoads:
+        """The copy kernel reading the pinned memory, on the side stream."""
         # The side stream starts after everything queued so far (the previous step's
         # forward pass may still read a block being overwritten; this step's swap-outs
         # read blocks some of these copies overwrite).
@@ -202,12 +236,38 @@ class HostKVCache:
             # Allocated on the side stream: freed memory is reused only after its copies.
             slots = self._index([s for s, _ in copies])
             blocks = self._index([b for _, b in copies])
-            for layer_id, (host, layer, strides) in zip(self.layer_ids, self._layer_views):
+            for layer_id, host, cache in zip(self.layer_ids, self._host, self._caches):
                 self._copy_blocks(
-                    host, layer, slots, blocks, self._host_strides, strides, self._piece,
-                    max_programs=_LOAD_PROGRAMS,
+                    host, cache, slots, blocks, self._host_strides, _strides(cache),
+                    host.shape[-1], max_programs=_LOAD_PROGRAMS,
                 )  # fmt: skip
                 self._events[layer_id].record(self._stream)
+        return LayerLoads(dict(self._events))
+
+    def _swap_in_dma(self, passes: list[LoadPass]) -> LayerLoads:
+        """Runs copied by the copy engines into the staging buffers (on the DMA stream),
+        scattered into the cache from there (on the side stream), layer after layer."""
+        current = torch.cuda.current_stream(self.device)
+        # Both streams start after everything queued so far (see ``_swap_in_direct``).
+        self._dma_stream.wait_stream(current)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            # Allocated on the scatter stream, which reads them: reused only after it.
+            blocks = [self._index(load.blocks) for load in passes]
+        staging = self._staging
+        for layer_id, host, cache in zip(self.layer_ids, self._host, self._caches):
+            for load, ids in zip(passes, blocks):
+                buffer = staging.fill(self._dma_stream)
+                with torch.cuda.stream(self._dma_stream):
+                    _stage_runs(buffer, host, load.runs)
+                staging.filled(self._dma_stream, self._stream)
+                with torch.cuda.stream(self._stream):
+                    self._copy_blocks(
+                        buffer, cache, staging.positions[: ids.numel()], ids, self._host_strides,
+                        _strides(cache), host.shape[-1],
+                    )  # fmt: skip
+                staging.emptied(self._stream)
+            self._events[layer_id].record(self._stream)
         return LayerLoads(dict(self._events))
 
     def _index(self, ids: list[int]) -> torch.Tensor:
@@ -217,6 +277,52 @@ class HostKVCache:
         if self.device.type != "cuda":
             return index
         return index.pin_memory().to(self.device, non_blocking=True)
+
+
+class _LoadStaging:
+    """Two device buffers of ``capacity`` blocks of one layer (``[capacity, 2, piece]``),
+    used in turn: a pass's copies fill one while the scatter of the pass before reads the
+    other. Events order them: a buffer is filled only after its last scatter (``emptied``),
+    scattered only after its copies (``filled``)."""
+
+    def __init__(self, capacity: int, piece: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.buffers = [
+            torch.empty((capacity, 2, piece), dtype=dtype, device=device) for _ in range(2)
+        ]
+        # The staged blocks' positions, the scatter's source indices (a prefix is used).
+        self.positions = torch.arange(capacity, dtype=torch.int64, device=device)
+        self._filled = [torch.cuda.Event() for _ in range(2)]
+        self._emptied = [torch.cuda.Event() for _ in range(2)]
+        self._turn = 0
+
+    def fill(self, dma: torch.cuda.Stream) -> torch.Tensor:
+        """The next buffer, once ``dma`` has waited for the last scatter that read it."""
+        self._turn ^= 1
+        dma.wait_event(self._emptied[self._turn])
+        return self.buffers[self._turn]
+
+    def filled(self, dma: torch.cuda.Stream, scatter: torch.cuda.Stream) -> None:
+        """The copies queued on ``dma`` fill the buffer: ``scatter`` waits for them."""
+        self._filled[self._turn].record(dma)
+        scatter.wait_event(self._filled[self._turn])
+
+    def emptied(self, scatter: torch.cuda.Stream) -> None:
+        """The scatter queued on ``scatter`` is the buffer's last reader."""
+        self._emptied[self._turn].record(scatter)
+
+
+def _stage_runs(staged: torch.Tensor, host: torch.Tensor, runs: list[tuple[int, int]]) -> None:
+    """Copy ``runs`` ((first slot, blocks)) of one layer's host slots into ``staged`` from its
+    start, one after another (with CUDA: copy-engine copies on the current stream)."""
+    at = 0
+    for slot, length in runs:
+        staged[at : at + length].copy_(host[slot : slot + length], non_blocking=True)
+        at += length
+
+
+def _strides(cache: torch.Tensor) -> tuple[int, int]:
+    """A cache layer's (K to V, block to block) strides, in its elements."""
+    return cache.stride(0), cache.stride(1)
 
 
 def widest_view(tensor: torch.Tensor, piece_bytes: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.cuda_graphs import MIXED_SIZES, CudaGraphs, capture_sizes
-from pagedllm.worker.host_kv_cache import HostKVCache, LayerLoads
+from pagedllm.worker.host_kv_cache import STAGING_BYTES, HostKVCache, LayerLoads
 from pagedllm.worker.input_batch import HostBatch, StepBatch, build_host_batch
 from pagedllm.worker.input_buffers import InputBuffers
 from pagedllm.worker.kv_cache import (
@@ -237,7 +237,7 @@ class ModelRunner:
 
     def _gpu_kv_budget(self) -> tuple[int, str]:
         """gpu_memory_utilization x total - weights - peak activations - memory outside torch
-        (CUDA context) - room for CUDA graphs."""
+        (CUDA context) - room for CUDA graphs - the host tier's staging buffers."""
         assert self.model is not None
         util = self.config.cache_config.gpu_memory_utilization
         torch.cuda.synchronize()
@@ -248,12 +248,15 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info()
         outside_torch = (total - free) - torch.cuda.memory_reserved()
         graphs = 0 if self.config.enforce_eager else GRAPH_RESERVE
-        budget = int(util * total) - weights - activations - outside_torch - graphs
+        # The host tier's staging buffers (``HostKVCache``), allocated after the cache.
+        staging = 2 * STAGING_BYTES if self.config.cache_config.swap_space_bytes else 0
+        budget = int(util * total) - weights - activations - outside_torch - graphs - staging
         logger.info(
             "GPU memory: %.2f GiB total x %.2f = %.2f GiB; weights %.2f GiB, peak activations "
-            "%.2f GiB, outside torch %.2f GiB, CUDA graphs %.2f GiB -> %.2f GiB for the KV cache",
+            "%.2f GiB, outside torch %.2f GiB, CUDA graphs %.2f GiB, host tier staging %.2f "
+            "GiB -> %.2f GiB for the KV cache",
             total / GiB, util, util * total / GiB, weights / GiB, activations / GiB,
-            outside_torch / GiB, graphs / GiB, max(budget, 0) / GiB,
+            outside_torch / GiB, graphs / GiB, staging / GiB, max(budget, 0) / GiB,
         )  # fmt: skip
         where = (
             f"gpu_memory_utilization={util} of {total / GiB:.1f} GiB, after "

@@ -20,7 +20,8 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.config import EngineArgs
 from pagedllm.engine.core import is_device_failure
 from pagedllm.executor.errors import HostTierError
-from pagedllm.worker.host_kv_cache import HostKVCache
+from pagedllm.worker import host_kv_cache
+from pagedllm.worker.host_kv_cache import HostKVCache, plan_loads
 from pagedllm.worker.kv_cache import KVCachePlan
 from tests.conftest import engine_in_process, tiny_config
 
@@ -264,16 +265,19 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("min_run", [1, 1000])  # CUDA: the copy engines, or the copy kernel
 @pytest.mark.parametrize(
     ("dtype", "block"),
     [(torch.float32, (4, 2, 8)), (torch.bfloat16, (4, 2, 8)), (torch.float8_e5m2, (4, 2, 8)),
      # a block's K of one layer in 30 and 15 bytes: copied as int16 and as bytes
      (torch.bfloat16, (3, 1, 5)), (torch.float8_e5m2, (3, 1, 5))],
 )  # fmt: skip
-def test_host_kv_cache_round_trip_is_exact(dtype, block, device):
-    """Blocks saved to scattered and consecutive slots (in chunks smaller than a step's
-    copies) come back bit for bit, and blocks not copied into are untouched. With CUDA:
-    pinned memory, the copy kernel, swap-ins waited for through their loads."""
+def test_host_kv_cache_round_trip_is_exact(dtype, block, min_run, device, monkeypatch):
+    """Blocks saved to scattered and consecutive slots (in passes smaller than a step's
+    copies, a run cut where a pass fills) come back bit for bit, and blocks not copied into
+    are untouched. With CUDA: pinned memory, swap-ins by the copy engines through the
+    staging buffers or by the copy kernel, waited for through their loads."""
+    monkeypatch.setattr(host_kv_cache, "MIN_RUN_BLOCKS", min_run)
     generator = torch.Generator().manual_seed(0)
     layers = [
         torch.randn((2, 12, *block), generator=generator).to(dtype).to(device) for _ in range(3)
@@ -281,9 +285,10 @@ def test_host_kv_cache_round_trip_is_exact(dtype, block, device):
     layers.append(torch.empty((0,), dtype=dtype, device=device))  # another stage's layer
     original = [layer.clone() for layer in layers]
     host = HostKVCache(layers, num_slots=8)
-    host._chunk = 3
+    host.capacity = 3
     saved = [(5, 0), (6, 1), (7, 2), (1, 6), (9, 4), (2, 7)]
     host.swap_out(saved)
+    # Runs (0, 3) and (6, 2) and (4, 1); passes [0, 1, 2], [4, 6, 7].
     loads = host.swap_in([(0, 10), (1, 11), (2, 3), (6, 8), (4, 0), (7, 9)])
     assert (loads is not None) == (device == "cuda")  # CUDA: still copying on a side stream
     if loads is not None:
@@ -295,6 +300,16 @@ def test_host_kv_cache_round_trip_is_exact(dtype, block, device):
             assert torch.equal(raw[:, target], raw_before[:, source])
         for untouched in (1, 2, 4, 5, 6, 7):
             assert torch.equal(raw[:, untouched], raw_before[:, untouched])
+
+
+def test_swap_ins_are_planned_in_runs_of_consecutive_slots():
+    """Slot order, a run per stretch of consecutive slots, passes of at most the capacity
+    (a run cut where one fills), a slot asked twice in two runs."""
+    copies = [(7, 70), (3, 30), (4, 40), (9, 90), (5, 50), (8, 80), (4, 41)]
+    passes = plan_loads(copies, capacity=4)
+    assert [p.runs for p in passes] == [[(3, 2), (4, 2)], [(7, 3)]]
+    assert [p.blocks for p in passes] == [[30, 40, 41, 50], [70, 80, 90]]
+    assert plan_loads(copies, capacity=100)[0].runs == [(3, 2), (4, 2), (7, 3)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
