@@ -21,7 +21,7 @@ from pagedllm.config import EngineArgs
 from pagedllm.engine.core import is_device_failure
 from pagedllm.executor.errors import HostTierError
 from pagedllm.worker import host_kv_cache
-from pagedllm.worker.host_kv_cache import HostKVCache, plan_loads
+from pagedllm.worker.host_kv_cache import _QUEUE_AHEAD, HostKVCache, _LazyLoads, plan_loads
 from pagedllm.worker.kv_cache import KVCachePlan
 from tests.conftest import engine_in_process, tiny_config
 
@@ -336,3 +336,30 @@ def test_saves_ahead_copy_beside_a_step_and_the_next_step_waits(device):
     for layer, before in zip(layers, original):
         assert torch.equal(layer[:, 5], before[:, 0])
         assert torch.equal(layer[:, 3:5], before[:, 1:3])
+
+
+def test_lazy_loads_queue_each_layer_once_in_order_and_ahead():
+    """A swap-in's copies by the copy engines are queued layer by layer as the forward pass
+    reaches them: up to the layer reached and ``_QUEUE_AHEAD`` beyond, each once, in order;
+    a layer of no stage here queues nothing more; the end (None) queues the rest."""
+
+    class Tier:
+        def __init__(self) -> None:
+            self.layer_ids = [1, 2, 4, 5, 6, 8, 9, 11, 12]  # this rank's stage's layers
+            self.queued: list[int] = []
+
+        def _queue_layer(self, position, passes, blocks):
+            self.queued.append(position)
+
+    tier = Tier()
+    lazy = _LazyLoads(tier, [], [])  # type: ignore[arg-type]
+    lazy.queue(1)
+    assert tier.queued == list(range(_QUEUE_AHEAD + 1))
+    lazy.queue(2)
+    lazy.queue(2)
+    lazy.queue(1)
+    assert tier.queued == list(range(_QUEUE_AHEAD + 2))
+    lazy.queue(7)  # not this rank's
+    assert tier.queued == list(range(_QUEUE_AHEAD + 2))
+    lazy.queue(None)
+    assert tier.queued == list(range(len(tier.layer_ids)))
