@@ -123,6 +123,17 @@ def test_split_kv_decode(segments, dtype):
     assert error < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("segments", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_prefill(segments, dtype):
+    """Prefill chunks over long cached histories beside decodes and a fresh prompt, each
+    program's keys split (``prefill_segments``' eager steps), at the prefill launch."""
+    query_lens = [1, 616, 1, 40, 90]
+    prefixes = [300, 6144, 4000, 3072, 0]
+    error = run_case(3, 32, 8, 128, 16, dtype, query_lens, prefixes, segments)
+    assert error < TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize("window", [1, 7, 64, 300])
 @pytest.mark.parametrize("segments", [1, 4])
 def test_sliding_window(window, segments):
