@@ -255,6 +255,28 @@ def test_completions(openai_client, server):
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+def test_tokenize_checks_tools_as_chat_does(server):
+    """/tokenize with messages takes the tools chat takes (its ids are the prompt chat
+    renders with them) and refuses, with the same 400, the ones chat refuses."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    with server.client() as http:
+        chat = http.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": HELLO, "tools": [tool], "tool_choice": "none",
+            "max_tokens": 1, "return_token_ids": True,
+        }).json()  # fmt: skip
+        tokens = http.post("/tokenize", json={"messages": HELLO, "tools": [tool]}).json()
+        assert tokens["tokens"] == chat["prompt_token_ids"]
+        for bad, words in (
+            ([{"type": "function"}], "needs a name"),
+            ([{"type": "retrieval", "function": {"name": "f"}}], "Each tool must be"),
+            ([tool, tool], "already used by tools.0"),
+        ):
+            for path, extra in (("/tokenize", {}), ("/v1/chat/completions", {"model": MODEL})):
+                refused = http.post(path, json={"messages": HELLO, "tools": bad, **extra})
+                assert refused.status_code == 400 and words in refused.text, (path, refused.text)
+        assert http.post("/tokenize", json={"prompt": "still serving"}).status_code == 200
+
+
 def test_tokenize_detokenize_version_health_docs(server):
     with server.client() as http:
         tokens = http.post("/tokenize", json={"prompt": "Hello world"}).json()

@@ -14,6 +14,7 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeResponse,
 )
 from pagedllm.entrypoints.openai.serving_models import ServedModels
+from pagedllm.entrypoints.openai.tool_choice import plan_tool_choice
 
 
 class TokenizationHandler:
@@ -30,12 +31,15 @@ class TokenizationHandler:
         self.models.resolve(request.model)
         renderer = self._require_renderer()
         if request.messages is not None:
+            # The tools as chat checks them (a 400 for one chat refuses), so the template
+            # sees what it would see from /v1/chat/completions.
+            tools = plan_tool_choice(request.tools, "none", None, None).tools or None
             text = await renderer.render(
                 [m.model_dump(exclude_none=True) for m in request.messages],
                 request.chat_template,
                 request.add_generation_prompt,
                 request.continue_final_message,
-                request.tools,
+                tools,
                 request.chat_template_kwargs,
             )
             special = False if request.add_special_tokens is None else request.add_special_tokens
