@@ -138,3 +138,20 @@ def test_engine_core_process_matches_in_process(gpu_models, monkeypatch):
     state = separate.llm_engine.kv_cache_state()
     assert state["num_free_blocks"] == state["num_blocks"]
     separate.llm_engine.shutdown()
+
+
+def test_split_kv_prefill_chunks_agree(gpu_models, monkeypatch):
+    """Eager prefill chunks after cached prefixes, each program's keys split in four
+    (``prefill_segments``' threshold lowered to reach this model's contexts), give the
+    unsplit run's tokens (float32)."""
+    from pagedllm.kernels import paged_attention as pa
+
+    shared = [prompts(4, 1)[0] * 4 + p for p in prompts(5, 6)]
+    kw = {"enforce_eager": True, "max_num_batched_tokens": 96}
+    reference = greedy(engine(gpu_models["qwen3"], **kw), shared, 16)
+    chosen: list[int] = []
+    real = pa.prefill_segments
+    monkeypatch.setattr(pa, "MIN_PREFILL_SEGMENT_KEYS", 32)
+    monkeypatch.setattr(pa, "prefill_segments", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    assert greedy(engine(gpu_models["qwen3"], **kw), shared, 16) == reference
+    assert 4 in chosen and 1 in chosen  # split chunks, and a first chunk too short to split
