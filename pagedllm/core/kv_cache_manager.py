@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pagedllm.core.block_hash import update_block_hashes
@@ -116,6 +117,31 @@ class KVCacheManager:
                     break
                 prefix.host_slots.append(slot)
         return prefix, prefix.num_blocks * self.block_size
+
+    def pending_prompt_hashes(self, requests: Iterable[Request]) -> set[bytes]:
+        """Hashes of the whole prompt blocks that ``requests`` (running) hold no registered
+        block for yet: the chunks of their prompts a later step computes. A waiting request
+        whose next uncached block is among them would compute it a second time."""
+        pending: set[bytes] = set()
+        if not self.enable_caching:
+            return pending
+        for request in requests:
+            full = request.num_prompt_tokens // self.block_size
+            start = self.num_cached_blocks.get(request.request_id, 0)
+            if start < full and not request.skip_prefix_cache:
+                pending.update(update_block_hashes(request, self.block_size)[start:full])
+        return pending
+
+    def first_missing_hash(self, request: Request, prefix: CachedPrefix) -> bytes | None:
+        """The hash of the first block after ``prefix`` (the request's cached prefix) that it
+        would compute, or None when only its last, partial block is left or the request
+        does not use the cache. Call after ``get_computed_blocks`` (which hashes its blocks)."""
+        index = prefix.num_blocks
+        if not self.enable_caching or request.skip_prefix_cache:
+            return None
+        if index >= (request.num_tokens - 1) // self.block_size:
+            return None
+        return request.block_hashes[index]
 
     def record_lookup(self, num_tokens: int, num_hit_tokens: int, prefix: CachedPrefix) -> None:
         """Count one admitted request's prefix-cache lookup in the stats."""

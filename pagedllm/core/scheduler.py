@@ -17,6 +17,12 @@ With ``step_time_target`` (the server's default), prompt chunks are also sized s
 step's predicted time (``step_time.py``, fitted to the last steps' measured times) stays
 within the target: a long prompt then takes more, shorter steps, and the other requests'
 tokens do not wait for its whole chunks.
+
+A waiting request whose next uncached prompt block is one a running request will compute
+in a later step (the same prompt's chunks: ``n`` > 1 samples, a resent conversation, a
+shared system prompt) waits for it, keeping its place at the head of the queue, and is
+admitted once that block is registered: then it hits the cache instead of computing the
+same chunks beside its twin. Requests behind it are admitted meanwhile.
 """
 
 from __future__ import annotations
@@ -87,6 +93,41 @@ class _StepPlan:
             self.pairs -= chunk_pairs(num_tokens, request.num_computed_tokens)
         self.budget += num_tokens
         self.new_block_ids.pop(request.request_id)
+
+
+# An admission: (prefix-cache hit tokens, tokens to compute, its blocks, the hits).
+_Admission = tuple[int, int, list[KVCacheBlock], CachedPrefix]
+
+
+class _Wait:
+    """The type of ``_WAIT_FOR_TWIN``."""
+
+
+_WAIT_FOR_TWIN = _Wait()  # a waiting request's next block is being computed by another
+
+
+class _PendingPrompts:
+    """The prompt blocks running requests compute in later steps, by hash
+    (``KVCacheManager.pending_prompt_hashes``): collected from the running requests only
+    when a waiting request first misses the cache in a step, then kept up to date with the
+    requests that step admits."""
+
+    def __init__(self, kv: KVCacheManager, running: list[Request]) -> None:
+        self._kv = kv
+        self._running = running
+        self._hashes: set[bytes] | None = None
+
+    def holds(self, block_hash: bytes | None) -> bool:
+        if block_hash is None:
+            return False
+        if self._hashes is None:
+            self._hashes = self._kv.pending_prompt_hashes(self._running)
+        return block_hash in self._hashes
+
+    def add(self, request: Request) -> None:
+        """A request admitted this step: its prompt chunks left for later steps."""
+        if self._hashes is not None:
+            self._hashes |= self._kv.pending_prompt_hashes((request,))
 
 
 @dataclass
@@ -208,7 +249,8 @@ class Scheduler:
             i += 1
 
     def _schedule_waiting(self, plan: _StepPlan) -> None:
-        # Requests whose grammar is still compiling keep their place in the queue.
+        # Requests whose grammar is still compiling, or whose prompt chunks a running
+        # request computes (see the module), keep their place in the queue.
         not_ready: list[Request] = []
         try:
             self._admit_waiting(plan, not_ready)
@@ -218,6 +260,7 @@ class Scheduler:
 
     def _admit_waiting(self, plan: _StepPlan, not_ready: list[Request]) -> None:
         forecast: BlockForecast | None = None  # built once someone could be admitted
+        pending = _PendingPrompts(self.kv, self.running)
         while (
             len(self.waiting) > 0
             and plan.budget > 0
@@ -233,11 +276,15 @@ class Scheduler:
                 continue
             if forecast is None and self.running and self.forecast_admission:
                 forecast = BlockForecast(self.running, self.kv, self.max_model_len)
-            admission = self._allocate_admission(request, plan, forecast)
+            admission = self._allocate_admission(request, plan, forecast, pending)
+            if admission is _WAIT_FOR_TWIN:
+                not_ready.append(self.waiting.pop())
+                continue
             if admission is None:
                 break
             self.waiting.pop()
             self._admit(request, admission, plan)
+            pending.add(request)
 
     def _admit_suspects(self, plan: _StepPlan, on_trial: set[str]) -> None:
         """During a trial: admit the waiting suspects on trial, preempting requests outside
@@ -260,14 +307,21 @@ class Scheduler:
         return True
 
     def _allocate_admission(
-        self, request: Request, plan: _StepPlan, forecast: BlockForecast | None = None
-    ) -> tuple[int, int, list[KVCacheBlock], CachedPrefix] | None:
+        self,
+        request: Request,
+        plan: _StepPlan,
+        forecast: BlockForecast | None = None,
+        pending: _PendingPrompts | None = None,
+    ) -> _Admission | _Wait | None:
         """Room for a waiting request this step: (prefix-cache hit tokens, tokens to compute,
         its blocks, the hits), or None when the step has no room for it, or (``forecast``)
-        when the running requests' projected growth leaves none."""
+        when the running requests' projected growth leaves none; ``_WAIT_FOR_TWIN`` when its
+        next uncached block is one of ``pending``'s (a running request computes it later)."""
         if plan.budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return None
         prefix, num_hit_tokens = self.kv.get_computed_blocks(request)
+        if pending is not None and pending.holds(self.kv.first_missing_hash(request, prefix)):
+            return _WAIT_FOR_TWIN
         terms = (0.0, 0) if forecast is None else forecast.terms(request, prefix.device_blocks)
         if forecast is not None and not forecast.admits(terms):
             return None
@@ -290,12 +344,7 @@ class Scheduler:
         self._free(request)
         self._rejected.append(request)
 
-    def _admit(
-        self,
-        request: Request,
-        admission: tuple[int, int, list[KVCacheBlock], CachedPrefix],
-        plan: _StepPlan,
-    ) -> None:
+    def _admit(self, request: Request, admission: _Admission, plan: _StepPlan) -> None:
         num_hit_tokens, num_new, blocks, prefix = admission
         if self.kv.enable_caching and not request.skip_prefix_cache:
             self.kv.record_lookup(request.num_tokens, num_hit_tokens, prefix)

@@ -239,6 +239,40 @@ def test_same_step_admission_shares_blocks_computed_in_that_step():
     harness.assert_all_blocks_free()
 
 
+def test_a_twin_waits_for_the_chunks_its_twin_computes_then_hits_them():
+    """Two requests with one 40-token prompt, chunks capped at 16 tokens: the second waits
+    at the head of the queue while the first's chunks are scheduled (an unrelated request
+    behind it is admitted meanwhile), then starts from the first's cached blocks: 4 prompt
+    tokens computed instead of 40."""
+    harness = Harness(make_scheduler(max_num_batched_tokens=64, long_prefill_token_threshold=16))
+    prompt = list(range(100, 140))
+    first, twin = make_request("a", prompt), make_request("b", prompt)
+    other = make_request("c", 24)
+    harness.add(first, twin, other)
+    steps = []
+    while "b" not in (step := scheduled(harness.step()[0])):
+        steps.append(step)
+    assert steps == [{"a": 16, "c": 16}, {"a": 16, "c": 8}]
+    assert step == {"a": 8, "b": 4, "c": 1}  # a's last chunk, and b after it
+    assert twin.num_cached_tokens == 36
+    late = make_request("d", prompt)  # the prompt is cached now: no wait
+    harness.add(late)
+    assert scheduled(harness.step()[0])["d"] == 4
+    harness.run()
+    assert_ran_to_length(harness, [first, twin, other, late])
+    harness.assert_all_blocks_free()
+
+
+def test_without_the_prefix_cache_twins_do_not_wait():
+    harness = Harness(
+        make_scheduler(max_num_batched_tokens=64, long_prefill_token_threshold=16,
+                       enable_caching=False)
+    )  # fmt: skip
+    prompt = list(range(100, 140))
+    harness.add(make_request("a", prompt), make_request("b", prompt))
+    assert scheduled(harness.step()[0]) == {"a": 16, "b": 16}
+
+
 # -- preemption ------------------------------------------------------------------------------
 
 
