@@ -61,15 +61,38 @@ MESSAGES_PATH = "/v1/messages"
 RETRY_AFTER_S = 1
 # A ValueError that starts with a field name ("top_p must be in (0, 1], got 2.") names it.
 _LEADING_FIELD = re.compile(r"^(?:SamplingParams\.)?([a-z_]+) (?:must|is|cannot|are|requires)\b")
+# The characters of an error message a client gets back, at most: its head (which names the
+# field) and its tail (which says what to send instead) are kept. Messages quote the values
+# they refuse, and a value is the client's own: a model name, an item or part type, an
+# include, a guided_decoding_backend or a grammar rule of 1 MB came back whole, in every 400.
+MAX_ERROR_CHARS = 1024
+_ERROR_TAIL_CHARS = 256
+# The characters of an error's ``param`` at most: a field path, which holds the client's own
+# keys where a field is a mapping (``logit_bias.<key>``, ``metadata.<key>``).
+MAX_ERROR_PARAM_CHARS = 256
+
+
+def bounded_message(message: str) -> str:
+    """``message`` unless longer than ``MAX_ERROR_CHARS``: then its head and tail, with the
+    number of characters cut between them."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    cut = len(message) - MAX_ERROR_CHARS
+    head = MAX_ERROR_CHARS - _ERROR_TAIL_CHARS
+    return f"{message[:head]}...({cut} characters cut)...{message[-_ERROR_TAIL_CHARS:]}"
 
 
 class OpenAIError(Exception):
     def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+        message = bounded_message(message)
         super().__init__(message)
         self.message, self.status, self.param = message, status, param
 
 
 def error_body(message: str, status: int, param: str | None = None) -> dict:
+    message = bounded_message(message)
+    if param is not None and len(param) > MAX_ERROR_PARAM_CHARS:
+        param = f"{param[:MAX_ERROR_PARAM_CHARS]}..."
     info = ErrorInfo(message=message, type=_TYPES.get(status, "Error"), param=param, code=status)
     return ErrorResponse(error=info).model_dump()
 
@@ -80,7 +103,8 @@ def error_response(message: str, status: int, param: str | None = None) -> JSONR
 
 def anthropic_error_body(message: str, status: int) -> dict:
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return AnthropicErrorResponse(error=AnthropicErrorInfo(type=kind, message=message)).model_dump()
+    error = AnthropicErrorInfo(type=kind, message=bounded_message(message))
+    return AnthropicErrorResponse(error=error).model_dump()
 
 
 def route_path(scope: dict) -> str:
