@@ -16,9 +16,15 @@ MAX_CACHE_SALT = 1024
 def truncate_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
     """vLLM's ``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (-1: the last
     ``max_model_len``), the servers apply it before fitting ``max_tokens``
-    to the room left, the input processor to every prompt."""
+    to the room left, the input processor to every prompt. A ``keep`` past the context
+    is refused naming the field, as vLLM does (it could keep nothing the model can take)."""
     if keep is None:
         return ids
+    if keep > max_model_len:
+        raise ValueError(
+            f"truncate_prompt_tokens must be at most the model's context length "
+            f"({max_model_len}), or -1 for it, got {keep}."
+        )
     keep = max_model_len if keep == -1 else keep
     return ids[-keep:] if len(ids) > keep else ids
 

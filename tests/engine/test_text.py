@@ -122,6 +122,12 @@ def test_truncate_prompt_tokens_minus_one_is_the_context_length(smollm):
     assert out[0].prompt_token_ids == ids[:50]
 
 
+def test_truncate_prompt_tokens_past_the_context_is_refused(smollm):
+    params = greedy(max_tokens=2, truncate_prompt_tokens=2049)
+    with pytest.raises(ValueError, match="truncate_prompt_tokens must be at most"):
+        smollm.generate({"prompt_token_ids": [100, 101]}, params, use_tqdm=False)
+
+
 def test_truncate_prompt_tokens_keeps_the_tail(smollm):
     ids = smollm.get_tokenizer().encode("one two three four five six seven eight")
     out = smollm.generate(

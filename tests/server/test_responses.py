@@ -192,6 +192,14 @@ def test_truncate_prompt_tokens_on_chat_and_completions(openai_client):
             model=MODEL, prompt=LONG, max_tokens=3, extra_body={"truncate_prompt_tokens": -1}
         )
     assert "2048" in caught.value.message
+    for body in ({"prompt": "short"}, {"messages": [{"role": "user", "content": "short"}]}):
+        with pytest.raises(openai.BadRequestError) as caught:  # past the context: named
+            create = (openai_client.completions.create if "prompt" in body
+                      else openai_client.chat.completions.create)  # fmt: skip
+            create(model=MODEL, max_tokens=3, extra_body={"truncate_prompt_tokens": 10**15},
+                   **body)  # fmt: skip
+        assert "truncate_prompt_tokens must be at most" in caught.value.message
+        assert caught.value.body["param"] == "truncate_prompt_tokens"
 
 
 # -- background responses ------------------------------------------------------------------
