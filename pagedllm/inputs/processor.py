@@ -115,7 +115,10 @@ class InputProcessor:
             raise ValueError("The prompt is empty: it must contain at least one token.")
         bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
-            raise ValueError(f"Token id {bad} is out of vocabulary (vocab size {self.vocab_size}).")
+            raise ValueError(
+                f"prompt must hold token ids in [0, {self.vocab_size}): token id {bad} is out "
+                "of vocabulary."
+            )
         if len(token_ids) >= self.max_model_len:
             raise ValueError(
                 f"The prompt (length {len(token_ids)}) is longer than the maximum model length "
@@ -140,8 +143,8 @@ class InputProcessor:
         allowed = params.allowed_token_ids
         if allowed is not None and len(allowed) > self.vocab_size:
             raise ValueError(
-                f"allowed_token_ids has {len(allowed)} ids; the vocabulary has only "
-                f"{self.vocab_size} tokens."
+                f"allowed_token_ids must have at most {self.vocab_size} ids (the vocabulary's "
+                f"size), got {len(allowed)}."
             )
         resolved = params.clone()
         # As vLLM V1 offline: a request that asks past the context runs until it fills it and
@@ -214,8 +217,8 @@ class InputProcessor:
     def _token(self, token_id: int, field: str) -> int:
         if not 0 <= token_id < self.vocab_size:
             raise ValueError(
-                f"{field} names token id {token_id}, outside the vocabulary "
-                f"(size {self.vocab_size})."
+                f"{field} must name token ids in [0, {self.vocab_size}): token id {token_id} "
+                "is out of vocabulary."
             )
         return token_id
 

@@ -185,7 +185,7 @@ def test_bad_sampling_options_are_refused_by_name(smollm):
         ({"logit_bias": {"9" * 5000: 1.0}}, "logit_bias keys must be token ids"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         # Sized by the vocabulary: each copy of the list, and each mask row, cost its length.
-        ({"allowed_token_ids": [7] * 50_000}, "allowed_token_ids has 50000 ids; the vocab"),
+        ({"allowed_token_ids": [7] * 50_000}, "allowed_token_ids must have at most 49152 ids"),
         # Byte-by-byte text: 2 x ~6,000 tokens a word, compared with the output every step.
         ({"bad_words": ["\U0001f600" * 2048] * 2}, "bad_words tokenize to \\d+ tokens"),
         ({"best_of": 3, "output_kind": RequestOutputKind.DELTA}, "best_of"),

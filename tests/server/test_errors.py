@@ -120,7 +120,12 @@ def test_completion_suffix_and_bad_tokens(server):
         post(server, "/v1/completions", json={"model": MODEL, "prompt": [10**8]}),
         400,
         "out of vocabulary",
+        param="prompt",
     )
+    for field, value in (("allowed_token_ids", [10**8]), ("logit_bias", {"100000000": 1})):
+        reply = post(server, "/v1/completions",
+                     json={"model": MODEL, "prompt": "a", field: value})  # fmt: skip
+        assert_error(reply, 400, "out of vocabulary", param=field)
     assert_error(post(server, "/detokenize", json={"tokens": [-1]}), 400, "out of vocabulary")
     assert_error(post(server, "/tokenize", json={}), 400)
 
