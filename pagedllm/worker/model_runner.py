@@ -432,11 +432,16 @@ class ModelRunner:
         ctx = ForwardContext(self.backend, self.backend.build_metadata(batch.attn), self.kv_caches)
         ctx.calculate_kv_scales = calculate_kv_scales
         ctx.kv_loads = loads
-        if self.stage_io is not None:
-            ctx.intermediate = self.stage_io.receive_activations(batch.input_ids.shape[0])
-        hidden = self.model(batch.input_ids, batch.positions, ctx)
-        if loads is not None:
-            loads.wait_all()  # what follows on the stream sees every loaded block
+        try:
+            if self.stage_io is not None:
+                ctx.intermediate = self.stage_io.receive_activations(batch.input_ids.shape[0])
+            hidden = self.model(batch.input_ids, batch.positions, ctx)
+        finally:
+            # What follows on the stream sees every loaded block. Also when the forward pass
+            # failed: the copy engines' layers are queued only as it reaches them, and the
+            # blocks stay registered as cached whether or not this step ran to its end.
+            if loads is not None:
+                loads.wait_all()
         return hidden, batch
 
     def _sample(

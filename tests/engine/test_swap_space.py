@@ -9,6 +9,7 @@ scenario (ref counts, free queue, hash maps, host slots, pins).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from pathlib import Path
@@ -363,3 +364,32 @@ def test_lazy_loads_queue_each_layer_once_in_order_and_ahead():
     assert tier.queued == list(range(_QUEUE_AHEAD + 2))
     lazy.queue(None)
     assert tier.queued == list(range(len(tier.layer_ids)))
+
+
+def test_a_forward_pass_that_fails_still_queues_every_swap_in(tiny_models, monkeypatch):
+    """The copy engines' layers are queued only as the forward pass reaches them (CUDA), and
+    the loaded blocks stay registered as cached whatever becomes of the step: a pass that
+    fails before its last layer must still queue the rest (``LayerLoads.wait_all``)."""
+    from pagedllm.model.decoder import CausalLM
+    from pagedllm.worker.host_kv_cache import LayerLoads
+
+    llm = build(tiny_models["llama"], 24, 96)
+    queued: list[int | None] = []
+    swap_in, forward = HostKVCache.swap_in, CausalLM.forward
+
+    def lazy_swap_in(self, copies):  # the CPU copies at once; the loads stand in for CUDA's
+        swap_in(self, copies)
+        return LayerLoads({}, queued.append) if copies else None
+
+    def failing_forward(self, input_ids, positions, ctx):
+        if ctx.kv_loads is not None:
+            raise RuntimeError("the forward pass failed")
+        return forward(self, input_ids, positions, ctx)
+
+    monkeypatch.setattr(HostKVCache, "swap_in", lazy_swap_in)
+    monkeypatch.setattr(CausalLM, "forward", failing_forward)
+    batch = [{"prompt_token_ids": p} for p in prompts(4)]
+    llm.generate(batch, GREEDY, use_tqdm=False)
+    with contextlib.suppress(Exception):  # the steps with loads fail their requests
+        llm.generate(batch, GREEDY, use_tqdm=False)
+    assert queued and queued.count(None) == len(queued)  # each failed pass queued the rest
