@@ -320,7 +320,13 @@ class Scheduler:
         if plan.budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return None
         prefix, num_hit_tokens = self.kv.get_computed_blocks(request)
-        if pending is not None and pending.holds(self.kv.first_missing_hash(request, prefix)):
+        # A twin hits the blocks its running twin registered (its first chunk's, at least):
+        # one with no hit shares no prompt chunk in flight, and costs no lookup (W2's).
+        if (
+            pending is not None
+            and num_hit_tokens
+            and pending.holds(self.kv.first_missing_hash(request, prefix))
+        ):
             return _WAIT_FOR_TWIN
         terms = (0.0, 0) if forecast is None else forecast.terms(request, prefix.device_blocks)
         if forecast is not None and not forecast.admits(terms):

@@ -263,6 +263,18 @@ def test_a_twin_waits_for_the_chunks_its_twin_computes_then_hits_them():
     harness.assert_all_blocks_free()
 
 
+def test_requests_without_a_cache_hit_cost_no_twin_lookup(monkeypatch):
+    """Distinct prompts (W2's) never hit: the running requests' pending chunks are not
+    collected for them, step after step."""
+    harness = Harness(make_scheduler(max_num_batched_tokens=64, long_prefill_token_threshold=16))
+    kv, calls = harness.scheduler.kv, []
+    real = kv.pending_prompt_hashes
+    monkeypatch.setattr(kv, "pending_prompt_hashes", lambda rs: calls.append(1) or real(rs))
+    harness.add(*(make_request(f"r{i}", 40) for i in range(6)))
+    harness.run()
+    assert not calls
+
+
 def test_without_the_prefix_cache_twins_do_not_wait():
     harness = Harness(
         make_scheduler(max_num_batched_tokens=64, long_prefill_token_threshold=16,
