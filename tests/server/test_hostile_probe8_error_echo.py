@@ -80,7 +80,7 @@ CASES = {
     ),
     "completion token id": (
         "/v1/completions", {"model": MODEL, "prompt": [1, int("9" * 4000)], "max_tokens": 1},
-        400, "Token id 999", "(vocab size 49152).",
+        400, "prompt must hold token ids in [0, 49152): token id 999", "is out of vocabulary.",
     ),
 }  # fmt: skip
 
