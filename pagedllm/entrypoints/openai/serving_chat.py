@@ -24,7 +24,7 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.reasoning import ReasoningParser
 from pagedllm.entrypoints.openai.serving_models import ServedModels
-from pagedllm.entrypoints.openai.streams import last_output, released_on_hang_up
+from pagedllm.entrypoints.openai.streams import last_output, streamed_response
 from pagedllm.entrypoints.openai.tool_choice import ToolChoice, plan_tool_choice
 from pagedllm.entrypoints.openai.tool_parsers import ToolParser, ToolStream
 from pagedllm.entrypoints.openai.usage import (
@@ -113,7 +113,7 @@ class ChatHandler:
         prefix = self._echo_prefix(request)
         if stream:
             chunks = self._stream(request, request_id, model, outputs, opened, prefix, tools)
-            return StreamingResponse(released_on_hang_up(chunks), media_type="text/event-stream")
+            return streamed_response(chunks)
         final = await last_output(outputs)
         response = self._response(request, request_id, model, final, opened, prefix, tools)
         return JSONResponse(response.model_dump())

@@ -25,7 +25,7 @@ from pagedllm.entrypoints.openai.serving_models import ServedModels
 from pagedllm.entrypoints.openai.streams import (
     last_output,
     merge_streams,
-    released_on_hang_up,
+    streamed_response,
 )
 from pagedllm.entrypoints.openai.usage import (
     add_usage,
@@ -100,7 +100,7 @@ class CompletionHandler:
         n = request.n or 1
         if stream:
             chunks = self._stream(request, request_id, model, generators, n)
-            return StreamingResponse(released_on_hang_up(chunks), media_type="text/event-stream")
+            return streamed_response(chunks)
         finals = await asyncio.gather(*(last_output(g) for g in generators))
         choices = [
             self._choice(request, final, c, p * n + c.index)

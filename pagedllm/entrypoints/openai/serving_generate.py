@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.openai.errors import from_value_error, sse_error
 from pagedllm.entrypoints.openai.protocol import GenerateRequest, random_id
-from pagedllm.entrypoints.openai.streams import last_output, released_on_hang_up
+from pagedllm.entrypoints.openai.streams import last_output, streamed_response
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 # The bytes a streamed /generate sends object by object before it sends only objects twice
@@ -45,9 +45,7 @@ class GenerateHandler:
         except ValueError as exc:
             raise from_value_error(exc) from exc
         if request.stream:
-            return StreamingResponse(
-                released_on_hang_up(self._stream(request.prompt, outputs)), media_type="text/plain"
-            )
+            return streamed_response(self._stream(request.prompt, outputs), "text/plain")
         final = await last_output(outputs)
         return JSONResponse({"text": [request.prompt + c.text for c in final.outputs]})
 

@@ -38,7 +38,7 @@ from pagedllm.entrypoints.openai.messages_protocol import (
 from pagedllm.entrypoints.openai.middleware import unless_disconnected
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, StreamOptions
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
-from pagedllm.entrypoints.openai.streams import released_on_hang_up
+from pagedllm.entrypoints.openai.streams import streamed_response
 from pagedllm.entrypoints.openai.tool_choice import check_unique_names
 from pagedllm.entrypoints.openai.unknown_fields import note_inert_field
 from pagedllm.logger import init_logger
@@ -76,7 +76,7 @@ class MessagesHandler:
         if isinstance(response, StreamingResponse):
             chunks = response.body_iterator
             events = _translate_stream(chunks, MessageEvents(message_id))  # type: ignore[arg-type]
-            return StreamingResponse(released_on_hang_up(events), media_type="text/event-stream")
+            return streamed_response(events)
         return JSONResponse(message_from_chat(json.loads(response.body), message_id))
 
     async def count_tokens(self, request: CountTokensRequest) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from pagedllm.entrypoints.openai.responses_protocol import (
     response_id,
 )
 from pagedllm.entrypoints.openai.serving_chat import ChatHandler
-from pagedllm.entrypoints.openai.streams import released_on_hang_up
+from pagedllm.entrypoints.openai.streams import streamed_response
 from pagedllm.entrypoints.openai.unknown_fields import note_inert_field
 from pagedllm.logger import init_logger
 
@@ -455,7 +455,7 @@ class ResponsesHandler:
         result = await self.chat.create(chat)
         if isinstance(result, StreamingResponse):
             events = self._stream(turn, result.body_iterator)
-            return StreamingResponse(released_on_hang_up(events), media_type="text/event-stream")
+            return streamed_response(events)
         response = await self._from_completion(turn, json.loads(result.body))
         return JSONResponse(response)
 
@@ -473,7 +473,7 @@ class ResponsesHandler:
             raise not_found(response_id)
         if stream:
             events = self.runs.replay(response_id, starting_after, owner)
-            return StreamingResponse(released_on_hang_up(events), media_type="text/event-stream")
+            return streamed_response(events)
         if starting_after is not None:
             raise RefusedField("starting_after", "starting_after applies with stream=true.")
         if stored is None:  # evicted after it ended; its events remain only to stream
@@ -569,7 +569,7 @@ class ResponsesHandler:
         self.runs.start(turn.id, self._run_background(turn, chat), streamed, turn.owner)
         if streamed:
             events = self.runs.replay(turn.id, None, turn.owner)
-            return StreamingResponse(released_on_hang_up(events), media_type="text/event-stream")
+            return streamed_response(events)
         return JSONResponse(queued)
 
     async def _run_background(self, turn: _Turn, chat: ChatCompletionRequest) -> None:

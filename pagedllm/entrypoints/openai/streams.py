@@ -8,6 +8,8 @@ import traceback
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
+from fastapi.responses import StreamingResponse
+
 from pagedllm.outputs import RequestOutput
 
 T = TypeVar("T")
@@ -26,6 +28,14 @@ async def released_on_hang_up(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
     except asyncio.CancelledError as exc:
         traceback.clear_frames(exc.__traceback__)
         raise
+
+
+def streamed_response(
+    chunks: AsyncIterator[Any], media_type: str = "text/event-stream"
+) -> StreamingResponse:
+    """Every streamed reply's response: ``chunks`` released on a hang-up
+    (``released_on_hang_up``)."""
+    return StreamingResponse(released_on_hang_up(chunks), media_type=media_type)
 
 
 async def merge_streams(
