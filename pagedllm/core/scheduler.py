@@ -109,8 +109,8 @@ _WAIT_FOR_TWIN = _Wait()  # a waiting request's next block is being computed by 
 class _PendingPrompts:
     """The prompt blocks running requests compute in later steps, by hash
     (``KVCacheManager.pending_prompt_hashes``): collected from the running requests only
-    when a waiting request first misses the cache in a step, then kept up to date with the
-    requests that step admits."""
+    when a waiting request that hits the cache still has whole blocks to compute in a step,
+    then kept up to date with the requests that step admits."""
 
     def __init__(self, kv: KVCacheManager, running: list[Request]) -> None:
         self._kv = kv
