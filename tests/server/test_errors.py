@@ -126,6 +126,8 @@ def test_completion_suffix_and_bad_tokens(server):
         reply = post(server, "/v1/completions",
                      json={"model": MODEL, "prompt": "a", field: value})  # fmt: skip
         assert_error(reply, 400, "out of vocabulary", param=field)
+    served = post(server, "/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 1})
+    assert served.status_code == 200, served.text
     assert_error(post(server, "/detokenize", json={"tokens": [-1]}), 400, "out of vocabulary")
     assert_error(post(server, "/tokenize", json={}), 400)
 

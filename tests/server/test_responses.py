@@ -200,6 +200,8 @@ def test_truncate_prompt_tokens_on_chat_and_completions(openai_client):
                    **body)  # fmt: skip
         assert "truncate_prompt_tokens must be at most" in caught.value.message
         assert caught.value.body["param"] == "truncate_prompt_tokens"
+    after = openai_client.completions.create(model=MODEL, prompt="still", max_tokens=2)
+    assert after.usage.completion_tokens == 2  # the server serves on
 
 
 # -- background responses ------------------------------------------------------------------
