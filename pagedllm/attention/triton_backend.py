@@ -3,7 +3,8 @@ kernel (``pagedllm.kernels.paged_attention``) over the flat ragged batch.
 
 Metadata is a handful of tensor references and ints, so a captured CUDA graph replays it
 from persistent buffers. Decode-only batches too small to fill the GPU split each
-request's KV range across ``num_segments`` programs (flash-decoding) and merge. Steps
+request's KV range across ``num_segments`` programs (flash-decoding), the last program of
+each request and KV head merging (the kernel's counters, kept zero between calls). Steps
 with prefill that run eagerly choose their split per call from q's shape
 (``paged_attention.prefill_segments``: a chunk over a long history makes a grid of about
 one wave); captured ones keep their graph's.
@@ -40,7 +41,7 @@ class TritonAttentionMetadata:
 class TritonAttentionBackend:
     def __init__(self, num_sms: int) -> None:
         self.num_sms = num_sms  # the GPU's multiprocessors: split-KV fills them
-        self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._scratch: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def segments_for(self, num_reqs: int, max_query_len: int, kv_heads: int) -> int:
         """Split the KV range when a decode batch would leave multiprocessors idle."""
@@ -105,32 +106,38 @@ class TritonAttentionBackend:
                 q, kv_cache, metadata.num_reqs, metadata.max_query_len, metadata.max_seq_len,
                 self.num_sms,
             )  # fmt: skip
+            # A step with prefill merges in a second kernel: no counters (their zeroing
+            # would be one more launch a call).
             partials = _new_partials(q, segments) if segments > 1 else None
         elif segments > 1:
-            partials = self._partials(q, segments)
+            partials = self._partials(q, segments, kv_cache.shape[3])
         return paged_attention(
             q, kv_cache, out, metadata.block_table, metadata.seq_lens, metadata.query_start_loc,
             metadata.num_reqs, metadata.max_query_len, scale, segments, partials,
             kv_scale=kv_scale, window=window, order=metadata.decode_order,
         )  # fmt: skip
 
-    def _partials(
-        self, q: torch.Tensor, segments: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Float32 scratch for split-KV partial results, kept per shape (and so stable
-        across CUDA graph replays)."""
-        key = (*q.shape, segments)
+    def _partials(self, q: torch.Tensor, segments: int, kv_heads: int) -> tuple[torch.Tensor, ...]:
+        """Split-KV scratch with the merge counters, kept per shape (and so stable across
+        CUDA graph replays). Every layer reuses it: each attention call leaves the counters
+        zero, as the next one needs them."""
+        key = (*q.shape, segments, kv_heads)
         if key not in self._scratch:
-            self._scratch[key] = _new_partials(q, segments)
+            self._scratch[key] = _new_partials(q, segments, kv_heads)
         return self._scratch[key]
 
 
 def _new_partials(
-    q: torch.Tensor, segments: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: torch.Tensor, segments: int, kv_heads: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """Float32 split-KV scratch for q's shape: the un-normalised sums [tokens, heads,
-    segments, dim] and the row max and sum [tokens, heads, segments]."""
+    segments, dim] and the row max and sum [tokens, heads, segments]; with ``kv_heads``,
+    then the int32 counters [tokens, kv_heads], zero, with which a decode batch merges its
+    segments inside the attention kernel (``paged_attention``)."""
     tokens, heads, dim = q.shape
     acc = torch.empty(tokens, heads, segments, dim, dtype=torch.float32, device=q.device)
     stats = torch.empty(2, tokens, heads, segments, dtype=torch.float32, device=q.device)
-    return acc, stats[0], stats[1]
+    if kv_heads is None:
+        return acc, stats[0], stats[1]
+    counters = torch.zeros(tokens, kv_heads, dtype=torch.int32, device=q.device)
+    return acc, stats[0], stats[1], counters

@@ -16,8 +16,11 @@ the causal diagonal, the window's start and the context's end are masked. In a b
 prefill chunks, requests with one query (decodes) take a tile of their own shape (one
 query's heads, the decode launch's keys per step), not a prefill tile with one row in use.
 With ``num_segments > 1`` (flash-decoding) the KV range of each tile is split across programs
-and a second kernel merges the partial results: small batches with long contexts then
-keep every multiprocessor busy.
+and the partial results are merged: small batches with long contexts then keep every
+multiprocessor busy. In a decode batch the last program of a (request, KV head) to finish
+merges its request's G heads (a counter a pair tells which is last), so a layer's
+attention is one launch; a batch with prefill chunks merges in a second kernel, where one
+program's merge would be large.
 
 Programs find their request by binary search over ``query_start_loc``: request i owns the
 tile indices ``[qsl[i] // BLOCK_Q + i, qsl[i + 1] // BLOCK_Q + i + 1)`` (a bound that never
@@ -154,19 +157,70 @@ def _attend_range(
 
 
 @triton.jit
+def _is_last_segment(count_ptr, num_segments):
+    """Count this program's segment done for its (request, KV head); True in the program
+    that counts the last one. acq_rel orders the memory: the barrier puts every thread's
+    partial stores before the (one-thread) atomic, whose release publishes them; in the
+    last program its acquire comes before the partial loads of ``_merge_last``, which
+    then see every segment's stores (the result reaches all threads through shared
+    memory, after a barrier)."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel") == num_segments - 1
+
+
+@triton.jit
+def _merge_last(
+    out_ptr, part_ptr, m_ptr, l_ptr, token, head, row_ok, num_segments, num_heads,
+    stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MAX_SEGMENTS: tl.constexpr,
+):  # fmt: skip
+    """merge_segments_kernel's sums for this program's rows (token, head): out = sum_s
+    2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s. The loads are ``.cg`` (L2, not L1): the other
+    segments' partials were written by other multiprocessors, and a line of them left in
+    this one's L1 (from an earlier call over the same scratch) would be stale."""
+    tl.debug_barrier()  # after _is_last_segment's acquire in every thread (see there)
+    segs = tl.arange(0, MAX_SEGMENTS)
+    dims = tl.arange(0, HEAD_DIM)
+    base = (token * num_heads + head) * num_segments
+    ok = row_ok[:, None] & (segs[None, :] < num_segments)
+    stat = base[:, None] + segs[None, :]
+    m = tl.load(m_ptr + stat, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    l_seg = tl.load(l_ptr + stat, mask=ok, other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, axis=1)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.sum(tl.exp2(m - m_max[:, None]) * l_seg, axis=1)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for s in tl.static_range(MAX_SEGMENTS):  # masked past num_segments
+        seg_ok = row_ok & (tl.full([BLOCK_M], s, tl.int32) < num_segments)
+        m_s = tl.load(m_ptr + base + s, mask=seg_ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp2(m_s - m_max)  # segments that saw no key have m = -inf: weight 0
+        part = tl.load(
+            part_ptr + (base + s)[:, None] * HEAD_DIM + dims[None, :],
+            mask=seg_ok[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        acc += part * w[:, None]
+    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
+    o_rows = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh
+    tl.store(o_rows + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
 def _attend_queries(
-    q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr, bt_row, kv_scale_ptr,
     q_begin, q_len, q_tile, seq_len, kv_head, segment, num_segments, num_kv_heads,
     qk_scale, window,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_ot, stride_oh,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE_N: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr, KV_QUANT: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    SPLIT: tl.constexpr, MERGE_LAST: tl.constexpr, MAX_SEGS: tl.constexpr,
+    PRECISION: tl.constexpr, KV_QUANT: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Queries [q_tile * BLOCK_Q, (q_tile + 1) * BLOCK_Q) of one request (those < q_len)
-    for the G query heads of one KV head: load, walk the KV tiles, store."""
+    for the G query heads of one KV head: load, walk the KV tiles, store (with SPLIT the
+    partials; with MERGE_LAST, one query a request, the last segment also merges them)."""
     prefix = seq_len - q_len
     rows = tl.arange(0, BLOCK_M)
     q_idx = q_tile * BLOCK_Q + rows // G  # query index within the request
@@ -232,12 +286,23 @@ def _attend_queries(
         o_rows = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh
         tl.store(o_rows + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
-        # Partials: un-normalised acc in out [tokens, heads, segments, dim] (float32); the
-        # row max in log2 units.
+        # Partials: un-normalised acc in part [tokens, heads, segments, dim] (float32); the
+        # row max in log2 units. V's scale is already on acc (above), so the merge does not
+        # apply it again.
         stat = (token * G * num_kv_heads + head) * num_segments + segment
         tl.store(m_ptr + stat, m_i, mask=row_ok)
         tl.store(l_ptr + stat, l_i, mask=row_ok)
-        tl.store(out_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_ptr + stat[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        if MERGE_LAST:
+            # One counter a (request, KV head), zero on entry: the program that takes it to
+            # num_segments merges, then sets it back to zero for the next call (or replay).
+            counter = count_ptr + q_begin * num_kv_heads + kv_head
+            if _is_last_segment(counter, num_segments):
+                _merge_last(
+                    out_ptr, part_ptr, m_ptr, l_ptr, token, head, row_ok, num_segments,
+                    G * num_kv_heads, stride_ot, stride_oh, HEAD_DIM, BLOCK_M, MAX_SEGS,
+                )  # fmt: skip
+                tl.store(counter, 0)
 
 
 # Integers that change from step to step are not specialized on (Triton compiles a variant
@@ -245,8 +310,11 @@ def _attend_queries(
 # request for seconds (benchmarks/RESULTS.md, "Serving at saturation", 2026-12-02).
 @triton.jit(do_not_specialize=["num_reqs", "num_segments", "window", "stride_bt"])
 def paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr,  # out: [tokens, heads, dim] (num_segments == 1) or partials
-    m_ptr, l_ptr,  # partial row max / sum [tokens, heads, num_segments] (segments > 1 only)
+    q_ptr, k_ptr, v_ptr,
+    out_ptr,  # [tokens, heads, dim]: written unless SPLIT without MERGE_LAST
+    part_ptr,  # SPLIT: partial acc [tokens, heads, num_segments, dim] float32
+    m_ptr, l_ptr,  # SPLIT: partial row max / sum [tokens, heads, num_segments]
+    count_ptr,  # MERGE_LAST: [tokens, kv_heads] int32, zero on entry and on exit
     block_table_ptr, seq_lens_ptr, qsl_ptr,
     order_ptr,  # [num_reqs] int32 with ORDERED: the request decode program i serves
     kv_scale_ptr,  # [2] float32, K's and V's scales (read with KV_QUANT only)
@@ -269,7 +337,11 @@ def paged_attention_kernel(
     # request has one query, one tile each (the grid num_reqs).
     MIXED: tl.constexpr,
     ORDERED: tl.constexpr,  # a decode batch's programs take their requests from order_ptr
-    SPLIT: tl.constexpr,  # num_segments > 1: write partials for merge_segments_kernel
+    SPLIT: tl.constexpr,  # num_segments > 1: write partials
+    # With SPLIT in a decode batch (not MIXED): the last program of a (request, KV head)
+    # merges its partials into out. Else merge_segments_kernel does, launched after.
+    MERGE_LAST: tl.constexpr,
+    MAX_SEGS: tl.constexpr,  # MAX_SEGMENTS: the most segments MERGE_LAST combines
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs (exact products), else "tf32"
     KV_QUANT: tl.constexpr,  # the cache holds FP8: stored * scale is the value
     INTERPRETED: tl.constexpr,
@@ -298,23 +370,23 @@ def paged_attention_kernel(
     bt_row = block_table_ptr + req * stride_bt
     if MIXED and q_len == 1:  # a decode beside prefill chunks: a tile of one query's heads
         _attend_queries(
-            q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
-            q_begin, q_len, 0, seq_len, kv_head, segment, num_segments, tl.num_programs(1),
-            qk_scale, window,
+            q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr, bt_row,
+            kv_scale_ptr, q_begin, q_len, 0, seq_len, kv_head, segment, num_segments,
+            tl.num_programs(1), qk_scale, window,
             stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
             stride_vh, stride_ot, stride_oh,
-            G, HEAD_DIM, BLOCK_SIZE, 1, DECODE_M, DECODE_TILE_N, SPLIT, PRECISION, KV_QUANT,
-            INTERPRETED,
+            G, HEAD_DIM, BLOCK_SIZE, 1, DECODE_M, DECODE_TILE_N, SPLIT, False, MAX_SEGS,
+            PRECISION, KV_QUANT, INTERPRETED,
         )  # fmt: skip
     else:
         _attend_queries(
-            q_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr, bt_row, kv_scale_ptr,
-            q_begin, q_len, q_tile, seq_len, kv_head, segment, num_segments, tl.num_programs(1),
-            qk_scale, window,
+            q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr, bt_row,
+            kv_scale_ptr, q_begin, q_len, q_tile, seq_len, kv_head, segment, num_segments,
+            tl.num_programs(1), qk_scale, window,
             stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
             stride_vh, stride_ot, stride_oh,
-            G, HEAD_DIM, BLOCK_SIZE, BLOCK_Q, BLOCK_M, TILE_N, SPLIT, PRECISION, KV_QUANT,
-            INTERPRETED,
+            G, HEAD_DIM, BLOCK_SIZE, BLOCK_Q, BLOCK_M, TILE_N, SPLIT, MERGE_LAST,
+            MAX_SEGS, PRECISION, KV_QUANT, INTERPRETED,
         )  # fmt: skip
 
 
@@ -407,7 +479,7 @@ def paged_attention(
     max_query_len: int,
     scale: float,
     num_segments: int = 1,
-    partials: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    partials: tuple[torch.Tensor, ...] | None = None,
     config: LaunchConfig | None = None,
     kv_scale: torch.Tensor | None = None,
     window: int | None = None,
@@ -422,8 +494,15 @@ def paged_attention(
     K/V already written; block_table [>= num_reqs, max_blocks] int32; seq_lens
     [>= num_reqs] int32; query_start_loc [>= num_reqs + 1] int32. With num_segments > 1,
     ``partials`` holds float32 scratch: acc [tokens, heads, segments, dim] and the row max
-    and sum [tokens, heads, segments]. An FP8 ``kv_cache`` needs ``kv_scale`` ([2] float32,
-    K's and V's): the value of a stored entry is ``stored * scale``.
+    and sum [tokens, heads, segments], then optionally counters [>= tokens, kv_heads] int32
+    (contiguous). Invariant: the counters are all zero on entry and are all zero again on
+    return (so one buffer serves every call and every CUDA graph replay); nothing else may
+    write them. With them, a decode batch (max_query_len 1) merges its segments inside
+    the attention kernel: the last program of each (request, KV head) to finish combines
+    them, one launch in all. Steps with prefill chunks ignore them and merge in a second
+    kernel (``merge_segments_kernel``), as a decode batch does without them. An FP8
+    ``kv_cache`` needs ``kv_scale`` ([2] float32, K's and V's): the value of a stored entry
+    is ``stored * scale``.
     """
     _check(q, kv_cache, out, block_table, seq_lens, query_start_loc)
     if window is not None and not 0 < window < NO_WINDOW:
@@ -445,17 +524,28 @@ def paged_attention(
                               or order.shape[0] < num_reqs):  # fmt: skip
         raise ValueError("order is for decode batches: int32, one entry a request")
     grid = (num_reqs if decode else tokens // block_q + num_reqs, kv_heads, num_segments)
-    if num_segments > 1:
+    split = num_segments > 1
+    counters = None
+    if split:
+        if num_segments > MAX_SEGMENTS:
+            raise ValueError(f"num_segments must be at most {MAX_SEGMENTS}, got {num_segments}")
         assert partials is not None and partials[0].shape[:3] == (tokens, heads, num_segments)
-        target, m, l_sum = partials
+        part, m, l_sum = partials[:3]
+        counters = partials[3] if len(partials) > 3 and decode else None
+        if counters is not None and (
+            counters.dtype != torch.int32 or counters.dim() != 2 or counters.shape[0] < tokens
+            or counters.shape[1] != kv_heads or not counters.is_contiguous()
+        ):  # fmt: skip
+            raise ValueError("counters must be [>= tokens, kv_heads] int32, contiguous")
     else:
-        target, m, l_sum = out, out, out
+        part, m, l_sum = out, out, out
+    merge_last = counters is not None
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     tile_n = max(config.tile_n, block_size)
     decode_m, _ = tile_shape(1, group)
     launch = dependent_launch.launch_args(q.device)
     paged_attention_kernel[grid](
-        q, k_cache, v_cache, target, m, l_sum,
+        q, k_cache, v_cache, out, part, m, l_sum, counters if merge_last else seq_lens,
         block_table, seq_lens, query_start_loc, seq_lens if order is None else order,
         kv_scale if quant else seq_lens,
         scale * LOG2E, num_reqs, num_segments, NO_WINDOW if window is None else window,
@@ -466,16 +556,14 @@ def paged_attention(
         block_table.stride(0),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
         TILE_N=tile_n, DECODE_M=decode_m, DECODE_TILE_N=max(DECODE_CONFIG.tile_n, block_size),
-        MIXED=not decode, ORDERED=order is not None, SPLIT=num_segments > 1,
-        PRECISION=precision,
+        MIXED=not decode, ORDERED=order is not None, SPLIT=split, MERGE_LAST=merge_last,
+        MAX_SEGS=MAX_SEGMENTS, PRECISION=precision,
         KV_QUANT=quant, INTERPRETED=_INTERPRETED, num_warps=config.num_warps,
         num_stages=config.num_stages, **register_cap(config, _INTERPRETED), **launch,
     )  # fmt: skip
-    if num_segments > 1:
-        if num_segments > MAX_SEGMENTS:
-            raise ValueError(f"num_segments must be at most {MAX_SEGMENTS}, got {num_segments}")
+    if split and not merge_last:
         merge_segments_kernel[(tokens, heads)](
-            target, m, l_sum, out, out.stride(0), out.stride(1), heads, num_segments,
+            part, m, l_sum, out, out.stride(0), out.stride(1), heads, num_segments,
             HEAD_DIM=dim, MAX_SEGMENTS=MAX_SEGMENTS, **launch,
         )  # fmt: skip
     return out

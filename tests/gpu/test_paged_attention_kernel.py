@@ -33,8 +33,13 @@ def reference(q, kv, table, seq_lens, qsl, scale, window=None):
 
 def run_case(
     seed, heads, kv_heads, dim, block_size, dtype, query_lens, prefixes, segments=1,
-    window=None, device="cuda", config=None, order=None,
+    window=None, device="cuda", config=None, order=None, counters=True, calls=1,
+    cache_dtype=None,
 ):  # fmt: skip
+    """The relative error of ``paged_attention`` against ``reference`` (the worst of
+    ``calls`` calls over one split-KV scratch, the output poisoned before each). A split
+    passes the merge counters unless ``counters`` is False; they must be zero after every
+    call. ``cache_dtype`` (FP8): the cache holds it, scaled by K's and V's scales."""
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     seq_lens = [q + p for q, p in zip(query_lens, prefixes)]
@@ -43,6 +48,11 @@ def run_case(
     kv = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen, device=device).to(
         dtype
     )
+    kv_scale, values = None, kv
+    if cache_dtype is not None:
+        kv = (kv.float() * 0.5).to(cache_dtype)
+        kv_scale = torch.tensor([0.7, 1.3], device=device)
+        values = kv.float() * kv_scale.view(2, 1, 1, 1, 1)
     pool = list(range(num_blocks))
     rng.shuffle(pool)
     table = torch.zeros(len(seq_lens), max(need) + 3, dtype=torch.int32, device=device)
@@ -55,7 +65,7 @@ def run_case(
     qsl = [0]
     for n in query_lens:
         qsl.append(qsl[-1] + n)
-    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    out = torch.empty_like(q)
     scale = dim**-0.5
     partials = None
     if segments > 1:
@@ -64,17 +74,27 @@ def run_case(
             torch.empty(tokens, heads, segments, device=device),
             torch.empty(tokens, heads, segments, device=device),
         )
-    paged_attention(
-        q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        torch.tensor(qsl, dtype=torch.int32, device=device), len(seq_lens), max(query_lens),
-        scale, segments, partials, config, window=window,
-        order=None if order is None else torch.tensor(order, dtype=torch.int32, device=device),
-    )  # fmt: skip
-    if device == "cuda":
-        torch.cuda.synchronize()
-    assert not torch.isnan(out).any(), "an output element was not written"
-    expected = reference(q, kv, table, seq_lens, qsl, scale, window)
-    return ((out.double() - expected).norm() / expected.norm()).item()
+        if counters:
+            partials += (torch.zeros(tokens, kv_heads, dtype=torch.int32, device=device),)
+    expected = reference(q, values, table, seq_lens, qsl, scale, window)
+    worst = 0.0
+    for _ in range(calls):
+        out.fill_(float("nan"))  # poisoned: every element must be written
+        paged_attention(
+            q, kv, out, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
+            torch.tensor(qsl, dtype=torch.int32, device=device), len(seq_lens),
+            max(query_lens), scale, segments, partials, config, kv_scale=kv_scale,
+            window=window,
+            order=None if order is None else torch.tensor(order, dtype=torch.int32,
+                                                          device=device),
+        )  # fmt: skip
+        if device == "cuda":
+            torch.cuda.synchronize()
+        assert not torch.isnan(out).any(), "an output element was not written"
+        if partials is not None and counters:
+            assert not partials[3].any(), "a merge counter was left nonzero"
+        worst = max(worst, ((out.double() - expected).norm() / expected.norm()).item())
+    return worst
 
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
@@ -121,6 +141,85 @@ def test_split_kv_decode(segments, dtype):
     prefixes = [0, 5, 333, 1999, 4096]
     error = run_case(3, 32, 8, 128, 16, dtype, query_lens, prefixes, segments)
     assert error < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("segments", [2, 4, 16])
+@pytest.mark.parametrize("heads", [8, 16, 32])  # over 8 KV heads: G = 1, 2, 4
+@pytest.mark.parametrize("ordered", [False, True])
+def test_split_decode_merges_in_its_last_program(segments, heads, ordered):
+    """With the counters, a split decode batch merges in the last program of each request
+    and KV head (no second kernel): three calls over one scratch, each matching the
+    reference and leaving every counter zero (else the next call would merge nowhere)."""
+    prefixes = [0, 5, 333, 1999, 4096, 70]
+    order = sorted(range(6), key=lambda i: -prefixes[i]) if ordered else None
+    error = run_case(4, heads, 8, 128, 16, torch.bfloat16, [1] * 6, prefixes, segments,
+                     order=order, calls=3)  # fmt: skip
+    assert error < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("segments", [2, 16])
+def test_split_decode_without_counters_merges_in_a_second_kernel(segments):
+    error = run_case(4, 32, 8, 128, 16, torch.bfloat16, [1] * 5, [0, 5, 333, 1999, 4096],
+                     segments, counters=False)  # fmt: skip
+    assert error < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("segments", [4, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_decode_over_an_fp8_cache(segments, dtype):
+    """V's scale is on each segment's acc once (the merge in the last program adds none)."""
+    error = run_case(6, 32, 8, 128, 16, dtype, [1] * 4, [7, 300, 1999, 4096], segments,
+                     calls=2, cache_dtype=torch.float8_e4m3fn)  # fmt: skip
+    assert error < 2e-2
+
+
+def test_split_decode_replays_in_a_cuda_graph():
+    """A captured split decode (the decode graphs' case) replays over new queries and
+    lengths: each replay matches the reference, and the counters, captured as persistent
+    scratch, are zero after each one."""
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    heads, kv_heads, dim, block, segments = 32, 8, 128, 16, 16
+    lens = [40, 700, 3000]
+    blocks = -(-(max(lens) + 8) // block)
+    kv = torch.randn(2, blocks * len(lens), block, kv_heads, dim, generator=gen, device="cuda")
+    kv = kv.to(torch.bfloat16)
+    table = torch.randperm(blocks * len(lens), device="cuda").to(torch.int32).view(len(lens), -1)
+    q = torch.empty(len(lens), heads, dim, device="cuda", dtype=torch.bfloat16)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    qsl = torch.arange(len(lens) + 1, dtype=torch.int32, device="cuda")
+    order = torch.tensor([2, 1, 0], dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+    partials = (
+        torch.empty(len(lens), heads, segments, dim, device="cuda"),
+        torch.empty(len(lens), heads, segments, device="cuda"),
+        torch.empty(len(lens), heads, segments, device="cuda"),
+        torch.zeros(len(lens), kv_heads, dtype=torch.int32, device="cuda"),
+    )
+
+    def step() -> None:
+        paged_attention(q, kv, out, table, seq_lens, qsl, len(lens), 1, dim**-0.5, segments,
+                        partials, order=order)  # fmt: skip
+
+    q.normal_(generator=gen)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and warm up outside the capture
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for i in range(4):
+        now = [n + i for n in lens]
+        seq_lens.copy_(torch.tensor(now, dtype=torch.int32))
+        q.copy_(torch.randn(q.shape, generator=gen, device="cuda"))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert not torch.isnan(out).any(), i
+        assert not partials[3].any(), i
+        expected = reference(q, kv, table, now, [0, 1, 2, 3], dim**-0.5)
+        assert ((out.double() - expected).norm() / expected.norm()).item() < 2e-2, i
 
 
 @pytest.mark.parametrize("segments", [2, 4])

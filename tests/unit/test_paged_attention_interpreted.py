@@ -1,8 +1,10 @@
 """The paged-attention kernel's code paths on the CPU, under Triton's interpreter in a
 subprocess (the interpreter is chosen when triton is imported): mixed batches whose decodes
 take their own tile shape, the unmasked loop over tiles every row sees whole, windows,
-split-KV decodes merged in base 2, decode batches found without a search (in the requests'
-order or another), and a decode batch over an FP8 cache at its own launch.
+split-KV decodes merged in base 2 (in a decode batch by the last program of each request
+and KV head, whose counters must be zero again after every call), decode batches found
+without a search (in the requests' order or another), and a decode batch over an FP8 cache
+at its own launch.
 tests/gpu/test_paged_attention_kernel.py covers the compiled kernel, every dtype and launch
 shape, on a GPU."""
 
@@ -49,6 +51,23 @@ CHECK = textwrap.dedent(
         dict(heads=12, kv_heads=4, query_lens=[50, 1, 1, 90], prefixes=[0, 77, 10, 31],
              block_size=32, config=LaunchConfig(64, 4, 2, 64)),
     ]
+    # A split decode merged in its last program (the interpreter runs the programs in
+    # turn, so the highest segment merges), twice over one scratch: a counter not set back
+    # to zero would leave the second call's output unwritten (NaN). G = 1, 2 and 4; in the
+    # requests' order and another; and over an FP8 cache (V's scale applied once).
+    for group in (1, 2, 4):
+        for segments in (2, 4, 16):
+            for order in (None, [2, 0, 1]):
+                cases.append(dict(heads=2 * group, kv_heads=2, query_lens=[1] * 3,
+                                  prefixes=[0, 70, 300], segments=segments, order=order,
+                                  calls=2))
+    cases.append(dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 300],
+                      segments=4, calls=2, cache_dtype=torch.float8_e4m3fn))
+    cases.append(dict(heads=4, kv_heads=2, query_lens=[1] * 3, prefixes=[9, 70, 300],
+                      segments=16, order=[1, 2, 0], calls=2, cache_dtype=torch.float8_e4m3fn))
+    # Without counters a decode batch merges in the second kernel, as a mixed one does.
+    cases.append(dict(heads=8, kv_heads=2, query_lens=[1] * 3, prefixes=[0, 70, 300],
+                      segments=4, counters=False))
     for case in cases:
         case = {"seed": 3, "dim": 64, "block_size": 16, "dtype": f32, **case}
         error = run_case(device="cpu", **case)
@@ -80,6 +99,15 @@ CHECK = textwrap.dedent(
     paged_attention(q16, fp8, out16, table, torch.tensor(lens, dtype=torch.int32),
                     torch.arange(4, dtype=torch.int32), 3, 1, 0.125, kv_scale=scales)
     assert torch.isfinite(out16).all()
+    # The counters: int32, a row a token and a column a KV head.
+    parts = (torch.empty(3, 8, 2, 64), torch.empty(3, 8, 2), torch.empty(3, 8, 2))
+    for bad in (torch.zeros(3, 2), torch.zeros(2, 2, dtype=torch.int32),
+                torch.zeros(3, 4, dtype=torch.int32)):
+        assert_refused(lambda: paged_attention(q, fp8, out, table,
+                                               torch.tensor(lens, dtype=torch.int32),
+                                               torch.arange(4, dtype=torch.int32), 3, 1,
+                                               0.125, 2, (*parts, bad), kv_scale=scales),
+                       "counters must be")
     # A decode launch (max_query_len 1) must have one token a request.
     q = torch.zeros(3, 8, 64)
     cache = torch.zeros(2, 4, 16, 2, 64)
