@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from pagedllm.attention.triton_backend import split_scratch
 from pagedllm.kernels.attention_launch import (
     DECODE_CONFIG,
     FP8_DECODE_CONFIG,
@@ -108,14 +109,8 @@ def time_config(args, config, query_len, segments=1, graph=False):
     out = torch.empty_like(q)
     # An FP8 cache (--fp8-decode): unit scales, as the engine's default
     kv_scale = torch.ones(2, device="cuda") if kv.dtype == torch.float8_e4m3fn else None
-    parts = None
-    if segments > 1:
-        t, h, d = q.shape
-        parts = (
-            torch.empty(t, h, segments, d, device="cuda"),
-            torch.empty(t, h, segments, device="cuda"),
-            torch.empty(t, h, segments, device="cuda"),
-        )
+    # the engine's scratch: a decode batch's segments merged by their last program
+    parts = split_scratch(q, segments, kv.shape[3]) if segments > 1 else None
 
     def fn():
         return paged_attention(
@@ -322,10 +317,7 @@ def _check_split(args, config) -> None:
     ref = paged_attention(q, kv, torch.empty_like(q), table, seq, qsl, 1, q.shape[0], 0.088,
                           config=config)  # fmt: skip
     for segments in (2, 4, 8):
-        t, h, d = q.shape
-        parts = (torch.empty(t, h, segments, d, device="cuda"),
-                 torch.empty(t, h, segments, device="cuda"),
-                 torch.empty(t, h, segments, device="cuda"))  # fmt: skip
+        parts = split_scratch(q, segments, kv.shape[3])
         out = paged_attention(q, kv, torch.empty_like(q), table, seq, qsl, 1, q.shape[0], 0.088,
                               segments, parts, config)  # fmt: skip
         print(f"  {segments} segments: max |split - unsplit| {(out - ref).abs().max().item():.2e}")
@@ -371,11 +363,7 @@ def _single_stream_us(ctx: int, segments: int, layers: int = 32) -> float:
     seq = torch.tensor([ctx], dtype=torch.int32, device="cuda")
     qsl = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    parts = None
-    if segments > 1:
-        parts = (torch.empty(1, 32, segments, 128, device="cuda"),
-                 torch.empty(1, 32, segments, device="cuda"),
-                 torch.empty(1, 32, segments, device="cuda"))  # fmt: skip
+    parts = split_scratch(q, segments, caches[0].shape[3]) if segments > 1 else None
 
     def run() -> None:
         for kv in caches:

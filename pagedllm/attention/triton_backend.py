@@ -108,7 +108,7 @@ class TritonAttentionBackend:
             )  # fmt: skip
             # A step with prefill merges in a second kernel: no counters (their zeroing
             # would be one more launch a call).
-            partials = _new_partials(q, segments) if segments > 1 else None
+            partials = split_scratch(q, segments) if segments > 1 else None
         elif segments > 1:
             partials = self._partials(q, segments, kv_cache.shape[3])
         return paged_attention(
@@ -123,11 +123,11 @@ class TritonAttentionBackend:
         zero, as the next one needs them."""
         key = (*q.shape, segments, kv_heads)
         if key not in self._scratch:
-            self._scratch[key] = _new_partials(q, segments, kv_heads)
+            self._scratch[key] = split_scratch(q, segments, kv_heads)
         return self._scratch[key]
 
 
-def _new_partials(
+def split_scratch(
     q: torch.Tensor, segments: int, kv_heads: int | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Float32 split-KV scratch for q's shape: the un-normalised sums [tokens, heads,
