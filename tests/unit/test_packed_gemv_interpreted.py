@@ -55,6 +55,18 @@ CHECK = textwrap.dedent(
             routed = fp8_w8a8_matmul.small_batch_matmul(x, q, scale, bias)
         assert torch.equal(routed, packed_gemv(x, q, scale, bias, gated)), (n, k, gated)
 
+    # the range at its edge: every weight 448 and every activation just under a power of two,
+    # so each group's four products sum to just under 4 x 448 x 32 = 57,344 (float16 holds
+    # 65,504: a scale one power of two short would overflow here)
+    q, scale = quantize_weight(torch.ones(8, 256))
+    assert (q.float() == 448).all()
+    for value in (15.92, -0.0312, 1.99e4):
+        x = torch.full((1, 256), value).to(torch.bfloat16)  # outputs past float16's range
+        got = packed_gemv(x, q, scale).double()
+        want = x.double() @ (q.double() * scale.double()[:, None]).t()
+        assert torch.isfinite(got).all(), value
+        assert ((got - want).abs() / want.abs()).max().item() < 8e-3, value
+
     assert config_for(6144, 4096) == (4, 2048, 4, 3)  # taller than wide: narrow strips
     assert config_for(4096, 14336) == (16, 2048, 4, 3)  # long K
     assert config_for(28672, 4096)[0] == 8 and config_for(4096, 4096)[0] == 8
