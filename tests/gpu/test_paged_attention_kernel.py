@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from pagedllm.attention.triton_backend import split_scratch
 from pagedllm.kernels.paged_attention import LaunchConfig, paged_attention
 
 
@@ -68,14 +69,8 @@ def run_case(
     out = torch.empty_like(q)
     scale = dim**-0.5
     partials = None
-    if segments > 1:
-        partials = (
-            torch.empty(tokens, heads, segments, dim, device=device),
-            torch.empty(tokens, heads, segments, device=device),
-            torch.empty(tokens, heads, segments, device=device),
-        )
-        if counters:
-            partials += (torch.zeros(tokens, kv_heads, dtype=torch.int32, device=device),)
+    if segments > 1:  # the backend's scratch, with the merge counters unless told not to
+        partials = split_scratch(q, segments, kv_heads if counters else None)
     expected = reference(q, values, table, seq_lens, qsl, scale, window)
     worst = 0.0
     for _ in range(calls):
@@ -189,12 +184,7 @@ def test_split_decode_replays_in_a_cuda_graph():
     qsl = torch.arange(len(lens) + 1, dtype=torch.int32, device="cuda")
     order = torch.tensor([2, 1, 0], dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
-    partials = (
-        torch.empty(len(lens), heads, segments, dim, device="cuda"),
-        torch.empty(len(lens), heads, segments, device="cuda"),
-        torch.empty(len(lens), heads, segments, device="cuda"),
-        torch.zeros(len(lens), kv_heads, dtype=torch.int32, device="cuda"),
-    )
+    partials = split_scratch(q, segments, kv_heads)
 
     def step() -> None:
         paged_attention(q, kv, out, table, seq_lens, qsl, len(lens), 1, dim**-0.5, segments,
