@@ -11,11 +11,12 @@ four weights. On an H100 this took llama-3.1-8b's one-row products from 93.2 to 
 layer with half to a third of the W8A8 kernel's error, and W3 with FP8 weights from 3.96 to
 3.67 ms a token (RESULTS.md, "One row times e4m3 weights on packed float16 instructions").
 
-Range: each ``BLOCK_K`` slice of activations is divided by the power of two that brings its
-largest magnitude to at most X_MAX = 32 (exact: bfloat16's 8-bit significands fit float16's
+Range: each group of four activations (one DOT4) is divided by the power of two that brings
+its largest magnitude below X_MAX = 32 (exact: bfloat16's 8-bit significands fit float16's
 11 above float16's subnormals), so a product is at most 448 x 32 and a sum of four stays
-below float16's 65,504; the slice's sum is scaled back in float32, and the output rows'
-weight scales applied once at the end.
+below float16's 65,504; the group's sum is scaled back in float32, and the output rows'
+weight scales applied once at the end. The scale comes from the group's exponent bits in
+the thread that holds it, so the loop has no reduction across threads.
 
 Invariants: weight [N, K] row-major e4m3 with K % 64 == 0 (read as int32, four weights a
 value); scale [N] float32; x [1, K] (``gated``: [1, 2K], gate then up, the input being
@@ -49,7 +50,7 @@ mov.b32 {slo, shi}, p;
 add.rn.f16 slo, slo, shi;
 cvt.f32.f16 $0, slo;
 }""")
-X_MAX = tl.constexpr(32.0)  # a slice's largest activation after its power-of-two scale
+X_MAX = tl.constexpr(32.0)  # a group's largest activation is below it after its scale
 # K tiles tried largest first; K must be a multiple of one of them.
 BLOCK_KS = (2048, 1024, 512, 256, 128, 64)
 LONG_K = 8192
@@ -96,13 +97,42 @@ def _f16(bits):
 
 
 @triton.jit
-def f16_pairs(x, BLOCK_K: tl.constexpr):
-    """x [BLOCK_K] float16 -> (xa, xb) [BLOCK_K // 4] int32: the float16 pairs of k = 4g, 4g+1
-    and of 4g+2, 4g+3 (the lower k in the low half), as DOT4 takes them."""
-    bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    lo, hi = tl.split(tl.reshape(bits, [BLOCK_K // 2, 2]))
-    pairs = lo | (hi << 16)
-    return tl.split(tl.reshape(pairs, [BLOCK_K // 4, 2]))
+def _group_scale(x0, x1, x2, x3):
+    """(s, 1 / s) for a group of four activations: the power of two with max |x| / s < X_MAX
+    (= 32 = 2^5), from the exponent bits alone: no reduction across threads, each group has
+    its own scale. Both are exact powers of two inside float32's normal range."""
+    amax = tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3)))
+    exponent = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased; 0 for 0 and tiny
+    # max |x| < 2^(exponent - 126), so s = 2^(exponent - 131) gives max |x| / s < 2^5;
+    # clamped to 2^-126 .. 2^126, where s and 1 / s are both normal
+    e = tl.minimum(tl.maximum(exponent - 131, -126), 126)
+    scale = ((e + 127) << 23).to(tl.float32, bitcast=True)
+    inverse = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    return scale, inverse
+
+
+@triton.jit
+def _f16_pair(lo, hi):
+    """Two values rounded to float16 in one int32 (lo in the low half), as DOT4 takes them."""
+    lo_bits = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi_bits = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return lo_bits | (hi_bits << 16)
+
+
+@triton.jit
+def _groups(x_ptr, k, K, GATED: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The slice's activations at k in float32 (GATED: silu(gate) * up, up K on), loaded
+    whole and split into the four of each group, [BLOCK_K // 4] each."""
+    rk = tl.arange(0, BLOCK_K)
+    if GATED:
+        x = load_gated(x_ptr + k + rk, rk < BLOCK_K, K).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + k + rk).to(tl.float32)
+    # [g, a, b] holds k = 4g + 2a + b; tl.split takes the last axis
+    even, odd = tl.split(tl.reshape(x, [BLOCK_K // 4, 2, 2]))
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
 
 
 @triton.jit
@@ -111,24 +141,23 @@ def _packed_gemv_kernel(
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
+    """Each group of four activations is scaled by its own power of two and the scaled
+    float16 products are summed into a float32 tile: the loop holds no reduction across
+    threads; the rows are summed once, after it."""
     await_inputs(PDL)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
-    rk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * (K // 4) + tl.arange(0, BLOCK_K // 4)[None, :]
-    acc = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K // 4], tl.float32)
     for k in range(0, K, BLOCK_K):  # K % BLOCK_K == 0: no K masks
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
-        if GATED:
-            xf = load_gated(x_ptr + k + rk, rk < BLOCK_K, K).to(tl.float32)
-        else:
-            xf = tl.load(x_ptr + k + rk).to(tl.float32)
-        amax = tl.max(tl.abs(xf), axis=0)
-        scale = tl.exp2(tl.ceil(tl.log2(tl.maximum(amax, 1e-30) / X_MAX)))
-        xa, xb = f16_pairs((xf / scale).to(tl.float16), BLOCK_K)
-        acc += tl.sum(_dot4(w, xa[None, :], xb[None, :], INTERPRETED), axis=1) * scale
+        x0, x1, x2, x3 = _groups(x_ptr, k, K, GATED, BLOCK_K)
+        scale, inverse = _group_scale(x0, x1, x2, x3)
+        xa = _f16_pair(x0 * inverse, x1 * inverse)[None, :]
+        xb = _f16_pair(x2 * inverse, x3 * inverse)[None, :]
+        acc += _dot4(w, xa, xb, INTERPRETED) * scale[None, :]
         w_ptrs += BLOCK_K // 4
-    y = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0)
+    y = tl.sum(acc, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
