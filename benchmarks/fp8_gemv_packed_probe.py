@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pagedllm.kernels.fp8_packed_gemv import packed_gemv
 
-CONFIGS = list(itertools.product((4, 8, 16, 32), (512, 1024, 2048), (4,), (3, 4)))
+# (BLOCK_N, BLOCK_K, num_warps, num_stages). The per-column accumulators hold
+# BLOCK_N x BLOCK_K / 4 floats a program, so small K tiles and more warps are in the sweep.
+CONFIGS = list(itertools.product((2, 4, 8, 16, 32), (256, 512, 1024, 2048), (2, 4, 8), (3,)))
 
 
 def main() -> None:

@@ -53,7 +53,8 @@ cvt.f32.f16 $0, slo;
 X_MAX = tl.constexpr(32.0)  # a group's largest activation is below it after its scale
 # K tiles tried largest first; K must be a multiple of one of them.
 BLOCK_KS = (2048, 1024, 512, 256, 128, 64)
-LONG_K = 8192
+TALL_N = 16384  # rows from which a layer takes TALL_BLOCK_K (config_for)
+TALL_BLOCK_K = 512
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -211,14 +212,12 @@ def packed_gemv(
 
 def config_for(n: int, k: int) -> tuple[int, int, int, int]:
     """The tiles for an [n, k] weight, from the H100 sweep of
-    ``benchmarks/fp8_gemv_packed_probe.py`` at llama-3.1-8b's shapes: the longest K tile that
-    divides K; 16-row strips for long K (down), 4 for layers taller than wide below 16,384
-    rows (qkv: more programs), 8 otherwise (o, gate_up)."""
+    ``benchmarks/fp8_gemv_packed_probe.py`` at llama-3.1-8b's shapes (RESULTS.md, "Tiles of
+    the packed product after the per-group scales"): 8-row strips and the longest K tile that
+    divides K, except for layers of 16,384 rows or more (gate_up), whose 16-row strips take
+    512 columns a step: their float32 accumulators hold BLOCK_N x BLOCK_K / 4 values a
+    program, and so many programs fill the GPU at any size."""
     block_k = next(b for b in BLOCK_KS if k % b == 0)
-    if k >= LONG_K:
-        block_n = 16
-    elif k < n < 16384:
-        block_n = 4
-    else:
-        block_n = 8
-    return block_n, block_k, 4, 3
+    if n >= TALL_N and k % TALL_BLOCK_K == 0:
+        return 16, TALL_BLOCK_K, 4, 3
+    return 8, block_k, 4, 3

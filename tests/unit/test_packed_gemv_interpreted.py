@@ -67,9 +67,10 @@ CHECK = textwrap.dedent(
         assert torch.isfinite(got).all(), value
         assert ((got - want).abs() / want.abs()).max().item() < 8e-3, value
 
-    assert config_for(6144, 4096) == (4, 2048, 4, 3)  # taller than wide: narrow strips
-    assert config_for(4096, 14336) == (16, 2048, 4, 3)  # long K
-    assert config_for(28672, 4096)[0] == 8 and config_for(4096, 4096)[0] == 8
+    assert config_for(6144, 4096) == (8, 2048, 4, 3)  # the longest K tile that divides
+    assert config_for(4096, 14336) == (8, 2048, 4, 3)
+    assert config_for(28672, 4096) == (16, 512, 4, 3)  # tall: short K tiles, wider strips
+    assert config_for(28672, 4160) == (8, 64, 4, 3)  # no 512 tile divides 4,160
     q, scale = quantize_weight(torch.randn(16, 100, generator=gen))
     x = torch.randn(1, 100).half()
     assert not fp8_packed_gemv.supported(x, q)  # no tile divides K = 100
