@@ -215,8 +215,8 @@ def config_for(n: int, k: int) -> tuple[int, int, int, int]:
     ``benchmarks/fp8_gemv_packed_probe.py`` at llama-3.1-8b's shapes (RESULTS.md, "Tiles of
     the packed product after the per-group scales"): 8-row strips and the longest K tile that
     divides K, except for layers of 16,384 rows or more (gate_up), whose 16-row strips take
-    512 columns a step: their float32 accumulators hold BLOCK_N x BLOCK_K / 4 values a
-    program, and so many programs fill the GPU at any size."""
+    512 columns a step (the float32 sums are BLOCK_N x BLOCK_K / 4 values a program: the
+    short tile keeps them few, and 1,792 such programs still fill the GPU)."""
     block_k = next(b for b in BLOCK_KS if k % b == 0)
     if n >= TALL_N and k % TALL_BLOCK_K == 0:
         return 16, TALL_BLOCK_K, 4, 3
