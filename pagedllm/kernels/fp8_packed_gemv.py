@@ -12,7 +12,7 @@ layer with half to a third of the W8A8 kernel's error, and W3 with FP8 weights f
 3.67 ms a token (RESULTS.md, "One row times e4m3 weights on packed float16 instructions").
 
 Range: each group of four activations (one DOT4) is divided by the power of two that brings
-its largest magnitude below X_MAX = 32 (exact: bfloat16's 8-bit significands fit float16's
+its largest magnitude below 2^X_MAX_LOG2 = 32 (exact: bfloat16's 8-bit significands fit float16's
 11 above float16's subnormals), so a product is at most 448 x 32 and a sum of four stays
 below float16's 65,504; the group's sum is scaled back in float32, and the output rows'
 weight scales applied once at the end. The scale comes from the group's exponent bits in
@@ -50,7 +50,7 @@ mov.b32 {slo, shi}, p;
 add.rn.f16 slo, slo, shi;
 cvt.f32.f16 $0, slo;
 }""")
-X_MAX = tl.constexpr(32.0)  # a group's largest activation is below it after its scale
+X_MAX_LOG2 = tl.constexpr(5)  # a group's largest activation is below 2^5 after its scale
 # K tiles tried largest first; K must be a multiple of one of them.
 BLOCK_KS = (2048, 1024, 512, 256, 128, 64)
 TALL_N = 16384  # rows from which a layer takes TALL_BLOCK_K (config_for)
@@ -99,14 +99,14 @@ def _f16(bits):
 
 @triton.jit
 def _group_scale(x0, x1, x2, x3):
-    """(s, 1 / s) for a group of four activations: the power of two with max |x| / s < X_MAX
-    (= 32 = 2^5), from the exponent bits alone: no reduction across threads, each group has
+    """(s, 1 / s) for a group of four activations: the power of two with max |x| / s <
+    2^X_MAX_LOG2 (= 32), from the exponent bits alone: no reduction across threads, each group has
     its own scale. Both are exact powers of two inside float32's normal range."""
     amax = tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3)))
     exponent = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased; 0 for 0 and tiny
-    # max |x| < 2^(exponent - 126), so s = 2^(exponent - 131) gives max |x| / s < 2^5;
-    # clamped to 2^-126 .. 2^126, where s and 1 / s are both normal
-    e = tl.minimum(tl.maximum(exponent - 131, -126), 126)
+    # max |x| < 2^(exponent - 126), so s = 2^(exponent - 126 - X_MAX_LOG2) gives
+    # max |x| / s < 2^X_MAX_LOG2; clamped to 2^-126 .. 2^126, where s and 1 / s are normal
+    e = tl.minimum(tl.maximum(exponent - (126 + X_MAX_LOG2), -126), 126)
     scale = ((e + 127) << 23).to(tl.float32, bitcast=True)
     inverse = ((127 - e) << 23).to(tl.float32, bitcast=True)
     return scale, inverse
