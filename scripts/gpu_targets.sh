@@ -30,10 +30,17 @@
 # too), then run `bash scripts/gpu_targets.sh` with carry [".whl"] and timeout_s 560.
 # Sections run in order while the time left allows; SECTIONS="fp8 swap" (say) runs only
 # those, in a later call; WORKLOADS="4,4,1" (say) replaces the workloads section's list.
+# CARD=H200 runs nothing (exit 3, in a few seconds) unless the GPU's name contains it: an
+# `nvidia-h200` call may come on an H100, where the targets' figures would not count.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"
 BUDGET_S="${BUDGET_S:-530}"  # the command's own end, inside the call's limit
 mkdir -p "$OUT" /tmp/jobs
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+if [[ -n "${CARD:-}" && "$card" != *"$CARD"* ]]; then
+  echo "CARD=$CARD: this machine's GPU is $card; nothing run" | tee "$OUT/gpu.txt"
+  exit 3
+fi
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
