@@ -36,9 +36,10 @@ set -uo pipefail
 OUT="${OUT:-/tmp/out}"
 BUDGET_S="${BUDGET_S:-530}"  # the command's own end, inside the call's limit
 mkdir -p "$OUT" /tmp/jobs
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+card=$(sed -n 2p "$OUT/gpu.txt")
 if [[ -n "${CARD:-}" && "$card" != *"$CARD"* ]]; then
-  echo "CARD=$CARD: this machine's GPU is $card; nothing run" | tee "$OUT/gpu.txt"
+  echo "CARD=$CARD: this machine's GPU is $card; nothing run" | tee -a "$OUT/gpu.txt"
   exit 3
 fi
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -47,7 +48,6 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 SECTIONS=" ${SECTIONS:-workloads launches swap} "  # a later call: those left out
 want() { [[ "$SECTIONS" == *" $1 "* ]] && [ $((BUDGET_S - SECONDS)) -gt "$2" ]; }
 ran() { echo "section $1 done at ${SECONDS} s"; }
