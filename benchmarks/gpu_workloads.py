@@ -11,6 +11,7 @@ batching (``generate_batch``) and the device's measured ceilings as comparisons.
 A ``profile`` job prints where one decode step of workload 2 spends its time; ``mixed`` times
 steps that carry prefill beside decodes (a saturated server's steps) and profiles one;
 ``w1steps`` times W1 step by step (the host's part and the device wait, by batch);
+``w1busy`` runs all of W1 under the profiler: device time by kind of kernel, against wall;
 ``w3prof`` lists the kernels of one single-stream decode step (``w3prof:fp8`` too);
 ``launch`` shows where the host waits while launching a saturated server's eager steps
 (and whether the allocator went to the device meanwhile); ``queue`` whether big GEMMs let
@@ -508,6 +509,87 @@ def job_w1steps() -> dict:
             "tok_s": sum(max_tokens) / elapsed, "table": step_table(steps)}  # fmt: skip
 
 
+# Kernel-name parts -> the category a W1 kernel's device time is counted in (first match).
+KERNEL_KINDS = (
+    ("attention", ("paged_attention", "merge_segments")),
+    ("GEMM", ("nvjet", "gemm", "sm90_", "cutlass", "xmma", "cublas")),
+    ("sampling", ("gumbel", "sampl", "argmax", "penalt", "logprob")),
+    ("norm, rotary, activation", ("rms_norm", "rope", "silu", "write_kv")),
+    ("copies", ("memcpy", "memset", "copy")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, parts in KERNEL_KINDS:
+        if any(part in lowered for part in parts):
+            return kind
+    return "other"
+
+
+def busy_seconds(spans: list[tuple[int, int]]) -> float:
+    """The union of [start, end) spans (ns) in seconds: the time the device ran anything."""
+    busy, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            busy += end - start
+            reach = end
+        elif end > reach:
+            busy += end - reach
+            reach = end
+    return busy / 1e9
+
+
+def w1_kv_bytes(config: dict) -> float:
+    """K and V bytes W1's attention reads: output token j of a request of p prompt tokens
+    reads p + j tokens' K and V (its whole context), at the model's 16-bit cache."""
+    prompts, max_tokens = workload1_requests()
+    per_token = (config["num_hidden_layers"] * config["num_key_value_heads"]
+                 * config["head_dim"] * 2 * 2)  # fmt: skip
+    reads = sum(len(p) * m + m * (m - 1) // 2 for p, m in zip(prompts, max_tokens))
+    return float(reads * per_token)
+
+
+def job_w1busy() -> dict:
+    """All of workload 1 under the profiler (device kernels only, the core in this
+    process): each kind of kernel's device time over the whole run, the time the device ran
+    anything against the run's wall time, and attention's achieved read rate of the run's K
+    and V bytes. The profiler's own cost shows as the wall time against job ``1``'s."""
+    _profile_in_process()
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from pagedllm import SamplingParams
+
+    prompts, max_tokens = workload1_requests()
+    llm = engine(QWEN3, 4096)
+    params = [SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
+              for m in max_tokens]  # fmt: skip
+    warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    kinds: dict[str, float] = {}
+    spans = []
+    for event in prof.profiler.kineto_results.events():
+        if event.device_type() != DeviceType.CUDA:
+            continue
+        begin, ns = event.start_ns(), event.duration_ns()
+        spans.append((begin, begin + ns))
+        kind = kernel_kind(event.name())
+        kinds[kind] = kinds.get(kind, 0.0) + ns / 1e9
+    config = json.loads((Path(QWEN3) / "config.json").read_text())
+    kv_bytes = w1_kv_bytes(config)
+    attention = kinds.get("attention", 0.0)
+    return {"job": "w1busy", "seconds": elapsed, "device_busy_s": busy_seconds(spans),
+            "kernels": len(spans), "by_kind_s": kinds, "kv_tb": kv_bytes / 1e12,
+            "attention_tb_s": kv_bytes / attention / 1e12 if attention else None}  # fmt: skip
+
+
 def step_table(steps: list[tuple[int, float, float]]) -> str:
     """Steps by running batch: their count, wall time (sum and mean), the mean wait for the
     device, the mean rest (the host's work), and how many waited under 50 us."""
@@ -657,8 +739,8 @@ def job_hf2() -> dict:
 JOBS = {"1": job_w1, "2": job_w2, "3": job_w3, "4": job_w4, "profile": job_profile,
         "ceilings": job_ceilings, "hf1": job_hf1, "hf2": job_hf2,
         "first_token": job_first_token, "w1prof": job_w1prof, "mixed": job_mixed,
-        "w3prof": job_w3prof, "w1steps": job_w1steps, "launch": job_launch, "padding": job_padding,
-        "queue": job_queue}  # fmt: skip
+        "w3prof": job_w3prof, "w1steps": job_w1steps, "launch": job_launch,
+        "padding": job_padding, "queue": job_queue, "w1busy": job_w1busy}  # fmt: skip
 
 
 def run_job(name: str, out_dir: Path, timeout: float) -> dict:
