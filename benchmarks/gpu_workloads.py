@@ -70,11 +70,24 @@ def engine(model: str, max_model_len: int, **kw):
                max_model_len=max_model_len, gpu_memory_utilization=0.9, seed=0, **kw)  # fmt: skip
 
 
-def timed_generate(llm, prompts, params) -> tuple[float, int]:
+def w1_params(max_tokens: list[int]) -> list:
+    """W1's sampling: temperature 0.6, each request's drawn length, token ids out."""
+    from pagedllm import SamplingParams
+
+    return [SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
+            for m in max_tokens]  # fmt: skip
+
+
+def warm_up(llm, prompts) -> None:
+    """Eight short requests before the timed run (kernels compiled, graphs captured)."""
     from pagedllm import SamplingParams
 
     warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+
+
+def timed_generate(llm, prompts, params) -> tuple[float, int]:
+    warm_up(llm, prompts)
     start = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
@@ -85,13 +98,9 @@ def timed_generate(llm, prompts, params) -> tuple[float, int]:
 
 
 def job_w1() -> dict:
-    from pagedllm import SamplingParams
-
     prompts, max_tokens = workload1_requests()
     llm = engine(QWEN3, 4096)
-    params = [SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
-              for m in max_tokens]  # fmt: skip
-    elapsed, tokens = timed_generate(llm, prompts, params)
+    elapsed, tokens = timed_generate(llm, prompts, w1_params(max_tokens))
     return {"workload": 1, "seconds": elapsed, "output_tokens": tokens, "tok_s": tokens / elapsed}
 
 
@@ -474,7 +483,6 @@ def job_w1steps() -> dict:
     The front end's output processing runs on this thread too, so host times here are an
     upper bound on the engine process's."""
     _profile_in_process()
-    from pagedllm import SamplingParams
     from pagedllm.worker import step_output
 
     waited = [0.0]
@@ -491,10 +499,8 @@ def job_w1steps() -> dict:
     prompts, max_tokens = workload1_requests()
     llm = engine(QWEN3, 4096)
     eng = llm.llm_engine
-    warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
-    for i, (p, m) in enumerate(zip(prompts, max_tokens)):
-        sp = SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
+    warm_up(llm, prompts)
+    for i, (p, sp) in enumerate(zip(prompts, w1_params(max_tokens))):
         eng.add_request(str(i), {"prompt_token_ids": p}, sp)
     steps = []  # (running before the step, wall s, waited s)
     start = time.perf_counter()
@@ -560,14 +566,10 @@ def job_w1busy() -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from pagedllm import SamplingParams
-
     prompts, max_tokens = workload1_requests()
     llm = engine(QWEN3, 4096)
-    params = [SamplingParams(temperature=0.6, max_tokens=m, ignore_eos=True, detokenize=False)
-              for m in max_tokens]  # fmt: skip
-    warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], warm, use_tqdm=False)
+    params = w1_params(max_tokens)
+    warm_up(llm, prompts)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
